@@ -1,0 +1,1542 @@
+/*
+** vecidx.c -- embeddable vector index library, implementation.
+**
+** Build: compile this file with any C11 compiler and link with -pthread -lm:
+**     cc -std=c11 -O2 -c vecidx.c
+** The public contract is in vecidx.h. MIT licensed, see LICENSE.
+**
+** Compile-time options:
+**   VECIDX_NO_SIMD   use only the portable scalar distance kernels.
+**
+** The file is read top to bottom, lowest layer first. Its sections:
+**   1. platform & allocation   errors, allocator hooks, locks, threads
+**   2. SIMD kernels            distance functions and run-time dispatch
+**   3. storage                 slot-addressed vectors, key map, free slots
+**   4. top-k                   bounded max-heap shared by every search
+**   5. flat                    exact search, single and blocked batch
+**   6. public API              argument checks, locking, dispatch to kinds
+** HNSW, IVF-PQ, the file format and the write-ahead log get their sections
+** between "flat" and "public API", in that order, as they are added.
+**
+** Naming: public functions are vecidx_*; everything else is static and
+** named vx_<module>_*.
+*/
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np: writer preference */
+#endif
+#if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include "vecidx.h"
+
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if !defined(VECIDX_NO_SIMD)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VX_HAVE_AVX2 1
+#include <immintrin.h>
+#elif defined(__ARM_NEON) || defined(__aarch64__)
+#define VX_HAVE_NEON 1
+#include <arm_neon.h>
+#endif
+#endif
+
+/* ======================================================================
+** 1. Platform & allocation
+** ====================================================================== */
+
+#define VX_ERRMSG_MAX 256
+
+/* The detail message lives in thread-local storage so that readers running
+** in parallel on one handle never write to shared memory. */
+static _Thread_local struct {
+    const vecidx *ix;
+    char msg[VX_ERRMSG_MAX];
+} vx_err_tls;
+
+#if defined(__GNUC__) || defined(__clang__)
+#define VX_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define VX_LIKELY(x) __builtin_expect(!!(x), 1)
+#define VX_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define VX_PRINTF(a, b)
+#define VX_LIKELY(x) (x)
+#define VX_UNLIKELY(x) (x)
+#endif
+
+/* Record a failure for the calling thread and return its code, so error
+** paths read `return vx_err(ix, VECIDX_EDIM, "...", ...);`. */
+static int vx_err(const vecidx *ix, int code, const char *fmt, ...)
+    VX_PRINTF(3, 4);
+static int vx_err(const vecidx *ix, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(vx_err_tls.msg, sizeof vx_err_tls.msg, fmt, ap);
+    va_end(ap);
+    vx_err_tls.ix = ix;
+    return code;
+}
+
+/* Every byte the index holds goes through these, so the allocator hooks
+** see all of it and memory_bytes is exact. The counter is atomic because
+** searches running in parallel allocate their scratch space. */
+typedef struct vx_mem {
+    vecidx_allocator a;
+    atomic_size_t bytes;
+} vx_mem;
+
+static void *vx_malloc(vx_mem *m, size_t n)
+{
+    void *p;
+    if (n == 0) n = 1;
+    p = m->a.malloc_fn ? m->a.malloc_fn(m->a.ctx, n) : malloc(n);
+    if (p) atomic_fetch_add_explicit(&m->bytes, n, memory_order_relaxed);
+    return p;
+}
+
+static void *vx_realloc(vx_mem *m, void *p, size_t old_n, size_t n)
+{
+    void *q;
+    if (p == NULL) return vx_malloc(m, n);
+    if (n == 0) n = 1;
+    q = m->a.realloc_fn ? m->a.realloc_fn(m->a.ctx, p, old_n, n)
+                        : realloc(p, n);
+    if (q) {
+        atomic_fetch_add_explicit(&m->bytes, n, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&m->bytes, old_n ? old_n : 1,
+                                  memory_order_relaxed);
+    }
+    return q;
+}
+
+static void vx_free(vx_mem *m, void *p, size_t n)
+{
+    if (p == NULL) return;
+    if (n == 0) n = 1;
+    if (m->a.free_fn)
+        m->a.free_fn(m->a.ctx, p);
+    else
+        free(p);
+    atomic_fetch_sub_explicit(&m->bytes, n, memory_order_relaxed);
+}
+
+/* a*b into *out, or 0 on overflow: every size computed from user input
+** passes through here before it reaches an allocator. */
+static int vx_mul_ok(size_t a, size_t b, size_t *out)
+{
+    if (b != 0 && a > SIZE_MAX / b) return 0;
+    *out = a * b;
+    return 1;
+}
+
+static unsigned vx_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1u : n > 256 ? 256u : (unsigned)n;
+}
+
+/* Run fn(arg_i) for i in [0, n) on up to n threads: the caller's thread
+** runs the first task itself, and a thread that cannot be started is
+** replaced by running its task inline, so the work always completes. */
+typedef struct vx_task {
+    void *(*fn)(void *);
+    void *arg;
+} vx_task;
+
+static void vx_run_parallel(vx_task *tasks, unsigned n)
+{
+    pthread_t tid[64];
+    int started[64];
+    unsigned i;
+    if (n > 64) n = 64;
+    for (i = 1; i < n; i++)
+        started[i] = pthread_create(&tid[i], NULL, tasks[i].fn,
+                                    tasks[i].arg) == 0;
+    if (n > 0) tasks[0].fn(tasks[0].arg);
+    for (i = 1; i < n; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            tasks[i].fn(tasks[i].arg);
+    }
+}
+
+static int vx_rwlock_init(pthread_rwlock_t *l)
+{
+    pthread_rwlockattr_t attr;
+    int rc;
+    if (pthread_rwlockattr_init(&attr) != 0) return -1;
+#if defined(__GLIBC__) && defined(__USE_GNU)
+    /* glibc's default lets a stream of readers starve a writer forever. */
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+#endif
+    rc = pthread_rwlock_init(l, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return rc;
+}
+
+/* ======================================================================
+** 2. SIMD kernels
+**
+** Each table holds squared L2 and inner product, one pair (a, b) and one
+** query against n consecutive rows. Cosine is the inner product scaled by
+** stored inverse norms, so it needs no kernel of its own. The AVX2 code is
+** compiled with a target attribute, not a global -mavx2, so one binary
+** runs everywhere and picks AVX2 at run time.
+** ====================================================================== */
+
+typedef struct vx_kernels {
+    const char *name;
+    float (*l2)(const float *a, const float *b, size_t d);
+    float (*dot)(const float *a, const float *b, size_t d);
+    void (*l2_many)(const float *q, const float *base, size_t n, size_t d,
+                    float *out);
+    void (*dot_many)(const float *q, const float *base, size_t n, size_t d,
+                     float *out);
+} vx_kernels;
+
+/* Eight independent sums let the compiler vectorise without -ffast-math
+** and keep the rounding error of long vectors small. */
+static float vx_scalar_l2(const float *a, const float *b, size_t d)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0, j;
+    for (; i + 8 <= d; i += 8)
+        for (j = 0; j < 8; j++) {
+            float t = a[i + j] - b[i + j];
+            s[j] += t * t;
+        }
+    for (j = 0; i < d; i++, j++) {
+        float t = a[i] - b[i];
+        s[j] += t * t;
+    }
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+static float vx_scalar_dot(const float *a, const float *b, size_t d)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0, j;
+    for (; i + 8 <= d; i += 8)
+        for (j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    for (j = 0; i < d; i++, j++) s[j] += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+static void vx_scalar_l2_many(const float *q, const float *base, size_t n,
+                              size_t d, float *out)
+{
+    size_t i;
+    for (i = 0; i < n; i++) out[i] = vx_scalar_l2(q, base + i * d, d);
+}
+
+static void vx_scalar_dot_many(const float *q, const float *base, size_t n,
+                               size_t d, float *out)
+{
+    size_t i;
+    for (i = 0; i < n; i++) out[i] = vx_scalar_dot(q, base + i * d, d);
+}
+
+static const vx_kernels vx_kern_scalar = {"scalar", vx_scalar_l2,
+                                          vx_scalar_dot, vx_scalar_l2_many,
+                                          vx_scalar_dot_many};
+
+#if defined(VX_HAVE_AVX2)
+#define VX_AVX2 __attribute__((target("avx2,fma")))
+
+VX_AVX2 static inline float vx_avx2_hsum(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+/* The tail (d % 8 elements) is read with a masked load, so odd dimensions
+** cost one extra step instead of a scalar loop. */
+VX_AVX2 static inline __m256i vx_avx2_tailmask(size_t rem)
+{
+    static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                  0,  0,  0,  0,  0,  0,  0,  0};
+    return _mm256_loadu_si256((const __m256i *)(const void *)(m + 8 - rem));
+}
+
+VX_AVX2 static inline float vx_avx2_l2_inl(const float *a, const float *b,
+                                           size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps(), t;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i),
+                                  _mm256_loadu_ps(b + i));
+        __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8),
+                                  _mm256_loadu_ps(b + i + 8));
+        __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 16),
+                                  _mm256_loadu_ps(b + i + 16));
+        __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 24),
+                                  _mm256_loadu_ps(b + i + 24));
+        s0 = _mm256_fmadd_ps(d0, d0, s0);
+        s1 = _mm256_fmadd_ps(d1, d1, s1);
+        s2 = _mm256_fmadd_ps(d2, d2, s2);
+        s3 = _mm256_fmadd_ps(d3, d3, s3);
+    }
+    for (; i + 8 <= d; i += 8) {
+        t = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+        s0 = _mm256_fmadd_ps(t, t, s0);
+    }
+    if (i < d) {
+        __m256i m = vx_avx2_tailmask(d - i);
+        t = _mm256_sub_ps(_mm256_maskload_ps(a + i, m),
+                          _mm256_maskload_ps(b + i, m));
+        s1 = _mm256_fmadd_ps(t, t, s1);
+    }
+    return vx_avx2_hsum(_mm256_add_ps(_mm256_add_ps(s0, s1),
+                                      _mm256_add_ps(s2, s3)));
+}
+
+VX_AVX2 static inline float vx_avx2_dot_inl(const float *a, const float *b,
+                                            size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i),
+                             s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8),
+                             _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16),
+                             _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24),
+                             _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= d; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i),
+                             s0);
+    if (i < d) {
+        __m256i m = vx_avx2_tailmask(d - i);
+        s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m),
+                             _mm256_maskload_ps(b + i, m), s1);
+    }
+    return vx_avx2_hsum(_mm256_add_ps(_mm256_add_ps(s0, s1),
+                                      _mm256_add_ps(s2, s3)));
+}
+
+VX_AVX2 static float vx_avx2_l2(const float *a, const float *b, size_t d)
+{
+    return vx_avx2_l2_inl(a, b, d);
+}
+
+VX_AVX2 static float vx_avx2_dot(const float *a, const float *b, size_t d)
+{
+    return vx_avx2_dot_inl(a, b, d);
+}
+
+/* Prefetching a few rows ahead keeps the scan at memory bandwidth when the
+** rows are larger than the hardware prefetcher's stride window. */
+VX_AVX2 static void vx_avx2_l2_many(const float *q, const float *base,
+                                    size_t n, size_t d, float *out)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (i + 4 < n)
+            _mm_prefetch((const char *)(base + (i + 4) * d), _MM_HINT_T0);
+        out[i] = vx_avx2_l2_inl(q, base + i * d, d);
+    }
+}
+
+VX_AVX2 static void vx_avx2_dot_many(const float *q, const float *base,
+                                     size_t n, size_t d, float *out)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (i + 4 < n)
+            _mm_prefetch((const char *)(base + (i + 4) * d), _MM_HINT_T0);
+        out[i] = vx_avx2_dot_inl(q, base + i * d, d);
+    }
+}
+
+static const vx_kernels vx_kern_avx2 = {"avx2", vx_avx2_l2, vx_avx2_dot,
+                                        vx_avx2_l2_many, vx_avx2_dot_many};
+#endif /* VX_HAVE_AVX2 */
+
+#if defined(VX_HAVE_NEON)
+#if defined(__aarch64__)
+#define VX_NEON_FMA(acc, x, y) vfmaq_f32(acc, x, y)
+#define VX_NEON_HSUM(v) vaddvq_f32(v)
+#else
+#define VX_NEON_FMA(acc, x, y) vmlaq_f32(acc, x, y)
+static inline float VX_NEON_HSUM(float32x4_t v)
+{
+    float32x2_t s = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+    return vget_lane_f32(vpadd_f32(s, s), 0);
+}
+#endif
+
+static float vx_neon_l2(const float *a, const float *b, size_t d)
+{
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    float32x4_t s2 = vdupq_n_f32(0), s3 = vdupq_n_f32(0), t;
+    float r;
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        float32x4_t d0 = vsubq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
+        float32x4_t d1 = vsubq_f32(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+        float32x4_t d2 = vsubq_f32(vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+        float32x4_t d3 =
+            vsubq_f32(vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+        s0 = VX_NEON_FMA(s0, d0, d0);
+        s1 = VX_NEON_FMA(s1, d1, d1);
+        s2 = VX_NEON_FMA(s2, d2, d2);
+        s3 = VX_NEON_FMA(s3, d3, d3);
+    }
+    for (; i + 4 <= d; i += 4) {
+        t = vsubq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
+        s0 = VX_NEON_FMA(s0, t, t);
+    }
+    r = VX_NEON_HSUM(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < d; i++) r += (a[i] - b[i]) * (a[i] - b[i]);
+    return r;
+}
+
+static float vx_neon_dot(const float *a, const float *b, size_t d)
+{
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    float32x4_t s2 = vdupq_n_f32(0), s3 = vdupq_n_f32(0);
+    float r;
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        s0 = VX_NEON_FMA(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = VX_NEON_FMA(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+        s2 = VX_NEON_FMA(s2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+        s3 = VX_NEON_FMA(s3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+    }
+    for (; i + 4 <= d; i += 4)
+        s0 = VX_NEON_FMA(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+    r = VX_NEON_HSUM(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < d; i++) r += a[i] * b[i];
+    return r;
+}
+
+static void vx_neon_l2_many(const float *q, const float *base, size_t n,
+                            size_t d, float *out)
+{
+    size_t i;
+    for (i = 0; i < n; i++) out[i] = vx_neon_l2(q, base + i * d, d);
+}
+
+static void vx_neon_dot_many(const float *q, const float *base, size_t n,
+                             size_t d, float *out)
+{
+    size_t i;
+    for (i = 0; i < n; i++) out[i] = vx_neon_dot(q, base + i * d, d);
+}
+
+static const vx_kernels vx_kern_neon = {"neon", vx_neon_l2, vx_neon_dot,
+                                        vx_neon_l2_many, vx_neon_dot_many};
+#endif /* VX_HAVE_NEON */
+
+/* Kernel tables runnable on this CPU, scalar first and the preferred one
+** last. Filled once; pthread_once makes the first concurrent calls safe. */
+static const vx_kernels *vx_kern_runnable[4];
+static size_t vx_kern_nrunnable;
+static pthread_once_t vx_kern_once = PTHREAD_ONCE_INIT;
+
+static void vx_kern_detect(void)
+{
+    size_t n = 0;
+    vx_kern_runnable[n++] = &vx_kern_scalar;
+#if defined(VX_HAVE_AVX2)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        vx_kern_runnable[n++] = &vx_kern_avx2;
+#endif
+#if defined(VX_HAVE_NEON)
+    vx_kern_runnable[n++] = &vx_kern_neon; /* Advanced SIMD is baseline */
+#endif
+    vx_kern_nrunnable = n;
+}
+
+static const vx_kernels *const *vx_kernel_list(size_t *n)
+{
+    pthread_once(&vx_kern_once, vx_kern_detect);
+    *n = vx_kern_nrunnable;
+    return vx_kern_runnable;
+}
+
+static const vx_kernels *vx_kernel_best(void)
+{
+    size_t n;
+    const vx_kernels *const *list = vx_kernel_list(&n);
+    return list[n - 1];
+}
+
+/* ======================================================================
+** 3. Storage
+**
+** Every vector lives in a numbered slot. Per-slot data (vector, key,
+** inverse norm, live flag) sit in parallel arrays split into chunks of
+** 2^shift slots: growing adds a chunk and never moves existing vectors,
+** and each chunk is one contiguous, pointer-free block that the file
+** format can map in place. Only the small chunk tables hold pointers, and
+** they are rebuilt at open. A key -> slot hash map finds slots; removed
+** slots go on a free stack and are reused first, so churn does not grow
+** the index.
+** ====================================================================== */
+
+#define VX_CHUNK_BYTES (256u * 1024u) /* target vector bytes per chunk */
+#define VX_NOSLOT UINT32_MAX
+
+typedef struct vx_keymap {
+    uint64_t *keys;
+    uint32_t *slots; /* VX_NOSLOT marks an empty cell */
+    size_t cap;      /* power of two, or 0 */
+    size_t n;
+} vx_keymap;
+
+/* A chunk is one allocation holding 2^shift slots, laid out as
+**   [vectors: per*dim floats][keys: per u64][inverse norms][live bytes]
+** Vectors come first so they get the allocator's alignment; per >= 16, so
+** the vector block is a multiple of 64 bytes and the keys stay aligned.
+** The inverse-norm block exists only for the cosine metric. */
+typedef struct vx_chunk {
+    float *vec;
+    uint64_t *key;
+    float *inorm;
+    uint8_t *live;
+} vx_chunk;
+
+typedef struct vx_store {
+    uint32_t dim;
+    uint32_t shift; /* log2(slots per chunk) */
+    int cosine;     /* keep inverse norms */
+    uint32_t nchunks, chunk_cap;
+    vx_chunk *chunks;
+    uint32_t nslots; /* slots ever handed out: [0, nslots) */
+    uint32_t count;  /* live slots */
+    uint32_t *free;  /* removed slots, reused LIFO */
+    uint32_t nfree, free_cap;
+    vx_keymap map;
+} vx_store;
+
+static inline uint32_t vx_store_per_chunk(const vx_store *s)
+{
+    return 1u << s->shift;
+}
+
+#define VX_SLOT_CHUNK(s, slot) (&(s)->chunks[(slot) >> (s)->shift])
+#define VX_SLOT_INDEX(s, slot) ((slot) & (vx_store_per_chunk(s) - 1))
+
+static inline float *vx_store_vec(const vx_store *s, uint32_t slot)
+{
+    return VX_SLOT_CHUNK(s, slot)->vec + (size_t)VX_SLOT_INDEX(s, slot) * s->dim;
+}
+
+static inline uint64_t vx_store_key(const vx_store *s, uint32_t slot)
+{
+    return VX_SLOT_CHUNK(s, slot)->key[VX_SLOT_INDEX(s, slot)];
+}
+
+static inline int vx_store_live(const vx_store *s, uint32_t slot)
+{
+    return VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)];
+}
+
+static inline float vx_store_inorm(const vx_store *s, uint32_t slot)
+{
+    return VX_SLOT_CHUNK(s, slot)->inorm[VX_SLOT_INDEX(s, slot)];
+}
+
+/* splitmix64's finaliser: user keys are often sequential, and linear
+** probing needs their low bits well mixed. */
+static inline uint64_t vx_hash64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint32_t vx_map_find(const vx_keymap *m, uint64_t key)
+{
+    size_t mask, i;
+    if (m->cap == 0) return VX_NOSLOT;
+    mask = m->cap - 1;
+    for (i = (size_t)vx_hash64(key) & mask;; i = (i + 1) & mask) {
+        if (m->slots[i] == VX_NOSLOT) return VX_NOSLOT;
+        if (m->keys[i] == key) return m->slots[i];
+    }
+}
+
+/* Caller guarantees room (vx_map_reserve) and that key is absent. */
+static void vx_map_put(vx_keymap *m, uint64_t key, uint32_t slot)
+{
+    size_t mask = m->cap - 1, i = (size_t)vx_hash64(key) & mask;
+    while (m->slots[i] != VX_NOSLOT) i = (i + 1) & mask;
+    m->keys[i] = key;
+    m->slots[i] = slot;
+    m->n++;
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones,
+** so lookups never slow down under delete churn. */
+static void vx_map_del(vx_keymap *m, uint64_t key)
+{
+    size_t mask = m->cap - 1, i = (size_t)vx_hash64(key) & mask, j;
+    while (m->slots[i] != VX_NOSLOT && m->keys[i] != key) i = (i + 1) & mask;
+    if (m->slots[i] == VX_NOSLOT) return;
+    for (j = (i + 1) & mask; m->slots[j] != VX_NOSLOT; j = (j + 1) & mask) {
+        size_t home = (size_t)vx_hash64(m->keys[j]) & mask;
+        /* move j back to i unless its home lies cyclically in (i, j] */
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            m->keys[i] = m->keys[j];
+            m->slots[i] = m->slots[j];
+            i = j;
+        }
+    }
+    m->slots[i] = VX_NOSLOT;
+    m->n--;
+}
+
+static void vx_map_free(vx_keymap *m, vx_mem *mem)
+{
+    vx_free(mem, m->keys, m->cap * sizeof *m->keys);
+    vx_free(mem, m->slots, m->cap * sizeof *m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+/* Make room for n keys at a load factor of at most 1/2. */
+static int vx_map_reserve(vx_keymap *m, vx_mem *mem, size_t n)
+{
+    vx_keymap nm;
+    size_t cap = 16, i;
+    while (cap / 2 < n) cap *= 2;
+    if (cap <= m->cap) return VECIDX_OK;
+    memset(&nm, 0, sizeof nm);
+    nm.cap = cap;
+    nm.keys = vx_malloc(mem, cap * sizeof *nm.keys);
+    nm.slots = vx_malloc(mem, cap * sizeof *nm.slots);
+    if (!nm.keys || !nm.slots) {
+        vx_map_free(&nm, mem);
+        return VECIDX_ENOMEM;
+    }
+    memset(nm.slots, 0xff, cap * sizeof *nm.slots);
+    for (i = 0; i < m->cap; i++)
+        if (m->slots[i] != VX_NOSLOT) vx_map_put(&nm, m->keys[i], m->slots[i]);
+    vx_map_free(m, mem);
+    *m = nm;
+    return VECIDX_OK;
+}
+
+static void vx_store_init(vx_store *s, uint32_t dim, int cosine)
+{
+    uint32_t shift = 4;
+    memset(s, 0, sizeof *s);
+    s->dim = dim;
+    s->cosine = cosine;
+    while (shift < 16 &&
+           ((size_t)dim * sizeof(float) << (shift + 1)) <= VX_CHUNK_BYTES)
+        shift++;
+    s->shift = shift;
+}
+
+static size_t vx_store_chunk_bytes(const vx_store *s)
+{
+    size_t per = vx_store_per_chunk(s);
+    return per * ((size_t)s->dim * sizeof(float) + sizeof(uint64_t) +
+                  (s->cosine ? sizeof(float) : 0) + 1);
+}
+
+static void vx_store_destroy(vx_store *s, vx_mem *mem)
+{
+    uint32_t c;
+    for (c = 0; c < s->nchunks; c++)
+        vx_free(mem, s->chunks[c].vec, vx_store_chunk_bytes(s));
+    vx_free(mem, s->chunks, (size_t)s->chunk_cap * sizeof *s->chunks);
+    vx_free(mem, s->free, (size_t)s->free_cap * sizeof *s->free);
+    vx_map_free(&s->map, mem);
+}
+
+static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
+{
+    size_t per = vx_store_per_chunk(s);
+    unsigned char *p;
+    vx_chunk *c;
+    if (s->nchunks == s->chunk_cap) {
+        uint32_t cap = s->chunk_cap ? s->chunk_cap * 2 : 8;
+        void *t = vx_realloc(mem, s->chunks,
+                             (size_t)s->chunk_cap * sizeof *s->chunks,
+                             (size_t)cap * sizeof *s->chunks);
+        if (!t) return VECIDX_ENOMEM;
+        s->chunks = t;
+        s->chunk_cap = cap;
+    }
+    p = vx_malloc(mem, vx_store_chunk_bytes(s));
+    if (!p) return VECIDX_ENOMEM;
+    c = &s->chunks[s->nchunks++];
+    c->vec = (float *)(void *)p;
+    p += per * s->dim * sizeof(float);
+    c->key = (uint64_t *)(void *)p;
+    p += per * sizeof(uint64_t);
+    c->inorm = s->cosine ? (float *)(void *)p : NULL;
+    p += s->cosine ? per * sizeof(float) : 0;
+    c->live = p;
+    memset(c->live, 0, per);
+    return VECIDX_OK;
+}
+
+/* Make room for n more vectors: chunks, free-stack capacity and key-map
+** cells. Everything an insert or remove needs is obtained here, so that
+** once this succeeds the change itself cannot fail half-way. */
+static int vx_store_reserve(vx_store *s, vx_mem *mem, size_t n)
+{
+    size_t fresh = n > s->nfree ? n - s->nfree : 0;
+    size_t slots = (size_t)s->nslots + fresh, per = vx_store_per_chunk(s);
+    int rc;
+    if (slots > VECIDX_MAX_COUNT) return VECIDX_EFULL;
+    while ((size_t)s->nchunks * per < slots)
+        if ((rc = vx_store_add_chunk(s, mem)) != VECIDX_OK) return rc;
+    if (slots > s->free_cap) {
+        /* The free stack can hold every slot, so remove never allocates. */
+        size_t cap = (size_t)s->nchunks * per;
+        void *t;
+        if (cap > UINT32_MAX) cap = UINT32_MAX;
+        t = vx_realloc(mem, s->free, s->free_cap * sizeof *s->free,
+                             cap * sizeof *s->free);
+        if (!t) return VECIDX_ENOMEM;
+        s->free = t;
+        s->free_cap = (uint32_t)cap;
+    }
+    return vx_map_reserve(&s->map, mem, (size_t)s->count + n);
+}
+
+static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
+{
+    memcpy(vx_store_vec(s, slot), v, (size_t)s->dim * sizeof(float));
+    if (s->cosine) {
+        double n2 = 0;
+        uint32_t i;
+        for (i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
+        VX_SLOT_CHUNK(s, slot)->inorm[VX_SLOT_INDEX(s, slot)] =
+            (float)(1.0 / sqrt(n2));
+    }
+}
+
+/* Store (key, v) in a fresh or reused slot; room must be reserved. */
+static uint32_t vx_store_insert(vx_store *s, uint64_t key, const float *v)
+{
+    uint32_t slot = s->nfree ? s->free[--s->nfree] : s->nslots++;
+    vx_chunk *c = VX_SLOT_CHUNK(s, slot);
+    vx_store_write(s, slot, v);
+    c->key[VX_SLOT_INDEX(s, slot)] = key;
+    c->live[VX_SLOT_INDEX(s, slot)] = 1;
+    vx_map_put(&s->map, key, slot);
+    s->count++;
+    return slot;
+}
+
+static void vx_store_remove(vx_store *s, uint32_t slot)
+{
+    VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = 0;
+    vx_map_del(&s->map, vx_store_key(s, slot));
+    s->free[s->nfree++] = slot;
+    s->count--;
+}
+
+/* Check the storage invariants; returns NULL or a static description. */
+static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
+{
+    uint32_t slot, live = 0, i;
+    size_t cells = 0;
+    *bad_slot = VX_NOSLOT;
+    if ((size_t)s->nslots > (size_t)s->nchunks * vx_store_per_chunk(s))
+        return "slot count exceeds allocated chunks";
+    for (slot = 0; slot < s->nslots; slot++) {
+        if (!vx_store_live(s, slot)) continue;
+        live++;
+        *bad_slot = slot;
+        if (vx_map_find(&s->map, vx_store_key(s, slot)) != slot)
+            return "live slot's key does not map back to it";
+        if (s->cosine && !(vx_store_inorm(s, slot) > 0))
+            return "live slot has no valid inverse norm";
+    }
+    *bad_slot = VX_NOSLOT;
+    if (live != s->count) return "live slots differ from the count";
+    if (s->map.n != s->count) return "key map size differs from the count";
+    for (i = 0; i < s->map.cap; i++) {
+        if (s->map.slots[i] == VX_NOSLOT) continue;
+        cells++;
+        if (s->map.slots[i] >= s->nslots || !vx_store_live(s, s->map.slots[i]))
+            return "key map points to a slot without a vector";
+    }
+    if (cells != s->map.n) return "key map cell count differs from its size";
+    if ((size_t)s->nfree + s->count != s->nslots)
+        return "free slots plus live slots differ from used slots";
+    for (i = 0; i < s->nfree; i++) {
+        *bad_slot = s->free[i];
+        if (s->free[i] >= s->nslots || vx_store_live(s, s->free[i]))
+            return "free stack holds a live or unused slot";
+    }
+    *bad_slot = VX_NOSLOT;
+    return NULL;
+}
+
+
+/* ======================================================================
+** 4. Top-k
+**
+** A bounded max-heap on (distance, id): the root is the worst kept result,
+** so a candidate is compared with one value before any other work. Ties
+** are broken by id so results are deterministic whatever the scan order.
+** ====================================================================== */
+
+typedef struct vx_topk {
+    size_t k, n;
+    float *d;
+    uint64_t *id;
+} vx_topk;
+
+static inline int vx_topk_worse(float da, uint64_t ia, float db, uint64_t ib)
+{
+    return da > db || (da == db && ia > ib);
+}
+
+/* Would (d, id) enter the heap? */
+static inline int vx_topk_admits(const vx_topk *h, float d, uint64_t id)
+{
+    return h->n < h->k || vx_topk_worse(h->d[0], h->id[0], d, id);
+}
+
+static void vx_topk_sift_down(vx_topk *h, size_t i, size_t n)
+{
+    float d = h->d[i];
+    uint64_t id = h->id[i];
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && vx_topk_worse(h->d[c + 1], h->id[c + 1], h->d[c],
+                                       h->id[c]))
+            c++;
+        if (!vx_topk_worse(h->d[c], h->id[c], d, id)) break;
+        h->d[i] = h->d[c];
+        h->id[i] = h->id[c];
+        i = c;
+    }
+    h->d[i] = d;
+    h->id[i] = id;
+}
+
+/* Insert (d, id), evicting the worst when full; caller checked admits. */
+static void vx_topk_push(vx_topk *h, float d, uint64_t id)
+{
+    size_t i;
+    if (h->n == h->k) {
+        h->d[0] = d;
+        h->id[0] = id;
+        vx_topk_sift_down(h, 0, h->n);
+        return;
+    }
+    for (i = h->n++; i > 0;) {
+        size_t parent = (i - 1) / 2;
+        if (!vx_topk_worse(d, id, h->d[parent], h->id[parent])) break;
+        h->d[i] = h->d[parent];
+        h->id[i] = h->id[parent];
+        i = parent;
+    }
+    h->d[i] = d;
+    h->id[i] = id;
+}
+
+/* Heap-sort in place into ascending (closest first) order. */
+static void vx_topk_sort(vx_topk *h)
+{
+    size_t n = h->n;
+    while (n > 1) {
+        float d = h->d[0];
+        uint64_t id = h->id[0];
+        n--;
+        h->d[0] = h->d[n];
+        h->id[0] = h->id[n];
+        h->d[n] = d;
+        h->id[n] = id;
+        vx_topk_sift_down(h, 0, n);
+    }
+}
+
+/* Copy sorted results out and pad the rest of the k entries. */
+static void vx_topk_emit(const vx_topk *h, size_t k, uint64_t *keys,
+                         float *dists, size_t *found)
+{
+    size_t i;
+    for (i = 0; i < k; i++) {
+        keys[i] = i < h->n ? h->id[i] : UINT64_MAX;
+        if (dists) dists[i] = i < h->n ? h->d[i] : INFINITY;
+    }
+    *found = h->n;
+}
+
+static int vx_topk_alloc(vx_topk *h, vx_mem *mem, size_t k)
+{
+    h->k = k;
+    h->n = 0;
+    h->d = vx_malloc(mem, k * sizeof *h->d);
+    h->id = vx_malloc(mem, k * sizeof *h->id);
+    if (h->d && h->id) return VECIDX_OK;
+    vx_free(mem, h->d, k * sizeof *h->d);
+    vx_free(mem, h->id, k * sizeof *h->id);
+    h->d = NULL;
+    h->id = NULL;
+    return VECIDX_ENOMEM;
+}
+
+static void vx_topk_free(vx_topk *h, vx_mem *mem)
+{
+    vx_free(mem, h->d, h->k * sizeof *h->d);
+    vx_free(mem, h->id, h->k * sizeof *h->id);
+    h->d = NULL;
+    h->id = NULL;
+}
+
+/* ======================================================================
+** 5. Flat
+**
+** Exact search scans the slots chunk by chunk in blocks of rows small
+** enough to stay in L2 cache: the kernel fills a block of distances, then
+** the block is offered to the heap. A batch of queries walks the same
+** blocks once per group of queries, so each block is read from memory once
+** per group instead of once per query.
+** ====================================================================== */
+
+#define VX_FLAT_BLOCK_BYTES (128u * 1024u)
+#define VX_FLAT_MAX_ROWS 256u
+#define VX_FLAT_QGROUP 8u
+
+struct vecidx {
+    vecidx_params p;
+    vx_mem mem;
+    const vx_kernels *kern;
+    pthread_rwlock_t lock;
+    vx_store store;
+};
+
+/* A query after validation: cosine carries the query's inverse norm so
+** that stored vectors never need normalising copies. */
+typedef struct vx_query {
+    const float *v;
+    float inv_norm;
+} vx_query;
+
+static size_t vx_flat_block_rows(const vecidx *ix)
+{
+    size_t rows = VX_FLAT_BLOCK_BYTES / ((size_t)ix->p.dim * sizeof(float));
+    rows = rows < 16 ? 16 : rows > VX_FLAT_MAX_ROWS ? VX_FLAT_MAX_ROWS : rows;
+    return rows < vx_store_per_chunk(&ix->store)
+               ? rows
+               : vx_store_per_chunk(&ix->store);
+}
+
+/* Distances from q to the n slots starting at `first` (one chunk). */
+static void vx_flat_dists(const vecidx *ix, const vx_query *q, uint32_t first,
+                          size_t n, float *out)
+{
+    const vx_store *s = &ix->store;
+    const float *base = vx_store_vec(s, first);
+    size_t i;
+    if (ix->p.metric == VECIDX_L2) {
+        ix->kern->l2_many(q->v, base, n, s->dim, out);
+        return;
+    }
+    ix->kern->dot_many(q->v, base, n, s->dim, out);
+    if (ix->p.metric == VECIDX_IP) {
+        for (i = 0; i < n; i++) out[i] = -out[i];
+    } else {
+        const float *inorm = VX_SLOT_CHUNK(s, first)->inorm +
+                             VX_SLOT_INDEX(s, first);
+        for (i = 0; i < n; i++) out[i] = 1.0f - out[i] * q->inv_norm * inorm[i];
+    }
+}
+
+/* Offer a block of distances for the slots starting at `first`. */
+static void vx_flat_offer(const vx_store *s, uint32_t first, size_t n,
+                          const float *dist, const vecidx_search_opts *o,
+                          vx_topk *h)
+{
+    const vx_chunk *c = VX_SLOT_CHUNK(s, first);
+    const uint8_t *live = c->live + VX_SLOT_INDEX(s, first);
+    const uint64_t *key = c->key + VX_SLOT_INDEX(s, first);
+    size_t i;
+    for (i = 0; i < n; i++) {
+        float d = dist[i];
+        if (!live[i]) continue;
+        if (VX_UNLIKELY(d != d)) d = INFINITY; /* inf-inf in huge inputs */
+        if (!vx_topk_admits(h, d, key[i])) continue;
+        if (o && o->filter && !o->filter(key[i], o->filter_ctx)) continue;
+        vx_topk_push(h, d, key[i]);
+    }
+}
+
+/* Exact top-k of nq queries over every live slot; the caller's heaps
+** (one per query, empty) receive the results. */
+static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
+                           const vecidx_search_opts *o, vx_topk *heaps)
+{
+    const vx_store *s = &ix->store;
+    float dist[VX_FLAT_MAX_ROWS];
+    size_t rows = vx_flat_block_rows(ix), per = vx_store_per_chunk(s);
+    uint32_t first;
+    for (first = 0; first < s->nslots;) {
+        size_t left_in_chunk = per - VX_SLOT_INDEX(s, first);
+        size_t n = s->nslots - first, j;
+        if (n > left_in_chunk) n = left_in_chunk;
+        if (n > rows) n = rows;
+        for (j = 0; j < nq; j++) {
+            vx_flat_dists(ix, &q[j], first, n, dist);
+            vx_flat_offer(s, first, n, dist, o, &heaps[j]);
+        }
+        first += (uint32_t)n;
+    }
+}
+
+/* ======================================================================
+** 6. Public API
+** ====================================================================== */
+
+#define VX_KEY_FMT "%llu"
+#define VX_KEY(k) ((unsigned long long)(k))
+
+const char *vecidx_version(void) { return VECIDX_VERSION_STRING; }
+
+int vecidx_version_number(void) { return VECIDX_VERSION_NUMBER; }
+
+const char *vecidx_simd(void) { return vx_kernel_best()->name; }
+
+const char *vecidx_strerror(int code)
+{
+    switch (code) {
+    case VECIDX_OK: return "success";
+    case VECIDX_EINVAL: return "invalid argument";
+    case VECIDX_ENOMEM: return "out of memory";
+    case VECIDX_EIO: return "I/O error";
+    case VECIDX_ECORRUPT: return "index data is corrupt";
+    case VECIDX_ENOTFOUND: return "key not found";
+    case VECIDX_EEXIST: return "key already exists";
+    case VECIDX_EDIM: return "dimension out of range or mismatched";
+    case VECIDX_ESTATE: return "operation not valid in this state";
+    case VECIDX_EVERSION: return "unsupported format version";
+    case VECIDX_ENOTSUP: return "not supported";
+    case VECIDX_EFULL: return "index is full";
+    default: return "unknown error";
+    }
+}
+
+const char *vecidx_errmsg(const vecidx *ix)
+{
+    if (ix != NULL && vx_err_tls.ix != ix && vx_err_tls.ix != NULL) return "";
+    return vx_err_tls.msg;
+}
+
+static const char *vx_kind_name(int kind)
+{
+    return kind == VECIDX_FLAT ? "flat" : kind == VECIDX_HNSW ? "hnsw"
+                                                              : "ivfpq";
+}
+
+/* Kind, metric and dimension checks shared by init and create. */
+static int vx_check_shape(int kind, int metric, uint32_t dim)
+{
+    if (kind != VECIDX_FLAT && kind != VECIDX_HNSW && kind != VECIDX_IVFPQ)
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "unknown index kind %d (use VECIDX_FLAT, VECIDX_HNSW "
+                      "or VECIDX_IVFPQ)", kind);
+    if (metric != VECIDX_L2 && metric != VECIDX_IP && metric != VECIDX_COSINE)
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "unknown metric %d (use VECIDX_L2, VECIDX_IP or "
+                      "VECIDX_COSINE)", metric);
+    if (dim == 0 || dim > VECIDX_MAX_DIM)
+        return vx_err(NULL, VECIDX_EDIM,
+                      "dimension %u is outside 1..%u", (unsigned)dim,
+                      (unsigned)VECIDX_MAX_DIM);
+    return VECIDX_OK;
+}
+
+int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim)
+{
+    if (p == NULL) return vx_err(NULL, VECIDX_EINVAL, "params pointer is NULL");
+    memset(p, 0, sizeof *p);
+    p->kind = kind;
+    p->metric = metric;
+    p->dim = dim;
+    p->seed = 42;
+    p->hnsw_m = 16;
+    p->hnsw_ef_construction = 200;
+    p->hnsw_ef_search = 64;
+    p->ivf_nprobe = 8;
+    p->pq_nbits = 8;
+    return vx_check_shape(kind, metric, dim);
+}
+
+int vecidx_create(const vecidx_params *p, vecidx **out)
+{
+    const vecidx_allocator *a;
+    vx_mem mem;
+    vecidx *ix;
+    int rc, nset;
+    if (out) *out = NULL;
+    if (p == NULL || out == NULL)
+        return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
+                      p ? "output handle pointer" : "params pointer");
+    if ((rc = vx_check_shape(p->kind, p->metric, p->dim)) != VECIDX_OK)
+        return rc;
+    if (p->kind != VECIDX_FLAT)
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "index kind '%s' is not available in vecidx %s",
+                      vx_kind_name(p->kind), VECIDX_VERSION_STRING);
+    a = &p->allocator;
+    nset = !!a->malloc_fn + !!a->realloc_fn + !!a->free_fn;
+    if (nset != 0 && nset != 3)
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "allocator: set all of malloc_fn, realloc_fn and "
+                      "free_fn, or none (%d of 3 set)", nset);
+    mem.a = *a;
+    atomic_init(&mem.bytes, 0);
+    ix = vx_malloc(&mem, sizeof *ix);
+    if (!ix) return vx_err(NULL, VECIDX_ENOMEM, "out of memory creating index");
+    memset(ix, 0, sizeof *ix);
+    ix->p = *p;
+    ix->mem.a = *a;
+    atomic_init(&ix->mem.bytes, atomic_load(&mem.bytes));
+    ix->kern = vx_kernel_best();
+    vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE);
+    if (vx_rwlock_init(&ix->lock) != 0) {
+        vx_free(&ix->mem, ix, sizeof *ix);
+        return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise index lock");
+    }
+    if (p->capacity &&
+        (rc = vx_store_reserve(&ix->store, &ix->mem, p->capacity)) != 0) {
+        vecidx_close(ix);
+        return vx_err(NULL, rc, "cannot reserve room for %u vectors",
+                      (unsigned)p->capacity);
+    }
+    *out = ix;
+    return VECIDX_OK;
+}
+
+void vecidx_close(vecidx *ix)
+{
+    vx_mem mem;
+    if (ix == NULL) return;
+    vx_store_destroy(&ix->store, &ix->mem);
+    pthread_rwlock_destroy(&ix->lock);
+    mem = ix->mem; /* the handle frees itself through its own allocator */
+    vx_free(&mem, ix, sizeof *ix);
+}
+
+#define VX_NULL_CHECK(ix, ptr, what)                                          \
+    do {                                                                      \
+        if ((ptr) == NULL)                                                    \
+            return vx_err(ix, VECIDX_EINVAL, "%s is NULL", what);             \
+    } while (0)
+
+/* Reject NaN/infinity anywhere and zero vectors under cosine; `what`
+** names the vector in the message ("query 3", "row 17 (key 99)"). */
+static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
+                           const char *what)
+{
+    double n2 = 0;
+    uint32_t i;
+    for (i = 0; i < ix->p.dim; i++) {
+        if (!isfinite(v[i]))
+            return vx_err(ix, VECIDX_EINVAL, "%s has %s at component %u",
+                          what, isnan(v[i]) ? "NaN" : "an infinity",
+                          (unsigned)i);
+        n2 += (double)v[i] * v[i];
+    }
+    if (ix->p.metric == VECIDX_COSINE && !(n2 > 0))
+        return vx_err(ix, VECIDX_EINVAL,
+                      "%s is all zeros: it has no direction for the cosine "
+                      "metric", what);
+    if (inv_norm) *inv_norm = n2 > 0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
+    return VECIDX_OK;
+}
+
+static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
+{
+    int rc = vx_store_reserve(&ix->store, &ix->mem, n);
+    if (rc == VECIDX_EFULL)
+        return vx_err(ix, rc, "index holds %u vectors, the most it can hold",
+                      (unsigned)ix->store.count);
+    if (rc != VECIDX_OK)
+        return vx_err(ix, rc, "out of memory making room for key " VX_KEY_FMT,
+                      VX_KEY(key));
+    return VECIDX_OK;
+}
+
+/* Insert or (if upsert) replace one validated vector; write lock held. */
+static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec,
+                         int upsert)
+{
+    uint32_t slot = vx_map_find(&ix->store.map, key);
+    int rc;
+    if (slot != VX_NOSLOT) {
+        if (!upsert)
+            return vx_err(ix, VECIDX_EEXIST,
+                          "key " VX_KEY_FMT " is already in the index",
+                          VX_KEY(key));
+        vx_store_write(&ix->store, slot, vec);
+        return VECIDX_OK;
+    }
+    if ((rc = vx_reserve_locked(ix, 1, key)) != VECIDX_OK) return rc;
+    vx_store_insert(&ix->store, key, vec);
+    return VECIDX_OK;
+}
+
+static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
+{
+    char what[64];
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, vec, "vector");
+    snprintf(what, sizeof what, "vector for key " VX_KEY_FMT, VX_KEY(key));
+    if ((rc = vx_check_vector(ix, vec, NULL, what)) != VECIDX_OK) return rc;
+    pthread_rwlock_wrlock(&ix->lock);
+    rc = vx_put_locked(ix, key, vec, upsert);
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
+int vecidx_add(vecidx *ix, uint64_t key, const float *vec)
+{
+    return vx_put(ix, key, vec, 0);
+}
+
+int vecidx_upsert(vecidx *ix, uint64_t key, const float *vec)
+{
+    return vx_put(ix, key, vec, 1);
+}
+
+static int vx_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Validate every row of a batch and find a key given twice, before the
+** index is locked: the checks touch only caller memory. */
+static int vx_batch_validate(vecidx *ix, size_t n, const uint64_t *keys,
+                             const float *vecs)
+{
+    char what[96];
+    uint64_t *sorted;
+    size_t i, bytes;
+    int rc;
+    for (i = 0; i < n; i++) {
+        snprintf(what, sizeof what, "row %zu (key " VX_KEY_FMT ")", i,
+                 VX_KEY(keys[i]));
+        rc = vx_check_vector(ix, vecs + i * (size_t)ix->p.dim, NULL, what);
+        if (rc != VECIDX_OK) return rc;
+    }
+    if (n < 2) return VECIDX_OK;
+    bytes = n * sizeof *sorted;
+    if (!(sorted = vx_malloc(&ix->mem, bytes)))
+        return vx_err(ix, VECIDX_ENOMEM, "out of memory checking %zu keys", n);
+    memcpy(sorted, keys, bytes);
+    qsort(sorted, n, sizeof *sorted, vx_cmp_u64);
+    rc = VECIDX_OK;
+    for (i = 1; i < n && rc == VECIDX_OK; i++)
+        if (sorted[i] == sorted[i - 1])
+            rc = vx_err(ix, VECIDX_EINVAL,
+                        "key " VX_KEY_FMT " appears more than once in the "
+                        "batch", VX_KEY(sorted[i]));
+    vx_free(&ix->mem, sorted, bytes);
+    return rc;
+}
+
+int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
+                     const float *vecs)
+{
+    size_t i, total;
+    int rc = VECIDX_OK;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    if (n == 0) return VECIDX_OK;
+    VX_NULL_CHECK(ix, keys, "keys array");
+    VX_NULL_CHECK(ix, vecs, "vectors array");
+    if (!vx_mul_ok(n, (size_t)ix->p.dim * sizeof(float), &total))
+        return vx_err(ix, VECIDX_EINVAL, "batch of %zu vectors is too large",
+                      n);
+    if ((rc = vx_batch_validate(ix, n, keys, vecs)) != VECIDX_OK) return rc;
+    pthread_rwlock_wrlock(&ix->lock);
+    for (i = 0; i < n && rc == VECIDX_OK; i++)
+        if (vx_map_find(&ix->store.map, keys[i]) != VX_NOSLOT)
+            rc = vx_err(ix, VECIDX_EEXIST,
+                        "row %zu: key " VX_KEY_FMT " is already in the index",
+                        i, VX_KEY(keys[i]));
+    if (rc == VECIDX_OK) rc = vx_reserve_locked(ix, n, keys[0]);
+    for (i = 0; i < n && rc == VECIDX_OK; i++)
+        vx_store_insert(&ix->store, keys[i], vecs + i * (size_t)ix->p.dim);
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
+int vecidx_remove(vecidx *ix, uint64_t key)
+{
+    uint32_t slot;
+    int rc = VECIDX_OK;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    pthread_rwlock_wrlock(&ix->lock);
+    slot = vx_map_find(&ix->store.map, key);
+    if (slot == VX_NOSLOT)
+        rc = vx_err(ix, VECIDX_ENOTFOUND,
+                    "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
+    else
+        vx_store_remove(&ix->store, slot);
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
+int vecidx_reserve(vecidx *ix, size_t n)
+{
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    if (n > VECIDX_MAX_COUNT)
+        return vx_err(ix, VECIDX_EFULL, "cannot reserve %zu vectors: the "
+                      "most an index holds is %u", n,
+                      (unsigned)VECIDX_MAX_COUNT);
+    pthread_rwlock_wrlock(&ix->lock);
+    rc = VECIDX_OK;
+    if (n > ix->store.count) {
+        rc = vx_store_reserve(&ix->store, &ix->mem, n - ix->store.count);
+        if (rc != VECIDX_OK)
+            rc = vx_err(ix, rc, "cannot reserve room for %zu vectors", n);
+    }
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
+int vecidx_get(vecidx *ix, uint64_t key, float *out)
+{
+    uint32_t slot;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, out, "output vector");
+    pthread_rwlock_rdlock(&ix->lock);
+    slot = vx_map_find(&ix->store.map, key);
+    if (slot != VX_NOSLOT)
+        memcpy(out, vx_store_vec(&ix->store, slot),
+               (size_t)ix->p.dim * sizeof(float));
+    pthread_rwlock_unlock(&ix->lock);
+    if (slot == VX_NOSLOT)
+        return vx_err(ix, VECIDX_ENOTFOUND,
+                      "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
+    return VECIDX_OK;
+}
+
+int vecidx_contains(vecidx *ix, uint64_t key)
+{
+    int found;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    pthread_rwlock_rdlock(&ix->lock);
+    found = vx_map_find(&ix->store.map, key) != VX_NOSLOT;
+    pthread_rwlock_unlock(&ix->lock);
+    return found;
+}
+
+size_t vecidx_count(vecidx *ix)
+{
+    size_t n;
+    if (ix == NULL) return 0;
+    pthread_rwlock_rdlock(&ix->lock);
+    n = ix->store.count;
+    pthread_rwlock_unlock(&ix->lock);
+    return n;
+}
+
+int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
+{
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, out, "stats output");
+    pthread_rwlock_rdlock(&ix->lock);
+    memset(out, 0, sizeof *out);
+    out->kind = ix->p.kind;
+    out->metric = ix->p.metric;
+    out->dim = ix->p.dim;
+    out->count = ix->store.count;
+    out->slots = ix->store.nslots;
+    out->capacity = (uint64_t)ix->store.nchunks << ix->store.shift;
+    out->memory_bytes = atomic_load(&ix->mem.bytes);
+    out->simd = ix->kern->name;
+    pthread_rwlock_unlock(&ix->lock);
+    return VECIDX_OK;
+}
+
+int vecidx_check(vecidx *ix)
+{
+    const char *why;
+    uint32_t slot;
+    int rc = VECIDX_OK;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    pthread_rwlock_rdlock(&ix->lock);
+    why = vx_store_check(&ix->store, &slot);
+    if (why && slot != VX_NOSLOT)
+        rc = vx_err(ix, VECIDX_ECORRUPT, "storage, slot %u: %s",
+                    (unsigned)slot, why);
+    else if (why)
+        rc = vx_err(ix, VECIDX_ECORRUPT, "storage: %s", why);
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
+/* Arguments every search checks, the same for single and batch calls. */
+static int vx_search_args(vecidx *ix, const void *q, size_t k,
+                          const uint64_t *keys, const size_t *found)
+{
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, q, "query");
+    VX_NULL_CHECK(ix, keys, "keys output");
+    VX_NULL_CHECK(ix, found, "found output");
+    if (k == 0) return vx_err(ix, VECIDX_EINVAL, "k is 0: ask for at least "
+                              "one result");
+    return VECIDX_OK;
+}
+
+/* Search queries [0, nq) of q with heaps sized for k; read lock held. */
+static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
+                         const vecidx_search_opts *o, uint64_t *keys,
+                         float *dists, size_t *found)
+{
+    vx_topk heaps[VX_FLAT_QGROUP];
+    size_t cap = k < ix->store.count ? k : ix->store.count, i, j, g;
+    int rc = VECIDX_OK;
+    for (g = 0; g < nq; g += VX_FLAT_QGROUP) {
+        size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP;
+        for (i = 0; i < m; i++)
+            if ((rc = vx_topk_alloc(&heaps[i], &ix->mem, cap)) != VECIDX_OK)
+                break;
+        if (rc == VECIDX_OK) {
+            if (cap) vx_flat_search(ix, q + g, m, o, heaps);
+            for (i = 0; i < m; i++) {
+                vx_topk_sort(&heaps[i]);
+                vx_topk_emit(&heaps[i], k, keys + (g + i) * k,
+                             dists ? dists + (g + i) * k : NULL, found + g + i);
+            }
+        }
+        for (j = 0; j < i; j++) vx_topk_free(&heaps[j], &ix->mem);
+        if (rc != VECIDX_OK)
+            return vx_err(ix, rc, "out of memory for %zu search results", k);
+    }
+    return VECIDX_OK;
+}
+
+int vecidx_search(vecidx *ix, const float *q, size_t k,
+                  const vecidx_search_opts *opts, uint64_t *keys,
+                  float *dists, size_t *found)
+{
+    vx_query vq;
+    int rc = vx_search_args(ix, q, k, keys, found);
+    if (rc != VECIDX_OK) return rc;
+    if ((rc = vx_check_vector(ix, q, &vq.inv_norm, "query")) != VECIDX_OK)
+        return rc;
+    vq.v = q;
+    pthread_rwlock_rdlock(&ix->lock);
+    rc = vx_search_run(ix, &vq, 1, k, opts, keys, dists, found);
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
+/* One worker of a batch search: queries [begin, end). */
+typedef struct vx_batch_job {
+    vecidx *ix;
+    const vx_query *q;
+    size_t begin, end, k;
+    const vecidx_search_opts *o;
+    uint64_t *keys;
+    float *dists;
+    size_t *found;
+    int rc;
+} vx_batch_job;
+
+static void *vx_batch_worker(void *arg)
+{
+    vx_batch_job *j = arg;
+    j->rc = vx_search_run(j->ix, j->q + j->begin, j->end - j->begin, j->k,
+                          j->o, j->keys + j->begin * j->k,
+                          j->dists ? j->dists + j->begin * j->k : NULL,
+                          j->found + j->begin);
+    return NULL;
+}
+
+static unsigned vx_threads(const vecidx *ix, const vecidx_search_opts *o)
+{
+    unsigned t = o && o->threads ? o->threads : ix->p.threads;
+    return t ? t : vx_cpu_count();
+}
+
+int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries,
+                        size_t k, const vecidx_search_opts *opts,
+                        uint64_t *keys, float *dists, size_t *found)
+{
+    vx_batch_job jobs[64];
+    vx_task tasks[64];
+    vx_query *vq;
+    char what[48];
+    size_t i, per, total;
+    unsigned t, nt;
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    if (nq == 0) return VECIDX_OK;
+    if ((rc = vx_search_args(ix, queries, k, keys, found)) != VECIDX_OK)
+        return rc;
+    if (!vx_mul_ok(nq, k, &total) || !vx_mul_ok(nq, sizeof *vq, &total))
+        return vx_err(ix, VECIDX_EINVAL, "batch of %zu queries is too large",
+                      nq);
+    if (!(vq = vx_malloc(&ix->mem, nq * sizeof *vq)))
+        return vx_err(ix, VECIDX_ENOMEM, "out of memory for %zu queries", nq);
+    for (i = 0; i < nq && rc == VECIDX_OK; i++) {
+        snprintf(what, sizeof what, "query %zu", i);
+        vq[i].v = queries + i * (size_t)ix->p.dim;
+        rc = vx_check_vector(ix, vq[i].v, &vq[i].inv_norm, what);
+    }
+    if (rc == VECIDX_OK) {
+        /* Whole query groups per worker, so each keeps the cache reuse. */
+        size_t groups = (nq + VX_FLAT_QGROUP - 1) / VX_FLAT_QGROUP;
+        nt = vx_threads(ix, opts);
+        if (nt > 64) nt = 64;
+        if (nt > groups) nt = (unsigned)groups;
+        per = (groups + nt - 1) / nt * VX_FLAT_QGROUP;
+        pthread_rwlock_rdlock(&ix->lock);
+        for (t = 0; t < nt; t++) {
+            vx_batch_job *j = &jobs[t];
+            j->ix = ix;
+            j->q = vq;
+            j->begin = t * per < nq ? t * per : nq;
+            j->end = j->begin + per < nq ? j->begin + per : nq;
+            j->k = k;
+            j->o = opts;
+            j->keys = keys;
+            j->dists = dists;
+            j->found = found;
+            j->rc = VECIDX_OK;
+            tasks[t].fn = vx_batch_worker;
+            tasks[t].arg = j;
+        }
+        vx_run_parallel(tasks, nt);
+        pthread_rwlock_unlock(&ix->lock);
+        for (t = 0; t < nt && rc == VECIDX_OK; t++) rc = jobs[t].rc;
+        if (rc != VECIDX_OK)
+            rc = vx_err(ix, rc, "out of memory for %zu search results", k);
+    }
+    vx_free(&ix->mem, vq, nq * sizeof *vq);
+    return rc;
+}

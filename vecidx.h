@@ -1,0 +1,320 @@
+/*
+** vecidx.h -- embeddable vector index library, public interface.
+**
+** vecidx is two files, vecidx.h and vecidx.c, with no dependencies beyond the
+** C11 standard library and POSIX threads. Compile vecidx.c with any C11
+** compiler (gcc, clang: `cc -std=c11 -O2 -c vecidx.c`) and link it; nothing
+** to configure. MIT licensed, see LICENSE.
+**
+** CONVENTIONS (they hold for every function below unless it says otherwise)
+**
+**  - Every fallible function returns an int: VECIDX_OK (0) on success or one
+**    of the negative VECIDX_E* codes. vecidx_strerror(code) names the code;
+**    vecidx_errmsg() gives the detail of the failure ("dimension 64 does not
+**    match index dimension 128").
+**  - A call that fails leaves the index exactly as it was: no partial insert,
+**    no half-applied batch. Output arguments are unspecified after a failure
+**    unless the function says otherwise.
+**  - The library never aborts, exits, prints or raises signals. All memory it
+**    uses comes from the allocator given in vecidx_params (or malloc).
+**  - Vectors are arrays of `dim` floats owned by the caller; the library
+**    copies what it keeps and never holds on to a caller's pointer after the
+**    call returns. NaN and infinite components are rejected (VECIDX_EINVAL).
+**  - Keys are any uint64_t the application chooses; every value is valid.
+**
+** THREAD SAFETY
+**
+**  Every function may be called from any thread, and concurrently on the same
+**  handle, except vecidx_close, which must not run concurrently with any
+**  other call on that handle. The handle holds a readers-writer lock:
+**    - readers (vecidx_search, vecidx_search_batch, vecidx_get,
+**      vecidx_contains, vecidx_count, vecidx_stats, vecidx_check) run in
+**      parallel with each other;
+**    - writers (vecidx_add, vecidx_upsert, vecidx_add_batch, vecidx_remove,
+**      vecidx_reserve) are serialised; a writer waits for searches already
+**      running and new readers wait for the writer, so every search sees the
+**      index either entirely before or entirely after each write call.
+**      Waiting writers are preferred over new readers where the platform
+**      allows (glibc), so a stream of searches cannot starve inserts.
+**  A filter callback runs on the thread that called the search, while the
+**  index is locked for reading: it must not call a writer on the same handle
+**  (that would deadlock); calling readers from it is allowed.
+**  Separate handles share no state and need no coordination.
+*/
+#ifndef VECIDX_H
+#define VECIDX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The version is defined here only; the build files read it from here. */
+#define VECIDX_VERSION_MAJOR 0
+#define VECIDX_VERSION_MINOR 1
+#define VECIDX_VERSION_PATCH 0
+#define VECIDX_VERSION_STRING "0.1.0"
+#define VECIDX_VERSION_NUMBER                                                 \
+    (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 +              \
+     VECIDX_VERSION_PATCH)
+
+/* Largest vector dimension accepted by vecidx_create. */
+#define VECIDX_MAX_DIM 65536u
+
+/* Largest number of vectors one index holds (slots are 32-bit). */
+#define VECIDX_MAX_COUNT 0xFFFFFFF0u
+
+/* Index kinds. Zero is never a valid kind. */
+enum {
+    VECIDX_FLAT = 1,  /* exact brute-force search */
+    VECIDX_HNSW = 2,  /* hierarchical navigable small-world graph */
+    VECIDX_IVFPQ = 3  /* inverted lists + product quantization */
+};
+
+/* Metrics. Every distance returned is "smaller is closer". Zero is never a
+** valid metric.
+**  VECIDX_L2      squared Euclidean distance, sum((a-b)^2), >= 0.
+**  VECIDX_IP      negative inner product, -sum(a*b); the largest inner
+**                 product comes first.
+**  VECIDX_COSINE  cosine distance 1 - a.b/(|a||b|), in [0, 2]. Vectors are
+**                 stored as given (vecidx_get returns them unchanged); a
+**                 vector of all zeros has no direction and is rejected with
+**                 VECIDX_EINVAL, for both stored vectors and queries. */
+enum {
+    VECIDX_L2 = 1,
+    VECIDX_IP = 2,
+    VECIDX_COSINE = 3
+};
+
+/* Result codes. VECIDX_OK is zero; every error is negative. */
+enum {
+    VECIDX_OK = 0,
+    VECIDX_EINVAL = -1,    /* invalid argument: NULL, k = 0, NaN, bad enum */
+    VECIDX_ENOMEM = -2,    /* an allocation failed */
+    VECIDX_EIO = -3,       /* an operating-system I/O call failed */
+    VECIDX_ECORRUPT = -4,  /* stored data failed a check */
+    VECIDX_ENOTFOUND = -5, /* key not in the index */
+    VECIDX_EEXIST = -6,    /* key already in the index (vecidx_add) */
+    VECIDX_EDIM = -7,      /* dimension out of range or mismatched */
+    VECIDX_ESTATE = -8,    /* call not valid in the handle's state */
+    VECIDX_EVERSION = -9,  /* file written by a newer, unknown format */
+    VECIDX_ENOTSUP = -10,  /* feature not available in this build/kind */
+    VECIDX_EFULL = -11     /* VECIDX_MAX_COUNT vectors already stored */
+};
+
+/* Optional memory allocator. All three functions must be set, or all three
+** NULL (meaning the C library's malloc/realloc/free). `ctx` is passed back
+** unchanged. realloc_fn receives the old size of the block so that arena
+** allocators need no header. Each function may be called from any thread
+** that uses the index, concurrently, so it must be thread-safe. A function
+** returning NULL makes the calling vecidx function fail with VECIDX_ENOMEM
+** and leave the index unchanged. free_fn is never called with NULL. */
+typedef struct vecidx_allocator {
+    void *(*malloc_fn)(void *ctx, size_t size);
+    void *(*realloc_fn)(void *ctx, void *ptr, size_t old_size,
+                        size_t new_size);
+    void (*free_fn)(void *ctx, void *ptr);
+    void *ctx;
+} vecidx_allocator;
+
+/* Parameters of a new index. Always fill with vecidx_params_init first and
+** then change fields: new fields may be added in later versions, and init
+** gives them their defaults, so callers written today keep working. */
+typedef struct vecidx_params {
+    int kind;             /* VECIDX_FLAT, VECIDX_HNSW or VECIDX_IVFPQ */
+    int metric;           /* VECIDX_L2, VECIDX_IP or VECIDX_COSINE */
+    uint32_t dim;         /* 1 .. VECIDX_MAX_DIM */
+    uint32_t capacity;    /* vectors to make room for up front (default 0;
+                             the index grows on demand either way) */
+    uint64_t seed;        /* seed for every random choice the index makes
+                             (HNSW levels, k-means init); default 42 */
+    uint32_t threads;     /* worker threads for batch calls; 0 = one per
+                             online CPU (default 0) */
+
+    /* HNSW (ignored by other kinds) */
+    uint32_t hnsw_m;               /* links per node per layer (default 16) */
+    uint32_t hnsw_ef_construction; /* build breadth (default 200) */
+    uint32_t hnsw_ef_search;       /* default search breadth (default 64) */
+
+    /* IVF-PQ (ignored by other kinds) */
+    uint32_t ivf_nlist;   /* coarse lists; 0 = chosen from the data */
+    uint32_t ivf_nprobe;  /* default lists probed per query (default 8) */
+    uint32_t pq_m;        /* sub-quantizers; 0 = chosen from dim */
+    uint32_t pq_nbits;    /* bits per code (default 8) */
+
+    vecidx_allocator allocator; /* default: all NULL = malloc/realloc/free */
+} vecidx_params;
+
+/* Per-query knobs. A zero-initialised struct (or a NULL pointer where a
+** function takes one) means "index defaults, no filter". */
+typedef struct vecidx_search_opts {
+    uint32_t ef;      /* HNSW search breadth; 0 = index default */
+    uint32_t nprobe;  /* IVF-PQ lists to probe; 0 = index default */
+    uint32_t threads; /* vecidx_search_batch workers; 0 = params.threads */
+    /* Optional filter: only keys for which filter(key, filter_ctx) returns
+    ** non-zero can appear in the results. NULL admits every key. It is
+    ** called from the searching thread, only for candidates close enough to
+    ** enter the current top k, possibly more than once per key and in no
+    ** particular order, so it should be cheap and free of side effects. In
+    ** vecidx_search_batch it may be called from several worker threads at
+    ** once. See THREAD SAFETY for what it may call. */
+    int (*filter)(uint64_t key, void *ctx);
+    void *filter_ctx;
+} vecidx_search_opts;
+
+/* Counters describing an index, filled by vecidx_stats. */
+typedef struct vecidx_stats_t {
+    int kind;
+    int metric;
+    uint32_t dim;
+    uint64_t count;        /* live vectors */
+    uint64_t slots;        /* slots ever used (live + free for reuse) */
+    uint64_t capacity;     /* slots allocated */
+    uint64_t memory_bytes; /* bytes currently held from the allocator */
+    const char *simd;      /* kernel in use: "avx2", "neon" or "scalar" */
+} vecidx_stats_t;
+
+typedef struct vecidx vecidx;
+
+/* ---- Library ---------------------------------------------------------- */
+
+/* Version of the compiled library as "MAJOR.MINOR.PATCH" (static string).
+** Compare with VECIDX_VERSION_STRING to detect a header/library mismatch. */
+const char *vecidx_version(void);
+
+/* VECIDX_VERSION_NUMBER of the compiled library. */
+int vecidx_version_number(void);
+
+/* Name of the distance kernel chosen for this CPU: "avx2" (x86-64 with
+** AVX2+FMA), "neon" (ARM with Advanced SIMD) or "scalar". Static string.
+** Defining VECIDX_NO_SIMD when compiling vecidx.c forces "scalar". */
+const char *vecidx_simd(void);
+
+/* Short fixed description of a result code ("key not found"). Never NULL;
+** unknown codes give "unknown error". Static string, thread-safe. */
+const char *vecidx_strerror(int code);
+
+/* Detail of the most recent failed vecidx call made by the calling thread,
+** e.g. "dimension 64 does not match index dimension 128". The message is
+** kept per thread, so concurrent calls from other threads never overwrite
+** it; `ix` may be NULL (for example after vecidx_create failed) and is only
+** used to check the message belongs to that handle or to a handle-less
+** call: when the thread's last failure was on a different handle the result
+** is "". Successful calls do not clear the message. The string is owned by
+** the library and valid until the thread's next failing vecidx call. Never
+** NULL. */
+const char *vecidx_errmsg(const vecidx *ix);
+
+/* ---- Creating and closing --------------------------------------------- */
+
+/* Fill *p with defaults for an index of the given kind, metric and
+** dimension (see the field comments of vecidx_params). Returns VECIDX_OK,
+** VECIDX_EINVAL if p is NULL or kind/metric is unknown, VECIDX_EDIM if dim
+** is 0 or above VECIDX_MAX_DIM; *p is filled in every case but the first,
+** so the caller may still correct fields before vecidx_create. */
+int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim);
+
+/* Create an empty in-memory index from *p, which is copied (the caller may
+** free or reuse it afterwards). On success *out is the new handle, to be
+** released with vecidx_close. On failure *out is set to NULL (when out is
+** not NULL) and vecidx_errmsg(NULL) tells why.
+** Errors: VECIDX_EINVAL (NULL p or out, unknown kind/metric, allocator only
+** partly set), VECIDX_EDIM (dim 0 or over VECIDX_MAX_DIM), VECIDX_ENOTSUP
+** (a kind this version does not implement yet), VECIDX_ENOMEM. */
+int vecidx_create(const vecidx_params *p, vecidx **out);
+
+/* Release the index and all its memory. NULL is a no-op. No other call on
+** ix may be running or start afterwards. */
+void vecidx_close(vecidx *ix);
+
+/* Make room for at least n vectors in total, so that later inserts up to
+** that count do not allocate for vector storage. Writer.
+** Errors: VECIDX_EINVAL (NULL ix), VECIDX_EFULL (n > VECIDX_MAX_COUNT),
+** VECIDX_ENOMEM. */
+int vecidx_reserve(vecidx *ix, size_t n);
+
+/* ---- Writing ---------------------------------------------------------- */
+
+/* Insert vector vec (dim floats) under key. Writer.
+** Errors: VECIDX_EINVAL (NULL ix/vec, NaN or infinity in vec, zero vector
+** under VECIDX_COSINE), VECIDX_EEXIST (key already present; the stored
+** vector is left unchanged), VECIDX_EFULL, VECIDX_ENOMEM. */
+int vecidx_add(vecidx *ix, uint64_t key, const float *vec);
+
+/* Insert vec under key, or replace the vector stored under key if there is
+** one. Writer. Errors as vecidx_add, without VECIDX_EEXIST. */
+int vecidx_upsert(vecidx *ix, uint64_t key, const float *vec);
+
+/* Insert n vectors: keys[i] with vecs[i*dim .. i*dim+dim-1]. All or
+** nothing: every key and vector is checked, and all memory is obtained,
+** before the index changes, so on any error no vector of the batch is
+** inserted. n = 0 is a successful no-op (keys and vecs may then be NULL).
+** Writer. Errors: VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
+** zero vector in any row, the same key twice within the batch),
+** VECIDX_EEXIST (a key already in the index), VECIDX_EFULL, VECIDX_ENOMEM.
+** The message names the offending row or key. */
+int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
+                     const float *vecs);
+
+/* Remove the vector stored under key; its storage is reused by later
+** inserts. Writer. Errors: VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND. */
+int vecidx_remove(vecidx *ix, uint64_t key);
+
+/* ---- Reading ---------------------------------------------------------- */
+
+/* Copy the vector stored under key into out (dim floats, caller-owned).
+** Reader. Errors: VECIDX_EINVAL (NULL ix/out), VECIDX_ENOTFOUND. */
+int vecidx_get(vecidx *ix, uint64_t key, float *out);
+
+/* 1 if key is stored, 0 if not, VECIDX_EINVAL if ix is NULL. Reader. */
+int vecidx_contains(vecidx *ix, uint64_t key);
+
+/* Number of vectors stored; 0 for NULL. Reader. */
+size_t vecidx_count(vecidx *ix);
+
+/* Fill *out with counters of the index. Reader.
+** Errors: VECIDX_EINVAL (NULL ix or out). */
+int vecidx_stats(vecidx *ix, vecidx_stats_t *out);
+
+/* Verify the internal invariants of the index (key map against storage,
+** counts, free-slot list; for graph and list kinds their structure too).
+** Reader; cost is linear in the index size.
+** Errors: VECIDX_EINVAL (NULL ix), VECIDX_ECORRUPT with a message naming
+** the first broken invariant. */
+int vecidx_check(vecidx *ix);
+
+/* ---- Searching -------------------------------------------------------- */
+
+/* Find the k stored vectors closest to query q (dim floats) under the
+** index metric. keys and dists must each have room for k entries; dists
+** may be NULL when distances are not wanted. On success *found is the
+** number of results written, min(k, number of admissible vectors) for the
+** exact flat index; results are sorted closest first, ties by key. Entries
+** from *found to k-1 are set to key UINT64_MAX and distance +infinity
+** (never read them as results: UINT64_MAX is a valid key). opts may be
+** NULL. Searching an empty index succeeds with *found = 0. Reader.
+** Errors: VECIDX_EINVAL (NULL ix/q/keys/found, k = 0, NaN/infinity in q,
+** zero query under VECIDX_COSINE), VECIDX_ENOMEM. */
+int vecidx_search(vecidx *ix, const float *q, size_t k,
+                  const vecidx_search_opts *opts, uint64_t *keys,
+                  float *dists, size_t *found);
+
+/* Search nq queries at once (queries: nq*dim floats, row-major). Results
+** of query i go to keys[i*k .. i*k+k-1] and dists[i*k ..] (dists may be
+** NULL), its count to found[i]; same contract per query as vecidx_search.
+** Runs on up to opts->threads worker threads (0: params.threads), which
+** the call starts and joins. Faster than nq single searches for the flat
+** index, which compares blocks of queries with blocks of stored vectors
+** while they are in cache. All queries are validated before any is run.
+** nq = 0 is a successful no-op. Reader. Errors as vecidx_search; the
+** message names the first bad query. */
+int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries,
+                        size_t k, const vecidx_search_opts *opts,
+                        uint64_t *keys, float *dists, size_t *found);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VECIDX_H */
