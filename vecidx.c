@@ -14,9 +14,10 @@
 **   3. storage                 slot-addressed vectors, key map, free slots
 **   4. top-k                   bounded max-heap shared by every search
 **   5. flat                    exact search, single and blocked batch
-**   6. public API              argument checks, locking, dispatch to kinds
-** HNSW, IVF-PQ, the file format and the write-ahead log get their sections
-** between "flat" and "public API", in that order, as they are added.
+**   6. HNSW                    graph build, search, repair after removals
+**   7. public API              argument checks, locking, dispatch to kinds
+** IVF-PQ, the file format and the write-ahead log get their sections
+** between "HNSW" and "public API", in that order, as they are added.
 **
 ** Naming: public functions are vecidx_*; everything else is static and
 ** named vx_<module>_*.
@@ -33,6 +34,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -508,25 +510,36 @@ typedef struct vx_keymap {
 } vx_keymap;
 
 /* A chunk is one allocation holding 2^shift slots, laid out as
-**   [vectors: per*dim floats][keys: per u64][inverse norms][live bytes]
-** Vectors come first so they get the allocator's alignment; per >= 16, so
-** the vector block is a multiple of 64 bytes and the keys stay aligned.
-** The inverse-norm block exists only for the cosine metric. */
+**   [vectors: per*dim floats][keys: per u64][inverse norms]
+**   [level-0 links: per*(1+link0) u32][upper-link offsets: per u32]
+**   [levels: per bytes][states: per bytes]
+** Widest elements first, so every block stays aligned; per >= 16, so the
+** vector block is a multiple of 64 bytes. Inverse norms exist only for the
+** cosine metric; links, offsets and levels only for HNSW (link0 > 0). */
 typedef struct vx_chunk {
     float *vec;
     uint64_t *key;
     float *inorm;
+    uint32_t *link0;
+    uint32_t *upper;
+    uint8_t *level;
     uint8_t *live;
 } vx_chunk;
+
+/* Slot states. A buried slot's key is gone, but a graph may still link to
+** it until the graph is repaired; only then is the slot freed for reuse. */
+enum { VX_FREE = 0, VX_LIVE = 1, VX_BURIED = 2 };
 
 typedef struct vx_store {
     uint32_t dim;
     uint32_t shift; /* log2(slots per chunk) */
     int cosine;     /* keep inverse norms */
+    uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
     uint32_t nchunks, chunk_cap;
     vx_chunk *chunks;
     uint32_t nslots; /* slots ever handed out: [0, nslots) */
     uint32_t count;  /* live slots */
+    uint32_t nburied;
     uint32_t *free;  /* removed slots, reused LIFO */
     uint32_t nfree, free_cap;
     vx_keymap map;
@@ -642,12 +655,14 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, size_t n)
     return VECIDX_OK;
 }
 
-static void vx_store_init(vx_store *s, uint32_t dim, int cosine)
+static void vx_store_init(vx_store *s, uint32_t dim, int cosine,
+                          uint32_t link0)
 {
     uint32_t shift = 4;
     memset(s, 0, sizeof *s);
     s->dim = dim;
     s->cosine = cosine;
+    s->link0 = link0;
     while (shift < 16 &&
            ((size_t)dim * sizeof(float) << (shift + 1)) <= VX_CHUNK_BYTES)
         shift++;
@@ -657,8 +672,9 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine)
 static size_t vx_store_chunk_bytes(const vx_store *s)
 {
     size_t per = vx_store_per_chunk(s);
+    size_t graph = s->link0 ? (1 + (size_t)s->link0 + 1) * 4 + 1 : 0;
     return per * ((size_t)s->dim * sizeof(float) + sizeof(uint64_t) +
-                  (s->cosine ? sizeof(float) : 0) + 1);
+                  (s->cosine ? sizeof(float) : 0) + graph + 1);
 }
 
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
@@ -694,8 +710,18 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
     p += per * sizeof(uint64_t);
     c->inorm = s->cosine ? (float *)(void *)p : NULL;
     p += s->cosine ? per * sizeof(float) : 0;
+    c->link0 = c->upper = NULL;
+    c->level = NULL;
+    if (s->link0) {
+        c->link0 = (uint32_t *)(void *)p;
+        p += per * (1 + (size_t)s->link0) * sizeof(uint32_t);
+        c->upper = (uint32_t *)(void *)p;
+        p += per * sizeof(uint32_t);
+        c->level = p;
+        p += per;
+    }
     c->live = p;
-    memset(c->live, 0, per);
+    memset(c->live, VX_FREE, per);
     return VECIDX_OK;
 }
 
@@ -743,30 +769,46 @@ static uint32_t vx_store_insert(vx_store *s, uint64_t key, const float *v)
     vx_chunk *c = VX_SLOT_CHUNK(s, slot);
     vx_store_write(s, slot, v);
     c->key[VX_SLOT_INDEX(s, slot)] = key;
-    c->live[VX_SLOT_INDEX(s, slot)] = 1;
+    c->live[VX_SLOT_INDEX(s, slot)] = VX_LIVE;
     vx_map_put(&s->map, key, slot);
     s->count++;
     return slot;
 }
 
-static void vx_store_remove(vx_store *s, uint32_t slot)
+/* Take the key out of the index. A graph kind buries the slot until its
+** links are repaired (vx_store_release); other kinds free it at once. */
+static void vx_store_remove(vx_store *s, uint32_t slot, int bury)
 {
-    VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = 0;
     vx_map_del(&s->map, vx_store_key(s, slot));
-    s->free[s->nfree++] = slot;
     s->count--;
+    if (bury) {
+        VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = VX_BURIED;
+        s->nburied++;
+    } else {
+        VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = VX_FREE;
+        s->free[s->nfree++] = slot;
+    }
+}
+
+/* Free a buried slot for reuse, once nothing links to it any more. */
+static void vx_store_release(vx_store *s, uint32_t slot)
+{
+    VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = VX_FREE;
+    s->free[s->nfree++] = slot;
+    s->nburied--;
 }
 
 /* Check the storage invariants; returns NULL or a static description. */
 static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
 {
-    uint32_t slot, live = 0, i;
+    uint32_t slot, live = 0, buried = 0, i;
     size_t cells = 0;
     *bad_slot = VX_NOSLOT;
     if ((size_t)s->nslots > (size_t)s->nchunks * vx_store_per_chunk(s))
         return "slot count exceeds allocated chunks";
     for (slot = 0; slot < s->nslots; slot++) {
-        if (!vx_store_live(s, slot)) continue;
+        if (vx_store_live(s, slot) == VX_BURIED) buried++;
+        if (vx_store_live(s, slot) != VX_LIVE) continue;
         live++;
         *bad_slot = slot;
         if (vx_map_find(&s->map, vx_store_key(s, slot)) != slot)
@@ -776,19 +818,21 @@ static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
     }
     *bad_slot = VX_NOSLOT;
     if (live != s->count) return "live slots differ from the count";
+    if (buried != s->nburied) return "buried slots differ from their count";
     if (s->map.n != s->count) return "key map size differs from the count";
     for (i = 0; i < s->map.cap; i++) {
         if (s->map.slots[i] == VX_NOSLOT) continue;
         cells++;
-        if (s->map.slots[i] >= s->nslots || !vx_store_live(s, s->map.slots[i]))
+        if (s->map.slots[i] >= s->nslots ||
+            vx_store_live(s, s->map.slots[i]) != VX_LIVE)
             return "key map points to a slot without a vector";
     }
     if (cells != s->map.n) return "key map cell count differs from its size";
-    if ((size_t)s->nfree + s->count != s->nslots)
-        return "free slots plus live slots differ from used slots";
+    if ((size_t)s->nfree + s->count + s->nburied != s->nslots)
+        return "free, live and buried slots do not add up to used slots";
     for (i = 0; i < s->nfree; i++) {
         *bad_slot = s->free[i];
-        if (s->free[i] >= s->nslots || vx_store_live(s, s->free[i]))
+        if (s->free[i] >= s->nslots || vx_store_live(s, s->free[i]) != VX_FREE)
             return "free stack holds a live or unused slot";
     }
     *bad_slot = VX_NOSLOT;
@@ -925,13 +969,75 @@ static void vx_topk_free(vx_topk *h, vx_mem *mem)
 #define VX_FLAT_MAX_ROWS 256u
 #define VX_FLAT_QGROUP 8u
 
+/* The handle embeds the state of every kind, so the kinds' types are
+** declared here, ahead of the sections that implement them. */
+
+#define VX_HNSW_MAX_LEVEL 15
+#define VX_HNSW_MAX_M 128u /* level-0 lists hold up to 2*M links */
+#define VX_HNSW_NLOCKS 4096u
+
+typedef struct vx_cand {
+    float d;
+    uint32_t slot;
+} vx_cand;
+
+/* Per-search working memory, pooled so concurrent searches each get their
+** own and a search allocates nothing once the pool is warm. Visited marks
+** are epoch tags: a new search bumps the epoch instead of clearing. */
+typedef struct vx_hnsw_scratch {
+    struct vx_hnsw_scratch *next;
+    uint16_t *visit;
+    size_t visit_cap;
+    uint16_t epoch;
+    vx_cand *cand; /* frontier, a max-heap on -d (closest on top) */
+    size_t ncand, cand_cap;
+    vx_cand *res; /* results, a max-heap on d bounded by ef */
+    size_t nres, res_cap;
+    vx_cand *sel; /* candidate lists for neighbour selection */
+    size_t sel_cap;
+    uint32_t *ids; /* link lists copied out under a lock */
+    size_t ids_cap;
+    size_t visited;
+    int oom;
+} vx_hnsw_scratch;
+
+typedef struct vx_hnsw {
+    uint32_t m, m0;   /* links per node above / at level 0 */
+    double level_mult; /* 1/ln(M): level = floor(-ln(U) * mult) */
+    uint64_t rng;
+    uint32_t entry; /* VX_NOSLOT when the graph is empty */
+    int maxlevel;
+    /* Links above level 0 live in one u32 arena: a node of level L owns
+    ** L blocks of (1 + m) words at offset upper[slot]; offset 0 is never
+    ** used. Freed blocks are chained per L through their first word. */
+    uint32_t *arena;
+    size_t arena_n, arena_cap;
+    uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
+    pthread_mutex_t pool_lock;
+    vx_hnsw_scratch *pool;
+    /* Only a parallel build takes these: a striped lock per node's links,
+    ** and one for the entry point. */
+    int locking;
+    pthread_mutex_t entry_lock;
+    atomic_flag locks[VX_HNSW_NLOCKS];
+} vx_hnsw;
+
 struct vecidx {
     vecidx_params p;
     vx_mem mem;
     const vx_kernels *kern;
     pthread_rwlock_t lock;
     vx_store store;
+    vx_hnsw hnsw; /* kind HNSW only */
 };
+
+/* Worker threads for a call: the per-call option, else the index's, else
+** one per online CPU. */
+static unsigned vx_threads(const vecidx *ix, const vecidx_search_opts *o)
+{
+    unsigned t = o && o->threads ? o->threads : ix->p.threads;
+    return t ? t : vx_cpu_count();
+}
 
 /* A query after validation: cosine carries the query's inverse norm so
 ** that stored vectors never need normalising copies. */
@@ -981,7 +1087,7 @@ static void vx_flat_offer(const vx_store *s, uint32_t first, size_t n,
     size_t i;
     for (i = 0; i < n; i++) {
         float d = dist[i];
-        if (!live[i]) continue;
+        if (live[i] != VX_LIVE) continue;
         if (VX_UNLIKELY(d != d)) d = INFINITY; /* inf-inf in huge inputs */
         if (!vx_topk_admits(h, d, key[i])) continue;
         if (o && o->filter && !o->filter(key[i], o->filter_ctx)) continue;
@@ -1012,7 +1118,875 @@ static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
 }
 
 /* ======================================================================
-** 6. Public API
+** 6. HNSW
+**
+** Hierarchical navigable small-world graph (Malkov & Yashunin 2016) with
+** the neighbour-selection heuristic. Level-0 links sit in the storage
+** chunks beside the vectors (one u32 count then up to m0 slot numbers per
+** node); higher levels live in the arena. Everything is slot numbers and
+** offsets, never pointers.
+**
+** Removal buries a node: its key leaves the index at once and searches
+** never return it, but it stays traversable until a repair pass
+** (vx_hnsw_repair) rewires every list that links to a buried node through
+** the buried node's own neighbours and then frees the slot. Passes run
+** when enough nodes are buried, so the graph stays navigable, memory stays
+** bounded under churn, and no list ever points to a reused slot.
+** ====================================================================== */
+
+#define VX_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+
+static inline uint32_t *vx_hnsw_links(const vecidx *ix, uint32_t slot, int l)
+{
+    const vx_store *s = &ix->store;
+    const vx_chunk *c = VX_SLOT_CHUNK(s, slot);
+    uint32_t i = VX_SLOT_INDEX(s, slot);
+    if (l == 0) return c->link0 + (size_t)i * (1 + s->link0);
+    return ix->hnsw.arena + c->upper[i] + (size_t)(l - 1) * (1 + ix->hnsw.m);
+}
+
+static inline int vx_hnsw_level(const vecidx *ix, uint32_t slot)
+{
+    return VX_SLOT_CHUNK(&ix->store, slot)->level[VX_SLOT_INDEX(&ix->store,
+                                                                slot)];
+}
+
+static inline void vx_hnsw_lock(vecidx *ix, uint32_t slot)
+{
+    atomic_flag *f = &ix->hnsw.locks[slot % VX_HNSW_NLOCKS];
+    unsigned spins = 0;
+    if (!ix->hnsw.locking) return;
+    while (atomic_flag_test_and_set_explicit(f, memory_order_acquire))
+        if (++spins % 64 == 0) sched_yield();
+}
+
+static inline void vx_hnsw_unlock(vecidx *ix, uint32_t slot)
+{
+    if (ix->hnsw.locking)
+        atomic_flag_clear_explicit(&ix->hnsw.locks[slot % VX_HNSW_NLOCKS],
+                                   memory_order_release);
+}
+
+/* Distance from a validated query to a stored slot. */
+static inline float vx_qdist(const vecidx *ix, const vx_query *q,
+                             uint32_t slot)
+{
+    const float *v = vx_store_vec(&ix->store, slot);
+    switch (ix->p.metric) {
+    case VECIDX_L2: return ix->kern->l2(q->v, v, ix->p.dim);
+    case VECIDX_IP: return -ix->kern->dot(q->v, v, ix->p.dim);
+    default:
+        return 1.0f - ix->kern->dot(q->v, v, ix->p.dim) * q->inv_norm *
+                          vx_store_inorm(&ix->store, slot);
+    }
+}
+
+/* A stored node seen as a query, for distances between nodes. */
+static inline vx_query vx_node_query(const vecidx *ix, uint32_t slot)
+{
+    vx_query q;
+    q.v = vx_store_vec(&ix->store, slot);
+    q.inv_norm = ix->store.cosine ? vx_store_inorm(&ix->store, slot) : 0.0f;
+    return q;
+}
+
+/* ---- working memory ---------------------------------------------------- */
+
+static void vx_scratch_free(vx_mem *mem, vx_hnsw_scratch *s)
+{
+    vx_free(mem, s->visit, s->visit_cap * sizeof *s->visit);
+    vx_free(mem, s->cand, s->cand_cap * sizeof *s->cand);
+    vx_free(mem, s->res, s->res_cap * sizeof *s->res);
+    vx_free(mem, s->sel, s->sel_cap * sizeof *s->sel);
+    vx_free(mem, s->ids, s->ids_cap * sizeof *s->ids);
+    vx_free(mem, s, sizeof *s);
+}
+
+/* Grow an array of `elem`-byte items to at least `need` entries. */
+static int vx_grow(vx_mem *mem, void **p, size_t *cap, size_t need,
+                   size_t elem)
+{
+    size_t ncap = *cap ? *cap : 16, bytes;
+    void *q;
+    if (need <= *cap) return VECIDX_OK;
+    while (ncap < need) ncap *= 2;
+    if (!vx_mul_ok(ncap, elem, &bytes)) return VECIDX_ENOMEM;
+    if (!(q = vx_realloc(mem, *p, *cap * elem, bytes))) return VECIDX_ENOMEM;
+    *p = q;
+    *cap = ncap;
+    return VECIDX_OK;
+}
+
+/* Make s fit a search of breadth ef over the current slots. */
+static int vx_scratch_fit(vecidx *ix, vx_hnsw_scratch *s, size_t ef)
+{
+    size_t slots = (size_t)ix->store.nchunks << ix->store.shift;
+    size_t sel = (size_t)ix->hnsw.m0 * (ix->hnsw.m0 + 1) + ef + 1;
+    if (s->visit_cap < slots) {
+        vx_free(&ix->mem, s->visit, s->visit_cap * sizeof *s->visit);
+        s->visit_cap = 0;
+        if (!(s->visit = vx_malloc(&ix->mem, slots * sizeof *s->visit)))
+            return VECIDX_ENOMEM;
+        memset(s->visit, 0, slots * sizeof *s->visit);
+        s->visit_cap = slots;
+        s->epoch = 0;
+    }
+    if (vx_grow(&ix->mem, (void **)&s->res, &s->res_cap, ef + 1,
+                sizeof *s->res) ||
+        vx_grow(&ix->mem, (void **)&s->cand, &s->cand_cap, 2 * ef + 64,
+                sizeof *s->cand) ||
+        vx_grow(&ix->mem, (void **)&s->sel, &s->sel_cap, sel,
+                sizeof *s->sel) ||
+        vx_grow(&ix->mem, (void **)&s->ids, &s->ids_cap, sel,
+                sizeof *s->ids))
+        return VECIDX_ENOMEM;
+    return VECIDX_OK;
+}
+
+/* Take a scratch from the pool (or make one) fitted for breadth ef. */
+static int vx_scratch_get(vecidx *ix, size_t ef, vx_hnsw_scratch **out)
+{
+    vx_hnsw_scratch *s;
+    pthread_mutex_lock(&ix->hnsw.pool_lock);
+    s = ix->hnsw.pool;
+    if (s) ix->hnsw.pool = s->next;
+    pthread_mutex_unlock(&ix->hnsw.pool_lock);
+    if (!s) {
+        if (!(s = vx_malloc(&ix->mem, sizeof *s))) return VECIDX_ENOMEM;
+        memset(s, 0, sizeof *s);
+    }
+    if (vx_scratch_fit(ix, s, ef) != VECIDX_OK) {
+        vx_scratch_free(&ix->mem, s);
+        return VECIDX_ENOMEM;
+    }
+    s->oom = 0;
+    *out = s;
+    return VECIDX_OK;
+}
+
+static void vx_scratch_put(vecidx *ix, vx_hnsw_scratch *s)
+{
+    pthread_mutex_lock(&ix->hnsw.pool_lock);
+    s->next = ix->hnsw.pool;
+    ix->hnsw.pool = s;
+    pthread_mutex_unlock(&ix->hnsw.pool_lock);
+}
+
+/* Start a new visit generation; wrap-around clears the tags once. */
+static void vx_scratch_new_visit(vx_hnsw_scratch *s)
+{
+    if (++s->epoch == 0) {
+        memset(s->visit, 0, s->visit_cap * sizeof *s->visit);
+        s->epoch = 1;
+    }
+    s->visited = 0;
+}
+
+/* ---- candidate heaps ---------------------------------------------------- */
+
+/* Max-heap on key(d): results use d, the frontier uses -d. */
+static void vx_cheap_push(vx_cand *h, size_t *n, vx_cand c, int neg)
+{
+    size_t i = (*n)++;
+    float kc = neg ? -c.d : c.d;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        float kp = neg ? -h[p].d : h[p].d;
+        if (kp >= kc) break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = c;
+}
+
+static vx_cand vx_cheap_pop(vx_cand *h, size_t *n, int neg)
+{
+    vx_cand top = h[0], last = h[--(*n)];
+    size_t i = 0, m = *n;
+    float kl = neg ? -last.d : last.d;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        float kc;
+        if (c >= m) break;
+        if (c + 1 < m &&
+            (neg ? -h[c + 1].d : h[c + 1].d) > (neg ? -h[c].d : h[c].d))
+            c++;
+        kc = neg ? -h[c].d : h[c].d;
+        if (kc <= kl) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (m) h[i] = last;
+    return top;
+}
+
+/* Push onto the frontier, growing it; on failure the search continues
+** with what it has and reports VECIDX_ENOMEM at the end. */
+static void vx_frontier_push(vecidx *ix, vx_hnsw_scratch *s, vx_cand c)
+{
+    if (s->ncand == s->cand_cap &&
+        vx_grow(&ix->mem, (void **)&s->cand, &s->cand_cap, s->ncand + 1,
+                sizeof *s->cand) != VECIDX_OK) {
+        s->oom = 1;
+        return;
+    }
+    vx_cheap_push(s->cand, &s->ncand, c, 1);
+}
+
+/* ---- graph walk ---------------------------------------------------------- */
+
+/* The links of slot at level l. While a parallel build runs, lists change
+** under other threads, so they are copied out under the node's lock. */
+static const uint32_t *vx_hnsw_read(vecidx *ix, vx_hnsw_scratch *s,
+                                    uint32_t slot, int l, uint32_t *n)
+{
+    const uint32_t *links = vx_hnsw_links(ix, slot, l);
+    if (!ix->hnsw.locking) {
+        *n = links[0];
+        return links + 1;
+    }
+    vx_hnsw_lock(ix, slot);
+    *n = links[0];
+    memcpy(s->ids, links + 1, *n * sizeof *links);
+    vx_hnsw_unlock(ix, slot);
+    return s->ids;
+}
+
+/* Greedy descent on an upper level: move to any closer neighbour until
+** none is closer. */
+static void vx_hnsw_greedy(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
+                           uint32_t *cur, float *cur_d, int l)
+{
+    int moved = 1;
+    while (moved) {
+        uint32_t n, i;
+        const uint32_t *nb = vx_hnsw_read(ix, s, *cur, l, &n);
+        moved = 0;
+        for (i = 0; i < n; i++) {
+            float d = vx_qdist(ix, q, nb[i]);
+            if (d < *cur_d) {
+                *cur_d = d;
+                *cur = nb[i];
+                moved = 1;
+            }
+        }
+    }
+}
+
+/* May slot enter the results? Live, and admitted by the filter if any. */
+static inline int vx_hnsw_admit(const vecidx *ix, uint32_t slot,
+                                const vecidx_search_opts *o)
+{
+    if (vx_store_live(&ix->store, slot) != VX_LIVE) return 0;
+    return !(o && o->filter) ||
+           o->filter(vx_store_key(&ix->store, slot), o->filter_ctx);
+}
+
+/* Offer a visited node: results keep the ef best admitted nodes, and any
+** node closer than the worst result (admitted or not, buried too) joins
+** the frontier, so the walk passes through filtered-out regions. */
+static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c,
+                          size_t ef, const vecidx_search_opts *o)
+{
+    int full = s->nres >= ef;
+    if (full && c.d >= s->res[0].d) return;
+    vx_frontier_push(ix, s, c);
+    if (!vx_hnsw_admit(ix, c.slot, o)) return;
+    vx_cheap_push(s->res, &s->nres, c, 0);
+    if (s->nres > ef) vx_cheap_pop(s->res, &s->nres, 0);
+}
+
+/* Best-first search of level l from ep, breadth ef, into s->res. With a
+** filter the walk gives up after `budget` visits (s->visited then exceeds
+** it) so that the caller can switch to an exact scan. */
+static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
+                          vx_cand ep, int l, size_t ef,
+                          const vecidx_search_opts *o, size_t budget)
+{
+    const vx_store *st = &ix->store;
+    size_t dim_bytes = (size_t)st->dim * sizeof(float);
+    vx_scratch_new_visit(s);
+    s->nres = s->ncand = 0;
+    s->visit[ep.slot] = s->epoch;
+    vx_hnsw_offer(ix, s, ep, ef, o);
+    while (s->ncand) {
+        vx_cand c = vx_cheap_pop(s->cand, &s->ncand, 1);
+        uint32_t n, i, m = 0;
+        const uint32_t *nb;
+        uint32_t fresh[2 * VX_HNSW_MAX_M];
+        if (s->nres >= ef && c.d > s->res[0].d) break;
+        if (s->visited > budget) break;
+        nb = vx_hnsw_read(ix, s, c.slot, l, &n);
+        /* Mark first, then prefetch every unvisited vector before any
+        ** distance is computed, so the memory loads overlap. */
+        for (i = 0; i < n; i++) {
+            uint32_t v = nb[i];
+            if (s->visit[v] == s->epoch) continue;
+            s->visit[v] = s->epoch;
+            fresh[m++] = v;
+            VX_PREFETCH(vx_store_vec(st, v));
+        }
+        s->visited += m;
+        for (i = 0; i < m; i++) {
+            vx_cand e;
+            if (i + 1 < m) {
+                const char *p = (const char *)vx_store_vec(st, fresh[i + 1]);
+                size_t off;
+                for (off = 64; off < dim_bytes; off += 64)
+                    VX_PREFETCH(p + off);
+            }
+            e.slot = fresh[i];
+            e.d = vx_qdist(ix, q, e.slot);
+            if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
+            vx_hnsw_offer(ix, s, e, ef, o);
+        }
+    }
+}
+
+/* ---- building ------------------------------------------------------------ */
+
+static int vx_cand_cmp(const void *a, const void *b)
+{
+    const vx_cand *x = a, *y = b;
+    if (x->d != y->d) return x->d < y->d ? -1 : 1;
+    return x->slot < y->slot ? -1 : x->slot > y->slot;
+}
+
+/* The neighbour-selection heuristic: walking candidates closest first,
+** keep one only if it is closer to the base than to every neighbour kept
+** so far. That favours links in diverse directions, which is what keeps
+** clustered data navigable. Keeps at most m; returns how many. */
+static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n,
+                             size_t m)
+{
+    size_t i, j, kept = 0;
+    qsort(c, n, sizeof *c, vx_cand_cmp);
+    for (i = 0; i < n && kept < m; i++) {
+        vx_query qi = vx_node_query(ix, c[i].slot);
+        int good = 1;
+        for (j = 0; j < kept && good; j++)
+            good = vx_qdist(ix, &qi, c[j].slot) >= c[i].d;
+        if (good) c[kept++] = c[i];
+    }
+    return kept;
+}
+
+static void vx_hnsw_set_links(vecidx *ix, uint32_t slot, int l,
+                              const vx_cand *c, size_t n)
+{
+    uint32_t *links = vx_hnsw_links(ix, slot, l);
+    size_t i;
+    for (i = 0; i < n; i++) links[1 + i] = c[i].slot;
+    links[0] = (uint32_t)n;
+}
+
+/* Add a link from node to newcomer at level l (distance d); when the list
+** is full, the heuristic chooses among the old links and the newcomer. */
+static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
+                              uint32_t newcomer, float d, int l)
+{
+    uint32_t *links = vx_hnsw_links(ix, node, l);
+    uint32_t cap = l ? ix->hnsw.m : ix->hnsw.m0, n, i;
+    vx_query qn;
+    vx_hnsw_lock(ix, node);
+    n = links[0];
+    for (i = 0; i < n && links[1 + i] != newcomer; i++) continue;
+    if (i < n) {
+        vx_hnsw_unlock(ix, node);
+        return;
+    }
+    if (n < cap) {
+        links[1 + n] = newcomer;
+        links[0] = n + 1;
+        vx_hnsw_unlock(ix, node);
+        return;
+    }
+    qn = vx_node_query(ix, node);
+    for (i = 0; i < n; i++) {
+        tmp[i].slot = links[1 + i];
+        tmp[i].d = vx_qdist(ix, &qn, tmp[i].slot);
+    }
+    tmp[n].slot = newcomer;
+    tmp[n].d = d;
+    vx_hnsw_set_links(ix, node, l, tmp, vx_hnsw_select(ix, tmp, n + 1, cap));
+    vx_hnsw_unlock(ix, node);
+}
+
+/* Link a stored node (vector, level and empty lists already in place)
+** into the graph. Cannot fail: all memory was reserved beforehand; if a
+** frontier could not grow, the node is linked from what was found. */
+static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
+{
+    vx_hnsw *h = &ix->hnsw;
+    int level = vx_hnsw_level(ix, slot), maxl, l;
+    vx_query q = vx_node_query(ix, slot);
+    vx_cand cur;
+    if (h->locking) pthread_mutex_lock(&h->entry_lock);
+    cur.slot = h->entry;
+    maxl = h->maxlevel;
+    if (cur.slot == VX_NOSLOT) {
+        h->entry = slot;
+        h->maxlevel = level;
+    }
+    if (h->locking) pthread_mutex_unlock(&h->entry_lock);
+    if (cur.slot == VX_NOSLOT) return;
+    cur.d = vx_qdist(ix, &q, cur.slot);
+    for (l = maxl; l > level; l--)
+        vx_hnsw_greedy(ix, s, &q, &cur.slot, &cur.d, l);
+    for (l = level < maxl ? level : maxl; l >= 0; l--) {
+        size_t n, i, cap = l ? h->m : h->m0;
+        vx_hnsw_layer(ix, s, &q, cur, l, ix->p.hnsw_ef_construction, NULL,
+                      SIZE_MAX);
+        for (i = n = 0; i < s->nres; i++) /* a parallel peer may link us */
+            if (s->res[i].slot != slot) s->sel[n++] = s->res[i];
+        n = vx_hnsw_select(ix, s->sel, n, cap);
+        vx_hnsw_lock(ix, slot);
+        vx_hnsw_set_links(ix, slot, l, s->sel, n);
+        vx_hnsw_unlock(ix, slot);
+        for (i = 0; i < n; i++)
+            vx_hnsw_link_back(ix, s->sel + n, s->sel[i].slot, slot,
+                              s->sel[i].d, l);
+        if (n) cur = s->sel[0];
+    }
+    if (level > maxl) {
+        if (h->locking) pthread_mutex_lock(&h->entry_lock);
+        if (level > h->maxlevel) {
+            h->entry = slot;
+            h->maxlevel = level;
+        }
+        if (h->locking) pthread_mutex_unlock(&h->entry_lock);
+    }
+}
+
+static uint64_t vx_splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Level of the next node from the index's own seeded generator, so one
+** thread, the same seed and the same inputs give the same graph. */
+static int vx_hnsw_draw_level(vx_hnsw *h)
+{
+    double u = ((double)(vx_splitmix(&h->rng) >> 11) + 1.0) * 0x1.0p-53;
+    double l = -log(u) * h->level_mult;
+    return l >= VX_HNSW_MAX_LEVEL ? VX_HNSW_MAX_LEVEL : (int)l;
+}
+
+static size_t vx_hnsw_block_words(const vx_hnsw *h, int level)
+{
+    return (size_t)level * (1 + h->m);
+}
+
+/* Room in the arena for n more nodes drawn from the generator as it is
+** now: the draws are replayed on a copy of its state, so the reservation
+** matches the levels vx_hnsw_place will hand out. */
+static int vx_hnsw_reserve(vecidx *ix, size_t n)
+{
+    vx_hnsw *h = &ix->hnsw;
+    uint64_t rng = h->rng;
+    size_t words = 0, i, need, bytes;
+    void *p;
+    for (i = 0; i < n; i++) {
+        int lv = vx_hnsw_draw_level(h);
+        if (lv) words += vx_hnsw_block_words(h, lv);
+    }
+    h->rng = rng;
+    need = h->arena_n + words;
+    if (need > UINT32_MAX) return VECIDX_EFULL;
+    if (need <= h->arena_cap) return VECIDX_OK;
+    if (need < 2 * h->arena_cap) need = 2 * h->arena_cap;
+    if (need > UINT32_MAX) need = UINT32_MAX;
+    bytes = need * sizeof *h->arena;
+    if (!(p = vx_realloc(&ix->mem, h->arena, h->arena_cap * sizeof *h->arena,
+                         bytes)))
+        return VECIDX_ENOMEM;
+    h->arena = p;
+    h->arena_cap = need;
+    return VECIDX_OK;
+}
+
+/* Give a freshly stored slot its level and empty link lists. */
+static void vx_hnsw_place(vecidx *ix, uint32_t slot)
+{
+    vx_hnsw *h = &ix->hnsw;
+    vx_chunk *c = VX_SLOT_CHUNK(&ix->store, slot);
+    uint32_t i = VX_SLOT_INDEX(&ix->store, slot), off = 0;
+    int lv = vx_hnsw_draw_level(h), l;
+    if (lv) {
+        off = h->arena_free[lv];
+        if (off)
+            h->arena_free[lv] = h->arena[off];
+        else {
+            off = (uint32_t)h->arena_n;
+            h->arena_n += vx_hnsw_block_words(h, lv);
+        }
+        for (l = 0; l < lv; l++) h->arena[off + (size_t)l * (1 + h->m)] = 0;
+    }
+    c->level[i] = (uint8_t)lv;
+    c->upper[i] = off;
+    c->link0[(size_t)i * (1 + ix->store.link0)] = 0;
+}
+
+/* Return a slot's upper blocks to the arena's free chains. */
+static void vx_hnsw_unplace(vecidx *ix, uint32_t slot)
+{
+    vx_hnsw *h = &ix->hnsw;
+    vx_chunk *c = VX_SLOT_CHUNK(&ix->store, slot);
+    uint32_t i = VX_SLOT_INDEX(&ix->store, slot);
+    int lv = c->level[i];
+    if (lv) {
+        h->arena[c->upper[i]] = h->arena_free[lv];
+        h->arena_free[lv] = c->upper[i];
+    }
+    c->level[i] = 0;
+    c->upper[i] = 0;
+}
+
+/* Parallel linking of slots[begin..end) picked by an atomic counter. */
+typedef struct vx_link_job {
+    vecidx *ix;
+    vx_hnsw_scratch *s;
+    const uint32_t *slots;
+    size_t n;
+    atomic_size_t *next;
+} vx_link_job;
+
+static void *vx_hnsw_link_worker(void *arg)
+{
+    vx_link_job *j = arg;
+    size_t i;
+    while ((i = atomic_fetch_add(j->next, 1)) < j->n)
+        vx_hnsw_insert(j->ix, j->s, j->slots[i]);
+    return NULL;
+}
+
+/* Everything one write call needs to link n new nodes, obtained before
+** the index changes so that linking itself cannot fail. */
+typedef struct vx_hnsw_batch {
+    vx_hnsw_scratch *s[64];
+    unsigned nt;
+    uint32_t *slots; /* slots of the new nodes, filled by the caller */
+    size_t n;
+    uint32_t one; /* slots storage for a single insert */
+} vx_hnsw_batch;
+
+static void vx_hnsw_batch_release(vecidx *ix, vx_hnsw_batch *b)
+{
+    unsigned t;
+    for (t = 0; t < b->nt; t++) vx_scratch_put(ix, b->s[t]);
+    if (b->slots != &b->one)
+        vx_free(&ix->mem, b->slots, b->n * sizeof *b->slots);
+    b->nt = 0;
+    b->slots = NULL;
+}
+
+/* Reserve arena room, the slot list and worker scratch for n inserts; call
+** after the store has room, since scratch is sized to its capacity. A
+** worker whose scratch cannot be had is simply not started. */
+static int vx_hnsw_batch_begin(vecidx *ix, size_t n, unsigned threads,
+                               vx_hnsw_batch *b)
+{
+    int rc;
+    b->nt = 0;
+    b->n = n;
+    b->slots = &b->one;
+    if ((rc = vx_hnsw_reserve(ix, n)) != VECIDX_OK) return rc;
+    if (n > 1 && !(b->slots = vx_malloc(&ix->mem, n * sizeof *b->slots))) {
+        b->slots = &b->one;
+        return VECIDX_ENOMEM;
+    }
+    if (threads > 64) threads = 64;
+    if (n < 256 || threads == 0) threads = 1; /* not worth the threads */
+    while (b->nt < threads &&
+           vx_scratch_get(ix, ix->p.hnsw_ef_construction, &b->s[b->nt]) == 0)
+        b->nt++;
+    if (b->nt == 0) {
+        vx_hnsw_batch_release(ix, b);
+        return VECIDX_ENOMEM;
+    }
+    return VECIDX_OK;
+}
+
+/* Link the batch's stored nodes into the graph and release the batch. */
+static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b)
+{
+    vx_link_job jobs[64];
+    vx_task tasks[64];
+    atomic_size_t next;
+    unsigned t;
+    atomic_init(&next, 0);
+    ix->hnsw.locking = b->nt > 1;
+    for (t = 0; t < b->nt; t++) {
+        jobs[t].ix = ix;
+        jobs[t].s = b->s[t];
+        jobs[t].slots = b->slots;
+        jobs[t].n = b->n;
+        jobs[t].next = &next;
+        tasks[t].fn = vx_hnsw_link_worker;
+        tasks[t].arg = &jobs[t];
+    }
+    vx_run_parallel(tasks, b->nt);
+    ix->hnsw.locking = 0;
+    vx_hnsw_batch_release(ix, b);
+}
+
+/* ---- searching ----------------------------------------------------------- */
+
+/* Top-k of one query into h (sized min(k, count), ordered by user key).
+** When the walk cannot fill h -- a selective filter exhausted its visit
+** budget, or the admitted nodes are not reachable from where the walk
+** went -- the query falls back to the exact scan, so a filtered search
+** returns k results whenever k admissible vectors exist. */
+static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
+                          const vecidx_search_opts *o, vx_topk *h)
+{
+    vx_hnsw *g = &ix->hnsw;
+    vx_hnsw_scratch *s;
+    size_t ef = o && o->ef ? o->ef : ix->p.hnsw_ef_search, budget, i;
+    vx_cand cur;
+    int l, oom, aborted;
+    if (g->entry == VX_NOSLOT || h->k == 0) return VECIDX_OK;
+    if (ef < k) ef = k;
+    if (vx_scratch_get(ix, ef, &s) != VECIDX_OK) return VECIDX_ENOMEM;
+    /* A walk that visits a quarter of the graph is slower than a scan. */
+    budget = SIZE_MAX;
+    if (o && o->filter)
+        budget = ix->store.nslots / 4 > 8 * ef ? ix->store.nslots / 4 : 8 * ef;
+    cur.slot = g->entry;
+    cur.d = vx_qdist(ix, q, cur.slot);
+    for (l = g->maxlevel; l > 0; l--)
+        vx_hnsw_greedy(ix, s, q, &cur.slot, &cur.d, l);
+    vx_hnsw_layer(ix, s, q, cur, 0, ef, o, budget);
+    aborted = s->visited > budget;
+    for (i = 0; i < s->nres && !aborted; i++) {
+        uint64_t key = vx_store_key(&ix->store, s->res[i].slot);
+        if (vx_topk_admits(h, s->res[i].d, key))
+            vx_topk_push(h, s->res[i].d, key);
+    }
+    oom = s->oom;
+    vx_scratch_put(ix, s);
+    if (oom) return VECIDX_ENOMEM;
+    if (aborted || h->n < h->k) {
+        h->n = 0;
+        vx_flat_search(ix, q, 1, o, h);
+    }
+    return VECIDX_OK;
+}
+
+/* ---- repair after removals ---------------------------------------------- */
+
+/* If y's level-l list links to buried nodes, choose its links again from
+** its live neighbours and the live neighbours of the buried ones: the
+** buried node's own links are where the paths through it led. */
+static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
+                                int l)
+{
+    const vx_store *st = &ix->store;
+    uint32_t *links = vx_hnsw_links(ix, y, l);
+    uint32_t n = links[0], i, j, cap = l ? ix->hnsw.m : ix->hnsw.m0;
+    size_t nc = 0;
+    vx_query qy;
+    for (i = 0; i < n && vx_store_live(st, links[1 + i]) == VX_LIVE; i++)
+        continue;
+    if (i == n) return;
+    vx_scratch_new_visit(s);
+    s->visit[y] = s->epoch;
+    qy = vx_node_query(ix, y);
+    for (i = 0; i < n; i++) {
+        uint32_t z = links[1 + i], zn = 1;
+        const uint32_t *zl = &links[1 + i];
+        if (vx_store_live(st, z) != VX_LIVE) {
+            zl = vx_hnsw_links(ix, z, l);
+            zn = zl[0];
+            zl++;
+        }
+        for (j = 0; j < zn; j++) {
+            uint32_t w = zl[j];
+            if (vx_store_live(st, w) != VX_LIVE || s->visit[w] == s->epoch)
+                continue;
+            s->visit[w] = s->epoch;
+            s->sel[nc].slot = w;
+            s->sel[nc++].d = vx_qdist(ix, &qy, w);
+        }
+    }
+    /* The heuristic only needs the closest few; bound its quadratic cost. */
+    if (nc > 3 * (size_t)cap) {
+        qsort(s->sel, nc, sizeof *s->sel, vx_cand_cmp);
+        nc = 3 * (size_t)cap;
+    }
+    vx_hnsw_set_links(ix, y, l, s->sel, vx_hnsw_select(ix, s->sel, nc, cap));
+}
+
+typedef struct vx_repair_job {
+    vecidx *ix;
+    vx_hnsw_scratch *s;
+    atomic_size_t *next;
+} vx_repair_job;
+
+/* Workers take blocks of 256 slots. Each rewrites only the lists of its
+** own live nodes and reads only buried nodes' lists, which no worker
+** writes, so they need no locks and the result is independent of the
+** number of threads. */
+static void *vx_hnsw_repair_worker(void *arg)
+{
+    vx_repair_job *j = arg;
+    vecidx *ix = j->ix;
+    size_t b;
+    while ((b = atomic_fetch_add(j->next, 256)) < ix->store.nslots) {
+        uint32_t y, end = (uint32_t)(b + 256 < ix->store.nslots
+                                         ? b + 256
+                                         : ix->store.nslots);
+        for (y = (uint32_t)b; y < end; y++) {
+            int l;
+            if (vx_store_live(&ix->store, y) != VX_LIVE) continue;
+            for (l = 0; l <= vx_hnsw_level(ix, y); l++)
+                vx_hnsw_repair_node(ix, j->s, y, l);
+        }
+    }
+    return NULL;
+}
+
+/* Unlink every buried node and free its slot; pick a new entry point if
+** the old one was buried. Fails (changing nothing) only when not even one
+** worker's scratch can be allocated. */
+static int vx_hnsw_repair(vecidx *ix)
+{
+    vx_hnsw *g = &ix->hnsw;
+    vx_repair_job jobs[64];
+    vx_task tasks[64];
+    vx_hnsw_batch b;
+    atomic_size_t next;
+    uint32_t slot;
+    unsigned t;
+    memset(&b, 0, sizeof b);
+    b.slots = &b.one;
+    while (b.nt < vx_threads(ix, NULL) && b.nt < 64 &&
+           vx_scratch_get(ix, 1, &b.s[b.nt]) == 0)
+        b.nt++;
+    if (b.nt == 0) return VECIDX_ENOMEM;
+    atomic_init(&next, 0);
+    for (t = 0; t < b.nt; t++) {
+        jobs[t].ix = ix;
+        jobs[t].s = b.s[t];
+        jobs[t].next = &next;
+        tasks[t].fn = vx_hnsw_repair_worker;
+        tasks[t].arg = &jobs[t];
+    }
+    vx_run_parallel(tasks, b.nt);
+    vx_hnsw_batch_release(ix, &b);
+    for (slot = 0; slot < ix->store.nslots; slot++) {
+        if (vx_store_live(&ix->store, slot) != VX_BURIED) continue;
+        vx_hnsw_unplace(ix, slot);
+        vx_store_release(&ix->store, slot);
+    }
+    if (g->entry != VX_NOSLOT &&
+        vx_store_live(&ix->store, g->entry) != VX_LIVE) {
+        g->entry = VX_NOSLOT;
+        g->maxlevel = -1;
+        for (slot = 0; slot < ix->store.nslots; slot++)
+            if (vx_store_live(&ix->store, slot) == VX_LIVE &&
+                vx_hnsw_level(ix, slot) > g->maxlevel) {
+                g->entry = slot;
+                g->maxlevel = vx_hnsw_level(ix, slot);
+            }
+    }
+    return VECIDX_OK;
+}
+
+/* Repair once a tenth of the used slots are buried: often enough that
+** memory stays bounded and walks rarely cross buried nodes, rarely enough
+** that the linear pass costs O(1) per removal on average. */
+static void vx_hnsw_maybe_repair(vecidx *ix)
+{
+    uint32_t used = ix->store.count + ix->store.nburied;
+    if (ix->store.nburied >= 64 && ix->store.nburied >= used / 10)
+        (void)vx_hnsw_repair(ix); /* on failure retried at the next write */
+}
+
+/* ---- lifecycle and checks ------------------------------------------------- */
+
+static int vx_hnsw_init(vecidx *ix)
+{
+    vx_hnsw *g = &ix->hnsw;
+    unsigned i;
+    memset(g, 0, sizeof *g);
+    g->m = ix->p.hnsw_m;
+    g->m0 = 2 * g->m;
+    g->level_mult = 1.0 / log((double)g->m);
+    g->rng = ix->p.seed;
+    g->entry = VX_NOSLOT;
+    g->maxlevel = -1;
+    g->arena_n = 1; /* offset 0 means "no upper levels" */
+    for (i = 0; i < VX_HNSW_NLOCKS; i++) atomic_flag_clear(&g->locks[i]);
+    if (pthread_mutex_init(&g->pool_lock, NULL) != 0) return VECIDX_ENOMEM;
+    if (pthread_mutex_init(&g->entry_lock, NULL) != 0) {
+        pthread_mutex_destroy(&g->pool_lock);
+        return VECIDX_ENOMEM;
+    }
+    return VECIDX_OK;
+}
+
+static void vx_hnsw_destroy(vecidx *ix)
+{
+    vx_hnsw *g = &ix->hnsw;
+    while (g->pool) {
+        vx_hnsw_scratch *s = g->pool;
+        g->pool = s->next;
+        vx_scratch_free(&ix->mem, s);
+    }
+    vx_free(&ix->mem, g->arena, g->arena_cap * sizeof *g->arena);
+    pthread_mutex_destroy(&g->pool_lock);
+    pthread_mutex_destroy(&g->entry_lock);
+}
+
+/* Graph invariants; returns NULL or a description, *bad = node. */
+static const char *vx_hnsw_check(vecidx *ix, uint32_t *bad)
+{
+    const vx_store *st = &ix->store;
+    vx_hnsw *g = &ix->hnsw;
+    uint32_t slot, i, j;
+    for (slot = 0; slot < st->nslots; slot++) {
+        int lv, l;
+        if (vx_store_live(st, slot) == VX_FREE) continue;
+        *bad = slot;
+        lv = vx_hnsw_level(ix, slot);
+        if (lv > g->maxlevel) return "node level above the graph's top";
+        if (lv && (VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)] +
+                       vx_hnsw_block_words(g, lv) > g->arena_n))
+            return "upper links lie outside the arena";
+        for (l = 0; l <= lv; l++) {
+            const uint32_t *links = vx_hnsw_links(ix, slot, l);
+            if (links[0] > (l ? g->m : g->m0)) return "link list overflows";
+            for (i = 1; i <= links[0]; i++) {
+                uint32_t z = links[i];
+                if (z >= st->nslots || z == slot) return "link to itself "
+                                                         "or out of range";
+                if (vx_store_live(st, z) == VX_FREE)
+                    return "link to a freed slot";
+                if (vx_hnsw_level(ix, z) < l)
+                    return "link to a node below the list's level";
+                for (j = 1; j < i; j++)
+                    if (links[j] == z) return "duplicate link";
+            }
+        }
+    }
+    *bad = g->entry;
+    if (st->count + st->nburied == 0) {
+        if (g->entry != VX_NOSLOT) return "empty graph has an entry point";
+    } else if (g->entry >= st->nslots ||
+               vx_store_live(st, g->entry) == VX_FREE ||
+               vx_hnsw_level(ix, g->entry) != g->maxlevel) {
+        return "entry point is not a top-level node";
+    }
+    *bad = VX_NOSLOT;
+    return NULL;
+}
+
+/* ======================================================================
+** 7. Public API
 ** ====================================================================== */
 
 #define VX_KEY_FMT "%llu"
@@ -1089,6 +2063,17 @@ int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim)
     return vx_check_shape(kind, metric, dim);
 }
 
+static int vx_check_hnsw_params(const vecidx_params *p)
+{
+    if (p->hnsw_m < 2 || p->hnsw_m > VX_HNSW_MAX_M)
+        return vx_err(NULL, VECIDX_EINVAL, "hnsw_m %u is outside 2..%u",
+                      (unsigned)p->hnsw_m, (unsigned)VX_HNSW_MAX_M);
+    if (p->hnsw_ef_construction == 0 || p->hnsw_ef_search == 0)
+        return vx_err(NULL, VECIDX_EINVAL, "hnsw_ef_%s is 0",
+                      p->hnsw_ef_search ? "construction" : "search");
+    return VECIDX_OK;
+}
+
 int vecidx_create(const vecidx_params *p, vecidx **out)
 {
     const vecidx_allocator *a;
@@ -1101,7 +2086,10 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
                       p ? "output handle pointer" : "params pointer");
     if ((rc = vx_check_shape(p->kind, p->metric, p->dim)) != VECIDX_OK)
         return rc;
-    if (p->kind != VECIDX_FLAT)
+    if (p->kind == VECIDX_HNSW &&
+        (rc = vx_check_hnsw_params(p)) != VECIDX_OK)
+        return rc;
+    if (p->kind == VECIDX_IVFPQ)
         return vx_err(NULL, VECIDX_ENOTSUP,
                       "index kind '%s' is not available in vecidx %s",
                       vx_kind_name(p->kind), VECIDX_VERSION_STRING);
@@ -1120,10 +2108,16 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
     ix->mem.a = *a;
     atomic_init(&ix->mem.bytes, atomic_load(&mem.bytes));
     ix->kern = vx_kernel_best();
-    vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE);
+    vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE,
+                  p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0);
     if (vx_rwlock_init(&ix->lock) != 0) {
         vx_free(&ix->mem, ix, sizeof *ix);
         return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise index lock");
+    }
+    if (p->kind == VECIDX_HNSW && vx_hnsw_init(ix) != VECIDX_OK) {
+        pthread_rwlock_destroy(&ix->lock);
+        vx_free(&ix->mem, ix, sizeof *ix);
+        return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise graph locks");
     }
     if (p->capacity &&
         (rc = vx_store_reserve(&ix->store, &ix->mem, p->capacity)) != 0) {
@@ -1139,6 +2133,7 @@ void vecidx_close(vecidx *ix)
 {
     vx_mem mem;
     if (ix == NULL) return;
+    if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
     pthread_rwlock_destroy(&ix->lock);
     mem = ix->mem; /* the handle frees itself through its own allocator */
@@ -1185,22 +2180,49 @@ static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
     return VECIDX_OK;
 }
 
-/* Insert or (if upsert) replace one validated vector; write lock held. */
+/* Insert n validated rows whose keys are not in the index. For an upsert
+** into a graph, `old` is the slot of the vector being replaced: it is
+** buried only after all room is secured, so a failure changes nothing.
+** Write lock held. */
+static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
+                            const float *vecs, uint32_t old)
+{
+    int graph = ix->p.kind == VECIDX_HNSW, rc;
+    vx_hnsw_batch b;
+    size_t i;
+    if (graph) vx_hnsw_maybe_repair(ix);
+    if ((rc = vx_reserve_locked(ix, n, keys[0])) != VECIDX_OK) return rc;
+    if (graph &&
+        (rc = vx_hnsw_batch_begin(ix, n, vx_threads(ix, NULL), &b)) != 0)
+        return vx_err(ix, rc, "out of memory linking %zu vectors", n);
+    if (old != VX_NOSLOT) vx_store_remove(&ix->store, old, graph);
+    for (i = 0; i < n; i++) {
+        uint32_t slot = vx_store_insert(&ix->store, keys[i],
+                                        vecs + i * (size_t)ix->p.dim);
+        if (graph) {
+            vx_hnsw_place(ix, slot);
+            b.slots[i] = slot;
+        }
+    }
+    if (graph) vx_hnsw_batch_link(ix, &b);
+    return VECIDX_OK;
+}
+
+/* Insert or (if upsert) replace one validated vector; write lock held.
+** The flat index overwrites in place; a graph inserts a new node and
+** buries the old one, which rewires the neighbourhood of the new vector. */
 static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec,
                          int upsert)
 {
     uint32_t slot = vx_map_find(&ix->store.map, key);
-    int rc;
-    if (slot != VX_NOSLOT) {
-        if (!upsert)
-            return vx_err(ix, VECIDX_EEXIST,
-                          "key " VX_KEY_FMT " is already in the index",
-                          VX_KEY(key));
-        vx_store_write(&ix->store, slot, vec);
-        return VECIDX_OK;
-    }
-    if ((rc = vx_reserve_locked(ix, 1, key)) != VECIDX_OK) return rc;
-    vx_store_insert(&ix->store, key, vec);
+    if (slot == VX_NOSLOT) return vx_insert_locked(ix, 1, &key, vec, slot);
+    if (!upsert)
+        return vx_err(ix, VECIDX_EEXIST,
+                      "key " VX_KEY_FMT " is already in the index",
+                      VX_KEY(key));
+    if (ix->p.kind == VECIDX_HNSW)
+        return vx_insert_locked(ix, 1, &key, vec, slot);
+    vx_store_write(&ix->store, slot, vec);
     return VECIDX_OK;
 }
 
@@ -1284,9 +2306,7 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
             rc = vx_err(ix, VECIDX_EEXIST,
                         "row %zu: key " VX_KEY_FMT " is already in the index",
                         i, VX_KEY(keys[i]));
-    if (rc == VECIDX_OK) rc = vx_reserve_locked(ix, n, keys[0]);
-    for (i = 0; i < n && rc == VECIDX_OK; i++)
-        vx_store_insert(&ix->store, keys[i], vecs + i * (size_t)ix->p.dim);
+    if (rc == VECIDX_OK) rc = vx_insert_locked(ix, n, keys, vecs, VX_NOSLOT);
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
@@ -1301,8 +2321,10 @@ int vecidx_remove(vecidx *ix, uint64_t key)
     if (slot == VX_NOSLOT)
         rc = vx_err(ix, VECIDX_ENOTFOUND,
                     "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
-    else
-        vx_store_remove(&ix->store, slot);
+    else {
+        vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
+        if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
+    }
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
@@ -1383,17 +2405,22 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
 
 int vecidx_check(vecidx *ix)
 {
-    const char *why;
+    const char *why, *part;
     uint32_t slot;
     int rc = VECIDX_OK;
     VX_NULL_CHECK(NULL, ix, "index handle");
     pthread_rwlock_rdlock(&ix->lock);
+    part = "storage";
     why = vx_store_check(&ix->store, &slot);
+    if (!why && ix->p.kind == VECIDX_HNSW) {
+        part = "graph";
+        why = vx_hnsw_check(ix, &slot);
+    }
     if (why && slot != VX_NOSLOT)
-        rc = vx_err(ix, VECIDX_ECORRUPT, "storage, slot %u: %s",
+        rc = vx_err(ix, VECIDX_ECORRUPT, "%s, slot %u: %s", part,
                     (unsigned)slot, why);
     else if (why)
-        rc = vx_err(ix, VECIDX_ECORRUPT, "storage: %s", why);
+        rc = vx_err(ix, VECIDX_ECORRUPT, "%s: %s", part, why);
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
@@ -1411,31 +2438,44 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
     return VECIDX_OK;
 }
 
-/* Search queries [0, nq) of q with heaps sized for k; read lock held. */
+/* Search a group of m queries, each into its own empty heap. */
+static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
+                           const vecidx_search_opts *o, vx_topk *heaps)
+{
+    size_t i;
+    int rc = VECIDX_OK;
+    if (ix->p.kind == VECIDX_FLAT) {
+        if (heaps[0].k) vx_flat_search(ix, q, m, o, heaps);
+        return VECIDX_OK;
+    }
+    for (i = 0; i < m && rc == VECIDX_OK; i++)
+        rc = vx_hnsw_search(ix, &q[i], k, o, &heaps[i]);
+    return rc;
+}
+
+/* Search queries [0, nq) of q in groups; read lock held. */
 static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
                          const vecidx_search_opts *o, uint64_t *keys,
                          float *dists, size_t *found)
 {
     vx_topk heaps[VX_FLAT_QGROUP];
-    size_t cap = k < ix->store.count ? k : ix->store.count, i, j, g;
+    size_t cap = k < ix->store.count ? k : ix->store.count, i, na, g;
     int rc = VECIDX_OK;
-    for (g = 0; g < nq; g += VX_FLAT_QGROUP) {
+    for (g = 0; g < nq && rc == VECIDX_OK; g += VX_FLAT_QGROUP) {
         size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP;
-        for (i = 0; i < m; i++)
-            if ((rc = vx_topk_alloc(&heaps[i], &ix->mem, cap)) != VECIDX_OK)
-                break;
-        if (rc == VECIDX_OK) {
-            if (cap) vx_flat_search(ix, q + g, m, o, heaps);
-            for (i = 0; i < m; i++) {
-                vx_topk_sort(&heaps[i]);
-                vx_topk_emit(&heaps[i], k, keys + (g + i) * k,
-                             dists ? dists + (g + i) * k : NULL, found + g + i);
-            }
+        for (na = 0; na < m && rc == VECIDX_OK; na++)
+            rc = vx_topk_alloc(&heaps[na], &ix->mem, cap);
+        if (rc != VECIDX_OK) na--; /* the failed one freed itself */
+        if (rc == VECIDX_OK) rc = vx_search_group(ix, q + g, m, k, o, heaps);
+        for (i = 0; i < m && rc == VECIDX_OK; i++) {
+            vx_topk_sort(&heaps[i]);
+            vx_topk_emit(&heaps[i], k, keys + (g + i) * k,
+                         dists ? dists + (g + i) * k : NULL, found + g + i);
         }
-        for (j = 0; j < i; j++) vx_topk_free(&heaps[j], &ix->mem);
-        if (rc != VECIDX_OK)
-            return vx_err(ix, rc, "out of memory for %zu search results", k);
+        for (i = 0; i < na; i++) vx_topk_free(&heaps[i], &ix->mem);
     }
+    if (rc != VECIDX_OK)
+        return vx_err(ix, rc, "out of memory for %zu search results", k);
     return VECIDX_OK;
 }
 
@@ -1477,11 +2517,6 @@ static void *vx_batch_worker(void *arg)
     return NULL;
 }
 
-static unsigned vx_threads(const vecidx *ix, const vecidx_search_opts *o)
-{
-    unsigned t = o && o->threads ? o->threads : ix->p.threads;
-    return t ? t : vx_cpu_count();
-}
 
 int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries,
                         size_t k, const vecidx_search_opts *opts,
