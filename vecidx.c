@@ -1299,24 +1299,28 @@ static void vx_cheap_push(vx_cand *h, size_t *n, vx_cand c, int neg)
     h[i] = c;
 }
 
+/* Put c at the root of a heap of m entries and sift it down. */
+static void vx_cheap_sift_down(vx_cand *h, size_t m, vx_cand c, int neg)
+{
+    size_t i = 0;
+    float kl = neg ? -c.d : c.d;
+    for (;;) {
+        size_t ch = 2 * i + 1;
+        if (ch >= m) break;
+        if (ch + 1 < m &&
+            (neg ? -h[ch + 1].d : h[ch + 1].d) > (neg ? -h[ch].d : h[ch].d))
+            ch++;
+        if ((neg ? -h[ch].d : h[ch].d) <= kl) break;
+        h[i] = h[ch];
+        i = ch;
+    }
+    h[i] = c;
+}
+
 static vx_cand vx_cheap_pop(vx_cand *h, size_t *n, int neg)
 {
-    vx_cand top = h[0], last = h[--(*n)];
-    size_t i = 0, m = *n;
-    float kl = neg ? -last.d : last.d;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        float kc;
-        if (c >= m) break;
-        if (c + 1 < m &&
-            (neg ? -h[c + 1].d : h[c + 1].d) > (neg ? -h[c].d : h[c].d))
-            c++;
-        kc = neg ? -h[c].d : h[c].d;
-        if (kc <= kl) break;
-        h[i] = h[c];
-        i = c;
-    }
-    if (m) h[i] = last;
+    vx_cand top = h[0];
+    if (--(*n)) vx_cheap_sift_down(h, *n, h[*n], neg);
     return top;
 }
 
@@ -1377,7 +1381,10 @@ static void vx_hnsw_greedy(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
 static inline int vx_hnsw_admit(const vecidx *ix, uint32_t slot,
                                 const vecidx_search_opts *o)
 {
-    if (vx_store_live(&ix->store, slot) != VX_LIVE) return 0;
+    /* Links never lead to free slots, so without buried nodes every node
+    ** reached is live and the state byte need not be loaded. */
+    if (ix->store.nburied && vx_store_live(&ix->store, slot) != VX_LIVE)
+        return 0;
     return !(o && o->filter) ||
            o->filter(vx_store_key(&ix->store, slot), o->filter_ctx);
 }
@@ -1392,8 +1399,10 @@ static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c,
     if (full && c.d >= s->res[0].d) return;
     vx_frontier_push(ix, s, c);
     if (!vx_hnsw_admit(ix, c.slot, o)) return;
-    vx_cheap_push(s->res, &s->nres, c, 0);
-    if (s->nres > ef) vx_cheap_pop(s->res, &s->nres, 0);
+    if (full) /* replace the worst: one sift instead of push + pop */
+        vx_cheap_sift_down(s->res, s->nres, c, 0);
+    else
+        vx_cheap_push(s->res, &s->nres, c, 0);
 }
 
 /* Best-first search of level l from ep, breadth ef, into s->res. With a
@@ -1440,6 +1449,8 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
             if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
             vx_hnsw_offer(ix, s, e, ef, o);
         }
+        /* The next node to expand is known now: fetch its links early. */
+        if (s->ncand) VX_PREFETCH(vx_hnsw_links(ix, s->cand[0].slot, l));
     }
 }
 

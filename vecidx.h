@@ -130,13 +130,18 @@ typedef struct vecidx_params {
                              the index grows on demand either way) */
     uint64_t seed;        /* seed for every random choice the index makes
                              (HNSW levels, k-means init); default 42 */
-    uint32_t threads;     /* worker threads for batch calls; 0 = one per
-                             online CPU (default 0) */
+    uint32_t threads;     /* worker threads for batch calls (building
+                             an HNSW graph in vecidx_add_batch, repairing
+                             it, vecidx_search_batch); 0 = one per online
+                             CPU (default 0). With 1 thread, the same
+                             seed and the same calls give the same graph */
 
     /* HNSW (ignored by other kinds) */
-    uint32_t hnsw_m;               /* links per node per layer (default 16) */
-    uint32_t hnsw_ef_construction; /* build breadth (default 200) */
-    uint32_t hnsw_ef_search;       /* default search breadth (default 64) */
+    uint32_t hnsw_m;               /* links per node on upper levels, 2..128;
+                                      level 0 keeps 2*M (default 16) */
+    uint32_t hnsw_ef_construction; /* build breadth, >= 1 (default 200) */
+    uint32_t hnsw_ef_search;       /* default search breadth, >= 1; raised
+                                      to k when smaller (default 64) */
 
     /* IVF-PQ (ignored by other kinds) */
     uint32_t ivf_nlist;   /* coarse lists; 0 = chosen from the data */
@@ -222,7 +227,8 @@ int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim);
 ** not NULL) and vecidx_errmsg(NULL) tells why.
 ** Errors: VECIDX_EINVAL (NULL p or out, unknown kind/metric, allocator only
 ** partly set), VECIDX_EDIM (dim 0 or over VECIDX_MAX_DIM), VECIDX_ENOTSUP
-** (a kind this version does not implement yet), VECIDX_ENOMEM. */
+** (VECIDX_IVFPQ, which this version does not implement yet),
+** VECIDX_ENOMEM. */
 int vecidx_create(const vecidx_params *p, vecidx **out);
 
 /* Release the index and all its memory. NULL is a no-op. No other call on
@@ -244,22 +250,31 @@ int vecidx_reserve(vecidx *ix, size_t n);
 int vecidx_add(vecidx *ix, uint64_t key, const float *vec);
 
 /* Insert vec under key, or replace the vector stored under key if there is
-** one. Writer. Errors as vecidx_add, without VECIDX_EEXIST. */
+** one. HNSW links the new vector as a fresh node and removes the old one
+** (see vecidx_remove), so the graph around it is rebuilt, not reused.
+** Writer. Errors as vecidx_add, without VECIDX_EEXIST. */
 int vecidx_upsert(vecidx *ix, uint64_t key, const float *vec);
 
 /* Insert n vectors: keys[i] with vecs[i*dim .. i*dim+dim-1]. All or
 ** nothing: every key and vector is checked, and all memory is obtained,
 ** before the index changes, so on any error no vector of the batch is
 ** inserted. n = 0 is a successful no-op (keys and vecs may then be NULL).
-** Writer. Errors: VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
+** HNSW links large batches on params.threads threads (results then depend
+** on thread timing; use 1 thread for a reproducible graph). Writer. Errors: VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
 ** zero vector in any row, the same key twice within the batch),
 ** VECIDX_EEXIST (a key already in the index), VECIDX_EFULL, VECIDX_ENOMEM.
 ** The message names the offending row or key. */
 int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
                      const float *vecs);
 
-/* Remove the vector stored under key; its storage is reused by later
-** inserts. Writer. Errors: VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND. */
+/* Remove the vector stored under key. The key is gone when the call
+** returns: no later call sees it. Flat storage is reused at once. In an
+** HNSW graph the node first stays as a waypoint that searches walk
+** through but never return; once a tenth of the nodes are such waypoints,
+** the next write repairs the graph (every list linking to them is rebuilt
+** from their neighbours, in a pass linear in the index size) and their
+** storage is reused, so memory stays flat under insert/delete churn.
+** Writer. Errors: VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND. */
 int vecidx_remove(vecidx *ix, uint64_t key);
 
 /* ---- Reading ---------------------------------------------------------- */
@@ -290,8 +305,15 @@ int vecidx_check(vecidx *ix);
 /* Find the k stored vectors closest to query q (dim floats) under the
 ** index metric. keys and dists must each have room for k entries; dists
 ** may be NULL when distances are not wanted. On success *found is the
-** number of results written, min(k, number of admissible vectors) for the
-** exact flat index; results are sorted closest first, ties by key. Entries
+** number of results written, always min(k, number of admissible vectors);
+** results are sorted closest first, ties by key. The flat index is exact.
+** HNSW is approximate: it walks the graph with breadth max(ef, k), where
+** ef is opts->ef or params.hnsw_ef_search. With a filter, the walk keeps
+** only admitted keys but passes through the others; if it cannot collect
+** k admitted results, or a very selective filter makes it visit more than
+** a quarter of the graph, the query is answered by an exact scan instead,
+** so filtered searches are never short of results and cost at most about
+** one scan at very low selectivity. Entries
 ** from *found to k-1 are set to key UINT64_MAX and distance +infinity
 ** (never read them as results: UINT64_MAX is a valid key). opts may be
 ** NULL. Searching an empty index succeeds with *found = 0. Reader.
