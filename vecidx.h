@@ -178,7 +178,7 @@ typedef struct vecidx_stats_t {
     uint64_t slots;        /* slots ever used (live + free for reuse) */
     uint64_t capacity;     /* slots allocated */
     uint64_t memory_bytes; /* bytes currently held from the allocator */
-    const char *simd;      /* kernel in use: "avx2", "neon" or "scalar" */
+    const char *simd;      /* kernel in use, as vecidx_simd() */
 } vecidx_stats_t;
 
 typedef struct vecidx vecidx;
@@ -192,8 +192,10 @@ const char *vecidx_version(void);
 /* VECIDX_VERSION_NUMBER of the compiled library. */
 int vecidx_version_number(void);
 
-/* Name of the distance kernel chosen for this CPU: "avx2" (x86-64 with
-** AVX2+FMA), "neon" (ARM with Advanced SIMD) or "scalar". Static string.
+/* Name of the distance kernel chosen for this CPU: "avx512" (x86-64 with
+** AVX-512F), "avx2" (x86-64 with AVX2+FMA), "neon" (ARM with Advanced
+** SIMD) or "scalar". The choice is made once, at run time, so one binary
+** built for generic x86-64 runs on any x86-64 CPU. Static string.
 ** Defining VECIDX_NO_SIMD when compiling vecidx.c forces "scalar". */
 const char *vecidx_simd(void);
 
