@@ -601,17 +601,18 @@ typedef struct vx_keymap {
 } vx_keymap;
 
 /* A chunk is one allocation holding 2^shift slots, laid out as
-**   [vectors: per*dim floats][keys: per u64][inverse norms]
-**   [level-0 links: per*(1+link0) u32][upper-link offsets: per u32]
-**   [levels: per bytes][states: per bytes]
-** Widest elements first, so every block stays aligned; per >= 16, so the
-** vector block is a multiple of 64 bytes. Inverse norms exist only for the
-** cosine metric; links, offsets and levels only for HNSW (link0 > 0). */
+**   [records: per * rec u32 words][keys: per u64][inverse norms]
+**   [upper-link offsets: per u32][levels: per bytes][states: per bytes]
+** A record is the slot's vector (dim floats), followed for HNSW by its
+** level-0 link list (1 + link0 words). Keeping a node's links next to its
+** vector means the lines fetched to score a node bring its links along
+** for when it is expanded; for the flat kind a record is just the vector,
+** so rows are contiguous for the scan. Inverse norms exist only for the
+** cosine metric; offsets and levels only for HNSW (link0 > 0). */
 typedef struct vx_chunk {
-    float *vec;
+    float *vec; /* start of the records; also the chunk's allocation */
     uint64_t *key;
     float *inorm;
-    uint32_t *link0;
     uint32_t *upper;
     uint8_t *level;
     uint8_t *live;
@@ -626,6 +627,7 @@ typedef struct vx_store {
     uint32_t shift; /* log2(slots per chunk) */
     int cosine;     /* keep inverse norms */
     uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
+    uint32_t rec;   /* 4-byte words per record: dim, + 1 + link0 if HNSW */
     uint32_t nchunks, chunk_cap;
     vx_chunk *chunks;
     uint32_t nslots; /* slots ever handed out: [0, nslots) */
@@ -646,7 +648,7 @@ static inline uint32_t vx_store_per_chunk(const vx_store *s)
 
 static inline float *vx_store_vec(const vx_store *s, uint32_t slot)
 {
-    return VX_SLOT_CHUNK(s, slot)->vec + (size_t)VX_SLOT_INDEX(s, slot) * s->dim;
+    return VX_SLOT_CHUNK(s, slot)->vec + (size_t)VX_SLOT_INDEX(s, slot) * s->rec;
 }
 
 static inline uint64_t vx_store_key(const vx_store *s, uint32_t slot)
@@ -754,8 +756,9 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine,
     s->dim = dim;
     s->cosine = cosine;
     s->link0 = link0;
+    s->rec = dim + (link0 ? 1 + link0 : 0);
     while (shift < 16 &&
-           ((size_t)dim * sizeof(float) << (shift + 1)) <= VX_CHUNK_BYTES)
+           ((size_t)s->rec * sizeof(float) << (shift + 1)) <= VX_CHUNK_BYTES)
         shift++;
     s->shift = shift;
 }
@@ -763,8 +766,8 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine,
 static size_t vx_store_chunk_bytes(const vx_store *s)
 {
     size_t per = vx_store_per_chunk(s);
-    size_t graph = s->link0 ? (1 + (size_t)s->link0 + 1) * 4 + 1 : 0;
-    return per * ((size_t)s->dim * sizeof(float) + sizeof(uint64_t) +
+    size_t graph = s->link0 ? sizeof(uint32_t) + 1 : 0;
+    return per * ((size_t)s->rec * sizeof(float) + sizeof(uint64_t) +
                   (s->cosine ? sizeof(float) : 0) + graph + 1);
 }
 
@@ -796,16 +799,14 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
     if (!p) return VECIDX_ENOMEM;
     c = &s->chunks[s->nchunks++];
     c->vec = (float *)(void *)p;
-    p += per * s->dim * sizeof(float);
+    p += per * s->rec * sizeof(float);
     c->key = (uint64_t *)(void *)p;
     p += per * sizeof(uint64_t);
     c->inorm = s->cosine ? (float *)(void *)p : NULL;
     p += s->cosine ? per * sizeof(float) : 0;
-    c->link0 = c->upper = NULL;
+    c->upper = NULL;
     c->level = NULL;
     if (s->link0) {
-        c->link0 = (uint32_t *)(void *)p;
-        p += per * (1 + (size_t)s->link0) * sizeof(uint32_t);
         c->upper = (uint32_t *)(void *)p;
         p += per * sizeof(uint32_t);
         c->level = p;
@@ -1139,7 +1140,7 @@ typedef struct vx_query {
 
 static size_t vx_flat_block_rows(const vecidx *ix)
 {
-    size_t rows = VX_FLAT_BLOCK_BYTES / ((size_t)ix->p.dim * sizeof(float));
+    size_t rows = VX_FLAT_BLOCK_BYTES / ((size_t)ix->store.rec * sizeof(float));
     rows = rows < 16 ? 16 : rows > VX_FLAT_MAX_ROWS ? VX_FLAT_MAX_ROWS : rows;
     return rows < vx_store_per_chunk(&ix->store)
                ? rows
@@ -1153,11 +1154,16 @@ static void vx_flat_dists(const vecidx *ix, const vx_query *q, uint32_t first,
     const vx_store *s = &ix->store;
     const float *base = vx_store_vec(s, first);
     size_t i;
-    if (ix->p.metric == VECIDX_L2) {
+    if (s->rec != s->dim) { /* graph records: vectors are not adjacent */
+        float (*f)(const float *, const float *, size_t) =
+            ix->p.metric == VECIDX_L2 ? ix->kern->l2 : ix->kern->dot;
+        for (i = 0; i < n; i++) out[i] = f(q->v, base + i * s->rec, s->dim);
+    } else if (ix->p.metric == VECIDX_L2) {
         ix->kern->l2_many(q->v, base, n, s->dim, out);
-        return;
+    } else {
+        ix->kern->dot_many(q->v, base, n, s->dim, out);
     }
-    ix->kern->dot_many(q->v, base, n, s->dim, out);
+    if (ix->p.metric == VECIDX_L2) return;
     if (ix->p.metric == VECIDX_IP) {
         for (i = 0; i < n; i++) out[i] = -out[i];
     } else {
@@ -1232,7 +1238,8 @@ static inline uint32_t *vx_hnsw_links(const vecidx *ix, uint32_t slot, int l)
     const vx_store *s = &ix->store;
     const vx_chunk *c = VX_SLOT_CHUNK(s, slot);
     uint32_t i = VX_SLOT_INDEX(s, slot);
-    if (l == 0) return c->link0 + (size_t)i * (1 + s->link0);
+    if (l == 0)
+        return (uint32_t *)(void *)(c->vec + (size_t)i * s->rec + s->dim);
     return ix->hnsw.arena + c->upper[i] + (size_t)(l - 1) * (1 + ix->hnsw.m);
 }
 
@@ -1484,10 +1491,12 @@ static inline int vx_hnsw_admit(const vecidx *ix, uint32_t slot,
 ** node closer than the worst result (admitted or not, buried too) joins
 ** the frontier, so the walk passes through filtered-out regions. */
 static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c,
-                          size_t ef, const vecidx_search_opts *o)
+                          int l, size_t ef, const vecidx_search_opts *o)
 {
     int full = s->nres >= ef;
     if (full && c.d >= s->res[0].d) return;
+    /* c will probably be expanded soon: start fetching its links now. */
+    VX_PREFETCH(vx_hnsw_links(ix, c.slot, l));
     vx_frontier_push(ix, s, c);
     if (!vx_hnsw_admit(ix, c.slot, o)) return;
     if (full) /* replace the worst: one sift instead of push + pop */
@@ -1508,7 +1517,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     vx_scratch_new_visit(s);
     s->nres = s->ncand = 0;
     s->visit[ep.slot] = s->epoch;
-    vx_hnsw_offer(ix, s, ep, ef, o);
+    vx_hnsw_offer(ix, s, ep, l, ef, o);
     while (s->ncand) {
         vx_cand c = vx_cheap_pop(s->cand, &s->ncand, 1);
         uint32_t n, i, m = 0;
@@ -1538,7 +1547,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
             e.slot = fresh[i];
             e.d = vx_qdist(ix, q, e.slot);
             if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
-            vx_hnsw_offer(ix, s, e, ef, o);
+            vx_hnsw_offer(ix, s, e, l, ef, o);
         }
         /* The next node to expand is known now: fetch its links early. */
         if (s->ncand) VX_PREFETCH(vx_hnsw_links(ix, s->cand[0].slot, l));
@@ -1729,7 +1738,7 @@ static void vx_hnsw_place(vecidx *ix, uint32_t slot)
     }
     c->level[i] = (uint8_t)lv;
     c->upper[i] = off;
-    c->link0[(size_t)i * (1 + ix->store.link0)] = 0;
+    vx_hnsw_links(ix, slot, 0)[0] = 0;
 }
 
 /* Return a slot's upper blocks to the arena's free chains. */
