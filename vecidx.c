@@ -604,11 +604,12 @@ typedef struct vx_keymap {
 **   [records: per * rec u32 words][keys: per u64][inverse norms]
 **   [upper-link offsets: per u32][levels: per bytes][states: per bytes]
 ** A record is the slot's vector (dim floats), followed for HNSW by its
-** level-0 link list (1 + link0 words). Keeping a node's links next to its
-** vector means the lines fetched to score a node bring its links along
-** for when it is expanded; for the flat kind a record is just the vector,
-** so rows are contiguous for the scan. Inverse norms exist only for the
-** cosine metric; offsets and levels only for HNSW (link0 > 0). */
+** inverse norm (cosine only) and its level-0 link list (1 + link0 words).
+** Keeping what a graph hop needs next to the vector means the lines
+** fetched to score a node bring the rest along; for the flat kind a record
+** is just the vector, so rows are contiguous for the scan, and inverse
+** norms (cosine only) get their own block. Offsets and levels exist only
+** for HNSW (link0 > 0). */
 typedef struct vx_chunk {
     float *vec; /* start of the records; also the chunk's allocation */
     uint64_t *key;
@@ -627,7 +628,7 @@ typedef struct vx_store {
     uint32_t shift; /* log2(slots per chunk) */
     int cosine;     /* keep inverse norms */
     uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
-    uint32_t rec;   /* 4-byte words per record: dim, + 1 + link0 if HNSW */
+    uint32_t rec;   /* 4-byte words per record (see vx_chunk) */
     uint32_t nchunks, chunk_cap;
     vx_chunk *chunks;
     uint32_t nslots; /* slots ever handed out: [0, nslots) */
@@ -661,9 +662,15 @@ static inline int vx_store_live(const vx_store *s, uint32_t slot)
     return VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)];
 }
 
+static inline float *vx_store_inorm_at(const vx_store *s, uint32_t slot)
+{
+    if (s->link0) return vx_store_vec(s, slot) + s->dim;
+    return VX_SLOT_CHUNK(s, slot)->inorm + VX_SLOT_INDEX(s, slot);
+}
+
 static inline float vx_store_inorm(const vx_store *s, uint32_t slot)
 {
-    return VX_SLOT_CHUNK(s, slot)->inorm[VX_SLOT_INDEX(s, slot)];
+    return *vx_store_inorm_at(s, slot);
 }
 
 /* splitmix64's finaliser: user keys are often sequential, and linear
@@ -756,7 +763,7 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine,
     s->dim = dim;
     s->cosine = cosine;
     s->link0 = link0;
-    s->rec = dim + (link0 ? 1 + link0 : 0);
+    s->rec = dim + (link0 ? (cosine ? 1 : 0) + 1 + link0 : 0);
     while (shift < 16 &&
            ((size_t)s->rec * sizeof(float) << (shift + 1)) <= VX_CHUNK_BYTES)
         shift++;
@@ -767,8 +774,9 @@ static size_t vx_store_chunk_bytes(const vx_store *s)
 {
     size_t per = vx_store_per_chunk(s);
     size_t graph = s->link0 ? sizeof(uint32_t) + 1 : 0;
+    int norms = s->cosine && !s->link0;
     return per * ((size_t)s->rec * sizeof(float) + sizeof(uint64_t) +
-                  (s->cosine ? sizeof(float) : 0) + graph + 1);
+                  (norms ? sizeof(float) : 0) + graph + 1);
 }
 
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
@@ -802,8 +810,11 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
     p += per * s->rec * sizeof(float);
     c->key = (uint64_t *)(void *)p;
     p += per * sizeof(uint64_t);
-    c->inorm = s->cosine ? (float *)(void *)p : NULL;
-    p += s->cosine ? per * sizeof(float) : 0;
+    c->inorm = NULL;
+    if (s->cosine && !s->link0) {
+        c->inorm = (float *)(void *)p;
+        p += per * sizeof(float);
+    }
     c->upper = NULL;
     c->level = NULL;
     if (s->link0) {
@@ -849,7 +860,7 @@ static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
         double n2 = 0;
         uint32_t i;
         for (i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
-        VX_SLOT_CHUNK(s, slot)->inorm[VX_SLOT_INDEX(s, slot)] =
+        *vx_store_inorm_at(s, slot) =
             (float)(1.0 / sqrt(n2));
     }
 }
@@ -1167,9 +1178,9 @@ static void vx_flat_dists(const vecidx *ix, const vx_query *q, uint32_t first,
     if (ix->p.metric == VECIDX_IP) {
         for (i = 0; i < n; i++) out[i] = -out[i];
     } else {
-        const float *inorm = VX_SLOT_CHUNK(s, first)->inorm +
-                             VX_SLOT_INDEX(s, first);
-        for (i = 0; i < n; i++) out[i] = 1.0f - out[i] * q->inv_norm * inorm[i];
+        for (i = 0; i < n; i++)
+            out[i] = 1.0f - out[i] * q->inv_norm *
+                                vx_store_inorm(s, first + (uint32_t)i);
     }
 }
 
@@ -1239,7 +1250,8 @@ static inline uint32_t *vx_hnsw_links(const vecidx *ix, uint32_t slot, int l)
     const vx_chunk *c = VX_SLOT_CHUNK(s, slot);
     uint32_t i = VX_SLOT_INDEX(s, slot);
     if (l == 0)
-        return (uint32_t *)(void *)(c->vec + (size_t)i * s->rec + s->dim);
+        return (uint32_t *)(void *)(c->vec + (size_t)(i + 1) * s->rec -
+                                    (1 + s->link0));
     return ix->hnsw.arena + c->upper[i] + (size_t)(l - 1) * (1 + ix->hnsw.m);
 }
 
