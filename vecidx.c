@@ -1078,6 +1078,7 @@ static void vx_topk_free(vx_topk *h, vx_mem *mem)
 #define VX_HNSW_MAX_LEVEL 15
 #define VX_HNSW_MAX_M 128u /* level-0 lists hold up to 2*M links */
 #define VX_HNSW_NLOCKS 4096u
+#define VX_HNSW_SUBBATCH 4096u /* nodes linked per write-lock hold */
 
 typedef struct vx_cand {
     float d;
@@ -1129,10 +1130,33 @@ struct vecidx {
     vecidx_params p;
     vx_mem mem;
     const vx_kernels *kern;
-    pthread_rwlock_t lock;
+    pthread_rwlock_t lock;  /* readers share it; a writer holds it to change */
+    pthread_mutex_t wlock;  /* held by a writer for its whole call */
     vx_store store;
     vx_hnsw hnsw; /* kind HNSW only */
 };
+
+/* A writer holds wlock for its whole call, which keeps other writers out,
+** and the rwlock for writing while it changes the index. A long batch may
+** drop the rwlock between sub-batches (vx_write_yield) so searches are not
+** stalled for the whole batch; wlock still keeps other writers out. */
+static void vx_write_begin(vecidx *ix)
+{
+    pthread_mutex_lock(&ix->wlock);
+    pthread_rwlock_wrlock(&ix->lock);
+}
+
+static void vx_write_end(vecidx *ix)
+{
+    pthread_rwlock_unlock(&ix->lock);
+    pthread_mutex_unlock(&ix->wlock);
+}
+
+static void vx_write_yield(vecidx *ix)
+{
+    pthread_rwlock_unlock(&ix->lock);
+    pthread_rwlock_wrlock(&ix->lock);
+}
 
 /* Worker threads for a call: the per-call option, else the index's, else
 ** one per online CPU. */
@@ -1833,8 +1857,9 @@ static int vx_hnsw_batch_begin(vecidx *ix, size_t n, unsigned threads,
     return VECIDX_OK;
 }
 
-/* Link the batch's stored nodes into the graph and release the batch. */
-static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b)
+/* Link the batch's stored nodes slots[from, to) into the graph. */
+static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b, size_t from,
+                               size_t to)
 {
     vx_link_job jobs[64];
     vx_task tasks[64];
@@ -1845,15 +1870,14 @@ static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b)
     for (t = 0; t < b->nt; t++) {
         jobs[t].ix = ix;
         jobs[t].s = b->s[t];
-        jobs[t].slots = b->slots;
-        jobs[t].n = b->n;
+        jobs[t].slots = b->slots + from;
+        jobs[t].n = to - from;
         jobs[t].next = &next;
         tasks[t].fn = vx_hnsw_link_worker;
         tasks[t].arg = &jobs[t];
     }
     vx_run_parallel(tasks, b->nt);
     ix->hnsw.locking = 0;
-    vx_hnsw_batch_release(ix, b);
 }
 
 /* ---- searching ----------------------------------------------------------- */
@@ -2237,7 +2261,13 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
         vx_free(&ix->mem, ix, sizeof *ix);
         return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise index lock");
     }
+    if (pthread_mutex_init(&ix->wlock, NULL) != 0) {
+        pthread_rwlock_destroy(&ix->lock);
+        vx_free(&ix->mem, ix, sizeof *ix);
+        return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise writer lock");
+    }
     if (p->kind == VECIDX_HNSW && vx_hnsw_init(ix) != VECIDX_OK) {
+        pthread_mutex_destroy(&ix->wlock);
         pthread_rwlock_destroy(&ix->lock);
         vx_free(&ix->mem, ix, sizeof *ix);
         return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise graph locks");
@@ -2259,6 +2289,7 @@ void vecidx_close(vecidx *ix)
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
     pthread_rwlock_destroy(&ix->lock);
+    pthread_mutex_destroy(&ix->wlock);
     mem = ix->mem; /* the handle frees itself through its own allocator */
     vx_free(&mem, ix, sizeof *ix);
 }
@@ -2319,15 +2350,24 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
         (rc = vx_hnsw_batch_begin(ix, n, vx_threads(ix, NULL), &b)) != 0)
         return vx_err(ix, rc, "out of memory linking %zu vectors", n);
     if (old != VX_NOSLOT) vx_store_remove(&ix->store, old, graph);
-    for (i = 0; i < n; i++) {
-        uint32_t slot = vx_store_insert(&ix->store, keys[i],
-                                        vecs + i * (size_t)ix->p.dim);
-        if (graph) {
-            vx_hnsw_place(ix, slot);
-            b.slots[i] = slot;
-        }
+    if (!graph) {
+        for (i = 0; i < n; i++)
+            vx_store_insert(&ix->store, keys[i], vecs + i * (size_t)ix->p.dim);
+        return VECIDX_OK;
     }
-    if (graph) vx_hnsw_batch_link(ix, &b);
+    /* Link in sub-batches and let waiting searches run between them: a
+    ** big build would otherwise stall every search until it ends. */
+    for (i = 0; i < n;) {
+        size_t end = n - i > VX_HNSW_SUBBATCH ? i + VX_HNSW_SUBBATCH : n, j;
+        for (j = i; j < end; j++) {
+            b.slots[j] = vx_store_insert(&ix->store, keys[j],
+                                         vecs + j * (size_t)ix->p.dim);
+            vx_hnsw_place(ix, b.slots[j]);
+        }
+        vx_hnsw_batch_link(ix, &b, i, end);
+        if ((i = end) < n) vx_write_yield(ix);
+    }
+    vx_hnsw_batch_release(ix, &b);
     return VECIDX_OK;
 }
 
@@ -2357,9 +2397,9 @@ static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
     VX_NULL_CHECK(ix, vec, "vector");
     snprintf(what, sizeof what, "vector for key " VX_KEY_FMT, VX_KEY(key));
     if ((rc = vx_check_vector(ix, vec, NULL, what)) != VECIDX_OK) return rc;
-    pthread_rwlock_wrlock(&ix->lock);
+    vx_write_begin(ix);
     rc = vx_put_locked(ix, key, vec, upsert);
-    pthread_rwlock_unlock(&ix->lock);
+    vx_write_end(ix);
     return rc;
 }
 
@@ -2423,14 +2463,14 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
         return vx_err(ix, VECIDX_EINVAL, "batch of %zu vectors is too large",
                       n);
     if ((rc = vx_batch_validate(ix, n, keys, vecs)) != VECIDX_OK) return rc;
-    pthread_rwlock_wrlock(&ix->lock);
+    vx_write_begin(ix);
     for (i = 0; i < n && rc == VECIDX_OK; i++)
         if (vx_map_find(&ix->store.map, keys[i]) != VX_NOSLOT)
             rc = vx_err(ix, VECIDX_EEXIST,
                         "row %zu: key " VX_KEY_FMT " is already in the index",
                         i, VX_KEY(keys[i]));
     if (rc == VECIDX_OK) rc = vx_insert_locked(ix, n, keys, vecs, VX_NOSLOT);
-    pthread_rwlock_unlock(&ix->lock);
+    vx_write_end(ix);
     return rc;
 }
 
@@ -2439,7 +2479,7 @@ int vecidx_remove(vecidx *ix, uint64_t key)
     uint32_t slot;
     int rc = VECIDX_OK;
     VX_NULL_CHECK(NULL, ix, "index handle");
-    pthread_rwlock_wrlock(&ix->lock);
+    vx_write_begin(ix);
     slot = vx_map_find(&ix->store.map, key);
     if (slot == VX_NOSLOT)
         rc = vx_err(ix, VECIDX_ENOTFOUND,
@@ -2448,7 +2488,7 @@ int vecidx_remove(vecidx *ix, uint64_t key)
         vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
         if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
     }
-    pthread_rwlock_unlock(&ix->lock);
+    vx_write_end(ix);
     return rc;
 }
 
@@ -2460,14 +2500,14 @@ int vecidx_reserve(vecidx *ix, size_t n)
         return vx_err(ix, VECIDX_EFULL, "cannot reserve %zu vectors: the "
                       "most an index holds is %u", n,
                       (unsigned)VECIDX_MAX_COUNT);
-    pthread_rwlock_wrlock(&ix->lock);
+    vx_write_begin(ix);
     rc = VECIDX_OK;
     if (n > ix->store.count) {
         rc = vx_store_reserve(&ix->store, &ix->mem, n - ix->store.count);
         if (rc != VECIDX_OK)
             rc = vx_err(ix, rc, "cannot reserve room for %zu vectors", n);
     }
-    pthread_rwlock_unlock(&ix->lock);
+    vx_write_end(ix);
     return rc;
 }
 

@@ -34,6 +34,11 @@
 **      vecidx_reserve) are serialised; a writer waits for searches already
 **      running and new readers wait for the writer, so every search sees the
 **      index either entirely before or entirely after each write call.
+**      One exception keeps long builds from stalling searches: an HNSW
+**      vecidx_add_batch links its vectors in sub-batches of 4096 and lets
+**      waiting readers run between them, so a search running during the
+**      call may see a prefix of the batch (never a half-linked vector).
+**      Other writers still wait for the whole batch.
 **      Waiting writers are preferred over new readers where the platform
 **      allows (glibc), so a stream of searches cannot starve inserts.
 **  A filter callback runs on the thread that called the search, while the
