@@ -15,15 +15,19 @@
 **   4. top-k                   bounded max-heap shared by every search
 **   5. flat                    exact search, single and blocked batch
 **   6. HNSW                    graph build, search, repair after removals
-**   7. public API              argument checks, locking, dispatch to kinds
-** IVF-PQ, the file format and the write-ahead log get their sections
-** between "HNSW" and "public API", in that order, as they are added.
+**   7. file format             CRC-32C, I/O table, save, mmap open
+**   8. public API              argument checks, locking, dispatch to kinds
+** IVF-PQ goes between HNSW and the file format, the write-ahead log
+** between the file format and the public API, as they are added.
 **
 ** Naming: public functions are vecidx_*; everything else is static and
 ** named vx_<module>_*.
 */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np: writer preference */
+#endif
+#if !defined(_FILE_OFFSET_BITS)
+#define _FILE_OFFSET_BITS 64 /* index files over 2 GB on 32-bit systems */
 #endif
 #if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
 #define _POSIX_C_SOURCE 200809L
@@ -33,6 +37,8 @@
 
 #include <limits.h>
 #include <math.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -40,6 +46,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if !defined(VECIDX_NO_SIMD)
@@ -598,6 +606,7 @@ typedef struct vx_keymap {
     uint32_t *slots; /* VX_NOSLOT marks an empty cell */
     size_t cap;      /* power of two, or 0 */
     size_t n;
+    int mapped; /* arrays point into a mapped file: never freed */
 } vx_keymap;
 
 /* A chunk is one allocation holding 2^shift slots, laid out as
@@ -630,6 +639,7 @@ typedef struct vx_store {
     uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
     uint32_t rec;   /* 4-byte words per record (see vx_chunk) */
     uint32_t nchunks, chunk_cap;
+    uint32_t nmapped; /* chunks [0, nmapped) live in a mapped file */
     vx_chunk *chunks;
     uint32_t nslots; /* slots ever handed out: [0, nslots) */
     uint32_t count;  /* live slots */
@@ -727,8 +737,10 @@ static void vx_map_del(vx_keymap *m, uint64_t key)
 
 static void vx_map_free(vx_keymap *m, vx_mem *mem)
 {
-    vx_free(mem, m->keys, m->cap * sizeof *m->keys);
-    vx_free(mem, m->slots, m->cap * sizeof *m->slots);
+    if (!m->mapped) {
+        vx_free(mem, m->keys, m->cap * sizeof *m->keys);
+        vx_free(mem, m->slots, m->cap * sizeof *m->slots);
+    }
     memset(m, 0, sizeof *m);
 }
 
@@ -782,30 +794,18 @@ static size_t vx_store_chunk_bytes(const vx_store *s)
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
 {
     uint32_t c;
-    for (c = 0; c < s->nchunks; c++)
+    for (c = s->nmapped; c < s->nchunks; c++)
         vx_free(mem, s->chunks[c].vec, vx_store_chunk_bytes(s));
     vx_free(mem, s->chunks, (size_t)s->chunk_cap * sizeof *s->chunks);
     vx_free(mem, s->free, (size_t)s->free_cap * sizeof *s->free);
     vx_map_free(&s->map, mem);
 }
 
-static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
+/* Point c at the regions of the chunk block p (layout: see vx_chunk). */
+static void vx_store_point_chunk(const vx_store *s, vx_chunk *c,
+                                 unsigned char *p)
 {
     size_t per = vx_store_per_chunk(s);
-    unsigned char *p;
-    vx_chunk *c;
-    if (s->nchunks == s->chunk_cap) {
-        uint32_t cap = s->chunk_cap ? s->chunk_cap * 2 : 8;
-        void *t = vx_realloc(mem, s->chunks,
-                             (size_t)s->chunk_cap * sizeof *s->chunks,
-                             (size_t)cap * sizeof *s->chunks);
-        if (!t) return VECIDX_ENOMEM;
-        s->chunks = t;
-        s->chunk_cap = cap;
-    }
-    p = vx_malloc(mem, vx_store_chunk_bytes(s));
-    if (!p) return VECIDX_ENOMEM;
-    c = &s->chunks[s->nchunks++];
     c->vec = (float *)(void *)p;
     p += per * s->rec * sizeof(float);
     c->key = (uint64_t *)(void *)p;
@@ -824,7 +824,26 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
         p += per;
     }
     c->live = p;
-    memset(c->live, VX_FREE, per);
+}
+
+static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
+{
+    unsigned char *p;
+    if (s->nchunks == s->chunk_cap) {
+        uint32_t cap = s->chunk_cap ? s->chunk_cap * 2 : 8;
+        void *t = vx_realloc(mem, s->chunks,
+                             (size_t)s->chunk_cap * sizeof *s->chunks,
+                             (size_t)cap * sizeof *s->chunks);
+        if (!t) return VECIDX_ENOMEM;
+        s->chunks = t;
+        s->chunk_cap = cap;
+    }
+    p = vx_malloc(mem, vx_store_chunk_bytes(s));
+    if (!p) return VECIDX_ENOMEM;
+    /* Zeroed whole: unused slots are saved to files as they are, and
+    ** their bytes should be defined and repeatable. */
+    memset(p, 0, vx_store_chunk_bytes(s));
+    vx_store_point_chunk(s, &s->chunks[s->nchunks++], p);
     return VECIDX_OK;
 }
 
@@ -1124,6 +1143,7 @@ typedef struct vx_hnsw {
     /* Only a parallel build takes these: a striped lock per node's links,
     ** and one for the entry point. */
     int locking;
+    int untrusted; /* mapped from a file: bound every link (read_safe) */
     pthread_mutex_t entry_lock;
     atomic_flag locks[VX_HNSW_NLOCKS];
 } vx_hnsw;
@@ -1136,6 +1156,10 @@ struct vecidx {
     pthread_mutex_t wlock;  /* held by a writer for its whole call */
     vx_store store;
     vx_hnsw hnsw; /* kind HNSW only */
+    unsigned char *fmap; /* mapped index file, or NULL */
+    size_t fmap_len;
+    uint32_t fcrc; /* checksum of the mapped chunks, for vecidx_check */
+    int rdonly;
 };
 
 /* A writer holds wlock for its whole call, which keeps other writers out,
@@ -1158,6 +1182,41 @@ static void vx_write_yield(vecidx *ix)
 {
     pthread_rwlock_unlock(&ix->lock);
     pthread_rwlock_wrlock(&ix->lock);
+}
+
+static const char *vx_kind_name(int kind)
+{
+    return kind == VECIDX_FLAT ? "flat" : kind == VECIDX_HNSW ? "hnsw"
+                                                              : "ivfpq";
+}
+
+/* Kind, metric and dimension checks shared by init and create. */
+static int vx_check_shape(int kind, int metric, uint32_t dim)
+{
+    if (kind != VECIDX_FLAT && kind != VECIDX_HNSW && kind != VECIDX_IVFPQ)
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "unknown index kind %d (use VECIDX_FLAT, VECIDX_HNSW "
+                      "or VECIDX_IVFPQ)", kind);
+    if (metric != VECIDX_L2 && metric != VECIDX_IP && metric != VECIDX_COSINE)
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "unknown metric %d (use VECIDX_L2, VECIDX_IP or "
+                      "VECIDX_COSINE)", metric);
+    if (dim == 0 || dim > VECIDX_MAX_DIM)
+        return vx_err(NULL, VECIDX_EDIM,
+                      "dimension %u is outside 1..%u", (unsigned)dim,
+                      (unsigned)VECIDX_MAX_DIM);
+    return VECIDX_OK;
+}
+
+static int vx_check_hnsw_params(const vecidx_params *p)
+{
+    if (p->hnsw_m < 2 || p->hnsw_m > VX_HNSW_MAX_M)
+        return vx_err(NULL, VECIDX_EINVAL, "hnsw_m %u is outside 2..%u",
+                      (unsigned)p->hnsw_m, (unsigned)VX_HNSW_MAX_M);
+    if (p->hnsw_ef_construction == 0 || p->hnsw_ef_search == 0)
+        return vx_err(NULL, VECIDX_EINVAL, "hnsw_ef_%s is 0",
+                      p->hnsw_ef_search ? "construction" : "search");
+    return VECIDX_OK;
 }
 
 /* Worker threads for a call: the per-call option, else the index's, else
@@ -1285,6 +1344,11 @@ static inline int vx_hnsw_level(const vecidx *ix, uint32_t slot)
 {
     return VX_SLOT_CHUNK(&ix->store, slot)->level[VX_SLOT_INDEX(&ix->store,
                                                                 slot)];
+}
+
+static size_t vx_hnsw_block_words(const vx_hnsw *h, int level)
+{
+    return (size_t)level * (1 + h->m);
 }
 
 static inline void vx_hnsw_lock(vecidx *ix, uint32_t slot)
@@ -1475,12 +1539,40 @@ static void vx_frontier_push(vecidx *ix, vx_hnsw_scratch *s, vx_cand c)
 
 /* ---- graph walk ---------------------------------------------------------- */
 
+/* The links of a graph mapped from a file are used without a full check
+** at open, so every list is bounded here: its level and arena offset, its
+** length, and each slot number. Damage then costs recall, not memory
+** safety. */
+static const uint32_t *vx_hnsw_read_safe(vecidx *ix, vx_hnsw_scratch *s,
+                                         uint32_t slot, int l, uint32_t *n)
+{
+    const vx_store *st = &ix->store;
+    const uint32_t *links;
+    uint32_t cnt, i, m = 0, cap = l ? ix->hnsw.m : ix->hnsw.m0;
+    *n = 0;
+    if (l > 0) {
+        uint32_t off = VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)];
+        if (vx_hnsw_level(ix, slot) < l ||
+            off + vx_hnsw_block_words(&ix->hnsw, l) > ix->hnsw.arena_n)
+            return s->ids;
+    }
+    links = vx_hnsw_links(ix, slot, l);
+    cnt = links[0] < cap ? links[0] : cap;
+    for (i = 0; i < cnt; i++)
+        if (links[1 + i] < st->nslots) s->ids[m++] = links[1 + i];
+    *n = m;
+    return s->ids;
+}
+
 /* The links of slot at level l. While a parallel build runs, lists change
 ** under other threads, so they are copied out under the node's lock. */
 static const uint32_t *vx_hnsw_read(vecidx *ix, vx_hnsw_scratch *s,
                                     uint32_t slot, int l, uint32_t *n)
 {
-    const uint32_t *links = vx_hnsw_links(ix, slot, l);
+    const uint32_t *links;
+    if (VX_UNLIKELY(ix->hnsw.untrusted)) return vx_hnsw_read_safe(ix, s, slot,
+                                                                  l, n);
+    links = vx_hnsw_links(ix, slot, l);
     if (!ix->hnsw.locking) {
         *n = links[0];
         return links + 1;
@@ -1728,11 +1820,6 @@ static int vx_hnsw_draw_level(vx_hnsw *h)
     double u = ((double)(vx_splitmix(&h->rng) >> 11) + 1.0) * 0x1.0p-53;
     double l = -log(u) * h->level_mult;
     return l >= VX_HNSW_MAX_LEVEL ? VX_HNSW_MAX_LEVEL : (int)l;
-}
-
-static size_t vx_hnsw_block_words(const vx_hnsw *h, int level)
-{
-    return (size_t)level * (1 + h->m);
 }
 
 /* Room in the arena for n more nodes drawn from the generator as it is
@@ -2098,7 +2185,7 @@ static void vx_hnsw_destroy(vecidx *ix)
 }
 
 /* Graph invariants; returns NULL or a description, *bad = node. */
-static const char *vx_hnsw_check(vecidx *ix, uint32_t *bad)
+static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
 {
     const vx_store *st = &ix->store;
     vx_hnsw *g = &ix->hnsw;
@@ -2123,7 +2210,7 @@ static const char *vx_hnsw_check(vecidx *ix, uint32_t *bad)
                     return "link to a freed slot";
                 if (vx_hnsw_level(ix, z) < l)
                     return "link to a node below the list's level";
-                for (j = 1; j < i; j++)
+                for (j = 1; deep && j < i; j++)
                     if (links[j] == z) return "duplicate link";
             }
         }
@@ -2141,8 +2228,560 @@ static const char *vx_hnsw_check(vecidx *ix, uint32_t *bad)
 }
 
 /* ======================================================================
-** 7. Public API
+** 7. File format
+**
+** One file per index, described byte by byte in docs/FORMAT.md: a 512-byte
+** header (magic, version, byte order, parameters, counters, section table,
+** CRC-32C of the header), then page-aligned sections, each with its own
+** CRC-32C: the storage chunks exactly as they sit in memory, the HNSW
+** arena, and the key map. Opening maps the file and points the chunk table
+** straight into the mapping, so the vectors and level-0 links -- nearly
+** all of the bytes -- are used in place with no parse and no copy.
+**
+** Every system call goes through vx_io, a table of function pointers, so
+** that tests can fail the Nth call or simulate a crash.
 ** ====================================================================== */
+
+/* ---- CRC-32C (Castagnoli) -------------------------------------------------- */
+
+static uint32_t vx_crc_table[8][256];
+static pthread_once_t vx_crc_once = PTHREAD_ONCE_INIT;
+
+static void vx_crc_init(void)
+{
+    uint32_t i, j, c;
+    for (i = 0; i < 256; i++) {
+        for (c = i, j = 0; j < 8; j++) c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        vx_crc_table[0][i] = c;
+    }
+    for (i = 0; i < 256; i++)
+        for (j = 1; j < 8; j++)
+            vx_crc_table[j][i] = (vx_crc_table[j - 1][i] >> 8) ^
+                                 vx_crc_table[0][vx_crc_table[j - 1][i] & 0xff];
+}
+
+/* Slicing-by-8: eight table lookups per 8 bytes, portable to any CPU. */
+static uint32_t vx_crc_sw(uint32_t crc, const unsigned char *p, size_t n)
+{
+    for (; n && ((uintptr_t)p & 7); n--)
+        crc = vx_crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    for (; n >= 8; n -= 8, p += 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                             (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 |
+                      (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        crc = vx_crc_table[7][lo & 0xff] ^ vx_crc_table[6][(lo >> 8) & 0xff] ^
+              vx_crc_table[5][(lo >> 16) & 0xff] ^ vx_crc_table[4][lo >> 24] ^
+              vx_crc_table[3][hi & 0xff] ^ vx_crc_table[2][(hi >> 8) & 0xff] ^
+              vx_crc_table[1][(hi >> 16) & 0xff] ^ vx_crc_table[0][hi >> 24];
+    }
+    for (; n; n--) crc = vx_crc_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(VX_HAVE_AVX2)
+/* SSE4.2 has a CRC-32C instruction: about 8 bytes per cycle. */
+__attribute__((target("sse4.2"))) static uint32_t
+vx_crc_hw(uint32_t crc, const unsigned char *p, size_t n)
+{
+    uint64_t c = crc;
+    for (; n && ((uintptr_t)p & 7); n--) c = _mm_crc32_u8((uint32_t)c, *p++);
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    for (; n; n--) c = _mm_crc32_u8((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+#endif
+
+static uint32_t (*vx_crc_impl)(uint32_t, const unsigned char *, size_t);
+
+static void vx_crc_setup(void)
+{
+    vx_crc_init();
+    vx_crc_impl = vx_crc_sw;
+#if defined(VX_HAVE_AVX2)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2")) vx_crc_impl = vx_crc_hw;
+#endif
+}
+
+/* CRC-32C of the bytes hashed so far (crc) followed by p[0..n). Start
+** with crc = 0; vx_crc32c_more(vx_crc32c_more(0, a), b) = CRC of a||b. */
+static uint32_t vx_crc32c_more(uint32_t crc, const void *p, size_t n)
+{
+    pthread_once(&vx_crc_once, vx_crc_setup);
+    return ~vx_crc_impl(~crc, p, n);
+}
+
+/* ---- I/O layer ------------------------------------------------------------ */
+
+typedef struct vx_io {
+    int (*open)(const char *path, int flags, int mode);
+    int (*close)(int fd);
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    int (*fsync)(int fd);
+    int (*fstat)(int fd, struct stat *st);
+    int (*rename)(const char *from, const char *to);
+    int (*unlink)(const char *path);
+    void *(*mmap)(size_t len, int prot, int fd);
+    int (*munmap)(void *p, size_t len);
+} vx_io;
+
+static int vx_sys_open(const char *path, int flags, int mode)
+{
+    return open(path, flags | O_CLOEXEC, mode);
+}
+
+static void *vx_sys_mmap(size_t len, int prot, int fd)
+{
+    void *p = mmap(NULL, len, prot, MAP_PRIVATE, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static const vx_io vx_io_sys = {vx_sys_open, close, pwrite, fsync, fstat,
+                                rename, unlink, vx_sys_mmap, munmap};
+static const vx_io *vx_io_cur = &vx_io_sys; /* tests swap this */
+
+/* Write all of buf at off, riding out short writes and EINTR. */
+static int vx_io_write_all(int fd, const void *buf, size_t n, off_t off)
+{
+    const unsigned char *p = buf;
+    while (n) {
+        ssize_t w = vx_io_cur->pwrite(fd, p, n, off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* fsync the directory holding path, so a rename in it is durable. */
+static int vx_io_sync_dir(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t len = slash ? (size_t)(slash - path) : 1;
+    int fd, rc;
+    if (len >= sizeof dir) return -1;
+    if (slash) {
+        memcpy(dir, path, len ? len : 1);
+        dir[len ? len : 1] = 0;
+    } else {
+        dir[0] = '.';
+        dir[1] = 0;
+    }
+    if ((fd = vx_io_cur->open(dir, O_RDONLY, 0)) < 0) return -1;
+    rc = vx_io_cur->fsync(fd);
+    vx_io_cur->close(fd);
+    return rc;
+}
+
+/* ---- header ---------------------------------------------------------------- */
+
+#define VX_FILE_MAGIC "VECIDX\x1a\n"
+#define VX_FILE_VERSION 1u
+#define VX_FILE_HEADER 512u
+#define VX_FILE_PAGE 4096u
+#define VX_FILE_BOM 0x01020304u
+#define VX_FILE_NSECT 5
+enum {
+    VX_SECT_CHUNKS,
+    VX_SECT_ARENA,
+    VX_SECT_MAPKEYS,
+    VX_SECT_MAPSLOTS,
+    VX_SECT_FREE
+};
+
+typedef struct vx_sect {
+    uint64_t off, len;
+    uint32_t crc;
+} vx_sect;
+
+/* Everything the header holds, decoded. */
+typedef struct vx_fhdr {
+    uint32_t version;
+    vecidx_params p;
+    uint32_t shift, rec, link0, nslots, count, nburied, nchunks, nfree;
+    uint64_t rng;
+    uint32_t entry;
+    int32_t maxlevel;
+    uint64_t arena_n;
+    uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
+    uint64_t map_cap, generation;
+    vx_sect sect[VX_FILE_NSECT];
+} vx_fhdr;
+
+/* Fixed little-endian encoding, whatever the host: the offsets below are
+** the format (docs/FORMAT.md), pinned here and nowhere else. */
+static void vx_put32(unsigned char *b, size_t off, uint32_t v)
+{
+    b[off] = (unsigned char)v;
+    b[off + 1] = (unsigned char)(v >> 8);
+    b[off + 2] = (unsigned char)(v >> 16);
+    b[off + 3] = (unsigned char)(v >> 24);
+}
+
+static void vx_put64(unsigned char *b, size_t off, uint64_t v)
+{
+    vx_put32(b, off, (uint32_t)v);
+    vx_put32(b, off + 4, (uint32_t)(v >> 32));
+}
+
+static uint32_t vx_get32(const unsigned char *b, size_t off)
+{
+    return (uint32_t)b[off] | (uint32_t)b[off + 1] << 8 |
+           (uint32_t)b[off + 2] << 16 | (uint32_t)b[off + 3] << 24;
+}
+
+static uint64_t vx_get64(const unsigned char *b, size_t off)
+{
+    return vx_get32(b, off) | (uint64_t)vx_get32(b, off + 4) << 32;
+}
+
+static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
+{
+    int i;
+    memset(b, 0, VX_FILE_HEADER);
+    memcpy(b, VX_FILE_MAGIC, 8);
+    vx_put32(b, 8, VX_FILE_VERSION);
+    vx_put32(b, 12, VX_FILE_BOM);
+    vx_put32(b, 16, VX_FILE_HEADER);
+    vx_put32(b, 20, VX_FILE_PAGE);
+    vx_put32(b, 24, (uint32_t)h->p.kind);
+    vx_put32(b, 28, (uint32_t)h->p.metric);
+    vx_put32(b, 32, h->p.dim);
+    vx_put32(b, 36, h->p.hnsw_m);
+    vx_put32(b, 40, h->p.hnsw_ef_construction);
+    vx_put32(b, 44, h->p.hnsw_ef_search);
+    vx_put32(b, 48, h->p.ivf_nlist);
+    vx_put32(b, 52, h->p.ivf_nprobe);
+    vx_put32(b, 56, h->p.pq_m);
+    vx_put32(b, 60, h->p.pq_nbits);
+    vx_put64(b, 64, h->p.seed);
+    vx_put32(b, 72, h->shift);
+    vx_put32(b, 76, h->rec);
+    vx_put32(b, 80, h->link0);
+    vx_put32(b, 84, h->nslots);
+    vx_put32(b, 88, h->count);
+    vx_put32(b, 92, h->nburied);
+    vx_put32(b, 96, h->nchunks);
+    vx_put32(b, 100, h->nfree);
+    vx_put64(b, 104, h->rng);
+    vx_put32(b, 112, h->entry);
+    vx_put32(b, 116, (uint32_t)h->maxlevel);
+    vx_put64(b, 120, h->arena_n);
+    for (i = 0; i <= VX_HNSW_MAX_LEVEL; i++)
+        vx_put32(b, 128 + 4 * (size_t)i, h->arena_free[i]);
+    vx_put64(b, 192, h->map_cap);
+    vx_put64(b, 200, h->generation);
+    for (i = 0; i < VX_FILE_NSECT; i++) {
+        vx_put64(b, 216 + 24 * (size_t)i, h->sect[i].off);
+        vx_put64(b, 224 + 24 * (size_t)i, h->sect[i].len);
+        vx_put32(b, 232 + 24 * (size_t)i, h->sect[i].crc);
+    }
+    vx_put32(b, VX_FILE_HEADER - 4, vx_crc32c_more(0, b, VX_FILE_HEADER - 4));
+}
+
+/* Decode and check the header's own integrity; content is checked by
+** vx_file_validate. Returns a code with the message set. */
+static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
+{
+    int i;
+    if (size < VX_FILE_HEADER || memcmp(b, VX_FILE_MAGIC, 8) != 0)
+        return vx_err(NULL, VECIDX_ECORRUPT, "not a vecidx index file (%s)",
+                      size < VX_FILE_HEADER ? "shorter than a header"
+                                            : "bad magic");
+    if (vx_get32(b, VX_FILE_HEADER - 4) !=
+        vx_crc32c_more(0, b, VX_FILE_HEADER - 4))
+        return vx_err(NULL, VECIDX_ECORRUPT, "header checksum mismatch");
+    memset(h, 0, sizeof *h);
+    h->version = vx_get32(b, 8);
+    if (h->version > VX_FILE_VERSION)
+        return vx_err(NULL, VECIDX_EVERSION,
+                      "file format version %u is newer than this library's "
+                      "(%u); upgrade vecidx", (unsigned)h->version,
+                      VX_FILE_VERSION);
+    if (h->version == 0 || vx_get32(b, 12) != VX_FILE_BOM ||
+        vx_get32(b, 16) != VX_FILE_HEADER || vx_get32(b, 20) != VX_FILE_PAGE)
+        return vx_err(NULL, VECIDX_ECORRUPT, "header has an impossible "
+                      "version, byte-order mark or size");
+    vecidx_params_init(&h->p, (int)vx_get32(b, 24), (int)vx_get32(b, 28),
+                       vx_get32(b, 32));
+    h->p.hnsw_m = vx_get32(b, 36);
+    h->p.hnsw_ef_construction = vx_get32(b, 40);
+    h->p.hnsw_ef_search = vx_get32(b, 44);
+    h->p.ivf_nlist = vx_get32(b, 48);
+    h->p.ivf_nprobe = vx_get32(b, 52);
+    h->p.pq_m = vx_get32(b, 56);
+    h->p.pq_nbits = vx_get32(b, 60);
+    h->p.seed = vx_get64(b, 64);
+    h->shift = vx_get32(b, 72);
+    h->rec = vx_get32(b, 76);
+    h->link0 = vx_get32(b, 80);
+    h->nslots = vx_get32(b, 84);
+    h->count = vx_get32(b, 88);
+    h->nburied = vx_get32(b, 92);
+    h->nchunks = vx_get32(b, 96);
+    h->nfree = vx_get32(b, 100);
+    h->rng = vx_get64(b, 104);
+    h->entry = vx_get32(b, 112);
+    h->maxlevel = (int32_t)vx_get32(b, 116);
+    h->arena_n = vx_get64(b, 120);
+    for (i = 0; i <= VX_HNSW_MAX_LEVEL; i++)
+        h->arena_free[i] = vx_get32(b, 128 + 4 * (size_t)i);
+    h->map_cap = vx_get64(b, 192);
+    h->generation = vx_get64(b, 200);
+    for (i = 0; i < VX_FILE_NSECT; i++) {
+        h->sect[i].off = vx_get64(b, 216 + 24 * (size_t)i);
+        h->sect[i].len = vx_get64(b, 224 + 24 * (size_t)i);
+        h->sect[i].crc = vx_get32(b, 232 + 24 * (size_t)i);
+    }
+    return VECIDX_OK;
+}
+
+/* ---- save ------------------------------------------------------------------ */
+
+static uint64_t vx_page_up(uint64_t x)
+{
+    return (x + VX_FILE_PAGE - 1) / VX_FILE_PAGE * VX_FILE_PAGE;
+}
+
+/* Fill the header fields that describe ix (section table excluded). */
+static void vx_fhdr_from(const vecidx *ix, vx_fhdr *h)
+{
+    const vx_store *s = &ix->store;
+    memset(h, 0, sizeof *h);
+    h->p = ix->p;
+    h->shift = s->shift;
+    h->rec = s->rec;
+    h->link0 = s->link0;
+    h->nslots = s->nslots;
+    h->count = s->count;
+    h->nburied = s->nburied;
+    h->nchunks = s->nchunks;
+    h->nfree = s->nfree;
+    h->map_cap = s->map.cap;
+    h->entry = VX_NOSLOT;
+    h->maxlevel = -1;
+    if (ix->p.kind == VECIDX_HNSW) {
+        h->rng = ix->hnsw.rng;
+        h->entry = ix->hnsw.entry;
+        h->maxlevel = ix->hnsw.maxlevel;
+        h->arena_n = ix->hnsw.arena_n;
+        memcpy(h->arena_free, ix->hnsw.arena_free, sizeof h->arena_free);
+    }
+}
+
+/* Write one section from n pieces, recording offset, length and CRC. */
+static int vx_file_put_sect(int fd, vx_sect *sc, uint64_t off,
+                            const void *const *piece, size_t n, size_t len)
+{
+    size_t i;
+    sc->off = off;
+    sc->len = (uint64_t)n * len;
+    sc->crc = 0;
+    for (i = 0; i < n; i++) {
+        if (len && vx_io_write_all(fd, piece[i], len,
+                                   (off_t)(off + (uint64_t)i * len)) != 0)
+            return -1;
+        sc->crc = vx_crc32c_more(sc->crc, piece[i], len);
+    }
+    return 0;
+}
+
+/* Write ix to a temporary file beside path, sync it, rename it over path
+** and sync the directory: a crash leaves either the old file or the new
+** one, never a mix. Caller holds the read lock. */
+static int vx_file_save(vecidx *ix, const char *path)
+{
+    const vx_store *s = &ix->store;
+    unsigned char hdr[VX_FILE_HEADER];
+    char tmp[4200];
+    const void **pieces;
+    vx_fhdr h;
+    size_t cb = vx_store_chunk_bytes(s), np = s->nchunks ? s->nchunks : 1, i;
+    uint64_t off = VX_FILE_PAGE;
+    int fd, ok;
+    if (strlen(path) > 4096)
+        return vx_err(ix, VECIDX_EINVAL, "path is longer than 4096 bytes");
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+    if (!(pieces = vx_malloc(&ix->mem, np * sizeof *pieces)))
+        return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
+    for (i = 0; i < s->nchunks; i++) pieces[i] = s->chunks[i].vec;
+    vx_fhdr_from(ix, &h);
+    fd = vx_io_cur->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ok = fd >= 0;
+    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_CHUNKS], off,
+                                 pieces, s->nchunks, cb);
+    off = vx_page_up(off + h.sect[VX_SECT_CHUNKS].len);
+    pieces[0] = ix->hnsw.arena;
+    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_ARENA], off, pieces,
+                                 ix->hnsw.arena ? 1 : 0,
+                                 h.arena_n * sizeof(uint32_t));
+    off = vx_page_up(off + h.sect[VX_SECT_ARENA].len);
+    pieces[0] = s->map.keys;
+    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_MAPKEYS], off, pieces,
+                                 s->map.cap ? 1 : 0, s->map.cap * 8);
+    off = vx_page_up(off + h.sect[VX_SECT_MAPKEYS].len);
+    pieces[0] = s->map.slots;
+    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_MAPSLOTS], off, pieces,
+                                 s->map.cap ? 1 : 0, s->map.cap * 4);
+    off = vx_page_up(off + h.sect[VX_SECT_MAPSLOTS].len);
+    pieces[0] = s->free;
+    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_FREE], off, pieces,
+                                 s->nfree ? 1 : 0, s->nfree * 4);
+    vx_free(&ix->mem, pieces, np * sizeof *pieces);
+    vx_fhdr_encode(&h, hdr);
+    ok = ok && vx_io_write_all(fd, hdr, sizeof hdr, 0) == 0;
+    ok = ok && vx_io_cur->fsync(fd) == 0;
+    if (fd >= 0 && vx_io_cur->close(fd) != 0) ok = 0;
+    ok = ok && vx_io_cur->rename(tmp, path) == 0;
+    if (!ok) {
+        int e = errno;
+        if (fd >= 0) vx_io_cur->unlink(tmp);
+        return vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
+                      strerror(e));
+    }
+    if (vx_io_sync_dir(path) != 0)
+        return vx_err(ix, VECIDX_EIO, "saved '%s' but cannot sync its "
+                      "directory: %s", path, strerror(errno));
+    return VECIDX_OK;
+}
+
+/* ---- open ------------------------------------------------------------------ */
+
+static int vx_sect_ok(const vx_sect *sc, uint64_t size, uint64_t want)
+{
+    return sc->len == want &&
+           (want == 0 || (sc->off % VX_FILE_PAGE == 0 &&
+                          sc->off >= VX_FILE_PAGE && sc->off <= size &&
+                          want <= size - sc->off));
+}
+
+/* Check that the header describes a consistent index of this file's
+** size, and that the sections copied at open match their checksums. The
+** big chunk section is not read here (that would cost a pass over the
+** whole file); vecidx_check verifies it, and searches bound every slot
+** number they follow (vx_hnsw_read_safe), so damage there cannot make a
+** search touch memory outside the index. */
+static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
+                            uint64_t size)
+{
+    static const char *const names[VX_FILE_NSECT] = {
+        "vectors", "graph", "key map", "key map", "free slot"};
+    vx_store t;
+    uint64_t want[VX_FILE_NSECT];
+    int rc, i, graph = h->p.kind == VECIDX_HNSW;
+    if ((rc = vx_check_shape(h->p.kind, h->p.metric, h->p.dim)) != 0 ||
+        (graph && (rc = vx_check_hnsw_params(&h->p)) != 0))
+        return vx_err(NULL, VECIDX_ECORRUPT, "header parameters are "
+                      "invalid: %s", vx_err_tls.msg);
+    if (h->p.kind == VECIDX_IVFPQ)
+        return vx_err(NULL, VECIDX_ENOTSUP, "IVF-PQ files are not supported "
+                      "by vecidx %s", VECIDX_VERSION_STRING);
+    vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
+                  graph ? 2 * h->p.hnsw_m : 0);
+    if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
+        (uint64_t)h->nchunks << t.shift > (uint64_t)VECIDX_MAX_COUNT + 65536 ||
+        h->nslots > (uint64_t)h->nchunks << t.shift ||
+        (uint64_t)h->count + h->nburied + h->nfree != h->nslots ||
+        (h->map_cap & (h->map_cap - 1)) != 0 || h->map_cap / 2 < h->count ||
+        h->map_cap > ((uint64_t)1 << 33) ||
+        (graph && (h->arena_n == 0 || h->arena_n > UINT32_MAX ||
+                   h->maxlevel > VX_HNSW_MAX_LEVEL || h->maxlevel < -1)))
+        return vx_err(NULL, VECIDX_ECORRUPT, "header counts are inconsistent");
+    for (i = 0; graph && i <= VX_HNSW_MAX_LEVEL; i++)
+        if (h->arena_free[i] >= h->arena_n)
+            return vx_err(NULL, VECIDX_ECORRUPT, "arena free list is out of "
+                          "range");
+    want[VX_SECT_CHUNKS] = (uint64_t)h->nchunks * vx_store_chunk_bytes(&t);
+    want[VX_SECT_ARENA] = graph ? h->arena_n * 4 : 0;
+    want[VX_SECT_MAPKEYS] = h->map_cap * 8;
+    want[VX_SECT_MAPSLOTS] = h->map_cap * 4;
+    want[VX_SECT_FREE] = (uint64_t)h->nfree * 4;
+    for (i = 0; i < VX_FILE_NSECT; i++) {
+        if (!vx_sect_ok(&h->sect[i], size, want[i]))
+            return vx_err(NULL, VECIDX_ECORRUPT, "%s section lies outside "
+                          "the file or has the wrong size", names[i]);
+        if (i != VX_SECT_CHUNKS &&
+            vx_crc32c_more(0, base + h->sect[i].off, h->sect[i].len) !=
+                h->sect[i].crc)
+            return vx_err(NULL, VECIDX_ECORRUPT, "%s section checksum "
+                          "mismatch", names[i]);
+    }
+    return VECIDX_OK;
+}
+
+/* Point ix's storage and key map into the mapping and copy the small
+** structures (graph arena, free stack). On failure the handle is left
+** consistent for vecidx_close. */
+static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
+{
+    vx_store *s = &ix->store;
+    vx_hnsw *g = &ix->hnsw;
+    size_t cb = vx_store_chunk_bytes(s), cap, c;
+    if (h->nchunks) {
+        if (!(s->chunks = vx_malloc(&ix->mem, h->nchunks * sizeof *s->chunks)))
+            return VECIDX_ENOMEM;
+        s->chunk_cap = h->nchunks;
+    }
+    for (c = 0; c < h->nchunks; c++)
+        vx_store_point_chunk(s, &s->chunks[c],
+                             base + h->sect[VX_SECT_CHUNKS].off + c * cb);
+    s->nchunks = s->nmapped = h->nchunks;
+    s->nslots = h->nslots;
+    s->count = h->count;
+    s->nburied = h->nburied;
+    cap = (size_t)h->nchunks << s->shift;
+    if (cap) {
+        if (!(s->free = vx_malloc(&ix->mem, cap * sizeof *s->free)))
+            return VECIDX_ENOMEM;
+        s->free_cap = (uint32_t)(cap > UINT32_MAX ? UINT32_MAX : cap);
+    }
+    memcpy(s->free, base + h->sect[VX_SECT_FREE].off, (size_t)h->nfree * 4);
+    s->nfree = h->nfree;
+    /* The key map is used in place too: it is read-only here. */
+    s->map.keys = (uint64_t *)(void *)(base + h->sect[VX_SECT_MAPKEYS].off);
+    s->map.slots = (uint32_t *)(void *)(base + h->sect[VX_SECT_MAPSLOTS].off);
+    s->map.cap = h->map_cap;
+    s->map.n = h->count;
+    s->map.mapped = 1;
+    ix->fcrc = h->sect[VX_SECT_CHUNKS].crc;
+    if (ix->p.kind == VECIDX_HNSW) {
+        g->untrusted = 1;
+        if (!(g->arena = vx_malloc(&ix->mem, h->arena_n * 4)))
+            return VECIDX_ENOMEM;
+        memcpy(g->arena, base + h->sect[VX_SECT_ARENA].off, h->arena_n * 4);
+        g->arena_cap = g->arena_n = h->arena_n;
+        memcpy(g->arena_free, h->arena_free, sizeof g->arena_free);
+        g->rng = h->rng;
+        g->entry = h->entry;
+        g->maxlevel = h->maxlevel;
+    }
+    return VECIDX_OK;
+}
+
+/* ======================================================================
+** 8. Public API
+** ====================================================================== */
+
+#define VX_NULL_CHECK(ix, ptr, what)                                          \
+    do {                                                                      \
+        if ((ptr) == NULL)                                                    \
+            return vx_err(ix, VECIDX_EINVAL, "%s is NULL", what);             \
+    } while (0)
+
+/* Writers refuse read-only handles before touching anything. */
+#define VX_WRITABLE(ix)                                                       \
+    do {                                                                      \
+        if ((ix)->rdonly)                                                     \
+            return vx_err(ix, VECIDX_ESTATE, "index was opened read-only");   \
+    } while (0)
 
 #define VX_KEY_FMT "%llu"
 #define VX_KEY(k) ((unsigned long long)(k))
@@ -2178,30 +2817,6 @@ const char *vecidx_errmsg(const vecidx *ix)
     return vx_err_tls.msg;
 }
 
-static const char *vx_kind_name(int kind)
-{
-    return kind == VECIDX_FLAT ? "flat" : kind == VECIDX_HNSW ? "hnsw"
-                                                              : "ivfpq";
-}
-
-/* Kind, metric and dimension checks shared by init and create. */
-static int vx_check_shape(int kind, int metric, uint32_t dim)
-{
-    if (kind != VECIDX_FLAT && kind != VECIDX_HNSW && kind != VECIDX_IVFPQ)
-        return vx_err(NULL, VECIDX_EINVAL,
-                      "unknown index kind %d (use VECIDX_FLAT, VECIDX_HNSW "
-                      "or VECIDX_IVFPQ)", kind);
-    if (metric != VECIDX_L2 && metric != VECIDX_IP && metric != VECIDX_COSINE)
-        return vx_err(NULL, VECIDX_EINVAL,
-                      "unknown metric %d (use VECIDX_L2, VECIDX_IP or "
-                      "VECIDX_COSINE)", metric);
-    if (dim == 0 || dim > VECIDX_MAX_DIM)
-        return vx_err(NULL, VECIDX_EDIM,
-                      "dimension %u is outside 1..%u", (unsigned)dim,
-                      (unsigned)VECIDX_MAX_DIM);
-    return VECIDX_OK;
-}
-
 int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim)
 {
     if (p == NULL) return vx_err(NULL, VECIDX_EINVAL, "params pointer is NULL");
@@ -2218,38 +2833,13 @@ int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim)
     return vx_check_shape(kind, metric, dim);
 }
 
-static int vx_check_hnsw_params(const vecidx_params *p)
+/* A new empty handle for the already validated params p. */
+static int vx_handle_new(const vecidx_params *p, vecidx **out)
 {
-    if (p->hnsw_m < 2 || p->hnsw_m > VX_HNSW_MAX_M)
-        return vx_err(NULL, VECIDX_EINVAL, "hnsw_m %u is outside 2..%u",
-                      (unsigned)p->hnsw_m, (unsigned)VX_HNSW_MAX_M);
-    if (p->hnsw_ef_construction == 0 || p->hnsw_ef_search == 0)
-        return vx_err(NULL, VECIDX_EINVAL, "hnsw_ef_%s is 0",
-                      p->hnsw_ef_search ? "construction" : "search");
-    return VECIDX_OK;
-}
-
-int vecidx_create(const vecidx_params *p, vecidx **out)
-{
-    const vecidx_allocator *a;
+    const vecidx_allocator *a = &p->allocator;
     vx_mem mem;
     vecidx *ix;
-    int rc, nset;
-    if (out) *out = NULL;
-    if (p == NULL || out == NULL)
-        return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
-                      p ? "output handle pointer" : "params pointer");
-    if ((rc = vx_check_shape(p->kind, p->metric, p->dim)) != VECIDX_OK)
-        return rc;
-    if (p->kind == VECIDX_HNSW &&
-        (rc = vx_check_hnsw_params(p)) != VECIDX_OK)
-        return rc;
-    if (p->kind == VECIDX_IVFPQ)
-        return vx_err(NULL, VECIDX_ENOTSUP,
-                      "index kind '%s' is not available in vecidx %s",
-                      vx_kind_name(p->kind), VECIDX_VERSION_STRING);
-    a = &p->allocator;
-    nset = !!a->malloc_fn + !!a->realloc_fn + !!a->free_fn;
+    int nset = !!a->malloc_fn + !!a->realloc_fn + !!a->free_fn;
     if (nset != 0 && nset != 3)
         return vx_err(NULL, VECIDX_EINVAL,
                       "allocator: set all of malloc_fn, realloc_fn and "
@@ -2280,6 +2870,28 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
         vx_free(&ix->mem, ix, sizeof *ix);
         return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise graph locks");
     }
+    *out = ix;
+    return VECIDX_OK;
+}
+
+int vecidx_create(const vecidx_params *p, vecidx **out)
+{
+    vecidx *ix;
+    int rc;
+    if (out) *out = NULL;
+    if (p == NULL || out == NULL)
+        return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
+                      p ? "output handle pointer" : "params pointer");
+    if ((rc = vx_check_shape(p->kind, p->metric, p->dim)) != VECIDX_OK)
+        return rc;
+    if (p->kind == VECIDX_HNSW &&
+        (rc = vx_check_hnsw_params(p)) != VECIDX_OK)
+        return rc;
+    if (p->kind == VECIDX_IVFPQ)
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "index kind '%s' is not available in vecidx %s",
+                      vx_kind_name(p->kind), VECIDX_VERSION_STRING);
+    if ((rc = vx_handle_new(p, &ix)) != VECIDX_OK) return rc;
     if (p->capacity &&
         (rc = vx_store_reserve(&ix->store, &ix->mem, p->capacity)) != 0) {
         vecidx_close(ix);
@@ -2290,23 +2902,144 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
     return VECIDX_OK;
 }
 
+/* Check a file's parameters against the caller's, when given. */
+static int vx_open_match(const char *path, const vecidx_params *want,
+                         const vecidx_params *have)
+{
+    if (want == NULL) return VECIDX_OK;
+    if (want->dim != have->dim)
+        return vx_err(NULL, VECIDX_EDIM, "dimension %u does not match index "
+                      "dimension %u in '%s'", (unsigned)want->dim,
+                      (unsigned)have->dim, path);
+    if (want->kind != have->kind || want->metric != have->metric)
+        return vx_err(NULL, VECIDX_EINVAL, "'%s' holds a %s index with "
+                      "metric %d, not %s with metric %d", path,
+                      vx_kind_name(have->kind), have->metric,
+                      vx_kind_name(want->kind), want->metric);
+    return VECIDX_OK;
+}
+
+/* The few slot numbers a reader uses without vx_hnsw_read_safe's bounds:
+** the entry point and the key map's targets. */
+static const char *vx_file_check_roots(const vecidx *ix)
+{
+    const vx_store *s = &ix->store;
+    size_t i;
+    for (i = 0; i < s->map.cap; i++)
+        if (s->map.slots[i] != VX_NOSLOT && s->map.slots[i] >= s->nslots)
+            return "key map points past the used slots";
+    for (i = 0; i < s->nfree; i++)
+        if (s->free[i] >= s->nslots) return "free slot out of range";
+    if (ix->p.kind != VECIDX_HNSW) return NULL;
+    if (s->count + s->nburied == 0)
+        return ix->hnsw.entry == VX_NOSLOT ? NULL : "empty graph has an entry";
+    if (ix->hnsw.entry >= s->nslots || ix->hnsw.maxlevel < 0)
+        return "graph entry point is out of range";
+    return NULL;
+}
+
+/* Map path, validate it and build a read-only handle over the mapping. */
+static int vx_open_rdonly(const char *path, const vecidx_params *p,
+                          vecidx **out)
+{
+    struct stat st;
+    unsigned char *map;
+    vx_fhdr h;
+    vecidx *ix = NULL;
+    const char *why;
+    int fd, rc;
+    if ((fd = vx_io_cur->open(path, O_RDONLY, 0)) < 0)
+        return vx_err(NULL, VECIDX_EIO, "cannot open '%s': %s", path,
+                      strerror(errno));
+    if (vx_io_cur->fstat(fd, &st) != 0 || st.st_size < (off_t)VX_FILE_HEADER) {
+        rc = errno;
+        vx_io_cur->close(fd);
+        return st.st_size < (off_t)VX_FILE_HEADER
+                   ? vx_err(NULL, VECIDX_ECORRUPT, "'%s' is %lld bytes, too "
+                            "short for an index file", path,
+                            (long long)st.st_size)
+                   : vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", path,
+                            strerror(rc));
+    }
+    map = vx_io_cur->mmap((size_t)st.st_size, PROT_READ, fd);
+    rc = errno;
+    vx_io_cur->close(fd); /* the mapping keeps the file open */
+    if (!map)
+        return vx_err(NULL, VECIDX_EIO, "cannot map '%s': %s", path,
+                      strerror(rc));
+    rc = vx_fhdr_decode(map, (size_t)st.st_size, &h);
+    if (rc == VECIDX_OK) rc = vx_file_validate(&h, map, (uint64_t)st.st_size);
+    if (rc == VECIDX_OK) rc = vx_open_match(path, p, &h.p);
+    if (rc == VECIDX_OK) {
+        if (p) { /* the caller's run-time choices, the file's shape */
+            h.p.threads = p->threads;
+            h.p.allocator = p->allocator;
+        }
+        rc = vx_handle_new(&h.p, &ix);
+    }
+    if (rc != VECIDX_OK) {
+        vx_io_cur->munmap(map, (size_t)st.st_size);
+        return rc;
+    }
+    ix->fmap = map;
+    ix->fmap_len = (size_t)st.st_size;
+    ix->rdonly = 1;
+    if (vx_file_attach(ix, &h, map) != VECIDX_OK) {
+        vecidx_close(ix);
+        return vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
+    }
+    if ((why = vx_file_check_roots(ix)) != NULL) {
+        vecidx_close(ix);
+        return vx_err(NULL, VECIDX_ECORRUPT, "'%s' is inconsistent: %s", path,
+                      why);
+    }
+    *out = ix;
+    return VECIDX_OK;
+}
+
+int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
+                vecidx **out)
+{
+    if (out) *out = NULL;
+    if (path == NULL || out == NULL)
+        return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
+                      path ? "output handle pointer" : "path");
+    if (flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_SYNC_FULL |
+                  VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF))
+        return vx_err(NULL, VECIDX_EINVAL, "unknown open flags 0x%x", flags);
+    if (!(flags & VECIDX_RDONLY))
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "opening '%s' for writing needs the write-ahead log, "
+                      "which vecidx %s does not have yet: open it with "
+                      "VECIDX_RDONLY, or build in memory and vecidx_save",
+                      path, VECIDX_VERSION_STRING);
+    return vx_open_rdonly(path, p, out);
+}
+
+int vecidx_save(vecidx *ix, const char *path)
+{
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, path, "path");
+    pthread_rwlock_rdlock(&ix->lock);
+    rc = vx_file_save(ix, path);
+    pthread_rwlock_unlock(&ix->lock);
+    return rc;
+}
+
 void vecidx_close(vecidx *ix)
 {
     vx_mem mem;
     if (ix == NULL) return;
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
+    if (ix->fmap) vx_io_cur->munmap(ix->fmap, ix->fmap_len);
     pthread_rwlock_destroy(&ix->lock);
     pthread_mutex_destroy(&ix->wlock);
     mem = ix->mem; /* the handle frees itself through its own allocator */
     vx_free(&mem, ix, sizeof *ix);
 }
 
-#define VX_NULL_CHECK(ix, ptr, what)                                          \
-    do {                                                                      \
-        if ((ptr) == NULL)                                                    \
-            return vx_err(ix, VECIDX_EINVAL, "%s is NULL", what);             \
-    } while (0)
 
 /* Reject NaN/infinity anywhere and zero vectors under cosine; `what`
 ** names the vector in the message ("query 3", "row 17 (key 99)"). */
@@ -2402,6 +3135,7 @@ static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
     char what[64];
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
     VX_NULL_CHECK(ix, vec, "vector");
     snprintf(what, sizeof what, "vector for key " VX_KEY_FMT, VX_KEY(key));
     if ((rc = vx_check_vector(ix, vec, NULL, what)) != VECIDX_OK) return rc;
@@ -2464,6 +3198,7 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
     size_t i, total;
     int rc = VECIDX_OK;
     VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
     if (n == 0) return VECIDX_OK;
     VX_NULL_CHECK(ix, keys, "keys array");
     VX_NULL_CHECK(ix, vecs, "vectors array");
@@ -2487,6 +3222,7 @@ int vecidx_remove(vecidx *ix, uint64_t key)
     uint32_t slot;
     int rc = VECIDX_OK;
     VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
     vx_write_begin(ix);
     slot = vx_map_find(&ix->store.map, key);
     if (slot == VX_NOSLOT)
@@ -2504,6 +3240,7 @@ int vecidx_reserve(vecidx *ix, size_t n)
 {
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
     if (n > VECIDX_MAX_COUNT)
         return vx_err(ix, VECIDX_EFULL, "cannot reserve %zu vectors: the "
                       "most an index holds is %u", n,
@@ -2569,6 +3306,7 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     out->slots = ix->store.nslots;
     out->capacity = (uint64_t)ix->store.nchunks << ix->store.shift;
     out->memory_bytes = atomic_load(&ix->mem.bytes);
+    out->mapped_bytes = ix->fmap_len;
     out->simd = ix->kern->name;
     pthread_rwlock_unlock(&ix->lock);
     return VECIDX_OK;
@@ -2577,15 +3315,22 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
 int vecidx_check(vecidx *ix)
 {
     const char *why, *part;
-    uint32_t slot;
+    uint32_t slot = VX_NOSLOT;
     int rc = VECIDX_OK;
     VX_NULL_CHECK(NULL, ix, "index handle");
     pthread_rwlock_rdlock(&ix->lock);
     part = "storage";
-    why = vx_store_check(&ix->store, &slot);
+    why = NULL;
+    if (ix->fmap && ix->rdonly &&
+        vx_crc32c_more(0, ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
+                                           : (const void *)ix->fmap,
+                       (size_t)ix->store.nchunks *
+                           vx_store_chunk_bytes(&ix->store)) != ix->fcrc)
+        why = "vector and link chunks do not match the file's checksum";
+    if (!why) why = vx_store_check(&ix->store, &slot);
     if (!why && ix->p.kind == VECIDX_HNSW) {
         part = "graph";
-        why = vx_hnsw_check(ix, &slot);
+        why = vx_hnsw_check(ix, 1, &slot);
     }
     if (why && slot != VX_NOSLOT)
         rc = vx_err(ix, VECIDX_ECORRUPT, "%s, slot %u: %s", part,

@@ -30,6 +30,7 @@
 **    - readers (vecidx_search, vecidx_search_batch, vecidx_get,
 **      vecidx_contains, vecidx_count, vecidx_stats, vecidx_check) run in
 **      parallel with each other;
+**    - vecidx_save is a reader too;
 **    - writers (vecidx_add, vecidx_upsert, vecidx_add_batch, vecidx_remove,
 **      vecidx_reserve) are serialised; a writer waits for searches already
 **      running and new readers wait for the writer, so every search sees the
@@ -109,6 +110,13 @@ enum {
     VECIDX_EFULL = -11     /* VECIDX_MAX_COUNT vectors already stored */
 };
 
+/* Flags for vecidx_open (bit constants, combine with |). */
+#define VECIDX_RDONLY 0x01u      /* open for reading only */
+#define VECIDX_CREATE 0x02u      /* create the index with p if missing */
+#define VECIDX_SYNC_FULL 0x10u   /* fsync before every write returns */
+#define VECIDX_SYNC_NORMAL 0x20u /* group commit: fsync every few ms */
+#define VECIDX_SYNC_OFF 0x40u    /* leave syncing to the OS */
+
 /* Optional memory allocator. All three functions must be set, or all three
 ** NULL (meaning the C library's malloc/realloc/free). `ctx` is passed back
 ** unchanged. realloc_fn receives the old size of the block so that arena
@@ -182,7 +190,9 @@ typedef struct vecidx_stats_t {
     uint64_t count;        /* live vectors */
     uint64_t slots;        /* slots ever used (live + free for reuse) */
     uint64_t capacity;     /* slots allocated */
-    uint64_t memory_bytes; /* bytes currently held from the allocator */
+    uint64_t memory_bytes; /* bytes currently held from the allocator (a
+                              mapped file's pages are not counted) */
+    uint64_t mapped_bytes; /* size of the mapped index file, or 0 */
     const char *simd;      /* kernel in use, as vecidx_simd() */
 } vecidx_stats_t;
 
@@ -238,9 +248,44 @@ int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim);
 ** VECIDX_ENOMEM. */
 int vecidx_create(const vecidx_params *p, vecidx **out);
 
-/* Release the index and all its memory. NULL is a no-op. No other call on
-** ix may be running or start afterwards. */
+/* Release the index and all its memory (and its file mapping, for a
+** handle from vecidx_open). NULL is a no-op. No other call on ix may be
+** running or start afterwards. */
 void vecidx_close(vecidx *ix);
+
+/* ---- Files -------------------------------------------------------------- */
+
+/* Write a standalone snapshot of ix to path, in the format of
+** docs/FORMAT.md. The snapshot goes to a temporary file beside path
+** ("PATH.tmp-PID"), which is synced, renamed over path, and the directory
+** synced: a crash at any moment leaves either the old file or the complete
+** new one. Works for any index, in memory or opened from a file. Reader
+** (searches continue meanwhile; writers wait).
+** Errors: VECIDX_EINVAL (NULL ix or path, path over 4096 bytes),
+** VECIDX_EIO (with the system's reason: no space, permission, ...),
+** VECIDX_ENOMEM. On error path is left as it was. */
+int vecidx_save(vecidx *ix, const char *path);
+
+/* Open the index file at path. This version supports flags ==
+** VECIDX_RDONLY only: the file is mapped (mmap) and used in place -- no
+** parse, no copy of the vectors or the graph -- so opening costs one pass
+** that verifies the checksums and bounds-checks the structure (about
+** 0.1 ms per MB on a machine with CRC32 instructions), and the first query
+** runs at once. Writers on the handle fail with VECIDX_ESTATE. Several
+** processes and threads may open the same file at once. Replacing the file
+** with vecidx_save while it is open is safe (the handle keeps the old
+** file); truncating or writing it in place is not.
+** p may be NULL; if given, its kind, metric and dim must match the file's
+** and its allocator and threads are used; the other fields are ignored.
+** On failure *out is NULL and vecidx_errmsg(NULL) tells why.
+** Errors: VECIDX_EINVAL (NULL path/out, unknown flags), VECIDX_EIO (cannot
+** open, stat or map), VECIDX_ECORRUPT (not a vecidx file, checksum
+** mismatch, inconsistent structure), VECIDX_EVERSION (written by a newer
+** format version), VECIDX_EDIM (p->dim differs), VECIDX_ENOTSUP (flags
+** without VECIDX_RDONLY: writable files need the write-ahead log, which
+** this version does not have yet), VECIDX_ENOMEM. */
+int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
+                vecidx **out);
 
 /* Make room for at least n vectors in total, so that later inserts up to
 ** that count do not allocate for vector storage. Writer.
