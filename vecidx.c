@@ -16,9 +16,9 @@
 **   5. flat                    exact search, single and blocked batch
 **   6. HNSW                    graph build, search, repair after removals
 **   7. file format             CRC-32C, I/O table, save, mmap open
-**   8. public API              argument checks, locking, dispatch to kinds
-** IVF-PQ goes between HNSW and the file format, the write-ahead log
-** between the file format and the public API, as they are added.
+**   8. write-ahead log         append, sync modes, replay
+**   9. public API              argument checks, locking, dispatch to kinds
+** IVF-PQ goes between HNSW and the file format when it is added.
 **
 ** Naming: public functions are vecidx_*; everything else is static and
 ** named vx_<module>_*.
@@ -46,6 +46,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1148,6 +1150,20 @@ typedef struct vx_hnsw {
     atomic_flag locks[VX_HNSW_NLOCKS];
 } vx_hnsw;
 
+/* The write-ahead log of a writable file-backed index (section 8). */
+#define VX_WAL_AUTO_CHECKPOINT (64u << 20) /* log bytes before folding */
+typedef struct vx_wal {
+    int fd;            /* -1 when the index has no log */
+    uint64_t end;      /* byte offset after the last good record */
+    uint64_t seq;      /* sequence number of the last record */
+    uint64_t salt;     /* generation of the main file */
+    unsigned sync;     /* VECIDX_SYNC_* */
+    int dirty;         /* appended since the last fsync */
+    int broken;        /* an append could not be undone: refuse writes */
+    struct timespec last_sync;
+    char *path;        /* main file path (log is path + "-wal") */
+} vx_wal;
+
 struct vecidx {
     vecidx_params p;
     vx_mem mem;
@@ -1159,6 +1175,8 @@ struct vecidx {
     unsigned char *fmap; /* mapped index file, or NULL */
     size_t fmap_len;
     uint32_t fcrc; /* checksum of the mapped chunks, for vecidx_check */
+    vx_wal wal;
+    int replaying; /* applying logged writes: do not log them again */
     int rdonly;
 };
 
@@ -1172,8 +1190,15 @@ static void vx_write_begin(vecidx *ix)
     pthread_rwlock_wrlock(&ix->lock);
 }
 
+static int vx_checkpoint_locked(vecidx *ix);
+
 static void vx_write_end(vecidx *ix)
 {
+    /* Fold a long log into the main file; the write that got here is
+    ** already durable, so a failure only leaves the log longer. */
+    if (ix->wal.fd >= 0 && !ix->wal.broken && !ix->replaying &&
+        ix->wal.end > VX_WAL_AUTO_CHECKPOINT)
+        (void)vx_checkpoint_locked(ix);
     pthread_rwlock_unlock(&ix->lock);
     pthread_mutex_unlock(&ix->wlock);
 }
@@ -2321,7 +2346,10 @@ static uint32_t vx_crc32c_more(uint32_t crc, const void *p, size_t n)
 typedef struct vx_io {
     int (*open)(const char *path, int flags, int mode);
     int (*close)(int fd);
+    ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
     ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    int (*ftruncate)(int fd, off_t len);
+    int (*flock)(int fd, int op);
     int (*fsync)(int fd);
     int (*fstat)(int fd, struct stat *st);
     int (*rename)(const char *from, const char *to);
@@ -2341,8 +2369,9 @@ static void *vx_sys_mmap(size_t len, int prot, int fd)
     return p == MAP_FAILED ? NULL : p;
 }
 
-static const vx_io vx_io_sys = {vx_sys_open, close, pwrite, fsync, fstat,
-                                rename, unlink, vx_sys_mmap, munmap};
+static const vx_io vx_io_sys = {vx_sys_open, close,  pread,  pwrite,
+                                ftruncate,   flock,  fsync,  fstat,
+                                rename,      unlink, vx_sys_mmap, munmap};
 static const vx_io *vx_io_cur = &vx_io_sys; /* tests swap this */
 
 /* Write all of buf at off, riding out short writes and EINTR. */
@@ -2594,10 +2623,12 @@ static int vx_file_put_sect(int fd, vx_sect *sc, uint64_t off,
     return 0;
 }
 
+static const uint32_t vx_zero_word = 0;
+
 /* Write ix to a temporary file beside path, sync it, rename it over path
 ** and sync the directory: a crash leaves either the old file or the new
 ** one, never a mix. Caller holds the read lock. */
-static int vx_file_save(vecidx *ix, const char *path)
+static int vx_file_save(vecidx *ix, const char *path, uint64_t generation)
 {
     const vx_store *s = &ix->store;
     unsigned char hdr[VX_FILE_HEADER];
@@ -2614,14 +2645,17 @@ static int vx_file_save(vecidx *ix, const char *path)
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     for (i = 0; i < s->nchunks; i++) pieces[i] = s->chunks[i].vec;
     vx_fhdr_from(ix, &h);
+    h.generation = generation;
     fd = vx_io_cur->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ok = fd >= 0;
     ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_CHUNKS], off,
                                  pieces, s->nchunks, cb);
     off = vx_page_up(off + h.sect[VX_SECT_CHUNKS].len);
-    pieces[0] = ix->hnsw.arena;
+    /* A graph that never needed upper levels has no arena yet: its one
+    ** reserved word is written as zero. */
+    pieces[0] = ix->hnsw.arena ? (const void *)ix->hnsw.arena : &vx_zero_word;
     ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_ARENA], off, pieces,
-                                 ix->hnsw.arena ? 1 : 0,
+                                 ix->p.kind == VECIDX_HNSW ? 1 : 0,
                                  h.arena_n * sizeof(uint32_t));
     off = vx_page_up(off + h.sect[VX_SECT_ARENA].len);
     pieces[0] = s->map.keys;
@@ -2743,9 +2777,11 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
             return VECIDX_ENOMEM;
         s->free_cap = (uint32_t)(cap > UINT32_MAX ? UINT32_MAX : cap);
     }
-    memcpy(s->free, base + h->sect[VX_SECT_FREE].off, (size_t)h->nfree * 4);
+    if (h->nfree)
+        memcpy(s->free, base + h->sect[VX_SECT_FREE].off, (size_t)h->nfree * 4);
     s->nfree = h->nfree;
-    /* The key map is used in place too: it is read-only here. */
+    /* The key map is used in place too; the mapping is private, so a write
+    ** to it changes a copy of the page, never the file. */
     s->map.keys = (uint64_t *)(void *)(base + h->sect[VX_SECT_MAPKEYS].off);
     s->map.slots = (uint32_t *)(void *)(base + h->sect[VX_SECT_MAPSLOTS].off);
     s->map.cap = h->map_cap;
@@ -2767,7 +2803,217 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
 }
 
 /* ======================================================================
-** 8. Public API
+** 8. Write-ahead log
+**
+** PATH-wal holds every write since the main file was last written, so an
+** index opened for writing can acknowledge a write by appending one record
+** instead of rewriting the file. Layout (little-endian):
+**   header, 32 bytes: magic "VXWAL\0\0\1", u32 version, u32 dim,
+**     u64 salt = the generation stored in the main file's header,
+**     u32 reserved, u32 CRC-32C of bytes 0..27;
+**   records: u32 CRC-32C of the rest of the record (seeded with the salt),
+**     u32 type, u64 sequence number (1, 2, ...), u64 row count n, then n
+**     rows of (u64 key[, dim float32 for adds and upserts]).
+** A batch is one record, so recovery replays it whole or not at all.
+** Recovery reads records in order and stops at the first that is short,
+** fails its checksum or breaks the sequence: that is the torn tail of an
+** interrupted append, and the log is cut there. A log whose salt is not
+** the main file's generation was already folded in by a checkpoint whose
+** final step (resetting the log) did not happen, and is discarded.
+** ====================================================================== */
+
+#define VX_WAL_MAGIC "VXWAL\0\0\1"
+#define VX_WAL_HEADER 32u
+#define VX_WAL_REC_HEAD 24u
+#define VX_WAL_NORMAL_MS 10                /* SYNC_NORMAL fsync interval */
+enum { VX_WAL_ADD = 1, VX_WAL_UPSERT = 2, VX_WAL_REMOVE = 3 };
+
+
+static void vx_wal_header(unsigned char *b, uint32_t dim, uint64_t salt)
+{
+    memset(b, 0, VX_WAL_HEADER);
+    memcpy(b, VX_WAL_MAGIC, 8);
+    vx_put32(b, 8, 1);
+    vx_put32(b, 12, dim);
+    vx_put64(b, 16, salt);
+    vx_put32(b, 28, vx_crc32c_more(0, b, 28));
+}
+
+static size_t vx_wal_row_bytes(uint32_t type, uint32_t dim)
+{
+    return 8 + (type == VX_WAL_REMOVE ? 0 : (size_t)dim * sizeof(float));
+}
+
+static double vx_ms_since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t->tv_sec) * 1e3 +
+           (double)(now.tv_nsec - t->tv_nsec) / 1e6;
+}
+
+static int vx_wal_fsync(vx_wal *w)
+{
+    if (vx_io_cur->fsync(w->fd) != 0) return -1;
+    w->dirty = 0;
+    clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
+    return 0;
+}
+
+/* Start an empty log for the main file's generation `salt`. */
+static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
+{
+    unsigned char b[VX_WAL_HEADER];
+    vx_wal_header(b, dim, salt);
+    if (vx_io_cur->ftruncate(w->fd, 0) != 0 ||
+        vx_io_write_all(w->fd, b, sizeof b, 0) != 0 || vx_wal_fsync(w) != 0)
+        return -1;
+    w->end = VX_WAL_HEADER;
+    w->seq = 0;
+    w->salt = salt;
+    return 0;
+}
+
+/* Append one record and make it as durable as the sync mode promises.
+** On failure the log is cut back to where it was, so a later append does
+** not land behind a broken record; if even that fails, the handle stops
+** accepting writes rather than risk acknowledging one recovery would not
+** see. */
+static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
+                         const uint64_t *keys, const float *vecs)
+{
+    size_t row = vx_wal_row_bytes(type, ix->p.dim), len, i, at;
+    unsigned char *buf;
+    int ok;
+    if (!vx_mul_ok(n, row, &len) || len > SIZE_MAX - VX_WAL_REC_HEAD)
+        return vx_err(ix, VECIDX_EINVAL, "batch too large for the log");
+    len += VX_WAL_REC_HEAD;
+    if (!(buf = vx_malloc(&ix->mem, len)))
+        return vx_err(ix, VECIDX_ENOMEM, "out of memory logging %zu rows", n);
+    vx_put32(buf, 4, type);
+    vx_put64(buf, 8, w->seq + 1);
+    vx_put64(buf, 16, n);
+    for (i = 0, at = VX_WAL_REC_HEAD; i < n; i++, at += row) {
+        vx_put64(buf, at, keys[i]);
+        if (type != VX_WAL_REMOVE)
+            memcpy(buf + at + 8, vecs + i * (size_t)ix->p.dim, row - 8);
+    }
+    vx_put32(buf, 0, vx_crc32c_more((uint32_t)w->salt, buf + 4, len - 4));
+    ok = vx_io_write_all(w->fd, buf, len, (off_t)w->end) == 0;
+    vx_free(&ix->mem, buf, len);
+    if (ok) w->dirty = 1;
+    if (ok && (w->sync == VECIDX_SYNC_FULL ||
+               (w->sync == VECIDX_SYNC_NORMAL &&
+                vx_ms_since(&w->last_sync) >= VX_WAL_NORMAL_MS)))
+        ok = vx_wal_fsync(w) == 0;
+    if (!ok) {
+        int e = errno;
+        if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0) w->broken = 1;
+        return vx_err(ix, VECIDX_EIO, "cannot append to the write-ahead "
+                      "log: %s", strerror(e));
+    }
+    w->end += len;
+    w->seq++;
+    return VECIDX_OK;
+}
+
+/* Apply one logged write; the write lock is held and logging is off. */
+static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
+                        const uint64_t *keys, const float *vecs);
+
+/* Read the record at off into *out. Returns 1 for a whole, valid record
+** that continues the sequence, 0 for the end of the log (nothing more, or
+** a torn or stale record), -1 when out of memory. */
+static int vx_wal_read_rec(vecidx *ix, const vx_wal *w, int fd, uint64_t off,
+                           uint64_t size, unsigned char **out, size_t *len)
+{
+    unsigned char head[VX_WAL_REC_HEAD], *buf;
+    uint64_t n;
+    uint32_t type;
+    size_t row;
+    if (size - off < VX_WAL_REC_HEAD ||
+        vx_io_cur->pread(fd, head, sizeof head, (off_t)off) !=
+            (ssize_t)sizeof head)
+        return 0;
+    type = vx_get32(head, 4);
+    n = vx_get64(head, 16);
+    if (type < VX_WAL_ADD || type > VX_WAL_REMOVE ||
+        vx_get64(head, 8) != w->seq + 1 || n == 0)
+        return 0;
+    row = vx_wal_row_bytes(type, ix->p.dim);
+    if (n > (size - off - VX_WAL_REC_HEAD) / row) return 0;
+    *len = VX_WAL_REC_HEAD + (size_t)n * row;
+    if (!(buf = vx_malloc(&ix->mem, *len))) return -1;
+    if (vx_io_cur->pread(fd, buf, *len, (off_t)off) != (ssize_t)*len ||
+        vx_get32(buf, 0) !=
+            vx_crc32c_more((uint32_t)w->salt, buf + 4, *len - 4)) {
+        vx_free(&ix->mem, buf, *len);
+        return 0;
+    }
+    *out = buf;
+    return 1;
+}
+
+/* Decode a record's rows and apply them. */
+static int vx_wal_apply_rec(vecidx *ix, const unsigned char *buf)
+{
+    uint32_t type = vx_get32(buf, 4);
+    size_t n = (size_t)vx_get64(buf, 16), i;
+    size_t row = vx_wal_row_bytes(type, ix->p.dim), vb = row - 8;
+    uint64_t *keys = vx_malloc(&ix->mem, n * sizeof *keys);
+    float *vecs = vb ? vx_malloc(&ix->mem, n * vb) : NULL;
+    int rc = VECIDX_ENOMEM;
+    if (keys && (vecs || !vb)) {
+        for (i = 0; i < n; i++) {
+            const unsigned char *r = buf + VX_WAL_REC_HEAD + i * row;
+            keys[i] = vx_get64(r, 0);
+            if (vb) memcpy(vecs + i * (size_t)ix->p.dim, r + 8, vb);
+        }
+        rc = vx_wal_apply(ix, type, n, keys, vecs);
+    }
+    vx_free(&ix->mem, keys, n * sizeof *keys);
+    vx_free(&ix->mem, vecs, vb ? n * vb : 0);
+    return rc;
+}
+
+/* Replay the log of fd (size bytes) into ix, which holds the main file's
+** state. Sets w->end and w->seq after the last good record; w->end = 0
+** means the log is absent, stale or damaged in its header and must be
+** started afresh. */
+static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
+{
+    unsigned char hb[VX_WAL_HEADER], want[VX_WAL_HEADER];
+    uint64_t off = VX_WAL_HEADER;
+    w->end = 0;
+    w->seq = 0;
+    vx_wal_header(want, ix->p.dim, w->salt);
+    if (size < VX_WAL_HEADER ||
+        vx_io_cur->pread(fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb ||
+        memcmp(hb, want, sizeof hb) != 0)
+        return VECIDX_OK;
+    for (;;) {
+        size_t len;
+        unsigned char *buf;
+        int rc = vx_wal_read_rec(ix, w, fd, off, size, &buf, &len);
+        if (rc < 0)
+            return vx_err(NULL, VECIDX_ENOMEM, "out of memory reading the "
+                          "write-ahead log");
+        if (rc == 0) break;
+        rc = vx_wal_apply_rec(ix, buf);
+        vx_free(&ix->mem, buf, len);
+        if (rc != VECIDX_OK)
+            return vx_err(NULL, rc == VECIDX_ENOMEM ? rc : VECIDX_ECORRUPT,
+                          "log record %llu does not apply to the index: %s",
+                          (unsigned long long)w->seq + 1, vx_err_tls.msg);
+        off += len;
+        w->seq++;
+    }
+    w->end = off;
+    return VECIDX_OK;
+}
+
+/* ======================================================================
+** 9. Public API
 ** ====================================================================== */
 
 #define VX_NULL_CHECK(ix, ptr, what)                                          \
@@ -2853,6 +3099,7 @@ static int vx_handle_new(const vecidx_params *p, vecidx **out)
     ix->mem.a = *a;
     atomic_init(&ix->mem.bytes, atomic_load(&mem.bytes));
     ix->kern = vx_kernel_best();
+    ix->wal.fd = -1;
     vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE,
                   p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0);
     if (vx_rwlock_init(&ix->lock) != 0) {
@@ -2938,13 +3185,14 @@ static const char *vx_file_check_roots(const vecidx *ix)
     return NULL;
 }
 
-/* Map path, validate it and build a read-only handle over the mapping. */
-static int vx_open_rdonly(const char *path, const vecidx_params *p,
-                          vecidx **out)
+/* Map path and build a handle over the mapping. The mapping is private
+** and writable, so replaying the log (and, for writable handles, later
+** writes) changes private copies of the pages touched, never the file. */
+static int vx_open_map(const char *path, const vecidx_params *p,
+                       vecidx **out, vx_fhdr *h)
 {
     struct stat st;
     unsigned char *map;
-    vx_fhdr h;
     vecidx *ix = NULL;
     const char *why;
     int fd, rc;
@@ -2961,21 +3209,21 @@ static int vx_open_rdonly(const char *path, const vecidx_params *p,
                    : vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", path,
                             strerror(rc));
     }
-    map = vx_io_cur->mmap((size_t)st.st_size, PROT_READ, fd);
+    map = vx_io_cur->mmap((size_t)st.st_size, PROT_READ | PROT_WRITE, fd);
     rc = errno;
     vx_io_cur->close(fd); /* the mapping keeps the file open */
     if (!map)
         return vx_err(NULL, VECIDX_EIO, "cannot map '%s': %s", path,
                       strerror(rc));
-    rc = vx_fhdr_decode(map, (size_t)st.st_size, &h);
-    if (rc == VECIDX_OK) rc = vx_file_validate(&h, map, (uint64_t)st.st_size);
-    if (rc == VECIDX_OK) rc = vx_open_match(path, p, &h.p);
+    rc = vx_fhdr_decode(map, (size_t)st.st_size, h);
+    if (rc == VECIDX_OK) rc = vx_file_validate(h, map, (uint64_t)st.st_size);
+    if (rc == VECIDX_OK) rc = vx_open_match(path, p, &h->p);
     if (rc == VECIDX_OK) {
         if (p) { /* the caller's run-time choices, the file's shape */
-            h.p.threads = p->threads;
-            h.p.allocator = p->allocator;
+            h->p.threads = p->threads;
+            h->p.allocator = p->allocator;
         }
-        rc = vx_handle_new(&h.p, &ix);
+        rc = vx_handle_new(&h->p, &ix);
     }
     if (rc != VECIDX_OK) {
         vx_io_cur->munmap(map, (size_t)st.st_size);
@@ -2983,8 +3231,7 @@ static int vx_open_rdonly(const char *path, const vecidx_params *p,
     }
     ix->fmap = map;
     ix->fmap_len = (size_t)st.st_size;
-    ix->rdonly = 1;
-    if (vx_file_attach(ix, &h, map) != VECIDX_OK) {
+    if (vx_file_attach(ix, h, map) != VECIDX_OK) {
         vecidx_close(ix);
         return vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
     }
@@ -2997,23 +3244,189 @@ static int vx_open_rdonly(const char *path, const vecidx_params *p,
     return VECIDX_OK;
 }
 
+/* Before changing a mapped index (replaying its log, or writing), check
+** all of it: writes follow links without the bounds of read_safe. */
+static int vx_open_verify(vecidx *ix, const char *path)
+{
+    int rc;
+    ix->rdonly = 1; /* vecidx_check verifies the chunk checksum then */
+    rc = vecidx_check(ix);
+    ix->rdonly = 0;
+    if (rc != VECIDX_OK)
+        return vx_err(NULL, rc, "'%s': %s", path, vx_err_tls.msg);
+    return VECIDX_OK;
+}
+
+/* Open (or create) the log beside path and replay it. A writable handle
+** locks the log (one writer per index) and cuts a torn tail; a reader
+** replays what is valid and leaves the file alone. */
+static int vx_open_wal(vecidx *ix, const char *path, uint64_t generation,
+                       int writable)
+{
+    vx_wal *w = &ix->wal;
+    char wpath[4200];
+    struct stat st;
+    int fd, rc;
+    snprintf(wpath, sizeof wpath, "%s-wal", path);
+    fd = vx_io_cur->open(wpath, writable ? O_RDWR | O_CREAT : O_RDONLY, 0644);
+    if (fd < 0 && !writable && errno == ENOENT) return VECIDX_OK;
+    if (fd < 0)
+        return vx_err(NULL, VECIDX_EIO, "cannot open '%s': %s", wpath,
+                      strerror(errno));
+    if (writable && vx_io_cur->flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = errno;
+        vx_io_cur->close(fd);
+        return vx_err(NULL, rc == EWOULDBLOCK ? VECIDX_ESTATE : VECIDX_EIO,
+                      "'%s' %s", path,
+                      rc == EWOULDBLOCK ? "is open for writing elsewhere"
+                                        : "cannot be locked");
+    }
+    w->fd = fd;
+    w->salt = generation;
+    clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
+    if (vx_io_cur->fstat(fd, &st) != 0)
+        return vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", wpath,
+                      strerror(errno));
+    if (st.st_size > VX_WAL_HEADER && (rc = vx_open_verify(ix, path)) != 0)
+        return rc;
+    vx_write_begin(ix);
+    rc = vx_wal_replay(ix, w, fd, (uint64_t)st.st_size);
+    vx_write_end(ix);
+    if (rc != VECIDX_OK || !writable) return rc;
+    if (w->end == 0 ? vx_wal_reset(w, ix->p.dim, generation) != 0
+                    : ((uint64_t)st.st_size > w->end &&
+                       (vx_io_cur->ftruncate(fd, (off_t)w->end) != 0 ||
+                        vx_wal_fsync(w) != 0)))
+        return vx_err(NULL, VECIDX_EIO, "cannot prepare '%s': %s", wpath,
+                      strerror(errno));
+    return VECIDX_OK;
+}
+
+/* Create path holding an empty index described by p. */
+static int vx_open_create(const char *path, const vecidx_params *p)
+{
+    vecidx *ix;
+    int rc;
+    if (p == NULL)
+        return vx_err(NULL, VECIDX_EINVAL, "'%s' does not exist and no params "
+                      "were given to create it", path);
+    if ((rc = vecidx_create(p, &ix)) != VECIDX_OK) return rc;
+    rc = vx_file_save(ix, path, 1);
+    if (rc != VECIDX_OK) rc = vx_err(NULL, rc, "%s", vx_err_tls.msg);
+    vecidx_close(ix);
+    return rc;
+}
+
+static void vx_wal_close(vx_wal *w, vx_mem *mem)
+{
+    if (w->fd >= 0) {
+        if (w->dirty && w->sync != VECIDX_SYNC_OFF) vx_wal_fsync(w);
+        vx_io_cur->close(w->fd);
+    }
+    if (w->path) vx_free(mem, w->path, strlen(w->path) + 1);
+    w->fd = -1;
+    w->path = NULL;
+}
+
 int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
                 vecidx **out)
 {
+    unsigned sync = flags & (VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL |
+                             VECIDX_SYNC_OFF);
+    int writable = !(flags & VECIDX_RDONLY), rc;
+    struct stat st;
+    vx_fhdr h;
+    vecidx *ix = NULL;
     if (out) *out = NULL;
     if (path == NULL || out == NULL)
         return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
                       path ? "output handle pointer" : "path");
-    if (flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_SYNC_FULL |
-                  VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF))
-        return vx_err(NULL, VECIDX_EINVAL, "unknown open flags 0x%x", flags);
-    if (!(flags & VECIDX_RDONLY))
-        return vx_err(NULL, VECIDX_ENOTSUP,
-                      "opening '%s' for writing needs the write-ahead log, "
-                      "which vecidx %s does not have yet: open it with "
-                      "VECIDX_RDONLY, or build in memory and vecidx_save",
-                      path, VECIDX_VERSION_STRING);
-    return vx_open_rdonly(path, p, out);
+    if ((flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_SYNC_FULL |
+                   VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
+        (sync & (sync - 1)))
+        return vx_err(NULL, VECIDX_EINVAL, "invalid open flags 0x%x (unknown "
+                      "bits, or more than one sync mode)", flags);
+    if (strlen(path) > 4096)
+        return vx_err(NULL, VECIDX_EINVAL, "path is longer than 4096 bytes");
+    if (writable && (flags & VECIDX_CREATE) && stat(path, &st) != 0 &&
+        errno == ENOENT && (rc = vx_open_create(path, p)) != VECIDX_OK)
+        return rc;
+    if ((rc = vx_open_map(path, p, &ix, &h)) != VECIDX_OK) return rc;
+    if (writable && (rc = vx_open_verify(ix, path)) != VECIDX_OK) {
+        vecidx_close(ix);
+        return rc;
+    }
+    ix->wal.sync = sync ? sync : VECIDX_SYNC_FULL;
+    rc = vx_open_wal(ix, path, h.generation, writable);
+    if (rc == VECIDX_OK && writable &&
+        !(ix->wal.path = vx_malloc(&ix->mem, strlen(path) + 1)))
+        rc = vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
+    if (rc != VECIDX_OK) {
+        vecidx_close(ix);
+        return rc;
+    }
+    if (writable) {
+        memcpy(ix->wal.path, path, strlen(path) + 1);
+    } else {
+        vx_wal_close(&ix->wal, &ix->mem); /* a reader keeps no log open */
+        ix->rdonly = 1;
+    }
+    *out = ix;
+    return VECIDX_OK;
+}
+
+/* Fold the log into the main file: write the index as a new main file of
+** the next generation (atomically, see vx_file_save), then start a fresh
+** log under that generation. A crash between the two leaves a log whose
+** salt no longer matches, which the next open discards -- correctly, as
+** the main file already holds its writes. Write lock held. */
+static int vx_checkpoint_locked(vecidx *ix)
+{
+    vx_wal *w = &ix->wal;
+    int rc = vx_file_save(ix, w->path, w->salt + 1);
+    if (rc != VECIDX_OK) return rc;
+    if (vx_wal_reset(w, ix->p.dim, w->salt + 1) != 0) {
+        w->broken = 1;
+        return vx_err(ix, VECIDX_EIO, "checkpoint wrote the index but cannot "
+                      "reset the log: %s", strerror(errno));
+    }
+    return VECIDX_OK;
+}
+
+int vecidx_checkpoint(vecidx *ix)
+{
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
+    if (ix->wal.fd < 0)
+        return vx_err(ix, VECIDX_ESTATE, "index has no file: use vecidx_save");
+    vx_write_begin(ix);
+    rc = ix->wal.broken ? vx_err(ix, VECIDX_EIO, "the write-ahead log failed; "
+                                 "close and reopen the index")
+                        : vx_checkpoint_locked(ix);
+    vx_write_end(ix);
+    return rc;
+}
+
+int vecidx_sync(vecidx *ix)
+{
+    int rc = VECIDX_OK;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    if (ix->wal.fd < 0) return VECIDX_OK;
+    vx_write_begin(ix);
+    if (ix->wal.dirty && vx_wal_fsync(&ix->wal) != 0)
+        rc = vx_err(ix, VECIDX_EIO, "cannot sync the write-ahead log: %s",
+                    strerror(errno));
+    vx_write_end(ix);
+    return rc;
+}
+
+/* Is path the main file of ix (same file, whatever the spelling)? */
+static int vx_same_file(const vecidx *ix, const char *path)
+{
+    struct stat a, b;
+    return ix->wal.path && stat(ix->wal.path, &a) == 0 &&
+           stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
 int vecidx_save(vecidx *ix, const char *path)
@@ -3021,8 +3434,11 @@ int vecidx_save(vecidx *ix, const char *path)
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, path, "path");
+    /* Saving over the index's own file must also retire its log, or the
+    ** writes logged after it would be lost at the next open. */
+    if (vx_same_file(ix, path)) return vecidx_checkpoint(ix);
     pthread_rwlock_rdlock(&ix->lock);
-    rc = vx_file_save(ix, path);
+    rc = vx_file_save(ix, path, 1);
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
@@ -3034,6 +3450,7 @@ void vecidx_close(vecidx *ix)
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
     if (ix->fmap) vx_io_cur->munmap(ix->fmap, ix->fmap_len);
+    vx_wal_close(&ix->wal, &ix->mem);
     pthread_rwlock_destroy(&ix->lock);
     pthread_mutex_destroy(&ix->wlock);
     mem = ix->mem; /* the handle frees itself through its own allocator */
@@ -3075,12 +3492,24 @@ static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
     return VECIDX_OK;
 }
 
+/* Log a write before it is applied: a no-op for in-memory indexes and
+** while replaying the log itself. */
+static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
+                  const float *vecs)
+{
+    if (ix->wal.fd < 0 || ix->replaying) return VECIDX_OK;
+    if (ix->wal.broken)
+        return vx_err(ix, VECIDX_EIO, "the write-ahead log failed and could "
+                      "not be repaired; close and reopen the index");
+    return vx_wal_append(ix, &ix->wal, type, n, keys, vecs);
+}
+
 /* Insert n validated rows whose keys are not in the index. For an upsert
 ** into a graph, `old` is the slot of the vector being replaced: it is
 ** buried only after all room is secured, so a failure changes nothing.
 ** Write lock held. */
 static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
-                            const float *vecs, uint32_t old)
+                            const float *vecs, uint32_t old, uint32_t type)
 {
     int graph = ix->p.kind == VECIDX_HNSW, rc;
     vx_hnsw_batch b;
@@ -3090,6 +3519,12 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
     if (graph &&
         (rc = vx_hnsw_batch_begin(ix, n, vx_threads(ix, NULL), &b)) != 0)
         return vx_err(ix, rc, "out of memory linking %zu vectors", n);
+    /* Logged once everything that could fail has succeeded, so the log
+    ** holds exactly the writes that are acknowledged. */
+    if ((rc = vx_log(ix, type, n, keys, vecs)) != VECIDX_OK) {
+        if (graph) vx_hnsw_batch_release(ix, &b);
+        return rc;
+    }
     if (old != VX_NOSLOT) vx_store_remove(&ix->store, old, graph);
     if (!graph) {
         for (i = 0; i < n; i++)
@@ -3118,14 +3553,18 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
 static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec,
                          int upsert)
 {
-    uint32_t slot = vx_map_find(&ix->store.map, key);
-    if (slot == VX_NOSLOT) return vx_insert_locked(ix, 1, &key, vec, slot);
+    uint32_t slot = vx_map_find(&ix->store.map, key), type;
+    int rc;
+    type = upsert ? VX_WAL_UPSERT : VX_WAL_ADD;
+    if (slot == VX_NOSLOT)
+        return vx_insert_locked(ix, 1, &key, vec, slot, type);
     if (!upsert)
         return vx_err(ix, VECIDX_EEXIST,
                       "key " VX_KEY_FMT " is already in the index",
                       VX_KEY(key));
     if (ix->p.kind == VECIDX_HNSW)
-        return vx_insert_locked(ix, 1, &key, vec, slot);
+        return vx_insert_locked(ix, 1, &key, vec, slot, type);
+    if ((rc = vx_log(ix, type, 1, &key, vec)) != VECIDX_OK) return rc;
     vx_store_write(&ix->store, slot, vec);
     return VECIDX_OK;
 }
@@ -3212,26 +3651,55 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
             rc = vx_err(ix, VECIDX_EEXIST,
                         "row %zu: key " VX_KEY_FMT " is already in the index",
                         i, VX_KEY(keys[i]));
-    if (rc == VECIDX_OK) rc = vx_insert_locked(ix, n, keys, vecs, VX_NOSLOT);
+    if (rc == VECIDX_OK)
+        rc = vx_insert_locked(ix, n, keys, vecs, VX_NOSLOT, VX_WAL_ADD);
     vx_write_end(ix);
+    return rc;
+}
+
+static int vx_remove_locked(vecidx *ix, uint64_t key)
+{
+    uint32_t slot = vx_map_find(&ix->store.map, key);
+    int rc;
+    if (slot == VX_NOSLOT)
+        return vx_err(ix, VECIDX_ENOTFOUND,
+                      "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
+    if ((rc = vx_log(ix, VX_WAL_REMOVE, 1, &key, NULL)) != VECIDX_OK)
+        return rc;
+    vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
+    if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
+    return VECIDX_OK;
+}
+
+static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
+                        const uint64_t *keys, const float *vecs)
+{
+    size_t i;
+    int rc = VECIDX_OK;
+    ix->replaying = 1;
+    if (type == VX_WAL_ADD) {
+        for (i = 0; i < n && rc == VECIDX_OK; i++)
+            if (vx_map_find(&ix->store.map, keys[i]) != VX_NOSLOT)
+                rc = vx_err(ix, VECIDX_EEXIST, "key " VX_KEY_FMT " exists",
+                            VX_KEY(keys[i]));
+        if (rc == VECIDX_OK)
+            rc = vx_insert_locked(ix, n, keys, vecs, VX_NOSLOT, type);
+    }
+    for (i = 0; type == VX_WAL_UPSERT && i < n && rc == VECIDX_OK; i++)
+        rc = vx_put_locked(ix, keys[i], vecs + i * (size_t)ix->p.dim, 1);
+    for (i = 0; type == VX_WAL_REMOVE && i < n && rc == VECIDX_OK; i++)
+        rc = vx_remove_locked(ix, keys[i]);
+    ix->replaying = 0;
     return rc;
 }
 
 int vecidx_remove(vecidx *ix, uint64_t key)
 {
-    uint32_t slot;
-    int rc = VECIDX_OK;
+    int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
     vx_write_begin(ix);
-    slot = vx_map_find(&ix->store.map, key);
-    if (slot == VX_NOSLOT)
-        rc = vx_err(ix, VECIDX_ENOTFOUND,
-                    "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
-    else {
-        vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
-        if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
-    }
+    rc = vx_remove_locked(ix, key);
     vx_write_end(ix);
     return rc;
 }
