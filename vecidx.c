@@ -1175,6 +1175,7 @@ struct vecidx {
     unsigned char *fmap; /* mapped index file, or NULL */
     size_t fmap_len;
     uint32_t fcrc; /* checksum of the mapped chunks, for vecidx_check */
+    int fpristine; /* mapped chunks unchanged since open: fcrc applies */
     vx_wal wal;
     int replaying; /* applying logged writes: do not log them again */
     int rdonly;
@@ -3149,6 +3150,31 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
     return VECIDX_OK;
 }
 
+/* vecidx_check's work; deep adds the quadratic duplicate-link test. */
+static int vx_check_locked(vecidx *ix, int deep)
+{
+    const char *why = NULL, *part = "storage";
+    uint32_t slot = VX_NOSLOT;
+    int rc = VECIDX_OK;
+    if (ix->fpristine &&
+        vx_crc32c_more(0, ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
+                                           : (const void *)ix->fmap,
+                       (size_t)ix->store.nchunks *
+                           vx_store_chunk_bytes(&ix->store)) != ix->fcrc)
+        why = "vector and link chunks do not match the file's checksum";
+    if (!why) why = vx_store_check(&ix->store, &slot);
+    if (!why && ix->p.kind == VECIDX_HNSW) {
+        part = "graph";
+        why = vx_hnsw_check(ix, deep, &slot);
+    }
+    if (why && slot != VX_NOSLOT)
+        rc = vx_err(ix, VECIDX_ECORRUPT, "%s, slot %u: %s", part,
+                    (unsigned)slot, why);
+    else if (why)
+        rc = vx_err(ix, VECIDX_ECORRUPT, "%s: %s", part, why);
+    return rc;
+}
+
 /* Check a file's parameters against the caller's, when given. */
 static int vx_open_match(const char *path, const vecidx_params *want,
                          const vecidx_params *have)
@@ -3231,6 +3257,7 @@ static int vx_open_map(const char *path, const vecidx_params *p,
     }
     ix->fmap = map;
     ix->fmap_len = (size_t)st.st_size;
+    ix->fpristine = 1;
     if (vx_file_attach(ix, h, map) != VECIDX_OK) {
         vecidx_close(ix);
         return vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
@@ -3248,10 +3275,7 @@ static int vx_open_map(const char *path, const vecidx_params *p,
 ** all of it: writes follow links without the bounds of read_safe. */
 static int vx_open_verify(vecidx *ix, const char *path)
 {
-    int rc;
-    ix->rdonly = 1; /* vecidx_check verifies the chunk checksum then */
-    rc = vecidx_check(ix);
-    ix->rdonly = 0;
+    int rc = vx_check_locked(ix, 0);
     if (rc != VECIDX_OK)
         return vx_err(NULL, rc, "'%s': %s", path, vx_err_tls.msg);
     return VECIDX_OK;
@@ -3497,6 +3521,7 @@ static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
 static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
                   const float *vecs)
 {
+    ix->fpristine = 0;
     if (ix->wal.fd < 0 || ix->replaying) return VECIDX_OK;
     if (ix->wal.broken)
         return vx_err(ix, VECIDX_EIO, "the write-ahead log failed and could "
@@ -3782,29 +3807,10 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
 
 int vecidx_check(vecidx *ix)
 {
-    const char *why, *part;
-    uint32_t slot = VX_NOSLOT;
-    int rc = VECIDX_OK;
+    int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     pthread_rwlock_rdlock(&ix->lock);
-    part = "storage";
-    why = NULL;
-    if (ix->fmap && ix->rdonly &&
-        vx_crc32c_more(0, ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
-                                           : (const void *)ix->fmap,
-                       (size_t)ix->store.nchunks *
-                           vx_store_chunk_bytes(&ix->store)) != ix->fcrc)
-        why = "vector and link chunks do not match the file's checksum";
-    if (!why) why = vx_store_check(&ix->store, &slot);
-    if (!why && ix->p.kind == VECIDX_HNSW) {
-        part = "graph";
-        why = vx_hnsw_check(ix, 1, &slot);
-    }
-    if (why && slot != VX_NOSLOT)
-        rc = vx_err(ix, VECIDX_ECORRUPT, "%s, slot %u: %s", part,
-                    (unsigned)slot, why);
-    else if (why)
-        rc = vx_err(ix, VECIDX_ECORRUPT, "%s: %s", part, why);
+    rc = vx_check_locked(ix, 1);
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
