@@ -1,0 +1,334 @@
+/*
+** vecidx-compare -- the reference libraries on the same data, options and
+** timing as vecidx-bench, printing the same JSON lines with "lib":"hnswlib"
+** or "lib":"faiss". Built only by `make bench-compare` (needs Debian's
+** libhnswlib-dev and libfaiss-dev); see bench/README.md.
+**
+**   g++ -O3 -std=c++17 -march=native -I. bench/compare.cpp \
+**       -o bench/vecidx-compare -lfaiss -fopenmp -lblas -llapack
+**
+** hnswlib: HNSW only (L2Space, or InnerProductSpace for ip and cos).
+** faiss:   flat (IndexFlatL2/IndexFlatIP), hnsw (IndexHNSWFlat) and ivfpq
+**          (IndexIVFPQ, trained on up to 100k base vectors).
+** Cosine: base and queries are normalised to unit length and searched by
+** inner product, which ranks exactly as cosine distance does.
+** Memory: mem_mb is the growth of the resident set while building (these
+** libraries do not count their own memory); rss_mb is the same figure.
+*/
+#include "common.h" /* first, like in vecidx-bench.c */
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <dlfcn.h>
+#include <hnswlib/hnswlib.h>
+#include <omp.h>
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/utils/utils.h>
+
+namespace
+{
+
+constexpr size_t kMaxTrain = 100000;
+
+std::string strprintf(const char *fmt, ...) BN_PRINTF(1, 2);
+std::string strprintf(const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+void set_strings(bn_result &r, const std::string &param,
+                 const std::string &build)
+{
+    snprintf(r.param, sizeof r.param, "%s", param.c_str());
+    snprintf(r.build, sizeof r.build, "%s", build.c_str());
+}
+
+/* Unit-length copies for cosine (rows of zeros stay zero). */
+void normalise(float *v, size_t n, size_t dim)
+{
+    for (size_t i = 0; i < n; i++) {
+        float *x = v + i * dim;
+        double s = 0;
+        for (size_t j = 0; j < dim; j++) s += (double)x[j] * x[j];
+        if (s > 0) {
+            float inv = (float)(1.0 / sqrt(s));
+            for (size_t j = 0; j < dim; j++) x[j] *= inv;
+        }
+    }
+}
+
+/* ---- hnswlib ------------------------------------------------------------ */
+
+const char *hnswlib_simd()
+{
+#if defined(USE_AVX512)
+    return "avx512";
+#elif defined(USE_AVX)
+    return "avx";
+#elif defined(USE_SSE)
+    return "sse";
+#else
+    return "scalar";
+#endif
+}
+
+struct HnswlibCtx {
+    hnswlib::HierarchicalNSW<float> *alg;
+    const bn_data *d;
+    size_t k;
+};
+
+void hnswlib_query(void *arg, size_t qi, int64_t *out)
+{
+    auto *c = static_cast<HnswlibCtx *>(arg);
+    auto top = c->alg->searchKnn(c->d->query + qi * c->d->dim, c->k);
+    size_t n = top.size();
+    for (size_t i = n; i < c->k; i++) out[i] = -1;
+    while (!top.empty()) { /* farthest first */
+        out[--n] = (int64_t)top.top().second;
+        top.pop();
+    }
+}
+
+void run_hnswlib(const bn_opts &o, const bn_data &d)
+{
+    if (strcmp(o.index, "hnsw") != 0) {
+        bn_note("hnswlib has no '%s' index: skipped", o.index);
+        return;
+    }
+    double rss0 = bn_rss_mb();
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space;
+    if (o.metric == BN_L2)
+        space.reset(new hnswlib::L2Space(d.dim));
+    else
+        space.reset(new hnswlib::InnerProductSpace(d.dim));
+    double t0 = bn_now();
+    auto *alg = new hnswlib::HierarchicalNSW<float>(space.get(), d.n, o.M,
+                                                    o.ef_construction, 100);
+    /* Like hnswlib's Python add_items: the first point alone, then the
+    ** rest from build_threads threads. */
+    if (d.n > 0) alg->addPoint(d.base, 0);
+    std::atomic<size_t> next(1);
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < o.build_threads; t++)
+        pool.emplace_back([&] {
+            for (size_t i; (i = next.fetch_add(1)) < d.n;)
+                alg->addPoint(d.base + i * d.dim, i);
+        });
+    for (auto &th : pool) th.join();
+    double build_s = bn_now() - t0;
+    double rss1 = bn_rss_mb();
+
+    HnswlibCtx c{alg, &d, o.k};
+    std::vector<int64_t> res(d.nq * o.k);
+    for (size_t i = 0; i < o.ef.n; i++) {
+        bn_result r;
+        bn_result_init(&r, &o, "hnswlib");
+        r.simd = hnswlib_simd();
+        r.lib_version = nullptr; /* hnswlib headers carry no version */
+        set_strings(r, strprintf("ef=%u", (unsigned)o.ef.v[i]),
+                    strprintf("M=%u,efc=%u", (unsigned)o.M,
+                              (unsigned)o.ef_construction));
+        r.build_s = build_s;
+        r.rss_mb = r.mem_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        alg->setEf(o.ef.v[i]);
+        /* hnswlib has no batch call; --batch runs single queries on
+        ** --threads threads, as its Python knn_query does. */
+        r.qps = bn_measure(&o, &d, hnswlib_query, nullptr, &c, res.data());
+        r.recall = bn_recall(&d, res.data(), o.k, r.param);
+        bn_print(&o, &d, &r);
+    }
+    delete alg;
+}
+
+/* ---- faiss -------------------------------------------------------------- */
+
+/* FAISS runs its parallel loops on OpenMP, but its matrix products (flat
+** batches of 20+ queries, k-means) on the BLAS, which for OpenBLAS has a
+** thread pool of its own: size both. Without OpenBLAS (the reference BLAS)
+** this finds nothing and BLAS calls run on one thread. */
+void set_threads(unsigned n)
+{
+    using setter = void (*)(int);
+    static setter openblas = reinterpret_cast<setter>(
+        dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    omp_set_num_threads((int)n);
+    if (openblas) openblas((int)n);
+}
+
+const char *blas_name()
+{
+    return dlsym(RTLD_DEFAULT, "openblas_set_num_threads") ? "openblas"
+                                                           : "blas";
+}
+
+struct FaissCtx {
+    faiss::Index *index;
+    const bn_data *d;
+    size_t k;
+    std::vector<float> dist; /* nq x k, for batch */
+};
+
+void faiss_query(void *arg, size_t qi, int64_t *out)
+{
+    auto *c = static_cast<FaissCtx *>(arg);
+    float dist[1024];
+    std::vector<float> big;
+    float *dp = dist;
+    if (c->k > 1024) {
+        big.resize(c->k);
+        dp = big.data();
+    }
+    /* Per call, because worker threads start with the default team size. */
+    omp_set_num_threads(1); /* 1 query: no BLAS call */
+    static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t), "idx_t");
+    c->index->search(1, c->d->query + qi * c->d->dim, (faiss::Index::idx_t)c->k,
+                     dp, reinterpret_cast<faiss::Index::idx_t *>(out));
+}
+
+void faiss_batch(void *arg, int64_t *res)
+{
+    auto *c = static_cast<FaissCtx *>(arg);
+    c->index->search((faiss::Index::idx_t)c->d->nq, c->d->query,
+                     (faiss::Index::idx_t)c->k, c->dist.data(),
+                     reinterpret_cast<faiss::Index::idx_t *>(res));
+}
+
+std::string faiss_simd()
+{
+    std::string s = faiss::get_compile_options(), out;
+    /* "OPTIMIZE GENERIC " or "OPTIMIZE AVX2 ": keep the last word */
+    size_t end = s.find_last_not_of(' ');
+    if (end == std::string::npos) return "unknown";
+    size_t start = s.find_last_of(' ', end);
+    out = s.substr(start == std::string::npos ? 0 : start + 1,
+                   end - (start == std::string::npos ? 0 : start + 1) + 1);
+    for (auto &ch : out) ch = (char)tolower((unsigned char)ch);
+    return out;
+}
+
+void run_faiss(const bn_opts &o, const bn_data &d)
+{
+    faiss::MetricType mt = o.metric == BN_L2 ? faiss::METRIC_L2
+                                             : faiss::METRIC_INNER_PRODUCT;
+    std::string simd = faiss_simd();
+    const std::string faiss_version = strprintf(
+        "%d.%d.%d+%s", FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR,
+        FAISS_VERSION_PATCH, blas_name());
+    std::unique_ptr<faiss::Index> quantizer;
+    std::unique_ptr<faiss::Index> index;
+    std::string build;
+    const bn_list *sweep = nullptr;
+    double train_s = -1;
+    uint32_t nlist = 0, m = 0;
+
+    double rss0 = bn_rss_mb();
+    set_threads(o.build_threads);
+    double t0 = bn_now();
+    if (!strcmp(o.index, "flat")) {
+        if (mt == faiss::METRIC_L2)
+            index.reset(new faiss::IndexFlatL2(d.dim));
+        else
+            index.reset(new faiss::IndexFlatIP(d.dim));
+    } else if (!strcmp(o.index, "hnsw")) {
+        auto *h = new faiss::IndexHNSWFlat((int)d.dim, (int)o.M, mt);
+        h->hnsw.efConstruction = (int)o.ef_construction;
+        index.reset(h);
+        build = strprintf("M=%u,efc=%u", (unsigned)o.M,
+                          (unsigned)o.ef_construction);
+        sweep = &o.ef;
+    } else {
+        nlist = o.nlist ? o.nlist : (uint32_t)(4.0 * sqrt((double)d.n) + 0.5);
+        if (nlist < 1) nlist = 1;
+        m = o.pq_m;
+        if (!m) { /* largest divisor of dim up to min(dim/4, 64) */
+            m = d.dim / 4 < 64 ? d.dim / 4 : 64;
+            if (m < 1) m = 1;
+            while (d.dim % m) m--;
+        }
+        if (d.dim % m)
+            bn_die("--pq-m %u does not divide dimension %u", (unsigned)m,
+                   d.dim);
+        if (mt == faiss::METRIC_L2)
+            quantizer.reset(new faiss::IndexFlatL2(d.dim));
+        else
+            quantizer.reset(new faiss::IndexFlatIP(d.dim));
+        index.reset(new faiss::IndexIVFPQ(quantizer.get(), d.dim, nlist, m,
+                                          o.pq_nbits, mt));
+        size_t ntrain = d.n < kMaxTrain ? d.n : kMaxTrain;
+        index->train((faiss::Index::idx_t)ntrain, d.base);
+        train_s = bn_now() - t0;
+        build = strprintf("nlist=%u,m=%u,nbits=%u,train=%zu", (unsigned)nlist,
+                          (unsigned)m, (unsigned)o.pq_nbits, ntrain);
+        sweep = &o.nprobe;
+    }
+    index->add((faiss::Index::idx_t)d.n, d.base);
+    double build_s = bn_now() - t0;
+    double rss1 = bn_rss_mb();
+
+    FaissCtx c{index.get(), &d, o.k, {}};
+    if (o.batch) c.dist.resize(d.nq * o.k);
+    std::vector<int64_t> res(d.nq * o.k);
+    size_t nvals = sweep ? sweep->n : 1;
+    for (size_t i = 0; i < nvals; i++) {
+        bn_result r;
+        bn_result_init(&r, &o, "faiss");
+        r.simd = simd.c_str();
+        r.lib_version = faiss_version.c_str();
+        std::string param = "exact";
+        if (!strcmp(o.index, "hnsw")) {
+            static_cast<faiss::IndexHNSWFlat *>(index.get())->hnsw.efSearch =
+                (int)sweep->v[i];
+            param = strprintf("ef=%u", (unsigned)sweep->v[i]);
+        } else if (!strcmp(o.index, "ivfpq")) {
+            static_cast<faiss::IndexIVFPQ *>(index.get())->nprobe = sweep->v[i];
+            param = strprintf("nprobe=%u", (unsigned)sweep->v[i]);
+        }
+        set_strings(r, param, build);
+        r.build_s = build_s;
+        r.train_s = train_s;
+        r.rss_mb = r.mem_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        /* single: one OpenMP thread per query, set in faiss_query; batch:
+        ** one search call on --threads OpenMP threads. */
+        set_threads(o.batch ? o.threads : 1);
+        r.qps = bn_measure(&o, &d, faiss_query, faiss_batch, &c, res.data());
+        r.recall = bn_recall(&d, res.data(), o.k, r.param);
+        bn_print(&o, &d, &r);
+    }
+    index.reset(); /* before its quantizer */
+}
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+    bn_opts o;
+    bn_data d;
+    bn_parse_args(argc, argv, &o, "hnswlib | faiss | all (default all)");
+    const char *lib = o.lib ? o.lib : "all";
+    bool want_hnswlib = !strcmp(lib, "hnswlib") || !strcmp(lib, "all");
+    bool want_faiss = !strcmp(lib, "faiss") || !strcmp(lib, "all");
+    if (!want_hnswlib && !want_faiss)
+        bn_die("--lib %s: expected hnswlib, faiss or all", lib);
+    bn_load(&o, &d);
+    if (o.metric == BN_COS) {
+        normalise(d.base, d.n, d.dim);
+        normalise(d.query, d.nq, d.dim);
+    }
+    if (want_hnswlib) run_hnswlib(o, d);
+    if (want_faiss) run_faiss(o, d);
+    bn_free_data(&d);
+    return 0;
+}

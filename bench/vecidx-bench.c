@@ -1,0 +1,167 @@
+/*
+** vecidx-bench -- build a vecidx index over a classic ANN data set (.fvecs
+** base and queries, .ivecs ground truth) and print build time, memory,
+** recall and queries per second as JSON lines. See bench/README.md.
+**
+**   cc -std=c11 -O3 -I. bench/vecidx-bench.c libvecidx.a -pthread -lm
+*/
+#include "common.h" /* first: selects POSIX */
+
+#include "vecidx.h"
+
+typedef struct bench_ctx {
+    vecidx *ix;
+    const bn_data *d;
+    size_t k;
+    vecidx_search_opts so;
+    size_t *found; /* nq, for the batch call */
+} bench_ctx;
+
+static BN_NORETURN void lib_fail(const char *call, int rc, const vecidx *ix)
+{
+    const char *msg = vecidx_errmsg(ix);
+    bn_die("%s failed: %s%s%s", call, vecidx_strerror(rc), *msg ? ": " : "",
+           msg);
+}
+
+/* uint64_t keys are written straight into the int64_t result rows: the
+** keys here are base row numbers, far below 2^63. */
+static void search_one(void *arg, size_t qi, int64_t *out)
+{
+    bench_ctx *c = (bench_ctx *)arg;
+    size_t found = 0, i;
+    int rc = vecidx_search(c->ix, c->d->query + qi * c->d->dim, c->k, &c->so,
+                           (uint64_t *)out, NULL, &found);
+    if (rc != VECIDX_OK) lib_fail("vecidx_search", rc, c->ix);
+    for (i = found; i < c->k; i++) out[i] = -1;
+}
+
+static void search_batch(void *arg, int64_t *res)
+{
+    bench_ctx *c = (bench_ctx *)arg;
+    int rc = vecidx_search_batch(c->ix, c->d->nq, c->d->query, c->k, &c->so,
+                                 (uint64_t *)res, NULL, c->found);
+    if (rc != VECIDX_OK) lib_fail("vecidx_search_batch", rc, c->ix);
+}
+
+static int index_kind(const char *name)
+{
+    if (!strcmp(name, "hnsw")) return VECIDX_HNSW;
+    if (!strcmp(name, "ivfpq")) return VECIDX_IVFPQ;
+    return VECIDX_FLAT;
+}
+
+static int index_metric(int m)
+{
+    return m == BN_IP ? VECIDX_IP : m == BN_COS ? VECIDX_COSINE : VECIDX_L2;
+}
+
+int main(int argc, char **argv)
+{
+    bn_opts o;
+    bn_data d;
+    vecidx_params p;
+    vecidx_stats_t st;
+    vecidx *ix = NULL;
+    bench_ctx c;
+    bn_result r;
+    uint64_t *keys;
+    int64_t *res;
+    const bn_list *sweep = NULL;
+    double rss0, rss1, t0, build_s;
+    size_t i, nvals;
+    int rc, kind;
+
+    bn_parse_args(argc, argv, &o,
+                  "vecidx (the only one here; see vecidx-compare)");
+    if (o.lib && strcmp(o.lib, "vecidx") != 0)
+        bn_die(
+            "--lib %s: this program measures vecidx only; use vecidx-compare",
+            o.lib);
+    if (strcmp(vecidx_version(), VECIDX_VERSION_STRING) != 0)
+        bn_note("warning: vecidx.h is %s but the library is %s",
+                VECIDX_VERSION_STRING, vecidx_version());
+    bn_load(&o, &d);
+    kind = index_kind(o.index);
+
+    rc = vecidx_params_init(&p, kind, index_metric(o.metric), d.dim);
+    if (rc != VECIDX_OK) lib_fail("vecidx_params_init", rc, NULL);
+    p.capacity = (uint32_t)(d.n < VECIDX_MAX_COUNT ? d.n : VECIDX_MAX_COUNT);
+    p.threads = o.build_threads;
+    p.hnsw_m = o.M;
+    p.hnsw_ef_construction = o.ef_construction;
+    p.ivf_nlist = o.nlist;
+    p.pq_m = o.pq_m;
+    p.pq_nbits = o.pq_nbits;
+
+    keys = (uint64_t *)bn_malloc(d.n * sizeof *keys);
+    for (i = 0; i < d.n; i++) keys[i] = i;
+
+    rss0 = bn_rss_mb();
+    rc = vecidx_create(&p, &ix);
+    if (rc != VECIDX_OK) lib_fail("vecidx_create", rc, NULL);
+    t0 = bn_now();
+    rc = vecidx_add_batch(ix, d.n, keys, d.base);
+    build_s = bn_now() - t0;
+    if (rc != VECIDX_OK) lib_fail("vecidx_add_batch", rc, ix);
+    free(keys);
+    rss1 = bn_rss_mb();
+    rc = vecidx_stats(ix, &st);
+    if (rc != VECIDX_OK) lib_fail("vecidx_stats", rc, ix);
+    if (st.count != d.n)
+        bn_note("warning: index holds %llu vectors after adding %zu",
+                (unsigned long long)st.count, d.n);
+
+    memset(&c, 0, sizeof c);
+    c.ix = ix;
+    c.d = &d;
+    c.k = o.k;
+    c.so.threads = o.threads;
+    c.found = (size_t *)bn_malloc(d.nq * sizeof *c.found);
+    res = (int64_t *)bn_malloc(d.nq * o.k * sizeof *res);
+
+    if (kind == VECIDX_HNSW)
+        sweep = &o.ef;
+    else if (kind == VECIDX_IVFPQ)
+        sweep = &o.nprobe;
+    nvals = sweep ? sweep->n : 1;
+
+    for (i = 0; i < nvals; i++) {
+        bn_result_init(&r, &o, "vecidx");
+        r.simd = st.simd ? st.simd : vecidx_simd();
+        r.lib_version = vecidx_version();
+        r.build_s = build_s;
+        r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
+        r.rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        c.so.ef = 0;
+        c.so.nprobe = 0;
+        if (kind == VECIDX_HNSW) {
+            c.so.ef = sweep->v[i];
+            snprintf(r.param, sizeof r.param, "ef=%u", (unsigned)sweep->v[i]);
+            snprintf(r.build, sizeof r.build, "M=%u,efc=%u", (unsigned)o.M,
+                     (unsigned)o.ef_construction);
+        } else if (kind == VECIDX_IVFPQ) {
+            c.so.nprobe = sweep->v[i];
+            snprintf(r.param, sizeof r.param, "nprobe=%u",
+                     (unsigned)sweep->v[i]);
+            snprintf(r.build, sizeof r.build, "nlist=%u,m=%u,nbits=%u",
+                     (unsigned)o.nlist, (unsigned)o.pq_m, (unsigned)o.pq_nbits);
+        } else {
+            snprintf(r.param, sizeof r.param, "exact");
+        }
+        r.qps = bn_measure(&o, &d, search_one, search_batch, &c, res);
+        if (o.batch) {
+            size_t q, j;
+            for (q = 0; q < d.nq; q++)
+                for (j = c.found[q]; j < o.k; j++) res[q * o.k + j] = -1;
+        }
+        r.recall = bn_recall(&d, res, o.k, r.param);
+        bn_print(&o, &d, &r);
+    }
+
+    free(res);
+    free(c.found);
+    vecidx_close(ix);
+    bn_free_data(&d);
+    return 0;
+}
