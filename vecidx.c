@@ -1159,7 +1159,7 @@ typedef struct vx_wal {
     uint64_t salt;     /* generation of the main file */
     unsigned sync;     /* VECIDX_SYNC_* */
     int dirty;         /* appended since the last fsync */
-    int broken;        /* an append could not be undone: refuse writes */
+    int broken;        /* VX_WAL_CUT / VX_WAL_RESTART: repair first */
     struct timespec last_sync;
     char *path;        /* main file path (log is path + "-wal") */
 } vx_wal;
@@ -2828,6 +2828,10 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
 #define VX_WAL_REC_HEAD 24u
 #define VX_WAL_NORMAL_MS 10                /* SYNC_NORMAL fsync interval */
 enum { VX_WAL_ADD = 1, VX_WAL_UPSERT = 2, VX_WAL_REMOVE = 3 };
+/* A log change that failed half-way: the tail after `end` must be cut, or
+** the log restarted under `salt` (a checkpoint renamed its new main file
+** in but could not reset the log). Writes wait until vx_wal_repair. */
+enum { VX_WAL_CUT = 1, VX_WAL_RESTART = 2 };
 
 
 static void vx_wal_header(unsigned char *b, uint32_t dim, uint64_t salt)
@@ -2875,11 +2879,26 @@ static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
     return 0;
 }
 
+/* Finish a log change that failed half-way (see VX_WAL_CUT). */
+static int vx_wal_repair(vecidx *ix, vx_wal *w)
+{
+    int failed = w->broken == VX_WAL_RESTART
+                     ? vx_wal_reset(w, ix->p.dim, w->salt) != 0
+                     : vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0 ||
+                           vx_wal_fsync(w) != 0;
+    if (failed)
+        return vx_err(ix, VECIDX_EIO, "the write-ahead log could not be "
+                      "repaired after an earlier failure: %s",
+                      strerror(errno));
+    w->broken = 0;
+    return VECIDX_OK;
+}
+
 /* Append one record and make it as durable as the sync mode promises.
 ** On failure the log is cut back to where it was, so a later append does
-** not land behind a broken record; if even that fails, the handle stops
-** accepting writes rather than risk acknowledging one recovery would not
-** see. */
+** not land behind a broken record; if even that fails, the next write
+** retries the cut first (vx_wal_repair) rather than risk acknowledging a
+** write that recovery would not reach. */
 static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
                          const uint64_t *keys, const float *vecs)
 {
@@ -2909,7 +2928,8 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
         ok = vx_wal_fsync(w) == 0;
     if (!ok) {
         int e = errno;
-        if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0) w->broken = 1;
+        if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0)
+            w->broken = VX_WAL_CUT;
         return vx_err(ix, VECIDX_EIO, "cannot append to the write-ahead "
                       "log: %s", strerror(e));
     }
@@ -3407,10 +3427,15 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
 static int vx_checkpoint_locked(vecidx *ix)
 {
     vx_wal *w = &ix->wal;
-    int rc = vx_file_save(ix, w->path, w->salt + 1);
-    if (rc != VECIDX_OK) return rc;
-    if (vx_wal_reset(w, ix->p.dim, w->salt + 1) != 0) {
-        w->broken = 1;
+    int rc;
+    if (w->broken && (rc = vx_wal_repair(ix, w)) != VECIDX_OK) return rc;
+    if ((rc = vx_file_save(ix, w->path, w->salt + 1)) != VECIDX_OK) return rc;
+    /* From here the main file is the next generation: the old log is
+    ** stale whatever happens, and must be restarted before the next append
+    ** (which vx_wal_repair retries if this fails). */
+    w->salt++;
+    if (vx_wal_reset(w, ix->p.dim, w->salt) != 0) {
+        w->broken = VX_WAL_RESTART;
         return vx_err(ix, VECIDX_EIO, "checkpoint wrote the index but cannot "
                       "reset the log: %s", strerror(errno));
     }
@@ -3425,9 +3450,7 @@ int vecidx_checkpoint(vecidx *ix)
     if (ix->wal.fd < 0)
         return vx_err(ix, VECIDX_ESTATE, "index has no file: use vecidx_save");
     vx_write_begin(ix);
-    rc = ix->wal.broken ? vx_err(ix, VECIDX_EIO, "the write-ahead log failed; "
-                                 "close and reopen the index")
-                        : vx_checkpoint_locked(ix);
+    rc = vx_checkpoint_locked(ix);
     vx_write_end(ix);
     return rc;
 }
@@ -3521,11 +3544,11 @@ static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
 static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
                   const float *vecs)
 {
+    int rc;
     ix->fpristine = 0;
     if (ix->wal.fd < 0 || ix->replaying) return VECIDX_OK;
-    if (ix->wal.broken)
-        return vx_err(ix, VECIDX_EIO, "the write-ahead log failed and could "
-                      "not be repaired; close and reopen the index");
+    if (ix->wal.broken && (rc = vx_wal_repair(ix, &ix->wal)) != VECIDX_OK)
+        return rc;
     return vx_wal_append(ix, &ix->wal, type, n, keys, vecs);
 }
 
