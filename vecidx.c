@@ -1156,7 +1156,7 @@ typedef struct vx_wal {
     int fd;            /* -1 when the index has no log */
     uint64_t end;      /* byte offset after the last good record */
     uint64_t seq;      /* sequence number of the last record */
-    uint64_t salt;     /* generation of the main file */
+    uint64_t salt;     /* salt of the main file this log belongs to */
     unsigned sync;     /* VECIDX_SYNC_* */
     int dirty;         /* appended since the last fsync */
     int broken;        /* VX_WAL_CUT / VX_WAL_RESTART: repair first */
@@ -2442,7 +2442,7 @@ typedef struct vx_fhdr {
     int32_t maxlevel;
     uint64_t arena_n;
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
-    uint64_t map_cap, generation;
+    uint64_t map_cap, salt;
     vx_sect sect[VX_FILE_NSECT];
 } vx_fhdr;
 
@@ -2508,7 +2508,7 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
     for (i = 0; i <= VX_HNSW_MAX_LEVEL; i++)
         vx_put32(b, 128 + 4 * (size_t)i, h->arena_free[i]);
     vx_put64(b, 192, h->map_cap);
-    vx_put64(b, 200, h->generation);
+    vx_put64(b, 200, h->salt);
     for (i = 0; i < VX_FILE_NSECT; i++) {
         vx_put64(b, 216 + 24 * (size_t)i, h->sect[i].off);
         vx_put64(b, 224 + 24 * (size_t)i, h->sect[i].len);
@@ -2565,7 +2565,7 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     for (i = 0; i <= VX_HNSW_MAX_LEVEL; i++)
         h->arena_free[i] = vx_get32(b, 128 + 4 * (size_t)i);
     h->map_cap = vx_get64(b, 192);
-    h->generation = vx_get64(b, 200);
+    h->salt = vx_get64(b, 200);
     for (i = 0; i < VX_FILE_NSECT; i++) {
         h->sect[i].off = vx_get64(b, 216 + 24 * (size_t)i);
         h->sect[i].len = vx_get64(b, 224 + 24 * (size_t)i);
@@ -2629,7 +2629,22 @@ static const uint32_t vx_zero_word = 0;
 /* Write ix to a temporary file beside path, sync it, rename it over path
 ** and sync the directory: a crash leaves either the old file or the new
 ** one, never a mix. Caller holds the read lock. */
-static int vx_file_save(vecidx *ix, const char *path, uint64_t generation)
+/* A value no other file written here is likely to share: each saved file
+** gets one, and its log must carry it, so a log left behind by another
+** index at the same path can never be replayed into this one. */
+static uint64_t vx_fresh_salt(void)
+{
+    static atomic_uint_fast64_t counter;
+    struct timespec t;
+    uint64_t x;
+    clock_gettime(CLOCK_REALTIME, &t);
+    x = (uint64_t)t.tv_sec * 1000000007u + (uint64_t)t.tv_nsec;
+    x ^= (uint64_t)getpid() << 32;
+    x += atomic_fetch_add(&counter, 1) * 0x9e3779b97f4a7c15ull;
+    return vx_hash64(x) | 1; /* never 0 */
+}
+
+static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
 {
     const vx_store *s = &ix->store;
     unsigned char hdr[VX_FILE_HEADER];
@@ -2646,7 +2661,7 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t generation)
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     for (i = 0; i < s->nchunks; i++) pieces[i] = s->chunks[i].vec;
     vx_fhdr_from(ix, &h);
-    h.generation = generation;
+    h.salt = salt;
     fd = vx_io_cur->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ok = fd >= 0;
     ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_CHUNKS], off,
@@ -2810,7 +2825,7 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
 ** index opened for writing can acknowledge a write by appending one record
 ** instead of rewriting the file. Layout (little-endian):
 **   header, 32 bytes: magic "VXWAL\0\0\1", u32 version, u32 dim,
-**     u64 salt = the generation stored in the main file's header,
+**     u64 salt = the salt stored in the main file's header,
 **     u32 reserved, u32 CRC-32C of bytes 0..27;
 **   records: u32 CRC-32C of the rest of the record (seeded with the salt),
 **     u32 type, u64 sequence number (1, 2, ...), u64 row count n, then n
@@ -2819,8 +2834,9 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
 ** Recovery reads records in order and stops at the first that is short,
 ** fails its checksum or breaks the sequence: that is the torn tail of an
 ** interrupted append, and the log is cut there. A log whose salt is not
-** the main file's generation was already folded in by a checkpoint whose
-** final step (resetting the log) did not happen, and is discarded.
+** the main file's belongs to another file -- the one a checkpoint replaced
+** before its last step (restarting the log) could run, or an index saved
+** earlier at the same path -- and is discarded.
 ** ====================================================================== */
 
 #define VX_WAL_MAGIC "VXWAL\0\0\1"
@@ -2865,7 +2881,7 @@ static int vx_wal_fsync(vx_wal *w)
     return 0;
 }
 
-/* Start an empty log for the main file's generation `salt`. */
+/* Start an empty log for the main file whose salt is `salt`. */
 static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
 {
     unsigned char b[VX_WAL_HEADER];
@@ -3304,7 +3320,7 @@ static int vx_open_verify(vecidx *ix, const char *path)
 /* Open (or create) the log beside path and replay it. A writable handle
 ** locks the log (one writer per index) and cuts a torn tail; a reader
 ** replays what is valid and leaves the file alone. */
-static int vx_open_wal(vecidx *ix, const char *path, uint64_t generation,
+static int vx_open_wal(vecidx *ix, const char *path, uint64_t salt,
                        int writable)
 {
     vx_wal *w = &ix->wal;
@@ -3326,7 +3342,7 @@ static int vx_open_wal(vecidx *ix, const char *path, uint64_t generation,
                                         : "cannot be locked");
     }
     w->fd = fd;
-    w->salt = generation;
+    w->salt = salt;
     clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
     if (vx_io_cur->fstat(fd, &st) != 0)
         return vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", wpath,
@@ -3337,7 +3353,7 @@ static int vx_open_wal(vecidx *ix, const char *path, uint64_t generation,
     rc = vx_wal_replay(ix, w, fd, (uint64_t)st.st_size);
     vx_write_end(ix);
     if (rc != VECIDX_OK || !writable) return rc;
-    if (w->end == 0 ? vx_wal_reset(w, ix->p.dim, generation) != 0
+    if (w->end == 0 ? vx_wal_reset(w, ix->p.dim, salt) != 0
                     : ((uint64_t)st.st_size > w->end &&
                        (vx_io_cur->ftruncate(fd, (off_t)w->end) != 0 ||
                         vx_wal_fsync(w) != 0)))
@@ -3355,7 +3371,7 @@ static int vx_open_create(const char *path, const vecidx_params *p)
         return vx_err(NULL, VECIDX_EINVAL, "'%s' does not exist and no params "
                       "were given to create it", path);
     if ((rc = vecidx_create(p, &ix)) != VECIDX_OK) return rc;
-    rc = vx_file_save(ix, path, 1);
+    rc = vx_file_save(ix, path, vx_fresh_salt());
     if (rc != VECIDX_OK) rc = vx_err(NULL, rc, "%s", vx_err_tls.msg);
     vecidx_close(ix);
     return rc;
@@ -3401,7 +3417,7 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
         return rc;
     }
     ix->wal.sync = sync ? sync : VECIDX_SYNC_FULL;
-    rc = vx_open_wal(ix, path, h.generation, writable);
+    rc = vx_open_wal(ix, path, h.salt, writable);
     if (rc == VECIDX_OK && writable &&
         !(ix->wal.path = vx_malloc(&ix->mem, strlen(path) + 1)))
         rc = vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
@@ -3419,21 +3435,22 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     return VECIDX_OK;
 }
 
-/* Fold the log into the main file: write the index as a new main file of
-** the next generation (atomically, see vx_file_save), then start a fresh
-** log under that generation. A crash between the two leaves a log whose
-** salt no longer matches, which the next open discards -- correctly, as
-** the main file already holds its writes. Write lock held. */
+/* Fold the log into the main file: write the index as a new main file
+** with a fresh salt (atomically, see vx_file_save), then restart the log
+** under that salt. A crash between the two leaves a log whose salt no
+** longer matches, which the next open discards -- correctly, as the main
+** file already holds its writes. Write lock held. */
 static int vx_checkpoint_locked(vecidx *ix)
 {
     vx_wal *w = &ix->wal;
+    uint64_t salt = vx_fresh_salt();
     int rc;
     if (w->broken && (rc = vx_wal_repair(ix, w)) != VECIDX_OK) return rc;
-    if ((rc = vx_file_save(ix, w->path, w->salt + 1)) != VECIDX_OK) return rc;
-    /* From here the main file is the next generation: the old log is
-    ** stale whatever happens, and must be restarted before the next append
-    ** (which vx_wal_repair retries if this fails). */
-    w->salt++;
+    if ((rc = vx_file_save(ix, w->path, salt)) != VECIDX_OK) return rc;
+    /* From here the old log is stale whatever happens, and must be
+    ** restarted before the next append (vx_wal_repair retries if this
+    ** fails). */
+    w->salt = salt;
     if (vx_wal_reset(w, ix->p.dim, w->salt) != 0) {
         w->broken = VX_WAL_RESTART;
         return vx_err(ix, VECIDX_EIO, "checkpoint wrote the index but cannot "
@@ -3485,7 +3502,7 @@ int vecidx_save(vecidx *ix, const char *path)
     ** writes logged after it would be lost at the next open. */
     if (vx_same_file(ix, path)) return vecidx_checkpoint(ix);
     pthread_rwlock_rdlock(&ix->lock);
-    rc = vx_file_save(ix, path, 1);
+    rc = vx_file_save(ix, path, vx_fresh_salt());
     pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
