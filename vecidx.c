@@ -2170,7 +2170,10 @@ static int vx_hnsw_repair(vecidx *ix)
 static void vx_hnsw_maybe_repair(vecidx *ix)
 {
     uint32_t used = ix->store.count + ix->store.nburied;
-    if (ix->store.nburied >= 64 && ix->store.nburied >= used / 10)
+    /* Also once buried nodes outnumber live ones: the entry point may be
+    ** buried with no live neighbour, and new nodes would find no links. */
+    if ((ix->store.nburied >= 64 && ix->store.nburied >= used / 10) ||
+        (ix->store.nburied && ix->store.count < ix->store.nburied))
         (void)vx_hnsw_repair(ix); /* on failure retried at the next write */
 }
 

@@ -43,8 +43,8 @@
 **      Waiting writers are preferred over new readers where the platform
 **      allows (glibc), so a stream of searches cannot starve inserts.
 **  A filter callback runs on the thread that called the search, while the
-**  index is locked for reading: it must not call a writer on the same handle
-**  (that would deadlock); calling readers from it is allowed.
+**  index is locked for reading: it must not call any vecidx function on the
+**  same handle (a writer waiting for the lock would deadlock it).
 **  Separate handles share no state and need no coordination.
 */
 #ifndef VECIDX_H
@@ -177,7 +177,8 @@ typedef struct vecidx_search_opts {
     ** enter the current top k, possibly more than once per key and in no
     ** particular order, so it should be cheap and free of side effects. In
     ** vecidx_search_batch it may be called from several worker threads at
-    ** once. See THREAD SAFETY for what it may call. */
+    ** once. It must not call vecidx functions on the same handle (see THREAD
+    ** SAFETY). */
     int (*filter)(uint64_t key, void *ctx);
     void *filter_ctx;
 } vecidx_search_opts;

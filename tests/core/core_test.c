@@ -220,7 +220,7 @@ static void test_flat_remove_reuse(void)
     enum { N = 2000, DIM = 8 };
     static float v[N * DIM];
     vecidx *ix = t_index(VECIDX_FLAT, VECIDX_L2, DIM);
-    vecidx_stats_t st1, st2;
+    vecidx_stats_t st1 = {0}, st2 = {0};
     uint64_t keys[N];
     size_t found, i;
     t_clustered(v, N, DIM);
@@ -528,7 +528,7 @@ static void test_hnsw_churn(void)
     static float pool[(N + ROUNDS * 10000) * DIM], q[NQ * DIM];
     static uint64_t live[N];
     vecidx *ix = t_index(VECIDX_HNSW, VECIDX_L2, DIM), *ex, *fresh;
-    vecidx_stats_t st1, st;
+    vecidx_stats_t st1 = {0}, st = {0};
     uint64_t next = 0;
     size_t i, r, nl = 0;
     double rc, rf;

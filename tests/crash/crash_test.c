@@ -285,7 +285,9 @@ static void sim_power_cut(int random)
 
 #define D 4
 #define NK 64 /* keys 0..NK-1 */
-#define PATH SIM_DIR "idx"
+/* Per process, so that parallel runs (make -j, sanitizer builds) of this
+** test never share files. */
+static char PATH[64], WALPATH[80];
 
 /* The model: the version of each key's vector, or -1 when absent. */
 typedef int model_t[NK];
@@ -322,7 +324,7 @@ static int state_is(vecidx *ix, const model_t m)
 static void remove_files(void)
 {
     unlink(PATH);
-    unlink(PATH "-wal");
+    unlink(WALPATH);
 }
 
 /* A fresh empty index file, written with the real I/O layer. */
@@ -525,6 +527,8 @@ int main(void)
     long scale = env ? atol(env) : 1, t;
     int groups = 0, failed = 0, bad;
     if (scale < 1) scale = 1;
+    snprintf(PATH, sizeof PATH, SIM_DIR "%ld-idx", (long)getpid());
+    snprintf(WALPATH, sizeof WALPATH, "%s-wal", PATH);
 
     for (bad = 0, t = 0; t < 200 * scale; t++)
         bad += !power_cut_trial(t % 2 ? VECIDX_HNSW : VECIDX_FLAT,

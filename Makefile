@@ -1,0 +1,299 @@
+# Makefile for vecidx -- GNU make.
+#
+#   make                  libraries, examples, test programs, benchmark tools
+#   make test             build and run the test suite
+#   make sanitize         the tests under AddressSanitizer + UBSan
+#   make tsan             the concurrency tests under ThreadSanitizer
+#   make cross-test       the tests for aarch64 and armhf, run under qemu-user
+#   make test-nosimd      the tests with scalar kernels only (-DVECIDX_NO_SIMD)
+#   make test-m32         the tests built with -m32 (skipped without multilib)
+#   make crash-soak       the crash tests with CRASH_TRIALS (default 20) times
+#                         the usual number of trials
+#   make fuzz             libFuzzer on vecidx_open for FUZZ_TIME seconds (clang)
+#   make install          PREFIX=/usr/local, DESTDIR honoured
+#   make format-check     clang-format --dry-run -Werror on the C sources
+#   make bench-compare    bench/vecidx-compare (libhnswlib-dev, libfaiss-dev)
+#   make clean
+#
+# CC is overridable (make CC=clang); add flags with EXTRA_CFLAGS.
+
+# ---- Version: defined once, in vecidx.h --------------------------------------
+vx_field = $(shell awk '$$2 == "VECIDX_VERSION_$(1)" { print $$3 }' vecidx.h)
+VERSION_MAJOR := $(call vx_field,MAJOR)
+VERSION_MINOR := $(call vx_field,MINOR)
+VERSION_PATCH := $(call vx_field,PATCH)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+# ---- Tools and flags ---------------------------------------------------------
+CLANG_FORMAT ?= clang-format
+PYTHON ?= /usr/bin/python3
+
+WARNINGS = -Wall -Wextra -Wpedantic -Werror -Wshadow -Wstrict-prototypes \
+           -Wmissing-prototypes -Wvla
+CFLAGS = -std=c11 -O3 $(WARNINGS) $(EXTRA_CFLAGS)
+CXXWARNINGS = -Wall -Wextra -Wpedantic -Werror
+LDLIBS = -pthread -lm
+
+# Flags of each test build. The library itself never gets -march: it picks
+# its SIMD kernels at run time.
+TEST_CFLAGS = $(CFLAGS) -g
+NOSIMD_CFLAGS = $(CFLAGS) -g -DVECIDX_NO_SIMD
+M32_CFLAGS = $(CFLAGS) -g -m32
+SAN_CC ?= $(CC)
+TSAN_CC ?= $(CC)
+SAN_BASE = -std=c11 $(WARNINGS) -O1 -g -fno-omit-frame-pointer $(EXTRA_CFLAGS)
+ASAN_CFLAGS = $(SAN_BASE) -fsanitize=address,undefined -fno-sanitize-recover=all
+TSAN_CFLAGS = $(SAN_BASE) -fsanitize=thread
+# Test-name filter for `make tsan`; TSAN_FILTER= runs every test under TSan.
+TSAN_FILTER ?= concurrency
+
+# Cross builds are static so that qemu-user needs no target sysroot.
+CROSS_AARCH64 ?= aarch64-linux-gnu-gcc
+CROSS_ARMHF ?= arm-linux-gnueabihf-gcc
+QEMU_AARCH64 ?= qemu-aarch64
+QEMU_ARM ?= qemu-arm
+CROSS_CFLAGS = -std=c11 -O2 $(WARNINGS) -static $(EXTRA_CFLAGS)
+# Debian's armhf baseline has no NEON; this build turns it on so the 32-bit
+# NEON kernels are tested too.
+CROSS_NEON_CFLAGS = $(CROSS_CFLAGS) -mfpu=neon-vfpv4
+
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 60
+CRASH_TRIALS ?= 20
+
+# Sanitizer binaries run with address-space randomisation off where the
+# system allows it: older sanitizer runtimes fail on kernels with large
+# vm.mmap_rnd_bits ("unexpected memory mapping").
+NORAND := $(shell setarch $$(uname -m) -R true >/dev/null 2>&1 && \
+                  echo setarch $$(uname -m) -R)
+
+PREFIX ?= /usr/local
+INCLUDEDIR ?= $(PREFIX)/include
+LIBDIR ?= $(PREFIX)/lib
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL ?= install
+
+# ---- Files -------------------------------------------------------------------
+SONAME = libvecidx.so.$(VERSION_MAJOR)
+EXAMPLES := $(patsubst %.c,%,$(sort $(wildcard examples/*.c)))
+BENCH := $(patsubst %.c,%,$(sort $(wildcard bench/*.c)))
+BENCH_HDRS := $(wildcard bench/*.h)
+COMPARE_SRC := $(wildcard bench/compare.cpp)
+PY_TESTS := $(wildcard python/tests)
+FUZZ_REGRESS := $(sort $(wildcard fuzz/regress/*))
+FORMAT_SRCS := vecidx.c vecidx.h $(wildcard tests/*.c tests/*.h tests/*/*.c \
+                                   examples/*.c bench/*.c bench/*.h fuzz/*.c)
+
+# Test programs. tests/*.c form one binary, tests/vecidx_test; it does not
+# link the library: tests/test_internal.c includes vecidx.c (white-box),
+# which provides every public symbol. tests/core/core_test.c and
+# tests/crash/crash_test.c are programs of their own, also including
+# vecidx.c. Every one ends with "N passed, N failed" and exits non-zero on
+# failure; the first two take a test-name filter as argument.
+TEST_SRCS := $(sort $(wildcard tests/*.c))
+TEST_HDRS := $(wildcard tests/*.h)
+TEST_PROGS := $(if $(TEST_SRCS),tests/vecidx_test) \
+              $(if $(wildcard tests/core/core_test.c),tests/core/core_test) \
+              $(if $(wildcard tests/crash/crash_test.c),tests/crash/crash_test)
+TEST_PROGS := $(strip $(TEST_PROGS))
+# Every program but the crash tests, which test I/O logic, not threads or
+# kernels: run under TSan (the concurrency tests) and with 32-bit NEON.
+NOCRASH_PROGS := $(filter-out tests/crash/crash_test,$(TEST_PROGS))
+TEST_CXX := $(wildcard tests/test_cxx.cpp)
+TEST_CXX_BIN := $(if $(TEST_CXX),tests/vecidx_test_cxx)
+FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
+                    fuzz/fuzz_open-replay)
+
+.PHONY: all lib test sanitize tsan cross-test test-nosimd test-m32 \
+        crash-soak fuzz install uninstall clean format format-check \
+        bench-compare
+
+all: lib $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH)
+
+lib: libvecidx.a libvecidx.so
+
+# ---- Library -----------------------------------------------------------------
+# One position-independent object serves both libraries, so the static
+# library can also be linked into other shared objects.
+vecidx.o: vecidx.c vecidx.h
+	$(CC) $(CFLAGS) -fPIC -pthread -c vecidx.c -o $@
+
+libvecidx.a: vecidx.o
+	rm -f $@
+	$(AR) rcs $@ vecidx.o
+
+libvecidx.so: vecidx.o
+	$(CC) $(CFLAGS) -shared -Wl,-soname,$(SONAME) -o $@ vecidx.o \
+	    $(LDFLAGS) $(LDLIBS)
+
+# ---- Programs ----------------------------------------------------------------
+examples/%: examples/%.c vecidx.h libvecidx.a
+	$(CC) $(CFLAGS) -I. -o $@ $< libvecidx.a $(LDFLAGS) $(LDLIBS)
+
+bench/%: bench/%.c $(BENCH_HDRS) vecidx.h libvecidx.a
+	$(CC) $(CFLAGS) -I. -o $@ $< libvecidx.a $(LDFLAGS) $(LDLIBS)
+
+# The same measurements on hnswlib and FAISS: built only on request. Debian's
+# libfaiss is static, so it needs the BLAS and LAPACK at link time.
+bench-compare: bench/vecidx-compare
+ifneq ($(COMPARE_SRC),)
+bench/vecidx-compare: bench/compare.cpp $(BENCH_HDRS)
+	$(CXX) -O3 -march=native -std=c++17 -I. -o $@ bench/compare.cpp \
+	    -lfaiss -fopenmp -llapack -lblas $(LDFLAGS) $(LDLIBS)
+else
+bench/vecidx-compare:
+	@echo "bench/compare.cpp does not exist"; exit 1
+endif
+
+# ---- Test programs -----------------------------------------------------------
+# $(call vx_test_builds,SUFFIX,COMPILER-VARIABLE,FLAGS-VARIABLE) defines the
+# rules for every test program built with that compiler and flags, named
+# with SUFFIX (tests/vecidx_test-asan ...).
+define vx_test_builds
+tests/vecidx_test$(1): $$(TEST_SRCS) $$(TEST_HDRS) vecidx.c vecidx.h
+	$$($(2)) $$($(3)) -I. -o $$@ $$(TEST_SRCS) $$(LDFLAGS) $$(LDLIBS)
+
+tests/core/core_test$(1): tests/core/core_test.c vecidx.c vecidx.h
+	$$($(2)) $$($(3)) -I. -o $$@ tests/core/core_test.c $$(LDFLAGS) $$(LDLIBS)
+
+tests/crash/crash_test$(1): tests/crash/crash_test.c vecidx.c vecidx.h
+	$$($(2)) $$($(3)) -I. -o $$@ tests/crash/crash_test.c $$(LDFLAGS) $$(LDLIBS)
+endef
+$(eval $(call vx_test_builds,,CC,TEST_CFLAGS))
+$(eval $(call vx_test_builds,-asan,SAN_CC,ASAN_CFLAGS))
+$(eval $(call vx_test_builds,-tsan,TSAN_CC,TSAN_CFLAGS))
+$(eval $(call vx_test_builds,-nosimd,CC,NOSIMD_CFLAGS))
+$(eval $(call vx_test_builds,-m32,CC,M32_CFLAGS))
+$(eval $(call vx_test_builds,-aarch64,CROSS_AARCH64,CROSS_CFLAGS))
+$(eval $(call vx_test_builds,-armhf,CROSS_ARMHF,CROSS_CFLAGS))
+$(eval $(call vx_test_builds,-armhf-neon,CROSS_ARMHF,CROSS_NEON_CFLAGS))
+
+# The C++ test links the static library; it shows vecidx.h compiles as C++.
+tests/vecidx_test_cxx: tests/test_cxx.cpp vecidx.h libvecidx.a
+	$(CXX) -std=c++11 -O2 $(CXXWARNINGS) -I. -o $@ tests/test_cxx.cpp \
+	    libvecidx.a $(LDFLAGS) $(LDLIBS)
+
+# Replays the inputs kept in fuzz/regress without libFuzzer.
+fuzz/fuzz_open-replay: fuzz/fuzz_open.c vecidx.c vecidx.h
+	$(CC) $(TEST_CFLAGS) -DVX_FUZZ_MAIN -I. -o $@ fuzz/fuzz_open.c vecidx.c \
+	    $(LDFLAGS) $(LDLIBS)
+
+# ---- Running the tests -------------------------------------------------------
+# $(call vx_run,PROGRAMS,SUFFIX,COMMAND-PREFIX,ARGUMENTS) runs each program
+# (with SUFFIX appended) one after the other, even under make -j, prints
+# each one's result and time, and fails at the end if any of them failed.
+vx_run = @fail=0; for t in $(1); do \
+	    echo "== $(strip $(3) ./$$t$(2) $(4))"; s=$$(date +%s); \
+	    if $(3) ./$$t$(2) $(4); then r=ok; else r=FAILED; fail=1; fi; \
+	    echo "== $$r: $$t$(2) ($$(( $$(date +%s) - s )) s)"; \
+	done; test $$fail = 0
+
+# The C test programs, the C++ header test if tests/test_cxx.cpp exists, the
+# fuzz regression inputs if fuzz/regress exists, then the Python binding
+# tests if python/tests exists and python3 has pytest and numpy (they find
+# the library through VECIDX_LIBRARY).
+test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) \
+      $(if $(PY_TESTS),libvecidx.so)
+	@test -n "$(TEST_PROGS)" || { echo "no test programs found"; exit 1; }
+	$(call vx_run,$(TEST_PROGS) $(TEST_CXX_BIN))
+ifneq ($(FUZZ_REPLAY),)
+	./fuzz/fuzz_open-replay $(FUZZ_REGRESS) >/dev/null
+endif
+ifneq ($(PY_TESTS),)
+	@if $(PYTHON) -c 'import pytest, numpy' 2>/dev/null; then \
+	    echo "== VECIDX_LIBRARY=$(CURDIR)/libvecidx.so $(PYTHON) -m pytest -q python/tests"; \
+	    VECIDX_LIBRARY=$(CURDIR)/libvecidx.so $(PYTHON) -m pytest -q python/tests; \
+	else \
+	    echo "python tests skipped: $(PYTHON) lacks pytest or numpy"; \
+	fi
+endif
+
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=1 \
+           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
+sanitize: $(addsuffix -asan,$(TEST_PROGS))
+	$(call vx_run,$(TEST_PROGS),-asan,$(ASAN_ENV) $(NORAND))
+
+tsan: $(addsuffix -tsan,$(NOCRASH_PROGS))
+	$(call vx_run,$(NOCRASH_PROGS),-tsan,$(TSAN_ENV) $(NORAND),$(TSAN_FILTER))
+
+test-nosimd: $(addsuffix -nosimd,$(TEST_PROGS))
+	$(call vx_run,$(TEST_PROGS),-nosimd)
+
+test-m32:
+	@if echo 'int main(void){return 0;}' | \
+	    $(CC) -m32 -x c - -o /dev/null >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory $(addsuffix -m32,$(TEST_PROGS)) && \
+	    fail=0 && for t in $(TEST_PROGS); do \
+	        echo "== ./$$t-m32"; ./$$t-m32 || fail=1; \
+	    done && test $$fail = 0; \
+	else \
+	    echo "test-m32 skipped: $(CC) cannot build -m32 programs" \
+	         "(apt-get install gcc-multilib)"; \
+	fi
+
+cross-test: $(addsuffix -aarch64,$(TEST_PROGS)) \
+            $(addsuffix -armhf,$(TEST_PROGS)) \
+            $(addsuffix -armhf-neon,$(NOCRASH_PROGS))
+	$(call vx_run,$(TEST_PROGS),-aarch64,$(QEMU_AARCH64))
+	$(call vx_run,$(TEST_PROGS),-armhf,$(QEMU_ARM))
+	$(call vx_run,$(NOCRASH_PROGS),-armhf-neon,$(QEMU_ARM))
+
+crash-soak: tests/crash/crash_test
+	CRASH_TRIALS=$(CRASH_TRIALS) ./tests/crash/crash_test
+
+# ---- Fuzzing -----------------------------------------------------------------
+# Needs clang with libFuzzer (Debian: libclang-rt-14-dev). The seed corpus
+# is generated into fuzz/corpus, never committed; inputs worth keeping go
+# to fuzz/regress, which `make test` replays.
+fuzz/fuzz_open: fuzz/fuzz_open.c vecidx.c vecidx.h
+	$(FUZZ_CC) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
+	    -o $@ fuzz/fuzz_open.c vecidx.c $(LDLIBS)
+
+fuzz/make_seeds: fuzz/make_seeds.c vecidx.h libvecidx.a
+	$(CC) $(CFLAGS) -I. -o $@ fuzz/make_seeds.c libvecidx.a $(LDFLAGS) $(LDLIBS)
+
+fuzz: fuzz/fuzz_open fuzz/make_seeds
+	mkdir -p fuzz/corpus
+	./fuzz/make_seeds fuzz/corpus
+	$(NORAND) ./fuzz/fuzz_open -max_total_time=$(FUZZ_TIME) fuzz/corpus \
+	    $(wildcard fuzz/regress)
+
+# ---- Install -----------------------------------------------------------------
+# vecidx.pc is written at install time so it always names this PREFIX.
+install: libvecidx.a libvecidx.so vecidx.pc.in
+	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
+	    $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 644 vecidx.h $(DESTDIR)$(INCLUDEDIR)/vecidx.h
+	$(INSTALL) -m 644 libvecidx.a $(DESTDIR)$(LIBDIR)/libvecidx.a
+	$(INSTALL) -m 755 libvecidx.so $(DESTDIR)$(LIBDIR)/libvecidx.so.$(VERSION)
+	ln -sf libvecidx.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libvecidx.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    vecidx.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/vecidx.h $(DESTDIR)$(LIBDIR)/libvecidx.a \
+	    $(DESTDIR)$(LIBDIR)/libvecidx.so.$(VERSION) \
+	    $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libvecidx.so \
+	    $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc
+
+# ---- Formatting --------------------------------------------------------------
+format-check:
+	$(CLANG_FORMAT) --dry-run -Werror $(FORMAT_SRCS)
+
+format:
+	$(CLANG_FORMAT) -i $(FORMAT_SRCS)
+
+# ---- Cleaning ----------------------------------------------------------------
+clean:
+	rm -f vecidx.o libvecidx.a libvecidx.so $(EXAMPLES) \
+	    $(BENCH) bench/vecidx-compare \
+	    tests/vecidx_test tests/vecidx_test-* tests/vecidx_test_cxx \
+	    tests/core/core_test tests/core/core_test-* \
+	    tests/crash/crash_test tests/crash/crash_test-* \
+	    fuzz/fuzz_open fuzz/fuzz_open-replay fuzz/make_seeds
+	rm -rf fuzz/corpus

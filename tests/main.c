@@ -1,0 +1,87 @@
+/*
+** main.c -- the test runner of tests/vecidx_test.
+**
+**   tests/vecidx_test            run every test
+**   tests/vecidx_test WORD       run the tests whose name contains WORD
+** VTEST_TIMES=1 in the environment adds each test's run time to its line;
+** VTEST_DEBUG=1 prints a few counters (allocation-failure runs, operations
+** done by the concurrent threads) to judge what a test covered.
+** The last line is always "N passed, N failed"; exit code 1 on failure.
+*/
+#define _POSIX_C_SOURCE 200809L
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vtest.h"
+
+#define VT_MAX_PRINTED 25 /* failure lines printed per test */
+
+static atomic_long vt_nfail;
+static pthread_mutex_t vt_print_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void vt_fail(const char *file, int line, const char *fmt, ...)
+{
+    long n = atomic_fetch_add(&vt_nfail, 1) + 1;
+    va_list ap;
+    if (n > VT_MAX_PRINTED) return;
+    pthread_mutex_lock(&vt_print_lock);
+    printf("  %s:%d: ", file, line);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    if (n == VT_MAX_PRINTED) printf("  (further failures not printed)\n");
+    fflush(stdout);
+    pthread_mutex_unlock(&vt_print_lock);
+}
+
+long vt_failures(void)
+{
+    return atomic_load(&vt_nfail);
+}
+
+typedef struct vt_test {
+    const char *name;
+    void (*fn)(void);
+} vt_test;
+
+#define VT_ENTRY(name) {#name, test_##name},
+static const vt_test vt_all[] = {VT_TESTS(VT_ENTRY)};
+#undef VT_ENTRY
+
+int main(int argc, char **argv)
+{
+    const char *filter = argc > 1 ? argv[1] : NULL;
+    const char *times = getenv("VTEST_TIMES");
+    int show_time = times && *times && strcmp(times, "0") != 0;
+    size_t i, ran = 0, failed = 0;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (i = 0; i < sizeof vt_all / sizeof vt_all[0]; i++) {
+        double t0;
+        if (filter && !strstr(vt_all[i].name, filter)) continue;
+        atomic_store(&vt_nfail, 0);
+        t0 = vt_seconds();
+        vt_all[i].fn();
+        ran++;
+        if (atomic_load(&vt_nfail)) failed++;
+        if (show_time)
+            printf("%s %s (%.3f s)\n", atomic_load(&vt_nfail) ? "FAIL" : "ok",
+                   vt_all[i].name, vt_seconds() - t0);
+        else
+            printf("%s %s\n", atomic_load(&vt_nfail) ? "FAIL" : "ok",
+                   vt_all[i].name);
+        fflush(stdout);
+    }
+    if (ran == 0) {
+        printf("no test name contains \"%s\"\n", filter ? filter : "");
+        printf("0 passed, 0 failed\n");
+        return 1;
+    }
+    printf("%zu passed, %zu failed\n", ran - failed, failed);
+    return failed ? 1 : 0;
+}

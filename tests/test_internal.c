@@ -1,0 +1,235 @@
+/*
+** test_internal.c -- white-box tests: the distance kernels.
+**
+** The only test file that includes vecidx.c: it reaches the static kernel
+** tables, and it provides every public symbol to the rest of the test
+** binary (no library is linked). Every kernel table runnable on this CPU
+** is checked against a double-precision reference:
+**   - on small integers, where float arithmetic is exact in any order, the
+**     result must be exact: a dropped, repeated or foreign element (the
+**     buffers are fenced with NaN) cannot hide;
+**   - on random data of mixed sign and magnitude, within the worst-case
+**     rounding bound of a float sum in any order (Higham, Accuracy and
+**     Stability of Numerical Algorithms, 2nd ed., sec. 4.2 and 3.1):
+**         |computed - exact| <= gamma(d + 2) * sum |terms|,
+**         gamma(n) = n u / (1 - n u), u = 2^-24,
+**     where the terms are (a_i - b_i)^2 or a_i b_i; d + 2 counts the d - 1
+**     additions, the product and (for L2) the subtraction. A tree or
+**     lane-wise sum of the kind SIMD code does has a smaller bound, so
+**     this holds for every correct kernel, and is as tight as the bound
+**     for a plain left-to-right loop;
+**   - at every pointer alignment (offsets of 0, 1 and 3 floats from a
+**     64-byte boundary);
+**   - the *_many functions against the single-pair ones, bit for bit: the
+**     flat scan uses the former and graph search the latter, and the same
+**     pair must get the same distance on both paths or ties break
+**     differently.
+*/
+#include "../vecidx.c"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vtest.h"
+
+static const size_t vt_kdims[] = {1, 3, 17, 100, 128, 384, 768, 1536};
+#define VT_NKDIMS (sizeof vt_kdims / sizeof vt_kdims[0])
+
+/* A NaN-filled, 64-byte aligned buffer of at least n + 24 floats; data is
+** placed at an offset, so reads outside [off, off + d) meet NaN. */
+static float *vt_fenced(size_t n)
+{
+    size_t bytes = ((n + 24) * sizeof(float) + 63) & ~(size_t)63, i;
+    float *p = aligned_alloc(64, bytes);
+    if (!p) {
+        printf("out of memory\n");
+        exit(2);
+    }
+    for (i = 0; i < bytes / sizeof(float); i++) p[i] = NAN;
+    return p;
+}
+
+static int vt_known_kernel(const char *name)
+{
+    return strcmp(name, "scalar") == 0 || strcmp(name, "avx2") == 0 ||
+           strcmp(name, "avx512") == 0 || strcmp(name, "neon") == 0;
+}
+
+/* The kernel list: scalar first, known names, the one in use among them. */
+static const vx_kernels *const *vt_kernels(size_t *n)
+{
+    const vx_kernels *const *list = vx_kernel_list(n);
+    size_t i;
+    int in_use = 0;
+    CHECK(*n >= 1);
+    CHECK(*n >= 1 && strcmp(list[0]->name, "scalar") == 0);
+    for (i = 0; i < *n; i++) {
+        CHECKF(vt_known_kernel(list[i]->name), "kernel %zu is named '%s'", i,
+               list[i]->name);
+        in_use |= strcmp(list[i]->name, vecidx_simd()) == 0;
+    }
+    CHECKF(in_use, "vecidx_simd() '%s' is not among the runnable kernels",
+           vecidx_simd());
+#if defined(VECIDX_NO_SIMD)
+    CHECKF(*n == 1, "VECIDX_NO_SIMD build lists %zu kernels", *n);
+    CHECK(strcmp(vecidx_simd(), "scalar") == 0);
+#endif
+    return list;
+}
+
+/* Integers in [-8, 8]: every product, square and partial sum of up to
+** 1536 terms is an integer below 2^24, exact in float in any order. */
+void test_kernels_exact_integers(void)
+{
+    static const size_t offs[] = {0, 1, 3};
+    size_t nk, k, o, d, di, i;
+    const vx_kernels *const *list = vt_kernels(&nk);
+    float *a = vt_fenced(1536 + 8), *b = vt_fenced(1536 + 8);
+    vt_rng r = {1};
+    for (k = 0; k < nk; k++) {
+        const vx_kernels *kn = list[k];
+        /* every tail length of every unroll width, then the listed sizes */
+        for (di = 0; di < 70 + VT_NKDIMS; di++) {
+            d = di < 70 ? di + 1 : vt_kdims[di - 70];
+            for (o = 0; o < 3; o++) {
+                float *pa = a + offs[o], *pb = b + offs[o] + 1 - (o & 1);
+                int64_t l2 = 0, dot = 0;
+                float got;
+                for (i = 0; i < d; i++) {
+                    int x = (int)vt_below(&r, 17) - 8;
+                    int y = (int)vt_below(&r, 17) - 8;
+                    pa[i] = (float)x;
+                    pb[i] = (float)y;
+                    l2 += (int64_t)(x - y) * (x - y);
+                    dot += (int64_t)x * y;
+                }
+                got = kn->l2(pa, pb, d);
+                CHECKF(got == (float)l2,
+                       "%s l2 d=%zu offset %zu: %.9g, "
+                       "exact %lld",
+                       kn->name, d, offs[o], (double)got, (long long)l2);
+                got = kn->dot(pa, pb, d);
+                CHECKF(got == (float)dot,
+                       "%s dot d=%zu offset %zu: %.9g, "
+                       "exact %lld",
+                       kn->name, d, offs[o], (double)got, (long long)dot);
+                got = kn->l2(pa, pa, d);
+                CHECKF(got == 0.0f, "%s l2(a, a) d=%zu: %.9g", kn->name, d,
+                       (double)got);
+                /* put the fences back for the next size */
+                for (i = 0; i < d; i++) pa[i] = pb[i] = NAN;
+            }
+        }
+    }
+    free(a);
+    free(b);
+}
+
+static double vt_gamma(size_t n)
+{
+    double u = 0x1.0p-24;
+    return (double)n * u / (1.0 - (double)n * u);
+}
+
+void test_kernels_vs_reference(void)
+{
+    size_t nk, k, di, trial, i;
+    const vx_kernels *const *list = vt_kernels(&nk);
+    float *a = vt_fenced(1536 + 8), *b = vt_fenced(1536 + 8);
+    vt_rng r = {2};
+    for (k = 0; k < nk; k++) {
+        const vx_kernels *kn = list[k];
+        for (di = 0; di < VT_NKDIMS; di++) {
+            size_t d = vt_kdims[di];
+            for (trial = 0; trial < 6; trial++) {
+                /* trials alternate data kinds and pointer offsets */
+                size_t off = trial % 3;
+                float *pa = a + off, *pb = b + (trial & 1);
+                double l2 = 0, l2abs = 0, dot = 0, dotabs = 0, bl2, bdot;
+                float g2, gd;
+                if (trial < 2) {
+                    vt_fill_uniform(&r, pa, d, -1.0f, 1.0f);
+                    vt_fill_uniform(&r, pb, d, -1.0f, 1.0f);
+                } else if (trial < 4) {
+                    vt_fill_mixed(&r, pa, d);
+                    vt_fill_mixed(&r, pb, d);
+                } else {
+                    /* near-duplicates: L2 is tiny next to the norms */
+                    vt_fill_mixed(&r, pa, d);
+                    for (i = 0; i < d; i++)
+                        pb[i] = pa[i] * (1.0f + vt_uniform(&r, -1e-3f, 1e-3f));
+                }
+                for (i = 0; i < d; i++) {
+                    double t = (double)pa[i] - pb[i];
+                    l2 += t * t;
+                    l2abs += t * t;
+                    dot += (double)pa[i] * pb[i];
+                    dotabs += fabs((double)pa[i] * pb[i]);
+                }
+                bl2 = vt_gamma(d + 2) * l2abs;
+                bdot = vt_gamma(d + 2) * dotabs;
+                g2 = kn->l2(pa, pb, d);
+                gd = kn->dot(pa, pb, d);
+                CHECKF(fabs(g2 - l2) <= bl2,
+                       "%s l2 d=%zu trial %zu: %.9g, reference %.12g, error "
+                       "%.3g > bound %.3g",
+                       kn->name, d, trial, (double)g2, l2, fabs(g2 - l2), bl2);
+                CHECKF(fabs(gd - dot) <= bdot,
+                       "%s dot d=%zu trial %zu: %.9g, reference %.12g, error "
+                       "%.3g > bound %.3g",
+                       kn->name, d, trial, (double)gd, dot, fabs(gd - dot),
+                       bdot);
+                for (i = 0; i < d; i++) pa[i] = pb[i] = NAN;
+            }
+        }
+    }
+    free(a);
+    free(b);
+}
+
+void test_kernels_many_match_single(void)
+{
+    static const size_t dims[] = {1, 3, 17, 100, 128, 384};
+    static const size_t counts[] = {0, 1, 5, 33};
+    size_t nk, k, di, ci, i;
+    const vx_kernels *const *list = vt_kernels(&nk);
+    vt_rng r = {3};
+    for (k = 0; k < nk; k++) {
+        const vx_kernels *kn = list[k];
+        for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            size_t d = dims[di];
+            for (ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+                size_t n = counts[ci], off = (di + ci) % 2;
+                float *q = vt_fenced(d + 1), *base = vt_fenced(n * d + 1);
+                float *out = vt_xmalloc((n + 1) * sizeof *out);
+                float *pq = q + 1 - off, *pb = base + off;
+                vt_fill_mixed(&r, pq, d);
+                vt_fill_mixed(&r, pb, n * d);
+                for (i = 0; i <= n; i++) out[i] = -7.0f;
+                kn->l2_many(pq, pb, n, d, out);
+                for (i = 0; i < n; i++) {
+                    float one = kn->l2(pq, pb + i * d, d);
+                    CHECKF(out[i] == one,
+                           "%s l2_many d=%zu n=%zu row %zu: %.9g, l2 %.9g",
+                           kn->name, d, n, i, (double)out[i], (double)one);
+                }
+                CHECKF(out[n] == -7.0f, "%s l2_many wrote past row %zu",
+                       kn->name, n);
+                for (i = 0; i <= n; i++) out[i] = -7.0f;
+                kn->dot_many(pq, pb, n, d, out);
+                for (i = 0; i < n; i++) {
+                    float one = kn->dot(pq, pb + i * d, d);
+                    CHECKF(out[i] == one,
+                           "%s dot_many d=%zu n=%zu row %zu: %.9g, dot %.9g",
+                           kn->name, d, n, i, (double)out[i], (double)one);
+                }
+                CHECKF(out[n] == -7.0f, "%s dot_many wrote past row %zu",
+                       kn->name, n);
+                free(q);
+                free(base);
+                free(out);
+            }
+        }
+    }
+}
