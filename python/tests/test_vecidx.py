@@ -1,0 +1,651 @@
+"""Tests of the Python binding against exact ground truth computed by NumPy.
+
+Run from the repository root:
+    VECIDX_LIBRARY=$PWD/libvecidx.so python3 -m pytest -q python/tests
+Without VECIDX_LIBRARY the package looks next to itself and in the
+repository root.
+"""
+
+import array
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+PYDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(PYDIR)
+if PYDIR not in sys.path:
+    sys.path.insert(0, PYDIR)
+
+import vecidx  # noqa: E402
+from vecidx import _capi, _index  # noqa: E402
+
+
+# ---- Helpers ----------------------------------------------------------------
+
+def needs(*symbols):
+    """Skip while the loaded library predates these functions (the binding
+    is written against vecidx.h, which may be ahead of vecidx.c)."""
+    missing = [s for s in symbols if not hasattr(_capi.lib, s)]
+    return pytest.mark.skipif(bool(missing), reason="library lacks "
+                              + ", ".join(missing))
+
+
+NEEDS_IVFPQ = needs("vecidx_train", "vecidx_keys")
+NEEDS_KEYS = needs("vecidx_keys")
+
+
+def clustered(n, dim, seed, centers=32, spread=0.35):
+    """Points around random centres: the kind of data ANN indexes see, and
+    on which quantization behaves as it does in practice."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim))
+    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim))
+    return x.astype(np.float32)
+
+
+def exact_dists(metric, data, queries):
+    """Distances of every query to every data row, in float64."""
+    d = data.astype(np.float64)
+    q = queries.astype(np.float64)
+    if metric == "l2":
+        return (q * q).sum(1)[:, None] - 2 * q @ d.T + (d * d).sum(1)[None]
+    if metric == "ip":
+        return -(q @ d.T)
+    dn = d / np.linalg.norm(d, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    return 1 - qn @ dn.T
+
+
+def recall(found_keys, dist_matrix, keys, k, admitted=None):
+    """Mean recall@k of the result rows against exact distances.
+
+    A returned key counts as a true neighbour when its exact distance is
+    within float32 rounding of the k-th smallest: different summation
+    orders (SIMD kernels) may legitimately swap keys that are that close.
+    """
+    pos = {int(key): i for i, key in enumerate(keys)}
+    total = 0.0
+    for qi, row in enumerate(found_keys):
+        d = dist_matrix[qi]
+        if admitted is not None:
+            d = np.where(admitted, d, np.inf)
+        kth = np.partition(d, k - 1)[k - 1]
+        tol = 1e-5 * max(1.0, abs(kth))
+        hits = sum(1 for key in row[:k]
+                   if key in pos and d[pos[int(key)]] <= kth + tol)
+        total += hits / k
+    return total / len(found_keys)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered(4000, 32, seed=1)
+    q = clustered(100, 32, seed=2)
+    return x, q
+
+
+# ---- The library and the C layout -------------------------------------------
+
+def header_version():
+    with open(os.path.join(REPO, "vecidx.h")) as f:
+        m = re.search(r'#define VECIDX_VERSION_STRING "([^"]+)"', f.read())
+    return m.group(1)
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "vecidx.h")),
+                    reason="not in the source tree")
+def test_library_matches_header():
+    assert vecidx.library_version() == header_version()
+    assert vecidx.simd() in ("avx512", "avx2", "neon", "scalar")
+    assert os.path.exists(vecidx.library_path) or "/" not in \
+        vecidx.library_path
+
+
+def _c_compiler():
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+@pytest.mark.skipif(_c_compiler() is None
+                    or not os.path.exists(os.path.join(REPO, "vecidx.h")),
+                    reason="needs a C compiler and the source tree")
+def test_struct_layout_matches_c(tmp_path):
+    """Every ctypes struct has the size and field offsets the compiler
+    gives the header's struct: the binding must never misread a field."""
+    structs = [(_capi.Params, "vecidx_params"),
+               (_capi.SearchOpts, "vecidx_search_opts"),
+               (_capi.Stats, "vecidx_stats_t"),
+               (_capi.Allocator, "vecidx_allocator")]
+    lines = []
+    expected = []
+    for cls, cname in structs:
+        lines.append('printf("%%s %%zu\\n", "%s", sizeof(%s));'
+                     % (cname, cname))
+        expected.append("%s %d" % (cname, ctypes.sizeof(cls)))
+        for name, ftype in cls._fields_:
+            lines.append(
+                'printf("%%s %%zu %%zu\\n", "%s.%s", offsetof(%s, %s), '
+                'sizeof(((%s *)0)->%s));'
+                % (cname, name, cname, name, cname, name))
+            expected.append("%s.%s %d %d" % (cname, name,
+                                             getattr(cls, name).offset,
+                                             ctypes.sizeof(ftype)))
+    src = tmp_path / "layout.c"
+    src.write_text("#include <stddef.h>\n#include <stdio.h>\n"
+                   '#include "vecidx.h"\nint main(void)\n{\n'
+                   + "\n".join(lines) + "\nreturn 0;\n}\n")
+    exe = tmp_path / "layout"
+    subprocess.run([_c_compiler(), "-std=c11", "-I", REPO, "-o", str(exe),
+                    str(src)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True,
+                         text=True).stdout.split("\n")
+    assert [line for line in out if line] == expected
+    # And the C struct has no field the binding does not know about: the
+    # last field ends where the struct (minus tail padding) ends.
+    for cls, _ in structs:
+        last = getattr(cls, cls._fields_[-1][0])
+        assert ctypes.sizeof(cls) - (last.offset + last.size) < 8
+
+
+# ---- Recall against exact search --------------------------------------------
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cos"])
+def test_flat_is_exact(data, metric):
+    x, q = data
+    keys = np.arange(1000, 1000 + len(x), dtype=np.uint64)
+    with vecidx.Index(32, kind="flat", metric=metric) as ix:
+        ix.add(keys, x)
+        assert len(ix) == len(x)
+        found, dists = ix.search(q, k=10)
+        assert found.shape == (len(q), 10) and dists.shape == (len(q), 10)
+        assert found.dtype == np.uint64 and dists.dtype == np.float32
+        exact = exact_dists(metric, x, q)
+        assert recall(found, exact, keys, 10) == 1.0
+        # The distances reported are the metric's, in increasing order.
+        rows = np.searchsorted(keys, found)
+        want = np.take_along_axis(exact, rows.astype(np.int64), axis=1)
+        np.testing.assert_allclose(dists, want, rtol=1e-4, atol=1e-4)
+        assert (np.diff(dists, axis=1) >= 0).all()
+        # A single query gives the same answer as its row of the batch.
+        k1, d1 = ix.search(q[7], k=10)
+        assert k1.ndim == 1 and list(k1) == list(found[7])
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_hnsw_recall(data, metric):
+    x, q = data
+    keys = np.arange(len(x), dtype=np.uint64)
+    ix = vecidx.Index(32, kind="hnsw", metric=metric, M=16,
+                      ef_construction=200, seed=7)
+    ix.add(keys, x)
+    exact = exact_dists(metric, x, q)
+    found, _ = ix.search(q, k=10, ef=64)
+    r64 = recall(found, exact, keys, 10)
+    assert r64 >= 0.9, r64
+    found, _ = ix.search(q, k=10, ef=256)
+    r256 = recall(found, exact, keys, 10)
+    assert r256 >= 0.97 and r256 >= r64 - 0.01, (r64, r256)
+    ix.check()
+    ix.close()
+
+
+@NEEDS_IVFPQ
+def test_ivfpq_recall(data):
+    x, q = data
+    keys = np.arange(len(x), dtype=np.uint64)
+    exact = exact_dists("l2", x, q)
+    ix = vecidx.Index(32, kind="ivfpq", metric="l2", nlist=32, pq_m=16,
+                      nprobe=8, keep_vectors=True, seed=3)
+    ix.train(x)
+    st = ix.stats()
+    assert st["trained"] and st["nlist"] == 32 and st["pq_m"] == 16
+    ix.add(keys, x)
+    found, _ = ix.search(q, k=10)
+    r_codes = recall(found, exact, keys, 10)
+    assert r_codes >= 0.7, r_codes
+    # Re-ranking the best 10*k by the kept full vectors is close to exact,
+    # and the distances are then the exact ones.
+    found, dists = ix.search(q, k=10, refine=10)
+    r_refined = recall(found, exact, keys, 10)
+    assert r_refined >= 0.95 and r_refined >= r_codes, (r_codes, r_refined)
+    rows = found.astype(np.int64)
+    np.testing.assert_allclose(
+        dists, np.take_along_axis(exact, rows, axis=1), rtol=1e-4, atol=1e-3)
+    # Probing every list cannot do worse than probing a quarter of them.
+    found, _ = ix.search(q, k=10, nprobe=32, refine=10)
+    assert recall(found, exact, keys, 10) >= r_refined - 0.01
+    # With the full vectors kept, get returns exactly what was added.
+    np.testing.assert_array_equal(ix.get(123), x[123])
+    ix.check()
+    ix.close()
+
+
+@NEEDS_IVFPQ
+def test_ivfpq_untrained_is_exact_then_trains_itself(data):
+    x, q = data
+    stages = []
+    ix = vecidx.Index(32, kind="ivfpq", metric="l2", nlist=16, pq_m=8,
+                      train_size=2000, progress=lambda s, d: stages.append(
+                          (s, d)))
+    ix.add(np.arange(1000), x[:1000])
+    assert not ix.stats()["trained"]
+    # Buffered vectors are searched exactly before training.
+    found, _ = ix.search(q[:20], k=10)
+    exact = exact_dists("l2", x[:1000], q[:20])
+    assert recall(found, exact, np.arange(1000), 10) == 1.0
+    # Reaching train_size trains the index on what it holds.
+    ix.add(np.arange(1000, 2500), x[1000:2500])
+    st = ix.stats()
+    assert st["trained"] and st["nlist"] == 16 and st["count"] == 2500
+    assert {"kmeans", "pq"} <= {s for s, _ in stages}
+    assert all(0.0 <= d <= 1.0 for _, d in stages)
+    assert len(ix.keys()) == 2500
+
+
+@NEEDS_IVFPQ
+def test_ivfpq_file_round_trip(tmp_path, data):
+    x, q = data
+    path = str(tmp_path / "pq.vx")
+    with vecidx.Index.open(path, dim=32, kind="ivfpq", metric="l2",
+                           create=True, nlist=16, pq_m=8, sync="off") as ix:
+        ix.add(np.arange(500), x[:500])
+        ix.train(x[:2000])   # checkpointed into the main file
+        ix.add(np.arange(500, 3000), x[500:3000])
+        ix.remove(42)
+        want = ix.search(q[:10], k=5)
+        # Without keep_vectors, get() gives the reconstruction from the
+        # codes: near the vector added, not equal to it.
+        rec = ix.get(7)
+        err = np.linalg.norm(rec - x[7]) / np.linalg.norm(x[7])
+        assert 0 < err < 0.5, err
+    with vecidx.Index.open(path, readonly=True) as ix:
+        st = ix.stats()
+        assert st["trained"] and st["nlist"] == 16 and st["pq_m"] == 8
+        assert len(ix) == 2999 and 42 not in ix
+        got = ix.search(q[:10], k=5)
+        np.testing.assert_array_equal(want[0], got[0])
+        np.testing.assert_allclose(want[1], got[1], rtol=1e-6)
+        ix.check()
+
+
+@NEEDS_IVFPQ
+def test_progress_exception_is_reraised(data):
+    x, _ = data
+
+    def broken(stage, done):
+        raise RuntimeError("progress bar fell over in " + stage)
+
+    ix = vecidx.Index(32, kind="ivfpq", metric="l2", nlist=8, pq_m=8,
+                      progress=broken)
+    with pytest.raises(RuntimeError, match="progress bar fell over"):
+        ix.train(x[:1000])
+    # The training itself completed, as documented.
+    assert ix.stats()["trained"]
+    ix.add(np.arange(10), x[:10])
+    assert len(ix) == 10
+
+
+# ---- Errors -----------------------------------------------------------------
+
+def test_errors_carry_the_library_message():
+    ix = vecidx.Index(8, kind="flat", metric="l2")
+    ix.add(5, np.ones(8))
+    with pytest.raises(vecidx.ExistsError) as e:
+        ix.add(5, np.ones(8))
+    assert e.value.code == -6 and "5" in e.value.message
+    assert e.value.message in str(e.value)
+    with pytest.raises(vecidx.NotFoundError) as e:
+        ix.get(6)
+    assert isinstance(e.value, KeyError) and e.value.message
+    with pytest.raises(vecidx.InvalidArgumentError) as e:
+        ix.add(7, [1, 2, float("nan"), 4, 5, 6, 7, 8])
+    assert isinstance(e.value, ValueError) and e.value.message
+    with pytest.raises(vecidx.InvalidArgumentError) as e:
+        ix.search(np.ones(8), k=0)
+    assert e.value.code == vecidx.InvalidArgumentError.code == -1
+    with pytest.raises(vecidx.DimensionError):
+        ix.search(np.ones(9), k=1)
+    with pytest.raises(vecidx.DimensionError):
+        ix.add([10, 11], np.ones((2, 7)))
+    with pytest.raises(vecidx.InvalidArgumentError):
+        ix.add([-1], np.ones((1, 8)))
+    with pytest.raises(vecidx.NotFoundError):
+        ix.remove(99)
+    # Batches are all or nothing: one existing key and nothing goes in.
+    with pytest.raises(vecidx.ExistsError) as e:
+        ix.add([20, 21, 5], np.ones((3, 8)))
+    assert "5" in e.value.message
+    assert len(ix) == 1 and 20 not in ix
+    # remove(list) checks every key first.
+    with pytest.raises(vecidx.NotFoundError):
+        ix.remove([5, 6])
+    assert 5 in ix
+
+
+def test_creation_errors():
+    with pytest.raises(vecidx.DimensionError) as e:
+        vecidx.Index(0, kind="flat")
+    assert e.value.message
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index(8, kind="kdtree")
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index(8, metric="hamming")
+    with pytest.raises(TypeError):
+        vecidx.Index(8, efConstruction=10)
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index(8, M=2 ** 40)
+    with pytest.raises(vecidx.InvalidArgumentError) as e:
+        vecidx.Index(8, metric="cos").add(1, np.zeros(8))
+    assert e.value.message
+
+
+def test_cosine_zero_rejected_before_any_upsert():
+    ix = vecidx.Index(4, kind="flat", metric="cos")
+    ix.add(1, [1, 0, 0, 0])
+    with pytest.raises(vecidx.InvalidArgumentError):
+        ix.upsert([1, 2], [[0, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(ix.get(1), [1, 0, 0, 0])
+    assert 2 not in ix
+
+
+# ---- Writing and reading ----------------------------------------------------
+
+@NEEDS_KEYS
+def test_keys_get_upsert_remove():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    with vecidx.Index(6, kind="hnsw", metric="l2") as ix:
+        ix.add(np.arange(50) * 3, x)
+        assert sorted(ix.keys().tolist()) == list(range(0, 150, 3))
+        assert sorted(int(k) for k in ix) == list(range(0, 150, 3))
+        np.testing.assert_array_equal(ix.get(9), x[3])
+        np.testing.assert_array_equal(ix.get([0, 147]), x[[0, 49]])
+        ix.upsert(9, np.full(6, 2.0))
+        ix.upsert([9, 1000], np.full((2, 6), 3.0))
+        np.testing.assert_array_equal(ix.get(1000), np.full(6, 3.0))
+        np.testing.assert_array_equal(ix.get(9), np.full(6, 3.0))
+        ix.remove(0)
+        ix.remove([3, 6])
+        assert len(ix) == 48 and 0 not in ix and 3 not in ix
+        assert set(ix.keys().tolist()) == set(range(9, 150, 3)) | {1000}
+        assert "text" not in ix and -1 not in ix
+        # The largest key is an ordinary key.
+        ix.add(2 ** 64 - 1, np.ones(6))
+        assert 2 ** 64 - 1 in ix
+        k, _ = ix.search(np.ones(6), k=1)
+        assert int(k[0]) == 2 ** 64 - 1
+        st = ix.stats()
+        assert st["count"] == 49 and st["dim"] == 6 and st["kind"] == "hnsw"
+
+
+def test_search_short_of_results():
+    ix = vecidx.Index(3, kind="flat", metric="l2")
+    ix.add([1, 2], [[0, 0, 1], [0, 1, 0]])
+    k, d = ix.search([0, 0, 1], k=5)
+    assert list(k) == [1, 2] and d[0] == 0
+    k, d, found = ix.search(np.array([[0, 0, 1], [0, 1, 0]]), k=4,
+                            return_found=True)
+    assert list(found) == [2, 2]
+    assert np.isinf(d[:, 2:]).all() and (k[:, 2:] == vecidx.MISSING_KEY).all()
+    assert list(k[1, :2]) == [2, 1]
+    empty = vecidx.Index(3, kind="hnsw", metric="l2")
+    k, d = empty.search([1, 2, 3], k=3)
+    assert len(k) == 0 and len(d) == 0
+
+
+def test_filter(data):
+    x, q = data
+    keys = np.arange(len(x), dtype=np.uint64)
+    admitted = keys % 5 == 0
+    exact = exact_dists("l2", x, q)
+    flat = vecidx.Index(32, kind="flat", metric="l2")
+    flat.add(keys, x)
+    calls = []
+
+    def only_fives(key):
+        calls.append(key)
+        return key % 5 == 0
+
+    found, _ = flat.search(q, k=10, filter=only_fives)
+    assert calls and all(int(k) % 5 == 0 for k in found.ravel())
+    assert recall(found, exact, keys, 10, admitted) == 1.0
+    hnsw = vecidx.Index(32, kind="hnsw", metric="l2", seed=1)
+    hnsw.add(keys, x)
+    found, _ = hnsw.search(q, k=10, ef=128, filter=lambda k: k % 5 == 0)
+    assert all(int(k) % 5 == 0 for k in found.ravel())
+    assert recall(found, exact, keys, 10, admitted) >= 0.9
+    # Asked for, a batch calls the filter from several worker threads at
+    # once (slowly: each call takes the GIL), with the same results.
+    found2, _ = hnsw.search(q[:8], k=10, ef=128, threads=2,
+                            filter=lambda k: k % 5 == 0)
+    np.testing.assert_array_equal(found2, found[:8])
+    allowed = set(range(0, 4000, 97))
+    k1, _ = hnsw.search(q[0], k=100, filter=allowed.__contains__)
+    assert set(k1.tolist()) == allowed
+
+
+def test_filter_exception_is_reraised():
+    ix = vecidx.Index(4, kind="flat", metric="l2")
+    ix.add(range(20), np.random.default_rng(0).random((20, 4)))
+
+    def broken(key):
+        if key == 7:
+            raise ZeroDivisionError("filter failed on 7")
+        return True
+
+    with pytest.raises(ZeroDivisionError, match="filter failed on 7"):
+        ix.search(np.zeros(4) + 0.5, k=20, filter=broken)
+    with pytest.raises(ZeroDivisionError):
+        ix.search(np.zeros((3, 4)) + 0.5, k=20, filter=broken)
+    # Calling back into the index from its own filter would deadlock the
+    # library; the binding raises instead.
+    with pytest.raises(vecidx.StateError):
+        ix.search(np.zeros(4), k=3, filter=lambda key: len(ix) > 0)
+    # The index is intact afterwards.
+    assert len(ix) == 20 and len(ix.search(np.zeros(4), k=20)[0]) == 20
+
+
+# ---- Files ------------------------------------------------------------------
+
+def test_persistence_round_trip(tmp_path, data):
+    x, q = data
+    path = str(tmp_path / "docs.vx")
+    keys = np.arange(500, dtype=np.uint64) * 10
+    with vecidx.Index.open(path, dim=32, kind="hnsw", metric="cos",
+                           create=True, sync="normal") as ix:
+        assert ix.path == path and len(ix) == 0
+        ix.add(keys, x[:500])
+        ix.remove(10)
+        before = ix.search(q[:10], k=5)
+    assert os.path.exists(path)
+    # Reopen: the log replays every acknowledged write.
+    with vecidx.Index.open(path) as ix:
+        assert (ix.dim, ix.kind, ix.metric) == (32, "hnsw", "cos")
+        assert len(ix) == 499 and 10 not in ix and 20 in ix
+        after = ix.search(q[:10], k=5)
+        np.testing.assert_array_equal(before[0], after[0])
+        np.testing.assert_allclose(before[1], after[1], rtol=1e-6)
+        ix.add(5000, x[600])
+        ix.checkpoint()
+        ix.sync()
+        ix.check()
+    # A reader sees everything and refuses writes with the library's reason.
+    with vecidx.Index.open(path, readonly=True) as ix:
+        assert len(ix) == 500 and 5000 in ix
+        with pytest.raises(vecidx.StateError) as e:
+            ix.add(6000, x[0])
+        assert e.value.message
+        with pytest.raises(vecidx.StateError):
+            ix.remove(20)
+        np.testing.assert_array_equal(ix.get(5000), x[600])
+        snapshot = str(tmp_path / "copy.vx")
+        ix.save(snapshot)
+    with vecidx.Index.open(snapshot, readonly=True) as ix:
+        assert len(ix) == 500
+    # Reopening with parameters checks them against the file.
+    with pytest.raises(vecidx.VecidxError):
+        vecidx.Index.open(path, dim=16, kind="hnsw", metric="cos")
+
+
+def test_open_errors(tmp_path):
+    missing = str(tmp_path / "none.vx")
+    with pytest.raises(vecidx.VecidxError) as e:
+        vecidx.Index.open(missing)
+    assert e.value.message and not os.path.exists(missing)
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index.open(missing, create=True)  # no dim to create with
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index.open(missing, dim=4, create=True, sync="sometimes")
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index.open(missing, dim=4, create=True, readonly=True)
+    garbage = tmp_path / "garbage.vx"
+    garbage.write_bytes(b"not an index" * 100)
+    with pytest.raises(vecidx.CorruptError):
+        vecidx.Index.open(str(garbage), readonly=True)
+
+
+def test_memory_index_save_and_open(tmp_path):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    ix = vecidx.Index(16, kind="flat", metric="ip")
+    ix.add(np.arange(300), x)
+    path = tmp_path / "flat.vx"
+    ix.save(path)
+    with pytest.raises(vecidx.StateError):
+        ix.checkpoint()  # an in-memory index has no file to fold into
+    want = ix.search(x[:5], k=7)
+    ix.close()
+    with vecidx.Index.open(path, readonly=True) as back:
+        got = back.search(x[:5], k=7)
+        np.testing.assert_array_equal(want[0], got[0])
+
+
+def test_context_manager_and_close():
+    with vecidx.Index(4, kind="flat", metric="l2") as ix:
+        ix.add(1, [1, 2, 3, 4])
+        assert not ix.closed
+    assert ix.closed and "closed" in repr(ix)
+    with pytest.raises(vecidx.StateError):
+        len(ix)
+    with pytest.raises(vecidx.StateError):
+        ix.search([1, 2, 3, 4], k=1)
+    ix.close()  # twice is fine
+
+
+def test_threads_share_an_index(data):
+    x, q = data
+    ix = vecidx.Index(32, kind="hnsw", metric="l2", seed=2)
+    ix.add(np.arange(len(x)), x)
+    want = [ix.search(v, k=5)[0].tolist() for v in q[:40]]
+    got = [None] * 40
+    errors = []
+
+    def worker(part):
+        try:
+            for i in range(part, 40, 4):
+                got[i] = ix.search(q[i], k=5)[0].tolist()
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == want
+    ix.close()
+
+
+# ---- Conversions ------------------------------------------------------------
+
+def test_float32_arrays_are_not_copied():
+    a = np.ones((3, 8), dtype=np.float32)
+    m = _index._matrix(a, 8, flat_ok=True)
+    assert m.addr == a.ctypes.data and m.rows == 3
+    # Anything else is converted: other dtypes, Fortran order, views.
+    for other in (a.astype(np.float64), np.asfortranarray(a),
+                  np.ones((3, 16), np.float32)[:, ::2]):
+        m = _index._matrix(other, 8, flat_ok=True)
+        assert m.addr != other.ctypes.data and m.rows == 3
+        assert m.owner.dtype == np.float32 and m.owner.flags.c_contiguous
+
+
+def test_lists_and_buffers_with_numpy_present():
+    ix = vecidx.Index(3, kind="flat", metric="l2")
+    ix.add([1, 2], [[1, 0, 0], [0, 1, 0]])
+    ix.add(3, array.array("f", [0, 0, 1]))
+    ix.add([4, 5], array.array("d", [1, 1, 0, 0, 1, 1]))  # flat, converted
+    k, _ = ix.search((0.9, 0.1, 0), k=1)
+    assert list(k) == [1]
+    k, _ = ix.search(memoryview(array.array("f", [0, 0, 0.9])), k=1)
+    assert list(k) == [3]
+
+
+NO_NUMPY_SCRIPT = r"""
+import array, sys
+sys.modules["numpy"] = None          # makes `import numpy` fail
+sys.path.insert(0, sys.argv[1])
+import vecidx
+from vecidx import _index
+assert _index.np is None
+
+ix = vecidx.Index(4, kind="flat", metric="l2")
+ix.add([1, 2, 3], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]])
+ix.add(4, array.array("f", [0, 0, 0, 1]))
+ix.add([5, 6], array.array("f", [1, 1, 0, 0, 0, 0, 1, 1]))   # flat batch
+rows = memoryview(array.array("f", [2, 0, 0, 0, 0, 2, 0, 0])).cast("B")
+ix.add([7, 8], rows.cast("f", (2, 4)))                        # 2-D buffer
+assert len(ix) == 8 and 7 in ix and 9 not in ix
+
+keys, dists = ix.search([0.9, 0.1, 0, 0], k=2)
+assert keys == [1, 5] and isinstance(dists, list), (keys, dists)
+assert abs(dists[0] - 0.02) < 1e-6
+keys, dists = ix.search([[0, 0, 0, 1], [0, 0, 1, 0]], k=1)
+assert keys == [[4], [3]] and len(dists) == 2
+keys, dists, found = ix.search([[0, 0, 0, 1]], k=20, return_found=True)
+assert found == [8] and len(keys[0]) == 8                    # unpadded
+keys, _ = ix.search(array.array("f", [0, 0, 0.9, 0]), k=1,
+                    filter=lambda k: k != 3)
+assert keys == [6], keys
+assert sorted(ix.keys()) == [1, 2, 3, 4, 5, 6, 7, 8]
+assert ix.get(7) == [2.0, 0.0, 0.0, 0.0]
+assert ix.get([1, 4]) == [[1, 0, 0, 0], [0, 0, 0, 1]]
+try:
+    ix.add(9, [1, 2, 3])
+except vecidx.DimensionError as e:
+    assert "3" in str(e)
+else:
+    raise AssertionError("wrong dimension accepted")
+try:
+    ix.add(9, b"\x00" * 16)
+except vecidx.InvalidArgumentError:
+    pass
+else:
+    raise AssertionError("raw bytes accepted")
+print("ok")
+"""
+
+
+@NEEDS_KEYS
+def test_without_numpy():
+    r = subprocess.run([sys.executable, "-c", NO_NUMPY_SCRIPT, PYDIR],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_library_search_order(tmp_path):
+    env = dict(os.environ, VECIDX_LIBRARY=str(tmp_path / "nope.so"))
+    r = subprocess.run([sys.executable, "-c", "import vecidx"], env=dict(
+        env, PYTHONPATH=PYDIR), capture_output=True, text=True, timeout=60)
+    # An explicit VECIDX_LIBRARY that does not exist is an error, not a
+    # silent fall back to another copy of the library.
+    assert r.returncode != 0 and "nope.so" in r.stderr

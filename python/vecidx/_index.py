@@ -1,0 +1,893 @@
+"""The Index class: a vecidx handle with a Pythonic interface."""
+
+import ctypes
+import operator
+import os
+import sys
+import threading
+
+from . import _capi
+from ._errors import (InvalidArgumentError, DimensionError, NotFoundError,
+                      StateError, NotSupportedError, error_for)
+
+try:
+    import numpy as np
+except ImportError:  # the binding works without NumPy, on lists and buffers
+    np = None
+
+_KINDS = {"flat": _capi.FLAT, "hnsw": _capi.HNSW, "ivfpq": _capi.IVFPQ,
+          "ivf_pq": _capi.IVFPQ, "ivf-pq": _capi.IVFPQ}
+_KIND_NAMES = {_capi.FLAT: "flat", _capi.HNSW: "hnsw", _capi.IVFPQ: "ivfpq"}
+_METRICS = {"l2": _capi.L2, "ip": _capi.IP, "inner_product": _capi.IP,
+            "cos": _capi.COSINE, "cosine": _capi.COSINE}
+_METRIC_NAMES = {_capi.L2: "l2", _capi.IP: "ip", _capi.COSINE: "cos"}
+_QUANTIZERS = {"auto": _capi.QUANT_AUTO, "flat": _capi.QUANT_FLAT,
+               "hnsw": _capi.QUANT_HNSW}
+_SYNC = {"full": _capi.SYNC_FULL, "normal": _capi.SYNC_NORMAL,
+         "off": _capi.SYNC_OFF}
+
+# Keyword parameters of Index() and Index.open(): accepted name -> field of
+# vecidx_params. Both the short names familiar from hnswlib/FAISS and the C
+# field names are accepted.
+_PARAM_FIELDS = {
+    "capacity": "capacity",
+    "seed": "seed",
+    "threads": "threads",
+    "M": "hnsw_m", "m": "hnsw_m", "hnsw_m": "hnsw_m",
+    "ef_construction": "hnsw_ef_construction",
+    "hnsw_ef_construction": "hnsw_ef_construction",
+    "ef_search": "hnsw_ef_search", "ef": "hnsw_ef_search",
+    "hnsw_ef_search": "hnsw_ef_search",
+    "nlist": "ivf_nlist", "ivf_nlist": "ivf_nlist",
+    "nprobe": "ivf_nprobe", "ivf_nprobe": "ivf_nprobe",
+    "pq_m": "pq_m",
+    "pq_nbits": "pq_nbits", "nbits": "pq_nbits",
+    "keep_vectors": "ivf_keep_vectors", "ivf_keep_vectors": "ivf_keep_vectors",
+    "refine": "ivf_refine", "ivf_refine": "ivf_refine",
+    "quantizer": "ivf_quantizer", "ivf_quantizer": "ivf_quantizer",
+    "train_size": "ivf_train_size", "ivf_train_size": "ivf_train_size",
+}
+
+_U32_MAX = (1 << 32) - 1
+_SIZE_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1
+_FLOAT = ctypes.sizeof(ctypes.c_float)
+_KEY = ctypes.sizeof(ctypes.c_uint64)
+
+# Which index each thread is currently inside a filter or progress callback
+# of. The library forbids calling back into the same handle from there (a
+# waiting writer would deadlock the read lock), so the binding turns such a
+# call into an exception instead of a hang.
+_tls = threading.local()
+
+
+def _callback_stack():
+    stack = getattr(_tls, "stack", None)
+    if stack is None:
+        stack = _tls.stack = []
+    return stack
+
+
+def _need(fn, name):
+    if fn is None:
+        raise NotSupportedError(
+            "the loaded library (%s) has no %s; it is older than this "
+            "binding" % (_capi.library_path, name))
+    return fn
+
+
+def _uint(value, what, limit):
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise InvalidArgumentError(
+            "%s must be an integer, not %s" % (what, type(value).__name__))
+    if v < 0 or v > limit:
+        raise InvalidArgumentError("%s %d is out of range 0..%d"
+                                   % (what, v, limit))
+    return v
+
+
+def _lookup(table, value, what):
+    if isinstance(value, str):
+        v = table.get(value.lower())
+        if v is not None:
+            return v
+    names = sorted(set(table))
+    raise InvalidArgumentError("unknown %s %r (expected one of %s)"
+                               % (what, value, ", ".join(names)))
+
+
+# ---- Converting arguments ---------------------------------------------------
+#
+# Every converter returns the address the library should read, plus an
+# object that owns the memory at that address; the caller holds on to the
+# owner until the C call has returned.
+
+def _is_scalar_key(obj):
+    if isinstance(obj, (str, bytes)):
+        return False
+    if hasattr(obj, "__len__") or hasattr(obj, "__iter__"):
+        # NumPy 0-d arrays have __len__ but raise on it; treat them as
+        # scalars like NumPy integer scalars.
+        return np is not None and isinstance(obj, np.ndarray) and obj.ndim == 0
+    return hasattr(obj, "__index__")
+
+
+def _key_list(obj):
+    out = []
+    for k in obj:
+        out.append(_uint(k, "key", _capi.UINT64_MAX))
+    return out
+
+
+def _keys_arg(obj):
+    """(address, n, owner) of a uint64 array holding the keys in obj."""
+    if np is not None and isinstance(obj, np.ndarray):
+        if obj.ndim != 1:
+            raise InvalidArgumentError(
+                "keys must be one-dimensional, got shape %s" % (obj.shape,))
+        kind = obj.dtype.kind
+        if kind == "u":
+            arr = np.ascontiguousarray(obj, dtype=np.uint64)
+            if not arr.flags.aligned:
+                arr = arr.copy()
+        elif kind == "i":
+            if obj.size and obj.min() < 0:
+                raise InvalidArgumentError(
+                    "key %d is out of range 0..%d"
+                    % (int(obj.min()), _capi.UINT64_MAX))
+            arr = np.array(obj, dtype=np.uint64, order="C")
+        elif kind == "O" or obj.size == 0:
+            arr = np.array(_key_list(obj), dtype=np.uint64)
+        else:
+            raise InvalidArgumentError(
+                "keys must be integers, got an array of %s" % obj.dtype)
+        return arr.ctypes.data if arr.size else None, arr.size, arr
+    keys = _key_list(obj)
+    buf = (ctypes.c_uint64 * len(keys))(*keys)
+    return (ctypes.addressof(buf) if keys else None), len(keys), buf
+
+
+class _Matrix:
+    """Rows of float32 vectors at a C address, with their owner."""
+
+    __slots__ = ("addr", "rows", "one_d", "owner")
+
+    def __init__(self, addr, rows, one_d, owner):
+        self.addr = addr
+        self.rows = rows
+        self.one_d = one_d
+        self.owner = owner
+
+
+def _shape_rows(shape, dim, rows, flat_ok, what):
+    """Number of rows for an input of `shape`, or raise DimensionError.
+
+    A one-dimensional input is one vector when it has dim components; where
+    flat_ok, it may also hold several vectors one after the other (so an
+    array('f') can carry a batch), provided the count agrees with `rows`
+    when the caller knows it. Searches do not take flat batches: a query of
+    the wrong length would silently become several queries.
+    """
+    if len(shape) == 1:
+        n = shape[0]
+        if n == dim and (rows is None or rows == 1):
+            return 1, True
+        if flat_ok and n % dim == 0 and (rows is None or n == rows * dim):
+            return n // dim, False
+        if rows is not None and rows != 1 and flat_ok:
+            raise DimensionError(
+                "%s: %d values for %d vectors of dimension %d (expected %d)"
+                % (what, n, rows, dim, rows * dim))
+        raise DimensionError("%s has %d components, index dimension is %d"
+                             % (what, n, dim))
+    if len(shape) == 2:
+        if shape[1] != dim:
+            raise DimensionError(
+                "%s have %d components, index dimension is %d"
+                % (what, shape[1], dim))
+        if rows is not None and shape[0] != rows:
+            raise InvalidArgumentError("%d keys but %d vectors"
+                                       % (rows, shape[0]))
+        return shape[0], False
+    raise DimensionError("%s must be one- or two-dimensional, got shape %s"
+                         % (what, tuple(shape)))
+
+
+def _matrix_numpy(obj, dim, rows, flat_ok, what):
+    arr = obj if isinstance(obj, np.ndarray) else np.asarray(obj)
+    # Misaligned floats (a view at an odd byte offset) would be undefined
+    # behaviour for the C code to read, so they are copied too.
+    if arr.dtype != np.float32 or not arr.flags.c_contiguous \
+            or not arr.flags.aligned:
+        if arr.dtype.kind not in "fiu":
+            raise InvalidArgumentError("%s must be numbers, got %s"
+                                       % (what, arr.dtype))
+        # The one copy the binding makes: anything but C-ordered float32.
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    n, one_d = _shape_rows(arr.shape, dim, rows, flat_ok, what)
+    return _Matrix(arr.ctypes.data if arr.size else None, n, one_d, arr)
+
+
+_NATIVE_FLOAT = ("f", "@f", "=f", "<f" if sys.byteorder == "little" else ">f")
+
+
+def _matrix_buffer(mv, dim, rows, flat_ok, what):
+    if mv.format in _NATIVE_FLOAT and mv.itemsize == _FLOAT:
+        shape = mv.shape
+        n, one_d = _shape_rows(shape, dim, rows, flat_ok, what)
+        total = n * dim
+        if total == 0:
+            return _Matrix(None, 0, one_d, None)
+        if mv.c_contiguous:
+            ctype = ctypes.c_float * total
+            buf = None
+            if not mv.readonly:
+                buf = ctype.from_buffer(mv)   # shares the memory, no copy
+                if ctypes.addressof(buf) % ctypes.alignment(ctypes.c_float):
+                    buf = None
+            if buf is None:
+                buf = ctype.from_buffer_copy(mv)
+            return _Matrix(ctypes.addressof(buf), n, one_d, buf)
+        values = mv.tolist()
+    elif mv.format in ("B", "b", "c"):
+        raise InvalidArgumentError(
+            "%s: a byte buffer is ambiguous; cast it to float32 first "
+            "(memoryview(b).cast('f'))" % what)
+    else:
+        values = mv.tolist()   # doubles, integers: converted below
+    return _matrix_list(values, dim, rows, flat_ok, what)
+
+
+def _matrix_list(obj, dim, rows, flat_ok, what):
+    seq = list(obj)
+    nested = bool(seq) and not isinstance(seq[0], (int, float)) \
+        and hasattr(seq[0], "__len__")
+    if nested:
+        shape = (len(seq), len(seq[0]))
+        for r in seq:
+            if len(r) != shape[1]:
+                raise DimensionError("%s: rows of different lengths (%d, %d)"
+                                     % (what, shape[1], len(r)))
+        flat = [x for r in seq for x in r]
+    else:
+        shape = (len(seq),)
+        flat = seq
+    n, one_d = _shape_rows(shape, dim, rows, flat_ok, what)
+    if not flat:
+        return _Matrix(None, 0, one_d, None)
+    try:
+        buf = (ctypes.c_float * len(flat))(*flat)
+    except (TypeError, OverflowError):
+        raise InvalidArgumentError("%s must be float32 numbers" % what) \
+            from None
+    return _Matrix(ctypes.addressof(buf), n, one_d, buf)
+
+
+def _matrix(obj, dim, rows=None, flat_ok=False, what="vector"):
+    """float32 rows of length dim from a NumPy array, buffer or sequence."""
+    if np is not None:
+        return _matrix_numpy(obj, dim, rows, flat_ok, what)
+    if isinstance(obj, str):
+        raise InvalidArgumentError("%s must be numbers" % what)
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        return _matrix_list(obj, dim, rows, flat_ok, what)
+    return _matrix_buffer(mv, dim, rows, flat_ok, what)
+
+
+# ---- Results ----------------------------------------------------------------
+
+def _float_out(n):
+    if np is not None:
+        arr = np.empty(n, dtype=np.float32)
+        return arr, arr.ctypes.data
+    buf = (ctypes.c_float * max(n, 1))()
+    return buf, ctypes.addressof(buf)
+
+
+def _key_out(n):
+    if np is not None:
+        arr = np.empty(n, dtype=np.uint64)
+        return arr, arr.ctypes.data
+    buf = (ctypes.c_uint64 * max(n, 1))()
+    return buf, ctypes.addressof(buf)
+
+
+# ---- The index --------------------------------------------------------------
+
+class Index:
+    """A vecidx index, in memory or backed by a file.
+
+    ``Index(dim, kind="hnsw", metric="cos", **params)`` creates an empty
+    in-memory index; ``Index.open(path, ...)`` opens (or creates) one
+    stored in a file. See the package docstring for the parameters.
+    """
+
+    # ---- creation and lifetime ----------------------------------------------
+
+    def __init__(self, dim, kind="hnsw", metric="cos", **params):
+        self._setup(None, False)
+        p = self._make_params(dim, kind, metric, params)
+        out = ctypes.c_void_p()
+        rc = _capi.create(ctypes.addressof(p), ctypes.byref(out))
+        if rc != _capi.OK:
+            raise error_for(rc, None)
+        self._h = out.value
+        self._describe()
+
+    @classmethod
+    def open(cls, path, dim=None, kind=None, metric=None, *, create=False,
+             readonly=False, sync=None, **params):
+        """Open the index stored at path (and its write-ahead log PATH-wal).
+
+        create=True makes an empty index if path does not exist; dim (and
+        kind/metric when not "hnsw"/"cos") describe it. For an existing
+        file dim, kind and metric may be left out; when dim is given they
+        must match the file (kind and metric default as in Index()).
+        readonly=True opens a reader: writes raise StateError. sync chooses
+        the durability of a writer's adds and removes: "full" (default,
+        fsync before each write returns), "normal" (fsync every few ms) or
+        "off" (left to the OS).
+        """
+        self = cls.__new__(cls)
+        self._setup(os.fspath(path), bool(readonly))
+        flags = 0
+        if readonly:
+            if create:
+                raise InvalidArgumentError(
+                    "create and readonly cannot be combined")
+            if sync is not None:
+                raise InvalidArgumentError(
+                    "sync applies to writers; the index is opened readonly")
+            flags |= _capi.RDONLY
+        else:
+            flags |= _lookup(_SYNC, "full" if sync is None else sync,
+                             "sync mode")
+        if create:
+            flags |= _capi.CREATE
+        p = None
+        if dim is not None:
+            p = self._make_params(dim, kind or "hnsw", metric or "cos",
+                                  params)
+        elif kind is not None or metric is not None or params:
+            raise InvalidArgumentError(
+                "kind, metric and index parameters need dim as well")
+        out = ctypes.c_void_p()
+        rc = _capi.open_(os.fsencode(path),
+                         None if p is None else ctypes.addressof(p),
+                         flags, ctypes.byref(out))
+        if rc != _capi.OK:
+            raise error_for(rc, None)
+        self._h = out.value
+        self._describe()
+        return self
+
+    def _setup(self, path, readonly):
+        self._h = None
+        self._path = path
+        self._readonly = readonly
+        self._cv = threading.Condition(threading.Lock())
+        self._active = 0
+        # Identifies this index in _tls.stack without a reference cycle
+        # through the callbacks it owns.
+        self._token = object()
+        self._progress_cb = None
+        self._progress_errors = []
+
+    def _make_params(self, dim, kind, metric, params):
+        dim = _uint(dim, "dim", _U32_MAX)
+        holder = _capi.padded(_capi.Params)
+        p = holder.s
+        rc = _capi.params_init(ctypes.addressof(p),
+                               _lookup(_KINDS, kind, "kind"),
+                               _lookup(_METRICS, metric, "metric"), dim)
+        if rc != _capi.OK:
+            raise error_for(rc, None)
+        for name, value in params.items():
+            if name == "progress":
+                self._set_progress(p, value)
+                continue
+            field = _PARAM_FIELDS.get(name)
+            if field is None:
+                raise TypeError("unknown index parameter %r" % name)
+            if field == "ivf_quantizer" and isinstance(value, str):
+                value = _lookup(_QUANTIZERS, value, "quantizer")
+            elif field == "ivf_keep_vectors" and isinstance(value, bool):
+                value = int(value)
+            limit = _capi.UINT64_MAX if field == "seed" else _U32_MAX
+            setattr(p, field, _uint(value, name, limit))
+        # The holder, not p, is what the library may write past the end of.
+        return holder
+
+    def _set_progress(self, p, fn):
+        if fn is None:
+            return
+        if not callable(fn):
+            raise TypeError("progress must be callable(stage, done)")
+        token, errors, lock = self._token, self._progress_errors, self._cv
+
+        def progress(stage, done, _ctx):
+            # The library calls progress on the thread that made the call,
+            # so the exception is tagged with it: a call running
+            # concurrently in another thread must not raise it.
+            me = threading.get_ident()
+            with lock:
+                if any(ident == me for ident, _ in errors):
+                    return
+            stack = _callback_stack()
+            stack.append(token)
+            try:
+                fn(stage.decode("utf-8", "replace"), done)
+            except BaseException as e:  # re-raised after the library call
+                with lock:
+                    errors.append((me, e))
+            finally:
+                stack.pop()
+
+        # The library keeps the function pointer for the handle's lifetime,
+        # so the ctypes thunk must live as long as the index.
+        self._progress_cb = _capi.PROGRESS_FN(progress)
+        p.progress = self._progress_cb
+
+    def _describe(self):
+        st = self._stats_struct()
+        self._dim = st.dim
+        self._kind = st.kind
+        self._metric = st.metric
+
+    def close(self):
+        """Release the index (syncing a file-backed writer's log).
+
+        Waits for calls running in other threads; later calls raise
+        StateError. Closing twice is harmless.
+        """
+        if self._token in _callback_stack():
+            raise StateError("an index cannot be closed from its own "
+                             "filter or progress callback")
+        with self._cv:
+            h = self._h
+            if h is None:
+                return
+            self._h = None
+            while self._active:
+                self._cv.wait()
+        _capi.close(h)
+
+    def __del__(self):
+        try:
+            if getattr(self, "_h", None) is not None:
+                self.close()
+        except Exception:  # interpreter shutdown: nothing left to report to
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    @property
+    def closed(self):
+        return self._h is None
+
+    # Every call into the library goes through _acquire/_release, so that
+    # close() can wait for calls running in other threads (the library
+    # requires vecidx_close to run alone) and so that a callback calling
+    # back into its own index fails cleanly.
+    def _acquire(self):
+        if self._token in _callback_stack():
+            raise StateError("a filter or progress callback must not call "
+                             "its own index (it is locked for the search)")
+        with self._cv:
+            if self._h is None:
+                raise StateError("the index is closed")
+            self._active += 1
+            return self._h
+
+    def _release(self):
+        mine = None
+        with self._cv:
+            self._active -= 1
+            if self._active == 0 and self._h is None:  # close() waits
+                self._cv.notify_all()
+            if self._progress_errors:
+                me = threading.get_ident()
+                mine = [e for ident, e in self._progress_errors if ident == me]
+                self._progress_errors[:] = [
+                    x for x in self._progress_errors if x[0] != me]
+        if mine:
+            raise mine[0]
+
+    def _call(self, fn, *args):
+        h = self._acquire()
+        try:
+            rc = fn(h, *args)
+            if rc != _capi.OK:
+                raise error_for(rc, h)
+        finally:
+            self._release()
+
+    # ---- properties ---------------------------------------------------------
+
+    @property
+    def dim(self):
+        return self._dim
+
+    @property
+    def kind(self):
+        return _KIND_NAMES.get(self._kind, str(self._kind))
+
+    @property
+    def metric(self):
+        return _METRIC_NAMES.get(self._metric, str(self._metric))
+
+    @property
+    def path(self):
+        """The file the index was opened from, or None if in memory."""
+        return self._path
+
+    @property
+    def readonly(self):
+        return self._readonly
+
+    def __repr__(self):
+        where = "closed" if self._h is None else (
+            "path=%r" % self._path if self._path else "in memory")
+        return "<vecidx.Index %s %s dim=%d %s>" % (
+            self.kind, self.metric, self._dim, where)
+
+    # ---- writing ------------------------------------------------------------
+
+    def add(self, keys, vectors):
+        """Insert vectors under new keys.
+
+        keys: one int with one vector, or a sequence/array of n ints with n
+        vectors (an (n, dim) array, a list of lists, or n*dim floats in a
+        flat buffer). A batch is all or nothing: if any key exists already
+        (ExistsError) or any vector is invalid, nothing is inserted.
+        """
+        if _is_scalar_key(keys):
+            key = _uint(keys, "key", _capi.UINT64_MAX)
+            m = _matrix(vectors, self._dim, rows=1, what="vector")
+            self._call(_capi.add, key, m.addr)
+            return
+        kaddr, n, kown = _keys_arg(keys)
+        m = _matrix(vectors, self._dim, rows=n, flat_ok=True, what="vectors")
+        self._call(_capi.add_batch, n, kaddr, m.addr)
+
+    def upsert(self, keys, vectors):
+        """Insert or replace: like add, but an existing key's vector is
+        replaced. Several vectors are upserted one after the other, so a
+        failure part way (out of memory, an I/O error) leaves the earlier
+        ones applied; invalid values are rejected before any is applied.
+        """
+        if _is_scalar_key(keys):
+            key = _uint(keys, "key", _capi.UINT64_MAX)
+            m = _matrix(vectors, self._dim, rows=1, what="vector")
+            self._call(_capi.upsert, key, m.addr)
+            return
+        kaddr, n, kown = _keys_arg(keys)
+        m = _matrix(vectors, self._dim, rows=n, flat_ok=True, what="vectors")
+        keylist = [int(k) for k in kown]
+        self._prevalidate(m)
+        step = self._dim * _FLOAT
+        h = self._acquire()
+        try:
+            for i, key in enumerate(keylist):
+                rc = _capi.upsert(h, key, m.addr + i * step)
+                if rc != _capi.OK:
+                    raise error_for(rc, h)
+        finally:
+            self._release()
+
+    def _prevalidate(self, m):
+        # The library checks each vector, but a loop of single upserts
+        # would have applied the rows before a bad one; checking them all
+        # first keeps a typical mistake from leaving a half-done batch.
+        if np is None or m.rows == 0:
+            return
+        arr = np.ctypeslib.as_array(
+            ctypes.cast(m.addr, ctypes.POINTER(ctypes.c_float)),
+            shape=(m.rows, self._dim))
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            raise InvalidArgumentError(
+                "row %d has a NaN or infinite component"
+                % int(np.argmin(finite)))
+        if self._metric == _capi.COSINE:
+            nonzero = arr.any(axis=1)
+            if not nonzero.all():
+                raise InvalidArgumentError(
+                    "row %d is a zero vector, which has no cosine direction"
+                    % int(np.argmin(nonzero)))
+
+    def remove(self, keys):
+        """Remove one key or a sequence of keys.
+
+        Every key is looked up first: if one is missing, NotFoundError is
+        raised and nothing is removed (unless another thread removes keys
+        concurrently).
+        """
+        if _is_scalar_key(keys):
+            self._call(_capi.remove, _uint(keys, "key", _capi.UINT64_MAX))
+            return
+        keylist = _key_list(keys)
+        h = self._acquire()
+        try:
+            for key in keylist:
+                rc = _capi.contains(h, key)
+                if rc == 0:
+                    raise NotFoundError("key %d not found" % key)
+                if rc < 0:
+                    raise error_for(rc, h)
+            for key in keylist:
+                rc = _capi.remove(h, key)
+                if rc != _capi.OK:
+                    raise error_for(rc, h)
+        finally:
+            self._release()
+
+    def reserve(self, n):
+        """Make room for n vectors in total up front."""
+        self._call(_capi.reserve, _uint(n, "n", _SIZE_MAX))
+
+    def train(self, samples):
+        """Train an IVF-PQ index on sample vectors ((n, dim) or n*dim
+        floats); the samples are not added. A no-op for flat and HNSW
+        indexes and for an index already trained."""
+        m = _matrix(samples, self._dim, flat_ok=True, what="samples")
+        self._call(_need(_capi.train, "vecidx_train"), m.rows, m.addr)
+
+    # ---- files --------------------------------------------------------------
+
+    def save(self, path):
+        """Write a snapshot of the index to path, atomically."""
+        self._call(_capi.save, os.fsencode(path))
+
+    def sync(self):
+        """Make every write so far durable (a file-backed writer's log)."""
+        self._call(_capi.sync)
+
+    def checkpoint(self):
+        """Fold the write-ahead log into the main file."""
+        self._call(_capi.checkpoint)
+
+    # ---- reading ------------------------------------------------------------
+
+    def __len__(self):
+        h = self._acquire()
+        try:
+            return _capi.count(h)
+        finally:
+            self._release()
+
+    def __contains__(self, key):
+        try:
+            key = _uint(key, "key", _capi.UINT64_MAX)
+        except InvalidArgumentError:
+            return False
+        h = self._acquire()
+        try:
+            rc = _capi.contains(h, key)
+            if rc < 0:
+                raise error_for(rc, h)
+            return rc == 1
+        finally:
+            self._release()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def keys(self):
+        """All stored keys (uint64 array, or a list without NumPy), in no
+        particular order; one consistent snapshot."""
+        fn = _need(_capi.keys, "vecidx_keys")
+        total = ctypes.c_size_t()
+        h = self._acquire()
+        try:
+            cap = _capi.count(h)
+            while True:
+                buf, addr = _key_out(cap)
+                rc = fn(h, addr if cap else None, cap, ctypes.byref(total))
+                if rc != _capi.OK:
+                    raise error_for(rc, h)
+                # A writer in another thread may have added keys between
+                # sizing and copying; then try again with the new size.
+                if total.value <= cap:
+                    break
+                cap = total.value
+        finally:
+            self._release()
+        n = total.value
+        if np is not None:
+            return buf[:n]
+        return [int(k) for k in buf[:n]]
+
+    def get(self, keys):
+        """The vector stored under a key (1-D), or under each of a sequence
+        of keys (2-D). NotFoundError (a KeyError) for a missing key.
+
+        An IVF-PQ index trained without keep_vectors returns the
+        reconstruction from its codes, not the vector that was added.
+        """
+        single = _is_scalar_key(keys)
+        keylist = [_uint(keys, "key", _capi.UINT64_MAX)] if single \
+            else _key_list(keys)
+        dim = self._dim
+        buf, addr = _float_out(len(keylist) * dim)
+        h = self._acquire()
+        try:
+            for i, key in enumerate(keylist):
+                rc = _capi.get(h, key, addr + i * dim * _FLOAT)
+                if rc != _capi.OK:
+                    raise error_for(rc, h)
+        finally:
+            self._release()
+        if np is not None:
+            return buf if single else buf.reshape(len(keylist), dim)
+        values = [float(x) for x in buf[:len(keylist) * dim]]
+        if single:
+            return values
+        return [values[i * dim:(i + 1) * dim] for i in range(len(keylist))]
+
+    def stats(self):
+        """Counters of the index as a dict."""
+        st = self._stats_struct()
+        return {
+            "kind": _KIND_NAMES.get(st.kind, st.kind),
+            "metric": _METRIC_NAMES.get(st.metric, st.metric),
+            "dim": st.dim,
+            "count": st.count,
+            "slots": st.slots,
+            "capacity": st.capacity,
+            "memory_bytes": st.memory_bytes,
+            "mapped_bytes": st.mapped_bytes,
+            "simd": (st.simd or b"").decode("ascii", "replace"),
+            "trained": bool(st.trained),
+            "nlist": st.nlist,
+            "pq_m": st.pq_m,
+        }
+
+    def _stats_struct(self):
+        holder = _capi.padded(_capi.Stats)
+        self._call(_capi.stats, ctypes.addressof(holder))
+        return holder.s
+
+    def check(self):
+        """Verify the index's internal invariants; CorruptError if broken."""
+        self._call(_capi.check)
+
+    # ---- searching ----------------------------------------------------------
+
+    def search(self, queries, k=10, *, ef=None, nprobe=None, refine=None,
+               threads=None, filter=None, return_found=False):
+        """The k nearest stored vectors to each query.
+
+        queries: one vector (dim values) or a batch ((nq, dim) array or
+        list of vectors). Returns (keys, distances), smaller distance =
+        closer, nearest first:
+          - one query: 1-D arrays holding only the results found (fewer
+            than k when the index holds fewer admissible vectors);
+          - a batch with NumPy: (nq, k) arrays; where a query found fewer
+            than k, the row is padded with distance inf and key 2**64-1
+            (MISSING_KEY). That key is also a valid key, so test the
+            distance (numpy.isinf), or pass return_found=True;
+          - a batch without NumPy: lists of per-query lists, unpadded.
+        return_found=True appends the number of results of each query (an
+        int for one query).
+        ef (HNSW breadth), nprobe (IVF-PQ lists), refine (IVF-PQ re-rank
+        factor) and threads (batch workers) override the index defaults.
+        filter: callable(key) -> bool; only keys it admits are returned.
+        It must not use this index. If it raises, the search still
+        completes (the exception makes it reject keys from then on) and
+        the exception is re-raised afterwards. A batch with a filter runs
+        on the calling thread unless threads is given.
+        """
+        k = _uint(k, "k", _SIZE_MAX)
+        holder = _capi.padded(_capi.SearchOpts)
+        opts = holder.s
+        if ef is not None:
+            opts.ef = _uint(ef, "ef", _U32_MAX)
+        if nprobe is not None:
+            opts.nprobe = _uint(nprobe, "nprobe", _U32_MAX)
+        if refine is not None:
+            opts.refine = _uint(refine, "refine", _U32_MAX)
+        if threads is not None:
+            opts.threads = _uint(threads, "threads", _U32_MAX)
+        errors = []
+        if filter is not None:
+            # Assigning the thunk to the struct keeps it alive with holder,
+            # that is until this method returns.
+            opts.filter = self._filter_callback(filter, errors)
+            if threads is None:
+                # Each call of a Python callback from a library worker
+                # thread sets up a fresh Python thread state and fights
+                # for the GIL: measured 30-70 times slower than running
+                # the whole batch on this thread, which the GIL would
+                # serialise anyway.
+                opts.threads = 1
+
+        if np is None and not hasattr(queries, "__getitem__"):
+            queries = list(queries)   # an iterator: inspected twice below
+        dim = self._dim
+        one = _is_one_query(queries, dim)
+        m = _matrix(queries, dim, rows=1 if one else None,
+                    what="query" if one else "queries")
+        nq = m.rows
+        keys, kaddr = _key_out(nq * k)
+        dists, daddr = _float_out(nq * k)
+        h = self._acquire()
+        try:
+            if one:
+                found = ctypes.c_size_t()
+                rc = _capi.search(h, m.addr, k, ctypes.addressof(holder),
+                                  kaddr, daddr, ctypes.byref(found))
+            else:
+                found_buf = (ctypes.c_size_t * max(nq, 1))()
+                rc = _capi.search_batch(h, nq, m.addr, k,
+                                        ctypes.addressof(holder), kaddr,
+                                        daddr, found_buf)
+            if rc != _capi.OK:
+                raise error_for(rc, h)
+        finally:
+            self._release()
+        if errors:
+            raise errors[0]
+
+        if one:
+            n = found.value
+            if np is not None:
+                out = (keys[:n], dists[:n])
+            else:
+                out = ([int(x) for x in keys[:n]],
+                       [float(x) for x in dists[:n]])
+            return out + (n,) if return_found else out
+        counts = list(found_buf[:nq])
+        if np is not None:
+            out = (keys.reshape(nq, k), dists.reshape(nq, k))
+            if return_found:
+                out += (np.array(counts, dtype=np.int64),)
+            return out
+        kl = [[int(x) for x in keys[i * k:i * k + counts[i]]]
+              for i in range(nq)]
+        dl = [[float(x) for x in dists[i * k:i * k + counts[i]]]
+              for i in range(nq)]
+        return (kl, dl, counts) if return_found else (kl, dl)
+
+    def _filter_callback(self, fn, errors):
+        if not callable(fn):
+            raise TypeError("filter must be callable(key) -> bool")
+        token = self._token
+
+        def admit(key, _ctx):
+            if errors:
+                return 0
+            stack = _callback_stack()
+            stack.append(token)
+            try:
+                return 1 if fn(key) else 0
+            except BaseException as e:  # re-raised once the search returns
+                errors.append(e)
+                return 0
+            finally:
+                stack.pop()
+
+        return _capi.FILTER_FN(admit)
+
+
+def _is_one_query(obj, dim):
+    """True when obj is a single query vector rather than a batch."""
+    if np is not None:
+        shape = np.shape(obj) if not isinstance(obj, np.ndarray) \
+            else obj.shape
+        return len(shape) == 1
+    try:
+        return memoryview(obj).ndim == 1
+    except TypeError:
+        pass
+    seq = obj if hasattr(obj, "__getitem__") else list(obj)
+    return len(seq) == 0 or isinstance(seq[0], (int, float))
+
