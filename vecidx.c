@@ -91,10 +91,14 @@ static int vx_err(const vecidx *ix, int code, const char *fmt, ...)
     VX_PRINTF(3, 4);
 static int vx_err(const vecidx *ix, int code, const char *fmt, ...)
 {
+    /* Formatted aside first: callers may pass the previous message as an
+    ** argument, to wrap it in more context. */
+    char buf[sizeof vx_err_tls.msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(vx_err_tls.msg, sizeof vx_err_tls.msg, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(vx_err_tls.msg, buf, sizeof buf);
     vx_err_tls.ix = ix;
     return code;
 }
@@ -216,7 +220,35 @@ typedef struct vx_kernels {
                     float *out);
     void (*dot_many)(const float *q, const float *base, size_t n, size_t d,
                      float *out);
+    /* Against a panel block (see VX_PANEL): out[c] = x . column c, for
+    ** npanel * VX_PANEL columns of d rows. */
+    void (*dot_panels)(const float *x, const float *p, size_t d,
+                       size_t npanel, float *out);
+    /* Product-quantizer scan: out[i] = bias + sum over j < m of
+    ** lut[j * 256 + codes[i * m + j]], for n codes of m bytes. */
+    void (*adc)(const uint8_t *codes, size_t n, size_t m, const float *lut,
+                float bias, float *out);
+    /* Index of the panel column c minimising bias[c] + scale * (x . c),
+    ** lowest index on ties; its score goes to *score. Columns past the
+    ** set's end must have bias +infinity. */
+    uint32_t (*nearest)(const float *x, const float *p, size_t d,
+                        size_t npanel, const float *bias, float scale,
+                        float *score);
 } vx_kernels;
+
+/* Vectors compared with a whole set at once (k-means centroids, the 256
+** sub-centroids of a product quantizer) are stored in panels: the set is
+** cut into groups of VX_PANEL vectors, and a group is stored dimension by
+** dimension, VX_PANEL floats per dimension. A kernel then keeps VX_PANEL
+** running sums in registers and reads the panel once, sequentially,
+** instead of reducing one short dot product at a time. */
+#define VX_PANEL 32u
+
+static inline float *vx_panel_at(float *p, size_t d, size_t col, size_t i)
+{
+    return p + (col / VX_PANEL) * d * VX_PANEL + i * VX_PANEL +
+           col % VX_PANEL;
+}
 
 /* Eight independent sums let the compiler vectorise without -ffast-math
 ** and keep the rounding error of long vectors small. */
@@ -260,9 +292,71 @@ static void vx_scalar_dot_many(const float *q, const float *base, size_t n,
     for (i = 0; i < n; i++) out[i] = vx_scalar_dot(q, base + i * d, d);
 }
 
-static const vx_kernels vx_kern_scalar = {"scalar", vx_scalar_l2,
-                                          vx_scalar_dot, vx_scalar_l2_many,
-                                          vx_scalar_dot_many};
+static void vx_scalar_dot_panels(const float *x, const float *p, size_t d,
+                                 size_t npanel, float *out)
+{
+    size_t b, i, c;
+    for (b = 0; b < npanel; b++, p += d * VX_PANEL, out += VX_PANEL) {
+        float s[VX_PANEL] = {0};
+        for (i = 0; i < d; i++)
+            for (c = 0; c < VX_PANEL; c++) s[c] += x[i] * p[i * VX_PANEL + c];
+        memcpy(out, s, sizeof s);
+    }
+}
+
+/* Four codes at a time: their table reads are independent, so they
+** overlap instead of waiting on one chain of additions. */
+static void vx_scalar_adc(const uint8_t *codes, size_t n, size_t m,
+                          const float *lut, float bias, float *out)
+{
+    size_t i = 0, j;
+    for (; i + 4 <= n; i += 4) {
+        const uint8_t *c = codes + i * m;
+        float s0 = bias, s1 = bias, s2 = bias, s3 = bias;
+        for (j = 0; j < m; j++) {
+            const float *t = lut + j * 256;
+            s0 += t[c[j]];
+            s1 += t[c[m + j]];
+            s2 += t[c[2 * m + j]];
+            s3 += t[c[3 * m + j]];
+        }
+        out[i] = s0;
+        out[i + 1] = s1;
+        out[i + 2] = s2;
+        out[i + 3] = s3;
+    }
+    for (; i < n; i++) {
+        float s = bias;
+        for (j = 0; j < m; j++) s += lut[j * 256 + codes[i * m + j]];
+        out[i] = s;
+    }
+}
+
+static uint32_t vx_scalar_nearest(const float *x, const float *p, size_t d,
+                                  size_t npanel, const float *bias,
+                                  float scale, float *score)
+{
+    float dot[VX_PANEL], best = INFINITY;
+    uint32_t bi = 0;
+    size_t b, c;
+    for (b = 0; b < npanel; b++) {
+        vx_scalar_dot_panels(x, p + b * d * VX_PANEL, d, 1, dot);
+        for (c = 0; c < VX_PANEL; c++) {
+            float v = bias[b * VX_PANEL + c] + scale * dot[c];
+            if (v < best) {
+                best = v;
+                bi = (uint32_t)(b * VX_PANEL + c);
+            }
+        }
+    }
+    *score = best;
+    return bi;
+}
+
+static const vx_kernels vx_kern_scalar = {
+    "scalar",           vx_scalar_l2,         vx_scalar_dot,
+    vx_scalar_l2_many,  vx_scalar_dot_many,   vx_scalar_dot_panels,
+    vx_scalar_adc,      vx_scalar_nearest};
 
 #if defined(VX_HAVE_AVX2)
 #define VX_AVX2 __attribute__((target("avx2,fma")))
@@ -381,8 +475,113 @@ VX_AVX2 static void vx_avx2_dot_many(const float *q, const float *base,
     }
 }
 
-static const vx_kernels vx_kern_avx2 = {"avx2", vx_avx2_l2, vx_avx2_dot,
-                                        vx_avx2_l2_many, vx_avx2_dot_many};
+VX_AVX2 static void vx_avx2_dot_panels(const float *x, const float *p,
+                                       size_t d, size_t npanel, float *out)
+{
+    size_t b, i;
+    for (b = 0; b < npanel; b++, out += VX_PANEL) {
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+        for (i = 0; i < d; i++, p += VX_PANEL) {
+            __m256 xi = _mm256_broadcast_ss(x + i);
+            s0 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p), s0);
+            s1 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 8), s1);
+            s2 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 16), s2);
+            s3 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 24), s3);
+        }
+        _mm256_storeu_ps(out, s0);
+        _mm256_storeu_ps(out + 8, s1);
+        _mm256_storeu_ps(out + 16, s2);
+        _mm256_storeu_ps(out + 24, s3);
+    }
+}
+
+/* Eight table reads per gather instruction; two codes in flight. */
+VX_AVX2 static void vx_avx2_adc(const uint8_t *codes, size_t n, size_t m,
+                                const float *lut, float bias, float *out)
+{
+    const __m256i step = _mm256_setr_epi32(0, 256, 512, 768, 1024, 1280,
+                                           1536, 1792);
+    size_t m8 = m & ~(size_t)7, i = 0, j;
+    if (m8 == 0) {
+        vx_scalar_adc(codes, n, m, lut, bias, out);
+        return;
+    }
+    for (; i + 2 <= n; i += 2) {
+        const uint8_t *c0 = codes + i * m, *c1 = c0 + m;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        float r0 = bias, r1 = bias;
+        for (j = 0; j < m8; j += 8) {
+            __m256i off = _mm256_add_epi32(step, _mm256_set1_epi32((int)j * 256));
+            __m256i i0 = _mm256_cvtepu8_epi32(
+                _mm_loadl_epi64((const __m128i *)(const void *)(c0 + j)));
+            __m256i i1 = _mm256_cvtepu8_epi32(
+                _mm_loadl_epi64((const __m128i *)(const void *)(c1 + j)));
+            a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(
+                                       lut, _mm256_add_epi32(i0, off), 4));
+            a1 = _mm256_add_ps(a1, _mm256_i32gather_ps(
+                                       lut, _mm256_add_epi32(i1, off), 4));
+        }
+        for (; j < m; j++) {
+            r0 += lut[j * 256 + c0[j]];
+            r1 += lut[j * 256 + c1[j]];
+        }
+        out[i] = r0 + vx_avx2_hsum(a0);
+        out[i + 1] = r1 + vx_avx2_hsum(a1);
+    }
+    if (i < n) vx_scalar_adc(codes + i * m, n - i, m, lut, bias, out + i);
+}
+
+/* Scores and the running minimum stay in registers: per lane the best
+** value and its column, merged across lanes once at the end. */
+VX_AVX2 static uint32_t vx_avx2_nearest(const float *x, const float *p,
+                                        size_t d, size_t npanel,
+                                        const float *bias, float scale,
+                                        float *score)
+{
+    __m256 bestv = _mm256_set1_ps(INFINITY), sc = _mm256_set1_ps(scale);
+    __m256i besti = _mm256_setzero_si256(), eight = _mm256_set1_epi32(8);
+    __m256i col = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    float bv[8], best = INFINITY;
+    int32_t bi[8];
+    uint32_t win = 0;
+    size_t b, i;
+    int g;
+    for (b = 0; b < npanel; b++) {
+        __m256 s[4];
+        s[0] = s[1] = s[2] = s[3] = _mm256_setzero_ps();
+        for (i = 0; i < d; i++, p += VX_PANEL) {
+            __m256 xi = _mm256_broadcast_ss(x + i);
+            s[0] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p), s[0]);
+            s[1] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 8), s[1]);
+            s[2] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 16), s[2]);
+            s[3] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 24), s[3]);
+        }
+        for (g = 0; g < 4; g++) {
+            __m256 v = _mm256_fmadd_ps(
+                sc, s[g], _mm256_loadu_ps(bias + b * VX_PANEL + 8 * (size_t)g));
+            __m256 lt = _mm256_cmp_ps(v, bestv, _CMP_LT_OQ);
+            bestv = _mm256_blendv_ps(bestv, v, lt);
+            besti = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(besti), _mm256_castsi256_ps(col), lt));
+            col = _mm256_add_epi32(col, eight);
+        }
+    }
+    _mm256_storeu_ps(bv, bestv);
+    _mm256_storeu_si256((__m256i *)(void *)bi, besti);
+    for (g = 0; g < 8; g++)
+        if (bv[g] < best || (bv[g] == best && (uint32_t)bi[g] < win)) {
+            best = bv[g];
+            win = (uint32_t)bi[g];
+        }
+    *score = best;
+    return win;
+}
+
+static const vx_kernels vx_kern_avx2 = {
+    "avx2",           vx_avx2_l2,         vx_avx2_dot,
+    vx_avx2_l2_many,  vx_avx2_dot_many,   vx_avx2_dot_panels,
+    vx_avx2_adc,      vx_avx2_nearest};
 
 /* AVX-512F: 16 lanes, and the tail is one masked load with no scalar
 ** loop, which matters for the odd dimensions of real embeddings. */
@@ -469,9 +668,10 @@ VX_AVX512 static void vx_avx512_dot_many(const float *q, const float *base,
     }
 }
 
-static const vx_kernels vx_kern_avx512 = {"avx512", vx_avx512_l2,
-                                          vx_avx512_dot, vx_avx512_l2_many,
-                                          vx_avx512_dot_many};
+static const vx_kernels vx_kern_avx512 = {
+    "avx512",           vx_avx512_l2,        vx_avx512_dot,
+    vx_avx512_l2_many,  vx_avx512_dot_many,  vx_avx2_dot_panels,
+    vx_avx2_adc,        vx_avx2_nearest};
 #endif /* VX_HAVE_AVX2 */
 
 #if defined(VX_HAVE_NEON)
@@ -546,8 +746,12 @@ static void vx_neon_dot_many(const float *q, const float *base, size_t n,
     for (i = 0; i < n; i++) out[i] = vx_neon_dot(q, base + i * d, d);
 }
 
-static const vx_kernels vx_kern_neon = {"neon", vx_neon_l2, vx_neon_dot,
-                                        vx_neon_l2_many, vx_neon_dot_many};
+/* The panel and code-scan loops are plain C: with Advanced SIMD as the
+** baseline, the compiler vectorises the scalar versions well. */
+static const vx_kernels vx_kern_neon = {
+    "neon",           vx_neon_l2,        vx_neon_dot,
+    vx_neon_l2_many,  vx_neon_dot_many,  vx_scalar_dot_panels,
+    vx_scalar_adc,    vx_scalar_nearest};
 #endif /* VX_HAVE_NEON */
 
 /* Kernel tables runnable on this CPU, scalar first and the preferred one
@@ -1100,6 +1304,7 @@ static void vx_topk_free(vx_topk *h, vx_mem *mem)
 #define VX_HNSW_MAX_M 128u /* level-0 lists hold up to 2*M links */
 #define VX_HNSW_NLOCKS 4096u
 #define VX_HNSW_SUBBATCH 4096u /* nodes linked per write-lock hold */
+#define VX_IVF_MAX_NLIST (1u << 20)
 
 typedef struct vx_cand {
     float d;
@@ -1150,7 +1355,39 @@ typedef struct vx_hnsw {
     atomic_flag locks[VX_HNSW_NLOCKS];
 } vx_hnsw;
 
-/* The write-ahead log of a writable file-backed index (section 8). */
+/* IVF-PQ state (section 7). A list keeps its entries in parallel arrays so
+** the scan reads codes sequentially; `mapped` lists still point into the
+** index file and are copied to the heap before they first grow. */
+typedef struct vx_ivlist {
+    uint64_t *keys;
+    uint8_t *codes; /* n * m bytes */
+    float *vecs;    /* n * dim floats, with ivf_keep_vectors only */
+    uint32_t n, cap;
+    int mapped;
+} vx_ivlist;
+
+typedef struct vx_ivf {
+    int trained;
+    uint32_t nlist, m, npanel; /* npanel = ceil(nlist / VX_PANEL) */
+    float *cent;   /* coarse centroids, in panels (npanel * dim * VX_PANEL) */
+    float *cnorm;  /* |c|^2 per centroid, padded to npanel * VX_PANEL */
+    float *book;   /* sub-quantizer j: 256 centroids of len_j floats, in 8
+                      panels at book + 256 * off_j */
+    float *bnorm;  /* |b|^2 of every sub-centroid, m * 256 */
+    float *cbias;  /* assignment bias per centroid: |c|^2 under L2, else 0;
+                      +inf for the padding of the last panel */
+    float *t2;     /* L2 only: per list, m * 256 terms |b|^2 + 2 c_j.b
+                      (NULL when too large: computed per search) */
+    size_t model_bytes; /* of cent + cnorm + book + t2, one allocation */
+    vx_ivlist *lists;
+    uint64_t *map; /* key map cells, see vx_ivf_map_find */
+    size_t map_cap, map_n;
+    uint64_t count;
+    int model_mapped, map_mapped; /* point into the index file */
+    vecidx *cq;    /* HNSW graph over the centroids, or NULL */
+} vx_ivf;
+
+/* The write-ahead log of a writable file-backed index (section 9). */
 #define VX_WAL_AUTO_CHECKPOINT (64u << 20) /* log bytes before folding */
 typedef struct vx_wal {
     int fd;            /* -1 when the index has no log */
@@ -1172,6 +1409,7 @@ struct vecidx {
     pthread_mutex_t wlock;  /* held by a writer for its whole call */
     vx_store store;
     vx_hnsw hnsw; /* kind HNSW only */
+    vx_ivf ivf;   /* kind IVF-PQ only; its buffer before training is store */
     unsigned char *fmap; /* mapped index file, or NULL */
     size_t fmap_len;
     uint32_t fcrc; /* checksum of the mapped chunks, for vecidx_check */
@@ -1242,6 +1480,26 @@ static int vx_check_hnsw_params(const vecidx_params *p)
     if (p->hnsw_ef_construction == 0 || p->hnsw_ef_search == 0)
         return vx_err(NULL, VECIDX_EINVAL, "hnsw_ef_%s is 0",
                       p->hnsw_ef_search ? "construction" : "search");
+    return VECIDX_OK;
+}
+
+static int vx_check_ivf_params(const vecidx_params *p)
+{
+    if (p->pq_nbits != 8)
+        return vx_err(NULL, VECIDX_ENOTSUP, "pq_nbits %u: only 8-bit codes "
+                      "are supported", (unsigned)p->pq_nbits);
+    if (p->ivf_nlist > VX_IVF_MAX_NLIST)
+        return vx_err(NULL, VECIDX_EINVAL, "ivf_nlist %u is above %u",
+                      (unsigned)p->ivf_nlist, VX_IVF_MAX_NLIST);
+    if (p->pq_m > p->dim)
+        return vx_err(NULL, VECIDX_EINVAL, "pq_m %u is larger than the "
+                      "dimension %u", (unsigned)p->pq_m, (unsigned)p->dim);
+    if (p->ivf_quantizer > VECIDX_QUANT_HNSW)
+        return vx_err(NULL, VECIDX_EINVAL, "unknown ivf_quantizer %u",
+                      (unsigned)p->ivf_quantizer);
+    if (p->ivf_refine > 1 && !p->ivf_keep_vectors)
+        return vx_err(NULL, VECIDX_EINVAL, "ivf_refine needs "
+                      "ivf_keep_vectors: re-ranking uses the full vectors");
     return VECIDX_OK;
 }
 
@@ -2257,7 +2515,1199 @@ static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
 }
 
 /* ======================================================================
-** 7. File format
+** 7. IVF-PQ
+**
+** A vector is assigned to the nearest of nlist coarse centroids (k-means)
+** and kept in that centroid's list as a code: its residual (vector minus
+** centroid) is cut into m slices, and each slice becomes the one-byte
+** index of the nearest of 256 sub-centroids learnt for that slice. A
+** search ranks the centroids, then scores every code of the nprobe best
+** lists with a lookup table holding, per slice, the distance terms of the
+** query slice against the 256 sub-centroids: m table reads and adds per
+** vector, with the query kept exact (asymmetric distance).
+**
+** Under L2 the distance to c + r splits as |q-c|^2 + (|r|^2 + 2 c.r)
+** - 2 q.r. The middle term depends only on the list and the code, so it
+** is tabulated per list once (t2), and the last is one table per query:
+** a list then costs m * 256 additions to set up. Inner product and cosine
+** (vectors normalised) need only the per-query table plus q.c.
+**
+** Removal moves a list's last entry into the hole, so lists stay dense.
+** The key map has one 64-bit cell per key: 12 bits of the key's hash, the
+** list (20 bits) and the position (32 bits). A lookup confirms a match by
+** reading the key from the list, so the map holds no copy of the keys.
+**
+** Until the index is trained its vectors live in the flat store (section
+** 3) and are searched exactly; training moves them into the lists.
+** ====================================================================== */
+
+#define VX_IVF_KSUB 256u
+#define VX_IVF_KMEANS_ITERS 20
+#define VX_IVF_PQ_ITERS 25
+#define VX_IVF_PER_CENTROID 256u /* k-means samples per centroid, at most */
+#define VX_IVF_PQ_SAMPLES 65536u
+#define VX_IVF_T2_MAX ((size_t)256 << 20) /* bytes of precomputed terms */
+#define VX_IVF_HNSW_NLIST 8192u
+#define VX_IVF_EMPTY UINT64_MAX
+#define VX_IVF_SCAN 256u /* codes scored per kernel call */
+
+static inline uint32_t vx_ivf_off(const vecidx *ix, uint32_t j)
+{
+    return (uint32_t)((uint64_t)j * ix->p.dim / ix->ivf.m);
+}
+
+static inline uint32_t vx_ivf_len(const vecidx *ix, uint32_t j)
+{
+    return vx_ivf_off(ix, j + 1) - vx_ivf_off(ix, j);
+}
+
+static inline const float *vx_ivf_book(const vecidx *ix, uint32_t j)
+{
+    return ix->ivf.book + (size_t)VX_IVF_KSUB * vx_ivf_off(ix, j);
+}
+
+/* Normalise v into out for cosine; a plain copy pointer otherwise. */
+static const float *vx_ivf_prep_vec(const vecidx *ix, const float *v,
+                                    float *out)
+{
+    double n2 = 0;
+    uint32_t i;
+    if (ix->p.metric != VECIDX_COSINE) return v;
+    for (i = 0; i < ix->p.dim; i++) n2 += (double)v[i] * v[i];
+    for (i = 0; i < ix->p.dim; i++) out[i] = (float)(v[i] / sqrt(n2));
+    return out;
+}
+
+/* ---- key map ---------------------------------------------------------- */
+
+static inline uint64_t vx_ivf_cell(uint64_t h, uint32_t list, uint32_t pos)
+{
+    return (h >> 52) << 52 | (uint64_t)list << 32 | pos;
+}
+
+static inline size_t vx_ivf_home(uint64_t h, size_t cap)
+{
+    return (size_t)(((h & 0xFFFFFFFFu) * (uint64_t)cap) >> 32);
+}
+
+/* Cell index of key, or SIZE_MAX. Cells of a mapped file are bounded
+** before use, and the probe stops after cap cells, so a damaged map can
+** make a key unfindable but never make a lookup leave the index. */
+static size_t vx_ivf_map_find(const vx_ivf *v, uint64_t key)
+{
+    uint64_t h = vx_hash64(key);
+    size_t i, n;
+    if (v->map_cap == 0) return SIZE_MAX;
+    for (i = vx_ivf_home(h, v->map_cap), n = 0; n < v->map_cap; n++) {
+        uint64_t c = v->map[i];
+        uint32_t l = (uint32_t)(c >> 32) & 0xFFFFFu, pos = (uint32_t)c;
+        if (c == VX_IVF_EMPTY) return SIZE_MAX;
+        if ((c >> 52) == (h >> 52) && l < v->nlist && pos < v->lists[l].n &&
+            v->lists[l].keys[pos] == key)
+            return i;
+        if (++i == v->map_cap) i = 0;
+    }
+    return SIZE_MAX;
+}
+
+static uint64_t vx_ivf_cell_key(const vx_ivf *v, uint64_t c)
+{
+    uint32_t l = (uint32_t)(c >> 32) & 0xFFFFFu;
+    return v->lists[l].keys[(uint32_t)c];
+}
+
+static void vx_ivf_map_put(vx_ivf *v, uint64_t key, uint32_t l, uint32_t pos)
+{
+    uint64_t h = vx_hash64(key);
+    size_t i = vx_ivf_home(h, v->map_cap);
+    while (v->map[i] != VX_IVF_EMPTY)
+        if (++i == v->map_cap) i = 0;
+    v->map[i] = vx_ivf_cell(h, l, pos);
+    v->map_n++;
+}
+
+/* Delete cell i by shifting later cells of the run back into the hole,
+** so lookups never need tombstones. */
+static void vx_ivf_map_del(vx_ivf *v, size_t i)
+{
+    size_t j = i;
+    for (;;) {
+        size_t home;
+        if (++j == v->map_cap) j = 0;
+        if (v->map[j] == VX_IVF_EMPTY) break;
+        home = vx_ivf_home(vx_hash64(vx_ivf_cell_key(v, v->map[j])),
+                           v->map_cap);
+        /* j's cell may fill the hole unless its home lies in (i, j]. */
+        if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
+            v->map[i] = v->map[j];
+            i = j;
+        }
+    }
+    v->map[i] = VX_IVF_EMPTY;
+    v->map_n--;
+}
+
+/* Room for `more` further keys at a load of at most 0.8; grows by 1.5x so
+** the map costs 10 to 15 bytes per key. */
+static int vx_ivf_map_reserve(vecidx *ix, size_t more)
+{
+    vx_ivf *v = &ix->ivf;
+    size_t need = v->map_n + more, cap = v->map_cap, oldcap = v->map_cap, i;
+    uint64_t *old = v->map, *fresh;
+    if (cap && need <= cap / 5 * 4) return VECIDX_OK;
+    while (cap / 5 * 4 < need) cap = cap < 64 ? 64 : cap + cap / 2;
+    if (cap > ((size_t)1 << 33) ||
+        !(fresh = vx_malloc(&ix->mem, cap * sizeof *fresh)))
+        return VECIDX_ENOMEM;
+    memset(fresh, 0xFF, cap * sizeof *fresh);
+    v->map = fresh;
+    v->map_cap = cap;
+    v->map_n = 0;
+    for (i = 0; i < oldcap; i++)
+        if (old[i] != VX_IVF_EMPTY)
+            vx_ivf_map_put(v, vx_ivf_cell_key(v, old[i]),
+                           (uint32_t)(old[i] >> 32) & 0xFFFFFu,
+                           (uint32_t)old[i]);
+    if (!v->map_mapped) vx_free(&ix->mem, old, oldcap * sizeof *old);
+    v->map_mapped = 0;
+    return VECIDX_OK;
+}
+
+/* ---- lists ------------------------------------------------------------ */
+
+static void vx_ivl_free(vecidx *ix, vx_ivlist *l)
+{
+    if (!l->mapped) {
+        vx_free(&ix->mem, l->keys, (size_t)l->cap * 8);
+        vx_free(&ix->mem, l->codes, (size_t)l->cap * ix->ivf.m);
+        vx_free(&ix->mem, l->vecs,
+                (size_t)l->cap * ix->p.dim * sizeof(float));
+    }
+    memset(l, 0, sizeof *l);
+}
+
+/* Room for `more` entries in list l. Grows by a quarter so a list wastes
+** little; a list still in the mapped file is copied out first. */
+static int vx_ivl_reserve(vecidx *ix, vx_ivlist *l, size_t more)
+{
+    size_t need = (size_t)l->n + more, cap = l->cap, m = ix->ivf.m;
+    size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * sizeof(float) : 0;
+    vx_ivlist t;
+    if (need <= l->cap && !l->mapped) return VECIDX_OK;
+    if (need > VECIDX_MAX_COUNT) return VECIDX_EFULL;
+    if (cap < need) cap = need + need / 4 + 4;
+    if (cap > VECIDX_MAX_COUNT) cap = VECIDX_MAX_COUNT;
+    memset(&t, 0, sizeof t);
+    t.keys = vx_malloc(&ix->mem, cap * 8);
+    t.codes = vx_malloc(&ix->mem, cap * m);
+    t.vecs = vb ? vx_malloc(&ix->mem, cap * vb) : NULL;
+    t.cap = (uint32_t)cap;
+    if (!t.keys || !t.codes || (vb && !t.vecs)) {
+        vx_ivl_free(ix, &t);
+        return VECIDX_ENOMEM;
+    }
+    t.n = l->n;
+    if (l->n) {
+        memcpy(t.keys, l->keys, (size_t)l->n * 8);
+        memcpy(t.codes, l->codes, (size_t)l->n * m);
+        if (vb) memcpy(t.vecs, l->vecs, (size_t)l->n * vb);
+    }
+    vx_ivl_free(ix, l);
+    *l = t;
+    return VECIDX_OK;
+}
+
+static void vx_ivl_append(vecidx *ix, uint32_t li, uint64_t key,
+                          const uint8_t *code, const float *vec)
+{
+    vx_ivlist *l = &ix->ivf.lists[li];
+    uint32_t pos = l->n++;
+    l->keys[pos] = key;
+    memcpy(l->codes + (size_t)pos * ix->ivf.m, code, ix->ivf.m);
+    if (ix->p.ivf_keep_vectors)
+        memcpy(l->vecs + (size_t)pos * ix->p.dim, vec,
+               (size_t)ix->p.dim * sizeof(float));
+    vx_ivf_map_put(&ix->ivf, key, li, pos);
+    ix->ivf.count++;
+}
+
+/* Remove the entry of map cell `cell`: the list's last entry fills the
+** hole and its cell is pointed at the new position. Never allocates (a
+** mapped list is written in place: its pages are private copies). */
+static void vx_ivf_remove_cell(vecidx *ix, size_t cell)
+{
+    vx_ivf *v = &ix->ivf;
+    uint64_t c = v->map[cell];
+    uint32_t li = (uint32_t)(c >> 32) & 0xFFFFFu, pos = (uint32_t)c;
+    vx_ivlist *l = &v->lists[li];
+    uint32_t last = l->n - 1;
+    size_t m = v->m;
+    vx_ivf_map_del(v, cell);
+    if (pos != last) {
+        size_t moved = vx_ivf_map_find(v, l->keys[last]);
+        l->keys[pos] = l->keys[last];
+        memcpy(l->codes + (size_t)pos * m, l->codes + (size_t)last * m, m);
+        if (ix->p.ivf_keep_vectors)
+            memcpy(l->vecs + (size_t)pos * ix->p.dim,
+                   l->vecs + (size_t)last * ix->p.dim,
+                   (size_t)ix->p.dim * sizeof(float));
+        v->map[moved] = vx_ivf_cell(vx_hash64(l->keys[pos]), li, pos);
+    }
+    l->n--;
+    v->count--;
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+/* Coarse distance terms of x to every centroid into out (npanel * VX_PANEL
+** floats): |c|^2 - 2 x.c under L2 (|x|^2 omitted), -x.c otherwise. */
+static void vx_ivf_coarse(const vecidx *ix, const float *x, float *out)
+{
+    const vx_ivf *v = &ix->ivf;
+    uint32_t c;
+    ix->kern->dot_panels(x, v->cent, ix->p.dim, v->npanel, out);
+    for (c = 0; c < v->nlist; c++)
+        out[c] = ix->p.metric == VECIDX_L2 ? v->cnorm[c] - 2 * out[c] : -out[c];
+}
+
+/* The list of x: its nearest centroid under the coarse distance. */
+static uint32_t vx_ivf_assign(const vecidx *ix, const float *x)
+{
+    float score;
+    return ix->kern->nearest(x, ix->ivf.cent, ix->p.dim, ix->ivf.npanel,
+                             ix->ivf.cbias,
+                             ix->p.metric == VECIDX_L2 ? -2.0f : -1.0f,
+                             &score);
+}
+
+/* Nearest of the 256 sub-centroids of slice j to r (len_j floats). */
+static uint8_t vx_ivf_pq_code(const vecidx *ix, uint32_t j, const float *r)
+{
+    float score;
+    return (uint8_t)ix->kern->nearest(
+        r, vx_ivf_book(ix, j), vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL,
+        ix->ivf.bnorm + (size_t)j * VX_IVF_KSUB, -2.0f, &score);
+}
+
+/* Working memory of one encoding thread. */
+typedef struct vx_ivf_work {
+    float *r, *nv; /* residual, normalised vector: dim floats each */
+} vx_ivf_work;
+
+static int vx_ivf_work_alloc(vecidx *ix, vx_ivf_work *w)
+{
+    w->r = vx_malloc(&ix->mem, 2 * (size_t)ix->p.dim * sizeof(float));
+    if (!w->r) return VECIDX_ENOMEM;
+    w->nv = w->r + ix->p.dim;
+    return VECIDX_OK;
+}
+
+static void vx_ivf_work_free(vecidx *ix, vx_ivf_work *w)
+{
+    vx_free(&ix->mem, w->r, 2 * (size_t)ix->p.dim * sizeof(float));
+    w->r = NULL;
+}
+
+/* List and code of vector x. */
+static uint32_t vx_ivf_encode(const vecidx *ix, vx_ivf_work *w,
+                              const float *x, uint8_t *code)
+{
+    const float *xv = vx_ivf_prep_vec(ix, x, w->nv);
+    uint32_t li = vx_ivf_assign(ix, xv), i, j;
+    for (i = 0; i < ix->p.dim; i++)
+        w->r[i] = xv[i] - *vx_panel_at(ix->ivf.cent, ix->p.dim, li, i);
+    for (j = 0; j < ix->ivf.m; j++)
+        code[j] = vx_ivf_pq_code(ix, j, w->r + vx_ivf_off(ix, j));
+    return li;
+}
+
+/* The reconstruction of a code in list li (normalised space for cosine). */
+static void vx_ivf_decode(const vecidx *ix, uint32_t li, const uint8_t *code,
+                          float *out)
+{
+    uint32_t j, i;
+    for (j = 0; j < ix->ivf.m; j++) {
+        uint32_t off = vx_ivf_off(ix, j), len = vx_ivf_len(ix, j);
+        for (i = 0; i < len; i++)
+            out[off + i] =
+                *vx_panel_at(ix->ivf.cent, ix->p.dim, li, off + i) +
+                *vx_panel_at((float *)vx_ivf_book(ix, j), len, code[j], i);
+    }
+}
+
+/* A batch being inserted: its lists and codes, computed before the index
+** changes so that a failure leaves nothing half done. */
+typedef struct vx_ivf_prep {
+    size_t n;
+    uint32_t *list;
+    uint8_t *codes;
+} vx_ivf_prep;
+
+typedef struct vx_ivf_enc_job {
+    vecidx *ix;
+    const float *vecs;
+    vx_ivf_prep *pr;
+    size_t begin, end;
+    int rc;
+} vx_ivf_enc_job;
+
+static void *vx_ivf_enc_worker(void *arg)
+{
+    vx_ivf_enc_job *j = arg;
+    vx_ivf_work w;
+    size_t i, m = j->ix->ivf.m;
+    if ((j->rc = vx_ivf_work_alloc(j->ix, &w)) != VECIDX_OK) return NULL;
+    for (i = j->begin; i < j->end; i++)
+        j->pr->list[i] =
+            vx_ivf_encode(j->ix, &w, j->vecs + i * (size_t)j->ix->p.dim,
+                          j->pr->codes + i * m);
+    vx_ivf_work_free(j->ix, &w);
+    return NULL;
+}
+
+static void vx_ivf_prep_free(vecidx *ix, vx_ivf_prep *pr)
+{
+    vx_free(&ix->mem, pr->list, pr->n * sizeof *pr->list);
+    vx_free(&ix->mem, pr->codes, pr->n * ix->ivf.m);
+    memset(pr, 0, sizeof *pr);
+}
+
+/* Room in every list for the entries of the batch. A failure leaves
+** the lists bigger but unchanged in content. */
+static int vx_ivf_reserve_lists(vecidx *ix, const vx_ivf_prep *pr)
+{
+    uint32_t *cnt, li;
+    size_t i, bytes = (size_t)ix->ivf.nlist * sizeof *cnt;
+    int rc = VECIDX_OK;
+    if (pr->n == 1)
+        return vx_ivl_reserve(ix, &ix->ivf.lists[pr->list[0]], 1);
+    if (!(cnt = vx_malloc(&ix->mem, bytes))) return VECIDX_ENOMEM;
+    memset(cnt, 0, bytes);
+    for (i = 0; i < pr->n; i++) cnt[pr->list[i]]++;
+    for (li = 0; li < ix->ivf.nlist && rc == VECIDX_OK; li++)
+        if (cnt[li]) rc = vx_ivl_reserve(ix, &ix->ivf.lists[li], cnt[li]);
+    vx_free(&ix->mem, cnt, bytes);
+    return rc;
+}
+
+/* Encode n vectors (on several threads for large batches) and make room
+** for them in their lists and the key map. */
+static int vx_ivf_prepare(vecidx *ix, size_t n, const float *vecs,
+                          vx_ivf_prep *pr)
+{
+    vx_ivf_enc_job jobs[64];
+    vx_task tasks[64];
+    unsigned nt = n < 2048 ? 1 : vx_threads(ix, NULL), t;
+    size_t per;
+    int rc = VECIDX_OK;
+    if (nt > 64) nt = 64;
+    pr->n = n;
+    pr->list = vx_malloc(&ix->mem, n * sizeof *pr->list);
+    pr->codes = vx_malloc(&ix->mem, n * ix->ivf.m);
+    if (!pr->list || !pr->codes) rc = VECIDX_ENOMEM;
+    per = (n + nt - 1) / nt;
+    for (t = 0; t < nt && rc == VECIDX_OK; t++) {
+        jobs[t].ix = ix;
+        jobs[t].vecs = vecs;
+        jobs[t].pr = pr;
+        jobs[t].begin = t * per < n ? t * per : n;
+        jobs[t].end = jobs[t].begin + per < n ? jobs[t].begin + per : n;
+        tasks[t].fn = vx_ivf_enc_worker;
+        tasks[t].arg = &jobs[t];
+    }
+    if (rc == VECIDX_OK) vx_run_parallel(tasks, nt);
+    for (t = 0; t < nt && rc == VECIDX_OK; t++) rc = jobs[t].rc;
+    if (rc == VECIDX_OK) rc = vx_ivf_reserve_lists(ix, pr);
+    if (rc == VECIDX_OK) rc = vx_ivf_map_reserve(ix, n);
+    if (rc != VECIDX_OK) vx_ivf_prep_free(ix, pr);
+    return rc;
+}
+
+/* Append a prepared batch of new keys; room is reserved, nothing fails. */
+static void vx_ivf_apply(vecidx *ix, const vx_ivf_prep *pr,
+                         const uint64_t *keys, const float *vecs)
+{
+    size_t i;
+    for (i = 0; i < pr->n; i++)
+        vx_ivl_append(ix, pr->list[i], keys[i],
+                      pr->codes + i * ix->ivf.m,
+                      vecs + i * (size_t)ix->p.dim);
+}
+
+/* ---- search ------------------------------------------------------------ */
+
+/* t2 terms of list li (m * 256 floats): |b|^2 + 2 c_j.b for each slice j
+** and sub-centroid b; cvec receives the centroid (dim floats). */
+static void vx_ivf_t2_list(const vecidx *ix, uint32_t li, float *cvec,
+                           float *out)
+{
+    uint32_t i, j, k;
+    for (i = 0; i < ix->p.dim; i++)
+        cvec[i] = *vx_panel_at(ix->ivf.cent, ix->p.dim, li, i);
+    for (j = 0; j < ix->ivf.m; j++) {
+        float *o = out + (size_t)j * VX_IVF_KSUB;
+        const float *bn = ix->ivf.bnorm + (size_t)j * VX_IVF_KSUB;
+        ix->kern->dot_panels(cvec + vx_ivf_off(ix, j), vx_ivf_book(ix, j),
+                             vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL, o);
+        for (k = 0; k < VX_IVF_KSUB; k++) o[k] = bn[k] + 2 * o[k];
+    }
+}
+
+/* Per-search working memory, one allocation. */
+typedef struct vx_ivf_sw {
+    float *coarse, *sim, *lut, *dist, *qn, *cvec;
+    size_t floats;
+    vx_topk probe, cand;
+} vx_ivf_sw;
+
+static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe)
+{
+    const vx_ivf *v = &ix->ivf;
+    size_t lut = (size_t)v->m * VX_IVF_KSUB;
+    memset(w, 0, sizeof *w);
+    w->floats = (size_t)v->npanel * VX_PANEL + 2 * lut + VX_IVF_SCAN +
+                2 * (size_t)ix->p.dim;
+    if (!(w->coarse = vx_malloc(&ix->mem, w->floats * sizeof(float))))
+        return VECIDX_ENOMEM;
+    w->sim = w->coarse + (size_t)v->npanel * VX_PANEL;
+    w->lut = w->sim + lut;
+    w->dist = w->lut + lut;
+    w->qn = w->dist + VX_IVF_SCAN;
+    w->cvec = w->qn + ix->p.dim;
+    if (vx_topk_alloc(&w->probe, &ix->mem, nprobe) != VECIDX_OK) {
+        vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
+        return VECIDX_ENOMEM;
+    }
+    return VECIDX_OK;
+}
+
+static void vx_ivf_sw_free(vecidx *ix, vx_ivf_sw *w)
+{
+    vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
+    vx_topk_free(&w->probe, &ix->mem);
+    if (w->cand.d) vx_topk_free(&w->cand, &ix->mem);
+}
+
+/* The nprobe lists to scan, into w->probe (distance = the exact coarse
+** distance: |q-c|^2, or -q.c). */
+static int vx_ivf_probe(vecidx *ix, vx_ivf_sw *w, const float *qv,
+                        size_t nprobe)
+{
+    const vx_ivf *v = &ix->ivf;
+    float qq = ix->p.metric == VECIDX_L2 ? ix->kern->dot(qv, qv, ix->p.dim)
+                                          : 0.0f;
+    uint32_t c;
+    if (v->cq) {
+        vecidx_search_opts o;
+        size_t found;
+        int rc;
+        memset(&o, 0, sizeof o);
+        o.ef = (uint32_t)(nprobe * 2 > 64 ? nprobe * 2 : 64);
+        rc = vecidx_search(v->cq, qv, nprobe, &o, w->probe.id, w->probe.d,
+                           &found);
+        if (rc != VECIDX_OK) return rc;
+        /* Its metric is L2, or IP over the (normalised) query, so its
+        ** distances are the coarse distances already. */
+        w->probe.n = found;
+        return VECIDX_OK;
+    }
+    vx_ivf_coarse(ix, qv, w->coarse);
+    for (c = 0; c < v->nlist; c++) {
+        float d = w->coarse[c] + qq;
+        if (vx_topk_admits(&w->probe, d, c)) vx_topk_push(&w->probe, d, c);
+    }
+    return VECIDX_OK;
+}
+
+/* Score list li's codes and offer them to h. */
+static void vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
+                        const float *lut, const vecidx_search_opts *o,
+                        vx_topk *h)
+{
+    const vx_ivlist *l = &ix->ivf.lists[li];
+    size_t m = ix->ivf.m, b, i;
+    for (b = 0; b < l->n; b += VX_IVF_SCAN) {
+        size_t nb = l->n - b < VX_IVF_SCAN ? l->n - b : VX_IVF_SCAN;
+        const uint64_t *key = l->keys + b;
+        ix->kern->adc(l->codes + b * m, nb, m, lut, bias, w->dist);
+        for (i = 0; i < nb; i++) {
+            float d = w->dist[i];
+            if (VX_UNLIKELY(d != d)) d = INFINITY;
+            if (!vx_topk_admits(h, d, key[i])) continue;
+            if (o && o->filter && !o->filter(key[i], o->filter_ctx)) continue;
+            vx_topk_push(h, d, key[i]);
+        }
+    }
+}
+
+/* Exact distance from the (prepared) query to a kept full vector. */
+static float vx_ivf_exact(const vecidx *ix, const float *qv, const float *x)
+{
+    if (ix->p.metric == VECIDX_L2) return ix->kern->l2(qv, x, ix->p.dim);
+    if (ix->p.metric == VECIDX_IP) return -ix->kern->dot(qv, x, ix->p.dim);
+    {
+        float xx = ix->kern->dot(x, x, ix->p.dim);
+        return 1.0f - ix->kern->dot(qv, x, ix->p.dim) / sqrtf(xx);
+    }
+}
+
+/* Re-score the candidates exactly into h. */
+static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv,
+                          vx_topk *h)
+{
+    const vx_ivf *v = &ix->ivf;
+    size_t i;
+    for (i = 0; i < w->cand.n; i++) {
+        size_t cell = vx_ivf_map_find(v, w->cand.id[i]);
+        const vx_ivlist *l;
+        float d;
+        if (cell == SIZE_MAX) continue;
+        l = &v->lists[(uint32_t)(v->map[cell] >> 32) & 0xFFFFFu];
+        d = vx_ivf_exact(ix, qv,
+                         l->vecs + (size_t)(uint32_t)v->map[cell] * ix->p.dim);
+        if (VX_UNLIKELY(d != d)) d = INFINITY;
+        if (vx_topk_admits(h, d, w->cand.id[i]))
+            vx_topk_push(h, d, w->cand.id[i]);
+    }
+}
+
+static int vx_ivf_search(vecidx *ix, const vx_query *q,
+                         const vecidx_search_opts *o, vx_topk *h)
+{
+    const vx_ivf *v = &ix->ivf;
+    size_t nprobe = o && o->nprobe ? o->nprobe : ix->p.ivf_nprobe, i, j;
+    size_t refine = o && o->refine ? o->refine : ix->p.ivf_refine;
+    size_t lut = (size_t)v->m * VX_IVF_KSUB;
+    const float *qv = q->v;
+    vx_topk *into = h;
+    vx_ivf_sw w;
+    int rc;
+    if (h->k == 0) return VECIDX_OK;
+    if (nprobe == 0) nprobe = 1;
+    if (nprobe > v->nlist) nprobe = v->nlist;
+    if (!ix->p.ivf_keep_vectors || refine < 2) refine = 1;
+    if ((rc = vx_ivf_sw_alloc(ix, &w, nprobe)) != VECIDX_OK) return rc;
+    if (ix->p.metric == VECIDX_COSINE) {
+        for (i = 0; i < ix->p.dim; i++) w.qn[i] = q->v[i] * q->inv_norm;
+        qv = w.qn;
+    }
+    if (refine > 1) {
+        size_t cap = h->k * refine;
+        if (cap > v->count) cap = (size_t)v->count;
+        if ((rc = vx_topk_alloc(&w.cand, &ix->mem, cap)) != VECIDX_OK) {
+            vx_ivf_sw_free(ix, &w);
+            return rc;
+        }
+        into = &w.cand;
+    }
+    if ((rc = vx_ivf_probe(ix, &w, qv, nprobe)) == VECIDX_OK) {
+        for (j = 0; j < v->m; j++)
+            ix->kern->dot_panels(qv + vx_ivf_off(ix, j), vx_ivf_book(ix, j),
+                                 vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL,
+                                 w.sim + j * VX_IVF_KSUB);
+        if (ix->p.metric != VECIDX_L2)
+            for (j = 0; j < lut; j++) w.lut[j] = -w.sim[j];
+        for (i = 0; i < w.probe.n; i++) {
+            uint32_t li = (uint32_t)w.probe.id[i];
+            float bias = w.probe.d[i];
+            if (ix->p.metric == VECIDX_L2) {
+                const float *t2 = v->t2 ? v->t2 + (size_t)li * lut : w.lut;
+                if (!v->t2) vx_ivf_t2_list(ix, li, w.cvec, w.lut);
+                for (j = 0; j < lut; j++) w.lut[j] = t2[j] - 2 * w.sim[j];
+            } else if (ix->p.metric == VECIDX_COSINE) {
+                bias += 1.0f;
+            }
+            vx_ivf_scan(ix, &w, li, bias, w.lut, o, into);
+        }
+        if (refine > 1) vx_ivf_refine(ix, &w, qv, h);
+    }
+    vx_ivf_sw_free(ix, &w);
+    return rc;
+}
+
+/* ---- training ----------------------------------------------------------- */
+
+/* One k-means run: k centroids of d floats for the n points at x (row
+** stride ldx floats). Points are assigned in parallel, but sums are
+** accumulated in point order, so the result does not depend on the
+** thread count. */
+typedef struct vx_km {
+    vecidx *ix;
+    const float *x;
+    size_t n, ldx;
+    uint32_t d, k, npanel;
+    int ip, spherical;
+    float *cent;   /* k * d, row-major */
+    float *panels; /* npanel * d * VX_PANEL */
+    float *cnorm;  /* npanel * VX_PANEL: |c|^2 (0 for ip), +inf padding */
+    uint32_t *assign;
+} vx_km;
+
+typedef struct vx_km_job {
+    const vx_km *km;
+    size_t begin, end;
+    int rc;
+} vx_km_job;
+
+static void *vx_km_assign_worker(void *arg)
+{
+    vx_km_job *j = arg;
+    const vx_km *km = j->km;
+    size_t bytes = sizeof(float), i;
+    float *buf = vx_malloc(&km->ix->mem, bytes);
+    if (!buf) {
+        j->rc = VECIDX_ENOMEM;
+        return NULL;
+    }
+    for (i = j->begin; i < j->end; i++)
+        km->assign[i] = km->ix->kern->nearest(
+            km->x + i * km->ldx, km->panels, km->d, km->npanel, km->cnorm,
+            km->ip ? -1.0f : -2.0f, buf);
+    vx_free(&km->ix->mem, buf, bytes);
+    return NULL;
+}
+
+/* Rebuild the panel copy and norms of the row-major centroids. */
+static void vx_km_panels(vx_km *km)
+{
+    uint32_t c, i;
+    memset(km->panels, 0,
+           (size_t)km->npanel * km->d * VX_PANEL * sizeof(float));
+    for (c = km->k; c < km->npanel * VX_PANEL; c++) km->cnorm[c] = INFINITY;
+    for (c = 0; c < km->k; c++) {
+        const float *r = km->cent + (size_t)c * km->d;
+        double s = 0;
+        for (i = 0; i < km->d; i++) {
+            *vx_panel_at(km->panels, km->d, c, i) = r[i];
+            s += (double)r[i] * r[i];
+        }
+        km->cnorm[c] = km->ip ? 0.0f : (float)s;
+    }
+}
+
+static int vx_km_assign(vx_km *km)
+{
+    vx_km_job jobs[64];
+    vx_task tasks[64];
+    unsigned nt = km->n < 4096 ? 1 : vx_threads(km->ix, NULL), t;
+    size_t per;
+    int rc = VECIDX_OK;
+    if (nt > 64) nt = 64;
+    per = (km->n + nt - 1) / nt;
+    vx_km_panels(km);
+    for (t = 0; t < nt; t++) {
+        jobs[t].km = km;
+        jobs[t].begin = t * per < km->n ? t * per : km->n;
+        jobs[t].end = jobs[t].begin + per < km->n ? jobs[t].begin + per
+                                                  : km->n;
+        jobs[t].rc = VECIDX_OK;
+        tasks[t].fn = vx_km_assign_worker;
+        tasks[t].arg = &jobs[t];
+    }
+    vx_run_parallel(tasks, nt);
+    for (t = 0; t < nt; t++)
+        if (jobs[t].rc != VECIDX_OK) rc = jobs[t].rc;
+    return rc;
+}
+
+/* A centroid left with no points moves onto a point of the largest
+** cluster, which the next assignment then splits in two. */
+static void vx_km_reseed(vx_km *km, uint32_t *cnt, uint64_t *rng)
+{
+    uint32_t c, big, i;
+    size_t p;
+    for (c = 0; c < km->k; c++) {
+        size_t skip;
+        if (cnt[c]) continue;
+        for (big = 0, i = 1; i < km->k; i++)
+            if (cnt[i] > cnt[big]) big = i;
+        if (cnt[big] < 2) return; /* fewer distinct groups than centroids */
+        skip = (size_t)(vx_splitmix(rng) % cnt[big]);
+        for (p = 0; p < km->n; p++)
+            if (km->assign[p] == big && skip-- == 0) break;
+        memcpy(km->cent + (size_t)c * km->d, km->x + p * km->ldx,
+               km->d * sizeof(float));
+        cnt[c] = cnt[big] / 2;
+        cnt[big] -= cnt[c];
+    }
+}
+
+/* Means of the assigned points (double sums), then reseeding, then
+** normalising for spherical k-means. */
+static int vx_km_update(vx_km *km, uint64_t *rng)
+{
+    size_t kd = (size_t)km->k * km->d, p;
+    double *sum = vx_malloc(&km->ix->mem, kd * sizeof *sum);
+    uint32_t *cnt = vx_malloc(&km->ix->mem, km->k * sizeof *cnt), c, i;
+    if (!sum || !cnt) {
+        vx_free(&km->ix->mem, sum, kd * sizeof *sum);
+        vx_free(&km->ix->mem, cnt, km->k * sizeof *cnt);
+        return VECIDX_ENOMEM;
+    }
+    memset(sum, 0, kd * sizeof *sum);
+    memset(cnt, 0, km->k * sizeof *cnt);
+    for (p = 0; p < km->n; p++) {
+        const float *x = km->x + p * km->ldx;
+        double *s = sum + (size_t)km->assign[p] * km->d;
+        cnt[km->assign[p]]++;
+        for (i = 0; i < km->d; i++) s[i] += x[i];
+    }
+    for (c = 0; c < km->k; c++)
+        for (i = 0; cnt[c] && i < km->d; i++)
+            km->cent[(size_t)c * km->d + i] =
+                (float)(sum[(size_t)c * km->d + i] / cnt[c]);
+    vx_km_reseed(km, cnt, rng);
+    for (c = 0; km->spherical && c < km->k; c++) {
+        float *r = km->cent + (size_t)c * km->d;
+        double s = 0;
+        for (i = 0; i < km->d; i++) s += (double)r[i] * r[i];
+        for (i = 0; s > 0 && i < km->d; i++) r[i] = (float)(r[i] / sqrt(s));
+    }
+    vx_free(&km->ix->mem, sum, kd * sizeof *sum);
+    vx_free(&km->ix->mem, cnt, km->k * sizeof *cnt);
+    return VECIDX_OK;
+}
+
+static void vx_km_free(vx_km *km)
+{
+    vx_mem *mem = &km->ix->mem;
+    vx_free(mem, km->cent, (size_t)km->k * km->d * sizeof(float));
+    vx_free(mem, km->panels,
+            (size_t)km->npanel * km->d * VX_PANEL * sizeof(float));
+    vx_free(mem, km->cnorm, (size_t)km->npanel * VX_PANEL * sizeof(float));
+    vx_free(mem, km->assign, km->n * sizeof *km->assign);
+}
+
+static void vx_progress(const vecidx *ix, const char *stage, double done)
+{
+    if (ix->p.progress) ix->p.progress(stage, done, ix->p.progress_ctx);
+}
+
+/* Run k-means; km->cent holds the centroids after, in rows. Distinct
+** points chosen at random (seeded) start it. */
+static int vx_km_run(vx_km *km, int iters, uint64_t *rng, const char *stage,
+                     double from, double span)
+{
+    vx_mem *mem = &km->ix->mem;
+    uint32_t *pick = NULL, c;
+    size_t i;
+    int it, rc = VECIDX_OK;
+    km->npanel = (km->k + VX_PANEL - 1) / VX_PANEL;
+    km->cent = vx_malloc(mem, (size_t)km->k * km->d * sizeof(float));
+    km->panels = vx_malloc(mem, (size_t)km->npanel * km->d * VX_PANEL *
+                                    sizeof(float));
+    km->cnorm = vx_malloc(mem, (size_t)km->npanel * VX_PANEL * sizeof(float));
+    km->assign = vx_malloc(mem, km->n * sizeof *km->assign);
+    if (km->n >= km->k) pick = vx_malloc(mem, km->n * sizeof *pick);
+    if (!km->cent || !km->panels || !km->cnorm || !km->assign ||
+        (km->n >= km->k && !pick)) {
+        vx_free(mem, pick, km->n * sizeof *pick);
+        vx_km_free(km);
+        return VECIDX_ENOMEM;
+    }
+    for (i = 0; pick && i < km->n; i++) pick[i] = (uint32_t)i;
+    for (c = 0; c < km->k; c++) {
+        size_t p = c % km->n;
+        if (pick) { /* partial Fisher-Yates: distinct points */
+            size_t r = c + (size_t)(vx_splitmix(rng) % (km->n - c));
+            uint32_t t = pick[c];
+            pick[c] = pick[r];
+            pick[r] = t;
+            p = pick[c];
+        }
+        memcpy(km->cent + (size_t)c * km->d, km->x + p * km->ldx,
+               km->d * sizeof(float));
+    }
+    vx_free(mem, pick, km->n * sizeof *pick);
+    for (it = 0; it < iters && rc == VECIDX_OK; it++) {
+        if ((rc = vx_km_assign(km)) == VECIDX_OK) rc = vx_km_update(km, rng);
+        vx_progress(km->ix, stage, from + span * (it + 1) / iters);
+    }
+    if (rc != VECIDX_OK) vx_km_free(km);
+    return rc;
+}
+
+/* Everything trained, freed; the index is untrained again after. */
+static void vx_ivf_destroy(vecidx *ix)
+{
+    vx_ivf *v = &ix->ivf;
+    uint32_t li;
+    if (v->cq) vecidx_close(v->cq);
+    if (!v->model_mapped) vx_free(&ix->mem, v->cent, v->model_bytes);
+    vx_free(&ix->mem, v->bnorm, (size_t)v->m * VX_IVF_KSUB * sizeof(float));
+    vx_free(&ix->mem, v->cbias, (size_t)v->npanel * VX_PANEL * sizeof(float));
+    for (li = 0; v->lists && li < v->nlist; li++)
+        vx_ivl_free(ix, &v->lists[li]);
+    vx_free(&ix->mem, v->lists, (size_t)v->nlist * sizeof *v->lists);
+    if (!v->map_mapped) vx_free(&ix->mem, v->map, v->map_cap * 8);
+    memset(v, 0, sizeof *v);
+}
+
+static size_t vx_ivf_t2_floats(const vecidx *ix, uint32_t nlist, uint32_t m)
+{
+    size_t n = (size_t)nlist * m * VX_IVF_KSUB;
+    return ix->p.metric == VECIDX_L2 && n * sizeof(float) <= VX_IVF_T2_MAX
+               ? n
+               : 0;
+}
+
+/* Lay out the model block: centroid panels, their norms, codebooks, t2. */
+static void vx_ivf_model_point(vecidx *ix, float *base, int t2)
+{
+    vx_ivf *v = &ix->ivf;
+    size_t cent = (size_t)v->npanel * ix->p.dim * VX_PANEL;
+    v->cent = base;
+    v->cnorm = base + cent;
+    v->book = v->cnorm + (size_t)v->npanel * VX_PANEL;
+    v->t2 = t2 ? v->book + (size_t)VX_IVF_KSUB * ix->p.dim : NULL;
+}
+
+static size_t vx_ivf_model_floats(const vecidx *ix, uint32_t nlist,
+                                  uint32_t m, int t2)
+{
+    size_t np = (nlist + VX_PANEL - 1) / VX_PANEL;
+    return np * ix->p.dim * VX_PANEL + np * VX_PANEL +
+           (size_t)VX_IVF_KSUB * ix->p.dim +
+           (t2 ? (size_t)nlist * m * VX_IVF_KSUB : 0);
+}
+
+/* Empty model and lists for nlist centroids and m slices. */
+static int vx_ivf_model_alloc(vecidx *ix, uint32_t nlist, uint32_t m)
+{
+    vx_ivf *v = &ix->ivf;
+    int t2 = vx_ivf_t2_floats(ix, nlist, m) != 0;
+    float *base;
+    memset(v, 0, sizeof *v);
+    v->nlist = nlist;
+    v->m = m;
+    v->npanel = (nlist + VX_PANEL - 1) / VX_PANEL;
+    v->model_bytes = vx_ivf_model_floats(ix, nlist, m, t2) * sizeof(float);
+    base = vx_malloc(&ix->mem, v->model_bytes);
+    v->lists = vx_malloc(&ix->mem, (size_t)nlist * sizeof *v->lists);
+    if (!base || !v->lists) {
+        vx_free(&ix->mem, base, v->model_bytes);
+        vx_free(&ix->mem, v->lists, (size_t)nlist * sizeof *v->lists);
+        memset(v, 0, sizeof *v);
+        return VECIDX_ENOMEM;
+    }
+    memset(base, 0, v->model_bytes);
+    memset(v->lists, 0, (size_t)nlist * sizeof *v->lists);
+    vx_ivf_model_point(ix, base, t2);
+    return VECIDX_OK;
+}
+
+/* An HNSW graph over the centroids, for large nlist. */
+static int vx_ivf_build_cq(vecidx *ix)
+{
+    vx_ivf *v = &ix->ivf;
+    vecidx_params p;
+    uint64_t *keys;
+    float *rows;
+    uint32_t c, i;
+    int rc;
+    vecidx_params_init(&p, VECIDX_HNSW,
+                       ix->p.metric == VECIDX_L2 ? VECIDX_L2 : VECIDX_IP,
+                       ix->p.dim);
+    p.seed = ix->p.seed;
+    p.threads = ix->p.threads;
+    p.allocator = ix->p.allocator;
+    keys = vx_malloc(&ix->mem, (size_t)v->nlist * sizeof *keys);
+    rows = vx_malloc(&ix->mem, (size_t)v->nlist * ix->p.dim * sizeof *rows);
+    rc = keys && rows ? vecidx_create(&p, &v->cq) : VECIDX_ENOMEM;
+    for (c = 0; c < v->nlist && rc == VECIDX_OK; c++) {
+        keys[c] = c;
+        for (i = 0; i < ix->p.dim; i++)
+            rows[(size_t)c * ix->p.dim + i] =
+                *vx_panel_at(v->cent, ix->p.dim, c, i);
+    }
+    if (rc == VECIDX_OK) rc = vecidx_add_batch(v->cq, v->nlist, keys, rows);
+    if (rc != VECIDX_OK && v->cq) {
+        vecidx_close(v->cq);
+        v->cq = NULL;
+    }
+    vx_free(&ix->mem, keys, (size_t)v->nlist * sizeof *keys);
+    vx_free(&ix->mem, rows, (size_t)v->nlist * ix->p.dim * sizeof *rows);
+    return rc == VECIDX_OK ? rc : VECIDX_ENOMEM;
+}
+
+/* Centroid norms (when `full`: not read from a file) and the assignment
+** bias derived from them. */
+static int vx_ivf_derive_coarse(vecidx *ix, int full)
+{
+    vx_ivf *v = &ix->ivf;
+    uint32_t c, i;
+    for (c = 0; full && c < v->nlist; c++) {
+        double s = 0;
+        for (i = 0; i < ix->p.dim; i++) {
+            float x = *vx_panel_at(v->cent, ix->p.dim, c, i);
+            s += (double)x * x;
+        }
+        v->cnorm[c] = (float)s;
+    }
+    if (!(v->cbias = vx_malloc(&ix->mem, (size_t)v->npanel * VX_PANEL *
+                                             sizeof(float))))
+        return VECIDX_ENOMEM;
+    for (c = 0; c < v->npanel * VX_PANEL; c++)
+        v->cbias[c] = c >= v->nlist              ? INFINITY
+                      : ix->p.metric == VECIDX_L2 ? v->cnorm[c]
+                                                  : 0.0f;
+    return VECIDX_OK;
+}
+
+/* Tables derived from the centroids and codebooks: sub-centroid norms,
+** and (when `full`, i.e. not read from a file) centroid norms and t2. */
+static int vx_ivf_derive(vecidx *ix, int full)
+{
+    vx_ivf *v = &ix->ivf;
+    size_t nb = (size_t)v->m * VX_IVF_KSUB, lut = nb;
+    uint32_t j, k, i, c;
+    float *cvec;
+    if (!(v->bnorm = vx_malloc(&ix->mem, nb * sizeof(float))))
+        return VECIDX_ENOMEM;
+    for (j = 0; j < v->m; j++)
+        for (k = 0; k < VX_IVF_KSUB; k++) {
+            uint32_t len = vx_ivf_len(ix, j);
+            double s = 0;
+            for (i = 0; i < len; i++) {
+                float b = *vx_panel_at((float *)vx_ivf_book(ix, j), len, k, i);
+                s += (double)b * b;
+            }
+            v->bnorm[(size_t)j * VX_IVF_KSUB + k] = (float)s;
+        }
+    if (full && v->t2) {
+        if (!(cvec = vx_malloc(&ix->mem, ix->p.dim * sizeof(float))))
+            return VECIDX_ENOMEM;
+        for (c = 0; c < v->nlist; c++)
+            vx_ivf_t2_list(ix, c, cvec, v->t2 + (size_t)c * lut);
+        vx_free(&ix->mem, cvec, ix->p.dim * sizeof(float));
+    }
+    if (ix->p.ivf_quantizer == VECIDX_QUANT_HNSW ||
+        (ix->p.ivf_quantizer == VECIDX_QUANT_AUTO &&
+         v->nlist >= VX_IVF_HNSW_NLIST))
+        return vx_ivf_build_cq(ix);
+    return VECIDX_OK;
+}
+
+static uint32_t vx_ivf_pick_nlist(const vecidx *ix, size_t n)
+{
+    size_t nl = (size_t)(4 * sqrt((double)n)), most = n / 39;
+    if (ix->p.ivf_nlist) return ix->p.ivf_nlist;
+    if (nl > most) nl = most;
+    if (nl < 1) nl = 1;
+    return nl > VX_IVF_MAX_NLIST ? VX_IVF_MAX_NLIST : (uint32_t)nl;
+}
+
+static uint32_t vx_ivf_pick_m(const vecidx *ix)
+{
+    uint32_t m = ix->p.dim / 4;
+    if (ix->p.pq_m) return ix->p.pq_m;
+    return m < 1 ? 1 : m > 64 ? 64 : m;
+}
+
+/* Up to ns rows of data picked at random (seeded), in random order,
+** normalised for cosine, into a new array. */
+static float *vx_ivf_sample(vecidx *ix, const float *data, size_t n,
+                            size_t ns, uint64_t *rng)
+{
+    size_t dim = ix->p.dim, i, bytes = ns * dim * sizeof(float);
+    uint32_t *pick = vx_malloc(&ix->mem, n * sizeof *pick);
+    float *xs = vx_malloc(&ix->mem, bytes);
+    if (pick && xs) {
+        for (i = 0; i < n; i++) pick[i] = (uint32_t)i;
+        for (i = 0; i < ns; i++) {
+            size_t r = i + (size_t)(vx_splitmix(rng) % (n - i));
+            uint32_t t = pick[i];
+            const float *row;
+            pick[i] = pick[r];
+            pick[r] = t;
+            row = vx_ivf_prep_vec(ix, data + pick[i] * dim, xs + i * dim);
+            if (row != xs + i * dim) memcpy(xs + i * dim, row, dim * 4);
+        }
+    } else {
+        vx_free(&ix->mem, xs, bytes);
+        xs = NULL;
+    }
+    vx_free(&ix->mem, pick, n * sizeof *pick);
+    return xs;
+}
+
+/* Train the sub-quantizers on the residuals of the first nps samples. */
+static int vx_ivf_train_pq(vecidx *ix, const float *xs, size_t nps,
+                           uint64_t *rng)
+{
+    vx_ivf *v = &ix->ivf;
+    size_t dim = ix->p.dim, i, bytes = nps * dim * sizeof(float);
+    float *res = vx_malloc(&ix->mem, bytes);
+    uint32_t j, k, t;
+    int rc = res ? VECIDX_OK : VECIDX_ENOMEM;
+    for (i = 0; res && i < nps; i++) {
+        uint32_t li = vx_ivf_assign(ix, xs + i * dim);
+        for (t = 0; t < dim; t++)
+            res[i * dim + t] =
+                xs[i * dim + t] - *vx_panel_at(v->cent, dim, li, t);
+    }
+    for (j = 0; j < v->m && rc == VECIDX_OK; j++) {
+        uint32_t len = vx_ivf_len(ix, j);
+        vx_km km;
+        memset(&km, 0, sizeof km);
+        km.ix = ix;
+        km.x = res + vx_ivf_off(ix, j);
+        km.n = nps;
+        km.ldx = dim;
+        km.d = len;
+        km.k = VX_IVF_KSUB;
+        rc = vx_km_run(&km, VX_IVF_PQ_ITERS, rng, "pq", (double)j / v->m,
+                       1.0 / v->m);
+        for (k = 0; rc == VECIDX_OK && k < VX_IVF_KSUB; k++)
+            for (t = 0; t < len; t++)
+                *vx_panel_at((float *)vx_ivf_book(ix, j), len, k, t) =
+                    km.cent[(size_t)k * len + t];
+        if (rc == VECIDX_OK) vx_km_free(&km);
+    }
+    vx_free(&ix->mem, res, bytes);
+    return rc;
+}
+
+/* Train on n rows of data (validated). Leaves the index untrained and
+** unchanged on failure; does not absorb buffered vectors. */
+static int vx_ivf_train(vecidx *ix, size_t n, const float *data)
+{
+    uint32_t nlist = vx_ivf_pick_nlist(ix, n), m = vx_ivf_pick_m(ix), c, i;
+    uint64_t rng = ix->p.seed ^ 0x5bd1e9955bd1e995ull;
+    size_t ns = (size_t)VX_IVF_PER_CENTROID * nlist;
+    float *xs;
+    vx_km km;
+    int rc;
+    if (ns > n) ns = n;
+    if (!(xs = vx_ivf_sample(ix, data, n, ns, &rng))) return VECIDX_ENOMEM;
+    memset(&km, 0, sizeof km);
+    km.ix = ix;
+    km.x = xs;
+    km.n = ns;
+    km.ldx = km.d = ix->p.dim;
+    km.k = nlist;
+    km.ip = ix->p.metric != VECIDX_L2;
+    km.spherical = ix->p.metric == VECIDX_COSINE;
+    rc = vx_km_run(&km, VX_IVF_KMEANS_ITERS, &rng, "kmeans", 0, 1);
+    if (rc == VECIDX_OK) {
+        if ((rc = vx_ivf_model_alloc(ix, nlist, m)) == VECIDX_OK)
+            for (c = 0; c < nlist; c++)
+                for (i = 0; i < ix->p.dim; i++)
+                    *vx_panel_at(ix->ivf.cent, ix->p.dim, c, i) =
+                        km.cent[(size_t)c * ix->p.dim + i];
+        vx_km_free(&km);
+    }
+    if (rc == VECIDX_OK) rc = vx_ivf_derive_coarse(ix, 1);
+    if (rc == VECIDX_OK)
+        rc = vx_ivf_train_pq(ix, xs, ns < VX_IVF_PQ_SAMPLES ? ns
+                                                            : VX_IVF_PQ_SAMPLES,
+                             &rng);
+    if (rc == VECIDX_OK) rc = vx_ivf_derive(ix, 1);
+    vx_free(&ix->mem, xs, ns * ix->p.dim * sizeof(float));
+    if (rc != VECIDX_OK) {
+        vx_ivf_destroy(ix);
+        return rc;
+    }
+    ix->ivf.trained = 1;
+    return VECIDX_OK;
+}
+
+/* Move the buffered vectors of an untrained index into the lists of the
+** just-trained one, and release the buffer. */
+static int vx_ivf_absorb(vecidx *ix)
+{
+    vx_store *s = &ix->store;
+    size_t n = s->count, i = 0, dim = ix->p.dim;
+    uint64_t *keys;
+    float *vecs;
+    vx_ivf_prep pr;
+    uint32_t slot;
+    int rc;
+    if (n == 0) return VECIDX_OK;
+    keys = vx_malloc(&ix->mem, n * sizeof *keys);
+    vecs = vx_malloc(&ix->mem, n * dim * sizeof *vecs);
+    rc = keys && vecs ? VECIDX_OK : VECIDX_ENOMEM;
+    for (slot = 0; rc == VECIDX_OK && slot < s->nslots; slot++)
+        if (vx_store_live(s, slot)) {
+            keys[i] = vx_store_key(s, slot);
+            memcpy(vecs + i++ * dim, vx_store_vec(s, slot), dim * 4);
+        }
+    vx_progress(ix, "encode", 0);
+    if (rc == VECIDX_OK && (rc = vx_ivf_prepare(ix, n, vecs, &pr)) == 0) {
+        vx_ivf_apply(ix, &pr, keys, vecs);
+        vx_ivf_prep_free(ix, &pr);
+        vx_store_destroy(s, &ix->mem);
+        vx_store_init(s, ix->p.dim, ix->p.metric == VECIDX_COSINE, 0);
+    }
+    vx_progress(ix, "encode", 1);
+    vx_free(&ix->mem, keys, n * sizeof *keys);
+    vx_free(&ix->mem, vecs, n * dim * sizeof *vecs);
+    return rc;
+}
+
+/* Train on data (or, with data NULL, on the buffered vectors) and move
+** the buffer into the lists; all or nothing. */
+static int vx_ivf_train_all(vecidx *ix, size_t n, const float *data)
+{
+    vx_store *s = &ix->store;
+    float *own = NULL;
+    size_t bytes = 0, i = 0;
+    uint32_t slot;
+    int rc;
+    if (!data) { /* the buffer's vectors, gathered into one array */
+        n = s->count;
+        bytes = n * (size_t)ix->p.dim * sizeof(float);
+        if (!(own = vx_malloc(&ix->mem, bytes))) return VECIDX_ENOMEM;
+        for (slot = 0; slot < s->nslots; slot++)
+            if (vx_store_live(s, slot))
+                memcpy(own + i++ * ix->p.dim, vx_store_vec(s, slot),
+                       (size_t)ix->p.dim * sizeof(float));
+        data = own;
+    }
+    rc = vx_ivf_train(ix, n, data);
+    vx_free(&ix->mem, own, bytes);
+    if (rc == VECIDX_OK && (rc = vx_ivf_absorb(ix)) != VECIDX_OK)
+        vx_ivf_destroy(ix);
+    return rc;
+}
+
+/* The auto-training threshold (params.ivf_train_size). */
+static size_t vx_ivf_train_size(const vecidx *ix)
+{
+    size_t nl = ix->p.ivf_nlist ? ix->p.ivf_nlist : 256;
+    if (ix->p.ivf_train_size) return ix->p.ivf_train_size;
+    return 39 * nl > 10000 ? 39 * nl : 10000;
+}
+
+/* Verify the lists against the key map, both ways. */
+static const char *vx_ivf_check(const vecidx *ix)
+{
+    const vx_ivf *v = &ix->ivf;
+    uint64_t total = 0;
+    uint32_t li, pos;
+    size_t i, cells = 0;
+    if (!v->trained) return NULL;
+    for (li = 0; li < v->nlist; li++) {
+        const vx_ivlist *l = &v->lists[li];
+        if (l->n > l->cap && !l->mapped) return "a list is longer than its room";
+        total += l->n;
+        for (pos = 0; pos < l->n; pos++) {
+            size_t c = vx_ivf_map_find(v, l->keys[pos]);
+            if (c == SIZE_MAX || (uint32_t)v->map[c] != pos ||
+                ((uint32_t)(v->map[c] >> 32) & 0xFFFFFu) != li)
+                return "a list entry is missing from the key map";
+        }
+    }
+    for (i = 0; i < v->map_cap; i++)
+        if (v->map[i] != VX_IVF_EMPTY) cells++;
+    if (total != v->count || cells != v->map_n || cells != total)
+        return "list lengths, key map and count disagree";
+    if (ix->store.count) return "vectors are still buffered after training";
+    return NULL;
+}
+
+/* ======================================================================
+** 8. File format
 **
 ** One file per index, described byte by byte in docs/FORMAT.md: a 512-byte
 ** header (magic, version, byte order, parameters, counters, section table,
@@ -2421,14 +3871,19 @@ static int vx_io_sync_dir(const char *path)
 #define VX_FILE_HEADER 512u
 #define VX_FILE_PAGE 4096u
 #define VX_FILE_BOM 0x01020304u
-#define VX_FILE_NSECT 5
+#define VX_FILE_NSECT 9
 enum {
     VX_SECT_CHUNKS,
     VX_SECT_ARENA,
     VX_SECT_MAPKEYS,
     VX_SECT_MAPSLOTS,
-    VX_SECT_FREE
+    VX_SECT_FREE,
+    VX_SECT_IVF_MODEL, /* centroids, their norms, codebooks, t2 */
+    VX_SECT_IVF_DIR,   /* per list: u64 offset into DATA, u32 n, u32 0 */
+    VX_SECT_IVF_DATA,  /* per list: keys, codes (padded to 8), vectors */
+    VX_SECT_IVF_MAP    /* key map cells */
 };
+#define VX_FILE_IVF 440u /* header offset of the IVF-PQ fields */
 
 typedef struct vx_sect {
     uint64_t off, len;
@@ -2446,6 +3901,9 @@ typedef struct vx_fhdr {
     uint64_t arena_n;
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
     uint64_t map_cap, salt;
+    /* IVF-PQ: trained state (all zero before training) */
+    uint32_t ivf_trained, ivf_nlist, ivf_m, ivf_has_t2;
+    uint64_t ivf_count, ivf_map_cap;
     vx_sect sect[VX_FILE_NSECT];
 } vx_fhdr;
 
@@ -2517,6 +3975,16 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
         vx_put64(b, 224 + 24 * (size_t)i, h->sect[i].len);
         vx_put32(b, 232 + 24 * (size_t)i, h->sect[i].crc);
     }
+    vx_put32(b, VX_FILE_IVF, h->ivf_trained);
+    vx_put32(b, VX_FILE_IVF + 4, h->ivf_nlist);
+    vx_put32(b, VX_FILE_IVF + 8, h->ivf_m);
+    vx_put32(b, VX_FILE_IVF + 12, h->ivf_has_t2);
+    vx_put32(b, VX_FILE_IVF + 16, h->p.ivf_keep_vectors);
+    vx_put32(b, VX_FILE_IVF + 20, h->p.ivf_refine);
+    vx_put32(b, VX_FILE_IVF + 24, h->p.ivf_quantizer);
+    vx_put32(b, VX_FILE_IVF + 28, h->p.ivf_train_size);
+    vx_put64(b, VX_FILE_IVF + 32, h->ivf_count);
+    vx_put64(b, VX_FILE_IVF + 40, h->ivf_map_cap);
     vx_put32(b, VX_FILE_HEADER - 4, vx_crc32c_more(0, b, VX_FILE_HEADER - 4));
 }
 
@@ -2574,6 +4042,16 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
         h->sect[i].len = vx_get64(b, 224 + 24 * (size_t)i);
         h->sect[i].crc = vx_get32(b, 232 + 24 * (size_t)i);
     }
+    h->ivf_trained = vx_get32(b, VX_FILE_IVF);
+    h->ivf_nlist = vx_get32(b, VX_FILE_IVF + 4);
+    h->ivf_m = vx_get32(b, VX_FILE_IVF + 8);
+    h->ivf_has_t2 = vx_get32(b, VX_FILE_IVF + 12);
+    h->p.ivf_keep_vectors = vx_get32(b, VX_FILE_IVF + 16);
+    h->p.ivf_refine = vx_get32(b, VX_FILE_IVF + 20);
+    h->p.ivf_quantizer = vx_get32(b, VX_FILE_IVF + 24);
+    h->p.ivf_train_size = vx_get32(b, VX_FILE_IVF + 28);
+    h->ivf_count = vx_get64(b, VX_FILE_IVF + 32);
+    h->ivf_map_cap = vx_get64(b, VX_FILE_IVF + 40);
     return VECIDX_OK;
 }
 
@@ -2601,6 +4079,14 @@ static void vx_fhdr_from(const vecidx *ix, vx_fhdr *h)
     h->map_cap = s->map.cap;
     h->entry = VX_NOSLOT;
     h->maxlevel = -1;
+    if (ix->ivf.trained) {
+        h->ivf_trained = 1;
+        h->ivf_nlist = ix->ivf.nlist;
+        h->ivf_m = ix->ivf.m;
+        h->ivf_has_t2 = ix->ivf.t2 != NULL;
+        h->ivf_count = ix->ivf.count;
+        h->ivf_map_cap = ix->ivf.map_cap;
+    }
     if (ix->p.kind == VECIDX_HNSW) {
         h->rng = ix->hnsw.rng;
         h->entry = ix->hnsw.entry;
@@ -2628,6 +4114,79 @@ static int vx_file_put_sect(int fd, vx_sect *sc, uint64_t off,
 }
 
 static const uint32_t vx_zero_word = 0;
+
+/* A section written piece by piece, its checksum kept as it goes. */
+typedef struct vx_fw {
+    int fd, ok;
+    uint64_t off;
+    vx_sect *sc;
+} vx_fw;
+
+static void vx_fw_begin(vx_fw *w, vx_sect *sc, uint64_t off)
+{
+    w->sc = sc;
+    w->off = sc->off = vx_page_up(off);
+    sc->len = 0;
+    sc->crc = 0;
+}
+
+static void vx_fw_put(vx_fw *w, const void *p, size_t n)
+{
+    if (!w->ok || n == 0) return;
+    if (vx_io_write_all(w->fd, p, n, (off_t)w->off) != 0) w->ok = 0;
+    w->sc->crc = vx_crc32c_more(w->sc->crc, p, n);
+    w->sc->len += n;
+    w->off += n;
+}
+
+static void vx_fw_pad8(vx_fw *w)
+{
+    static const unsigned char zero[8] = {0};
+    vx_fw_put(w, zero, (8 - w->sc->len % 8) % 8);
+}
+
+/* The four IVF-PQ sections, from offset off. Returns 0, or -1 with
+** errno set. */
+static int vx_file_put_ivf(vecidx *ix, int fd, vx_fhdr *h, uint64_t off)
+{
+    const vx_ivf *v = &ix->ivf;
+    size_t dirb = (size_t)v->nlist * 16, vb = 0;
+    unsigned char *dir = vx_malloc(&ix->mem, dirb);
+    uint64_t at = 0;
+    uint32_t li;
+    vx_fw w;
+    if (!dir) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (ix->p.ivf_keep_vectors) vb = (size_t)ix->p.dim * sizeof(float);
+    for (li = 0; li < v->nlist; li++) {
+        size_t n = v->lists[li].n, codes = (n * v->m + 7) / 8 * 8;
+        vx_put64(dir, (size_t)li * 16, at);
+        vx_put32(dir, (size_t)li * 16 + 8, (uint32_t)n);
+        vx_put32(dir, (size_t)li * 16 + 12, 0);
+        at += n * 8 + codes + (n * vb + 7) / 8 * 8;
+    }
+    w.fd = fd;
+    w.ok = 1;
+    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_MODEL], off);
+    vx_fw_put(&w, v->cent, v->model_bytes);
+    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_DIR], w.off);
+    vx_fw_put(&w, dir, dirb);
+    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_DATA], w.off);
+    for (li = 0; li < v->nlist; li++) {
+        const vx_ivlist *l = &v->lists[li];
+        vx_fw_put(&w, l->keys, (size_t)l->n * 8);
+        vx_fw_put(&w, l->codes, (size_t)l->n * v->m);
+        vx_fw_pad8(&w);
+        vx_fw_put(&w, l->vecs, (size_t)l->n * vb);
+        vx_fw_pad8(&w);
+    }
+    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_MAP], w.off);
+    vx_fw_put(&w, v->map, v->map_cap * 8);
+    vx_free(&ix->mem, dir, dirb);
+    return w.ok ? 0 : -1;
+}
 
 /* Write ix to a temporary file beside path, sync it, rename it over path
 ** and sync the directory: a crash leaves either the old file or the new
@@ -2688,7 +4247,17 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
     pieces[0] = s->free;
     ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_FREE], off, pieces,
                                  s->nfree ? 1 : 0, s->nfree * 4);
+    off = vx_page_up(off + h.sect[VX_SECT_FREE].len);
     vx_free(&ix->mem, pieces, np * sizeof *pieces);
+    if (ok && ix->ivf.trained && vx_file_put_ivf(ix, fd, &h, off) != 0) {
+        if (errno == ENOMEM) {
+            vx_io_cur->close(fd);
+            vx_io_cur->unlink(tmp);
+            return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the "
+                          "index");
+        }
+        ok = 0;
+    }
     vx_fhdr_encode(&h, hdr);
     ok = ok && vx_io_write_all(fd, hdr, sizeof hdr, 0) == 0;
     ok = ok && vx_io_cur->fsync(fd) == 0;
@@ -2716,6 +4285,31 @@ static int vx_sect_ok(const vx_sect *sc, uint64_t size, uint64_t want)
                           want <= size - sc->off));
 }
 
+/* The IVF-PQ fields of a header: untrained (all zero), or a shape that
+** the sections can then be checked against. */
+static int vx_file_validate_ivf(const vx_fhdr *h)
+{
+    int ivf = h->p.kind == VECIDX_IVFPQ;
+    if (ivf && vx_check_ivf_params(&h->p) != VECIDX_OK)
+        return vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ parameters are "
+                      "invalid: %s", vx_err_tls.msg);
+    if (!h->ivf_trained)
+        return h->ivf_nlist || h->ivf_m || h->ivf_count || h->ivf_map_cap ||
+                       h->ivf_has_t2
+                   ? vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ fields are "
+                            "set but the index is untrained")
+                   : VECIDX_OK;
+    if (!ivf || h->ivf_trained != 1 || h->ivf_nlist == 0 ||
+        h->ivf_nlist > VX_IVF_MAX_NLIST || h->ivf_m == 0 ||
+        h->ivf_m > h->p.dim || h->ivf_has_t2 > 1 ||
+        (h->ivf_has_t2 && h->p.metric != VECIDX_L2) ||
+        h->ivf_count > VECIDX_MAX_COUNT || h->ivf_map_cap <= h->ivf_count ||
+        h->ivf_map_cap > ((uint64_t)1 << 33) || h->count != 0)
+        return vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ fields are "
+                      "inconsistent");
+    return VECIDX_OK;
+}
+
 /* Check that the header describes a consistent index of this file's
 ** size, and that the sections copied at open match their checksums. The
 ** big chunk section is not read here (that would cost a pass over the
@@ -2726,7 +4320,8 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
 {
     static const char *const names[VX_FILE_NSECT] = {
-        "vectors", "graph", "key map", "key map", "free slot"};
+        "vectors",   "graph",     "key map",   "key map",  "free slot",
+        "IVF model", "IVF lists", "IVF lists", "IVF key map"};
     vx_store t;
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
@@ -2734,9 +4329,7 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
         (graph && (rc = vx_check_hnsw_params(&h->p)) != 0))
         return vx_err(NULL, VECIDX_ECORRUPT, "header parameters are "
                       "invalid: %s", vx_err_tls.msg);
-    if (h->p.kind == VECIDX_IVFPQ)
-        return vx_err(NULL, VECIDX_ENOTSUP, "IVF-PQ files are not supported "
-                      "by vecidx %s", VECIDX_VERSION_STRING);
+    if ((rc = vx_file_validate_ivf(h)) != VECIDX_OK) return rc;
     vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
                   graph ? 2 * h->p.hnsw_m : 0);
     if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
@@ -2757,6 +4350,18 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
     want[VX_SECT_MAPKEYS] = h->map_cap * 8;
     want[VX_SECT_MAPSLOTS] = h->map_cap * 4;
     want[VX_SECT_FREE] = (uint64_t)h->nfree * 4;
+    want[VX_SECT_IVF_MODEL] = want[VX_SECT_IVF_DIR] = 0;
+    want[VX_SECT_IVF_MAP] = 0;
+    want[VX_SECT_IVF_DATA] = h->ivf_trained ? h->sect[VX_SECT_IVF_DATA].len : 0;
+    if (h->ivf_trained) {
+        vecidx t0;
+        t0.p = h->p;
+        want[VX_SECT_IVF_MODEL] =
+            vx_ivf_model_floats(&t0, h->ivf_nlist, h->ivf_m, h->ivf_has_t2) *
+            sizeof(float);
+        want[VX_SECT_IVF_DIR] = (uint64_t)h->ivf_nlist * 16;
+        want[VX_SECT_IVF_MAP] = h->ivf_map_cap * 8;
+    }
     for (i = 0; i < VX_FILE_NSECT; i++) {
         if (!vx_sect_ok(&h->sect[i], size, want[i]))
             return vx_err(NULL, VECIDX_ECORRUPT, "%s section lies outside "
@@ -2821,8 +4426,63 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     return VECIDX_OK;
 }
 
+/* Point a trained IVF-PQ index into the mapping: model, lists and key map
+** are used in place; only the list directory is decoded (nlist entries)
+** and the small derived tables are computed. Every list must lie inside
+** the data section; the checksums were verified already. */
+static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
+{
+    vx_ivf *v = &ix->ivf;
+    const unsigned char *dir = base + h->sect[VX_SECT_IVF_DIR].off;
+    unsigned char *data = base + h->sect[VX_SECT_IVF_DATA].off;
+    uint64_t dlen = h->sect[VX_SECT_IVF_DATA].len, total = 0;
+    size_t vb = h->p.ivf_keep_vectors ? (size_t)h->p.dim * sizeof(float) : 0;
+    uint32_t li;
+    memset(v, 0, sizeof *v);
+    v->nlist = h->ivf_nlist;
+    v->m = h->ivf_m;
+    v->npanel = (v->nlist + VX_PANEL - 1) / VX_PANEL;
+    v->model_bytes = h->sect[VX_SECT_IVF_MODEL].len;
+    v->model_mapped = 1;
+    vx_ivf_model_point(ix, (float *)(void *)(base +
+                                             h->sect[VX_SECT_IVF_MODEL].off),
+                       (int)h->ivf_has_t2);
+    if (!(v->lists = vx_malloc(&ix->mem, (size_t)v->nlist * sizeof *v->lists)))
+        return VECIDX_ENOMEM;
+    memset(v->lists, 0, (size_t)v->nlist * sizeof *v->lists);
+    for (li = 0; li < v->nlist; li++) {
+        uint64_t at = vx_get64(dir, (size_t)li * 16), n;
+        uint64_t codes, need;
+        vx_ivlist *l = &v->lists[li];
+        n = vx_get32(dir, (size_t)li * 16 + 8);
+        codes = (n * v->m + 7) / 8 * 8;
+        need = n * 8 + codes + (n * vb + 7) / 8 * 8;
+        if (at % 8 || at > dlen || need > dlen - at)
+            return vx_err(NULL, VECIDX_ECORRUPT, "IVF list %u lies outside "
+                          "its section", (unsigned)li);
+        l->keys = (uint64_t *)(void *)(data + at);
+        l->codes = data + at + n * 8;
+        l->vecs = vb ? (float *)(void *)(data + at + n * 8 + codes) : NULL;
+        l->n = l->cap = (uint32_t)n;
+        l->mapped = 1;
+        total += n;
+    }
+    if (total != h->ivf_count)
+        return vx_err(NULL, VECIDX_ECORRUPT, "IVF list lengths do not add up "
+                      "to the vector count");
+    v->map = (uint64_t *)(void *)(base + h->sect[VX_SECT_IVF_MAP].off);
+    v->map_cap = h->ivf_map_cap;
+    v->map_n = v->count = h->ivf_count;
+    v->map_mapped = 1;
+    if (vx_ivf_derive_coarse(ix, 0) != VECIDX_OK ||
+        vx_ivf_derive(ix, 0) != VECIDX_OK)
+        return VECIDX_ENOMEM;
+    v->trained = 1;
+    return VECIDX_OK;
+}
+
 /* ======================================================================
-** 8. Write-ahead log
+** 9. Write-ahead log
 **
 ** PATH-wal holds every write since the main file was last written, so an
 ** index opened for writing can acknowledge a write by appending one record
@@ -3053,7 +4713,7 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
 }
 
 /* ======================================================================
-** 9. Public API
+** 10. Public API
 ** ====================================================================== */
 
 #define VX_NULL_CHECK(ix, ptr, what)                                          \
@@ -3174,10 +4834,8 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
     if (p->kind == VECIDX_HNSW &&
         (rc = vx_check_hnsw_params(p)) != VECIDX_OK)
         return rc;
-    if (p->kind == VECIDX_IVFPQ)
-        return vx_err(NULL, VECIDX_ENOTSUP,
-                      "index kind '%s' is not available in vecidx %s",
-                      vx_kind_name(p->kind), VECIDX_VERSION_STRING);
+    if (p->kind == VECIDX_IVFPQ && (rc = vx_check_ivf_params(p)) != 0)
+        return rc;
     if ((rc = vx_handle_new(p, &ix)) != VECIDX_OK) return rc;
     if (p->capacity &&
         (rc = vx_store_reserve(&ix->store, &ix->mem, p->capacity)) != 0) {
@@ -3205,6 +4863,10 @@ static int vx_check_locked(vecidx *ix, int deep)
     if (!why && ix->p.kind == VECIDX_HNSW) {
         part = "graph";
         why = vx_hnsw_check(ix, deep, &slot);
+    }
+    if (!why && ix->p.kind == VECIDX_IVFPQ) {
+        part = "inverted lists";
+        why = vx_ivf_check(ix);
     }
     if (why && slot != VX_NOSLOT)
         rc = vx_err(ix, VECIDX_ECORRUPT, "%s, slot %u: %s", part,
@@ -3287,6 +4949,8 @@ static int vx_open_map(const char *path, const vecidx_params *p,
         if (p) { /* the caller's run-time choices, the file's shape */
             h->p.threads = p->threads;
             h->p.allocator = p->allocator;
+            h->p.progress = p->progress;
+            h->p.progress_ctx = p->progress_ctx;
         }
         rc = vx_handle_new(&h->p, &ix);
     }
@@ -3297,9 +4961,15 @@ static int vx_open_map(const char *path, const vecidx_params *p,
     ix->fmap = map;
     ix->fmap_len = (size_t)st.st_size;
     ix->fpristine = 1;
-    if (vx_file_attach(ix, h, map) != VECIDX_OK) {
+    rc = vx_file_attach(ix, h, map);
+    if (rc == VECIDX_OK && h->ivf_trained) rc = vx_ivf_attach(ix, h, map);
+    if (rc != VECIDX_OK) {
         vecidx_close(ix);
-        return vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
+        return rc == VECIDX_ECORRUPT
+                   ? vx_err(NULL, rc, "'%s' is inconsistent: %s", path,
+                            vx_err_tls.msg)
+                   : vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'",
+                            path);
     }
     if ((why = vx_file_check_roots(ix)) != NULL) {
         vecidx_close(ix);
@@ -3515,6 +5185,7 @@ void vecidx_close(vecidx *ix)
     vx_mem mem;
     if (ix == NULL) return;
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
+    if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
     if (ix->fmap) vx_io_cur->munmap(ix->fmap, ix->fmap_len);
     vx_wal_close(&ix->wal, &ix->mem);
@@ -3547,6 +5218,18 @@ static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
     return VECIDX_OK;
 }
 
+/* Whether key is stored, wherever the index kind keeps it. */
+static int vx_has_key(const vecidx *ix, uint64_t key)
+{
+    if (ix->ivf.trained) return vx_ivf_map_find(&ix->ivf, key) != SIZE_MAX;
+    return vx_map_find(&ix->store.map, key) != VX_NOSLOT;
+}
+
+static size_t vx_count(const vecidx *ix)
+{
+    return ix->store.count + (size_t)ix->ivf.count;
+}
+
 static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
 {
     int rc = vx_store_reserve(&ix->store, &ix->mem, n);
@@ -3572,6 +5255,45 @@ static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
     return vx_wal_append(ix, &ix->wal, type, n, keys, vecs);
 }
 
+/* Insert n validated rows into a trained IVF-PQ index; an upsert's old
+** entry (if any) goes once the new ones are encoded and logged. */
+static int vx_ivf_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
+                                const float *vecs, uint32_t type)
+{
+    vx_ivf_prep pr;
+    size_t i, cell;
+    int rc = vx_ivf_prepare(ix, n, vecs, &pr);
+    if (rc != VECIDX_OK)
+        return vx_err(ix, rc, "%s encoding %zu vectors",
+                      rc == VECIDX_EFULL ? "a list is full" : "out of memory",
+                      n);
+    if ((rc = vx_log(ix, type, n, keys, vecs)) != VECIDX_OK) {
+        vx_ivf_prep_free(ix, &pr);
+        return rc;
+    }
+    for (i = 0; type == VX_WAL_UPSERT && i < n; i++)
+        if ((cell = vx_ivf_map_find(&ix->ivf, keys[i])) != SIZE_MAX)
+            vx_ivf_remove_cell(ix, cell);
+    vx_ivf_apply(ix, &pr, keys, vecs);
+    vx_ivf_prep_free(ix, &pr);
+    return VECIDX_OK;
+}
+
+/* An untrained IVF-PQ index trains itself on its buffer once the buffer
+** is big enough. The writes that got here are done and logged; a failure
+** (out of memory) just leaves the vectors buffered for a later try. A
+** file-backed index then folds the log, so reopening does not train
+** again. */
+static void vx_ivf_maybe_train(vecidx *ix)
+{
+    if (ix->p.kind != VECIDX_IVFPQ || ix->ivf.trained ||
+        ix->store.count < vx_ivf_train_size(ix))
+        return;
+    if (vx_ivf_train_all(ix, 0, NULL) == VECIDX_OK && ix->wal.fd >= 0 &&
+        !ix->replaying)
+        (void)vx_checkpoint_locked(ix);
+}
+
 /* Insert n validated rows whose keys are not in the index. For an upsert
 ** into a graph, `old` is the slot of the vector being replaced: it is
 ** buried only after all room is secured, so a failure changes nothing.
@@ -3582,6 +5304,7 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
     int graph = ix->p.kind == VECIDX_HNSW, rc;
     vx_hnsw_batch b;
     size_t i;
+    if (ix->ivf.trained) return vx_ivf_insert_locked(ix, n, keys, vecs, type);
     if (graph) vx_hnsw_maybe_repair(ix);
     if ((rc = vx_reserve_locked(ix, n, keys[0])) != VECIDX_OK) return rc;
     if (graph &&
@@ -3597,6 +5320,7 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
     if (!graph) {
         for (i = 0; i < n; i++)
             vx_store_insert(&ix->store, keys[i], vecs + i * (size_t)ix->p.dim);
+        vx_ivf_maybe_train(ix);
         return VECIDX_OK;
     }
     /* Link in sub-batches and let waiting searches run between them: a
@@ -3624,6 +5348,13 @@ static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec,
     uint32_t slot = vx_map_find(&ix->store.map, key), type;
     int rc;
     type = upsert ? VX_WAL_UPSERT : VX_WAL_ADD;
+    if (ix->ivf.trained) {
+        if (!upsert && vx_has_key(ix, key))
+            return vx_err(ix, VECIDX_EEXIST,
+                          "key " VX_KEY_FMT " is already in the index",
+                          VX_KEY(key));
+        return vx_ivf_insert_locked(ix, 1, &key, vec, type);
+    }
     if (slot == VX_NOSLOT)
         return vx_insert_locked(ix, 1, &key, vec, slot, type);
     if (!upsert)
@@ -3715,7 +5446,7 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
     if ((rc = vx_batch_validate(ix, n, keys, vecs)) != VECIDX_OK) return rc;
     vx_write_begin(ix);
     for (i = 0; i < n && rc == VECIDX_OK; i++)
-        if (vx_map_find(&ix->store.map, keys[i]) != VX_NOSLOT)
+        if (vx_has_key(ix, keys[i]))
             rc = vx_err(ix, VECIDX_EEXIST,
                         "row %zu: key " VX_KEY_FMT " is already in the index",
                         i, VX_KEY(keys[i]));
@@ -3728,12 +5459,17 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 static int vx_remove_locked(vecidx *ix, uint64_t key)
 {
     uint32_t slot = vx_map_find(&ix->store.map, key);
+    size_t cell = ix->ivf.trained ? vx_ivf_map_find(&ix->ivf, key) : SIZE_MAX;
     int rc;
-    if (slot == VX_NOSLOT)
+    if (slot == VX_NOSLOT && cell == SIZE_MAX)
         return vx_err(ix, VECIDX_ENOTFOUND,
                       "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
     if ((rc = vx_log(ix, VX_WAL_REMOVE, 1, &key, NULL)) != VECIDX_OK)
         return rc;
+    if (cell != SIZE_MAX) {
+        vx_ivf_remove_cell(ix, cell);
+        return VECIDX_OK;
+    }
     vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
     return VECIDX_OK;
@@ -3747,7 +5483,7 @@ static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
     ix->replaying = 1;
     if (type == VX_WAL_ADD) {
         for (i = 0; i < n && rc == VECIDX_OK; i++)
-            if (vx_map_find(&ix->store.map, keys[i]) != VX_NOSLOT)
+            if (vx_has_key(ix, keys[i]))
                 rc = vx_err(ix, VECIDX_EEXIST, "key " VX_KEY_FMT " exists",
                             VX_KEY(keys[i]));
         if (rc == VECIDX_OK)
@@ -3792,6 +5528,26 @@ int vecidx_reserve(vecidx *ix, size_t n)
     return rc;
 }
 
+/* Copy out the vector of key from the lists: the kept vector, or the
+** reconstruction of its code. Returns 0 if the key is not there. */
+static int vx_ivf_get(const vecidx *ix, uint64_t key, float *out)
+{
+    const vx_ivf *v = &ix->ivf;
+    size_t cell = vx_ivf_map_find(v, key);
+    const vx_ivlist *l;
+    uint32_t pos;
+    if (cell == SIZE_MAX) return 0;
+    l = &v->lists[(uint32_t)(v->map[cell] >> 32) & 0xFFFFFu];
+    pos = (uint32_t)v->map[cell];
+    if (ix->p.ivf_keep_vectors)
+        memcpy(out, l->vecs + (size_t)pos * ix->p.dim,
+               (size_t)ix->p.dim * sizeof(float));
+    else
+        vx_ivf_decode(ix, (uint32_t)(v->map[cell] >> 32) & 0xFFFFFu,
+                      l->codes + (size_t)pos * v->m, out);
+    return 1;
+}
+
 int vecidx_get(vecidx *ix, uint64_t key, float *out)
 {
     uint32_t slot;
@@ -3802,6 +5558,8 @@ int vecidx_get(vecidx *ix, uint64_t key, float *out)
     if (slot != VX_NOSLOT)
         memcpy(out, vx_store_vec(&ix->store, slot),
                (size_t)ix->p.dim * sizeof(float));
+    else if (ix->ivf.trained && vx_ivf_get(ix, key, out))
+        slot = 0;
     pthread_rwlock_unlock(&ix->lock);
     if (slot == VX_NOSLOT)
         return vx_err(ix, VECIDX_ENOTFOUND,
@@ -3814,7 +5572,7 @@ int vecidx_contains(vecidx *ix, uint64_t key)
     int found;
     VX_NULL_CHECK(NULL, ix, "index handle");
     pthread_rwlock_rdlock(&ix->lock);
-    found = vx_map_find(&ix->store.map, key) != VX_NOSLOT;
+    found = vx_has_key(ix, key);
     pthread_rwlock_unlock(&ix->lock);
     return found;
 }
@@ -3824,9 +5582,64 @@ size_t vecidx_count(vecidx *ix)
     size_t n;
     if (ix == NULL) return 0;
     pthread_rwlock_rdlock(&ix->lock);
-    n = ix->store.count;
+    n = vx_count(ix);
     pthread_rwlock_unlock(&ix->lock);
     return n;
+}
+
+int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
+{
+    const vx_store *s;
+    size_t got = 0;
+    uint32_t slot, li, pos;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, n, "count output");
+    if (cap) VX_NULL_CHECK(ix, keys, "keys output");
+    pthread_rwlock_rdlock(&ix->lock);
+    s = &ix->store;
+    for (slot = 0; slot < s->nslots && got < cap; slot++)
+        if (vx_store_live(s, slot)) keys[got++] = vx_store_key(s, slot);
+    for (li = 0; li < ix->ivf.nlist && ix->ivf.trained; li++)
+        for (pos = 0; pos < ix->ivf.lists[li].n && got < cap; pos++)
+            keys[got++] = ix->ivf.lists[li].keys[pos];
+    *n = vx_count(ix);
+    pthread_rwlock_unlock(&ix->lock);
+    return VECIDX_OK;
+}
+
+int vecidx_train(vecidx *ix, size_t n, const float *samples)
+{
+    char what[48];
+    size_t i, total;
+    int rc = VECIDX_OK;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
+    if (ix->p.kind != VECIDX_IVFPQ) return VECIDX_OK;
+    if (n == 0)
+        return vx_err(ix, VECIDX_EINVAL, "no training samples (n is 0)");
+    VX_NULL_CHECK(ix, samples, "samples array");
+    if (!vx_mul_ok(n, (size_t)ix->p.dim * sizeof(float), &total) ||
+        n > VECIDX_MAX_COUNT)
+        return vx_err(ix, VECIDX_EINVAL, "%zu samples are too many", n);
+    if (ix->p.ivf_nlist && n < ix->p.ivf_nlist)
+        return vx_err(ix, VECIDX_EINVAL, "%zu samples cannot train %u "
+                      "lists: give at least ivf_nlist samples", n,
+                      (unsigned)ix->p.ivf_nlist);
+    for (i = 0; i < n && rc == VECIDX_OK; i++) {
+        snprintf(what, sizeof what, "sample %zu", i);
+        rc = vx_check_vector(ix, samples + i * (size_t)ix->p.dim, NULL, what);
+    }
+    if (rc != VECIDX_OK) return rc;
+    vx_write_begin(ix);
+    if (!ix->ivf.trained) {
+        rc = vx_ivf_train_all(ix, n, samples);
+        if (rc != VECIDX_OK)
+            rc = vx_err(ix, rc, "out of memory training on %zu samples", n);
+        else if (ix->wal.fd >= 0)
+            rc = vx_checkpoint_locked(ix);
+    }
+    vx_write_end(ix);
+    return rc;
 }
 
 int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
@@ -3838,12 +5651,20 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     out->kind = ix->p.kind;
     out->metric = ix->p.metric;
     out->dim = ix->p.dim;
-    out->count = ix->store.count;
+    out->count = vx_count(ix);
     out->slots = ix->store.nslots;
     out->capacity = (uint64_t)ix->store.nchunks << ix->store.shift;
     out->memory_bytes = atomic_load(&ix->mem.bytes);
     out->mapped_bytes = ix->fmap_len;
     out->simd = ix->kern->name;
+    out->trained = ix->p.kind != VECIDX_IVFPQ || ix->ivf.trained;
+    out->nlist = ix->ivf.nlist;
+    out->pq_m = ix->ivf.m;
+    if (ix->ivf.cq) {
+        vecidx_stats_t cq;
+        if (vecidx_stats(ix->ivf.cq, &cq) == VECIDX_OK)
+            out->memory_bytes += cq.memory_bytes;
+    }
     pthread_rwlock_unlock(&ix->lock);
     return VECIDX_OK;
 }
@@ -3877,7 +5698,12 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
 {
     size_t i;
     int rc = VECIDX_OK;
-    if (ix->p.kind == VECIDX_FLAT) {
+    if (ix->ivf.trained) {
+        for (i = 0; i < m && rc == VECIDX_OK; i++)
+            rc = vx_ivf_search(ix, &q[i], o, &heaps[i]);
+        return rc;
+    }
+    if (ix->p.kind != VECIDX_HNSW) { /* flat, or IVF-PQ's buffer */
         if (heaps[0].k) vx_flat_search(ix, q, m, o, heaps);
         return VECIDX_OK;
     }
@@ -3892,7 +5718,7 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
                          float *dists, size_t *found)
 {
     vx_topk heaps[VX_FLAT_QGROUP];
-    size_t cap = k < ix->store.count ? k : ix->store.count, i, na, g;
+    size_t cap = k < vx_count(ix) ? k : vx_count(ix), i, na, g;
     int rc = VECIDX_OK;
     for (g = 0; g < nq && rc == VECIDX_OK; g += VX_FLAT_QGROUP) {
         size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP;

@@ -28,11 +28,13 @@
 **  handle, except vecidx_close, which must not run concurrently with any
 **  other call on that handle. The handle holds a readers-writer lock:
 **    - readers (vecidx_search, vecidx_search_batch, vecidx_get,
-**      vecidx_contains, vecidx_count, vecidx_stats, vecidx_check) run in
+**      vecidx_contains, vecidx_count, vecidx_keys, vecidx_stats,
+**      vecidx_check) run in
 **      parallel with each other;
 **    - vecidx_save is a reader too;
 **    - writers (vecidx_add, vecidx_upsert, vecidx_add_batch, vecidx_remove,
-**      vecidx_reserve) are serialised; a writer waits for searches already
+**      vecidx_reserve, vecidx_train, vecidx_sync, vecidx_checkpoint) are
+**      serialised; a writer waits for searches already
 **      running and new readers wait for the writer, so every search sees the
 **      index either entirely before or entirely after each write call.
 **      One exception keeps long builds from stalling searches: an HNSW
@@ -77,6 +79,13 @@ enum {
     VECIDX_FLAT = 1,  /* exact brute-force search */
     VECIDX_HNSW = 2,  /* hierarchical navigable small-world graph */
     VECIDX_IVFPQ = 3  /* inverted lists + product quantization */
+};
+
+/* Coarse quantizers of IVF-PQ (vecidx_params.ivf_quantizer). */
+enum {
+    VECIDX_QUANT_AUTO = 0,
+    VECIDX_QUANT_FLAT = 1, /* exact scan of the centroids */
+    VECIDX_QUANT_HNSW = 2  /* HNSW graph over the centroids */
 };
 
 /* Metrics. Every distance returned is "smaller is closer". Zero is never a
@@ -156,11 +165,38 @@ typedef struct vecidx_params {
     uint32_t hnsw_ef_search;       /* default search breadth, >= 1; raised
                                       to k when smaller (default 64) */
 
-    /* IVF-PQ (ignored by other kinds) */
-    uint32_t ivf_nlist;   /* coarse lists; 0 = chosen from the data */
+    /* IVF-PQ (ignored by other kinds). See vecidx_train. */
+    uint32_t ivf_nlist;   /* coarse lists (k-means centroids), 1..2^20;
+                             0 = chosen at training as 4*sqrt(n) for n
+                             training vectors, at most n/39 (default 0) */
     uint32_t ivf_nprobe;  /* default lists probed per query (default 8) */
-    uint32_t pq_m;        /* sub-quantizers; 0 = chosen from dim */
-    uint32_t pq_nbits;    /* bits per code (default 8) */
+    uint32_t pq_m;        /* sub-quantizers = code bytes per vector,
+                             1..dim; 0 = min(64, max(1, dim/4)) (default
+                             0). dim need not be a multiple of pq_m */
+    uint32_t pq_nbits;    /* bits per sub-quantizer code; 8 is the only
+                             value supported (default 8) */
+    uint32_t ivf_keep_vectors; /* non-zero: also keep every full vector,
+                             so searches can re-rank exactly (ivf_refine)
+                             and vecidx_get returns the exact vector; costs
+                             4*dim bytes per vector (default 0) */
+    uint32_t ivf_refine;  /* default re-rank factor: the k*refine best by
+                             code distance are re-scored with the full
+                             vectors; 0 or 1 = none. Needs
+                             ivf_keep_vectors (default 0) */
+    uint32_t ivf_quantizer; /* VECIDX_QUANT_AUTO (default): flat scan of
+                             the centroids, or an HNSW graph over them when
+                             nlist >= 8192; VECIDX_QUANT_FLAT;
+                             VECIDX_QUANT_HNSW */
+    uint32_t ivf_train_size; /* vectors buffered before an untrained index
+                             trains itself; 0 = max(39 * nlist, 10000)
+                             with nlist = 256 when ivf_nlist is 0
+                             (default 0) */
+    /* Optional progress report of long operations (vecidx_train and the
+    ** training vecidx_add/add_batch start). Called from the calling thread
+    ** with a stage name ("kmeans", "pq", "encode") and the fraction done in
+    ** [0, 1]; must not call vecidx functions on the same handle. */
+    void (*progress)(const char *stage, double done, void *ctx);
+    void *progress_ctx;
 
     vecidx_allocator allocator; /* default: all NULL = malloc/realloc/free */
 } vecidx_params;
@@ -170,6 +206,8 @@ typedef struct vecidx_params {
 typedef struct vecidx_search_opts {
     uint32_t ef;      /* HNSW search breadth; 0 = index default */
     uint32_t nprobe;  /* IVF-PQ lists to probe; 0 = index default */
+    uint32_t refine;  /* IVF-PQ re-rank factor; 0 = index default
+                         (params.ivf_refine), 1 = no re-ranking */
     uint32_t threads; /* vecidx_search_batch workers; 0 = params.threads */
     /* Optional filter: only keys for which filter(key, filter_ctx) returns
     ** non-zero can appear in the results. NULL admits every key. It is
@@ -195,6 +233,12 @@ typedef struct vecidx_stats_t {
                               mapped file's pages are not counted) */
     uint64_t mapped_bytes; /* size of the mapped index file, or 0 */
     const char *simd;      /* kernel in use, as vecidx_simd() */
+    int trained;           /* 1 when searches use the index structure:
+                              always for flat and HNSW; for IVF-PQ once
+                              trained (before that, vectors are buffered
+                              and searched exactly) */
+    uint32_t nlist;        /* IVF-PQ lists (0 before training) */
+    uint32_t pq_m;         /* IVF-PQ code bytes per vector */
 } vecidx_stats_t;
 
 typedef struct vecidx vecidx;
@@ -331,6 +375,30 @@ int vecidx_checkpoint(vecidx *ix);
 ** VECIDX_ENOMEM. */
 int vecidx_reserve(vecidx *ix, size_t n);
 
+/* ---- Training (IVF-PQ) ----------------------------------------------- */
+
+/* Train an IVF-PQ index on n sample vectors (n*dim floats, row-major; the
+** samples are not added to the index). k-means (k-means++ seeding from
+** params.seed, 20 iterations, empty clusters re-seeded by splitting the
+** largest) finds nlist coarse centroids from at most 256*nlist samples;
+** then each of pq_m sub-quantizers learns 256 centroids for its slice of
+** the residuals (vector minus its coarse centroid) from at most 65536
+** samples. Samples beyond those limits are skipped at random (seeded).
+** Under VECIDX_COSINE the samples are normalised first. The result depends
+** only on the samples, the params and the seed, not on the thread count.
+** Vectors already buffered in the index are then encoded into the lists.
+** Training an index that is already trained, or any flat or HNSW index,
+** is a successful no-op. Needs n >= nlist when ivf_nlist is set (and
+** n >= 1 in any case); fewer distinct points than centroids still trains
+** (duplicate centroids stay empty). Writer; for a file-backed index the
+** trained state is checkpointed into the main file before returning.
+** An index that is never trained explicitly trains itself on its own
+** buffered vectors once params.ivf_train_size of them have been added.
+** Errors: VECIDX_EINVAL (NULL ix, NULL samples with n > 0, n = 0, n <
+** ivf_nlist, NaN/infinity or cosine zero vector in a sample), VECIDX_ENOMEM,
+** VECIDX_EIO (checkpoint of a file-backed index). */
+int vecidx_train(vecidx *ix, size_t n, const float *samples);
+
 /* ---- Writing ---------------------------------------------------------- */
 
 /* Insert vector vec (dim floats) under key. Writer.
@@ -370,6 +438,9 @@ int vecidx_remove(vecidx *ix, uint64_t key);
 /* ---- Reading ---------------------------------------------------------- */
 
 /* Copy the vector stored under key into out (dim floats, caller-owned).
+** A trained IVF-PQ index without ivf_keep_vectors keeps only codes: out
+** receives the reconstruction (coarse centroid plus decoded residual, the
+** normalised direction under VECIDX_COSINE), not the vector given.
 ** Reader. Errors: VECIDX_EINVAL (NULL ix/out), VECIDX_ENOTFOUND. */
 int vecidx_get(vecidx *ix, uint64_t key, float *out);
 
@@ -378,6 +449,14 @@ int vecidx_contains(vecidx *ix, uint64_t key);
 
 /* Number of vectors stored; 0 for NULL. Reader. */
 size_t vecidx_count(vecidx *ix);
+
+/* Copy the keys of up to cap stored vectors into keys (caller-owned, may
+** be NULL when cap is 0) and set *n to the total number stored. Order is
+** unspecified but stable while the index is not written. Call with cap 0
+** to size the array (or use vecidx_count). Reader, so the keys form one
+** consistent snapshot. Errors: VECIDX_EINVAL (NULL ix or n, NULL keys
+** with cap > 0). */
+int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n);
 
 /* Fill *out with counters of the index. Reader.
 ** Errors: VECIDX_EINVAL (NULL ix or out). */
@@ -403,7 +482,16 @@ int vecidx_check(vecidx *ix);
 ** k admitted results, or a very selective filter makes it visit more than
 ** a quarter of the graph, the query is answered by an exact scan instead,
 ** so filtered searches are never short of results and cost at most about
-** one scan at very low selectivity. Entries
+** one scan at very low selectivity.
+** IVF-PQ is approximate: it ranks the nprobe lists whose centroids are
+** closest to q (opts->nprobe or params.ivf_nprobe), scores every vector
+** in them by its code (asymmetric distance: exact query, quantized
+** vector), and with re-ranking (refine > 1, full vectors kept) re-scores
+** the best k*refine exactly. Distances are then the exact ones; without
+** re-ranking they are the code estimates. A filter is applied while the
+** lists are scanned; the search returns fewer than k results only when
+** the probed lists hold fewer than k admitted keys. Before training, the
+** buffered vectors are searched exactly. Entries
 ** from *found to k-1 are set to key UINT64_MAX and distance +infinity
 ** (never read them as results: UINT64_MAX is a valid key). opts may be
 ** NULL. Searching an empty index succeeds with *found = 0. Reader.
