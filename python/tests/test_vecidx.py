@@ -225,6 +225,9 @@ def test_ivfpq_recall(data):
     assert recall(found, exact, keys, 10) >= r_refined - 0.01
     # With the full vectors kept, get returns exactly what was added.
     np.testing.assert_array_equal(ix.get(123), x[123])
+    ix.remove([5, 6])
+    assert sorted(ix.keys().tolist()) == [k for k in range(len(x))
+                                          if k not in (5, 6)]
     ix.check()
     ix.close()
 
@@ -359,11 +362,24 @@ def test_cosine_zero_rejected_before_any_upsert():
 
 # ---- Writing and reading ----------------------------------------------------
 
+# vecidx_keys in vecidx.c (5a83aa1) reports slots that are not VX_FREE,
+# so a removed or replaced HNSW node, kept as a waypoint (VX_BURIED), is
+# listed as if it were stored. Strict: once fixed this must pass.
+HNSW_KEYS_BUG = pytest.mark.xfail(
+    strict=True, reason="vecidx_keys lists removed HNSW nodes (buried "
+    "slots): it tests vx_store_live() != 0 instead of == VX_LIVE")
+
+
 @NEEDS_KEYS
-def test_keys_get_upsert_remove():
+@pytest.mark.parametrize("kind,params", [
+    ("flat", {}),
+    pytest.param("hnsw", {}, marks=HNSW_KEYS_BUG),
+    ("ivfpq", {"keep_vectors": True}),   # untrained: vectors buffered
+])
+def test_keys_get_upsert_remove(kind, params):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((50, 6)).astype(np.float32)
-    with vecidx.Index(6, kind="hnsw", metric="l2") as ix:
+    with vecidx.Index(6, kind=kind, metric="l2", **params) as ix:
         ix.add(np.arange(50) * 3, x)
         assert sorted(ix.keys().tolist()) == list(range(0, 150, 3))
         assert sorted(int(k) for k in ix) == list(range(0, 150, 3))
@@ -384,7 +400,9 @@ def test_keys_get_upsert_remove():
         k, _ = ix.search(np.ones(6), k=1)
         assert int(k[0]) == 2 ** 64 - 1
         st = ix.stats()
-        assert st["count"] == 49 and st["dim"] == 6 and st["kind"] == "hnsw"
+        assert st["count"] == 49 and st["dim"] == 6 and st["kind"] == kind
+        assert sorted(ix.keys().tolist()) == sorted(
+            list(range(9, 150, 3)) + [1000, 2 ** 64 - 1])
 
 
 def test_search_short_of_results():
@@ -460,15 +478,19 @@ def test_persistence_round_trip(tmp_path, data):
     x, q = data
     path = str(tmp_path / "docs.vx")
     keys = np.arange(500, dtype=np.uint64) * 10
+    # Reopening replays the log, linking the vectors again. On one thread
+    # that gives the same graph, so the same answers, which is what this
+    # test compares; with more, the graph depends on thread timing.
     with vecidx.Index.open(path, dim=32, kind="hnsw", metric="cos",
-                           create=True, sync="normal") as ix:
+                           create=True, sync="normal", threads=1) as ix:
         assert ix.path == path and len(ix) == 0
         ix.add(keys, x[:500])
         ix.remove(10)
         before = ix.search(q[:10], k=5)
     assert os.path.exists(path)
     # Reopen: the log replays every acknowledged write.
-    with vecidx.Index.open(path) as ix:
+    with vecidx.Index.open(path, dim=32, kind="hnsw", metric="cos",
+                           threads=1) as ix:
         assert (ix.dim, ix.kind, ix.metric) == (32, "hnsw", "cos")
         assert len(ix) == 499 and 10 not in ix and 20 in ix
         after = ix.search(q[:10], k=5)
@@ -480,6 +502,7 @@ def test_persistence_round_trip(tmp_path, data):
         ix.check()
     # A reader sees everything and refuses writes with the library's reason.
     with vecidx.Index.open(path, readonly=True) as ix:
+        assert (ix.dim, ix.kind, ix.metric) == (32, "hnsw", "cos")
         assert len(ix) == 500 and 5000 in ix
         with pytest.raises(vecidx.StateError) as e:
             ix.add(6000, x[0])

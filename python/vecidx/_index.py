@@ -325,7 +325,9 @@ class Index:
         create=True makes an empty index if path does not exist; dim (and
         kind/metric when not "hnsw"/"cos") describe it. For an existing
         file dim, kind and metric may be left out; when dim is given they
-        must match the file (kind and metric default as in Index()).
+        must match the file (kind and metric default as in Index()), and
+        of the other parameters only threads and progress apply: the rest
+        (M, nlist, ...) are the file's.
         readonly=True opens a reader: writes raise StateError. sync chooses
         the durability of a writer's adds and removes: "full" (default,
         fsync before each write returns), "normal" (fsync every few ms) or
