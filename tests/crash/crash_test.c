@@ -19,8 +19,9 @@
 **     call inside a checkpoint or a recovery, reopens (read-only, then as
 **     the writer) and checks that every acknowledged write is there (and
 **     the one in flight wholly or not at all), vecidx_check passes, and
-**     search recall matches a freshly built index; flat and HNSW, L2 and
-**     cosine, up to three kills in a row on one index.
+**     search recall matches a freshly built index; flat, HNSW and IVF-PQ
+**     (killed before, during and after its training too), L2 and cosine,
+**     up to three kills in a row on one index.
 ** Ends with "N passed, N failed". CRASH_TRIALS=N in the environment scales
 ** the number of trials (`make crash-soak`). */
 #define _DEFAULT_SOURCE
@@ -516,7 +517,8 @@ enum {
 enum {
     SK_IN_OPEN = 0,
     SK_IN_WRITE = 1,
-    SK_IN_CKPT = 2
+    SK_IN_CKPT = 2,
+    SK_IN_TRAIN = 3 /* vecidx_train, which checkpoints */
 };
 /* How the parent decides when to kill. */
 enum {
@@ -647,15 +649,38 @@ static const vx_io sk_io = {sk_open,      sk_close,  sk_pread, sk_pwrite,
                             sk_ftruncate, sk_flock,  sk_fsync, sk_fstat,
                             sk_rename,    sk_unlink, sk_mmap,  munmap};
 
-/* Child: one random write. *ver numbers the vectors written. */
-static void sk_child_write(vecidx *ix, sk_model m, int32_t *ver)
+/* Child: train an untrained IVF-PQ index on vectors of its own. The
+** model does not change: training moves no key. */
+static void sk_child_train(vecidx *ix)
 {
-    uint32_t k = (uint32_t)(sim_rand() % SK_NK),
-             r = (uint32_t)(sim_rand() % 10);
+    float v[32 * SK_DIM];
+    vecidx_stats_t st;
+    uint32_t i;
+    if (vecidx_stats(ix, &st) != VECIDX_OK) _exit(7);
+    /* Not while empty: vecidx 0.1.0 saves a trained IVF-PQ index without
+    ** vectors in a form its own open rejects ("header IVF-PQ fields are
+    ** inconsistent"), a save/open bug that no crash is needed to show.
+    ** Drop this condition once that is fixed. */
+    if (st.trained || st.count == 0) return;
+    for (i = 0; i < 32; i++) sk_vec(5000 + i, 0, v + i * SK_DIM);
+    sk_phase = SK_IN_TRAIN;
+    if (vecidx_train(ix, 32, v) != VECIDX_OK) _exit(7);
+}
+
+/* Child: one random write. *ver numbers the vectors written. */
+static void sk_child_write(vecidx *ix, int kind, sk_model m, int32_t *ver)
+{
+    uint32_t k, r;
     uint64_t keys[SK_BATCH];
     float v[SK_BATCH * SK_DIM];
     int rc;
     size_t n = 0, i;
+    if (kind == VECIDX_IVFPQ && sim_rand() % 16 == 0) {
+        sk_child_train(ix);
+        return;
+    }
+    k = (uint32_t)(sim_rand() % SK_NK);
+    r = (uint32_t)(sim_rand() % 10);
     if (m[k] >= 0 && r == 0) { /* refused: must leave no trace */
         sk_vec(k, *ver, v);
         if (vecidx_add(ix, k, v) != VECIDX_EEXIST) _exit(6);
@@ -694,8 +719,8 @@ static void sk_child_write(vecidx *ix, sk_model m, int32_t *ver)
 
 /* Child: open the index and write forever, a checkpoint every `every`
 ** writes. Exits only on a failure (the parent reads the status). */
-static void sk_child(int fd, sk_model m, int32_t ver, int every, int mode,
-                     long stall_at)
+static void sk_child(int fd, int kind, sk_model m, int32_t ver, int every,
+                     int mode, long stall_at)
 {
     vecidx *ix;
     long i;
@@ -707,7 +732,7 @@ static void sk_child(int fd, sk_model m, int32_t ver, int every, int mode,
     if (vecidx_open(PATH, NULL, VECIDX_SYNC_FULL, &ix) != VECIDX_OK) _exit(3);
     for (i = 0;; i++) {
         sk_phase = SK_IN_WRITE;
-        sk_child_write(ix, m, &ver);
+        sk_child_write(ix, kind, m, &ver);
         if (i % every != every - 1) continue;
         sk_phase = SK_IN_CKPT;
         if (mode == SK_STALL_CKPT) sk_counting = 1;
@@ -794,6 +819,9 @@ static double sk_recall(vecidx *ix, int metric, const sk_model m,
     vecidx_search_opts so;
     memset(&so, 0, sizeof so);
     so.ef = 16; /* a narrow search leans on the graph, not on breadth */
+    /* IVF-PQ: every list, every candidate re-ranked: exact, like flat */
+    so.nprobe = 64;
+    so.refine = SK_NK;
     for (q = 0; q < SK_NQ; q++) {
         const float *qv = queries + q * SK_DIM;
         uint64_t rk[SK_K];
@@ -856,6 +884,14 @@ static vecidx_params sk_params(int kind, int metric)
     p.hnsw_m = 4;
     p.hnsw_ef_construction = 32;
     p.threads = 1;
+    /* IVF-PQ trains itself after 64 adds (or when the child calls
+    ** vecidx_train first), so kills land before, during and after
+    ** training. Kept vectors make vecidx_get exact and let the recall
+    ** check re-rank exactly. */
+    p.ivf_nlist = 4;
+    p.pq_m = 2;
+    p.ivf_keep_vectors = 1;
+    p.ivf_train_size = 64;
     return p;
 }
 
@@ -926,7 +962,7 @@ static int sk_verify(unsigned flags, int kind, int metric, const sk_log *l,
                what);
     else if ((ref = sk_reference_recall(kind, metric, t ? with : l->acked,
                                         queries)) < 0 ||
-             rec < (kind == VECIDX_FLAT ? 1.0 : ref - SK_RECALL_SLACK))
+             rec < (kind == VECIDX_HNSW ? ref - SK_RECALL_SLACK : 1.0))
         printf("  SIGKILL %s: recall %.3f, a fresh index has %.3f\n", what, rec,
                ref);
     else
@@ -937,7 +973,8 @@ static int sk_verify(unsigned flags, int kind, int metric, const sk_log *l,
 }
 
 /* Kill statistics, printed with the result. */
-static long sk_kills[4];    /* timed, stalled in open, in a write, in a ckpt */
+static long sk_kills[5];    /* timed; stalled in open, write, ckpt, train */
+static long sk_missed;      /* stop point never reached: killed at deadline */
 static long sk_inflight[2]; /* write in flight absent, present after it */
 
 /* One child, one kill, then the checks; on success the model moves on to
@@ -946,10 +983,13 @@ static int sk_round(int kind, int metric, sk_model model, int32_t ver,
                     const float *queries, const char *what)
 {
     static const int everies[3] = {2, 5, 40};
-    int mode = (int)(sim_rand() % 3), every = everies[sim_rand() % 3];
-    long stall_at = 1 + (long)(sim_rand() % (mode == SK_STALL_CKPT ? 60 : 160));
-    double delay = (mode == SK_TIMED ? 1 + (double)(sim_rand() % 40) : 300) *
-                   1e-3,
+    int mode = (int)(sim_rand() % 3);
+    /* Stop points a few checkpoints in, reached in well under a second
+    ** even when fsync is slow; the deadline is a fallback only. */
+    int every = everies[sim_rand() % (mode == SK_STALL_CKPT ? 2 : 3)];
+    long stall_at = 1 + (long)(sim_rand() % (mode == SK_STALL_CKPT ? 60 : 100));
+    double delay = mode == SK_TIMED ? (1 + (double)(sim_rand() % 40)) * 1e-3
+                                    : 3.0,
            end;
     unsigned char buf[4096];
     char tmp[128];
@@ -963,7 +1003,7 @@ static int sk_round(int kind, int metric, sk_model model, int32_t ver,
     if ((pid = fork()) < 0) abort();
     if (pid == 0) {
         close(fds[0]);
-        sk_child(fds[1], model, ver, every, mode, stall_at);
+        sk_child(fds[1], kind, model, ver, every, mode, stall_at);
     }
     close(fds[1]);
     end = sk_now() + delay;
@@ -985,6 +1025,7 @@ static int sk_round(int kind, int metric, sk_model model, int32_t ver,
     snprintf(tmp, sizeof tmp, "%s.tmp-%ld", PATH, (long)pid);
     unlink(tmp);
     sk_kills[l->stalled]++;
+    sk_missed += mode != SK_TIMED && !l->stalled;
     if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL || l->bad) {
         printf("  SIGKILL %s: the child %s %d before the kill\n", what,
                WIFEXITED(st) ? "exited with status" : "died of signal",
@@ -1013,9 +1054,10 @@ static int sk_round(int kind, int metric, sk_model model, int32_t ver,
 ** it, each child continuing from the state the last one left. */
 static int sigkill_trial(long t)
 {
-    int kind = t % 2 ? VECIDX_HNSW : VECIDX_FLAT;
-    int metric = (t / 2) % 4 == 3 ? VECIDX_COSINE : VECIDX_L2;
-    int rounds = 1 + (int)((t / 2) % 3), r, ok = 1, k;
+    static const int kinds[3] = {VECIDX_FLAT, VECIDX_HNSW, VECIDX_IVFPQ};
+    int kind = kinds[t % 3];
+    int metric = (t / 3) % 4 == 3 ? VECIDX_COSINE : VECIDX_L2;
+    int rounds = 1 + (int)((t / 3) % 3), r, ok = 1, k;
     vecidx_params p = sk_params(kind, metric);
     float queries[SK_NQ * SK_DIM];
     sk_model model;
@@ -1030,7 +1072,9 @@ static int sigkill_trial(long t)
     vecidx_close(ix);
     for (r = 0; r < rounds && ok; r++) {
         snprintf(what, sizeof what, "trial %ld round %d (%s, %s)", t, r,
-                 kind == VECIDX_HNSW ? "hnsw" : "flat",
+                 kind == VECIDX_HNSW    ? "hnsw"
+                 : kind == VECIDX_IVFPQ ? "ivfpq"
+                                        : "flat",
                  metric == VECIDX_L2 ? "l2" : "cos");
         ok = sk_round(kind, metric, model, (int32_t)(r + 1) << 20, queries,
                       what);
@@ -1074,16 +1118,18 @@ int main(int argc, char **argv)
     }
 
     if (strstr("sigkill", only)) {
-        for (bad = 0, t = 0; t < 200 * scale; t++) bad += !sigkill_trial(t);
+        for (bad = 0, t = 0; t < 300 * scale; t++) bad += !sigkill_trial(t);
         /* The stop points must really have been reached, or the test
         ** would quietly degrade into timed kills only. */
         if (!sk_kills[1 + SK_IN_CKPT] || !sk_kills[1 + SK_IN_OPEN]) bad++;
         printf("%s SIGKILL: %ld trials, %d failed; kills: %ld timed, %ld in "
-               "open/recovery, %ld in a write, %ld in a checkpoint; write in "
-               "flight found %ld times, absent %ld times\n",
-               bad ? "FAIL" : "ok", 200 * scale, bad, sk_kills[0],
+               "open/recovery, %ld in a write, %ld in a checkpoint, %ld in "
+               "training (%ld stop points not reached); write in flight "
+               "found %ld times, absent %ld times\n",
+               bad ? "FAIL" : "ok", 300 * scale, bad, sk_kills[0],
                sk_kills[1 + SK_IN_OPEN], sk_kills[1 + SK_IN_WRITE],
-               sk_kills[1 + SK_IN_CKPT], sk_inflight[1], sk_inflight[0]);
+               sk_kills[1 + SK_IN_CKPT], sk_kills[1 + SK_IN_TRAIN], sk_missed,
+               sk_inflight[1], sk_inflight[0]);
         groups++;
         failed += bad != 0;
     }
