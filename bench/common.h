@@ -69,6 +69,8 @@ typedef struct bn_opts {
     unsigned passes;        /* --passes: best of N */
     int batch;              /* --batch */
     uint32_t M, ef_construction, nlist, pq_m, pq_nbits;
+    uint32_t refine;   /* --refine: IVF-PQ re-rank factor, 0 = none */
+    size_t train_size; /* --train-size: IVF-PQ training rows, 0 = default */
     bn_list ef, nprobe;
     char dataset_buf[256];
     char path_buf[3][4096]; /* --data DIR expands into these */
@@ -82,8 +84,9 @@ typedef struct bn_data {
     uint32_t dim;
 } bn_data;
 
-/* One output line. bn_result_init sets the defaults: train_s and
-** lib_version stay out of the line unless set; mem_mb and rss_mb print as
+/* One output line. bn_result_init sets the defaults: train_s,
+** bytes_per_vec and lib_version stay out of the line unless set; mem_mb and
+*rss_mb print as
 ** null while negative. */
 typedef struct bn_result {
     const char *lib;
@@ -94,9 +97,10 @@ typedef struct bn_result {
     char param[64];  /* "ef=40", "nprobe=4", "exact" */
     char build[128]; /* build parameters, "M=16,efc=200" */
     double build_s;
-    double train_s; /* < 0: not reported */
-    double mem_mb;  /* the index's own memory, MiB; < 0: null */
-    double rss_mb;  /* VmRSS growth during the build, MiB; < 0: null */
+    double train_s;       /* < 0: not reported */
+    double bytes_per_vec; /* < 0: not reported */
+    double mem_mb;        /* the index's own memory, MiB; < 0: null */
+    double rss_mb;        /* VmRSS growth during the build, MiB; < 0: null */
     double recall;
     double qps;
     unsigned threads;
@@ -220,18 +224,23 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "  --nprobe LIST       ivfpq lists probed (default 1,2,4,8,16,32)",
         "  --M N               hnsw links per node (default 16)",
         "  --ef-construction N hnsw build breadth (default 200)",
-        "  --nlist N           ivfpq lists (default 0: the library's choice;",
-        "                      4*sqrt(n) for faiss)",
-        "  --pq-m N            ivfpq sub-quantizers (default 0: the library's",
-        "                      choice)",
+        "  --nlist N           ivfpq lists (default 0: 4*sqrt(t), at most",
+        "                      t/39, for t training vectors)",
+        "  --pq-m N            ivfpq sub-quantizers = code bytes (default 0:",
+        "                      min(64, max(1, dim/4)))",
         "  --pq-nbits N        ivfpq bits per code (default 8)",
+        "  --refine R          ivfpq: keep the full vectors and re-rank the",
+        "                      k*R best exactly (default: no re-ranking)",
+        "  --train-size N      ivfpq: train on the first N base vectors",
+        "                      (default min(n, 100000))",
         "  --help              this text",
         "",
         "Output keys: dataset lib index param build_s mem_mb recall_at_K qps",
         "threads simd n dim metric, then rss_mb mode k nq build_threads",
         "passes build ... mem_mb and rss_mb are MiB; build_s is the wall time",
         "of adding the whole base (training included); qps = queries / best",
-        "pass time.",
+        "pass time. ivfpq adds train_s and bytes_per_vec (growth of the",
+        "resident set while adding, after training, per vector).",
     };
     size_t i;
     fprintf(f, "usage: %s --base F --query F --gt F [options]\n", prog);
@@ -366,6 +375,10 @@ static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
             o->pq_m = (uint32_t)bn_parse_ulong(name, val, 0, 65536);
         else if (!strcmp(name, "--pq-nbits"))
             o->pq_nbits = (uint32_t)bn_parse_ulong(name, val, 1, 16);
+        else if (!strcmp(name, "--refine"))
+            o->refine = (uint32_t)bn_parse_ulong(name, val, 0, 100000);
+        else if (!strcmp(name, "--train-size"))
+            o->train_size = bn_parse_ulong(name, val, 1, 0xFFFFFFFFul);
         else
             bn_die("unknown option '%s' (try --help)", name);
     }
@@ -524,6 +537,36 @@ static inline void bn_free_data(bn_data *d)
     memset(d, 0, sizeof *d);
 }
 
+/* ---- IVF-PQ ---------------------------------------------------------------
+** Both programs resolve the IVF-PQ defaults the same way, so that vecidx
+** and FAISS get the same lists, code size and training rows. */
+
+/* Training rows: the first --train-size base vectors, default 100000. */
+static inline size_t bn_train_rows(const bn_opts *o, size_t n)
+{
+    size_t t = o->train_size ? o->train_size : 100000;
+    return t < n ? t : n;
+}
+
+/* --nlist, or vecidx's documented choice for t training vectors:
+** 4*sqrt(t), at most t/39 (so k-means has 39 points per centroid), at
+** least 1. */
+static inline uint32_t bn_nlist(const bn_opts *o, size_t t)
+{
+    size_t nl = (size_t)(4 * sqrt((double)t)), most = t / 39;
+    if (o->nlist) return o->nlist;
+    if (nl > most) nl = most;
+    return nl < 1 ? 1u : (uint32_t)nl;
+}
+
+/* --pq-m, or vecidx's documented choice: min(64, max(1, dim/4)). */
+static inline uint32_t bn_pq_m(const bn_opts *o, uint32_t dim)
+{
+    uint32_t m = dim / 4;
+    if (o->pq_m) return o->pq_m;
+    return m < 1 ? 1u : m > 64 ? 64u : m;
+}
+
 /* Mean over queries of |results ∩ gt[:k]| / k. res holds nq rows of k ids,
 ** -1 where a query returned fewer. Warns about duplicate or out-of-range
 ** ids, which a correct index never returns. */
@@ -655,6 +698,7 @@ static inline void bn_result_init(bn_result *r, const bn_opts *o,
     r->index = o->index;
     r->mode = o->batch ? "batch" : "single";
     r->train_s = -1;
+    r->bytes_per_vec = -1;
     r->mem_mb = -1;
     r->rss_mb = -1;
     r->threads = o->threads;
@@ -715,6 +759,8 @@ static inline void bn_print(const bn_opts *o, const bn_data *d,
     fputs(",\"build\":", f);
     bn_json_str(f, r->build);
     if (r->train_s >= 0) fprintf(f, ",\"train_s\":%.3f", r->train_s);
+    if (r->bytes_per_vec >= 0)
+        fprintf(f, ",\"bytes_per_vec\":%.1f", r->bytes_per_vec);
     if (r->lib_version) {
         fputs(",\"version\":", f);
         bn_json_str(f, r->lib_version);

@@ -9,7 +9,11 @@
 **
 ** hnswlib: HNSW only (L2Space, or InnerProductSpace for ip and cos).
 ** faiss:   flat (IndexFlatL2/IndexFlatIP), hnsw (IndexHNSWFlat) and ivfpq
-**          (IndexIVFPQ, trained on up to 100k base vectors).
+**          (IndexIVFPQ over an IndexFlatL2/IndexFlatIP coarse quantizer,
+**          trained on the first --train-size base vectors, default 100k;
+**          nlist and M resolved as vecidx-bench resolves them, see
+**          bn_nlist; with --refine R wrapped in IndexRefineFlat with
+**          k_factor R, which keeps the full vectors as vecidx then does).
 ** Cosine: base and queries are normalised to unit length and searched by
 ** inner product, which ranks exactly as cosine distance does.
 ** Memory: mem_mb is the growth of the resident set while building (these
@@ -30,12 +34,11 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexRefine.h>
 #include <faiss/utils/utils.h>
 
 namespace
 {
-
-constexpr size_t kMaxTrain = 100000;
 
 std::string strprintf(const char *fmt, ...) BN_PRINTF(1, 2);
 std::string strprintf(const char *fmt, ...)
@@ -229,9 +232,10 @@ void run_faiss(const bn_opts &o, const bn_data &d)
         FAISS_VERSION_PATCH, blas_name());
     std::unique_ptr<faiss::Index> quantizer;
     std::unique_ptr<faiss::Index> index;
+    faiss::IndexIVFPQ *ivfpq = nullptr; /* inside index, for nprobe */
     std::string build;
     const bn_list *sweep = nullptr;
-    double train_s = -1;
+    double train_s = -1, rss_trained = -1;
     uint32_t nlist = 0, m = 0;
 
     double rss0 = bn_rss_mb();
@@ -250,28 +254,35 @@ void run_faiss(const bn_opts &o, const bn_data &d)
                           (unsigned)o.ef_construction);
         sweep = &o.ef;
     } else {
-        nlist = o.nlist ? o.nlist : (uint32_t)(4.0 * sqrt((double)d.n) + 0.5);
-        if (nlist < 1) nlist = 1;
-        m = o.pq_m;
-        if (!m) { /* largest divisor of dim up to min(dim/4, 64) */
-            m = d.dim / 4 < 64 ? d.dim / 4 : 64;
-            if (m < 1) m = 1;
-            while (d.dim % m) m--;
-        }
+        size_t ntrain = bn_train_rows(&o, d.n);
+        nlist = bn_nlist(&o, ntrain);
+        m = bn_pq_m(&o, d.dim);
         if (d.dim % m)
-            bn_die("--pq-m %u does not divide dimension %u", (unsigned)m,
-                   d.dim);
+            bn_die("--pq-m %u does not divide dimension %u, as FAISS needs",
+                   (unsigned)m, d.dim);
         if (mt == faiss::METRIC_L2)
             quantizer.reset(new faiss::IndexFlatL2(d.dim));
         else
             quantizer.reset(new faiss::IndexFlatIP(d.dim));
-        index.reset(new faiss::IndexIVFPQ(quantizer.get(), d.dim, nlist, m,
-                                          o.pq_nbits, mt));
-        size_t ntrain = d.n < kMaxTrain ? d.n : kMaxTrain;
+        ivfpq = new faiss::IndexIVFPQ(quantizer.get(), d.dim, nlist, m,
+                                      o.pq_nbits, mt);
+        if (o.refine > 1) {
+            auto *rf = new faiss::IndexRefineFlat(ivfpq);
+            rf->own_fields = true; /* deletes ivfpq */
+            rf->k_factor = (float)o.refine;
+            index.reset(rf);
+        } else {
+            index.reset(ivfpq);
+        }
+        /* Training runs on --build-threads OpenMP and BLAS threads, as
+        ** vecidx_train runs on params.threads. */
         index->train((faiss::Index::idx_t)ntrain, d.base);
         train_s = bn_now() - t0;
-        build = strprintf("nlist=%u,m=%u,nbits=%u,train=%zu", (unsigned)nlist,
-                          (unsigned)m, (unsigned)o.pq_nbits, ntrain);
+        rss_trained = bn_rss_mb();
+        t0 = bn_now() - train_s; /* build_s leaves out the RSS reading */
+        build = strprintf("nlist=%u,m=%u,nbits=%u,train=%zu,refine=%u",
+                          (unsigned)nlist, (unsigned)m, (unsigned)o.pq_nbits,
+                          ntrain, o.refine > 1 ? (unsigned)o.refine : 1u);
         sweep = &o.nprobe;
     }
     index->add((faiss::Index::idx_t)d.n, d.base);
@@ -292,14 +303,17 @@ void run_faiss(const bn_opts &o, const bn_data &d)
             static_cast<faiss::IndexHNSWFlat *>(index.get())->hnsw.efSearch =
                 (int)sweep->v[i];
             param = strprintf("ef=%u", (unsigned)sweep->v[i]);
-        } else if (!strcmp(o.index, "ivfpq")) {
-            static_cast<faiss::IndexIVFPQ *>(index.get())->nprobe = sweep->v[i];
+        } else if (ivfpq) {
+            ivfpq->nprobe = sweep->v[i];
             param = strprintf("nprobe=%u", (unsigned)sweep->v[i]);
         }
         set_strings(r, param, build);
         r.build_s = build_s;
         r.train_s = train_s;
         r.rss_mb = r.mem_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        if (rss_trained >= 0 && rss1 >= 0 && d.n)
+            r.bytes_per_vec =
+                (rss1 - rss_trained) * 1024.0 * 1024.0 / (double)d.n;
         /* single: one OpenMP thread per query, set in faiss_query; batch:
         ** one search call on --threads OpenMP threads. */
         set_threads(o.batch ? o.threads : 1);

@@ -6,12 +6,16 @@
 # shared/data/make_data.py): single queries and --batch, on 1 thread and on
 # all cores. If bench/vecidx-compare is built (make bench-compare), runs FAISS
 # flat the same way, right after, and hnswlib HNSW with an ef sweep. With
-# HNSW=1 it also runs vecidx HNSW on the same sweep (and FAISS HNSW).
+# HNSW=1 it also runs vecidx HNSW on the same sweep (and FAISS HNSW). With
+# IVFPQ=1 it runs vecidx and FAISS IVF-PQ, one after the other, with the
+# options in IVFPQ_ARGS (default: --nprobe 1,2,4,8,16,32, the rest the
+# programs' defaults; e.g. IVFPQ_ARGS="--nlist 1024 --pq-m 32 --nprobe 1,4").
 # JSON lines are appended to RESULTS (default DATA_DIR/results.jsonl) and
 # echoed; notes go to stderr.
 #
 # Environment: BENCH, COMPARE (program paths), EF (sweep list), PASSES,
-# THREADS (the multi-threaded runs; default: all cores), HNSW=1.
+# THREADS (the multi-threaded runs; default: all cores), HNSW=1, IVFPQ=1,
+# IVFPQ_ARGS.
 # OMP_WAIT_POLICY defaults to PASSIVE: FAISS batches call OpenBLAS from an
 # OpenMP region, and spinning OpenMP threads then take the cores from the
 # BLAS threads (on 2 cores, FAISS batches on 2 threads lost ~40%).
@@ -85,6 +89,16 @@ if [ $have_compare = 1 ]; then
         run "$compare" --lib all --index hnsw --ef "$ef"
     else
         run "$compare" --lib hnswlib --index hnsw --ef "$ef"
+    fi
+fi
+# IVF-PQ, single queries on one thread; training on --build-threads.
+if [ "${IVFPQ:-0}" = 1 ]; then
+    ivfpq_args=${IVFPQ_ARGS:---nprobe 1,2,4,8,16,32}
+    # shellcheck disable=SC2086 # IVFPQ_ARGS is a list of options
+    run "$bench" --index ivfpq $ivfpq_args
+    if [ $have_compare = 1 ]; then
+        # shellcheck disable=SC2086
+        run "$compare" --lib faiss --index ivfpq $ivfpq_args
     fi
 fi
 echo "results appended to $results" >&2

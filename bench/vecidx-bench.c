@@ -68,8 +68,8 @@ int main(int argc, char **argv)
     uint64_t *keys;
     int64_t *res;
     const bn_list *sweep = NULL;
-    double rss0, rss1, t0, build_s;
-    size_t i, nvals;
+    double rss0, rss1, rss_trained = -1, t0, build_s, train_s = -1;
+    size_t i, nvals, ntrain = 0;
     int rc, kind;
 
     bn_parse_args(argc, argv, &o,
@@ -86,13 +86,23 @@ int main(int argc, char **argv)
 
     rc = vecidx_params_init(&p, kind, index_metric(o.metric), d.dim);
     if (rc != VECIDX_OK) lib_fail("vecidx_params_init", rc, NULL);
-    p.capacity = (uint32_t)(d.n < VECIDX_MAX_COUNT ? d.n : VECIDX_MAX_COUNT);
+    /* IVF-PQ reserves nothing, like FAISS, so that its memory per vector
+    ** is what adding the vectors costs. */
+    if (kind != VECIDX_IVFPQ)
+        p.capacity = (uint32_t)(d.n < VECIDX_MAX_COUNT ? d.n
+                                                       : VECIDX_MAX_COUNT);
     p.threads = o.build_threads;
     p.hnsw_m = o.M;
     p.hnsw_ef_construction = o.ef_construction;
-    p.ivf_nlist = o.nlist;
-    p.pq_m = o.pq_m;
-    p.pq_nbits = o.pq_nbits;
+    if (kind == VECIDX_IVFPQ) {
+        /* The same lists, code size and training rows as vecidx-compare
+        ** gives FAISS (see bn_nlist). */
+        ntrain = bn_train_rows(&o, d.n);
+        p.ivf_nlist = bn_nlist(&o, ntrain);
+        p.pq_m = bn_pq_m(&o, d.dim);
+        p.pq_nbits = o.pq_nbits;
+        p.ivf_keep_vectors = o.refine > 1;
+    }
 
     keys = (uint64_t *)bn_malloc(d.n * sizeof *keys);
     for (i = 0; i < d.n; i++) keys[i] = i;
@@ -100,12 +110,19 @@ int main(int argc, char **argv)
     rss0 = bn_rss_mb();
     rc = vecidx_create(&p, &ix);
     if (rc != VECIDX_OK) lib_fail("vecidx_create", rc, NULL);
+    if (kind == VECIDX_IVFPQ) {
+        t0 = bn_now();
+        rc = vecidx_train(ix, ntrain, d.base);
+        train_s = bn_now() - t0;
+        if (rc != VECIDX_OK) lib_fail("vecidx_train", rc, ix);
+        rss_trained = bn_rss_mb(); /* between the timed steps */
+    }
     t0 = bn_now();
     rc = vecidx_add_batch(ix, d.n, keys, d.base);
-    build_s = bn_now() - t0;
+    build_s = bn_now() - t0 + (train_s > 0 ? train_s : 0);
     if (rc != VECIDX_OK) lib_fail("vecidx_add_batch", rc, ix);
+    rss1 = bn_rss_mb(); /* before freeing keys, which predate rss0 */
     free(keys);
-    rss1 = bn_rss_mb();
     rc = vecidx_stats(ix, &st);
     if (rc != VECIDX_OK) lib_fail("vecidx_stats", rc, ix);
     if (st.count != d.n)
@@ -131,10 +148,15 @@ int main(int argc, char **argv)
         r.simd = st.simd ? st.simd : vecidx_simd();
         r.lib_version = vecidx_version();
         r.build_s = build_s;
+        r.train_s = train_s;
+        if (rss_trained >= 0 && rss1 >= 0 && d.n)
+            r.bytes_per_vec = (rss1 - rss_trained) * 1024.0 * 1024.0 /
+                              (double)d.n;
         r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
         r.rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
         c.so.ef = 0;
         c.so.nprobe = 0;
+        c.so.refine = o.refine;
         if (kind == VECIDX_HNSW) {
             c.so.ef = sweep->v[i];
             snprintf(r.param, sizeof r.param, "ef=%u", (unsigned)sweep->v[i]);
@@ -144,8 +166,11 @@ int main(int argc, char **argv)
             c.so.nprobe = sweep->v[i];
             snprintf(r.param, sizeof r.param, "nprobe=%u",
                      (unsigned)sweep->v[i]);
-            snprintf(r.build, sizeof r.build, "nlist=%u,m=%u,nbits=%u",
-                     (unsigned)o.nlist, (unsigned)o.pq_m, (unsigned)o.pq_nbits);
+            snprintf(r.build, sizeof r.build,
+                     "nlist=%u,m=%u,nbits=%u,train=%zu,refine=%u",
+                     (unsigned)st.nlist, (unsigned)st.pq_m,
+                     (unsigned)o.pq_nbits, ntrain,
+                     o.refine > 1 ? (unsigned)o.refine : 1u);
         } else {
             snprintf(r.param, sizeof r.param, "exact");
         }

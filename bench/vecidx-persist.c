@@ -6,7 +6,8 @@
 **   bench/vecidx-persist --dir /tmp/vx-persist --base F.fvecs --index hnsw
 **
 ** Files go to --dir (use a real disk, not tmpfs: fsync is what is being
-** measured). */
+** measured). Open time against hnswlib's loadIndex, in one run:
+** bench/persist-compare.cpp. */
 #define _DEFAULT_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,8 +152,8 @@ static void bench_open(const char *dir, const char *base, int kind)
     printf("{\"bench\":\"open\",\"lib\":\"vecidx\",\"index\":\"%s\",\"n\":%zu,"
            "\"dim\":%u,\"save_s\":%.3f,\"open_ms\":%.2f,"
            "\"first_query_ms\":%.3f,\"first_hit_is_self\":%s}\n",
-           kind == VECIDX_HNSW ? "hnsw" : "flat", n, dim, t_save,
-           t_open * 1e3, t_q * 1e3, found && rk[0] == 7 ? "true" : "false");
+           kind == VECIDX_HNSW ? "hnsw" : "flat", n, dim, t_save, t_open * 1e3,
+           t_q * 1e3, found && rk[0] == 7 ? "true" : "false");
     vecidx_close(ix);
     remove_index(path);
     free(keys);
@@ -167,12 +168,14 @@ int main(int argc, char **argv)
     int i, kind = VECIDX_HNSW;
     float *v;
     for (i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
+        if (!strcmp(argv[i], "--dir") && i + 1 < argc)
+            dir = argv[++i];
         else if (!strcmp(argv[i], "--dim") && i + 1 < argc)
             dim = (unsigned)atoi(argv[++i]);
         else if (!strcmp(argv[i], "--n") && i + 1 < argc)
             n = (size_t)atol(argv[++i]);
-        else if (!strcmp(argv[i], "--base") && i + 1 < argc) base = argv[++i];
+        else if (!strcmp(argv[i], "--base") && i + 1 < argc)
+            base = argv[++i];
         else if (!strcmp(argv[i], "--index") && i + 1 < argc)
             kind = !strcmp(argv[++i], "flat") ? VECIDX_FLAT : VECIDX_HNSW;
         else {
