@@ -1,8 +1,13 @@
 # Makefile for vecidx -- GNU make.
 #
-#   make                  libraries, examples, test programs, benchmark tools
-#   make test             build and run the test suite
-#   make sanitize         the tests under AddressSanitizer + UBSan
+#   make                  libraries, the vecidx command-line tool, examples,
+#                         test programs, benchmark tools
+#   make test             build and run the test suite, the command-line tool's
+#                         tests, the examples and (with python3, pytest and
+#                         numpy) the Python binding's tests
+#   make examples-run     run the examples as `make test` does
+#   make sanitize         the tests and the command-line tool under
+#                         AddressSanitizer + UBSan
 #   make tsan             the concurrency tests under ThreadSanitizer
 #   make cross-test       the tests for aarch64 and armhf, run under qemu-user
 #   make test-nosimd      the tests with scalar kernels only (-DVECIDX_NO_SIMD)
@@ -10,7 +15,8 @@
 #   make crash-soak       the crash tests with CRASH_TRIALS (default 20) times
 #                         the usual number of trials
 #   make fuzz             libFuzzer on vecidx_open for FUZZ_TIME seconds (clang)
-#   make install          PREFIX=/usr/local, DESTDIR honoured
+#   make install          PREFIX=/usr/local, DESTDIR honoured; installs the
+#                         header, libraries, vecidx.pc and bin/vecidx
 #   make format-check     clang-format --dry-run -Werror on the C sources
 #   make bench-compare    bench/vecidx-compare (libhnswlib-dev, libfaiss-dev)
 #   make clean
@@ -68,6 +74,7 @@ NORAND := $(shell setarch $$(uname -m) -R true >/dev/null 2>&1 && \
                   echo setarch $$(uname -m) -R)
 
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
 INCLUDEDIR ?= $(PREFIX)/include
 LIBDIR ?= $(PREFIX)/lib
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
@@ -76,13 +83,21 @@ INSTALL ?= install
 # ---- Files -------------------------------------------------------------------
 SONAME = libvecidx.so.$(VERSION_MAJOR)
 EXAMPLES := $(patsubst %.c,%,$(sort $(wildcard examples/*.c)))
+# The command-line tool, tools/vecidx-cli.c, is built as tools/vecidx and
+# installed as $(BINDIR)/vecidx.
+CLI_SRC := $(wildcard tools/vecidx-cli.c)
+CLI := $(if $(CLI_SRC),tools/vecidx)
+CLI_TEST := $(wildcard tests/cli/cli_test.sh)
+# Every bench/*.c is a program of its own.
 BENCH := $(patsubst %.c,%,$(sort $(wildcard bench/*.c)))
 BENCH_HDRS := $(wildcard bench/*.h)
 COMPARE_SRC := $(wildcard bench/compare.cpp)
 PY_TESTS := $(wildcard python/tests)
+PY_EXAMPLES := $(sort $(wildcard examples/*.py))
 FUZZ_REGRESS := $(sort $(wildcard fuzz/regress/*))
 FORMAT_SRCS := vecidx.c vecidx.h $(wildcard tests/*.c tests/*.h tests/*/*.c \
-                                   examples/*.c bench/*.c bench/*.h fuzz/*.c)
+                                   examples/*.c bench/*.c bench/*.h fuzz/*.c \
+                                   tools/*.c)
 
 # Test programs. tests/*.c form one binary, tests/vecidx_test; it does not
 # link the library: tests/test_internal.c includes vecidx.c (white-box),
@@ -104,11 +119,11 @@ TEST_CXX_BIN := $(if $(TEST_CXX),tests/vecidx_test_cxx)
 FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
                     fuzz/fuzz_open-replay)
 
-.PHONY: all lib test sanitize tsan cross-test test-nosimd test-m32 \
-        crash-soak fuzz install uninstall clean format format-check \
+.PHONY: all lib test examples-run sanitize tsan cross-test test-nosimd \
+        test-m32 crash-soak fuzz install uninstall clean format format-check \
         bench-compare
 
-all: lib $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH)
+all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH)
 
 lib: libvecidx.a libvecidx.so
 
@@ -129,6 +144,15 @@ libvecidx.so: vecidx.o
 # ---- Programs ----------------------------------------------------------------
 examples/%: examples/%.c vecidx.h libvecidx.a
 	$(CC) $(CFLAGS) -I. -o $@ $< libvecidx.a $(LDFLAGS) $(LDLIBS)
+
+tools/vecidx: tools/vecidx-cli.c vecidx.h libvecidx.a
+	$(CC) $(CFLAGS) -I. -o $@ tools/vecidx-cli.c libvecidx.a $(LDFLAGS) $(LDLIBS)
+
+# The tool under ASan + UBSan, for `make sanitize`: compiled with vecidx.c
+# so that the library is instrumented too.
+tools/vecidx-asan: tools/vecidx-cli.c vecidx.c vecidx.h
+	$(SAN_CC) $(ASAN_CFLAGS) -I. -o $@ tools/vecidx-cli.c vecidx.c \
+	    $(LDFLAGS) $(LDLIBS)
 
 bench/%: bench/%.c $(BENCH_HDRS) vecidx.h libvecidx.a
 	$(CC) $(CFLAGS) -I. -o $@ $< libvecidx.a $(LDFLAGS) $(LDLIBS)
@@ -188,32 +212,80 @@ vx_run = @fail=0; for t in $(1); do \
 	    echo "== $$r: $$t$(2) ($$(( $$(date +%s) - s )) s)"; \
 	done; test $$fail = 0
 
+# $(call vx_step,COMMAND) runs one shell command as vx_run runs a program:
+# it prints the command, then its result and time, and fails if it failed.
+vx_step = @echo "== $(strip $(1))"; s=$$(date +%s); \
+	if $(1); then r=ok; else r=FAILED; fi; \
+	echo "== $$r: $(strip $(1)) ($$(( $$(date +%s) - s )) s)"; \
+	test $$r = ok
+
+# The Python binding and examples find the library through VECIDX_LIBRARY
+# and the package through PYTHONPATH. They run when $(PYTHON) has pytest
+# and numpy, and are skipped otherwise -- unless REQUIRE_PYTHON is set (as
+# .ci/run does), which makes their absence an error.
+PY_ENV = VECIDX_LIBRARY=$(CURDIR)/libvecidx.so PYTHONPATH=python
+REQUIRE_PYTHON ?=
+vx_have_python = $(PYTHON) -c 'import pytest, numpy' 2>/dev/null || \
+	{ echo "$(1) skipped: $(PYTHON) lacks pytest or numpy"; \
+	  test -z "$(REQUIRE_PYTHON)"; exit; }
+
 # The C test programs, the C++ header test if tests/test_cxx.cpp exists, the
-# fuzz regression inputs if fuzz/regress exists, then the Python binding
-# tests if python/tests exists and python3 has pytest and numpy (they find
-# the library through VECIDX_LIBRARY).
-test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) \
-      $(if $(PY_TESTS),libvecidx.so)
+# fuzz regression inputs if fuzz/regress exists, the command-line tool's
+# test, the examples (examples-run), then the Python binding tests if
+# python/tests exists.
+test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) $(CLI) $(EXAMPLES) \
+      $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so)
 	@test -n "$(TEST_PROGS)" || { echo "no test programs found"; exit 1; }
 	$(call vx_run,$(TEST_PROGS) $(TEST_CXX_BIN))
 ifneq ($(FUZZ_REPLAY),)
 	./fuzz/fuzz_open-replay $(FUZZ_REGRESS) >/dev/null
 endif
-ifneq ($(PY_TESTS),)
-	@if $(PYTHON) -c 'import pytest, numpy' 2>/dev/null; then \
-	    echo "== VECIDX_LIBRARY=$(CURDIR)/libvecidx.so $(PYTHON) -m pytest -q python/tests"; \
-	    VECIDX_LIBRARY=$(CURDIR)/libvecidx.so $(PYTHON) -m pytest -q python/tests; \
-	else \
-	    echo "python tests skipped: $(PYTHON) lacks pytest or numpy"; \
-	fi
+ifneq ($(CLI_TEST),)
+	$(call vx_step,sh $(CLI_TEST) $(CLI))
 endif
+	@$(MAKE) --no-print-directory examples-run
+ifneq ($(PY_TESTS),)
+	@$(call vx_have_python,python tests); \
+	$(MAKE) --no-print-directory vx-pytest
+else
+	@test -z "$(REQUIRE_PYTHON)" || \
+	    { echo "REQUIRE_PYTHON is set but python/tests does not exist"; exit 1; }
+endif
+
+.PHONY: vx-pytest
+vx-pytest: libvecidx.so
+	$(call vx_step,$(PY_ENV) $(PYTHON) -m pytest -q python/tests)
+
+# A newline: $(foreach) over vx_step gives one recipe line per item.
+define vx_nl
+
+
+endef
+
+# Every example: the C ones (recommend in its quick mode), then the Python
+# ones when $(PYTHON) can run them.
+EXAMPLE_ARGS_recommend = --quick
+examples-run: $(EXAMPLES) $(if $(PY_EXAMPLES),libvecidx.so)
+	$(foreach e,$(EXAMPLES),\
+	    $(call vx_step,./$(e) $(EXAMPLE_ARGS_$(notdir $(e))))$(vx_nl))
+ifneq ($(PY_EXAMPLES),)
+	@$(call vx_have_python,python examples); \
+	$(MAKE) --no-print-directory vx-py-examples
+endif
+
+.PHONY: vx-py-examples
+vx-py-examples: libvecidx.so
+	$(foreach e,$(PY_EXAMPLES),$(call vx_step,$(PY_ENV) $(PYTHON) $(e))$(vx_nl))
 
 ASAN_ENV = ASAN_OPTIONS=detect_leaks=1 \
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
-sanitize: $(addsuffix -asan,$(TEST_PROGS))
+sanitize: $(addsuffix -asan,$(TEST_PROGS)) $(if $(CLI_TEST),tools/vecidx-asan)
 	$(call vx_run,$(TEST_PROGS),-asan,$(ASAN_ENV) $(NORAND))
+ifneq ($(CLI_TEST),)
+	$(call vx_step,$(ASAN_ENV) $(NORAND) sh $(CLI_TEST) tools/vecidx-asan)
+endif
 
 tsan: $(addsuffix -tsan,$(NOCRASH_PROGS))
 	$(call vx_run,$(NOCRASH_PROGS),-tsan,$(TSAN_ENV) $(NORAND),$(TSAN_FILTER))
@@ -262,9 +334,9 @@ fuzz: fuzz/fuzz_open fuzz/make_seeds
 
 # ---- Install -----------------------------------------------------------------
 # vecidx.pc is written at install time so it always names this PREFIX.
-install: libvecidx.a libvecidx.so vecidx.pc.in
+install: libvecidx.a libvecidx.so vecidx.pc.in $(CLI)
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
-	    $(DESTDIR)$(PKGCONFIGDIR)
+	    $(DESTDIR)$(PKGCONFIGDIR) $(if $(CLI),$(DESTDIR)$(BINDIR))
 	$(INSTALL) -m 644 vecidx.h $(DESTDIR)$(INCLUDEDIR)/vecidx.h
 	$(INSTALL) -m 644 libvecidx.a $(DESTDIR)$(LIBDIR)/libvecidx.a
 	$(INSTALL) -m 755 libvecidx.so $(DESTDIR)$(LIBDIR)/libvecidx.so.$(VERSION)
@@ -274,12 +346,15 @@ install: libvecidx.a libvecidx.so vecidx.pc.in
 	    -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    vecidx.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc
+ifneq ($(CLI),)
+	$(INSTALL) -m 755 $(CLI) $(DESTDIR)$(BINDIR)/vecidx
+endif
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/vecidx.h $(DESTDIR)$(LIBDIR)/libvecidx.a \
 	    $(DESTDIR)$(LIBDIR)/libvecidx.so.$(VERSION) \
 	    $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libvecidx.so \
-	    $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc
+	    $(DESTDIR)$(PKGCONFIGDIR)/vecidx.pc $(DESTDIR)$(BINDIR)/vecidx
 
 # ---- Formatting --------------------------------------------------------------
 format-check:
@@ -291,6 +366,7 @@ format:
 # ---- Cleaning ----------------------------------------------------------------
 clean:
 	rm -f vecidx.o libvecidx.a libvecidx.so $(EXAMPLES) \
+	    tools/vecidx tools/vecidx-asan \
 	    $(BENCH) bench/vecidx-compare \
 	    tests/vecidx_test tests/vecidx_test-* tests/vecidx_test_cxx \
 	    tests/core/core_test tests/core/core_test-* \

@@ -1,0 +1,520 @@
+/* Real-time product recommendations on a durable vecidx index.
+**
+** The shop keeps its catalog -- category, price, stock -- in its own
+** arrays; vecidx holds only the 512-d product embeddings under the product
+** id. A recommendation is the k products closest to a shopper's taste
+** vector that are in the wanted category, in stock and within budget: the
+** search filter asks the catalog. While query threads serve shoppers, one
+** thread changes the shop: new products, products taken off sale, stock
+** running out and coming back. At the end it prints query latency
+** percentiles, checks that every recommendation passed the filter, and
+** reopens the file to check it holds exactly the catalog's products.
+**
+**   examples/recommend [--quick] [PATH]
+**
+** PATH is the index file to create (it must not exist); by default it goes
+** to a new directory under $TMPDIR or /tmp, removed at the end. --quick
+** runs a smaller shop, for the test suite. Exit status 0 when every check
+** passes. Build: cc -std=c11 -O2 -I. examples/recommend.c vecidx.c -pthread
+** -lm
+*/
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vecidx.h"
+
+#define DIM 512
+#define CATEGORIES 16
+#define K 10
+#define QUERY_THREADS 2
+
+/* Product states, changed by the writer while shoppers search. */
+enum {
+    GONE = 0,
+    IN_STOCK = 1,
+    SOLD_OUT = 2
+};
+
+typedef struct shop {
+    vecidx *ix;
+    size_t cap;           /* product ids are 0 .. cap-1 */
+    atomic_size_t nextid; /* next id to list */
+    /* Written once before the product's vecidx_add and never again, so
+    ** the index lock orders them before any search that can return it. */
+    uint8_t *category;
+    float *price;
+    atomic_uchar *state;  /* changes at any time: atomic */
+    atomic_ulong changes; /* state changes so far, counted after each */
+    float *centroid;      /* CATEGORIES x DIM taste centroids */
+    atomic_int done;      /* shoppers finished: the writer stops */
+    int failed;           /* a check failed (set before threads join) */
+} shop;
+
+/* ---- Random numbers ------------------------------------------------- */
+
+static uint64_t rnd_next(uint64_t *s)
+{
+    /* xorshift64*: fast, good enough for made-up embeddings */
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1Dull;
+}
+
+static double rnd_unit(uint64_t *s) /* [0, 1) */
+{
+    return (double)(rnd_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static float rnd_normal(uint64_t *s)
+{
+    double u = rnd_unit(s), v = rnd_unit(s);
+    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v));
+}
+
+/* A product's embedding: its category's centroid plus noise, so that
+** products of one category cluster but overlap their neighbours. */
+static void make_embedding(const shop *sh, unsigned cat, uint64_t *rng,
+                           float *out)
+{
+    unsigned i;
+    for (i = 0; i < DIM; i++)
+        out[i] = sh->centroid[cat * DIM + i] + 0.6f * rnd_normal(rng);
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int report(const shop *sh, int rc, const char *what)
+{
+    fprintf(stderr, "recommend: %s: %s: %s\n", what, vecidx_strerror(rc),
+            vecidx_errmsg(sh->ix));
+    return 1;
+}
+
+/* Give the product an id, describe it in the catalog, add its embedding,
+** then put it on sale: shoppers never see a product the catalog does not
+** know yet. */
+static int list_product(shop *sh, uint64_t *rng, float *vec)
+{
+    size_t id = atomic_fetch_add(&sh->nextid, 1);
+    unsigned cat = (unsigned)(rnd_next(rng) % CATEGORIES);
+    int rc;
+    if (id >= sh->cap) return 0; /* catalog full: stop listing */
+    sh->category[id] = (uint8_t)cat;
+    sh->price[id] = (float)(5 + rnd_unit(rng) * 195);
+    make_embedding(sh, cat, rng, vec);
+    if ((rc = vecidx_add(sh->ix, id, vec)) != VECIDX_OK)
+        return report(sh, rc, "adding a product");
+    atomic_store(&sh->state[id], IN_STOCK);
+    atomic_fetch_add(&sh->changes, 1);
+    return 0;
+}
+
+/* ---- The shop's writer ------------------------------------------------ */
+
+typedef struct writer_stats {
+    unsigned long added, removed, restocked, sold_out;
+    int failed;
+} writer_stats;
+
+/* A pace a real catalog feed could have: about a thousand changes a
+** second, not a loop holding the write lock. */
+static void *writer_main(void *arg)
+{
+    shop *sh = arg;
+    static writer_stats ws;
+    uint64_t rng = 0x5eed0002;
+    float vec[DIM];
+    struct timespec pause = {0, 1000000};
+    while (!atomic_load(&sh->done) && !ws.failed) {
+        size_t listed = atomic_load(&sh->nextid), id;
+        int i, rc;
+        /* a new product */
+        if (listed < sh->cap) {
+            if (list_product(sh, &rng, vec)) ws.failed = 1;
+            ws.added++;
+        }
+        /* one taken off sale: out of the catalog first, then out of the
+        ** index, so no search admits it in between */
+        id = (size_t)(rnd_next(&rng) % listed);
+        if (atomic_exchange(&sh->state[id], GONE) != GONE) {
+            atomic_fetch_add(&sh->changes, 1);
+            if ((rc = vecidx_remove(sh->ix, id)) != VECIDX_OK) {
+                report(sh, rc, "removing a product");
+                ws.failed = 1;
+            }
+            ws.removed++;
+        }
+        /* stock changes need no index call at all */
+        for (i = 0; i < 4; i++) {
+            unsigned char want = IN_STOCK;
+            id = (size_t)(rnd_next(&rng) % listed);
+            if (atomic_compare_exchange_strong(&sh->state[id], &want,
+                                               SOLD_OUT)) {
+                ws.sold_out++;
+                atomic_fetch_add(&sh->changes, 1);
+            } else if (want == SOLD_OUT &&
+                       atomic_compare_exchange_strong(&sh->state[id], &want,
+                                                      IN_STOCK)) {
+                ws.restocked++;
+                atomic_fetch_add(&sh->changes, 1);
+            }
+        }
+        nanosleep(&pause, NULL);
+    }
+    return &ws;
+}
+
+/* ---- Shoppers --------------------------------------------------------- */
+
+/* What one search asks of the catalog. `admitted` records, per product,
+** the number of the last query whose filter admitted it: the check after
+** the search needs no lock and no guess about what changed meanwhile. */
+typedef struct wish {
+    const shop *sh;
+    unsigned category;
+    float budget;
+    uint32_t query;
+    uint32_t *admitted;
+} wish;
+
+static int wanted(const wish *w, size_t id)
+{
+    const shop *sh = w->sh;
+    return atomic_load_explicit(&sh->state[id], memory_order_relaxed) ==
+               IN_STOCK &&
+           sh->category[id] == w->category && sh->price[id] <= w->budget;
+}
+
+static int admit(uint64_t key, void *ctx)
+{
+    wish *w = ctx;
+    if (key >= w->sh->cap || !wanted(w, (size_t)key)) return 0;
+    w->admitted[key] = w->query;
+    return 1;
+}
+
+/* A list shorter than k is right only if no more products were wanted.
+** The catalog changes while we count, but each change moves the count by
+** one: products wanted now number at most the results, plus the changes
+** counted since the search began, plus one change whose count the single
+** writer has not made yet. */
+static int short_list_ok(const wish *w, size_t found, unsigned long since)
+{
+    const shop *sh = w->sh;
+    size_t id, n = 0, listed = atomic_load(&sh->nextid);
+    if (listed > sh->cap) listed = sh->cap;
+    for (id = 0; id < listed; id++) n += wanted(w, id);
+    return n <= found + (atomic_load(&sh->changes) - since) + 1;
+}
+
+typedef struct shopper {
+    shop *sh;
+    unsigned id;
+    unsigned queries;
+    double *latency; /* seconds, one per query */
+    unsigned long results, bad, short_lists, missed;
+    int failed;
+} shopper;
+
+static void *shopper_main(void *arg)
+{
+    shopper *s = arg;
+    shop *sh = s->sh;
+    uint64_t rng = 0x5eed1000 + s->id, keys[K];
+    float taste[DIM], dists[K];
+    size_t found, j;
+    unsigned q;
+    vecidx_search_opts opts;
+    wish w;
+    memset(&opts, 0, sizeof opts);
+    memset(&w, 0, sizeof w);
+    w.sh = sh;
+    if (!(w.admitted = calloc(sh->cap, sizeof *w.admitted))) {
+        s->failed = 1;
+        return NULL;
+    }
+    opts.filter = admit;
+    opts.filter_ctx = &w;
+    for (q = 0; q < s->queries; q++) {
+        unsigned liked = (unsigned)(rnd_next(&rng) % CATEGORIES);
+        unsigned long changes;
+        double t;
+        int rc;
+        /* The shopper's taste leans to one category; most searches are
+        ** in it, some look for something else (cross-selling). */
+        make_embedding(sh, liked, &rng, taste);
+        w.category = rnd_unit(&rng) < 0.8
+                         ? liked
+                         : (unsigned)(rnd_next(&rng) % CATEGORIES);
+        w.budget = rnd_unit(&rng) < 0.5 ? INFINITY
+                                        : (float)(20 + rnd_unit(&rng) * 80);
+        w.query = q + 1;
+        changes = atomic_load(&sh->changes);
+        t = now_seconds();
+        rc = vecidx_search(sh->ix, taste, K, &opts, keys, dists, &found);
+        s->latency[q] = now_seconds() - t;
+        if (rc != VECIDX_OK) {
+            report(sh, rc, "searching");
+            s->failed = 1;
+            break;
+        }
+        /* The check: every result was admitted by this query's filter,
+        ** and its category -- which never changes -- is the one asked. */
+        for (j = 0; j < found; j++)
+            if (keys[j] >= sh->cap || w.admitted[keys[j]] != w.query ||
+                sh->category[keys[j]] != w.category ||
+                (j > 0 && dists[j] < dists[j - 1]))
+                s->bad++;
+        s->results += found;
+        if (found < K) {
+            s->short_lists++;
+            s->missed += !short_list_ok(&w, found, changes);
+        }
+        if (s->id == 0 && q == 0) {
+            printf("a shopper who likes category %u, looking in category "
+                   "%u",
+                   liked, w.category);
+            if (isfinite(w.budget)) printf(" under $%.0f", w.budget);
+            printf(":\n ");
+            for (j = 0; j < found; j++)
+                printf(" #%llu ($%.2f)", (unsigned long long)keys[j],
+                       sh->price[keys[j]]);
+            printf("\n");
+        }
+    }
+    free(w.admitted);
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted values. */
+static double percentile(const double *v, size_t n, double p)
+{
+    size_t r = (size_t)ceil(p / 100 * (double)n);
+    return v[r > 0 ? r - 1 : 0];
+}
+
+/* ---- Setup, run, verify ------------------------------------------------ */
+
+/* After the run: reopen the file read-only, as a restarted service would,
+** and compare it with the catalog product by product. */
+static int verify_file(const shop *sh, const char *path)
+{
+    vecidx *ix;
+    size_t id, listed = atomic_load(&sh->nextid), want = 0, wrong = 0;
+    int rc = vecidx_open(path, NULL, VECIDX_RDONLY, &ix);
+    if (rc != VECIDX_OK) {
+        fprintf(stderr, "recommend: reopening %s: %s: %s\n", path,
+                vecidx_strerror(rc), vecidx_errmsg(NULL));
+        return 1;
+    }
+    if (listed > sh->cap) listed = sh->cap;
+    for (id = 0; id < listed; id++) {
+        int on_sale = atomic_load(&sh->state[id]) != GONE;
+        want += on_sale;
+        wrong += vecidx_contains(ix, id) != on_sale;
+    }
+    rc = vecidx_check(ix);
+    printf("reopened %s: %zu products, catalog has %zu, %zu mismatches, "
+           "check %s\n",
+           path, vecidx_count(ix), want, wrong, rc ? "FAILED" : "ok");
+    rc = rc || wrong || vecidx_count(ix) != want;
+    vecidx_close(ix);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    int quick = 0, argi, rc, failed = 0;
+    const char *user_path = NULL;
+    char dir[512] = "", path[600];
+    size_t initial, i, n;
+    unsigned per_thread, t;
+    shop sh;
+    vecidx_params p;
+    float *vecs;
+    uint64_t *keys, rng = 0x5eed0001;
+    pthread_t writer, threads[QUERY_THREADS];
+    shopper shoppers[QUERY_THREADS];
+    writer_stats *ws;
+    void *ret;
+    double t0, load_s, run_s, *all;
+    unsigned long results = 0, bad = 0, short_lists = 0, missed = 0;
+    struct stat sb;
+
+    for (argi = 1; argi < argc; argi++) {
+        if (strcmp(argv[argi], "--quick") == 0)
+            quick = 1;
+        else if (argv[argi][0] != '-' && !user_path)
+            user_path = argv[argi];
+        else {
+            fprintf(stderr, "usage: %s [--quick] [PATH]\n", argv[0]);
+            return 2;
+        }
+    }
+    initial = quick ? 3000 : 10000;
+    per_thread = quick ? 400 : 2000;
+
+    if (user_path) {
+        if (stat(user_path, &sb) == 0) {
+            fprintf(stderr, "recommend: %s exists; give a new path\n",
+                    user_path);
+            return 2;
+        }
+        snprintf(path, sizeof path, "%s", user_path);
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/recommend-XXXXXX",
+                 tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(dir)) {
+            perror("recommend: mkdtemp");
+            return 1;
+        }
+        snprintf(path, sizeof path, "%s/products.vx", dir);
+    }
+
+    /* The catalog: room for the initial products and everything the
+    ** writer may add during the run. */
+    memset(&sh, 0, sizeof sh);
+    atomic_init(&sh.nextid, 0);
+    atomic_init(&sh.changes, 0);
+    atomic_init(&sh.done, 0);
+    sh.cap = initial + 4 * (size_t)per_thread * QUERY_THREADS;
+    sh.category = calloc(sh.cap, 1);
+    sh.price = calloc(sh.cap, sizeof *sh.price);
+    sh.state = calloc(sh.cap, sizeof *sh.state);
+    sh.centroid = malloc(sizeof *sh.centroid * CATEGORIES * DIM);
+    vecs = malloc(sizeof *vecs * initial * DIM);
+    keys = malloc(sizeof *keys * initial);
+    if (!sh.category || !sh.price || !sh.state || !sh.centroid || !vecs ||
+        !keys) {
+        fprintf(stderr, "recommend: out of memory\n");
+        return 1;
+    }
+    for (i = 0; i < sh.cap; i++) atomic_init(&sh.state[i], GONE);
+    for (i = 0; i < (size_t)CATEGORIES * DIM; i++)
+        sh.centroid[i] = rnd_normal(&rng) * 0.2f;
+
+    /* Cosine, as for most embedding models. Group commit (SYNC_NORMAL):
+    ** a crash of the process loses nothing, a power cut at most the last
+    ** 10 ms of catalog changes, which the feed would send again. */
+    vecidx_params_init(&p, VECIDX_HNSW, VECIDX_COSINE, DIM);
+    p.hnsw_m = 12;
+    p.hnsw_ef_construction = 80;
+    p.hnsw_ef_search = 48;
+    p.capacity = (uint32_t)sh.cap;
+    rc = vecidx_open(path, &p, VECIDX_CREATE | VECIDX_SYNC_NORMAL, &sh.ix);
+    if (rc != VECIDX_OK) {
+        fprintf(stderr, "recommend: creating %s: %s: %s\n", path,
+                vecidx_strerror(rc), vecidx_errmsg(NULL));
+        return 1;
+    }
+
+    /* The opening catalog, loaded in one batch and checkpointed into the
+    ** main file, so that later opens need not replay it from the log. */
+    t0 = now_seconds();
+    for (i = 0; i < initial; i++) {
+        unsigned cat = (unsigned)(rnd_next(&rng) % CATEGORIES);
+        sh.category[i] = (uint8_t)cat;
+        sh.price[i] = (float)(5 + rnd_unit(&rng) * 195);
+        make_embedding(&sh, cat, &rng, vecs + i * DIM);
+        keys[i] = i;
+    }
+    rc = vecidx_add_batch(sh.ix, initial, keys, vecs);
+    if (rc == VECIDX_OK) rc = vecidx_checkpoint(sh.ix);
+    if (rc != VECIDX_OK) return report(&sh, rc, "loading the catalog");
+    for (i = 0; i < initial; i++)
+        atomic_store(&sh.state[i], rnd_unit(&rng) < 0.85 ? IN_STOCK : SOLD_OUT);
+    atomic_store(&sh.nextid, initial);
+    load_s = now_seconds() - t0;
+    free(vecs);
+    free(keys);
+    printf("catalog: %zu products (%d-d embeddings, %d categories) loaded "
+           "in %.2f s into %s\n",
+           initial, DIM, CATEGORIES, load_s, path);
+
+    /* Serve: shoppers search while the writer changes the shop. */
+    all = malloc(sizeof *all * per_thread * QUERY_THREADS);
+    if (!all) return 1;
+    t0 = now_seconds();
+    if (pthread_create(&writer, NULL, writer_main, &sh) != 0) return 1;
+    for (t = 0; t < QUERY_THREADS; t++) {
+        memset(&shoppers[t], 0, sizeof shoppers[t]);
+        shoppers[t].sh = &sh;
+        shoppers[t].id = t;
+        shoppers[t].queries = per_thread;
+        shoppers[t].latency = all + (size_t)t * per_thread;
+        if (pthread_create(&threads[t], NULL, shopper_main, &shoppers[t]))
+            return 1;
+    }
+    for (t = 0; t < QUERY_THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        results += shoppers[t].results;
+        bad += shoppers[t].bad;
+        short_lists += shoppers[t].short_lists;
+        missed += shoppers[t].missed;
+        failed |= shoppers[t].failed;
+    }
+    run_s = now_seconds() - t0;
+    atomic_store(&sh.done, 1);
+    pthread_join(writer, &ret);
+    ws = ret;
+    failed |= ws->failed;
+
+    n = (size_t)per_thread * QUERY_THREADS;
+    qsort(all, n, sizeof *all, cmp_double);
+    printf("while %zu searches ran on %d threads (%.0f per second): %lu "
+           "products added, %lu removed, %lu sold out, %lu restocked\n",
+           n, QUERY_THREADS, (double)n / run_s, ws->added, ws->removed,
+           ws->sold_out, ws->restocked);
+    printf("latency of a filtered top-%d search: p50 %.3f ms  p95 %.3f ms  "
+           "p99 %.3f ms  max %.3f ms\n",
+           K, percentile(all, n, 50) * 1e3, percentile(all, n, 95) * 1e3,
+           percentile(all, n, 99) * 1e3, all[n - 1] * 1e3);
+    printf("filter check: %lu results, %lu not admitted by the filter: %s\n",
+           results, bad, bad ? "FAILED" : "ok");
+    printf("short lists: %lu searches found fewer than %d, %lu of them while "
+           "more products were wanted: %s\n",
+           short_lists, K, missed, missed ? "FAILED" : "ok");
+    free(all);
+
+    /* Close (which syncs the log), then check what a restart would see. */
+    vecidx_close(sh.ix);
+    failed |= verify_file(&sh, path) != 0;
+    failed |= bad != 0 || missed != 0;
+
+    if (dir[0]) {
+        snprintf(path + strlen(path), sizeof path - strlen(path), "-wal");
+        remove(path);
+        path[strlen(path) - 4] = '\0';
+        remove(path);
+        rmdir(dir);
+    }
+    free(sh.category);
+    free(sh.price);
+    free(sh.state);
+    free(sh.centroid);
+    printf("%s\n", failed ? "FAILED" : "all checks passed");
+    return failed;
+}

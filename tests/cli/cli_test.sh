@@ -1,0 +1,345 @@
+#!/bin/sh
+# Tests of the command-line tool: sh tests/cli/cli_test.sh [PATH-TO-vecidx]
+# (default tools/vecidx). Each check runs the program on files made here
+# and looks at its exit status and output. Ends with "N passed, N failed"
+# and exits non-zero on failure, like the other test programs.
+set -u
+
+VX=${1:-tools/vecidx}
+case $VX in /*) ;; *) VX=$(pwd)/$VX ;; esac
+[ -x "$VX" ] || { echo "cli_test: $VX is not an executable"; exit 1; }
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/vecidx-cli.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); }
+bad() {
+    failed=$((failed + 1))
+    echo "FAIL: $*"
+    [ -s out ] && sed 's/^/  stdout: /' out | head -n 5
+    [ -s err ] && sed 's/^/  stderr: /' err | head -n 5
+}
+
+# run WANT-STATUS ARGS...: run vecidx with stdout in ./out and stderr in
+# ./err, and check the exit status.
+run() {
+    want=$1
+    shift
+    "$VX" "$@" >out 2>err
+    got=$?
+    if [ "$got" -eq "$want" ]; then ok; else bad "vecidx $* exited $got, want $want"; fi
+}
+# has FILE TEXT: FILE contains TEXT (fixed string).
+has() {
+    if grep -qF -- "$2" "$1"; then ok; else bad "$1 lacks '$2'"; fi
+}
+same() {
+    if cmp -s "$1" "$2"; then ok; else bad "$1 and $2 differ"; fi
+}
+equal() {
+    if [ "$1" = "$2" ]; then ok; else bad "$3: got '$1', want '$2'"; fi
+}
+
+# Clustered vectors as CSV: key,v1..vD with a header line. A Park-Miller
+# generator, so every awk gives the same numbers.
+gen_csv() { # ROWS DIM SEED FIRST-KEY KEY-STEP
+    awk -v n="$1" -v d="$2" -v s="$3" -v k0="$4" -v step="$5" 'BEGIN {
+        x = s
+        printf "key"; for (j = 1; j <= d; j++) printf ",v%d", j; printf "\n"
+        for (i = 0; i < n; i++) {
+            c = i % 7
+            printf "%d", k0 + i * step
+            for (j = 1; j <= d; j++) {
+                x = (x * 16807) % 2147483647
+                printf ",%.6f", (c == j % 7) * 3 + x / 2147483647 - 0.5
+            }
+            printf "\n"
+        }
+    }'
+}
+
+# JSON lines are checked with python3's parser when there is one.
+PY=
+for p in /usr/bin/python3 python3; do
+    if command -v "$p" >/dev/null 2>&1; then PY=$p; break; fi
+done
+json_valid() { # FILE: every line one JSON object
+    [ -n "$PY" ] || { ok; return; }
+    if "$PY" -c 'import json, sys
+for line in open(sys.argv[1]):
+    assert isinstance(json.loads(line), dict)' "$1" 2>/dev/null; then ok
+    else bad "$1 is not JSON lines"; fi
+}
+
+# ---- help and command-line errors (status 2) ---------------------------
+run 0 --help
+has out "usage: vecidx COMMAND"
+for c in create import query stats check checkpoint export; do
+    run 0 "$c" --help
+    has out "usage: vecidx $c"
+done
+run 0 --version
+has out "vecidx "
+run 2
+run 2 frobnicate
+run 2 create a.vx
+has err "--dim is required"
+run 2 create a.vx --dim 0
+run 2 create a.vx --dim 4 --kind btree
+run 2 create a.vx --dim 4 --metric hamming
+run 2 create a.vx --dim 4 --bogus
+has err "unknown option '--bogus'"
+run 2 stats
+run 2 stats a.vx extra
+run 2 query a.vx
+run 2 query a.vx --vector 1,2 --fvecs q.fvecs
+run 2 query a.vx --vector 1,two
+run 2 query a.vx --vector 1 -k 0
+run 2 query a.vx --vector 1 -k
+run 2 import a.vx data.txt
+has err "use --format"
+run 2 import a.vx data.csv --first-key 5
+[ ! -e a.vx ] && ok || bad "a usage error created a.vx"
+
+# ---- create ------------------------------------------------------------
+D=8
+run 0 create flat.vx --dim $D --kind flat --metric l2
+has out "created flat.vx: flat index, l2 metric, dimension $D"
+run 0 create hnsw.vx --dim $D --kind hnsw --metric l2 --M 12 \
+    --ef-construction 100 --ef-search 80 --json
+has out '{"command":"create","path":"hnsw.vx","kind":"hnsw","metric":"l2","dim":8}'
+json_valid out
+run 1 create flat.vx --dim $D
+has err "already exists"
+run 1 create m.vx --dim 4 --M 1
+has err "hnsw_m"
+[ ! -e m.vx ] && ok || bad "a failed create left m.vx"
+
+# ---- import CSV, query, stats, check -------------------------------------
+# Keys 1000, 1003, ... so that they are not row numbers.
+gen_csv 3000 $D 7 1000 3 >data.csv
+run 0 import flat.vx data.csv
+has out "imported 3000 vectors from data.csv"
+[ ! -s err ] && ok || bad "import wrote to stderr that is not a terminal"
+run 0 import hnsw.vx data.csv --threads 2 --json
+has out '"command":"import"'
+has out '"rows":3000,"count":3000'
+json_valid out
+
+# With stderr on a terminal (util-linux script provides one), a progress
+# bar; without, as above, nothing.
+if script --version 2>/dev/null | grep -q util-linux; then
+    run 0 create tty.vx --dim $D --kind flat --metric l2
+    script -qec "'$VX' import tty.vx data.csv" /dev/null >tty.out 2>&1 </dev/null
+    has tty.out "importing [##############################] 100%  3000 rows"
+    has tty.out "imported 3000 vectors"
+fi
+
+run 0 stats flat.vx --json
+has out '"kind":"flat","metric":"l2","dim":8,"count":3000'
+json_valid out
+run 0 stats hnsw.vx
+has out "vectors       3000"
+run 0 check hnsw.vx
+has out "hnsw.vx: ok, 3000 vectors"
+run 0 check flat.vx --json
+has out '{"command":"check","path":"flat.vx","ok":true,"count":3000}'
+
+# The stored row of key 1000+3*5 is found at distance 0.
+row5=$(sed -n 7p data.csv | cut -d, -f2-)
+for ix in flat hnsw; do
+    run 0 query $ix.vx --vector "$row5" -k 3
+    equal "$(sed -n 2p out | awk '{ print $2, $3, $4 }')" "1 1015 0" \
+        "$ix nearest to row 5"
+    equal "$(wc -l <out)" 4 "$ix: header + k lines"
+    run 0 query $ix.vx --vector "[$row5]" -k 5 --json
+    equal "$(wc -l <out)" 5 "$ix: one JSON line per result"
+    has out '{"query":0,"rank":1,"key":1015,"distance":0}'
+    json_valid out
+done
+run 1 query flat.vx --vector 1,2,3
+has err "the query has 3 values, the index dimension is 8"
+run 1 query missing.vx --vector 1
+has err "missing.vx"
+
+# ---- export, and imports of what was exported ----------------------------
+run 0 export flat.vx all.csv
+has out "exported 3000 vectors to all.csv"
+equal "$(head -n 1 all.csv)" "key,v1,v2,v3,v4,v5,v6,v7,v8" "CSV header"
+equal "$(sed -n 2p all.csv | cut -d, -f1)" 1000 "first exported key"
+equal "$(wc -l <all.csv)" 3001 "exported CSV lines"
+# CSV round trip: same keys, same floats, same text.
+run 0 create again.vx --dim $D --kind flat --metric l2
+run 0 import again.vx all.csv
+run 0 export again.vx again.csv
+same all.csv again.csv
+# Upserts replace HNSW nodes (the old ones stay as waypoints for a while);
+# the export must still hold every key once, with its current vector.
+head -n 301 data.csv >first300.csv
+run 0 import hnsw.vx first300.csv --upsert
+has out "hnsw.vx holds 3000"
+run 0 check hnsw.vx
+run 0 export hnsw.vx - --format csv
+same all.csv out
+
+run 0 export flat.vx all.fvecs
+has err "keeps no keys"
+equal "$(wc -c <all.fvecs | tr -d ' ')" $((3000 * (4 + 4 * D))) "fvecs size"
+run 0 export flat.vx all.npy --json
+has out '"rows":3000'
+# .npy and .fvecs round trips: keys become row numbers (+ --first-key),
+# vectors stay bit for bit.
+cut -d, -f2- all.csv >values.txt
+for f in all.fvecs all.npy; do
+    rm -f rt.vx rt.vx-wal
+    run 0 create rt.vx --dim $D --kind flat --metric l2
+    run 0 import rt.vx $f --first-key 10
+    run 0 export rt.vx rt.csv
+    equal "$(sed -n 2p rt.csv | cut -d, -f1)" 10 "$f first key"
+    equal "$(tail -n 1 rt.csv | cut -d, -f1)" 3009 "$f last key"
+    cut -d, -f2- rt.csv >rt-values.txt
+    same values.txt rt-values.txt
+done
+if [ -n "$PY" ] && "$PY" -c 'import numpy' 2>/dev/null; then
+    "$PY" -c 'import numpy, sys
+a = numpy.load("all.npy")
+assert a.shape == (3000, 8) and a.dtype == numpy.float32
+assert abs(float(a[0, 0]) - float(open("all.csv").readlines()[1].split(",")[1])) < 1e-6
+' && ok || bad "numpy cannot read the exported .npy"
+fi
+
+# ---- every query of an .fvecs file -------------------------------------
+# Each exported vector as a query: its own row must come first. Exact for
+# the flat index; HNSW may miss a few.
+run 0 query flat.vx --fvecs all.fvecs -k 1
+equal "$(awk 'NR > 1 && $4 == 0' out | wc -l | tr -d ' ')" 3000 "flat self-hits"
+run 0 query hnsw.vx --fvecs all.fvecs -k 1 --ef 64 --threads 2 --json
+json_valid out
+hits=$(grep -c '"distance":0}' out)
+[ "$hits" -ge 2970 ] && ok || bad "hnsw found only $hits of 3000 stored vectors"
+# Recall@10 of HNSW against the flat index, on fresh queries.
+gen_csv 200 $D 99 0 1 >q.csv
+run 0 create q.vx --dim $D --kind flat --metric l2
+run 0 import q.vx q.csv
+run 0 export q.vx q.fvecs
+"$VX" query flat.vx --fvecs q.fvecs -k 10 | awk 'NR > 1 { print $1, $3 }' |
+    sort >truth.txt
+"$VX" query hnsw.vx --fvecs q.fvecs -k 10 --ef 100 |
+    awk 'NR > 1 { print $1, $3 }' | sort >approx.txt
+equal "$(wc -l <truth.txt | tr -d ' ')" 2000 "flat results"
+common=$(comm -12 truth.txt approx.txt | wc -l)
+[ "$common" -ge 1900 ] && ok || bad "hnsw recall@10 $common/2000 < 0.95"
+
+# ---- hand-made binary files, read byte for byte ----------------------------
+# Two 2-d vectors: (1, 0.5) and (-2, 0.25) as float32 / float64.
+printf '\002\000\000\000\000\000\200\077\000\000\000\077' >two.fvecs
+printf '\002\000\000\000\000\000\000\300\000\000\200\076' >>two.fvecs
+npy_header() { # DESCR: version 1.0, shape (2, 2), 128 bytes in all
+    h="{'descr': '$1', 'fortran_order': False, 'shape': (2, 2), }"
+    printf '\223NUMPY\001\000\166\000%s' "$h" # 10 + 118 bytes
+    i=$((${#h} + 1))
+    while [ $i -lt 118 ]; do printf ' '; i=$((i + 1)); done
+    printf '\n'
+}
+{
+    npy_header '<f4'
+    printf '\000\000\200\077\000\000\000\077\000\000\000\300\000\000\200\076'
+} >two4.npy
+{
+    npy_header '<f8'
+    printf '\000\000\000\000\000\000\360\077\000\000\000\000\000\000\340\077'
+    printf '\000\000\000\000\000\000\000\300\000\000\000\000\000\000\320\077'
+} >two8.npy
+printf 'key,v1,v2\n0,1,0.5\n1,-2,0.25\n' >two.csv
+for f in two.fvecs two4.npy two8.npy; do
+    rm -f two.vx two.vx-wal
+    run 0 create two.vx --dim 2 --kind flat --metric ip
+    run 0 import two.vx $f
+    run 0 export two.vx two-out.csv
+    same two.csv two-out.csv
+done
+# Inner product: -(1*1 + 0.5*2) = -2 for key 0.
+run 0 query two.vx --vector 1,2 -k 1 --json
+has out '{"query":0,"rank":1,"key":0,"distance":-2}'
+
+# ---- bad input files (status 1) --------------------------------------------
+run 0 create e.vx --dim 2 --kind flat --metric cos
+printf '1,1,2\n2,1\n' >short.csv
+run 1 import e.vx short.csv
+has err "short.csv:2: 1 values after the key, expected 2"
+has err "rows added before the error, and kept: 1"
+printf '3,1,2,3\n' >long.csv
+run 1 import e.vx long.csv
+has err "long.csv:1: more than 2 values"
+printf '4,1,nan\n' >nan.csv
+run 1 import e.vx nan.csv
+has err "nan.csv:1: value 2 ('nan') is not a finite number"
+printf 'x,1,2\n5,1,2\n' >hdr.csv
+run 0 import e.vx hdr.csv
+printf 'a,b\n5,1,2\n' >hdr2.csv
+run 1 import e.vx hdr2.csv
+has err "header has 2 columns"
+printf '%s\n' -6,1,2 >neg.csv
+run 1 import e.vx neg.csv
+has err "neg.csv:1: the first field is not a key"
+printf '7,0,0\n' >zero.csv
+run 1 import e.vx zero.csv
+has err "zero"
+run 1 import e.vx hdr.csv
+has err "key 5 is already in the index"
+printf '5,3,4\n' >up.csv
+run 0 import e.vx up.csv --upsert
+run 0 export e.vx - --format csv
+has out "5,3,4"
+run 1 import e.vx two.fvecs --first-key 18446744073709551615
+has err "above 2^64-1"
+head -c 20 two.fvecs >trunc.fvecs
+run 1 import e.vx trunc.fvecs --first-key 100
+has err "truncated"
+run 1 import flat.vx two.fvecs
+has err "vector 0 has dimension 2, the index dimension is 8"
+run 1 import flat.vx two4.npy
+has err "rows have 2 values, the index dimension is 8"
+printf 'not an npy file' >junk.npy
+run 1 import e.vx junk.npy
+has err "not a .npy file"
+run 1 import e.vx nothere.csv
+has err "cannot open 'nothere.csv'"
+run 1 check junk.npy
+run 1 check junk.npy --json
+has out '"ok":false'
+json_valid out
+# Standard input needs --format.
+printf '8,1,1\n9,2,1\n' | "$VX" import e.vx - --format csv >out 2>err &&
+    ok || bad "import from standard input"
+# Kept: 1 (short.csv), 5 (hdr.csv), 2^64-1 and 100 (the rows before the
+# errors), 8 and 9.
+run 0 stats e.vx --json
+has out '"count":6'
+
+# ---- checkpoint and the log ----------------------------------------------
+run 0 create w.vx --dim 2 --kind hnsw --metric l2
+wal0=$(wc -c <w.vx-wal | tr -d ' ')
+printf '1,1,1\n' | "$VX" import w.vx - --format csv >/dev/null
+run 0 checkpoint w.vx --json
+has out '"command":"checkpoint"'
+json_valid out
+equal "$(wc -c <w.vx-wal | tr -d ' ')" "$wal0" "log size after checkpoint"
+run 0 check w.vx
+
+# ---- IVF-PQ --------------------------------------------------------------
+run 0 create pq.vx --dim $D --kind ivfpq --metric l2 --nlist 16 --pq-m 4 \
+    --keep-vectors --refine 4
+run 0 import pq.vx data.csv --train 3000
+run 0 stats pq.vx --json
+has out '"trained":true,"nlist":16,"pq_m":4'
+run 0 query pq.vx --vector "$row5" -k 1 --nprobe 16
+equal "$(sed -n 2p out | awk '{ print $3, $4 }')" "1015 0" "ivfpq nearest"
+run 0 check pq.vx
+run 2 import flat.vx data.csv --train 10
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
