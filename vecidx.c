@@ -15,10 +15,10 @@
 **   4. top-k                   bounded max-heap shared by every search
 **   5. flat                    exact search, single and blocked batch
 **   6. HNSW                    graph build, search, repair after removals
-**   7. file format             CRC-32C, I/O table, save, mmap open
-**   8. write-ahead log         append, sync modes, replay
-**   9. public API              argument checks, locking, dispatch to kinds
-** IVF-PQ goes between HNSW and the file format when it is added.
+**   7. IVF-PQ                  k-means, product codes, lists, code scan
+**   8. file format             CRC-32C, I/O table, save, mmap open
+**   9. write-ahead log         append, sync modes, replay
+**  10. public API              argument checks, locking, dispatch to kinds
 **
 ** Naming: public functions are vecidx_*; everything else is static and
 ** named vx_<module>_*.
@@ -1376,9 +1376,7 @@ typedef struct vx_ivf {
     float *bnorm;  /* |b|^2 of every sub-centroid, m * 256 */
     float *cbias;  /* assignment bias per centroid: |c|^2 under L2, else 0;
                       +inf for the padding of the last panel */
-    float *t2;     /* L2 only: per list, m * 256 terms |b|^2 + 2 c_j.b
-                      (NULL when too large: computed per search) */
-    size_t model_bytes; /* of cent + cnorm + book + t2, one allocation */
+    size_t model_bytes; /* of cent + cnorm + book, one allocation */
     vx_ivlist *lists;
     uint64_t *map; /* key map cells, see vx_ivf_map_find */
     size_t map_cap, map_n;
@@ -1497,6 +1495,10 @@ static int vx_check_ivf_params(const vecidx_params *p)
     if (p->ivf_quantizer > VECIDX_QUANT_HNSW)
         return vx_err(NULL, VECIDX_EINVAL, "unknown ivf_quantizer %u",
                       (unsigned)p->ivf_quantizer);
+    if (p->ivf_train_size && p->ivf_train_size < p->ivf_nlist)
+        return vx_err(NULL, VECIDX_EINVAL, "ivf_train_size %u is below "
+                      "ivf_nlist %u: k-means needs a sample per list",
+                      (unsigned)p->ivf_train_size, (unsigned)p->ivf_nlist);
     if (p->ivf_refine > 1 && !p->ivf_keep_vectors)
         return vx_err(NULL, VECIDX_EINVAL, "ivf_refine needs "
                       "ivf_keep_vectors: re-ranking uses the full vectors");
@@ -2527,10 +2529,13 @@ static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
 ** vector, with the query kept exact (asymmetric distance).
 **
 ** Under L2 the distance to c + r splits as |q-c|^2 + (|r|^2 + 2 c.r)
-** - 2 q.r. The middle term depends only on the list and the code, so it
-** is tabulated per list once (t2), and the last is one table per query:
-** a list then costs m * 256 additions to set up. Inner product and cosine
-** (vectors normalised) need only the per-query table plus q.c.
+** - 2 q.r. The last term needs one table per query; the middle one
+** depends on the list, and is computed when the list is probed (256 * dim
+** multiply-adds) rather than stored: a table of every list's terms (as
+** FAISS keeps) costs nlist * m * 1 KB, often more than the codes, and
+** measured no faster, since reading it from memory takes as long as
+** computing it. Inner product and cosine (vectors normalised) need only
+** the per-query table plus q.c.
 **
 ** Removal moves a list's last entry into the hole, so lists stay dense.
 ** The key map has one 64-bit cell per key: 12 bits of the key's hash, the
@@ -2546,7 +2551,6 @@ static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
 #define VX_IVF_PQ_ITERS 25
 #define VX_IVF_PER_CENTROID 256u /* k-means samples per centroid, at most */
 #define VX_IVF_PQ_SAMPLES 65536u
-#define VX_IVF_T2_MAX ((size_t)256 << 20) /* bytes of precomputed terms */
 #define VX_IVF_HNSW_NLIST 8192u
 #define VX_IVF_EMPTY UINT64_MAX
 #define VX_IVF_SCAN 256u /* codes scored per kernel call */
@@ -2585,8 +2589,12 @@ static inline uint64_t vx_ivf_cell(uint64_t h, uint32_t list, uint32_t pos)
     return (h >> 52) << 52 | (uint64_t)list << 32 | pos;
 }
 
+/* Multiply-shift maps the hash onto [0, cap) without a division; past
+** 2^32 cells (billions of keys) the product would overflow, so a
+** division takes over there. */
 static inline size_t vx_ivf_home(uint64_t h, size_t cap)
 {
+    if ((uint64_t)cap > 0xFFFFFFFFu) return (size_t)((h >> 12) % cap);
     return (size_t)(((h & 0xFFFFFFFFu) * (uint64_t)cap) >> 32);
 }
 
@@ -2936,9 +2944,9 @@ static void vx_ivf_apply(vecidx *ix, const vx_ivf_prep *pr,
 
 /* ---- search ------------------------------------------------------------ */
 
-/* t2 terms of list li (m * 256 floats): |b|^2 + 2 c_j.b for each slice j
+/* The list terms of list li (m * 256 floats): |b|^2 + 2 c_j.b for each slice j
 ** and sub-centroid b; cvec receives the centroid (dim floats). */
-static void vx_ivf_t2_list(const vecidx *ix, uint32_t li, float *cvec,
+static void vx_ivf_list_terms(const vecidx *ix, uint32_t li, float *cvec,
                            float *out)
 {
     uint32_t i, j, k;
@@ -2951,6 +2959,16 @@ static void vx_ivf_t2_list(const vecidx *ix, uint32_t li, float *cvec,
                              vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL, o);
         for (k = 0; k < VX_IVF_KSUB; k++) o[k] = bn[k] + 2 * o[k];
     }
+}
+
+/* out = a - 2 b. Called once per probed list on m * 256 floats, so it
+** must vectorise: restrict tells the compiler out never overlaps b (it
+** may be a itself, element for element). */
+static void vx_madd(float *out, const float *a, const float *restrict b,
+                    size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) out[i] = a[i] - 2 * b[i];
 }
 
 /* Per-search working memory, one allocation. */
@@ -3111,9 +3129,8 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
             uint32_t li = (uint32_t)w.probe.id[i];
             float bias = w.probe.d[i];
             if (ix->p.metric == VECIDX_L2) {
-                const float *t2 = v->t2 ? v->t2 + (size_t)li * lut : w.lut;
-                if (!v->t2) vx_ivf_t2_list(ix, li, w.cvec, w.lut);
-                for (j = 0; j < lut; j++) w.lut[j] = t2[j] - 2 * w.sim[j];
+                vx_ivf_list_terms(ix, li, w.cvec, w.lut);
+                vx_madd(w.lut, w.lut, w.sim, lut);
             } else if (ix->p.metric == VECIDX_COSINE) {
                 bias += 1.0f;
             }
@@ -3343,45 +3360,33 @@ static void vx_ivf_destroy(vecidx *ix)
     memset(v, 0, sizeof *v);
 }
 
-static size_t vx_ivf_t2_floats(const vecidx *ix, uint32_t nlist, uint32_t m)
-{
-    size_t n = (size_t)nlist * m * VX_IVF_KSUB;
-    return ix->p.metric == VECIDX_L2 && n * sizeof(float) <= VX_IVF_T2_MAX
-               ? n
-               : 0;
-}
-
-/* Lay out the model block: centroid panels, their norms, codebooks, t2. */
-static void vx_ivf_model_point(vecidx *ix, float *base, int t2)
+/* Lay out the model block: centroid panels, their norms, codebooks. */
+static void vx_ivf_model_point(vecidx *ix, float *base)
 {
     vx_ivf *v = &ix->ivf;
     size_t cent = (size_t)v->npanel * ix->p.dim * VX_PANEL;
     v->cent = base;
     v->cnorm = base + cent;
     v->book = v->cnorm + (size_t)v->npanel * VX_PANEL;
-    v->t2 = t2 ? v->book + (size_t)VX_IVF_KSUB * ix->p.dim : NULL;
 }
 
-static size_t vx_ivf_model_floats(const vecidx *ix, uint32_t nlist,
-                                  uint32_t m, int t2)
+static size_t vx_ivf_model_floats(const vecidx *ix, uint32_t nlist)
 {
     size_t np = (nlist + VX_PANEL - 1) / VX_PANEL;
     return np * ix->p.dim * VX_PANEL + np * VX_PANEL +
-           (size_t)VX_IVF_KSUB * ix->p.dim +
-           (t2 ? (size_t)nlist * m * VX_IVF_KSUB : 0);
+           (size_t)VX_IVF_KSUB * ix->p.dim;
 }
 
 /* Empty model and lists for nlist centroids and m slices. */
 static int vx_ivf_model_alloc(vecidx *ix, uint32_t nlist, uint32_t m)
 {
     vx_ivf *v = &ix->ivf;
-    int t2 = vx_ivf_t2_floats(ix, nlist, m) != 0;
     float *base;
     memset(v, 0, sizeof *v);
     v->nlist = nlist;
     v->m = m;
     v->npanel = (nlist + VX_PANEL - 1) / VX_PANEL;
-    v->model_bytes = vx_ivf_model_floats(ix, nlist, m, t2) * sizeof(float);
+    v->model_bytes = vx_ivf_model_floats(ix, nlist) * sizeof(float);
     base = vx_malloc(&ix->mem, v->model_bytes);
     v->lists = vx_malloc(&ix->mem, (size_t)nlist * sizeof *v->lists);
     if (!base || !v->lists) {
@@ -3392,7 +3397,7 @@ static int vx_ivf_model_alloc(vecidx *ix, uint32_t nlist, uint32_t m)
     }
     memset(base, 0, v->model_bytes);
     memset(v->lists, 0, (size_t)nlist * sizeof *v->lists);
-    vx_ivf_model_point(ix, base, t2);
+    vx_ivf_model_point(ix, base);
     return VECIDX_OK;
 }
 
@@ -3454,14 +3459,13 @@ static int vx_ivf_derive_coarse(vecidx *ix, int full)
     return VECIDX_OK;
 }
 
-/* Tables derived from the centroids and codebooks: sub-centroid norms,
-** and (when `full`, i.e. not read from a file) centroid norms and t2. */
-static int vx_ivf_derive(vecidx *ix, int full)
+/* Tables derived from the codebooks (sub-centroid norms), and the HNSW
+** graph over the centroids when that quantizer is chosen. */
+static int vx_ivf_derive(vecidx *ix)
 {
     vx_ivf *v = &ix->ivf;
-    size_t nb = (size_t)v->m * VX_IVF_KSUB, lut = nb;
-    uint32_t j, k, i, c;
-    float *cvec;
+    size_t nb = (size_t)v->m * VX_IVF_KSUB;
+    uint32_t j, k, i;
     if (!(v->bnorm = vx_malloc(&ix->mem, nb * sizeof(float))))
         return VECIDX_ENOMEM;
     for (j = 0; j < v->m; j++)
@@ -3474,13 +3478,6 @@ static int vx_ivf_derive(vecidx *ix, int full)
             }
             v->bnorm[(size_t)j * VX_IVF_KSUB + k] = (float)s;
         }
-    if (full && v->t2) {
-        if (!(cvec = vx_malloc(&ix->mem, ix->p.dim * sizeof(float))))
-            return VECIDX_ENOMEM;
-        for (c = 0; c < v->nlist; c++)
-            vx_ivf_t2_list(ix, c, cvec, v->t2 + (size_t)c * lut);
-        vx_free(&ix->mem, cvec, ix->p.dim * sizeof(float));
-    }
     if (ix->p.ivf_quantizer == VECIDX_QUANT_HNSW ||
         (ix->p.ivf_quantizer == VECIDX_QUANT_AUTO &&
          v->nlist >= VX_IVF_HNSW_NLIST))
@@ -3602,7 +3599,7 @@ static int vx_ivf_train(vecidx *ix, size_t n, const float *data)
         rc = vx_ivf_train_pq(ix, xs, ns < VX_IVF_PQ_SAMPLES ? ns
                                                             : VX_IVF_PQ_SAMPLES,
                              &rng);
-    if (rc == VECIDX_OK) rc = vx_ivf_derive(ix, 1);
+    if (rc == VECIDX_OK) rc = vx_ivf_derive(ix);
     vx_free(&ix->mem, xs, ns * ix->p.dim * sizeof(float));
     if (rc != VECIDX_OK) {
         vx_ivf_destroy(ix);
@@ -3628,7 +3625,7 @@ static int vx_ivf_absorb(vecidx *ix)
     vecs = vx_malloc(&ix->mem, n * dim * sizeof *vecs);
     rc = keys && vecs ? VECIDX_OK : VECIDX_ENOMEM;
     for (slot = 0; rc == VECIDX_OK && slot < s->nslots; slot++)
-        if (vx_store_live(s, slot)) {
+        if (vx_store_live(s, slot) == VX_LIVE) {
             keys[i] = vx_store_key(s, slot);
             memcpy(vecs + i++ * dim, vx_store_vec(s, slot), dim * 4);
         }
@@ -3659,7 +3656,7 @@ static int vx_ivf_train_all(vecidx *ix, size_t n, const float *data)
         bytes = n * (size_t)ix->p.dim * sizeof(float);
         if (!(own = vx_malloc(&ix->mem, bytes))) return VECIDX_ENOMEM;
         for (slot = 0; slot < s->nslots; slot++)
-            if (vx_store_live(s, slot))
+            if (vx_store_live(s, slot) == VX_LIVE)
                 memcpy(own + i++ * ix->p.dim, vx_store_vec(s, slot),
                        (size_t)ix->p.dim * sizeof(float));
         data = own;
@@ -3878,7 +3875,7 @@ enum {
     VX_SECT_MAPKEYS,
     VX_SECT_MAPSLOTS,
     VX_SECT_FREE,
-    VX_SECT_IVF_MODEL, /* centroids, their norms, codebooks, t2 */
+    VX_SECT_IVF_MODEL, /* centroids, their norms, codebooks */
     VX_SECT_IVF_DIR,   /* per list: u64 offset into DATA, u32 n, u32 0 */
     VX_SECT_IVF_DATA,  /* per list: keys, codes (padded to 8), vectors */
     VX_SECT_IVF_MAP    /* key map cells */
@@ -3902,7 +3899,7 @@ typedef struct vx_fhdr {
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
     uint64_t map_cap, salt;
     /* IVF-PQ: trained state (all zero before training) */
-    uint32_t ivf_trained, ivf_nlist, ivf_m, ivf_has_t2;
+    uint32_t ivf_trained, ivf_nlist, ivf_m, ivf_reserved;
     uint64_t ivf_count, ivf_map_cap;
     vx_sect sect[VX_FILE_NSECT];
 } vx_fhdr;
@@ -3978,7 +3975,7 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
     vx_put32(b, VX_FILE_IVF, h->ivf_trained);
     vx_put32(b, VX_FILE_IVF + 4, h->ivf_nlist);
     vx_put32(b, VX_FILE_IVF + 8, h->ivf_m);
-    vx_put32(b, VX_FILE_IVF + 12, h->ivf_has_t2);
+    vx_put32(b, VX_FILE_IVF + 12, h->ivf_reserved);
     vx_put32(b, VX_FILE_IVF + 16, h->p.ivf_keep_vectors);
     vx_put32(b, VX_FILE_IVF + 20, h->p.ivf_refine);
     vx_put32(b, VX_FILE_IVF + 24, h->p.ivf_quantizer);
@@ -4045,7 +4042,7 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     h->ivf_trained = vx_get32(b, VX_FILE_IVF);
     h->ivf_nlist = vx_get32(b, VX_FILE_IVF + 4);
     h->ivf_m = vx_get32(b, VX_FILE_IVF + 8);
-    h->ivf_has_t2 = vx_get32(b, VX_FILE_IVF + 12);
+    h->ivf_reserved = vx_get32(b, VX_FILE_IVF + 12);
     h->p.ivf_keep_vectors = vx_get32(b, VX_FILE_IVF + 16);
     h->p.ivf_refine = vx_get32(b, VX_FILE_IVF + 20);
     h->p.ivf_quantizer = vx_get32(b, VX_FILE_IVF + 24);
@@ -4083,7 +4080,6 @@ static void vx_fhdr_from(const vecidx *ix, vx_fhdr *h)
         h->ivf_trained = 1;
         h->ivf_nlist = ix->ivf.nlist;
         h->ivf_m = ix->ivf.m;
-        h->ivf_has_t2 = ix->ivf.t2 != NULL;
         h->ivf_count = ix->ivf.count;
         h->ivf_map_cap = ix->ivf.map_cap;
     }
@@ -4295,15 +4291,15 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
                       "invalid: %s", vx_err_tls.msg);
     if (!h->ivf_trained)
         return h->ivf_nlist || h->ivf_m || h->ivf_count || h->ivf_map_cap ||
-                       h->ivf_has_t2
+                       h->ivf_reserved
                    ? vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ fields are "
                             "set but the index is untrained")
                    : VECIDX_OK;
     if (!ivf || h->ivf_trained != 1 || h->ivf_nlist == 0 ||
         h->ivf_nlist > VX_IVF_MAX_NLIST || h->ivf_m == 0 ||
-        h->ivf_m > h->p.dim || h->ivf_has_t2 > 1 ||
-        (h->ivf_has_t2 && h->p.metric != VECIDX_L2) ||
-        h->ivf_count > VECIDX_MAX_COUNT || h->ivf_map_cap <= h->ivf_count ||
+        h->ivf_m > h->p.dim || h->ivf_reserved != 0 ||
+        h->ivf_count > VECIDX_MAX_COUNT ||
+        (h->ivf_count && h->ivf_map_cap <= h->ivf_count) ||
         h->ivf_map_cap > ((uint64_t)1 << 33) || h->count != 0)
         return vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ fields are "
                       "inconsistent");
@@ -4357,7 +4353,7 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
         vecidx t0;
         t0.p = h->p;
         want[VX_SECT_IVF_MODEL] =
-            vx_ivf_model_floats(&t0, h->ivf_nlist, h->ivf_m, h->ivf_has_t2) *
+            vx_ivf_model_floats(&t0, h->ivf_nlist) *
             sizeof(float);
         want[VX_SECT_IVF_DIR] = (uint64_t)h->ivf_nlist * 16;
         want[VX_SECT_IVF_MAP] = h->ivf_map_cap * 8;
@@ -4445,8 +4441,7 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     v->model_bytes = h->sect[VX_SECT_IVF_MODEL].len;
     v->model_mapped = 1;
     vx_ivf_model_point(ix, (float *)(void *)(base +
-                                             h->sect[VX_SECT_IVF_MODEL].off),
-                       (int)h->ivf_has_t2);
+                                             h->sect[VX_SECT_IVF_MODEL].off));
     if (!(v->lists = vx_malloc(&ix->mem, (size_t)v->nlist * sizeof *v->lists)))
         return VECIDX_ENOMEM;
     memset(v->lists, 0, (size_t)v->nlist * sizeof *v->lists);
@@ -4475,7 +4470,7 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     v->map_n = v->count = h->ivf_count;
     v->map_mapped = 1;
     if (vx_ivf_derive_coarse(ix, 0) != VECIDX_OK ||
-        vx_ivf_derive(ix, 0) != VECIDX_OK)
+        vx_ivf_derive(ix) != VECIDX_OK)
         return VECIDX_ENOMEM;
     v->trained = 1;
     return VECIDX_OK;
@@ -5598,7 +5593,7 @@ int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
     pthread_rwlock_rdlock(&ix->lock);
     s = &ix->store;
     for (slot = 0; slot < s->nslots && got < cap; slot++)
-        if (vx_store_live(s, slot)) keys[got++] = vx_store_key(s, slot);
+        if (vx_store_live(s, slot) == VX_LIVE) keys[got++] = vx_store_key(s, slot);
     for (li = 0; li < ix->ivf.nlist && ix->ivf.trained; li++)
         for (pos = 0; pos < ix->ivf.lists[li].n && got < cap; pos++)
             keys[got++] = ix->ivf.lists[li].keys[pos];

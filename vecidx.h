@@ -61,9 +61,9 @@ extern "C" {
 
 /* The version is defined here only; the build files read it from here. */
 #define VECIDX_VERSION_MAJOR 0
-#define VECIDX_VERSION_MINOR 1
+#define VECIDX_VERSION_MINOR 2
 #define VECIDX_VERSION_PATCH 0
-#define VECIDX_VERSION_STRING "0.1.0"
+#define VECIDX_VERSION_STRING "0.2.0"
 #define VECIDX_VERSION_NUMBER                                                 \
     (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 +              \
      VECIDX_VERSION_PATCH)
@@ -182,7 +182,8 @@ typedef struct vecidx_params {
     uint32_t ivf_refine;  /* default re-rank factor: the k*refine best by
                              code distance are re-scored with the full
                              vectors; 0 or 1 = none. Needs
-                             ivf_keep_vectors (default 0) */
+                             ivf_keep_vectors: vecidx_create refuses a
+                             factor above 1 without it (default 0) */
     uint32_t ivf_quantizer; /* VECIDX_QUANT_AUTO (default): flat scan of
                              the centroids, or an HNSW graph over them when
                              nlist >= 8192; VECIDX_QUANT_FLAT;
@@ -207,7 +208,8 @@ typedef struct vecidx_search_opts {
     uint32_t ef;      /* HNSW search breadth; 0 = index default */
     uint32_t nprobe;  /* IVF-PQ lists to probe; 0 = index default */
     uint32_t refine;  /* IVF-PQ re-rank factor; 0 = index default
-                         (params.ivf_refine), 1 = no re-ranking */
+                         (params.ivf_refine), 1 = no re-ranking; ignored
+                         when the index keeps no full vectors */
     uint32_t threads; /* vecidx_search_batch workers; 0 = params.threads */
     /* Optional filter: only keys for which filter(key, filter_ctx) returns
     ** non-zero can appear in the results. NULL admits every key. It is
@@ -288,9 +290,10 @@ int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim);
 ** released with vecidx_close. On failure *out is set to NULL (when out is
 ** not NULL) and vecidx_errmsg(NULL) tells why.
 ** Errors: VECIDX_EINVAL (NULL p or out, unknown kind/metric, allocator only
-** partly set), VECIDX_EDIM (dim 0 or over VECIDX_MAX_DIM), VECIDX_ENOTSUP
-** (VECIDX_IVFPQ, which this version does not implement yet),
-** VECIDX_ENOMEM. */
+** partly set, an HNSW or IVF-PQ parameter out of range: hnsw_m, ef,
+** ivf_nlist, pq_m > dim, ivf_quantizer, ivf_train_size < ivf_nlist,
+** ivf_refine > 1 without ivf_keep_vectors), VECIDX_EDIM (dim 0 or over
+** VECIDX_MAX_DIM), VECIDX_ENOTSUP (pq_nbits other than 8), VECIDX_ENOMEM. */
 int vecidx_create(const vecidx_params *p, vecidx **out);
 
 /* Release the index and all its memory (and its file mapping, for a
@@ -345,7 +348,8 @@ int vecidx_save(vecidx *ix, const char *path);
 ** of the mapping; vecidx_checkpoint (automatic once the log passes 64 MB)
 ** writes a new main file and renames it over the old.
 ** p may be NULL for an existing file; if given, its kind, metric and dim
-** must match the file's, and its allocator and threads are used.
+** must match the file's, and its allocator, threads and progress callback
+** are used.
 ** On failure *out is NULL and vecidx_errmsg(NULL) tells why.
 ** Errors: VECIDX_EINVAL (NULL path/out, unknown flags, two sync modes,
 ** CREATE of a missing file without p), VECIDX_EIO (cannot open, stat,
@@ -378,8 +382,8 @@ int vecidx_reserve(vecidx *ix, size_t n);
 /* ---- Training (IVF-PQ) ----------------------------------------------- */
 
 /* Train an IVF-PQ index on n sample vectors (n*dim floats, row-major; the
-** samples are not added to the index). k-means (k-means++ seeding from
-** params.seed, 20 iterations, empty clusters re-seeded by splitting the
+** samples are not added to the index). k-means (started from distinct
+** samples picked at random with params.seed, 20 iterations, empty clusters re-seeded by splitting the
 ** largest) finds nlist coarse centroids from at most 256*nlist samples;
 ** then each of pq_m sub-quantizers learns 256 centroids for its slice of
 ** the residuals (vector minus its coarse centroid) from at most 65536
@@ -395,8 +399,11 @@ int vecidx_reserve(vecidx *ix, size_t n);
 ** An index that is never trained explicitly trains itself on its own
 ** buffered vectors once params.ivf_train_size of them have been added.
 ** Errors: VECIDX_EINVAL (NULL ix, NULL samples with n > 0, n = 0, n <
-** ivf_nlist, NaN/infinity or cosine zero vector in a sample), VECIDX_ENOMEM,
-** VECIDX_EIO (checkpoint of a file-backed index). */
+** ivf_nlist, NaN/infinity or cosine zero vector in a sample), VECIDX_ESTATE
+** (read-only handle), VECIDX_ENOMEM, VECIDX_EIO (the checkpoint of a
+** file-backed index failed: the handle is trained, but the files still
+** hold the untrained index and its log, so nothing written is lost; after
+** a reopen the index trains itself again from its buffer). */
 int vecidx_train(vecidx *ix, size_t n, const float *samples);
 
 /* ---- Writing ---------------------------------------------------------- */
@@ -474,7 +481,8 @@ int vecidx_check(vecidx *ix);
 /* Find the k stored vectors closest to query q (dim floats) under the
 ** index metric. keys and dists must each have room for k entries; dists
 ** may be NULL when distances are not wanted. On success *found is the
-** number of results written, always min(k, number of admissible vectors);
+** number of results written: for flat and HNSW always min(k, number of
+** admissible vectors), for IVF-PQ at most that (see below);
 ** results are sorted closest first, ties by key. The flat index is exact.
 ** HNSW is approximate: it walks the graph with breadth max(ef, k), where
 ** ef is opts->ef or params.hnsw_ef_search. With a filter, the walk keeps

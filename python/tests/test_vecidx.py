@@ -362,18 +362,10 @@ def test_cosine_zero_rejected_before_any_upsert():
 
 # ---- Writing and reading ----------------------------------------------------
 
-# vecidx_keys in vecidx.c (5a83aa1) reports slots that are not VX_FREE,
-# so a removed or replaced HNSW node, kept as a waypoint (VX_BURIED), is
-# listed as if it were stored. Strict: once fixed this must pass.
-HNSW_KEYS_BUG = pytest.mark.xfail(
-    strict=True, reason="vecidx_keys lists removed HNSW nodes (buried "
-    "slots): it tests vx_store_live() != 0 instead of == VX_LIVE")
-
-
 @NEEDS_KEYS
 @pytest.mark.parametrize("kind,params", [
     ("flat", {}),
-    pytest.param("hnsw", {}, marks=HNSW_KEYS_BUG),
+    ("hnsw", {}),
     ("ivfpq", {"keep_vectors": True}),   # untrained: vectors buffered
 ])
 def test_keys_get_upsert_remove(kind, params):

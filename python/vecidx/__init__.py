@@ -44,7 +44,7 @@ from ._errors import (VecidxError, InvalidArgumentError, OutOfMemoryError,
                       NotSupportedError, FullError)
 from ._index import Index
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Key reported for the padding slots of batch results (distance inf). It is
 # also a valid key, so look at the distance to tell padding from a result.

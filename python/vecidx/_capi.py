@@ -41,7 +41,7 @@ UINT64_MAX = (1 << 64) - 1
 
 # The binding was written against this header version. A library with a
 # different major.minor may have reordered structs; see _check_version.
-HEADER_VERSION_NUMBER = 100
+HEADER_VERSION_NUMBER = 200
 
 # ---- Structs ----------------------------------------------------------------
 
