@@ -373,8 +373,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    initial = quick ? 3000 : 10000;
-    per_thread = quick ? 400 : 2000;
+    initial = quick ? 3000 : 8000;
+    per_thread = quick ? 400 : 1500;
 
     if (user_path) {
         if (stat(user_path, &sb) == 0) {

@@ -124,7 +124,10 @@ gen_csv 3000 $D 7 1000 3 >data.csv
 run 0 import flat.vx data.csv
 has out "imported 3000 vectors from data.csv"
 [ ! -s err ] && ok || bad "import wrote to stderr that is not a terminal"
-run 0 import hnsw.vx data.csv --threads 2 --json
+# One thread: a parallel HNSW build depends on thread timing, and its
+# recall varies from run to run; one thread gives the same graph each time,
+# so the recall checks below cannot fail by chance.
+run 0 import hnsw.vx data.csv --threads 1 --json
 has out '"command":"import"'
 has out '"rows":3000,"count":3000'
 json_valid out
