@@ -1856,8 +1856,15 @@ static const uint32_t *vx_hnsw_read(vecidx *ix, vx_hnsw_scratch *s,
                                     uint32_t slot, int l, uint32_t *n)
 {
     const uint32_t *links;
-    if (VX_UNLIKELY(ix->hnsw.untrusted)) return vx_hnsw_read_safe(ix, s, slot,
-                                                                  l, n);
+    if (VX_UNLIKELY(ix->hnsw.untrusted)) {
+        /* A parallel build into a mapped graph still rewrites lists: the
+        ** bounded copy must hold the node's lock like the one below. */
+        if (!ix->hnsw.locking) return vx_hnsw_read_safe(ix, s, slot, l, n);
+        vx_hnsw_lock(ix, slot);
+        links = vx_hnsw_read_safe(ix, s, slot, l, n);
+        vx_hnsw_unlock(ix, slot);
+        return links;
+    }
     links = vx_hnsw_links(ix, slot, l);
     if (!ix->hnsw.locking) {
         *n = links[0];
