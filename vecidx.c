@@ -3235,7 +3235,10 @@ static int vx_km_assign(vx_km *km)
 }
 
 /* A centroid left with no points moves onto a point of the largest
-** cluster, which the next assignment then splits in two. */
+** cluster, which the next assignment then splits in two. cnt[] only
+** shrinks here and a moved centroid keeps 0: it owns no assigned point
+** yet, so it must never be chosen as the cluster to take a point from,
+** and the donor's count stays at most the points still assigned to it. */
 static void vx_km_reseed(vx_km *km, uint32_t *cnt, uint64_t *rng)
 {
     uint32_t c, big, i;
@@ -3249,10 +3252,10 @@ static void vx_km_reseed(vx_km *km, uint32_t *cnt, uint64_t *rng)
         skip = (size_t)(vx_splitmix(rng) % cnt[big]);
         for (p = 0; p < km->n; p++)
             if (km->assign[p] == big && skip-- == 0) break;
+        if (p == km->n) return;
         memcpy(km->cent + (size_t)c * km->d, km->x + p * km->ldx,
                km->d * sizeof(float));
-        cnt[c] = cnt[big] / 2;
-        cnt[big] -= cnt[c];
+        cnt[big] -= cnt[big] / 2;
     }
 }
 
@@ -3308,9 +3311,11 @@ static void vx_progress(const vecidx *ix, const char *stage, double done)
 }
 
 /* Run k-means; km->cent holds the centroids after, in rows. Distinct
-** points chosen at random (seeded) start it. */
+** points chosen at random (seeded) start it. Progress goes from `from` to
+** `to`, the last report exactly `to`: an interpolated end point can round
+** to just below 1, and a caller waiting for 1 would never see the end. */
 static int vx_km_run(vx_km *km, int iters, uint64_t *rng, const char *stage,
-                     double from, double span)
+                     double from, double to)
 {
     vx_mem *mem = &km->ix->mem;
     uint32_t *pick = NULL, c;
@@ -3345,7 +3350,8 @@ static int vx_km_run(vx_km *km, int iters, uint64_t *rng, const char *stage,
     vx_free(mem, pick, km->n * sizeof *pick);
     for (it = 0; it < iters && rc == VECIDX_OK; it++) {
         if ((rc = vx_km_assign(km)) == VECIDX_OK) rc = vx_km_update(km, rng);
-        vx_progress(km->ix, stage, from + span * (it + 1) / iters);
+        vx_progress(km->ix, stage,
+                    it + 1 == iters ? to : from + (to - from) * (it + 1) / iters);
     }
     if (rc != VECIDX_OK) vx_km_free(km);
     return rc;
@@ -3408,7 +3414,10 @@ static int vx_ivf_model_alloc(vecidx *ix, uint32_t nlist, uint32_t m)
     return VECIDX_OK;
 }
 
-/* An HNSW graph over the centroids, for large nlist. */
+/* An HNSW graph over the centroids, for large nlist. Linked on one
+** thread whatever params.threads says: a parallel build depends on thread
+** timing, and the graph is rebuilt at every open, so only a sequential
+** build gives the same probes before a save and after it. */
 static int vx_ivf_build_cq(vecidx *ix)
 {
     vx_ivf *v = &ix->ivf;
@@ -3421,7 +3430,7 @@ static int vx_ivf_build_cq(vecidx *ix)
                        ix->p.metric == VECIDX_L2 ? VECIDX_L2 : VECIDX_IP,
                        ix->p.dim);
     p.seed = ix->p.seed;
-    p.threads = ix->p.threads;
+    p.threads = 1;
     p.allocator = ix->p.allocator;
     keys = vx_malloc(&ix->mem, (size_t)v->nlist * sizeof *keys);
     rows = vx_malloc(&ix->mem, (size_t)v->nlist * ix->p.dim * sizeof *rows);
@@ -3561,7 +3570,7 @@ static int vx_ivf_train_pq(vecidx *ix, const float *xs, size_t nps,
         km.d = len;
         km.k = VX_IVF_KSUB;
         rc = vx_km_run(&km, VX_IVF_PQ_ITERS, rng, "pq", (double)j / v->m,
-                       1.0 / v->m);
+                       (double)(j + 1) / v->m);
         for (k = 0; rc == VECIDX_OK && k < VX_IVF_KSUB; k++)
             for (t = 0; t < len; t++)
                 *vx_panel_at((float *)vx_ivf_book(ix, j), len, k, t) =

@@ -187,7 +187,9 @@ typedef struct vecidx_params {
     uint32_t ivf_quantizer; /* VECIDX_QUANT_AUTO (default): flat scan of
                              the centroids, or an HNSW graph over them when
                              nlist >= 8192; VECIDX_QUANT_FLAT;
-                             VECIDX_QUANT_HNSW */
+                             VECIDX_QUANT_HNSW. The graph is linked on
+                             one thread, so probes do not depend on
+                             params.threads, and rebuilt at every open */
     uint32_t ivf_train_size; /* vectors buffered before an untrained index
                              trains itself; 0 = max(39 * nlist, 10000)
                              with nlist = 256 when ivf_nlist is 0
