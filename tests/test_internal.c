@@ -233,3 +233,271 @@ void test_kernels_many_match_single(void)
         }
     }
 }
+
+/* ---- IVF-PQ kernels: panel dot products, code scan, nearest column ------- */
+
+/* A panel block of npanel * VX_PANEL columns of d floats, from column-major
+** rows cols[c * d + i], fenced with NaN beyond its end. */
+static float *vt_panels(const float *cols, size_t d, size_t npanel)
+{
+    float *p = vt_fenced(npanel * VX_PANEL * d);
+    size_t c, i;
+    for (c = 0; c < npanel * VX_PANEL; c++)
+        for (i = 0; i < d; i++) *vx_panel_at(p, d, c, i) = cols[c * d + i];
+    return p;
+}
+
+/* Column c of a panel block is x . c for every column, against a double
+** reference; on small integers (exact in float in any order) exactly.
+** Reads past x or the block meet NaN; writes past the output are seen. */
+void test_kernels_dot_panels(void)
+{
+    static const size_t dims[] = {1, 3, 17, 100};
+    size_t nk, k, di, np, trial, c, i;
+    const vx_kernels *const *list = vt_kernels(&nk);
+    vt_rng r = {11};
+    for (k = 0; k < nk; k++) {
+        const vx_kernels *kn = list[k];
+        for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            size_t d = dims[di];
+            for (np = 1; np <= 3; np++) {
+                for (trial = 0; trial < 2; trial++) {
+                    size_t ncol = np * VX_PANEL;
+                    float *cols = vt_xmalloc(ncol * d * sizeof *cols);
+                    float *x = vt_fenced(d), *p;
+                    float *out = vt_xmalloc((ncol + 1) * sizeof *out);
+                    if (trial == 0) { /* integers in [-8, 8]: exact */
+                        for (i = 0; i < d; i++)
+                            x[i] = (float)((int)vt_below(&r, 17) - 8);
+                        for (i = 0; i < ncol * d; i++)
+                            cols[i] = (float)((int)vt_below(&r, 17) - 8);
+                    } else {
+                        vt_fill_mixed(&r, x, d);
+                        vt_fill_mixed(&r, cols, ncol * d);
+                    }
+                    p = vt_panels(cols, d, np);
+                    for (c = 0; c <= ncol; c++) out[c] = -7.0f;
+                    kn->dot_panels(x, p, d, np, out);
+                    for (c = 0; c < ncol; c++) {
+                        double ref = 0, abs = 0, bound;
+                        for (i = 0; i < d; i++) {
+                            ref += (double)x[i] * cols[c * d + i];
+                            abs += fabs((double)x[i] * cols[c * d + i]);
+                        }
+                        bound = trial == 0 ? 0.0 : vt_gamma(d + 2) * abs;
+                        CHECKF(fabs(out[c] - ref) <= bound,
+                               "%s dot_panels d=%zu npanel=%zu trial %zu "
+                               "column %zu: %.9g, reference %.12g (bound "
+                               "%.3g)",
+                               kn->name, d, np, trial, c, (double)out[c], ref,
+                               bound);
+                    }
+                    CHECKF(out[ncol] == -7.0f,
+                           "%s dot_panels d=%zu npanel=%zu wrote past column "
+                           "%zu",
+                           kn->name, d, np, ncol);
+                    free(cols);
+                    free(x);
+                    free(p);
+                    free(out);
+                }
+            }
+        }
+    }
+}
+
+/* The code scan: out[i] = bias + sum_j lut[j * 256 + codes[i * m + j]],
+** for every code length m and every tail n of the kernels' unrolling. The
+** table is fenced with NaN, the codes are an exact-size heap block (ASan
+** sees an over-read) and use the extreme byte values. */
+void test_kernels_adc(void)
+{
+    static const size_t ms[] = {1, 3, 8, 16, 17};
+    size_t nk, k, mi, n, trial, i, j;
+    const vx_kernels *const *list = vt_kernels(&nk);
+    vt_rng r = {12};
+    for (k = 0; k < nk; k++) {
+        const vx_kernels *kn = list[k];
+        for (mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+            size_t m = ms[mi];
+            float *lut = vt_fenced(m * 256);
+            for (trial = 0; trial < 2; trial++) {
+                float bias = trial == 0 ? 3.0f : vt_uniform(&r, -2.0f, 2.0f);
+                if (trial == 0) /* integers: the sum is exact */
+                    for (i = 0; i < m * 256; i++)
+                        lut[i] = (float)((int)vt_below(&r, 65) - 32);
+                else
+                    vt_fill_mixed(&r, lut, m * 256);
+                for (n = 1; n <= 9; n++) {
+                    uint8_t *codes = malloc(n * m);
+                    float *out = vt_xmalloc((n + 1) * sizeof *out);
+                    if (!codes) {
+                        printf("out of memory\n");
+                        exit(2);
+                    }
+                    for (i = 0; i < n * m; i++) {
+                        uint64_t u = vt_below(&r, 10);
+                        codes[i] = u == 0   ? 0
+                                   : u == 1 ? 255
+                                            : (uint8_t)vt_below(&r, 256);
+                    }
+                    for (i = 0; i <= n; i++) out[i] = -7.0f;
+                    kn->adc(codes, n, m, lut, bias, out);
+                    for (i = 0; i < n; i++) {
+                        double ref = bias, abs = fabs((double)bias), bound;
+                        for (j = 0; j < m; j++) {
+                            double t = lut[j * 256 + codes[i * m + j]];
+                            ref += t;
+                            abs += fabs(t);
+                        }
+                        bound = trial == 0 ? 0.0 : vt_gamma(m + 1) * abs;
+                        CHECKF(fabs(out[i] - ref) <= bound,
+                               "%s adc m=%zu n=%zu trial %zu code %zu: %.9g, "
+                               "reference %.12g (bound %.3g)",
+                               kn->name, m, n, trial, i, (double)out[i], ref,
+                               bound);
+                    }
+                    CHECKF(out[n] == -7.0f, "%s adc m=%zu wrote past code %zu",
+                           kn->name, m, n);
+                    free(codes);
+                    free(out);
+                }
+            }
+            free(lut);
+        }
+    }
+}
+
+/* nearest: the column minimising bias[c] + scale * (x . c), lowest index
+** on ties, its score in *score; padding columns (bias +infinity) never
+** win even when their data would. */
+void test_kernels_nearest(void)
+{
+    static const size_t dims[] = {1, 3, 17, 100};
+    static const float scales[] = {-2.0f, -1.0f, 1.0f};
+    /* (first, second) columns of an exact tie: same lane of two panels,
+    ** two lanes of one 8-wide group, two groups, reversed order in lanes */
+    static const size_t ties[][2] = {{33, 65}, {5, 6},  {9, 40},
+                                     {71, 2},  {0, 95}, {31, 32}};
+    size_t nk, k, di, np, si, t, pad, c, i;
+    const vx_kernels *const *list = vt_kernels(&nk);
+    vt_rng r = {13};
+    for (k = 0; k < nk; k++) {
+        const vx_kernels *kn = list[k];
+        for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            size_t d = dims[di];
+            for (np = 1; np <= 3; np++) {
+                for (si = 0; si < 3; si++) {
+                    for (pad = 0; pad < 3; pad++) {
+                        /* real columns: all, all but one, one panel less 31 */
+                        size_t ncol = np * VX_PANEL;
+                        size_t nreal = ncol - (pad == 0   ? 0
+                                               : pad == 1 ? 1
+                                                          : 31);
+                        float scale = scales[si], score = 0, *p;
+                        float *cols = vt_xmalloc(ncol * d * sizeof *cols);
+                        float *bias = vt_fenced(ncol), *x = vt_fenced(d);
+                        double best = INFINITY, got_ref = 0, tmax = 0;
+                        uint32_t got;
+                        size_t want = 0;
+                        /* random data: the choice must score within the
+                        ** rounding bound of the true minimum */
+                        vt_fill_uniform(&r, x, d, -1.0f, 1.0f);
+                        vt_fill_uniform(&r, cols, ncol * d, -1.0f, 1.0f);
+                        for (c = 0; c < ncol; c++)
+                            bias[c] = c < nreal ? vt_uniform(&r, 0.0f, 4.0f)
+                                                : INFINITY;
+                        /* padding columns would win by far if read */
+                        for (c = nreal; c < ncol; c++)
+                            for (i = 0; i < d; i++)
+                                cols[c * d + i] = -1000.0f * scale * x[i];
+                        p = vt_panels(cols, d, np);
+                        got = kn->nearest(x, p, d, np, bias, scale, &score);
+                        for (c = 0; c < nreal; c++) {
+                            double dot = 0, abs = 0, s, tol;
+                            for (i = 0; i < d; i++) {
+                                dot += (double)x[i] * cols[c * d + i];
+                                abs += fabs((double)x[i] * cols[c * d + i]);
+                            }
+                            s = bias[c] + scale * dot;
+                            tol = vt_gamma(d + 3) *
+                                  (fabs((double)bias[c]) + fabs(scale) * abs);
+                            if (tol > tmax) tmax = tol;
+                            if (s < best) {
+                                best = s;
+                                want = c;
+                            }
+                            if (c == got) got_ref = s;
+                        }
+                        CHECKF(got < nreal,
+                               "%s nearest d=%zu npanel=%zu real %zu: chose "
+                               "padding column %u",
+                               kn->name, d, np, nreal, (unsigned)got);
+                        CHECKF(got < nreal && got_ref <= best + 2 * tmax,
+                               "%s nearest d=%zu npanel=%zu scale %g: chose "
+                               "%u (score %.9g), true minimum %zu (%.9g)",
+                               kn->name, d, np, (double)scale, (unsigned)got,
+                               got_ref, want, best);
+                        CHECKF(got < nreal && fabs(score - got_ref) <= tmax,
+                               "%s nearest d=%zu: score %.9g, reference of "
+                               "column %u %.9g",
+                               kn->name, d, (double)score, (unsigned)got,
+                               got_ref);
+                        free(p);
+                        /* a clear winner: x itself under the L2 form
+                        ** |c|^2 - 2 x.c, at a random real column */
+                        if (scale == -2.0f) {
+                            size_t w = (size_t)vt_below(&r, nreal);
+                            for (i = 0; i < d; i++) cols[w * d + i] = x[i];
+                            for (c = 0; c < nreal; c++) {
+                                double n2 = 0;
+                                for (i = 0; i < d; i++)
+                                    n2 += (double)cols[c * d + i] *
+                                          cols[c * d + i];
+                                bias[c] = (float)n2;
+                            }
+                            /* make every other column clearly worse */
+                            for (c = 0; c < nreal; c++)
+                                if (c != w) bias[c] += 0.01f;
+                            p = vt_panels(cols, d, np);
+                            got = kn->nearest(x, p, d, np, bias, scale, &score);
+                            CHECKF(got == w,
+                                   "%s nearest d=%zu npanel=%zu: chose %u, "
+                                   "the copy of x is column %zu",
+                                   kn->name, d, np, (unsigned)got, w);
+                            free(p);
+                        }
+                        free(cols);
+                        free(bias);
+                        free(x);
+                    }
+                }
+            }
+        }
+        /* exact ties on integers: the lowest column index wins */
+        for (t = 0; t < sizeof ties / sizeof ties[0]; t++) {
+            size_t d = 5, npanel = 3, ncol = npanel * VX_PANEL;
+            size_t a = ties[t][0], b = ties[t][1];
+            size_t lo = a < b ? a : b;
+            float *cols = vt_xmalloc(ncol * d * sizeof *cols);
+            float *bias = vt_fenced(ncol), *x = vt_fenced(d), *p, score;
+            uint32_t got;
+            for (i = 0; i < d; i++) x[i] = (float)((int)vt_below(&r, 9) - 4);
+            for (c = 0; c < ncol; c++) {
+                for (i = 0; i < d; i++) cols[c * d + i] = 0.0f;
+                bias[c] = 100.0f;
+            }
+            for (i = 0; i < d; i++) cols[a * d + i] = cols[b * d + i] = x[i];
+            bias[a] = bias[b] = 1.0f;
+            p = vt_panels(cols, d, npanel);
+            got = kn->nearest(x, p, d, npanel, bias, -1.0f, &score);
+            CHECKF(got == lo,
+                   "%s nearest: columns %zu and %zu tie, chose %u (want %zu)",
+                   kn->name, a, b, (unsigned)got, lo);
+            free(p);
+            free(cols);
+            free(bias);
+            free(x);
+        }
+    }
+}

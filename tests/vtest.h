@@ -64,6 +64,31 @@
     X(concurrency_flat_batch_while_writing)  \
     X(concurrency_hnsw_search_while_writing) \
     X(concurrency_readers_only)              \
+    X(kernels_dot_panels)                    \
+    X(kernels_adc)                           \
+    X(kernels_nearest)                       \
+    X(ivfpq_recall_l2)                       \
+    X(ivfpq_recall_ip)                       \
+    X(ivfpq_recall_cosine)                   \
+    X(ivfpq_filter)                          \
+    X(ivfpq_remove_upsert)                   \
+    X(ivfpq_untrained_buffer)                \
+    X(ivfpq_untrained_thresholds)            \
+    X(ivfpq_train_absorbs_buffer)            \
+    X(ivfpq_determinism)                     \
+    X(ivfpq_degenerate_training)             \
+    X(ivfpq_params)                          \
+    X(ivfpq_progress)                        \
+    X(ivfpq_persist_readonly)                \
+    X(ivfpq_persist_writable)                \
+    X(ivfpq_corrupt_file)                    \
+    X(ivfpq_hnsw_quantizer)                  \
+    X(ivfpq_search_edges)                    \
+    X(ivfpq_alloc_failure)                   \
+    X(ivfpq_concurrency_search_writing)      \
+    X(ivfpq_few_distinct_points)             \
+    X(ivfpq_progress_reaches_one)            \
+    X(ivfpq_hnsw_quantizer_threads)          \
 
 #define VT_DECLARE(name) void test_##name(void);
 VT_TESTS(VT_DECLARE)
