@@ -2601,7 +2601,9 @@ static inline uint64_t vx_ivf_cell(uint64_t h, uint32_t list, uint32_t pos)
 ** division takes over there. */
 static inline size_t vx_ivf_home(uint64_t h, size_t cap)
 {
-    if ((uint64_t)cap > 0xFFFFFFFFu) return (size_t)((h >> 12) % cap);
+    /* (cap >> 16) >> 16: cap >= 2^32, written so 32-bit size_t builds
+    ** compile it without a warning (there it is always 0) */
+    if ((cap >> 16) >> 16) return (size_t)((h >> 12) % cap);
     return (size_t)(((h & 0xFFFFFFFFu) * (uint64_t)cap) >> 32);
 }
 
@@ -2671,7 +2673,9 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
     uint64_t *old = v->map, *fresh;
     if (cap && need <= cap / 5 * 4) return VECIDX_OK;
     while (cap / 5 * 4 < need) cap = cap < 64 ? 64 : cap + cap / 2;
-    if (cap > ((size_t)1 << 33) ||
+    /* at most 2^33 cells (((cap - 1) >> 16) >> 17: cap > 2^33, valid
+    ** with a 32-bit size_t too), and no size_t overflow of the bytes */
+    if (cap > SIZE_MAX / sizeof *fresh || ((cap - 1) >> 16) >> 17 ||
         !(fresh = vx_malloc(&ix->mem, cap * sizeof *fresh)))
         return VECIDX_ENOMEM;
     memset(fresh, 0xFF, cap * sizeof *fresh);

@@ -3,6 +3,7 @@
 **
 **   tests/vecidx_test            run every test
 **   tests/vecidx_test WORD       run the tests whose name contains WORD
+**   tests/vecidx_test -WORD      run the tests whose name does not
 ** VTEST_TIMES=1 in the environment adds each test's run time to its line;
 ** VTEST_DEBUG=1 prints a few counters (allocation-failure runs, operations
 ** done by the concurrent threads) to judge what a test covered.
@@ -57,13 +58,16 @@ static const vt_test vt_all[] = {VT_TESTS(VT_ENTRY)};
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : NULL;
+    int exclude = filter && filter[0] == '-' && filter[1];
     const char *times = getenv("VTEST_TIMES");
     int show_time = times && *times && strcmp(times, "0") != 0;
     size_t i, ran = 0, failed = 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (i = 0; i < sizeof vt_all / sizeof vt_all[0]; i++) {
         double t0;
-        if (filter && !strstr(vt_all[i].name, filter)) continue;
+        if (filter &&
+            (strstr(vt_all[i].name, filter + exclude) != NULL) == exclude)
+            continue;
         atomic_store(&vt_nfail, 0);
         t0 = vt_seconds();
         vt_all[i].fn();
