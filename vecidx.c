@@ -5669,6 +5669,15 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     out->count = vx_count(ix);
     out->slots = ix->store.nslots;
     out->capacity = (uint64_t)ix->store.nchunks << ix->store.shift;
+    if (ix->p.kind == VECIDX_IVFPQ && ix->ivf.trained) {
+        /* lists stay compact, so every used entry is live */
+        uint32_t li;
+        out->slots = out->count;
+        out->capacity = 0;
+        for (li = 0; li < ix->ivf.nlist; li++)
+            out->capacity += ix->ivf.lists[li].mapped ? ix->ivf.lists[li].n
+                                                      : ix->ivf.lists[li].cap;
+    }
     out->memory_bytes = atomic_load(&ix->mem.bytes);
     out->mapped_bytes = ix->fmap_len;
     out->simd = ix->kern->name;

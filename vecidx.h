@@ -231,8 +231,10 @@ typedef struct vecidx_stats_t {
     int metric;
     uint32_t dim;
     uint64_t count;        /* live vectors */
-    uint64_t slots;        /* slots ever used (live + free for reuse) */
-    uint64_t capacity;     /* slots allocated */
+    uint64_t slots;        /* slots ever used (live + free for reuse);
+                              trained IVF-PQ: list entries, = count */
+    uint64_t capacity;     /* slots allocated; trained IVF-PQ: list
+                              entries allocated (or mapped) in all lists */
     uint64_t memory_bytes; /* bytes currently held from the allocator (a
                               mapped file's pages are not counted) */
     uint64_t mapped_bytes; /* size of the mapped index file, or 0 */

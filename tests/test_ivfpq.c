@@ -136,6 +136,9 @@ static vecidx *iv_build(const vecidx_params *p, const iv_data *d, size_t ntrain)
     CHECK_OK(vecidx_stats(ix, &st));
     CHECK(st.trained == 1);
     CHECK_EQ_U64(st.count, d->n);
+    CHECK_EQ_U64(st.slots, d->n); /* lists are compact */
+    CHECK(st.capacity >= st.count &&
+          st.capacity <= 2 * st.count + 64 * (uint64_t)st.nlist);
     return ix;
 }
 
