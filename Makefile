@@ -315,10 +315,11 @@ test-m32:
 
 # Three independent runs, so make -j runs them side by side (add -O to keep
 # each one's output together). Under qemu the IVF-PQ tests take most of the
-# time (their training is arithmetic-heavy), so they run on aarch64 (NEON)
-# and on 32-bit ARM with NEON, and the plain armhf run leaves them out: its
-# scalar kernels are the ones every x86 test-nosimd run checks, and the
-# NEON-free 32-bit build still runs every other test.
+# time (their training is arithmetic-heavy): all of them run on aarch64
+# (NEON); 32-bit ARM with NEON runs those where a 32-bit size_t matters
+# (files, corruption, edge cases, filters); the plain armhf run leaves them
+# out, its scalar kernels being the ones every x86 test-nosimd run checks.
+CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
 cross-test: cross-test-aarch64 cross-test-armhf cross-test-armhf-neon
 cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS))
 	$(call vx_run,$(TEST_PROGS),-aarch64,$(QEMU_AARCH64))
@@ -326,7 +327,9 @@ cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS))
 	$(call vx_run,$(filter tests/vecidx_test,$(TEST_PROGS)),-armhf,$(QEMU_ARM),-ivfpq)
 	$(call vx_run,$(filter-out tests/vecidx_test,$(TEST_PROGS)),-armhf,$(QEMU_ARM))
 cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS))
-	$(call vx_run,$(NOCRASH_PROGS),-armhf-neon,$(QEMU_ARM))
+	$(call vx_run,$(filter tests/vecidx_test,$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM),-ivfpq)
+	$(call vx_run,$(filter tests/vecidx_test,$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM),$(CROSS_IVF32))
+	$(call vx_run,$(filter-out tests/vecidx_test,$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM))
 
 crash-soak: tests/crash/crash_test
 	CRASH_TRIALS=$(CRASH_TRIALS) ./tests/crash/crash_test

@@ -2,8 +2,9 @@
 ** main.c -- the test runner of tests/vecidx_test.
 **
 **   tests/vecidx_test            run every test
-**   tests/vecidx_test WORD       run the tests whose name contains WORD
-**   tests/vecidx_test -WORD      run the tests whose name does not
+**   tests/vecidx_test WORD...    run the tests whose name contains a WORD
+**   tests/vecidx_test -WORD...   run the tests whose name contains none
+** (both kinds mixed: a name must contain a WORD and no -WORD)
 ** VTEST_TIMES=1 in the environment adds each test's run time to its line;
 ** VTEST_DEBUG=1 prints a few counters (allocation-failure runs, operations
 ** done by the concurrent threads) to judge what a test covered.
@@ -55,19 +56,31 @@ typedef struct vt_test {
 static const vt_test vt_all[] = {VT_TESTS(VT_ENTRY)};
 #undef VT_ENTRY
 
+/* Is the test named `name` chosen by the WORD / -WORD arguments? */
+static int vt_selected(const char *name, int argc, char **argv)
+{
+    int i, any_include = 0, included = 0;
+    for (i = 1; i < argc; i++) {
+        if (argv[i][0] == '-' && argv[i][1]) {
+            if (strstr(name, argv[i] + 1)) return 0;
+        } else {
+            any_include = 1;
+            if (strstr(name, argv[i])) included = 1;
+        }
+    }
+    return !any_include || included;
+}
+
 int main(int argc, char **argv)
 {
     const char *filter = argc > 1 ? argv[1] : NULL;
-    int exclude = filter && filter[0] == '-' && filter[1];
     const char *times = getenv("VTEST_TIMES");
     int show_time = times && *times && strcmp(times, "0") != 0;
     size_t i, ran = 0, failed = 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (i = 0; i < sizeof vt_all / sizeof vt_all[0]; i++) {
         double t0;
-        if (filter &&
-            (strstr(vt_all[i].name, filter + exclude) != NULL) == exclude)
-            continue;
+        if (!vt_selected(vt_all[i].name, argc, argv)) continue;
         atomic_store(&vt_nfail, 0);
         t0 = vt_seconds();
         vt_all[i].fn();
