@@ -35,10 +35,10 @@
 
 #include "vecidx.h"
 
-#include <limits.h>
-#include <math.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -46,10 +46,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #if !defined(VECIDX_NO_SIMD)
@@ -176,8 +176,8 @@ static void vx_run_parallel(vx_task *tasks, unsigned n)
     unsigned i;
     if (n > 64) n = 64;
     for (i = 1; i < n; i++)
-        started[i] = pthread_create(&tid[i], NULL, tasks[i].fn,
-                                    tasks[i].arg) == 0;
+        started[i] = pthread_create(&tid[i], NULL, tasks[i].fn, tasks[i].arg) ==
+                     0;
     if (n > 0) tasks[0].fn(tasks[0].arg);
     for (i = 1; i < n; i++) {
         if (started[i])
@@ -222,8 +222,8 @@ typedef struct vx_kernels {
                      float *out);
     /* Against a panel block (see VX_PANEL): out[c] = x . column c, for
     ** npanel * VX_PANEL columns of d rows. */
-    void (*dot_panels)(const float *x, const float *p, size_t d,
-                       size_t npanel, float *out);
+    void (*dot_panels)(const float *x, const float *p, size_t d, size_t npanel,
+                       float *out);
     /* Product-quantizer scan: out[i] = bias + sum over j < m of
     ** lut[j * 256 + codes[i * m + j]], for n codes of m bytes. */
     void (*adc)(const uint8_t *codes, size_t n, size_t m, const float *lut,
@@ -231,9 +231,8 @@ typedef struct vx_kernels {
     /* Index of the panel column c minimising bias[c] + scale * (x . c),
     ** lowest index on ties; its score goes to *score. Columns past the
     ** set's end must have bias +infinity. */
-    uint32_t (*nearest)(const float *x, const float *p, size_t d,
-                        size_t npanel, const float *bias, float scale,
-                        float *score);
+    uint32_t (*nearest)(const float *x, const float *p, size_t d, size_t npanel,
+                        const float *bias, float scale, float *score);
 } vx_kernels;
 
 /* Vectors compared with a whole set at once (k-means centroids, the 256
@@ -246,8 +245,7 @@ typedef struct vx_kernels {
 
 static inline float *vx_panel_at(float *p, size_t d, size_t col, size_t i)
 {
-    return p + (col / VX_PANEL) * d * VX_PANEL + i * VX_PANEL +
-           col % VX_PANEL;
+    return p + (col / VX_PANEL) * d * VX_PANEL + i * VX_PANEL + col % VX_PANEL;
 }
 
 /* Eight independent sums let the compiler vectorise without -ffast-math
@@ -333,8 +331,8 @@ static void vx_scalar_adc(const uint8_t *codes, size_t n, size_t m,
 }
 
 static uint32_t vx_scalar_nearest(const float *x, const float *p, size_t d,
-                                  size_t npanel, const float *bias,
-                                  float scale, float *score)
+                                  size_t npanel, const float *bias, float scale,
+                                  float *score)
 {
     float dot[VX_PANEL], best = INFINITY;
     uint32_t bi = 0;
@@ -354,9 +352,8 @@ static uint32_t vx_scalar_nearest(const float *x, const float *p, size_t d,
 }
 
 static const vx_kernels vx_kern_scalar = {
-    "scalar",           vx_scalar_l2,         vx_scalar_dot,
-    vx_scalar_l2_many,  vx_scalar_dot_many,   vx_scalar_dot_panels,
-    vx_scalar_adc,      vx_scalar_nearest};
+    "scalar",           vx_scalar_l2,         vx_scalar_dot, vx_scalar_l2_many,
+    vx_scalar_dot_many, vx_scalar_dot_panels, vx_scalar_adc, vx_scalar_nearest};
 
 #if defined(VX_HAVE_AVX2)
 #define VX_AVX2 __attribute__((target("avx2,fma")))
@@ -409,8 +406,8 @@ VX_AVX2 static inline float vx_avx2_l2_inl(const float *a, const float *b,
                           _mm256_maskload_ps(b + i, m));
         s1 = _mm256_fmadd_ps(t, t, s1);
     }
-    return vx_avx2_hsum(_mm256_add_ps(_mm256_add_ps(s0, s1),
-                                      _mm256_add_ps(s2, s3)));
+    return vx_avx2_hsum(
+        _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
 VX_AVX2 static inline float vx_avx2_dot_inl(const float *a, const float *b,
@@ -437,8 +434,8 @@ VX_AVX2 static inline float vx_avx2_dot_inl(const float *a, const float *b,
         s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m),
                              _mm256_maskload_ps(b + i, m), s1);
     }
-    return vx_avx2_hsum(_mm256_add_ps(_mm256_add_ps(s0, s1),
-                                      _mm256_add_ps(s2, s3)));
+    return vx_avx2_hsum(
+        _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
 VX_AVX2 static float vx_avx2_l2(const float *a, const float *b, size_t d)
@@ -453,8 +450,8 @@ VX_AVX2 static float vx_avx2_dot(const float *a, const float *b, size_t d)
 
 /* Prefetching a few rows ahead keeps the scan at memory bandwidth when the
 ** rows are larger than the hardware prefetcher's stride window. */
-VX_AVX2 static void vx_avx2_l2_many(const float *q, const float *base,
-                                    size_t n, size_t d, float *out)
+VX_AVX2 static void vx_avx2_l2_many(const float *q, const float *base, size_t n,
+                                    size_t d, float *out)
 {
     size_t i;
     for (i = 0; i < n; i++) {
@@ -475,8 +472,8 @@ VX_AVX2 static void vx_avx2_dot_many(const float *q, const float *base,
     }
 }
 
-VX_AVX2 static void vx_avx2_dot_panels(const float *x, const float *p,
-                                       size_t d, size_t npanel, float *out)
+VX_AVX2 static void vx_avx2_dot_panels(const float *x, const float *p, size_t d,
+                                       size_t npanel, float *out)
 {
     size_t b, i;
     for (b = 0; b < npanel; b++, out += VX_PANEL) {
@@ -500,8 +497,8 @@ VX_AVX2 static void vx_avx2_dot_panels(const float *x, const float *p,
 VX_AVX2 static void vx_avx2_adc(const uint8_t *codes, size_t n, size_t m,
                                 const float *lut, float bias, float *out)
 {
-    const __m256i step = _mm256_setr_epi32(0, 256, 512, 768, 1024, 1280,
-                                           1536, 1792);
+    const __m256i step = _mm256_setr_epi32(0, 256, 512, 768, 1024, 1280, 1536,
+                                           1792);
     size_t m8 = m & ~(size_t)7, i = 0, j;
     if (m8 == 0) {
         vx_scalar_adc(codes, n, m, lut, bias, out);
@@ -512,15 +509,16 @@ VX_AVX2 static void vx_avx2_adc(const uint8_t *codes, size_t n, size_t m,
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         float r0 = bias, r1 = bias;
         for (j = 0; j < m8; j += 8) {
-            __m256i off = _mm256_add_epi32(step, _mm256_set1_epi32((int)j * 256));
+            __m256i off = _mm256_add_epi32(step,
+                                           _mm256_set1_epi32((int)j * 256));
             __m256i i0 = _mm256_cvtepu8_epi32(
                 _mm_loadl_epi64((const __m128i *)(const void *)(c0 + j)));
             __m256i i1 = _mm256_cvtepu8_epi32(
                 _mm_loadl_epi64((const __m128i *)(const void *)(c1 + j)));
-            a0 = _mm256_add_ps(a0, _mm256_i32gather_ps(
-                                       lut, _mm256_add_epi32(i0, off), 4));
-            a1 = _mm256_add_ps(a1, _mm256_i32gather_ps(
-                                       lut, _mm256_add_epi32(i1, off), 4));
+            a0 = _mm256_add_ps(
+                a0, _mm256_i32gather_ps(lut, _mm256_add_epi32(i0, off), 4));
+            a1 = _mm256_add_ps(
+                a1, _mm256_i32gather_ps(lut, _mm256_add_epi32(i1, off), 4));
         }
         for (; j < m; j++) {
             r0 += lut[j * 256 + c0[j]];
@@ -579,16 +577,15 @@ VX_AVX2 static uint32_t vx_avx2_nearest(const float *x, const float *p,
 }
 
 static const vx_kernels vx_kern_avx2 = {
-    "avx2",           vx_avx2_l2,         vx_avx2_dot,
-    vx_avx2_l2_many,  vx_avx2_dot_many,   vx_avx2_dot_panels,
-    vx_avx2_adc,      vx_avx2_nearest};
+    "avx2",           vx_avx2_l2,         vx_avx2_dot, vx_avx2_l2_many,
+    vx_avx2_dot_many, vx_avx2_dot_panels, vx_avx2_adc, vx_avx2_nearest};
 
 /* AVX-512F: 16 lanes, and the tail is one masked load with no scalar
 ** loop, which matters for the odd dimensions of real embeddings. */
 #define VX_AVX512 __attribute__((target("avx512f")))
 
-VX_AVX512 static inline float vx_avx512_l2_inl(const float *a,
-                                               const float *b, size_t d)
+VX_AVX512 static inline float vx_avx512_l2_inl(const float *a, const float *b,
+                                               size_t d)
 {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), t;
     size_t i = 0;
@@ -613,8 +610,8 @@ VX_AVX512 static inline float vx_avx512_l2_inl(const float *a,
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-VX_AVX512 static inline float vx_avx512_dot_inl(const float *a,
-                                                const float *b, size_t d)
+VX_AVX512 static inline float vx_avx512_dot_inl(const float *a, const float *b,
+                                                size_t d)
 {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     size_t i = 0;
@@ -640,8 +637,7 @@ VX_AVX512 static float vx_avx512_l2(const float *a, const float *b, size_t d)
     return vx_avx512_l2_inl(a, b, d);
 }
 
-VX_AVX512 static float vx_avx512_dot(const float *a, const float *b,
-                                     size_t d)
+VX_AVX512 static float vx_avx512_dot(const float *a, const float *b, size_t d)
 {
     return vx_avx512_dot_inl(a, b, d);
 }
@@ -669,9 +665,8 @@ VX_AVX512 static void vx_avx512_dot_many(const float *q, const float *base,
 }
 
 static const vx_kernels vx_kern_avx512 = {
-    "avx512",           vx_avx512_l2,        vx_avx512_dot,
-    vx_avx512_l2_many,  vx_avx512_dot_many,  vx_avx2_dot_panels,
-    vx_avx2_adc,        vx_avx2_nearest};
+    "avx512",           vx_avx512_l2,       vx_avx512_dot, vx_avx512_l2_many,
+    vx_avx512_dot_many, vx_avx2_dot_panels, vx_avx2_adc,   vx_avx2_nearest};
 #endif /* VX_HAVE_AVX2 */
 
 #if defined(VX_HAVE_NEON)
@@ -697,8 +692,8 @@ static float vx_neon_l2(const float *a, const float *b, size_t d)
         float32x4_t d0 = vsubq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
         float32x4_t d1 = vsubq_f32(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
         float32x4_t d2 = vsubq_f32(vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
-        float32x4_t d3 =
-            vsubq_f32(vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+        float32x4_t d3 = vsubq_f32(vld1q_f32(a + i + 12),
+                                   vld1q_f32(b + i + 12));
         s0 = VX_NEON_FMA(s0, d0, d0);
         s1 = VX_NEON_FMA(s1, d1, d1);
         s2 = VX_NEON_FMA(s2, d2, d2);
@@ -749,9 +744,8 @@ static void vx_neon_dot_many(const float *q, const float *base, size_t n,
 /* The panel and code-scan loops are plain C: with Advanced SIMD as the
 ** baseline, the compiler vectorises the scalar versions well. */
 static const vx_kernels vx_kern_neon = {
-    "neon",           vx_neon_l2,        vx_neon_dot,
-    vx_neon_l2_many,  vx_neon_dot_many,  vx_scalar_dot_panels,
-    vx_scalar_adc,    vx_scalar_nearest};
+    "neon",           vx_neon_l2,           vx_neon_dot,   vx_neon_l2_many,
+    vx_neon_dot_many, vx_scalar_dot_panels, vx_scalar_adc, vx_scalar_nearest};
 #endif /* VX_HAVE_NEON */
 
 /* Kernel tables runnable on this CPU, scalar first and the preferred one
@@ -836,7 +830,11 @@ typedef struct vx_chunk {
 
 /* Slot states. A buried slot's key is gone, but a graph may still link to
 ** it until the graph is repaired; only then is the slot freed for reuse. */
-enum { VX_FREE = 0, VX_LIVE = 1, VX_BURIED = 2 };
+enum {
+    VX_FREE = 0,
+    VX_LIVE = 1,
+    VX_BURIED = 2
+};
 
 typedef struct vx_store {
     uint32_t dim;
@@ -850,7 +848,7 @@ typedef struct vx_store {
     uint32_t nslots; /* slots ever handed out: [0, nslots) */
     uint32_t count;  /* live slots */
     uint32_t nburied;
-    uint32_t *free;  /* removed slots, reused LIFO */
+    uint32_t *free; /* removed slots, reused LIFO */
     uint32_t nfree, free_cap;
     vx_keymap map;
 } vx_store;
@@ -865,7 +863,8 @@ static inline uint32_t vx_store_per_chunk(const vx_store *s)
 
 static inline float *vx_store_vec(const vx_store *s, uint32_t slot)
 {
-    return VX_SLOT_CHUNK(s, slot)->vec + (size_t)VX_SLOT_INDEX(s, slot) * s->rec;
+    return VX_SLOT_CHUNK(s, slot)->vec +
+           (size_t)VX_SLOT_INDEX(s, slot) * s->rec;
 }
 
 static inline uint64_t vx_store_key(const vx_store *s, uint32_t slot)
@@ -973,8 +972,7 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, size_t n)
     return VECIDX_OK;
 }
 
-static void vx_store_init(vx_store *s, uint32_t dim, int cosine,
-                          uint32_t link0)
+static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t link0)
 {
     uint32_t shift = 4;
     memset(s, 0, sizeof *s);
@@ -1070,7 +1068,7 @@ static int vx_store_reserve(vx_store *s, vx_mem *mem, size_t n)
         void *t;
         if (cap > UINT32_MAX) cap = UINT32_MAX;
         t = vx_realloc(mem, s->free, s->free_cap * sizeof *s->free,
-                             cap * sizeof *s->free);
+                       cap * sizeof *s->free);
         if (!t) return VECIDX_ENOMEM;
         s->free = t;
         s->free_cap = (uint32_t)cap;
@@ -1085,8 +1083,7 @@ static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
         double n2 = 0;
         uint32_t i;
         for (i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
-        *vx_store_inorm_at(s, slot) =
-            (float)(1.0 / sqrt(n2));
+        *vx_store_inorm_at(s, slot) = (float)(1.0 / sqrt(n2));
     }
 }
 
@@ -1167,7 +1164,6 @@ static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
     return NULL;
 }
 
-
 /* ======================================================================
 ** 4. Top-k
 **
@@ -1200,8 +1196,8 @@ static void vx_topk_sift_down(vx_topk *h, size_t i, size_t n)
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= n) break;
-        if (c + 1 < n && vx_topk_worse(h->d[c + 1], h->id[c + 1], h->d[c],
-                                       h->id[c]))
+        if (c + 1 < n &&
+            vx_topk_worse(h->d[c + 1], h->id[c + 1], h->d[c], h->id[c]))
             c++;
         if (!vx_topk_worse(h->d[c], h->id[c], d, id)) break;
         h->d[i] = h->d[c];
@@ -1334,7 +1330,7 @@ typedef struct vx_hnsw_scratch {
 } vx_hnsw_scratch;
 
 typedef struct vx_hnsw {
-    uint32_t m, m0;   /* links per node above / at level 0 */
+    uint32_t m, m0;    /* links per node above / at level 0 */
     double level_mult; /* 1/ln(M): level = floor(-ln(U) * mult) */
     uint64_t rng;
     uint32_t entry; /* VX_NOSLOT when the graph is empty */
@@ -1369,42 +1365,42 @@ typedef struct vx_ivlist {
 typedef struct vx_ivf {
     int trained;
     uint32_t nlist, m, npanel; /* npanel = ceil(nlist / VX_PANEL) */
-    float *cent;   /* coarse centroids, in panels (npanel * dim * VX_PANEL) */
-    float *cnorm;  /* |c|^2 per centroid, padded to npanel * VX_PANEL */
-    float *book;   /* sub-quantizer j: 256 centroids of len_j floats, in 8
-                      panels at book + 256 * off_j */
-    float *bnorm;  /* |b|^2 of every sub-centroid, m * 256 */
-    float *cbias;  /* assignment bias per centroid: |c|^2 under L2, else 0;
-                      +inf for the padding of the last panel */
+    float *cent;  /* coarse centroids, in panels (npanel * dim * VX_PANEL) */
+    float *cnorm; /* |c|^2 per centroid, padded to npanel * VX_PANEL */
+    float *book;  /* sub-quantizer j: 256 centroids of len_j floats, in 8
+                     panels at book + 256 * off_j */
+    float *bnorm; /* |b|^2 of every sub-centroid, m * 256 */
+    float *cbias; /* assignment bias per centroid: |c|^2 under L2, else 0;
+                     +inf for the padding of the last panel */
     size_t model_bytes; /* of cent + cnorm + book, one allocation */
     vx_ivlist *lists;
     uint64_t *map; /* key map cells, see vx_ivf_map_find */
     size_t map_cap, map_n;
     uint64_t count;
     int model_mapped, map_mapped; /* point into the index file */
-    vecidx *cq;    /* HNSW graph over the centroids, or NULL */
+    vecidx *cq;                   /* HNSW graph over the centroids, or NULL */
 } vx_ivf;
 
 /* The write-ahead log of a writable file-backed index (section 9). */
 #define VX_WAL_AUTO_CHECKPOINT (64u << 20) /* log bytes before folding */
 typedef struct vx_wal {
-    int fd;            /* -1 when the index has no log */
-    uint64_t end;      /* byte offset after the last good record */
-    uint64_t seq;      /* sequence number of the last record */
-    uint64_t salt;     /* salt of the main file this log belongs to */
-    unsigned sync;     /* VECIDX_SYNC_* */
-    int dirty;         /* appended since the last fsync */
-    int broken;        /* VX_WAL_CUT / VX_WAL_RESTART: repair first */
+    int fd;        /* -1 when the index has no log */
+    uint64_t end;  /* byte offset after the last good record */
+    uint64_t seq;  /* sequence number of the last record */
+    uint64_t salt; /* salt of the main file this log belongs to */
+    unsigned sync; /* VECIDX_SYNC_* */
+    int dirty;     /* appended since the last fsync */
+    int broken;    /* VX_WAL_CUT / VX_WAL_RESTART: repair first */
     struct timespec last_sync;
-    char *path;        /* main file path (log is path + "-wal") */
+    char *path; /* main file path (log is path + "-wal") */
 } vx_wal;
 
 struct vecidx {
     vecidx_params p;
     vx_mem mem;
     const vx_kernels *kern;
-    pthread_rwlock_t lock;  /* readers share it; a writer holds it to change */
-    pthread_mutex_t wlock;  /* held by a writer for its whole call */
+    pthread_rwlock_t lock; /* readers share it; a writer holds it to change */
+    pthread_mutex_t wlock; /* held by a writer for its whole call */
     vx_store store;
     vx_hnsw hnsw; /* kind HNSW only */
     vx_ivf ivf;   /* kind IVF-PQ only; its buffer before training is store */
@@ -1448,8 +1444,9 @@ static void vx_write_yield(vecidx *ix)
 
 static const char *vx_kind_name(int kind)
 {
-    return kind == VECIDX_FLAT ? "flat" : kind == VECIDX_HNSW ? "hnsw"
-                                                              : "ivfpq";
+    return kind == VECIDX_FLAT   ? "flat"
+           : kind == VECIDX_HNSW ? "hnsw"
+                                 : "ivfpq";
 }
 
 /* Kind, metric and dimension checks shared by init and create. */
@@ -1458,15 +1455,16 @@ static int vx_check_shape(int kind, int metric, uint32_t dim)
     if (kind != VECIDX_FLAT && kind != VECIDX_HNSW && kind != VECIDX_IVFPQ)
         return vx_err(NULL, VECIDX_EINVAL,
                       "unknown index kind %d (use VECIDX_FLAT, VECIDX_HNSW "
-                      "or VECIDX_IVFPQ)", kind);
+                      "or VECIDX_IVFPQ)",
+                      kind);
     if (metric != VECIDX_L2 && metric != VECIDX_IP && metric != VECIDX_COSINE)
         return vx_err(NULL, VECIDX_EINVAL,
                       "unknown metric %d (use VECIDX_L2, VECIDX_IP or "
-                      "VECIDX_COSINE)", metric);
+                      "VECIDX_COSINE)",
+                      metric);
     if (dim == 0 || dim > VECIDX_MAX_DIM)
-        return vx_err(NULL, VECIDX_EDIM,
-                      "dimension %u is outside 1..%u", (unsigned)dim,
-                      (unsigned)VECIDX_MAX_DIM);
+        return vx_err(NULL, VECIDX_EDIM, "dimension %u is outside 1..%u",
+                      (unsigned)dim, (unsigned)VECIDX_MAX_DIM);
     return VECIDX_OK;
 }
 
@@ -1484,23 +1482,29 @@ static int vx_check_hnsw_params(const vecidx_params *p)
 static int vx_check_ivf_params(const vecidx_params *p)
 {
     if (p->pq_nbits != 8)
-        return vx_err(NULL, VECIDX_ENOTSUP, "pq_nbits %u: only 8-bit codes "
-                      "are supported", (unsigned)p->pq_nbits);
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "pq_nbits %u: only 8-bit codes "
+                      "are supported",
+                      (unsigned)p->pq_nbits);
     if (p->ivf_nlist > VX_IVF_MAX_NLIST)
         return vx_err(NULL, VECIDX_EINVAL, "ivf_nlist %u is above %u",
                       (unsigned)p->ivf_nlist, VX_IVF_MAX_NLIST);
     if (p->pq_m > p->dim)
-        return vx_err(NULL, VECIDX_EINVAL, "pq_m %u is larger than the "
-                      "dimension %u", (unsigned)p->pq_m, (unsigned)p->dim);
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "pq_m %u is larger than the "
+                      "dimension %u",
+                      (unsigned)p->pq_m, (unsigned)p->dim);
     if (p->ivf_quantizer > VECIDX_QUANT_HNSW)
         return vx_err(NULL, VECIDX_EINVAL, "unknown ivf_quantizer %u",
                       (unsigned)p->ivf_quantizer);
     if (p->ivf_train_size && p->ivf_train_size < p->ivf_nlist)
-        return vx_err(NULL, VECIDX_EINVAL, "ivf_train_size %u is below "
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "ivf_train_size %u is below "
                       "ivf_nlist %u: k-means needs a sample per list",
                       (unsigned)p->ivf_train_size, (unsigned)p->ivf_nlist);
     if (p->ivf_refine > 1 && !p->ivf_keep_vectors)
-        return vx_err(NULL, VECIDX_EINVAL, "ivf_refine needs "
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "ivf_refine needs "
                       "ivf_keep_vectors: re-ranking uses the full vectors");
     return VECIDX_OK;
 }
@@ -1628,8 +1632,8 @@ static inline uint32_t *vx_hnsw_links(const vecidx *ix, uint32_t slot, int l)
 
 static inline int vx_hnsw_level(const vecidx *ix, uint32_t slot)
 {
-    return VX_SLOT_CHUNK(&ix->store, slot)->level[VX_SLOT_INDEX(&ix->store,
-                                                                slot)];
+    return VX_SLOT_CHUNK(&ix->store, slot)
+        ->level[VX_SLOT_INDEX(&ix->store, slot)];
 }
 
 static size_t vx_hnsw_block_words(const vx_hnsw *h, int level)
@@ -1654,13 +1658,14 @@ static inline void vx_hnsw_unlock(vecidx *ix, uint32_t slot)
 }
 
 /* Distance from a validated query to a stored slot. */
-static inline float vx_qdist(const vecidx *ix, const vx_query *q,
-                             uint32_t slot)
+static inline float vx_qdist(const vecidx *ix, const vx_query *q, uint32_t slot)
 {
     const float *v = vx_store_vec(&ix->store, slot);
     switch (ix->p.metric) {
-    case VECIDX_L2: return ix->kern->l2(q->v, v, ix->p.dim);
-    case VECIDX_IP: return -ix->kern->dot(q->v, v, ix->p.dim);
+    case VECIDX_L2:
+        return ix->kern->l2(q->v, v, ix->p.dim);
+    case VECIDX_IP:
+        return -ix->kern->dot(q->v, v, ix->p.dim);
     default:
         return 1.0f - ix->kern->dot(q->v, v, ix->p.dim) * q->inv_norm *
                           vx_store_inorm(&ix->store, slot);
@@ -1689,8 +1694,7 @@ static void vx_scratch_free(vx_mem *mem, vx_hnsw_scratch *s)
 }
 
 /* Grow an array of `elem`-byte items to at least `need` entries. */
-static int vx_grow(vx_mem *mem, void **p, size_t *cap, size_t need,
-                   size_t elem)
+static int vx_grow(vx_mem *mem, void **p, size_t *cap, size_t need, size_t elem)
 {
     size_t ncap = *cap ? *cap : 16, bytes;
     void *q;
@@ -1721,10 +1725,8 @@ static int vx_scratch_fit(vecidx *ix, vx_hnsw_scratch *s, size_t ef)
                 sizeof *s->res) ||
         vx_grow(&ix->mem, (void **)&s->cand, &s->cand_cap, 2 * ef + 64,
                 sizeof *s->cand) ||
-        vx_grow(&ix->mem, (void **)&s->sel, &s->sel_cap, sel,
-                sizeof *s->sel) ||
-        vx_grow(&ix->mem, (void **)&s->ids, &s->ids_cap, sel,
-                sizeof *s->ids))
+        vx_grow(&ix->mem, (void **)&s->sel, &s->sel_cap, sel, sizeof *s->sel) ||
+        vx_grow(&ix->mem, (void **)&s->ids, &s->ids_cap, sel, sizeof *s->ids))
         return VECIDX_ENOMEM;
     return VECIDX_OK;
 }
@@ -1913,8 +1915,8 @@ static inline int vx_hnsw_admit(const vecidx *ix, uint32_t slot,
 /* Offer a visited node: results keep the ef best admitted nodes, and any
 ** node closer than the worst result (admitted or not, buried too) joins
 ** the frontier, so the walk passes through filtered-out regions. */
-static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c,
-                          int l, size_t ef, const vecidx_search_opts *o)
+static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c, int l,
+                          size_t ef, const vecidx_search_opts *o)
 {
     int full = s->nres >= ef;
     if (full && c.d >= s->res[0].d) return;
@@ -1931,8 +1933,7 @@ static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c,
 static inline void vx_prefetch_rest(const float *v, size_t bytes)
 {
     size_t off;
-    for (off = 64; off < bytes; off += 64)
-        VX_PREFETCH((const char *)v + off);
+    for (off = 64; off < bytes; off += 64) VX_PREFETCH((const char *)v + off);
 }
 
 /* Best-first search of level l from ep, breadth ef, into s->res. With a
@@ -1996,8 +1997,7 @@ static int vx_cand_cmp(const void *a, const void *b)
 ** keep one only if it is closer to the base than to every neighbour kept
 ** so far. That favours links in diverse directions, which is what keeps
 ** clustered data navigable. Keeps at most m; returns how many. */
-static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n,
-                             size_t m)
+static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n, size_t m)
 {
     size_t i, j, kept = 0;
     qsort(c, n, sizeof *c, vx_cand_cmp);
@@ -2084,8 +2084,8 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
         vx_hnsw_set_links(ix, slot, l, s->sel, n);
         vx_hnsw_unlock(ix, slot);
         for (i = 0; i < n; i++)
-            vx_hnsw_link_back(ix, s->sel + n, s->sel[i].slot, slot,
-                              s->sel[i].d, l);
+            vx_hnsw_link_back(ix, s->sel + n, s->sel[i].slot, slot, s->sel[i].d,
+                              l);
         if (n) cur = s->sel[0];
     }
     if (level > maxl) {
@@ -2371,9 +2371,9 @@ static void *vx_hnsw_repair_worker(void *arg)
     vecidx *ix = j->ix;
     size_t b;
     while ((b = atomic_fetch_add(j->next, 256)) < ix->store.nslots) {
-        uint32_t y, end = (uint32_t)(b + 256 < ix->store.nslots
-                                         ? b + 256
-                                         : ix->store.nslots);
+        uint32_t y,
+            end = (uint32_t)(b + 256 < ix->store.nslots ? b + 256
+                                                        : ix->store.nslots);
         for (y = (uint32_t)b; y < end; y++) {
             int l;
             if (vx_store_live(&ix->store, y) != VX_LIVE) continue;
@@ -2444,7 +2444,8 @@ static void vx_hnsw_maybe_repair(vecidx *ix)
         (void)vx_hnsw_repair(ix); /* on failure retried at the next write */
 }
 
-/* ---- lifecycle and checks ------------------------------------------------- */
+/* ---- lifecycle and checks -------------------------------------------------
+ */
 
 static int vx_hnsw_init(vecidx *ix)
 {
@@ -2493,15 +2494,17 @@ static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
         lv = vx_hnsw_level(ix, slot);
         if (lv > g->maxlevel) return "node level above the graph's top";
         if (lv && (VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)] +
-                       vx_hnsw_block_words(g, lv) > g->arena_n))
+                       vx_hnsw_block_words(g, lv) >
+                   g->arena_n))
             return "upper links lie outside the arena";
         for (l = 0; l <= lv; l++) {
             const uint32_t *links = vx_hnsw_links(ix, slot, l);
             if (links[0] > (l ? g->m : g->m0)) return "link list overflows";
             for (i = 1; i <= links[0]; i++) {
                 uint32_t z = links[i];
-                if (z >= st->nslots || z == slot) return "link to itself "
-                                                         "or out of range";
+                if (z >= st->nslots || z == slot)
+                    return "link to itself "
+                           "or out of range";
                 if (vx_store_live(st, z) == VX_FREE)
                     return "link to a freed slot";
                 if (vx_hnsw_level(ix, z) < l)
@@ -2699,8 +2702,7 @@ static void vx_ivl_free(vecidx *ix, vx_ivlist *l)
     if (!l->mapped) {
         vx_free(&ix->mem, l->keys, (size_t)l->cap * 8);
         vx_free(&ix->mem, l->codes, (size_t)l->cap * ix->ivf.m);
-        vx_free(&ix->mem, l->vecs,
-                (size_t)l->cap * ix->p.dim * sizeof(float));
+        vx_free(&ix->mem, l->vecs, (size_t)l->cap * ix->p.dim * sizeof(float));
     }
     memset(l, 0, sizeof *l);
 }
@@ -2795,8 +2797,7 @@ static uint32_t vx_ivf_assign(const vecidx *ix, const float *x)
     float score;
     return ix->kern->nearest(x, ix->ivf.cent, ix->p.dim, ix->ivf.npanel,
                              ix->ivf.cbias,
-                             ix->p.metric == VECIDX_L2 ? -2.0f : -1.0f,
-                             &score);
+                             ix->p.metric == VECIDX_L2 ? -2.0f : -1.0f, &score);
 }
 
 /* Nearest of the 256 sub-centroids of slice j to r (len_j floats). */
@@ -2828,8 +2829,8 @@ static void vx_ivf_work_free(vecidx *ix, vx_ivf_work *w)
 }
 
 /* List and code of vector x. */
-static uint32_t vx_ivf_encode(const vecidx *ix, vx_ivf_work *w,
-                              const float *x, uint8_t *code)
+static uint32_t vx_ivf_encode(const vecidx *ix, vx_ivf_work *w, const float *x,
+                              uint8_t *code)
 {
     const float *xv = vx_ivf_prep_vec(ix, x, w->nv);
     uint32_t li = vx_ivf_assign(ix, xv), i, j;
@@ -2848,9 +2849,9 @@ static void vx_ivf_decode(const vecidx *ix, uint32_t li, const uint8_t *code,
     for (j = 0; j < ix->ivf.m; j++) {
         uint32_t off = vx_ivf_off(ix, j), len = vx_ivf_len(ix, j);
         for (i = 0; i < len; i++)
-            out[off + i] =
-                *vx_panel_at(ix->ivf.cent, ix->p.dim, li, off + i) +
-                *vx_panel_at((float *)vx_ivf_book(ix, j), len, code[j], i);
+            out[off + i] = *vx_panel_at(ix->ivf.cent, ix->p.dim, li, off + i) +
+                           *vx_panel_at((float *)vx_ivf_book(ix, j), len,
+                                        code[j], i);
     }
 }
 
@@ -2877,9 +2878,9 @@ static void *vx_ivf_enc_worker(void *arg)
     size_t i, m = j->ix->ivf.m;
     if ((j->rc = vx_ivf_work_alloc(j->ix, &w)) != VECIDX_OK) return NULL;
     for (i = j->begin; i < j->end; i++)
-        j->pr->list[i] =
-            vx_ivf_encode(j->ix, &w, j->vecs + i * (size_t)j->ix->p.dim,
-                          j->pr->codes + i * m);
+        j->pr->list[i] = vx_ivf_encode(j->ix, &w,
+                                       j->vecs + i * (size_t)j->ix->p.dim,
+                                       j->pr->codes + i * m);
     vx_ivf_work_free(j->ix, &w);
     return NULL;
 }
@@ -2898,8 +2899,7 @@ static int vx_ivf_reserve_lists(vecidx *ix, const vx_ivf_prep *pr)
     uint32_t *cnt, li;
     size_t i, bytes = (size_t)ix->ivf.nlist * sizeof *cnt;
     int rc = VECIDX_OK;
-    if (pr->n == 1)
-        return vx_ivl_reserve(ix, &ix->ivf.lists[pr->list[0]], 1);
+    if (pr->n == 1) return vx_ivl_reserve(ix, &ix->ivf.lists[pr->list[0]], 1);
     if (!(cnt = vx_malloc(&ix->mem, bytes))) return VECIDX_ENOMEM;
     memset(cnt, 0, bytes);
     for (i = 0; i < pr->n; i++) cnt[pr->list[i]]++;
@@ -2948,8 +2948,7 @@ static void vx_ivf_apply(vecidx *ix, const vx_ivf_prep *pr,
 {
     size_t i;
     for (i = 0; i < pr->n; i++)
-        vx_ivl_append(ix, pr->list[i], keys[i],
-                      pr->codes + i * ix->ivf.m,
+        vx_ivl_append(ix, pr->list[i], keys[i], pr->codes + i * ix->ivf.m,
                       vecs + i * (size_t)ix->p.dim);
 }
 
@@ -2958,7 +2957,7 @@ static void vx_ivf_apply(vecidx *ix, const vx_ivf_prep *pr,
 /* The list terms of list li (m * 256 floats): |b|^2 + 2 c_j.b for each slice j
 ** and sub-centroid b; cvec receives the centroid (dim floats). */
 static void vx_ivf_list_terms(const vecidx *ix, uint32_t li, float *cvec,
-                           float *out)
+                              float *out)
 {
     uint32_t i, j, k;
     for (i = 0; i < ix->p.dim; i++)
@@ -3024,7 +3023,7 @@ static int vx_ivf_probe(vecidx *ix, vx_ivf_sw *w, const float *qv,
 {
     const vx_ivf *v = &ix->ivf;
     float qq = ix->p.metric == VECIDX_L2 ? ix->kern->dot(qv, qv, ix->p.dim)
-                                          : 0.0f;
+                                         : 0.0f;
     uint32_t c;
     if (v->cq) {
         vecidx_search_opts o;
@@ -3081,8 +3080,7 @@ static float vx_ivf_exact(const vecidx *ix, const float *qv, const float *x)
 }
 
 /* Re-score the candidates exactly into h. */
-static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv,
-                          vx_topk *h)
+static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 {
     const vx_ivf *v = &ix->ivf;
     size_t i;
@@ -3188,9 +3186,9 @@ static void *vx_km_assign_worker(void *arg)
         return NULL;
     }
     for (i = j->begin; i < j->end; i++)
-        km->assign[i] = km->ix->kern->nearest(
-            km->x + i * km->ldx, km->panels, km->d, km->npanel, km->cnorm,
-            km->ip ? -1.0f : -2.0f, buf);
+        km->assign[i] = km->ix->kern->nearest(km->x + i * km->ldx, km->panels,
+                                              km->d, km->npanel, km->cnorm,
+                                              km->ip ? -1.0f : -2.0f, buf);
     vx_free(&km->ix->mem, buf, bytes);
     return NULL;
 }
@@ -3226,8 +3224,7 @@ static int vx_km_assign(vx_km *km)
     for (t = 0; t < nt; t++) {
         jobs[t].km = km;
         jobs[t].begin = t * per < km->n ? t * per : km->n;
-        jobs[t].end = jobs[t].begin + per < km->n ? jobs[t].begin + per
-                                                  : km->n;
+        jobs[t].end = jobs[t].begin + per < km->n ? jobs[t].begin + per : km->n;
         jobs[t].rc = VECIDX_OK;
         tasks[t].fn = vx_km_assign_worker;
         tasks[t].arg = &jobs[t];
@@ -3355,7 +3352,8 @@ static int vx_km_run(vx_km *km, int iters, uint64_t *rng, const char *stage,
     for (it = 0; it < iters && rc == VECIDX_OK; it++) {
         if ((rc = vx_km_assign(km)) == VECIDX_OK) rc = vx_km_update(km, rng);
         vx_progress(km->ix, stage,
-                    it + 1 == iters ? to : from + (to - from) * (it + 1) / iters);
+                    it + 1 == iters ? to
+                                    : from + (to - from) * (it + 1) / iters);
     }
     if (rc != VECIDX_OK) vx_km_free(km);
     return rc;
@@ -3442,8 +3440,8 @@ static int vx_ivf_build_cq(vecidx *ix)
     for (c = 0; c < v->nlist && rc == VECIDX_OK; c++) {
         keys[c] = c;
         for (i = 0; i < ix->p.dim; i++)
-            rows[(size_t)c * ix->p.dim + i] =
-                *vx_panel_at(v->cent, ix->p.dim, c, i);
+            rows[(size_t)c * ix->p.dim + i] = *vx_panel_at(v->cent, ix->p.dim,
+                                                           c, i);
     }
     if (rc == VECIDX_OK) rc = vecidx_add_batch(v->cq, v->nlist, keys, rows);
     if (rc != VECIDX_OK && v->cq) {
@@ -3469,11 +3467,11 @@ static int vx_ivf_derive_coarse(vecidx *ix, int full)
         }
         v->cnorm[c] = (float)s;
     }
-    if (!(v->cbias = vx_malloc(&ix->mem, (size_t)v->npanel * VX_PANEL *
-                                             sizeof(float))))
+    if (!(v->cbias = vx_malloc(&ix->mem,
+                               (size_t)v->npanel * VX_PANEL * sizeof(float))))
         return VECIDX_ENOMEM;
     for (c = 0; c < v->npanel * VX_PANEL; c++)
-        v->cbias[c] = c >= v->nlist              ? INFINITY
+        v->cbias[c] = c >= v->nlist               ? INFINITY
                       : ix->p.metric == VECIDX_L2 ? v->cnorm[c]
                                                   : 0.0f;
     return VECIDX_OK;
@@ -3523,8 +3521,8 @@ static uint32_t vx_ivf_pick_m(const vecidx *ix)
 
 /* Up to ns rows of data picked at random (seeded), in random order,
 ** normalised for cosine, into a new array. */
-static float *vx_ivf_sample(vecidx *ix, const float *data, size_t n,
-                            size_t ns, uint64_t *rng)
+static float *vx_ivf_sample(vecidx *ix, const float *data, size_t n, size_t ns,
+                            uint64_t *rng)
 {
     size_t dim = ix->p.dim, i, bytes = ns * dim * sizeof(float);
     uint32_t *pick = vx_malloc(&ix->mem, n * sizeof *pick);
@@ -3560,8 +3558,8 @@ static int vx_ivf_train_pq(vecidx *ix, const float *xs, size_t nps,
     for (i = 0; res && i < nps; i++) {
         uint32_t li = vx_ivf_assign(ix, xs + i * dim);
         for (t = 0; t < dim; t++)
-            res[i * dim + t] =
-                xs[i * dim + t] - *vx_panel_at(v->cent, dim, li, t);
+            res[i * dim + t] = xs[i * dim + t] -
+                               *vx_panel_at(v->cent, dim, li, t);
     }
     for (j = 0; j < v->m && rc == VECIDX_OK; j++) {
         uint32_t len = vx_ivf_len(ix, j);
@@ -3577,8 +3575,8 @@ static int vx_ivf_train_pq(vecidx *ix, const float *xs, size_t nps,
                        (double)(j + 1) / v->m);
         for (k = 0; rc == VECIDX_OK && k < VX_IVF_KSUB; k++)
             for (t = 0; t < len; t++)
-                *vx_panel_at((float *)vx_ivf_book(ix, j), len, k, t) =
-                    km.cent[(size_t)k * len + t];
+                *vx_panel_at((float *)vx_ivf_book(ix, j), len, k,
+                             t) = km.cent[(size_t)k * len + t];
         if (rc == VECIDX_OK) vx_km_free(&km);
     }
     vx_free(&ix->mem, res, bytes);
@@ -3610,15 +3608,14 @@ static int vx_ivf_train(vecidx *ix, size_t n, const float *data)
         if ((rc = vx_ivf_model_alloc(ix, nlist, m)) == VECIDX_OK)
             for (c = 0; c < nlist; c++)
                 for (i = 0; i < ix->p.dim; i++)
-                    *vx_panel_at(ix->ivf.cent, ix->p.dim, c, i) =
-                        km.cent[(size_t)c * ix->p.dim + i];
+                    *vx_panel_at(ix->ivf.cent, ix->p.dim, c,
+                                 i) = km.cent[(size_t)c * ix->p.dim + i];
         vx_km_free(&km);
     }
     if (rc == VECIDX_OK) rc = vx_ivf_derive_coarse(ix, 1);
     if (rc == VECIDX_OK)
-        rc = vx_ivf_train_pq(ix, xs, ns < VX_IVF_PQ_SAMPLES ? ns
-                                                            : VX_IVF_PQ_SAMPLES,
-                             &rng);
+        rc = vx_ivf_train_pq(
+            ix, xs, ns < VX_IVF_PQ_SAMPLES ? ns : VX_IVF_PQ_SAMPLES, &rng);
     if (rc == VECIDX_OK) rc = vx_ivf_derive(ix);
     vx_free(&ix->mem, xs, ns * ix->p.dim * sizeof(float));
     if (rc != VECIDX_OK) {
@@ -3706,7 +3703,8 @@ static const char *vx_ivf_check(const vecidx *ix)
     if (!v->trained) return NULL;
     for (li = 0; li < v->nlist; li++) {
         const vx_ivlist *l = &v->lists[li];
-        if (l->n > l->cap && !l->mapped) return "a list is longer than its room";
+        if (l->n > l->cap && !l->mapped)
+            return "a list is longer than its room";
         total += l->n;
         for (pos = 0; pos < l->n; pos++) {
             size_t c = vx_ivf_map_find(v, l->keys[pos]);
@@ -3738,7 +3736,8 @@ static const char *vx_ivf_check(const vecidx *ix)
 ** that tests can fail the Nth call or simulate a crash.
 ** ====================================================================== */
 
-/* ---- CRC-32C (Castagnoli) -------------------------------------------------- */
+/* ---- CRC-32C (Castagnoli) --------------------------------------------------
+ */
 
 static uint32_t vx_crc_table[8][256];
 static pthread_once_t vx_crc_once = PTHREAD_ONCE_INIT;
@@ -3747,7 +3746,8 @@ static void vx_crc_init(void)
 {
     uint32_t i, j, c;
     for (i = 0; i < 256; i++) {
-        for (c = i, j = 0; j < 8; j++) c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        for (c = i, j = 0; j < 8; j++)
+            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
         vx_crc_table[0][i] = c;
     }
     for (i = 0; i < 256; i++)
@@ -3812,7 +3812,8 @@ static uint32_t vx_crc32c_more(uint32_t crc, const void *p, size_t n)
     return ~vx_crc_impl(~crc, p, n);
 }
 
-/* ---- I/O layer ------------------------------------------------------------ */
+/* ---- I/O layer ------------------------------------------------------------
+ */
 
 typedef struct vx_io {
     int (*open)(const char *path, int flags, int mode);
@@ -3840,8 +3841,8 @@ static void *vx_sys_mmap(size_t len, int prot, int fd)
     return p == MAP_FAILED ? NULL : p;
 }
 
-static const vx_io vx_io_sys = {vx_sys_open, close,  pread,  pwrite,
-                                ftruncate,   flock,  fsync,  fstat,
+static const vx_io vx_io_sys = {vx_sys_open, close,  pread,       pwrite,
+                                ftruncate,   flock,  fsync,       fstat,
                                 rename,      unlink, vx_sys_mmap, munmap};
 static const vx_io *vx_io_cur = &vx_io_sys; /* tests swap this */
 
@@ -3881,7 +3882,8 @@ static int vx_io_sync_dir(const char *path)
     return rc;
 }
 
-/* ---- header ---------------------------------------------------------------- */
+/* ---- header ----------------------------------------------------------------
+ */
 
 #define VX_FILE_MAGIC "VECIDX\x1a\n"
 #define VX_FILE_VERSION 1u
@@ -4022,11 +4024,12 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     if (h->version > VX_FILE_VERSION)
         return vx_err(NULL, VECIDX_EVERSION,
                       "file format version %u is newer than this library's "
-                      "(%u); upgrade vecidx", (unsigned)h->version,
-                      VX_FILE_VERSION);
+                      "(%u); upgrade vecidx",
+                      (unsigned)h->version, VX_FILE_VERSION);
     if (h->version == 0 || vx_get32(b, 12) != VX_FILE_BOM ||
         vx_get32(b, 16) != VX_FILE_HEADER || vx_get32(b, 20) != VX_FILE_PAGE)
-        return vx_err(NULL, VECIDX_ECORRUPT, "header has an impossible "
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "header has an impossible "
                       "version, byte-order mark or size");
     vecidx_params_init(&h->p, (int)vx_get32(b, 24), (int)vx_get32(b, 28),
                        vx_get32(b, 32));
@@ -4072,7 +4075,8 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     return VECIDX_OK;
 }
 
-/* ---- save ------------------------------------------------------------------ */
+/* ---- save ------------------------------------------------------------------
+ */
 
 static uint64_t vx_page_up(uint64_t x)
 {
@@ -4242,8 +4246,8 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
     h.salt = salt;
     fd = vx_io_cur->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ok = fd >= 0;
-    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_CHUNKS], off,
-                                 pieces, s->nchunks, cb);
+    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_CHUNKS], off, pieces,
+                                 s->nchunks, cb);
     off = vx_page_up(off + h.sect[VX_SECT_CHUNKS].len);
     /* A graph that never needed upper levels has no arena yet: its one
     ** reserved word is written as zero. */
@@ -4269,7 +4273,8 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
         if (errno == ENOMEM) {
             vx_io_cur->close(fd);
             vx_io_cur->unlink(tmp);
-            return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the "
+            return vx_err(ix, VECIDX_ENOMEM,
+                          "out of memory saving the "
                           "index");
         }
         ok = 0;
@@ -4286,19 +4291,22 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
                       strerror(e));
     }
     if (vx_io_sync_dir(path) != 0)
-        return vx_err(ix, VECIDX_EIO, "saved '%s' but cannot sync its "
-                      "directory: %s", path, strerror(errno));
+        return vx_err(ix, VECIDX_EIO,
+                      "saved '%s' but cannot sync its "
+                      "directory: %s",
+                      path, strerror(errno));
     return VECIDX_OK;
 }
 
-/* ---- open ------------------------------------------------------------------ */
+/* ---- open ------------------------------------------------------------------
+ */
 
 static int vx_sect_ok(const vx_sect *sc, uint64_t size, uint64_t want)
 {
     return sc->len == want &&
-           (want == 0 || (sc->off % VX_FILE_PAGE == 0 &&
-                          sc->off >= VX_FILE_PAGE && sc->off <= size &&
-                          want <= size - sc->off));
+           (want == 0 ||
+            (sc->off % VX_FILE_PAGE == 0 && sc->off >= VX_FILE_PAGE &&
+             sc->off <= size && want <= size - sc->off));
 }
 
 /* The IVF-PQ fields of a header: untrained (all zero), or a shape that
@@ -4307,12 +4315,15 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
 {
     int ivf = h->p.kind == VECIDX_IVFPQ;
     if (ivf && vx_check_ivf_params(&h->p) != VECIDX_OK)
-        return vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ parameters are "
-                      "invalid: %s", vx_err_tls.msg);
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "header IVF-PQ parameters are "
+                      "invalid: %s",
+                      vx_err_tls.msg);
     if (!h->ivf_trained)
         return h->ivf_nlist || h->ivf_m || h->ivf_count || h->ivf_map_cap ||
                        h->ivf_reserved
-                   ? vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ fields are "
+                   ? vx_err(NULL, VECIDX_ECORRUPT,
+                            "header IVF-PQ fields are "
                             "set but the index is untrained")
                    : VECIDX_OK;
     if (!ivf || h->ivf_trained != 1 || h->ivf_nlist == 0 ||
@@ -4321,7 +4332,8 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
         h->ivf_count > VECIDX_MAX_COUNT ||
         (h->ivf_count && h->ivf_map_cap <= h->ivf_count) ||
         h->ivf_map_cap > ((uint64_t)1 << 33) || h->count != 0)
-        return vx_err(NULL, VECIDX_ECORRUPT, "header IVF-PQ fields are "
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "header IVF-PQ fields are "
                       "inconsistent");
     return VECIDX_OK;
 }
@@ -4336,15 +4348,17 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
 {
     static const char *const names[VX_FILE_NSECT] = {
-        "vectors",   "graph",     "key map",   "key map",  "free slot",
+        "vectors",   "graph",     "key map",   "key map",    "free slot",
         "IVF model", "IVF lists", "IVF lists", "IVF key map"};
     vx_store t;
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
     if ((rc = vx_check_shape(h->p.kind, h->p.metric, h->p.dim)) != 0 ||
         (graph && (rc = vx_check_hnsw_params(&h->p)) != 0))
-        return vx_err(NULL, VECIDX_ECORRUPT, "header parameters are "
-                      "invalid: %s", vx_err_tls.msg);
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "header parameters are "
+                      "invalid: %s",
+                      vx_err_tls.msg);
     if ((rc = vx_file_validate_ivf(h)) != VECIDX_OK) return rc;
     vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
                   graph ? 2 * h->p.hnsw_m : 0);
@@ -4359,7 +4373,8 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
         return vx_err(NULL, VECIDX_ECORRUPT, "header counts are inconsistent");
     for (i = 0; graph && i <= VX_HNSW_MAX_LEVEL; i++)
         if (h->arena_free[i] >= h->arena_n)
-            return vx_err(NULL, VECIDX_ECORRUPT, "arena free list is out of "
+            return vx_err(NULL, VECIDX_ECORRUPT,
+                          "arena free list is out of "
                           "range");
     want[VX_SECT_CHUNKS] = (uint64_t)h->nchunks * vx_store_chunk_bytes(&t);
     want[VX_SECT_ARENA] = graph ? h->arena_n * 4 : 0;
@@ -4372,21 +4387,24 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
     if (h->ivf_trained) {
         vecidx t0;
         t0.p = h->p;
-        want[VX_SECT_IVF_MODEL] =
-            vx_ivf_model_floats(&t0, h->ivf_nlist) *
-            sizeof(float);
+        want[VX_SECT_IVF_MODEL] = vx_ivf_model_floats(&t0, h->ivf_nlist) *
+                                  sizeof(float);
         want[VX_SECT_IVF_DIR] = (uint64_t)h->ivf_nlist * 16;
         want[VX_SECT_IVF_MAP] = h->ivf_map_cap * 8;
     }
     for (i = 0; i < VX_FILE_NSECT; i++) {
         if (!vx_sect_ok(&h->sect[i], size, want[i]))
-            return vx_err(NULL, VECIDX_ECORRUPT, "%s section lies outside "
-                          "the file or has the wrong size", names[i]);
+            return vx_err(NULL, VECIDX_ECORRUPT,
+                          "%s section lies outside "
+                          "the file or has the wrong size",
+                          names[i]);
         if (i != VX_SECT_CHUNKS &&
             vx_crc32c_more(0, base + h->sect[i].off, h->sect[i].len) !=
                 h->sect[i].crc)
-            return vx_err(NULL, VECIDX_ECORRUPT, "%s section checksum "
-                          "mismatch", names[i]);
+            return vx_err(NULL, VECIDX_ECORRUPT,
+                          "%s section checksum "
+                          "mismatch",
+                          names[i]);
     }
     return VECIDX_OK;
 }
@@ -4460,8 +4478,8 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     v->npanel = (v->nlist + VX_PANEL - 1) / VX_PANEL;
     v->model_bytes = h->sect[VX_SECT_IVF_MODEL].len;
     v->model_mapped = 1;
-    vx_ivf_model_point(ix, (float *)(void *)(base +
-                                             h->sect[VX_SECT_IVF_MODEL].off));
+    vx_ivf_model_point(
+        ix, (float *)(void *)(base + h->sect[VX_SECT_IVF_MODEL].off));
     if (!(v->lists = vx_malloc(&ix->mem, (size_t)v->nlist * sizeof *v->lists)))
         return VECIDX_ENOMEM;
     memset(v->lists, 0, (size_t)v->nlist * sizeof *v->lists);
@@ -4473,8 +4491,10 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         codes = (n * v->m + 7) / 8 * 8;
         need = n * 8 + codes + (n * vb + 7) / 8 * 8;
         if (at % 8 || at > dlen || need > dlen - at)
-            return vx_err(NULL, VECIDX_ECORRUPT, "IVF list %u lies outside "
-                          "its section", (unsigned)li);
+            return vx_err(NULL, VECIDX_ECORRUPT,
+                          "IVF list %u lies outside "
+                          "its section",
+                          (unsigned)li);
         l->keys = (uint64_t *)(void *)(data + at);
         l->codes = data + at + n * 8;
         l->vecs = vb ? (float *)(void *)(data + at + n * 8 + codes) : NULL;
@@ -4483,7 +4503,8 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         total += n;
     }
     if (total != h->ivf_count)
-        return vx_err(NULL, VECIDX_ECORRUPT, "IVF list lengths do not add up "
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "IVF list lengths do not add up "
                       "to the vector count");
     v->map = (uint64_t *)(void *)(base + h->sect[VX_SECT_IVF_MAP].off);
     v->map_cap = h->ivf_map_cap;
@@ -4520,13 +4541,19 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
 #define VX_WAL_MAGIC "VXWAL\0\0\1"
 #define VX_WAL_HEADER 32u
 #define VX_WAL_REC_HEAD 24u
-#define VX_WAL_NORMAL_MS 10                /* SYNC_NORMAL fsync interval */
-enum { VX_WAL_ADD = 1, VX_WAL_UPSERT = 2, VX_WAL_REMOVE = 3 };
+#define VX_WAL_NORMAL_MS 10 /* SYNC_NORMAL fsync interval */
+enum {
+    VX_WAL_ADD = 1,
+    VX_WAL_UPSERT = 2,
+    VX_WAL_REMOVE = 3
+};
 /* A log change that failed half-way: the tail after `end` must be cut, or
 ** the log restarted under `salt` (a checkpoint renamed its new main file
 ** in but could not reset the log). Writes wait until vx_wal_repair. */
-enum { VX_WAL_CUT = 1, VX_WAL_RESTART = 2 };
-
+enum {
+    VX_WAL_CUT = 1,
+    VX_WAL_RESTART = 2
+};
 
 static void vx_wal_header(unsigned char *b, uint32_t dim, uint64_t salt)
 {
@@ -4581,7 +4608,8 @@ static int vx_wal_repair(vecidx *ix, vx_wal *w)
                      : vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0 ||
                            vx_wal_fsync(w) != 0;
     if (failed)
-        return vx_err(ix, VECIDX_EIO, "the write-ahead log could not be "
+        return vx_err(ix, VECIDX_EIO,
+                      "the write-ahead log could not be "
                       "repaired after an earlier failure: %s",
                       strerror(errno));
     w->broken = 0;
@@ -4624,8 +4652,10 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
         int e = errno;
         if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0)
             w->broken = VX_WAL_CUT;
-        return vx_err(ix, VECIDX_EIO, "cannot append to the write-ahead "
-                      "log: %s", strerror(e));
+        return vx_err(ix, VECIDX_EIO,
+                      "cannot append to the write-ahead "
+                      "log: %s",
+                      strerror(e));
     }
     w->end += len;
     w->seq++;
@@ -4711,7 +4741,8 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
         unsigned char *buf;
         int rc = vx_wal_read_rec(ix, w, fd, off, size, &buf, &len);
         if (rc < 0)
-            return vx_err(NULL, VECIDX_ENOMEM, "out of memory reading the "
+            return vx_err(NULL, VECIDX_ENOMEM,
+                          "out of memory reading the "
                           "write-ahead log");
         if (rc == 0) break;
         rc = vx_wal_apply_rec(ix, buf);
@@ -4731,44 +4762,66 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
 ** 10. Public API
 ** ====================================================================== */
 
-#define VX_NULL_CHECK(ix, ptr, what)                                          \
-    do {                                                                      \
-        if ((ptr) == NULL)                                                    \
-            return vx_err(ix, VECIDX_EINVAL, "%s is NULL", what);             \
+#define VX_NULL_CHECK(ix, ptr, what)                              \
+    do {                                                          \
+        if ((ptr) == NULL)                                        \
+            return vx_err(ix, VECIDX_EINVAL, "%s is NULL", what); \
     } while (0)
 
 /* Writers refuse read-only handles before touching anything. */
-#define VX_WRITABLE(ix)                                                       \
-    do {                                                                      \
-        if ((ix)->rdonly)                                                     \
-            return vx_err(ix, VECIDX_ESTATE, "index was opened read-only");   \
+#define VX_WRITABLE(ix)                                                     \
+    do {                                                                    \
+        if ((ix)->rdonly)                                                   \
+            return vx_err(ix, VECIDX_ESTATE, "index was opened read-only"); \
     } while (0)
 
 #define VX_KEY_FMT "%llu"
 #define VX_KEY(k) ((unsigned long long)(k))
 
-const char *vecidx_version(void) { return VECIDX_VERSION_STRING; }
+const char *vecidx_version(void)
+{
+    return VECIDX_VERSION_STRING;
+}
 
-int vecidx_version_number(void) { return VECIDX_VERSION_NUMBER; }
+int vecidx_version_number(void)
+{
+    return VECIDX_VERSION_NUMBER;
+}
 
-const char *vecidx_simd(void) { return vx_kernel_best()->name; }
+const char *vecidx_simd(void)
+{
+    return vx_kernel_best()->name;
+}
 
 const char *vecidx_strerror(int code)
 {
     switch (code) {
-    case VECIDX_OK: return "success";
-    case VECIDX_EINVAL: return "invalid argument";
-    case VECIDX_ENOMEM: return "out of memory";
-    case VECIDX_EIO: return "I/O error";
-    case VECIDX_ECORRUPT: return "index data is corrupt";
-    case VECIDX_ENOTFOUND: return "key not found";
-    case VECIDX_EEXIST: return "key already exists";
-    case VECIDX_EDIM: return "dimension out of range or mismatched";
-    case VECIDX_ESTATE: return "operation not valid in this state";
-    case VECIDX_EVERSION: return "unsupported format version";
-    case VECIDX_ENOTSUP: return "not supported";
-    case VECIDX_EFULL: return "index is full";
-    default: return "unknown error";
+    case VECIDX_OK:
+        return "success";
+    case VECIDX_EINVAL:
+        return "invalid argument";
+    case VECIDX_ENOMEM:
+        return "out of memory";
+    case VECIDX_EIO:
+        return "I/O error";
+    case VECIDX_ECORRUPT:
+        return "index data is corrupt";
+    case VECIDX_ENOTFOUND:
+        return "key not found";
+    case VECIDX_EEXIST:
+        return "key already exists";
+    case VECIDX_EDIM:
+        return "dimension out of range or mismatched";
+    case VECIDX_ESTATE:
+        return "operation not valid in this state";
+    case VECIDX_EVERSION:
+        return "unsupported format version";
+    case VECIDX_ENOTSUP:
+        return "not supported";
+    case VECIDX_EFULL:
+        return "index is full";
+    default:
+        return "unknown error";
     }
 }
 
@@ -4804,7 +4857,8 @@ static int vx_handle_new(const vecidx_params *p, vecidx **out)
     if (nset != 0 && nset != 3)
         return vx_err(NULL, VECIDX_EINVAL,
                       "allocator: set all of malloc_fn, realloc_fn and "
-                      "free_fn, or none (%d of 3 set)", nset);
+                      "free_fn, or none (%d of 3 set)",
+                      nset);
     mem.a = *a;
     atomic_init(&mem.bytes, 0);
     ix = vx_malloc(&mem, sizeof *ix);
@@ -4846,8 +4900,7 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
                       p ? "output handle pointer" : "params pointer");
     if ((rc = vx_check_shape(p->kind, p->metric, p->dim)) != VECIDX_OK)
         return rc;
-    if (p->kind == VECIDX_HNSW &&
-        (rc = vx_check_hnsw_params(p)) != VECIDX_OK)
+    if (p->kind == VECIDX_HNSW && (rc = vx_check_hnsw_params(p)) != VECIDX_OK)
         return rc;
     if (p->kind == VECIDX_IVFPQ && (rc = vx_check_ivf_params(p)) != 0)
         return rc;
@@ -4869,8 +4922,9 @@ static int vx_check_locked(vecidx *ix, int deep)
     uint32_t slot = VX_NOSLOT;
     int rc = VECIDX_OK;
     if (ix->fpristine &&
-        vx_crc32c_more(0, ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
-                                           : (const void *)ix->fmap,
+        vx_crc32c_more(0,
+                       ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
+                                         : (const void *)ix->fmap,
                        (size_t)ix->store.nchunks *
                            vx_store_chunk_bytes(&ix->store)) != ix->fcrc)
         why = "vector and link chunks do not match the file's checksum";
@@ -4897,13 +4951,15 @@ static int vx_open_match(const char *path, const vecidx_params *want,
 {
     if (want == NULL) return VECIDX_OK;
     if (want->dim != have->dim)
-        return vx_err(NULL, VECIDX_EDIM, "dimension %u does not match index "
-                      "dimension %u in '%s'", (unsigned)want->dim,
-                      (unsigned)have->dim, path);
+        return vx_err(NULL, VECIDX_EDIM,
+                      "dimension %u does not match index "
+                      "dimension %u in '%s'",
+                      (unsigned)want->dim, (unsigned)have->dim, path);
     if (want->kind != have->kind || want->metric != have->metric)
-        return vx_err(NULL, VECIDX_EINVAL, "'%s' holds a %s index with "
-                      "metric %d, not %s with metric %d", path,
-                      vx_kind_name(have->kind), have->metric,
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "'%s' holds a %s index with "
+                      "metric %d, not %s with metric %d",
+                      path, vx_kind_name(have->kind), have->metric,
                       vx_kind_name(want->kind), want->metric);
     return VECIDX_OK;
 }
@@ -4930,8 +4986,8 @@ static const char *vx_file_check_roots(const vecidx *ix)
 /* Map path and build a handle over the mapping. The mapping is private
 ** and writable, so replaying the log (and, for writable handles, later
 ** writes) changes private copies of the pages touched, never the file. */
-static int vx_open_map(const char *path, const vecidx_params *p,
-                       vecidx **out, vx_fhdr *h)
+static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
+                       vx_fhdr *h)
 {
     struct stat st;
     unsigned char *map;
@@ -4945,9 +5001,10 @@ static int vx_open_map(const char *path, const vecidx_params *p,
         rc = errno;
         vx_io_cur->close(fd);
         return st.st_size < (off_t)VX_FILE_HEADER
-                   ? vx_err(NULL, VECIDX_ECORRUPT, "'%s' is %lld bytes, too "
-                            "short for an index file", path,
-                            (long long)st.st_size)
+                   ? vx_err(NULL, VECIDX_ECORRUPT,
+                            "'%s' is %lld bytes, too "
+                            "short for an index file",
+                            path, (long long)st.st_size)
                    : vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", path,
                             strerror(rc));
     }
@@ -5056,8 +5113,10 @@ static int vx_open_create(const char *path, const vecidx_params *p)
     vecidx *ix;
     int rc;
     if (p == NULL)
-        return vx_err(NULL, VECIDX_EINVAL, "'%s' does not exist and no params "
-                      "were given to create it", path);
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "'%s' does not exist and no params "
+                      "were given to create it",
+                      path);
     if ((rc = vecidx_create(p, &ix)) != VECIDX_OK) return rc;
     rc = vx_file_save(ix, path, vx_fresh_salt());
     if (rc != VECIDX_OK) rc = vx_err(NULL, rc, "%s", vx_err_tls.msg);
@@ -5079,8 +5138,8 @@ static void vx_wal_close(vx_wal *w, vx_mem *mem)
 int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
                 vecidx **out)
 {
-    unsigned sync = flags & (VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL |
-                             VECIDX_SYNC_OFF);
+    unsigned sync = flags &
+                    (VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF);
     int writable = !(flags & VECIDX_RDONLY), rc;
     struct stat st;
     vx_fhdr h;
@@ -5092,8 +5151,10 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if ((flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_SYNC_FULL |
                    VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
         (sync & (sync - 1)))
-        return vx_err(NULL, VECIDX_EINVAL, "invalid open flags 0x%x (unknown "
-                      "bits, or more than one sync mode)", flags);
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "invalid open flags 0x%x (unknown "
+                      "bits, or more than one sync mode)",
+                      flags);
     if (strlen(path) > 4096)
         return vx_err(NULL, VECIDX_EINVAL, "path is longer than 4096 bytes");
     if (writable && (flags & VECIDX_CREATE) && stat(path, &st) != 0 &&
@@ -5141,8 +5202,10 @@ static int vx_checkpoint_locked(vecidx *ix)
     w->salt = salt;
     if (vx_wal_reset(w, ix->p.dim, w->salt) != 0) {
         w->broken = VX_WAL_RESTART;
-        return vx_err(ix, VECIDX_EIO, "checkpoint wrote the index but cannot "
-                      "reset the log: %s", strerror(errno));
+        return vx_err(ix, VECIDX_EIO,
+                      "checkpoint wrote the index but cannot "
+                      "reset the log: %s",
+                      strerror(errno));
     }
     return VECIDX_OK;
 }
@@ -5177,8 +5240,8 @@ int vecidx_sync(vecidx *ix)
 static int vx_same_file(const vecidx *ix, const char *path)
 {
     struct stat a, b;
-    return ix->wal.path && stat(ix->wal.path, &a) == 0 &&
-           stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+    return ix->wal.path && stat(ix->wal.path, &a) == 0 && stat(path, &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
 int vecidx_save(vecidx *ix, const char *path)
@@ -5210,7 +5273,6 @@ void vecidx_close(vecidx *ix)
     vx_free(&mem, ix, sizeof *ix);
 }
 
-
 /* Reject NaN/infinity anywhere and zero vectors under cosine; `what`
 ** names the vector in the message ("query 3", "row 17 (key 99)"). */
 static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
@@ -5220,15 +5282,15 @@ static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
     uint32_t i;
     for (i = 0; i < ix->p.dim; i++) {
         if (!isfinite(v[i]))
-            return vx_err(ix, VECIDX_EINVAL, "%s has %s at component %u",
-                          what, isnan(v[i]) ? "NaN" : "an infinity",
-                          (unsigned)i);
+            return vx_err(ix, VECIDX_EINVAL, "%s has %s at component %u", what,
+                          isnan(v[i]) ? "NaN" : "an infinity", (unsigned)i);
         n2 += (double)v[i] * v[i];
     }
     if (ix->p.metric == VECIDX_COSINE && !(n2 > 0))
         return vx_err(ix, VECIDX_EINVAL,
                       "%s is all zeros: it has no direction for the cosine "
-                      "metric", what);
+                      "metric",
+                      what);
     if (inv_norm) *inv_norm = n2 > 0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
     return VECIDX_OK;
 }
@@ -5357,8 +5419,7 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
 /* Insert or (if upsert) replace one validated vector; write lock held.
 ** The flat index overwrites in place; a graph inserts a new node and
 ** buries the old one, which rewires the neighbourhood of the new vector. */
-static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec,
-                         int upsert)
+static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec, int upsert)
 {
     uint32_t slot = vx_map_find(&ix->store.map, key), type;
     int rc;
@@ -5440,7 +5501,8 @@ static int vx_batch_validate(vecidx *ix, size_t n, const uint64_t *keys,
         if (sorted[i] == sorted[i - 1])
             rc = vx_err(ix, VECIDX_EINVAL,
                         "key " VX_KEY_FMT " appears more than once in the "
-                        "batch", VX_KEY(sorted[i]));
+                        "batch",
+                        VX_KEY(sorted[i]));
     vx_free(&ix->mem, sorted, bytes);
     return rc;
 }
@@ -5479,8 +5541,7 @@ static int vx_remove_locked(vecidx *ix, uint64_t key)
     if (slot == VX_NOSLOT && cell == SIZE_MAX)
         return vx_err(ix, VECIDX_ENOTFOUND,
                       "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
-    if ((rc = vx_log(ix, VX_WAL_REMOVE, 1, &key, NULL)) != VECIDX_OK)
-        return rc;
+    if ((rc = vx_log(ix, VX_WAL_REMOVE, 1, &key, NULL)) != VECIDX_OK) return rc;
     if (cell != SIZE_MAX) {
         vx_ivf_remove_cell(ix, cell);
         return VECIDX_OK;
@@ -5529,9 +5590,10 @@ int vecidx_reserve(vecidx *ix, size_t n)
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
     if (n > VECIDX_MAX_COUNT)
-        return vx_err(ix, VECIDX_EFULL, "cannot reserve %zu vectors: the "
-                      "most an index holds is %u", n,
-                      (unsigned)VECIDX_MAX_COUNT);
+        return vx_err(ix, VECIDX_EFULL,
+                      "cannot reserve %zu vectors: the "
+                      "most an index holds is %u",
+                      n, (unsigned)VECIDX_MAX_COUNT);
     vx_write_begin(ix);
     rc = VECIDX_OK;
     if (n > ix->store.count) {
@@ -5613,7 +5675,8 @@ int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
     pthread_rwlock_rdlock(&ix->lock);
     s = &ix->store;
     for (slot = 0; slot < s->nslots && got < cap; slot++)
-        if (vx_store_live(s, slot) == VX_LIVE) keys[got++] = vx_store_key(s, slot);
+        if (vx_store_live(s, slot) == VX_LIVE)
+            keys[got++] = vx_store_key(s, slot);
     for (li = 0; li < ix->ivf.nlist && ix->ivf.trained; li++)
         for (pos = 0; pos < ix->ivf.lists[li].n && got < cap; pos++)
             keys[got++] = ix->ivf.lists[li].keys[pos];
@@ -5637,9 +5700,10 @@ int vecidx_train(vecidx *ix, size_t n, const float *samples)
         n > VECIDX_MAX_COUNT)
         return vx_err(ix, VECIDX_EINVAL, "%zu samples are too many", n);
     if (ix->p.ivf_nlist && n < ix->p.ivf_nlist)
-        return vx_err(ix, VECIDX_EINVAL, "%zu samples cannot train %u "
-                      "lists: give at least ivf_nlist samples", n,
-                      (unsigned)ix->p.ivf_nlist);
+        return vx_err(ix, VECIDX_EINVAL,
+                      "%zu samples cannot train %u "
+                      "lists: give at least ivf_nlist samples",
+                      n, (unsigned)ix->p.ivf_nlist);
     for (i = 0; i < n && rc == VECIDX_OK; i++) {
         snprintf(what, sizeof what, "sample %zu", i);
         rc = vx_check_vector(ix, samples + i * (size_t)ix->p.dim, NULL, what);
@@ -5711,8 +5775,10 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
     VX_NULL_CHECK(ix, q, "query");
     VX_NULL_CHECK(ix, keys, "keys output");
     VX_NULL_CHECK(ix, found, "found output");
-    if (k == 0) return vx_err(ix, VECIDX_EINVAL, "k is 0: ask for at least "
-                              "one result");
+    if (k == 0)
+        return vx_err(ix, VECIDX_EINVAL,
+                      "k is 0: ask for at least "
+                      "one result");
     return VECIDX_OK;
 }
 
@@ -5763,8 +5829,8 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
 }
 
 int vecidx_search(vecidx *ix, const float *q, size_t k,
-                  const vecidx_search_opts *opts, uint64_t *keys,
-                  float *dists, size_t *found)
+                  const vecidx_search_opts *opts, uint64_t *keys, float *dists,
+                  size_t *found)
 {
     vx_query vq;
     int rc = vx_search_args(ix, q, k, keys, found);
@@ -5793,17 +5859,16 @@ typedef struct vx_batch_job {
 static void *vx_batch_worker(void *arg)
 {
     vx_batch_job *j = arg;
-    j->rc = vx_search_run(j->ix, j->q + j->begin, j->end - j->begin, j->k,
-                          j->o, j->keys + j->begin * j->k,
+    j->rc = vx_search_run(j->ix, j->q + j->begin, j->end - j->begin, j->k, j->o,
+                          j->keys + j->begin * j->k,
                           j->dists ? j->dists + j->begin * j->k : NULL,
                           j->found + j->begin);
     return NULL;
 }
 
-
-int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries,
-                        size_t k, const vecidx_search_opts *opts,
-                        uint64_t *keys, float *dists, size_t *found)
+int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
+                        const vecidx_search_opts *opts, uint64_t *keys,
+                        float *dists, size_t *found)
 {
     vx_batch_job jobs[64];
     vx_task tasks[64];

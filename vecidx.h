@@ -64,8 +64,8 @@ extern "C" {
 #define VECIDX_VERSION_MINOR 2
 #define VECIDX_VERSION_PATCH 0
 #define VECIDX_VERSION_STRING "0.2.0"
-#define VECIDX_VERSION_NUMBER                                                 \
-    (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 +              \
+#define VECIDX_VERSION_NUMBER                                    \
+    (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 + \
      VECIDX_VERSION_PATCH)
 
 /* Largest vector dimension accepted by vecidx_create. */
@@ -76,9 +76,9 @@ extern "C" {
 
 /* Index kinds. Zero is never a valid kind. */
 enum {
-    VECIDX_FLAT = 1,  /* exact brute-force search */
-    VECIDX_HNSW = 2,  /* hierarchical navigable small-world graph */
-    VECIDX_IVFPQ = 3  /* inverted lists + product quantization */
+    VECIDX_FLAT = 1, /* exact brute-force search */
+    VECIDX_HNSW = 2, /* hierarchical navigable small-world graph */
+    VECIDX_IVFPQ = 3 /* inverted lists + product quantization */
 };
 
 /* Coarse quantizers of IVF-PQ (vecidx_params.ivf_quantizer). */
@@ -135,8 +135,7 @@ enum {
 ** and leave the index unchanged. free_fn is never called with NULL. */
 typedef struct vecidx_allocator {
     void *(*malloc_fn)(void *ctx, size_t size);
-    void *(*realloc_fn)(void *ctx, void *ptr, size_t old_size,
-                        size_t new_size);
+    void *(*realloc_fn)(void *ctx, void *ptr, size_t old_size, size_t new_size);
     void (*free_fn)(void *ctx, void *ptr);
     void *ctx;
 } vecidx_allocator;
@@ -145,18 +144,18 @@ typedef struct vecidx_allocator {
 ** then change fields: new fields may be added in later versions, and init
 ** gives them their defaults, so callers written today keep working. */
 typedef struct vecidx_params {
-    int kind;             /* VECIDX_FLAT, VECIDX_HNSW or VECIDX_IVFPQ */
-    int metric;           /* VECIDX_L2, VECIDX_IP or VECIDX_COSINE */
-    uint32_t dim;         /* 1 .. VECIDX_MAX_DIM */
-    uint32_t capacity;    /* vectors to make room for up front (default 0;
-                             the index grows on demand either way) */
-    uint64_t seed;        /* seed for every random choice the index makes
-                             (HNSW levels, k-means init); default 42 */
-    uint32_t threads;     /* worker threads for batch calls (building
-                             an HNSW graph in vecidx_add_batch, repairing
-                             it, vecidx_search_batch); 0 = one per online
-                             CPU (default 0). With 1 thread, the same
-                             seed and the same calls give the same graph */
+    int kind;          /* VECIDX_FLAT, VECIDX_HNSW or VECIDX_IVFPQ */
+    int metric;        /* VECIDX_L2, VECIDX_IP or VECIDX_COSINE */
+    uint32_t dim;      /* 1 .. VECIDX_MAX_DIM */
+    uint32_t capacity; /* vectors to make room for up front (default 0;
+                          the index grows on demand either way) */
+    uint64_t seed;     /* seed for every random choice the index makes
+                          (HNSW levels, k-means init); default 42 */
+    uint32_t threads;  /* worker threads for batch calls (building
+                          an HNSW graph in vecidx_add_batch, repairing
+                          it, vecidx_search_batch); 0 = one per online
+                          CPU (default 0). With 1 thread, the same
+                          seed and the same calls give the same graph */
 
     /* HNSW (ignored by other kinds) */
     uint32_t hnsw_m;               /* links per node on upper levels, 2..128;
@@ -166,34 +165,34 @@ typedef struct vecidx_params {
                                       to k when smaller (default 64) */
 
     /* IVF-PQ (ignored by other kinds). See vecidx_train. */
-    uint32_t ivf_nlist;   /* coarse lists (k-means centroids), 1..2^20;
-                             0 = chosen at training as 4*sqrt(n) for n
-                             training vectors, at most n/39 (default 0) */
-    uint32_t ivf_nprobe;  /* default lists probed per query (default 8) */
-    uint32_t pq_m;        /* sub-quantizers = code bytes per vector,
-                             1..dim; 0 = min(64, max(1, dim/4)) (default
-                             0). dim need not be a multiple of pq_m */
-    uint32_t pq_nbits;    /* bits per sub-quantizer code; 8 is the only
-                             value supported (default 8) */
+    uint32_t ivf_nlist;        /* coarse lists (k-means centroids), 1..2^20;
+                                  0 = chosen at training as 4*sqrt(n) for n
+                                  training vectors, at most n/39 (default 0) */
+    uint32_t ivf_nprobe;       /* default lists probed per query (default 8) */
+    uint32_t pq_m;             /* sub-quantizers = code bytes per vector,
+                                  1..dim; 0 = min(64, max(1, dim/4)) (default
+                                  0). dim need not be a multiple of pq_m */
+    uint32_t pq_nbits;         /* bits per sub-quantizer code; 8 is the only
+                                  value supported (default 8) */
     uint32_t ivf_keep_vectors; /* non-zero: also keep every full vector,
                              so searches can re-rank exactly (ivf_refine)
                              and vecidx_get returns the exact vector; costs
                              4*dim bytes per vector (default 0) */
-    uint32_t ivf_refine;  /* default re-rank factor: the k*refine best by
-                             code distance are re-scored with the full
-                             vectors; 0 or 1 = none. Needs
-                             ivf_keep_vectors: vecidx_create refuses a
-                             factor above 1 without it (default 0) */
-    uint32_t ivf_quantizer; /* VECIDX_QUANT_AUTO (default): flat scan of
-                             the centroids, or an HNSW graph over them when
-                             nlist >= 8192; VECIDX_QUANT_FLAT;
-                             VECIDX_QUANT_HNSW. The graph is linked on
-                             one thread, so probes do not depend on
-                             params.threads, and rebuilt at every open */
-    uint32_t ivf_train_size; /* vectors buffered before an untrained index
-                             trains itself; 0 = max(39 * nlist, 10000)
-                             with nlist = 256 when ivf_nlist is 0
-                             (default 0) */
+    uint32_t ivf_refine;       /* default re-rank factor: the k*refine best by
+                                  code distance are re-scored with the full
+                                  vectors; 0 or 1 = none. Needs
+                                  ivf_keep_vectors: vecidx_create refuses a
+                                  factor above 1 without it (default 0) */
+    uint32_t ivf_quantizer;    /* VECIDX_QUANT_AUTO (default): flat scan of
+                                the centroids, or an HNSW graph over them when
+                                nlist >= 8192; VECIDX_QUANT_FLAT;
+                                VECIDX_QUANT_HNSW. The graph is linked on
+                                one thread, so probes do not depend on
+                                params.threads, and rebuilt at every open */
+    uint32_t ivf_train_size;   /* vectors buffered before an untrained index
+                               trains itself; 0 = max(39 * nlist, 10000)
+                               with nlist = 256 when ivf_nlist is 0
+                               (default 0) */
     /* Optional progress report of long operations (vecidx_train and the
     ** training vecidx_add/add_batch start). Called from the calling thread
     ** with a stage name ("kmeans", "pq", "encode") and the fraction done in
@@ -387,7 +386,8 @@ int vecidx_reserve(vecidx *ix, size_t n);
 
 /* Train an IVF-PQ index on n sample vectors (n*dim floats, row-major; the
 ** samples are not added to the index). k-means (started from distinct
-** samples picked at random with params.seed, 20 iterations, empty clusters re-seeded by splitting the
+** samples picked at random with params.seed, 20 iterations, empty clusters
+*re-seeded by splitting the
 ** largest) finds nlist coarse centroids from at most 256*nlist samples;
 ** then each of pq_m sub-quantizers learns 256 centroids for its slice of
 ** the residuals (vector minus its coarse centroid) from at most 65536
@@ -429,7 +429,8 @@ int vecidx_upsert(vecidx *ix, uint64_t key, const float *vec);
 ** before the index changes, so on any error no vector of the batch is
 ** inserted. n = 0 is a successful no-op (keys and vecs may then be NULL).
 ** HNSW links large batches on params.threads threads (results then depend
-** on thread timing; use 1 thread for a reproducible graph). Writer. Errors: VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
+** on thread timing; use 1 thread for a reproducible graph). Writer. Errors:
+*VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
 ** zero vector in any row, the same key twice within the batch),
 ** VECIDX_EEXIST (a key already in the index), VECIDX_EFULL, VECIDX_ENOMEM.
 ** The message names the offending row or key. */
@@ -510,8 +511,8 @@ int vecidx_check(vecidx *ix);
 ** Errors: VECIDX_EINVAL (NULL ix/q/keys/found, k = 0, NaN/infinity in q,
 ** zero query under VECIDX_COSINE), VECIDX_ENOMEM. */
 int vecidx_search(vecidx *ix, const float *q, size_t k,
-                  const vecidx_search_opts *opts, uint64_t *keys,
-                  float *dists, size_t *found);
+                  const vecidx_search_opts *opts, uint64_t *keys, float *dists,
+                  size_t *found);
 
 /* Search nq queries at once (queries: nq*dim floats, row-major). Results
 ** of query i go to keys[i*k .. i*k+k-1] and dists[i*k ..] (dists may be
@@ -522,9 +523,9 @@ int vecidx_search(vecidx *ix, const float *q, size_t k,
 ** while they are in cache. All queries are validated before any is run.
 ** nq = 0 is a successful no-op. Reader. Errors as vecidx_search; the
 ** message names the first bad query. */
-int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries,
-                        size_t k, const vecidx_search_opts *opts,
-                        uint64_t *keys, float *dists, size_t *found);
+int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
+                        const vecidx_search_opts *opts, uint64_t *keys,
+                        float *dists, size_t *found);
 
 #ifdef __cplusplus
 }

@@ -289,7 +289,6 @@ void test_concurrency_hnsw_search_while_writing(void)
     vt_concurrent(VECIDX_HNSW, VECIDX_COSINE, 1, 0, 400);
 }
 
-
 /* ---- readers only: every thread gets the single-threaded answers ---- */
 
 typedef struct vt_ro {

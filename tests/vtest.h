@@ -88,7 +88,7 @@
     X(ivfpq_concurrency_search_writing)      \
     X(ivfpq_few_distinct_points)             \
     X(ivfpq_progress_reaches_one)            \
-    X(ivfpq_hnsw_quantizer_threads)          \
+    X(ivfpq_hnsw_quantizer_threads)
 
 #define VT_DECLARE(name) void test_##name(void);
 VT_TESTS(VT_DECLARE)

@@ -22,14 +22,14 @@ static int t_failed; /* checks failed in the current test */
         }                                                                     \
     } while (0)
 
-#define CHECK_RC(call, want)                                                  \
-    do {                                                                      \
-        int rc_ = (call);                                                     \
-        if (rc_ != (want)) {                                                  \
-            printf("  %s:%d: %s returned %d (%s), wanted %d\n", __FILE__,    \
-                   __LINE__, #call, rc_, vecidx_errmsg(NULL), want);          \
-            t_failed++;                                                       \
-        }                                                                     \
+#define CHECK_RC(call, want)                                              \
+    do {                                                                  \
+        int rc_ = (call);                                                 \
+        if (rc_ != (want)) {                                              \
+            printf("  %s:%d: %s returned %d (%s), wanted %d\n", __FILE__, \
+                   __LINE__, #call, rc_, vecidx_errmsg(NULL), want);      \
+            t_failed++;                                                   \
+        }                                                                 \
     } while (0)
 
 static uint64_t t_rng = 1;
@@ -42,7 +42,10 @@ static uint64_t t_rand(void)
     return z ^ (z >> 31);
 }
 
-static float t_unit(void) { return (float)((t_rand() >> 11) * 0x1.0p-53); }
+static float t_unit(void)
+{
+    return (float)((t_rand() >> 11) * 0x1.0p-53);
+}
 
 /* Clustered data, like real embeddings: 40 centres plus noise. */
 static void t_clustered(float *v, size_t n, uint32_t dim)
@@ -132,8 +135,7 @@ static void test_kernels(void)
             }
             mag_l2 = l2;
             /* float accumulation of d terms: error below d * eps * sum|x| */
-            CHECK(fabs(ks[k]->l2(pa, b, d) - l2) <=
-                  1e-6 * d * mag_l2 + 1e-30);
+            CHECK(fabs(ks[k]->l2(pa, b, d) - l2) <= 1e-6 * d * mag_l2 + 1e-30);
             CHECK(fabs(ks[k]->dot(pa, b, d) - dot) <= 1e-6 * d * mag_dot);
             ks[k]->l2_many(pa, b, 1, d, out);
             CHECK(out[0] == ks[k]->l2(pa, b, d));
@@ -154,7 +156,12 @@ static int t_admit_mod7(uint64_t key, void *ctx)
 /* Exact top-k of the flat index against double-precision brute force. */
 static void check_flat_exact(int metric)
 {
-    enum { N = 1500, DIM = 24, NQ = 20, K = 10 };
+    enum {
+        N = 1500,
+        DIM = 24,
+        NQ = 20,
+        K = 10
+    };
     static float v[N * DIM], q[NQ * DIM];
     uint64_t keys[K + 5];
     float dists[K + 5];
@@ -184,8 +191,8 @@ static void check_flat_exact(int metric)
         }
         for (j = 0; j < K; j++) {
             CHECK(fabs(dists[j] - best[j]) <= 1e-4 * (1 + fabs(best[j])));
-            CHECK(fabs(t_ref(metric, q + i * DIM, v + keys[j] / 3 * DIM,
-                             DIM) - dists[j]) <= 1e-4 * (1 + fabs(dists[j])));
+            CHECK(fabs(t_ref(metric, q + i * DIM, v + keys[j] / 3 * DIM, DIM) -
+                       dists[j]) <= 1e-4 * (1 + fabs(dists[j])));
             if (j) CHECK(dists[j - 1] <= dists[j]);
         }
     }
@@ -211,13 +218,25 @@ static void check_flat_exact(int metric)
     vecidx_close(ix);
 }
 
-static void test_flat_l2(void) { check_flat_exact(VECIDX_L2); }
-static void test_flat_ip(void) { check_flat_exact(VECIDX_IP); }
-static void test_flat_cosine(void) { check_flat_exact(VECIDX_COSINE); }
+static void test_flat_l2(void)
+{
+    check_flat_exact(VECIDX_L2);
+}
+static void test_flat_ip(void)
+{
+    check_flat_exact(VECIDX_IP);
+}
+static void test_flat_cosine(void)
+{
+    check_flat_exact(VECIDX_COSINE);
+}
 
 static void test_flat_remove_reuse(void)
 {
-    enum { N = 2000, DIM = 8 };
+    enum {
+        N = 2000,
+        DIM = 8
+    };
     static float v[N * DIM];
     vecidx *ix = t_index(VECIDX_FLAT, VECIDX_L2, DIM);
     vecidx_stats_t st1 = {0}, st2 = {0};
@@ -257,7 +276,10 @@ static void test_flat_upsert(void)
 
 static void test_batch_all_or_nothing(void)
 {
-    enum { N = 300, DIM = 8 };
+    enum {
+        N = 300,
+        DIM = 8
+    };
     static float v[N * DIM];
     uint64_t keys[N];
     size_t i;
@@ -286,7 +308,12 @@ static void test_batch_all_or_nothing(void)
 
 static void test_search_batch_equals_single(void)
 {
-    enum { N = 1000, DIM = 12, NQ = 21, K = 7 };
+    enum {
+        N = 1000,
+        DIM = 12,
+        NQ = 21,
+        K = 7
+    };
     static float v[N * DIM], q[NQ * DIM];
     uint64_t kb[NQ * K], ks[K];
     float db[NQ * K], ds[K];
@@ -323,7 +350,8 @@ static void test_bad_input(void)
     uint64_t keys[4];
     float d[4];
     size_t found;
-    CHECK_RC(vecidx_params_init(NULL, VECIDX_FLAT, VECIDX_L2, 4), VECIDX_EINVAL);
+    CHECK_RC(vecidx_params_init(NULL, VECIDX_FLAT, VECIDX_L2, 4),
+             VECIDX_EINVAL);
     CHECK_RC(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, 0), VECIDX_EDIM);
     CHECK_RC(vecidx_create(&p, &ix), VECIDX_EDIM);
     CHECK(ix == NULL && strstr(vecidx_errmsg(NULL), "dimension") != NULL);
@@ -410,7 +438,10 @@ static void t_free(void *ctx, void *p)
 ** VECIDX_ENOMEM, leave a consistent index and leak nothing. */
 static void test_alloc_failure(void)
 {
-    enum { N = 300, DIM = 6 };
+    enum {
+        N = 300,
+        DIM = 6
+    };
     static float v[N * DIM];
     uint64_t keys[N], out[5];
     long nth;
@@ -460,7 +491,11 @@ static void test_alloc_failure(void)
 
 static void test_hnsw_recall(void)
 {
-    enum { N = 4000, DIM = 16, NQ = 100 };
+    enum {
+        N = 4000,
+        DIM = 16,
+        NQ = 100
+    };
     static float v[N * DIM], q[NQ * DIM];
     int metric;
     size_t i;
@@ -493,7 +528,10 @@ static int t_admit_rare(uint64_t key, void *ctx)
 
 static void test_hnsw_filter(void)
 {
-    enum { N = 3000, DIM = 8 };
+    enum {
+        N = 3000,
+        DIM = 8
+    };
     static float v[N * DIM];
     vecidx *ix = t_index(VECIDX_HNSW, VECIDX_L2, DIM);
     vecidx *ex = t_index(VECIDX_FLAT, VECIDX_L2, DIM);
@@ -524,7 +562,12 @@ static void test_hnsw_filter(void)
 ** 10k; recall stays within 0.02 of a fresh build, memory stays flat. */
 static void test_hnsw_churn(void)
 {
-    enum { N = 20000, DIM = 16, NQ = 100, ROUNDS = 4 };
+    enum {
+        N = 20000,
+        DIM = 16,
+        NQ = 100,
+        ROUNDS = 4
+    };
     static float pool[(N + ROUNDS * 10000) * DIM], q[NQ * DIM];
     static uint64_t live[N];
     vecidx *ix = t_index(VECIDX_HNSW, VECIDX_L2, DIM), *ex, *fresh;
@@ -571,7 +614,10 @@ static void test_hnsw_churn(void)
 
 static void test_hnsw_determinism(void)
 {
-    enum { N = 1500, DIM = 8 };
+    enum {
+        N = 1500,
+        DIM = 8
+    };
     static float v[N * DIM];
     vecidx *a = t_index(VECIDX_HNSW, VECIDX_IP, DIM);
     vecidx *b = t_index(VECIDX_HNSW, VECIDX_IP, DIM);
@@ -606,7 +652,10 @@ typedef struct t_conc {
     atomic_int bad;
 } t_conc;
 
-enum { TC_DIM = 8, TC_N = 6000 };
+enum {
+    TC_DIM = 8,
+    TC_N = 6000
+};
 
 static void *t_searcher(void *arg)
 {
@@ -647,12 +696,10 @@ static void test_concurrency_hnsw(void)
     for (k = 0; k < 3; k++) pthread_create(&th[k], NULL, t_searcher, &c);
     /* a batch big enough to be linked in sub-batches, searches between */
     for (i = 0; i < TC_N - 500; i++) keys[i] = 500 + i;
-    CHECK_RC(vecidx_add_batch(c.ix, TC_N - 500, keys, pool + 500 * TC_DIM),
-             0);
+    CHECK_RC(vecidx_add_batch(c.ix, TC_N - 500, keys, pool + 500 * TC_DIM), 0);
     for (i = 0; i < 2000; i++) {
         CHECK_RC(vecidx_remove(c.ix, i), 0);
-        CHECK_RC(vecidx_upsert(c.ix, TC_N + i, pool + (TC_N + i) * TC_DIM),
-                 0);
+        CHECK_RC(vecidx_upsert(c.ix, TC_N + i, pool + (TC_N + i) * TC_DIM), 0);
     }
     atomic_store(&c.stop, 1);
     for (k = 0; k < 3; k++) pthread_join(th[k], NULL);
@@ -663,11 +710,15 @@ static void test_concurrency_hnsw(void)
     vecidx_close(c.ix);
 }
 
-/* ---- files ---------------------------------------------------------------- */
+/* ---- files ----------------------------------------------------------------
+ */
 
 static void test_file_roundtrip(void)
 {
-    enum { N = 2000, DIM = 12 };
+    enum {
+        N = 2000,
+        DIM = 12
+    };
     static float v[N * DIM];
     const char *path = "/tmp/vecidx-core-test.vx";
     uint64_t ka[10], kb[10];
@@ -769,7 +820,8 @@ static void test_file_corruption(void)
     unlink(path);
 }
 
-/* ---- runner ---------------------------------------------------------------- */
+/* ---- runner ----------------------------------------------------------------
+ */
 
 typedef struct t_case {
     const char *name;
