@@ -8,7 +8,8 @@
 #   make examples-run     run the examples as `make test` does
 #   make sanitize         the tests and the command-line tool under
 #                         AddressSanitizer + UBSan
-#   make tsan             the concurrency tests under ThreadSanitizer
+#   make tsan             the concurrency tests and examples/recommend under
+#                         ThreadSanitizer
 #   make cross-test       the tests for aarch64 and armhf, run under qemu-user
 #   make test-nosimd      the tests with scalar kernels only (-DVECIDX_NO_SIMD)
 #   make test-m32         the tests built with -m32 (skipped without multilib)
@@ -295,8 +296,18 @@ ifneq ($(CLI_TEST),)
 	$(call vx_step,$(ASAN_ENV) $(NORAND) sh $(CLI_TEST) tools/vecidx-asan)
 endif
 
-tsan: $(addsuffix -tsan,$(NOCRASH_PROGS))
+# The recommend example too: searches on several threads while products are
+# added and removed, through the public API as an application does it.
+RECOMMEND_TSAN := $(if $(wildcard examples/recommend.c),examples/recommend-tsan)
+examples/recommend-tsan: examples/recommend.c vecidx.c vecidx.h
+	$(TSAN_CC) $(TSAN_CFLAGS) -I. -o $@ examples/recommend.c vecidx.c \
+	    $(LDFLAGS) $(LDLIBS)
+
+tsan: $(addsuffix -tsan,$(NOCRASH_PROGS)) $(RECOMMEND_TSAN)
 	$(call vx_run,$(NOCRASH_PROGS),-tsan,$(TSAN_ENV) $(NORAND),$(TSAN_FILTER))
+ifneq ($(RECOMMEND_TSAN),)
+	$(call vx_step,$(TSAN_ENV) $(NORAND) ./$(RECOMMEND_TSAN) --quick)
+endif
 
 test-nosimd: $(addsuffix -nosimd,$(TEST_PROGS))
 	$(call vx_run,$(TEST_PROGS),-nosimd)
@@ -384,7 +395,7 @@ format:
 
 # ---- Cleaning ----------------------------------------------------------------
 clean:
-	rm -f vecidx.o libvecidx.a libvecidx.so $(EXAMPLES) \
+	rm -f vecidx.o libvecidx.a libvecidx.so $(EXAMPLES) $(RECOMMEND_TSAN) \
 	    tools/vecidx tools/vecidx-asan \
 	    $(BENCH) bench/vecidx-compare bench/persist-compare \
 	    tests/vecidx_test tests/vecidx_test-* tests/vecidx_test_cxx \
