@@ -331,16 +331,17 @@ test-m32:
 # (files, corruption, edge cases, filters); the plain armhf run leaves them
 # out, its scalar kernels being the ones every x86 test-nosimd run checks.
 CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
+MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
 cross-test: cross-test-aarch64 cross-test-armhf cross-test-armhf-neon
 cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS))
 	$(call vx_run,$(TEST_PROGS),-aarch64,$(QEMU_AARCH64))
 cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS))
-	$(call vx_run,$(filter tests/vecidx_test,$(TEST_PROGS)),-armhf,$(QEMU_ARM),-ivfpq)
-	$(call vx_run,$(filter-out tests/vecidx_test,$(TEST_PROGS)),-armhf,$(QEMU_ARM))
+	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq)
+	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-armhf,$(QEMU_ARM))
 cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS))
-	$(call vx_run,$(filter tests/vecidx_test,$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM),-ivfpq)
-	$(call vx_run,$(filter tests/vecidx_test,$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM),$(CROSS_IVF32))
-	$(call vx_run,$(filter-out tests/vecidx_test,$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM))
+	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),-ivfpq)
+	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),$(CROSS_IVF32))
+	$(call vx_run,$(filter-out $(MAIN_TEST),$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM))
 
 crash-soak: tests/crash/crash_test
 	CRASH_TRIALS=$(CRASH_TRIALS) ./tests/crash/crash_test

@@ -2673,15 +2673,16 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
 {
     vx_ivf *v = &ix->ivf;
     size_t need = v->map_n + more, cap = v->map_cap, oldcap = v->map_cap, i;
+    size_t bytes;
     uint64_t *old = v->map, *fresh;
     if (cap && need <= cap / 5 * 4) return VECIDX_OK;
     while (cap / 5 * 4 < need) cap = cap < 64 ? 64 : cap + cap / 2;
     /* at most 2^33 cells (((cap - 1) >> 16) >> 17: cap > 2^33, valid
-    ** with a 32-bit size_t too), and no size_t overflow of the bytes */
-    if (cap > SIZE_MAX / sizeof *fresh || ((cap - 1) >> 16) >> 17 ||
-        !(fresh = vx_malloc(&ix->mem, cap * sizeof *fresh)))
+    ** with a 32-bit size_t too) */
+    if (!vx_mul_ok(cap, sizeof *fresh, &bytes) || ((cap - 1) >> 16) >> 17 ||
+        !(fresh = vx_malloc(&ix->mem, bytes)))
         return VECIDX_ENOMEM;
-    memset(fresh, 0xFF, cap * sizeof *fresh);
+    memset(fresh, 0xFF, bytes);
     v->map = fresh;
     v->map_cap = cap;
     v->map_n = 0;

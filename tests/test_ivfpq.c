@@ -1475,14 +1475,12 @@ void test_ivfpq_params(void)
     vecidx_close(ix);
 }
 
-/* Not in VT_TESTS until vx_km_reseed is fixed (see the commit message):
-** with fewer distinct points than centroids (all vectors identical, three
+/* Fewer distinct points than centroids (all vectors identical, three
 ** distinct points, or as many samples as lists, which leaves every
-** residual zero for the sub-quantizers), k-means re-seeds an empty
-** centroid from a "largest" cluster whose count it made up for an earlier
-** re-seed, finds none of its points and copies the row just past the
-** samples (a heap over-read; ASan stops here, other builds get garbage
-** centroids, and a probe then lands on an empty list). */
+** residual zero for the sub-quantizers). k-means once re-seeded an empty
+** centroid from a "largest" cluster whose count it had made up for an
+** earlier re-seed, found none of its points and copied the row just past
+** the samples: a heap over-read under ASan, garbage centroids elsewhere. */
 void test_ivfpq_few_distinct_points(void)
 {
     enum {
@@ -1609,10 +1607,9 @@ static int iv_stage_index(const char *stage)
 
 /* Every report: a known stage, a fraction in [0, 1], non-decreasing within
 ** the stage; stages in order kmeans, pq, encode (encode only when vectors
-** were buffered); each stage's last report at least `reach` (the lists
-** of tests of exactly 1 are separate, see below). */
+** were buffered); each stage's last report exactly 1. */
 static void iv_check_progress(const char *what, const iv_prog *g,
-                              int want_encode, double reach)
+                              int want_encode)
 {
     double last[3] = {-1, -1, -1};
     int seen[3] = {0, 0, 0}, cur = 0, s;
@@ -1638,13 +1635,13 @@ static void iv_check_progress(const char *what, const iv_prog *g,
     CHECKF(seen[2] == want_encode, "%s: encode reported %d, expected %d", what,
            seen[2], want_encode);
     for (s = 0; s < 3; s++)
-        CHECKF(!seen[s] || last[s] >= reach,
-               "%s: stage %d ends at %.17g, not 1", what, s, last[s]);
+        CHECKF(!seen[s] || last[s] == 1.0, "%s: stage %d ends at %.17g, not 1",
+               what, s, last[s]);
 }
 
 /* Train through vecidx_train (with and without buffered vectors) and by
 ** reaching ivf_train_size; record the reports. */
-static void iv_progress_runs(uint32_t dim, double reach)
+static void iv_progress_runs(uint32_t dim)
 {
     iv_data d;
     vecidx_params p;
@@ -1661,7 +1658,7 @@ static void iv_progress_runs(uint32_t dim, double reach)
         CHECK_EQ_U64(g->n, 0); /* buffering reports nothing */
         CHECK_OK(vecidx_train(ix, 1500, d.vecs + 100 * dim));
         snprintf(what, sizeof what, "dim %u, train with buffer", dim);
-        iv_check_progress(what, g, 1, reach);
+        iv_check_progress(what, g, 1);
         vecidx_close(ix);
     }
     /* explicit training of an empty index: nothing to encode */
@@ -1669,7 +1666,7 @@ static void iv_progress_runs(uint32_t dim, double reach)
     if ((ix = iv_create(&p)) != NULL) {
         CHECK_OK(vecidx_train(ix, 1500, d.vecs));
         snprintf(what, sizeof what, "dim %u, train empty", dim);
-        iv_check_progress(what, g, 0, reach);
+        iv_check_progress(what, g, 0);
         vecidx_close(ix);
     }
     /* training started by an add */
@@ -1680,28 +1677,21 @@ static void iv_progress_runs(uint32_t dim, double reach)
         CHECK_EQ_U64(g->n, 0);
         CHECK_OK(vecidx_add(ix, d.keys[999], d.vecs + 999 * dim));
         snprintf(what, sizeof what, "dim %u, train on add", dim);
-        iv_check_progress(what, g, 1, reach);
+        iv_check_progress(what, g, 1);
         vecidx_close(ix);
     }
     free(g);
     iv_free(&d);
 }
 
+/* pq_m = dim / 4: 8 and 3 sub-quantizers. With 3 (dim 12) an
+** interpolated end of the "pq" stage, 2/3 + (1/3) * 25 / 25, is
+** 0.9999999999999999 in double arithmetic, and a caller waiting for 1
+** would never see the stage end. */
 void test_ivfpq_progress(void)
 {
-    /* pq_m = dim / 4: 8 and 3 sub-quantizers; each stage's last
-    ** report within rounding of 1 (exactly 1: the next test) */
-    iv_progress_runs(32, 1.0 - 1e-12);
-    iv_progress_runs(12, 1.0 - 1e-12);
-}
-
-/* Each stage's last report is exactly 1: with 3 sub-quantizers (dim 12)
-** an interpolated 2/3 + (1/3) * 25 / 25 is 0.9999999999999999 in double
-** arithmetic, and a caller waiting for 1 would never see the stage end. */
-void test_ivfpq_progress_reaches_one(void)
-{
-    iv_progress_runs(12, 1.0);
-    iv_progress_runs(32, 1.0);
+    iv_progress_runs(32);
+    iv_progress_runs(12);
 }
 
 /* ---- files
@@ -2626,103 +2616,6 @@ out:
 /* ---- allocation failures
  * -------------------------------------------------------- */
 
-/* An allocator that fails its Nth call and tracks every live block. */
-typedef struct iv_alloc {
-    pthread_mutex_t mu;
-    long calls, fail_at, failed;
-    size_t live, nlive, cap;
-    long bad;
-    void **ptr;
-    size_t *size;
-} iv_alloc;
-
-static int iv_alloc_fail(iv_alloc *a)
-{
-    long c = ++a->calls;
-    if (a->fail_at && c == a->fail_at) {
-        a->failed++;
-        return 1;
-    }
-    return 0;
-}
-
-static void iv_alloc_add(iv_alloc *a, void *p, size_t n)
-{
-    if (a->nlive == a->cap) {
-        a->cap = a->cap ? 2 * a->cap : 256;
-        a->ptr = realloc(a->ptr, a->cap * sizeof *a->ptr);
-        a->size = realloc(a->size, a->cap * sizeof *a->size);
-        if (!a->ptr || !a->size) {
-            printf("test harness out of memory\n");
-            exit(2);
-        }
-    }
-    a->ptr[a->nlive] = p;
-    a->size[a->nlive++] = n;
-    a->live += n;
-}
-
-/* Forget block p; returns its size, or (size_t)-1 if it is not live. */
-static size_t iv_alloc_del(iv_alloc *a, void *p)
-{
-    size_t i, n;
-    for (i = a->nlive; i-- > 0;)
-        if (a->ptr[i] == p) {
-            n = a->size[i];
-            a->live -= n;
-            a->ptr[i] = a->ptr[--a->nlive];
-            a->size[i] = a->size[a->nlive];
-            return n;
-        }
-    return (size_t)-1;
-}
-
-static void *iv_malloc(void *ctx, size_t n)
-{
-    iv_alloc *a = ctx;
-    void *p = NULL;
-    pthread_mutex_lock(&a->mu);
-    if (!iv_alloc_fail(a) && (p = malloc(n)) != NULL) iv_alloc_add(a, p, n);
-    pthread_mutex_unlock(&a->mu);
-    return p;
-}
-
-static void *iv_realloc(void *ctx, void *p, size_t old, size_t n)
-{
-    iv_alloc *a = ctx;
-    void *q = NULL;
-    pthread_mutex_lock(&a->mu);
-    if (!iv_alloc_fail(a)) {
-        size_t was = iv_alloc_del(a, p);
-        if (was != old) a->bad++;
-        if ((q = realloc(p, n)) != NULL)
-            iv_alloc_add(a, q, n);
-        else
-            iv_alloc_add(a, p, was);
-    }
-    pthread_mutex_unlock(&a->mu);
-    return q;
-}
-
-static void iv_free_fn(void *ctx, void *p)
-{
-    iv_alloc *a = ctx;
-    pthread_mutex_lock(&a->mu);
-    if (iv_alloc_del(a, p) == (size_t)-1) a->bad++;
-    free(p);
-    pthread_mutex_unlock(&a->mu);
-}
-
-/* The index's own count of its bytes is the allocator's. */
-static void iv_alloc_check(const char *what, vecidx *ix, iv_alloc *a)
-{
-    vecidx_stats_t st;
-    CHECK_OK(vecidx_stats(ix, &st));
-    CHECKF(st.memory_bytes == a->live,
-           "%s: stats.memory_bytes %llu, allocator holds %zu", what,
-           (unsigned long long)st.memory_bytes, a->live);
-}
-
 /* One call of the script: OK, or ENOMEM exactly when an allocation failed
 ** during it (training started by an add may fail quietly: the add still
 ** succeeds and the vectors stay buffered). After a failure the index
@@ -2742,7 +2635,7 @@ static void iv_alloc_check(const char *what, vecidx *ix, iv_alloc *a)
                    "count went from %zu to %zu",                          \
                    n, #call, c0, vecidx_count(ix));                       \
             CHECK_OK(vecidx_check(ix));                                   \
-            iv_alloc_check(#call, ix, &a);                                \
+            vt_check_bytes(#call, ix, &a);                                \
             goto next;                                                    \
         }                                                                 \
         CHECKF(rc_ == VECIDX_OK, "fail at %ld: %s returned %d", n, #call, \
@@ -2761,29 +2654,26 @@ void test_ivfpq_alloc_failure(void)
     iv_data d;
     long n;
     int done = 0;
+    char what[32];
     iv_make(&d, 1701, 700, DIM, 40, 3, 0);
     for (n = 1; !done && n < 5000; n++) {
-        iv_alloc a;
+        vt_alloc a;
         vecidx_params p;
         vecidx *ix = NULL;
         vecidx_search_opts o;
         uint64_t keys[IV_K];
         float dists[IV_K];
         size_t found, found3[3], i;
-        memset(&a, 0, sizeof a);
-        pthread_mutex_init(&a.mu, NULL);
+        vt_alloc_init(&a);
         iv_params(&p, VECIDX_L2, DIM, 4, 1, 1);
         p.ivf_train_size = 300;
         p.threads = 1;
-        p.allocator.malloc_fn = iv_malloc;
-        p.allocator.realloc_fn = iv_realloc;
-        p.allocator.free_fn = iv_free_fn;
-        p.allocator.ctx = &a;
+        vt_alloc_use(&p, &a);
         memset(&o, 0, sizeof o);
         o.nprobe = 2;
         o.refine = 3;
         if (vecidx_create(&p, &ix) != VECIDX_OK) {
-            CHECK(a.failed == 1 && a.live == 0);
+            CHECK(a.failed == 1 && a.live_bytes == 0);
             goto next;
         }
         a.fail_at = n;
@@ -2808,19 +2698,12 @@ void test_ivfpq_alloc_failure(void)
     next:
         if (ix) {
             CHECK_OK(vecidx_check(ix));
-            iv_alloc_check("end of script", ix, &a);
+            vt_check_bytes("end of script", ix, &a);
         }
         vecidx_close(ix);
-        CHECKF(a.live == 0 && a.nlive == 0,
-               "fail at %ld: %zu bytes in %zu blocks left after close", n,
-               a.live, a.nlive);
-        CHECKF(a.bad == 0,
-               "fail at %ld: %ld frees or reallocs of unknown "
-               "blocks or with wrong sizes",
-               n, a.bad);
-        free(a.ptr);
-        free(a.size);
-        pthread_mutex_destroy(&a.mu);
+        snprintf(what, sizeof what, "fail at %ld", n);
+        vt_check_released(what, &a);
+        vt_alloc_destroy(&a);
         if (vt_failures() > 10) break;
     }
     CHECKF(done, "the script still failed allocations after %ld runs", n);

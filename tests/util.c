@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -510,4 +511,159 @@ void vt_make_queries(vt_rng *r, const vt_set *model, float *q, size_t nq,
         size_t row = (size_t)vt_below(r, model->n);
         memcpy(q + i * dim, model->vecs + row * dim, dim * sizeof *q);
     }
+}
+
+/* ---- the test allocator (test_alloc.c, test_ivfpq.c) ------------------- */
+
+void vt_alloc_init(vt_alloc *a)
+{
+    memset(a, 0, sizeof *a);
+    pthread_mutex_init(&a->mu, NULL);
+}
+
+void vt_alloc_destroy(vt_alloc *a)
+{
+    pthread_mutex_destroy(&a->mu);
+    free(a->tab);
+}
+
+/* Should this call fail? Lock held. */
+static int vt_alloc_should_fail(vt_alloc *a)
+{
+    long c = ++a->calls;
+    if (a->fail_at && (c == a->fail_at || (a->persistent && c > a->fail_at))) {
+        a->failed++;
+        return 1;
+    }
+    return 0;
+}
+
+static long vt_alloc_find(const vt_alloc *a, const void *p)
+{
+    size_t i;
+    for (i = 0; i < a->ntab; i++)
+        if (a->tab[i].p == p) return (long)i;
+    return -1;
+}
+
+static void vt_alloc_track(vt_alloc *a, void *p, size_t n)
+{
+    if (a->ntab == a->captab) {
+        a->captab = a->captab ? 2 * a->captab : 64;
+        a->tab = realloc(a->tab, a->captab * sizeof *a->tab);
+        if (!a->tab) {
+            printf("test allocator out of memory\n");
+            exit(2);
+        }
+    }
+    a->tab[a->ntab].p = p;
+    a->tab[a->ntab].n = n;
+    a->ntab++;
+    a->live_bytes += n;
+}
+
+static void *vt_malloc_fn(void *ctx, size_t size)
+{
+    vt_alloc *a = ctx;
+    void *p = NULL;
+    pthread_mutex_lock(&a->mu);
+    if (!vt_alloc_should_fail(a)) {
+        p = malloc(size ? size : 1);
+        if (p) vt_alloc_track(a, p, size);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return p;
+}
+
+static void *vt_realloc_fn(void *ctx, void *ptr, size_t old_size,
+                           size_t new_size)
+{
+    vt_alloc *a = ctx;
+    void *p = NULL;
+    long i;
+    pthread_mutex_lock(&a->mu);
+    i = ptr ? vt_alloc_find(a, ptr) : -1;
+    if (ptr && i < 0)
+        a->bad_ptr++;
+    else if (ptr && a->tab[i].n != old_size)
+        a->bad_old_size++;
+    if (!ptr && old_size != 0) a->bad_old_size++;
+    if (!vt_alloc_should_fail(a) && (ptr == NULL || i >= 0)) {
+        p = realloc(ptr, new_size ? new_size : 1);
+        if (p) {
+            if (i >= 0) {
+                a->live_bytes -= a->tab[i].n;
+                a->tab[i] = a->tab[--a->ntab];
+            }
+            vt_alloc_track(a, p, new_size);
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    return p;
+}
+
+static void vt_free_fn(void *ctx, void *ptr)
+{
+    vt_alloc *a = ctx;
+    long i;
+    pthread_mutex_lock(&a->mu);
+    if (ptr == NULL) {
+        a->null_free++;
+    } else if ((i = vt_alloc_find(a, ptr)) < 0) {
+        a->bad_ptr++;
+    } else {
+        a->live_bytes -= a->tab[i].n;
+        a->tab[i] = a->tab[--a->ntab];
+        free(ptr);
+    }
+    pthread_mutex_unlock(&a->mu);
+}
+
+long vt_alloc_failed(vt_alloc *a)
+{
+    long n;
+    pthread_mutex_lock(&a->mu);
+    n = a->failed;
+    pthread_mutex_unlock(&a->mu);
+    return n;
+}
+
+void vt_alloc_use(vecidx_params *p, vt_alloc *a)
+{
+    p->allocator.malloc_fn = vt_malloc_fn;
+    p->allocator.realloc_fn = vt_realloc_fn;
+    p->allocator.free_fn = vt_free_fn;
+    p->allocator.ctx = a;
+}
+
+/* The handle's own count of the bytes it holds matches the allocator's. */
+void vt_check_bytes(const char *what, vecidx *ix, vt_alloc *a)
+{
+    vecidx_stats_t st;
+    size_t live;
+    CHECK_OK(vecidx_stats(ix, &st));
+    pthread_mutex_lock(&a->mu);
+    live = a->live_bytes;
+    pthread_mutex_unlock(&a->mu);
+    CHECKF(st.memory_bytes == live,
+           "%s: stats.memory_bytes %llu, allocator holds %zu bytes", what,
+           (unsigned long long)st.memory_bytes, live);
+}
+
+/* After close: nothing outstanding, and every call was well formed. */
+void vt_check_released(const char *what, vt_alloc *a)
+{
+    CHECKF(a->ntab == 0 && a->live_bytes == 0,
+           "%s: %zu blocks (%zu bytes) not freed", what, a->ntab,
+           a->live_bytes);
+    CHECKF(a->bad_old_size == 0,
+           "%s: realloc_fn got a wrong old_size %ld "
+           "times",
+           what, a->bad_old_size);
+    CHECKF(a->bad_ptr == 0,
+           "%s: a pointer the allocator never gave out was "
+           "passed back %ld times",
+           what, a->bad_ptr);
+    CHECKF(a->null_free == 0, "%s: free_fn called with NULL %ld times", what,
+           a->null_free);
 }

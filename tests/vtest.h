@@ -20,6 +20,7 @@
 #ifndef VTEST_H
 #define VTEST_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -87,7 +88,6 @@
     X(ivfpq_alloc_failure)                   \
     X(ivfpq_concurrency_search_writing)      \
     X(ivfpq_few_distinct_points)             \
-    X(ivfpq_progress_reaches_one)            \
     X(ivfpq_hnsw_quantizer_threads)
 
 #define VT_DECLARE(name) void test_##name(void);
@@ -266,5 +266,40 @@ int vt_check_sorted(const char *what, const uint64_t *keys, const float *dists,
 /* Build two indexes of the kind with the same calls (one thread) and
 ** check they answer every query identically, to the bit (test_flat.c). */
 void vt_determinism(int kind, int metric);
+
+/* ---- the test allocator ------------------------------------------------- */
+
+/* An allocator for vecidx_params.allocator that fails call number fail_at
+** of malloc_fn/realloc_fn (once, or from then on when `persistent`),
+** tracks every live block, and counts malformed calls: a realloc_fn whose
+** old_size is not the block's, a pointer it never gave out, free_fn(NULL).
+** Thread-safe. */
+typedef struct vt_block {
+    void *p;
+    size_t n;
+} vt_block;
+
+typedef struct vt_alloc {
+    pthread_mutex_t mu;
+    long calls;     /* malloc_fn and realloc_fn calls */
+    long fail_at;   /* fail call number fail_at (1-based); 0 = never */
+    int persistent; /* fail every call from fail_at on */
+    long failed;    /* calls made to fail */
+    size_t live_bytes;
+    long bad_old_size, bad_ptr, null_free;
+    vt_block *tab; /* live blocks */
+    size_t ntab, captab;
+} vt_alloc;
+
+void vt_alloc_init(vt_alloc *a);
+void vt_alloc_destroy(vt_alloc *a);
+/* Install a as p's allocator. */
+void vt_alloc_use(vecidx_params *p, vt_alloc *a);
+/* Calls made to fail so far. */
+long vt_alloc_failed(vt_alloc *a);
+/* The handle's own count of the bytes it holds matches the allocator's. */
+void vt_check_bytes(const char *what, vecidx *ix, vt_alloc *a);
+/* After close: nothing outstanding, and every call was well formed. */
+void vt_check_released(const char *what, vt_alloc *a);
 
 #endif /* VTEST_H */
