@@ -16,7 +16,9 @@
 **    no half-applied batch. Output arguments are unspecified after a failure
 **    unless the function says otherwise.
 **  - The library never aborts, exits, prints or raises signals. All memory it
-**    uses comes from the allocator given in vecidx_params (or malloc).
+**    uses comes from the allocator given in vecidx_params; without one, from
+**    malloc, except that on Linux the vector storage of an index past 32 MiB
+**    grows in 32 MiB anonymous mappings advised for transparent huge pages.
 **  - Vectors are arrays of `dim` floats owned by the caller; the library
 **    copies what it keeps and never holds on to a caller's pointer after the
 **    call returns. NaN and infinite components are rejected (VECIDX_EINVAL).
@@ -127,7 +129,9 @@ enum {
 #define VECIDX_SYNC_OFF 0x40u    /* leave syncing to the OS */
 
 /* Optional memory allocator. All three functions must be set, or all three
-** NULL (meaning the C library's malloc/realloc/free). `ctx` is passed back
+** NULL (meaning the C library's malloc/realloc/free, plus huge-page mappings
+** for large vector storage on Linux: see the top of this file; a custom
+** allocator receives every byte instead). `ctx` is passed back
 ** unchanged. realloc_fn receives the old size of the block so that arena
 ** allocators need no header. Each function may be called from any thread
 ** that uses the index, concurrently, so it must be thread-safe. A function
@@ -234,8 +238,9 @@ typedef struct vecidx_stats_t {
                               trained IVF-PQ: list entries, = count */
     uint64_t capacity;     /* slots allocated; trained IVF-PQ: list
                               entries allocated (or mapped) in all lists */
-    uint64_t memory_bytes; /* bytes currently held from the allocator (a
-                              mapped file's pages are not counted) */
+    uint64_t memory_bytes; /* bytes currently held from the allocator or
+                              in huge-page storage (a mapped file's pages
+                              are not counted) */
     uint64_t mapped_bytes; /* size of the mapped index file, or 0 */
     const char *simd;      /* kernel in use, as vecidx_simd() */
     int trained;           /* 1 when searches use the index structure:

@@ -1,10 +1,11 @@
 /*
-** test_internal.c -- white-box tests: the distance kernels.
+** test_internal.c -- white-box tests: the distance kernels and the
+** huge-page storage pool.
 **
 ** The only test file that includes vecidx.c: it reaches the static kernel
-** tables, and it provides every public symbol to the rest of the test
-** binary (no library is linked). Every kernel table runnable on this CPU
-** is checked against a double-precision reference:
+** tables and the storage pool, and it provides every public symbol to the
+** rest of the test binary (no library is linked). Every kernel table
+** runnable on this CPU is checked against a double-precision reference:
 **   - on small integers, where float arithmetic is exact in any order, the
 **     result must be exact: a dropped, repeated or foreign element (the
 **     buffers are fenced with NaN) cannot hide;
@@ -25,6 +26,9 @@
 **     pair must get the same distance on both paths or ties break
 **     differently.
 */
+/* One huge page: every test here that stores more than 2 MiB of vectors
+** runs its chunks through the huge-page pool, not only the big ones. */
+#define VX_HUGE_BLOCK ((size_t)2 << 20)
 #include "../vecidx.c"
 
 #include <stdio.h>
@@ -500,4 +504,118 @@ void test_kernels_nearest(void)
             free(x);
         }
     }
+}
+
+/* ---- the huge-page chunk pool ---------------------------------------- */
+
+/* Count pooled chunks and check each lies inside one block, blocks sit on
+** huge-page boundaries, and small stores never reach the pool. */
+static size_t vt_pooled_chunks(const vx_store *s)
+{
+    size_t cb = vx_store_chunk_bytes(s), pooled = 0, c, b;
+    for (b = 0; b < s->nblocks; b++) {
+        CHECK((uintptr_t)s->blocks[b].base % VX_HUGE_PAGE == 0);
+        CHECK(s->blocks[b].len % VX_HUGE_PAGE == 0);
+        CHECK(s->blocks[b].used <= s->blocks[b].len);
+    }
+    for (c = s->nmapped; c < s->nchunks; c++) {
+        const unsigned char *p = (const unsigned char *)s->chunks[c].vec;
+        int inside = 0;
+        for (b = 0; b < s->nblocks; b++)
+            inside |= p >= s->blocks[b].base &&
+                      p + cb <= s->blocks[b].base + s->blocks[b].used;
+        CHECKF(inside == s->chunks[c].pooled, "chunk %zu pooled %d inside %d",
+               c, s->chunks[c].pooled, inside);
+        pooled += (size_t)s->chunks[c].pooled;
+        /* The pool only starts once the allocator's chunks fill a block. */
+        if (s->chunks[c].pooled) CHECK(c * cb >= VX_HUGE_BLOCK);
+    }
+    return pooled;
+}
+
+/* Fill, churn across the pool boundary, refill: the same calls whatever
+** the allocator. */
+static void vt_pool_workload(vecidx *ix, vt_set *m, size_t n)
+{
+    vt_rng r = {77};
+    size_t i;
+    vt_fill_index(ix, m, n, &r, VT_CLUSTERED);
+    for (i = 0; i < n; i += 3) {
+        CHECK_OK(vecidx_remove(ix, m->keys[i]));
+        m->live[i] = 0;
+    }
+    vt_fill_index(ix, m, n / 4, &r, VT_CLUSTERED);
+}
+
+/* Pooled chunks must change nothing but where the bytes live: an index on
+** the pool and one on a custom allocator (which never pools), given the
+** same calls on one thread, hold the same vectors and answer every query
+** identically, to the bit. */
+void test_store_huge_blocks(void)
+{
+    enum {
+        DIM = 32,
+        N = 24000,
+        NQ = 40
+    };
+    vt_rng r = {78};
+    vt_set m[2];
+    vecidx_params p;
+    vecidx_stats_t st;
+    vecidx *ix[2] = {NULL, NULL};
+    vt_alloc a;
+    size_t i, j, pooled;
+    float *q = vt_xmalloc(NQ * DIM * sizeof *q);
+    vt_alloc_init(&a);
+    for (j = 0; j < 2; j++) {
+        CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, DIM));
+        p.hnsw_ef_construction = 60;
+        p.threads = 1;
+        if (j == 1) vt_alloc_use(&p, &a);
+        CHECK_OK(vecidx_create(&p, &ix[j]));
+        if (!ix[j]) goto done;
+        vt_set_init(&m[j], DIM, N + N / 4);
+        vt_pool_workload(ix[j], &m[j], N);
+        vt_check_contents("pool workload", ix[j], &m[j]);
+    }
+    pooled = vt_pooled_chunks(&ix[0]->store);
+    if (VX_HAVE_HUGE) {
+        CHECK(pooled > 0 && pooled < ix[0]->store.nchunks);
+        CHECK(ix[0]->store.nblocks >= 2); /* 6 MiB of chunks: blocks refill */
+    } else {
+        CHECK(pooled == 0 && ix[0]->store.nblocks == 0);
+    }
+    CHECK_OK(vecidx_stats(ix[0], &st));
+    CHECK(st.memory_bytes >=
+          (uint64_t)ix[0]->store.nchunks * vx_store_chunk_bytes(&ix[0]->store));
+    /* A custom allocator sees every byte: no pool. */
+    CHECK(vt_pooled_chunks(&ix[1]->store) == 0 && ix[1]->store.nblocks == 0);
+    vt_check_bytes("custom allocator, large store", ix[1], &a);
+    vt_make_queries(&r, &m[0], q, NQ, VT_CLUSTERED);
+    for (i = 0; i < NQ; i++) {
+        vecidx_search_opts o;
+        uint64_t keys[2][10];
+        float d[2][10];
+        size_t found[2] = {0, 0};
+        memset(&o, 0, sizeof o);
+        o.ef = 64;
+        for (j = 0; j < 2; j++)
+            CHECK_OK(vecidx_search(ix[j], q + i * DIM, 10, &o, keys[j], d[j],
+                                   &found[j]));
+        vt_check_shape("pooled store", &m[0], 10, NULL, NULL, keys[0], d[0],
+                       found[0]);
+        CHECKF(found[0] == found[1] &&
+                   memcmp(keys[0], keys[1], sizeof keys[0]) == 0 &&
+                   memcmp(d[0], d[1], sizeof d[0]) == 0,
+               "query %zu: pooled and unpooled indexes differ", i);
+    }
+done:
+    for (j = 0; j < 2; j++)
+        if (ix[j]) {
+            vecidx_close(ix[j]);
+            vt_set_free(&m[j]);
+        }
+    vt_check_released("custom allocator, large store", &a);
+    vt_alloc_destroy(&a);
+    free(q);
 }

@@ -88,7 +88,8 @@
     X(ivfpq_alloc_failure)                   \
     X(ivfpq_concurrency_search_writing)      \
     X(ivfpq_few_distinct_points)             \
-    X(ivfpq_hnsw_quantizer_threads)
+    X(ivfpq_hnsw_quantizer_threads)          \
+    X(store_huge_blocks)
 
 #define VT_DECLARE(name) void test_##name(void);
 VT_TESTS(VT_DECLARE)
