@@ -166,9 +166,9 @@ bench/%: bench/%.c $(BENCH_HDRS) vecidx.h libvecidx.a
 # bench/persist-compare (hnswlib only) times opening a saved index.
 bench-compare: bench/vecidx-compare $(PERSIST_COMPARE)
 ifneq ($(COMPARE_SRC),)
-bench/vecidx-compare: bench/compare.cpp $(BENCH_HDRS)
+bench/vecidx-compare: bench/compare.cpp $(BENCH_HDRS) vecidx.h libvecidx.a
 	$(CXX) -O3 -march=native -std=c++17 -I. -o $@ bench/compare.cpp \
-	    -lfaiss -fopenmp -llapack -lblas $(LDFLAGS) $(LDLIBS)
+	    libvecidx.a -lfaiss -fopenmp -llapack -lblas $(LDFLAGS) $(LDLIBS)
 bench/persist-compare: bench/persist-compare.cpp $(BENCH_HDRS) vecidx.h \
                        libvecidx.a
 	$(CXX) -O3 -march=native -std=c++17 -I. -o $@ \

@@ -14,6 +14,8 @@
 **          nlist and M resolved as vecidx-bench resolves them, see
 **          bn_nlist; with --refine R wrapped in IndexRefineFlat with
 **          k_factor R, which keeps the full vectors as vecidx then does).
+** paired: hnswlib and vecidx (HNSW, single queries) built in one process,
+**          their timed passes alternating: see run_paired.
 ** Cosine: base and queries are normalised to unit length and searched by
 ** inner product, which ranks exactly as cosine distance does.
 ** Memory: mem_mb is the growth of the resident set while building (these
@@ -36,6 +38,9 @@
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexRefine.h>
 #include <faiss/utils/utils.h>
+
+#include "vecidx.h"
+#include "vxbench.h"
 
 namespace
 {
@@ -105,20 +110,15 @@ void hnswlib_query(void *arg, size_t qi, int64_t *out)
     }
 }
 
-void run_hnswlib(const bn_opts &o, const bn_data &d)
+/* Build hnswlib's graph over d; *build_s and *rss_mb get the build time
+** and the resident-set growth. */
+hnswlib::HierarchicalNSW<float> *build_hnswlib(
+    const bn_opts &o, const bn_data &d, hnswlib::SpaceInterface<float> *space,
+    double *build_s, double *rss_mb)
 {
-    if (strcmp(o.index, "hnsw") != 0) {
-        bn_note("hnswlib has no '%s' index: skipped", o.index);
-        return;
-    }
     double rss0 = bn_rss_mb();
-    std::unique_ptr<hnswlib::SpaceInterface<float>> space;
-    if (o.metric == BN_L2)
-        space.reset(new hnswlib::L2Space(d.dim));
-    else
-        space.reset(new hnswlib::InnerProductSpace(d.dim));
     double t0 = bn_now();
-    auto *alg = new hnswlib::HierarchicalNSW<float>(space.get(), d.n, o.M,
+    auto *alg = new hnswlib::HierarchicalNSW<float>(space, d.n, o.M,
                                                     o.ef_construction, 100);
     /* Like hnswlib's Python add_items: the first point alone, then the
     ** rest from build_threads threads. */
@@ -131,21 +131,46 @@ void run_hnswlib(const bn_opts &o, const bn_data &d)
                 alg->addPoint(d.base + i * d.dim, i);
         });
     for (auto &th : pool) th.join();
-    double build_s = bn_now() - t0;
+    *build_s = bn_now() - t0;
     double rss1 = bn_rss_mb();
+    *rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+    return alg;
+}
 
+hnswlib::SpaceInterface<float> *hnswlib_space(const bn_opts &o,
+                                              const bn_data &d)
+{
+    if (o.metric == BN_L2) return new hnswlib::L2Space(d.dim);
+    return new hnswlib::InnerProductSpace(d.dim);
+}
+
+void hnswlib_result(bn_result &r, const bn_opts &o, unsigned ef,
+                    double build_s, double rss_mb)
+{
+    bn_result_init(&r, &o, "hnswlib");
+    r.simd = hnswlib_simd();
+    r.lib_version = nullptr; /* hnswlib headers carry no version */
+    set_strings(r, strprintf("ef=%u", ef),
+                strprintf("M=%u,efc=%u", (unsigned)o.M,
+                          (unsigned)o.ef_construction));
+    r.build_s = build_s;
+    r.rss_mb = r.mem_mb = rss_mb;
+}
+
+void run_hnswlib(const bn_opts &o, const bn_data &d)
+{
+    if (strcmp(o.index, "hnsw") != 0) {
+        bn_note("hnswlib has no '%s' index: skipped", o.index);
+        return;
+    }
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
+    double build_s, rss_mb;
+    auto *alg = build_hnswlib(o, d, space.get(), &build_s, &rss_mb);
     HnswlibCtx c{alg, &d, o.k};
     std::vector<int64_t> res(d.nq * o.k);
     for (size_t i = 0; i < o.ef.n; i++) {
         bn_result r;
-        bn_result_init(&r, &o, "hnswlib");
-        r.simd = hnswlib_simd();
-        r.lib_version = nullptr; /* hnswlib headers carry no version */
-        set_strings(r, strprintf("ef=%u", (unsigned)o.ef.v[i]),
-                    strprintf("M=%u,efc=%u", (unsigned)o.M,
-                              (unsigned)o.ef_construction));
-        r.build_s = build_s;
-        r.rss_mb = r.mem_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        hnswlib_result(r, o, (unsigned)o.ef.v[i], build_s, rss_mb);
         alg->setEf(o.ef.v[i]);
         /* hnswlib has no batch call; --batch runs single queries on
         ** --threads threads, as its Python knn_query does. */
@@ -153,6 +178,79 @@ void run_hnswlib(const bn_opts &o, const bn_data &d)
         r.recall = bn_recall(&d, res.data(), o.k, r.param);
         bn_print(&o, &d, &r);
     }
+    delete alg;
+}
+
+/* ---- paired: hnswlib and vecidx in one process ---------------------------- */
+
+/* Two separate runs on a shared machine differ by several percent as
+** neighbours come and go, which swamps a ratio between libraries. Here
+** both graphs are built in one process and every timed pass of one
+** library is followed by one of the other, so a slow spell hits both; each
+** keeps its best pass. Builds run one after the other, hnswlib first. */
+void run_paired(const bn_opts &o, const bn_data &d)
+{
+    if (strcmp(o.index, "hnsw") != 0 || o.batch)
+        bn_die("--lib paired: --index hnsw and single queries only");
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
+    double hb, hrss;
+    auto *alg = build_hnswlib(o, d, space.get(), &hb, &hrss);
+
+    vecidx_params p;
+    vecidx *ix = nullptr;
+    vecidx_stats_t st;
+    size_t ntrain;
+    vxb_params(&o, &d, &p, &ntrain);
+    uint64_t *keys = vxb_keys(&d);
+    double rss0 = bn_rss_mb(), t0 = bn_now();
+    int rc = vecidx_create(&p, &ix);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_create", rc, nullptr);
+    rc = vecidx_add_batch(ix, d.n, keys, d.base);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_add_batch", rc, ix);
+    double vb = bn_now() - t0, rss1 = bn_rss_mb();
+    free(keys);
+    if ((rc = vecidx_stats(ix, &st)) != VECIDX_OK)
+        vxb_fail("vecidx_stats", rc, ix);
+
+    HnswlibCtx hc{alg, &d, o.k};
+    vxb_ctx vc;
+    memset(&vc, 0, sizeof vc);
+    vc.ix = ix;
+    vc.d = &d;
+    vc.k = o.k;
+    std::vector<int64_t> hres(d.nq * o.k), vres(d.nq * o.k);
+    for (size_t i = 0; i < o.ef.n; i++) {
+        unsigned ef = (unsigned)o.ef.v[i];
+        double hbest = HUGE_VAL, vbest = HUGE_VAL;
+        alg->setEf(ef);
+        vc.so.ef = ef;
+        for (unsigned pass = 0; pass < o.passes; pass++) {
+            double t = bn_pass_single(d.nq, o.k, o.threads, hnswlib_query, &hc,
+                                      hres.data());
+            hbest = t < hbest ? t : hbest;
+            t = bn_pass_single(d.nq, o.k, o.threads, vxb_search_one, &vc,
+                               vres.data());
+            vbest = t < vbest ? t : vbest;
+        }
+        bn_result r;
+        hnswlib_result(r, o, ef, hb, hrss);
+        r.qps = hbest > 0 ? (double)d.nq / hbest : 0.0;
+        r.recall = bn_recall(&d, hres.data(), o.k, r.param);
+        bn_print(&o, &d, &r);
+        bn_result_init(&r, &o, "vecidx");
+        r.simd = st.simd;
+        r.lib_version = vecidx_version();
+        set_strings(r, strprintf("ef=%u", ef), strprintf("M=%u,efc=%u",
+                                                         (unsigned)o.M,
+                                                         (unsigned)o.ef_construction));
+        r.build_s = vb;
+        r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
+        r.rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        r.qps = vbest > 0 ? (double)d.nq / vbest : 0.0;
+        r.recall = bn_recall(&d, vres.data(), o.k, r.param);
+        bn_print(&o, &d, &r);
+    }
+    vecidx_close(ix);
     delete alg;
 }
 
@@ -330,17 +428,21 @@ int main(int argc, char **argv)
 {
     bn_opts o;
     bn_data d;
-    bn_parse_args(argc, argv, &o, "hnswlib | faiss | all (default all)");
+    bn_parse_args(argc, argv, &o,
+                  "hnswlib | faiss | all (default all) | paired (hnswlib "
+                  "and vecidx, passes alternating)");
     const char *lib = o.lib ? o.lib : "all";
     bool want_hnswlib = !strcmp(lib, "hnswlib") || !strcmp(lib, "all");
     bool want_faiss = !strcmp(lib, "faiss") || !strcmp(lib, "all");
-    if (!want_hnswlib && !want_faiss)
-        bn_die("--lib %s: expected hnswlib, faiss or all", lib);
+    bool paired = !strcmp(lib, "paired");
+    if (!want_hnswlib && !want_faiss && !paired)
+        bn_die("--lib %s: expected hnswlib, faiss, all or paired", lib);
     bn_load(&o, &d);
     if (o.metric == BN_COS) {
         normalise(d.base, d.n, d.dim);
         normalise(d.query, d.nq, d.dim);
     }
+    if (paired) run_paired(o, d);
     if (want_hnswlib) run_hnswlib(o, d);
     if (want_faiss) run_faiss(o, d);
     bn_free_data(&d);

@@ -8,53 +8,7 @@
 #include "common.h" /* first: selects POSIX */
 
 #include "vecidx.h"
-
-typedef struct bench_ctx {
-    vecidx *ix;
-    const bn_data *d;
-    size_t k;
-    vecidx_search_opts so;
-    size_t *found; /* nq, for the batch call */
-} bench_ctx;
-
-static BN_NORETURN void lib_fail(const char *call, int rc, const vecidx *ix)
-{
-    const char *msg = vecidx_errmsg(ix);
-    bn_die("%s failed: %s%s%s", call, vecidx_strerror(rc), *msg ? ": " : "",
-           msg);
-}
-
-/* uint64_t keys are written straight into the int64_t result rows: the
-** keys here are base row numbers, far below 2^63. */
-static void search_one(void *arg, size_t qi, int64_t *out)
-{
-    bench_ctx *c = (bench_ctx *)arg;
-    size_t found = 0, i;
-    int rc = vecidx_search(c->ix, c->d->query + qi * c->d->dim, c->k, &c->so,
-                           (uint64_t *)out, NULL, &found);
-    if (rc != VECIDX_OK) lib_fail("vecidx_search", rc, c->ix);
-    for (i = found; i < c->k; i++) out[i] = -1;
-}
-
-static void search_batch(void *arg, int64_t *res)
-{
-    bench_ctx *c = (bench_ctx *)arg;
-    int rc = vecidx_search_batch(c->ix, c->d->nq, c->d->query, c->k, &c->so,
-                                 (uint64_t *)res, NULL, c->found);
-    if (rc != VECIDX_OK) lib_fail("vecidx_search_batch", rc, c->ix);
-}
-
-static int index_kind(const char *name)
-{
-    if (!strcmp(name, "hnsw")) return VECIDX_HNSW;
-    if (!strcmp(name, "ivfpq")) return VECIDX_IVFPQ;
-    return VECIDX_FLAT;
-}
-
-static int index_metric(int m)
-{
-    return m == BN_IP ? VECIDX_IP : m == BN_COS ? VECIDX_COSINE : VECIDX_L2;
-}
+#include "vxbench.h"
 
 int main(int argc, char **argv)
 {
@@ -63,7 +17,7 @@ int main(int argc, char **argv)
     vecidx_params p;
     vecidx_stats_t st;
     vecidx *ix = NULL;
-    bench_ctx c;
+    vxb_ctx c;
     bn_result r;
     uint64_t *keys;
     int64_t *res;
@@ -82,49 +36,28 @@ int main(int argc, char **argv)
         bn_note("warning: vecidx.h is %s but the library is %s",
                 VECIDX_VERSION_STRING, vecidx_version());
     bn_load(&o, &d);
-    kind = index_kind(o.index);
-
-    rc = vecidx_params_init(&p, kind, index_metric(o.metric), d.dim);
-    if (rc != VECIDX_OK) lib_fail("vecidx_params_init", rc, NULL);
-    /* IVF-PQ reserves nothing, like FAISS, so that its memory per vector
-    ** is what adding the vectors costs. */
-    if (kind != VECIDX_IVFPQ)
-        p.capacity = (uint32_t)(d.n < VECIDX_MAX_COUNT ? d.n
-                                                       : VECIDX_MAX_COUNT);
-    p.threads = o.build_threads;
-    p.hnsw_m = o.M;
-    p.hnsw_ef_construction = o.ef_construction;
-    if (kind == VECIDX_IVFPQ) {
-        /* The same lists, code size and training rows as vecidx-compare
-        ** gives FAISS (see bn_nlist). */
-        ntrain = bn_train_rows(&o, d.n);
-        p.ivf_nlist = bn_nlist(&o, ntrain);
-        p.pq_m = bn_pq_m(&o, d.dim);
-        p.pq_nbits = o.pq_nbits;
-        p.ivf_keep_vectors = o.refine > 1;
-    }
-
-    keys = (uint64_t *)bn_malloc(d.n * sizeof *keys);
-    for (i = 0; i < d.n; i++) keys[i] = i;
+    kind = vxb_kind(o.index);
+    vxb_params(&o, &d, &p, &ntrain);
+    keys = vxb_keys(&d);
 
     rss0 = bn_rss_mb();
     rc = vecidx_create(&p, &ix);
-    if (rc != VECIDX_OK) lib_fail("vecidx_create", rc, NULL);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_create", rc, NULL);
     if (kind == VECIDX_IVFPQ) {
         t0 = bn_now();
         rc = vecidx_train(ix, ntrain, d.base);
         train_s = bn_now() - t0;
-        if (rc != VECIDX_OK) lib_fail("vecidx_train", rc, ix);
+        if (rc != VECIDX_OK) vxb_fail("vecidx_train", rc, ix);
         rss_trained = bn_rss_mb(); /* between the timed steps */
     }
     t0 = bn_now();
     rc = vecidx_add_batch(ix, d.n, keys, d.base);
     build_s = bn_now() - t0 + (train_s > 0 ? train_s : 0);
-    if (rc != VECIDX_OK) lib_fail("vecidx_add_batch", rc, ix);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_add_batch", rc, ix);
     rss1 = bn_rss_mb(); /* before freeing keys, which predate rss0 */
     free(keys);
     rc = vecidx_stats(ix, &st);
-    if (rc != VECIDX_OK) lib_fail("vecidx_stats", rc, ix);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_stats", rc, ix);
     if (st.count != d.n)
         bn_note("warning: index holds %llu vectors after adding %zu",
                 (unsigned long long)st.count, d.n);
@@ -174,7 +107,7 @@ int main(int argc, char **argv)
         } else {
             snprintf(r.param, sizeof r.param, "exact");
         }
-        r.qps = bn_measure(&o, &d, search_one, search_batch, &c, res);
+        r.qps = bn_measure(&o, &d, vxb_search_one, vxb_search_batch, &c, res);
         if (o.batch) {
             size_t q, j;
             for (q = 0; q < d.nq; q++)

@@ -1,0 +1,93 @@
+/*
+** vxbench.h -- the vecidx side of the benchmarks: index parameters from
+** the options, the query callbacks, and errors. Shared by vecidx-bench
+** (C) and vecidx-compare --lib paired (C++), so both measure vecidx the
+** same way. Include after common.h and vecidx.h.
+*/
+#ifndef VXBENCH_H
+#define VXBENCH_H
+
+typedef struct vxb_ctx {
+    vecidx *ix;
+    const bn_data *d;
+    size_t k;
+    vecidx_search_opts so;
+    size_t *found; /* nq, for the batch call */
+} vxb_ctx;
+
+static inline BN_NORETURN void vxb_fail(const char *call, int rc,
+                                        const vecidx *ix)
+{
+    const char *msg = vecidx_errmsg(ix);
+    bn_die("%s failed: %s%s%s", call, vecidx_strerror(rc), *msg ? ": " : "",
+           msg);
+}
+
+/* uint64_t keys are written straight into the int64_t result rows: the
+** keys here are base row numbers, far below 2^63. */
+static inline void vxb_search_one(void *arg, size_t qi, int64_t *out)
+{
+    vxb_ctx *c = (vxb_ctx *)arg;
+    size_t found = 0, i;
+    int rc = vecidx_search(c->ix, c->d->query + qi * c->d->dim, c->k, &c->so,
+                           (uint64_t *)out, NULL, &found);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_search", rc, c->ix);
+    for (i = found; i < c->k; i++) out[i] = -1;
+}
+
+static inline void vxb_search_batch(void *arg, int64_t *res)
+{
+    vxb_ctx *c = (vxb_ctx *)arg;
+    int rc = vecidx_search_batch(c->ix, c->d->nq, c->d->query, c->k, &c->so,
+                                 (uint64_t *)res, NULL, c->found);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_search_batch", rc, c->ix);
+}
+
+static inline int vxb_kind(const char *name)
+{
+    if (!strcmp(name, "hnsw")) return VECIDX_HNSW;
+    if (!strcmp(name, "ivfpq")) return VECIDX_IVFPQ;
+    return VECIDX_FLAT;
+}
+
+/* Parameters of the index the options ask for over d; *ntrain gets the
+** IVF-PQ training rows (0 for the other kinds). */
+static inline void vxb_params(const bn_opts *o, const bn_data *d,
+                              vecidx_params *p, size_t *ntrain)
+{
+    int kind = vxb_kind(o->index);
+    int metric = o->metric == BN_IP    ? VECIDX_IP
+                 : o->metric == BN_COS ? VECIDX_COSINE
+                                       : VECIDX_L2;
+    int rc = vecidx_params_init(p, kind, metric, d->dim);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_params_init", rc, NULL);
+    *ntrain = 0;
+    /* IVF-PQ reserves nothing, like FAISS, so that its memory per vector
+    ** is what adding the vectors costs. */
+    if (kind != VECIDX_IVFPQ)
+        p->capacity = (uint32_t)(d->n < VECIDX_MAX_COUNT ? d->n
+                                                         : VECIDX_MAX_COUNT);
+    p->threads = o->build_threads;
+    p->hnsw_m = o->M;
+    p->hnsw_ef_construction = o->ef_construction;
+    if (kind == VECIDX_IVFPQ) {
+        /* The same lists, code size and training rows as vecidx-compare
+        ** gives FAISS (see bn_nlist). */
+        *ntrain = bn_train_rows(o, d->n);
+        p->ivf_nlist = bn_nlist(o, *ntrain);
+        p->pq_m = bn_pq_m(o, d->dim);
+        p->pq_nbits = o->pq_nbits;
+        p->ivf_keep_vectors = o->refine > 1;
+    }
+}
+
+/* Keys 0 .. n-1, one per base row. */
+static inline uint64_t *vxb_keys(const bn_data *d)
+{
+    uint64_t *keys = (uint64_t *)bn_malloc(d->n * sizeof *keys);
+    size_t i;
+    for (i = 0; i < d->n; i++) keys[i] = i;
+    return keys;
+}
+
+#endif /* VXBENCH_H */
