@@ -155,6 +155,20 @@ static int vx_mul_ok(size_t a, size_t b, size_t *out)
     return 1;
 }
 
+/* Grow an array of `elem`-byte items to at least `need` entries. */
+static int vx_grow(vx_mem *mem, void **p, size_t *cap, size_t need, size_t elem)
+{
+    size_t ncap = *cap ? *cap : 16, bytes;
+    void *q;
+    if (need <= *cap) return VECIDX_OK;
+    while (ncap < need) ncap *= 2;
+    if (!vx_mul_ok(ncap, elem, &bytes)) return VECIDX_ENOMEM;
+    if (!(q = vx_realloc(mem, *p, *cap * elem, bytes))) return VECIDX_ENOMEM;
+    *p = q;
+    *cap = ncap;
+    return VECIDX_OK;
+}
+
 /* Huge-page blocks. A graph walk reads vectors from all over a large
 ** index, and with 4 KiB pages nearly every such read also misses the TLB,
 ** which costs another memory round trip or two (more under a hypervisor's
@@ -898,7 +912,7 @@ typedef struct vx_store {
     uint32_t nmapped; /* chunks [0, nmapped) live in a mapped file */
     vx_chunk *chunks;
     vx_block *blocks; /* huge-page blocks, once the chunks outgrow one */
-    uint32_t nblocks, block_cap;
+    size_t nblocks, block_cap;
     uint32_t nslots; /* slots ever handed out: [0, nslots) */
     uint32_t count;  /* live slots */
     uint32_t nburied;
@@ -1061,7 +1075,7 @@ static void vx_store_destroy(vx_store *s, vx_mem *mem)
     }
     for (c = 0; c < s->nblocks; c++)
         vx_huge_unmap(s->blocks[c].base, s->blocks[c].len);
-    vx_free(mem, s->blocks, (size_t)s->block_cap * sizeof *s->blocks);
+    vx_free(mem, s->blocks, s->block_cap * sizeof *s->blocks);
     vx_free(mem, s->chunks, (size_t)s->chunk_cap * sizeof *s->chunks);
     vx_free(mem, s->free, (size_t)s->free_cap * sizeof *s->free);
     vx_map_free(&s->map, mem);
@@ -1106,15 +1120,9 @@ static unsigned char *vx_store_carve(vx_store *s, vx_mem *mem, size_t cb)
     if (!b || b->len - b->used < cb) {
         size_t len = VX_HUGE_BLOCK > cb ? VX_HUGE_BLOCK : cb;
         len = (len + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
-        if (s->nblocks == s->block_cap) {
-            uint32_t cap = s->block_cap ? 2 * s->block_cap : 8;
-            void *t = vx_realloc(mem, s->blocks,
-                                 (size_t)s->block_cap * sizeof *s->blocks,
-                                 (size_t)cap * sizeof *s->blocks);
-            if (!t) return NULL;
-            s->blocks = t;
-            s->block_cap = cap;
-        }
+        if (vx_grow(mem, (void **)&s->blocks, &s->block_cap, s->nblocks + 1,
+                    sizeof *s->blocks) != VECIDX_OK)
+            return NULL;
         b = &s->blocks[s->nblocks];
         if (!(b->base = vx_huge_map(len))) return NULL;
         b->len = len;
@@ -1791,20 +1799,6 @@ static void vx_scratch_free(vx_mem *mem, vx_hnsw_scratch *s)
     vx_free(mem, s->sel, s->sel_cap * sizeof *s->sel);
     vx_free(mem, s->ids, s->ids_cap * sizeof *s->ids);
     vx_free(mem, s, sizeof *s);
-}
-
-/* Grow an array of `elem`-byte items to at least `need` entries. */
-static int vx_grow(vx_mem *mem, void **p, size_t *cap, size_t need, size_t elem)
-{
-    size_t ncap = *cap ? *cap : 16, bytes;
-    void *q;
-    if (need <= *cap) return VECIDX_OK;
-    while (ncap < need) ncap *= 2;
-    if (!vx_mul_ok(ncap, elem, &bytes)) return VECIDX_ENOMEM;
-    if (!(q = vx_realloc(mem, *p, *cap * elem, bytes))) return VECIDX_ENOMEM;
-    *p = q;
-    *cap = ncap;
-    return VECIDX_OK;
 }
 
 /* Make s fit a search of breadth ef over the current slots. */
