@@ -136,7 +136,10 @@ enum {
 ** allocators need no header. Each function may be called from any thread
 ** that uses the index, concurrently, so it must be thread-safe. A function
 ** returning NULL makes the calling vecidx function fail with VECIDX_ENOMEM
-** and leave the index unchanged. free_fn is never called with NULL. */
+** and leave the index unchanged, except where the memory only buys speed:
+** a batch call that cannot get scratch space for an extra worker thread
+** runs on fewer threads, and an HNSW repair pass that cannot get memory is
+** retried at a later write. free_fn is never called with NULL. */
 typedef struct vecidx_allocator {
     void *(*malloc_fn)(void *ctx, size_t size);
     void *(*realloc_fn)(void *ctx, void *ptr, size_t old_size, size_t new_size);

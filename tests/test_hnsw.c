@@ -271,7 +271,11 @@ void test_hnsw_determinism(void)
 */
 
 /* Declared here as well as through VT_TESTS in vtest.h, so that this file
-** compiles (-Wmissing-prototypes) whether or not vtest.h lists them yet. */
+** compiles (-Wmissing-prototypes) whether or not vtest.h lists them.
+** test_hnsw_churn is not listed yet: it is issue 3's churn scenario and
+** fails today (recall@10 0.956 after five rounds against 0.995 for a fresh
+** build; the bound is 0.02). Run it by name: tests/vecidx_test hnsw_churn
+** once it is listed. */
 void test_hnsw_recall_vs_flat(void);
 void test_hnsw_churn(void);
 void test_hnsw_upsert_replaces(void);
@@ -1360,6 +1364,7 @@ static long th_failed(th_alloc *a)
 typedef struct th_arun {
     th_alloc *a;
     vecidx *ix;
+    uint32_t threads; /* the index's params.threads */
     vt_set m;
     long n;           /* the failing call */
     int steps_failed; /* calls that returned VECIDX_ENOMEM */
@@ -1426,7 +1431,9 @@ static void th_alloc_script(th_arun *t, const th_data *d)
     for (i = 0; i < NB; i++) keys[i] = i;
     f = th_failed(t->a);
     rc = vecidx_add_batch(t->ix, NB, keys, v);
-    if (th_astep(t, "add_batch", f, rc, 0))
+    /* With several threads, scratch space for a second worker that cannot
+    ** be had only makes the batch run on fewer threads (vecidx.h). */
+    if (th_astep(t, "add_batch", f, rc, t->threads > 1))
         for (i = 0; i < NB; i++) vt_set_put(&t->m, i, v + i * dim);
     /* fill the last chunk, so that the upserts must grow the storage */
     CHECK_OK(vecidx_stats(t->ix, &st));
@@ -1523,6 +1530,7 @@ static void th_alloc_loop(uint32_t dim, uint32_t threads)
         memset(&t, 0, sizeof t);
         t.a = &a;
         t.n = n;
+        t.threads = threads;
         CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, dim));
         p.threads = threads;
         p.hnsw_m = 8;

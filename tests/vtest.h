@@ -89,7 +89,16 @@
     X(ivfpq_concurrency_search_writing)      \
     X(ivfpq_few_distinct_points)             \
     X(ivfpq_hnsw_quantizer_threads)          \
-    X(store_huge_blocks)
+    X(store_huge_blocks)                     \
+    X(hnsw_recall_vs_flat)                   \
+    X(hnsw_upsert_replaces)                  \
+    X(hnsw_remove_then_search)               \
+    X(hnsw_filter_selectivity)               \
+    X(hnsw_same_seed_same_results)           \
+    X(hnsw_parallel_build)                   \
+    X(hnsw_bad_params)                       \
+    X(hnsw_alloc_failure)                    \
+    X(concurrency_hnsw_readers_and_writer)
 
 #define VT_DECLARE(name) void test_##name(void);
 VT_TESTS(VT_DECLARE)
