@@ -2410,6 +2410,23 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
 /* If y's level-l list links to buried nodes, choose its links again from
 ** its live neighbours and the live neighbours of the buried ones: the
 ** buried node's own links are where the paths through it led. */
+/* The heuristic over sorted candidates c[0, n), then the closest ones it
+** passed over until the list is full. Removal keeps taking links away, and
+** lists the heuristic leaves short after every repair would let a churned
+** graph thin out until its recall falls well below a fresh build's. */
+static size_t vx_hnsw_refill(const vecidx *ix, vx_cand *c, size_t n, size_t cap)
+{
+    vx_cand all[3 * 2 * VX_HNSW_MAX_M];
+    size_t kept, i, j;
+    memcpy(all, c, n * sizeof *c);
+    kept = vx_hnsw_select(ix, c, n, cap);
+    for (i = 0; i < n && kept < cap; i++) {
+        for (j = 0; j < kept && c[j].slot != all[i].slot; j++) continue;
+        if (j == kept) c[kept++] = all[i];
+    }
+    return kept;
+}
+
 static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
                                 int l)
 {
@@ -2442,11 +2459,9 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
         }
     }
     /* The heuristic only needs the closest few; bound its quadratic cost. */
-    if (nc > 3 * (size_t)cap) {
-        qsort(s->sel, nc, sizeof *s->sel, vx_cand_cmp);
-        nc = 3 * (size_t)cap;
-    }
-    vx_hnsw_set_links(ix, y, l, s->sel, vx_hnsw_select(ix, s->sel, nc, cap));
+    qsort(s->sel, nc, sizeof *s->sel, vx_cand_cmp);
+    if (nc > 3 * (size_t)cap) nc = 3 * (size_t)cap;
+    vx_hnsw_set_links(ix, y, l, s->sel, vx_hnsw_refill(ix, s->sel, nc, cap));
 }
 
 typedef struct vx_repair_job {
