@@ -1281,88 +1281,10 @@ void test_hnsw_bad_params(void)
 
 /* ---- 10. allocation failure -------------------------------------------- */
 
-/* An allocator that fails its Nth call and tracks every block: each block
-** carries its size in a 16-byte header, so frees can be accounted and
-** realloc's old_size checked. */
-typedef struct th_alloc {
-    pthread_mutex_t mu;
-    long calls, fail_at, failed;
-    long blocks, bad; /* live blocks; malformed calls seen */
-    size_t bytes;     /* live bytes, as the library asked for them */
-} th_alloc;
-
-#define TH_HDR 16
-
-static int th_alloc_fail(th_alloc *a)
-{
-    if (++a->calls == a->fail_at) {
-        a->failed++;
-        return 1;
-    }
-    return 0;
-}
-
-static void *th_malloc(void *ctx, size_t n)
-{
-    th_alloc *a = ctx;
-    unsigned char *p = NULL;
-    pthread_mutex_lock(&a->mu);
-    if (!th_alloc_fail(a) && (p = malloc(TH_HDR + n)) != NULL) {
-        memcpy(p, &n, sizeof n);
-        a->blocks++;
-        a->bytes += n;
-        p += TH_HDR;
-    }
-    pthread_mutex_unlock(&a->mu);
-    return p;
-}
-
-static void *th_realloc(void *ctx, void *ptr, size_t old, size_t n)
-{
-    th_alloc *a = ctx;
-    unsigned char *p = NULL, *base = ptr ? (unsigned char *)ptr - TH_HDR : 0;
-    size_t had = 0;
-    pthread_mutex_lock(&a->mu);
-    if (base) memcpy(&had, base, sizeof had);
-    if (had != old) a->bad++;
-    if (!th_alloc_fail(a) && (p = realloc(base, TH_HDR + n)) != NULL) {
-        memcpy(p, &n, sizeof n);
-        if (!base) a->blocks++;
-        a->bytes += n - had;
-        p += TH_HDR;
-    }
-    pthread_mutex_unlock(&a->mu);
-    return p;
-}
-
-static void th_free(void *ctx, void *ptr)
-{
-    th_alloc *a = ctx;
-    size_t had;
-    pthread_mutex_lock(&a->mu);
-    if (!ptr) {
-        a->bad++;
-    } else {
-        unsigned char *base = (unsigned char *)ptr - TH_HDR;
-        memcpy(&had, base, sizeof had);
-        a->blocks--;
-        a->bytes -= had;
-        free(base);
-    }
-    pthread_mutex_unlock(&a->mu);
-}
-
-static long th_failed(th_alloc *a)
-{
-    long n;
-    pthread_mutex_lock(&a->mu);
-    n = a->failed;
-    pthread_mutex_unlock(&a->mu);
-    return n;
-}
-
+/* Allocation failure uses the shared test allocator (vt_alloc): it fails
+** its Nth call once and tracks every block. */
 typedef struct th_arun {
-    th_alloc *a;
+    vt_alloc *a;
     vecidx *ix;
     uint32_t threads; /* the index's params.threads */
     vt_set m;
@@ -1378,8 +1300,7 @@ typedef struct th_arun {
 static int th_astep(th_arun *t, const char *what, long failed_before, int rc,
                     int absorbs)
 {
-    long failed = th_failed(t->a) - failed_before;
-    vecidx_stats_t st;
+    long failed = vt_alloc_failed(t->a) - failed_before;
     char label[96];
     snprintf(label, sizeof label, "N=%ld %s", t->n, what);
     if (rc == VECIDX_OK) {
@@ -1393,12 +1314,7 @@ static int th_astep(th_arun *t, const char *what, long failed_before, int rc,
         t->steps_failed++;
         vt_check_contents(label, t->ix, &t->m);
     }
-    CHECK_OK(vecidx_stats(t->ix, &st));
-    pthread_mutex_lock(&t->a->mu);
-    CHECKF(st.memory_bytes == t->a->bytes,
-           "%s: memory_bytes %llu, allocator holds %zu", label,
-           (unsigned long long)st.memory_bytes, t->a->bytes);
-    pthread_mutex_unlock(&t->a->mu);
+    vt_check_bytes(label, t->ix, t->a);
     return rc == VECIDX_OK;
 }
 
@@ -1429,7 +1345,7 @@ static void th_alloc_script(th_arun *t, const th_data *d)
     int rc;
     th_points(d, &r, v, NB);
     for (i = 0; i < NB; i++) keys[i] = i;
-    f = th_failed(t->a);
+    f = vt_alloc_failed(t->a);
     rc = vecidx_add_batch(t->ix, NB, keys, v);
     /* With several threads, scratch space for a second worker that cannot
     ** be had only makes the batch run on fewer threads (vecidx.h). */
@@ -1441,7 +1357,7 @@ static void th_alloc_script(th_arun *t, const th_data *d)
     nadd = nadd < 20 ? 20 : nadd > NB ? NB : nadd;
     th_points(d, &r, v, nadd);
     for (i = 0; i < nadd; i++) {
-        f = th_failed(t->a);
+        f = vt_alloc_failed(t->a);
         rc = vecidx_add(t->ix, NB + i, v + i * dim);
         if (th_astep(t, "add", f, rc, 0))
             vt_set_put(&t->m, NB + i, v + i * dim);
@@ -1449,7 +1365,7 @@ static void th_alloc_script(th_arun *t, const th_data *d)
     th_points(d, &r, v, 22);
     for (i = 0; i < 22; i++) {
         uint64_t key = i < 20 ? i : 1000 + i; /* 20 replace, 2 insert */
-        f = th_failed(t->a);
+        f = vt_alloc_failed(t->a);
         rc = vecidx_upsert(t->ix, key, v + i * dim);
         if (th_astep(t, "upsert", f, rc, 0))
             vt_set_put(&t->m, key, v + i * dim);
@@ -1462,19 +1378,19 @@ static void th_alloc_script(th_arun *t, const th_data *d)
             CHECK_RC(vecidx_remove(t->ix, i), VECIDX_ENOTFOUND);
             continue;
         }
-        f = th_failed(t->a);
+        f = vt_alloc_failed(t->a);
         rc = vecidx_remove(t->ix, i);
         if (th_astep(t, "remove", f, rc, 1)) vt_set_del(&t->m, i);
     }
     th_points(d, &r, v, 60);
     for (i = 0; i < 20; i++) {
-        f = th_failed(t->a);
+        f = vt_alloc_failed(t->a);
         rc = vecidx_add(t->ix, 2000 + i, v + i * dim);
         if (th_astep(t, "add after removals", f, rc, 0))
             vt_set_put(&t->m, 2000 + i, v + i * dim);
     }
     for (i = 0; i < 40; i++) keys[i] = 3000 + i;
-    f = th_failed(t->a);
+    f = vt_alloc_failed(t->a);
     rc = vecidx_add_batch(t->ix, 40, keys, v + 20 * dim);
     if (th_astep(t, "add_batch after removals", f, rc, 0))
         for (i = 0; i < 40; i++) vt_set_put(&t->m, keys[i], v + (20 + i) * dim);
@@ -1489,7 +1405,7 @@ static void th_alloc_script(th_arun *t, const th_data *d)
         if (i == 3) kk = vt_xmalloc(k * sizeof *kk);
         o.ef = i == 1 ? 300 : 0;
         o.filter = i == 2 ? th_even : NULL;
-        f = th_failed(t->a);
+        f = vt_alloc_failed(t->a);
         rc = vecidx_search(t->ix, v + i * dim, k, &o, kk, rd, found);
         if (th_astep(t, "search", f, rc, 0))
             vt_check_shape("search", &t->m, k, o.filter, NULL, kk, rd,
@@ -1499,7 +1415,7 @@ static void th_alloc_script(th_arun *t, const th_data *d)
     o.ef = 0;
     o.filter = NULL;
     o.threads = 2;
-    f = th_failed(t->a);
+    f = vt_alloc_failed(t->a);
     rc = vecidx_search_batch(t->ix, NQ, v, K, &o, rk, rd, found);
     if (th_astep(t, "search_batch", f, rc, 0))
         for (i = 0; i < NQ; i++)
@@ -1520,12 +1436,12 @@ static void th_alloc_loop(uint32_t dim, uint32_t threads)
     long before = vt_failures();
     th_data_init(&d, &r, dim, 20);
     for (n = 1; !done && n < 20000 && vt_failures() == before; n++) {
-        th_alloc a;
+        vt_alloc a;
         th_arun t;
         vecidx_params p;
+        char label[32];
         int rc;
-        memset(&a, 0, sizeof a);
-        pthread_mutex_init(&a.mu, NULL);
+        vt_alloc_init(&a);
         a.fail_at = n;
         memset(&t, 0, sizeof t);
         t.a = &a;
@@ -1535,13 +1451,10 @@ static void th_alloc_loop(uint32_t dim, uint32_t threads)
         p.threads = threads;
         p.hnsw_m = 8;
         p.hnsw_ef_construction = 32;
-        p.allocator.malloc_fn = th_malloc;
-        p.allocator.realloc_fn = th_realloc;
-        p.allocator.free_fn = th_free;
-        p.allocator.ctx = &a;
+        vt_alloc_use(&p, &a);
         rc = vecidx_create(&p, &t.ix);
         if (rc != VECIDX_OK) {
-            CHECKF(rc == VECIDX_ENOMEM && a.failed == 1,
+            CHECKF(rc == VECIDX_ENOMEM && vt_alloc_failed(&a) == 1,
                    "N=%ld: create returned %d", n, rc);
             CHECK(t.ix == NULL);
             failed_creates++;
@@ -1551,16 +1464,14 @@ static void th_alloc_loop(uint32_t dim, uint32_t threads)
             vt_check_contents("end of script", t.ix, &t.m);
             vecidx_close(t.ix);
             vt_set_free(&t.m);
-            if (a.failed == 0)
+            if (vt_alloc_failed(&a) == 0)
                 done = 1;
             else
                 failed_runs++;
         }
-        CHECKF(a.blocks == 0 && a.bytes == 0,
-               "N=%ld: %ld blocks (%zu bytes) left after close", n, a.blocks,
-               a.bytes);
-        CHECKF(a.bad == 0, "N=%ld: %ld malformed allocator calls", n, a.bad);
-        pthread_mutex_destroy(&a.mu);
+        snprintf(label, sizeof label, "N=%ld", n);
+        vt_check_released(label, &a);
+        vt_alloc_destroy(&a);
     }
     if (getenv("VTEST_DEBUG"))
         printf("  dim %u threads %u: %ld runs, %d failed creates, %d runs "
