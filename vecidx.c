@@ -2090,16 +2090,24 @@ static int vx_cand_cmp(const void *a, const void *b)
 /* The neighbour-selection heuristic: walking candidates closest first,
 ** keep one only if it is closer to the base than to every neighbour kept
 ** so far. That favours links in diverse directions, which is what keeps
-** clustered data navigable. Keeps at most m; returns how many. */
-static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n, size_t m)
+** clustered data navigable. With slack > 0 a candidate survives unless a
+** kept neighbour is closer to it by more than that fraction (the alpha of
+** Vamana / FreshDiskANN, written so that it also means something for
+** inner-product distances, which can be negative). Keeps at most m;
+** returns how many. */
+static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n, size_t m,
+                             float slack)
 {
     size_t i, j, kept = 0;
     qsort(c, n, sizeof *c, vx_cand_cmp);
     for (i = 0; i < n && kept < m; i++) {
         vx_query qi = vx_node_query(ix, c[i].slot);
         int good = 1;
-        for (j = 0; j < kept && good; j++)
-            good = vx_qdist(ix, &qi, c[j].slot) >= c[i].d;
+        for (j = 0; j < kept && good; j++) {
+            float dk = vx_qdist(ix, &qi, c[j].slot);
+            good = dk >= c[i].d ||
+                   (slack > 0 && dk + slack * fabsf(dk) >= c[i].d);
+        }
         if (good) c[kept++] = c[i];
     }
     return kept;
@@ -2142,7 +2150,7 @@ static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
     }
     tmp[n].slot = newcomer;
     tmp[n].d = d;
-    vx_hnsw_set_links(ix, node, l, tmp, vx_hnsw_select(ix, tmp, n + 1, cap));
+    vx_hnsw_set_links(ix, node, l, tmp, vx_hnsw_select(ix, tmp, n + 1, cap, 0));
     vx_hnsw_unlock(ix, node);
 }
 
@@ -2173,7 +2181,7 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
                       SIZE_MAX);
         for (i = n = 0; i < s->nres; i++) /* a parallel peer may link us */
             if (s->res[i].slot != slot) s->sel[n++] = s->res[i];
-        n = vx_hnsw_select(ix, s->sel, n, cap);
+        n = vx_hnsw_select(ix, s->sel, n, cap, 0);
         vx_hnsw_lock(ix, slot);
         vx_hnsw_set_links(ix, slot, l, s->sel, n);
         vx_hnsw_unlock(ix, slot);
@@ -2407,26 +2415,19 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
 
 /* ---- repair after removals ---------------------------------------------- */
 
+/* Slack of the heuristic when repair chooses a list again. Plain HNSW
+** selection (no slack) over and over on the same neighbourhoods drops the
+** links that join regions: after five rounds of removing half of 20k
+** clustered points and adding new ones, level 0 fell apart into pieces
+** the walk could not leave (recall@10 0.91-0.95 against 0.99 fresh).
+** Measured on that churn: slack 0.05 gave 0.97-0.99, 0.2 gave 0.997-0.9995
+** with every node reachable again, 0.3 no better. Applies to squared L2
+** and cosine distances, so 0.2 is about 1.1 in plain distance. */
+#define VX_HNSW_REPAIR_SLACK 0.2f
+
 /* If y's level-l list links to buried nodes, choose its links again from
 ** its live neighbours and the live neighbours of the buried ones: the
 ** buried node's own links are where the paths through it led. */
-/* The heuristic over sorted candidates c[0, n), then the closest ones it
-** passed over until the list is full. Removal keeps taking links away, and
-** lists the heuristic leaves short after every repair would let a churned
-** graph thin out until its recall falls well below a fresh build's. */
-static size_t vx_hnsw_refill(const vecidx *ix, vx_cand *c, size_t n, size_t cap)
-{
-    vx_cand all[3 * 2 * VX_HNSW_MAX_M];
-    size_t kept, i, j;
-    memcpy(all, c, n * sizeof *c);
-    kept = vx_hnsw_select(ix, c, n, cap);
-    for (i = 0; i < n && kept < cap; i++) {
-        for (j = 0; j < kept && c[j].slot != all[i].slot; j++) continue;
-        if (j == kept) c[kept++] = all[i];
-    }
-    return kept;
-}
-
 static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
                                 int l)
 {
@@ -2461,7 +2462,8 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     /* The heuristic only needs the closest few; bound its quadratic cost. */
     qsort(s->sel, nc, sizeof *s->sel, vx_cand_cmp);
     if (nc > 3 * (size_t)cap) nc = 3 * (size_t)cap;
-    vx_hnsw_set_links(ix, y, l, s->sel, vx_hnsw_refill(ix, s->sel, nc, cap));
+    vx_hnsw_set_links(ix, y, l, s->sel,
+                      vx_hnsw_select(ix, s->sel, nc, cap, VX_HNSW_REPAIR_SLACK));
 }
 
 typedef struct vx_repair_job {

@@ -271,11 +271,7 @@ void test_hnsw_determinism(void)
 */
 
 /* Declared here as well as through VT_TESTS in vtest.h, so that this file
-** compiles (-Wmissing-prototypes) whether or not vtest.h lists them.
-** test_hnsw_churn is not listed yet: it is issue 3's churn scenario and
-** fails today (recall@10 0.956 after five rounds against 0.995 for a fresh
-** build; the bound is 0.02). Run it by name: tests/vecidx_test hnsw_churn
-** once it is listed. */
+** compiles (-Wmissing-prototypes) whether or not vtest.h lists them. */
 void test_hnsw_recall_vs_flat(void);
 void test_hnsw_churn(void);
 void test_hnsw_upsert_replaces(void);

@@ -91,6 +91,7 @@
     X(ivfpq_hnsw_quantizer_threads)          \
     X(store_huge_blocks)                     \
     X(hnsw_recall_vs_flat)                   \
+    X(hnsw_churn)                            \
     X(hnsw_upsert_replaces)                  \
     X(hnsw_remove_then_search)               \
     X(hnsw_filter_selectivity)               \
