@@ -619,3 +619,146 @@ done:
     vt_alloc_destroy(&a);
     free(q);
 }
+
+/* ---- record layout: aligned graph records, packed ones of version 1 ------ */
+
+/* Every chunk of an HNSW store starts on a 64-byte line and records are
+** whole lines, whichever allocator the chunks come from. */
+static void vt_check_lines(const char *what, const vx_store *s)
+{
+    uint32_t c;
+    CHECKF(s->aligned && s->rec % VX_LINE_WORDS == 0,
+           "%s: record of %u words is not whole lines", what, s->rec);
+    for (c = s->nmapped; c < s->nchunks; c++)
+        CHECKF((uintptr_t)s->chunks[c].vec % 64 == 0,
+               "%s: chunk %u starts off a line", what, c);
+}
+
+static uint32_t vt_file_u32(const char *path, long off)
+{
+    unsigned char b[4] = {0, 0, 0, 0};
+    FILE *f = fopen(path, "rb");
+    if (!f || fseek(f, off, SEEK_SET) != 0 || fread(b, 1, 4, f) != 4)
+        vt_fail(__FILE__, __LINE__, "cannot read %s at %ld", path, off);
+    if (f) fclose(f);
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+           (uint32_t)b[3] << 24;
+}
+
+/* Same keys, same answers, same vectors: `b` is `a` read back. */
+static void vt_same_index(const char *what, vecidx *a, vecidx *b,
+                          const vt_set *m, const float *q, size_t nq)
+{
+    size_t i;
+    vt_check_contents(what, b, m);
+    for (i = 0; i < nq; i++) {
+        uint64_t k[2][10];
+        float d[2][10];
+        size_t f[2] = {0, 0};
+        CHECK_OK(vecidx_search(a, q + i * m->dim, 10, NULL, k[0], d[0], &f[0]));
+        CHECK_OK(vecidx_search(b, q + i * m->dim, 10, NULL, k[1], d[1], &f[1]));
+        CHECKF(f[0] == f[1] && memcmp(k[0], k[1], sizeof k[0]) == 0 &&
+                   memcmp(d[0], d[1], sizeof d[0]) == 0,
+               "%s: query %zu answers differently", what, i);
+    }
+}
+
+/* Version 2 files hold aligned graph records; a version 1 file (packed
+** records, as written before) must still open, answer the same, take
+** writes and stay version 1 through a checkpoint, since older libraries
+** can only read that layout. */
+void test_store_line_aligned_records(void)
+{
+    enum {
+        N = 3000,
+        NQ = 20
+    };
+    static const struct {
+        int metric;
+        uint32_t dim;
+    } cfg[] = {{VECIDX_L2, 13}, {VECIDX_COSINE, 20}, {VECIDX_IP, 64}};
+    const char *t = getenv("TMPDIR");
+    char dir[600], path[700], wal[720], what[96];
+    vt_rng r = {91};
+    vt_alloc a;
+    size_t c;
+    vt_alloc_init(&a);
+    snprintf(dir, sizeof dir, "%s/vecidx-layout-%ld-XXXXXX",
+             t && *t ? t : "/tmp", (long)getpid());
+    if (!mkdtemp(dir)) {
+        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
+        return;
+    }
+    snprintf(path, sizeof path, "%s/ix.vx", dir);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        const uint32_t dim = cfg[c].dim;
+        uint32_t packed = dim + (cfg[c].metric == VECIDX_COSINE) + 1 + 32;
+        float *q = vt_xmalloc(NQ * dim * sizeof *q);
+        vecidx_params p;
+        vecidx *ix[2] = {NULL, NULL}, *f = NULL;
+        vt_set m;
+        int pk;
+        vt_set_init(&m, dim, N + 10);
+        CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, cfg[c].metric, dim));
+        p.threads = 1;
+        for (pk = 0; pk < 2; pk++) {
+            vt_set scratch;
+            vt_rng rr = r;
+            if (pk) vt_alloc_use(&p, &a); /* the allocator's chunks too */
+            CHECK_OK(vecidx_create(&p, &ix[pk]));
+            if (!ix[pk]) goto next;
+            /* the layout of version 1: the store is still empty */
+            if (pk)
+                vx_store_init(&ix[pk]->store, dim, ix[pk]->store.cosine, 32, 0);
+            vt_set_init(&scratch, dim, N + 10);
+            vt_fill_index(ix[pk], pk ? &scratch : &m, N, &rr, VT_CLUSTERED);
+            vt_set_free(&scratch);
+        }
+        r.s += 1;
+        snprintf(what, sizeof what, "metric %d dim %u", cfg[c].metric, dim);
+        vt_check_lines(what, &ix[0]->store);
+        CHECK(ix[1]->store.rec == packed && !ix[1]->store.aligned);
+        vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+        for (pk = 0; pk < 2; pk++) {
+            CHECK_OK(vecidx_save(ix[pk], path));
+            CHECK_EQ_U64(vt_file_u32(path, 8), pk ? 1 : 2);
+            CHECK_EQ_U64(vt_file_u32(path, 76), pk ? packed : ix[0]->store.rec);
+            CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+            if (!f) continue;
+            CHECK(f->store.aligned == !pk && f->store.rec == ix[pk]->store.rec);
+            CHECK_OK(vecidx_check(f));
+            vt_same_index(what, ix[pk], f, &m, q, NQ);
+            vecidx_close(f);
+        }
+        /* the packed file takes writes and stays packed through a
+        ** checkpoint */
+        CHECK_OK(vecidx_open(path, NULL, 0, &f));
+        if (f) {
+            float v[64];
+            vt_fill_uniform(&r, v, dim, -1.0f, 1.0f);
+            CHECK_OK(vecidx_add(f, 1u << 30, v));
+            CHECK_OK(vecidx_add(ix[1], 1u << 30, v));
+            vt_set_put(&m, 1u << 30, v);
+            CHECK_OK(vecidx_checkpoint(f));
+            vecidx_close(f);
+            CHECK_EQ_U64(vt_file_u32(path, 8), 1);
+            CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+            if (f) {
+                CHECK_OK(vecidx_check(f));
+                vt_same_index(what, ix[1], f, &m, q, NQ);
+                vecidx_close(f);
+            }
+        }
+    next:
+        for (pk = 0; pk < 2; pk++)
+            if (ix[pk]) vecidx_close(ix[pk]);
+        vt_set_free(&m);
+        free(q);
+        unlink(path);
+        unlink(wal);
+    }
+    rmdir(dir);
+    vt_check_released("layout", &a);
+    vt_alloc_destroy(&a);
+}

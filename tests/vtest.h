@@ -90,6 +90,7 @@
     X(ivfpq_few_distinct_points)             \
     X(ivfpq_hnsw_quantizer_threads)          \
     X(store_huge_blocks)                     \
+    X(store_line_aligned_records)            \
     X(hnsw_recall_vs_flat)                   \
     X(hnsw_churn)                            \
     X(hnsw_upsert_replaces)                  \
