@@ -85,9 +85,8 @@ typedef struct bn_data {
 } bn_data;
 
 /* One output line. bn_result_init sets the defaults: train_s,
-** bytes_per_vec and lib_version stay out of the line unless set; mem_mb and
-*rss_mb print as
-** null while negative. */
+** bytes_per_vec, lib_version and extra stay out of the line unless set;
+** mem_mb and rss_mb print as null while negative. */
 typedef struct bn_result {
     const char *lib;
     const char *index;
@@ -104,6 +103,7 @@ typedef struct bn_result {
     double recall;
     double qps;
     unsigned threads;
+    const char *extra; /* more keys, ",\"key\":value..." as is, or NULL */
 } bn_result;
 
 static const char *bn_progname = "bench";
@@ -765,6 +765,7 @@ static inline void bn_print(const bn_opts *o, const bn_data *d,
         fputs(",\"version\":", f);
         bn_json_str(f, r->lib_version);
     }
+    if (r->extra) fputs(r->extra, f);
     fputs("}\n", f);
     fflush(f);
 }

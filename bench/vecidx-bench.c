@@ -333,43 +333,10 @@ static int32_t *churn_truth(const churn *ch)
     return gt;
 }
 
-/* bn_print (common.h, shared with vecidx-compare) writes its line straight
-** to stdout, with no way to add keys. Rather than keep a second copy of
-** that printer, capture its line through a temporary file and append the
-** churn keys before the closing brace. */
-static void print_extended(const bn_opts *o, const bn_data *d,
-                           const bn_result *r, const char *extra)
-{
-    char line[8192];
-    FILE *tmp = tmpfile();
-    int saved;
-    size_t len;
-
-    if (!tmp) bn_die("tmpfile: %s", strerror(errno));
-    fflush(stdout);
-    saved = dup(STDOUT_FILENO);
-    if (saved < 0 || dup2(fileno(tmp), STDOUT_FILENO) < 0)
-        bn_die("redirecting stdout: %s", strerror(errno));
-    bn_print(o, d, r); /* flushes */
-    if (dup2(saved, STDOUT_FILENO) < 0)
-        bn_die("restoring stdout: %s", strerror(errno));
-    close(saved);
-    rewind(tmp);
-    len = fread(line, 1, sizeof line - 1, tmp);
-    fclose(tmp);
-    line[len] = 0;
-    if (len < 2 || strcmp(line + len - 2, "}\n") != 0)
-        bn_die("bn_print wrote an unexpected line: %s", line);
-    line[len - 2] = 0;
-    printf("%s%s}\n", line, extra);
-    fflush(stdout);
-}
-
 /* One JSON line; the round-1 memory and the churn times are null for the
 ** fresh index, which went through no rounds. */
-static void churn_print(const churn *ch, const bn_data *truth,
-                        const bn_result *r, const vecidx_stats_t *st,
-                        int churned)
+static void churn_print(const churn *ch, const bn_data *truth, bn_result *r,
+                        const vecidx_stats_t *st, int churned)
 {
     char extra[512], m1[32] = "null", s1[32] = "null", rm[32] = "null",
                      add[32] = "null";
@@ -385,7 +352,9 @@ static void churn_print(const churn *ch, const bn_data *truth,
              "\"remove_s\":%s,\"insert_s\":%s",
              ch->rounds, churned ? "churned" : "fresh", ch->live_n,
              (unsigned long long)st->slots, m1, s1, rm, add);
-    print_extended(ch->o, truth, r, extra);
+    r->extra = extra;
+    bn_print(ch->o, truth, r);
+    r->extra = NULL;
 }
 
 /* Per ef, the churned index and then the fresh one, so that both are timed
