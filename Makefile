@@ -330,16 +330,22 @@ test-m32:
 # (NEON); 32-bit ARM with NEON runs those where a 32-bit size_t matters
 # (files, corruption, edge cases, filters); the plain armhf run leaves them
 # out, its scalar kernels being the ones every x86 test-nosimd run checks.
+# No qemu run repeats the allocation-failure sweeps or the 20k-vector HNSW
+# churn scenario (together over a quarter of the aarch64 run): they test
+# platform-independent logic, which the native, ASan, no-SIMD and -m32 runs
+# cover, and core_test's smaller churn test still runs everywhere.
 CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
+CROSS_SKIP := -alloc_failure -hnsw_churn
 MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
 cross-test: cross-test-aarch64 cross-test-armhf cross-test-armhf-neon
 cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS))
-	$(call vx_run,$(TEST_PROGS),-aarch64,$(QEMU_AARCH64))
+	$(call vx_run,$(MAIN_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_SKIP))
+	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-aarch64,$(QEMU_AARCH64))
 cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS))
-	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq)
+	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq $(CROSS_SKIP))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-armhf,$(QEMU_ARM))
 cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS))
-	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),-ivfpq)
+	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),-ivfpq $(CROSS_SKIP))
 	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),$(CROSS_IVF32))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM))
 
