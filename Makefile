@@ -334,15 +334,19 @@ test-m32:
 # churn scenario (together over a quarter of the aarch64 run): they test
 # platform-independent logic, which the native, ASan, no-SIMD and -m32 runs
 # cover, and core_test's smaller churn test still runs everywhere.
+# The plain armhf run also leaves out the HNSW tests: the armhf-neon run
+# covers the graph on 32 bits, and x86 test-nosimd the graph on scalar
+# kernels. aarch64 leaves out the huge-page pool test, which the 64-bit
+# native runs and the 32-bit armhf runs cover.
 CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
 CROSS_SKIP := -alloc_failure -hnsw_churn
 MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
 cross-test: cross-test-aarch64 cross-test-armhf cross-test-armhf-neon
 cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS))
-	$(call vx_run,$(MAIN_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_SKIP))
+	$(call vx_run,$(MAIN_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_SKIP) -store_huge_blocks)
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-aarch64,$(QEMU_AARCH64))
 cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS))
-	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq $(CROSS_SKIP))
+	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq -hnsw $(CROSS_SKIP))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-armhf,$(QEMU_ARM))
 cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS))
 	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),-ivfpq $(CROSS_SKIP))
