@@ -274,6 +274,7 @@ void test_hnsw_determinism(void)
 ** compiles (-Wmissing-prototypes) whether or not vtest.h lists them. */
 void test_hnsw_recall_vs_flat(void);
 void test_hnsw_churn(void);
+void test_hnsw_churn_ip(void);
 void test_hnsw_upsert_replaces(void);
 void test_hnsw_remove_then_search(void);
 void test_hnsw_filter_selectivity(void);
@@ -525,9 +526,10 @@ static void th_check_keys(const char *what, vecidx *ix,
 
 /* The issue's scenario: 20k vectors, then five rounds of deleting a random
 ** half of the live keys and inserting 10k fresh ones. The graph must stay
-** as good as a fresh build of the same set, the structure valid, removed
-** keys gone, and memory flat (repairs free buried nodes' storage). */
-void test_hnsw_churn(void)
+** within tol of a fresh build of the same set in recall, the structure
+** valid, removed keys gone, and memory flat (repairs free buried nodes'
+** storage). */
+static void th_churn(int metric, uint32_t threads, double tol)
 {
     enum {
         DIM = 16,
@@ -537,8 +539,7 @@ void test_hnsw_churn(void)
         NQ = 200,
         NQR = 40,
         K = 10,
-        EF = 32,
-        THREADS = 2
+        EF = 32
     };
     const size_t total = N0 + (size_t)ROUNDS * ADD;
     vt_rng r = {2024};
@@ -550,7 +551,7 @@ void test_hnsw_churn(void)
     uint64_t *list = vt_xmalloc(total * sizeof *list), keys[K];
     float dists[K];
     vecidx_stats_t st1, st;
-    vecidx *ix = th_hnsw(VECIDX_L2, DIM, THREADS, 0, 64, 42);
+    vecidx *ix = th_hnsw(metric, DIM, threads, 0, 64, 42);
     vecidx *flat = NULL, *fresh = NULL;
     size_t next = N0, round, i, nl, found;
     double rc_churn, rc_fresh;
@@ -623,19 +624,19 @@ void test_hnsw_churn(void)
             nl++;
         }
     CHECK_EQ_U64(nl, N0);
-    flat = vt_create(VECIDX_FLAT, VECIDX_L2, DIM, 2);
-    fresh = th_hnsw(VECIDX_L2, DIM, THREADS, 0, 64, 42);
+    flat = vt_create(VECIDX_FLAT, metric, DIM, 2);
+    fresh = th_hnsw(metric, DIM, threads, 0, 64, 42);
     if (flat && fresh) {
         CHECK_OK(vecidx_add_batch(flat, nl, list, fv));
         CHECK_OK(vecidx_add_batch(fresh, nl, list, fv));
-        rc_churn = th_recall("churned", ix, flat, VECIDX_L2, q, NQ, K, EF, NULL,
+        rc_churn = th_recall("churned", ix, flat, metric, q, NQ, K, EF, NULL,
                              NULL);
-        rc_fresh = th_recall("fresh", fresh, flat, VECIDX_L2, q, NQ, K, EF,
-                             NULL, NULL);
+        rc_fresh = th_recall("fresh", fresh, flat, metric, q, NQ, K, EF, NULL,
+                             NULL);
         if (getenv("VTEST_DEBUG"))
             printf("  recall@10 at ef %d: churned %.4f, fresh %.4f\n", EF,
                    rc_churn, rc_fresh);
-        CHECKF(rc_churn >= rc_fresh - 0.02,
+        CHECKF(rc_churn >= rc_fresh - tol,
                "recall@10 at ef %d after churn %.4f, fresh build %.4f", EF,
                rc_churn, rc_fresh);
     }
@@ -648,6 +649,22 @@ void test_hnsw_churn(void)
     free(fv);
     free(live);
     free(list);
+}
+
+void test_hnsw_churn(void)
+{
+    th_churn(VECIDX_L2, 2, 0.02);
+}
+
+/* Inner product is the hard case: most nodes have no in-links and the
+** answers' in-links go with each round of removals (see vx_hnsw_relink).
+** Measured here: churned 0.9555 against fresh 0.9960 with the relinking,
+** 0.9235 without it, so the bound is looser than the 0.02 that L2 and
+** cosine meet; it fails if the relinking stops working. One build thread,
+** so the graph and the margin are reproducible. */
+void test_hnsw_churn_ip(void)
+{
+    th_churn(VECIDX_IP, 1, 0.05);
 }
 
 /* ---- 3. upsert ----------------------------------------------------------- */
