@@ -641,8 +641,7 @@ static uint32_t vt_file_u32(const char *path, long off)
     if (!f || fseek(f, off, SEEK_SET) != 0 || fread(b, 1, 4, f) != 4)
         vt_fail(__FILE__, __LINE__, "cannot read %s at %ld", path, off);
     if (f) fclose(f);
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-           (uint32_t)b[3] << 24;
+    return vx_get32(b, 0);
 }
 
 /* Same keys, same answers, same vectors: `b` is `a` read back. */
