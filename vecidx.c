@@ -2552,24 +2552,21 @@ static void vx_hnsw_mark_inlinks(vecidx *ix, uint8_t *mark, int l)
 
 /* Repair rewires the nodes that linked to buried ones, but a live node
 ** whose only in-links came from buried nodes is left with none, and no
-** walk can reach it any more. For L2 and cosine that is rare (a handful
-** of nodes per repair: the slack keeps lists wide), and those orphans are
-** connected again as if inserted at that level: a search from the entry
-** point, their own lists chosen anew, and themselves offered to their new
-** neighbours. Under inner product most nodes have no in-links at all, and
-** the few that hold the answers (large norms, in every direction) lose
-** theirs to each round of removals, so there every node that a buried
-** node linked to is connected again. Measured on issue 3's churn
-** scenario with IP, five seeds: churned recall@10 0.91-0.97 without this,
-** 0.955-0.989 with it (fresh builds 0.991-0.998), for a quarter to a half
-** more time in the removals and inserts. Re-connecting every live node
-** does worse, not better.
-** Runs on one thread with a scratch fitted for ef_construction, after a
-** live entry point is chosen. */
+** walk could reach it again. Each such orphan is connected again as if
+** it were inserted at that level: a search from the entry point, its own
+** list chosen anew, and itself offered to its new neighbours. For L2 and
+** cosine there are a handful per repair (the slack keeps lists wide);
+** under inner product hundreds, most nodes of an IP graph having no
+** in-links at all. Relinking every node a buried node linked to lifted
+** IP churn recall on 16-d test data (0.92 -> 0.955, fresh 0.996) but made
+** removals 12x slower at 128-d for +0.002, so it is not done; see
+** vecidx_remove for what IP churn costs. Runs on one thread with a
+** scratch fitted for ef_construction, after a live entry point is
+** chosen. */
 static void vx_hnsw_relink(vecidx *ix, vx_hnsw_scratch *s)
 {
     vx_hnsw *h = &ix->hnsw;
-    uint8_t *mark = h->mark, want = ix->p.metric == VECIDX_IP ? 2 : 3;
+    uint8_t *mark = h->mark;
     uint32_t y;
     int l;
     if (h->entry == VX_NOSLOT || h->mark_cap < ix->store.nslots) return;
@@ -2579,7 +2576,7 @@ static void vx_hnsw_relink(vecidx *ix, vx_hnsw_scratch *s)
             vx_query q;
             vx_cand cur;
             int k;
-            if ((mark[y] & want) != 2 || y == h->entry ||
+            if (mark[y] != 2 || y == h->entry ||
                 vx_store_live(&ix->store, y) != VX_LIVE)
                 continue;
             q = vx_node_query(ix, y);
