@@ -4701,6 +4701,9 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         g->rng = h->rng;
         g->entry = h->entry;
         g->maxlevel = h->maxlevel;
+        /* Nodes saved buried are unlinked by a later repair: its marks. */
+        if (h->nburied && vx_hnsw_mark_fit(ix, 1) != VECIDX_OK)
+            return VECIDX_ENOMEM;
     }
     return VECIDX_OK;
 }
