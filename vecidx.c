@@ -1472,7 +1472,7 @@ typedef struct vx_hnsw {
     size_t arena_n, arena_cap;
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
     /* A byte per slot for repairs (vx_hnsw_relink), made at the first
-    ** removal and grown with the store, so a repair allocates nothing. */
+    ** removal and grown with the store, so that a repair need not get it. */
     uint8_t *mark;
     size_t mark_cap;
     pthread_mutex_t pool_lock;
@@ -2093,8 +2093,9 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         ** ahead of the one scored. (Measured: 14-25 % more queries per
         ** second at 128, 384 and 960 dimensions than the L1 prefetch alone.)
         ** Long vectors stop at VX_PREFETCH_L2 bytes per node expanded,
-        ** so as not to evict what the walk still needs from a small L2
-        ** (at 960 dimensions on a 1 MiB L2 the cap costs 0-5 %). */
+        ** so as not to evict what the walk still needs from a small L2.
+        ** With M 16 that cap binds only above 1,024 dimensions, where it
+        ** is not measured. */
         for (i = 0; i < n; i++) {
             uint32_t v = nb[i];
             const float *vec;
@@ -2199,20 +2200,22 @@ static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
     vx_hnsw_unlock(ix, node);
 }
 
-/* Choose slot's level-l links from a search that starts at cur, and offer
-** slot to each chosen neighbour's list. Returns where the search on the
-** level below should start. */
+/* Choose neighbours for slot at level l by a search that starts at cur,
+** offer slot to each chosen neighbour's list and, if `own`, make them its
+** own list. Returns where the search on the level below should start. */
 static vx_cand vx_hnsw_connect(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
-                               const vx_query *q, vx_cand cur, int l)
+                               const vx_query *q, vx_cand cur, int l, int own)
 {
     size_t n, i, cap = l ? ix->hnsw.m : ix->hnsw.m0;
     vx_hnsw_layer(ix, s, q, cur, l, ix->p.hnsw_ef_construction, NULL, SIZE_MAX);
     for (i = n = 0; i < s->nres; i++) /* a parallel peer may link us */
         if (s->res[i].slot != slot) s->sel[n++] = s->res[i];
     n = vx_hnsw_select(ix, s->sel, n, cap, 0);
-    vx_hnsw_lock(ix, slot);
-    vx_hnsw_set_links(ix, slot, l, s->sel, n);
-    vx_hnsw_unlock(ix, slot);
+    if (own) {
+        vx_hnsw_lock(ix, slot);
+        vx_hnsw_set_links(ix, slot, l, s->sel, n);
+        vx_hnsw_unlock(ix, slot);
+    }
     for (i = 0; i < n; i++)
         vx_hnsw_link_back(ix, s->sel + n, s->sel[i].slot, slot, s->sel[i].d, l);
     return n ? s->sel[0] : cur;
@@ -2240,7 +2243,7 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
     for (l = maxl; l > level; l--)
         vx_hnsw_greedy(ix, s, &q, &cur.slot, &cur.d, l);
     for (l = level < maxl ? level : maxl; l >= 0; l--)
-        cur = vx_hnsw_connect(ix, s, slot, &q, cur, l);
+        cur = vx_hnsw_connect(ix, s, slot, &q, cur, l, 1);
     if (level > maxl) {
         if (h->locking) pthread_mutex_lock(&h->entry_lock);
         if (level > h->maxlevel) {
@@ -2552,17 +2555,19 @@ static void vx_hnsw_mark_inlinks(vecidx *ix, uint8_t *mark, int l)
 
 /* Repair rewires the nodes that linked to buried ones, but a live node
 ** whose only in-links came from buried nodes is left with none, and no
-** walk could reach it again. Each such orphan is connected again as if
-** it were inserted at that level: a search from the entry point, its own
-** list chosen anew, and itself offered to its new neighbours. For L2 and
-** cosine there are a handful per repair (the slack keeps lists wide);
-** under inner product hundreds, most nodes of an IP graph having no
-** in-links at all. Relinking every node a buried node linked to lifted
-** IP churn recall on 16-d test data (0.92 -> 0.955, fresh 0.996) but made
-** removals 12x slower at 128-d for +0.002, so it is not done; see
-** vecidx_remove for what IP churn costs. Runs on one thread with a
-** scratch fitted for ef_construction, after a live entry point is
-** chosen. */
+** walk could reach it again. Each such orphan is offered to new
+** neighbours as an insert would be (a search from the entry point, then
+** link-back into the lists of those the heuristic picks); its own list,
+** just rebuilt by the repair, is kept. For L2 and cosine there are a
+** handful per repair (the slack keeps lists wide). Under inner product
+** there are more, and the repair's own re-selection leaves more still
+** without in-links (nodes that other lists held only until they were
+** rebuilt), which this does not look for: relinking them too gave mixed
+** results, and relinking every node a buried node linked to made
+** removals 12x slower at 128-d for +0.002 recall. See vecidx_remove for
+** what IP churn costs. Runs on one thread with a scratch fitted for
+** ef_construction, after a live entry point is chosen; like an insert, it
+** links from what it found if a search frontier cannot grow. */
 static void vx_hnsw_relink(vecidx *ix, vx_hnsw_scratch *s)
 {
     vx_hnsw *h = &ix->hnsw;
@@ -2584,7 +2589,7 @@ static void vx_hnsw_relink(vecidx *ix, vx_hnsw_scratch *s)
             cur.d = vx_qdist(ix, &q, cur.slot);
             for (k = h->maxlevel; k > l; k--)
                 vx_hnsw_greedy(ix, s, &q, &cur.slot, &cur.d, k);
-            (void)vx_hnsw_connect(ix, s, y, &q, cur, l);
+            (void)vx_hnsw_connect(ix, s, y, &q, cur, l, 0);
         }
     }
 }
@@ -4701,9 +4706,6 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         g->rng = h->rng;
         g->entry = h->entry;
         g->maxlevel = h->maxlevel;
-        /* Nodes saved buried are unlinked by a later repair: its marks. */
-        if (h->nburied && vx_hnsw_mark_fit(ix, 1) != VECIDX_OK)
-            return VECIDX_ENOMEM;
     }
     return VECIDX_OK;
 }
@@ -5342,6 +5344,11 @@ static int vx_open_wal(vecidx *ix, const char *path, uint64_t salt,
                       strerror(errno));
     if (st.st_size > VX_WAL_HEADER && (rc = vx_open_verify(ix, path)) != 0)
         return rc;
+    /* A handle that may write gets the marks for repairing nodes that were
+    ** saved buried; a reader with nothing to replay never repairs. */
+    if ((writable || st.st_size > VX_WAL_HEADER) && ix->p.kind == VECIDX_HNSW &&
+        ix->store.nburied && vx_hnsw_mark_fit(ix, 1) != VECIDX_OK)
+        return vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
     vx_write_begin(ix);
     rc = vx_wal_replay(ix, w, fd, (uint64_t)st.st_size);
     vx_write_end(ix);

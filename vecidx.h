@@ -418,7 +418,11 @@ int vecidx_reserve(vecidx *ix, size_t n);
 ** a reopen the index trains itself again from its buffer). */
 int vecidx_train(vecidx *ix, size_t n, const float *samples);
 
-/* ---- Writing ---------------------------------------------------------- */
+/* ---- Writing ----------------------------------------------------------
+** Every call below that changes an index opened from a file can also fail
+** with VECIDX_ESTATE (the handle is read-only) and VECIDX_EIO (the log
+** could not be appended to, with the system's reason); the index is then
+** unchanged. */
 
 /* Insert vector vec (dim floats) under key. Writer.
 ** Errors: VECIDX_EINVAL (NULL ix/vec, NaN or infinity in vec, zero vector
@@ -449,17 +453,18 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** returns: no later call sees it. Flat storage is reused at once. In an
 ** HNSW graph the node first stays as a waypoint that searches walk
 ** through but never return; once a tenth of the nodes are such waypoints,
-** the next write repairs the graph (every list linking to them is rebuilt
-** from their neighbours, in a pass linear in the index size) and their
-** storage is reused, so memory stays flat under insert/delete churn.
+** the write that finds them so (this call or a later add, upsert or
+** remove) repairs the graph: every list linking to them is rebuilt from
+** their neighbours, in a pass linear in the index size, and their storage
+** is reused, so memory stays flat under insert/delete churn.
 ** Recall after many rounds of churn stays level with a fresh build for
 ** L2 and cosine. Under inner product it can fall below: measured
-** recall@10 0.004-0.007 below a fresh build on 128-d data, 0.03-0.08 on
-** tightly clustered 16-d data, and far more when most of an IP index is
-** removed with no inserts in between (0.67-0.75 against 0.995 after
+** recall@10 0.004-0.007 below a fresh build on 128-d data, up to about
+** 0.08 on tightly clustered 16-d data, and far more when most of an IP index is
+** removed with no inserts in between (0.67-0.76 against 0.995 after
 ** removing 7/8 of 20k 16-d vectors; see docs/DESIGN.md). Adding the live
 ** vectors to a new index restores it. Writer. Errors: VECIDX_EINVAL (NULL
-** ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: the first removal makes a
+** ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a removal makes or grows a
 ** table of one byte per slot for the repairs; nothing changed). */
 int vecidx_remove(vecidx *ix, uint64_t key);
 

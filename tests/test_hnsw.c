@@ -274,6 +274,7 @@ void test_hnsw_determinism(void)
 ** compiles (-Wmissing-prototypes) whether or not vtest.h lists them. */
 void test_hnsw_recall_vs_flat(void);
 void test_hnsw_churn(void);
+void test_hnsw_churn_cos(void);
 void test_hnsw_churn_ip(void);
 void test_hnsw_upsert_replaces(void);
 void test_hnsw_remove_then_search(void);
@@ -656,10 +657,15 @@ void test_hnsw_churn(void)
     th_churn(VECIDX_L2, 2, 0.02);
 }
 
+void test_hnsw_churn_cos(void)
+{
+    th_churn(VECIDX_COSINE, 2, 0.02);
+}
+
 /* Inner product is the hard case: most nodes of an IP graph have no
 ** in-links, and points that become answers once their neighbours are
 ** removed have none to lose or regain (see vx_hnsw_relink). Measured here:
-** churned 0.9295 against fresh 0.9960, a known shortfall against the 0.02
+** churned 0.9350 against fresh 0.9960, a known shortfall against the 0.02
 ** that L2 and cosine meet; the bound catches a graph that falls apart,
 ** and the rest of th_churn (contents, check, flat memory) holds as for
 ** L2. One build thread, so the graph and the margin are reproducible. */

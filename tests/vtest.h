@@ -93,6 +93,7 @@
     X(store_line_aligned_records)            \
     X(hnsw_recall_vs_flat)                   \
     X(hnsw_churn)                            \
+    X(hnsw_churn_cos)                        \
     X(hnsw_churn_ip)                         \
     X(hnsw_upsert_replaces)                  \
     X(hnsw_remove_then_search)               \
