@@ -331,9 +331,9 @@ test-m32:
 # (files, corruption, edge cases, filters); the plain armhf run leaves them
 # out, its scalar kernels being the ones every x86 test-nosimd run checks.
 # No qemu run repeats the allocation-failure sweeps or the 20k-vector HNSW
-# churn scenario (together over a quarter of the aarch64 run): they test
-# platform-independent logic, which the native, ASan, no-SIMD and -m32 runs
-# cover, and core_test's smaller churn test still runs everywhere.
+# churn and removal scenarios (together over a quarter of the aarch64 run):
+# they test platform-independent logic, which the native, ASan and no-SIMD
+# runs cover, and core_test's smaller churn test still runs everywhere.
 # The plain armhf run also leaves out the HNSW tests: the armhf-neon run
 # covers the graph on 32 bits, and x86 test-nosimd the graph on scalar
 # kernels. aarch64 leaves out the huge-page pool test, which the 64-bit
@@ -341,7 +341,7 @@ test-m32:
 # platform-independent logic (same seed same model, parallel quantizer
 # build, progress callback; 60 of its 255 s), which the native runs cover.
 CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
-CROSS_SKIP := -alloc_failure -hnsw_churn
+CROSS_SKIP := -alloc_failure -hnsw_churn -hnsw_removals
 CROSS_A64_SKIP := -store_huge_blocks -ivfpq_determinism \
     -ivfpq_hnsw_quantizer_threads -ivfpq_progress
 MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))

@@ -95,6 +95,7 @@
     X(hnsw_churn)                            \
     X(hnsw_churn_cos)                        \
     X(hnsw_churn_ip)                         \
+    X(hnsw_removals_ip)                      \
     X(hnsw_upsert_replaces)                  \
     X(hnsw_remove_then_search)               \
     X(hnsw_filter_selectivity)               \
