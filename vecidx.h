@@ -458,12 +458,12 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** their neighbours, in a pass linear in the index size, and their storage
 ** is reused, so memory stays flat under insert/delete churn.
 ** Recall after many rounds of churn stays level with a fresh build for
-** L2 and cosine. Under inner product it can fall below: measured
-** recall@10 0.004-0.007 below a fresh build on 128-d data, up to about
-** 0.08 on tightly clustered 16-d data, and far more when most of an IP index is
-** removed with no inserts in between (0.67-0.76 against 0.995 after
-** removing 7/8 of 20k 16-d vectors; see docs/DESIGN.md). Adding the live
-** vectors to a new index restores it. Writer. Errors: VECIDX_EINVAL (NULL
+** L2 and cosine. Under inner product it falls somewhat below: measured
+** recall@10 0.003-0.006 below a fresh build on 128-d data, 0.015-0.05 on
+** tightly clustered 16-d data, 0.035-0.046 after removing 7/8 of 20k 16-d
+** vectors with no inserts (see docs/DESIGN.md), and IP removals take about
+** twice as long as L2 ones. Adding the live vectors to a new index restores
+** fresh-build recall. Writer. Errors: VECIDX_EINVAL (NULL
 ** ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a removal makes or grows a
 ** table of one byte per slot for the repairs; nothing changed). */
 int vecidx_remove(vecidx *ix, uint64_t key);
