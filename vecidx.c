@@ -2052,13 +2052,13 @@ static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c, int l,
 
 #define VX_PREFETCH_L2 (128u * 1024u)
 
-/* Lines 1.. of a vector into L1 (locality 3) or only as far as L2 (2). */
-static inline void vx_prefetch_rest(const float *v, size_t bytes, int where)
+/* Lines 1.. of a vector into L1, or only as far as L2 (locality 2). */
+static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
 {
     size_t off;
     for (off = 64; off < bytes; off += 64)
-        if (where == 3)
-            __builtin_prefetch((const char *)v + off, 0, 3);
+        if (l1)
+            VX_PREFETCH((const char *)v + off);
         else
             __builtin_prefetch((const char *)v + off, 0, 2);
 }
@@ -2105,15 +2105,15 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
             vec = vx_store_vec(st, v);
             VX_PREFETCH(vec);
             if (m * dim_bytes <= VX_PREFETCH_L2)
-                vx_prefetch_rest(vec, dim_bytes, 2);
+                vx_prefetch_rest(vec, dim_bytes, 0);
         }
         s->visited += m;
         for (i = 0; i < 2 && i < m; i++)
-            vx_prefetch_rest(vx_store_vec(st, fresh[i]), dim_bytes, 3);
+            vx_prefetch_rest(vx_store_vec(st, fresh[i]), dim_bytes, 1);
         for (i = 0; i < m; i++) {
             vx_cand e;
             if (i + 2 < m)
-                vx_prefetch_rest(vx_store_vec(st, fresh[i + 2]), dim_bytes, 3);
+                vx_prefetch_rest(vx_store_vec(st, fresh[i + 2]), dim_bytes, 1);
             e.slot = fresh[i];
             e.d = vx_qdist(ix, q, e.slot);
             if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
@@ -2575,8 +2575,9 @@ static void vx_hnsw_offer_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
 static int vx_norm_bucket(float n2)
 {
     int e, b;
-    float m = frexpf(n2, &e); /* n2 = m * 2^e, m in [0.5, 1) */
+    float m;
     if (!(n2 > 0.0f)) return 0;
+    m = frexpf(n2, &e); /* n2 = m * 2^e, m in [0.5, 1) */
     b = (e + 64) * 16 + (int)((m - 0.5f) * 32.0f);
     return b < 0 ? 0 : b >= VX_NORM_BUCKETS ? VX_NORM_BUCKETS - 1 : b;
 }
@@ -2588,18 +2589,19 @@ static int vx_norm_bucket(float n2)
 ** recall@10 was 0.67-0.75 against 0.995 fresh, the walk reaching as few as
 ** 17 of 2,500 nodes. So each repair offers as many unreachable nodes as it
 ** frees, largest norms first (the likeliest answers), to neighbours found
-** by a search, as an insert would. That scenario: 0.954-0.965. On 100k x
+** by a search, as an insert would. That scenario: 0.951-0.965. On 100k x
 ** 128 with five rounds of half out, half in, the gap to a fresh build
-** goes from 0.004-0.007 to 0.003-0.006, and removals take 4x as long
+** goes from 0.004-0.007 to 0.002-0.006, and removals take 4x as long
 ** (about 1.8x an insert). The largest norms are found with a fixed
 ** histogram, so nothing is allocated. */
 static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_scratch *s, uint8_t *mark,
                               uint32_t budget)
 {
     const vx_store *st = &ix->store;
-    uint32_t hist[VX_NORM_BUCKETS], y, sum = 0;
-    int b, t = 0, pass;
+    uint32_t hist[VX_NORM_BUCKETS], y, sum = 0, at_t;
+    int b, t = 0;
     memset(hist, 0, sizeof hist);
+    /* Marked afresh: offering orphans can push other nodes out of lists. */
     vx_hnsw_mark_inlinks(ix, mark, 0);
     for (y = 0; y < st->nslots; y++) {
         const float *v = vx_store_vec(st, y);
@@ -2612,19 +2614,19 @@ static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_scratch *s, uint8_t *mark,
         sum += hist[b];
         t = b;
     }
-    /* Buckets above t hold fewer than budget nodes: all of them first,
-    ** then as many of bucket t as the budget allows. */
-    for (pass = 0; pass < 2 && sum; pass++)
-        for (y = 0; y < st->nslots && budget; y++) {
-            const float *v = vx_store_vec(st, y);
-            if ((mark[y] & 1) || y == ix->hnsw.entry ||
-                vx_store_live(st, y) != VX_LIVE)
-                continue;
-            b = vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim));
-            if (pass == 0 ? b <= t : b != t) continue;
-            vx_hnsw_offer_node(ix, s, y, 0);
-            budget--;
-        }
+    /* Buckets above t hold fewer than budget nodes, all taken; bucket t
+    ** gives the rest. */
+    at_t = budget - (sum - hist[t]);
+    for (y = 0; y < st->nslots && sum; y++) {
+        const float *v = vx_store_vec(st, y);
+        if ((mark[y] & 1) || y == ix->hnsw.entry ||
+            vx_store_live(st, y) != VX_LIVE)
+            continue;
+        b = vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim));
+        if (b < t || (b == t && at_t == 0)) continue;
+        if (b == t) at_t--;
+        vx_hnsw_offer_node(ix, s, y, 0);
+    }
 }
 
 /* Repair rewires the nodes that linked to buried ones, but a live node

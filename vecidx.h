@@ -459,8 +459,8 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** is reused, so memory stays flat under insert/delete churn.
 ** Recall after many rounds of churn stays level with a fresh build for
 ** L2 and cosine. Under inner product it falls somewhat below: measured
-** recall@10 0.003-0.006 below a fresh build on 128-d data, 0.015-0.05 on
-** tightly clustered 16-d data, 0.035-0.046 after removing 7/8 of 20k 16-d
+** recall@10 0.002-0.006 below a fresh build on 128-d data, 0.015-0.06 on
+** tightly clustered 16-d data, 0.035-0.05 after removing 7/8 of 20k 16-d
 ** vectors with no inserts (see docs/DESIGN.md), and IP removals take about
 ** twice as long as L2 ones. Adding the live vectors to a new index restores
 ** fresh-build recall. Writer. Errors: VECIDX_EINVAL (NULL
