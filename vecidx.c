@@ -2491,19 +2491,34 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
 ** the walk could not leave (recall@10 0.91-0.95 against 0.99 fresh).
 ** Measured on that churn: slack 0.05 gave 0.97-0.99, 0.2 gave 0.997-0.9995
 ** with every node reachable again, 0.3 no better. Applies to squared L2
-** and cosine distances, so 0.2 is about 1.1 in plain distance. */
+** and cosine distances, so 0.2 is about 1.1 in plain distance; inner
+** product repairs differently (vx_hnsw_repair_node). */
 #define VX_HNSW_REPAIR_SLACK 0.2f
 
 /* If y's level-l list links to buried nodes, choose its links again from
 ** its live neighbours and the live neighbours of the buried ones: the
-** buried node's own links are where the paths through it led. */
+** buried node's own links are where the paths through it led.
+**
+** Inner product keeps y's live links and adds new ones chosen, without
+** slack, from the buried nodes' neighbours only; vx_hnsw_link_repaired
+** then links them back. An IP graph is sparse (mean out-degree about 2.5
+** at level 0) and most of its links are such link-backs, which choosing a
+** whole list again drops. On five rounds of removing half of 20k
+** clustered 16-d points and adding 10k, re-choosing (slack 0.2) left
+** recall@10 0.023-0.057 below a fresh build, without slack 0.02-0.04;
+** keeping and linking back leaves it at most 0.008 below (13 seeds).
+** When mark is not NULL, mark[y] records for vx_hnsw_link_repaired where
+** y's new level-0 links start, plus one (one byte per node, so workers
+** need no locks; clamped at 255, so with M 128 a few kept links may be
+** offered again, which does no harm). */
 static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
-                                int l)
+                                int l, uint8_t *mark)
 {
     const vx_store *st = &ix->store;
     uint32_t *links = vx_hnsw_links(ix, y, l);
     uint32_t n = links[0], i, j, cap = l ? ix->hnsw.m : ix->hnsw.m0;
-    size_t nc = 0;
+    size_t nc = 0, kept = 0, bound = 3 * (size_t)cap;
+    int ip = ix->p.metric == VECIDX_IP;
     vx_query qy;
     for (i = 0; i < n && vx_store_live(st, links[1 + i]) == VX_LIVE; i++)
         continue;
@@ -2512,15 +2527,18 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     s->visit[y] = s->epoch;
     qy = vx_node_query(ix, y);
     for (i = 0; i < n; i++) {
-        uint32_t z = links[1 + i], zn = 1;
-        const uint32_t *zl = &links[1 + i];
-        if (vx_store_live(st, z) != VX_LIVE) {
-            zl = vx_hnsw_links(ix, z, l);
-            zn = zl[0];
-            zl++;
-        }
-        for (j = 0; j < zn; j++) {
-            uint32_t w = zl[j];
+        uint32_t z = links[1 + i];
+        if (vx_store_live(st, z) != VX_LIVE) continue;
+        s->visit[z] = s->epoch;
+        s->sel[nc].slot = z;
+        s->sel[nc++].d = vx_qdist(ix, &qy, z);
+    }
+    if (ip) kept = nc;
+    for (i = 0; i < n; i++) {
+        const uint32_t *zl = vx_hnsw_links(ix, links[1 + i], l);
+        if (vx_store_live(st, links[1 + i]) == VX_LIVE) continue;
+        for (j = 0; j < zl[0]; j++) {
+            uint32_t w = zl[1 + j];
             if (vx_store_live(st, w) != VX_LIVE || s->visit[w] == s->epoch)
                 continue;
             s->visit[w] = s->epoch;
@@ -2529,11 +2547,40 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
         }
     }
     /* The heuristic only needs the closest few; bound its quadratic cost. */
-    qsort(s->sel, nc, sizeof *s->sel, vx_cand_cmp);
-    if (nc > 3 * (size_t)cap) nc = 3 * (size_t)cap;
-    vx_hnsw_set_links(
-        ix, y, l, s->sel,
-        vx_hnsw_select(ix, s->sel, nc, cap, VX_HNSW_REPAIR_SLACK));
+    qsort(s->sel + kept, nc - kept, sizeof *s->sel, vx_cand_cmp);
+    if (nc - kept > bound) nc = kept + bound;
+    nc = kept + vx_hnsw_select(ix, s->sel + kept, nc - kept, cap - kept,
+                               ip ? 0.0f : VX_HNSW_REPAIR_SLACK);
+    vx_hnsw_set_links(ix, y, l, s->sel, nc);
+    if (mark && (l == 0 || !mark[y])) {
+        /* Where y's new level-0 links start (none new if only an upper
+        ** level was repaired); levels run upward, so 0 comes first. */
+        size_t from = l ? vx_hnsw_links(ix, y, 0)[0] : kept;
+        mark[y] = (uint8_t)(1 + (from < 254 ? from : 254));
+    }
+}
+
+/* Inner product only: offer each node repaired by vx_hnsw_repair_node to
+** the nodes it newly links to at level 0, and to all its links above, as
+** an insert offers itself. Offering its kept links too gave the same
+** recall and took 2.7x as long (100k x 128). One thread, in slot order,
+** so the graph does not depend on the number of workers. */
+static void vx_hnsw_link_repaired(vecidx *ix, vx_hnsw_scratch *s,
+                                  const uint8_t *mark)
+{
+    uint32_t y, i;
+    int l;
+    for (y = 0; y < ix->store.nslots; y++) {
+        vx_query qy;
+        if (!mark[y]) continue;
+        qy = vx_node_query(ix, y);
+        for (l = 0; l <= vx_hnsw_level(ix, y); l++) {
+            const uint32_t *links = vx_hnsw_links(ix, y, l);
+            for (i = l ? 0 : mark[y] - 1u; i < links[0]; i++)
+                vx_hnsw_link_back(ix, s->sel, links[1 + i], y,
+                                  vx_qdist(ix, &qy, links[1 + i]), l);
+        }
+    }
 }
 
 /* Mark which live nodes some live node links to at level l (bit 1), and
@@ -2569,6 +2616,84 @@ static void vx_hnsw_offer_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     (void)vx_hnsw_connect(ix, s, y, &q, cur, l, 0);
 }
 
+/* The repair's passes hand out the slots in blocks of 256 to workers,
+** each with its own scratch. */
+typedef struct vx_repair_job {
+    vecidx *ix;
+    vx_hnsw_scratch *s;
+    uint8_t *mark;
+    uint8_t want; /* offer pass: mark of the nodes to offer */
+    int level;    /* offer pass: level to link them at */
+    atomic_size_t *next;
+} vx_repair_job;
+
+/* Take the next block of slots, [*from, *to); 0 when none is left. */
+static int vx_repair_block(vx_repair_job *j, uint32_t *from, uint32_t *to)
+{
+    size_t b = atomic_fetch_add(j->next, 256), n = j->ix->store.nslots;
+    if (b >= n) return 0;
+    *from = (uint32_t)b;
+    *to = (uint32_t)(b + 256 < n ? b + 256 : n);
+    return 1;
+}
+
+/* Run fn on one worker per scratch of b, all sharing one block counter.
+** Workers that offer nodes link like a parallel build, so lists are
+** locked when there are several. */
+static void vx_repair_run(vecidx *ix, vx_hnsw_batch *b, void *(*fn)(void *),
+                          uint8_t *mark, uint8_t want, int level)
+{
+    vx_repair_job jobs[64];
+    vx_task tasks[64];
+    atomic_size_t next;
+    unsigned t;
+    atomic_init(&next, 0);
+    for (t = 0; t < b->nt; t++) {
+        jobs[t].ix = ix;
+        jobs[t].s = b->s[t];
+        jobs[t].mark = mark;
+        jobs[t].want = want;
+        jobs[t].level = level;
+        jobs[t].next = &next;
+        tasks[t].fn = fn;
+        tasks[t].arg = &jobs[t];
+    }
+    ix->hnsw.locking = want && b->nt > 1;
+    vx_run_parallel(tasks, b->nt);
+    ix->hnsw.locking = 0;
+}
+
+/* Each worker rewrites only the lists of its own live nodes and reads
+** only buried nodes' lists, which no worker writes, so this pass needs no
+** locks and its result is independent of the number of threads. */
+static void *vx_hnsw_repair_worker(void *arg)
+{
+    vx_repair_job *j = arg;
+    uint32_t y, end;
+    int l;
+    while (vx_repair_block(j, &y, &end))
+        for (; y < end; y++) {
+            if (vx_store_live(&j->ix->store, y) != VX_LIVE) continue;
+            for (l = 0; l <= vx_hnsw_level(j->ix, y); l++)
+                vx_hnsw_repair_node(j->ix, j->s, y, l, j->mark);
+        }
+    return NULL;
+}
+
+/* Offer every live node marked `want` (except the entry point) at the
+** job's level, keeping its own list. */
+static void *vx_hnsw_offer_worker(void *arg)
+{
+    vx_repair_job *j = arg;
+    uint32_t y, end;
+    while (vx_repair_block(j, &y, &end))
+        for (; y < end; y++)
+            if (j->mark[y] == j->want && y != j->ix->hnsw.entry &&
+                vx_store_live(&j->ix->store, y) == VX_LIVE)
+                vx_hnsw_offer_node(j->ix, j->s, y, j->level);
+    return NULL;
+}
+
 #define VX_NORM_BUCKETS 2048
 
 /* Histogram bucket of a squared norm: 16 per power of two, ascending. */
@@ -2589,44 +2714,46 @@ static int vx_norm_bucket(float n2)
 ** recall@10 was 0.67-0.75 against 0.995 fresh, the walk reaching as few as
 ** 17 of 2,500 nodes. So each repair offers as many unreachable nodes as it
 ** frees, largest norms first (the likeliest answers), to neighbours found
-** by a search, as an insert would. That scenario: 0.951-0.965. On 100k x
-** 128 with five rounds of half out, half in, the gap to a fresh build
-** goes from 0.004-0.007 to 0.002-0.006, and removals take 4x as long
-** (about 1.8x an insert). The largest norms are found with a fixed
-** histogram, so nothing is allocated. */
-static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_scratch *s, uint8_t *mark,
+** by a search, as an insert would. That scenario: 0.951-0.965 (0.996-0.999
+** once repairs also keep and link back, vx_hnsw_repair_node; offering half
+** as many then gives 0.987-0.999). The largest norms are found with a
+** fixed histogram, so nothing is allocated; the chosen nodes are marked 4
+** and offered in parallel. */
+static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_batch *b, uint8_t *mark,
                               uint32_t budget)
 {
     const vx_store *st = &ix->store;
     uint32_t hist[VX_NORM_BUCKETS], y, sum = 0, at_t;
-    int b, t = 0;
+    int k, t = 0;
     memset(hist, 0, sizeof hist);
     /* Marked afresh: offering orphans can push other nodes out of lists. */
     vx_hnsw_mark_inlinks(ix, mark, 0);
     for (y = 0; y < st->nslots; y++) {
         const float *v = vx_store_vec(st, y);
-        if ((mark[y] & 1) || y == ix->hnsw.entry ||
-            vx_store_live(st, y) != VX_LIVE)
-            continue;
+        if (vx_store_live(st, y) != VX_LIVE || y == ix->hnsw.entry)
+            mark[y] = 1; /* never offered */
+        if (mark[y] & 1) continue;
         hist[vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim))]++;
     }
-    for (b = VX_NORM_BUCKETS - 1; b >= 0 && sum < budget; b--) {
-        sum += hist[b];
-        t = b;
+    for (k = VX_NORM_BUCKETS - 1; k >= 0 && sum < budget; k--) {
+        sum += hist[k];
+        t = k;
     }
     /* Buckets above t hold fewer than budget nodes, all taken; bucket t
-    ** gives the rest. */
+    ** gives the rest, first in slot order so the choice is reproducible. */
     at_t = budget - (sum - hist[t]);
-    for (y = 0; y < st->nslots && sum; y++) {
+    for (y = 0; y < st->nslots; y++) {
         const float *v = vx_store_vec(st, y);
-        if ((mark[y] & 1) || y == ix->hnsw.entry ||
-            vx_store_live(st, y) != VX_LIVE)
-            continue;
-        b = vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim));
-        if (b < t || (b == t && at_t == 0)) continue;
-        if (b == t) at_t--;
-        vx_hnsw_offer_node(ix, s, y, 0);
+        if (mark[y] & 1) continue;
+        k = sum ? vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim)) : -1;
+        if (k > t || (k == t && at_t)) {
+            at_t -= k == t;
+            mark[y] = 4;
+        } else {
+            mark[y] = 0;
+        }
     }
+    vx_repair_run(ix, b, vx_hnsw_offer_worker, mark, 4, 0);
 }
 
 /* Repair rewires the nodes that linked to buried ones, but a live node
@@ -2635,54 +2762,20 @@ static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_scratch *s, uint8_t *mark,
 ** neighbours (vx_hnsw_offer_node); its own list, just rebuilt by the
 ** repair, is kept. For L2 and cosine there are a handful per repair (the
 ** slack keeps lists wide). Inner product needs more: vx_hnsw_relink_ip.
-** Runs on one thread with a scratch fitted for ef_construction, after a
-** live entry point is chosen; like an insert, it links from what it found
-** if a search frontier cannot grow. */
-static void vx_hnsw_relink(vecidx *ix, vx_hnsw_scratch *s)
+** Runs after a live entry point is chosen, on scratches fitted for
+** ef_construction; like an insert, it links from what it found if a
+** search frontier cannot grow. */
+static void vx_hnsw_relink(vecidx *ix, vx_hnsw_batch *b)
 {
     vx_hnsw *h = &ix->hnsw;
-    uint8_t *mark = h->mark;
-    uint32_t y;
     int l;
     if (h->entry == VX_NOSLOT || h->mark_cap < ix->store.nslots) return;
     for (l = h->maxlevel; l >= 0; l--) {
-        vx_hnsw_mark_inlinks(ix, mark, l);
-        for (y = 0; y < ix->store.nslots; y++)
-            if (mark[y] == 2 && y != h->entry &&
-                vx_store_live(&ix->store, y) == VX_LIVE)
-                vx_hnsw_offer_node(ix, s, y, l);
+        vx_hnsw_mark_inlinks(ix, h->mark, l);
+        vx_repair_run(ix, b, vx_hnsw_offer_worker, h->mark, 2, l);
     }
     if (ix->p.metric == VECIDX_IP)
-        vx_hnsw_relink_ip(ix, s, mark, ix->store.nburied);
-}
-
-typedef struct vx_repair_job {
-    vecidx *ix;
-    vx_hnsw_scratch *s;
-    atomic_size_t *next;
-} vx_repair_job;
-
-/* Workers take blocks of 256 slots. Each rewrites only the lists of its
-** own live nodes and reads only buried nodes' lists, which no worker
-** writes, so they need no locks and the result is independent of the
-** number of threads. */
-static void *vx_hnsw_repair_worker(void *arg)
-{
-    vx_repair_job *j = arg;
-    vecidx *ix = j->ix;
-    size_t b;
-    while ((b = atomic_fetch_add(j->next, 256)) < ix->store.nslots) {
-        uint32_t y,
-            end = (uint32_t)(b + 256 < ix->store.nslots ? b + 256
-                                                        : ix->store.nslots);
-        for (y = (uint32_t)b; y < end; y++) {
-            int l;
-            if (vx_store_live(&ix->store, y) != VX_LIVE) continue;
-            for (l = 0; l <= vx_hnsw_level(ix, y); l++)
-                vx_hnsw_repair_node(ix, j->s, y, l);
-        }
-    }
-    return NULL;
+        vx_hnsw_relink_ip(ix, b, h->mark, ix->store.nburied);
 }
 
 /* Unlink every buried node and free its slot; pick a new entry point if
@@ -2691,28 +2784,24 @@ static void *vx_hnsw_repair_worker(void *arg)
 static int vx_hnsw_repair(vecidx *ix)
 {
     vx_hnsw *g = &ix->hnsw;
-    vx_repair_job jobs[64];
-    vx_task tasks[64];
     vx_hnsw_batch b;
-    atomic_size_t next;
+    uint8_t *mark = NULL;
     uint32_t slot;
-    unsigned t;
     memset(&b, 0, sizeof b);
     b.slots = &b.one;
-    /* Fitted for ef_construction: the first also serves vx_hnsw_relink. */
+    /* Fitted for ef_construction: they also serve vx_hnsw_relink. */
     while (b.nt < vx_threads(ix, NULL) && b.nt < 64 &&
            vx_scratch_get(ix, ix->p.hnsw_ef_construction, &b.s[b.nt]) == 0)
         b.nt++;
     if (b.nt == 0) return VECIDX_ENOMEM;
-    atomic_init(&next, 0);
-    for (t = 0; t < b.nt; t++) {
-        jobs[t].ix = ix;
-        jobs[t].s = b.s[t];
-        jobs[t].next = &next;
-        tasks[t].fn = vx_hnsw_repair_worker;
-        tasks[t].arg = &jobs[t];
+    /* Without the marks (never expected: every path that buries a node
+    ** makes them) IP lists are repaired but not linked back. */
+    if (ix->p.metric == VECIDX_IP && g->mark_cap >= ix->store.nslots) {
+        mark = g->mark;
+        memset(mark, 0, ix->store.nslots);
     }
-    vx_run_parallel(tasks, b.nt);
+    vx_repair_run(ix, &b, vx_hnsw_repair_worker, mark, 0, 0);
+    if (mark) vx_hnsw_link_repaired(ix, b.s[0], mark);
     if (g->entry != VX_NOSLOT &&
         vx_store_live(&ix->store, g->entry) != VX_LIVE) {
         g->entry = VX_NOSLOT;
@@ -2724,7 +2813,7 @@ static int vx_hnsw_repair(vecidx *ix)
                 g->maxlevel = vx_hnsw_level(ix, slot);
             }
     }
-    vx_hnsw_relink(ix, b.s[0]);
+    vx_hnsw_relink(ix, &b);
     vx_hnsw_batch_release(ix, &b);
     for (slot = 0; slot < ix->store.nslots; slot++) {
         if (vx_store_live(&ix->store, slot) != VX_BURIED) continue;

@@ -395,11 +395,11 @@ int vecidx_reserve(vecidx *ix, size_t n);
 /* Train an IVF-PQ index on n sample vectors (n*dim floats, row-major; the
 ** samples are not added to the index). k-means (started from distinct
 ** samples picked at random with params.seed, 20 iterations, empty clusters
-*re-seeded by splitting the
-** largest) finds nlist coarse centroids from at most 256*nlist samples;
-** then each of pq_m sub-quantizers learns 256 centroids for its slice of
-** the residuals (vector minus its coarse centroid) from at most 65536
-** samples. Samples beyond those limits are skipped at random (seeded).
+** re-seeded by splitting the largest) finds nlist coarse centroids from at
+** most 256*nlist samples; then each of pq_m sub-quantizers learns 256
+** centroids for its slice of the residuals (vector minus its coarse
+** centroid) from at most 65536 samples. Samples beyond those limits are
+** skipped at random (seeded).
 ** Under VECIDX_COSINE the samples are normalised first. The result depends
 ** only on the samples, the params and the seed, not on the thread count.
 ** Vectors already buffered in the index are then encoded into the lists.
@@ -441,8 +441,8 @@ int vecidx_upsert(vecidx *ix, uint64_t key, const float *vec);
 ** before the index changes, so on any error no vector of the batch is
 ** inserted. n = 0 is a successful no-op (keys and vecs may then be NULL).
 ** HNSW links large batches on params.threads threads (results then depend
-** on thread timing; use 1 thread for a reproducible graph). Writer. Errors:
-*VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
+** on thread timing; use 1 thread for a reproducible graph). Writer.
+** Errors: VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
 ** zero vector in any row, the same key twice within the batch),
 ** VECIDX_EEXIST (a key already in the index), VECIDX_EFULL, VECIDX_ENOMEM.
 ** The message names the offending row or key. */
@@ -458,14 +458,14 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** their neighbours, in a pass linear in the index size, and their storage
 ** is reused, so memory stays flat under insert/delete churn.
 ** Recall after many rounds of churn stays level with a fresh build for
-** L2 and cosine. Under inner product it falls somewhat below: measured
-** recall@10 0.002-0.006 below a fresh build on 128-d data, 0.015-0.06 on
-** tightly clustered 16-d data, 0.035-0.05 after removing 7/8 of 20k 16-d
-** vectors with no inserts (see docs/DESIGN.md), and IP removals take about
-** twice as long as L2 ones. Adding the live vectors to a new index restores
-** fresh-build recall. Writer. Errors: VECIDX_EINVAL (NULL
-** ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a removal makes or grows a
-** table of one byte per slot for the repairs; nothing changed). */
+** L2 and cosine, and within 0.01 of it for inner product: measured
+** recall@10 0.003-0.005 below a fresh build on 128-d data and at most
+** 0.008 below on tightly clustered 16-d data (see docs/DESIGN.md). IP
+** removals take about 1.5x as long as L2 ones. Adding the live vectors
+** to a new index restores fresh-build recall. Writer. Errors:
+** VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a
+** removal makes or grows a table of one byte per slot for the repairs;
+** nothing changed). */
 int vecidx_remove(vecidx *ix, uint64_t key);
 
 /* ---- Reading ---------------------------------------------------------- */

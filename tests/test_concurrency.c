@@ -287,6 +287,8 @@ void test_concurrency_hnsw_search_while_writing(void)
 {
     vt_concurrent(VECIDX_HNSW, VECIDX_L2, 0, 0, 800);
     vt_concurrent(VECIDX_HNSW, VECIDX_COSINE, 1, 0, 400);
+    /* Inner-product repairs link back and offer nodes on both threads. */
+    vt_concurrent(VECIDX_HNSW, VECIDX_IP, 0, 0, 800);
 }
 
 /* ---- readers only: every thread gets the single-threaded answers ---- */
