@@ -2139,13 +2139,12 @@ static int vx_cand_cmp(const void *a, const void *b)
 ** clustered data navigable. With slack > 0 a candidate survives unless a
 ** kept neighbour is closer to it by more than that fraction (the alpha of
 ** Vamana / FreshDiskANN, written so that it also means something for
-** inner-product distances, which can be negative). Keeps at most m;
-** returns how many. */
+** inner-product distances, which can be negative). c must be sorted by
+** vx_cand_cmp. Keeps at most m; returns how many. */
 static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n, size_t m,
                              float slack)
 {
     size_t i, j, kept = 0;
-    qsort(c, n, sizeof *c, vx_cand_cmp);
     for (i = 0; i < n && kept < m; i++) {
         vx_query qi = vx_node_query(ix, c[i].slot);
         int good = 1;
@@ -2196,6 +2195,7 @@ static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
     }
     tmp[n].slot = newcomer;
     tmp[n].d = d;
+    qsort(tmp, n + 1, sizeof *tmp, vx_cand_cmp);
     vx_hnsw_set_links(ix, node, l, tmp, vx_hnsw_select(ix, tmp, n + 1, cap, 0));
     vx_hnsw_unlock(ix, node);
 }
@@ -2210,6 +2210,7 @@ static vx_cand vx_hnsw_connect(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
     vx_hnsw_layer(ix, s, q, cur, l, ix->p.hnsw_ef_construction, NULL, SIZE_MAX);
     for (i = n = 0; i < s->nres; i++) /* a parallel peer may link us */
         if (s->res[i].slot != slot) s->sel[n++] = s->res[i];
+    qsort(s->sel, n, sizeof *s->sel, vx_cand_cmp);
     n = vx_hnsw_select(ix, s->sel, n, cap, 0);
     if (own) {
         vx_hnsw_lock(ix, slot);
@@ -2714,7 +2715,7 @@ static int vx_norm_bucket(float n2)
 ** recall@10 was 0.67-0.75 against 0.995 fresh, the walk reaching as few as
 ** 17 of 2,500 nodes. So each repair offers as many unreachable nodes as it
 ** frees, largest norms first (the likeliest answers), to neighbours found
-** by a search, as an insert would. That scenario: 0.951-0.965 (0.996-0.999
+** by a search, as an insert would. That scenario: 0.951-0.965 (0.9945-0.9998
 ** once repairs also keep and link back, vx_hnsw_repair_node; offering half
 ** as many then gives 0.987-0.999). The largest norms are found with a
 ** fixed histogram, so nothing is allocated; the chosen nodes are marked 4

@@ -675,7 +675,7 @@ void test_hnsw_churn_ip(void)
 /* Removals alone, three rounds of half (20k down to 2.5k), under inner
 ** product: before vx_hnsw_relink_ip the walk reached as few as 17 of the
 ** 2,500 nodes and recall@10 was 0.67-0.75 against 0.995 fresh; with it
-** 0.9580 against 1.0000, and 0.9900 once repairs kept and linked back. */
+** 0.9580 against 1.0000, and 0.9995 once repairs keep and link back. */
 void test_hnsw_removals_ip(void)
 {
     th_churn(VECIDX_IP, 1, 0.02, 0);
