@@ -458,10 +458,12 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** their neighbours, in a pass linear in the index size, and their storage
 ** is reused, so memory stays flat under insert/delete churn.
 ** Recall after many rounds of churn stays level with a fresh build for
-** L2 and cosine, and within 0.01 of it for inner product: measured
-** recall@10 0.003-0.005 below a fresh build on 128-d data and at most
-** 0.008 below on tightly clustered 16-d data (see docs/DESIGN.md). IP
-** removals take about 1.5x as long as L2 ones. Adding the live vectors
+** L2 and cosine, and within 0.01 of it for inner product (measured:
+** recall@10 0.000-0.003 below a fresh build on 128-d data, at most 0.007
+** below on tightly clustered 16-d data; see docs/DESIGN.md). IP removals
+** take about 1.5x as long as L2 ones. A repair runs on params.threads
+** threads; with more than one, the repaired graph depends on thread
+** timing, as a parallel build does. Adding the live vectors
 ** to a new index restores fresh-build recall. Writer. Errors:
 ** VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a
 ** removal makes or grows a table of one byte per slot for the repairs;
