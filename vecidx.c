@@ -261,6 +261,175 @@ static int vx_rwlock_init(pthread_rwlock_t *l)
     return rc;
 }
 
+/* Words that searches read while a writer changes them (link lists, slot
+** states, counters, table pointers) are accessed only through these, so
+** that every such access is atomic: a search sees the old word or the new
+** one, never a mix, and a reader that loads a word with acquire sees all
+** that the writer did before storing it with release. On x86-64 both are
+** plain moves. They work on mapped file memory too, unlike _Atomic types. */
+#define VX_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define VX_PEEK(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define VX_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* ---- epoch-based reclamation ----------------------------------------------
+** Searches take no lock. A writer that unlinks something a search may
+** still be reading -- a graph node whose slot is to be reused, a slot of
+** the flat kind, a table that was outgrown -- cannot reuse or free it at
+** once. It retires it under the current epoch and advances the epoch; a
+** search announces the epoch it started in, in a slot of its own (one per
+** thread, so searches never write a shared cache line), and what was
+** retired under epoch e is reclaimed once no announced epoch is e or
+** older. Writers never wait for searches: what cannot be reclaimed yet is
+** retried at a later write. */
+
+#define VX_EBR_SLOTS 64u
+
+typedef struct vx_ebr_slot {
+    uint64_t epoch;         /* 0: free; else the epoch its search started in */
+    unsigned char pad[120]; /* a slot per pair of cache lines */
+} vx_ebr_slot;
+
+typedef struct vx_ebr_block {
+    vx_ebr_slot s[VX_EBR_SLOTS];
+    struct vx_ebr_block *next; /* more slots, once 64 searches ran at once */
+} vx_ebr_block;
+
+/* Memory waiting for the searches that may still read it. */
+typedef struct vx_retired {
+    struct vx_retired *next;
+    void *p;
+    size_t n;
+    uint64_t tag; /* retired under this epoch */
+} vx_retired;
+
+typedef struct vx_ebr {
+    uint64_t epoch; /* starts at 1 */
+    vx_ebr_block *first;
+    vx_retired *head, *tail; /* oldest first */
+} vx_ebr;
+
+/* Each thread starts probing at a slot of its own. */
+static _Thread_local unsigned vx_ebr_hint;
+static atomic_uint vx_ebr_threads;
+
+static int vx_ebr_init(vx_ebr *e, vx_mem *mem)
+{
+    memset(e, 0, sizeof *e);
+    e->epoch = 1;
+    if (!(e->first = vx_malloc(mem, sizeof *e->first))) return VECIDX_ENOMEM;
+    memset(e->first, 0, sizeof *e->first);
+    return VECIDX_OK;
+}
+
+/* Claim a slot and announce the current epoch in it. The announcement is
+** checked against the epoch again after it is visible (both sequentially
+** consistent), so a writer that advanced the epoch in between either sees
+** the announcement or the search sees the new epoch -- and with it all
+** that was unlinked before. */
+static uint64_t *vx_ebr_enter(vx_ebr *e, vx_mem *mem)
+{
+    unsigned h, i;
+    if (!vx_ebr_hint) vx_ebr_hint = atomic_fetch_add(&vx_ebr_threads, 1) + 1;
+    h = vx_ebr_hint;
+    for (;;) {
+        vx_ebr_block *b, *last = NULL, *fresh;
+        for (b = e->first; b; last = b, b = VX_LOAD(&b->next))
+            for (i = 0; i < VX_EBR_SLOTS; i++) {
+                uint64_t *slot = &b->s[(h + i) % VX_EBR_SLOTS].epoch, zero = 0;
+                uint64_t g = __atomic_load_n(&e->epoch, __ATOMIC_SEQ_CST), now;
+                if (VX_PEEK(slot) != 0 ||
+                    !__atomic_compare_exchange_n(
+                        slot, &zero, g, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+                    continue;
+                while ((now = __atomic_load_n(&e->epoch, __ATOMIC_SEQ_CST)) !=
+                       g) {
+                    __atomic_store_n(slot, now, __ATOMIC_SEQ_CST);
+                    g = now;
+                }
+                return slot;
+            }
+        /* Every slot is taken: add a block, or wait for a free slot if
+        ** memory is short (a search never fails for want of a slot). */
+        if ((fresh = vx_malloc(mem, sizeof *fresh)) != NULL) {
+            vx_ebr_block *none = NULL;
+            memset(fresh, 0, sizeof *fresh);
+            if (!__atomic_compare_exchange_n(&last->next, &none, fresh, 0,
+                                             __ATOMIC_ACQ_REL,
+                                             __ATOMIC_ACQUIRE))
+                vx_free(mem, fresh, sizeof *fresh);
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+static void vx_ebr_exit(uint64_t *slot)
+{
+    VX_STORE(slot, 0);
+}
+
+/* The oldest epoch a search is still in, or UINT64_MAX when none runs. */
+static uint64_t vx_ebr_oldest(const vx_ebr *e)
+{
+    uint64_t m = UINT64_MAX;
+    const vx_ebr_block *b;
+    unsigned i;
+    for (b = e->first; b; b = VX_LOAD(&b->next))
+        for (i = 0; i < VX_EBR_SLOTS; i++) {
+            uint64_t x = __atomic_load_n(&b->s[i].epoch, __ATOMIC_SEQ_CST);
+            if (x && x < m) m = x;
+        }
+    return m;
+}
+
+/* Close the current epoch: what was unlinked before this call is retired
+** under the returned tag. */
+static uint64_t vx_ebr_advance(vx_ebr *e)
+{
+    return __atomic_fetch_add(&e->epoch, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Retire block p of n bytes under a tag from vx_ebr_advance. The node is
+** allocated by the caller before it unlinks p, so retiring cannot fail. */
+static void vx_ebr_retire(vx_ebr *e, vx_retired *node, void *p, size_t n,
+                          uint64_t tag)
+{
+    node->next = NULL;
+    node->p = p;
+    node->n = n;
+    node->tag = tag;
+    if (e->tail)
+        e->tail->next = node;
+    else
+        e->head = node;
+    e->tail = node;
+}
+
+/* Free the retired blocks no search can reach any more: all of them when
+** `all` (the handle is closing). */
+static void vx_ebr_collect(vx_ebr *e, vx_mem *mem, uint64_t oldest, int all)
+{
+    while (e->head && (all || e->head->tag < oldest)) {
+        vx_retired *r = e->head;
+        e->head = r->next;
+        vx_free(mem, r->p, r->n);
+        vx_free(mem, r, sizeof *r);
+    }
+    if (!e->head) e->tail = NULL;
+}
+
+static void vx_ebr_destroy(vx_ebr *e, vx_mem *mem)
+{
+    vx_ebr_block *b = e->first;
+    vx_ebr_collect(e, mem, 0, 1);
+    while (b) {
+        vx_ebr_block *next = b->next;
+        vx_free(mem, b, sizeof *b);
+        b = next;
+    }
+    e->first = NULL;
+}
+
 /* ======================================================================
 ** 2. SIMD kernels
 **
@@ -902,7 +1071,10 @@ typedef struct vx_block {
 enum {
     VX_FREE = 0,
     VX_LIVE = 1,
-    VX_BURIED = 2
+    VX_BURIED = 2,
+    /* A graph slot unlinked by a repair but perhaps still read by a
+    ** search (in the limbo); in memory only: files hold it as free. */
+    VX_RETIRED = 3
 };
 
 typedef struct vx_store {
@@ -912,6 +1084,9 @@ typedef struct vx_store {
     uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
     uint32_t rec;   /* 4-byte words per record (see vx_chunk) */
     int aligned;    /* graph records padded to whole lines (vx_store_init) */
+    /* Searches read chunks, nchunks, nslots, count and nburied without a
+    ** lock: the writer stores them with VX_STORE. A grown chunk table is
+    ** retired (vx_ebr), never freed under a search. */
     uint32_t nchunks, chunk_cap;
     uint32_t nmapped; /* chunks [0, nmapped) live in a mapped file */
     vx_chunk *chunks;
@@ -922,7 +1097,23 @@ typedef struct vx_store {
     uint32_t nburied;
     uint32_t *free; /* removed slots, reused LIFO */
     uint32_t nfree, free_cap;
+    /* Slots unlinked but perhaps still read by a search, oldest first,
+    ** in batches closed by vx_store_seal with an epoch tag; room for every
+    ** slot (as the free stack), so retiring never allocates. A graph's
+    ** slots are VX_RETIRED here (their lists and levels may still be
+    ** read); others are VX_FREE already. */
+    uint32_t *limbo;
+    uint32_t nlimbo, nsealed;
+    struct {
+        uint64_t tag;
+        uint32_t end; /* batch = limbo[previous end, end) */
+    } batch[8];
+    unsigned nbatch;
     vx_keymap map;
+    /* The key-set lock of the handle (NULL for a store of no handle):
+    ** held for writing while the key map or the set of live slots
+    ** changes, for reading by vecidx_get, vecidx_contains, ... */
+    pthread_rwlock_t *klock;
 } vx_store;
 
 static inline uint32_t vx_store_per_chunk(const vx_store *s)
@@ -930,7 +1121,7 @@ static inline uint32_t vx_store_per_chunk(const vx_store *s)
     return 1u << s->shift;
 }
 
-#define VX_SLOT_CHUNK(s, slot) (&(s)->chunks[(slot) >> (s)->shift])
+#define VX_SLOT_CHUNK(s, slot) (&VX_LOAD(&(s)->chunks)[(slot) >> (s)->shift])
 #define VX_SLOT_INDEX(s, slot) ((slot) & (vx_store_per_chunk(s) - 1))
 
 static inline float *vx_store_vec(const vx_store *s, uint32_t slot)
@@ -944,9 +1135,17 @@ static inline uint64_t vx_store_key(const vx_store *s, uint32_t slot)
     return VX_SLOT_CHUNK(s, slot)->key[VX_SLOT_INDEX(s, slot)];
 }
 
+/* A slot's state. Acquire: a search that sees VX_LIVE sees the vector and
+** key written before the slot was published. */
 static inline int vx_store_live(const vx_store *s, uint32_t slot)
 {
-    return VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)];
+    return VX_LOAD(&VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)]);
+}
+
+static inline void vx_store_set_state(vx_store *s, uint32_t slot, int state)
+{
+    VX_STORE(&VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)],
+             (uint8_t)state);
 }
 
 static inline float *vx_store_inorm_at(const vx_store *s, uint32_t slot)
@@ -1021,10 +1220,13 @@ static void vx_map_free(vx_keymap *m, vx_mem *mem)
     memset(m, 0, sizeof *m);
 }
 
-/* Make room for n keys at a load factor of at most 1/2. */
-static int vx_map_reserve(vx_keymap *m, vx_mem *mem, size_t n)
+/* Make room for n keys at a load factor of at most 1/2. The bigger map is
+** built aside and swapped in under the key-set lock (when there is one),
+** so lookups wait only for the swap. */
+static int vx_map_reserve(vx_keymap *m, vx_mem *mem, pthread_rwlock_t *klock,
+                          size_t n)
 {
-    vx_keymap nm;
+    vx_keymap nm, old;
     size_t cap = 16, i;
     while (cap / 2 < n) cap *= 2;
     if (cap <= m->cap) return VECIDX_OK;
@@ -1039,8 +1241,11 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, size_t n)
     memset(nm.slots, 0xff, cap * sizeof *nm.slots);
     for (i = 0; i < m->cap; i++)
         if (m->slots[i] != VX_NOSLOT) vx_map_put(&nm, m->keys[i], m->slots[i]);
-    vx_map_free(m, mem);
+    old = *m;
+    if (klock) pthread_rwlock_wrlock(klock);
     *m = nm;
+    if (klock) pthread_rwlock_unlock(klock);
+    vx_map_free(&old, mem);
     return VECIDX_OK;
 }
 
@@ -1052,10 +1257,11 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, size_t n)
 ** bytes, so chunks carved back to back stay aligned too. Files of format
 ** version 1 hold packed records (aligned = 0) and are still read. */
 static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t link0,
-                          int aligned)
+                          int aligned, pthread_rwlock_t *klock)
 {
     uint32_t shift = 4;
     memset(s, 0, sizeof *s);
+    s->klock = klock;
     s->dim = dim;
     s->cosine = cosine;
     s->link0 = link0;
@@ -1095,6 +1301,7 @@ static void vx_store_destroy(vx_store *s, vx_mem *mem)
     vx_free(mem, s->blocks, s->block_cap * sizeof *s->blocks);
     vx_free(mem, s->chunks, (size_t)s->chunk_cap * sizeof *s->chunks);
     vx_free(mem, s->free, (size_t)s->free_cap * sizeof *s->free);
+    vx_free(mem, s->limbo, (size_t)s->free_cap * sizeof *s->limbo);
     vx_map_free(&s->map, mem);
 }
 
@@ -1152,18 +1359,29 @@ static unsigned char *vx_store_carve(vx_store *s, vx_mem *mem, size_t cb)
     return b->base + b->used - cb;
 }
 
-static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
+/* Add a chunk. A full chunk table is copied into a bigger one and the old
+** one retired, not freed: searches may be reading it. */
+static int vx_store_add_chunk(vx_store *s, vx_mem *mem, vx_ebr *ebr)
 {
     size_t cb = vx_store_chunk_bytes(s);
     unsigned char *p, *base;
+    vx_chunk *table = s->chunks;
     int pooled;
     if (s->nchunks == s->chunk_cap) {
         uint32_t cap = s->chunk_cap ? s->chunk_cap * 2 : 8;
-        void *t = vx_realloc(mem, s->chunks,
-                             (size_t)s->chunk_cap * sizeof *s->chunks,
-                             (size_t)cap * sizeof *s->chunks);
-        if (!t) return VECIDX_ENOMEM;
-        s->chunks = t;
+        vx_retired *node = vx_malloc(mem, sizeof *node);
+        if (!node || !(table = vx_malloc(mem, (size_t)cap * sizeof *table))) {
+            vx_free(mem, node, sizeof *node);
+            return VECIDX_ENOMEM;
+        }
+        if (s->nchunks) memcpy(table, s->chunks, s->nchunks * sizeof *table);
+        if (s->chunks)
+            vx_ebr_retire(ebr, node, s->chunks,
+                          (size_t)s->chunk_cap * sizeof *s->chunks,
+                          vx_ebr_advance(ebr));
+        else
+            vx_free(mem, node, sizeof *node);
+        VX_STORE(&s->chunks, table);
         s->chunk_cap = cap;
     }
     p = base = vx_store_carve(s, mem, cb);
@@ -1175,35 +1393,52 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem)
     /* Zeroed whole: unused slots are saved to files as they are, and
     ** their bytes should be defined and repeatable. */
     memset(p, 0, cb);
-    vx_store_point_chunk(s, &s->chunks[s->nchunks], p);
-    s->chunks[s->nchunks].base = base;
-    s->chunks[s->nchunks++].pooled = pooled;
+    vx_store_point_chunk(s, &table[s->nchunks], p);
+    table[s->nchunks].base = base;
+    table[s->nchunks].pooled = pooled;
+    VX_STORE(&s->nchunks, s->nchunks + 1);
+    return VECIDX_OK;
+}
+
+/* Grow the free stack and the limbo, which can each hold every slot, so
+** that removing and retiring never allocate. */
+static int vx_store_grow_free(vx_store *s, vx_mem *mem, size_t cap)
+{
+    uint32_t *f, *l;
+    if (cap > UINT32_MAX) cap = UINT32_MAX;
+    if (cap <= s->free_cap) return VECIDX_OK;
+    f = vx_malloc(mem, cap * sizeof *f);
+    l = vx_malloc(mem, cap * sizeof *l);
+    if (!f || !l) {
+        vx_free(mem, f, cap * sizeof *f);
+        vx_free(mem, l, cap * sizeof *l);
+        return VECIDX_ENOMEM;
+    }
+    if (s->nfree) memcpy(f, s->free, s->nfree * sizeof *f);
+    if (s->nlimbo) memcpy(l, s->limbo, s->nlimbo * sizeof *l);
+    vx_free(mem, s->free, (size_t)s->free_cap * sizeof *s->free);
+    vx_free(mem, s->limbo, (size_t)s->free_cap * sizeof *s->limbo);
+    s->free = f;
+    s->limbo = l;
+    s->free_cap = (uint32_t)cap;
     return VECIDX_OK;
 }
 
 /* Make room for n more vectors: chunks, free-stack capacity and key-map
 ** cells. Everything an insert or remove needs is obtained here, so that
 ** once this succeeds the change itself cannot fail half-way. */
-static int vx_store_reserve(vx_store *s, vx_mem *mem, size_t n)
+static int vx_store_reserve(vx_store *s, vx_mem *mem, vx_ebr *ebr, size_t n)
 {
     size_t fresh = n > s->nfree ? n - s->nfree : 0;
     size_t slots = (size_t)s->nslots + fresh, per = vx_store_per_chunk(s);
     int rc;
     if (slots > VECIDX_MAX_COUNT) return VECIDX_EFULL;
     while ((size_t)s->nchunks * per < slots)
-        if ((rc = vx_store_add_chunk(s, mem)) != VECIDX_OK) return rc;
-    if (slots > s->free_cap) {
-        /* The free stack can hold every slot, so remove never allocates. */
-        size_t cap = (size_t)s->nchunks * per;
-        void *t;
-        if (cap > UINT32_MAX) cap = UINT32_MAX;
-        t = vx_realloc(mem, s->free, s->free_cap * sizeof *s->free,
-                       cap * sizeof *s->free);
-        if (!t) return VECIDX_ENOMEM;
-        s->free = t;
-        s->free_cap = (uint32_t)cap;
-    }
-    return vx_map_reserve(&s->map, mem, (size_t)s->count + n);
+        if ((rc = vx_store_add_chunk(s, mem, ebr)) != VECIDX_OK) return rc;
+    if (slots > s->free_cap &&
+        (rc = vx_store_grow_free(s, mem, (size_t)s->nchunks * per)) != 0)
+        return rc;
+    return vx_map_reserve(&s->map, mem, s->klock, (size_t)s->count + n);
 }
 
 static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
@@ -1217,52 +1452,113 @@ static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
     }
 }
 
-/* Store (key, v) in a fresh or reused slot; room must be reserved. */
-static uint32_t vx_store_insert(vx_store *s, uint64_t key, const float *v)
+/* Storing a vector takes three steps, so that a search never sees half of
+** one and the key-set lock is held only for the last: vx_store_take picks
+** a slot (room must be reserved), vx_store_fill writes the vector and key
+** while no search looks at the slot (it is free, or beyond nslots), and
+** vx_store_publish makes it live and maps the key. */
+static uint32_t vx_store_take(vx_store *s)
 {
-    uint32_t slot = s->nfree ? s->free[--s->nfree] : s->nslots++;
-    vx_chunk *c = VX_SLOT_CHUNK(s, slot);
-    vx_store_write(s, slot, v);
-    c->key[VX_SLOT_INDEX(s, slot)] = key;
-    c->live[VX_SLOT_INDEX(s, slot)] = VX_LIVE;
-    vx_map_put(&s->map, key, slot);
-    s->count++;
-    return slot;
+    if (s->nfree) return s->free[--s->nfree];
+    /* Searches may scan the new slot at once: they skip it until it is
+    ** published. */
+    VX_STORE(&s->nslots, s->nslots + 1);
+    return s->nslots - 1;
 }
 
-/* Take the key out of the index. A graph kind buries the slot until its
-** links are repaired (vx_store_release); other kinds free it at once. */
+static void vx_store_fill(vx_store *s, uint32_t slot, uint64_t key,
+                          const float *v)
+{
+    vx_store_write(s, slot, v);
+    VX_SLOT_CHUNK(s, slot)->key[VX_SLOT_INDEX(s, slot)] = key;
+}
+
+/* Make a filled slot live; the key-set lock is held. */
+static void vx_store_publish(vx_store *s, uint32_t slot)
+{
+    vx_map_put(&s->map, vx_store_key(s, slot), slot);
+    vx_store_set_state(s, slot, VX_LIVE);
+    VX_STORE(&s->count, s->count + 1);
+}
+
+/* Take the key out of the index (key-set lock held). A graph kind buries
+** the slot until its links are repaired; others retire it at once. */
 static void vx_store_remove(vx_store *s, uint32_t slot, int bury)
 {
     vx_map_del(&s->map, vx_store_key(s, slot));
-    s->count--;
+    VX_STORE(&s->count, s->count - 1);
     if (bury) {
-        VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = VX_BURIED;
-        s->nburied++;
+        vx_store_set_state(s, slot, VX_BURIED);
+        VX_STORE(&s->nburied, s->nburied + 1);
     } else {
-        VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = VX_FREE;
-        s->free[s->nfree++] = slot;
+        vx_store_set_state(s, slot, VX_FREE);
+        s->limbo[s->nlimbo++] = slot;
     }
 }
 
-/* Free a buried slot for reuse, once nothing links to it any more. */
-static void vx_store_release(vx_store *s, uint32_t slot)
+/* A buried slot that nothing links to any more goes to the limbo. */
+static void vx_store_retire_buried(vx_store *s, uint32_t slot)
 {
-    VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)] = VX_FREE;
-    s->free[s->nfree++] = slot;
-    s->nburied--;
+    vx_store_set_state(s, slot, VX_RETIRED);
+    s->limbo[s->nlimbo++] = slot;
+    VX_STORE(&s->nburied, s->nburied - 1);
 }
 
-/* Check the storage invariants; returns NULL or a static description. */
-static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
+/* Close the batch of slots retired since the last seal under tag. With
+** every batch in use, the newest two merge (the older waits a little
+** longer), so sealing never allocates. */
+static void vx_store_seal(vx_store *s, uint64_t tag)
 {
-    uint32_t slot, live = 0, buried = 0, i;
+    if (s->nlimbo == s->nsealed) return;
+    if (s->nbatch == sizeof s->batch / sizeof s->batch[0]) s->nbatch--;
+    s->batch[s->nbatch].tag = tag;
+    s->batch[s->nbatch++].end = s->nsealed = s->nlimbo;
+}
+
+/* How many limbo slots, oldest first, no search can reach any more:
+** whole batches with a tag older than the oldest running search. */
+static uint32_t vx_store_reclaimable(const vx_store *s, uint64_t oldest,
+                                     unsigned *nb)
+{
+    unsigned b = 0;
+    while (b < s->nbatch && s->batch[b].tag < oldest) b++;
+    *nb = b;
+    return b ? s->batch[b - 1].end : 0;
+}
+
+/* Put the first n limbo slots (in nb batches) on the free stack, in the
+** order they were retired. */
+static void vx_store_reclaim(vx_store *s, uint32_t n, unsigned nb)
+{
+    uint32_t i;
+    unsigned b;
+    for (i = 0; i < n; i++) {
+        vx_store_set_state(s, s->limbo[i], VX_FREE);
+        s->free[s->nfree++] = s->limbo[i];
+    }
+    memmove(s->limbo, s->limbo + n, (size_t)(s->nlimbo - n) * sizeof *s->limbo);
+    s->nlimbo -= n;
+    s->nsealed -= n;
+    for (b = nb; b < s->nbatch; b++) {
+        s->batch[b - nb] = s->batch[b];
+        s->batch[b - nb].end -= n;
+    }
+    s->nbatch -= nb;
+}
+
+/* Check the storage invariants; returns NULL or a static description.
+** Limbo slots of a graph are buried, others free. */
+static const char *vx_store_check(const vx_store *s, int graph,
+                                  uint32_t *bad_slot)
+{
+    uint32_t slot, live = 0, buried = 0, retired = 0, i;
     size_t cells = 0;
     *bad_slot = VX_NOSLOT;
     if ((size_t)s->nslots > (size_t)s->nchunks * vx_store_per_chunk(s))
         return "slot count exceeds allocated chunks";
     for (slot = 0; slot < s->nslots; slot++) {
         if (vx_store_live(s, slot) == VX_BURIED) buried++;
+        if (vx_store_live(s, slot) == VX_RETIRED) retired++;
         if (vx_store_live(s, slot) != VX_LIVE) continue;
         live++;
         *bad_slot = slot;
@@ -1273,7 +1569,8 @@ static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
     }
     *bad_slot = VX_NOSLOT;
     if (live != s->count) return "live slots differ from the count";
-    if (buried != s->nburied) return "buried slots differ from their count";
+    if (buried != s->nburied || retired != (graph ? s->nlimbo : 0))
+        return "buried slots differ from their count";
     if (s->map.n != s->count) return "key map size differs from the count";
     for (i = 0; i < s->map.cap; i++) {
         if (s->map.slots[i] == VX_NOSLOT) continue;
@@ -1283,11 +1580,13 @@ static const char *vx_store_check(const vx_store *s, uint32_t *bad_slot)
             return "key map points to a slot without a vector";
     }
     if (cells != s->map.n) return "key map cell count differs from its size";
-    if ((size_t)s->nfree + s->count + s->nburied != s->nslots)
+    if ((size_t)s->nfree + s->nlimbo + s->count + s->nburied != s->nslots)
         return "free, live and buried slots do not add up to used slots";
-    for (i = 0; i < s->nfree; i++) {
-        *bad_slot = s->free[i];
-        if (s->free[i] >= s->nslots || vx_store_live(s, s->free[i]) != VX_FREE)
+    for (i = 0; i < s->nfree + s->nlimbo; i++) {
+        uint32_t f = i < s->nfree ? s->free[i] : s->limbo[i - s->nfree];
+        int want = i < s->nfree || !graph ? VX_FREE : VX_RETIRED;
+        *bad_slot = f;
+        if (f >= s->nslots || vx_store_live(s, f) != want)
             return "free stack holds a live or unused slot";
     }
     *bad_slot = VX_NOSLOT;
@@ -1375,6 +1674,23 @@ static void vx_topk_sort(vx_topk *h)
     }
 }
 
+/* Drop repeats of a key from a sorted heap, keeping the closest; 1 if
+** there were any. A key can be met twice only when a write moved it to
+** another slot while the search ran (an upsert, or a remove and an add). */
+static int vx_topk_dedupe(vx_topk *h)
+{
+    size_t i, j, m = 0;
+    for (i = 0; i < h->n; i++) {
+        for (j = 0; j < m && h->id[j] != h->id[i]; j++) continue;
+        if (j < m) continue;
+        h->d[m] = h->d[i];
+        h->id[m++] = h->id[i];
+    }
+    j = h->n != m;
+    h->n = m;
+    return (int)j;
+}
+
 /* Copy sorted results out and pad the rest of the k entries. */
 static void vx_topk_emit(const vx_topk *h, size_t k, uint64_t *keys,
                          float *dists, size_t *found)
@@ -1453,21 +1769,27 @@ typedef struct vx_hnsw_scratch {
     size_t nres, res_cap;
     vx_cand *sel; /* candidate lists for neighbour selection */
     size_t sel_cap;
-    uint32_t *ids; /* link lists copied out under a lock */
+    uint32_t *ids; /* a link list, copied out */
     size_t ids_cap;
     size_t visited;
     int oom;
+    int writer;    /* used by a write: lock lists during parallel passes */
+    int live_only; /* buried nodes exist: results must check slot states */
 } vx_hnsw_scratch;
 
 typedef struct vx_hnsw {
     uint32_t m, m0;    /* links per node above / at level 0 */
     double level_mult; /* 1/ln(M): level = floor(-ln(U) * mult) */
     uint64_t rng;
-    uint32_t entry; /* VX_NOSLOT when the graph is empty */
-    int maxlevel;
+    /* The entry point and the top level in one word, so that a search
+    ** reads a matching pair (vx_hnsw_top): the entry in the low half
+    ** (VX_NOSLOT when the graph is empty), maxlevel + 1 in the high. */
+    uint64_t top;
     /* Links above level 0 live in one u32 arena: a node of level L owns
     ** L blocks of (1 + m) words at offset upper[slot]; offset 0 is never
-    ** used. Freed blocks are chained per L through their first word. */
+    ** used. Freed blocks are chained per L through their first word. A
+    ** grown arena is retired, never freed under a search; searches read
+    ** the pointer and arena_n with VX_LOAD. */
     uint32_t *arena;
     size_t arena_n, arena_cap;
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
@@ -1529,12 +1851,25 @@ typedef struct vx_wal {
     char *path; /* main file path (log is path + "-wal") */
 } vx_wal;
 
+typedef struct vx_snap vx_snap;
+static void vx_snap_touch(vecidx *ix, uint32_t slot);
+static void vx_snap_touch_list(vecidx *ix, uint32_t li);
+
 struct vecidx {
     vecidx_params p;
     vx_mem mem;
     const vx_kernels *kern;
-    pthread_rwlock_t lock; /* readers share it; a writer holds it to change */
+    /* The key-set lock: a writer holds it for writing only while the key
+    ** map or the set of live keys changes (and IVF-PQ lists); vecidx_get,
+    ** vecidx_contains, vecidx_keys, vecidx_count, vecidx_stats and IVF-PQ
+    ** searches hold it for reading. Flat and HNSW searches take no lock
+    ** at all: vx_ebr keeps what they read alive. */
+    pthread_rwlock_t lock;
     pthread_mutex_t wlock; /* held by a writer for its whole call */
+    vx_ebr ebr;
+    /* Removals so far: a search that sees it change may have met a key
+    ** both before and after a concurrent upsert, and drops the repeat. */
+    uint64_t nremoved;
     vx_store store;
     vx_hnsw hnsw; /* kind HNSW only */
     vx_ivf ivf;   /* kind IVF-PQ only; its buffer before training is store */
@@ -1545,35 +1880,42 @@ struct vecidx {
     vx_wal wal;
     int replaying; /* applying logged writes: do not log them again */
     int rdonly;
+    /* A snapshot being written (vecidx_save, vecidx_checkpoint): writers
+    ** call vx_snap_touch before they change a slot's bytes. */
+    vx_snap *snap;
 };
 
-/* A writer holds wlock for its whole call, which keeps other writers out,
-** and the rwlock for writing while it changes the index. A long batch may
-** drop the rwlock between sub-batches (vx_write_yield) so searches are not
-** stalled for the whole batch; wlock still keeps other writers out. */
+/* A writer holds wlock for its whole call, which keeps other writers out.
+** Searches never wait for it: the writer takes the key-set lock only for
+** the short steps that change the key set (vx_store_publish,
+** vx_store_remove, IVF-PQ list changes). */
 static void vx_write_begin(vecidx *ix)
 {
     pthread_mutex_lock(&ix->wlock);
-    pthread_rwlock_wrlock(&ix->lock);
 }
 
 static int vx_checkpoint_locked(vecidx *ix);
+static void vx_reclaim(vecidx *ix);
 
 static void vx_write_end(vecidx *ix)
 {
+    vx_reclaim(ix);
     /* Fold a long log into the main file; the write that got here is
     ** already durable, so a failure only leaves the log longer. */
     if (ix->wal.fd >= 0 && !ix->wal.broken && !ix->replaying &&
         ix->wal.end > VX_WAL_AUTO_CHECKPOINT)
         (void)vx_checkpoint_locked(ix);
-    pthread_rwlock_unlock(&ix->lock);
     pthread_mutex_unlock(&ix->wlock);
 }
 
-static void vx_write_yield(vecidx *ix)
+static void vx_keys_lock(vecidx *ix)
+{
+    pthread_rwlock_wrlock(&ix->lock);
+}
+
+static void vx_keys_unlock(vecidx *ix)
 {
     pthread_rwlock_unlock(&ix->lock);
-    pthread_rwlock_wrlock(&ix->lock);
 }
 
 static const char *vx_kind_name(int kind)
@@ -1667,12 +2009,12 @@ static size_t vx_flat_block_rows(const vecidx *ix)
                : vx_store_per_chunk(&ix->store);
 }
 
-/* Distances from q to the n slots starting at `first` (one chunk). */
-static void vx_flat_dists(const vecidx *ix, const vx_query *q, uint32_t first,
-                          size_t n, float *out)
+/* Distances from q to rows [row, row + n) of chunk c. */
+static void vx_flat_dists(const vecidx *ix, const vx_chunk *c, uint32_t row,
+                          size_t n, const vx_query *q, float *out)
 {
     const vx_store *s = &ix->store;
-    const float *base = vx_store_vec(s, first);
+    const float *base = c->vec + (size_t)row * s->rec;
     size_t i;
     if (s->rec != s->dim) { /* graph records: vectors are not adjacent */
         float (*f)(const float *, const float *, size_t) =
@@ -1687,24 +2029,23 @@ static void vx_flat_dists(const vecidx *ix, const vx_query *q, uint32_t first,
     if (ix->p.metric == VECIDX_IP) {
         for (i = 0; i < n; i++) out[i] = -out[i];
     } else {
-        for (i = 0; i < n; i++)
-            out[i] = 1.0f - out[i] * q->inv_norm *
-                                vx_store_inorm(s, first + (uint32_t)i);
+        for (i = 0; i < n; i++) {
+            float inorm = s->link0 ? base[i * s->rec + s->dim]
+                                   : c->inorm[row + i];
+            out[i] = 1.0f - out[i] * q->inv_norm * inorm;
+        }
     }
 }
 
-/* Offer a block of distances for the slots starting at `first`. */
-static void vx_flat_offer(const vx_store *s, uint32_t first, size_t n,
+/* Offer distances of rows [row, row + n) of chunk c, all live. */
+static void vx_flat_offer(const vx_chunk *c, uint32_t row, size_t n,
                           const float *dist, const vecidx_search_opts *o,
                           vx_topk *h)
 {
-    const vx_chunk *c = VX_SLOT_CHUNK(s, first);
-    const uint8_t *live = c->live + VX_SLOT_INDEX(s, first);
-    const uint64_t *key = c->key + VX_SLOT_INDEX(s, first);
+    const uint64_t *key = c->key + row;
     size_t i;
     for (i = 0; i < n; i++) {
         float d = dist[i];
-        if (live[i] != VX_LIVE) continue;
         if (VX_UNLIKELY(d != d)) d = INFINITY; /* inf-inf in huge inputs */
         if (!vx_topk_admits(h, d, key[i])) continue;
         if (o && o->filter && !o->filter(key[i], o->filter_ctx)) continue;
@@ -1713,22 +2054,34 @@ static void vx_flat_offer(const vx_store *s, uint32_t first, size_t n,
 }
 
 /* Exact top-k of nq queries over every live slot; the caller's heaps
-** (one per query, empty) receive the results. */
+** (one per query, empty) receive the results. Runs beside a writer: a
+** block's states are read first and only live rows are scored, so a slot
+** being filled (not yet live) is never read; the chunk table and slot
+** count are read once, and a table outgrown meanwhile is kept alive by
+** the search's epoch. */
 static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
                            const vecidx_search_opts *o, vx_topk *heaps)
 {
     const vx_store *s = &ix->store;
+    const vx_chunk *table = VX_LOAD(&s->chunks);
+    uint32_t nslots = VX_LOAD(&s->nslots), first;
     float dist[VX_FLAT_MAX_ROWS];
+    uint8_t live[VX_FLAT_MAX_ROWS];
     size_t rows = vx_flat_block_rows(ix), per = vx_store_per_chunk(s);
-    uint32_t first;
-    for (first = 0; first < s->nslots;) {
-        size_t left_in_chunk = per - VX_SLOT_INDEX(s, first);
-        size_t n = s->nslots - first, j;
-        if (n > left_in_chunk) n = left_in_chunk;
+    for (first = 0; first < nslots;) {
+        const vx_chunk *c = &table[first >> s->shift];
+        uint32_t row = first & (uint32_t)(per - 1);
+        size_t n = nslots - first, i, j, qi;
+        if (n > per - row) n = per - row;
         if (n > rows) n = rows;
-        for (j = 0; j < nq; j++) {
-            vx_flat_dists(ix, &q[j], first, n, dist);
-            vx_flat_offer(s, first, n, dist, o, &heaps[j]);
+        for (i = 0; i < n; i++) live[i] = VX_LOAD(&c->live[row + i]) == VX_LIVE;
+        for (i = 0; i < n; i = j) { /* each run of live rows */
+            for (; i < n && !live[i]; i++) continue;
+            for (j = i; j < n && live[j]; j++) continue;
+            for (qi = 0; i < j && qi < nq; qi++) {
+                vx_flat_dists(ix, c, row + (uint32_t)i, j - i, &q[qi], dist);
+                vx_flat_offer(c, row + (uint32_t)i, j - i, dist, o, &heaps[qi]);
+            }
         }
         first += (uint32_t)n;
     }
@@ -1761,7 +2114,48 @@ static inline uint32_t *vx_hnsw_links(const vecidx *ix, uint32_t slot, int l)
     if (l == 0)
         return (uint32_t *)(void *)(c->vec + (size_t)(i + 1) * s->rec -
                                     (1 + s->link0));
-    return ix->hnsw.arena + c->upper[i] + (size_t)(l - 1) * (1 + ix->hnsw.m);
+    return VX_LOAD(&ix->hnsw.arena) + c->upper[i] +
+           (size_t)(l - 1) * (1 + ix->hnsw.m);
+}
+
+/* A link list is a count, then that many slots. Searches read lists that
+** a writer is changing, so every word is read and written atomically: the
+** count with acquire and release (the slots below it are written first),
+** each slot with release, so that a search that follows a link sees the
+** node it leads to. A search may see a list half old and half new; every
+** slot in it is one the list held, and a node a search can reach is
+** never reused before the search ends (vx_ebr). */
+static inline uint32_t vx_lcount(const uint32_t *links)
+{
+    return VX_LOAD(&links[0]);
+}
+
+static inline uint32_t vx_lget(const uint32_t *links, uint32_t i)
+{
+    return VX_PEEK(&links[1 + i]);
+}
+
+static inline void vx_lput(uint32_t *links, uint32_t i, uint32_t slot)
+{
+    VX_STORE(&links[1 + i], slot);
+}
+
+static inline void vx_lsetn(uint32_t *links, uint32_t n)
+{
+    VX_STORE(&links[0], n);
+}
+
+/* The entry point and top level, as one consistent pair. */
+static inline uint32_t vx_hnsw_top(const vx_hnsw *h, int *maxlevel)
+{
+    uint64_t t = VX_LOAD(&h->top);
+    if (maxlevel) *maxlevel = (int)(uint32_t)(t >> 32) - 1;
+    return (uint32_t)t;
+}
+
+static inline void vx_hnsw_set_top(vx_hnsw *h, uint32_t entry, int maxlevel)
+{
+    VX_STORE(&h->top, (uint64_t)(uint32_t)(maxlevel + 1) << 32 | entry);
 }
 
 static inline int vx_hnsw_level(const vecidx *ix, uint32_t slot)
@@ -1830,7 +2224,7 @@ static void vx_scratch_free(vx_mem *mem, vx_hnsw_scratch *s)
 /* Make s fit a search of breadth ef over the current slots. */
 static int vx_scratch_fit(vecidx *ix, vx_hnsw_scratch *s, size_t ef)
 {
-    size_t slots = (size_t)ix->store.nchunks << ix->store.shift;
+    size_t slots = (size_t)VX_LOAD(&ix->store.nchunks) << ix->store.shift;
     size_t sel = (size_t)ix->hnsw.m0 * (ix->hnsw.m0 + 1) + ef + 1;
     if (s->visit_cap < slots) {
         vx_free(&ix->mem, s->visit, s->visit_cap * sizeof *s->visit);
@@ -1868,6 +2262,7 @@ static int vx_scratch_get(vecidx *ix, size_t ef, vx_hnsw_scratch **out)
         return VECIDX_ENOMEM;
     }
     s->oom = 0;
+    s->writer = 0;
     *out = s;
     return VECIDX_OK;
 }
@@ -1947,55 +2342,39 @@ static void vx_frontier_push(vecidx *ix, vx_hnsw_scratch *s, vx_cand c)
 
 /* ---- graph walk ---------------------------------------------------------- */
 
-/* The links of a graph mapped from a file are used without a full check
-** at open, so every list is bounded here: its level and arena offset, its
-** length, and each slot number. Damage then costs recall, not memory
-** safety. */
-static const uint32_t *vx_hnsw_read_safe(vecidx *ix, vx_hnsw_scratch *s,
-                                         uint32_t slot, int l, uint32_t *n)
-{
-    const vx_store *st = &ix->store;
-    const uint32_t *links;
-    uint32_t cnt, i, m = 0, cap = l ? ix->hnsw.m : ix->hnsw.m0;
-    *n = 0;
-    if (l > 0) {
-        uint32_t off = VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)];
-        if (vx_hnsw_level(ix, slot) < l ||
-            off + vx_hnsw_block_words(&ix->hnsw, l) > ix->hnsw.arena_n)
-            return s->ids;
-    }
-    links = vx_hnsw_links(ix, slot, l);
-    cnt = links[0] < cap ? links[0] : cap;
-    for (i = 0; i < cnt; i++)
-        if (links[1 + i] < st->nslots) s->ids[m++] = links[1 + i];
-    *n = m;
-    return s->ids;
-}
-
-/* The links of slot at level l. While a parallel build runs, lists change
-** under other threads, so they are copied out under the node's lock. */
+/* The links of slot at level l, copied into s->ids. Only slots the
+** search's visit marks cover are kept: nodes added since it began may be
+** left out, as writes in flight may be. A graph mapped from a file is
+** used without a full check at open, so its lists are also bounded: the
+** node's level and arena offset, and the list's length. Damage then costs
+** recall, not memory safety. A writer's scratch locks the node while a
+** parallel pass may change its list. */
 static const uint32_t *vx_hnsw_read(vecidx *ix, vx_hnsw_scratch *s,
                                     uint32_t slot, int l, uint32_t *n)
 {
     const uint32_t *links;
-    if (VX_UNLIKELY(ix->hnsw.untrusted)) {
-        /* A parallel build into a mapped graph still rewrites lists: the
-        ** bounded copy must hold the node's lock like the one below. */
-        if (!ix->hnsw.locking) return vx_hnsw_read_safe(ix, s, slot, l, n);
-        vx_hnsw_lock(ix, slot);
-        links = vx_hnsw_read_safe(ix, s, slot, l, n);
-        vx_hnsw_unlock(ix, slot);
-        return links;
+    uint32_t cnt, i, m = 0, cap = l ? ix->hnsw.m : ix->hnsw.m0;
+    int lock = s->writer && ix->hnsw.locking;
+    *n = 0;
+    if (VX_UNLIKELY(ix->hnsw.untrusted) && l > 0) {
+        const vx_store *st = &ix->store;
+        uint32_t off = VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)];
+        if (vx_hnsw_level(ix, slot) < l ||
+            off + vx_hnsw_block_words(&ix->hnsw, l) >
+                VX_LOAD(&ix->hnsw.arena_n))
+            return s->ids;
     }
     links = vx_hnsw_links(ix, slot, l);
-    if (!ix->hnsw.locking) {
-        *n = links[0];
-        return links + 1;
+    if (lock) vx_hnsw_lock(ix, slot);
+    cnt = vx_lcount(links);
+    if (cnt > cap) cnt = cap;
+    /* Acquire: the nodes behind the slots were published before them. */
+    for (i = 0; i < cnt; i++) {
+        uint32_t v = VX_LOAD(&links[1 + i]);
+        if (v < s->visit_cap) s->ids[m++] = v;
     }
-    vx_hnsw_lock(ix, slot);
-    *n = links[0];
-    memcpy(s->ids, links + 1, *n * sizeof *links);
-    vx_hnsw_unlock(ix, slot);
+    if (lock) vx_hnsw_unlock(ix, slot);
+    *n = m;
     return s->ids;
 }
 
@@ -2021,13 +2400,13 @@ static void vx_hnsw_greedy(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
 }
 
 /* May slot enter the results? Live, and admitted by the filter if any. */
-static inline int vx_hnsw_admit(const vecidx *ix, uint32_t slot,
-                                const vecidx_search_opts *o)
+static inline int vx_hnsw_admit(const vecidx *ix, const vx_hnsw_scratch *s,
+                                uint32_t slot, const vecidx_search_opts *o)
 {
-    /* Links never lead to free slots, so without buried nodes every node
-    ** reached is live and the state byte need not be loaded. */
-    if (ix->store.nburied && vx_store_live(&ix->store, slot) != VX_LIVE)
-        return 0;
+    /* Links never lead to free slots, so without buried nodes when the
+    ** walk began every node reached is live (or was removed during the
+    ** walk, a write in flight) and the state byte need not be loaded. */
+    if (s->live_only && vx_store_live(&ix->store, slot) != VX_LIVE) return 0;
     return !(o && o->filter) ||
            o->filter(vx_store_key(&ix->store, slot), o->filter_ctx);
 }
@@ -2043,7 +2422,7 @@ static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c, int l,
     /* c will probably be expanded soon: start fetching its links now. */
     VX_PREFETCH(vx_hnsw_links(ix, c.slot, l));
     vx_frontier_push(ix, s, c);
-    if (!vx_hnsw_admit(ix, c.slot, o)) return;
+    if (!vx_hnsw_admit(ix, s, c.slot, o)) return;
     if (full) /* replace the worst: one sift instead of push + pop */
         vx_cheap_sift_down(s->res, s->nres, c, 0);
     else
@@ -2074,6 +2453,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     size_t dim_bytes = (size_t)st->dim * sizeof(float);
     vx_scratch_new_visit(s);
     s->nres = s->ncand = 0;
+    s->live_only = VX_LOAD(&st->nburied) != 0;
     s->visit[ep.slot] = s->epoch;
     vx_hnsw_offer(ix, s, ep, l, ef, o);
     while (s->ncand) {
@@ -2163,8 +2543,9 @@ static void vx_hnsw_set_links(vecidx *ix, uint32_t slot, int l,
 {
     uint32_t *links = vx_hnsw_links(ix, slot, l);
     size_t i;
-    for (i = 0; i < n; i++) links[1 + i] = c[i].slot;
-    links[0] = (uint32_t)n;
+    if (l == 0) vx_snap_touch(ix, slot);
+    for (i = 0; i < n; i++) vx_lput(links, (uint32_t)i, c[i].slot);
+    vx_lsetn(links, (uint32_t)n);
 }
 
 /* Add a link from node to newcomer at level l (distance d); when the list
@@ -2189,26 +2570,27 @@ static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
     uint32_t cap = l ? ix->hnsw.m : ix->hnsw.m0, n, i, far = 0;
     vx_query qn;
     vx_hnsw_lock(ix, node);
-    n = links[0];
-    for (i = 0; i < n && links[1 + i] != newcomer; i++) continue;
+    if (l == 0) vx_snap_touch(ix, node);
+    n = vx_lcount(links);
+    for (i = 0; i < n && vx_lget(links, i) != newcomer; i++) continue;
     if (i < n) {
         vx_hnsw_unlock(ix, node);
         return;
     }
     if (n < cap) {
-        links[1 + n] = newcomer;
-        links[0] = n + 1;
+        vx_lput(links, n, newcomer);
+        vx_lsetn(links, n + 1);
         vx_hnsw_unlock(ix, node);
         return;
     }
     qn = vx_node_query(ix, node);
     for (i = 0; i < n; i++) {
-        tmp[i].slot = links[1 + i];
+        tmp[i].slot = vx_lget(links, i);
         tmp[i].d = vx_qdist(ix, &qn, tmp[i].slot);
         if (tmp[i].d > tmp[far].d) far = i;
     }
     if (ix->p.metric == VECIDX_IP) {
-        if (d < tmp[far].d) links[1 + far] = newcomer;
+        if (d < tmp[far].d) vx_lput(links, far, newcomer);
     } else {
         tmp[n].slot = newcomer;
         tmp[n].d = d;
@@ -2251,12 +2633,8 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
     vx_query q = vx_node_query(ix, slot);
     vx_cand cur;
     if (h->locking) pthread_mutex_lock(&h->entry_lock);
-    cur.slot = h->entry;
-    maxl = h->maxlevel;
-    if (cur.slot == VX_NOSLOT) {
-        h->entry = slot;
-        h->maxlevel = level;
-    }
+    cur.slot = vx_hnsw_top(h, &maxl);
+    if (cur.slot == VX_NOSLOT) vx_hnsw_set_top(h, slot, level);
     if (h->locking) pthread_mutex_unlock(&h->entry_lock);
     if (cur.slot == VX_NOSLOT) return;
     cur.d = vx_qdist(ix, &q, cur.slot);
@@ -2265,11 +2643,10 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
     for (l = level < maxl ? level : maxl; l >= 0; l--)
         cur = vx_hnsw_connect(ix, s, slot, &q, cur, l, 1);
     if (level > maxl) {
+        int top;
         if (h->locking) pthread_mutex_lock(&h->entry_lock);
-        if (level > h->maxlevel) {
-            h->entry = slot;
-            h->maxlevel = level;
-        }
+        (void)vx_hnsw_top(h, &top);
+        if (level > top) vx_hnsw_set_top(h, slot, level);
         if (h->locking) pthread_mutex_unlock(&h->entry_lock);
     }
 }
@@ -2299,7 +2676,8 @@ static int vx_hnsw_reserve(vecidx *ix, size_t n)
     vx_hnsw *h = &ix->hnsw;
     uint64_t rng = h->rng;
     size_t words = 0, i, need, bytes;
-    void *p;
+    vx_retired *node;
+    void *p = NULL;
     for (i = 0; i < n; i++) {
         int lv = vx_hnsw_draw_level(h);
         if (lv) words += vx_hnsw_block_words(h, lv);
@@ -2311,10 +2689,21 @@ static int vx_hnsw_reserve(vecidx *ix, size_t n)
     if (need < 2 * h->arena_cap) need = 2 * h->arena_cap;
     if (need > UINT32_MAX) need = UINT32_MAX;
     bytes = need * sizeof *h->arena;
-    if (!(p = vx_realloc(&ix->mem, h->arena, h->arena_cap * sizeof *h->arena,
-                         bytes)))
+    /* Copied, not reallocated: searches may be reading the old arena,
+    ** which is retired until they end. */
+    node = vx_malloc(&ix->mem, sizeof *node);
+    if (!node || !(p = vx_malloc(&ix->mem, bytes))) {
+        vx_free(&ix->mem, node, sizeof *node);
         return VECIDX_ENOMEM;
-    h->arena = p;
+    }
+    if (h->arena) {
+        memcpy(p, h->arena, h->arena_n * sizeof *h->arena);
+        vx_ebr_retire(&ix->ebr, node, h->arena, h->arena_cap * sizeof *h->arena,
+                      vx_ebr_advance(&ix->ebr));
+    } else {
+        vx_free(&ix->mem, node, sizeof *node);
+    }
+    VX_STORE(&h->arena, (uint32_t *)p);
     h->arena_cap = need;
     return VECIDX_OK;
 }
@@ -2332,13 +2721,14 @@ static void vx_hnsw_place(vecidx *ix, uint32_t slot)
             h->arena_free[lv] = h->arena[off];
         else {
             off = (uint32_t)h->arena_n;
-            h->arena_n += vx_hnsw_block_words(h, lv);
+            VX_STORE(&h->arena_n, h->arena_n + vx_hnsw_block_words(h, lv));
         }
-        for (l = 0; l < lv; l++) h->arena[off + (size_t)l * (1 + h->m)] = 0;
+        for (l = 0; l < lv; l++)
+            vx_lsetn(h->arena + off + (size_t)l * (1 + h->m), 0);
     }
     c->level[i] = (uint8_t)lv;
     c->upper[i] = off;
-    vx_hnsw_links(ix, slot, 0)[0] = 0;
+    vx_lsetn(vx_hnsw_links(ix, slot, 0), 0);
 }
 
 /* Return a slot's upper blocks to the arena's free chains. */
@@ -2447,6 +2837,7 @@ static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b, size_t from,
     atomic_init(&next, 0);
     ix->hnsw.locking = b->nt > 1;
     for (t = 0; t < b->nt; t++) {
+        b->s[t]->writer = 1;
         jobs[t].ix = ix;
         jobs[t].s = b->s[t];
         jobs[t].slots = b->slots + from;
@@ -2469,21 +2860,21 @@ static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b, size_t from,
 static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
                           const vecidx_search_opts *o, vx_topk *h)
 {
-    vx_hnsw *g = &ix->hnsw;
     vx_hnsw_scratch *s;
     size_t ef = o && o->ef ? o->ef : ix->p.hnsw_ef_search, budget, i;
+    size_t nslots = VX_LOAD(&ix->store.nslots);
     vx_cand cur;
-    int l, oom, aborted;
-    if (g->entry == VX_NOSLOT || h->k == 0) return VECIDX_OK;
+    int l, oom, aborted, maxlevel;
+    /* The entry point first: the scratch, fitted after, then covers it. */
+    cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);
+    if (cur.slot == VX_NOSLOT || h->k == 0) return VECIDX_OK;
     if (ef < k) ef = k;
     if (vx_scratch_get(ix, ef, &s) != VECIDX_OK) return VECIDX_ENOMEM;
     /* A walk that visits a quarter of the graph is slower than a scan. */
     budget = SIZE_MAX;
-    if (o && o->filter)
-        budget = ix->store.nslots / 4 > 8 * ef ? ix->store.nslots / 4 : 8 * ef;
-    cur.slot = g->entry;
+    if (o && o->filter) budget = nslots / 4 > 8 * ef ? nslots / 4 : 8 * ef;
     cur.d = vx_qdist(ix, q, cur.slot);
-    for (l = g->maxlevel; l > 0; l--)
+    for (l = maxlevel; l > 0; l--)
         vx_hnsw_greedy(ix, s, q, &cur.slot, &cur.d, l);
     vx_hnsw_layer(ix, s, q, cur, 0, ef, o, budget);
     aborted = s->visited > budget;
@@ -2537,18 +2928,18 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
 {
     const vx_store *st = &ix->store;
     uint32_t *links = vx_hnsw_links(ix, y, l);
-    uint32_t n = links[0], i, j, cap = l ? ix->hnsw.m : ix->hnsw.m0;
+    uint32_t n = vx_lcount(links), i, j, cap = l ? ix->hnsw.m : ix->hnsw.m0;
     size_t nc = 0, kept = 0, bound = 3 * (size_t)cap;
     int ip = ix->p.metric == VECIDX_IP;
     vx_query qy;
-    for (i = 0; i < n && vx_store_live(st, links[1 + i]) == VX_LIVE; i++)
+    for (i = 0; i < n && vx_store_live(st, vx_lget(links, i)) == VX_LIVE; i++)
         continue;
     if (i == n) return;
     vx_scratch_new_visit(s);
     s->visit[y] = s->epoch;
     qy = vx_node_query(ix, y);
     for (i = 0; i < n; i++) {
-        uint32_t z = links[1 + i];
+        uint32_t z = vx_lget(links, i);
         if (vx_store_live(st, z) != VX_LIVE) continue;
         s->visit[z] = s->epoch;
         s->sel[nc].slot = z;
@@ -2556,10 +2947,12 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     }
     if (ip) kept = nc;
     for (i = 0; i < n; i++) {
-        const uint32_t *zl = vx_hnsw_links(ix, links[1 + i], l);
-        if (vx_store_live(st, links[1 + i]) == VX_LIVE) continue;
-        for (j = 0; j < zl[0]; j++) {
-            uint32_t w = zl[1 + j];
+        uint32_t z = vx_lget(links, i);
+        const uint32_t *zl = vx_hnsw_links(ix, z, l);
+        uint32_t zn;
+        if (vx_store_live(st, z) == VX_LIVE) continue;
+        for (j = 0, zn = vx_lcount(zl); j < zn; j++) {
+            uint32_t w = vx_lget(zl, j);
             if (vx_store_live(st, w) != VX_LIVE || s->visit[w] == s->epoch)
                 continue;
             s->visit[w] = s->epoch;
@@ -2576,7 +2969,7 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     if (mark && (l == 0 || !mark[y])) {
         /* Where y's new level-0 links start (none new if only an upper
         ** level was repaired); levels run upward, so 0 comes first. */
-        size_t from = l ? vx_hnsw_links(ix, y, 0)[0] : kept;
+        size_t from = l ? vx_lcount(vx_hnsw_links(ix, y, 0)) : kept;
         mark[y] = (uint8_t)(1 + (from < 254 ? from : 254));
     }
 }
@@ -2599,9 +2992,10 @@ static void vx_hnsw_link_repaired(vecidx *ix, vx_hnsw_scratch *s,
         qy = vx_node_query(ix, y);
         for (l = 0; l <= vx_hnsw_level(ix, y); l++) {
             const uint32_t *links = vx_hnsw_links(ix, y, l);
-            for (i = l ? 0 : mark[y] - 1u; i < links[0]; i++)
-                vx_hnsw_link_back(ix, s->sel, links[1 + i], y,
-                                  vx_qdist(ix, &qy, links[1 + i]), l);
+            for (i = l ? 0 : mark[y] - 1u; i < vx_lcount(links); i++) {
+                uint32_t z = vx_lget(links, i);
+                vx_hnsw_link_back(ix, s->sel, z, y, vx_qdist(ix, &qy, z), l);
+            }
         }
     }
 }
@@ -2618,8 +3012,8 @@ static void vx_hnsw_mark_inlinks(vecidx *ix, uint8_t *mark, int l)
         const uint32_t *links;
         if (state == VX_FREE || vx_hnsw_level(ix, y) < l) continue;
         links = vx_hnsw_links(ix, y, l);
-        for (i = 0; i < links[0]; i++)
-            mark[links[1 + i]] |= state == VX_LIVE ? 1 : 2;
+        for (i = 0; i < vx_lcount(links); i++)
+            mark[vx_lget(links, i)] |= state == VX_LIVE ? 1 : 2;
     }
 }
 
@@ -2628,13 +3022,12 @@ static void vx_hnsw_mark_inlinks(vecidx *ix, uint8_t *mark, int l)
 static void vx_hnsw_offer_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
                                int l)
 {
-    vx_hnsw *h = &ix->hnsw;
     vx_query q = vx_node_query(ix, y);
     vx_cand cur;
-    int k;
-    cur.slot = h->entry;
+    int k, maxlevel;
+    cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);
     cur.d = vx_qdist(ix, &q, cur.slot);
-    for (k = h->maxlevel; k > l; k--)
+    for (k = maxlevel; k > l; k--)
         vx_hnsw_greedy(ix, s, &q, &cur.slot, &cur.d, k);
     (void)vx_hnsw_connect(ix, s, y, &q, cur, l, 0);
 }
@@ -2672,6 +3065,7 @@ static void vx_repair_run(vecidx *ix, vx_hnsw_batch *b, void *(*fn)(void *),
     unsigned t;
     atomic_init(&next, 0);
     for (t = 0; t < b->nt; t++) {
+        b->s[t]->writer = 1;
         jobs[t].ix = ix;
         jobs[t].s = b->s[t];
         jobs[t].mark = mark;
@@ -2711,7 +3105,7 @@ static void *vx_hnsw_offer_worker(void *arg)
     uint32_t y, end;
     while (vx_repair_block(j, &y, &end))
         for (; y < end; y++)
-            if (j->mark[y] == j->want && y != j->ix->hnsw.entry &&
+            if (j->mark[y] == j->want && y != vx_hnsw_top(&j->ix->hnsw, NULL) &&
                 vx_store_live(&j->ix->store, y) == VX_LIVE)
                 vx_hnsw_offer_node(j->ix, j->s, y, j->level);
     return NULL;
@@ -2754,7 +3148,8 @@ static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_batch *b, uint8_t *mark,
     vx_hnsw_mark_inlinks(ix, mark, 0);
     for (y = 0; y < st->nslots; y++) {
         const float *v = vx_store_vec(st, y);
-        if (vx_store_live(st, y) != VX_LIVE || y == ix->hnsw.entry)
+        if (vx_store_live(st, y) != VX_LIVE ||
+            y == vx_hnsw_top(&ix->hnsw, NULL))
             mark[y] = 1; /* never offered */
         if (mark[y] & 1) continue;
         hist[vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim))]++;
@@ -2792,9 +3187,11 @@ static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_batch *b, uint8_t *mark,
 static void vx_hnsw_relink(vecidx *ix, vx_hnsw_batch *b)
 {
     vx_hnsw *h = &ix->hnsw;
-    int l;
-    if (h->entry == VX_NOSLOT || h->mark_cap < ix->store.nslots) return;
-    for (l = h->maxlevel; l >= 0; l--) {
+    int l, maxlevel;
+    if (vx_hnsw_top(h, &maxlevel) == VX_NOSLOT ||
+        h->mark_cap < ix->store.nslots)
+        return;
+    for (l = maxlevel; l >= 0; l--) {
         vx_hnsw_mark_inlinks(ix, h->mark, l);
         vx_repair_run(ix, b, vx_hnsw_offer_worker, 1, h->mark, 2, l);
     }
@@ -2810,7 +3207,7 @@ static int vx_hnsw_repair(vecidx *ix)
     vx_hnsw *g = &ix->hnsw;
     vx_hnsw_batch b;
     uint8_t *mark = NULL;
-    uint32_t slot;
+    uint32_t slot, entry;
     memset(&b, 0, sizeof b);
     b.slots = &b.one;
     /* Fitted for ef_construction: they also serve vx_hnsw_relink. No more
@@ -2828,24 +3225,27 @@ static int vx_hnsw_repair(vecidx *ix)
     }
     vx_repair_run(ix, &b, vx_hnsw_repair_worker, 0, mark, 0, 0);
     if (mark) vx_hnsw_link_repaired(ix, b.s[0], mark);
-    if (g->entry != VX_NOSLOT &&
-        vx_store_live(&ix->store, g->entry) != VX_LIVE) {
-        g->entry = VX_NOSLOT;
-        g->maxlevel = -1;
+    entry = vx_hnsw_top(g, NULL);
+    if (entry != VX_NOSLOT && vx_store_live(&ix->store, entry) != VX_LIVE) {
+        uint32_t best = VX_NOSLOT;
+        int top = -1;
         for (slot = 0; slot < ix->store.nslots; slot++)
             if (vx_store_live(&ix->store, slot) == VX_LIVE &&
-                vx_hnsw_level(ix, slot) > g->maxlevel) {
-                g->entry = slot;
-                g->maxlevel = vx_hnsw_level(ix, slot);
+                vx_hnsw_level(ix, slot) > top) {
+                best = slot;
+                top = vx_hnsw_level(ix, slot);
             }
+        vx_hnsw_set_top(g, best, top);
     }
     vx_hnsw_relink(ix, &b);
     vx_hnsw_batch_release(ix, &b);
-    for (slot = 0; slot < ix->store.nslots; slot++) {
-        if (vx_store_live(&ix->store, slot) != VX_BURIED) continue;
-        vx_hnsw_unplace(ix, slot);
-        vx_store_release(&ix->store, slot);
-    }
+    /* Nothing links to the buried nodes now, but searches that began
+    ** before may still be walking them: their slots wait in the limbo. */
+    for (slot = 0; slot < ix->store.nslots; slot++)
+        if (vx_store_live(&ix->store, slot) == VX_BURIED) {
+            vx_snap_touch(ix, slot);
+            vx_store_retire_buried(&ix->store, slot);
+        }
     return VECIDX_OK;
 }
 
@@ -2874,8 +3274,7 @@ static int vx_hnsw_init(vecidx *ix)
     g->m0 = 2 * g->m;
     g->level_mult = 1.0 / log((double)g->m);
     g->rng = ix->p.seed;
-    g->entry = VX_NOSLOT;
-    g->maxlevel = -1;
+    vx_hnsw_set_top(g, VX_NOSLOT, -1);
     g->arena_n = 1; /* offset 0 means "no upper levels" */
     for (i = 0; i < VX_HNSW_NLOCKS; i++) atomic_flag_clear(&g->locks[i]);
     if (pthread_mutex_init(&g->pool_lock, NULL) != 0) return VECIDX_ENOMEM;
@@ -2900,45 +3299,54 @@ static void vx_hnsw_destroy(vecidx *ix)
     pthread_mutex_destroy(&g->entry_lock);
 }
 
-/* Graph invariants; returns NULL or a description, *bad = node. */
+/* Graph invariants; returns NULL or a description, *bad = node. Retired
+** nodes (in the limbo) are checked too, but may stand above the top level
+** when the entry point they held was replaced. */
 static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
 {
     const vx_store *st = &ix->store;
     vx_hnsw *g = &ix->hnsw;
-    uint32_t slot, i, j;
+    uint32_t slot, i, j, entry;
+    int maxlevel;
+    entry = vx_hnsw_top(g, &maxlevel);
     for (slot = 0; slot < st->nslots; slot++) {
-        int lv, l;
-        if (vx_store_live(st, slot) == VX_FREE) continue;
+        int lv, l, state = vx_store_live(st, slot);
+        if (state == VX_FREE) continue;
         *bad = slot;
         lv = vx_hnsw_level(ix, slot);
-        if (lv > g->maxlevel) return "node level above the graph's top";
+        if (lv > maxlevel && state != VX_RETIRED)
+            return "node level above the graph's top";
         if (lv && (VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)] +
                        vx_hnsw_block_words(g, lv) >
                    g->arena_n))
             return "upper links lie outside the arena";
         for (l = 0; l <= lv; l++) {
             const uint32_t *links = vx_hnsw_links(ix, slot, l);
-            if (links[0] > (l ? g->m : g->m0)) return "link list overflows";
-            for (i = 1; i <= links[0]; i++) {
-                uint32_t z = links[i];
+            uint32_t n = vx_lcount(links);
+            if (n > (l ? g->m : g->m0)) return "link list overflows";
+            for (i = 0; i < n; i++) {
+                uint32_t z = vx_lget(links, i);
                 if (z >= st->nslots || z == slot)
                     return "link to itself "
                            "or out of range";
                 if (vx_store_live(st, z) == VX_FREE)
                     return "link to a freed slot";
+                if (state != VX_RETIRED && vx_store_live(st, z) == VX_RETIRED)
+                    return "link to a retired slot";
                 if (vx_hnsw_level(ix, z) < l)
                     return "link to a node below the list's level";
-                for (j = 1; deep && j < i; j++)
-                    if (links[j] == z) return "duplicate link";
+                for (j = 0; deep && j < i; j++)
+                    if (vx_lget(links, j) == z) return "duplicate link";
             }
         }
     }
-    *bad = g->entry;
+    *bad = entry;
     if (st->count + st->nburied == 0) {
-        if (g->entry != VX_NOSLOT) return "empty graph has an entry point";
-    } else if (g->entry >= st->nslots ||
-               vx_store_live(st, g->entry) == VX_FREE ||
-               vx_hnsw_level(ix, g->entry) != g->maxlevel) {
+        if (entry != VX_NOSLOT) return "empty graph has an entry point";
+    } else if (entry >= st->nslots ||
+               (vx_store_live(st, entry) != VX_LIVE &&
+                vx_store_live(st, entry) != VX_BURIED) ||
+               vx_hnsw_level(ix, entry) != maxlevel) {
         return "entry point is not a top-level node";
     }
     *bad = VX_NOSLOT;
@@ -3090,7 +3498,7 @@ static void vx_ivf_map_del(vx_ivf *v, size_t i)
 ** the map costs 10 to 15 bytes per key. */
 static int vx_ivf_map_reserve(vecidx *ix, size_t more)
 {
-    vx_ivf *v = &ix->ivf;
+    vx_ivf *v = &ix->ivf, t;
     size_t need = v->map_n + more, cap = v->map_cap, oldcap = v->map_cap, i;
     size_t bytes;
     uint64_t *old = v->map, *fresh;
@@ -3102,14 +3510,22 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
         !(fresh = vx_malloc(&ix->mem, bytes)))
         return VECIDX_ENOMEM;
     memset(fresh, 0xFF, bytes);
-    v->map = fresh;
-    v->map_cap = cap;
-    v->map_n = 0;
+    /* Built aside, swapped in under the key-set lock: searches and
+    ** lookups go on with the old map meanwhile. */
+    t = *v;
+    t.map = fresh;
+    t.map_cap = cap;
+    t.map_n = 0;
     for (i = 0; i < oldcap; i++)
         if (old[i] != VX_IVF_EMPTY)
-            vx_ivf_map_put(v, vx_ivf_cell_key(v, old[i]),
+            vx_ivf_map_put(&t, vx_ivf_cell_key(v, old[i]),
                            (uint32_t)(old[i] >> 32) & 0xFFFFFu,
                            (uint32_t)old[i]);
+    vx_keys_lock(ix);
+    v->map = fresh;
+    v->map_cap = cap;
+    v->map_n = t.map_n;
+    vx_keys_unlock(ix);
     if (!v->map_mapped) vx_free(&ix->mem, old, oldcap * sizeof *old);
     v->map_mapped = 0;
     return VECIDX_OK;
@@ -3133,9 +3549,10 @@ static int vx_ivl_reserve(vecidx *ix, vx_ivlist *l, size_t more)
 {
     size_t need = (size_t)l->n + more, cap = l->cap, m = ix->ivf.m;
     size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * sizeof(float) : 0;
-    vx_ivlist t;
+    vx_ivlist t, old;
     if (need <= l->cap && !l->mapped) return VECIDX_OK;
     if (need > VECIDX_MAX_COUNT) return VECIDX_EFULL;
+    vx_snap_touch_list(ix, (uint32_t)(l - ix->ivf.lists));
     if (cap < need) cap = need + need / 4 + 4;
     if (cap > VECIDX_MAX_COUNT) cap = VECIDX_MAX_COUNT;
     memset(&t, 0, sizeof t);
@@ -3153,8 +3570,12 @@ static int vx_ivl_reserve(vecidx *ix, vx_ivlist *l, size_t more)
         memcpy(t.codes, l->codes, (size_t)l->n * m);
         if (vb) memcpy(t.vecs, l->vecs, (size_t)l->n * vb);
     }
-    vx_ivl_free(ix, l);
+    /* Swapped under the key-set lock, as searches read lists under it. */
+    vx_keys_lock(ix);
+    old = *l;
     *l = t;
+    vx_keys_unlock(ix);
+    vx_ivl_free(ix, &old);
     return VECIDX_OK;
 }
 
@@ -3162,7 +3583,9 @@ static void vx_ivl_append(vecidx *ix, uint32_t li, uint64_t key,
                           const uint8_t *code, const float *vec)
 {
     vx_ivlist *l = &ix->ivf.lists[li];
-    uint32_t pos = l->n++;
+    uint32_t pos;
+    vx_snap_touch_list(ix, li);
+    pos = l->n++;
     l->keys[pos] = key;
     memcpy(l->codes + (size_t)pos * ix->ivf.m, code, ix->ivf.m);
     if (ix->p.ivf_keep_vectors)
@@ -3183,6 +3606,7 @@ static void vx_ivf_remove_cell(vecidx *ix, size_t cell)
     vx_ivlist *l = &v->lists[li];
     uint32_t last = l->n - 1;
     size_t m = v->m;
+    vx_snap_touch_list(ix, li);
     vx_ivf_map_del(v, cell);
     if (pos != last) {
         size_t moved = vx_ivf_map_find(v, l->keys[last]);
@@ -4003,8 +4427,9 @@ static int vx_ivf_train_pq(vecidx *ix, const float *xs, size_t nps,
     return rc;
 }
 
-/* Train on n rows of data (validated). Leaves the index untrained and
-** unchanged on failure; does not absorb buffered vectors. */
+/* Train on n rows of data (validated): the model is built aside, while
+** searches still use the buffer (the index is not marked trained). Leaves
+** the index unchanged on failure; does not absorb buffered vectors. */
 static int vx_ivf_train(vecidx *ix, size_t n, const float *data)
 {
     uint32_t nlist = vx_ivf_pick_nlist(ix, n), m = vx_ivf_pick_m(ix), c, i;
@@ -4038,42 +4463,49 @@ static int vx_ivf_train(vecidx *ix, size_t n, const float *data)
             ix, xs, ns < VX_IVF_PQ_SAMPLES ? ns : VX_IVF_PQ_SAMPLES, &rng);
     if (rc == VECIDX_OK) rc = vx_ivf_derive(ix);
     vx_free(&ix->mem, xs, ns * ix->p.dim * sizeof(float));
-    if (rc != VECIDX_OK) {
-        vx_ivf_destroy(ix);
-        return rc;
-    }
-    ix->ivf.trained = 1;
-    return VECIDX_OK;
+    if (rc != VECIDX_OK) vx_ivf_destroy(ix);
+    return rc;
 }
 
 /* Move the buffered vectors of an untrained index into the lists of the
-** just-trained one, and release the buffer. */
+** just-trained one, then switch searches over to the lists and release
+** the buffer. The lists are filled while the index still counts as
+** untrained, so searches keep using the buffer until the switch, which
+** holds the key-set lock only for a moment. */
 static int vx_ivf_absorb(vecidx *ix)
 {
-    vx_store *s = &ix->store;
+    vx_store *s = &ix->store, old;
     size_t n = s->count, i = 0, dim = ix->p.dim;
-    uint64_t *keys;
-    float *vecs;
+    uint64_t *keys = NULL;
+    float *vecs = NULL;
     vx_ivf_prep pr;
     uint32_t slot;
-    int rc;
-    if (n == 0) return VECIDX_OK;
-    keys = vx_malloc(&ix->mem, n * sizeof *keys);
-    vecs = vx_malloc(&ix->mem, n * dim * sizeof *vecs);
-    rc = keys && vecs ? VECIDX_OK : VECIDX_ENOMEM;
+    int rc = VECIDX_OK;
+    if (n) {
+        keys = vx_malloc(&ix->mem, n * sizeof *keys);
+        vecs = vx_malloc(&ix->mem, n * dim * sizeof *vecs);
+        rc = keys && vecs ? VECIDX_OK : VECIDX_ENOMEM;
+    }
     for (slot = 0; rc == VECIDX_OK && slot < s->nslots; slot++)
         if (vx_store_live(s, slot) == VX_LIVE) {
             keys[i] = vx_store_key(s, slot);
             memcpy(vecs + i++ * dim, vx_store_vec(s, slot), dim * 4);
         }
-    vx_progress(ix, "encode", 0);
-    if (rc == VECIDX_OK && (rc = vx_ivf_prepare(ix, n, vecs, &pr)) == 0) {
+    if (n) vx_progress(ix, "encode", 0);
+    if (n && rc == VECIDX_OK && (rc = vx_ivf_prepare(ix, n, vecs, &pr)) == 0) {
         vx_ivf_apply(ix, &pr, keys, vecs);
         vx_ivf_prep_free(ix, &pr);
-        vx_store_destroy(s, &ix->mem);
-        vx_store_init(s, ix->p.dim, ix->p.metric == VECIDX_COSINE, 0, 0);
     }
-    vx_progress(ix, "encode", 1);
+    if (rc == VECIDX_OK) {
+        vx_keys_lock(ix);
+        VX_STORE(&ix->ivf.trained, 1);
+        old = *s;
+        vx_store_init(s, ix->p.dim, ix->p.metric == VECIDX_COSINE, 0, 0,
+                      &ix->lock);
+        vx_keys_unlock(ix);
+        vx_store_destroy(&old, &ix->mem);
+    }
+    if (n) vx_progress(ix, "encode", 1);
     vx_free(&ix->mem, keys, n * sizeof *keys);
     vx_free(&ix->mem, vecs, n * dim * sizeof *vecs);
     return rc;
@@ -4506,59 +4938,6 @@ static uint64_t vx_page_up(uint64_t x)
     return (x + VX_FILE_PAGE - 1) / VX_FILE_PAGE * VX_FILE_PAGE;
 }
 
-/* Fill the header fields that describe ix (section table excluded). */
-static void vx_fhdr_from(const vecidx *ix, vx_fhdr *h)
-{
-    const vx_store *s = &ix->store;
-    memset(h, 0, sizeof *h);
-    h->p = ix->p;
-    h->shift = s->shift;
-    h->version = s->aligned ? 2 : 1;
-    h->rec = s->rec;
-    h->link0 = s->link0;
-    h->nslots = s->nslots;
-    h->count = s->count;
-    h->nburied = s->nburied;
-    h->nchunks = s->nchunks;
-    h->nfree = s->nfree;
-    h->map_cap = s->map.cap;
-    h->entry = VX_NOSLOT;
-    h->maxlevel = -1;
-    if (ix->ivf.trained) {
-        h->ivf_trained = 1;
-        h->ivf_nlist = ix->ivf.nlist;
-        h->ivf_m = ix->ivf.m;
-        h->ivf_count = ix->ivf.count;
-        h->ivf_map_cap = ix->ivf.map_cap;
-    }
-    if (ix->p.kind == VECIDX_HNSW) {
-        h->rng = ix->hnsw.rng;
-        h->entry = ix->hnsw.entry;
-        h->maxlevel = ix->hnsw.maxlevel;
-        h->arena_n = ix->hnsw.arena_n;
-        memcpy(h->arena_free, ix->hnsw.arena_free, sizeof h->arena_free);
-    }
-}
-
-/* Write one section from n pieces, recording offset, length and CRC. */
-static int vx_file_put_sect(int fd, vx_sect *sc, uint64_t off,
-                            const void *const *piece, size_t n, size_t len)
-{
-    size_t i;
-    sc->off = off;
-    sc->len = (uint64_t)n * len;
-    sc->crc = 0;
-    for (i = 0; i < n; i++) {
-        if (len && vx_io_write_all(fd, piece[i], len,
-                                   (off_t)(off + (uint64_t)i * len)) != 0)
-            return -1;
-        sc->crc = vx_crc32c_more(sc->crc, piece[i], len);
-    }
-    return 0;
-}
-
-static const uint32_t vx_zero_word = 0;
-
 /* A section written piece by piece, its checksum kept as it goes. */
 typedef struct vx_fw {
     int fd, ok;
@@ -4589,52 +4968,6 @@ static void vx_fw_pad8(vx_fw *w)
     vx_fw_put(w, zero, (8 - w->sc->len % 8) % 8);
 }
 
-/* The four IVF-PQ sections, from offset off. Returns 0, or -1 with
-** errno set. */
-static int vx_file_put_ivf(vecidx *ix, int fd, vx_fhdr *h, uint64_t off)
-{
-    const vx_ivf *v = &ix->ivf;
-    size_t dirb = (size_t)v->nlist * 16, vb = 0;
-    unsigned char *dir = vx_malloc(&ix->mem, dirb);
-    uint64_t at = 0;
-    uint32_t li;
-    vx_fw w;
-    if (!dir) {
-        errno = ENOMEM;
-        return -1;
-    }
-    if (ix->p.ivf_keep_vectors) vb = (size_t)ix->p.dim * sizeof(float);
-    for (li = 0; li < v->nlist; li++) {
-        size_t n = v->lists[li].n, codes = (n * v->m + 7) / 8 * 8;
-        vx_put64(dir, (size_t)li * 16, at);
-        vx_put32(dir, (size_t)li * 16 + 8, (uint32_t)n);
-        vx_put32(dir, (size_t)li * 16 + 12, 0);
-        at += n * 8 + codes + (n * vb + 7) / 8 * 8;
-    }
-    w.fd = fd;
-    w.ok = 1;
-    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_MODEL], off);
-    vx_fw_put(&w, v->cent, v->model_bytes);
-    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_DIR], w.off);
-    vx_fw_put(&w, dir, dirb);
-    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_DATA], w.off);
-    for (li = 0; li < v->nlist; li++) {
-        const vx_ivlist *l = &v->lists[li];
-        vx_fw_put(&w, l->keys, (size_t)l->n * 8);
-        vx_fw_put(&w, l->codes, (size_t)l->n * v->m);
-        vx_fw_pad8(&w);
-        vx_fw_put(&w, l->vecs, (size_t)l->n * vb);
-        vx_fw_pad8(&w);
-    }
-    vx_fw_begin(&w, &h->sect[VX_SECT_IVF_MAP], w.off);
-    vx_fw_put(&w, v->map, v->map_cap * 8);
-    vx_free(&ix->mem, dir, dirb);
-    return w.ok ? 0 : -1;
-}
-
-/* Write ix to a temporary file beside path, sync it, rename it over path
-** and sync the directory: a crash leaves either the old file or the new
-** one, never a mix. Caller holds the read lock. */
 /* A value no other file written here is likely to share: each saved file
 ** gets one, and its log must carry it, so a log left behind by another
 ** index at the same path can never be replayed into this one. */
@@ -4650,76 +4983,508 @@ static uint64_t vx_fresh_salt(void)
     return vx_hash64(x) | 1; /* never 0 */
 }
 
-static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
+/* Snapshots.
+** vecidx_save and vecidx_checkpoint write the index as it was at one
+** moment. The small structures are copied when the snapshot begins: the
+** header's counters, the graph arena, the key maps, the free slots. The
+** storage chunks and IVF-PQ lists -- nearly all the bytes -- are not: they
+** are written from where they are, a chunk (or list) at a time, and a
+** writer about to change a part of one that is not written yet first
+** copies that part aside (vx_snap_touch), 1 KiB of a chunk or a whole
+** list, so the file gets the bytes as they were. Slots in the limbo are
+** written as the free slots they will become. */
+
+#define VX_SNAP_UNIT 1024u /* bytes of a chunk copied aside at once */
+
+enum {
+    VX_SNAP_PENDING = 0, /* not written, not copied */
+    VX_SNAP_ASIDE = 1,   /* copied aside before a writer changed it */
+    VX_SNAP_DONE = 2     /* written (or its copy taken): change freely */
+};
+
+/* What a snapshot still has to write, in file order. */
+enum {
+    VX_SW_CHUNKS,
+    VX_SW_SMALL,
+    VX_SW_IVF_LISTS,
+    VX_SW_TAIL,
+    VX_SW_DONE
+};
+
+struct vx_snap {
+    vx_fhdr h;
+    int fd, phase, failed; /* failed: an errno; ENOMEM from a touch */
+    uint32_t pos;          /* next chunk or list */
+    vx_fw w;
+    char tmp[4200];
+    /* Chunks as they were: units of VX_SNAP_UNIT bytes, each pending,
+    ** copied aside or written; buf assembles one chunk. */
+    uint32_t nchunks, upc;
+    size_t cb;
+    unsigned char **base;
+    uint8_t *state;
+    unsigned char **aside;
+    unsigned char *buf;
+    /* Copies made at the start. */
+    uint32_t *arena;
+    uint32_t *free;
+    uint64_t *mkeys, *ivmap;
+    uint32_t *mslots;
+    /* IVF-PQ lists: length at the start, state, copy of a changed one. */
+    uint32_t nlist, *ln;
+    uint8_t *lstate;
+    vx_ivlist *lcopy;
+    pthread_mutex_t lock; /* the snapshot reading a part vs a writer */
+};
+
+/* Bytes [from, from + len) of chunk c are about to change: copy every unit
+** of them not yet written aside first. An allocation failure fails the
+** snapshot (its file is not used), never the write. */
+static void vx_snap_touch_bytes(vecidx *ix, uint32_t c, size_t from, size_t len)
+{
+    vx_snap *sn = ix->snap;
+    size_t u, last;
+    if (c >= sn->nchunks || len == 0) return;
+    u = (size_t)c * sn->upc + from / VX_SNAP_UNIT;
+    last = (size_t)c * sn->upc + (from + len - 1) / VX_SNAP_UNIT;
+    for (; u <= last; u++) {
+        size_t at, n;
+        if (VX_LOAD(&sn->state[u]) != VX_SNAP_PENDING) continue;
+        pthread_mutex_lock(&sn->lock);
+        at = (u % sn->upc) * VX_SNAP_UNIT;
+        n = sn->cb - at < VX_SNAP_UNIT ? sn->cb - at : VX_SNAP_UNIT;
+        if (sn->state[u] == VX_SNAP_PENDING) {
+            if ((sn->aside[u] = vx_malloc(&ix->mem, n)) != NULL) {
+                memcpy(sn->aside[u], sn->base[c] + at, n);
+                VX_STORE(&sn->state[u], VX_SNAP_ASIDE);
+            } else {
+                sn->failed = ENOMEM;
+                memset(sn->state, VX_SNAP_DONE, (size_t)sn->nchunks * sn->upc);
+            }
+        }
+        pthread_mutex_unlock(&sn->lock);
+    }
+}
+
+/* Everything of slot's in its chunk (record, key, norm, links, level,
+** state) is about to change. */
+static void vx_snap_touch(vecidx *ix, uint32_t slot)
 {
     const vx_store *s = &ix->store;
-    unsigned char hdr[VX_FILE_HEADER];
-    char tmp[4200];
-    const void **pieces;
-    vx_fhdr h;
-    size_t cb = vx_store_chunk_bytes(s), np = s->nchunks ? s->nchunks : 1, i;
-    uint64_t off = VX_FILE_PAGE;
-    int fd, ok;
+    const vx_chunk *c;
+    uint32_t i;
+    const unsigned char *v;
+    if (!ix->snap) return;
+    c = VX_SLOT_CHUNK(s, slot);
+    i = VX_SLOT_INDEX(s, slot);
+    v = (const unsigned char *)c->vec;
+    vx_snap_touch_bytes(
+        ix, slot >> s->shift,
+        (size_t)((const unsigned char *)(c->vec + (size_t)i * s->rec) - v),
+        (size_t)s->rec * sizeof(float));
+    vx_snap_touch_bytes(ix, slot >> s->shift,
+                        (size_t)((const unsigned char *)(c->key + i) - v), 8);
+    if (c->inorm)
+        vx_snap_touch_bytes(ix, slot >> s->shift,
+                            (size_t)((const unsigned char *)(c->inorm + i) - v),
+                            4);
+    if (c->upper) {
+        vx_snap_touch_bytes(ix, slot >> s->shift,
+                            (size_t)((const unsigned char *)(c->upper + i) - v),
+                            4);
+        vx_snap_touch_bytes(ix, slot >> s->shift, (size_t)(c->level + i - v),
+                            1);
+    }
+    vx_snap_touch_bytes(ix, slot >> s->shift, (size_t)(c->live + i - v), 1);
+}
+
+/* IVF-PQ list li is about to change: keep its entries as they were. */
+static void vx_snap_touch_list(vecidx *ix, uint32_t li)
+{
+    vx_snap *sn = ix->snap;
+    const vx_ivlist *l;
+    vx_ivlist *t;
+    size_t n, vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
+    if (!sn || li >= sn->nlist || VX_LOAD(&sn->lstate[li]) != VX_SNAP_PENDING)
+        return;
+    pthread_mutex_lock(&sn->lock);
+    l = &ix->ivf.lists[li];
+    t = &sn->lcopy[li];
+    n = sn->ln[li];
+    if (sn->lstate[li] == VX_SNAP_PENDING) {
+        t->keys = vx_malloc(&ix->mem, n * 8);
+        t->codes = vx_malloc(&ix->mem, n * ix->ivf.m);
+        t->vecs = vb ? vx_malloc(&ix->mem, n * vb) : NULL;
+        t->n = t->cap = (uint32_t)n;
+        if (t->keys && t->codes && (t->vecs || !vb)) {
+            memcpy(t->keys, l->keys, n * 8);
+            memcpy(t->codes, l->codes, n * ix->ivf.m);
+            if (vb) memcpy(t->vecs, l->vecs, n * vb);
+            VX_STORE(&sn->lstate[li], VX_SNAP_ASIDE);
+        } else {
+            sn->failed = ENOMEM;
+            memset(sn->lstate, VX_SNAP_DONE, sn->nlist);
+        }
+    }
+    pthread_mutex_unlock(&sn->lock);
+}
+
+static void vx_snap_free(vecidx *ix, vx_snap *sn)
+{
+    size_t u, units = (size_t)sn->nchunks * sn->upc;
+    uint32_t li;
+    vx_mem *mem = &ix->mem;
+    size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
+    for (u = 0; sn->aside && u < units; u++)
+        if (sn->aside[u]) {
+            size_t at = (u % sn->upc) * VX_SNAP_UNIT;
+            vx_free(mem, sn->aside[u],
+                    sn->cb - at < VX_SNAP_UNIT ? sn->cb - at : VX_SNAP_UNIT);
+        }
+    for (li = 0; sn->lcopy && li < sn->nlist; li++) {
+        vx_ivlist *t = &sn->lcopy[li];
+        vx_free(mem, t->keys, (size_t)t->cap * 8);
+        vx_free(mem, t->codes, (size_t)t->cap * ix->ivf.m);
+        vx_free(mem, t->vecs, (size_t)t->cap * vb);
+    }
+    vx_free(mem, sn->base, sn->nchunks * sizeof *sn->base);
+    vx_free(mem, sn->state, units);
+    vx_free(mem, sn->aside, units * sizeof *sn->aside);
+    vx_free(mem, sn->buf, sn->cb);
+    vx_free(mem, sn->arena, sn->h.arena_n * sizeof *sn->arena);
+    vx_free(mem, sn->free, (size_t)sn->h.nfree * sizeof *sn->free);
+    vx_free(mem, sn->mkeys, sn->h.map_cap * sizeof *sn->mkeys);
+    vx_free(mem, sn->mslots, sn->h.map_cap * sizeof *sn->mslots);
+    vx_free(mem, sn->ivmap, sn->h.ivf_map_cap * sizeof *sn->ivmap);
+    vx_free(mem, sn->ln, (size_t)sn->nlist * sizeof *sn->ln);
+    vx_free(mem, sn->lstate, sn->nlist);
+    vx_free(mem, sn->lcopy, (size_t)sn->nlist * sizeof *sn->lcopy);
+    pthread_mutex_destroy(&sn->lock);
+    vx_free(mem, sn, sizeof *sn);
+}
+
+/* The header fields of ix as a file holds them: slots in the limbo are
+** free, after the free stack, and a graph's arena blocks of theirs are
+** back on the free chains (sn->arena is the copy that says so). */
+static void vx_snap_header(const vecidx *ix, vx_snap *sn)
+{
+    const vx_store *s = &ix->store;
+    vx_fhdr *h = &sn->h;
+    memset(h, 0, sizeof *h);
+    h->p = ix->p;
+    h->shift = s->shift;
+    h->version = s->aligned ? 2 : 1;
+    h->rec = s->rec;
+    h->link0 = s->link0;
+    h->nslots = s->nslots;
+    h->count = s->count;
+    h->nburied = s->nburied;
+    h->nchunks = s->nchunks;
+    h->nfree = s->nfree + s->nlimbo;
+    h->map_cap = s->map.cap;
+    h->entry = VX_NOSLOT;
+    h->maxlevel = -1;
+    if (ix->ivf.trained) {
+        h->ivf_trained = 1;
+        h->ivf_nlist = ix->ivf.nlist;
+        h->ivf_m = ix->ivf.m;
+        h->ivf_count = ix->ivf.count;
+        h->ivf_map_cap = ix->ivf.map_cap;
+    }
+    if (ix->p.kind == VECIDX_HNSW) {
+        h->rng = ix->hnsw.rng;
+        h->entry = vx_hnsw_top(&ix->hnsw, &h->maxlevel);
+        h->arena_n = ix->hnsw.arena_n;
+        memcpy(h->arena_free, ix->hnsw.arena_free, sizeof h->arena_free);
+    }
+}
+
+/* Copy the small structures; the writer lock is held. */
+static int vx_snap_copy(vecidx *ix, vx_snap *sn)
+{
+    const vx_store *s = &ix->store;
+    vx_mem *mem = &ix->mem;
+    const vx_fhdr *h = &sn->h;
+    uint32_t i;
+    if (!(sn->free = vx_malloc(mem, (size_t)h->nfree * sizeof *sn->free)) ||
+        !(sn->mkeys = vx_malloc(mem, h->map_cap * sizeof *sn->mkeys)) ||
+        !(sn->mslots = vx_malloc(mem, h->map_cap * sizeof *sn->mslots)))
+        return VECIDX_ENOMEM;
+    if (s->nfree) memcpy(sn->free, s->free, s->nfree * sizeof *sn->free);
+    if (s->nlimbo)
+        memcpy(sn->free + s->nfree, s->limbo, s->nlimbo * sizeof *sn->free);
+    if (h->map_cap) {
+        memcpy(sn->mkeys, s->map.keys, h->map_cap * sizeof *sn->mkeys);
+        memcpy(sn->mslots, s->map.slots, h->map_cap * sizeof *sn->mslots);
+    }
+    if (ix->p.kind == VECIDX_HNSW) {
+        const vx_hnsw *g = &ix->hnsw;
+        if (!(sn->arena = vx_malloc(mem, h->arena_n * sizeof *sn->arena)))
+            return VECIDX_ENOMEM;
+        if (g->arena)
+            memcpy(sn->arena, g->arena, h->arena_n * sizeof *sn->arena);
+        else
+            sn->arena[0] = 0;
+        /* What vx_reclaim will do with the limbo, done to the copy. */
+        for (i = 0; i < s->nlimbo; i++) {
+            const vx_chunk *c = VX_SLOT_CHUNK(s, s->limbo[i]);
+            uint32_t k = VX_SLOT_INDEX(s, s->limbo[i]);
+            int lv = c->level[k];
+            if (!lv) continue;
+            sn->arena[c->upper[k]] = sn->h.arena_free[lv];
+            sn->h.arena_free[lv] = c->upper[k];
+        }
+    }
+    if (ix->ivf.trained) {
+        const vx_ivf *v = &ix->ivf;
+        sn->nlist = v->nlist;
+        if (!(sn->ivmap = vx_malloc(mem, v->map_cap * sizeof *sn->ivmap)) ||
+            !(sn->ln = vx_malloc(mem, (size_t)v->nlist * sizeof *sn->ln)) ||
+            !(sn->lstate = vx_malloc(mem, v->nlist)) ||
+            !(sn->lcopy = vx_malloc(mem, v->nlist * sizeof *sn->lcopy)))
+            return VECIDX_ENOMEM;
+        if (v->map_cap)
+            memcpy(sn->ivmap, v->map, v->map_cap * sizeof *sn->ivmap);
+        memset(sn->lstate, VX_SNAP_PENDING, v->nlist);
+        memset(sn->lcopy, 0, v->nlist * sizeof *sn->lcopy);
+        for (i = 0; i < v->nlist; i++) sn->ln[i] = v->lists[i].n;
+    }
+    return VECIDX_OK;
+}
+
+/* Begin a snapshot of ix to a temporary file beside path; the writer lock
+** is held. From here on writers copy what they change aside. */
+static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
+                         vx_snap **out)
+{
+    const vx_store *s = &ix->store;
+    vx_mem *mem = &ix->mem;
+    vx_snap *sn;
+    size_t units;
+    uint32_t c;
+    int rc;
+    *out = NULL;
     if (strlen(path) > 4096)
         return vx_err(ix, VECIDX_EINVAL, "path is longer than 4096 bytes");
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
-    if (!(pieces = vx_malloc(&ix->mem, np * sizeof *pieces)))
+    if (!(sn = vx_malloc(mem, sizeof *sn)))
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
-    for (i = 0; i < s->nchunks; i++) pieces[i] = s->chunks[i].vec;
-    vx_fhdr_from(ix, &h);
-    h.salt = salt;
-    fd = vx_io_cur->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ok = fd >= 0;
-    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_CHUNKS], off, pieces,
-                                 s->nchunks, cb);
-    off = vx_page_up(off + h.sect[VX_SECT_CHUNKS].len);
-    /* A graph that never needed upper levels has no arena yet: its one
-    ** reserved word is written as zero. */
-    pieces[0] = ix->hnsw.arena ? (const void *)ix->hnsw.arena : &vx_zero_word;
-    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_ARENA], off, pieces,
-                                 ix->p.kind == VECIDX_HNSW ? 1 : 0,
-                                 h.arena_n * sizeof(uint32_t));
-    off = vx_page_up(off + h.sect[VX_SECT_ARENA].len);
-    pieces[0] = s->map.keys;
-    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_MAPKEYS], off, pieces,
-                                 s->map.cap ? 1 : 0, s->map.cap * 8);
-    off = vx_page_up(off + h.sect[VX_SECT_MAPKEYS].len);
-    pieces[0] = s->map.slots;
-    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_MAPSLOTS], off, pieces,
-                                 s->map.cap ? 1 : 0, s->map.cap * 4);
-    off = vx_page_up(off + h.sect[VX_SECT_MAPSLOTS].len);
-    pieces[0] = s->free;
-    ok = ok && !vx_file_put_sect(fd, &h.sect[VX_SECT_FREE], off, pieces,
-                                 s->nfree ? 1 : 0, s->nfree * 4);
-    off = vx_page_up(off + h.sect[VX_SECT_FREE].len);
-    vx_free(&ix->mem, pieces, np * sizeof *pieces);
-    if (ok && ix->ivf.trained && vx_file_put_ivf(ix, fd, &h, off) != 0) {
-        if (errno == ENOMEM) {
-            vx_io_cur->close(fd);
-            vx_io_cur->unlink(tmp);
-            return vx_err(ix, VECIDX_ENOMEM,
-                          "out of memory saving the "
-                          "index");
-        }
-        ok = 0;
+    memset(sn, 0, sizeof *sn);
+    sn->fd = -1;
+    if (pthread_mutex_init(&sn->lock, NULL) != 0) {
+        vx_free(mem, sn, sizeof *sn);
+        return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     }
-    vx_fhdr_encode(&h, hdr);
-    ok = ok && vx_io_write_all(fd, hdr, sizeof hdr, 0) == 0;
-    ok = ok && vx_io_cur->fsync(fd) == 0;
-    if (fd >= 0 && vx_io_cur->close(fd) != 0) ok = 0;
-    ok = ok && vx_io_cur->rename(tmp, path) == 0;
-    if (!ok) {
+    vx_snap_header(ix, sn);
+    sn->h.salt = salt;
+    sn->nchunks = s->nchunks;
+    sn->cb = vx_store_chunk_bytes(s);
+    sn->upc = (uint32_t)((sn->cb + VX_SNAP_UNIT - 1) / VX_SNAP_UNIT);
+    units = (size_t)sn->nchunks * sn->upc;
+    rc = VECIDX_ENOMEM;
+    if ((sn->base = vx_malloc(mem, sn->nchunks * sizeof *sn->base)) &&
+        (sn->state = vx_malloc(mem, units)) &&
+        (sn->aside = vx_malloc(mem, units * sizeof *sn->aside)) &&
+        (sn->buf = vx_malloc(mem, sn->cb)))
+        rc = vx_snap_copy(ix, sn);
+    if (rc != VECIDX_OK) {
+        vx_snap_free(ix, sn);
+        return vx_err(ix, rc, "out of memory saving the index");
+    }
+    for (c = 0; c < sn->nchunks; c++)
+        sn->base[c] = (unsigned char *)s->chunks[c].vec;
+    memset(sn->state, VX_SNAP_PENDING, units);
+    memset(sn->aside, 0, units * sizeof *sn->aside);
+    snprintf(sn->tmp, sizeof sn->tmp, "%s.tmp-%ld", path, (long)getpid());
+    if ((sn->fd = vx_io_cur->open(sn->tmp, O_WRONLY | O_CREAT | O_TRUNC,
+                                  0644)) < 0) {
         int e = errno;
-        if (fd >= 0) vx_io_cur->unlink(tmp);
+        vx_snap_free(ix, sn);
         return vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
                       strerror(e));
     }
-    if (vx_io_sync_dir(path) != 0)
-        return vx_err(ix, VECIDX_EIO,
-                      "saved '%s' but cannot sync its "
-                      "directory: %s",
-                      path, strerror(errno));
+    sn->w.fd = sn->fd;
+    sn->w.ok = 1;
+    vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_CHUNKS], VX_FILE_PAGE);
+    ix->snap = sn;
+    *out = sn;
     return VECIDX_OK;
+}
+
+/* Chunk c as it was, assembled in sn->buf, with limbo slots made free. */
+static void vx_snap_chunk(vecidx *ix, vx_snap *sn, uint32_t c)
+{
+    const vx_store *s = &ix->store;
+    size_t u, per = vx_store_per_chunk(s);
+    vx_chunk view;
+    pthread_mutex_lock(&sn->lock);
+    for (u = 0; u < sn->upc; u++) {
+        size_t k = (size_t)c * sn->upc + u, at = u * VX_SNAP_UNIT;
+        size_t n = sn->cb - at < VX_SNAP_UNIT ? sn->cb - at : VX_SNAP_UNIT;
+        memcpy(sn->buf + at, sn->aside[k] ? sn->aside[k] : sn->base[c] + at, n);
+        VX_STORE(&sn->state[k], VX_SNAP_DONE);
+    }
+    pthread_mutex_unlock(&sn->lock);
+    vx_store_point_chunk(s, &view, sn->buf);
+    for (u = 0; u < per; u++)
+        if (view.live[u] == VX_RETIRED) {
+            view.live[u] = VX_FREE;
+            view.level[u] = 0;
+            view.upper[u] = 0;
+        }
+}
+
+/* The small sections, then the IVF-PQ model and directory. */
+static void vx_snap_small(vecidx *ix, vx_snap *sn)
+{
+    vx_fhdr *h = &sn->h;
+    vx_fw *w = &sn->w;
+    vx_fw_begin(w, &h->sect[VX_SECT_ARENA], w->off);
+    if (ix->p.kind == VECIDX_HNSW)
+        vx_fw_put(w, sn->arena, h->arena_n * sizeof *sn->arena);
+    vx_fw_begin(w, &h->sect[VX_SECT_MAPKEYS], w->off);
+    vx_fw_put(w, sn->mkeys, h->map_cap * 8);
+    vx_fw_begin(w, &h->sect[VX_SECT_MAPSLOTS], w->off);
+    vx_fw_put(w, sn->mslots, h->map_cap * 4);
+    vx_fw_begin(w, &h->sect[VX_SECT_FREE], w->off);
+    vx_fw_put(w, sn->free, (size_t)h->nfree * 4);
+    if (!h->ivf_trained) return;
+    {
+        const vx_ivf *v = &ix->ivf;
+        size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
+        unsigned char ent[16];
+        uint64_t at = 0;
+        uint32_t li;
+        vx_fw_begin(w, &h->sect[VX_SECT_IVF_MODEL], w->off);
+        vx_fw_put(w, v->cent, v->model_bytes);
+        vx_fw_begin(w, &h->sect[VX_SECT_IVF_DIR], w->off);
+        for (li = 0; li < sn->nlist; li++) {
+            size_t n = sn->ln[li], codes = (n * v->m + 7) / 8 * 8;
+            vx_put64(ent, 0, at);
+            vx_put32(ent, 8, (uint32_t)n);
+            vx_put32(ent, 12, 0);
+            vx_fw_put(w, ent, sizeof ent);
+            at += n * 8 + codes + (n * vb + 7) / 8 * 8;
+        }
+        vx_fw_begin(w, &h->sect[VX_SECT_IVF_DATA], w->off);
+    }
+}
+
+/* IVF-PQ list li as it was. */
+static void vx_snap_list(vecidx *ix, vx_snap *sn, uint32_t li)
+{
+    size_t n = sn->ln[li], m = ix->ivf.m;
+    size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
+    const vx_ivlist *l;
+    pthread_mutex_lock(&sn->lock);
+    l = sn->lstate[li] == VX_SNAP_ASIDE ? &sn->lcopy[li] : &ix->ivf.lists[li];
+    vx_fw_put(&sn->w, l->keys, n * 8);
+    vx_fw_put(&sn->w, l->codes, n * m);
+    vx_fw_pad8(&sn->w);
+    vx_fw_put(&sn->w, l->vecs, n * vb);
+    vx_fw_pad8(&sn->w);
+    VX_STORE(&sn->lstate[li], VX_SNAP_DONE);
+    pthread_mutex_unlock(&sn->lock);
+}
+
+/* Write about `budget` more bytes of the snapshot (SIZE_MAX: all of it).
+** Returns 1 when the file is complete and synced, 0 when more is left,
+** or an error code with the message set. */
+static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
+{
+    size_t done = 0;
+    while (sn->phase != VX_SW_DONE && done < budget && sn->w.ok &&
+           !sn->failed) {
+        switch (sn->phase) {
+        case VX_SW_CHUNKS:
+            if (sn->pos == sn->nchunks) {
+                sn->phase = VX_SW_SMALL;
+                break;
+            }
+            vx_snap_chunk(ix, sn, sn->pos++);
+            vx_fw_put(&sn->w, sn->buf, sn->cb);
+            done += sn->cb;
+            break;
+        case VX_SW_SMALL:
+            vx_snap_small(ix, sn);
+            sn->pos = 0;
+            sn->phase = sn->h.ivf_trained ? VX_SW_IVF_LISTS : VX_SW_TAIL;
+            break;
+        case VX_SW_IVF_LISTS:
+            if (sn->pos == sn->nlist) {
+                vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_IVF_MAP], sn->w.off);
+                vx_fw_put(&sn->w, sn->ivmap, sn->h.ivf_map_cap * 8);
+                sn->phase = VX_SW_TAIL;
+                break;
+            }
+            done += (size_t)sn->ln[sn->pos] * (8 + ix->ivf.m) + 1;
+            vx_snap_list(ix, sn, sn->pos++);
+            break;
+        default: {
+            unsigned char hdr[VX_FILE_HEADER];
+            vx_fhdr_encode(&sn->h, hdr);
+            if (vx_io_write_all(sn->fd, hdr, sizeof hdr, 0) != 0 ||
+                vx_io_cur->fsync(sn->fd) != 0)
+                sn->w.ok = 0;
+            sn->phase = VX_SW_DONE;
+        }
+        }
+    }
+    if (sn->failed)
+        return vx_err(ix, VECIDX_ENOMEM,
+                      "out of memory keeping a snapshot of the index");
+    if (!sn->w.ok)
+        return vx_err(ix, VECIDX_EIO, "cannot write '%s': %s", sn->tmp,
+                      strerror(errno));
+    return sn->phase == VX_SW_DONE;
+}
+
+/* End a snapshot; the writer lock is held. With done (the file complete)
+** the file is renamed over path and the directory synced, so a crash
+** leaves the old file or the new one, never a mix; otherwise the
+** temporary file is removed. */
+static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
+{
+    int rc = VECIDX_OK, e;
+    ix->snap = NULL;
+    if (vx_io_cur->close(sn->fd) != 0 && done) {
+        done = 0;
+        rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
+                    strerror(errno));
+    }
+    if (done && vx_io_cur->rename(sn->tmp, path) != 0) {
+        done = 0;
+        rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
+                    strerror(errno));
+    }
+    if (!done) {
+        e = errno;
+        vx_io_cur->unlink(sn->tmp);
+        errno = e;
+    } else if (vx_io_sync_dir(path) != 0) {
+        rc = vx_err(ix, VECIDX_EIO,
+                    "saved '%s' but cannot sync its "
+                    "directory: %s",
+                    path, strerror(errno));
+    }
+    vx_snap_free(ix, sn);
+    return rc;
+}
+
+/* Write ix to path as a whole (vecidx_save, and the checkpoint's new main
+** file); the writer lock is held throughout. */
+static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
+{
+    vx_snap *sn;
+    int rc = vx_snap_begin(ix, path, salt, &sn);
+    if (rc != VECIDX_OK) return rc;
+    rc = vx_snap_step(ix, sn, SIZE_MAX);
+    if (rc < 0) {
+        char msg[VX_ERRMSG_MAX];
+        memcpy(msg, vx_err_tls.msg, sizeof msg);
+        (void)vx_snap_end(ix, sn, path, 0);
+        return vx_err(ix, rc, "%s", msg);
+    }
+    return vx_snap_end(ix, sn, path, 1);
 }
 
 /* ---- open ------------------------------------------------------------------
@@ -4785,7 +5550,7 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
                       vx_err_tls.msg);
     if ((rc = vx_file_validate_ivf(h)) != VECIDX_OK) return rc;
     vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
-                  graph ? 2 * h->p.hnsw_m : 0, h->version >= 2);
+                  graph ? 2 * h->p.hnsw_m : 0, h->version >= 2, NULL);
     if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
         (uint64_t)h->nchunks << t.shift > (uint64_t)VECIDX_MAX_COUNT + 65536 ||
         h->nslots > (uint64_t)h->nchunks << t.shift ||
@@ -4842,7 +5607,8 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     vx_hnsw *g = &ix->hnsw;
     size_t cb, cap, c;
     /* The handle is new and empty: it may take the file's record layout. */
-    if (h->version < 2) vx_store_init(s, s->dim, s->cosine, s->link0, 0);
+    if (h->version < 2)
+        vx_store_init(s, s->dim, s->cosine, s->link0, 0, s->klock);
     cb = vx_store_chunk_bytes(s);
     if (h->nchunks) {
         if (!(s->chunks = vx_malloc(&ix->mem, h->nchunks * sizeof *s->chunks)))
@@ -4857,11 +5623,8 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     s->count = h->count;
     s->nburied = h->nburied;
     cap = (size_t)h->nchunks << s->shift;
-    if (cap) {
-        if (!(s->free = vx_malloc(&ix->mem, cap * sizeof *s->free)))
-            return VECIDX_ENOMEM;
-        s->free_cap = (uint32_t)(cap > UINT32_MAX ? UINT32_MAX : cap);
-    }
+    if (cap && vx_store_grow_free(s, &ix->mem, cap) != VECIDX_OK)
+        return VECIDX_ENOMEM;
     if (h->nfree)
         memcpy(s->free, base + h->sect[VX_SECT_FREE].off, (size_t)h->nfree * 4);
     s->nfree = h->nfree;
@@ -4881,8 +5644,7 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         g->arena_cap = g->arena_n = h->arena_n;
         memcpy(g->arena_free, h->arena_free, sizeof g->arena_free);
         g->rng = h->rng;
-        g->entry = h->entry;
-        g->maxlevel = h->maxlevel;
+        vx_hnsw_set_top(g, h->entry, h->maxlevel);
     }
     return VECIDX_OK;
 }
@@ -5205,6 +5967,35 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
 #define VX_KEY_FMT "%llu"
 #define VX_KEY(k) ((unsigned long long)(k))
 
+/* At the end of every write: close the batch of slots it retired, and
+** reclaim what no running search can reach any more -- everything, when
+** no search runs, so that without concurrent searches slots are reused
+** in the same order whatever the timing. */
+static void vx_reclaim(vecidx *ix)
+{
+    vx_store *s = &ix->store;
+    uint64_t oldest;
+    uint32_t n, i;
+    unsigned nb;
+    if (s->nlimbo > s->nsealed) vx_store_seal(s, vx_ebr_advance(&ix->ebr));
+    if (!s->nlimbo && !ix->ebr.head) return;
+    oldest = vx_ebr_oldest(&ix->ebr);
+    vx_ebr_collect(&ix->ebr, &ix->mem, oldest, 0);
+    n = vx_store_reclaimable(s, oldest, &nb);
+    for (i = 0; i < n; i++) {
+        vx_snap_touch(ix, s->limbo[i]);
+        if (ix->p.kind == VECIDX_HNSW) vx_hnsw_unplace(ix, s->limbo[i]);
+    }
+    vx_store_reclaim(s, n, nb);
+}
+
+/* Readers: a search, get or check of keys enters the epoch scheme, so
+** that what it may still read is not reclaimed under it. */
+static uint64_t *vx_read_begin(vecidx *ix)
+{
+    return vx_ebr_enter(&ix->ebr, &ix->mem);
+}
+
 const char *vecidx_version(void)
 {
     return VECIDX_VERSION_STRING;
@@ -5278,6 +6069,7 @@ int vecidx_params_init(vecidx_params *p, int kind, int metric, uint32_t dim)
 static int vx_handle_new(const vecidx_params *p, vecidx **out)
 {
     const vecidx_allocator *a = &p->allocator;
+    const char *why;
     vx_mem mem;
     vecidx *ix;
     int nset = !!a->malloc_fn + !!a->realloc_fn + !!a->free_fn;
@@ -5297,24 +6089,29 @@ static int vx_handle_new(const vecidx_params *p, vecidx **out)
     ix->kern = vx_kernel_best();
     ix->wal.fd = -1;
     vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE,
-                  p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0, 1);
-    if (vx_rwlock_init(&ix->lock) != 0) {
-        vx_free(&ix->mem, ix, sizeof *ix);
-        return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise index lock");
-    }
-    if (pthread_mutex_init(&ix->wlock, NULL) != 0) {
-        pthread_rwlock_destroy(&ix->lock);
-        vx_free(&ix->mem, ix, sizeof *ix);
-        return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise writer lock");
-    }
-    if (p->kind == VECIDX_HNSW && vx_hnsw_init(ix) != VECIDX_OK) {
-        pthread_mutex_destroy(&ix->wlock);
-        pthread_rwlock_destroy(&ix->lock);
-        vx_free(&ix->mem, ix, sizeof *ix);
-        return vx_err(NULL, VECIDX_ENOMEM, "cannot initialise graph locks");
-    }
+                  p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0, 1, &ix->lock);
+    /* Each step undone on failure; the handle is freed through a copy of
+    ** its allocator, as it holds the counter vx_free updates. */
+    why = "cannot initialise index lock";
+    if (vx_rwlock_init(&ix->lock) != 0) goto fail0;
+    why = "cannot initialise writer lock";
+    if (pthread_mutex_init(&ix->wlock, NULL) != 0) goto fail1;
+    why = "out of memory creating index";
+    if (vx_ebr_init(&ix->ebr, &ix->mem) != VECIDX_OK) goto fail2;
+    why = "cannot initialise graph locks";
+    if (p->kind == VECIDX_HNSW && vx_hnsw_init(ix) != VECIDX_OK) goto fail3;
     *out = ix;
     return VECIDX_OK;
+fail3:
+    vx_ebr_destroy(&ix->ebr, &ix->mem);
+fail2:
+    pthread_mutex_destroy(&ix->wlock);
+fail1:
+    pthread_rwlock_destroy(&ix->lock);
+fail0:
+    mem = ix->mem;
+    vx_free(&mem, ix, sizeof *ix);
+    return vx_err(NULL, VECIDX_ENOMEM, "%s", why);
 }
 
 int vecidx_create(const vecidx_params *p, vecidx **out)
@@ -5332,8 +6129,8 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
     if (p->kind == VECIDX_IVFPQ && (rc = vx_check_ivf_params(p)) != 0)
         return rc;
     if ((rc = vx_handle_new(p, &ix)) != VECIDX_OK) return rc;
-    if (p->capacity &&
-        (rc = vx_store_reserve(&ix->store, &ix->mem, p->capacity)) != 0) {
+    if (p->capacity && (rc = vx_store_reserve(&ix->store, &ix->mem, &ix->ebr,
+                                              p->capacity)) != 0) {
         vecidx_close(ix);
         return vx_err(NULL, rc, "cannot reserve room for %u vectors",
                       (unsigned)p->capacity);
@@ -5355,7 +6152,8 @@ static int vx_check_locked(vecidx *ix, int deep)
                        (size_t)ix->store.nchunks *
                            vx_store_chunk_bytes(&ix->store)) != ix->fcrc)
         why = "vector and link chunks do not match the file's checksum";
-    if (!why) why = vx_store_check(&ix->store, &slot);
+    if (!why)
+        why = vx_store_check(&ix->store, ix->p.kind == VECIDX_HNSW, &slot);
     if (!why && ix->p.kind == VECIDX_HNSW) {
         part = "graph";
         why = vx_hnsw_check(ix, deep, &slot);
@@ -5396,6 +6194,8 @@ static int vx_open_match(const char *path, const vecidx_params *want,
 static const char *vx_file_check_roots(const vecidx *ix)
 {
     const vx_store *s = &ix->store;
+    uint32_t entry;
+    int maxlevel;
     size_t i;
     for (i = 0; i < s->map.cap; i++)
         if (s->map.slots[i] != VX_NOSLOT && s->map.slots[i] >= s->nslots)
@@ -5403,9 +6203,10 @@ static const char *vx_file_check_roots(const vecidx *ix)
     for (i = 0; i < s->nfree; i++)
         if (s->free[i] >= s->nslots) return "free slot out of range";
     if (ix->p.kind != VECIDX_HNSW) return NULL;
+    entry = vx_hnsw_top(&ix->hnsw, &maxlevel);
     if (s->count + s->nburied == 0)
-        return ix->hnsw.entry == VX_NOSLOT ? NULL : "empty graph has an entry";
-    if (ix->hnsw.entry >= s->nslots || ix->hnsw.maxlevel < 0)
+        return entry == VX_NOSLOT ? NULL : "empty graph has an entry";
+    if (entry >= s->nslots || maxlevel < 0)
         return "graph entry point is out of range";
     return NULL;
 }
@@ -5684,9 +6485,9 @@ int vecidx_save(vecidx *ix, const char *path)
     /* Saving over the index's own file must also retire its log, or the
     ** writes logged after it would be lost at the next open. */
     if (vx_same_file(ix, path)) return vecidx_checkpoint(ix);
-    pthread_rwlock_rdlock(&ix->lock);
+    pthread_mutex_lock(&ix->wlock);
     rc = vx_file_save(ix, path, vx_fresh_salt());
-    pthread_rwlock_unlock(&ix->lock);
+    pthread_mutex_unlock(&ix->wlock);
     return rc;
 }
 
@@ -5697,6 +6498,7 @@ void vecidx_close(vecidx *ix)
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
+    vx_ebr_destroy(&ix->ebr, &ix->mem);
     if (ix->fmap) vx_io_cur->munmap(ix->fmap, ix->fmap_len);
     vx_wal_close(&ix->wal, &ix->mem);
     pthread_rwlock_destroy(&ix->lock);
@@ -5734,14 +6536,17 @@ static int vx_has_key(const vecidx *ix, uint64_t key)
     return vx_map_find(&ix->store.map, key) != VX_NOSLOT;
 }
 
+/* Live vectors: in the store, or (trained IVF-PQ) in the lists. Read
+** without a lock by searches, so a write in flight may or may not count. */
 static size_t vx_count(const vecidx *ix)
 {
-    return ix->store.count + (size_t)ix->ivf.count;
+    return VX_LOAD(&ix->ivf.trained) ? (size_t)VX_LOAD(&ix->ivf.count)
+                                     : VX_LOAD(&ix->store.count);
 }
 
 static int vx_reserve_locked(vecidx *ix, size_t n, uint64_t key)
 {
-    int rc = vx_store_reserve(&ix->store, &ix->mem, n);
+    int rc = vx_store_reserve(&ix->store, &ix->mem, &ix->ebr, n);
     if (rc == VECIDX_EFULL)
         return vx_err(ix, rc, "index holds %u vectors, the most it can hold",
                       (unsigned)ix->store.count);
@@ -5780,10 +6585,12 @@ static int vx_ivf_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
         vx_ivf_prep_free(ix, &pr);
         return rc;
     }
+    vx_keys_lock(ix);
     for (i = 0; type == VX_WAL_UPSERT && i < n; i++)
         if ((cell = vx_ivf_map_find(&ix->ivf, keys[i])) != SIZE_MAX)
             vx_ivf_remove_cell(ix, cell);
     vx_ivf_apply(ix, &pr, keys, vecs);
+    vx_keys_unlock(ix);
     vx_ivf_prep_free(ix, &pr);
     return VECIDX_OK;
 }
@@ -5803,10 +6610,11 @@ static void vx_ivf_maybe_train(vecidx *ix)
         (void)vx_checkpoint_locked(ix);
 }
 
-/* Insert n validated rows whose keys are not in the index. For an upsert
-** into a graph, `old` is the slot of the vector being replaced: it is
-** buried only after all room is secured, so a failure changes nothing.
-** Write lock held. */
+/* Insert n validated rows whose keys are not in the index. For an upsert,
+** `old` is the slot of the vector being replaced: it is removed only after
+** all room is secured, so a failure changes nothing. A slot is filled
+** before it is published, so a search never sees half a vector; a graph
+** node is then linked, in sub-batches on params.threads threads. */
 static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
                             const float *vecs, uint32_t old, uint32_t type)
 {
@@ -5814,7 +6622,10 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
     vx_hnsw_batch b;
     size_t i;
     if (ix->ivf.trained) return vx_ivf_insert_locked(ix, n, keys, vecs, type);
-    if (graph) vx_hnsw_maybe_repair(ix);
+    if (graph) {
+        vx_hnsw_maybe_repair(ix);
+        vx_reclaim(ix); /* reuse what the repair freed, if no search holds it */
+    }
     if ((rc = vx_reserve_locked(ix, n, keys[0])) != VECIDX_OK) return rc;
     if (graph &&
         (rc = vx_hnsw_batch_begin(ix, n, vx_threads(ix, NULL), &b)) != 0)
@@ -5829,36 +6640,43 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
         if (graph) vx_hnsw_batch_release(ix, &b);
         return rc;
     }
-    if (old != VX_NOSLOT) vx_store_remove(&ix->store, old, graph);
-    if (!graph) {
-        for (i = 0; i < n; i++)
-            vx_store_insert(&ix->store, keys[i], vecs + i * (size_t)ix->p.dim);
-        vx_ivf_maybe_train(ix);
-        return VECIDX_OK;
+    if (old != VX_NOSLOT) {
+        vx_snap_touch(ix, old);
+        vx_keys_lock(ix);
+        vx_store_remove(&ix->store, old, graph);
+        VX_STORE(&ix->nremoved, ix->nremoved + 1);
+        vx_keys_unlock(ix);
     }
-    /* Link in sub-batches and let waiting searches run between them: a
-    ** big build would otherwise stall every search until it ends. */
     for (i = 0; i < n;) {
         size_t end = n - i > VX_HNSW_SUBBATCH ? i + VX_HNSW_SUBBATCH : n, j;
         for (j = i; j < end; j++) {
-            b.slots[j] = vx_store_insert(&ix->store, keys[j],
-                                         vecs + j * (size_t)ix->p.dim);
-            vx_hnsw_place(ix, b.slots[j]);
+            uint32_t slot = vx_store_take(&ix->store);
+            vx_snap_touch(ix, slot);
+            vx_store_fill(&ix->store, slot, keys[j],
+                          vecs + j * (size_t)ix->p.dim);
+            if (graph) vx_hnsw_place(ix, slot);
+            vx_keys_lock(ix);
+            vx_store_publish(&ix->store, slot);
+            vx_keys_unlock(ix);
+            if (graph) b.slots[j] = slot;
         }
-        vx_hnsw_batch_link(ix, &b, i, end);
-        if ((i = end) < n) vx_write_yield(ix);
+        if (graph) vx_hnsw_batch_link(ix, &b, i, end);
+        i = end;
     }
-    vx_hnsw_batch_release(ix, &b);
+    if (graph)
+        vx_hnsw_batch_release(ix, &b);
+    else
+        vx_ivf_maybe_train(ix);
     return VECIDX_OK;
 }
 
-/* Insert or (if upsert) replace one validated vector; write lock held.
-** The flat index overwrites in place; a graph inserts a new node and
-** buries the old one, which rewires the neighbourhood of the new vector. */
+/* Insert or (if upsert) replace one validated vector; writer lock held.
+** A replaced vector is stored in a fresh slot and the old one retired,
+** never overwritten, since searches may be reading it; a graph links the
+** new node, which rewires the neighbourhood of the new vector. */
 static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec, int upsert)
 {
     uint32_t slot = vx_map_find(&ix->store.map, key), type;
-    int rc;
     type = upsert ? VX_WAL_UPSERT : VX_WAL_ADD;
     if (ix->ivf.trained) {
         if (!upsert && vx_has_key(ix, key))
@@ -5867,17 +6685,11 @@ static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec, int upsert)
                           VX_KEY(key));
         return vx_ivf_insert_locked(ix, 1, &key, vec, type);
     }
-    if (slot == VX_NOSLOT)
-        return vx_insert_locked(ix, 1, &key, vec, slot, type);
-    if (!upsert)
+    if (slot != VX_NOSLOT && !upsert)
         return vx_err(ix, VECIDX_EEXIST,
                       "key " VX_KEY_FMT " is already in the index",
                       VX_KEY(key));
-    if (ix->p.kind == VECIDX_HNSW)
-        return vx_insert_locked(ix, 1, &key, vec, slot, type);
-    if ((rc = vx_log(ix, type, 1, &key, vec)) != VECIDX_OK) return rc;
-    vx_store_write(&ix->store, slot, vec);
-    return VECIDX_OK;
+    return vx_insert_locked(ix, 1, &key, vec, slot, type);
 }
 
 static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
@@ -5982,11 +6794,14 @@ static int vx_remove_locked(vecidx *ix, uint64_t key)
         return vx_err(ix, rc, "out of memory removing key " VX_KEY_FMT,
                       VX_KEY(key));
     if ((rc = vx_log(ix, VX_WAL_REMOVE, 1, &key, NULL)) != VECIDX_OK) return rc;
-    if (cell != SIZE_MAX) {
+    if (cell == SIZE_MAX) vx_snap_touch(ix, slot);
+    vx_keys_lock(ix);
+    if (cell != SIZE_MAX)
         vx_ivf_remove_cell(ix, cell);
-        return VECIDX_OK;
-    }
-    vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
+    else
+        vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
+    VX_STORE(&ix->nremoved, ix->nremoved + 1);
+    vx_keys_unlock(ix);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
     return VECIDX_OK;
 }
@@ -6037,7 +6852,8 @@ int vecidx_reserve(vecidx *ix, size_t n)
     vx_write_begin(ix);
     rc = VECIDX_OK;
     if (n > ix->store.count) {
-        rc = vx_store_reserve(&ix->store, &ix->mem, n - ix->store.count);
+        rc = vx_store_reserve(&ix->store, &ix->mem, &ix->ebr,
+                              n - ix->store.count);
         if (rc != VECIDX_OK)
             rc = vx_err(ix, rc, "cannot reserve room for %zu vectors", n);
     }
@@ -6068,15 +6884,18 @@ static int vx_ivf_get(const vecidx *ix, uint64_t key, float *out)
 int vecidx_get(vecidx *ix, uint64_t key, float *out)
 {
     uint32_t slot;
+    uint64_t *e;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, out, "output vector");
     pthread_rwlock_rdlock(&ix->lock);
+    e = vx_read_begin(ix);
     slot = vx_map_find(&ix->store.map, key);
     if (slot != VX_NOSLOT)
         memcpy(out, vx_store_vec(&ix->store, slot),
                (size_t)ix->p.dim * sizeof(float));
     else if (ix->ivf.trained && vx_ivf_get(ix, key, out))
         slot = 0;
+    vx_ebr_exit(e);
     pthread_rwlock_unlock(&ix->lock);
     if (slot == VX_NOSLOT)
         return vx_err(ix, VECIDX_ENOTFOUND,
@@ -6109,18 +6928,21 @@ int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
     const vx_store *s;
     size_t got = 0;
     uint32_t slot, li, pos;
+    uint64_t *e;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, n, "count output");
     if (cap) VX_NULL_CHECK(ix, keys, "keys output");
     pthread_rwlock_rdlock(&ix->lock);
+    e = vx_read_begin(ix);
     s = &ix->store;
-    for (slot = 0; slot < s->nslots && got < cap; slot++)
+    for (slot = 0; slot < VX_LOAD(&s->nslots) && got < cap; slot++)
         if (vx_store_live(s, slot) == VX_LIVE)
             keys[got++] = vx_store_key(s, slot);
     for (li = 0; li < ix->ivf.nlist && ix->ivf.trained; li++)
         for (pos = 0; pos < ix->ivf.lists[li].n && got < cap; pos++)
             keys[got++] = ix->ivf.lists[li].keys[pos];
     *n = vx_count(ix);
+    vx_ebr_exit(e);
     pthread_rwlock_unlock(&ix->lock);
     return VECIDX_OK;
 }
@@ -6171,8 +6993,8 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     out->metric = ix->p.metric;
     out->dim = ix->p.dim;
     out->count = vx_count(ix);
-    out->slots = ix->store.nslots;
-    out->capacity = (uint64_t)ix->store.nchunks << ix->store.shift;
+    out->slots = VX_LOAD(&ix->store.nslots);
+    out->capacity = (uint64_t)VX_LOAD(&ix->store.nchunks) << ix->store.shift;
     if (ix->p.kind == VECIDX_IVFPQ && ix->ivf.trained) {
         /* lists stay compact, so every used entry is live */
         uint32_t li;
@@ -6186,9 +7008,10 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     out->mapped_bytes = ix->fmap_len;
     out->simd = ix->kern->name;
     out->trained = ix->p.kind != VECIDX_IVFPQ || ix->ivf.trained;
-    out->nlist = ix->ivf.nlist;
-    out->pq_m = ix->ivf.m;
-    if (ix->ivf.cq) {
+    /* Training fills these before it marks the index trained. */
+    out->nlist = ix->ivf.trained ? ix->ivf.nlist : 0;
+    out->pq_m = ix->ivf.trained ? ix->ivf.m : 0;
+    if (ix->ivf.trained && ix->ivf.cq) {
         vecidx_stats_t cq;
         if (vecidx_stats(ix->ivf.cq, &cq) == VECIDX_OK)
             out->memory_bytes += cq.memory_bytes;
@@ -6201,9 +7024,11 @@ int vecidx_check(vecidx *ix)
 {
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
-    pthread_rwlock_rdlock(&ix->lock);
+    /* Writers are held off (they change the structure as they go);
+    ** searches go on. */
+    pthread_mutex_lock(&ix->wlock);
     rc = vx_check_locked(ix, 1);
-    pthread_rwlock_unlock(&ix->lock);
+    pthread_mutex_unlock(&ix->wlock);
     return rc;
 }
 
@@ -6251,13 +7076,26 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
     size_t cap = k < vx_count(ix) ? k : vx_count(ix), i, na, g;
     int rc = VECIDX_OK;
     for (g = 0; g < nq && rc == VECIDX_OK; g += VX_FLAT_QGROUP) {
-        size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP;
+        size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP, tries;
+        for (i = 0; i < m; i++) found[g + i] = 0;
         for (na = 0; na < m && rc == VECIDX_OK; na++)
             rc = vx_topk_alloc(&heaps[na], &ix->mem, cap);
         if (rc != VECIDX_OK) na--; /* the failed one freed itself */
-        if (rc == VECIDX_OK) rc = vx_search_group(ix, q + g, m, k, o, heaps);
+        /* A key met twice (moved by a concurrent write) is dropped; the
+        ** group is searched again so as not to return one short. */
+        for (tries = 0; rc == VECIDX_OK; tries++) {
+            uint64_t removed = VX_LOAD(&ix->nremoved);
+            int dropped = 0;
+            for (i = 0; i < m; i++) heaps[i].n = 0;
+            if ((rc = vx_search_group(ix, q + g, m, k, o, heaps)) != 0) break;
+            removed = removed != VX_LOAD(&ix->nremoved);
+            for (i = 0; i < m; i++) {
+                vx_topk_sort(&heaps[i]);
+                if (removed) dropped |= vx_topk_dedupe(&heaps[i]);
+            }
+            if (!dropped || tries == 3) break;
+        }
         for (i = 0; i < m && rc == VECIDX_OK; i++) {
-            vx_topk_sort(&heaps[i]);
             vx_topk_emit(&heaps[i], k, keys + (g + i) * k,
                          dists ? dists + (g + i) * k : NULL, found + g + i);
         }
@@ -6273,14 +7111,17 @@ int vecidx_search(vecidx *ix, const float *q, size_t k,
                   size_t *found)
 {
     vx_query vq;
+    uint64_t *e;
     int rc = vx_search_args(ix, q, k, keys, found);
     if (rc != VECIDX_OK) return rc;
     if ((rc = vx_check_vector(ix, q, &vq.inv_norm, "query")) != VECIDX_OK)
         return rc;
     vq.v = q;
-    pthread_rwlock_rdlock(&ix->lock);
+    if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_rdlock(&ix->lock);
+    e = vx_read_begin(ix);
     rc = vx_search_run(ix, &vq, 1, k, opts, keys, dists, found);
-    pthread_rwlock_unlock(&ix->lock);
+    vx_ebr_exit(e);
+    if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_unlock(&ix->lock);
     return rc;
 }
 
@@ -6313,6 +7154,7 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
     vx_batch_job jobs[64];
     vx_task tasks[64];
     vx_query *vq;
+    uint64_t *e;
     char what[48];
     size_t i, per, total;
     unsigned t, nt;
@@ -6338,7 +7180,9 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
         if (nt > 64) nt = 64;
         if (nt > groups) nt = (unsigned)groups;
         per = (groups + nt - 1) / nt * VX_FLAT_QGROUP;
-        pthread_rwlock_rdlock(&ix->lock);
+        /* The workers read under the caller's lock and epoch. */
+        if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_rdlock(&ix->lock);
+        e = vx_read_begin(ix);
         for (t = 0; t < nt; t++) {
             vx_batch_job *j = &jobs[t];
             j->ix = ix;
@@ -6355,7 +7199,8 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
             tasks[t].arg = j;
         }
         vx_run_parallel(tasks, nt);
-        pthread_rwlock_unlock(&ix->lock);
+        vx_ebr_exit(e);
+        if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_unlock(&ix->lock);
         for (t = 0; t < nt && rc == VECIDX_OK; t++) rc = jobs[t].rc;
         if (rc != VECIDX_OK)
             rc = vx_err(ix, rc, "out of memory for %zu search results", k);

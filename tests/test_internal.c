@@ -709,7 +709,8 @@ void test_store_line_aligned_records(void)
             if (!ix[pk]) goto next;
             /* the layout of version 1: the store is still empty */
             if (pk)
-                vx_store_init(&ix[pk]->store, dim, ix[pk]->store.cosine, 32, 0);
+                vx_store_init(&ix[pk]->store, dim, ix[pk]->store.cosine, 32, 0,
+                              &ix[pk]->lock);
             vt_set_init(&scratch, dim, N + 10);
             vt_fill_index(ix[pk], pk ? &scratch : &m, N, &rr, VT_CLUSTERED);
             vt_set_free(&scratch);

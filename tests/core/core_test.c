@@ -317,7 +317,7 @@ static void test_search_batch_equals_single(void)
     static float v[N * DIM], q[NQ * DIM];
     uint64_t kb[NQ * K], ks[K];
     float db[NQ * K], ds[K];
-    size_t fb[NQ], fs, i;
+    size_t fb[NQ], fs = 0, i;
     unsigned th;
     int kind;
     t_clustered(v, N, DIM);
@@ -623,7 +623,7 @@ static void test_hnsw_determinism(void)
     vecidx *b = t_index(VECIDX_HNSW, VECIDX_IP, DIM);
     uint64_t ka[10], kb[10];
     float da[10], db[10];
-    size_t fa, fb, i;
+    size_t fa = 0, fb = 0, i;
     t_clustered(v, N, DIM);
     for (i = 0; i < N; i++) {
         vecidx_add(a, i, v + i * DIM);
@@ -662,7 +662,7 @@ static void *t_searcher(void *arg)
     t_conc *c = arg;
     uint64_t keys[10];
     float d[10];
-    size_t found, i, n = 0;
+    size_t found = 0, i, n = 0;
     while (!atomic_load(&c->stop) || n < 50) {
         const float *q = c->pool + (n % TC_N) * TC_DIM;
         if (vecidx_search(c->ix, q, 10, NULL, keys, d, &found) != 0)
@@ -723,7 +723,7 @@ static void test_file_roundtrip(void)
     const char *path = "/tmp/vecidx-core-test.vx";
     uint64_t ka[10], kb[10];
     float da[10], db[10];
-    size_t fa, fb, i;
+    size_t fa = 0, fb = 0, i;
     int kind;
     t_clustered(v, N, DIM);
     for (kind = VECIDX_FLAT; kind <= VECIDX_HNSW; kind++) {
