@@ -1074,7 +1074,9 @@ enum {
     VX_BURIED = 2,
     /* A graph slot unlinked by a repair but perhaps still read by a
     ** search (in the limbo); in memory only: files hold it as free. */
-    VX_RETIRED = 3
+    VX_RETIRED = 3,
+    /* A buried graph slot that the repair pass under way will unlink. */
+    VX_DOOMED = 4
 };
 
 typedef struct vx_store {
@@ -1557,7 +1559,9 @@ static const char *vx_store_check(const vx_store *s, int graph,
     if ((size_t)s->nslots > (size_t)s->nchunks * vx_store_per_chunk(s))
         return "slot count exceeds allocated chunks";
     for (slot = 0; slot < s->nslots; slot++) {
-        if (vx_store_live(s, slot) == VX_BURIED) buried++;
+        if (vx_store_live(s, slot) == VX_BURIED ||
+            vx_store_live(s, slot) == VX_DOOMED)
+            buried++;
         if (vx_store_live(s, slot) == VX_RETIRED) retired++;
         if (vx_store_live(s, slot) != VX_LIVE) continue;
         live++;
@@ -1745,7 +1749,31 @@ static void vx_topk_free(vx_topk *h, vx_mem *mem)
 #define VX_HNSW_MAX_LEVEL 15
 #define VX_HNSW_MAX_M 128u /* level-0 lists hold up to 2*M links */
 #define VX_HNSW_NLOCKS 4096u
-#define VX_HNSW_SUBBATCH 4096u /* nodes linked per write-lock hold */
+#define VX_HNSW_SUBBATCH 4096u /* nodes stored, then linked, at a time */
+#define VX_NORM_BUCKETS 2048   /* squared-norm histogram of a repair */
+
+/* Phases of a repair pass (section 6), in order. */
+enum {
+    VX_PASS_IDLE = 0,
+    VX_PASS_REPAIR,   /* rewire the lists that link to doomed nodes */
+    VX_PASS_LINKBACK, /* IP: offer repaired nodes to their new links */
+    VX_PASS_MARK,     /* mark the in-links at `level` */
+    VX_PASS_OFFER,    /* offer the nodes left without one at `level` */
+    VX_PASS_IP_HIST,  /* IP: norms of the unreachable level-0 nodes */
+    VX_PASS_IP_PICK,  /* IP: mark the largest of them */
+    VX_PASS_IP_OFFER, /* IP: offer those */
+    VX_PASS_RETIRE    /* move the doomed nodes to the limbo */
+};
+
+/* A repair pass under way: each phase walks the slots [cursor, end). */
+typedef struct vx_pass {
+    uint32_t phase, cursor, end;
+    uint32_t ndoomed;      /* doomed nodes not yet retired */
+    int32_t level;         /* MARK, OFFER: the level */
+    uint32_t ipround;      /* IP: the extra marking before IP_HIST */
+    uint32_t thresh, at_t; /* IP_PICK: bucket, and how many of it to take */
+    uint32_t hist[VX_NORM_BUCKETS];
+} vx_pass;
 #define VX_IVF_MAX_NLIST (1u << 20)
 
 typedef struct vx_cand {
@@ -1793,10 +1821,11 @@ typedef struct vx_hnsw {
     uint32_t *arena;
     size_t arena_n, arena_cap;
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
-    /* A byte per slot for repairs (vx_hnsw_relink), made at the first
-    ** removal and grown with the store, so that a repair need not get it. */
+    /* A byte per slot for repairs, made at the first removal and grown
+    ** (zeroed) with the store, so that a repair need not get it. */
     uint8_t *mark;
     size_t mark_cap;
+    vx_pass pass;
     pthread_mutex_t pool_lock;
     vx_hnsw_scratch *pool;
     /* Only a parallel build takes these: a striped lock per node's links,
@@ -2794,6 +2823,7 @@ static int vx_hnsw_mark_fit(vecidx *ix, int create)
     if ((!h->mark && !create) || need <= h->mark_cap) return VECIDX_OK;
     if (!(p = vx_realloc(&ix->mem, h->mark, h->mark_cap, need)))
         return VECIDX_ENOMEM;
+    memset((uint8_t *)p + h->mark_cap, 0, need - h->mark_cap);
     h->mark = p;
     h->mark_cap = need;
     return VECIDX_OK;
@@ -2893,7 +2923,20 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     return VECIDX_OK;
 }
 
-/* ---- repair after removals ---------------------------------------------- */
+/* ---- repair after removals
+*---------------------------------------------------
+** A repair pass rewires every list that links to a removed node, then
+** offers the nodes that lost their only ways in, then frees the removed
+** nodes' slots. It runs in bounded steps, each made by a write on the
+** writing thread, so neither writes nor searches ever wait for a whole
+** pass: a pass over a million nodes is some thousands of steps of about a
+** millisecond. When it starts, the buried nodes are doomed (VX_DOOMED);
+** nodes removed while it runs wait for the next. Doomed nodes stay
+** traversable until the pass retires them, and nothing ever links to one
+** again once its neighbours are repaired: new links only go to live
+** nodes. Steps are counted in work units, not time, so that the same
+** calls give the same graph (and a reopened file resumes the same pass:
+** the file keeps its state, see docs/FORMAT.md). */
 
 /* Slack of the heuristic when repair chooses a list again. Plain HNSW
 ** selection (no slack) over and over on the same neighbourhoods drops the
@@ -2906,25 +2949,35 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
 ** product repairs differently (vx_hnsw_repair_node). */
 #define VX_HNSW_REPAIR_SLACK 0.2f
 
-/* If y's level-l list links to buried nodes, choose its links again from
-** its live neighbours and the live neighbours of the buried ones: the
-** buried node's own links are where the paths through it led.
+/* Work units of a step at 128 dimensions (fewer above, more below): a
+** slot looked at costs 1, a list repaired VX_PASS_REPAIR_COST, a node
+** linked back or offered VX_PASS_OFFER_COST. About 1.5 ms at 1M x 128;
+** tests lower it to make passes span many writes. */
+#ifndef VX_PASS_STEP
+#define VX_PASS_STEP 4096
+#endif
+#define VX_PASS_REPAIR_COST 128
+#define VX_PASS_OFFER_COST 512
+
+/* If y's level-l list links to nodes that are not live, choose its links
+** again from its live neighbours and the live neighbours of the others:
+** a removed node's own links are where the paths through it led. Returns
+** 1 if the list was rewritten.
 **
 ** Inner product keeps y's live links and adds new ones chosen, without
-** slack, from the buried nodes' neighbours only; vx_hnsw_link_repaired
-** then links them back. An IP graph is sparse (mean out-degree about 2.5
-** at level 0) and most of its links are such link-backs, which choosing a
-** whole list again drops. On the churn test (five rounds of removing
-** half of 20k clustered 16-d points and adding 10k), re-choosing left
-** recall@10 up to 0.083 below a fresh build; keeping and linking back,
-** with link-backs as vx_hnsw_link_back makes them, at most 0.005 below
-** (17 seeds; docs/DESIGN.md has the steps between).
-** When mark is not NULL, mark[y] records for vx_hnsw_link_repaired where
-** y's new level-0 links start, plus one (one byte per node, so workers
-** need no locks; clamped at 255, so with M 128 a few kept links may be
+** slack, from the removed nodes' neighbours only; the pass's link-back
+** phase then links them back. An IP graph is sparse (mean out-degree
+** about 2.5 at level 0) and most of its links are such link-backs, which
+** choosing a whole list again drops. On the churn test (five rounds of
+** removing half of 20k clustered 16-d points and adding 10k), re-choosing
+** left recall@10 up to 0.083 below a fresh build; keeping and linking
+** back, with link-backs as vx_hnsw_link_back makes them, at most 0.005
+** below (17 seeds; docs/DESIGN.md has the steps between).
+** When mark is not NULL, mark[y] records where y's new level-0 links
+** start, plus one (clamped at 255, so with M 128 a few kept links may be
 ** offered again, which does no harm). */
-static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
-                                int l, uint8_t *mark)
+static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
+                               int l, uint8_t *mark)
 {
     const vx_store *st = &ix->store;
     uint32_t *links = vx_hnsw_links(ix, y, l);
@@ -2934,7 +2987,7 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     vx_query qy;
     for (i = 0; i < n && vx_store_live(st, vx_lget(links, i)) == VX_LIVE; i++)
         continue;
-    if (i == n) return;
+    if (i == n) return 0;
     vx_scratch_new_visit(s);
     s->visit[y] = s->epoch;
     qy = vx_node_query(ix, y);
@@ -2972,49 +3025,60 @@ static void vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
         size_t from = l ? vx_lcount(vx_hnsw_links(ix, y, 0)) : kept;
         mark[y] = (uint8_t)(1 + (from < 254 ? from : 254));
     }
+    return 1;
 }
 
-/* Inner product only: offer each node repaired by vx_hnsw_repair_node to
-** the nodes it newly links to at level 0, and to all its links above, as
-** an insert offers itself. Offering its kept links too gave the same
-** recall and took 2.7x as long (100k x 128). One thread, in slot order,
-** so this step does not depend on the number of workers. A link-back
+/* A buried node removed after the pass began keeps its lists (searches
+** still walk it) but loses its links to doomed nodes, which are about to
+** be freed. */
+static void vx_hnsw_drop_doomed(vecidx *ix, vx_hnsw_scratch *s, uint32_t y)
+{
+    int l;
+    for (l = 0; l <= vx_hnsw_level(ix, y); l++) {
+        const uint32_t *links = vx_hnsw_links(ix, y, l);
+        uint32_t n = vx_lcount(links), i, m = 0;
+        for (i = 0; i < n; i++) {
+            s->sel[m].slot = vx_lget(links, i);
+            if (vx_store_live(&ix->store, s->sel[m].slot) != VX_DOOMED) m++;
+        }
+        if (m < n) vx_hnsw_set_links(ix, y, l, s->sel, m);
+    }
+}
+
+/* Inner product only: offer y, repaired by vx_hnsw_repair_node, to the
+** nodes it newly links to at level 0 (from mark[y] - 1 on), and to all its
+** links above, as an insert offers itself. Offering its kept links too
+** gave the same recall and took 2.7x as long (100k x 128). A link-back
 ** into a full IP list replaces a link in place, so the start recorded in
 ** mark[] stays where it was. */
-static void vx_hnsw_link_repaired(vecidx *ix, vx_hnsw_scratch *s,
-                                  const uint8_t *mark)
+static void vx_hnsw_link_repaired(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
+                                  uint8_t mark)
 {
-    uint32_t y, i;
+    vx_query qy = vx_node_query(ix, y);
+    uint32_t i;
     int l;
-    for (y = 0; y < ix->store.nslots; y++) {
-        vx_query qy;
-        if (!mark[y]) continue;
-        qy = vx_node_query(ix, y);
-        for (l = 0; l <= vx_hnsw_level(ix, y); l++) {
-            const uint32_t *links = vx_hnsw_links(ix, y, l);
-            for (i = l ? 0 : mark[y] - 1u; i < vx_lcount(links); i++) {
-                uint32_t z = vx_lget(links, i);
-                vx_hnsw_link_back(ix, s->sel, z, y, vx_qdist(ix, &qy, z), l);
-            }
+    for (l = 0; l <= vx_hnsw_level(ix, y); l++) {
+        const uint32_t *links = vx_hnsw_links(ix, y, l);
+        for (i = l ? 0 : mark - 1u; i < vx_lcount(links); i++) {
+            uint32_t z = vx_lget(links, i);
+            vx_hnsw_link_back(ix, s->sel, z, y, vx_qdist(ix, &qy, z), l);
         }
     }
 }
 
-/* Mark which live nodes some live node links to at level l (bit 1), and
-** which some buried node does (bit 2). */
-static void vx_hnsw_mark_inlinks(vecidx *ix, uint8_t *mark, int l)
+/* Mark the nodes y links to at level l: bit 1 if y is live, bit 2 if it
+** was removed (so a node with mark 2 is reached only through removed
+** nodes). Retired nodes are gone already. */
+static void vx_hnsw_mark_from(vecidx *ix, uint8_t *mark, uint32_t y, int l)
 {
-    const vx_store *st = &ix->store;
-    uint32_t y, i;
-    memset(mark, 0, st->nslots);
-    for (y = 0; y < st->nslots; y++) {
-        int state = vx_store_live(st, y);
-        const uint32_t *links;
-        if (state == VX_FREE || vx_hnsw_level(ix, y) < l) continue;
-        links = vx_hnsw_links(ix, y, l);
-        for (i = 0; i < vx_lcount(links); i++)
-            mark[vx_lget(links, i)] |= state == VX_LIVE ? 1 : 2;
-    }
+    int state = vx_store_live(&ix->store, y);
+    const uint32_t *links;
+    uint32_t i;
+    if (state == VX_FREE || state == VX_RETIRED || vx_hnsw_level(ix, y) < l)
+        return;
+    links = vx_hnsw_links(ix, y, l);
+    for (i = 0; i < vx_lcount(links); i++)
+        mark[vx_lget(links, i)] |= state == VX_LIVE ? 1 : 2;
 }
 
 /* Walk from the entry point down to level l and offer y to the
@@ -3032,87 +3096,6 @@ static void vx_hnsw_offer_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     (void)vx_hnsw_connect(ix, s, y, &q, cur, l, 0);
 }
 
-/* The repair's passes hand out the slots in blocks of 256 to workers,
-** each with its own scratch. */
-typedef struct vx_repair_job {
-    vecidx *ix;
-    vx_hnsw_scratch *s;
-    uint8_t *mark;
-    uint8_t want; /* offer pass: mark of the nodes to offer */
-    int level;    /* offer pass: level to link them at */
-    atomic_size_t *next;
-} vx_repair_job;
-
-/* Take the next block of slots, [*from, *to); 0 when none is left. */
-static int vx_repair_block(vx_repair_job *j, uint32_t *from, uint32_t *to)
-{
-    size_t b = atomic_fetch_add(j->next, 256), n = j->ix->store.nslots;
-    if (b >= n) return 0;
-    *from = (uint32_t)b;
-    *to = (uint32_t)(b + 256 < n ? b + 256 : n);
-    return 1;
-}
-
-/* Run fn on one worker per scratch of b, all sharing one block counter.
-** Workers that offer nodes (`offers`) link like a parallel build, so
-** lists are locked when there are several. */
-static void vx_repair_run(vecidx *ix, vx_hnsw_batch *b, void *(*fn)(void *),
-                          int offers, uint8_t *mark, uint8_t want, int level)
-{
-    vx_repair_job jobs[64];
-    vx_task tasks[64];
-    atomic_size_t next;
-    unsigned t;
-    atomic_init(&next, 0);
-    for (t = 0; t < b->nt; t++) {
-        b->s[t]->writer = 1;
-        jobs[t].ix = ix;
-        jobs[t].s = b->s[t];
-        jobs[t].mark = mark;
-        jobs[t].want = want;
-        jobs[t].level = level;
-        jobs[t].next = &next;
-        tasks[t].fn = fn;
-        tasks[t].arg = &jobs[t];
-    }
-    ix->hnsw.locking = offers && b->nt > 1;
-    vx_run_parallel(tasks, b->nt);
-    ix->hnsw.locking = 0;
-}
-
-/* Each worker rewrites only the lists of its own live nodes and reads
-** only buried nodes' lists, which no worker writes, so this pass needs no
-** locks and its result is independent of the number of threads. */
-static void *vx_hnsw_repair_worker(void *arg)
-{
-    vx_repair_job *j = arg;
-    uint32_t y, end;
-    int l;
-    while (vx_repair_block(j, &y, &end))
-        for (; y < end; y++) {
-            if (vx_store_live(&j->ix->store, y) != VX_LIVE) continue;
-            for (l = 0; l <= vx_hnsw_level(j->ix, y); l++)
-                vx_hnsw_repair_node(j->ix, j->s, y, l, j->mark);
-        }
-    return NULL;
-}
-
-/* Offer every live node marked `want` (except the entry point) at the
-** job's level, keeping its own list. */
-static void *vx_hnsw_offer_worker(void *arg)
-{
-    vx_repair_job *j = arg;
-    uint32_t y, end;
-    while (vx_repair_block(j, &y, &end))
-        for (; y < end; y++)
-            if (j->mark[y] == j->want && y != vx_hnsw_top(&j->ix->hnsw, NULL) &&
-                vx_store_live(&j->ix->store, y) == VX_LIVE)
-                vx_hnsw_offer_node(j->ix, j->s, y, j->level);
-    return NULL;
-}
-
-#define VX_NORM_BUCKETS 2048
-
 /* Histogram bucket of a squared norm: 16 per power of two, ascending. */
 static int vx_norm_bucket(float n2)
 {
@@ -3124,142 +3107,252 @@ static int vx_norm_bucket(float n2)
     return b < 0 ? 0 : b >= VX_NORM_BUCKETS ? VX_NORM_BUCKETS - 1 : b;
 }
 
+static int vx_hnsw_norm_bucket(const vecidx *ix, uint32_t y)
+{
+    const float *v = vx_store_vec(&ix->store, y);
+    return vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim));
+}
+
+/* When the entry point is no longer live, the node of the highest level
+** that is live (or buried since the pass began, which the next pass
+** handles) takes its place, so no node but a doomed one stands above the
+** top. */
+static void vx_pass_new_entry(vecidx *ix)
+{
+    const vx_store *st = &ix->store;
+    uint32_t entry = vx_hnsw_top(&ix->hnsw, NULL), y, best = VX_NOSLOT;
+    int top = -1; /* 2 * level, plus one for a live node */
+    if (entry == VX_NOSLOT || vx_store_live(st, entry) == VX_LIVE) return;
+    for (y = 0; y < st->nslots; y++) {
+        int state = vx_store_live(st, y);
+        int rank = 2 * vx_hnsw_level(ix, y) + (state == VX_LIVE);
+        if ((state == VX_LIVE || state == VX_BURIED) && rank > top) {
+            best = y;
+            top = rank;
+        }
+    }
+    vx_hnsw_set_top(&ix->hnsw, best, top < 0 ? -1 : top / 2);
+}
+
+/* Start a pass: the buried nodes are doomed. With no live node left there
+** is nothing to repair, and the doomed are retired straight away. */
+static void vx_pass_start(vecidx *ix)
+{
+    vx_pass *p = &ix->hnsw.pass;
+    vx_store *st = &ix->store;
+    uint32_t y;
+    memset(p, 0, sizeof *p);
+    for (y = 0; y < st->nslots; y++)
+        if (vx_store_live(st, y) == VX_BURIED) {
+            vx_snap_touch(ix, y);
+            vx_store_set_state(st, y, VX_DOOMED);
+            p->ndoomed++;
+        }
+    memset(ix->hnsw.mark, 0, st->nslots);
+    p->end = st->nslots;
+    p->phase = VX_PASS_REPAIR;
+    if (st->count == 0) {
+        vx_hnsw_set_top(&ix->hnsw, VX_NOSLOT, -1);
+        p->phase = VX_PASS_RETIRE;
+    }
+}
+
+/* Enter a phase that walks the slots from the start. */
+static void vx_pass_phase(vecidx *ix, uint32_t phase)
+{
+    vx_pass *p = &ix->hnsw.pass;
+    p->phase = phase;
+    p->cursor = 0;
+    p->end = ix->store.nslots;
+    if (phase == VX_PASS_MARK) memset(ix->hnsw.mark, 0, p->end);
+    if (phase == VX_PASS_IP_HIST) memset(p->hist, 0, sizeof p->hist);
+}
+
+/* The phase after the current one. */
+static void vx_pass_next(vecidx *ix)
+{
+    vx_pass *p = &ix->hnsw.pass;
+    int ip = ix->p.metric == VECIDX_IP, maxlevel;
+    (void)vx_hnsw_top(&ix->hnsw, &maxlevel);
+    switch (p->phase) {
+    case VX_PASS_REPAIR:
+        vx_pass_new_entry(ix);
+        (void)vx_hnsw_top(&ix->hnsw, &maxlevel);
+        p->level = maxlevel;
+        if (ip) {
+            vx_pass_phase(ix, VX_PASS_LINKBACK);
+            break;
+        }
+        /* fall through */
+    case VX_PASS_LINKBACK:
+        p->level = maxlevel;
+        vx_pass_phase(ix, maxlevel >= 0 ? VX_PASS_MARK : VX_PASS_RETIRE);
+        break;
+    case VX_PASS_MARK:
+        vx_pass_phase(ix, p->ipround ? VX_PASS_IP_HIST : VX_PASS_OFFER);
+        break;
+    case VX_PASS_OFFER:
+        if (p->level > 0) {
+            p->level--;
+            vx_pass_phase(ix, VX_PASS_MARK);
+        } else if (ip && !p->ipround) {
+            /* Marked afresh: offering orphans can push other nodes out
+            ** of lists. */
+            p->ipround = 1;
+            vx_pass_phase(ix, VX_PASS_MARK);
+        } else {
+            vx_pass_phase(ix, VX_PASS_RETIRE);
+        }
+        break;
+    case VX_PASS_IP_HIST: {
+        /* Buckets above the threshold hold fewer than the budget, all
+        ** taken; the threshold's bucket gives the rest, first in slot
+        ** order. */
+        uint32_t sum = 0, budget = p->ndoomed;
+        int k, t = 0;
+        for (k = VX_NORM_BUCKETS - 1; k >= 0 && sum < budget; k--) {
+            sum += p->hist[k];
+            t = k;
+        }
+        p->thresh = sum ? (uint32_t)t : VX_NORM_BUCKETS;
+        p->at_t = budget - (sum - p->hist[t]);
+        vx_pass_phase(ix, VX_PASS_IP_PICK);
+        break;
+    }
+    case VX_PASS_IP_PICK:
+        vx_pass_phase(ix, VX_PASS_IP_OFFER);
+        break;
+    case VX_PASS_IP_OFFER:
+        vx_pass_phase(ix, VX_PASS_RETIRE);
+        break;
+    default:
+        p->phase = VX_PASS_IDLE;
+    }
+}
+
 /* Inner product only. Most nodes of an IP graph have no in-links at level
 ** 0 (the heuristic keeps few links when larger norms dominate), and a node
 ** that becomes an answer once the nodes beyond it are removed has no way
 ** in: after three rounds of removing half of 20k clustered 16-d points,
 ** recall@10 was 0.67-0.75 against 0.995 fresh, the walk reaching as few as
-** 17 of 2,500 nodes. So each repair offers as many unreachable nodes as it
+** 17 of 2,500 nodes. So each pass offers as many unreachable nodes as it
 ** frees, largest norms first (the likeliest answers), to neighbours found
 ** by a search, as an insert would. That scenario: 0.958 against 1.0 at
 ** the test's seed; with the other IP rules (vx_hnsw_link_back,
 ** vx_hnsw_repair_node) 0.993-1.0 over 17 seeds, as low as 0.953 without
-** this step. The largest norms are found with a fixed histogram, so
-** nothing is allocated; the chosen nodes are marked 4 and offered in
-** parallel. */
-static void vx_hnsw_relink_ip(vecidx *ix, vx_hnsw_batch *b, uint8_t *mark,
-                              uint32_t budget)
+** this step. The largest norms are found with a fixed histogram (phases
+** IP_HIST, IP_PICK), so nothing is allocated; the chosen are marked 4. */
+static long vx_pass_ip_slot(vecidx *ix, vx_hnsw_scratch *s, uint32_t y)
+{
+    vx_pass *p = &ix->hnsw.pass;
+    uint8_t *mark = ix->hnsw.mark;
+    int k, live = vx_store_live(&ix->store, y) == VX_LIVE;
+    uint32_t entry = vx_hnsw_top(&ix->hnsw, NULL);
+    if (p->phase == VX_PASS_IP_OFFER) {
+        if (mark[y] != 4 || !live || y == entry) return 1;
+        vx_hnsw_offer_node(ix, s, y, 0);
+        return VX_PASS_OFFER_COST;
+    }
+    if (p->phase == VX_PASS_IP_HIST && (!live || y == entry))
+        mark[y] = 1; /* never offered */
+    if (mark[y] & 1) return 1;
+    k = vx_hnsw_norm_bucket(ix, y);
+    if (p->phase == VX_PASS_IP_HIST) {
+        p->hist[k]++;
+    } else if ((uint32_t)k > p->thresh ||
+               ((uint32_t)k == p->thresh && p->at_t)) {
+        p->at_t -= (uint32_t)k == p->thresh;
+        mark[y] = 4;
+    } else {
+        mark[y] = 0;
+    }
+    return 4;
+}
+
+/* One slot of the current phase; returns the work it took. */
+static long vx_pass_slot(vecidx *ix, vx_hnsw_scratch *s, uint32_t y)
+{
+    vx_pass *p = &ix->hnsw.pass;
+    uint8_t *mark = ix->hnsw.mark;
+    int state = vx_store_live(&ix->store, y), l, did = 0;
+    switch (p->phase) {
+    case VX_PASS_REPAIR:
+        if (state == VX_BURIED) vx_hnsw_drop_doomed(ix, s, y);
+        if (state != VX_LIVE) return 1;
+        for (l = 0; l <= vx_hnsw_level(ix, y); l++)
+            did |= vx_hnsw_repair_node(ix, s, y, l,
+                                       ix->p.metric == VECIDX_IP ? mark : NULL);
+        return did ? VX_PASS_REPAIR_COST : 1;
+    case VX_PASS_LINKBACK:
+        if (!mark[y] || state != VX_LIVE) return 1;
+        vx_hnsw_link_repaired(ix, s, y, mark[y]);
+        return VX_PASS_OFFER_COST;
+    case VX_PASS_MARK:
+        vx_hnsw_mark_from(ix, mark, y, p->level);
+        return 1;
+    case VX_PASS_OFFER:
+        if (mark[y] != 2 || state != VX_LIVE ||
+            y == vx_hnsw_top(&ix->hnsw, NULL))
+            return 1;
+        vx_hnsw_offer_node(ix, s, y, p->level);
+        return VX_PASS_OFFER_COST;
+    case VX_PASS_RETIRE:
+        /* All at once (a byte per slot), so that no doomed node is left
+        ** linking to one already freed. */
+        for (y = 0; y < p->end; y++)
+            if (vx_store_live(&ix->store, y) == VX_DOOMED) {
+                vx_snap_touch(ix, y);
+                vx_store_retire_buried(&ix->store, y);
+            }
+        p->ndoomed = 0;
+        p->cursor = p->end;
+        return 1;
+    default:
+        return vx_pass_ip_slot(ix, s, y);
+    }
+}
+
+/* Is a pass due? Once a tenth of the used slots are buried: often enough
+** that memory stays bounded and walks rarely cross buried nodes, rarely
+** enough that the linear pass costs O(1) per removal on average. Also
+** once buried nodes outnumber live ones: the entry point may be buried
+** with no live neighbour, and new nodes would find no links. */
+static int vx_pass_due(const vecidx *ix)
 {
     const vx_store *st = &ix->store;
-    uint32_t hist[VX_NORM_BUCKETS], y, sum = 0, at_t;
-    int k, t = 0;
-    memset(hist, 0, sizeof hist);
-    /* Marked afresh: offering orphans can push other nodes out of lists. */
-    vx_hnsw_mark_inlinks(ix, mark, 0);
-    for (y = 0; y < st->nslots; y++) {
-        const float *v = vx_store_vec(st, y);
-        if (vx_store_live(st, y) != VX_LIVE ||
-            y == vx_hnsw_top(&ix->hnsw, NULL))
-            mark[y] = 1; /* never offered */
-        if (mark[y] & 1) continue;
-        hist[vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim))]++;
-    }
-    for (k = VX_NORM_BUCKETS - 1; k >= 0 && sum < budget; k--) {
-        sum += hist[k];
-        t = k;
-    }
-    /* Buckets above t hold fewer than budget nodes, all taken; bucket t
-    ** gives the rest, first in slot order so the choice is reproducible. */
-    at_t = budget - (sum - hist[t]);
-    for (y = 0; y < st->nslots; y++) {
-        const float *v = vx_store_vec(st, y);
-        if (mark[y] & 1) continue;
-        k = sum ? vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim)) : -1;
-        if (k > t || (k == t && at_t)) {
-            at_t -= k == t;
-            mark[y] = 4;
-        } else {
-            mark[y] = 0;
-        }
-    }
-    vx_repair_run(ix, b, vx_hnsw_offer_worker, 1, mark, 4, 0);
+    uint32_t waiting = st->nburied - ix->hnsw.pass.ndoomed;
+    uint32_t used = st->count + st->nburied;
+    return (waiting >= 64 && waiting >= used / 10) ||
+           (waiting && st->count < waiting);
 }
 
-/* Repair rewires the nodes that linked to buried ones, but a live node
-** whose only in-links came from buried nodes is left with none, and no
-** walk could reach it again. Each such orphan is offered to new
-** neighbours (vx_hnsw_offer_node); its own list, just rebuilt by the
-** repair, is kept. For L2 and cosine there are a handful per repair (the
-** slack keeps lists wide). Inner product needs more: vx_hnsw_relink_ip.
-** Runs after a live entry point is chosen, on scratches fitted for
-** ef_construction; like an insert, it links from what it found if a
-** search frontier cannot grow. */
-static void vx_hnsw_relink(vecidx *ix, vx_hnsw_batch *b)
+/* Advance the repair by one step, starting a pass if one is due; called by
+** every add, upsert and remove of a graph. A step that cannot get its
+** working memory is skipped: the next write tries again. */
+static void vx_hnsw_maintain(vecidx *ix)
 {
-    vx_hnsw *h = &ix->hnsw;
-    int l, maxlevel;
-    if (vx_hnsw_top(h, &maxlevel) == VX_NOSLOT ||
-        h->mark_cap < ix->store.nslots)
+    vx_pass *p = &ix->hnsw.pass;
+    vx_hnsw_scratch *s;
+    long work = (long)VX_PASS_STEP * 128 /
+                (ix->p.dim > 32 ? (long)ix->p.dim : 32);
+    if (p->phase == VX_PASS_IDLE && !vx_pass_due(ix)) return;
+    if (vx_hnsw_mark_fit(ix, 1) != VECIDX_OK ||
+        vx_scratch_get(ix, ix->p.hnsw_ef_construction, &s) != VECIDX_OK)
         return;
-    for (l = maxlevel; l >= 0; l--) {
-        vx_hnsw_mark_inlinks(ix, h->mark, l);
-        vx_repair_run(ix, b, vx_hnsw_offer_worker, 1, h->mark, 2, l);
+    s->writer = 1;
+    if (p->phase == VX_PASS_IDLE) {
+        vx_pass_start(ix);
+        work -= (long)(ix->store.nslots / 16);
+    } else if (vx_pass_due(ix)) {
+        work *= 4; /* removals outrun the pass: catch up */
     }
-    if (ix->p.metric == VECIDX_IP)
-        vx_hnsw_relink_ip(ix, b, h->mark, ix->store.nburied);
-}
-
-/* Unlink every buried node and free its slot; pick a new entry point if
-** the old one was buried. Fails (changing nothing) only when not even one
-** worker's scratch can be allocated. */
-static int vx_hnsw_repair(vecidx *ix)
-{
-    vx_hnsw *g = &ix->hnsw;
-    vx_hnsw_batch b;
-    uint8_t *mark = NULL;
-    uint32_t slot, entry;
-    memset(&b, 0, sizeof b);
-    b.slots = &b.one;
-    /* Fitted for ef_construction: they also serve vx_hnsw_relink. No more
-    ** workers than blocks of 256 slots: the rest would find nothing. */
-    while (b.nt < vx_threads(ix, NULL) && b.nt < 64 &&
-           (b.nt == 0 || (size_t)b.nt * 256 < ix->store.nslots) &&
-           vx_scratch_get(ix, ix->p.hnsw_ef_construction, &b.s[b.nt]) == 0)
-        b.nt++;
-    if (b.nt == 0) return VECIDX_ENOMEM;
-    /* Without the marks (never expected: every path that buries a node
-    ** makes them) IP lists are repaired but not linked back. */
-    if (ix->p.metric == VECIDX_IP && g->mark_cap >= ix->store.nslots) {
-        mark = g->mark;
-        memset(mark, 0, ix->store.nslots);
+    while (p->phase != VX_PASS_IDLE && work > 0) {
+        if (p->cursor >= p->end)
+            vx_pass_next(ix);
+        else
+            work -= vx_pass_slot(ix, s, p->cursor++);
     }
-    vx_repair_run(ix, &b, vx_hnsw_repair_worker, 0, mark, 0, 0);
-    if (mark) vx_hnsw_link_repaired(ix, b.s[0], mark);
-    entry = vx_hnsw_top(g, NULL);
-    if (entry != VX_NOSLOT && vx_store_live(&ix->store, entry) != VX_LIVE) {
-        uint32_t best = VX_NOSLOT;
-        int top = -1;
-        for (slot = 0; slot < ix->store.nslots; slot++)
-            if (vx_store_live(&ix->store, slot) == VX_LIVE &&
-                vx_hnsw_level(ix, slot) > top) {
-                best = slot;
-                top = vx_hnsw_level(ix, slot);
-            }
-        vx_hnsw_set_top(g, best, top);
-    }
-    vx_hnsw_relink(ix, &b);
-    vx_hnsw_batch_release(ix, &b);
-    /* Nothing links to the buried nodes now, but searches that began
-    ** before may still be walking them: their slots wait in the limbo. */
-    for (slot = 0; slot < ix->store.nslots; slot++)
-        if (vx_store_live(&ix->store, slot) == VX_BURIED) {
-            vx_snap_touch(ix, slot);
-            vx_store_retire_buried(&ix->store, slot);
-        }
-    return VECIDX_OK;
-}
-
-/* Repair once a tenth of the used slots are buried: often enough that
-** memory stays bounded and walks rarely cross buried nodes, rarely enough
-** that the linear pass costs O(1) per removal on average. */
-static void vx_hnsw_maybe_repair(vecidx *ix)
-{
-    uint32_t used = ix->store.count + ix->store.nburied;
-    /* Also once buried nodes outnumber live ones: the entry point may be
-    ** buried with no live neighbour, and new nodes would find no links. */
-    if ((ix->store.nburied >= 64 && ix->store.nburied >= used / 10) ||
-        (ix->store.nburied && ix->store.count < ix->store.nburied))
-        (void)vx_hnsw_repair(ix); /* on failure retried at the next write */
+    vx_scratch_put(ix, s);
 }
 
 /* ---- lifecycle and checks -------------------------------------------------
@@ -3300,21 +3393,23 @@ static void vx_hnsw_destroy(vecidx *ix)
 }
 
 /* Graph invariants; returns NULL or a description, *bad = node. Retired
-** nodes (in the limbo) are checked too, but may stand above the top level
-** when the entry point they held was replaced. */
+** nodes (in the limbo) and doomed ones are checked too, but may stand
+** above the top level when the entry point they held was replaced. */
 static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
 {
     const vx_store *st = &ix->store;
     vx_hnsw *g = &ix->hnsw;
-    uint32_t slot, i, j, entry;
+    uint32_t slot, i, j, entry, doomed = 0;
     int maxlevel;
     entry = vx_hnsw_top(g, &maxlevel);
     for (slot = 0; slot < st->nslots; slot++) {
         int lv, l, state = vx_store_live(st, slot);
         if (state == VX_FREE) continue;
         *bad = slot;
+        if (state > VX_DOOMED) return "unknown slot state";
+        doomed += state == VX_DOOMED;
         lv = vx_hnsw_level(ix, slot);
-        if (lv > maxlevel && state != VX_RETIRED)
+        if (lv > maxlevel && state != VX_RETIRED && state != VX_DOOMED)
             return "node level above the graph's top";
         if (lv && (VX_SLOT_CHUNK(st, slot)->upper[VX_SLOT_INDEX(st, slot)] +
                        vx_hnsw_block_words(g, lv) >
@@ -3340,12 +3435,14 @@ static const char *vx_hnsw_check(vecidx *ix, int deep, uint32_t *bad)
             }
         }
     }
+    *bad = VX_NOSLOT;
+    if (doomed != g->pass.ndoomed)
+        return "doomed nodes differ from the repair pass under way";
     *bad = entry;
     if (st->count + st->nburied == 0) {
         if (entry != VX_NOSLOT) return "empty graph has an entry point";
-    } else if (entry >= st->nslots ||
-               (vx_store_live(st, entry) != VX_LIVE &&
-                vx_store_live(st, entry) != VX_BURIED) ||
+    } else if (entry >= st->nslots || vx_store_live(st, entry) == VX_FREE ||
+               vx_store_live(st, entry) == VX_RETIRED ||
                vx_hnsw_level(ix, entry) != maxlevel) {
         return "entry point is not a top-level node";
     }
@@ -4739,13 +4836,16 @@ static int vx_io_sync_dir(const char *path)
 
 #define VX_FILE_MAGIC "VECIDX\x1a\n"
 /* Version 2 is version 1 with HNSW records padded to whole cache lines
-** (vx_store_init). Files without such records are still written as
-** version 1, so that older libraries keep reading them. */
-#define VX_FILE_VERSION 2u
+** (vx_store_init). Version 3 adds a repair pass under way (its state and
+** marks, and doomed slots) and a main file that continues a log under
+** another salt (a checkpoint that writes went on during). Files without
+** these are still written as version 1 or 2, so that older libraries
+** keep reading them. */
+#define VX_FILE_VERSION 3u
 #define VX_FILE_HEADER 512u
 #define VX_FILE_PAGE 4096u
 #define VX_FILE_BOM 0x01020304u
-#define VX_FILE_NSECT 9
+#define VX_FILE_NSECT 10
 enum {
     VX_SECT_CHUNKS,
     VX_SECT_ARENA,
@@ -4755,9 +4855,12 @@ enum {
     VX_SECT_IVF_MODEL, /* centroids, their norms, codebooks */
     VX_SECT_IVF_DIR,   /* per list: u64 offset into DATA, u32 n, u32 0 */
     VX_SECT_IVF_DATA,  /* per list: keys, codes (padded to 8), vectors */
-    VX_SECT_IVF_MAP    /* key map cells */
+    VX_SECT_IVF_MAP,   /* key map cells */
+    VX_SECT_REPAIR     /* v3: repair pass state, then a mark per slot */
 };
-#define VX_FILE_IVF 440u /* header offset of the IVF-PQ fields */
+#define VX_FILE_IVF 440u    /* header offset of the IVF-PQ fields */
+#define VX_FILE_REPAIR 488u /* header offset of the repair section entry */
+#define VX_REPAIR_HEAD (32u + 4u * VX_NORM_BUCKETS) /* before the marks */
 
 typedef struct vx_sect {
     uint64_t off, len;
@@ -4775,10 +4878,14 @@ typedef struct vx_fhdr {
     uint64_t arena_n;
     uint32_t arena_free[VX_HNSW_MAX_LEVEL + 1];
     uint64_t map_cap, salt;
+    /* v3: this file holds records 1..log_seq of the log salted log_salt
+    ** (0: none; the log must then carry this file's salt). */
+    uint64_t log_salt, log_seq;
     /* IVF-PQ: trained state (all zero before training) */
     uint32_t ivf_trained, ivf_nlist, ivf_m, ivf_reserved;
     uint64_t ivf_count, ivf_map_cap;
     vx_sect sect[VX_FILE_NSECT];
+    int aligned; /* derived: line-aligned graph records (vx_file_validate) */
 } vx_fhdr;
 
 /* Fixed little-endian encoding, whatever the host: the offsets below are
@@ -4844,10 +4951,13 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
         vx_put32(b, 128 + 4 * (size_t)i, h->arena_free[i]);
     vx_put64(b, 192, h->map_cap);
     vx_put64(b, 200, h->salt);
+    vx_put64(b, 208, h->log_salt);
+    vx_put64(b, 432, h->log_seq);
     for (i = 0; i < VX_FILE_NSECT; i++) {
-        vx_put64(b, 216 + 24 * (size_t)i, h->sect[i].off);
-        vx_put64(b, 224 + 24 * (size_t)i, h->sect[i].len);
-        vx_put32(b, 232 + 24 * (size_t)i, h->sect[i].crc);
+        size_t at = i == VX_SECT_REPAIR ? VX_FILE_REPAIR : 216 + 24 * (size_t)i;
+        vx_put64(b, at, h->sect[i].off);
+        vx_put64(b, at + 8, h->sect[i].len);
+        vx_put32(b, at + 16, h->sect[i].crc);
     }
     vx_put32(b, VX_FILE_IVF, h->ivf_trained);
     vx_put32(b, VX_FILE_IVF + 4, h->ivf_nlist);
@@ -4913,9 +5023,15 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     h->map_cap = vx_get64(b, 192);
     h->salt = vx_get64(b, 200);
     for (i = 0; i < VX_FILE_NSECT; i++) {
-        h->sect[i].off = vx_get64(b, 216 + 24 * (size_t)i);
-        h->sect[i].len = vx_get64(b, 224 + 24 * (size_t)i);
-        h->sect[i].crc = vx_get32(b, 232 + 24 * (size_t)i);
+        size_t at = i == VX_SECT_REPAIR ? VX_FILE_REPAIR : 216 + 24 * (size_t)i;
+        if (i == VX_SECT_REPAIR && h->version < 3) break; /* reserved */
+        h->sect[i].off = vx_get64(b, at);
+        h->sect[i].len = vx_get64(b, at + 8);
+        h->sect[i].crc = vx_get32(b, at + 16);
+    }
+    if (h->version >= 3) {
+        h->log_salt = vx_get64(b, 208);
+        h->log_seq = vx_get64(b, 432);
     }
     h->ivf_trained = vx_get32(b, VX_FILE_IVF);
     h->ivf_nlist = vx_get32(b, VX_FILE_IVF + 4);
@@ -5030,6 +5146,8 @@ struct vx_snap {
     uint32_t *free;
     uint64_t *mkeys, *ivmap;
     uint32_t *mslots;
+    unsigned char *repair; /* the repair section, encoded */
+    size_t repair_len;
     /* IVF-PQ lists: length at the start, state, copy of a changed one. */
     uint32_t nlist, *ln;
     uint8_t *lstate;
@@ -5156,6 +5274,7 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
     vx_free(mem, sn->mkeys, sn->h.map_cap * sizeof *sn->mkeys);
     vx_free(mem, sn->mslots, sn->h.map_cap * sizeof *sn->mslots);
     vx_free(mem, sn->ivmap, sn->h.ivf_map_cap * sizeof *sn->ivmap);
+    vx_free(mem, sn->repair, sn->repair_len);
     vx_free(mem, sn->ln, (size_t)sn->nlist * sizeof *sn->ln);
     vx_free(mem, sn->lstate, sn->nlist);
     vx_free(mem, sn->lcopy, (size_t)sn->nlist * sizeof *sn->lcopy);
@@ -5216,6 +5335,24 @@ static int vx_snap_copy(vecidx *ix, vx_snap *sn)
     if (h->map_cap) {
         memcpy(sn->mkeys, s->map.keys, h->map_cap * sizeof *sn->mkeys);
         memcpy(sn->mslots, s->map.slots, h->map_cap * sizeof *sn->mslots);
+    }
+    if (ix->p.kind == VECIDX_HNSW && ix->hnsw.pass.phase != VX_PASS_IDLE) {
+        const vx_pass *p = &ix->hnsw.pass;
+        unsigned char *b;
+        sn->repair_len = VX_REPAIR_HEAD + (size_t)s->nslots;
+        if (!(b = sn->repair = vx_malloc(mem, sn->repair_len)))
+            return VECIDX_ENOMEM;
+        vx_put32(b, 0, p->phase);
+        vx_put32(b, 4, p->cursor);
+        vx_put32(b, 8, p->end);
+        vx_put32(b, 12, p->ndoomed);
+        vx_put32(b, 16, (uint32_t)p->level);
+        vx_put32(b, 20, p->ipround);
+        vx_put32(b, 24, p->thresh);
+        vx_put32(b, 28, p->at_t);
+        for (i = 0; i < VX_NORM_BUCKETS; i++)
+            vx_put32(b, 32 + 4 * (size_t)i, p->hist[i]);
+        memcpy(b + VX_REPAIR_HEAD, ix->hnsw.mark, s->nslots);
     }
     if (ix->p.kind == VECIDX_HNSW) {
         const vx_hnsw *g = &ix->hnsw;
@@ -5421,6 +5558,9 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
             break;
         default: {
             unsigned char hdr[VX_FILE_HEADER];
+            vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_REPAIR], sn->w.off);
+            vx_fw_put(&sn->w, sn->repair, sn->repair_len);
+            if (sn->h.log_salt || sn->repair_len) sn->h.version = 3;
             vx_fhdr_encode(&sn->h, hdr);
             if (vx_io_write_all(sn->fd, hdr, sizeof hdr, 0) != 0 ||
                 vx_io_cur->fsync(sn->fd) != 0)
@@ -5533,12 +5673,12 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
 ** whole file); vecidx_check verifies it, and searches bound every slot
 ** number they follow (vx_hnsw_read_safe), so damage there cannot make a
 ** search touch memory outside the index. */
-static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
+static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
 {
     static const char *const names[VX_FILE_NSECT] = {
-        "vectors",   "graph",     "key map",   "key map",    "free slot",
-        "IVF model", "IVF lists", "IVF lists", "IVF key map"};
+        "vectors",   "graph",     "key map",   "key map",     "free slot",
+        "IVF model", "IVF lists", "IVF lists", "IVF key map", "repair pass"};
     vx_store t;
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
@@ -5549,8 +5689,15 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
                       "invalid: %s",
                       vx_err_tls.msg);
     if ((rc = vx_file_validate_ivf(h)) != VECIDX_OK) return rc;
+    /* Version 2 graphs have aligned records; version 3 ones either layout
+    ** (a version 1 graph checkpointed stays packed), told by rec and shift,
+    ** which are the same for both when they coincide. */
     vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
                   graph ? 2 * h->p.hnsw_m : 0, h->version >= 2, NULL);
+    if (h->version >= 3 && (h->shift != t.shift || h->rec != t.rec))
+        vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
+                      graph ? 2 * h->p.hnsw_m : 0, 0, NULL);
+    h->aligned = t.aligned;
     if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
         (uint64_t)h->nchunks << t.shift > (uint64_t)VECIDX_MAX_COUNT + 65536 ||
         h->nslots > (uint64_t)h->nchunks << t.shift ||
@@ -5573,6 +5720,9 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
     want[VX_SECT_IVF_MODEL] = want[VX_SECT_IVF_DIR] = 0;
     want[VX_SECT_IVF_MAP] = 0;
     want[VX_SECT_IVF_DATA] = h->ivf_trained ? h->sect[VX_SECT_IVF_DATA].len : 0;
+    want[VX_SECT_REPAIR] = h->sect[VX_SECT_REPAIR].len && graph
+                               ? VX_REPAIR_HEAD + (uint64_t)h->nslots
+                               : 0;
     if (h->ivf_trained) {
         vecidx t0;
         t0.p = h->p;
@@ -5598,6 +5748,34 @@ static int vx_file_validate(const vx_fhdr *h, const unsigned char *base,
     return VECIDX_OK;
 }
 
+/* The repair pass a file was saved in the middle of (version 3): its
+** state and marks, for the pass to go on where it was. */
+static int vx_file_attach_pass(vecidx *ix, const vx_fhdr *h,
+                               const unsigned char *b)
+{
+    vx_pass *p = &ix->hnsw.pass;
+    uint32_t i;
+    p->phase = vx_get32(b, 0);
+    p->cursor = vx_get32(b, 4);
+    p->end = vx_get32(b, 8);
+    p->ndoomed = vx_get32(b, 12);
+    p->level = (int32_t)vx_get32(b, 16);
+    p->ipround = vx_get32(b, 20);
+    p->thresh = vx_get32(b, 24);
+    p->at_t = vx_get32(b, 28);
+    for (i = 0; i < VX_NORM_BUCKETS; i++) p->hist[i] = vx_get32(b, 32 + 4 * i);
+    if (p->phase == VX_PASS_IDLE || p->phase > VX_PASS_RETIRE ||
+        p->cursor > p->end || p->end > h->nslots || p->ndoomed > h->nburied ||
+        p->level < -1 || p->level > VX_HNSW_MAX_LEVEL || p->ipround > 1 ||
+        p->thresh > VX_NORM_BUCKETS) {
+        memset(p, 0, sizeof *p);
+        return vx_err(NULL, VECIDX_ECORRUPT, "repair pass state is invalid");
+    }
+    if (vx_hnsw_mark_fit(ix, 1) != VECIDX_OK) return VECIDX_ENOMEM;
+    memcpy(ix->hnsw.mark, b + VX_REPAIR_HEAD, h->nslots);
+    return VECIDX_OK;
+}
+
 /* Point ix's storage and key map into the mapping and copy the small
 ** structures (graph arena, free stack). On failure the handle is left
 ** consistent for vecidx_close. */
@@ -5607,8 +5785,7 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     vx_hnsw *g = &ix->hnsw;
     size_t cb, cap, c;
     /* The handle is new and empty: it may take the file's record layout. */
-    if (h->version < 2)
-        vx_store_init(s, s->dim, s->cosine, s->link0, 0, s->klock);
+    if (!h->aligned) vx_store_init(s, s->dim, s->cosine, s->link0, 0, s->klock);
     cb = vx_store_chunk_bytes(s);
     if (h->nchunks) {
         if (!(s->chunks = vx_malloc(&ix->mem, h->nchunks * sizeof *s->chunks)))
@@ -5645,6 +5822,9 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         memcpy(g->arena_free, h->arena_free, sizeof g->arena_free);
         g->rng = h->rng;
         vx_hnsw_set_top(g, h->entry, h->maxlevel);
+        if (h->sect[VX_SECT_REPAIR].len)
+            return vx_file_attach_pass(ix, h,
+                                       base + h->sect[VX_SECT_REPAIR].off);
     }
     return VECIDX_OK;
 }
@@ -6622,10 +6802,7 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
     vx_hnsw_batch b;
     size_t i;
     if (ix->ivf.trained) return vx_ivf_insert_locked(ix, n, keys, vecs, type);
-    if (graph) {
-        vx_hnsw_maybe_repair(ix);
-        vx_reclaim(ix); /* reuse what the repair freed, if no search holds it */
-    }
+    if (graph) vx_reclaim(ix); /* reuse what was retired, unless searched */
     if ((rc = vx_reserve_locked(ix, n, keys[0])) != VECIDX_OK) return rc;
     if (graph &&
         (rc = vx_hnsw_batch_begin(ix, n, vx_threads(ix, NULL), &b)) != 0)
@@ -6663,10 +6840,12 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
         if (graph) vx_hnsw_batch_link(ix, &b, i, end);
         i = end;
     }
-    if (graph)
+    if (graph) {
         vx_hnsw_batch_release(ix, &b);
-    else
+        vx_hnsw_maintain(ix); /* a step of repair, once the write is done */
+    } else {
         vx_ivf_maybe_train(ix);
+    }
     return VECIDX_OK;
 }
 
@@ -6802,7 +6981,7 @@ static int vx_remove_locked(vecidx *ix, uint64_t key)
         vx_store_remove(&ix->store, slot, ix->p.kind == VECIDX_HNSW);
     VX_STORE(&ix->nremoved, ix->nremoved + 1);
     vx_keys_unlock(ix);
-    if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maybe_repair(ix);
+    if (ix->p.kind == VECIDX_HNSW) vx_hnsw_maintain(ix);
     return VECIDX_OK;
 }
 
@@ -6938,7 +7117,7 @@ int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
     for (slot = 0; slot < VX_LOAD(&s->nslots) && got < cap; slot++)
         if (vx_store_live(s, slot) == VX_LIVE)
             keys[got++] = vx_store_key(s, slot);
-    for (li = 0; li < ix->ivf.nlist && ix->ivf.trained; li++)
+    for (li = 0; ix->ivf.trained && li < ix->ivf.nlist; li++)
         for (pos = 0; pos < ix->ivf.lists[li].n && got < cap; pos++)
             keys[got++] = ix->ivf.lists[li].keys[pos];
     *n = vx_count(ix);

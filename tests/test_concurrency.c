@@ -12,11 +12,17 @@
 ** k). vecidx_get must return one published version bit for bit. Work is
 ** counted in operations, never in time. At the end the index passes
 ** vecidx_check and equals the writer's model.
+**
+** The file-backed stress test (st_*, further down) does the same with a
+** checkpointing, saving and reopening thread too, and checks every saved
+** or reopened file against the writer's history.
 */
 #define _POSIX_C_SOURCE 200809L
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -372,4 +378,976 @@ void test_concurrency_readers_only(void)
         vecidx_close(ix);
         vt_set_free(&m);
     }
+}
+
+/* ---- file-backed stress: readers, a writer, checkpoints and saves -------
+**
+** The proof asked by issue 14: searches, gets and the other readers run
+** while one writer adds, upserts, removes and adds batches to an index
+** opened from a file, and while another thread checkpoints, syncs and
+** saves it. Each configuration creates a fresh file with VECIDX_CREATE
+** and runs:
+**
+**  - ST_READERS reader threads (searches with and without a filter,
+**    vecidx_search_batch on 2 threads, get, contains, count, stats, keys
+**    and now and then check), each result checked as in vt_concurrent: a
+**    key that was inserted, at the distance of one of its published
+**    versions (a torn or mixed-up vector matches none), sorted, no key
+**    twice, found = k (the writer keeps at least min_live keys, more than
+**    enough for k under the filter);
+**  - the writer (this thread), in cycles: in the first one a batch of
+**    `big` rows (for HNSW l2 more than the 4096 a batch links per hold of
+**    the lock; every batch of 256 rows or more is linked on 2 threads),
+**    then random writes with a batch of `medium` rows among them, then
+**    removals down to shrink_to, enough for many HNSW repairs; it
+**    checkpoints and syncs every so many writes too;
+**  - a checkpoint thread that calls vecidx_checkpoint, vecidx_sync and
+**    vecidx_save to a second path, once per ck_stride writes, and checks
+**    the saved copy and (every other round) the main file opened
+**    read-only beside the writer.
+**
+** The writer keeps its history: before each call it logs the keys the
+** call changes, with their new versions, and a hash of the state the call
+** leaves, and publishes them through `started`. A saved copy must be
+** exactly a state of that history, found by its hash and confirmed by
+** replaying the log: a state between the last write finished when the save
+** began and the last one started when it returned, or a prefix of a batch
+** among them (vecidx.h lets a reader see a batch's prefix, and the save
+** is a reader). A read-only open must find a whole write: the log holds
+** whole calls. It may find an older state than the writes done when it
+** began (see st_check_open).
+**
+** IVF-PQ results before re-ranking have code distances, which match no
+** version exactly. Most of its searches probe every list (nprobe = nlist)
+** with re-ranking (refine 8, full vectors kept), so distances are exact and
+** found = k, and are checked like the others; every fourth probes 1-3
+** lists without re-ranking and is checked for its shape only (valid and
+** distinct keys, sorted, found <= k).
+**
+** Work is counted in writes; threads meet at phase boundaries by counts,
+** never by time. A failed check in any thread stops the writer, which
+** stops everything else. */
+
+#define ST_DIM 8
+#define ST_K 10
+#define ST_READERS 3
+#define ST_QB 4            /* queries per vecidx_search_batch */
+#define ST_OPS_CAP 65536u  /* writes a configuration may make */
+#define ST_LOG_CAP 262144u /* keys they may change */
+
+typedef struct st_cfg {
+    const char *name;
+    int kind, metric;
+    unsigned sync;     /* VECIDX_SYNC_NORMAL or VECIDX_SYNC_OFF */
+    uint32_t universe; /* keys are 0 .. universe-1 */
+    uint32_t preload;  /* live keys before the threads start */
+    uint32_t min_live; /* the writer never goes below */
+    uint32_t big;      /* rows of the batch opening the first cycle */
+    uint32_t medium;   /* rows of a batch amid the random writes */
+    unsigned cycles;
+    unsigned churn;     /* random writes per cycle */
+    uint32_t shrink_to; /* each cycle ends removing down to this */
+    unsigned ck_stride; /* writes per round of the checkpoint thread */
+    unsigned w_ckpt;    /* the writer checkpoints every w_ckpt writes */
+} st_cfg;
+
+typedef struct st_change {
+    uint32_t key, ver; /* ver 0: removed */
+} st_change;
+
+typedef struct st_shared {
+    const st_cfg *c;
+    vecidx *ix;
+    char path[700], copy[700];
+    atomic_uint *version; /* per key: latest version published, 0 = never */
+    /* The writer's history, written ahead of each call and published by
+    ** `started`: write t changed log[first[t] .. first[t+1]) and left the
+    ** state whose hash is hash[t]; write 0 is the preload. batch[t] marks
+    ** a batch (of keys absent before it). */
+    st_change *log;
+    uint32_t *first;
+    uint64_t *hash;
+    unsigned char *batch;
+    atomic_uint started, done; /* writes begun / returned */
+    atomic_uint ckpt_floor;    /* a checkpoint finished with this state or
+                                  a later one */
+    atomic_int writer_done, writer_waiting, ckpt_alive, readers_alive;
+    pthread_mutex_t mu; /* with cv: the writer wakes the checkpoint thread */
+    pthread_cond_t cv;
+    atomic_long rounds, ckpt_rounds; /* reader rounds in all, checkpoints */
+    atomic_long searches, gets, lists, checks;
+    atomic_long saves, prefix_saves, opens, stale_opens;
+} st_shared;
+
+/* Hash of one key's state; the state's hash is the sum over its keys. */
+static uint64_t st_h(uint32_t key, uint32_t ver)
+{
+    vt_rng r;
+    if (ver == 0) return 0;
+    r.s = (uint64_t)key << 32 | ver;
+    return vt_next(&r);
+}
+
+/* A checkpoint holding at least the state after write t has finished. */
+static void st_raise_floor(st_shared *sh, uint32_t t)
+{
+    uint32_t f = atomic_load(&sh->ckpt_floor);
+    while (f < t && !atomic_compare_exchange_weak(&sh->ckpt_floor, &f, t))
+        continue;
+}
+
+static void st_kick(st_shared *sh)
+{
+    pthread_mutex_lock(&sh->mu);
+    pthread_cond_broadcast(&sh->cv);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* ---- stress: the readers ---- */
+
+/* Which published version of key is v, bit for bit? 0 if none. */
+static uint32_t st_version_of(st_shared *sh, uint32_t key, const float *v)
+{
+    uint32_t ver = atomic_load(&sh->version[key]);
+    float w[ST_DIM];
+    for (; ver >= 1; ver--) {
+        vt_vector_for(key, ver, w, ST_DIM);
+        if (memcmp(v, w, sizeof w) == 0) return ver;
+    }
+    return 0;
+}
+
+/* Does (key, dist) match one of the key's published versions? */
+static int st_plausible(st_shared *sh, const float *q, uint64_t key, float dist)
+{
+    float v[ST_DIM];
+    uint32_t ver;
+    if (key >= sh->c->universe) return 0;
+    for (ver = atomic_load(&sh->version[key]); ver >= 1; ver--) {
+        double tol, ref;
+        vt_vector_for(key, ver, v, ST_DIM);
+        ref = vt_ref_dist(sh->c->metric, q, v, ST_DIM, &tol);
+        if (fabs((double)dist - ref) <= tol) return 1;
+    }
+    return 0;
+}
+
+static int st_filter(uint64_t key, void *ctx)
+{
+    (void)ctx;
+    return key % 5 != 0;
+}
+
+/* One result list. exact: distances are exact and found must be k. */
+static void st_check_result(st_shared *sh, const float *q, const uint64_t *keys,
+                            const float *dists, size_t found, int filtered,
+                            int exact)
+{
+    const char *name = sh->c->name;
+    size_t i, j;
+    CHECKF(exact ? found == ST_K : found <= ST_K, "%s: found %zu, wanted %s%d",
+           name, found, exact ? "" : "at most ", ST_K);
+    if (!vt_check_sorted(name, keys, dists, found, ST_K)) return;
+    for (i = 0; i < found; i++) {
+        uint64_t key = keys[i];
+        CHECKF(key < sh->c->universe && atomic_load(&sh->version[key]) > 0,
+               "%s: result key %llu was never inserted", name,
+               (unsigned long long)key);
+        if (key >= sh->c->universe) continue;
+        CHECKF(!filtered || st_filter(key, NULL),
+               "%s: result key %llu is not admitted by the filter", name,
+               (unsigned long long)key);
+        for (j = 0; j < i; j++)
+            CHECKF(keys[j] != key, "%s: key %llu at ranks %zu and %zu", name,
+                   (unsigned long long)key, j, i);
+        CHECKF(!exact || st_plausible(sh, q, key, dists[i]),
+               "%s: result key %llu at distance %.9g matches no version of "
+               "it",
+               name, (unsigned long long)key, (double)dists[i]);
+    }
+}
+
+/* vecidx_keys: inserted keys, each once, as many as the count bounds. */
+static void st_check_keys_call(st_shared *sh, uint64_t *keys,
+                               unsigned char *seen)
+{
+    const st_cfg *c = sh->c;
+    size_t n = 0, i;
+    CHECK_OK(vecidx_keys(sh->ix, keys, c->universe, &n));
+    CHECKF(n >= c->min_live && n <= c->universe, "%s: vecidx_keys gave %zu",
+           c->name, n);
+    if (n > c->universe) return;
+    memset(seen, 0, c->universe);
+    for (i = 0; i < n; i++) {
+        uint64_t key = keys[i];
+        CHECKF(key < c->universe && atomic_load(&sh->version[key]) > 0 &&
+                   !seen[key],
+               "%s: vecidx_keys gave key %llu (never inserted, or twice)",
+               c->name, (unsigned long long)key);
+        if (key < c->universe) seen[key] = 1;
+    }
+}
+
+typedef struct st_reader {
+    st_shared *sh;
+    unsigned id;
+} st_reader;
+
+static void *st_reader_main(void *arg)
+{
+    st_reader *rd = arg;
+    st_shared *sh = rd->sh;
+    const st_cfg *c = sh->c;
+    uint64_t *all = vt_xmalloc(c->universe * sizeof *all);
+    unsigned char *seen = vt_xmalloc(c->universe);
+    float q[ST_QB * ST_DIM], v[ST_DIM], dists[ST_QB * ST_K];
+    uint64_t keys[ST_QB * ST_K];
+    size_t found[ST_QB], i, count;
+    vt_rng r;
+    long n;
+    r.s = 7000 + rd->id;
+    /* until the writer is done and at least 20 rounds; the cap only
+    ** guards against a writer that never finishes */
+    for (n = 0; n < 2000000 && (n < 20 || !atomic_load(&sh->writer_done));
+         n++) {
+        vecidx_search_opts o;
+        int filtered = (int)(n % 3 == 2), exact = 1;
+        uint64_t key;
+        int rc;
+        memset(&o, 0, sizeof o);
+        if (filtered) o.filter = st_filter;
+        if (c->kind == VECIDX_IVFPQ) {
+            exact = n % 4 != 3;
+            o.nprobe = exact ? 8 : 1 + (uint32_t)(n % 3);
+            o.refine = exact ? 8 : 1;
+        }
+        vt_fill_uniform(&r, q, ST_QB * ST_DIM, -1.0f, 1.0f);
+        if (rd->id == 1) {
+            o.threads = 2;
+            CHECK_OK(vecidx_search_batch(sh->ix, ST_QB, q, ST_K, &o, keys,
+                                         dists, found));
+            for (i = 0; i < ST_QB; i++)
+                st_check_result(sh, q + i * ST_DIM, keys + i * ST_K,
+                                dists + i * ST_K, found[i], filtered, exact);
+        } else {
+            CHECK_OK(vecidx_search(sh->ix, q, ST_K, &o, keys, dists, found));
+            st_check_result(sh, q, keys, dists, found[0], filtered, exact);
+        }
+        atomic_fetch_add(&sh->searches, 1);
+        /* get: one published version, whole; contains agrees it was put */
+        key = vt_below(&r, c->universe);
+        rc = vecidx_get(sh->ix, key, v);
+        CHECKF(rc == VECIDX_OK || rc == VECIDX_ENOTFOUND, "%s: get returned %d",
+               c->name, rc);
+        CHECKF(rc != VECIDX_OK || st_version_of(sh, (uint32_t)key, v) > 0,
+               "%s: get of key %llu returned no published version", c->name,
+               (unsigned long long)key);
+        rc = vecidx_contains(sh->ix, key);
+        CHECKF(rc == 0 || (rc == 1 && atomic_load(&sh->version[key]) > 0),
+               "%s: contains(%llu) returned %d", c->name,
+               (unsigned long long)key, rc);
+        atomic_fetch_add(&sh->gets, 1);
+        count = vecidx_count(sh->ix);
+        CHECKF(count >= c->min_live && count <= c->universe,
+               "%s: count %zu outside %u..%u", c->name, count, c->min_live,
+               c->universe);
+        if (n % 8 == rd->id) {
+            vecidx_stats_t st;
+            CHECK_OK(vecidx_stats(sh->ix, &st));
+            CHECKF(st.kind == c->kind && st.metric == c->metric &&
+                       st.dim == ST_DIM && st.count >= c->min_live &&
+                       st.count <= c->universe && st.slots >= st.count,
+                   "%s: stats kind %d metric %d dim %u count %llu slots %llu",
+                   c->name, st.kind, st.metric, st.dim,
+                   (unsigned long long)st.count, (unsigned long long)st.slots);
+        }
+        if (n % 16 == rd->id) {
+            st_check_keys_call(sh, all, seen);
+            atomic_fetch_add(&sh->lists, 1);
+        }
+        if (n % 128 == 8 * rd->id) {
+            CHECK_OK(vecidx_check(sh->ix));
+            atomic_fetch_add(&sh->checks, 1);
+        }
+        atomic_fetch_add(&sh->rounds, 1);
+        if (vt_failures() > 0) break;
+    }
+    atomic_fetch_sub(&sh->readers_alive, 1);
+    free(all);
+    free(seen);
+    return NULL;
+}
+
+/* ---- stress: states of the history ---- */
+
+/* The state after write t and the first `extra` changes of write t + 1
+** (versions per key, 0 = absent), replayed from the log. */
+static void st_replay(const st_shared *sh, uint32_t t, uint32_t extra,
+                      uint32_t *state)
+{
+    uint32_t i, end = sh->first[t + 1] + extra;
+    memset(state, 0, sh->c->universe * sizeof *state);
+    for (i = 0; i < end; i++) state[sh->log[i].key] = sh->log[i].ver;
+}
+
+/* The state held by handle f: the version of every key (its vector must
+** be one published version, bit for bit) and the state's hash. Returns 0
+** (after recording why) if it is no state at all. */
+static int st_state_of(st_shared *sh, vecidx *f, const char *what,
+                       uint32_t *state, uint64_t *hash)
+{
+    const st_cfg *c = sh->c;
+    uint64_t *keys = vt_xmalloc((c->universe + 1) * sizeof *keys);
+    float v[ST_DIM];
+    size_t n = 0, i;
+    long before = vt_failures();
+    memset(state, 0, c->universe * sizeof *state);
+    *hash = 0;
+    CHECK_OK(vecidx_keys(f, keys, c->universe + 1, &n));
+    CHECKF(n <= c->universe && vecidx_count(f) == n,
+           "%s %s: %zu keys, count %zu", c->name, what, n, vecidx_count(f));
+    for (i = 0; i < n && i <= c->universe && vt_failures() == before; i++) {
+        uint64_t key = keys[i];
+        uint32_t ver;
+        CHECKF(key < c->universe && state[key] == 0,
+               "%s %s: key %llu is unknown or listed twice", c->name, what,
+               (unsigned long long)key);
+        if (key >= c->universe) break;
+        CHECK_OK(vecidx_get(f, key, v));
+        ver = st_version_of(sh, (uint32_t)key, v);
+        CHECKF(ver > 0, "%s %s: key %llu holds no published version", c->name,
+               what, (unsigned long long)key);
+        state[key] = ver;
+        *hash += st_h((uint32_t)key, ver);
+    }
+    free(keys);
+    return vt_failures() == before;
+}
+
+/* Is `state` (hash hs) the state after one of the writes lo..hi, or, when
+** `prefixes`, after a proper prefix of a batch among lo+1..hi? Sets *at
+** and *rows (0 for a whole write). `scratch` has room for a state. */
+static int st_find(const st_shared *sh, const uint32_t *state, uint64_t hs,
+                   uint32_t lo, uint32_t hi, int prefixes, uint32_t *scratch,
+                   uint32_t *at, uint32_t *rows)
+{
+    size_t bytes = sh->c->universe * sizeof *state;
+    uint32_t t, j;
+    for (t = lo; t <= hi; t++) {
+        if (sh->hash[t] == hs) {
+            st_replay(sh, t, 0, scratch);
+            if (memcmp(scratch, state, bytes) == 0) {
+                *at = t;
+                *rows = 0;
+                return 1;
+            }
+        }
+        if (prefixes && t > lo && sh->batch[t]) {
+            uint32_t n = sh->first[t + 1] - sh->first[t];
+            uint64_t h = sh->hash[t - 1];
+            for (j = 0; j + 1 < n; j++) {
+                const st_change *e = &sh->log[sh->first[t] + j];
+                h += st_h(e->key, e->ver);
+                if (h != hs) continue;
+                st_replay(sh, t - 1, j + 1, scratch);
+                if (memcmp(scratch, state, bytes) == 0) {
+                    *at = t;
+                    *rows = j + 1;
+                    return 1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* On a miss: how far is state from the nearest state lo..hi? */
+static void st_report_miss(const st_shared *sh, const char *what,
+                           const uint32_t *state, uint32_t lo, uint32_t hi,
+                           uint32_t *scratch)
+{
+    uint32_t t, best_t = lo, best = UINT32_MAX, i, d, n = 0;
+    for (i = 0; i < sh->c->universe; i++) n += state[i] != 0;
+    for (t = lo; t <= hi; t++) {
+        st_replay(sh, t, 0, scratch);
+        for (i = 0, d = 0; i < sh->c->universe; i++)
+            d += scratch[i] != state[i];
+        if (d < best) {
+            best = d;
+            best_t = t;
+        }
+    }
+    vt_fail(__FILE__, __LINE__,
+            "%s %s: its %u keys are no state of writes %u..%u (nearest: "
+            "write %u, %u keys differ)",
+            sh->c->name, what, n, lo, hi, best_t, best);
+}
+
+/* Save to the second path; the copy opens, passes vecidx_check and is a
+** state the writer's history went through while the save ran. */
+static void st_check_save(st_shared *sh, uint32_t *state, uint32_t *scratch)
+{
+    vecidx *f = NULL;
+    uint32_t a, b, at, rows;
+    uint64_t hs;
+    a = atomic_load(&sh->done);
+    CHECK_OK(vecidx_save(sh->ix, sh->copy));
+    b = atomic_load(&sh->started);
+    CHECK_OK(vecidx_open(sh->copy, NULL, VECIDX_RDONLY, &f));
+    if (!f) return;
+    CHECK_OK(vecidx_check(f));
+    if (st_state_of(sh, f, "saved copy", state, &hs)) {
+        if (!st_find(sh, state, hs, a, b, 1, scratch, &at, &rows))
+            st_report_miss(sh, "saved copy", state, a, b, scratch);
+        else if (rows)
+            atomic_fetch_add(&sh->prefix_saves, 1);
+    }
+    vecidx_close(f);
+    atomic_fetch_add(&sh->saves, 1);
+}
+
+/* The main file opened read-only beside the writer holds a state of the
+** history at a write boundary (its log holds whole calls): at least that
+** of the last checkpoint finished before the open began (the file it
+** maps is that one or newer), at most the last write started when the
+** open returned. Not necessarily every write finished before it began, as
+** vecidx.h says: a checkpoint that restarts the log while the open reads
+** it (mapped the old file, read part of the old log) leaves it a state
+** between the two checkpoints. Counted as stale. */
+static void st_check_open(st_shared *sh, uint32_t *state, uint32_t *scratch)
+{
+    vecidx *f = NULL;
+    uint32_t a, b, lo, at, rows;
+    uint64_t hs;
+    lo = atomic_load(&sh->ckpt_floor);
+    a = atomic_load(&sh->done);
+    CHECK_OK(vecidx_open(sh->path, NULL, VECIDX_RDONLY, &f));
+    b = atomic_load(&sh->started);
+    if (!f) return;
+    CHECK_OK(vecidx_check(f));
+    if (st_state_of(sh, f, "read-only open", state, &hs)) {
+        if (!st_find(sh, state, hs, lo, b, 0, scratch, &at, &rows))
+            st_report_miss(sh, "read-only open", state, lo, b, scratch);
+        else if (at < a)
+            atomic_fetch_add(&sh->stale_opens, 1);
+    }
+    vecidx_close(f);
+    atomic_fetch_add(&sh->opens, 1);
+}
+
+/* Checkpoint, sync and save once per ck_stride writes (or when the writer
+** waits for it), until the writer is done and at least 3 rounds. */
+static void *st_ckpt_main(void *arg)
+{
+    st_shared *sh = arg;
+    uint32_t *state = vt_xmalloc(sh->c->universe * sizeof *state);
+    uint32_t *scratch = vt_xmalloc(sh->c->universe * sizeof *scratch);
+    unsigned last = 0;
+    long round;
+    for (round = 0; vt_failures() == 0; round++) {
+        pthread_mutex_lock(&sh->mu);
+        while (!atomic_load(&sh->writer_done) &&
+               !atomic_load(&sh->writer_waiting) &&
+               atomic_load(&sh->done) < last + sh->c->ck_stride)
+            pthread_cond_wait(&sh->cv, &sh->mu);
+        pthread_mutex_unlock(&sh->mu);
+        if (atomic_load(&sh->writer_done) && round >= 3) break;
+        last = atomic_load(&sh->done);
+        CHECK_OK(vecidx_checkpoint(sh->ix));
+        st_raise_floor(sh, last);
+        CHECK_OK(vecidx_sync(sh->ix));
+        st_check_save(sh, state, scratch);
+        if (round % 2 == 0) st_check_open(sh, state, scratch);
+        pthread_mutex_lock(&sh->mu);
+        atomic_fetch_add(&sh->ckpt_rounds, 1);
+        pthread_cond_broadcast(&sh->cv);
+        pthread_mutex_unlock(&sh->mu);
+    }
+    pthread_mutex_lock(&sh->mu);
+    atomic_store(&sh->ckpt_alive, 0);
+    pthread_cond_broadcast(&sh->cv);
+    pthread_mutex_unlock(&sh->mu);
+    free(state);
+    free(scratch);
+    return NULL;
+}
+
+/* ---- stress: the writer ---- */
+
+typedef struct st_writer {
+    st_shared *sh;
+    const st_cfg *c;
+    vt_rng r;
+    vt_set model;
+    uint32_t *perm, *pos; /* perm[0..live) live keys, then the others */
+    uint32_t live;
+    uint32_t *cur; /* version per key in the current state, 0 = absent */
+    uint64_t h;    /* hash of the current state */
+    uint32_t op, nlog;
+    uint64_t *keys; /* batch rows */
+    float *vecs;
+    int stop;
+    long adds, upserts, removes, batches, rows, ckpts;
+    /* HNSW: slots seen, slots reused (an insert that did not grow the
+    ** slots: a repair freed them), buried nodes and repairs due by the
+    ** rule of vecidx.h, the most slots not live */
+    uint64_t slots, reused, max_idle;
+    uint32_t buried;
+    long repairs_due;
+} st_writer;
+
+static int st_stopped(st_writer *w)
+{
+    if (vt_failures() > 0) w->stop = 1;
+    return w->stop;
+}
+
+static void st_move(st_writer *w, uint32_t key, int live)
+{
+    uint32_t p = w->pos[key], q = live ? w->live : w->live - 1, other;
+    other = w->perm[q];
+    w->perm[q] = key;
+    w->perm[p] = other;
+    w->pos[key] = q;
+    w->pos[other] = p;
+    w->live += live ? 1 : -1;
+}
+
+/* Begin write number op + 1 changing up to `rows` keys. */
+static int st_begin(st_writer *w, uint32_t rows, int batch)
+{
+    if (w->op + 2 >= ST_OPS_CAP || w->nlog + rows > ST_LOG_CAP) {
+        CHECKF(0, "%s: the history is full", w->c->name);
+        w->stop = 1;
+        return 0;
+    }
+    w->op++;
+    w->sh->batch[w->op] = (unsigned char)batch;
+    return 1;
+}
+
+/* Log key's change to version ver (0: removal); a new version is
+** published first, and its vector written to v. */
+static void st_log_change(st_writer *w, uint32_t key, uint32_t ver, float *v)
+{
+    st_shared *sh = w->sh;
+    if (ver) {
+        atomic_store(&sh->version[key], ver);
+        vt_vector_for(key, ver, v, ST_DIM);
+    }
+    w->h += st_h(key, ver) - st_h(key, w->cur[key]);
+    w->cur[key] = ver;
+    sh->log[w->nlog].key = key;
+    sh->log[w->nlog].ver = ver;
+    w->nlog++;
+}
+
+static void st_publish(st_writer *w)
+{
+    w->sh->first[w->op + 1] = w->nlog;
+    w->sh->hash[w->op] = w->h;
+    atomic_store(&w->sh->started, w->op);
+}
+
+/* After the call: done, a round of the checkpoint thread when due, the
+** writer's own checkpoints and syncs, and the HNSW slot counters for a
+** call that made `nodes` graph nodes and buried `buried`. */
+static void st_end(st_writer *w, uint32_t nodes, uint32_t buried)
+{
+    st_shared *sh = w->sh;
+    const st_cfg *c = w->c;
+    atomic_store(&sh->done, w->op);
+    if (w->op % c->ck_stride == 0) st_kick(sh);
+    if (w->op % c->w_ckpt == 0) {
+        CHECK_OK(vecidx_checkpoint(sh->ix));
+        st_raise_floor(sh, w->op);
+        w->ckpts++;
+    }
+    if (w->op % 251 == 0) CHECK_OK(vecidx_sync(sh->ix));
+    if (c->kind == VECIDX_HNSW) {
+        vecidx_stats_t st;
+        uint32_t used;
+        CHECK_OK(vecidx_stats(sh->ix, &st));
+        if (st.slots < w->slots + nodes)
+            w->reused += w->slots + nodes - st.slots;
+        w->slots = st.slots;
+        if (st.slots - st.count > w->max_idle)
+            w->max_idle = st.slots - st.count;
+        w->buried += buried;
+        used = w->live + w->buried;
+        if ((w->buried >= 64 && w->buried >= used / 10) ||
+            (w->buried && w->live < w->buried)) {
+            w->buried = 0;
+            w->repairs_due++;
+        }
+    }
+}
+
+static uint32_t st_pick(st_writer *w, int live)
+{
+    uint32_t n = live ? w->live : w->c->universe - w->live;
+    return w->perm[(live ? 0 : w->live) + (uint32_t)vt_below(&w->r, n)];
+}
+
+static void st_add(st_writer *w)
+{
+    uint32_t key = st_pick(w, 0);
+    float v[ST_DIM];
+    if (!st_begin(w, 1, 0)) return;
+    st_log_change(w, key, atomic_load(&w->sh->version[key]) + 1, v);
+    st_publish(w);
+    CHECK_OK(vecidx_add(w->sh->ix, key, v));
+    vt_set_put(&w->model, key, v);
+    st_move(w, key, 1);
+    w->adds++;
+    st_end(w, 1, 0);
+}
+
+static void st_upsert(st_writer *w)
+{
+    uint32_t key = st_pick(w, 1);
+    int graph = w->c->kind == VECIDX_HNSW;
+    float v[ST_DIM];
+    if (!st_begin(w, 1, 0)) return;
+    st_log_change(w, key, atomic_load(&w->sh->version[key]) + 1, v);
+    st_publish(w);
+    CHECK_OK(vecidx_upsert(w->sh->ix, key, v));
+    vt_set_put(&w->model, key, v);
+    w->upserts++;
+    st_end(w, graph ? 1 : 0, graph ? 1 : 0);
+}
+
+static void st_remove(st_writer *w)
+{
+    uint32_t key = st_pick(w, 1);
+    if (!st_begin(w, 1, 0)) return;
+    st_log_change(w, key, 0, NULL);
+    st_publish(w);
+    CHECK_OK(vecidx_remove(w->sh->ix, key));
+    vt_set_del(&w->model, key);
+    st_move(w, key, 0);
+    w->removes++;
+    st_end(w, 0, 1);
+}
+
+/* A batch of n keys absent now: the first n of the absent part of perm,
+** shuffled in, which then simply joins the live part. */
+static void st_batch(st_writer *w, uint32_t n)
+{
+    const uint32_t u = w->c->universe;
+    uint32_t i;
+    if (n > u - w->live) n = u - w->live;
+    if (n == 0 || !st_begin(w, n, 1)) return;
+    for (i = 0; i < n; i++) {
+        uint32_t p = w->live + i, q = p + (uint32_t)vt_below(&w->r, u - p);
+        uint32_t a = w->perm[p], b = w->perm[q];
+        w->perm[p] = b;
+        w->perm[q] = a;
+        w->pos[b] = p;
+        w->pos[a] = q;
+        w->keys[i] = b;
+        st_log_change(w, b, atomic_load(&w->sh->version[b]) + 1,
+                      w->vecs + (size_t)i * ST_DIM);
+    }
+    st_publish(w);
+    CHECK_OK(vecidx_add_batch(w->sh->ix, n, w->keys, w->vecs));
+    for (i = 0; i < n; i++)
+        vt_set_put(&w->model, w->keys[i], w->vecs + (size_t)i * ST_DIM);
+    w->live += n;
+    w->batches++;
+    w->rows += n;
+    st_end(w, w->c->kind == VECIDX_HNSW ? n : 0, 0);
+}
+
+static void st_random_write(st_writer *w)
+{
+    unsigned what = (unsigned)vt_below(&w->r, 100);
+    int can_add = w->live<w->c->universe, can_remove = w->live> w->c->min_live;
+    if (what < 25 && can_add)
+        st_add(w);
+    else if (what < 28 && can_add)
+        st_batch(w, 2 + (uint32_t)vt_below(&w->r, 19));
+    else if (what < 53 || !can_remove)
+        st_upsert(w);
+    else
+        st_remove(w);
+}
+
+/* Wait for a round of the checkpoint thread and ST_READERS reader rounds
+** since the last meeting, so that every phase overlaps them. */
+static void st_meet(st_writer *w)
+{
+    st_shared *sh = w->sh;
+    long ck = atomic_load(&sh->ckpt_rounds) + 1;
+    long rd = atomic_load(&sh->rounds) + ST_READERS;
+    pthread_mutex_lock(&sh->mu);
+    atomic_store(&sh->writer_waiting, 1);
+    pthread_cond_broadcast(&sh->cv);
+    while (atomic_load(&sh->ckpt_alive) && atomic_load(&sh->ckpt_rounds) < ck &&
+           vt_failures() == 0)
+        pthread_cond_wait(&sh->cv, &sh->mu);
+    atomic_store(&sh->writer_waiting, 0);
+    pthread_mutex_unlock(&sh->mu);
+    while (atomic_load(&sh->readers_alive) > 0 &&
+           atomic_load(&sh->rounds) < rd && vt_failures() == 0)
+        sched_yield();
+}
+
+static void st_write(st_writer *w)
+{
+    const st_cfg *c = w->c;
+    unsigned cyc, i;
+    for (cyc = 0; cyc < c->cycles && !st_stopped(w); cyc++) {
+        st_meet(w);
+        if (cyc == 0 && c->big) st_batch(w, c->big);
+        for (i = 0; i < c->churn && !st_stopped(w); i++) {
+            if (i == c->churn / 2 && c->medium) st_batch(w, c->medium);
+            st_random_write(w);
+        }
+        st_meet(w);
+        for (i = 0; w->live > c->shrink_to && !st_stopped(w); i++) {
+            if (i % 16 == 15 && w->live < c->universe)
+                st_add(w);
+            else if (i % 8 == 3)
+                st_upsert(w);
+            else
+                st_remove(w);
+        }
+    }
+    st_meet(w);
+}
+
+/* ---- stress: one configuration ---- */
+
+/* The handle holds exactly the writer's state: keys, vectors bit for bit,
+** count, stats, vecidx_check (vt_check_contents), vecidx_keys. */
+static void st_check_final(st_writer *w, vecidx *f, const char *what)
+{
+    uint32_t *state = vt_xmalloc(w->c->universe * sizeof *state);
+    uint64_t hs;
+    char name[96];
+    snprintf(name, sizeof name, "%s %s", w->c->name, what);
+    vt_check_contents(name, f, &w->model);
+    if (st_state_of(w->sh, f, what, state, &hs))
+        CHECKF(hs == w->h &&
+                   memcmp(state, w->cur, w->c->universe * sizeof *state) == 0,
+               "%s %s: vecidx_keys and vecidx_get differ from the writer's "
+               "state",
+               w->c->name, what);
+    free(state);
+}
+
+static void st_unlink_all(const char *path)
+{
+    char p[760];
+    snprintf(p, sizeof p, "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof p, "%s.tmp-%ld", path, (long)getpid());
+    unlink(p);
+    unlink(path);
+}
+
+static void st_run(const st_cfg *c)
+{
+    st_shared *sh = vt_xmalloc(sizeof *sh);
+    st_writer *w = vt_xmalloc(sizeof *w);
+    st_reader rd[ST_READERS];
+    pthread_t tid[ST_READERS], ck;
+    int started[ST_READERS], ck_started = 0;
+    const char *tmp = getenv("TMPDIR");
+    char dir[512];
+    vecidx_params p;
+    vecidx *f = NULL;
+    uint32_t i;
+    unsigned flags = VECIDX_CREATE | c->sync;
+    double t0 = vt_seconds();
+    snprintf(dir, sizeof dir, "%s/vecidx-conc-%ld-XXXXXX",
+             tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    if (!mkdtemp(dir)) {
+        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
+        free(sh);
+        free(w);
+        return;
+    }
+    snprintf(sh->path, sizeof sh->path, "%s/ix.vx", dir);
+    snprintf(sh->copy, sizeof sh->copy, "%s/copy.vx", dir);
+    sh->c = c;
+    sh->version = vt_xmalloc(c->universe * sizeof *sh->version);
+    for (i = 0; i < c->universe; i++) atomic_init(&sh->version[i], 0);
+    sh->log = vt_xmalloc(ST_LOG_CAP * sizeof *sh->log);
+    sh->first = vt_xmalloc((ST_OPS_CAP + 1) * sizeof *sh->first);
+    sh->hash = vt_xmalloc(ST_OPS_CAP * sizeof *sh->hash);
+    sh->batch = vt_xmalloc(ST_OPS_CAP);
+    atomic_init(&sh->started, 0);
+    atomic_init(&sh->done, 0);
+    atomic_init(&sh->ckpt_floor, 0);
+    atomic_init(&sh->writer_done, 0);
+    atomic_init(&sh->writer_waiting, 0);
+    atomic_init(&sh->ckpt_alive, 1);
+    atomic_init(&sh->readers_alive, ST_READERS);
+    atomic_init(&sh->rounds, 0);
+    atomic_init(&sh->ckpt_rounds, 0);
+    atomic_init(&sh->searches, 0);
+    atomic_init(&sh->gets, 0);
+    atomic_init(&sh->lists, 0);
+    atomic_init(&sh->checks, 0);
+    atomic_init(&sh->saves, 0);
+    atomic_init(&sh->prefix_saves, 0);
+    atomic_init(&sh->opens, 0);
+    atomic_init(&sh->stale_opens, 0);
+    pthread_mutex_init(&sh->mu, NULL);
+    pthread_cond_init(&sh->cv, NULL);
+
+    w->sh = sh;
+    w->c = c;
+    w->r.s = 5150 + (uint64_t)c->kind * 10 + (uint64_t)c->metric;
+    vt_set_init(&w->model, ST_DIM, c->universe);
+    w->perm = vt_xmalloc(c->universe * sizeof *w->perm);
+    w->pos = vt_xmalloc(c->universe * sizeof *w->pos);
+    w->cur = vt_xmalloc(c->universe * sizeof *w->cur);
+    for (i = 0; i < c->universe; i++) w->perm[i] = w->pos[i] = i;
+    i = c->big > c->preload ? c->big : c->preload;
+    if (c->medium > i) i = c->medium;
+    w->keys = vt_xmalloc(i * sizeof *w->keys);
+    w->vecs = vt_xmalloc((size_t)i * ST_DIM * sizeof *w->vecs);
+
+    CHECK_OK(vecidx_params_init(&p, c->kind, c->metric, ST_DIM));
+    p.threads = 2;
+    p.hnsw_m = 8;
+    p.hnsw_ef_construction = 40;
+    if (c->kind == VECIDX_IVFPQ) {
+        p.ivf_nlist = 8;
+        p.pq_m = 4;
+        p.ivf_train_size = 300;
+        p.ivf_keep_vectors = 1;
+    }
+    CHECK_OK(vecidx_open(sh->path, &p, flags, &sh->ix));
+    if (!sh->ix) goto out;
+
+    /* write 0, the preload, before the threads start */
+    w->op = (uint32_t)-1;
+    st_batch(w, c->preload);
+    for (i = 0; i < ST_READERS; i++) {
+        rd[i].sh = sh;
+        rd[i].id = i;
+        started[i] = pthread_create(&tid[i], NULL, st_reader_main, &rd[i]) == 0;
+        CHECKF(started[i], "pthread_create failed for reader %u", i);
+        if (!started[i]) atomic_fetch_sub(&sh->readers_alive, 1);
+    }
+    ck_started = pthread_create(&ck, NULL, st_ckpt_main, sh) == 0;
+    CHECK(ck_started);
+    if (!ck_started) atomic_store(&sh->ckpt_alive, 0);
+
+    st_write(w);
+
+    pthread_mutex_lock(&sh->mu);
+    atomic_store(&sh->writer_done, 1);
+    pthread_cond_broadcast(&sh->cv);
+    pthread_mutex_unlock(&sh->mu);
+    for (i = 0; i < ST_READERS; i++)
+        if (started[i]) pthread_join(tid[i], NULL);
+    if (ck_started) pthread_join(ck, NULL);
+
+    if (getenv("VTEST_DEBUG")) {
+        printf("  %s (%.2f s): %u writes (%ld adds, %ld upserts, %ld removes, "
+               "%ld batches of %ld rows), %ld writer checkpoints\n",
+               c->name, vt_seconds() - t0, w->op, w->adds, w->upserts,
+               w->removes, w->batches, w->rows, w->ckpts);
+        printf("    readers: %ld rounds, %ld searches, %ld gets, %ld key "
+               "lists, %ld checks\n",
+               atomic_load(&sh->rounds), atomic_load(&sh->searches),
+               atomic_load(&sh->gets), atomic_load(&sh->lists),
+               atomic_load(&sh->checks));
+        printf("    checkpoint thread: %ld rounds, %ld saves (%ld of a batch "
+               "prefix), %ld read-only opens (%ld stale)\n",
+               atomic_load(&sh->ckpt_rounds), atomic_load(&sh->saves),
+               atomic_load(&sh->prefix_saves), atomic_load(&sh->opens),
+               atomic_load(&sh->stale_opens));
+        if (c->kind == VECIDX_HNSW)
+            printf("    slots: %llu, %llu reused, at most %llu not live; "
+                   "about %ld repairs by the rule of vecidx.h\n",
+                   (unsigned long long)w->slots, (unsigned long long)w->reused,
+                   (unsigned long long)w->max_idle, w->repairs_due);
+    }
+    if (vt_failures() == 0) {
+        CHECKF(atomic_load(&sh->ckpt_rounds) >= 2 * (long)c->cycles + 1,
+               "%s: %ld checkpoint rounds", c->name,
+               atomic_load(&sh->ckpt_rounds));
+        /* HNSW storage is reused: repairs ran and freed slots */
+        CHECKF(c->kind != VECIDX_HNSW || w->reused > 0,
+               "%s: %ld removals and no slot was reused", c->name, w->removes);
+    }
+
+    CHECK_OK(vecidx_check(sh->ix));
+    st_check_final(w, sh->ix, "after the writer");
+    vecidx_close(sh->ix);
+    CHECK_OK(vecidx_open(sh->path, NULL, VECIDX_RDONLY, &f));
+    if (f) {
+        st_check_final(w, f, "reopened read-only");
+        vecidx_close(f);
+    }
+    CHECK_OK(vecidx_open(sh->path, NULL, c->sync, &f));
+    if (f) {
+        st_check_final(w, f, "reopened writable");
+        vecidx_close(f);
+    }
+    /* the last saved copy: some state of the history, checked there */
+    f = NULL;
+    if (atomic_load(&sh->saves) > 0)
+        CHECK_OK(vecidx_open(sh->copy, NULL, VECIDX_RDONLY, &f));
+    if (f) {
+        CHECK_OK(vecidx_check(f));
+        vecidx_close(f);
+    }
+out:
+    st_unlink_all(sh->path);
+    st_unlink_all(sh->copy);
+    if (rmdir(dir) != 0)
+        vt_fail(__FILE__, __LINE__, "rmdir %s: %s (a file left behind?)", dir,
+                strerror(errno));
+    pthread_mutex_destroy(&sh->mu);
+    pthread_cond_destroy(&sh->cv);
+    vt_set_free(&w->model);
+    free(w->perm);
+    free(w->pos);
+    free(w->cur);
+    free(w->keys);
+    free(w->vecs);
+    free(sh->version);
+    free(sh->log);
+    free(sh->first);
+    free(sh->hash);
+    free(sh->batch);
+    free(sh);
+    free(w);
+}
+
+/* name, kind, metric, sync, universe, preload, min_live, big, medium,
+** cycles, churn, shrink_to, ck_stride, w_ckpt */
+void test_concurrency_file_stress_hnsw(void)
+{
+    static const st_cfg cfg[] = {
+        {"hnsw l2", VECIDX_HNSW, VECIDX_L2, VECIDX_SYNC_OFF, 5000, 400, 200,
+         4200, 300, 1, 300, 3000, 250, 500},
+        {"hnsw cosine", VECIDX_HNSW, VECIDX_COSINE, VECIDX_SYNC_OFF, 1200, 300,
+         150, 800, 200, 2, 250, 250, 250, 500},
+        {"hnsw ip", VECIDX_HNSW, VECIDX_IP, VECIDX_SYNC_OFF, 1200, 300, 150,
+         800, 200, 2, 250, 250, 250, 500},
+    };
+    size_t i;
+    for (i = 0; i < sizeof cfg / sizeof cfg[0] && vt_failures() == 0; i++)
+        st_run(&cfg[i]);
+}
+
+void test_concurrency_file_stress_flat_ivfpq(void)
+{
+    static const st_cfg cfg[] = {
+        {"flat l2", VECIDX_FLAT, VECIDX_L2, VECIDX_SYNC_OFF, 1500, 400, 100,
+         800, 200, 2, 250, 250, 250, 500},
+        {"ivfpq l2", VECIDX_IVFPQ, VECIDX_L2, VECIDX_SYNC_NORMAL, 1500, 150,
+         100, 800, 200, 1, 250, 250, 250, 500},
+    };
+    size_t i;
+    for (i = 0; i < sizeof cfg / sizeof cfg[0] && vt_failures() == 0; i++)
+        st_run(&cfg[i]);
 }

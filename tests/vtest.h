@@ -65,6 +65,8 @@
     X(concurrency_flat_batch_while_writing)  \
     X(concurrency_hnsw_search_while_writing) \
     X(concurrency_readers_only)              \
+    X(concurrency_file_stress_hnsw)          \
+    X(concurrency_file_stress_flat_ivfpq)    \
     X(kernels_dot_panels)                    \
     X(kernels_adc)                           \
     X(kernels_nearest)                       \

@@ -26,6 +26,9 @@
 ** Ends with "N passed, N failed". CRASH_TRIALS=N in the environment scales
 ** the number of trials (`make crash-soak`). */
 #define _DEFAULT_SOURCE
+/* Repair passes in steps of a few nodes, so that a pass spans many writes
+** and checkpoints, and kills land in the middle of one. */
+#define VX_PASS_STEP 64
 #include "../../vecidx.c"
 
 #include <poll.h>
