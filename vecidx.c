@@ -1867,7 +1867,9 @@ typedef struct vx_ivf {
 } vx_ivf;
 
 /* The write-ahead log of a writable file-backed index (section 9). */
+#ifndef VX_WAL_AUTO_CHECKPOINT             /* tests lower it */
 #define VX_WAL_AUTO_CHECKPOINT (64u << 20) /* log bytes before folding */
+#endif
 typedef struct vx_wal {
     int fd;        /* -1 when the index has no log */
     uint64_t end;  /* byte offset after the last good record */
@@ -1883,6 +1885,7 @@ typedef struct vx_wal {
 typedef struct vx_snap vx_snap;
 static void vx_snap_touch(vecidx *ix, uint32_t slot);
 static void vx_snap_touch_list(vecidx *ix, uint32_t li);
+static void vx_snap_detach(vecidx *ix);
 
 struct vecidx {
     vecidx_params p;
@@ -1909,9 +1912,15 @@ struct vecidx {
     vx_wal wal;
     int replaying; /* applying logged writes: do not log them again */
     int rdonly;
-    /* A snapshot being written (vecidx_save, vecidx_checkpoint): writers
-    ** call vx_snap_touch before they change a slot's bytes. */
+    /* A snapshot being written (vecidx_save, vecidx_checkpoint, the
+    ** automatic checkpoint): writers call vx_snap_touch before they change
+    ** a slot's bytes. snap_busy: a caller writes it with the writer lock
+    ** released; snap_cv signals the end of that. */
     vx_snap *snap;
+    int snap_busy;
+    pthread_cond_t snap_cv;
+    uint64_t ckpt_retry; /* log size before an automatic checkpoint that
+                            failed is tried again */
 };
 
 /* A writer holds wlock for its whole call, which keeps other writers out.
@@ -1923,17 +1932,13 @@ static void vx_write_begin(vecidx *ix)
     pthread_mutex_lock(&ix->wlock);
 }
 
-static int vx_checkpoint_locked(vecidx *ix);
+static void vx_ckpt_auto(vecidx *ix);
 static void vx_reclaim(vecidx *ix);
 
 static void vx_write_end(vecidx *ix)
 {
     vx_reclaim(ix);
-    /* Fold a long log into the main file; the write that got here is
-    ** already durable, so a failure only leaves the log longer. */
-    if (ix->wal.fd >= 0 && !ix->wal.broken && !ix->replaying &&
-        ix->wal.end > VX_WAL_AUTO_CHECKPOINT)
-        (void)vx_checkpoint_locked(ix);
+    vx_ckpt_auto(ix); /* fold a long log into the main file, a step a write */
     pthread_mutex_unlock(&ix->wlock);
 }
 
@@ -2924,19 +2929,19 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
 }
 
 /* ---- repair after removals
-*---------------------------------------------------
-** A repair pass rewires every list that links to a removed node, then
-** offers the nodes that lost their only ways in, then frees the removed
-** nodes' slots. It runs in bounded steps, each made by a write on the
-** writing thread, so neither writes nor searches ever wait for a whole
-** pass: a pass over a million nodes is some thousands of steps of about a
-** millisecond. When it starts, the buried nodes are doomed (VX_DOOMED);
-** nodes removed while it runs wait for the next. Doomed nodes stay
-** traversable until the pass retires them, and nothing ever links to one
-** again once its neighbours are repaired: new links only go to live
-** nodes. Steps are counted in work units, not time, so that the same
-** calls give the same graph (and a reopened file resumes the same pass:
-** the file keeps its state, see docs/FORMAT.md). */
+ *---------------------------------------------------
+ ** A repair pass rewires every list that links to a removed node, then
+ ** offers the nodes that lost their only ways in, then frees the removed
+ ** nodes' slots. It runs in bounded steps, each made by a write on the
+ ** writing thread, so neither writes nor searches ever wait for a whole
+ ** pass: a pass over a million nodes is some thousands of steps of about a
+ ** millisecond. When it starts, the buried nodes are doomed (VX_DOOMED);
+ ** nodes removed while it runs wait for the next. Doomed nodes stay
+ ** traversable until the pass retires them, and nothing ever links to one
+ ** again once its neighbours are repaired: new links only go to live
+ ** nodes. Steps are counted in work units, not time, so that the same
+ ** calls give the same graph (and a reopened file resumes the same pass:
+ ** the file keeps its state, see docs/FORMAT.md). */
 
 /* Slack of the heuristic when repair chooses a list again. Plain HNSW
 ** selection (no slack) over and over on the same neighbourhoods drops the
@@ -4594,6 +4599,7 @@ static int vx_ivf_absorb(vecidx *ix)
         vx_ivf_prep_free(ix, &pr);
     }
     if (rc == VECIDX_OK) {
+        vx_snap_detach(ix);
         vx_keys_lock(ix);
         VX_STORE(&ix->ivf.trained, 1);
         old = *s;
@@ -5132,11 +5138,18 @@ struct vx_snap {
     int fd, phase, failed; /* failed: an errno; ENOMEM from a touch */
     uint32_t pos;          /* next chunk or list */
     vx_fw w;
+    uint32_t version; /* of the file without log chain */
+    uint64_t synced;  /* bytes handed to writeback so far */
+    /* A checkpoint: stepped by later writes (auto) or by its caller, and
+    ** where its log records end (log_off, after record h.log_seq). */
+    int ckpt, autostep;
+    uint64_t log_off;
     char tmp[4200];
     /* Chunks as they were: units of VX_SNAP_UNIT bytes, each pending,
     ** copied aside or written; buf assembles one chunk. */
     uint32_t nchunks, upc;
     size_t cb;
+    vx_store geo; /* the store's layout fields, as they were */
     unsigned char **base;
     uint8_t *state;
     unsigned char **aside;
@@ -5245,6 +5258,15 @@ static void vx_snap_touch_list(vecidx *ix, uint32_t li)
         }
     }
     pthread_mutex_unlock(&sn->lock);
+}
+
+/* Before the buffer of an untrained IVF-PQ index is released: a snapshot
+** under way copies aside whatever of it is not written yet. */
+static void vx_snap_detach(vecidx *ix)
+{
+    uint32_t c;
+    for (c = 0; ix->snap && c < ix->snap->nchunks; c++)
+        vx_snap_touch_bytes(ix, c, 0, ix->snap->cb);
 }
 
 static void vx_snap_free(vecidx *ix, vx_snap *sn)
@@ -5412,8 +5434,10 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     }
     vx_snap_header(ix, sn);
+    sn->version = sn->h.version;
     sn->h.salt = salt;
     sn->nchunks = s->nchunks;
+    sn->geo = *s;
     sn->cb = vx_store_chunk_bytes(s);
     sn->upc = (uint32_t)((sn->cb + VX_SNAP_UNIT - 1) / VX_SNAP_UNIT);
     units = (size_t)sn->nchunks * sn->upc;
@@ -5448,9 +5472,9 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
 }
 
 /* Chunk c as it was, assembled in sn->buf, with limbo slots made free. */
-static void vx_snap_chunk(vecidx *ix, vx_snap *sn, uint32_t c)
+static void vx_snap_chunk(vx_snap *sn, uint32_t c)
 {
-    const vx_store *s = &ix->store;
+    const vx_store *s = &sn->geo;
     size_t u, per = vx_store_per_chunk(s);
     vx_chunk view;
     pthread_mutex_lock(&sn->lock);
@@ -5523,6 +5547,34 @@ static void vx_snap_list(vecidx *ix, vx_snap *sn, uint32_t li)
     pthread_mutex_unlock(&sn->lock);
 }
 
+/* Start writeback of what was written since the last call, so that the
+** final fsync finds little left to do: a snapshot written a few megabytes
+** per write must not end in one long sync (Linux only; elsewhere that
+** fsync does all of it). */
+static void vx_snap_writeback(vx_snap *sn)
+{
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    if (sn->w.off > sn->synced)
+        (void)sync_file_range(sn->fd, (off64_t)sn->synced,
+                              (off64_t)(sn->w.off - sn->synced),
+                              SYNC_FILE_RANGE_WRITE);
+#endif
+    sn->synced = sn->w.off;
+}
+
+/* Write the header as it stands (version 3 when it names a log chain or
+** holds a repair pass) and sync the file. */
+static int vx_snap_header_write(vx_snap *sn)
+{
+    unsigned char hdr[VX_FILE_HEADER];
+    sn->h.version = sn->h.log_salt || sn->repair_len ? 3 : sn->version;
+    vx_fhdr_encode(&sn->h, hdr);
+    return vx_io_write_all(sn->fd, hdr, sizeof hdr, 0) == 0 &&
+                   vx_io_cur->fsync(sn->fd) == 0
+               ? 0
+               : -1;
+}
+
 /* Write about `budget` more bytes of the snapshot (SIZE_MAX: all of it).
 ** Returns 1 when the file is complete and synced, 0 when more is left,
 ** or an error code with the message set. */
@@ -5537,7 +5589,7 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
                 sn->phase = VX_SW_SMALL;
                 break;
             }
-            vx_snap_chunk(ix, sn, sn->pos++);
+            vx_snap_chunk(sn, sn->pos++);
             vx_fw_put(&sn->w, sn->buf, sn->cb);
             done += sn->cb;
             break;
@@ -5556,19 +5608,14 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
             done += (size_t)sn->ln[sn->pos] * (8 + ix->ivf.m) + 1;
             vx_snap_list(ix, sn, sn->pos++);
             break;
-        default: {
-            unsigned char hdr[VX_FILE_HEADER];
+        default:
             vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_REPAIR], sn->w.off);
             vx_fw_put(&sn->w, sn->repair, sn->repair_len);
-            if (sn->h.log_salt || sn->repair_len) sn->h.version = 3;
-            vx_fhdr_encode(&sn->h, hdr);
-            if (vx_io_write_all(sn->fd, hdr, sizeof hdr, 0) != 0 ||
-                vx_io_cur->fsync(sn->fd) != 0)
-                sn->w.ok = 0;
+            if (sn->w.ok && vx_snap_header_write(sn) != 0) sn->w.ok = 0;
             sn->phase = VX_SW_DONE;
         }
-        }
     }
+    vx_snap_writeback(sn);
     if (sn->failed)
         return vx_err(ix, VECIDX_ENOMEM,
                       "out of memory keeping a snapshot of the index");
@@ -5578,14 +5625,14 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
     return sn->phase == VX_SW_DONE;
 }
 
-/* End a snapshot; the writer lock is held. With done (the file complete)
-** the file is renamed over path and the directory synced, so a crash
-** leaves the old file or the new one, never a mix; otherwise the
+/* End a snapshot; the writer lock is held. With done (the file complete
+** and synced) the file is renamed over path and the directory synced, so
+** a crash leaves the old file or the new one, never a mix; otherwise the
 ** temporary file is removed. */
 static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
 {
     int rc = VECIDX_OK, e;
-    ix->snap = NULL;
+    if (ix->snap == sn) ix->snap = NULL;
     if (vx_io_cur->close(sn->fd) != 0 && done) {
         done = 0;
         rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
@@ -6091,20 +6138,32 @@ static int vx_wal_apply_rec(vecidx *ix, const unsigned char *buf)
 }
 
 /* Replay the log of fd (size bytes) into ix, which holds the main file's
-** state. Sets w->end and w->seq after the last good record; w->end = 0
-** means the log is absent, stale or damaged in its header and must be
-** started afresh. */
-static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
+** state. The log is the main file's when it carries its salt (w->salt on
+** entry), or the log the file continues when it carries chain_salt: its
+** records up to sequence skip are in the file already (a checkpoint that
+** writes went on during, vx_checkpoint_run). Sets w->salt to the log's,
+** w->end and w->seq after the last good record, and *skipped to the end
+** of the records skipped; w->end = 0 means the log is absent, stale or
+** damaged in its header and must be started afresh. */
+static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size,
+                         uint64_t chain_salt, uint64_t skip, uint64_t *skipped)
 {
     unsigned char hb[VX_WAL_HEADER], want[VX_WAL_HEADER];
     uint64_t off = VX_WAL_HEADER;
     w->end = 0;
     w->seq = 0;
+    *skipped = VX_WAL_HEADER;
     vx_wal_header(want, ix->p.dim, w->salt);
     if (size < VX_WAL_HEADER ||
-        vx_io_cur->pread(fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb ||
-        memcmp(hb, want, sizeof hb) != 0)
+        vx_io_cur->pread(fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb)
         return VECIDX_OK;
+    if (memcmp(hb, want, sizeof hb) == 0) {
+        skip = 0;
+    } else {
+        vx_wal_header(want, ix->p.dim, chain_salt);
+        if (!chain_salt || memcmp(hb, want, sizeof hb) != 0) return VECIDX_OK;
+        w->salt = chain_salt;
+    }
     for (;;) {
         size_t len;
         unsigned char *buf;
@@ -6114,6 +6173,13 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
                           "out of memory reading the "
                           "write-ahead log");
         if (rc == 0) break;
+        if (w->seq < skip) {
+            vx_free(&ix->mem, buf, len);
+            off += len;
+            *skipped = off;
+            w->seq++;
+            continue;
+        }
         rc = vx_wal_apply_rec(ix, buf);
         vx_free(&ix->mem, buf, len);
         if (rc != VECIDX_OK)
@@ -6125,6 +6191,116 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size)
     }
     w->end = off;
     return VECIDX_OK;
+}
+
+/* Moving the log to a new salt: a new log file holds the records of the
+** old one from a byte offset on, renumbered from 1 and checksummed with
+** the new salt, and is renamed over the old one once durable. It is
+** filled in two goes, the bulk while writes go on and the rest under the
+** writer lock, so that writers wait only for the last few records. */
+typedef struct vx_walsw {
+    int fd, ofd; /* the new log, the old one */
+    uint64_t osalt;
+    uint64_t src;  /* next byte of the old log to copy */
+    uint64_t sseq; /* sequence number of the record before src */
+    uint64_t end;  /* bytes of the new log */
+    uint64_t seq;  /* records in the new log */
+    uint64_t salt;
+    char path[4200];
+} vx_walsw;
+
+/* Writer lock held (the old log's fd and salt are read). */
+static int vx_walsw_begin(vecidx *ix, vx_walsw *sw, uint64_t from, uint64_t seq,
+                          uint64_t salt)
+{
+    unsigned char b[VX_WAL_HEADER];
+    memset(sw, 0, sizeof *sw);
+    snprintf(sw->path, sizeof sw->path, "%s-wal.new", ix->wal.path);
+    sw->ofd = ix->wal.fd;
+    sw->osalt = ix->wal.salt;
+    sw->src = from;
+    sw->sseq = seq;
+    sw->salt = salt;
+    sw->end = VX_WAL_HEADER;
+    vx_wal_header(b, ix->p.dim, salt);
+    if ((sw->fd = vx_io_cur->open(sw->path, O_RDWR | O_CREAT | O_TRUNC, 0644)) <
+        0)
+        return -1;
+    /* Locked like the log it replaces, before anyone can open it as that */
+    if (vx_io_cur->flock(sw->fd, LOCK_EX | LOCK_NB) != 0 ||
+        vx_io_write_all(sw->fd, b, sizeof b, 0) != 0) {
+        vx_io_cur->close(sw->fd);
+        vx_io_cur->unlink(sw->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Copy the old log's records up to byte `to` (its end when the copy
+** began, or now). 0, or -1 with errno set. */
+static int vx_walsw_copy(vecidx *ix, vx_walsw *sw, uint64_t to)
+{
+    vx_wal from;
+    memset(&from, 0, sizeof from);
+    from.salt = sw->osalt;
+    from.seq = sw->sseq;
+    while (sw->src < to) {
+        unsigned char *buf;
+        size_t len;
+        int rc = vx_wal_read_rec(ix, &from, sw->ofd, sw->src, to, &buf, &len);
+        if (rc <= 0) {
+            errno = rc < 0 ? ENOMEM : EIO;
+            return -1;
+        }
+        vx_put64(buf, 8, sw->seq + 1);
+        vx_put32(buf, 0, vx_crc32c_more((uint32_t)sw->salt, buf + 4, len - 4));
+        rc = vx_io_write_all(sw->fd, buf, len, (off_t)sw->end);
+        vx_free(&ix->mem, buf, len);
+        if (rc != 0) return -1;
+        sw->src += len;
+        sw->sseq = ++from.seq;
+        sw->end += len;
+        sw->seq++;
+    }
+    return 0;
+}
+
+static void vx_walsw_abort(vx_walsw *sw)
+{
+    if (sw->fd < 0) return;
+    vx_io_cur->close(sw->fd);
+    vx_io_cur->unlink(sw->path);
+    sw->fd = -1;
+}
+
+/* Writer lock held: copy the rest, sync, rename over the log, and make
+** the handle append to the new one. On failure the old log is kept (it
+** is valid for the main file either way). */
+static int vx_walsw_commit(vecidx *ix, vx_walsw *sw)
+{
+    vx_wal *w = &ix->wal;
+    char wpath[4200];
+    snprintf(wpath, sizeof wpath, "%s-wal", w->path);
+    if (vx_walsw_copy(ix, sw, w->end) != 0 || vx_io_cur->fsync(sw->fd) != 0 ||
+        vx_io_cur->rename(sw->path, wpath) != 0) {
+        int e = errno;
+        vx_walsw_abort(sw);
+        errno = e;
+        return -1;
+    }
+    vx_io_cur->close(w->fd);
+    w->fd = sw->fd;
+    w->end = sw->end;
+    w->seq = sw->seq;
+    w->salt = sw->salt;
+    w->dirty = 0;
+    w->broken = 0;
+    clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
+    sw->fd = -1;
+    /* Not durable until the directory is; a crash before leaves the old
+    ** log, which the main file still accepts. */
+    (void)vx_io_sync_dir(wpath);
+    return 0;
 }
 
 /* ======================================================================
@@ -6276,14 +6452,17 @@ static int vx_handle_new(const vecidx_params *p, vecidx **out)
     if (vx_rwlock_init(&ix->lock) != 0) goto fail0;
     why = "cannot initialise writer lock";
     if (pthread_mutex_init(&ix->wlock, NULL) != 0) goto fail1;
+    if (pthread_cond_init(&ix->snap_cv, NULL) != 0) goto fail2;
     why = "out of memory creating index";
-    if (vx_ebr_init(&ix->ebr, &ix->mem) != VECIDX_OK) goto fail2;
+    if (vx_ebr_init(&ix->ebr, &ix->mem) != VECIDX_OK) goto fail3;
     why = "cannot initialise graph locks";
-    if (p->kind == VECIDX_HNSW && vx_hnsw_init(ix) != VECIDX_OK) goto fail3;
+    if (p->kind == VECIDX_HNSW && vx_hnsw_init(ix) != VECIDX_OK) goto fail4;
     *out = ix;
     return VECIDX_OK;
-fail3:
+fail4:
     vx_ebr_destroy(&ix->ebr, &ix->mem);
+fail3:
+    pthread_cond_destroy(&ix->snap_cv);
 fail2:
     pthread_mutex_destroy(&ix->wlock);
 fail1:
@@ -6473,10 +6652,11 @@ static int vx_open_verify(vecidx *ix, const char *path)
 /* Open (or create) the log beside path and replay it. A writable handle
 ** locks the log (one writer per index) and cuts a torn tail; a reader
 ** replays what is valid and leaves the file alone. */
-static int vx_open_wal(vecidx *ix, const char *path, uint64_t salt,
+static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
                        int writable)
 {
     vx_wal *w = &ix->wal;
+    uint64_t salt = h->salt, skipped;
     char wpath[4200];
     struct stat st;
     int fd, rc;
@@ -6507,10 +6687,28 @@ static int vx_open_wal(vecidx *ix, const char *path, uint64_t salt,
     if ((writable || st.st_size > VX_WAL_HEADER) && ix->p.kind == VECIDX_HNSW &&
         ix->store.nburied && vx_hnsw_mark_fit(ix, 1) != VECIDX_OK)
         return vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
+    /* As one write, with no automatic checkpoint: the log may yet move. */
     vx_write_begin(ix);
-    rc = vx_wal_replay(ix, w, fd, (uint64_t)st.st_size);
+    ix->replaying = 1;
+    rc = vx_wal_replay(ix, w, fd, (uint64_t)st.st_size, h->log_salt, h->log_seq,
+                       &skipped);
     vx_write_end(ix);
+    ix->replaying = 0;
     if (rc != VECIDX_OK || !writable) return rc;
+    if (w->end && w->salt != salt) {
+        /* The log of the file this one continues (a checkpoint that
+        ** writes went on during, cut short before it moved the log):
+        ** its records past the file move to a log of this file's own;
+        ** if they cannot, the writer keeps appending to the old log,
+        ** which the file still accepts. */
+        vx_walsw sw;
+        if (w->seq <= h->log_seq) {
+            w->end = 0; /* all of it is in the file */
+        } else if (vx_walsw_begin(ix, &sw, skipped, h->log_seq, salt) == 0) {
+            (void)vx_walsw_commit(ix, &sw);
+            return VECIDX_OK;
+        }
+    }
     if (w->end == 0 ? vx_wal_reset(w, ix->p.dim, salt) != 0
                     : ((uint64_t)st.st_size > w->end &&
                        (vx_io_cur->ftruncate(fd, (off_t)w->end) != 0 ||
@@ -6579,17 +6777,17 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
         return rc;
     }
     ix->wal.sync = sync ? sync : VECIDX_SYNC_FULL;
-    rc = vx_open_wal(ix, path, h.salt, writable);
-    if (rc == VECIDX_OK && writable &&
-        !(ix->wal.path = vx_malloc(&ix->mem, strlen(path) + 1)))
+    rc = VECIDX_OK;
+    if (writable && !(ix->wal.path = vx_malloc(&ix->mem, strlen(path) + 1)))
         rc = vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
+    if (writable && rc == VECIDX_OK)
+        memcpy(ix->wal.path, path, strlen(path) + 1);
+    if (rc == VECIDX_OK) rc = vx_open_wal(ix, path, &h, writable);
     if (rc != VECIDX_OK) {
         vecidx_close(ix);
         return rc;
     }
-    if (writable) {
-        memcpy(ix->wal.path, path, strlen(path) + 1);
-    } else {
+    if (!writable) {
         vx_wal_close(&ix->wal, &ix->mem); /* a reader keeps no log open */
         ix->rdonly = 1;
     }
@@ -6597,30 +6795,167 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     return VECIDX_OK;
 }
 
-/* Fold the log into the main file: write the index as a new main file
-** with a fresh salt (atomically, see vx_file_save), then restart the log
-** under that salt. A crash between the two leaves a log whose salt no
-** longer matches, which the next open discards -- correctly, as the main
-** file already holds its writes. Write lock held. */
-static int vx_checkpoint_locked(vecidx *ix)
+/* ---- checkpoints and saves
+*---------------------------------------------------
+** One snapshot at a time per handle. vecidx_checkpoint and vecidx_save
+** write theirs with the writer lock released, so writes go on meanwhile
+** (they copy aside what they change, vx_snap_touch); an automatic
+** checkpoint is written by the writes that follow the one whose log grew
+** past VX_WAL_AUTO_CHECKPOINT, VX_SNAP_STEP bytes each.
+**
+** A checkpoint's new main file holds the index as it was at its start,
+** when the log held records 1..L. The writes logged after it must survive
+** the switch to the new file: the file names the log it continues (salt
+** and L, format version 3), so a crash after the rename replays the old
+** log from L + 1; then those records move to a log under the new file's
+** salt. When no write came meanwhile the file needs no such chain, and the
+** log simply restarts. */
+
+#ifndef VX_SNAP_STEP
+#define VX_SNAP_STEP ((size_t)16 << 20) /* bytes an automatic step writes */
+#endif
+
+/* Wait until no caller writes a snapshot outside the lock; any snapshot
+** left is then an automatic checkpoint. Writer lock held. */
+static void vx_snap_wait(vecidx *ix)
+{
+    while (ix->snap_busy) pthread_cond_wait(&ix->snap_cv, &ix->wlock);
+}
+
+/* Begin a checkpoint of a file-backed index; writer lock held. */
+static int vx_ckpt_begin(vecidx *ix, int autostep, vx_snap **out)
 {
     vx_wal *w = &ix->wal;
-    uint64_t salt = vx_fresh_salt();
     int rc;
     if (w->broken && (rc = vx_wal_repair(ix, w)) != VECIDX_OK) return rc;
-    if ((rc = vx_file_save(ix, w->path, salt)) != VECIDX_OK) return rc;
-    /* From here the old log is stale whatever happens, and must be
-    ** restarted before the next append (vx_wal_repair retries if this
-    ** fails). */
-    w->salt = salt;
-    if (vx_wal_reset(w, ix->p.dim, w->salt) != 0) {
-        w->broken = VX_WAL_RESTART;
-        return vx_err(ix, VECIDX_EIO,
-                      "checkpoint wrote the index but cannot "
-                      "reset the log: %s",
-                      strerror(errno));
-    }
+    if ((rc = vx_snap_begin(ix, w->path, vx_fresh_salt(), out)) != 0) return rc;
+    (*out)->ckpt = 1;
+    (*out)->autostep = autostep;
+    (*out)->h.log_salt = w->salt;
+    (*out)->h.log_seq = w->seq;
+    (*out)->log_off = w->end;
     return VECIDX_OK;
+}
+
+/* Install a complete checkpoint: rename it over the main file, then move
+** the log on (sw: the records since, copied already in part, or NULL).
+** Writer lock held. */
+static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
+{
+    vx_wal *w = &ix->wal;
+    uint64_t salt = sn->h.salt, from = sn->log_off, seq = sn->h.log_seq;
+    int tail = w->seq > seq, rc, ok = 1;
+    vx_walsw own;
+    if (!tail) { /* no write since: no chain, the log restarts */
+        sn->h.log_salt = sn->h.log_seq = 0;
+        ok = vx_snap_header_write(sn) == 0;
+    }
+    if (!ok)
+        rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", w->path,
+                    strerror(errno));
+    rc = vx_snap_end(ix, sn, w->path, ok);
+    if (rc != VECIDX_OK || !tail) {
+        if (sw) vx_walsw_abort(sw);
+        if (rc != VECIDX_OK) return rc;
+        /* From here the old log is stale, and must be restarted before the
+        ** next append (vx_wal_repair retries if this fails). */
+        w->salt = salt;
+        if (vx_wal_reset(w, ix->p.dim, salt) != 0) {
+            w->broken = VX_WAL_RESTART;
+            return vx_err(ix, VECIDX_EIO,
+                          "checkpoint wrote the index but cannot "
+                          "reset the log: %s",
+                          strerror(errno));
+        }
+        return VECIDX_OK;
+    }
+    if (!sw && vx_walsw_begin(ix, &own, from, seq, salt) == 0) sw = &own;
+    /* If the log cannot move, the old one stays: the new file continues
+    ** it, so nothing is lost, and the next checkpoint tries again. */
+    if (sw) (void)vx_walsw_commit(ix, sw);
+    return VECIDX_OK;
+}
+
+/* Write sn to its end with the writer lock released, then (a checkpoint)
+** install it or (a save to path) rename it. Writer lock held on entry and
+** on return. */
+static int vx_snap_complete(vecidx *ix, vx_snap *sn, const char *path)
+{
+    vx_walsw sw;
+    uint64_t end = ix->wal.end;
+    int rc, have = 0;
+    ix->snap_busy = 1;
+    sn->autostep = 0;
+    if (sn->ckpt && end > sn->log_off &&
+        vx_walsw_begin(ix, &sw, sn->log_off, sn->h.log_seq, sn->h.salt) == 0)
+        have = 1;
+    pthread_mutex_unlock(&ix->wlock);
+    rc = vx_snap_step(ix, sn, SIZE_MAX);
+    /* The bulk of the records logged meanwhile, while writes go on. */
+    if (have && rc == 1 && vx_walsw_copy(ix, &sw, end) != 0) {
+        vx_walsw_abort(&sw);
+        have = 0;
+    }
+    pthread_mutex_lock(&ix->wlock);
+    ix->snap_busy = 0;
+    pthread_cond_broadcast(&ix->snap_cv);
+    if (rc < 0) {
+        char msg[VX_ERRMSG_MAX];
+        memcpy(msg, vx_err_tls.msg, sizeof msg);
+        if (have) vx_walsw_abort(&sw);
+        (void)vx_snap_end(ix, sn, path, 0);
+        return vx_err(ix, rc, "%s", msg);
+    }
+    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1);
+    return vx_ckpt_install(ix, sn, have ? &sw : NULL);
+}
+
+/* Take over an automatic checkpoint under way and finish it now. */
+static int vx_snap_finish_auto(vecidx *ix)
+{
+    vx_snap_wait(ix);
+    return ix->snap ? vx_snap_complete(ix, ix->snap, ix->wal.path) : VECIDX_OK;
+}
+
+/* Fold the log into the main file; writer lock held on entry and on
+** return, released while the file is written. */
+static int vx_checkpoint_run(vecidx *ix)
+{
+    vx_snap *sn;
+    int rc = vx_snap_finish_auto(ix);
+    if (rc != VECIDX_OK) return rc;
+    vx_snap_wait(ix);
+    if ((rc = vx_ckpt_begin(ix, 0, &sn)) != VECIDX_OK) return rc;
+    return vx_snap_complete(ix, sn, ix->wal.path);
+}
+
+/* The automatic checkpoint, from vx_write_end: begin one when the log has
+** grown long, or write the next step of the one under way. The write that
+** got here is durable already, so a failure only leaves the log longer
+** (retried once it has grown by an eighth of the threshold more). */
+static void vx_ckpt_auto(vecidx *ix)
+{
+    vx_wal *w = &ix->wal;
+    vx_snap *sn = ix->snap;
+    int rc;
+    if (w->fd < 0 || ix->replaying || ix->snap_busy) return;
+    if (!sn) {
+        if (w->broken || w->end <= VX_WAL_AUTO_CHECKPOINT ||
+            w->end < ix->ckpt_retry)
+            return;
+        if (vx_ckpt_begin(ix, 1, &sn) != VECIDX_OK)
+            ix->ckpt_retry = w->end + VX_WAL_AUTO_CHECKPOINT / 8;
+        return;
+    }
+    rc = vx_snap_step(ix, sn, VX_SNAP_STEP);
+    if (rc == 0) return;
+    if (rc < 0) {
+        (void)vx_snap_end(ix, sn, w->path, 0);
+        ix->ckpt_retry = w->end + VX_WAL_AUTO_CHECKPOINT / 8;
+        return;
+    }
+    if (vx_ckpt_install(ix, sn, NULL) != VECIDX_OK)
+        ix->ckpt_retry = w->end + VX_WAL_AUTO_CHECKPOINT / 8;
 }
 
 int vecidx_checkpoint(vecidx *ix)
@@ -6628,11 +6963,12 @@ int vecidx_checkpoint(vecidx *ix)
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
-    if (ix->wal.fd < 0)
+    /* wal.path is set once at open; wal.fd changes when the log moves. */
+    if (!ix->wal.path)
         return vx_err(ix, VECIDX_ESTATE, "index has no file: use vecidx_save");
-    vx_write_begin(ix);
-    rc = vx_checkpoint_locked(ix);
-    vx_write_end(ix);
+    pthread_mutex_lock(&ix->wlock);
+    rc = vx_checkpoint_run(ix);
+    pthread_mutex_unlock(&ix->wlock);
     return rc;
 }
 
@@ -6640,7 +6976,7 @@ int vecidx_sync(vecidx *ix)
 {
     int rc = VECIDX_OK;
     VX_NULL_CHECK(NULL, ix, "index handle");
-    if (ix->wal.fd < 0) return VECIDX_OK;
+    if (!ix->wal.path) return VECIDX_OK;
     vx_write_begin(ix);
     if (ix->wal.dirty && vx_wal_fsync(&ix->wal) != 0)
         rc = vx_err(ix, VECIDX_EIO, "cannot sync the write-ahead log: %s",
@@ -6666,7 +7002,12 @@ int vecidx_save(vecidx *ix, const char *path)
     ** writes logged after it would be lost at the next open. */
     if (vx_same_file(ix, path)) return vecidx_checkpoint(ix);
     pthread_mutex_lock(&ix->wlock);
-    rc = vx_file_save(ix, path, vx_fresh_salt());
+    if ((rc = vx_snap_finish_auto(ix)) == VECIDX_OK) {
+        vx_snap *sn;
+        vx_snap_wait(ix);
+        if ((rc = vx_snap_begin(ix, path, vx_fresh_salt(), &sn)) == 0)
+            rc = vx_snap_complete(ix, sn, path);
+    }
     pthread_mutex_unlock(&ix->wlock);
     return rc;
 }
@@ -6675,6 +7016,8 @@ void vecidx_close(vecidx *ix)
 {
     vx_mem mem;
     if (ix == NULL) return;
+    /* An automatic checkpoint under way is dropped: the log holds all. */
+    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);
@@ -6683,6 +7026,7 @@ void vecidx_close(vecidx *ix)
     vx_wal_close(&ix->wal, &ix->mem);
     pthread_rwlock_destroy(&ix->lock);
     pthread_mutex_destroy(&ix->wlock);
+    pthread_cond_destroy(&ix->snap_cv);
     mem = ix->mem; /* the handle frees itself through its own allocator */
     vx_free(&mem, ix, sizeof *ix);
 }
@@ -6787,7 +7131,7 @@ static void vx_ivf_maybe_train(vecidx *ix)
         return;
     if (vx_ivf_train_all(ix, 0, NULL) == VECIDX_OK && ix->wal.fd >= 0 &&
         !ix->replaying)
-        (void)vx_checkpoint_locked(ix);
+        (void)vx_checkpoint_run(ix);
 }
 
 /* Insert n validated rows whose keys are not in the index. For an upsert,
@@ -6802,7 +7146,9 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
     vx_hnsw_batch b;
     size_t i;
     if (ix->ivf.trained) return vx_ivf_insert_locked(ix, n, keys, vecs, type);
-    if (graph) vx_reclaim(ix); /* reuse what was retired, unless searched */
+    /* Reuse what was retired, unless a search may still read it: this is
+    ** also what makes a replayed log reuse slots as the calls did. */
+    vx_reclaim(ix);
     if ((rc = vx_reserve_locked(ix, n, keys[0])) != VECIDX_OK) return rc;
     if (graph &&
         (rc = vx_hnsw_batch_begin(ix, n, vx_threads(ix, NULL), &b)) != 0)
@@ -6989,7 +7335,7 @@ static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
                         const uint64_t *keys, const float *vecs)
 {
     size_t i;
-    int rc = VECIDX_OK;
+    int rc = VECIDX_OK, was = ix->replaying;
     ix->replaying = 1;
     if (type == VX_WAL_ADD) {
         for (i = 0; i < n && rc == VECIDX_OK; i++)
@@ -7003,7 +7349,7 @@ static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
         rc = vx_put_locked(ix, keys[i], vecs + i * (size_t)ix->p.dim, 1);
     for (i = 0; type == VX_WAL_REMOVE && i < n && rc == VECIDX_OK; i++)
         rc = vx_remove_locked(ix, keys[i]);
-    ix->replaying = 0;
+    ix->replaying = was;
     return rc;
 }
 
@@ -7156,7 +7502,7 @@ int vecidx_train(vecidx *ix, size_t n, const float *samples)
         if (rc != VECIDX_OK)
             rc = vx_err(ix, rc, "out of memory training on %zu samples", n);
         else if (ix->wal.fd >= 0)
-            rc = vx_checkpoint_locked(ix);
+            rc = vx_checkpoint_run(ix);
     }
     vx_write_end(ix);
     return rc;

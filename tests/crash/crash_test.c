@@ -26,9 +26,13 @@
 ** Ends with "N passed, N failed". CRASH_TRIALS=N in the environment scales
 ** the number of trials (`make crash-soak`). */
 #define _DEFAULT_SOURCE
-/* Repair passes in steps of a few nodes, so that a pass spans many writes
-** and checkpoints, and kills land in the middle of one. */
+/* Repair passes in steps of a few nodes, and automatic checkpoints after
+** a few kilobytes of log written a few kilobytes a step, so that both span
+** many writes (and explicit checkpoints), and kills land in the middle of
+** them. */
 #define VX_PASS_STEP 64
+#define VX_WAL_AUTO_CHECKPOINT 3000u
+#define VX_SNAP_STEP 2048u
 #include "../../vecidx.c"
 
 #include <poll.h>
@@ -201,6 +205,7 @@ static int sim_fsync(int fd)
 static int sim_rename(const char *from, const char *to)
 {
     sim_file *a, *b;
+    int i;
     if (sim_tick()) return -1;
     a = sim_get(from);
     b = sim_get(to);
@@ -213,6 +218,10 @@ static int sim_rename(const char *from, const char *to)
     a->dlen = 0;
     a->dexists = 0;
     sim_forget(a);
+    /* A file still open under the old name is written under the new. */
+    for (i = 0; i < 1024; i++)
+        if (strcmp(sim_fdpath[i], from) == 0)
+            snprintf(sim_fdpath[i], sizeof sim_fdpath[i], "%s", to);
     return rename(from, to);
 }
 
