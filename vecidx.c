@@ -2476,6 +2476,48 @@ static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
             __builtin_prefetch((const char *)v + off, 0, 2);
 }
 
+/* Mark v visited and request its vector (see vx_hnsw_layer), unless it
+** was visited already; returns the new count of fresh nodes. */
+static inline uint32_t vx_hnsw_visit(const vx_store *st, vx_hnsw_scratch *s,
+                                     uint32_t v, uint32_t *fresh, uint32_t m)
+{
+    size_t dim_bytes = (size_t)st->dim * sizeof(float);
+    const float *vec;
+    if (s->visit[v] == s->epoch) return m;
+    s->visit[v] = s->epoch;
+    fresh[m++] = v;
+    vec = vx_store_vec(st, v);
+    VX_PREFETCH(vec);
+    if (m * dim_bytes <= VX_PREFETCH_L2) vx_prefetch_rest(vec, dim_bytes, 0);
+    return m;
+}
+
+/* The neighbours of slot at level l that the walk has not visited yet,
+** into fresh, marked visited and their vectors requested. The list is read
+** in place, a word at a time, unless it must be bounded (a mapped graph)
+** or locked (a parallel pass), which vx_hnsw_read does. */
+static uint32_t vx_hnsw_unvisited(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
+                                  int l, uint32_t *fresh)
+{
+    const vx_store *st = &ix->store;
+    uint32_t n, i, m = 0;
+    if (VX_UNLIKELY(ix->hnsw.untrusted || (s->writer && ix->hnsw.locking))) {
+        const uint32_t *nb = vx_hnsw_read(ix, s, slot, l, &n);
+        for (i = 0; i < n; i++) m = vx_hnsw_visit(st, s, nb[i], fresh, m);
+    } else {
+        const uint32_t *links = vx_hnsw_links(ix, slot, l);
+        uint32_t cap = l ? ix->hnsw.m : ix->hnsw.m0;
+        n = vx_lcount(links);
+        if (n > cap) n = cap;
+        for (i = 0; i < n; i++) {
+            /* Acquire: the node behind a slot was published before it. */
+            uint32_t v = VX_LOAD(&links[1 + i]);
+            if (v < s->visit_cap) m = vx_hnsw_visit(st, s, v, fresh, m);
+        }
+    }
+    return m;
+}
+
 /* Best-first search of level l from ep, breadth ef, into s->res. With a
 ** filter the walk gives up after `budget` visits (s->visited then exceeds
 ** it) so that the caller can switch to an exact scan. */
@@ -2492,12 +2534,11 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     vx_hnsw_offer(ix, s, ep, l, ef, o);
     while (s->ncand) {
         vx_cand c = vx_cheap_pop(s->cand, &s->ncand, 1);
-        uint32_t n, i, m = 0;
-        const uint32_t *nb;
+        uint32_t i, m;
         uint32_t fresh[2 * VX_HNSW_MAX_M];
         if (s->nres >= ef && c.d > s->res[0].d) break;
         if (s->visited > budget) break;
-        nb = vx_hnsw_read(ix, s, c.slot, l, &n);
+        m = vx_hnsw_unvisited(ix, s, c.slot, l, fresh);
         /* Mark first, then request every unvisited vector, whole, before
         ** any distance is computed, so that all their loads are in flight
         ** at once: a walk is bound by memory latency, and one vector at a
@@ -2510,17 +2551,6 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         ** so as not to evict what the walk still needs from a small L2.
         ** With M 16 that cap binds only above 1,024 dimensions, where it
         ** is not measured. */
-        for (i = 0; i < n; i++) {
-            uint32_t v = nb[i];
-            const float *vec;
-            if (s->visit[v] == s->epoch) continue;
-            s->visit[v] = s->epoch;
-            fresh[m++] = v;
-            vec = vx_store_vec(st, v);
-            VX_PREFETCH(vec);
-            if (m * dim_bytes <= VX_PREFETCH_L2)
-                vx_prefetch_rest(vec, dim_bytes, 0);
-        }
         s->visited += m;
         for (i = 0; i < 2 && i < m; i++)
             vx_prefetch_rest(vx_store_vec(st, fresh[i]), dim_bytes, 1);
@@ -2928,20 +2958,19 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     return VECIDX_OK;
 }
 
-/* ---- repair after removals
- *---------------------------------------------------
- ** A repair pass rewires every list that links to a removed node, then
- ** offers the nodes that lost their only ways in, then frees the removed
- ** nodes' slots. It runs in bounded steps, each made by a write on the
- ** writing thread, so neither writes nor searches ever wait for a whole
- ** pass: a pass over a million nodes is some thousands of steps of about a
- ** millisecond. When it starts, the buried nodes are doomed (VX_DOOMED);
- ** nodes removed while it runs wait for the next. Doomed nodes stay
- ** traversable until the pass retires them, and nothing ever links to one
- ** again once its neighbours are repaired: new links only go to live
- ** nodes. Steps are counted in work units, not time, so that the same
- ** calls give the same graph (and a reopened file resumes the same pass:
- ** the file keeps its state, see docs/FORMAT.md). */
+/* ---- repair after removals -----------------------------------------------
+** A repair pass rewires every list that links to a removed node, then
+** offers the nodes that lost their only ways in, then frees the removed
+** nodes' slots. It runs in bounded steps, each made by a write on the
+** writing thread, so neither writes nor searches ever wait for a whole
+** pass: a pass over a million nodes is some thousands of steps of about a
+** millisecond. When it starts, the buried nodes are doomed (VX_DOOMED);
+** nodes removed while it runs wait for the next. Doomed nodes stay
+** traversable until the pass retires them, and nothing ever links to one
+** again once its neighbours are repaired: new links only go to live
+** nodes. Steps are counted in work units, not time, so that the same
+** calls give the same graph (and a reopened file resumes the same pass:
+** the file keeps its state, see docs/FORMAT.md). */
 
 /* Slack of the heuristic when repair chooses a list again. Plain HNSW
 ** selection (no slack) over and over on the same neighbourhoods drops the
@@ -6795,8 +6824,7 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     return VECIDX_OK;
 }
 
-/* ---- checkpoints and saves
-*---------------------------------------------------
+/* ---- checkpoints and saves ------------------------------------------------
 ** One snapshot at a time per handle. vecidx_checkpoint and vecidx_save
 ** write theirs with the writer lock released, so writes go on meanwhile
 ** (they copy aside what they change, vx_snap_touch); an automatic

@@ -28,28 +28,37 @@
 **
 **  Every function may be called from any thread, and concurrently on the same
 **  handle, except vecidx_close, which must not run concurrently with any
-**  other call on that handle. The handle holds a readers-writer lock:
-**    - readers (vecidx_search, vecidx_search_batch, vecidx_get,
-**      vecidx_contains, vecidx_count, vecidx_keys, vecidx_stats,
-**      vecidx_check) run in
-**      parallel with each other;
-**    - vecidx_save is a reader too;
-**    - writers (vecidx_add, vecidx_upsert, vecidx_add_batch, vecidx_remove,
+**  other call on that handle. Separate handles share no state and need no
+**  coordination.
+**    - Searches (vecidx_search, vecidx_search_batch) of flat and HNSW
+**      indexes take no lock at all: they never wait for a write, a graph
+**      repair, a checkpoint or a save, and any number run in parallel.
+**      IVF-PQ searches share a lock that writers hold only for the moment
+**      they change a list (or, once, to switch to the trained lists).
+**    - vecidx_get, vecidx_contains, vecidx_count, vecidx_keys and
+**      vecidx_stats share a lock that writers hold only while they change
+**      the set of keys, a few microseconds per key, never across I/O.
+**    - Writers (vecidx_add, vecidx_upsert, vecidx_add_batch, vecidx_remove,
 **      vecidx_reserve, vecidx_train, vecidx_sync, vecidx_checkpoint) are
-**      serialised; a writer waits for searches already
-**      running and new readers wait for the writer, so every search sees the
-**      index either entirely before or entirely after each write call.
-**      One exception keeps long builds from stalling searches: an HNSW
-**      vecidx_add_batch links its vectors in sub-batches of 4096 and lets
-**      waiting readers run between them, so a search running during the
-**      call may see a prefix of the batch (never a half-linked vector).
-**      Other writers still wait for the whole batch.
-**      Waiting writers are preferred over new readers where the platform
-**      allows (glibc), so a stream of searches cannot starve inserts.
-**  A filter callback runs on the thread that called the search, while the
-**  index is locked for reading: it must not call any vecidx function on the
-**  same handle (a writer waiting for the lock would deadlock it).
-**  Separate handles share no state and need no coordination.
+**      serialised among themselves: a write waits for the one running.
+**      vecidx_checkpoint and vecidx_save write their file while other
+**      writes go on: those wait only for the copy of a few small tables
+**      at its start and for the rename at its end. vecidx_check holds
+**      writes off while it runs.
+**    - Maintenance is spread over the writes that follow, never done whole
+**      by one call: an HNSW graph is repaired after removals in steps of
+**      about a millisecond (see vecidx_remove), and the automatic
+**      checkpoint writes its file a step per write (see vecidx_open).
+**  What a search or read sees: every write that returned before it began,
+**  and never a half-written vector or link list. A write that runs
+**  meanwhile may be seen or not (for a batch, some of its rows), except
+**  that a search never returns a key twice, nor a key whose removal
+**  returned before the search began. Writes are all or nothing as ever: a
+**  failed call changes nothing a reader can see.
+**  A filter callback runs on the searching thread. It must not call a
+**  writer on the same handle; of a flat or HNSW index it may call the
+**  readers above (they do not wait for the search), of an IVF-PQ index
+**  none (a writer waiting for the lock would deadlock it).
 */
 #ifndef VECIDX_H
 #define VECIDX_H
@@ -138,8 +147,10 @@ enum {
 ** returning NULL makes the calling vecidx function fail with VECIDX_ENOMEM
 ** and leave the index unchanged, except where the memory only buys speed:
 ** a batch call that cannot get scratch space for an extra worker thread
-** runs on fewer threads, and an HNSW repair pass that cannot get memory is
-** retried at a later write. free_fn is never called with NULL. */
+** runs on fewer threads, an HNSW repair step that cannot get memory is
+** retried at a later write, and a write that cannot copy aside what a save
+** or checkpoint under way still needs makes that save or checkpoint fail
+** with VECIDX_ENOMEM instead. free_fn is never called with NULL. */
 typedef struct vecidx_allocator {
     void *(*malloc_fn)(void *ctx, size_t size);
     void *(*realloc_fn)(void *ctx, void *ptr, size_t old_size, size_t new_size);
@@ -159,10 +170,17 @@ typedef struct vecidx_params {
     uint64_t seed;     /* seed for every random choice the index makes
                           (HNSW levels, k-means init); default 42 */
     uint32_t threads;  /* worker threads for batch calls (building
-                          an HNSW graph in vecidx_add_batch, repairing
-                          it, vecidx_search_batch); 0 = one per online
-                          CPU (default 0). With 1 thread, the same
-                          seed and the same calls give the same graph */
+                          an HNSW graph in vecidx_add_batch,
+                          vecidx_search_batch, IVF-PQ training and
+                          encoding); 0 = one per online CPU (default 0).
+                          With 1 thread, the same seed and the same
+                          calls give the same graph (graph repairs are
+                          made on the writing thread, in steps counted
+                          in work, not time). Searches running on other
+                          threads meanwhile can delay the reuse of freed
+                          slots, so a graph written while others search
+                          may differ from one written alone, in layout,
+                          not in quality */
 
     /* HNSW (ignored by other kinds) */
     uint32_t hnsw_m;               /* links per node on upper levels, 2..128;
@@ -319,8 +337,12 @@ void vecidx_close(vecidx *ix);
 ** ("PATH.tmp-PID"), which is synced, renamed over path, and the directory
 ** synced: a crash at any moment leaves either the old file or the complete
 ** new one. Works for any index, in memory or opened from a file; saving a
-** writable index over its own main file is a vecidx_checkpoint. Reader
-** (searches continue meanwhile; writers wait).
+** writable index over its own main file is a vecidx_checkpoint. The file
+** holds the index as it was when the call began (waiting for a write that
+** is running to end): searches and writes go on while it is written,
+** writes copying aside what they are about to change that the file does
+** not hold yet (1 KiB per slot touched, or a whole IVF-PQ list). One save
+** or checkpoint at a time per handle; a second waits.
 ** Errors: VECIDX_EINVAL (NULL ix or path, path over 4096 bytes),
 ** VECIDX_EIO (with the system's reason: no space, permission, ...),
 ** VECIDX_ENOMEM. On error path is left as it was. */
@@ -356,8 +378,11 @@ int vecidx_save(vecidx *ix, const char *path);
 ** VECIDX_CREATE: if path does not exist, create it as an empty index
 ** described by p (required then).
 ** The main file is never modified in place: writes change private pages
-** of the mapping; vecidx_checkpoint (automatic once the log passes 64 MB)
-** writes a new main file and renames it over the old.
+** of the mapping; vecidx_checkpoint writes a new main file and renames it
+** over the old. Once the log passes 64 MB the writes that follow write
+** such a checkpoint themselves, 16 MB of it each (a 1M x 128 HNSW index:
+** about 45 writes), so that none of them waits for all of it; closing the
+** handle drops one under way (the log still holds every write).
 ** p may be NULL for an existing file; if given, its kind, metric and dim
 ** must match the file's, and its allocator, threads and progress callback
 ** are used.
@@ -379,9 +404,14 @@ int vecidx_sync(vecidx *ix);
 
 /* Fold the log into the main file: write a new main file beside it, sync
 ** it, rename it over the old one, sync the directory, then empty the log.
-** A crash at any point leaves either the old file and its log or the new
-** file. Writer. Errors: VECIDX_EINVAL, VECIDX_ESTATE (read-only or
-** in-memory index: use vecidx_save), VECIDX_EIO, VECIDX_ENOMEM. */
+** The new file holds every write that returned before the call began; it
+** is written while searches and other writes go on, as vecidx_save is,
+** and writes made meanwhile stay in the log (a new one, under the new
+** file's salt, once the file is in place). A crash at any point leaves
+** either the old file and its log or the new file and a log it continues;
+** nothing acknowledged is lost. Errors: VECIDX_EINVAL, VECIDX_ESTATE
+** (read-only or in-memory index: use vecidx_save), VECIDX_EIO,
+** VECIDX_ENOMEM. */
 int vecidx_checkpoint(vecidx *ix);
 
 /* Make room for at least n vectors in total, so that later inserts up to
@@ -441,7 +471,8 @@ int vecidx_upsert(vecidx *ix, uint64_t key, const float *vec);
 ** before the index changes, so on any error no vector of the batch is
 ** inserted. n = 0 is a successful no-op (keys and vecs may then be NULL).
 ** HNSW links large batches on params.threads threads (results then depend
-** on thread timing; use 1 thread for a reproducible graph). Writer.
+** on thread timing; use 1 thread for a reproducible graph), 4096 rows at
+** a time: searches meanwhile may find some rows of the batch. Writer.
 ** Errors: VECIDX_EINVAL (NULL arguments, NaN/infinity or cosine
 ** zero vector in any row, the same key twice within the batch),
 ** VECIDX_EEXIST (a key already in the index), VECIDX_EFULL, VECIDX_ENOMEM.
@@ -453,17 +484,20 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** returns: no later call sees it. Flat storage is reused at once. In an
 ** HNSW graph the node first stays as a waypoint that searches walk
 ** through but never return; once a tenth of the nodes are such waypoints,
-** the write that finds them so (this call or a later add, upsert or
-** remove) repairs the graph: every list linking to them is rebuilt from
-** their neighbours, in a pass linear in the index size, and their storage
-** is reused, so memory stays flat under insert/delete churn.
+** a repair pass begins: every list linking to them is rebuilt from their
+** neighbours, nodes left without a way in are linked again, and their
+** storage is reused, so memory stays flat under insert/delete churn. The
+** pass is linear in the index size but no call makes it whole: every
+** add, upsert and remove (this one included) makes a step of it, about a
+** millisecond of work at 128 dimensions (four times that while removals
+** outrun it), so a pass over 1M nodes takes some thousands of writes.
+** Searches never wait for it. A slot is reused only once no search that
+** began before its node was unlinked still runs.
 ** Recall after many rounds of churn stays level with a fresh build for
 ** L2 and cosine, and within 0.01 of it for inner product (measured:
 ** recall@10 0.000-0.003 below a fresh build on 128-d data, at most 0.007
 ** below on tightly clustered 16-d data; see docs/DESIGN.md). IP removals
-** take about 1.5x as long as L2 ones. A repair runs on params.threads
-** threads; with more than one, the repaired graph depends on thread
-** timing, as a parallel build does. Adding the live vectors
+** take about 1.5x as long as L2 ones. Adding the live vectors
 ** to a new index restores fresh-build recall. Writer. Errors:
 ** VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a
 ** removal makes or grows a table of one byte per slot for the repairs;
@@ -499,7 +533,8 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out);
 
 /* Verify the internal invariants of the index (key map against storage,
 ** counts, free-slot list; for graph and list kinds their structure too).
-** Reader; cost is linear in the index size.
+** Cost is linear in the index size; writes wait for it (it needs the
+** structure still), searches do not.
 ** Errors: VECIDX_EINVAL (NULL ix), VECIDX_ECORRUPT with a message naming
 ** the first broken invariant. */
 int vecidx_check(vecidx *ix);
