@@ -21,6 +21,10 @@
 #   make format-check     clang-format --dry-run -Werror on the C sources
 #   make bench-compare    bench/vecidx-compare, bench/persist-compare
 #                         (libhnswlib-dev, libfaiss-dev)
+#   make bench-ab OLD=REV [NEW=REV]
+#                         bench/vecidx-ab: vecidx.c of git revision REV
+#                         against the working tree's (or NEW's), in one
+#                         program (bench/ab-build.sh)
 #   make clean
 #
 # CC is overridable (make CC=clang); add flags with EXTRA_CFLAGS.
@@ -90,8 +94,11 @@ EXAMPLES := $(patsubst %.c,%,$(sort $(wildcard examples/*.c)))
 CLI_SRC := $(wildcard tools/vecidx-cli.c)
 CLI := $(if $(CLI_SRC),tools/vecidx)
 CLI_TEST := $(wildcard tests/cli/cli_test.sh)
-# Every bench/*.c is a program of its own.
-BENCH := $(patsubst %.c,%,$(sort $(wildcard bench/*.c)))
+# Every bench/*.c is a program of its own, but for the old-vs-new A/B
+# program and its shim, which `make bench-ab` builds (bench/ab-build.sh).
+AB_SRCS := bench/vecidx-ab.c bench/ab-shim.c
+BENCH := $(patsubst %.c,%,$(sort $(filter-out $(AB_SRCS),\
+                                              $(wildcard bench/*.c))))
 BENCH_HDRS := $(wildcard bench/*.h)
 COMPARE_SRC := $(wildcard bench/compare.cpp)
 PERSIST_COMPARE := $(if $(wildcard bench/persist-compare.cpp),bench/persist-compare)
@@ -125,7 +132,7 @@ FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
 .PHONY: all lib test examples-run sanitize tsan cross-test test-nosimd \
         cross-test-aarch64 cross-test-armhf cross-test-armhf-neon \
         test-m32 crash-soak fuzz install uninstall clean format format-check \
-        bench-compare
+        bench-compare bench-ab
 
 all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH)
 
@@ -164,11 +171,16 @@ bench/%: bench/%.c $(BENCH_HDRS) vecidx.h libvecidx.a
 # The same measurements on hnswlib and FAISS: built only on request. Debian's
 # libfaiss is static, so it needs the BLAS and LAPACK at link time.
 # bench/persist-compare (hnswlib only) times opening a saved index.
+# hnswlib's headers carry no version: the output names the Debian package's.
+HNSWLIB_VERSION := $(shell dpkg-query -W -f='$${Version}' libhnswlib-dev \
+                     2>/dev/null)
 bench-compare: bench/vecidx-compare $(PERSIST_COMPARE)
 ifneq ($(COMPARE_SRC),)
 bench/vecidx-compare: bench/compare.cpp $(BENCH_HDRS) vecidx.h libvecidx.a
-	$(CXX) -O3 -march=native -std=c++17 -I. -o $@ bench/compare.cpp \
-	    libvecidx.a -lfaiss -fopenmp -llapack -lblas $(LDFLAGS) $(LDLIBS)
+	$(CXX) -O3 -march=native -std=c++17 -Wall -Wextra -I. -o $@ \
+	    $(if $(HNSWLIB_VERSION),-DHNSWLIB_VERSION='"$(HNSWLIB_VERSION)"') \
+	    bench/compare.cpp libvecidx.a -lfaiss -fopenmp -llapack -lblas \
+	    $(LDFLAGS) $(LDLIBS)
 bench/persist-compare: bench/persist-compare.cpp $(BENCH_HDRS) vecidx.h \
                        libvecidx.a
 	$(CXX) -O3 -march=native -std=c++17 -I. -o $@ \
@@ -177,6 +189,18 @@ else
 bench/vecidx-compare:
 	@echo "bench/compare.cpp does not exist"; exit 1
 endif
+
+# Old-vs-new A/B: the library of git revision OLD and that of the working
+# tree (or of revision NEW) in one program, bench/vecidx-ab, their search
+# passes alternating. Always rebuilt, as OLD and the tree change.
+OLD ?=
+NEW ?=
+bench-ab:
+	@test -n "$(OLD)" || \
+	    { echo "usage: make bench-ab OLD=<git-rev> [NEW=<git-rev>]"; exit 1; }
+	CC="$(CC)" CFLAGS="$(filter-out -Werror,$(CFLAGS))" \
+	    PROG_CFLAGS="$(CFLAGS)" LDLIBS="$(LDLIBS)" \
+	    sh bench/ab-build.sh "$(OLD)" "$(NEW)"
 
 # ---- Test programs -----------------------------------------------------------
 # $(call vx_test_builds,SUFFIX,COMPILER-VARIABLE,FLAGS-VARIABLE) defines the
@@ -412,9 +436,9 @@ format:
 clean:
 	rm -f vecidx.o libvecidx.a libvecidx.so $(EXAMPLES) $(RECOMMEND_TSAN) \
 	    tools/vecidx tools/vecidx-asan \
-	    $(BENCH) bench/vecidx-compare bench/persist-compare \
+	    $(BENCH) bench/vecidx-compare bench/persist-compare bench/vecidx-ab \
 	    tests/vecidx_test tests/vecidx_test-* tests/vecidx_test_cxx \
 	    tests/core/core_test tests/core/core_test-* \
 	    tests/crash/crash_test tests/crash/crash_test-* \
 	    fuzz/fuzz_open fuzz/fuzz_open-replay fuzz/make_seeds
-	rm -rf fuzz/corpus
+	rm -rf fuzz/corpus bench/ab-build

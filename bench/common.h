@@ -727,6 +727,59 @@ static inline void bn_json_num(FILE *f, const char *fmt, double v)
         fprintf(f, fmt, v);
 }
 
+/* Lines of other shapes (vecidx-compare --scenario, vecidx-ab summaries),
+** key by key with the writers above: bn_kv_begin, then bn_kv_str,
+** bn_kv_num (null while negative or NaN, as bn_json_num) or bn_kv_uint,
+** then bn_kv_end, which ends the line and flushes. */
+typedef struct bn_kv {
+    FILE *f;
+    int first;
+} bn_kv;
+
+static inline void bn_kv_begin(bn_kv *j, FILE *f)
+{
+    j->f = f;
+    j->first = 1;
+    fputc('{', f);
+}
+
+static inline void bn_kv_key(bn_kv *j, const char *key)
+{
+    if (!j->first) fputc(',', j->f);
+    j->first = 0;
+    bn_json_str(j->f, key);
+    fputc(':', j->f);
+}
+
+/* NULL prints null. */
+static inline void bn_kv_str(bn_kv *j, const char *key, const char *v)
+{
+    bn_kv_key(j, key);
+    if (v)
+        bn_json_str(j->f, v);
+    else
+        fputs("null", j->f);
+}
+
+static inline void bn_kv_num(bn_kv *j, const char *key, const char *fmt,
+                             double v)
+{
+    bn_kv_key(j, key);
+    bn_json_num(j->f, fmt, v);
+}
+
+static inline void bn_kv_uint(bn_kv *j, const char *key, uint64_t v)
+{
+    bn_kv_key(j, key);
+    fprintf(j->f, "%llu", (unsigned long long)v);
+}
+
+static inline void bn_kv_end(bn_kv *j)
+{
+    fputs("}\n", j->f);
+    fflush(j->f);
+}
+
 static inline void bn_print(const bn_opts *o, const bn_data *d,
                             const bn_result *r)
 {

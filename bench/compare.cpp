@@ -15,7 +15,10 @@
 **          bn_nlist; with --refine R wrapped in IndexRefineFlat with
 **          k_factor R, which keeps the full vectors as vecidx then does).
 ** paired: hnswlib and vecidx (HNSW, single queries) built in one process,
-**          their timed passes alternating: see run_paired.
+**          their timed passes alternating: see run_paired. With
+**          --scenario writer|remove|checkpoint|scaling, searches are timed
+**          one call at a time under writes, removals or a checkpoint, or
+**          on 1 and N threads: see run_scenario and bench/README.md.
 ** Cosine: base and queries are normalised to unit length and searched by
 ** inner product, which ranks exactly as cosine distance does.
 ** Memory: mem_mb is the growth of the resident set while building (these
@@ -23,14 +26,19 @@
 */
 #include "common.h" /* first, like in vecidx-bench.c */
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <queue>
+#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <dlfcn.h>
 #include <hnswlib/hnswlib.h>
+#include <sys/stat.h>
 #include <omp.h>
 
 #include <faiss/IndexFlat.h>
@@ -41,6 +49,7 @@
 
 #include "vecidx.h"
 #include "vxbench.h"
+#include "latency.h"
 
 namespace
 {
@@ -110,16 +119,19 @@ void hnswlib_query(void *arg, size_t qi, int64_t *out)
     }
 }
 
-/* Build hnswlib's graph over d; *build_s and *rss_mb get the build time
-** and the resident-set growth. */
-hnswlib::HierarchicalNSW<float> *build_hnswlib(
-    const bn_opts &o, const bn_data &d, hnswlib::SpaceInterface<float> *space,
-    double *build_s, double *rss_mb)
+/* Build hnswlib's graph over d, with room for max_elements points (d.n
+** when 0); *build_s and *rss_mb get the build time and the resident-set
+** growth. */
+hnswlib::HierarchicalNSW<float> *
+build_hnswlib(const bn_opts &o, const bn_data &d,
+              hnswlib::SpaceInterface<float> *space, double *build_s,
+              double *rss_mb, size_t max_elements = 0)
 {
     double rss0 = bn_rss_mb();
     double t0 = bn_now();
-    auto *alg = new hnswlib::HierarchicalNSW<float>(space, d.n, o.M,
-                                                    o.ef_construction, 100);
+    auto *alg = new hnswlib::HierarchicalNSW<float>(
+        space, max_elements > d.n ? max_elements : d.n, o.M, o.ef_construction,
+        100);
     /* Like hnswlib's Python add_items: the first point alone, then the
     ** rest from build_threads threads. */
     if (d.n > 0) alg->addPoint(d.base, 0);
@@ -181,6 +193,31 @@ void run_hnswlib(const bn_opts &o, const bn_data &d)
     delete alg;
 }
 
+/* ---- vecidx ------------------------------------------------------------- */
+
+/* vecidx's index over d as vecidx-bench builds it (vxb_params: capacity
+** for the base, --build-threads threads): vecidx_create and one
+** vecidx_add_batch of the base; *build_s and *rss_mb as build_hnswlib. */
+vecidx *build_vecidx(const bn_opts &o, const bn_data &d, double *build_s,
+                     double *rss_mb)
+{
+    vecidx_params p;
+    vecidx *ix = nullptr;
+    size_t ntrain;
+    vxb_params(&o, &d, &p, &ntrain);
+    uint64_t *keys = vxb_keys(&d);
+    double rss0 = bn_rss_mb(), t0 = bn_now();
+    int rc = vecidx_create(&p, &ix);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_create", rc, nullptr);
+    rc = vecidx_add_batch(ix, d.n, keys, d.base);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_add_batch", rc, ix);
+    *build_s = bn_now() - t0;
+    double rss1 = bn_rss_mb();
+    *rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+    free(keys);
+    return ix;
+}
+
 /* ---- paired: hnswlib and vecidx in one process ---------------------------- */
 
 /* Two separate runs on a shared machine differ by several percent as
@@ -196,19 +233,10 @@ void run_paired(const bn_opts &o, const bn_data &d)
     double hb, hrss;
     auto *alg = build_hnswlib(o, d, space.get(), &hb, &hrss);
 
-    vecidx_params p;
-    vecidx *ix = nullptr;
+    double vb, vrss;
+    vecidx *ix = build_vecidx(o, d, &vb, &vrss);
     vecidx_stats_t st;
-    size_t ntrain;
-    vxb_params(&o, &d, &p, &ntrain);
-    uint64_t *keys = vxb_keys(&d);
-    double rss0 = bn_rss_mb(), t0 = bn_now();
-    int rc = vecidx_create(&p, &ix);
-    if (rc != VECIDX_OK) vxb_fail("vecidx_create", rc, nullptr);
-    rc = vecidx_add_batch(ix, d.n, keys, d.base);
-    if (rc != VECIDX_OK) vxb_fail("vecidx_add_batch", rc, ix);
-    double vb = bn_now() - t0, rss1 = bn_rss_mb();
-    free(keys);
+    int rc;
     if ((rc = vecidx_stats(ix, &st)) != VECIDX_OK)
         vxb_fail("vecidx_stats", rc, ix);
 
@@ -245,7 +273,7 @@ void run_paired(const bn_opts &o, const bn_data &d)
                                                          (unsigned)o.ef_construction));
         r.build_s = vb;
         r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
-        r.rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+        r.rss_mb = vrss;
         r.qps = vbest > 0 ? (double)d.nq / vbest : 0.0;
         r.recall = bn_recall(&d, vres.data(), o.k, r.param);
         bn_print(&o, &d, &r);
@@ -422,15 +450,1131 @@ void run_faiss(const bn_opts &o, const bn_data &d)
     index.reset(); /* before its quantizer */
 }
 
+/* ---- Stall scenarios: --lib paired --scenario NAME ------------------------
+** Searches timed one call at a time while the index is written, removed
+** from or checkpointed (see bench/README.md, "Stall scenarios"). Every
+** pass measures hnswlib, then vecidx, the same way: one JSON line per
+** library and pass, then one summary line of medians over the passes and
+** their ratio vecidx/hnswlib. */
+
+struct Scenario {
+    std::string name;     /* writer | remove | checkpoint | scaling */
+    double duration = -1; /* --duration, s */
+    double idle = -1;     /* --idle-duration, s */
+    double rate = -1;     /* --writer-rate, writes/s */
+    std::string dir;      /* --file DIR: vecidx file-backed */
+    unsigned sync = VECIDX_SYNC_NORMAL;
+    const char *sync_name = "normal";
+    size_t ckpt_writes = 1000;      /* --ckpt-writes */
+    double remove_fraction = 0.125; /* --remove-fraction */
+    size_t recall_queries = 200;    /* --recall-queries */
+    bool hnswlib_lock = false;      /* --hnswlib-lock */
+    unsigned ef = 0, k = 0;
+};
+
+/* The checkpoint scenario's reader and writer run this long before the
+** checkpoint starts and after it ends. */
+const double CKPT_MARGIN_S = 2.0;
+/* Choices of the writers (keys removed, rows re-added, keys upserted)
+** come from this seed plus the pass number: the same in both libraries'
+** turns and in every run. */
+const uint64_t SCENARIO_SEED = 20261202;
+
+/* One output line: keys in the order added. */
+class Row
+{
+  public:
+    void str(const std::string &key, const char *v)
+    {
+        items_.push_back({key, true, v ? v : "", v == nullptr, 0, nullptr});
+    }
+    void num(const std::string &key, double v, const char *fmt = "%.3f")
+    {
+        items_.push_back({key, false, "", false, v, fmt});
+    }
+    /* PREFIX_p50_us ... PREFIX_max_us, PREFIX_mean_us, then COUNT_KEY. */
+    void stats(const std::string &prefix, const std::string &count_key,
+               const lt_stats &st)
+    {
+        num(prefix + "_p50_us", st.p50, "%.1f");
+        num(prefix + "_p90_us", st.p90, "%.1f");
+        num(prefix + "_p99_us", st.p99, "%.1f");
+        num(prefix + "_p999_us", st.p999, "%.1f");
+        num(prefix + "_max_us", st.max, "%.1f");
+        num(prefix + "_mean_us", st.mean, "%.1f");
+        num(count_key, (double)st.count, "%.0f");
+    }
+    /* The string under key; "" if absent. */
+    std::string text(const std::string &key) const
+    {
+        for (const Item &i : items_)
+            if (i.is_str && i.key == key) return i.s;
+        return "";
+    }
+    /* The number under key; -1 if absent or null. */
+    double get(const std::string &key) const
+    {
+        for (const Item &i : items_)
+            if (!i.is_str && i.key == key) return i.v;
+        return -1;
+    }
+    void print() const
+    {
+        bn_kv j;
+        bn_kv_begin(&j, stdout);
+        for (const Item &i : items_) {
+            if (i.is_str)
+                bn_kv_str(&j, i.key.c_str(), i.null ? nullptr : i.s.c_str());
+            else
+                bn_kv_num(&j, i.key.c_str(), i.fmt, i.v);
+        }
+        bn_kv_end(&j);
+    }
+
+  private:
+    struct Item {
+        std::string key;
+        bool is_str;
+        std::string s;
+        bool null;
+        double v;
+        const char *fmt;
+    };
+    std::vector<Item> items_;
+};
+
+/* "recall_at_10" for k = 10 */
+std::string recall_key(const Scenario &s)
+{
+    return "recall_at_" + std::to_string(s.k);
+}
+
+double median(std::vector<double> v)
+{
+    v.erase(
+        std::remove_if(v.begin(), v.end(), [](double x) { return !(x >= 0); }),
+        v.end());
+    if (v.empty()) return -1;
+    std::sort(v.begin(), v.end());
+    size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- the two libraries behind one interface ---- */
+
+/* An index as the scenarios drive it. Each call times itself: *t0 and *t1
+** are read with CLOCK_MONOTONIC right before and right after the one
+** library call (vecidx_search, searchKnn, ...), so result copying and the
+** dispatch here stay outside. Failures end the program. */
+class Index
+{
+  public:
+    virtual ~Index() = default;
+    virtual const char *lib() const = 0;
+    /* k keys into out, closest first; UINT64_MAX where fewer were found */
+    virtual void search(const float *q, uint64_t *out, uint64_t *t0,
+                        uint64_t *t1) = 0;
+    virtual void insert(uint64_t key, const float *v, uint64_t *t0,
+                        uint64_t *t1) = 0;
+    virtual void remove(uint64_t key, uint64_t *t0, uint64_t *t1) = 0;
+    virtual void upsert(uint64_t key, const float *v, uint64_t *t0,
+                        uint64_t *t1) = 0;
+    /* vecidx_checkpoint, or hnswlib's saveIndex to a file in dir */
+    virtual void checkpoint(uint64_t *t0, uint64_t *t1) = 0;
+    /* counters after a phase: live vectors, slots or elements, memory */
+    virtual void state(Row &r) = 0;
+};
+
+class HnswlibIndex : public Index
+{
+  public:
+    HnswlibIndex(const bn_opts &o, const bn_data &d, const Scenario &s,
+                 size_t max_elements, Row &r)
+        : k_(s.k), lock_(s.hnswlib_lock), dir_(s.dir)
+    {
+        double build_s, rss;
+        space_.reset(hnswlib_space(o, d));
+        alg_.reset(
+            build_hnswlib(o, d, space_.get(), &build_s, &rss, max_elements));
+        alg_->setEf(s.ef);
+        r.num("build_s", build_s);
+    }
+    const char *lib() const override
+    {
+        return "hnswlib";
+    }
+    void search(const float *q, uint64_t *out, uint64_t *t0,
+                uint64_t *t1) override
+    {
+        std::priority_queue<std::pair<float, hnswlib::labeltype>> top;
+        *t0 = lt_now_ns();
+        try {
+            if (lock_) {
+                std::shared_lock<std::shared_mutex> g(mu_);
+                top = alg_->searchKnn(q, k_);
+            } else {
+                top = alg_->searchKnn(q, k_);
+            }
+        } catch (const std::exception &) {
+            /* 0.6.2 checks neighbour ids on the upper levels and throws
+            ** ("cand error") if a concurrent insert shows it a torn list */
+            errors_++;
+        }
+        *t1 = lt_now_ns();
+        size_t n = top.size();
+        for (size_t i = n; i < k_; i++) out[i] = UINT64_MAX;
+        for (; !top.empty(); top.pop()) out[--n] = top.top().second;
+    }
+    void insert(uint64_t key, const float *v, uint64_t *t0,
+                uint64_t *t1) override
+    {
+        *t0 = lt_now_ns();
+        try {
+            if (lock_) {
+                std::unique_lock<std::shared_mutex> g(mu_);
+                alg_->addPoint(v, key);
+            } else {
+                alg_->addPoint(v, key);
+            }
+        } catch (const std::exception &e) {
+            bn_die("hnswlib addPoint: %s", e.what());
+        }
+        *t1 = lt_now_ns();
+    }
+    void remove(uint64_t key, uint64_t *t0, uint64_t *t1) override
+    {
+        *t0 = lt_now_ns();
+        try {
+            if (lock_) {
+                std::unique_lock<std::shared_mutex> g(mu_);
+                alg_->markDelete(key);
+            } else {
+                alg_->markDelete(key);
+            }
+        } catch (const std::exception &e) {
+            bn_die("hnswlib markDelete: %s", e.what());
+        }
+        *t1 = lt_now_ns();
+    }
+    void upsert(uint64_t, const float *, uint64_t *, uint64_t *) override
+    {
+        bn_die("hnswlib: no upsert in the scenarios");
+    }
+    void checkpoint(uint64_t *t0, uint64_t *t1) override
+    {
+        std::string path = dir_ + "/hnswlib-checkpoint.bin";
+        *t0 = lt_now_ns();
+        try {
+            alg_->saveIndex(path);
+        } catch (const std::exception &e) {
+            bn_die("hnswlib saveIndex %s: %s", path.c_str(), e.what());
+        }
+        *t1 = lt_now_ns();
+        unlink(path.c_str());
+    }
+    void state(Row &r) override
+    {
+        r.num("live", (double)(alg_->cur_element_count - alg_->num_deleted_),
+              "%.0f");
+        r.num("elements", (double)alg_->cur_element_count, "%.0f");
+        r.num("search_errors", (double)errors_.load(), "%.0f");
+    }
+
+  private:
+    size_t k_;
+    bool lock_;
+    std::string dir_;
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
+    std::unique_ptr<hnswlib::HierarchicalNSW<float>> alg_;
+    std::shared_mutex mu_; /* --hnswlib-lock */
+    std::atomic<size_t> errors_{0};
+};
+
+class VecidxIndex : public Index
+{
+  public:
+    /* In memory, or with file: built in memory, saved to DIR, closed and
+    ** opened from the file as its writer (VECIDX_CREATE | the sync
+    ** mode), so it starts with an empty log. */
+    VecidxIndex(const bn_opts &o, const bn_data &d, const Scenario &s,
+                bool file, Row &r)
+        : k_(s.k)
+    {
+        double build_s, rss;
+        ix_ = build_vecidx(o, d, &build_s, &rss);
+        r.num("build_s", build_s);
+        memset(&so_, 0, sizeof so_);
+        so_.ef = s.ef;
+        if (!file) return;
+        path_ = s.dir + "/vecidx-" + s.name + ".vx";
+        unlink_files();
+        double t0 = bn_now();
+        int rc = vecidx_save(ix_, path_.c_str());
+        if (rc != VECIDX_OK) vxb_fail("vecidx_save", rc, ix_);
+        double t1 = bn_now();
+        vecidx_close(ix_);
+        ix_ = nullptr;
+        vecidx_params p;
+        size_t ntrain;
+        vxb_params(&o, &d, &p, &ntrain);
+        rc = vecidx_open(path_.c_str(), &p, VECIDX_CREATE | s.sync, &ix_);
+        if (rc != VECIDX_OK) vxb_fail("vecidx_open", rc, nullptr);
+        r.num("save_s", t1 - t0);
+        r.num("open_s", bn_now() - t1);
+    }
+    ~VecidxIndex() override
+    {
+        vecidx_close(ix_);
+        if (!path_.empty()) unlink_files();
+    }
+    const char *lib() const override
+    {
+        return "vecidx";
+    }
+    void search(const float *q, uint64_t *out, uint64_t *t0,
+                uint64_t *t1) override
+    {
+        size_t found = 0;
+        *t0 = lt_now_ns();
+        int rc = vecidx_search(ix_, q, k_, &so_, out, nullptr, &found);
+        *t1 = lt_now_ns();
+        if (rc != VECIDX_OK) vxb_fail("vecidx_search", rc, ix_);
+    }
+    void insert(uint64_t key, const float *v, uint64_t *t0,
+                uint64_t *t1) override
+    {
+        *t0 = lt_now_ns();
+        int rc = vecidx_add(ix_, key, v);
+        *t1 = lt_now_ns();
+        if (rc != VECIDX_OK) vxb_fail("vecidx_add", rc, ix_);
+    }
+    void remove(uint64_t key, uint64_t *t0, uint64_t *t1) override
+    {
+        *t0 = lt_now_ns();
+        int rc = vecidx_remove(ix_, key);
+        *t1 = lt_now_ns();
+        if (rc != VECIDX_OK) vxb_fail("vecidx_remove", rc, ix_);
+    }
+    void upsert(uint64_t key, const float *v, uint64_t *t0,
+                uint64_t *t1) override
+    {
+        *t0 = lt_now_ns();
+        int rc = vecidx_upsert(ix_, key, v);
+        *t1 = lt_now_ns();
+        if (rc != VECIDX_OK) vxb_fail("vecidx_upsert", rc, ix_);
+    }
+    void checkpoint(uint64_t *t0, uint64_t *t1) override
+    {
+        *t0 = lt_now_ns();
+        int rc = vecidx_checkpoint(ix_);
+        *t1 = lt_now_ns();
+        if (rc != VECIDX_OK) vxb_fail("vecidx_checkpoint", rc, ix_);
+    }
+    void state(Row &r) override
+    {
+        vecidx_stats_t st;
+        int rc = vecidx_stats(ix_, &st);
+        if (rc != VECIDX_OK) vxb_fail("vecidx_stats", rc, ix_);
+        r.num("live", (double)st.count, "%.0f");
+        r.num("slots", (double)st.slots, "%.0f");
+        r.num("mem_mb", (double)st.memory_bytes / (1024.0 * 1024.0), "%.1f");
+    }
+
+  private:
+    void unlink_files()
+    {
+        unlink(path_.c_str());
+        unlink((path_ + "-wal").c_str());
+    }
+    size_t k_;
+    vecidx *ix_ = nullptr;
+    vecidx_search_opts so_;
+    std::string path_;
+};
+
+/* ---- who is live: the writers' choices ---- */
+
+/* Row r of the base set is live under key[r], or dead (removed). A row
+** that comes back gets a new key, r + n * (times it came back), so no key
+** is ever used twice and hnswlib never sees a label again (which would
+** take its updatePoint path). */
+struct LiveSet {
+    size_t n;
+    std::vector<uint64_t> key;
+    std::vector<uint32_t> live, dead, pos; /* pos: row's index in live */
+
+    explicit LiveSet(size_t n_) : n(n_), key(n_), live(n_), pos(n_)
+    {
+        for (size_t r = 0; r < n; r++) key[r] = live[r] = pos[r] = (uint32_t)r;
+    }
+    uint32_t remove_random(uint64_t *rng)
+    {
+        uint32_t i = (uint32_t)(lt_rand(rng) % live.size()), r = live[i];
+        live[i] = live.back();
+        pos[live[i]] = i;
+        live.pop_back();
+        pos[r] = UINT32_MAX;
+        dead.push_back(r);
+        return r;
+    }
+    uint32_t insert_random(uint64_t *rng)
+    {
+        uint32_t i = (uint32_t)(lt_rand(rng) % dead.size()), r = dead[i];
+        dead[i] = dead.back();
+        dead.pop_back();
+        key[r] += n;
+        pos[r] = (uint32_t)live.size();
+        live.push_back(r);
+        return r;
+    }
+};
+
+struct Op {
+    uint64_t key;
+    uint32_t row;
+    bool insert;
+};
+
+/* `count` writes: with churn, removals of a random live key alternating
+** with inserts of a random removed row under a new key (so the live count
+** stays n or n - 1); without, removals only. */
+std::vector<Op> make_ops(size_t n, size_t count, bool churn, uint64_t seed)
+{
+    LiveSet ls(n);
+    uint64_t rng = seed;
+    std::vector<Op> ops;
+    ops.reserve(count);
+    for (size_t i = 0; i < count; i++) {
+        bool ins = churn && i % 2 == 1;
+        uint32_t r = ins ? ls.insert_random(&rng) : ls.remove_random(&rng);
+        ops.push_back({ls.key[r], r, ins});
+    }
+    return ops;
+}
+
+/* The live set after the first `done` of ops. */
+LiveSet replay(size_t n, const std::vector<Op> &ops, size_t done)
+{
+    LiveSet ls(n);
+    for (size_t i = 0; i < done; i++) {
+        uint32_t r = ops[i].row;
+        if (ops[i].insert) {
+            ls.key[r] = ops[i].key;
+            ls.pos[r] = (uint32_t)ls.live.size();
+            ls.live.push_back(r);
+        } else {
+            uint32_t p = ls.pos[r];
+            ls.live[p] = ls.live.back();
+            ls.pos[ls.live[p]] = p;
+            ls.live.pop_back();
+            ls.pos[r] = UINT32_MAX;
+        }
+    }
+    return ls;
+}
+
+/* recall@k of the first --recall-queries queries against the exact k
+** nearest live vectors, found by brute force (hnswlib's distance
+** functions, on --build-threads threads). */
+double live_recall(Index &ix, const bn_opts &o, const bn_data &d,
+                   const Scenario &s, const LiveSet &ls)
+{
+    size_t nq = std::min(s.recall_queries, d.nq), k = s.k;
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
+    auto dist = space->get_dist_func();
+    void *param = space->get_dist_func_param();
+    std::vector<uint64_t> exact(nq * k, UINT64_MAX);
+    std::atomic<size_t> next(0);
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < o.build_threads; t++)
+        pool.emplace_back([&] {
+            for (size_t q; (q = next.fetch_add(1)) < nq;) {
+                const float *qv = d.query + q * d.dim;
+                std::priority_queue<std::pair<float, uint64_t>> best;
+                for (uint32_t r : ls.live) {
+                    float dd = dist(qv, d.base + (size_t)r * d.dim, param);
+                    if (best.size() < k)
+                        best.emplace(dd, ls.key[r]);
+                    else if (dd < best.top().first) {
+                        best.pop();
+                        best.emplace(dd, ls.key[r]);
+                    }
+                }
+                for (size_t i = best.size(); !best.empty(); best.pop())
+                    exact[q * k + --i] = best.top().second;
+            }
+        });
+    for (auto &th : pool) th.join();
+    size_t hits = 0;
+    std::vector<uint64_t> got(k);
+    for (size_t q = 0; q < nq; q++) {
+        uint64_t t0, t1;
+        ix.search(d.query + q * d.dim, got.data(), &t0, &t1);
+        for (size_t i = 0; i < k; i++)
+            for (size_t j = 0; j < k; j++)
+                if (got[j] != UINT64_MAX && got[j] == exact[q * k + i]) {
+                    hits++;
+                    break;
+                }
+    }
+    return nq ? (double)hits / (double)(nq * k) : 0;
+}
+
+/* ---- the threads ---- */
+
+/* Searches the queries one after the other, cycling, from t_start until
+** stopped, timing each call. */
+class Reader
+{
+  public:
+    Reader(Index &ix, const bn_data &d, size_t k, uint64_t t_start)
+    {
+        lt_init(&lat_, 1u << 20);
+        th_ = std::thread([this, &ix, &d, k, t_start] {
+            std::vector<uint64_t> out(k);
+            lt_sleep_until(t_start);
+            for (size_t q = 0; !stop_.load(std::memory_order_relaxed); q++) {
+                uint64_t t0, t1;
+                ix.search(d.query + (q % d.nq) * d.dim, out.data(), &t0, &t1);
+                lt_add(&lat_, t0, t1);
+            }
+        });
+    }
+    ~Reader()
+    {
+        finish();
+        lt_free(&lat_);
+    }
+    /* Stops after the search under way; the samples are then complete. */
+    const lt_samples &finish()
+    {
+        stop_ = true;
+        if (th_.joinable()) th_.join();
+        return lat_;
+    }
+
+  private:
+    std::atomic<bool> stop_{false};
+    lt_samples lat_;
+    std::thread th_;
+};
+
+/* Runs op(i) for i = 0 .. count-1 on a thread of its own: paced at `rate`
+** calls per second from t_start (lt_pace: absolute deadlines, catching up
+** when late), or back to back when rate is 0; until count or stopped. */
+class Writer
+{
+  public:
+    using OpFn = std::function<void(size_t, uint64_t *, uint64_t *)>;
+    Writer(double rate, uint64_t t_start, size_t count, OpFn op)
+    {
+        lt_init(&lat_, count < (1u << 20) ? count + 1 : 1u << 20);
+        th_ = std::thread([this, rate, t_start, count, op] {
+            lt_pacer p;
+            lt_pacer_init(&p, t_start, rate > 0 ? rate : 1);
+            lt_sleep_until(t_start);
+            for (size_t i = 0; i < count; i++) {
+                uint64_t due = rate > 0 ? lt_pace(&p) : 0, t0, t1;
+                if (stop_.load(std::memory_order_relaxed)) break;
+                op(i, &t0, &t1);
+                lt_add(&lat_, t0, t1);
+                if (rate > 0 && t0 > due && t0 - due > lag_max_)
+                    lag_max_ = t0 - due;
+            }
+            t_end_ = lt_now_ns();
+        });
+    }
+    ~Writer()
+    {
+        finish();
+        lt_free(&lat_);
+    }
+    const lt_samples &finish()
+    {
+        stop_ = true;
+        if (th_.joinable()) th_.join();
+        return lat_;
+    }
+    void join()
+    {
+        if (th_.joinable()) th_.join();
+    }
+    uint64_t t_end() const
+    {
+        return t_end_;
+    }
+    /* largest delay of a write's start behind its due time, ns */
+    uint64_t lag_max() const
+    {
+        return lag_max_;
+    }
+
+  private:
+    std::atomic<bool> stop_{false};
+    lt_samples lat_;
+    uint64_t t_end_ = 0, lag_max_ = 0;
+    std::thread th_;
+};
+
+/* Percentiles of the writes of one type (ops[i] is write i). */
+lt_stats select_stats(const lt_samples &lat, const std::vector<Op> &ops,
+                      int type /* -1 all, 0 removals, 1 inserts */)
+{
+    lt_samples sel;
+    lt_init(&sel, lat.n + 1);
+    for (size_t i = 0; i < lat.n; i++)
+        if (type < 0 || (int)ops[i].insert == type)
+            lt_add(&sel, lat.start[i], lat.end[i]);
+    lt_stats st = lt_summarize(&sel, LT_ALL, 0, 0);
+    lt_free(&sel);
+    return st;
+}
+
+/* other_cpu{suffix} and steal_cpu{suffix}: cores used by other processes
+** and taken by the hypervisor between a and b (lt_cpu_other). */
+void cpu_keys(Row &r, const char *suffix, const lt_cpu &a, const lt_cpu &b)
+{
+    double other, steal;
+    lt_cpu_other(&a, &b, &other, &steal);
+    r.num(std::string("other_cpu") + suffix, other, "%.2f");
+    r.num(std::string("steal_cpu") + suffix, steal, "%.2f");
+}
+
+/* A start time a little ahead, so every thread of a phase is ready. */
+uint64_t soon()
+{
+    return lt_now_ns() + 20000000u;
+}
+
+/* Reader alone for `secs`: keys search_idle_* and searches_idle. */
+void idle_phase(Index &ix, const bn_data &d, const Scenario &s, double secs,
+                Row &r)
+{
+    lt_cpu c0 = lt_cpu_now();
+    uint64_t t0 = soon(), t1 = t0 + (uint64_t)(secs * 1e9);
+    Reader rd(ix, d, s.k, t0);
+    lt_sleep_until(t1);
+    lt_stats st = lt_summarize(&rd.finish(), LT_ALL, 0, 0);
+    lt_cpu c1 = lt_cpu_now();
+    r.stats("search_idle", "searches_idle", st);
+    r.num("search_idle_qps", (double)st.count / secs, "%.1f");
+    cpu_keys(r, "_idle", c0, c1);
+}
+
+std::unique_ptr<Index> make_index(const char *lib, const bn_opts &o,
+                                  const bn_data &d, const Scenario &s,
+                                  size_t max_elements, bool file, Row &r)
+{
+    if (!strcmp(lib, "hnswlib"))
+        return std::unique_ptr<Index>(
+            new HnswlibIndex(o, d, s, max_elements, r));
+    return std::unique_ptr<Index>(new VecidxIndex(o, d, s, file, r));
+}
+
+void row_head(Row &r, const bn_opts &o, const Scenario &s, const char *lib,
+              unsigned pass)
+{
+    r.str("dataset", o.dataset);
+    r.str("lib", lib);
+    r.str("scenario", s.name.c_str());
+    r.num("pass", pass, "%.0f");
+}
+
+void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
+              const char *lib)
+{
+    bool vx = !strcmp(lib, "vecidx");
+    r.num("n", (double)d.n, "%.0f");
+    r.num("dim", d.dim, "%.0f");
+    r.str("metric", bn_metric_name(o.metric));
+    r.num("M", o.M, "%.0f");
+    r.num("efc", o.ef_construction, "%.0f");
+    r.num("ef", s.ef, "%.0f");
+    r.num("k", s.k, "%.0f");
+    r.num("build_threads", o.build_threads, "%.0f");
+    r.str("simd", vx ? vecidx_simd() : hnswlib_simd());
+#ifdef HNSWLIB_VERSION
+    r.str("version", vx ? vecidx_version() : HNSWLIB_VERSION);
+#else
+    r.str("version", vx ? vecidx_version() : nullptr);
+#endif
+}
+
+/* Medians over the passes of each library and their ratio vecidx/hnswlib,
+** for the given keys: KEY_hnswlib, KEY_vecidx, KEY_ratio. */
+void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
+                   const std::vector<Row> &rows,
+                   const std::vector<std::string> &keys)
+{
+    Row r;
+    r.str("dataset", o.dataset);
+    r.str("lib", "vecidx/hnswlib");
+    r.str("scenario", s.name.c_str());
+    r.str("pass", "median");
+    r.num("passes", o.passes, "%.0f");
+    for (const std::string &key : keys) {
+        std::vector<double> h, v;
+        for (const Row &x : rows) {
+            std::vector<double> &dst = x.text("lib") == "vecidx" ? v : h;
+            dst.push_back(x.get(key));
+        }
+        double mh = median(h), mv = median(v);
+        const char *fmt = key.find("recall") != std::string::npos ? "%.4f"
+                                                                  : "%.3f";
+        r.num(key + "_hnswlib", mh, fmt);
+        r.num(key + "_vecidx", mv, fmt);
+        r.num(key + "_ratio", mh > 0 && mv >= 0 ? mv / mh : -1, "%.3f");
+    }
+    r.num("n", (double)d.n, "%.0f");
+    r.num("dim", d.dim, "%.0f");
+    r.num("M", o.M, "%.0f");
+    r.num("ef", s.ef, "%.0f");
+    r.str("simd", vecidx_simd());
+    r.str("version", vecidx_version());
+    r.print();
+}
+
+/* ---- the scenarios ---- */
+
+/* writer: idle phase, then the reader against --writer-rate writes/s,
+** half removals of random live keys and half re-inserts of removed rows
+** under new keys; recall of the live set at the end. */
+void scenario_writer(const bn_opts &o, const bn_data &d, const Scenario &s,
+                     const char *lib, unsigned pass, Row &r)
+{
+    size_t count = (size_t)(s.rate * s.duration) + 1;
+    std::vector<Op> ops = make_ops(d.n, count, true, SCENARIO_SEED + pass);
+    /* hnswlib keeps removed points as marked; every insert is a new one */
+    auto ix = make_index(lib, o, d, s, d.n + count / 2 + 1, !s.dir.empty(), r);
+    idle_phase(*ix, d, s, s.idle, r);
+
+    lt_cpu c0 = lt_cpu_now();
+    uint64_t t0 = soon(), t1 = t0 + (uint64_t)(s.duration * 1e9);
+    Index *p = ix.get();
+    Reader rd(*ix, d, s.k, t0);
+    Writer wr(s.rate, t0, count,
+              [p, &ops, &d](size_t i, uint64_t *a, uint64_t *b) {
+                  const Op &op = ops[i];
+                  if (op.insert)
+                      p->insert(op.key, d.base + (size_t)op.row * d.dim, a, b);
+                  else
+                      p->remove(op.key, a, b);
+              });
+    lt_sleep_until(t1);
+    const lt_samples &w = wr.finish();
+    const lt_samples &q = rd.finish();
+    lt_cpu c1 = lt_cpu_now();
+    double secs = (double)(wr.t_end() - t0) / 1e9;
+    lt_stats sq = lt_summarize(&q, LT_ALL, 0, 0);
+    r.stats("search", "searches", sq);
+    r.num("search_qps", (double)sq.count / secs, "%.1f");
+    r.stats("write", "writes", select_stats(w, ops, -1));
+    lt_stats si = select_stats(w, ops, 1), sr = select_stats(w, ops, 0);
+    r.num("insert_p99_us", si.p99, "%.1f");
+    r.num("insert_max_us", si.max, "%.1f");
+    r.num("remove_p99_us", sr.p99, "%.1f");
+    r.num("remove_max_us", sr.max, "%.1f");
+    r.num("write_rate", (double)w.n / secs, "%.1f");
+    r.num("write_rate_target", s.rate, "%.0f");
+    r.num("write_lag_max_us", (double)wr.lag_max() / 1e3, "%.1f");
+    r.num("phase_s", secs);
+    cpu_keys(r, "", c0, c1);
+    r.num("duration_s", s.duration, "%.1f");
+    r.num("idle_s", s.idle, "%.1f");
+    LiveSet ls = replay(d.n, ops, w.n);
+    r.num(recall_key(s), live_recall(*ix, o, d, s, ls), "%.4f");
+    ix->state(r);
+}
+
+/* remove: idle phase, then the reader while one thread removes
+** --remove-fraction of the keys, chosen at random, one call at a time as
+** fast as it can; recall of what is left. */
+void scenario_remove(const bn_opts &o, const bn_data &d, const Scenario &s,
+                     const char *lib, unsigned pass, Row &r)
+{
+    size_t count = (size_t)(s.remove_fraction * (double)d.n);
+    std::vector<Op> ops = make_ops(d.n, count, false, SCENARIO_SEED + pass);
+    auto ix = make_index(lib, o, d, s, d.n, !s.dir.empty(), r);
+    idle_phase(*ix, d, s, s.idle, r);
+
+    lt_cpu c0 = lt_cpu_now();
+    uint64_t t0 = soon();
+    Index *p = ix.get();
+    Reader rd(*ix, d, s.k, t0);
+    Writer wr(0, t0, count, [p, &ops](size_t i, uint64_t *a, uint64_t *b) {
+        p->remove(ops[i].key, a, b);
+    });
+    wr.join();
+    const lt_samples &w = wr.finish();
+    const lt_samples &q = rd.finish();
+    lt_cpu c1 = lt_cpu_now();
+    double secs = (double)(wr.t_end() - t0) / 1e9;
+    lt_stats sq = lt_summarize(&q, LT_ALL, 0, 0);
+    r.stats("search", "searches", sq);
+    r.num("search_qps", secs > 0 ? (double)sq.count / secs : -1, "%.1f");
+    r.stats("remove", "removes", lt_summarize(&w, LT_ALL, 0, 0));
+    r.num("remove_total_s", secs);
+    r.num("remove_rate", secs > 0 ? (double)w.n / secs : -1, "%.1f");
+    cpu_keys(r, "", c0, c1);
+    r.num("remove_fraction", s.remove_fraction, "%.4f");
+    r.num("idle_s", s.idle, "%.1f");
+    LiveSet ls = replay(d.n, ops, w.n);
+    r.num(recall_key(s), live_recall(*ix, o, d, s, ls), "%.4f");
+    ix->state(r);
+}
+
+/* An upsert's vector: the key's base row, each component scaled by a
+** random factor in [0.99, 1.01]. */
+void perturbed(const bn_data &d, uint64_t row, uint64_t *rng, float *out)
+{
+    const float *v = d.base + row * d.dim;
+    for (uint32_t j = 0; j < d.dim; j++) {
+        double u = (double)(lt_rand(rng) >> 11) / 9007199254740992.0;
+        out[j] = v[j] * (float)(0.99 + 0.02 * u);
+    }
+}
+
+/* checkpoint: vecidx file-backed: --ckpt-writes upserts, then the reader
+** and a writer of --writer-rate upserts/s; after CKPT_MARGIN_S, one
+** vecidx_checkpoint; both stop CKPT_MARGIN_S after it returned. hnswlib:
+** the reader only (its saveIndex must not run with writes), and saveIndex
+** in place of the checkpoint. Calls overlapping the checkpoint are
+** reported as *_ckpt_*, the others as *_other_*. */
+void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
+                         const char *lib, unsigned pass, Row &r)
+{
+    bool vx = !strcmp(lib, "vecidx");
+    auto ix = make_index(lib, o, d, s, d.n, true, r);
+    Index *p = ix.get();
+    uint64_t rng = SCENARIO_SEED + pass;
+    std::vector<float> v(d.dim);
+    if (vx) {
+        double t = bn_now();
+        for (size_t i = 0; i < s.ckpt_writes; i++) {
+            uint64_t key = lt_rand(&rng) % d.n, a, b;
+            perturbed(d, key, &rng, v.data());
+            p->upsert(key, v.data(), &a, &b);
+        }
+        r.num("ckpt_writes", (double)s.ckpt_writes, "%.0f");
+        r.num("ckpt_writes_s", bn_now() - t);
+    }
+    lt_cpu u0 = lt_cpu_now();
+    uint64_t t0 = soon(), c0, c1;
+    Reader rd(*ix, d, s.k, t0);
+    std::unique_ptr<Writer> wr;
+    if (vx)
+        wr.reset(new Writer(
+            s.rate, t0, SIZE_MAX,
+            [p, &d, rng, v](size_t, uint64_t *a, uint64_t *b) mutable {
+                uint64_t key = lt_rand(&rng) % d.n;
+                perturbed(d, key, &rng, v.data());
+                p->upsert(key, v.data(), a, b);
+            }));
+    lt_sleep_until(t0 + (uint64_t)(CKPT_MARGIN_S * 1e9));
+    ix->checkpoint(&c0, &c1);
+    lt_sleep_until(c1 + (uint64_t)(CKPT_MARGIN_S * 1e9));
+    lt_samples none;
+    lt_init(&none, 1);
+    const lt_samples &w = wr ? wr->finish() : none;
+    const lt_samples &q = rd.finish();
+    lt_cpu u1 = lt_cpu_now();
+    r.str("ckpt_call", vx ? "vecidx_checkpoint" : "saveIndex");
+    r.num("ckpt_s", (double)(c1 - c0) / 1e9);
+    r.stats("search_ckpt", "searches_ckpt",
+            lt_summarize(&q, LT_INSIDE, c0, c1));
+    r.stats("search_other", "searches_other",
+            lt_summarize(&q, LT_OUTSIDE, c0, c1));
+    lt_stats wi = lt_summarize(&w, LT_INSIDE, c0, c1);
+    lt_stats wo = lt_summarize(&w, LT_OUTSIDE, c0, c1);
+    r.stats("write_ckpt", "writes_ckpt", wi);
+    r.stats("write_other", "writes_other", wo);
+    if (vx) {
+        double secs = (double)(wr->t_end() - t0) / 1e9;
+        r.num("write_rate", (double)w.n / secs, "%.1f");
+        r.num("write_rate_target", s.rate, "%.0f");
+        r.num("write_lag_max_us", (double)wr->lag_max() / 1e3, "%.1f");
+    }
+    cpu_keys(r, "", u0, u1);
+    lt_free(&none);
+    ix->state(r);
+}
+
+/* Queries per second of single searches on `threads` threads over a
+** budget of `secs`: whole passes over the queries (bn_pass_single, as in
+** --lib paired) until the budget is spent. */
+double timed_qps(const bn_data &d, size_t k, unsigned threads, bn_query_fn fn,
+                 void *ctx, int64_t *res, double secs)
+{
+    size_t done = 0;
+    double t0 = bn_now(), t;
+    do {
+        bn_pass_single(d.nq, k, threads, fn, ctx, res);
+        done += d.nq;
+    } while ((t = bn_now() - t0) < secs);
+    return (double)done / t;
+}
+
+/* scaling: on an idle index built once per library, QPS of 1 and of
+** --threads search threads, recall against the ground truth file. */
+void scenario_scaling(const bn_opts &o, const bn_data &d, const Scenario &s,
+                      std::vector<Row> &rows)
+{
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
+    double hb, vb, rss;
+    std::unique_ptr<hnswlib::HierarchicalNSW<float>> alg(
+        build_hnswlib(o, d, space.get(), &hb, &rss));
+    alg->setEf(s.ef);
+    vecidx *ix = build_vecidx(o, d, &vb, &rss);
+    HnswlibCtx hc{alg.get(), &d, s.k};
+    vxb_ctx vc;
+    memset(&vc, 0, sizeof vc);
+    vc.ix = ix;
+    vc.d = &d;
+    vc.k = s.k;
+    vc.so.ef = s.ef;
+    std::vector<int64_t> res(d.nq * s.k);
+    for (unsigned pass = 0; pass < o.passes; pass++) {
+        for (int vx = 0; vx < 2; vx++) {
+            const char *lib = vx ? "vecidx" : "hnswlib";
+            bn_query_fn fn = vx ? vxb_search_one : hnswlib_query;
+            void *ctx = vx ? (void *)&vc : (void *)&hc;
+            Row r;
+            row_head(r, o, s, lib, pass);
+            r.num("build_s", vx ? vb : hb);
+            lt_cpu c0 = lt_cpu_now();
+            double q1 = timed_qps(d, s.k, 1, fn, ctx, res.data(), s.duration);
+            lt_cpu c1 = lt_cpu_now();
+            double qn = timed_qps(d, s.k, o.threads, fn, ctx, res.data(),
+                                  s.duration);
+            lt_cpu c2 = lt_cpu_now();
+            r.num("qps_1t", q1, "%.1f");
+            r.num("qps_nt", qn, "%.1f");
+            r.num("threads", o.threads, "%.0f");
+            r.num("scaling", q1 > 0 ? qn / q1 : -1, "%.3f");
+            r.num(recall_key(s), bn_recall(&d, res.data(), s.k, lib), "%.4f");
+            r.num("secs_per_measurement", s.duration, "%.1f");
+            cpu_keys(r, "_1t", c0, c1);
+            cpu_keys(r, "_nt", c1, c2);
+            row_tail(r, o, d, s, lib);
+            r.print();
+            rows.push_back(r);
+        }
+    }
+    vecidx_close(ix);
+}
+
+void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
+{
+    if (d.n < 2 * (size_t)s.k)
+        bn_die("--scenario: %zu base vectors are too few", d.n);
+    std::vector<Row> rows;
+    std::vector<std::string> keys;
+    if (s.name == "scaling") {
+        scenario_scaling(o, d, s, rows);
+        keys = {"qps_1t", "qps_nt", "scaling", recall_key(s)};
+    } else {
+        for (unsigned pass = 0; pass < o.passes; pass++) {
+            for (int vx = 0; vx < 2; vx++) {
+                const char *lib = vx ? "vecidx" : "hnswlib";
+                Row r;
+                row_head(r, o, s, lib, pass);
+                if (s.name == "writer")
+                    scenario_writer(o, d, s, lib, pass, r);
+                else if (s.name == "remove")
+                    scenario_remove(o, d, s, lib, pass, r);
+                else
+                    scenario_checkpoint(o, d, s, lib, pass, r);
+                if (vx) {
+                    bool file = s.name == "checkpoint" || !s.dir.empty();
+                    r.str("storage", file ? "file" : "memory");
+                    r.str("sync", file ? s.sync_name : nullptr);
+                } else {
+                    r.str("hnswlib_lock", s.hnswlib_lock ? "rw" : "none");
+                }
+                row_tail(r, o, d, s, lib);
+                r.print();
+                rows.push_back(r);
+            }
+        }
+        if (s.name == "writer")
+            keys = {"search_idle_p99_us", "search_p50_us", "search_p99_us",
+                    "search_p999_us",     "search_max_us", "search_qps",
+                    "write_p99_us",       "write_max_us",  "write_rate",
+                    recall_key(s)};
+        else if (s.name == "remove")
+            keys = {"search_idle_p99_us", "search_p99_us", "search_p999_us",
+                    "search_max_us",      "remove_p99_us", "remove_max_us",
+                    "remove_total_s",     recall_key(s)};
+        else
+            keys = {"ckpt_s", "search_ckpt_p99_us", "search_ckpt_max_us",
+                    "search_other_p99_us", "write_ckpt_max_us"};
+    }
+    print_summary(o, d, s, rows, keys);
+}
+
 } // namespace
+
+/* The options of the scenarios, taken out of argv before bn_parse_args
+** sees the rest (see the help text). */
+const char *const SCENARIO_HELP =
+    "hnswlib | faiss | all (default all) | paired (hnswlib and vecidx, "
+    "passes alternating)\n"
+    "\n"
+    "Stall scenarios (--lib paired --scenario NAME; HNSW, one --ef value,\n"
+    "default 32; --build-threads default 2; see bench/README.md):\n"
+    "  --scenario S        writer | remove | checkpoint | scaling\n"
+    "  --duration S        writer: seconds of the writer phase (default 60);\n"
+    "                      scaling: seconds per measurement (default 5)\n"
+    "  --idle-duration S   writer, remove: seconds of the reader alone first\n"
+    "                      (default: writer --duration, remove 10)\n"
+    "  --writer-rate W     writes per second (writer 4000, checkpoint 500)\n"
+    "  --file DIR          vecidx file-backed, its files in DIR (writer,\n"
+    "                      remove; required by checkpoint)\n"
+    "  --sync M            full | normal | off (default normal)\n"
+    "  --ckpt-writes N     checkpoint: upserts before it (default 1000)\n"
+    "  --remove-fraction F remove: share of the keys removed (default 0.125)\n"
+    "  --recall-queries N  queries for the live-set recall (default 200)\n"
+    "  --hnswlib-lock      guard hnswlib with a readers-writer lock\n"
+    "  --threads N         scaling: search threads (default: all cores)";
+
+double parse_secs(const char *opt, const char *v)
+{
+    char *end;
+    double x = strtod(v, &end);
+    if (!*v || *end || !(x >= 0) || x > 1e6)
+        bn_die("%s: '%s' is not a number of seconds", opt, v);
+    return x;
+}
+
+/* Takes the scenario options out of argv into *s; returns the other
+** arguments, after defaults for a scenario (--index hnsw --ef 32
+** --build-threads 2, scaling --threads <cores>) that the user's own
+** options, coming later, override. */
+std::vector<char *> scenario_args(int argc, char **argv, Scenario *s)
+{
+    static std::vector<std::string> defaults;
+    std::vector<char *> rest{argv[0]};
+    std::vector<char *> user;
+    bool any = false;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i], name = a, val;
+        size_t eq = a.find('=');
+        bool has_val = eq != std::string::npos;
+        if (has_val) {
+            name = a.substr(0, eq);
+            val = a.substr(eq + 1);
+        }
+        static const char *const ours[] = {
+            "--scenario",      "--duration",
+            "--idle-duration", "--writer-rate",
+            "--file",          "--sync",
+            "--ckpt-writes",   "--remove-fraction",
+            "--recall-queries"};
+        bool mine = false;
+        for (const char *x : ours) mine = mine || name == x;
+        if (name == "--hnswlib-lock") {
+            s->hnswlib_lock = any = true;
+            continue;
+        }
+        if (!mine) {
+            user.push_back(argv[i]);
+            continue;
+        }
+        if (name != "--scenario") any = true;
+        if (!has_val) {
+            if (i + 1 >= argc) bn_die("%s needs a value", name.c_str());
+            val = argv[++i];
+        }
+        const char *n = name.c_str(), *v = val.c_str();
+        if (name == "--scenario") {
+            if (val != "writer" && val != "remove" && val != "checkpoint" &&
+                val != "scaling")
+                bn_die("--scenario: '%s' is not writer, remove, checkpoint "
+                       "or scaling",
+                       v);
+            s->name = val;
+        } else if (name == "--duration")
+            s->duration = parse_secs(n, v);
+        else if (name == "--idle-duration")
+            s->idle = parse_secs(n, v);
+        else if (name == "--writer-rate")
+            s->rate = (double)bn_parse_ulong(n, v, 1, 10000000);
+        else if (name == "--file")
+            s->dir = val;
+        else if (name == "--sync") {
+            static const struct {
+                const char *name;
+                unsigned flag;
+            } modes[] = {{"full", VECIDX_SYNC_FULL},
+                         {"normal", VECIDX_SYNC_NORMAL},
+                         {"off", VECIDX_SYNC_OFF}};
+            bool ok = false;
+            for (const auto &m : modes)
+                if (val == m.name) {
+                    s->sync = m.flag;
+                    s->sync_name = m.name;
+                    ok = true;
+                }
+            if (!ok) bn_die("--sync: '%s' is not full, normal or off", v);
+        } else if (name == "--ckpt-writes")
+            s->ckpt_writes = bn_parse_ulong(n, v, 0, 100000000);
+        else if (name == "--remove-fraction") {
+            char *end;
+            s->remove_fraction = strtod(v, &end);
+            if (!*v || *end || !(s->remove_fraction > 0) ||
+                s->remove_fraction > 1)
+                bn_die("--remove-fraction: '%s' is not in (0, 1]", v);
+        } else
+            s->recall_queries = bn_parse_ulong(n, v, 1, 100000000);
+    }
+    if (!s->name.empty()) {
+        defaults = {"--lib", "paired", "--index",         "hnsw",
+                    "--ef",  "32",     "--build-threads", "2"};
+        if (s->name == "scaling") {
+            defaults.push_back("--threads");
+            defaults.push_back(std::to_string(bn_ncpu()));
+        }
+        for (std::string &x : defaults) rest.push_back(&x[0]);
+    }
+    if (any && s->name.empty())
+        bn_die("%s", "--duration, --file and the like need --scenario");
+    rest.insert(rest.end(), user.begin(), user.end());
+    rest.push_back(nullptr);
+    return rest;
+}
+
+/* Checks the options of a scenario and resolves the defaults. */
+void scenario_resolve(const bn_opts &o, Scenario *s)
+{
+    if (strcmp(o.lib, "paired") != 0)
+        bn_die("--scenario needs --lib paired (hnswlib and vecidx in turns)");
+    if (strcmp(o.index, "hnsw") != 0 || o.batch)
+        bn_die("--scenario: --index hnsw and single queries only");
+    if (o.ef.n != 1) bn_die("--scenario takes one --ef value");
+    s->ef = o.ef.v[0];
+    s->k = (unsigned)o.k;
+    if (s->duration < 0) s->duration = s->name == "scaling" ? 5 : 60;
+    if (s->idle < 0) s->idle = s->name == "remove" ? 10 : s->duration;
+    if (s->rate < 0) s->rate = s->name == "checkpoint" ? 500 : 4000;
+    if (s->name == "checkpoint" && s->dir.empty())
+        bn_die("--scenario checkpoint needs --file DIR (vecidx file-backed)");
+    if (!s->dir.empty() && mkdir(s->dir.c_str(), 0755) != 0 && errno != EEXIST)
+        bn_die("--file %s: %s", s->dir.c_str(), strerror(errno));
+    if (s->name == "writer" && s->duration <= 0)
+        bn_die("--scenario writer: --duration must be above 0");
+    if (s->name == "scaling" && s->duration <= 0)
+        bn_die("--scenario scaling: --duration must be above 0");
+}
 
 int main(int argc, char **argv)
 {
     bn_opts o;
     bn_data d;
-    bn_parse_args(argc, argv, &o,
-                  "hnswlib | faiss | all (default all) | paired (hnswlib "
-                  "and vecidx, passes alternating)");
+    Scenario scen;
+    bn_progname = "vecidx-compare";
+    std::vector<char *> args = scenario_args(argc, argv, &scen);
+    bn_parse_args((int)args.size() - 1, args.data(), &o, SCENARIO_HELP);
+    if (!scen.name.empty()) scenario_resolve(o, &scen);
     const char *lib = o.lib ? o.lib : "all";
     bool want_hnswlib = !strcmp(lib, "hnswlib") || !strcmp(lib, "all");
     bool want_faiss = !strcmp(lib, "faiss") || !strcmp(lib, "all");
@@ -442,7 +1586,10 @@ int main(int argc, char **argv)
         normalise(d.base, d.n, d.dim);
         normalise(d.query, d.nq, d.dim);
     }
-    if (paired) run_paired(o, d);
+    if (!scen.name.empty())
+        run_scenario(o, d, scen);
+    else if (paired)
+        run_paired(o, d);
     if (want_hnswlib) run_hnswlib(o, d);
     if (want_faiss) run_faiss(o, d);
     bn_free_data(&d);

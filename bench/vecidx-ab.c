@@ -1,0 +1,294 @@
+/*
+** vecidx-ab -- search speed of two builds of vecidx.c in one process: "old"
+** (a git revision) and "new" (the working tree, or another revision),
+** built by `make bench-ab OLD=REV [NEW=REV]` (bench/ab-build.sh). Both
+** build the same index from the same data, seed and build threads; then,
+** for each --ef, their timed passes alternate (old first on even passes,
+** new first on odd ones), so drift of the machine hits both alike.
+**
+** It takes vecidx-bench's options (bench/README.md); here --index defaults
+** to hnsw and --build-threads to 1 (one thread makes the graph a function
+** of code and seed alone, so the same code gives the same graph). Output:
+** per ef one line per side in vecidx-bench's format (lib "old" or "new";
+** qps is the best pass, qps_median the median), then a line comparing
+** them (lib "new/old"). See bench/README.md, "Old-vs-new A/B".
+*/
+#include "common.h" /* first: selects POSIX */
+
+#include "ab-shim.h"
+#include "latency.h"
+
+typedef struct ab_side {
+    const char *name; /* "old" or "new" */
+    void *(*build)(const ab_build *b, char *err, size_t errsz);
+    int (*search)(void *h, const float *q, size_t k, uint32_t ef,
+                  uint64_t *keys, size_t *found);
+    void (*close)(void *h);
+    uint64_t (*memory)(void *h);
+    const char *(*errmsg)(void *h);
+    const char *(*version)(void);
+    const char *(*simd)(void);
+    const char *(*rev)(void);
+    void *h;
+    double build_s, rss_mb;
+    double *qps; /* per timed pass of the current ef */
+    int64_t *res;
+} ab_side;
+
+typedef struct ab_ctx {
+    ab_side *s;
+    const bn_data *d;
+    size_t k;
+    uint32_t ef;
+} ab_ctx;
+
+static void ab_query(void *arg, size_t qi, int64_t *out)
+{
+    ab_ctx *c = (ab_ctx *)arg;
+    size_t found = 0, i;
+    int rc = c->s->search(c->s->h, c->d->query + qi * c->d->dim, c->k, c->ef,
+                          (uint64_t *)out, &found);
+    if (rc != 0)
+        bn_die("%s: vecidx_search failed (%d): %s", c->s->name, rc,
+               c->s->errmsg(c->s->h));
+    for (i = found; i < c->k; i++) out[i] = -1;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(const double *v, size_t n)
+{
+    double *s = (double *)bn_malloc(n * sizeof *s), m;
+    memcpy(s, v, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_double);
+    m = n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+    free(s);
+    return m;
+}
+
+static double max_of(const double *v, size_t n)
+{
+    double m = 0;
+    size_t i;
+    for (i = 0; i < n; i++) m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+static double min_of(const double *v, size_t n)
+{
+    double m = n ? v[0] : 0;
+    size_t i;
+    for (i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static void build_side(ab_side *s, const bn_opts *o, const bn_data *d,
+                       const uint64_t *keys)
+{
+    ab_build b;
+    char err[512];
+    double rss0 = bn_rss_mb(), t0, rss1;
+    memset(&b, 0, sizeof b);
+    b.kind = strcmp(o->index, "hnsw") == 0 ? 2 : 1;
+    b.metric = o->metric; /* BN_L2/IP/COS have vecidx's values */
+    b.dim = d->dim;
+    b.M = o->M;
+    b.ef_construction = o->ef_construction;
+    b.threads = o->build_threads;
+    b.seed = 42;
+    b.n = d->n;
+    b.keys = keys;
+    b.base = d->base;
+    t0 = bn_now();
+    s->h = s->build(&b, err, sizeof err);
+    s->build_s = bn_now() - t0;
+    if (!s->h) bn_die("%s (%s): build failed: %s", s->name, s->rev(), err);
+    rss1 = bn_rss_mb();
+    s->rss_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
+    bn_note("%s (%s, vecidx %s): built in %.2f s", s->name, s->rev(),
+            s->version(), s->build_s);
+}
+
+/* "ef=N" for hnsw, "exact" for flat, as vecidx-bench names them. */
+static void param_name(const bn_opts *o, uint32_t ef, char *buf, size_t size)
+{
+    if (strcmp(o->index, "hnsw") == 0)
+        snprintf(buf, size, "ef=%u", (unsigned)ef);
+    else
+        snprintf(buf, size, "exact");
+}
+
+static void print_side(const bn_opts *o, const bn_data *d, ab_side *s,
+                       uint32_t ef, double recall)
+{
+    bn_result r;
+    char extra[512];
+    bn_result_init(&r, o, s->name);
+    r.simd = s->simd();
+    r.lib_version = s->version();
+    param_name(o, ef, r.param, sizeof r.param);
+    snprintf(r.build, sizeof r.build, "M=%u,efc=%u", (unsigned)o->M,
+             (unsigned)o->ef_construction);
+    r.build_s = s->build_s;
+    r.mem_mb = (double)s->memory(s->h) / (1024.0 * 1024.0);
+    r.rss_mb = s->rss_mb;
+    r.recall = recall;
+    r.qps = max_of(s->qps, o->passes);
+    {
+        /* rev as a JSON string: git revisions need no escaping, but keep
+        ** quotes and backslashes out whatever was passed */
+        char rev[128];
+        const char *src = s->rev();
+        size_t i, n = 0;
+        for (i = 0; src[i] && n + 1 < sizeof rev; i++)
+            if (src[i] != '"' && src[i] != '\\' &&
+                (unsigned char)src[i] >= 0x20)
+                rev[n++] = src[i];
+        rev[n] = 0;
+        snprintf(extra, sizeof extra, ",\"qps_median\":%.1f,\"rev\":\"%s\"",
+                 median_of(s->qps, o->passes), rev);
+    }
+    r.extra = extra;
+    bn_print(o, d, &r);
+}
+
+int main(int argc, char **argv)
+{
+    static ab_side sides[2] = {
+        {"old", ab_old_build, ab_old_search, ab_old_close, ab_old_memory,
+         ab_old_errmsg, ab_old_version, ab_old_simd, ab_old_rev, NULL, 0, 0,
+         NULL, NULL},
+        {"new", ab_new_build, ab_new_search, ab_new_close, ab_new_memory,
+         ab_new_errmsg, ab_new_version, ab_new_simd, ab_new_rev, NULL, 0, 0,
+         NULL, NULL}};
+    bn_opts o;
+    bn_data d;
+    char **args = (char **)bn_malloc(((size_t)argc + 5) * sizeof *args);
+    uint64_t *keys;
+    double *ratio, pass_time = 1.0;
+    size_t i, e;
+    unsigned p;
+    int a, nargs = 5;
+
+    /* defaults that the user's options, coming later, override; the
+    ** option of this program, --pass-time S, is taken out */
+    args[0] = argv[0];
+    args[1] = (char *)"--index";
+    args[2] = (char *)"hnsw";
+    args[3] = (char *)"--build-threads";
+    args[4] = (char *)"1";
+    for (a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--pass-time") && a + 1 < argc) {
+            char *end;
+            pass_time = strtod(argv[++a], &end);
+            if (*end || !(pass_time >= 0) || pass_time > 3600)
+                bn_die("--pass-time: '%s' is not a number of seconds", argv[a]);
+        } else {
+            args[nargs++] = argv[a];
+        }
+    }
+    args[nargs] = NULL;
+    bn_parse_args(nargs, args, &o,
+                  "ignored (the sides are old and new); also --pass-time S: "
+                  "each timed pass repeats the queries for about S seconds "
+                  "(default 1)");
+    if (o.batch) bn_die("--batch: single queries only");
+    if (!strcmp(o.index, "ivfpq")) bn_die("--index ivfpq: flat or hnsw only");
+    bn_load(&o, &d);
+
+    keys = (uint64_t *)bn_malloc(d.n * sizeof *keys);
+    for (i = 0; i < d.n; i++) keys[i] = i;
+    for (i = 0; i < 2; i++) {
+        build_side(&sides[i], &o, &d, keys);
+        sides[i].qps = (double *)bn_malloc(o.passes * sizeof(double));
+        sides[i].res = (int64_t *)bn_malloc(d.nq * o.k * sizeof(int64_t));
+    }
+    ratio = (double *)bn_malloc(o.passes * sizeof *ratio);
+
+    for (e = 0; e < (strcmp(o.index, "hnsw") ? 1 : o.ef.n); e++) {
+        uint32_t ef = o.ef.v[e];
+        ab_ctx ctx[2];
+        double rec[2], best[2], med[2];
+        bn_kv j;
+        char param[32];
+        size_t reps = 1, r;
+        lt_cpu c0, c1;
+        double other, steal;
+        for (i = 0; i < 2; i++) {
+            double t;
+            ctx[i].s = &sides[i];
+            ctx[i].d = &d;
+            ctx[i].k = o.k;
+            ctx[i].ef = ef;
+            /* one untimed pass each: caches and branch predictors warm;
+            ** old's time sets how often a timed pass repeats the queries */
+            t = bn_pass_single(d.nq, o.k, o.threads, ab_query, &ctx[i],
+                               sides[i].res);
+            if (i == 0 && t > 0 && pass_time / t > 1)
+                reps = (size_t)ceil(pass_time / t);
+        }
+        c0 = lt_cpu_now();
+        for (p = 0; p < o.passes; p++) {
+            for (i = 0; i < 2; i++) {
+                size_t s = p % 2 ? 1 - i : i; /* old first on even passes */
+                double t = 0;
+                for (r = 0; r < reps; r++)
+                    t += bn_pass_single(d.nq, o.k, o.threads, ab_query, &ctx[s],
+                                        sides[s].res);
+                sides[s].qps[p] = t > 0 ? (double)(d.nq * reps) / t : 0;
+            }
+            ratio[p] = sides[0].qps[p] > 0 ? sides[1].qps[p] / sides[0].qps[p]
+                                           : 0;
+        }
+        c1 = lt_cpu_now();
+        lt_cpu_other(&c0, &c1, &other, &steal);
+        for (i = 0; i < 2; i++) {
+            rec[i] = bn_recall(&d, sides[i].res, o.k, sides[i].name);
+            best[i] = max_of(sides[i].qps, o.passes);
+            med[i] = median_of(sides[i].qps, o.passes);
+            print_side(&o, &d, &sides[i], ef, rec[i]);
+        }
+        param_name(&o, ef, param, sizeof param);
+        bn_kv_begin(&j, stdout);
+        bn_kv_str(&j, "dataset", o.dataset);
+        bn_kv_str(&j, "lib", "new/old");
+        bn_kv_str(&j, "index", o.index);
+        bn_kv_str(&j, "param", param);
+        bn_kv_num(&j, "qps_ratio_best", "%.4f",
+                  best[0] > 0 ? best[1] / best[0] : -1);
+        bn_kv_num(&j, "qps_ratio_median", "%.4f",
+                  med[0] > 0 ? med[1] / med[0] : -1);
+        bn_kv_num(&j, "qps_ratio_paired_median", "%.4f",
+                  median_of(ratio, o.passes));
+        bn_kv_num(&j, "qps_ratio_paired_min", "%.4f", min_of(ratio, o.passes));
+        bn_kv_num(&j, "qps_ratio_paired_max", "%.4f", max_of(ratio, o.passes));
+        bn_kv_num(&j, "recall_old", "%.4f", rec[0]);
+        bn_kv_num(&j, "recall_new", "%.4f", rec[1]);
+        bn_kv_str(&j, "rev_old", sides[0].rev());
+        bn_kv_str(&j, "rev_new", sides[1].rev());
+        bn_kv_num(&j, "other_cpu", "%.2f", other);
+        bn_kv_num(&j, "steal_cpu", "%.2f", steal);
+        bn_kv_uint(&j, "passes", o.passes);
+        bn_kv_uint(&j, "queries_per_pass", d.nq * reps);
+        bn_kv_uint(&j, "threads", o.threads);
+        bn_kv_uint(&j, "build_threads", o.build_threads);
+        bn_kv_uint(&j, "n", d.n);
+        bn_kv_uint(&j, "dim", d.dim);
+        bn_kv_str(&j, "simd", sides[1].simd());
+        bn_kv_end(&j);
+    }
+    for (i = 0; i < 2; i++) {
+        sides[i].close(sides[i].h);
+        free(sides[i].qps);
+        free(sides[i].res);
+    }
+    free(ratio);
+    free(keys);
+    free(args);
+    bn_free_data(&d);
+    return 0;
+}
