@@ -312,6 +312,14 @@ typedef struct vx_ebr {
 static _Thread_local unsigned vx_ebr_hint;
 static atomic_uint vx_ebr_threads;
 
+/* A small number of the calling thread's own, 1 for the first thread that
+** asks; spreads per-thread probes over slots and cache lines. */
+static unsigned vx_thread_no(void)
+{
+    if (!vx_ebr_hint) vx_ebr_hint = atomic_fetch_add(&vx_ebr_threads, 1) + 1;
+    return vx_ebr_hint;
+}
+
 static int vx_ebr_init(vx_ebr *e, vx_mem *mem)
 {
     memset(e, 0, sizeof *e);
@@ -329,8 +337,7 @@ static int vx_ebr_init(vx_ebr *e, vx_mem *mem)
 static uint64_t *vx_ebr_enter(vx_ebr *e, vx_mem *mem)
 {
     unsigned h, i;
-    if (!vx_ebr_hint) vx_ebr_hint = atomic_fetch_add(&vx_ebr_threads, 1) + 1;
-    h = vx_ebr_hint;
+    h = vx_thread_no();
     for (;;) {
         vx_ebr_block *b, *last = NULL, *fresh;
         for (b = e->first; b; last = b, b = VX_LOAD(&b->next))
@@ -1747,7 +1754,8 @@ static void vx_topk_free(vx_topk *h, vx_mem *mem)
 ** declared here, ahead of the sections that implement them. */
 
 #define VX_HNSW_MAX_LEVEL 15
-#define VX_HNSW_MAX_M 128u /* level-0 lists hold up to 2*M links */
+#define VX_HNSW_MAX_M 128u   /* level-0 lists hold up to 2*M links */
+#define VX_SCRATCH_CELLS 64u /* idle search scratches kept per graph */
 #define VX_HNSW_NLOCKS 4096u
 #define VX_HNSW_SUBBATCH 4096u /* nodes stored, then linked, at a time */
 #define VX_NORM_BUCKETS 2048   /* squared-norm histogram of a repair */
@@ -1787,7 +1795,6 @@ typedef struct vx_cand {
 ** byte per node keeps the tags of a million-node graph in L2 cache; the
 ** array is cleared once every 255 searches. */
 typedef struct vx_hnsw_scratch {
-    struct vx_hnsw_scratch *next;
     uint8_t *visit;
     size_t visit_cap;
     uint8_t epoch;
@@ -1826,12 +1833,13 @@ typedef struct vx_hnsw {
     uint8_t *mark;
     size_t mark_cap;
     vx_pass pass;
-    pthread_mutex_t pool_lock;
-    vx_hnsw_scratch *pool;
+    /* Idle scratches, taken and given back with one atomic exchange each,
+    ** a thread at a cell of its own first (8 cells to a cache line). */
+    vx_hnsw_scratch *cell[VX_SCRATCH_CELLS];
     /* Only a parallel build takes these: a striped lock per node's links,
     ** and one for the entry point. */
     int locking;
-    int untrusted; /* mapped from a file: bound every link (read_safe) */
+    int untrusted; /* mapped from a file: bound every link (vx_hnsw_read) */
     pthread_mutex_t entry_lock;
     atomic_flag locks[VX_HNSW_NLOCKS];
 } vx_hnsw;
@@ -2132,7 +2140,7 @@ static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
 **
 ** Removal buries a node: its key leaves the index at once and searches
 ** never return it, but it stays traversable until a repair pass
-** (vx_hnsw_repair) rewires every list that links to a buried node through
+** (vx_pass, in steps) rewires every list that links to a buried node through
 ** the buried node's own neighbours and then frees the slot. Passes run
 ** when enough nodes are buried, so the graph stays navigable, memory stays
 ** bounded under churn, and no list ever points to a reused slot.
@@ -2279,14 +2287,15 @@ static int vx_scratch_fit(vecidx *ix, vx_hnsw_scratch *s, size_t ef)
     return VECIDX_OK;
 }
 
-/* Take a scratch from the pool (or make one) fitted for breadth ef. */
+/* Take an idle scratch (or make one) fitted for breadth ef. */
 static int vx_scratch_get(vecidx *ix, size_t ef, vx_hnsw_scratch **out)
 {
-    vx_hnsw_scratch *s;
-    pthread_mutex_lock(&ix->hnsw.pool_lock);
-    s = ix->hnsw.pool;
-    if (s) ix->hnsw.pool = s->next;
-    pthread_mutex_unlock(&ix->hnsw.pool_lock);
+    vx_hnsw_scratch *s = NULL, **cell = ix->hnsw.cell;
+    unsigned h = vx_thread_no() * 8, i;
+    for (i = 0; i < VX_SCRATCH_CELLS && !s; i++) {
+        vx_hnsw_scratch **c = &cell[(h + i) % VX_SCRATCH_CELLS];
+        if (VX_PEEK(c)) s = __atomic_exchange_n(c, NULL, __ATOMIC_ACQ_REL);
+    }
     if (!s) {
         if (!(s = vx_malloc(&ix->mem, sizeof *s))) return VECIDX_ENOMEM;
         memset(s, 0, sizeof *s);
@@ -2301,12 +2310,20 @@ static int vx_scratch_get(vecidx *ix, size_t ef, vx_hnsw_scratch **out)
     return VECIDX_OK;
 }
 
+/* Give s back to an empty cell; with none empty (more threads than cells
+** searched at once) it is freed. */
 static void vx_scratch_put(vecidx *ix, vx_hnsw_scratch *s)
 {
-    pthread_mutex_lock(&ix->hnsw.pool_lock);
-    s->next = ix->hnsw.pool;
-    ix->hnsw.pool = s;
-    pthread_mutex_unlock(&ix->hnsw.pool_lock);
+    vx_hnsw_scratch **cell = ix->hnsw.cell;
+    unsigned h = vx_thread_no() * 8, i;
+    for (i = 0; i < VX_SCRATCH_CELLS; i++) {
+        vx_hnsw_scratch **c = &cell[(h + i) % VX_SCRATCH_CELLS], *none = NULL;
+        if (!VX_PEEK(c) &&
+            __atomic_compare_exchange_n(c, &none, s, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED))
+            return;
+    }
+    vx_scratch_free(&ix->mem, s);
 }
 
 /* Start a new visit generation; wrap-around clears the tags once. */
@@ -3389,8 +3406,7 @@ static void vx_hnsw_maintain(vecidx *ix)
     vx_scratch_put(ix, s);
 }
 
-/* ---- lifecycle and checks -------------------------------------------------
- */
+/* ---- lifecycle and checks ------------------------------------------------ */
 
 static int vx_hnsw_init(vecidx *ix)
 {
@@ -3404,25 +3420,18 @@ static int vx_hnsw_init(vecidx *ix)
     vx_hnsw_set_top(g, VX_NOSLOT, -1);
     g->arena_n = 1; /* offset 0 means "no upper levels" */
     for (i = 0; i < VX_HNSW_NLOCKS; i++) atomic_flag_clear(&g->locks[i]);
-    if (pthread_mutex_init(&g->pool_lock, NULL) != 0) return VECIDX_ENOMEM;
-    if (pthread_mutex_init(&g->entry_lock, NULL) != 0) {
-        pthread_mutex_destroy(&g->pool_lock);
-        return VECIDX_ENOMEM;
-    }
+    if (pthread_mutex_init(&g->entry_lock, NULL) != 0) return VECIDX_ENOMEM;
     return VECIDX_OK;
 }
 
 static void vx_hnsw_destroy(vecidx *ix)
 {
     vx_hnsw *g = &ix->hnsw;
-    while (g->pool) {
-        vx_hnsw_scratch *s = g->pool;
-        g->pool = s->next;
-        vx_scratch_free(&ix->mem, s);
-    }
+    unsigned i;
+    for (i = 0; i < VX_SCRATCH_CELLS; i++)
+        if (g->cell[i]) vx_scratch_free(&ix->mem, g->cell[i]);
     vx_free(&ix->mem, g->arena, g->arena_cap * sizeof *g->arena);
     vx_free(&ix->mem, g->mark, g->mark_cap);
-    pthread_mutex_destroy(&g->pool_lock);
     pthread_mutex_destroy(&g->entry_lock);
 }
 
@@ -5747,7 +5756,7 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
 ** size, and that the sections copied at open match their checksums. The
 ** big chunk section is not read here (that would cost a pass over the
 ** whole file); vecidx_check verifies it, and searches bound every slot
-** number they follow (vx_hnsw_read_safe), so damage there cannot make a
+** number they follow (vx_hnsw_read), so damage there cannot make a
 ** search touch memory outside the index. */
 static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
@@ -6577,7 +6586,7 @@ static int vx_open_match(const char *path, const vecidx_params *want,
     return VECIDX_OK;
 }
 
-/* The few slot numbers a reader uses without vx_hnsw_read_safe's bounds:
+/* The few slot numbers a reader uses without the bounds of vx_hnsw_read:
 ** the entry point and the key map's targets. */
 static const char *vx_file_check_roots(const vecidx *ix)
 {
@@ -6669,7 +6678,7 @@ static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
 }
 
 /* Before changing a mapped index (replaying its log, or writing), check
-** all of it: writes follow links without the bounds of read_safe. */
+** all of it: writes follow links without the bounds of vx_hnsw_read. */
 static int vx_open_verify(vecidx *ix, const char *path)
 {
     int rc = vx_check_locked(ix, 0);
@@ -7191,13 +7200,7 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
         if (graph) vx_hnsw_batch_release(ix, &b);
         return rc;
     }
-    if (old != VX_NOSLOT) {
-        vx_snap_touch(ix, old);
-        vx_keys_lock(ix);
-        vx_store_remove(&ix->store, old, graph);
-        VX_STORE(&ix->nremoved, ix->nremoved + 1);
-        vx_keys_unlock(ix);
-    }
+    if (old != VX_NOSLOT) vx_snap_touch(ix, old);
     for (i = 0; i < n;) {
         size_t end = n - i > VX_HNSW_SUBBATCH ? i + VX_HNSW_SUBBATCH : n, j;
         for (j = i; j < end; j++) {
@@ -7206,7 +7209,13 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
             vx_store_fill(&ix->store, slot, keys[j],
                           vecs + j * (size_t)ix->p.dim);
             if (graph) vx_hnsw_place(ix, slot);
+            /* An upsert swaps the key's slot in one step, so a reader
+            ** finds the old vector or the new, never neither. */
             vx_keys_lock(ix);
+            if (old != VX_NOSLOT) {
+                vx_store_remove(&ix->store, old, graph);
+                VX_STORE(&ix->nremoved, ix->nremoved + 1);
+            }
             vx_store_publish(&ix->store, slot);
             vx_keys_unlock(ix);
             if (graph) b.slots[j] = slot;
@@ -7620,20 +7629,51 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
     return rc;
 }
 
-/* Search queries [0, nq) of q in groups; read lock held. */
+/* Results a group's heaps hold on the stack; beyond, one allocation. The
+** common k keeps a search free of malloc and of the shared memory count. */
+#define VX_TOPK_STACK 128u
+
+/* Point the m heaps of a group, k entries each, into one block: the stack
+** buffers when they fit, else *block (freed by the caller). */
+static int vx_topk_carve(vx_topk *heaps, size_t m, size_t k, vx_mem *mem,
+                         float *dbuf, uint64_t *ibuf, void **block)
+{
+    size_t i, total = m * k;
+    float *d = dbuf;
+    uint64_t *id = ibuf;
+    *block = NULL;
+    if (total > VX_TOPK_STACK) {
+        if (total > SIZE_MAX / (sizeof *id + sizeof *d)) return VECIDX_ENOMEM;
+        /* ids first: the block's alignment suits them, floats follow. */
+        if (!(*block = vx_malloc(mem, total * (sizeof *id + sizeof *d))))
+            return VECIDX_ENOMEM;
+        id = *block;
+        d = (float *)(id + total);
+    }
+    for (i = 0; i < m; i++) {
+        heaps[i].k = k;
+        heaps[i].n = 0;
+        heaps[i].d = d + i * k;
+        heaps[i].id = id + i * k;
+    }
+    return VECIDX_OK;
+}
+
+/* Search queries [0, nq) of q in groups, inside the caller's epoch. */
 static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
                          const vecidx_search_opts *o, uint64_t *keys,
                          float *dists, size_t *found)
 {
     vx_topk heaps[VX_FLAT_QGROUP];
-    size_t cap = k < vx_count(ix) ? k : vx_count(ix), i, na, g;
+    float dbuf[VX_TOPK_STACK];
+    uint64_t ibuf[VX_TOPK_STACK];
+    size_t cap = k < vx_count(ix) ? k : vx_count(ix), i, g;
     int rc = VECIDX_OK;
     for (g = 0; g < nq && rc == VECIDX_OK; g += VX_FLAT_QGROUP) {
         size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP, tries;
+        void *block;
         for (i = 0; i < m; i++) found[g + i] = 0;
-        for (na = 0; na < m && rc == VECIDX_OK; na++)
-            rc = vx_topk_alloc(&heaps[na], &ix->mem, cap);
-        if (rc != VECIDX_OK) na--; /* the failed one freed itself */
+        rc = vx_topk_carve(heaps, m, cap, &ix->mem, dbuf, ibuf, &block);
         /* A key met twice (moved by a concurrent write) is dropped; the
         ** group is searched again so as not to return one short. */
         for (tries = 0; rc == VECIDX_OK; tries++) {
@@ -7652,7 +7692,7 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
             vx_topk_emit(&heaps[i], k, keys + (g + i) * k,
                          dists ? dists + (g + i) * k : NULL, found + g + i);
         }
-        for (i = 0; i < na; i++) vx_topk_free(&heaps[i], &ix->mem);
+        vx_free(&ix->mem, block, m * cap * (sizeof(float) + sizeof(uint64_t)));
     }
     if (rc != VECIDX_OK)
         return vx_err(ix, rc, "out of memory for %zu search results", k);

@@ -53,8 +53,11 @@
 **  and never a half-written vector or link list. A write that runs
 **  meanwhile may be seen or not (for a batch, some of its rows), except
 **  that a search never returns a key twice, nor a key whose removal
-**  returned before the search began. Writes are all or nothing as ever: a
-**  failed call changes nothing a reader can see.
+**  returned before the search began; and vecidx_get and vecidx_contains
+**  always find a key being upserted, with its old vector or its new one
+**  (a search may miss it while the new vector is being linked). Writes
+**  are all or nothing as ever: a failed call changes nothing a reader can
+**  see.
 **  A filter callback runs on the searching thread. It must not call a
 **  writer on the same handle; of a flat or HNSW index it may call the
 **  readers above (they do not wait for the search), of an IVF-PQ index
@@ -481,7 +484,8 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
                      const float *vecs);
 
 /* Remove the vector stored under key. The key is gone when the call
-** returns: no later call sees it. Flat storage is reused at once. In an
+** returns: no later call sees it. Flat storage is reused by a later
+** write, once no search that may still read it runs. In an
 ** HNSW graph the node first stays as a waypoint that searches walk
 ** through but never return; once a tenth of the nodes are such waypoints,
 ** a repair pass begins: every list linking to them is rebuilt from their
@@ -496,8 +500,8 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** Recall after many rounds of churn stays level with a fresh build for
 ** L2 and cosine, and within 0.01 of it for inner product (measured:
 ** recall@10 0.000-0.003 below a fresh build on 128-d data, at most 0.007
-** below on tightly clustered 16-d data; see docs/DESIGN.md). IP removals
-** take about 1.5x as long as L2 ones. Adding the live vectors
+** below on tightly clustered 16-d data; see docs/DESIGN.md). An IP pass
+** does about 1.5x the work of an L2 one. Adding the live vectors
 ** to a new index restores fresh-build recall. Writer. Errors:
 ** VECIDX_EINVAL (NULL ix), VECIDX_ENOTFOUND, VECIDX_ENOMEM (HNSW: a
 ** removal makes or grows a table of one byte per slot for the repairs;

@@ -297,6 +297,76 @@ void test_concurrency_hnsw_search_while_writing(void)
     vt_concurrent(VECIDX_HNSW, VECIDX_IP, 0, 0, 800);
 }
 
+/* ---- an upserted key never goes missing ---- */
+
+#define VT_UPS_KEYS 8u
+
+typedef struct vt_ups {
+    vecidx *ix;
+    atomic_int done;
+    atomic_long absent, reads;
+} vt_ups;
+
+/* Reads the upserted keys until the writer is done: each is there, with
+** the old vector or the new, at every moment of every upsert. */
+static void *vt_ups_reader(void *arg)
+{
+    vt_ups *u = arg;
+    float out[VT_DIM];
+    unsigned i = 0;
+    while (!atomic_load(&u->done)) {
+        uint64_t key = i++ % VT_UPS_KEYS;
+        if (vecidx_contains(u->ix, key) != 1) atomic_fetch_add(&u->absent, 1);
+        if (vecidx_get(u->ix, key, out) != VECIDX_OK)
+            atomic_fetch_add(&u->absent, 1);
+        atomic_fetch_add(&u->reads, 1);
+    }
+    return NULL;
+}
+
+static void vt_upsert_keeps_key(int kind)
+{
+    vt_ups u;
+    pthread_t tid;
+    vecidx_params p;
+    float v[VT_DIM];
+    uint64_t key;
+    unsigned i;
+    int started;
+    CHECK_OK(vecidx_params_init(&p, kind, VECIDX_L2, VT_DIM));
+    p.hnsw_m = 8;
+    p.hnsw_ef_construction = 40;
+    CHECK_OK(vecidx_create(&p, &u.ix));
+    if (!u.ix) return;
+    atomic_init(&u.done, 0);
+    atomic_init(&u.absent, 0);
+    atomic_init(&u.reads, 0);
+    for (key = 0; key < 200; key++) {
+        vt_vector_for(key, 0, v, VT_DIM);
+        CHECK_OK(vecidx_add(u.ix, key, v));
+    }
+    started = pthread_create(&tid, NULL, vt_ups_reader, &u) == 0;
+    CHECK(started);
+    for (i = 1; i <= 4000; i++) {
+        vt_vector_for(i % VT_UPS_KEYS, i, v, VT_DIM);
+        CHECK_OK(vecidx_upsert(u.ix, i % VT_UPS_KEYS, v));
+    }
+    atomic_store(&u.done, 1);
+    if (started) pthread_join(tid, NULL);
+    CHECKF(atomic_load(&u.absent) == 0,
+           "kind %d: an upserted key was missing %ld times in %ld reads", kind,
+           atomic_load(&u.absent), atomic_load(&u.reads));
+    CHECK(vecidx_count(u.ix) == 200);
+    CHECK_OK(vecidx_check(u.ix));
+    vecidx_close(u.ix);
+}
+
+void test_concurrency_upsert_keeps_key(void)
+{
+    vt_upsert_keeps_key(VECIDX_FLAT);
+    vt_upsert_keeps_key(VECIDX_HNSW);
+}
+
 /* ---- readers only: every thread gets the single-threaded answers ---- */
 
 typedef struct vt_ro {
@@ -396,8 +466,8 @@ void test_concurrency_readers_only(void)
 **    twice, found = k (the writer keeps at least min_live keys, more than
 **    enough for k under the filter);
 **  - the writer (this thread), in cycles: in the first one a batch of
-**    `big` rows (for HNSW l2 more than the 4096 a batch links per hold of
-**    the lock; every batch of 256 rows or more is linked on 2 threads),
+**    `big` rows (for HNSW l2 more than the 4096 a batch stores, then links,
+**    at a time; every batch of 256 rows or more is linked on 2 threads),
 **    then random writes with a batch of `medium` rows among them, then
 **    removals down to shrink_to, enough for many HNSW repairs; it
 **    checkpoints and syncs every so many writes too;
@@ -411,10 +481,10 @@ void test_concurrency_readers_only(void)
 ** leaves, and publishes them through `started`. A saved copy must be
 ** exactly a state of that history, found by its hash and confirmed by
 ** replaying the log: a state between the last write finished when the save
-** began and the last one started when it returned, or a prefix of a batch
-** among them (vecidx.h lets a reader see a batch's prefix, and the save
-** is a reader). A read-only open must find a whole write: the log holds
-** whole calls. It may find an older state than the writes done when it
+** began and the last one started when it returned, whole writes only: a
+** save snapshots between two writes. A read-only open must find a whole
+** write too: the log holds whole calls. It may find an older state than the
+*writes done when it
 ** began (see st_check_open).
 **
 ** IVF-PQ results before re-ranking have code distances, which match no
@@ -462,12 +532,10 @@ typedef struct st_shared {
     atomic_uint *version; /* per key: latest version published, 0 = never */
     /* The writer's history, written ahead of each call and published by
     ** `started`: write t changed log[first[t] .. first[t+1]) and left the
-    ** state whose hash is hash[t]; write 0 is the preload. batch[t] marks
-    ** a batch (of keys absent before it). */
+    ** state whose hash is hash[t]; write 0 is the preload. */
     st_change *log;
     uint32_t *first;
     uint64_t *hash;
-    unsigned char *batch;
     atomic_uint started, done; /* writes begun / returned */
     atomic_uint ckpt_floor;    /* a checkpoint finished with this state or
                                   a later one */
@@ -476,7 +544,7 @@ typedef struct st_shared {
     pthread_cond_t cv;
     atomic_long rounds, ckpt_rounds; /* reader rounds in all, checkpoints */
     atomic_long searches, gets, lists, checks;
-    atomic_long saves, prefix_saves, opens, stale_opens;
+    atomic_long saves, opens, stale_opens;
 } st_shared;
 
 /* Hash of one key's state; the state's hash is the sum over its keys. */
@@ -651,7 +719,7 @@ static void *st_reader_main(void *arg)
         CHECKF(count >= c->min_live && count <= c->universe,
                "%s: count %zu outside %u..%u", c->name, count, c->min_live,
                c->universe);
-        if (n % 8 == rd->id) {
+        if ((unsigned long)n % 8 == rd->id) {
             vecidx_stats_t st;
             CHECK_OK(vecidx_stats(sh->ix, &st));
             CHECKF(st.kind == c->kind && st.metric == c->metric &&
@@ -661,11 +729,11 @@ static void *st_reader_main(void *arg)
                    c->name, st.kind, st.metric, st.dim,
                    (unsigned long long)st.count, (unsigned long long)st.slots);
         }
-        if (n % 16 == rd->id) {
+        if ((unsigned long)n % 16 == rd->id) {
             st_check_keys_call(sh, all, seen);
             atomic_fetch_add(&sh->lists, 1);
         }
-        if (n % 128 == 8 * rd->id) {
+        if ((unsigned long)n % 128 == 8ul * rd->id) {
             CHECK_OK(vecidx_check(sh->ix));
             atomic_fetch_add(&sh->checks, 1);
         }
@@ -680,12 +748,11 @@ static void *st_reader_main(void *arg)
 
 /* ---- stress: states of the history ---- */
 
-/* The state after write t and the first `extra` changes of write t + 1
-** (versions per key, 0 = absent), replayed from the log. */
-static void st_replay(const st_shared *sh, uint32_t t, uint32_t extra,
-                      uint32_t *state)
+/* The state after write t (versions per key, 0 = absent), replayed from
+** the log. */
+static void st_replay(const st_shared *sh, uint32_t t, uint32_t *state)
 {
-    uint32_t i, end = sh->first[t + 1] + extra;
+    uint32_t i, end = sh->first[t + 1];
     memset(state, 0, sh->c->universe * sizeof *state);
     for (i = 0; i < end; i++) state[sh->log[i].key] = sh->log[i].ver;
 }
@@ -724,38 +791,19 @@ static int st_state_of(st_shared *sh, vecidx *f, const char *what,
     return vt_failures() == before;
 }
 
-/* Is `state` (hash hs) the state after one of the writes lo..hi, or, when
-** `prefixes`, after a proper prefix of a batch among lo+1..hi? Sets *at
-** and *rows (0 for a whole write). `scratch` has room for a state. */
+/* Is `state` (hash hs) the state after one of the writes lo..hi? Sets
+** *at to that write. `scratch` has room for a state. */
 static int st_find(const st_shared *sh, const uint32_t *state, uint64_t hs,
-                   uint32_t lo, uint32_t hi, int prefixes, uint32_t *scratch,
-                   uint32_t *at, uint32_t *rows)
+                   uint32_t lo, uint32_t hi, uint32_t *scratch, uint32_t *at)
 {
     size_t bytes = sh->c->universe * sizeof *state;
-    uint32_t t, j;
+    uint32_t t;
     for (t = lo; t <= hi; t++) {
-        if (sh->hash[t] == hs) {
-            st_replay(sh, t, 0, scratch);
-            if (memcmp(scratch, state, bytes) == 0) {
-                *at = t;
-                *rows = 0;
-                return 1;
-            }
-        }
-        if (prefixes && t > lo && sh->batch[t]) {
-            uint32_t n = sh->first[t + 1] - sh->first[t];
-            uint64_t h = sh->hash[t - 1];
-            for (j = 0; j + 1 < n; j++) {
-                const st_change *e = &sh->log[sh->first[t] + j];
-                h += st_h(e->key, e->ver);
-                if (h != hs) continue;
-                st_replay(sh, t - 1, j + 1, scratch);
-                if (memcmp(scratch, state, bytes) == 0) {
-                    *at = t;
-                    *rows = j + 1;
-                    return 1;
-                }
-            }
+        if (sh->hash[t] != hs) continue;
+        st_replay(sh, t, scratch);
+        if (memcmp(scratch, state, bytes) == 0) {
+            *at = t;
+            return 1;
         }
     }
     return 0;
@@ -769,7 +817,7 @@ static void st_report_miss(const st_shared *sh, const char *what,
     uint32_t t, best_t = lo, best = UINT32_MAX, i, d, n = 0;
     for (i = 0; i < sh->c->universe; i++) n += state[i] != 0;
     for (t = lo; t <= hi; t++) {
-        st_replay(sh, t, 0, scratch);
+        st_replay(sh, t, scratch);
         for (i = 0, d = 0; i < sh->c->universe; i++)
             d += scratch[i] != state[i];
         if (d < best) {
@@ -784,11 +832,12 @@ static void st_report_miss(const st_shared *sh, const char *what,
 }
 
 /* Save to the second path; the copy opens, passes vecidx_check and is a
-** state the writer's history went through while the save ran. */
+** state the writer's history went through while the save ran, at a write
+** boundary: a save snapshots between two writes, never inside a batch. */
 static void st_check_save(st_shared *sh, uint32_t *state, uint32_t *scratch)
 {
     vecidx *f = NULL;
-    uint32_t a, b, at, rows;
+    uint32_t a, b, at;
     uint64_t hs;
     a = atomic_load(&sh->done);
     CHECK_OK(vecidx_save(sh->ix, sh->copy));
@@ -797,10 +846,8 @@ static void st_check_save(st_shared *sh, uint32_t *state, uint32_t *scratch)
     if (!f) return;
     CHECK_OK(vecidx_check(f));
     if (st_state_of(sh, f, "saved copy", state, &hs)) {
-        if (!st_find(sh, state, hs, a, b, 1, scratch, &at, &rows))
+        if (!st_find(sh, state, hs, a, b, scratch, &at))
             st_report_miss(sh, "saved copy", state, a, b, scratch);
-        else if (rows)
-            atomic_fetch_add(&sh->prefix_saves, 1);
     }
     vecidx_close(f);
     atomic_fetch_add(&sh->saves, 1);
@@ -817,7 +864,7 @@ static void st_check_save(st_shared *sh, uint32_t *state, uint32_t *scratch)
 static void st_check_open(st_shared *sh, uint32_t *state, uint32_t *scratch)
 {
     vecidx *f = NULL;
-    uint32_t a, b, lo, at, rows;
+    uint32_t a, b, lo, at;
     uint64_t hs;
     lo = atomic_load(&sh->ckpt_floor);
     a = atomic_load(&sh->done);
@@ -826,7 +873,7 @@ static void st_check_open(st_shared *sh, uint32_t *state, uint32_t *scratch)
     if (!f) return;
     CHECK_OK(vecidx_check(f));
     if (st_state_of(sh, f, "read-only open", state, &hs)) {
-        if (!st_find(sh, state, hs, lo, b, 0, scratch, &at, &rows))
+        if (!st_find(sh, state, hs, lo, b, scratch, &at))
             st_report_miss(sh, "read-only open", state, lo, b, scratch);
         else if (at < a)
             atomic_fetch_add(&sh->stale_opens, 1);
@@ -914,7 +961,7 @@ static void st_move(st_writer *w, uint32_t key, int live)
 }
 
 /* Begin write number op + 1 changing up to `rows` keys. */
-static int st_begin(st_writer *w, uint32_t rows, int batch)
+static int st_begin(st_writer *w, uint32_t rows)
 {
     if (w->op + 2 >= ST_OPS_CAP || w->nlog + rows > ST_LOG_CAP) {
         CHECKF(0, "%s: the history is full", w->c->name);
@@ -922,7 +969,6 @@ static int st_begin(st_writer *w, uint32_t rows, int batch)
         return 0;
     }
     w->op++;
-    w->sh->batch[w->op] = (unsigned char)batch;
     return 1;
 }
 
@@ -993,7 +1039,7 @@ static void st_add(st_writer *w)
 {
     uint32_t key = st_pick(w, 0);
     float v[ST_DIM];
-    if (!st_begin(w, 1, 0)) return;
+    if (!st_begin(w, 1)) return;
     st_log_change(w, key, atomic_load(&w->sh->version[key]) + 1, v);
     st_publish(w);
     CHECK_OK(vecidx_add(w->sh->ix, key, v));
@@ -1008,7 +1054,7 @@ static void st_upsert(st_writer *w)
     uint32_t key = st_pick(w, 1);
     int graph = w->c->kind == VECIDX_HNSW;
     float v[ST_DIM];
-    if (!st_begin(w, 1, 0)) return;
+    if (!st_begin(w, 1)) return;
     st_log_change(w, key, atomic_load(&w->sh->version[key]) + 1, v);
     st_publish(w);
     CHECK_OK(vecidx_upsert(w->sh->ix, key, v));
@@ -1020,7 +1066,7 @@ static void st_upsert(st_writer *w)
 static void st_remove(st_writer *w)
 {
     uint32_t key = st_pick(w, 1);
-    if (!st_begin(w, 1, 0)) return;
+    if (!st_begin(w, 1)) return;
     st_log_change(w, key, 0, NULL);
     st_publish(w);
     CHECK_OK(vecidx_remove(w->sh->ix, key));
@@ -1037,7 +1083,7 @@ static void st_batch(st_writer *w, uint32_t n)
     const uint32_t u = w->c->universe;
     uint32_t i;
     if (n > u - w->live) n = u - w->live;
-    if (n == 0 || !st_begin(w, n, 1)) return;
+    if (n == 0 || !st_begin(w, n)) return;
     for (i = 0; i < n; i++) {
         uint32_t p = w->live + i, q = p + (uint32_t)vt_below(&w->r, u - p);
         uint32_t a = w->perm[p], b = w->perm[q];
@@ -1177,7 +1223,6 @@ static void st_run(const st_cfg *c)
     sh->log = vt_xmalloc(ST_LOG_CAP * sizeof *sh->log);
     sh->first = vt_xmalloc((ST_OPS_CAP + 1) * sizeof *sh->first);
     sh->hash = vt_xmalloc(ST_OPS_CAP * sizeof *sh->hash);
-    sh->batch = vt_xmalloc(ST_OPS_CAP);
     atomic_init(&sh->started, 0);
     atomic_init(&sh->done, 0);
     atomic_init(&sh->ckpt_floor, 0);
@@ -1192,7 +1237,6 @@ static void st_run(const st_cfg *c)
     atomic_init(&sh->lists, 0);
     atomic_init(&sh->checks, 0);
     atomic_init(&sh->saves, 0);
-    atomic_init(&sh->prefix_saves, 0);
     atomic_init(&sh->opens, 0);
     atomic_init(&sh->stale_opens, 0);
     pthread_mutex_init(&sh->mu, NULL);
@@ -1258,11 +1302,10 @@ static void st_run(const st_cfg *c)
                atomic_load(&sh->rounds), atomic_load(&sh->searches),
                atomic_load(&sh->gets), atomic_load(&sh->lists),
                atomic_load(&sh->checks));
-        printf("    checkpoint thread: %ld rounds, %ld saves (%ld of a batch "
-               "prefix), %ld read-only opens (%ld stale)\n",
+        printf("    checkpoint thread: %ld rounds, %ld saves, %ld read-only "
+               "opens (%ld stale)\n",
                atomic_load(&sh->ckpt_rounds), atomic_load(&sh->saves),
-               atomic_load(&sh->prefix_saves), atomic_load(&sh->opens),
-               atomic_load(&sh->stale_opens));
+               atomic_load(&sh->opens), atomic_load(&sh->stale_opens));
         if (c->kind == VECIDX_HNSW)
             printf("    slots: %llu, %llu reused, at most %llu not live; "
                    "about %ld repairs by the rule of vecidx.h\n",
@@ -1317,7 +1360,6 @@ out:
     free(sh->log);
     free(sh->first);
     free(sh->hash);
-    free(sh->batch);
     free(sh);
     free(w);
 }

@@ -64,6 +64,7 @@
     X(concurrency_flat_search_while_writing) \
     X(concurrency_flat_batch_while_writing)  \
     X(concurrency_hnsw_search_while_writing) \
+    X(concurrency_upsert_keeps_key)          \
     X(concurrency_readers_only)              \
     X(concurrency_file_stress_hnsw)          \
     X(concurrency_file_stress_flat_ivfpq)    \
