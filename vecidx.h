@@ -337,15 +337,17 @@ void vecidx_close(vecidx *ix);
 
 /* Write a standalone snapshot of ix to path, in the format of
 ** docs/FORMAT.md. The snapshot goes to a temporary file beside path
-** ("PATH.tmp-PID"), which is synced, renamed over path, and the directory
-** synced: a crash at any moment leaves either the old file or the complete
-** new one. Works for any index, in memory or opened from a file; saving a
-** writable index over its own main file is a vecidx_checkpoint. The file
-** holds the index as it was when the call began (waiting for a write that
-** is running to end): searches and writes go on while it is written,
-** writes copying aside what they are about to change that the file does
-** not hold yet (1 KiB per slot touched, or a whole IVF-PQ list). One save
-** or checkpoint at a time per handle; a second waits.
+** ("PATH.tmp-PID", or PATH.tmp-PID-N while another save to the same path
+** runs in this process; a name left by a crash is reused), which is synced,
+*renamed over path, and the
+** directory synced: a crash at any moment leaves either the old file or the
+** complete new one. Works for any index, in memory or opened from a file;
+** saving a writable index over its own main file is a vecidx_checkpoint. The
+** file holds the index as it was when the call began (waiting for a write
+** that is running to end): searches and writes go on while it is written,
+** writes copying aside what they are about to change that the file does not
+** hold yet (1 KiB per slot touched, or a whole IVF-PQ list). One save or
+** checkpoint at a time per handle; a second waits.
 ** Errors: VECIDX_EINVAL (NULL ix or path, path over 4096 bytes),
 ** VECIDX_EIO (with the system's reason: no space, permission, ...),
 ** VECIDX_ENOMEM. On error path is left as it was. */
@@ -383,8 +385,8 @@ int vecidx_save(vecidx *ix, const char *path);
 ** The main file is never modified in place: writes change private pages
 ** of the mapping; vecidx_checkpoint writes a new main file and renames it
 ** over the old. Once the log passes 64 MB the writes that follow write
-** such a checkpoint themselves, 16 MB of it each (a 1M x 128 HNSW index:
-** about 45 writes), so that none of them waits for all of it; closing the
+** such a checkpoint themselves, 4 MB of it each (a 1M x 128 HNSW index:
+** about 180 writes), so that none of them waits for all of it; closing the
 ** handle drops one under way (the log still holds every write).
 ** p may be NULL for an existing file; if given, its kind, metric and dim
 ** must match the file's, and its allocator, threads and progress callback

@@ -367,6 +367,95 @@ void test_concurrency_upsert_keeps_key(void)
     vt_upsert_keeps_key(VECIDX_HNSW);
 }
 
+/* ---- two handles saving to one path at once ---- */
+
+typedef struct vt_saver {
+    vecidx *ix, *other;
+    const char *path;
+} vt_saver;
+
+/* The file at path is one handle's whole index or the other's. */
+static void vt_saved_is_one_of(const char *path, vecidx *a, vecidx *b)
+{
+    vecidx *f = NULL;
+    float got[VT_DIM], want[VT_DIM];
+    uint64_t key;
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+    if (!f) return;
+    CHECK_OK(vecidx_check(f));
+    key = vecidx_count(f) == 1000 ? 0 : 5000; /* keys of ix[0], of ix[1] */
+    CHECKF(vecidx_count(f) == vecidx_count(a) ||
+               vecidx_count(f) == vecidx_count(b),
+           "a saved file holds %zu vectors, neither %zu nor %zu",
+           vecidx_count(f), vecidx_count(a), vecidx_count(b));
+    CHECK_OK(vecidx_get(f, key, got));
+    vt_vector_for(key, 0, want, VT_DIM);
+    CHECK(memcmp(got, want, sizeof got) == 0);
+    vecidx_close(f);
+}
+
+static void *vt_saver_main(void *arg)
+{
+    vt_saver *sv = arg;
+    int i;
+    for (i = 0; i < 20 && vt_failures() == 0; i++) {
+        CHECK_OK(vecidx_save(sv->ix, sv->path));
+        vt_saved_is_one_of(sv->path, sv->ix, sv->other);
+    }
+    return NULL;
+}
+
+/* Each save writes a temporary file of its own, so saves racing to one
+** path leave one whole index there, and nothing else in the directory. */
+void test_concurrency_two_saves_one_path(void)
+{
+    const char *tmp = getenv("TMPDIR");
+    char dir[512], path[600];
+    vecidx *ix[2] = {NULL, NULL};
+    vt_saver sv[2];
+    pthread_t tid;
+    vecidx_params p;
+    float v[VT_DIM];
+    uint64_t key;
+    int k, started;
+    snprintf(dir, sizeof dir, "%s/vecidx-saves-%ld-XXXXXX",
+             tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    if (!mkdtemp(dir)) {
+        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
+        return;
+    }
+    snprintf(path, sizeof path, "%s/ix.vx", dir);
+    for (k = 0; k < 2; k++) {
+        CHECK_OK(vecidx_params_init(&p, k ? VECIDX_HNSW : VECIDX_FLAT,
+                                    VECIDX_L2, VT_DIM));
+        p.hnsw_m = 8;
+        CHECK_OK(vecidx_create(&p, &ix[k]));
+        if (!ix[k]) goto out;
+        /* keys 0..999 in one, 5000..6999 in the other */
+        for (key = k * 5000; key < (uint64_t)k * 5000 + 1000 * (k + 1); key++) {
+            vt_vector_for(key, 0, v, VT_DIM);
+            CHECK_OK(vecidx_add(ix[k], key, v));
+        }
+    }
+    for (k = 0; k < 2; k++) {
+        sv[k].ix = ix[k];
+        sv[k].other = ix[1 - k];
+        sv[k].path = path;
+    }
+    started = pthread_create(&tid, NULL, vt_saver_main, &sv[1]) == 0;
+    CHECK(started);
+    vt_saver_main(&sv[0]);
+    if (started) pthread_join(tid, NULL);
+    vt_saved_is_one_of(path, ix[0], ix[1]);
+out:
+    unlink(path);
+    if (rmdir(dir) != 0)
+        vt_fail(__FILE__, __LINE__, "rmdir %s: %s (a file left behind?)", dir,
+                strerror(errno));
+    vecidx_close(ix[0]);
+    vecidx_close(ix[1]);
+}
+
 /* ---- readers only: every thread gets the single-threaded answers ---- */
 
 typedef struct vt_ro {

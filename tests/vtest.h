@@ -65,6 +65,7 @@
     X(concurrency_flat_batch_while_writing)  \
     X(concurrency_hnsw_search_while_writing) \
     X(concurrency_upsert_keeps_key)          \
+    X(concurrency_two_saves_one_path)        \
     X(concurrency_readers_only)              \
     X(concurrency_file_stress_hnsw)          \
     X(concurrency_file_stress_flat_ivfpq)    \
