@@ -2100,9 +2100,13 @@ static void vx_flat_offer(const vx_chunk *c, uint32_t row, size_t n,
 ** block's states are read first and only live rows are scored, so a slot
 ** being filled (not yet live) is never read; the chunk table and slot
 ** count are read once, and a table outgrown meanwhile is kept alive by
-** the search's epoch. */
+** the search's epoch. With prefilter the filter is asked first and only
+** admitted rows are scored: for a filter known to admit few (an HNSW walk
+** gave up on it), that reads a fraction of the vectors; otherwise it is
+** asked only of rows that would enter the results. */
 static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
-                           const vecidx_search_opts *o, vx_topk *heaps)
+                           const vecidx_search_opts *o, int prefilter,
+                           vx_topk *heaps)
 {
     const vx_store *s = &ix->store;
     const vx_chunk *table = VX_LOAD(&s->chunks);
@@ -2117,12 +2121,16 @@ static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
         if (n > per - row) n = per - row;
         if (n > rows) n = rows;
         for (i = 0; i < n; i++) live[i] = VX_LOAD(&c->live[row + i]) == VX_LIVE;
+        for (i = 0; prefilter && i < n; i++)
+            if (live[i] && !o->filter(c->key[row + i], o->filter_ctx))
+                live[i] = 0;
         for (i = 0; i < n; i = j) { /* each run of live rows */
             for (; i < n && !live[i]; i++) continue;
             for (j = i; j < n && live[j]; j++) continue;
             for (qi = 0; i < j && qi < nq; qi++) {
                 vx_flat_dists(ix, c, row + (uint32_t)i, j - i, &q[qi], dist);
-                vx_flat_offer(c, row + (uint32_t)i, j - i, dist, o, &heaps[qi]);
+                vx_flat_offer(c, row + (uint32_t)i, j - i, dist,
+                              prefilter ? NULL : o, &heaps[qi]);
             }
         }
         first += (uint32_t)n;
@@ -2970,7 +2978,7 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     if (oom) return VECIDX_ENOMEM;
     if (aborted || h->n < h->k) {
         h->n = 0;
-        vx_flat_search(ix, q, 1, o, h);
+        vx_flat_search(ix, q, 1, o, o && o->filter, h);
     }
     return VECIDX_OK;
 }
@@ -7718,7 +7726,7 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
         return rc;
     }
     if (ix->p.kind != VECIDX_HNSW) { /* flat, or IVF-PQ's buffer */
-        if (heaps[0].k) vx_flat_search(ix, q, m, o, heaps);
+        if (heaps[0].k) vx_flat_search(ix, q, m, o, 0, heaps);
         return VECIDX_OK;
     }
     for (i = 0; i < m && rc == VECIDX_OK; i++)

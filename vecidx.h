@@ -242,9 +242,11 @@ typedef struct vecidx_search_opts {
     uint32_t threads; /* vecidx_search_batch workers; 0 = params.threads */
     /* Optional filter: only keys for which filter(key, filter_ctx) returns
     ** non-zero can appear in the results. NULL admits every key. It is
-    ** called from the searching thread, only for candidates close enough to
-    ** enter the current top k, possibly more than once per key and in no
-    ** particular order, so it should be cheap and free of side effects. In
+    ** called from the searching thread for candidates close enough to
+    ** enter the current top k -- and, when an HNSW search falls back to an
+    ** exact scan, for every key before its vector is read -- possibly more
+    ** than once per key and in no particular order, so it should be cheap
+    ** and free of side effects. In
     ** vecidx_search_batch it may be called from several worker threads at
     ** once. It must not call vecidx functions on the same handle (see THREAD
     ** SAFETY). */
