@@ -5192,7 +5192,7 @@ struct vx_snap {
     int ckpt, autostep;
     uint64_t log_off;
     char tmp[4200];
-    uint64_t tmp_tag; /* its reservation (vx_tmp_reserve) */
+    unsigned tmp_tag; /* its reservation (vx_tmp_reserve) */
     /* Chunks as they were: units of VX_SNAP_UNIT bytes, each pending,
     ** copied aside or written; buf assembles one chunk. */
     uint32_t nchunks, upc;
@@ -5334,36 +5334,28 @@ static uint64_t vx_name_hash(const char *s)
     return h | 1; /* 0 marks a free entry */
 }
 
-/* Reserve a name; returns its tag, or 0 when it is taken or every entry
-** is. */
-static uint64_t vx_tmp_reserve(const char *name)
+/* Reserve a name; returns its entry + 1, or 0 when it is taken or every
+** entry is. */
+static unsigned vx_tmp_reserve(const char *name)
 {
     uint64_t h = vx_name_hash(name);
-    int i, free_at = -1;
+    unsigned i, at = 0;
     pthread_mutex_lock(&vx_tmp_lock);
-    for (i = 0; i < VX_TMP_MAX; i++) {
-        if (vx_tmp_busy[i] == h) break;
-        if (!vx_tmp_busy[i] && free_at < 0) free_at = i;
-    }
-    if (i < VX_TMP_MAX || free_at < 0) {
-        h = 0;
-    } else {
-        vx_tmp_busy[free_at] = h;
-    }
+    for (i = 0; i < VX_TMP_MAX && vx_tmp_busy[i] != h; i++)
+        if (!vx_tmp_busy[i] && !at) at = i + 1;
+    if (i < VX_TMP_MAX)
+        at = 0; /* taken */
+    else if (at)
+        vx_tmp_busy[at - 1] = h;
     pthread_mutex_unlock(&vx_tmp_lock);
-    return h;
+    return at;
 }
 
-static void vx_tmp_release(uint64_t tag)
+static void vx_tmp_release(unsigned tag)
 {
-    int i;
     if (!tag) return;
     pthread_mutex_lock(&vx_tmp_lock);
-    for (i = 0; i < VX_TMP_MAX; i++)
-        if (vx_tmp_busy[i] == tag) {
-            vx_tmp_busy[i] = 0;
-            break;
-        }
+    vx_tmp_busy[tag - 1] = 0;
     pthread_mutex_unlock(&vx_tmp_lock);
 }
 
@@ -5515,7 +5507,7 @@ static int vx_snap_copy(vecidx *ix, vx_snap *sn)
 ** Returns the descriptor (its name in tmp, its reservation in *tag), or
 ** -1 with errno set. */
 static int vx_snap_create(const char *path, char *tmp, size_t cap,
-                          uint64_t *tag)
+                          unsigned *tag)
 {
     int fd, e;
     unsigned i;
@@ -7320,6 +7312,7 @@ static int vx_insert_locked(vecidx *ix, size_t n, const uint64_t *keys,
             if (old != VX_NOSLOT) {
                 vx_store_remove(&ix->store, old, graph);
                 VX_STORE(&ix->nremoved, ix->nremoved + 1);
+                old = VX_NOSLOT; /* one row replaces it */
             }
             vx_store_publish(&ix->store, slot);
             vx_keys_unlock(ix);

@@ -38,8 +38,8 @@
 
 #include <dlfcn.h>
 #include <hnswlib/hnswlib.h>
-#include <sys/stat.h>
 #include <omp.h>
+#include <sys/stat.h>
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -47,9 +47,9 @@
 #include <faiss/IndexRefine.h>
 #include <faiss/utils/utils.h>
 
+#include "latency.h"
 #include "vecidx.h"
 #include "vxbench.h"
-#include "latency.h"
 
 namespace
 {
@@ -156,15 +156,15 @@ hnswlib::SpaceInterface<float> *hnswlib_space(const bn_opts &o,
     return new hnswlib::InnerProductSpace(d.dim);
 }
 
-void hnswlib_result(bn_result &r, const bn_opts &o, unsigned ef,
-                    double build_s, double rss_mb)
+void hnswlib_result(bn_result &r, const bn_opts &o, unsigned ef, double build_s,
+                    double rss_mb)
 {
     bn_result_init(&r, &o, "hnswlib");
     r.simd = hnswlib_simd();
     r.lib_version = nullptr; /* hnswlib headers carry no version */
-    set_strings(r, strprintf("ef=%u", ef),
-                strprintf("M=%u,efc=%u", (unsigned)o.M,
-                          (unsigned)o.ef_construction));
+    set_strings(
+        r, strprintf("ef=%u", ef),
+        strprintf("M=%u,efc=%u", (unsigned)o.M, (unsigned)o.ef_construction));
     r.build_s = build_s;
     r.rss_mb = r.mem_mb = rss_mb;
 }
@@ -218,7 +218,8 @@ vecidx *build_vecidx(const bn_opts &o, const bn_data &d, double *build_s,
     return ix;
 }
 
-/* ---- paired: hnswlib and vecidx in one process ---------------------------- */
+/* ---- paired: hnswlib and vecidx in one process ----------------------------
+ */
 
 /* Two separate runs on a shared machine differ by several percent as
 ** neighbours come and go, which swamps a ratio between libraries. Here
@@ -268,9 +269,9 @@ void run_paired(const bn_opts &o, const bn_data &d)
         bn_result_init(&r, &o, "vecidx");
         r.simd = st.simd;
         r.lib_version = vecidx_version();
-        set_strings(r, strprintf("ef=%u", ef), strprintf("M=%u,efc=%u",
-                                                         (unsigned)o.M,
-                                                         (unsigned)o.ef_construction));
+        set_strings(r, strprintf("ef=%u", ef),
+                    strprintf("M=%u,efc=%u", (unsigned)o.M,
+                              (unsigned)o.ef_construction));
         r.build_s = vb;
         r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
         r.rss_mb = vrss;
@@ -438,8 +439,8 @@ void run_faiss(const bn_opts &o, const bn_data &d)
         r.train_s = train_s;
         r.rss_mb = r.mem_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
         if (rss_trained >= 0 && rss1 >= 0 && d.n)
-            r.bytes_per_vec =
-                (rss1 - rss_trained) * 1024.0 * 1024.0 / (double)d.n;
+            r.bytes_per_vec = (rss1 - rss_trained) * 1024.0 * 1024.0 /
+                              (double)d.n;
         /* single: one OpenMP thread per query, set in faiss_query; batch:
         ** one search call on --threads OpenMP threads. */
         set_threads(o.batch ? o.threads : 1);
@@ -922,14 +923,50 @@ double live_recall(Index &ix, const bn_opts &o, const bn_data &d,
 
 /* ---- the threads ---- */
 
+/* A thread of its own timing calls into lat_ until stopped. A derived
+** class starts th_ in its constructor; one whose thread writes members of
+** its own calls finish() in its destructor, before they go. */
+class TimedThread
+{
+  public:
+    explicit TimedThread(size_t cap)
+    {
+        lt_init(&lat_, cap);
+    }
+    virtual ~TimedThread()
+    {
+        finish();
+        lt_free(&lat_);
+    }
+    TimedThread(const TimedThread &) = delete;
+    TimedThread &operator=(const TimedThread &) = delete;
+    /* Stops after the call under way; the samples are then complete. */
+    const lt_samples &finish()
+    {
+        stop_ = true;
+        join();
+        return lat_;
+    }
+    /* Waits for the thread to end by itself. */
+    void join()
+    {
+        if (th_.joinable()) th_.join();
+    }
+
+  protected:
+    std::atomic<bool> stop_{false};
+    lt_samples lat_;
+    std::thread th_;
+};
+
 /* Searches the queries one after the other, cycling, from t_start until
 ** stopped, timing each call. */
-class Reader
+class Reader : public TimedThread
 {
   public:
     Reader(Index &ix, const bn_data &d, size_t k, uint64_t t_start)
+        : TimedThread(1u << 20)
     {
-        lt_init(&lat_, 1u << 20);
         th_ = std::thread([this, &ix, &d, k, t_start] {
             std::vector<uint64_t> out(k);
             lt_sleep_until(t_start);
@@ -940,35 +977,18 @@ class Reader
             }
         });
     }
-    ~Reader()
-    {
-        finish();
-        lt_free(&lat_);
-    }
-    /* Stops after the search under way; the samples are then complete. */
-    const lt_samples &finish()
-    {
-        stop_ = true;
-        if (th_.joinable()) th_.join();
-        return lat_;
-    }
-
-  private:
-    std::atomic<bool> stop_{false};
-    lt_samples lat_;
-    std::thread th_;
 };
 
 /* Runs op(i) for i = 0 .. count-1 on a thread of its own: paced at `rate`
 ** calls per second from t_start (lt_pace: absolute deadlines, catching up
 ** when late), or back to back when rate is 0; until count or stopped. */
-class Writer
+class Writer : public TimedThread
 {
   public:
     using OpFn = std::function<void(size_t, uint64_t *, uint64_t *)>;
     Writer(double rate, uint64_t t_start, size_t count, OpFn op)
+        : TimedThread(count < (1u << 20) ? count + 1 : 1u << 20)
     {
-        lt_init(&lat_, count < (1u << 20) ? count + 1 : 1u << 20);
         th_ = std::thread([this, rate, t_start, count, op] {
             lt_pacer p;
             lt_pacer_init(&p, t_start, rate > 0 ? rate : 1);
@@ -984,20 +1004,9 @@ class Writer
             t_end_ = lt_now_ns();
         });
     }
-    ~Writer()
+    ~Writer() override
     {
-        finish();
-        lt_free(&lat_);
-    }
-    const lt_samples &finish()
-    {
-        stop_ = true;
-        if (th_.joinable()) th_.join();
-        return lat_;
-    }
-    void join()
-    {
-        if (th_.joinable()) th_.join();
+        finish(); /* the thread writes t_end_ and lag_max_ */
     }
     uint64_t t_end() const
     {
@@ -1010,10 +1019,7 @@ class Writer
     }
 
   private:
-    std::atomic<bool> stop_{false};
-    lt_samples lat_;
     uint64_t t_end_ = 0, lag_max_ = 0;
-    std::thread th_;
 };
 
 /* Percentiles of the writes of one type (ops[i] is write i). */
