@@ -1038,13 +1038,22 @@ static const vx_kernels *vx_kernel_best(void)
 #define VX_LINE_SLACK 63u /* bytes allocated more to align a chunk */
 #define VX_NOSLOT UINT32_MAX
 
+typedef struct vx_snap vx_snap;
+
 typedef struct vx_keymap {
     uint64_t *keys;
     uint32_t *slots; /* VX_NOSLOT marks an empty cell */
     size_t cap;      /* power of two, or 0 */
     size_t n;
-    int mapped; /* arrays point into a mapped file: never freed */
+    int mapped;    /* arrays point into a mapped file: never freed */
+    vx_snap *snap; /* a snapshot under way, writing these arrays */
 } vx_keymap;
+
+/* A snapshot copies cells of the map aside before they change, and keeps
+** arrays the map outgrew while it runs (see "Snapshots"). */
+static void vx_snap_touch_cells(vx_snap *sn, const vx_keymap *m, size_t from,
+                                size_t n);
+static int vx_snap_adopt_map(vx_snap *sn, const vx_keymap *old);
 
 /* A chunk is one allocation holding 2^shift slots, laid out as
 **   [records: per * rec u32 words][keys: per u64][inverse norms]
@@ -1195,6 +1204,7 @@ static void vx_map_put(vx_keymap *m, uint64_t key, uint32_t slot)
 {
     size_t mask = m->cap - 1, i = (size_t)vx_hash64(key) & mask;
     while (m->slots[i] != VX_NOSLOT) i = (i + 1) & mask;
+    if (m->snap) vx_snap_touch_cells(m->snap, m, i, 1);
     m->keys[i] = key;
     m->slots[i] = slot;
     m->n++;
@@ -1207,6 +1217,10 @@ static void vx_map_del(vx_keymap *m, uint64_t key)
     size_t mask = m->cap - 1, i = (size_t)vx_hash64(key) & mask, j;
     while (m->slots[i] != VX_NOSLOT && m->keys[i] != key) i = (i + 1) & mask;
     if (m->slots[i] == VX_NOSLOT) return;
+    if (m->snap) { /* the shifts below stay within the run from i on */
+        for (j = i; m->slots[j] != VX_NOSLOT; j = (j + 1) & mask) continue;
+        vx_snap_touch_cells(m->snap, m, i, ((j - i) & mask) + 1);
+    }
     for (j = (i + 1) & mask; m->slots[j] != VX_NOSLOT; j = (j + 1) & mask) {
         size_t home = (size_t)vx_hash64(m->keys[j]) & mask;
         /* move j back to i unless its home lies cyclically in (i, j] */
@@ -1250,11 +1264,12 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, pthread_rwlock_t *klock,
     memset(nm.slots, 0xff, cap * sizeof *nm.slots);
     for (i = 0; i < m->cap; i++)
         if (m->slots[i] != VX_NOSLOT) vx_map_put(&nm, m->keys[i], m->slots[i]);
+    nm.snap = m->snap;
     old = *m;
     if (klock) pthread_rwlock_wrlock(klock);
     *m = nm;
     if (klock) pthread_rwlock_unlock(klock);
-    vx_map_free(&old, mem);
+    if (!old.snap || !vx_snap_adopt_map(old.snap, &old)) vx_map_free(&old, mem);
     return VECIDX_OK;
 }
 
@@ -1890,7 +1905,6 @@ typedef struct vx_wal {
     char *path; /* main file path (log is path + "-wal") */
 } vx_wal;
 
-typedef struct vx_snap vx_snap;
 static void vx_snap_touch(vecidx *ix, uint32_t slot);
 static void vx_snap_touch_list(vecidx *ix, uint32_t li);
 static void vx_snap_detach(vecidx *ix);
@@ -1929,6 +1943,8 @@ struct vecidx {
     pthread_cond_t snap_cv;
     uint64_t ckpt_retry; /* log size before an automatic checkpoint that
                             failed is tried again */
+    pthread_t closer;    /* closing a file a save replaced (vx_let_go) */
+    int closer_on;
 };
 
 /* A writer holds wlock for its whole call, which keeps other writers out.
@@ -5154,12 +5170,13 @@ static uint64_t vx_fresh_salt(void)
 /* Snapshots.
 ** vecidx_save and vecidx_checkpoint write the index as it was at one
 ** moment. The small structures are copied when the snapshot begins: the
-** header's counters, the graph arena, the key maps, the free slots. The
-** storage chunks and IVF-PQ lists -- nearly all the bytes -- are not: they
-** are written from where they are, a chunk (or list) at a time, and a
-** writer about to change a part of one that is not written yet first
-** copies that part aside (vx_snap_touch), 1 KiB of a chunk or a whole
-** list, so the file gets the bytes as they were. Slots in the limbo are
+** header's counters, the graph arena, the free slots, the IVF-PQ key map.
+** The storage chunks, the key map and the IVF-PQ lists -- nearly all the
+** bytes -- are not: they are written from where they are, a piece at a
+** time, and a writer about to change a part not written yet first copies
+** that part aside (vx_snap_touch, vx_snap_touch_cells), 1 KiB of a chunk,
+** 128 cells of the map or a whole list, so the file gets the bytes as
+** they were. Slots in the limbo are
 ** written as the free slots they will become. */
 
 #define VX_SNAP_UNIT 1024u /* bytes of a chunk copied aside at once */
@@ -5183,6 +5200,7 @@ struct vx_snap {
     vx_fhdr h;
     int fd, phase, failed; /* failed: an errno; ENOMEM from a touch */
     uint32_t pos;          /* next chunk or list */
+    size_t poff;           /* bytes written of the small section at pos */
     vx_fw w;
     uint32_t version; /* of the file without log chain */
     uint64_t synced;  /* bytes handed to writeback so far */
@@ -5205,8 +5223,20 @@ struct vx_snap {
     /* Copies made at the start. */
     uint32_t *arena;
     uint32_t *free;
-    uint64_t *mkeys, *ivmap;
-    uint32_t *mslots;
+    uint64_t *ivmap;
+    /* The key map is not copied at the start (24 MB at 1M keys, 10-90 ms
+    ** of page faults for the write that began an automatic checkpoint):
+    ** its arrays then (mk, ms) are cut into units of VX_MAP_UNIT cells,
+    ** copied aside (keys, then slots) before a writer changes one not yet
+    ** written, as chunks are. Arrays the map outgrows meanwhile are kept
+    ** (own) until the snapshot ends. */
+    const uint64_t *mk;
+    const uint32_t *ms;
+    uint8_t *mstate;
+    unsigned char **maside;
+    size_t munits;
+    int own;
+    vx_mem *mem;
     unsigned char *repair; /* the repair section, encoded */
     size_t repair_len;
     /* IVF-PQ lists: length at the start, state, copy of a changed one. */
@@ -5308,13 +5338,61 @@ static void vx_snap_touch_list(vecidx *ix, uint32_t li)
     pthread_mutex_unlock(&sn->lock);
 }
 
+#define VX_MAP_UNIT 128u /* cells of the key map copied aside at once */
+
+static size_t vx_snap_unit_cells(const vx_snap *sn, size_t u)
+{
+    size_t at = u * VX_MAP_UNIT;
+    return sn->h.map_cap - at < VX_MAP_UNIT ? sn->h.map_cap - at : VX_MAP_UNIT;
+}
+
+/* Cells [from, from + n) of map m, wrapping around, are about to change. */
+static void vx_snap_touch_cells(vx_snap *sn, const vx_keymap *m, size_t from,
+                                size_t n)
+{
+    size_t k, u, last = SIZE_MAX;
+    if (m->keys != sn->mk) return; /* outgrown: the old arrays stay put */
+    for (k = 0; k < n; k++) {
+        if ((u = ((from + k) & (m->cap - 1)) / VX_MAP_UNIT) == last) continue;
+        last = u;
+        if (VX_LOAD(&sn->mstate[u]) != VX_SNAP_PENDING) continue;
+        pthread_mutex_lock(&sn->lock);
+        if (sn->mstate[u] == VX_SNAP_PENDING) {
+            size_t at = u * VX_MAP_UNIT, c = vx_snap_unit_cells(sn, u);
+            unsigned char *a = vx_malloc(sn->mem, c * 12);
+            if (a) {
+                memcpy(a, sn->mk + at, c * 8);
+                memcpy(a + c * 8, sn->ms + at, c * 4);
+                sn->maside[u] = a;
+                VX_STORE(&sn->mstate[u], VX_SNAP_ASIDE);
+            } else {
+                sn->failed = ENOMEM;
+                memset(sn->mstate, VX_SNAP_DONE, sn->munits);
+            }
+        }
+        pthread_mutex_unlock(&sn->lock);
+    }
+}
+
+/* The map outgrew the arrays the snapshot reads: keep them (1) unless
+** they are not those, or live in the mapped file anyway (0). */
+static int vx_snap_adopt_map(vx_snap *sn, const vx_keymap *old)
+{
+    if (old->keys != sn->mk || old->mapped) return 0;
+    sn->own = 1;
+    return 1;
+}
+
 /* Before the buffer of an untrained IVF-PQ index is released: a snapshot
 ** under way copies aside whatever of it is not written yet. */
 static void vx_snap_detach(vecidx *ix)
 {
     uint32_t c;
-    for (c = 0; ix->snap && c < ix->snap->nchunks; c++)
+    if (!ix->snap) return;
+    for (c = 0; c < ix->snap->nchunks; c++)
         vx_snap_touch_bytes(ix, c, 0, ix->snap->cb);
+    if (ix->store.map.cap)
+        vx_snap_touch_cells(ix->snap, &ix->store.map, 0, ix->store.map.cap);
 }
 
 /* The temporary files of the saves running in this process, by a hash of
@@ -5383,8 +5461,15 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
     vx_free(mem, sn->buf, sn->cb);
     vx_free(mem, sn->arena, sn->h.arena_n * sizeof *sn->arena);
     vx_free(mem, sn->free, (size_t)sn->h.nfree * sizeof *sn->free);
-    vx_free(mem, sn->mkeys, sn->h.map_cap * sizeof *sn->mkeys);
-    vx_free(mem, sn->mslots, sn->h.map_cap * sizeof *sn->mslots);
+    for (u = 0; sn->maside && u < sn->munits; u++)
+        vx_free(mem, sn->maside[u], vx_snap_unit_cells(sn, u) * 12);
+    vx_free(mem, sn->maside, sn->munits * sizeof *sn->maside);
+    vx_free(mem, sn->mstate, sn->munits);
+    if (sn->own) {
+        vx_free(mem, (void *)(uintptr_t)sn->mk, sn->h.map_cap * 8);
+        vx_free(mem, (void *)(uintptr_t)sn->ms, sn->h.map_cap * 4);
+    }
+    if (ix->store.map.snap == sn) ix->store.map.snap = NULL;
     vx_free(mem, sn->ivmap, sn->h.ivf_map_cap * sizeof *sn->ivmap);
     vx_free(mem, sn->repair, sn->repair_len);
     vx_free(mem, sn->ln, (size_t)sn->nlist * sizeof *sn->ln);
@@ -5438,17 +5523,18 @@ static int vx_snap_copy(vecidx *ix, vx_snap *sn)
     vx_mem *mem = &ix->mem;
     const vx_fhdr *h = &sn->h;
     uint32_t i;
+    sn->munits = (h->map_cap + VX_MAP_UNIT - 1) / VX_MAP_UNIT;
     if (!(sn->free = vx_malloc(mem, (size_t)h->nfree * sizeof *sn->free)) ||
-        !(sn->mkeys = vx_malloc(mem, h->map_cap * sizeof *sn->mkeys)) ||
-        !(sn->mslots = vx_malloc(mem, h->map_cap * sizeof *sn->mslots)))
+        !(sn->mstate = vx_malloc(mem, sn->munits)) ||
+        !(sn->maside = vx_malloc(mem, sn->munits * sizeof *sn->maside)))
         return VECIDX_ENOMEM;
     if (s->nfree) memcpy(sn->free, s->free, s->nfree * sizeof *sn->free);
     if (s->nlimbo)
         memcpy(sn->free + s->nfree, s->limbo, s->nlimbo * sizeof *sn->free);
-    if (h->map_cap) {
-        memcpy(sn->mkeys, s->map.keys, h->map_cap * sizeof *sn->mkeys);
-        memcpy(sn->mslots, s->map.slots, h->map_cap * sizeof *sn->mslots);
-    }
+    sn->mk = s->map.keys;
+    sn->ms = s->map.slots;
+    memset(sn->mstate, VX_SNAP_PENDING, sn->munits);
+    memset(sn->maside, 0, sn->munits * sizeof *sn->maside);
     if (ix->p.kind == VECIDX_HNSW && ix->hnsw.pass.phase != VX_PASS_IDLE) {
         const vx_pass *p = &ix->hnsw.pass;
         unsigned char *b;
@@ -5551,6 +5637,7 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     memset(sn, 0, sizeof *sn);
     sn->fd = -1;
+    sn->mem = mem;
     if (pthread_mutex_init(&sn->lock, NULL) != 0) {
         vx_free(mem, sn, sizeof *sn);
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
@@ -5588,6 +5675,7 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
     sn->w.ok = 1;
     vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_CHUNKS], VX_FILE_PAGE);
     ix->snap = sn;
+    ix->store.map.snap = sn;
     *out = sn;
     return VECIDX_OK;
 }
@@ -5615,21 +5703,73 @@ static void vx_snap_chunk(vx_snap *sn, uint32_t c)
         }
 }
 
-/* The small sections, then the IVF-PQ model and directory. */
-static void vx_snap_small(vecidx *ix, vx_snap *sn)
+/* Hand what was written since the last writeback to the kernel once a
+** window's worth has piled up (see vx_snap_writeback). */
+static void vx_snap_behind(vx_snap *sn);
+
+/* Unit u of the key map as it was: its keys (slots 0) or its slots, each
+** unit done once its slots are written. */
+static void vx_snap_map_unit(vx_snap *sn, size_t u, int slots)
+{
+    size_t at = u * VX_MAP_UNIT, c = vx_snap_unit_cells(sn, u);
+    const unsigned char *a;
+    pthread_mutex_lock(&sn->lock);
+    a = sn->mstate[u] == VX_SNAP_ASIDE ? sn->maside[u] : NULL;
+    if (!slots)
+        vx_fw_put(&sn->w, a ? (const void *)a : (const void *)(sn->mk + at),
+                  c * 8);
+    else
+        vx_fw_put(&sn->w,
+                  a ? (const void *)(a + c * 8) : (const void *)(sn->ms + at),
+                  c * 4);
+    if (slots) VX_STORE(&sn->mstate[u], VX_SNAP_DONE);
+    pthread_mutex_unlock(&sn->lock);
+}
+
+/* The small sections, at most about `budget` bytes of them a call (pos
+** counts the sections written, poff the bytes -- or for the key map the
+** units -- of the current one), then the IVF-PQ model and directory. The
+** key maps of 1M keys are 24 MB: written in one go, they made the write
+** that ended an automatic checkpoint take 100 ms. Returns the bytes
+** written. */
+static size_t vx_snap_small(vecidx *ix, vx_snap *sn, size_t budget)
 {
     vx_fhdr *h = &sn->h;
     vx_fw *w = &sn->w;
-    vx_fw_begin(w, &h->sect[VX_SECT_ARENA], w->off);
-    if (ix->p.kind == VECIDX_HNSW)
-        vx_fw_put(w, sn->arena, h->arena_n * sizeof *sn->arena);
-    vx_fw_begin(w, &h->sect[VX_SECT_MAPKEYS], w->off);
-    vx_fw_put(w, sn->mkeys, h->map_cap * 8);
-    vx_fw_begin(w, &h->sect[VX_SECT_MAPSLOTS], w->off);
-    vx_fw_put(w, sn->mslots, h->map_cap * 4);
-    vx_fw_begin(w, &h->sect[VX_SECT_FREE], w->off);
-    vx_fw_put(w, sn->free, (size_t)h->nfree * 4);
-    if (!h->ivf_trained) return;
+    const struct {
+        int sect;
+        const unsigned char *p; /* NULL: the key map's keys or slots */
+        size_t n;               /* bytes, or units of the key map */
+    } pc[] = {
+        {VX_SECT_ARENA, (const unsigned char *)sn->arena,
+         ix->p.kind == VECIDX_HNSW ? h->arena_n * sizeof *sn->arena : 0},
+        {VX_SECT_MAPKEYS, NULL, sn->munits},
+        {VX_SECT_MAPSLOTS, NULL, sn->munits},
+        {VX_SECT_FREE, (const unsigned char *)sn->free, (size_t)h->nfree * 4}};
+    size_t done = 0, npc = sizeof pc / sizeof pc[0];
+    while (sn->pos < npc && done < budget && w->ok) {
+        size_t n = pc[sn->pos].n - sn->poff;
+        if (sn->poff == 0) vx_fw_begin(w, &h->sect[pc[sn->pos].sect], w->off);
+        if (pc[sn->pos].p) {
+            if (n > budget - done) n = budget - done;
+            vx_fw_put(w, pc[sn->pos].p + sn->poff, n);
+            done += n;
+        } else if (n) {
+            n = 1;
+            vx_snap_map_unit(sn, sn->poff,
+                             pc[sn->pos].sect == VX_SECT_MAPSLOTS);
+            done += VX_MAP_UNIT * 8;
+        }
+        vx_snap_behind(sn);
+        if ((sn->poff += n) == pc[sn->pos].n) {
+            sn->pos++;
+            sn->poff = 0;
+        }
+    }
+    if (sn->pos < npc) return done;
+    sn->pos = 0;
+    sn->phase = h->ivf_trained ? VX_SW_IVF_LISTS : VX_SW_TAIL;
+    if (!h->ivf_trained) return done;
     {
         const vx_ivf *v = &ix->ivf;
         size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
@@ -5648,6 +5788,7 @@ static void vx_snap_small(vecidx *ix, vx_snap *sn)
             at += n * 8 + codes + (n * vb + 7) / 8 * 8;
         }
         vx_fw_begin(w, &h->sect[VX_SECT_IVF_DATA], w->off);
+        return done + v->model_bytes + (size_t)sn->nlist * sizeof ent;
     }
 }
 
@@ -5695,6 +5836,11 @@ static void vx_snap_writeback(vx_snap *sn, int wait)
     sn->synced = sn->w.off;
 }
 
+static void vx_snap_behind(vx_snap *sn)
+{
+    if (sn->w.off - sn->synced >= VX_SNAP_WINDOW) vx_snap_writeback(sn, 1);
+}
+
 /* Write the header as it stands (version 3 when it names a log chain or
 ** holds a repair pass) and sync the file. */
 static int vx_snap_header_write(vx_snap *sn)
@@ -5720,18 +5866,17 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
         case VX_SW_CHUNKS:
             if (sn->pos == sn->nchunks) {
                 sn->phase = VX_SW_SMALL;
+                sn->pos = 0;
+                sn->poff = 0;
                 break;
             }
             vx_snap_chunk(sn, sn->pos++);
             vx_fw_put(&sn->w, sn->buf, sn->cb);
             done += sn->cb;
-            if (sn->w.off - sn->synced >= VX_SNAP_WINDOW)
-                vx_snap_writeback(sn, 1);
+            vx_snap_behind(sn);
             break;
         case VX_SW_SMALL:
-            vx_snap_small(ix, sn);
-            sn->pos = 0;
-            sn->phase = sn->h.ivf_trained ? VX_SW_IVF_LISTS : VX_SW_TAIL;
+            done += vx_snap_small(ix, sn, budget - done);
             break;
         case VX_SW_IVF_LISTS:
             if (sn->pos == sn->nlist) {
@@ -5744,6 +5889,12 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
             vx_snap_list(ix, sn, sn->pos++);
             break;
         default:
+            /* The final fsync gets a step of its own: it waits for the
+            ** writeback of the last window, on top of any step's writes. */
+            if (done && budget != SIZE_MAX) {
+                budget = done;
+                break;
+            }
             vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_REPAIR], sn->w.off);
             vx_fw_put(&sn->w, sn->repair, sn->repair_len);
             if (sn->w.ok && vx_snap_header_write(sn) != 0) sn->w.ok = 0;
@@ -5764,10 +5915,40 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
 ** and synced) the file is renamed over path and the directory synced, so
 ** a crash leaves the old file or the new one, never a mix; otherwise the
 ** temporary file is removed. */
+/* A file replaced by a rename is freed by the file system at its last
+** close, on the closing thread: 165 ms for a 700 MB index on ext4, which
+** a writer would wait for under the writer lock. So a save holds the old
+** file open across its rename and lets it go on a thread of its own. */
+static void *vx_closer_main(void *arg)
+{
+    (void)close((int)(intptr_t)arg);
+    return NULL;
+}
+
+static void vx_closer_join(vecidx *ix)
+{
+    if (!ix->closer_on) return;
+    (void)pthread_join(ix->closer, NULL);
+    ix->closer_on = 0;
+}
+
+static void vx_let_go(vecidx *ix, int fd)
+{
+    if (fd < 0) return;
+    vx_closer_join(ix);
+    if (pthread_create(&ix->closer, NULL, vx_closer_main,
+                       (void *)(intptr_t)fd) == 0)
+        ix->closer_on = 1;
+    else
+        (void)close(fd); /* no thread: the writer waits, nothing worse */
+}
+
 static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
 {
-    int rc = VECIDX_OK, e;
+    int rc = VECIDX_OK, e, old = -1;
     if (ix->snap == sn) ix->snap = NULL;
+    /* Not through vx_io_cur: a hold that fails costs time, not data. */
+    if (done) old = open(path, O_RDONLY | O_CLOEXEC);
     if (vx_io_cur->close(sn->fd) != 0 && done) {
         done = 0;
         rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
@@ -5789,6 +5970,7 @@ static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
                     path, strerror(errno));
     }
     vx_snap_free(ix, sn);
+    vx_let_go(ix, old);
     return rc;
 }
 
@@ -7152,6 +7334,7 @@ void vecidx_close(vecidx *ix)
     if (ix == NULL) return;
     /* An automatic checkpoint under way is dropped: the log holds all. */
     if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0);
+    vx_closer_join(ix);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);
     vx_store_destroy(&ix->store, &ix->mem);

@@ -341,9 +341,12 @@ void vecidx_close(vecidx *ix);
 ** docs/FORMAT.md. The snapshot goes to a temporary file beside path
 ** ("PATH.tmp-PID", or PATH.tmp-PID-N while another save to the same path
 ** runs in this process; a name left by a crash is reused), which is synced,
-*renamed over path, and the
-** directory synced: a crash at any moment leaves either the old file or the
-** complete new one. Works for any index, in memory or opened from a file;
+** renamed over path, and the directory synced: a crash at any moment leaves
+** either the old file or the complete new one. The file replaced is closed
+** on a short-lived thread (joined by the next save or vecidx_close): the
+** file system frees its blocks at that close, which took 165 ms for a 700
+** MB file, and no write should wait for that. Works for any index, in memory or
+*opened from a file;
 ** saving a writable index over its own main file is a vecidx_checkpoint. The
 ** file holds the index as it was when the call began (waiting for a write
 ** that is running to end): searches and writes go on while it is written,

@@ -467,6 +467,7 @@ struct Scenario {
     unsigned sync = VECIDX_SYNC_NORMAL;
     const char *sync_name = "normal";
     size_t ckpt_writes = 1000;      /* --ckpt-writes */
+    double auto_mb = 0;             /* --auto-ckpt: log MiB that starts one */
     double remove_fraction = 0.125; /* --remove-fraction */
     size_t recall_queries = 200;    /* --recall-queries */
     bool hnswlib_lock = false;      /* --hnswlib-lock */
@@ -763,6 +764,11 @@ class VecidxIndex : public Index
         int rc = vecidx_upsert(ix_, key, v);
         *t1 = lt_now_ns();
         if (rc != VECIDX_OK) vxb_fail("vecidx_upsert", rc, ix_);
+    }
+    /* The file and the log it writes, or "" in memory. */
+    const std::string &path() const
+    {
+        return path_;
     }
     void checkpoint(uint64_t *t0, uint64_t *t1) override
     {
@@ -1240,12 +1246,46 @@ void perturbed(const bn_data &d, uint64_t row, uint64_t *rng, float *out)
     }
 }
 
+/* Size of a file, 0 when it is missing. */
+uint64_t file_bytes(const std::string &path)
+{
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+/* --auto-ckpt: the checkpoint is the one vecidx starts by itself when its
+** log passes MB. It runs while the writer's upserts come, a step per
+** upsert, so it is seen from outside: it begins when its temporary file,
+** PATH.tmp-PID, appears, and ends when that file is renamed away. Polled
+** every 0.2 ms from this thread; gives up after 10 minutes. */
+void await_auto_ckpt(const std::string &path, uint64_t *c0, uint64_t *c1)
+{
+    std::string tmp = path + ".tmp-" + std::to_string((long)getpid());
+    struct stat st;
+    uint64_t give_up = lt_now_ns() + (uint64_t)600e9;
+    while (stat(tmp.c_str(), &st) != 0)
+        if (lt_now_ns() > give_up)
+            bn_die("--auto-ckpt: no automatic checkpoint began");
+        else
+            lt_sleep_until(lt_now_ns() + 200000);
+    *c0 = lt_now_ns();
+    while (stat(tmp.c_str(), &st) == 0)
+        if (lt_now_ns() > give_up)
+            bn_die("--auto-ckpt: the automatic checkpoint did not end");
+        else
+            lt_sleep_until(lt_now_ns() + 200000);
+    *c1 = lt_now_ns();
+}
+
 /* checkpoint: vecidx file-backed: --ckpt-writes upserts, then the reader
 ** and a writer of --writer-rate upserts/s; after CKPT_MARGIN_S, one
-** vecidx_checkpoint; both stop CKPT_MARGIN_S after it returned. hnswlib:
-** the reader only (its saveIndex must not run with writes), and saveIndex
-** in place of the checkpoint. Calls overlapping the checkpoint are
-** reported as *_ckpt_*, the others as *_other_*. */
+** vecidx_checkpoint; both stop CKPT_MARGIN_S after it returned. With
+** --auto-ckpt, upserts instead until the log is 1 MiB short of starting
+** the automatic checkpoint, and the writer's own upserts start it (see
+** await_auto_ckpt). hnswlib: the reader only (its saveIndex must not run
+** with writes), and saveIndex in place of the checkpoint. Calls
+** overlapping the checkpoint are reported as *_ckpt_*, the others as
+** *_other_*. */
 void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
                          const char *lib, unsigned pass, Row &r)
 {
@@ -1254,14 +1294,20 @@ void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
     Index *p = ix.get();
     uint64_t rng = SCENARIO_SEED + pass;
     std::vector<float> v(d.dim);
+    std::string log;
+    if (vx) log = static_cast<VecidxIndex *>(p)->path() + "-wal";
     if (vx) {
         double t = bn_now();
-        for (size_t i = 0; i < s.ckpt_writes; i++) {
+        uint64_t short_of = (uint64_t)((s.auto_mb - 1) * 1048576.0);
+        size_t i;
+        for (i = 0; s.auto_mb > 0 ? file_bytes(log) < short_of
+                                  : i < s.ckpt_writes;
+             i++) {
             uint64_t key = lt_rand(&rng) % d.n, a, b;
             perturbed(d, key, &rng, v.data());
             p->upsert(key, v.data(), &a, &b);
         }
-        r.num("ckpt_writes", (double)s.ckpt_writes, "%.0f");
+        r.num("ckpt_writes", (double)i, "%.0f");
         r.num("ckpt_writes_s", bn_now() - t);
     }
     lt_cpu u0 = lt_cpu_now();
@@ -1277,14 +1323,19 @@ void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
                 p->upsert(key, v.data(), a, b);
             }));
     lt_sleep_until(t0 + (uint64_t)(CKPT_MARGIN_S * 1e9));
-    ix->checkpoint(&c0, &c1);
+    if (vx && s.auto_mb > 0)
+        await_auto_ckpt(static_cast<VecidxIndex *>(p)->path(), &c0, &c1);
+    else
+        ix->checkpoint(&c0, &c1);
     lt_sleep_until(c1 + (uint64_t)(CKPT_MARGIN_S * 1e9));
     lt_samples none;
     lt_init(&none, 1);
     const lt_samples &w = wr ? wr->finish() : none;
     const lt_samples &q = rd.finish();
     lt_cpu u1 = lt_cpu_now();
-    r.str("ckpt_call", vx ? "vecidx_checkpoint" : "saveIndex");
+    r.str("ckpt_call", !vx               ? "saveIndex"
+                       : s.auto_mb > 0 ? "automatic"
+                                       : "vecidx_checkpoint");
     r.num("ckpt_s", (double)(c1 - c0) / 1e9);
     r.stats("search_ckpt", "searches_ckpt",
             lt_summarize(&q, LT_INSIDE, c0, c1));
@@ -1438,6 +1489,8 @@ const char *const SCENARIO_HELP =
     "                      remove; required by checkpoint)\n"
     "  --sync M            full | normal | off (default normal)\n"
     "  --ckpt-writes N     checkpoint: upserts before it (default 1000)\n"
+    "  --auto-ckpt MB      checkpoint: time the automatic one, which the\n"
+    "                      library starts when its log passes MB (64)\n"
     "  --remove-fraction F remove: share of the keys removed (default 0.125)\n"
     "  --recall-queries N  queries for the live-set recall (default 200)\n"
     "  --hnswlib-lock      guard hnswlib with a readers-writer lock\n"
@@ -1474,7 +1527,7 @@ std::vector<char *> scenario_args(int argc, char **argv, Scenario *s)
             "--scenario",      "--duration",
             "--idle-duration", "--writer-rate",
             "--file",          "--sync",
-            "--ckpt-writes",   "--remove-fraction",
+            "--ckpt-writes",   "--remove-fraction", "--auto-ckpt",
             "--recall-queries"};
         bool mine = false;
         for (const char *x : ours) mine = mine || name == x;
@@ -1524,6 +1577,8 @@ std::vector<char *> scenario_args(int argc, char **argv, Scenario *s)
             if (!ok) bn_die("--sync: '%s' is not full, normal or off", v);
         } else if (name == "--ckpt-writes")
             s->ckpt_writes = bn_parse_ulong(n, v, 0, 100000000);
+        else if (name == "--auto-ckpt")
+            s->auto_mb = (double)bn_parse_ulong(n, v, 2, 1u << 20);
         else if (name == "--remove-fraction") {
             char *end;
             s->remove_fraction = strtod(v, &end);

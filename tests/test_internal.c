@@ -762,3 +762,106 @@ void test_store_line_aligned_records(void)
     vt_check_released("layout", &a);
     vt_alloc_destroy(&a);
 }
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+/* A snapshot reads the key map where it is and copies a unit of cells
+** aside only before a writer changes it. Writes between the steps of one
+** -- removals that shift cells back, inserts, upserts, and inserts that
+** outgrow the map while units of it are still unwritten and uncopied
+** (the snapshot keeps those arrays) -- must leave the file holding exactly
+** the keys and vectors of the start. */
+void test_snapshot_key_map_copy_on_write(void)
+{
+    enum {
+        DIM = 8,
+        N0 = 4000, /* a map of 8192 cells, outgrown by the big round */
+        ROUNDS = 16,
+        BIG = 10
+    };
+    static const int kinds[] = {VECIDX_FLAT, VECIDX_HNSW};
+    const char *t = getenv("TMPDIR");
+    char path[700];
+    size_t c, i, round;
+    snprintf(path, sizeof path, "%s/vecidx-snapmap-%ld.vx",
+             t && *t ? t : "/tmp", (long)getpid());
+    for (c = 0; c < sizeof kinds / sizeof kinds[0]; c++) {
+        vt_rng r = {4242 + c};
+        vecidx_params p;
+        vecidx *ix = NULL, *f = NULL;
+        vx_snap *sn = NULL;
+        vt_set m, m0;
+        size_t cap0, aside = 0, pending = 0, grew = 0;
+        int rc;
+        float v[DIM];
+        vt_set_init(&m, DIM, N0 + ROUNDS * 4 + 400);
+        vt_set_init(&m0, DIM, N0 + 10);
+        CHECK_OK(vecidx_params_init(&p, kinds[c], VECIDX_L2, DIM));
+        p.threads = 1;
+        CHECK_OK(vecidx_create(&p, &ix));
+        if (!ix) goto next;
+        vt_fill_index(ix, &m, N0, &r, VT_CLUSTERED);
+        for (i = 0; i < m.n; i++)
+            if (m.live[i]) vt_set_put(&m0, m.keys[i], m.vecs + i * DIM);
+        cap0 = ix->store.map.cap;
+        pthread_mutex_lock(&ix->wlock);
+        rc = vx_snap_begin(ix, path, vx_fresh_salt(), &sn);
+        pthread_mutex_unlock(&ix->wlock);
+        CHECK_OK(rc);
+        if (rc != VECIDX_OK) goto next;
+        /* A chunk or a unit of the map per step, a step every other round,
+        ** and few writes a round: most units are still pending when the
+        ** big round outgrows the map. */
+        for (round = 0; round < ROUNDS && rc == 0; round++) {
+            pthread_mutex_lock(&ix->wlock);
+            if (round % 2 == 0) rc = vx_snap_step(ix, sn, 1);
+            pthread_mutex_unlock(&ix->wlock);
+            for (i = 0; i < 2; i++) { /* remove live keys at random */
+                size_t row = (size_t)(vt_next(&r) % m.n);
+                if (!m.live[row]) continue;
+                CHECK_OK(vecidx_remove(ix, m.keys[row]));
+                vt_set_del(&m, m.keys[row]);
+            }
+            for (i = 0; i < 2; i++) { /* upsert live keys */
+                size_t row = (size_t)(vt_next(&r) % m.n), j;
+                if (!m.live[row]) continue;
+                for (j = 0; j < DIM; j++) v[j] = (float)vt_unit(&r);
+                CHECK_OK(vecidx_upsert(ix, m.keys[row], v));
+                vt_set_put(&m, m.keys[row], v);
+            }
+            vt_fill_index(ix, &m, round == BIG ? 300 : 2, &r, VT_CLUSTERED);
+            if (round == BIG) {
+                grew = sn->phase;
+                for (i = 0; i < sn->munits; i++)
+                    pending += sn->mstate[i] == VX_SNAP_PENDING;
+            }
+        }
+        for (i = 0; i < sn->munits; i++)
+            aside += sn->mstate[i] == VX_SNAP_ASIDE;
+        CHECKF(ix->store.map.cap > cap0, "the key map did not grow");
+        CHECKF(grew == VX_SW_SMALL, "the map grew in phase %zu, not SMALL",
+               grew);
+        CHECKF(pending > 0 && aside > 0,
+               "units of the map: %zu pending when it grew, %zu copied aside",
+               pending, aside);
+        CHECK(rc == 0);
+        pthread_mutex_lock(&ix->wlock);
+        rc = vx_snap_step(ix, sn, SIZE_MAX);
+        CHECK(rc == 1);
+        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1));
+        pthread_mutex_unlock(&ix->wlock);
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+        if (f) {
+            vt_check_contents("snapshot of the start", f, &m0);
+            CHECK_OK(vecidx_check(f));
+        }
+        vt_check_contents("index after the writes", ix, &m);
+        CHECK_OK(vecidx_check(ix));
+    next:
+        vecidx_close(f);
+        vecidx_close(ix);
+        vt_set_free(&m);
+        vt_set_free(&m0);
+        unlink(path);
+    }
+}

@@ -95,6 +95,7 @@
     X(ivfpq_hnsw_quantizer_threads)          \
     X(store_huge_blocks)                     \
     X(store_line_aligned_records)            \
+    X(snapshot_key_map_copy_on_write)        \
     X(hnsw_recall_vs_flat)                   \
     X(hnsw_churn)                            \
     X(hnsw_churn_cos)                        \
