@@ -61,6 +61,21 @@
 #include <arm_neon.h>
 #endif
 #endif
+/* Every float sum the same way in every function: clang would otherwise
+** fuse multiply-adds differently in each (32-bit ARM), and l2_bound must
+** equal the l2 kernel bit for bit. GCC contracts nothing under -std=c11. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+#if defined(VX_HAVE_AVX2)
+#include <cpuid.h> /* F16C flag: clang 14 has no __builtin_cpu_supports name */
+#endif
+#if defined(VX_HAVE_NEON) && defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h> /* getauxval: the dot-product extension */
+#if !defined(HWCAP_ASIMDDP)
+#define HWCAP_ASIMDDP (1 << 20) /* Linux arm64 uapi, since 4.15 */
+#endif
+#endif
 
 /* ======================================================================
 ** 1. Platform & allocation
@@ -983,6 +998,919 @@ static const vx_kernels vx_kern_neon = {
     vx_neon_dot_many, vx_scalar_dot_panels, vx_scalar_adc, vx_scalar_nearest};
 #endif /* VX_HAVE_NEON */
 
+/* ---- Quantized storage: int8 codes, half precision, binary codes ------
+**
+** Compressed vectors trade accuracy for memory and bandwidth: int8 codes
+** take a quarter of float32, half precision a half, binary codes one bit
+** per dimension. The CPU extensions these kernels want (VNNI, VPOPCNTDQ,
+** F16C, the Armv8.2 dot product) come and go independently of the AVX2 /
+** AVX-512 level that picks the float32 table, so the choice is made per
+** kernel (vx_qkern_pick), from one feature mask (vx_qkern_features). */
+
+typedef struct vx_qkernels {
+    /* sum a[i] b[i], exact for codes in [-127, 127] and d <= 65536. bsum
+    ** is sum b[i], stored with b: kernels that bias a to unsigned bytes
+    ** take its contribution back off. */
+    int32_t (*dot_i8)(const int8_t *a, const int8_t *b, size_t d, int32_t bsum);
+    /* float32 query q against half-precision codes c */
+    float (*l2_f16)(const float *q, const uint16_t *c, size_t d);
+    float (*dot_f16)(const float *q, const uint16_t *c, size_t d);
+    /* differing bits of two binary codes of nwords 64-bit words */
+    uint32_t (*hamming)(const uint64_t *a, const uint64_t *b, size_t nwords);
+    /* Squared L2, bit for bit the float32 table's l2 when that is <= bound;
+    ** otherwise some value > bound, found without reading all of a and b
+    ** when a partial sum already exceeds the bound. */
+    float (*l2_bound)(const float *a, const float *b, size_t d, float bound);
+} vx_qkernels;
+
+/* CPU features, as found by vx_qkern_features. VX_QF_AVX2 and
+** VX_QF_AVX512 are exactly the conditions vx_kern_detect uses for the
+** "avx2" and "avx512" tables: l2_bound must follow the table in use. */
+#define VX_QF_AVX2 0x01u     /* AVX2 and FMA */
+#define VX_QF_AVX512 0x02u   /* AVX-512F, on top of VX_QF_AVX2 */
+#define VX_QF_F16C 0x04u     /* F16C, on top of VX_QF_AVX2 */
+#define VX_QF_POPCNT 0x08u   /* POPCNT */
+#define VX_QF_AVX512BW 0x10u /* AVX-512BW, on top of VX_QF_AVX512 */
+#define VX_QF_VNNI 0x20u     /* AVX512-VNNI, on top of VX_QF_AVX512BW */
+#define VX_QF_VPOPCNT 0x40u  /* AVX512-VPOPCNTDQ, on top of VX_QF_AVX512 */
+#define VX_QF_DOTPROD 0x80u  /* Armv8.2 SDOT (aarch64) */
+
+/* Dimensions summed between two looks at the bound in the l2_bound
+** kernels: a look costs a horizontal sum, so it pays only after enough
+** work, and vectors this short never see one. */
+#if !defined(VX_L2_BOUND_STEP)
+#define VX_L2_BOUND_STEP 128u
+#endif
+
+/* -- int8 ---------------------------------------------------------------- */
+
+/* Integer sums are exact in any order: one plain loop, which the compiler
+** vectorises. */
+static int32_t vx_scalar_dot_i8(const int8_t *a, const int8_t *b, size_t d,
+                                int32_t bsum)
+{
+    int32_t s = 0;
+    size_t i;
+    (void)bsum;
+    for (i = 0; i < d; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* -- half precision -------------------------------------------------------
+** IEEE binary16 decoded by bit manipulation, so that results do not
+** depend on the CPU (F16C, Arm FP16) or on the floating-point environment:
+** no float subnormal is ever produced or read, so flush-to-zero modes set
+** by the host program change nothing. (The storage kind that encodes them
+** is not written yet; the kernels are, and are tested.) */
+
+/* Exact: every half is a float. Normal halves rebias the exponent by
+** 127 - 15, infinity and NaN by twice that (the float exponent is all
+** ones), and subnormals are an integer times 2^-24, which stays clear of
+** float subnormals. Selected by masks, not branches: the scalar distance
+** kernels run twice as fast. */
+static inline float vx_f16_to_f32(uint16_t h)
+{
+    uint32_t mag = (uint32_t)h & 0x7fffu, bits, sub, small;
+    float f = (float)(int32_t)mag * 0x1p-24f;
+    memcpy(&sub, &f, sizeof sub);
+    bits = (mag << 13) + 0x38000000u + (uint32_t)(mag >= 0x7c00u) * 0x38000000u;
+    small = 0u - (uint32_t)(mag < 0x0400u);
+    bits = ((bits & ~small) | (sub & small)) | ((uint32_t)h & 0x8000u) << 16;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* The sums are vx_scalar_l2's: eight of them, for the same accuracy. */
+static float vx_scalar_l2_f16(const float *q, const uint16_t *c, size_t d)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0, j;
+    for (; i + 8 <= d; i += 8)
+        for (j = 0; j < 8; j++) {
+            float t = q[i + j] - vx_f16_to_f32(c[i + j]);
+            s[j] += t * t;
+        }
+    for (j = 0; i < d; i++, j++) {
+        float t = q[i] - vx_f16_to_f32(c[i]);
+        s[j] += t * t;
+    }
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+static float vx_scalar_dot_f16(const float *q, const uint16_t *c, size_t d)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0, j;
+    for (; i + 8 <= d; i += 8)
+        for (j = 0; j < 8; j++) s[j] += q[i + j] * vx_f16_to_f32(c[i + j]);
+    for (j = 0; i < d; i++, j++) s[j] += q[i] * vx_f16_to_f32(c[i]);
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* -- binary -------------------------------------------------------------- */
+
+/* Bit i of the code is bit i % 64 of word i / 64; bits past d stay zero,
+** so codes of one dimension compare word by word. */
+static void vx_bin_encode(const float *x, uint64_t *out, size_t d)
+{
+    size_t w, i, n;
+    for (w = 0; w * 64 < d; w++) {
+        uint64_t bits = 0;
+        n = d - w * 64 < 64 ? d - w * 64 : 64;
+        for (i = 0; i < n; i++) bits |= (uint64_t)(x[w * 64 + i] > 0.0f) << i;
+        out[w] = bits;
+    }
+}
+
+static inline uint32_t vx_popcount64(uint64_t x)
+{
+    x -= (x >> 1) & UINT64_C(0x5555555555555555);
+    x = (x & UINT64_C(0x3333333333333333)) +
+        ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (uint32_t)((x * UINT64_C(0x0101010101010101)) >> 56);
+}
+
+static uint32_t vx_scalar_hamming(const uint64_t *a, const uint64_t *b,
+                                  size_t nwords)
+{
+    uint32_t s = 0;
+    size_t i;
+    for (i = 0; i < nwords; i++) s += vx_popcount64(a[i] ^ b[i]);
+    return s;
+}
+
+/* -- early-abandoning L2 --------------------------------------------------
+** Each l2_bound kernel is its ISA's l2 kernel, same sums in the same
+** order, with a look at the partial result every VX_L2_BOUND_STEP
+** dimensions. The look sums the partial accumulators with the same final
+** reduction. Each accumulator only grows (it adds squares, and rounding is
+** monotonic), and so does the reduction of them: a partial result above
+** the bound proves the full one is too, and a full result within the
+** bound is never cut short, so it is bit for bit the l2 kernel's. */
+
+static inline float vx_scalar_sum8(const float *s)
+{
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* Where the block of whole unrolled steps that starts at i ends: blocks of
+** VX_L2_BOUND_STEP, or up to end. Their inner loops stay as plain as the
+** l2 kernels' (the compiler vectorises the scalar one). */
+static inline size_t vx_bound_next(size_t i, size_t end)
+{
+    return end - i > VX_L2_BOUND_STEP ? i + VX_L2_BOUND_STEP : end;
+}
+
+/* The squares of the whole groups of 8 in a[0, n), b[0, n), onto s: the
+** loop of vx_scalar_l2, which the compiler vectorises. */
+static inline void vx_scalar_l2_acc(const float *a, const float *b, size_t n,
+                                    float *s)
+{
+    size_t i, j;
+    for (i = 0; i + 8 <= n; i += 8)
+        for (j = 0; j < 8; j++) {
+            float t = a[i + j] - b[i + j];
+            s[j] += t * t;
+        }
+}
+
+static float vx_scalar_l2_bound(const float *a, const float *b, size_t d,
+                                float bound)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0, j, end = d & ~(size_t)7, next;
+    while (i < end) {
+        next = vx_bound_next(i, end);
+        vx_scalar_l2_acc(a + i, b + i, next - i, s);
+        i = next;
+        if (i < end && vx_scalar_sum8(s) > bound) return vx_scalar_sum8(s);
+    }
+    for (j = 0; i < d; i++, j++) {
+        float t = a[i] - b[i];
+        s[j] += t * t;
+    }
+    return vx_scalar_sum8(s);
+}
+
+#if defined(VX_HAVE_AVX2)
+#define VX_F16C __attribute__((target("avx2,fma,f16c")))
+#define VX_POPCNT __attribute__((target("popcnt")))
+#define VX_AVX2POPCNT __attribute__((target("avx2,popcnt")))
+#define VX_AVX512BW __attribute__((target("avx512f,avx512bw")))
+#define VX_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define VX_AVX512POPCNT __attribute__((target("avx512f,avx512vpopcntdq")))
+
+VX_AVX2 static inline __m256i vx_avx2_load_i8(const int8_t *p)
+{
+    return _mm256_loadu_si256((const __m256i *)(const void *)p);
+}
+
+VX_AVX2 static inline int32_t vx_avx2_hsum_i32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v),
+                              _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* maddubs multiplies unsigned by signed bytes, so a's sign moves onto b:
+** |a| (b sign a) = a b. It adds adjacent products into int16, at most
+** 2 * 127 * 127 = 32767 - 509: no saturation, as codes are never -128. */
+VX_AVX2 static inline __m256i vx_avx2_dot_i8_step(__m256i acc, __m256i a,
+                                                  __m256i b)
+{
+    __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(a),
+                                     _mm256_sign_epi8(b, a));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+VX_AVX2 static int32_t vx_avx2_dot_i8(const int8_t *a, const int8_t *b,
+                                      size_t d, int32_t bsum)
+{
+    __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+    size_t i = 0;
+    (void)bsum;
+    for (; i + 64 <= d; i += 64) {
+        s0 = vx_avx2_dot_i8_step(s0, vx_avx2_load_i8(a + i),
+                                 vx_avx2_load_i8(b + i));
+        s1 = vx_avx2_dot_i8_step(s1, vx_avx2_load_i8(a + i + 32),
+                                 vx_avx2_load_i8(b + i + 32));
+    }
+    if (i + 32 <= d) {
+        s0 = vx_avx2_dot_i8_step(s0, vx_avx2_load_i8(a + i),
+                                 vx_avx2_load_i8(b + i));
+        i += 32;
+    }
+    if (i < d) {
+        /* AVX2 has no masked byte load: the tail goes through zeroed
+        ** copies, where the padding adds 0 * 0. */
+        int8_t ta[32] = {0}, tb[32] = {0};
+        memcpy(ta, a + i, d - i);
+        memcpy(tb, b + i, d - i);
+        s1 = vx_avx2_dot_i8_step(s1, vx_avx2_load_i8(ta), vx_avx2_load_i8(tb));
+    }
+    return vx_avx2_hsum_i32(_mm256_add_epi32(s0, s1));
+}
+
+/* The AVX2 scheme on 64 bytes. AVX-512 has no sign_epi8: b is negated
+** under the mask of a's sign bits instead. */
+VX_AVX512BW static inline __m512i vx_avx512bw_dot_i8_step(__m512i acc,
+                                                          __m512i a, __m512i b)
+{
+    __m512i sb = _mm512_mask_sub_epi8(b, _mm512_movepi8_mask(a),
+                                      _mm512_setzero_si512(), b);
+    __m512i p = _mm512_maddubs_epi16(_mm512_abs_epi8(a), sb);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
+}
+
+/* Bits [0, n) set, n < 64: the tail mask of a byte loop. */
+static inline uint64_t vx_mask64(size_t n)
+{
+    return (UINT64_C(1) << n) - 1;
+}
+
+VX_AVX512BW static int32_t vx_avx512bw_dot_i8(const int8_t *a, const int8_t *b,
+                                              size_t d, int32_t bsum)
+{
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    size_t i = 0;
+    (void)bsum;
+    for (; i + 128 <= d; i += 128) {
+        s0 = vx_avx512bw_dot_i8_step(s0, _mm512_loadu_si512(a + i),
+                                     _mm512_loadu_si512(b + i));
+        s1 = vx_avx512bw_dot_i8_step(s1, _mm512_loadu_si512(a + i + 64),
+                                     _mm512_loadu_si512(b + i + 64));
+    }
+    if (i + 64 <= d) {
+        s0 = vx_avx512bw_dot_i8_step(s0, _mm512_loadu_si512(a + i),
+                                     _mm512_loadu_si512(b + i));
+        i += 64;
+    }
+    if (i < d) {
+        __mmask64 m = (__mmask64)vx_mask64(d - i);
+        s1 = vx_avx512bw_dot_i8_step(s1, _mm512_maskz_loadu_epi8(m, a + i),
+                                     _mm512_maskz_loadu_epi8(m, b + i));
+    }
+    return _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+}
+
+/* VNNI's dpbusd also multiplies unsigned by signed bytes, adding groups of
+** four into int32 without saturation. a xor 0x80 is a + 128, unsigned;
+** the excess, 128 sum b = 128 bsum, comes off at the end. Two steps per
+** 64 bytes instead of the five above. */
+VX_AVX512VNNI static int32_t
+vx_avx512vnni_dot_i8(const int8_t *a, const int8_t *b, size_t d, int32_t bsum)
+{
+    const __m512i bias = _mm512_set1_epi8((char)-128);
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    uint32_t r;
+    size_t i = 0;
+    for (; i + 128 <= d; i += 128) {
+        s0 = _mm512_dpbusd_epi32(
+            s0, _mm512_xor_si512(_mm512_loadu_si512(a + i), bias),
+            _mm512_loadu_si512(b + i));
+        s1 = _mm512_dpbusd_epi32(
+            s1, _mm512_xor_si512(_mm512_loadu_si512(a + i + 64), bias),
+            _mm512_loadu_si512(b + i + 64));
+    }
+    if (i + 64 <= d) {
+        s0 = _mm512_dpbusd_epi32(
+            s0, _mm512_xor_si512(_mm512_loadu_si512(a + i), bias),
+            _mm512_loadu_si512(b + i));
+        i += 64;
+    }
+    if (i < d) { /* padding: (0 + 128) * 0 */
+        __mmask64 m = (__mmask64)vx_mask64(d - i);
+        s1 = _mm512_dpbusd_epi32(
+            s1, _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, a + i), bias),
+            _mm512_maskz_loadu_epi8(m, b + i));
+    }
+    /* In unsigned arithmetic, which wraps instead of overflowing; the
+    ** exact result fits int32. */
+    r = (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1));
+    return (int32_t)(r - 128u * (uint32_t)bsum);
+}
+
+VX_F16C static inline __m256 vx_avx2_load_f16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+
+/* The last d % 8 codes, through a zeroed copy (AVX2 has no masked 16-bit
+** load); 0 decodes to 0.0 and the query is read with the float mask. */
+VX_F16C static inline __m256 vx_avx2_tail_f16(const uint16_t *p, size_t n)
+{
+    uint16_t t[8] = {0};
+    memcpy(t, p, n * sizeof *p);
+    return vx_avx2_load_f16(t);
+}
+
+VX_F16C static float vx_avx2_l2_f16(const float *q, const uint16_t *c, size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps(), t;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(q + i),
+                                  vx_avx2_load_f16(c + i));
+        __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(q + i + 8),
+                                  vx_avx2_load_f16(c + i + 8));
+        __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(q + i + 16),
+                                  vx_avx2_load_f16(c + i + 16));
+        __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(q + i + 24),
+                                  vx_avx2_load_f16(c + i + 24));
+        s0 = _mm256_fmadd_ps(d0, d0, s0);
+        s1 = _mm256_fmadd_ps(d1, d1, s1);
+        s2 = _mm256_fmadd_ps(d2, d2, s2);
+        s3 = _mm256_fmadd_ps(d3, d3, s3);
+    }
+    for (; i + 8 <= d; i += 8) {
+        t = _mm256_sub_ps(_mm256_loadu_ps(q + i), vx_avx2_load_f16(c + i));
+        s0 = _mm256_fmadd_ps(t, t, s0);
+    }
+    if (i < d) {
+        t = _mm256_sub_ps(_mm256_maskload_ps(q + i, vx_avx2_tailmask(d - i)),
+                          vx_avx2_tail_f16(c + i, d - i));
+        s1 = _mm256_fmadd_ps(t, t, s1);
+    }
+    return vx_avx2_hsum(
+        _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+VX_F16C static float vx_avx2_dot_f16(const float *q, const uint16_t *c,
+                                     size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), vx_avx2_load_f16(c + i),
+                             s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8),
+                             vx_avx2_load_f16(c + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 16),
+                             vx_avx2_load_f16(c + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 24),
+                             vx_avx2_load_f16(c + i + 24), s3);
+    }
+    for (; i + 8 <= d; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), vx_avx2_load_f16(c + i),
+                             s0);
+    if (i < d)
+        s1 = _mm256_fmadd_ps(_mm256_maskload_ps(q + i, vx_avx2_tailmask(d - i)),
+                             vx_avx2_tail_f16(c + i, d - i), s1);
+    return vx_avx2_hsum(
+        _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+VX_AVX512 static inline __m512 vx_avx512_load_f16(const uint16_t *p)
+{
+    return _mm512_cvtph_ps(
+        _mm256_loadu_si256((const __m256i *)(const void *)p));
+}
+
+/* A masked 16-bit load needs AVX-512BW, which the "avx512" table does not
+** require: the tail codes go through a zeroed copy, as with AVX2. */
+VX_AVX512 static inline __m512 vx_avx512_tail_f16(const uint16_t *p, size_t n)
+{
+    uint16_t t[16] = {0};
+    memcpy(t, p, n * sizeof *p);
+    return vx_avx512_load_f16(t);
+}
+
+VX_AVX512 static float vx_avx512_l2_f16(const float *q, const uint16_t *c,
+                                        size_t d)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), t;
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(q + i),
+                                  vx_avx512_load_f16(c + i));
+        __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(q + i + 16),
+                                  vx_avx512_load_f16(c + i + 16));
+        s0 = _mm512_fmadd_ps(d0, d0, s0);
+        s1 = _mm512_fmadd_ps(d1, d1, s1);
+    }
+    for (; i + 16 <= d; i += 16) {
+        t = _mm512_sub_ps(_mm512_loadu_ps(q + i), vx_avx512_load_f16(c + i));
+        s0 = _mm512_fmadd_ps(t, t, s0);
+    }
+    if (i < d) {
+        __mmask16 m = (__mmask16)((1u << (d - i)) - 1);
+        t = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, q + i),
+                          vx_avx512_tail_f16(c + i, d - i));
+        s1 = _mm512_fmadd_ps(t, t, s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+VX_AVX512 static float vx_avx512_dot_f16(const float *q, const uint16_t *c,
+                                         size_t d)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), vx_avx512_load_f16(c + i),
+                             s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i + 16),
+                             vx_avx512_load_f16(c + i + 16), s1);
+    }
+    for (; i + 16 <= d; i += 16)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), vx_avx512_load_f16(c + i),
+                             s0);
+    if (i < d) {
+        __mmask16 m = (__mmask16)((1u << (d - i)) - 1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i),
+                             vx_avx512_tail_f16(c + i, d - i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+/* Four independent sums: popcnt has a latency of 3 cycles or more but
+** issues every cycle. */
+VX_POPCNT static uint32_t vx_popcnt_hamming(const uint64_t *a,
+                                            const uint64_t *b, size_t nwords)
+{
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= nwords; i += 4) {
+        s0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+        s1 += (uint64_t)__builtin_popcountll(a[i + 1] ^ b[i + 1]);
+        s2 += (uint64_t)__builtin_popcountll(a[i + 2] ^ b[i + 2]);
+        s3 += (uint64_t)__builtin_popcountll(a[i + 3] ^ b[i + 3]);
+    }
+    for (; i < nwords; i++) s0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+    return (uint32_t)(s0 + s1 + s2 + s3);
+}
+
+/* Nibble lookup: vpshufb counts the bits of 32 nibbles at once, and
+** vpsadbw adds the byte counts into four 64-bit sums. Faster than popcnt
+** from 15 words on (960 bits: 3.4 ns against 4.7), as fast below. */
+VX_AVX2POPCNT static uint32_t vx_avx2_hamming(const uint64_t *a,
+                                              const uint64_t *b, size_t nwords)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2,
+                                         3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
+                                         2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    __m256i s = _mm256_setzero_si256();
+    uint64_t r[4];
+    size_t i = 0;
+    for (; i + 4 <= nwords; i += 4) {
+        __m256i x = _mm256_xor_si256(
+            _mm256_loadu_si256((const __m256i *)(const void *)(a + i)),
+            _mm256_loadu_si256((const __m256i *)(const void *)(b + i)));
+        __m256i c = _mm256_add_epi8(
+            _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
+            _mm256_shuffle_epi8(
+                lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
+        s = _mm256_add_epi64(s, _mm256_sad_epu8(c, _mm256_setzero_si256()));
+    }
+    _mm256_storeu_si256((__m256i *)(void *)r, s);
+    r[0] += r[1] + r[2] + r[3];
+    for (; i < nwords; i++) r[0] += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
+    return (uint32_t)r[0];
+}
+
+VX_AVX512POPCNT static uint32_t
+vx_avx512_hamming(const uint64_t *a, const uint64_t *b, size_t nwords)
+{
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 16 <= nwords; i += 16) {
+        s0 = _mm512_add_epi64(
+            s0, _mm512_popcnt_epi64(_mm512_xor_si512(
+                    _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i))));
+        s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                      _mm512_loadu_si512(a + i + 8),
+                                      _mm512_loadu_si512(b + i + 8))));
+    }
+    if (i + 8 <= nwords) {
+        s0 = _mm512_add_epi64(
+            s0, _mm512_popcnt_epi64(_mm512_xor_si512(
+                    _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i))));
+        i += 8;
+    }
+    if (i < nwords) {
+        __mmask8 m = (__mmask8)((1u << (nwords - i)) - 1);
+        s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                      _mm512_maskz_loadu_epi64(m, a + i),
+                                      _mm512_maskz_loadu_epi64(m, b + i))));
+    }
+    return (uint32_t)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));
+}
+
+/* vx_avx2_l2 with a look at the bound; see vx_scalar_l2_bound. */
+VX_AVX2 static float vx_avx2_l2_bound(const float *a, const float *b, size_t d,
+                                      float bound)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps(), t;
+    size_t i = 0, end = d & ~(size_t)31, next;
+    while (i < end) {
+        for (next = vx_bound_next(i, end); i < next; i += 32) {
+            __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i),
+                                      _mm256_loadu_ps(b + i));
+            __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8),
+                                      _mm256_loadu_ps(b + i + 8));
+            __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 16),
+                                      _mm256_loadu_ps(b + i + 16));
+            __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 24),
+                                      _mm256_loadu_ps(b + i + 24));
+            s0 = _mm256_fmadd_ps(d0, d0, s0);
+            s1 = _mm256_fmadd_ps(d1, d1, s1);
+            s2 = _mm256_fmadd_ps(d2, d2, s2);
+            s3 = _mm256_fmadd_ps(d3, d3, s3);
+        }
+        if (i < end) {
+            float part = vx_avx2_hsum(
+                _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+            if (part > bound) return part;
+        }
+    }
+    for (; i + 8 <= d; i += 8) {
+        t = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+        s0 = _mm256_fmadd_ps(t, t, s0);
+    }
+    if (i < d) {
+        __m256i m = vx_avx2_tailmask(d - i);
+        t = _mm256_sub_ps(_mm256_maskload_ps(a + i, m),
+                          _mm256_maskload_ps(b + i, m));
+        s1 = _mm256_fmadd_ps(t, t, s1);
+    }
+    return vx_avx2_hsum(
+        _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+/* vx_avx512_l2 with a look at the bound; see vx_scalar_l2_bound. */
+VX_AVX512 static float vx_avx512_l2_bound(const float *a, const float *b,
+                                          size_t d, float bound)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), t;
+    size_t i = 0, end = d & ~(size_t)31, next;
+    while (i < end) {
+        for (next = vx_bound_next(i, end); i < next; i += 32) {
+            __m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(a + i),
+                                      _mm512_loadu_ps(b + i));
+            __m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 16),
+                                      _mm512_loadu_ps(b + i + 16));
+            s0 = _mm512_fmadd_ps(d0, d0, s0);
+            s1 = _mm512_fmadd_ps(d1, d1, s1);
+        }
+        if (i < end) {
+            float part = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+            if (part > bound) return part;
+        }
+    }
+    for (; i + 16 <= d; i += 16) {
+        t = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+        s0 = _mm512_fmadd_ps(t, t, s0);
+    }
+    if (i < d) {
+        __mmask16 m = (__mmask16)((1u << (d - i)) - 1);
+        t = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + i),
+                          _mm512_maskz_loadu_ps(m, b + i));
+        s1 = _mm512_fmadd_ps(t, t, s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+#endif /* VX_HAVE_AVX2 */
+
+#if defined(VX_HAVE_NEON)
+/* SDOT (Armv8.2 dot product) is chosen at run time, so the function gets
+** a target attribute. GCC's arm_neon.h declares vdotq_s32 for any target;
+** clang's (14, the one tested) only when the whole file is compiled for
+** it, so with clang the kernel exists only under -march=...+dotprod. */
+#if defined(__aarch64__) && (defined(__ARM_FEATURE_DOTPROD) || \
+                             (defined(__GNUC__) && !defined(__clang__)))
+#define VX_HAVE_NEON_DOTPROD 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define VX_NEON_DOTPROD
+#else
+#define VX_NEON_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#endif
+/* Half-to-float conversion: baseline on aarch64; on 32-bit Arm it needs
+** the FPU's half-precision extension and the __fp16 type, e.g.
+** -mfpu=neon-vfpv4 -mfp16-format=ieee. Without them the scalar kernels
+** serve. */
+#if defined(__aarch64__) || (defined(__ARM_FP16_FORMAT_IEEE) && \
+                             defined(__ARM_NEON_FP) && (__ARM_NEON_FP & 2))
+#define VX_HAVE_NEON_F16 1
+#endif
+
+static inline int32_t vx_neon_hsum_s32(int32x4_t v)
+{
+#if defined(__aarch64__)
+    return vaddvq_s32(v);
+#else
+    int32x2_t s = vadd_s32(vget_low_s32(v), vget_high_s32(v));
+    return vget_lane_s32(vpadd_s32(s, s), 0);
+#endif
+}
+
+/* vmull + vmlal add two products in int16, at most 2 * 127 * 127 <
+** 32767 as codes are never -128; vpadal widens the pairs into int32. */
+static inline int32x4_t vx_neon_dot_i8_step(int32x4_t acc, int8x16_t a,
+                                            int8x16_t b)
+{
+    int16x8_t p = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    p = vmlal_s8(p, vget_high_s8(a), vget_high_s8(b));
+    return vpadalq_s16(acc, p);
+}
+
+static int32_t vx_neon_dot_i8(const int8_t *a, const int8_t *b, size_t d,
+                              int32_t bsum)
+{
+    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+    int32_t r;
+    size_t i = 0;
+    (void)bsum;
+    for (; i + 32 <= d; i += 32) {
+        s0 = vx_neon_dot_i8_step(s0, vld1q_s8(a + i), vld1q_s8(b + i));
+        s1 = vx_neon_dot_i8_step(s1, vld1q_s8(a + i + 16),
+                                 vld1q_s8(b + i + 16));
+    }
+    if (i + 16 <= d) {
+        s0 = vx_neon_dot_i8_step(s0, vld1q_s8(a + i), vld1q_s8(b + i));
+        i += 16;
+    }
+    r = vx_neon_hsum_s32(vaddq_s32(s0, s1));
+    for (; i < d; i++) r += a[i] * b[i];
+    return r;
+}
+
+#if defined(VX_HAVE_NEON_DOTPROD)
+/* SDOT multiplies signed bytes directly, four per int32 lane: no bias, no
+** widening. Four sums hide its latency. */
+VX_NEON_DOTPROD static int32_t vx_neon_sdot_i8(const int8_t *a, const int8_t *b,
+                                               size_t d, int32_t bsum)
+{
+    int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+    int32x4_t s2 = vdupq_n_s32(0), s3 = vdupq_n_s32(0);
+    int32_t r;
+    size_t i = 0;
+    (void)bsum;
+    for (; i + 64 <= d; i += 64) {
+        s0 = vdotq_s32(s0, vld1q_s8(a + i), vld1q_s8(b + i));
+        s1 = vdotq_s32(s1, vld1q_s8(a + i + 16), vld1q_s8(b + i + 16));
+        s2 = vdotq_s32(s2, vld1q_s8(a + i + 32), vld1q_s8(b + i + 32));
+        s3 = vdotq_s32(s3, vld1q_s8(a + i + 48), vld1q_s8(b + i + 48));
+    }
+    for (; i + 16 <= d; i += 16)
+        s0 = vdotq_s32(s0, vld1q_s8(a + i), vld1q_s8(b + i));
+    r = vx_neon_hsum_s32(vaddq_s32(vaddq_s32(s0, s1), vaddq_s32(s2, s3)));
+    for (; i < d; i++) r += a[i] * b[i];
+    return r;
+}
+#endif
+
+#if defined(VX_HAVE_NEON_F16)
+static inline float32x4_t vx_neon_load_f16(const uint16_t *p)
+{
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+
+static float vx_neon_l2_f16(const float *q, const uint16_t *c, size_t d)
+{
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    float32x4_t s2 = vdupq_n_f32(0), s3 = vdupq_n_f32(0), t;
+    float r;
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        float32x4_t d0 = vsubq_f32(vld1q_f32(q + i), vx_neon_load_f16(c + i));
+        float32x4_t d1 = vsubq_f32(vld1q_f32(q + i + 4),
+                                   vx_neon_load_f16(c + i + 4));
+        float32x4_t d2 = vsubq_f32(vld1q_f32(q + i + 8),
+                                   vx_neon_load_f16(c + i + 8));
+        float32x4_t d3 = vsubq_f32(vld1q_f32(q + i + 12),
+                                   vx_neon_load_f16(c + i + 12));
+        s0 = VX_NEON_FMA(s0, d0, d0);
+        s1 = VX_NEON_FMA(s1, d1, d1);
+        s2 = VX_NEON_FMA(s2, d2, d2);
+        s3 = VX_NEON_FMA(s3, d3, d3);
+    }
+    for (; i + 4 <= d; i += 4) {
+        t = vsubq_f32(vld1q_f32(q + i), vx_neon_load_f16(c + i));
+        s0 = VX_NEON_FMA(s0, t, t);
+    }
+    r = VX_NEON_HSUM(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < d; i++) {
+        float x = q[i] - vx_f16_to_f32(c[i]);
+        r += x * x;
+    }
+    return r;
+}
+
+static float vx_neon_dot_f16(const float *q, const uint16_t *c, size_t d)
+{
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    float32x4_t s2 = vdupq_n_f32(0), s3 = vdupq_n_f32(0);
+    float r;
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        s0 = VX_NEON_FMA(s0, vld1q_f32(q + i), vx_neon_load_f16(c + i));
+        s1 = VX_NEON_FMA(s1, vld1q_f32(q + i + 4), vx_neon_load_f16(c + i + 4));
+        s2 = VX_NEON_FMA(s2, vld1q_f32(q + i + 8), vx_neon_load_f16(c + i + 8));
+        s3 = VX_NEON_FMA(s3, vld1q_f32(q + i + 12),
+                         vx_neon_load_f16(c + i + 12));
+    }
+    for (; i + 4 <= d; i += 4)
+        s0 = VX_NEON_FMA(s0, vld1q_f32(q + i), vx_neon_load_f16(c + i));
+    r = VX_NEON_HSUM(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < d; i++) r += q[i] * vx_f16_to_f32(c[i]);
+    return r;
+}
+#endif /* VX_HAVE_NEON_F16 */
+
+/* vcnt counts bits per byte. Two counts (at most 16 per byte) are added
+** pairwise into uint16 lanes, each gaining at most 32 per step: 1024
+** steps (4096 words) stay far below 65535 before the flush into uint32. */
+static uint32_t vx_neon_hamming(const uint64_t *a, const uint64_t *b,
+                                size_t nwords)
+{
+    uint32x4_t acc = vdupq_n_u32(0);
+    uint32_t r;
+    size_t i = 0, stop;
+    while (nwords - i >= 4) {
+        uint16x8_t s = vdupq_n_u16(0);
+        stop = nwords - i > 4096 ? i + 4096 : nwords;
+        for (; i + 4 <= stop; i += 4) {
+            uint8x16_t x0 = vreinterpretq_u8_u64(
+                veorq_u64(vld1q_u64(a + i), vld1q_u64(b + i)));
+            uint8x16_t x1 = vreinterpretq_u8_u64(
+                veorq_u64(vld1q_u64(a + i + 2), vld1q_u64(b + i + 2)));
+            s = vpadalq_u8(s, vaddq_u8(vcntq_u8(x0), vcntq_u8(x1)));
+        }
+        acc = vpadalq_u16(acc, s);
+    }
+#if defined(__aarch64__)
+    r = vaddvq_u32(acc);
+#else
+    r = vgetq_lane_u32(acc, 0) + vgetq_lane_u32(acc, 1) +
+        vgetq_lane_u32(acc, 2) + vgetq_lane_u32(acc, 3);
+#endif
+    for (; i < nwords; i++) r += vx_popcount64(a[i] ^ b[i]);
+    return r;
+}
+
+/* vx_neon_l2 with a look at the bound; see vx_scalar_l2_bound. */
+static float vx_neon_l2_bound(const float *a, const float *b, size_t d,
+                              float bound)
+{
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    float32x4_t s2 = vdupq_n_f32(0), s3 = vdupq_n_f32(0), t;
+    float r;
+    size_t i = 0, end = d & ~(size_t)15, next;
+    while (i < end) {
+        for (next = vx_bound_next(i, end); i < next; i += 16) {
+            float32x4_t d0 = vsubq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
+            float32x4_t d1 = vsubq_f32(vld1q_f32(a + i + 4),
+                                       vld1q_f32(b + i + 4));
+            float32x4_t d2 = vsubq_f32(vld1q_f32(a + i + 8),
+                                       vld1q_f32(b + i + 8));
+            float32x4_t d3 = vsubq_f32(vld1q_f32(a + i + 12),
+                                       vld1q_f32(b + i + 12));
+            s0 = VX_NEON_FMA(s0, d0, d0);
+            s1 = VX_NEON_FMA(s1, d1, d1);
+            s2 = VX_NEON_FMA(s2, d2, d2);
+            s3 = VX_NEON_FMA(s3, d3, d3);
+        }
+        if (i < end) {
+            r = VX_NEON_HSUM(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+            if (r > bound) return r;
+        }
+    }
+    for (; i + 4 <= d; i += 4) {
+        t = vsubq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
+        s0 = VX_NEON_FMA(s0, t, t);
+    }
+    r = VX_NEON_HSUM(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < d; i++) r += (a[i] - b[i]) * (a[i] - b[i]);
+    return r;
+}
+#endif /* VX_HAVE_NEON */
+
+/* The features the quantized kernels may use, found once by the caller
+** (vx_kern_detect, under its pthread_once). */
+static unsigned vx_qkern_features(void)
+{
+    unsigned f = 0;
+#if defined(VX_HAVE_AVX2)
+    unsigned eax, ebx, ecx = 0, edx;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt")) f |= VX_QF_POPCNT;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        f |= VX_QF_AVX2;
+    /* CPUID.1:ECX. The OS saving the YMM state F16C needs is implied by
+    ** the AVX2 check above. */
+    if ((f & VX_QF_AVX2) && __get_cpuid(1, &eax, &ebx, &ecx, &edx) &&
+        (ecx & bit_F16C))
+        f |= VX_QF_F16C;
+    if ((f & VX_QF_AVX2) && __builtin_cpu_supports("avx512f")) {
+        f |= VX_QF_AVX512;
+        if (__builtin_cpu_supports("avx512bw")) f |= VX_QF_AVX512BW;
+        if ((f & VX_QF_AVX512BW) && __builtin_cpu_supports("avx512vnni"))
+            f |= VX_QF_VNNI;
+        if (__builtin_cpu_supports("avx512vpopcntdq")) f |= VX_QF_VPOPCNT;
+    }
+#elif defined(VX_HAVE_NEON_DOTPROD) && defined(__ARM_FEATURE_DOTPROD)
+    f |= VX_QF_DOTPROD; /* compiled for it: every CPU that runs this has it */
+#elif defined(VX_HAVE_NEON_DOTPROD) && defined(__linux__)
+    if (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) f |= VX_QF_DOTPROD;
+#endif
+    return f;
+}
+
+/* The best kernel of each kind for features f. l2_bound goes with the
+** float32 table vx_kern_detect picks from the same conditions. */
+static void vx_qkern_pick(unsigned f, vx_qkernels *k)
+{
+    k->dot_i8 = vx_scalar_dot_i8;
+    k->l2_f16 = vx_scalar_l2_f16;
+    k->dot_f16 = vx_scalar_dot_f16;
+    k->hamming = vx_scalar_hamming;
+    k->l2_bound = vx_scalar_l2_bound;
+#if defined(VX_HAVE_AVX2)
+    if (f & VX_QF_POPCNT) k->hamming = vx_popcnt_hamming;
+    if (f & VX_QF_AVX2) {
+        k->dot_i8 = vx_avx2_dot_i8;
+        k->l2_bound = vx_avx2_l2_bound;
+    }
+    if ((f & VX_QF_AVX2) && (f & VX_QF_POPCNT)) k->hamming = vx_avx2_hamming;
+    if (f & VX_QF_F16C) {
+        k->l2_f16 = vx_avx2_l2_f16;
+        k->dot_f16 = vx_avx2_dot_f16;
+    }
+    if (f & VX_QF_AVX512) {
+        k->l2_f16 = vx_avx512_l2_f16;
+        k->dot_f16 = vx_avx512_dot_f16;
+        k->l2_bound = vx_avx512_l2_bound;
+    }
+    if (f & VX_QF_AVX512BW) k->dot_i8 = vx_avx512bw_dot_i8;
+    if (f & VX_QF_VNNI) k->dot_i8 = vx_avx512vnni_dot_i8;
+    if (f & VX_QF_VPOPCNT) k->hamming = vx_avx512_hamming;
+#endif
+#if defined(VX_HAVE_NEON)
+    k->dot_i8 = vx_neon_dot_i8;
+    k->hamming = vx_neon_hamming;
+    k->l2_bound = vx_neon_l2_bound;
+#if defined(VX_HAVE_NEON_F16)
+    k->l2_f16 = vx_neon_l2_f16;
+    k->dot_f16 = vx_neon_dot_f16;
+#endif
+#if defined(VX_HAVE_NEON_DOTPROD)
+    if (f & VX_QF_DOTPROD) k->dot_i8 = vx_neon_sdot_i8;
+#endif
+#endif
+    (void)f;
+}
+/* The quantized kernels picked for this CPU (with the float32 table, by
+** vx_kern_detect); l2_bound matches the preferred float32 table. */
+static vx_qkernels vx_qk;
+
 /* Kernel tables runnable on this CPU, scalar first and the preferred one
 ** last. Filled once; pthread_once makes the first concurrent calls safe. */
 static const vx_kernels *vx_kern_runnable[4];
@@ -1004,6 +1932,7 @@ static void vx_kern_detect(void)
     vx_kern_runnable[n++] = &vx_kern_neon; /* Advanced SIMD is baseline */
 #endif
     vx_kern_nrunnable = n;
+    vx_qkern_pick(vx_qkern_features(), &vx_qk);
 }
 
 static const vx_kernels *const *vx_kernel_list(size_t *n)
@@ -1067,6 +1996,8 @@ static int vx_snap_adopt_map(vx_snap *sn, const vx_keymap *old);
 ** for HNSW (link0 > 0). */
 typedef struct vx_chunk {
     float *vec;          /* start of the records, on a 64-byte boundary */
+    float *full;         /* compressed storage with keep_vectors: the
+                            float32 vectors, dim per slot, after the rest */
     unsigned char *base; /* the allocation (VX_LINE_SLACK bytes more) */
     uint64_t *key;
     float *inorm;
@@ -1099,6 +2030,9 @@ typedef struct vx_store {
     uint32_t dim;
     uint32_t shift; /* log2(slots per chunk) */
     int cosine;     /* keep inverse norms */
+    uint32_t store; /* VECIDX_STORE_*: what a record holds */
+    uint32_t keep;  /* compressed storage: float32 vectors kept (full) */
+    uint32_t cw;    /* 4-byte words of a record's vector or code */
     uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
     uint32_t rec;   /* 4-byte words per record (see vx_chunk) */
     int aligned;    /* graph records padded to whole lines (vx_store_init) */
@@ -1166,9 +2100,16 @@ static inline void vx_store_set_state(vx_store *s, uint32_t slot, int state)
              (uint8_t)state);
 }
 
+/* A slot's kept float32 vector (compressed storage with keep_vectors). */
+static inline const float *vx_store_full(const vx_store *s, uint32_t slot)
+{
+    return VX_SLOT_CHUNK(s, slot)->full +
+           (size_t)VX_SLOT_INDEX(s, slot) * s->dim;
+}
+
 static inline float *vx_store_inorm_at(const vx_store *s, uint32_t slot)
 {
-    if (s->link0) return vx_store_vec(s, slot) + s->dim;
+    if (s->link0) return vx_store_vec(s, slot) + s->cw;
     return VX_SLOT_CHUNK(s, slot)->inorm + VX_SLOT_INDEX(s, slot);
 }
 
@@ -1280,16 +2221,38 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, pthread_rwlock_t *klock,
 ** At least 32 slots per chunk keep every chunk size a multiple of 64
 ** bytes, so chunks carved back to back stay aligned too. Files of format
 ** version 1 hold packed records (aligned = 0) and are still read. */
-static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t link0,
-                          int aligned, pthread_rwlock_t *klock)
+/* After an int8 code: its map back to floats (component i is off + scale *
+** code[i]), the sum of its codes and the squared norm of the vector it
+** decodes to. */
+typedef struct vx_i8hdr {
+    float scale, off;
+    int32_t sum;
+    float n2;
+} vx_i8hdr;
+
+/* Words of a record's vector: float32, or an int8 code (padded to a word)
+** and its vx_i8hdr, or a binary code of whole 64-bit words. */
+static uint32_t vx_code_words(uint32_t store, uint32_t dim)
+{
+    if (store == VECIDX_STORE_I8) return (dim + 3) / 4 + 4;
+    if (store == VECIDX_STORE_BIN) return (dim + 63) / 64 * 2;
+    return dim;
+}
+
+static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t store,
+                          uint32_t keep, uint32_t link0, int aligned,
+                          pthread_rwlock_t *klock)
 {
     uint32_t shift = 4;
     memset(s, 0, sizeof *s);
     s->klock = klock;
     s->dim = dim;
     s->cosine = cosine;
+    s->store = store;
+    s->keep = store != VECIDX_STORE_F32 && keep;
+    s->cw = vx_code_words(store, dim);
     s->link0 = link0;
-    s->rec = dim + (link0 ? (cosine ? 1 : 0) + 1 + link0 : 0);
+    s->rec = s->cw + (link0 ? (cosine ? 1 : 0) + 1 + link0 : 0);
     if (link0 && aligned) {
         s->aligned = 1;
         s->rec = (s->rec + VX_LINE_WORDS - 1) / VX_LINE_WORDS * VX_LINE_WORDS;
@@ -1301,13 +2264,23 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t link0,
     s->shift = shift;
 }
 
-static size_t vx_store_chunk_bytes(const vx_store *s)
+/* Bytes of a chunk before its kept float32 vectors (on a line boundary),
+** and in all. */
+static size_t vx_store_front_bytes(const vx_store *s)
 {
     size_t per = vx_store_per_chunk(s);
     size_t graph = s->link0 ? sizeof(uint32_t) + 1 : 0;
     int norms = s->cosine && !s->link0;
     return per * ((size_t)s->rec * sizeof(float) + sizeof(uint64_t) +
                   (norms ? sizeof(float) : 0) + graph + 1);
+}
+
+static size_t vx_store_chunk_bytes(const vx_store *s)
+{
+    size_t front = vx_store_front_bytes(s);
+    if (!s->keep) return front;
+    return (front + 63) / 64 * 64 +
+           vx_store_per_chunk(s) * (size_t)s->dim * sizeof(float);
 }
 
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
@@ -1353,6 +2326,10 @@ static void vx_store_point_chunk(const vx_store *s, vx_chunk *c,
         p += per;
     }
     c->live = p;
+    c->full = NULL;
+    if (s->keep)
+        c->full = (float *)(void *)(c->base +
+                                    (vx_store_front_bytes(s) + 63) / 64 * 64);
     c->pooled = 0;
 }
 
@@ -1465,15 +2442,85 @@ static int vx_store_reserve(vx_store *s, vx_mem *mem, vx_ebr *ebr, size_t n)
     return vx_map_reserve(&s->map, mem, s->klock, (size_t)s->count + n);
 }
 
+/* An int8 code's vx_i8hdr follows its codes, padded to a word. */
+static inline vx_i8hdr *vx_i8_hdr(const void *code, uint32_t dim)
+{
+    return (vx_i8hdr *)(void *)((unsigned char *)(uintptr_t)code +
+                                (dim + 3) / 4 * 4);
+}
+
+/* The int8 code of x * mul: each vector on its own range, so a code never
+** clips and needs no training. Components map linearly from [lo, hi] to
+** [-127, 127]; the header keeps the map back and two sums the distances
+** need. Padding bytes are zero, so equal vectors give equal bytes. */
+static void vx_i8_encode(const float *x, uint32_t dim, float mul, int8_t *code)
+{
+    vx_i8hdr *h = vx_i8_hdr(code, dim);
+    float lo = x[0] * mul, hi = lo;
+    double n2 = 0;
+    int32_t sum = 0;
+    uint32_t i;
+    for (i = 1; i < dim; i++) {
+        float t = x[i] * mul;
+        lo = t < lo ? t : lo;
+        hi = t > hi ? t : hi;
+    }
+    h->off = lo / 2 + hi / 2; /* halves first: no overflow near FLT_MAX */
+    h->scale = (hi / 2 - lo / 2) / 127.0f;
+    if (!(h->scale > 0)) h->scale = 1; /* all equal: every code 0 */
+    for (i = 0; i < dim; i++) {
+        float t = (x[i] * mul - h->off) / h->scale;
+        long c = lrintf(t < -127 ? -127 : t > 127 ? 127 : t);
+        double y = (double)h->off + (double)h->scale * (double)c;
+        code[i] = (int8_t)c;
+        sum += (int32_t)c;
+        n2 += y * y;
+    }
+    memset(code + dim, 0, (dim + 3) / 4 * 4 - dim);
+    h->sum = sum;
+    h->n2 = (float)n2;
+}
+
 static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
 {
-    memcpy(vx_store_vec(s, slot), v, (size_t)s->dim * sizeof(float));
+    float *r = vx_store_vec(s, slot), inorm = 1;
     if (s->cosine) {
         double n2 = 0;
         uint32_t i;
         for (i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
-        *vx_store_inorm_at(s, slot) = (float)(1.0 / sqrt(n2));
+        inorm = (float)(1.0 / sqrt(n2));
+        *vx_store_inorm_at(s, slot) = inorm;
     }
+    /* Compressed cosine codes hold the unit vector: a code dot product is
+    ** then the cosine itself. */
+    if (s->store == VECIDX_STORE_I8)
+        vx_i8_encode(v, s->dim, inorm, (int8_t *)(void *)r);
+    else if (s->store == VECIDX_STORE_BIN)
+        vx_bin_encode(v, (uint64_t *)(void *)r, s->dim);
+    else
+        memcpy(r, v, (size_t)s->dim * sizeof(float));
+    if (s->keep)
+        memcpy((float *)(uintptr_t)vx_store_full(s, slot), v,
+               (size_t)s->dim * sizeof(float));
+}
+
+/* A slot's vector: as given when kept (float32 storage, or keep_vectors),
+** else decoded from its int8 code, scaled back from the unit vector that
+** cosine codes hold. Binary storage always keeps its vectors. */
+static void vx_store_read(const vx_store *s, uint32_t slot, float *out)
+{
+    const int8_t *c = (const int8_t *)(const void *)vx_store_vec(s, slot);
+    const vx_i8hdr *h;
+    float mul = 1;
+    uint32_t i;
+    if (s->store == VECIDX_STORE_F32 || s->keep) {
+        memcpy(out, s->keep ? vx_store_full(s, slot) : vx_store_vec(s, slot),
+               (size_t)s->dim * sizeof(float));
+        return;
+    }
+    h = vx_i8_hdr(c, s->dim);
+    if (s->cosine) mul = 1 / vx_store_inorm(s, slot);
+    for (i = 0; i < s->dim; i++) out[i] = (h->off + h->scale * c[i]) * mul;
 }
 
 /* Storing a vector takes three steps, so that a search never sees half of
@@ -2013,6 +3060,31 @@ static int vx_check_hnsw_params(const vecidx_params *p)
     return VECIDX_OK;
 }
 
+/* The storage fields: the kinds and combinations that exist. */
+static int vx_check_storage(const vecidx_params *p)
+{
+    if (p->storage > VECIDX_STORE_BIN)
+        return vx_err(NULL, VECIDX_EINVAL, "storage %u is not a VECIDX_STORE_*",
+                      (unsigned)p->storage);
+    if (p->storage == VECIDX_STORE_F32) return VECIDX_OK;
+    if (p->storage == VECIDX_STORE_F16)
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "half-precision storage is not implemented yet");
+    if (p->kind == VECIDX_IVFPQ)
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "IVF-PQ stores product-quantized codes: storage must "
+                      "be VECIDX_STORE_F32");
+    if (p->storage == VECIDX_STORE_BIN && p->metric == VECIDX_L2)
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "binary storage keeps signs, which say little about L2 "
+                      "distances: use it with cosine or inner product");
+    if (p->storage == VECIDX_STORE_BIN && !p->keep_vectors)
+        return vx_err(NULL, VECIDX_ENOTSUP,
+                      "binary storage needs keep_vectors: its codes pick "
+                      "candidates, the float32 vectors rank them");
+    return VECIDX_OK;
+}
+
 static int vx_check_ivf_params(const vecidx_params *p)
 {
     if (p->pq_nbits != 8)
@@ -2054,9 +3126,72 @@ static unsigned vx_threads(const vecidx *ix, const vecidx_search_opts *o)
 /* A query after validation: cosine carries the query's inverse norm so
 ** that stored vectors never need normalising copies. */
 typedef struct vx_query {
-    const float *v;
+    const float *v; /* float32: the query, or a stored node's vector */
     float inv_norm;
+    const void *code; /* int8 and binary storage: encoded as stored */
+    int exact; /* score against the kept float32 vectors, not the codes */
 } vx_query;
+
+/* Distance from q to a slot's kept float32 vector, as float32 storage
+** would score it. */
+static float vx_full_dist(const vecidx *ix, const vx_query *q, uint32_t slot)
+{
+    const float *f = vx_store_full(&ix->store, slot);
+    uint32_t dim = ix->p.dim;
+    if (ix->p.metric == VECIDX_L2) return ix->kern->l2(q->v, f, dim);
+    if (ix->p.metric == VECIDX_IP) return -ix->kern->dot(q->v, f, dim);
+    return 1.0f - ix->kern->dot(q->v, f, dim) * q->inv_norm *
+                      vx_store_inorm(&ix->store, slot);
+}
+
+/* Distance from q to the code in record rec (slot's), compressed storage.
+** int8: both sides decode to off + scale * code, so their dot product is
+** the integer one mapped back, and L2 comes from it and the two norms,
+** in double, where the terms may cancel. */
+static float vx_code_dist(const vecidx *ix, const vx_query *q, const float *rec,
+                          uint32_t slot)
+{
+    const vx_i8hdr *a, *b;
+    uint32_t dim = ix->p.dim;
+    double dot, d;
+    int32_t dq;
+    if (q->exact) return vx_full_dist(ix, q, slot);
+    if (ix->store.store == VECIDX_STORE_BIN)
+        return (float)vx_qk.hamming(
+            q->code, (const uint64_t *)(const void *)rec, ix->store.cw / 2);
+    a = vx_i8_hdr(q->code, dim);
+    b = vx_i8_hdr(rec, dim);
+    dq = vx_qk.dot_i8(q->code, (const int8_t *)(const void *)rec, dim, b->sum);
+    dot = (double)dim * a->off * b->off + (double)a->off * b->scale * b->sum +
+          (double)b->off * a->scale * a->sum + (double)a->scale * b->scale * dq;
+    if (ix->p.metric == VECIDX_L2) {
+        d = (double)a->n2 + b->n2 - 2 * dot;
+        return d > 0 ? (float)d : 0.0f;
+    }
+    return ix->p.metric == VECIDX_IP ? (float)-dot : (float)(1.0 - dot);
+}
+
+/* Encode q for compressed storage into buf (vx_code_bytes of it, aligned
+** for 64-bit words). */
+static void vx_query_encode(const vecidx *ix, vx_query *q, void *buf)
+{
+    const vx_store *s = &ix->store;
+    q->code = buf;
+    q->exact = 0;
+    if (s->store == VECIDX_STORE_I8)
+        vx_i8_encode(q->v, s->dim, s->cosine ? q->inv_norm : 1.0f, buf);
+    else if (s->store == VECIDX_STORE_BIN)
+        vx_bin_encode(q->v, buf, s->dim);
+}
+
+/* Candidates a search with kept float32 vectors re-scores exactly. */
+static size_t vx_refine_k(const vecidx *ix, const vecidx_search_opts *o,
+                          size_t k)
+{
+    size_t r = o && o->refine ? o->refine : ix->p.refine;
+    if (r == 0) r = ix->store.store == VECIDX_STORE_BIN ? 10 : 2;
+    return k > SIZE_MAX / r ? SIZE_MAX : k * r;
+}
 
 static size_t vx_flat_block_rows(const vecidx *ix)
 {
@@ -2151,6 +3286,63 @@ static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
         }
         first += (uint32_t)n;
     }
+}
+
+/* Results a group's heaps hold on the stack; beyond, one allocation. The
+** common k keeps a search free of malloc and of the shared memory count. */
+#define VX_TOPK_STACK 128u
+
+/* Exact scan of compressed storage for one query. Without kept vectors
+** the code distances rank the results; with them the k * refine best by
+** code distance are held by slot, re-scored against their float32
+** vectors, and the k best of those returned. */
+static int vx_flat_coded(vecidx *ix, const vx_query *q,
+                         const vecidx_search_opts *o, int prefilter, vx_topk *h)
+{
+    const vx_store *s = &ix->store;
+    const vx_chunk *table = VX_LOAD(&s->chunks);
+    uint32_t nslots = VX_LOAD(&s->nslots), first, per = vx_store_per_chunk(s);
+    size_t kr = s->keep ? vx_refine_k(ix, o, h->k) : h->k, i;
+    float dbuf[VX_TOPK_STACK];
+    uint64_t ibuf[VX_TOPK_STACK];
+    void *block = NULL;
+    int filt = o && o->filter && !prefilter;
+    vx_topk c, *into = s->keep ? &c : h;
+    if (h->k == 0 || nslots == 0) return VECIDX_OK;
+    if (kr > nslots) kr = nslots;
+    c.k = kr < h->k ? h->k : kr;
+    c.n = 0;
+    c.d = dbuf;
+    c.id = ibuf;
+    if (s->keep && c.k > VX_TOPK_STACK) {
+        if (!(block = vx_malloc(&ix->mem, c.k * 12))) return VECIDX_ENOMEM;
+        c.id = block;
+        c.d = (float *)(c.id + c.k);
+    }
+    for (first = 0; first < nslots; first += per) {
+        const vx_chunk *ch = &table[first >> s->shift];
+        uint32_t n = nslots - first < per ? nslots - first : per, j;
+        for (j = 0; j < n; j++) {
+            uint64_t key = ch->key[j];
+            float d;
+            if (VX_LOAD(&ch->live[j]) != VX_LIVE) continue;
+            if (prefilter && !o->filter(key, o->filter_ctx)) continue;
+            d = vx_code_dist(ix, q, ch->vec + (size_t)j * s->rec, first + j);
+            if (VX_UNLIKELY(d != d)) d = INFINITY;
+            if (!vx_topk_admits(into, d, s->keep ? first + j : key)) continue;
+            if (filt && !o->filter(key, o->filter_ctx)) continue;
+            vx_topk_push(into, d, s->keep ? first + j : key);
+        }
+    }
+    for (i = 0; s->keep && i < c.n; i++) {
+        uint32_t slot = (uint32_t)c.id[i];
+        float d = vx_full_dist(ix, q, slot);
+        uint64_t key = vx_store_key(s, slot);
+        if (VX_UNLIKELY(d != d)) d = INFINITY;
+        if (vx_topk_admits(h, d, key)) vx_topk_push(h, d, key);
+    }
+    vx_free(&ix->mem, block, c.k * 12);
+    return VECIDX_OK;
 }
 
 /* ======================================================================
@@ -2255,6 +3447,8 @@ static inline void vx_hnsw_unlock(vecidx *ix, uint32_t slot)
 static inline float vx_qdist(const vecidx *ix, const vx_query *q, uint32_t slot)
 {
     const float *v = vx_store_vec(&ix->store, slot);
+    if (VX_UNLIKELY(ix->store.store != VECIDX_STORE_F32))
+        return vx_code_dist(ix, q, v, slot);
     switch (ix->p.metric) {
     case VECIDX_L2:
         return ix->kern->l2(q->v, v, ix->p.dim);
@@ -2266,12 +3460,18 @@ static inline float vx_qdist(const vecidx *ix, const vx_query *q, uint32_t slot)
     }
 }
 
-/* A stored node seen as a query, for distances between nodes. */
+/* A stored node seen as a query, for distances between nodes: its code
+** under int8 storage; its float32 vector under binary storage, whose
+** graphs are built on exact distances (sign bits alone link poorly). */
 static inline vx_query vx_node_query(const vecidx *ix, uint32_t slot)
 {
+    const vx_store *s = &ix->store;
     vx_query q;
-    q.v = vx_store_vec(&ix->store, slot);
-    q.inv_norm = ix->store.cosine ? vx_store_inorm(&ix->store, slot) : 0.0f;
+    q.v = vx_store_vec(s, slot);
+    q.inv_norm = s->cosine ? vx_store_inorm(s, slot) : 0.0f;
+    q.code = q.v;
+    q.exact = s->store == VECIDX_STORE_BIN;
+    if (s->keep) q.v = vx_store_full(s, slot);
     return q;
 }
 
@@ -2967,14 +4167,15 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
                           const vecidx_search_opts *o, vx_topk *h)
 {
     vx_hnsw_scratch *s;
-    size_t ef = o && o->ef ? o->ef : ix->p.hnsw_ef_search, budget, i;
+    size_t ef = o && o->ef ? o->ef : ix->p.hnsw_ef_search, budget, i, kr = k;
     size_t nslots = VX_LOAD(&ix->store.nslots);
     vx_cand cur;
     int l, oom, aborted, maxlevel;
     /* The entry point first: the scratch, fitted after, then covers it. */
     cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);
     if (cur.slot == VX_NOSLOT || h->k == 0) return VECIDX_OK;
-    if (ef < k) ef = k;
+    if (ix->store.keep) kr = vx_refine_k(ix, o, k);
+    if (ef < kr) ef = kr;
     if (vx_scratch_get(ix, ef, &s) != VECIDX_OK) return VECIDX_ENOMEM;
     /* A walk that visits a quarter of the graph is slower than a scan. */
     budget = SIZE_MAX;
@@ -2984,6 +4185,12 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
         vx_hnsw_greedy(ix, s, q, &cur.slot, &cur.d, l);
     vx_hnsw_layer(ix, s, q, cur, 0, ef, o, budget);
     aborted = s->visited > budget;
+    if (ix->store.keep && !aborted) { /* the kr best, re-scored exactly */
+        qsort(s->res, s->nres, sizeof *s->res, vx_cand_cmp);
+        if (s->nres > kr) s->nres = kr;
+        for (i = 0; i < s->nres; i++)
+            s->res[i].d = vx_full_dist(ix, q, s->res[i].slot);
+    }
     for (i = 0; i < s->nres && !aborted; i++) {
         uint64_t key = vx_store_key(&ix->store, s->res[i].slot);
         if (vx_topk_admits(h, s->res[i].d, key))
@@ -2994,6 +4201,8 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     if (oom) return VECIDX_ENOMEM;
     if (aborted || h->n < h->k) {
         h->n = 0;
+        if (ix->store.store != VECIDX_STORE_F32)
+            return vx_flat_coded(ix, q, o, o && o->filter, h);
         vx_flat_search(ix, q, 1, o, o && o->filter, h);
     }
     return VECIDX_OK;
@@ -3184,7 +4393,10 @@ static int vx_norm_bucket(float n2)
 
 static int vx_hnsw_norm_bucket(const vecidx *ix, uint32_t y)
 {
-    const float *v = vx_store_vec(&ix->store, y);
+    const vx_store *s = &ix->store;
+    const float *v = s->keep ? vx_store_full(s, y) : vx_store_vec(s, y);
+    if (s->store == VECIDX_STORE_I8 && !s->keep)
+        return vx_norm_bucket(vx_i8_hdr(v, s->dim)->n2);
     return vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim));
 }
 
@@ -4665,8 +5877,8 @@ static int vx_ivf_absorb(vecidx *ix)
         vx_keys_lock(ix);
         VX_STORE(&ix->ivf.trained, 1);
         old = *s;
-        vx_store_init(s, ix->p.dim, ix->p.metric == VECIDX_COSINE, 0, 0,
-                      &ix->lock);
+        vx_store_init(s, ix->p.dim, ix->p.metric == VECIDX_COSINE,
+                      VECIDX_STORE_F32, 0, 0, 0, &ix->lock);
         vx_keys_unlock(ix);
         vx_store_destroy(&old, &ix->mem);
     }
@@ -4908,8 +6120,10 @@ static int vx_io_sync_dir(const char *path)
 ** marks, and doomed slots) and a main file that continues a log under
 ** another salt (a checkpoint that writes went on during). Files without
 ** these are still written as version 1 or 2, so that older libraries
-** keep reading them. */
-#define VX_FILE_VERSION 3u
+** keep reading them. Version 4 is version 3 with compressed vector
+** storage (int8 or binary codes, float32 vectors kept or not), described
+** by the storage word; only such files are written as version 4. */
+#define VX_FILE_VERSION 4u
 #define VX_FILE_HEADER 512u
 #define VX_FILE_PAGE 4096u
 #define VX_FILE_BOM 0x01020304u
@@ -4950,7 +6164,8 @@ typedef struct vx_fhdr {
     ** (0: none; the log must then carry this file's salt). */
     uint64_t log_salt, log_seq;
     /* IVF-PQ: trained state (all zero before training) */
-    uint32_t ivf_trained, ivf_nlist, ivf_m, ivf_reserved;
+    uint32_t ivf_trained, ivf_nlist, ivf_m;
+    uint32_t reserved; /* v4: bits 9-15 of the storage word; else it all */
     uint64_t ivf_count, ivf_map_cap;
     vx_sect sect[VX_FILE_NSECT];
     int aligned; /* derived: line-aligned graph records (vx_file_validate) */
@@ -5030,7 +6245,12 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
     vx_put32(b, VX_FILE_IVF, h->ivf_trained);
     vx_put32(b, VX_FILE_IVF + 4, h->ivf_nlist);
     vx_put32(b, VX_FILE_IVF + 8, h->ivf_m);
-    vx_put32(b, VX_FILE_IVF + 12, h->ivf_reserved);
+    /* v4 storage word: kind, keep_vectors, refine; 0 in older versions */
+    vx_put32(b, VX_FILE_IVF + 12,
+             h->version < 4
+                 ? 0
+                 : h->p.storage | (h->p.keep_vectors ? 1u : 0u) << 8 |
+                       (h->p.refine > 0xffff ? 0xffffu : h->p.refine) << 16);
     vx_put32(b, VX_FILE_IVF + 16, h->p.ivf_keep_vectors);
     vx_put32(b, VX_FILE_IVF + 20, h->p.ivf_refine);
     vx_put32(b, VX_FILE_IVF + 24, h->p.ivf_quantizer);
@@ -5104,7 +6324,13 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     h->ivf_trained = vx_get32(b, VX_FILE_IVF);
     h->ivf_nlist = vx_get32(b, VX_FILE_IVF + 4);
     h->ivf_m = vx_get32(b, VX_FILE_IVF + 8);
-    h->ivf_reserved = vx_get32(b, VX_FILE_IVF + 12);
+    h->reserved = vx_get32(b, VX_FILE_IVF + 12);
+    if (h->version >= 4) {
+        h->p.storage = h->reserved & 0xffu;
+        h->p.keep_vectors = (h->reserved >> 8) & 1u;
+        h->p.refine = h->reserved >> 16;
+        h->reserved &= 0xfe00u;
+    }
     h->p.ivf_keep_vectors = vx_get32(b, VX_FILE_IVF + 16);
     h->p.ivf_refine = vx_get32(b, VX_FILE_IVF + 20);
     h->p.ivf_quantizer = vx_get32(b, VX_FILE_IVF + 24);
@@ -5305,6 +6531,11 @@ static void vx_snap_touch(vecidx *ix, uint32_t slot)
                             1);
     }
     vx_snap_touch_bytes(ix, slot >> s->shift, (size_t)(c->live + i - v), 1);
+    if (c->full)
+        vx_snap_touch_bytes(
+            ix, slot >> s->shift,
+            (size_t)((const unsigned char *)(c->full + (size_t)i * s->dim) - v),
+            (size_t)s->dim * sizeof(float));
 }
 
 /* IVF-PQ list li is about to change: keep its entries as they were. */
@@ -5490,7 +6721,7 @@ static void vx_snap_header(const vecidx *ix, vx_snap *sn)
     memset(h, 0, sizeof *h);
     h->p = ix->p;
     h->shift = s->shift;
-    h->version = s->aligned ? 2 : 1;
+    h->version = s->store != VECIDX_STORE_F32 ? 4 : s->aligned ? 2 : 1;
     h->rec = s->rec;
     h->link0 = s->link0;
     h->nslots = s->nslots;
@@ -5846,7 +7077,9 @@ static void vx_snap_behind(vx_snap *sn)
 static int vx_snap_header_write(vx_snap *sn)
 {
     unsigned char hdr[VX_FILE_HEADER];
-    sn->h.version = sn->h.log_salt || sn->repair_len ? 3 : sn->version;
+    sn->h.version = sn->version < 3 && (sn->h.log_salt || sn->repair_len)
+                        ? 3
+                        : sn->version;
     vx_fhdr_encode(&sn->h, hdr);
     return vx_io_write_all(sn->fd, hdr, sizeof hdr, 0) == 0 &&
                    vx_io_cur->fsync(sn->fd) == 0
@@ -6013,16 +7246,14 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
                       "invalid: %s",
                       vx_err_tls.msg);
     if (!h->ivf_trained)
-        return h->ivf_nlist || h->ivf_m || h->ivf_count || h->ivf_map_cap ||
-                       h->ivf_reserved
+        return h->ivf_nlist || h->ivf_m || h->ivf_count || h->ivf_map_cap
                    ? vx_err(NULL, VECIDX_ECORRUPT,
                             "header IVF-PQ fields are "
                             "set but the index is untrained")
                    : VECIDX_OK;
     if (!ivf || h->ivf_trained != 1 || h->ivf_nlist == 0 ||
         h->ivf_nlist > VX_IVF_MAX_NLIST || h->ivf_m == 0 ||
-        h->ivf_m > h->p.dim || h->ivf_reserved != 0 ||
-        h->ivf_count > VECIDX_MAX_COUNT ||
+        h->ivf_m > h->p.dim || h->ivf_count > VECIDX_MAX_COUNT ||
         (h->ivf_count && h->ivf_map_cap <= h->ivf_count) ||
         h->ivf_map_cap > ((uint64_t)1 << 33) || h->count != 0)
         return vx_err(NULL, VECIDX_ECORRUPT,
@@ -6047,20 +7278,23 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
     if ((rc = vx_check_shape(h->p.kind, h->p.metric, h->p.dim)) != 0 ||
-        (graph && (rc = vx_check_hnsw_params(&h->p)) != 0))
+        (graph && (rc = vx_check_hnsw_params(&h->p)) != 0) ||
+        (rc = vx_check_storage(&h->p)) != 0 || h->reserved != 0 ||
+        (h->version >= 4) != (h->p.storage != VECIDX_STORE_F32))
         return vx_err(NULL, VECIDX_ECORRUPT,
                       "header parameters are "
                       "invalid: %s",
-                      vx_err_tls.msg);
+                      rc ? vx_err_tls.msg : "storage word");
     if ((rc = vx_file_validate_ivf(h)) != VECIDX_OK) return rc;
     /* Version 2 graphs have aligned records; version 3 ones either layout
     ** (a version 1 graph checkpointed stays packed), told by rec and shift,
     ** which are the same for both when they coincide. */
-    vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
-                  graph ? 2 * h->p.hnsw_m : 0, h->version >= 2, NULL);
-    if (h->version >= 3 && (h->shift != t.shift || h->rec != t.rec))
-        vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE,
-                      graph ? 2 * h->p.hnsw_m : 0, 0, NULL);
+    vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE, h->p.storage,
+                  h->p.keep_vectors, graph ? 2 * h->p.hnsw_m : 0,
+                  h->version >= 2, NULL);
+    if (h->version == 3 && (h->shift != t.shift || h->rec != t.rec))
+        vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE, h->p.storage,
+                      h->p.keep_vectors, graph ? 2 * h->p.hnsw_m : 0, 0, NULL);
     h->aligned = t.aligned;
     if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
         (uint64_t)h->nchunks << t.shift > (uint64_t)VECIDX_MAX_COUNT + 65536 ||
@@ -6149,7 +7383,9 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     vx_hnsw *g = &ix->hnsw;
     size_t cb, cap, c;
     /* The handle is new and empty: it may take the file's record layout. */
-    if (!h->aligned) vx_store_init(s, s->dim, s->cosine, s->link0, 0, s->klock);
+    if (!h->aligned)
+        vx_store_init(s, s->dim, s->cosine, s->store, s->keep, s->link0, 0,
+                      s->klock);
     cb = vx_store_chunk_bytes(s);
     if (h->nchunks) {
         if (!(s->chunks = vx_malloc(&ix->mem, h->nchunks * sizeof *s->chunks)))
@@ -6761,8 +7997,9 @@ static int vx_handle_new(const vecidx_params *p, vecidx **out)
     atomic_init(&ix->mem.bytes, atomic_load(&mem.bytes));
     ix->kern = vx_kernel_best();
     ix->wal.fd = -1;
-    vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE,
-                  p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0, 1, &ix->lock);
+    vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE, p->storage,
+                  p->keep_vectors, p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0,
+                  1, &ix->lock);
     /* Each step undone on failure; the handle is freed through a copy of
     ** its allocator, as it holds the counter vx_free updates. */
     why = "cannot initialise index lock";
@@ -6804,6 +8041,7 @@ int vecidx_create(const vecidx_params *p, vecidx **out)
         return rc;
     if (p->kind == VECIDX_IVFPQ && (rc = vx_check_ivf_params(p)) != 0)
         return rc;
+    if ((rc = vx_check_storage(p)) != VECIDX_OK) return rc;
     if ((rc = vx_handle_new(p, &ix)) != VECIDX_OK) return rc;
     if (p->capacity && (rc = vx_store_reserve(&ix->store, &ix->mem, &ix->ebr,
                                               p->capacity)) != 0) {
@@ -7734,8 +8972,7 @@ int vecidx_get(vecidx *ix, uint64_t key, float *out)
     e = vx_read_begin(ix);
     slot = vx_map_find(&ix->store.map, key);
     if (slot != VX_NOSLOT)
-        memcpy(out, vx_store_vec(&ix->store, slot),
-               (size_t)ix->p.dim * sizeof(float));
+        vx_store_read(&ix->store, slot, out);
     else if (ix->ivf.trained && vx_ivf_get(ix, key, out))
         slot = 0;
     vx_ebr_exit(e);
@@ -7854,6 +9091,10 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     /* Training fills these before it marks the index trained. */
     out->nlist = ix->ivf.trained ? ix->ivf.nlist : 0;
     out->pq_m = ix->ivf.trained ? ix->ivf.m : 0;
+    out->storage = (int)ix->store.store;
+    out->vector_bytes = ix->p.kind == VECIDX_IVFPQ
+                            ? 0
+                            : ix->store.rec * 4 + (ix->store.link0 ? 0 : 8);
     if (ix->ivf.trained && ix->ivf.cq) {
         vecidx_stats_t cq;
         if (vecidx_stats(ix->ivf.cq, &cq) == VECIDX_OK)
@@ -7890,6 +9131,31 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
     return VECIDX_OK;
 }
 
+/* Bytes of a query encoded for compressed storage (vx_query_encode). */
+static size_t vx_code_bytes(const vecidx *ix)
+{
+    return (size_t)ix->store.cw * 4;
+}
+
+/* vx_search_group under compressed storage: each query encoded first. */
+static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
+                           const vecidx_search_opts *o, vx_topk *heaps)
+{
+    uint64_t buf[512]; /* 4 KB: int8 codes up to 4080 dimensions */
+    size_t i, nb = vx_code_bytes(ix);
+    void *code = nb <= sizeof buf ? buf : vx_malloc(&ix->mem, nb);
+    int rc = VECIDX_OK;
+    if (!code) return VECIDX_ENOMEM;
+    for (i = 0; i < m && rc == VECIDX_OK; i++) {
+        vx_query e = q[i];
+        vx_query_encode(ix, &e, code);
+        rc = ix->p.kind == VECIDX_HNSW ? vx_hnsw_search(ix, &e, k, o, &heaps[i])
+                                       : vx_flat_coded(ix, &e, o, 0, &heaps[i]);
+    }
+    if (code != buf) vx_free(&ix->mem, code, nb);
+    return rc;
+}
+
 /* Search a group of m queries, each into its own empty heap. */
 static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
                            const vecidx_search_opts *o, vx_topk *heaps)
@@ -7901,6 +9167,8 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
             rc = vx_ivf_search(ix, &q[i], o, &heaps[i]);
         return rc;
     }
+    if (ix->store.store != VECIDX_STORE_F32)
+        return vx_search_coded(ix, q, m, k, o, heaps);
     if (ix->p.kind != VECIDX_HNSW) { /* flat, or IVF-PQ's buffer */
         if (heaps[0].k) vx_flat_search(ix, q, m, o, 0, heaps);
         return VECIDX_OK;
@@ -7909,10 +9177,6 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
         rc = vx_hnsw_search(ix, &q[i], k, o, &heaps[i]);
     return rc;
 }
-
-/* Results a group's heaps hold on the stack; beyond, one allocation. The
-** common k keeps a search free of malloc and of the shared memory count. */
-#define VX_TOPK_STACK 128u
 
 /* Point the m heaps of a group, k entries each, into one block: the stack
 ** buffers when they fit, else *block (freed by the caller). */

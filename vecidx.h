@@ -102,6 +102,26 @@ enum {
     VECIDX_QUANT_HNSW = 2  /* HNSW graph over the centroids */
 };
 
+/* How flat and HNSW indexes store vectors (vecidx_params.storage). The
+** compressed kinds walk and scan their codes; with keep_vectors the
+** float32 vectors are kept as well (in an index opened from a file they
+** stay in the mapped file, read only to re-rank), and searches re-score
+** the best k * refine candidates exactly. Bytes per vector, d dimensions,
+** before links: VECIDX_STORE_F32 4d; VECIDX_STORE_I8 d (rounded up to 4)
+** + 16; VECIDX_STORE_BIN d/8 (rounded up to 8); keep_vectors adds 4d. */
+enum {
+    VECIDX_STORE_F32 = 0, /* float32, exact (the default) */
+    VECIDX_STORE_F16 = 1, /* half precision: not implemented yet
+                             (VECIDX_ENOTSUP) */
+    VECIDX_STORE_I8 = 2,  /* one byte per dimension: each vector scaled and
+                             offset to [-127, 127] on its own range, so no
+                             training and no clipping */
+    VECIDX_STORE_BIN = 3  /* one bit per dimension (set when positive);
+                             cosine and inner product only, and only with
+                             keep_vectors: the bits pick candidates, the
+                             float32 vectors rank them */
+};
+
 /* Metrics. Every distance returned is "smaller is closer". Zero is never a
 ** valid metric.
 **  VECIDX_L2      squared Euclidean distance, sum((a-b)^2), >= 0.
@@ -229,6 +249,16 @@ typedef struct vecidx_params {
     void *progress_ctx;
 
     vecidx_allocator allocator; /* default: all NULL = malloc/realloc/free */
+
+    /* Vector storage of flat and HNSW (IVF-PQ refuses any but F32). */
+    uint32_t storage;      /* VECIDX_STORE_* (default VECIDX_STORE_F32) */
+    uint32_t keep_vectors; /* non-zero with a compressed storage: keep the
+                              float32 vectors too, for exact re-ranking
+                              and an exact vecidx_get (default 0) */
+    uint32_t refine;       /* with keep_vectors: the k*refine best by code
+                              distance are re-scored exactly, and returned
+                              distances are exact; 0 = 2 for I8, 10 for
+                              BIN (default 0) */
 } vecidx_params;
 
 /* Per-query knobs. A zero-initialised struct (or a NULL pointer where a
@@ -236,9 +266,11 @@ typedef struct vecidx_params {
 typedef struct vecidx_search_opts {
     uint32_t ef;      /* HNSW search breadth; 0 = index default */
     uint32_t nprobe;  /* IVF-PQ lists to probe; 0 = index default */
-    uint32_t refine;  /* IVF-PQ re-rank factor; 0 = index default
-                         (params.ivf_refine), 1 = no re-ranking; ignored
-                         when the index keeps no full vectors */
+    uint32_t refine;  /* re-rank factor; 0 = index default (params.refine,
+                         or params.ivf_refine for IVF-PQ); IVF-PQ: 1 = no
+                         re-ranking; compressed flat and HNSW storage: the
+                         k*refine best are re-scored (at least k). Ignored
+                         when the index keeps no float32 vectors */
     uint32_t threads; /* vecidx_search_batch workers; 0 = params.threads */
     /* Optional filter: only keys for which filter(key, filter_ctx) returns
     ** non-zero can appear in the results. NULL admits every key. It is
@@ -275,6 +307,10 @@ typedef struct vecidx_stats_t {
                               and searched exactly) */
     uint32_t nlist;        /* IVF-PQ lists (0 before training) */
     uint32_t pq_m;         /* IVF-PQ code bytes per vector */
+    int storage;           /* VECIDX_STORE_* of flat and HNSW */
+    uint32_t vector_bytes; /* bytes per vector of the codes searches read
+                              (flat, HNSW; with links for HNSW level 0),
+                              not counting kept float32 vectors */
 } vecidx_stats_t;
 
 typedef struct vecidx vecidx;
@@ -523,8 +559,11 @@ int vecidx_remove(vecidx *ix, uint64_t key);
 /* Copy the vector stored under key into out (dim floats, caller-owned).
 ** A trained IVF-PQ index without ivf_keep_vectors keeps only codes: out
 ** receives the reconstruction (coarse centroid plus decoded residual, the
-** normalised direction under VECIDX_COSINE), not the vector given.
-** Reader. Errors: VECIDX_EINVAL (NULL ix/out), VECIDX_ENOTFOUND. */
+** normalised direction under VECIDX_COSINE), not the vector given. Flat
+** and HNSW int8 storage without keep_vectors return the decoded vector
+** (each component within half a code step, (max - min) / 254 of that
+** vector's own components, of the one given). Reader. Errors: VECIDX_EINVAL
+*(NULL ix/out), VECIDX_ENOTFOUND. */
 int vecidx_get(vecidx *ix, uint64_t key, float *out);
 
 /* 1 if key is stored, 0 if not, VECIDX_EINVAL if ix is NULL. Reader. */

@@ -709,8 +709,8 @@ void test_store_line_aligned_records(void)
             if (!ix[pk]) goto next;
             /* the layout of version 1: the store is still empty */
             if (pk)
-                vx_store_init(&ix[pk]->store, dim, ix[pk]->store.cosine, 32, 0,
-                              &ix[pk]->lock);
+                vx_store_init(&ix[pk]->store, dim, ix[pk]->store.cosine,
+                              VECIDX_STORE_F32, 0, 32, 0, &ix[pk]->lock);
             vt_set_init(&scratch, dim, N + 10);
             vt_fill_index(ix[pk], pk ? &scratch : &m, N, &rr, VT_CLUSTERED);
             vt_set_free(&scratch);
@@ -863,5 +863,91 @@ void test_snapshot_key_map_copy_on_write(void)
         vt_set_free(&m);
         vt_set_free(&m0);
         unlink(path);
+    }
+}
+
+/* ---- quantized-storage kernels -------------------------------------- */
+
+/* Every quantized kernel this CPU can run, as vx_qkern_pick chooses them
+** for each subset of its features, against the scalar ones: int8 dot
+** products and Hamming distances exactly, half-precision distances within
+** float rounding, and l2_bound bit for bit the float32 table's l2 of the
+** same level below the bound, above it otherwise. Odd lengths, and codes
+** at the ends of their range. */
+void test_kernels_quantized(void)
+{
+    static const size_t dims[] = {1, 3, 17, 64, 100, 127, 384, 960, 1537};
+    unsigned feat = vx_qkern_features(), mask;
+    vt_rng r = {31337};
+    vx_qkernels ref, k;
+    size_t di;
+    vx_qkern_pick(0, &ref);
+    for (mask = 0; mask <= 0xffu; mask++) {
+        const vx_kernels *f32 = &vx_kern_scalar;
+        if ((mask & feat) != mask) continue;
+#if defined(VX_HAVE_AVX2)
+        if (mask & VX_QF_AVX2) f32 = &vx_kern_avx2;
+        if (mask & VX_QF_AVX512) f32 = &vx_kern_avx512;
+#endif
+#if defined(VX_HAVE_NEON)
+        f32 = &vx_kern_neon;
+#endif
+        vx_qkern_pick(mask, &k);
+        for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+            size_t d = dims[di], i, w = (d + 63) / 64;
+            int8_t *a = vt_xmalloc(d + 1), *b = vt_xmalloc(d + 1);
+            uint16_t *h = vt_xmalloc(2 * d + 2);
+            uint64_t *x = vt_xmalloc(8 * w), *y = vt_xmalloc(8 * w);
+            float *q = vt_xmalloc(4 * d + 4), *p = vt_xmalloc(4 * d + 4);
+            int32_t bsum = 0;
+            float full, got, tol;
+            double sabs = 0;
+            for (i = 0; i < d; i++) {
+                int ext = vt_below(&r, 8) == 0; /* +-127 now and then */
+                a[i] = (int8_t)(ext ? 127 : (int)vt_below(&r, 255) - 127);
+                b[i] = (int8_t)(ext ? -127 : (int)vt_below(&r, 255) - 127);
+                bsum += b[i];
+                q[i] = (float)(vt_unit(&r) * 2 - 1);
+                p[i] = (float)(vt_unit(&r) * 2 - 1);
+                /* a finite half: sign, exponent 1..29, any mantissa */
+                h[i] = (uint16_t)(vt_below(&r, 2) << 15 |
+                                  (1 + vt_below(&r, 29)) << 10 |
+                                  vt_below(&r, 1024));
+                sabs += fabs((double)q[i] * vx_f16_to_f32(h[i]));
+            }
+            for (i = 0; i < w; i++) {
+                x[i] = vt_next(&r);
+                y[i] = vt_next(&r);
+            }
+            if (d % 64) { /* codes keep bits past d zero */
+                x[w - 1] &= ~(uint64_t)0 >> (64 - d % 64);
+                y[w - 1] &= ~(uint64_t)0 >> (64 - d % 64);
+            }
+            CHECKF(k.dot_i8(a, b, d, bsum) == ref.dot_i8(a, b, d, bsum),
+                   "dot_i8 mask %#x d %zu", mask, d);
+            CHECKF(k.hamming(x, y, w) == ref.hamming(x, y, w),
+                   "hamming mask %#x d %zu", mask, d);
+            tol = (float)(1e-5 * sabs + 1e-6);
+            CHECKF(fabsf(k.dot_f16(q, h, d) - ref.dot_f16(q, h, d)) <= tol,
+                   "dot_f16 mask %#x d %zu", mask, d);
+            got = k.l2_f16(q, h, d);
+            CHECKF(fabsf(got - ref.l2_f16(q, h, d)) <= 1e-5f * got + 1e-6f,
+                   "l2_f16 mask %#x d %zu", mask, d);
+            full = f32->l2(q, p, d);
+            CHECKF(k.l2_bound(q, p, d, INFINITY) == full,
+                   "l2_bound mask %#x d %zu: not the l2 of %s", mask, d,
+                   f32->name);
+            CHECKF(k.l2_bound(q, p, d, full) == full,
+                   "l2_bound at the bound, mask %#x d %zu", mask, d);
+            CHECKF(k.l2_bound(q, p, d, full * 0.3f) > full * 0.3f,
+                   "l2_bound above the bound, mask %#x d %zu", mask, d);
+            free(a);
+            free(b);
+            free(h);
+            free(x);
+            free(y);
+            free(q);
+            free(p);
+        }
     }
 }

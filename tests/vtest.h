@@ -34,6 +34,7 @@
     X(kernels_exact_integers)                \
     X(kernels_vs_reference)                  \
     X(kernels_many_match_single)             \
+    X(kernels_quantized)                     \
     X(flat_exact_l2)                         \
     X(flat_exact_ip)                         \
     X(flat_exact_cosine)                     \
@@ -96,6 +97,9 @@
     X(store_huge_blocks)                     \
     X(store_line_aligned_records)            \
     X(snapshot_key_map_copy_on_write)        \
+    X(storage_recall)                        \
+    X(storage_refused)                       \
+    X(storage_log_replay)                    \
     X(hnsw_recall_vs_flat)                   \
     X(hnsw_churn)                            \
     X(hnsw_churn_cos)                        \

@@ -83,6 +83,9 @@ class Params(ctypes.Structure):
         ("progress", PROGRESS_FN),
         ("progress_ctx", ctypes.c_void_p),
         ("allocator", Allocator),
+        ("storage", ctypes.c_uint32),
+        ("keep_vectors", ctypes.c_uint32),
+        ("refine", ctypes.c_uint32),
     ]
 
 
@@ -111,6 +114,8 @@ class Stats(ctypes.Structure):
         ("trained", ctypes.c_int),
         ("nlist", ctypes.c_uint32),
         ("pq_m", ctypes.c_uint32),
+        ("storage", ctypes.c_int),
+        ("vector_bytes", ctypes.c_uint32),
     ]
 
 

@@ -18,6 +18,10 @@ except ImportError:  # the binding works without NumPy, on lists and buffers
 _KINDS = {"flat": _capi.FLAT, "hnsw": _capi.HNSW, "ivfpq": _capi.IVFPQ,
           "ivf_pq": _capi.IVFPQ, "ivf-pq": _capi.IVFPQ}
 _KIND_NAMES = {_capi.FLAT: "flat", _capi.HNSW: "hnsw", _capi.IVFPQ: "ivfpq"}
+# vecidx_params.storage (VECIDX_STORE_*)
+_STORAGES = {"f32": 0, "float32": 0, "f16": 1, "i8": 2, "int8": 2,
+             "bin": 3, "binary": 3}
+_STORAGE_NAMES = {0: "f32", 1: "f16", 2: "i8", 3: "bin"}
 _METRICS = {"l2": _capi.L2, "ip": _capi.IP, "inner_product": _capi.IP,
             "cos": _capi.COSINE, "cosine": _capi.COSINE}
 _METRIC_NAMES = {_capi.L2: "l2", _capi.IP: "ip", _capi.COSINE: "cos"}
@@ -44,6 +48,7 @@ _PARAM_FIELDS = {
     "pq_nbits": "pq_nbits", "nbits": "pq_nbits",
     "keep_vectors": "ivf_keep_vectors", "ivf_keep_vectors": "ivf_keep_vectors",
     "refine": "ivf_refine", "ivf_refine": "ivf_refine",
+    "storage": "storage",
     "quantizer": "ivf_quantizer", "ivf_quantizer": "ivf_quantizer",
     "train_size": "ivf_train_size", "ivf_train_size": "ivf_train_size",
 }
@@ -394,9 +399,15 @@ class Index:
             field = _PARAM_FIELDS.get(name)
             if field is None:
                 raise TypeError("unknown index parameter %r" % name)
+            # keep_vectors and refine name the IVF-PQ fields for IVF-PQ
+            # and the storage ones for flat and HNSW.
+            if name in ("keep_vectors", "refine") and p.kind != _capi.IVFPQ:
+                field = name
             if field == "ivf_quantizer" and isinstance(value, str):
                 value = _lookup(_QUANTIZERS, value, "quantizer")
-            elif field == "ivf_keep_vectors" and isinstance(value, bool):
+            elif field == "storage" and isinstance(value, str):
+                value = _lookup(_STORAGES, value, "storage")
+            elif field.endswith("keep_vectors") and isinstance(value, bool):
                 value = int(value)
             limit = _capi.UINT64_MAX if field == "seed" else _U32_MAX
             setattr(p, field, _uint(value, name, limit))
@@ -751,6 +762,8 @@ class Index:
             "trained": bool(st.trained),
             "nlist": st.nlist,
             "pq_m": st.pq_m,
+            "storage": _STORAGE_NAMES.get(st.storage, st.storage),
+            "vector_bytes": st.vector_bytes,
         }
 
     def _stats_struct(self):

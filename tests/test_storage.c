@@ -1,0 +1,240 @@
+/*
+** test_storage.c -- compressed vector storage (vecidx_params.storage):
+** int8 and binary codes in flat and HNSW indexes, with and without the
+** float32 vectors kept, against exact answers from the model.
+*/
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vtest.h"
+
+/* Mean recall@10 of nq queries against the model's exact answers; every
+** result list is also checked for shape (sorted, live, distinct). With
+** `exact`, each returned distance must be the float32 one. */
+static double vt_storage_recall(const char *what, vecidx *ix, const vt_set *m,
+                                int metric, const float *q, size_t nq,
+                                unsigned ef, unsigned refine, int exact)
+{
+    vecidx_search_opts o;
+    double sum = 0;
+    size_t i, j;
+    memset(&o, 0, sizeof o);
+    o.ef = ef;
+    o.refine = refine;
+    for (i = 0; i < nq; i++) {
+        const float *qi = q + i * m->dim;
+        uint64_t keys[10];
+        float d[10];
+        size_t found = 0;
+        CHECK_OK(vecidx_search(ix, qi, 10, &o, keys, d, &found));
+        vt_check_shape(what, m, 10, NULL, NULL, keys, d, found);
+        sum += vt_recall(m, metric, qi, 10, NULL, NULL, keys, found);
+        for (j = 0; exact && j < found; j++) {
+            long row = vt_set_find(m, keys[j]);
+            double tol, ref;
+            if (row < 0) continue;
+            ref = vt_ref_dist(metric, qi, m->vecs + (size_t)row * m->dim,
+                              m->dim, &tol);
+            CHECKF(fabs(d[j] - ref) <= tol + 1e-6,
+                   "%s: query %zu rank %zu distance %g, exact %g", what, i, j,
+                   (double)d[j], ref);
+        }
+    }
+    return sum / (double)nq;
+}
+
+/* int8 and binary storage, flat and HNSW, every metric they take: recall
+** against exact answers close to float32's, exact distances once the
+** float32 vectors are kept, vecidx_get exact (kept) or close (decoded),
+** and the same answers after a save and a read-only open of the file. */
+void test_storage_recall(void)
+{
+    enum {
+        DIM = 96,
+        N = 3000,
+        NQ = 60
+    };
+    static const struct {
+        int kind, metric;
+        uint32_t storage, keep;
+        double slack;    /* recall@10 may be this much below float32's */
+        unsigned refine; /* 0: the index default */
+    } cfg[] = {
+        {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_I8, 0, 0.05, 0},
+        {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_I8, 1, 0.001, 0},
+        {VECIDX_FLAT, VECIDX_IP, VECIDX_STORE_I8, 0, 0.05, 0},
+        {VECIDX_FLAT, VECIDX_COSINE, VECIDX_STORE_I8, 1, 0.001, 0},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_I8, 0, 0.08, 0},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_I8, 1, 0.03, 0},
+        {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_I8, 1, 0.03, 0},
+        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_I8, 0, 0.08, 0},
+        /* 96 bits tie often and steer a graph walk poorly: binary codes
+        ** want many candidates here (the 384-d figures: bench/RESULTS.md) */
+        {VECIDX_FLAT, VECIDX_COSINE, VECIDX_STORE_BIN, 1, 0.12, 40},
+        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_BIN, 1, 0.20, 40},
+        {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_BIN, 1, 0.20, 40},
+    };
+    const char *t = getenv("TMPDIR");
+    char path[700], wal[720], what[96];
+    size_t c, i;
+    snprintf(path, sizeof path, "%s/vecidx-storage-%ld.vx",
+             t && *t ? t : "/tmp", (long)getpid());
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        vt_rng r = {900 + c};
+        vecidx_params p;
+        vecidx *ix = NULL, *f = NULL, *ref = NULL;
+        vecidx_stats_t st;
+        float *q = vt_xmalloc(NQ * DIM * sizeof *q), v[DIM];
+        vt_set m, mr;
+        vt_rng rr = r;
+        double rec, rec2, base;
+        vt_set_init(&m, DIM, N + 10);
+        vt_set_init(&mr, DIM, N + 10);
+        snprintf(what, sizeof what, "kind %d metric %d storage %u keep %u",
+                 cfg[c].kind, cfg[c].metric, cfg[c].storage, cfg[c].keep);
+        CHECK_OK(vecidx_params_init(&p, cfg[c].kind, cfg[c].metric, DIM));
+        p.storage = cfg[c].storage;
+        p.keep_vectors = cfg[c].keep;
+        p.threads = 1;
+        CHECK_OK(vecidx_create(&p, &ix));
+        if (!ix) goto next;
+        vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
+        vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+        rec = vt_storage_recall(what, ix, &m, cfg[c].metric, q, NQ, 64,
+                                cfg[c].refine, (int)cfg[c].keep);
+        /* The same data in float32, for the recall to compare with. */
+        p.storage = VECIDX_STORE_F32;
+        p.keep_vectors = 0;
+        CHECK_OK(vecidx_create(&p, &ref));
+        if (!ref) goto next;
+        vt_fill_index(ref, &mr, N, &rr, VT_CLUSTERED);
+        base = vt_storage_recall(what, ref, &mr, cfg[c].metric, q, NQ, 64, 0,
+                                 1);
+        CHECKF(rec >= base - cfg[c].slack,
+               "%s: recall@10 %.4f, float32 %.4f: more than %.3f below", what,
+               rec, base, cfg[c].slack);
+        CHECK_OK(vecidx_stats(ix, &st));
+        CHECK(st.storage == (int)cfg[c].storage);
+        CHECK(st.count == N);
+        for (i = 0; i < 20; i++) { /* exact when kept, close when decoded */
+            size_t row = (size_t)vt_below(&r, m.n), j;
+            double err = 0, n2 = 0;
+            CHECK_OK(vecidx_get(ix, m.keys[row], v));
+            for (j = 0; j < DIM; j++) {
+                double e = v[j] - m.vecs[row * DIM + j];
+                err += e * e;
+                n2 += (double)m.vecs[row * DIM + j] * m.vecs[row * DIM + j];
+            }
+            if (cfg[c].keep)
+                CHECKF(err == 0, "%s: vecidx_get differs", what);
+            else
+                CHECKF(err <= 1e-3 * n2, "%s: decoded vector off by %g of %g",
+                       what, err, n2);
+        }
+        CHECK_OK(vecidx_save(ix, path));
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+        if (f) {
+            CHECK_OK(vecidx_check(f));
+            rec2 = vt_storage_recall(what, f, &m, cfg[c].metric, q, NQ, 64,
+                                     cfg[c].refine, (int)cfg[c].keep);
+            CHECKF(rec2 == rec, "%s: recall %.4f after reopening, %.4f before",
+                   what, rec2, rec);
+            if (cfg[c].keep) vt_check_contents(what, f, &m);
+        }
+    next:
+        vecidx_close(f);
+        vecidx_close(ix);
+        vecidx_close(ref);
+        vt_set_free(&m);
+        vt_set_free(&mr);
+        free(q);
+        unlink(path);
+        unlink(wal);
+    }
+}
+
+/* Combinations that do not exist are refused with VECIDX_ENOTSUP (or
+** EINVAL for an unknown kind), and nothing is created. */
+void test_storage_refused(void)
+{
+    static const struct {
+        int kind, metric;
+        uint32_t storage, keep;
+        int rc;
+    } cfg[] = {
+        {VECIDX_HNSW, VECIDX_L2, 9, 0, VECIDX_EINVAL},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F16, 0, VECIDX_ENOTSUP},
+        {VECIDX_IVFPQ, VECIDX_L2, VECIDX_STORE_I8, 0, VECIDX_ENOTSUP},
+        {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_BIN, 1, VECIDX_ENOTSUP},
+        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_BIN, 0, VECIDX_ENOTSUP},
+    };
+    size_t c;
+    for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        vecidx_params p;
+        vecidx *ix = (vecidx *)&p;
+        CHECK_OK(vecidx_params_init(&p, cfg[c].kind, cfg[c].metric, 16));
+        p.storage = cfg[c].storage;
+        p.keep_vectors = cfg[c].keep;
+        CHECK_RC(vecidx_create(&p, &ix), cfg[c].rc);
+        CHECK(ix == NULL);
+        CHECK(strlen(vecidx_errmsg(NULL)) > 0);
+    }
+}
+
+/* Kept float32 vectors and int8 codes live through the log: a writable
+** file-backed index, written, closed without a checkpoint and opened
+** again, replays its log into the same codes and vectors. */
+void test_storage_log_replay(void)
+{
+    enum {
+        DIM = 24,
+        N = 800
+    };
+    const char *t = getenv("TMPDIR");
+    char path[700], wal[720];
+    vt_rng r = {77};
+    vecidx_params p;
+    vecidx *ix = NULL;
+    vt_set m;
+    size_t i;
+    snprintf(path, sizeof path, "%s/vecidx-storlog-%ld.vx",
+             t && *t ? t : "/tmp", (long)getpid());
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    unlink(path);
+    unlink(wal);
+    vt_set_init(&m, DIM, N + 10);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, DIM));
+    p.storage = VECIDX_STORE_I8;
+    p.keep_vectors = 1;
+    p.threads = 1;
+    CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE, &ix));
+    if (ix) {
+        vt_fill_index(ix, &m, N, &r, VT_MIXED);
+        for (i = 0; i < N; i += 7) {
+            CHECK_OK(vecidx_remove(ix, m.keys[i]));
+            vt_set_del(&m, m.keys[i]);
+        }
+        vecidx_close(ix);
+        ix = NULL;
+    }
+    CHECK_OK(vecidx_open(path, NULL, 0, &ix));
+    if (ix) {
+        vecidx_stats_t st;
+        CHECK_OK(vecidx_stats(ix, &st));
+        CHECK(st.storage == VECIDX_STORE_I8);
+        vt_check_contents("replayed int8 index", ix, &m);
+        CHECK_OK(vecidx_checkpoint(ix));
+        vecidx_close(ix);
+        ix = NULL;
+    }
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    if (ix) vt_check_contents("checkpointed int8 index", ix, &m);
+    vecidx_close(ix);
+    vt_set_free(&m);
+    unlink(path);
+    unlink(wal);
+}
