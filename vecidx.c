@@ -1015,6 +1015,9 @@ typedef struct vx_qkernels {
     /* float32 query q against half-precision codes c */
     float (*l2_f16)(const float *q, const uint16_t *c, size_t d);
     float (*dot_f16)(const float *q, const uint16_t *c, size_t d);
+    /* two half-precision codes */
+    float (*l2_hh)(const uint16_t *a, const uint16_t *b, size_t d);
+    float (*dot_hh)(const uint16_t *a, const uint16_t *b, size_t d);
     /* differing bits of two binary codes of nwords 64-bit words */
     uint32_t (*hamming)(const uint64_t *a, const uint64_t *b, size_t nwords);
     /* Squared L2, bit for bit the float32 table's l2 when that is <= bound;
@@ -1057,11 +1060,47 @@ static int32_t vx_scalar_dot_i8(const int8_t *a, const int8_t *b, size_t d,
 }
 
 /* -- half precision -------------------------------------------------------
-** IEEE binary16 decoded by bit manipulation, so that results do not
-** depend on the CPU (F16C, Arm FP16) or on the floating-point environment:
-** no float subnormal is ever produced or read, so flush-to-zero modes set
-** by the host program change nothing. (The storage kind that encodes them
-** is not written yet; the kernels are, and are tested.) */
+** IEEE binary16 by bit manipulation, so that results do not depend on the
+** CPU (F16C, Arm FP16) or on the floating-point environment: no float
+** subnormal is ever produced or read, so flush-to-zero modes set by the
+** host program change nothing. */
+
+#define VX_F16_MAX_BITS 0x477fe000u /* 65504, the largest half, as float */
+
+/* Round to nearest, ties to even. Finite values beyond +-65504 become
+** +-65504, counted in *clamped: a distance computed with an infinity
+** would be infinite or NaN for every query. Infinities and NaNs pass
+** through (vecidx rejects them before they get here). */
+static uint16_t vx_f16_from_f32(float f, size_t *clamped)
+{
+    uint32_t x, sign, mag, m, s, h, rem, half;
+    memcpy(&x, &f, sizeof x);
+    sign = (x >> 16) & 0x8000u;
+    mag = x & 0x7fffffffu;
+    if (mag > VX_F16_MAX_BITS) {
+        if (mag > 0x7f800000u) /* NaN: quiet, top payload bits kept */
+            return (uint16_t)(sign | 0x7e00u | ((mag >> 13) & 0x1ffu));
+        if (mag == 0x7f800000u) return (uint16_t)(sign | 0x7c00u);
+        (*clamped)++;
+        return (uint16_t)(sign | 0x7bffu);
+    }
+    if (mag >= 0x38800000u) { /* normal: rebias, round the 13 bits dropped */
+        h = (mag - 0x38000000u + 0xfffu + ((mag >> 13) & 1u)) >> 13;
+        return (uint16_t)(sign | h);
+    }
+    if (mag <= 0x33000000u) /* at most half the smallest subnormal: zero */
+        return (uint16_t)sign;
+    /* Subnormal: the significand with its implicit bit, shifted right by
+    ** 14 to 24 places; rounding up may carry into the smallest normal,
+    ** whose encoding is the next integer, so that is right too. */
+    m = (mag & 0x7fffffu) | 0x800000u;
+    s = 126u - (mag >> 23);
+    h = m >> s;
+    rem = m & ((1u << s) - 1u);
+    half = 1u << (s - 1u);
+    if (rem > half || (rem == half && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
 
 /* Exact: every half is a float. Normal halves rebias the exponent by
 ** 127 - 15, infinity and NaN by twice that (the float exponent is all
@@ -1078,6 +1117,15 @@ static inline float vx_f16_to_f32(uint16_t h)
     bits = ((bits & ~small) | (sub & small)) | ((uint32_t)h & 0x8000u) << 16;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+/* Returns how many components were clamped to +-65504, for the caller to
+** report. */
+static size_t vx_f16_encode(const float *x, uint16_t *out, size_t d)
+{
+    size_t i, clamped = 0;
+    for (i = 0; i < d; i++) out[i] = vx_f16_from_f32(x[i], &clamped);
+    return clamped;
 }
 
 /* The sums are vx_scalar_l2's: eight of them, for the same accuracy. */
@@ -1104,6 +1152,28 @@ static float vx_scalar_dot_f16(const float *q, const uint16_t *c, size_t d)
     for (; i + 8 <= d; i += 8)
         for (j = 0; j < 8; j++) s[j] += q[i + j] * vx_f16_to_f32(c[i + j]);
     for (j = 0; i < d; i++, j++) s[j] += q[i] * vx_f16_to_f32(c[i]);
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+/* Two half-precision codes: a stored node seen as a query, while a graph
+** over half-precision storage is built or repaired. */
+static float vx_scalar_l2_hh(const uint16_t *a, const uint16_t *b, size_t d)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i;
+    for (i = 0; i < d; i++) {
+        float t = vx_f16_to_f32(a[i]) - vx_f16_to_f32(b[i]);
+        s[i % 8] += t * t;
+    }
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+static float vx_scalar_dot_hh(const uint16_t *a, const uint16_t *b, size_t d)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i;
+    for (i = 0; i < d; i++)
+        s[i % 8] += vx_f16_to_f32(a[i]) * vx_f16_to_f32(b[i]);
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
@@ -1405,6 +1475,51 @@ VX_F16C static float vx_avx2_dot_f16(const float *q, const uint16_t *c,
         _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
 }
 
+VX_F16C static float vx_avx2_l2_hh(const uint16_t *a, const uint16_t *b,
+                                   size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), t;
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        __m256 t0 = _mm256_sub_ps(vx_avx2_load_f16(a + i),
+                                  vx_avx2_load_f16(b + i));
+        __m256 t1 = _mm256_sub_ps(vx_avx2_load_f16(a + i + 8),
+                                  vx_avx2_load_f16(b + i + 8));
+        s0 = _mm256_fmadd_ps(t0, t0, s0);
+        s1 = _mm256_fmadd_ps(t1, t1, s1);
+    }
+    for (; i + 8 <= d; i += 8) {
+        t = _mm256_sub_ps(vx_avx2_load_f16(a + i), vx_avx2_load_f16(b + i));
+        s0 = _mm256_fmadd_ps(t, t, s0);
+    }
+    if (i < d) { /* zero codes past the end decode to 0 on both sides */
+        t = _mm256_sub_ps(vx_avx2_tail_f16(a + i, d - i),
+                          vx_avx2_tail_f16(b + i, d - i));
+        s1 = _mm256_fmadd_ps(t, t, s1);
+    }
+    return vx_avx2_hsum(_mm256_add_ps(s0, s1));
+}
+
+VX_F16C static float vx_avx2_dot_hh(const uint16_t *a, const uint16_t *b,
+                                    size_t d)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        s0 = _mm256_fmadd_ps(vx_avx2_load_f16(a + i), vx_avx2_load_f16(b + i),
+                             s0);
+        s1 = _mm256_fmadd_ps(vx_avx2_load_f16(a + i + 8),
+                             vx_avx2_load_f16(b + i + 8), s1);
+    }
+    for (; i + 8 <= d; i += 8)
+        s0 = _mm256_fmadd_ps(vx_avx2_load_f16(a + i), vx_avx2_load_f16(b + i),
+                             s0);
+    if (i < d)
+        s1 = _mm256_fmadd_ps(vx_avx2_tail_f16(a + i, d - i),
+                             vx_avx2_tail_f16(b + i, d - i), s1);
+    return vx_avx2_hsum(_mm256_add_ps(s0, s1));
+}
+
 VX_AVX512 static inline __m512 vx_avx512_load_f16(const uint16_t *p)
 {
     return _mm512_cvtph_ps(
@@ -1466,6 +1581,37 @@ VX_AVX512 static float vx_avx512_dot_f16(const float *q, const uint16_t *c,
                              vx_avx512_tail_f16(c + i, d - i), s1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+VX_AVX512 static float vx_avx512_l2_hh(const uint16_t *a, const uint16_t *b,
+                                       size_t d)
+{
+    __m512 s0 = _mm512_setzero_ps(), t;
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        t = _mm512_sub_ps(vx_avx512_load_f16(a + i), vx_avx512_load_f16(b + i));
+        s0 = _mm512_fmadd_ps(t, t, s0);
+    }
+    if (i < d) {
+        t = _mm512_sub_ps(vx_avx512_tail_f16(a + i, d - i),
+                          vx_avx512_tail_f16(b + i, d - i));
+        s0 = _mm512_fmadd_ps(t, t, s0);
+    }
+    return _mm512_reduce_add_ps(s0);
+}
+
+VX_AVX512 static float vx_avx512_dot_hh(const uint16_t *a, const uint16_t *b,
+                                        size_t d)
+{
+    __m512 s0 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16)
+        s0 = _mm512_fmadd_ps(vx_avx512_load_f16(a + i),
+                             vx_avx512_load_f16(b + i), s0);
+    if (i < d)
+        s0 = _mm512_fmadd_ps(vx_avx512_tail_f16(a + i, d - i),
+                             vx_avx512_tail_f16(b + i, d - i), s0);
+    return _mm512_reduce_add_ps(s0);
 }
 
 /* Four independent sums: popcnt has a latency of 3 cycles or more but
@@ -1763,6 +1909,35 @@ static float vx_neon_dot_f16(const float *q, const uint16_t *c, size_t d)
     for (; i < d; i++) r += q[i] * vx_f16_to_f32(c[i]);
     return r;
 }
+
+static float vx_neon_l2_hh(const uint16_t *a, const uint16_t *b, size_t d)
+{
+    float32x4_t s0 = vdupq_n_f32(0), t;
+    float r;
+    size_t i = 0;
+    for (; i + 4 <= d; i += 4) {
+        t = vsubq_f32(vx_neon_load_f16(a + i), vx_neon_load_f16(b + i));
+        s0 = VX_NEON_FMA(s0, t, t);
+    }
+    r = VX_NEON_HSUM(s0);
+    for (; i < d; i++) {
+        float u = vx_f16_to_f32(a[i]) - vx_f16_to_f32(b[i]);
+        r += u * u;
+    }
+    return r;
+}
+
+static float vx_neon_dot_hh(const uint16_t *a, const uint16_t *b, size_t d)
+{
+    float32x4_t s0 = vdupq_n_f32(0);
+    float r;
+    size_t i = 0;
+    for (; i + 4 <= d; i += 4)
+        s0 = VX_NEON_FMA(s0, vx_neon_load_f16(a + i), vx_neon_load_f16(b + i));
+    r = VX_NEON_HSUM(s0);
+    for (; i < d; i++) r += vx_f16_to_f32(a[i]) * vx_f16_to_f32(b[i]);
+    return r;
+}
 #endif /* VX_HAVE_NEON_F16 */
 
 /* vcnt counts bits per byte. Two counts (at most 16 per byte) are added
@@ -1871,6 +2046,8 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     k->dot_i8 = vx_scalar_dot_i8;
     k->l2_f16 = vx_scalar_l2_f16;
     k->dot_f16 = vx_scalar_dot_f16;
+    k->l2_hh = vx_scalar_l2_hh;
+    k->dot_hh = vx_scalar_dot_hh;
     k->hamming = vx_scalar_hamming;
     k->l2_bound = vx_scalar_l2_bound;
 #if defined(VX_HAVE_AVX2)
@@ -1883,10 +2060,14 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     if (f & VX_QF_F16C) {
         k->l2_f16 = vx_avx2_l2_f16;
         k->dot_f16 = vx_avx2_dot_f16;
+        k->l2_hh = vx_avx2_l2_hh;
+        k->dot_hh = vx_avx2_dot_hh;
     }
     if (f & VX_QF_AVX512) {
         k->l2_f16 = vx_avx512_l2_f16;
         k->dot_f16 = vx_avx512_dot_f16;
+        k->l2_hh = vx_avx512_l2_hh;
+        k->dot_hh = vx_avx512_dot_hh;
         k->l2_bound = vx_avx512_l2_bound;
     }
     if (f & VX_QF_AVX512BW) k->dot_i8 = vx_avx512bw_dot_i8;
@@ -1900,6 +2081,8 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
 #if defined(VX_HAVE_NEON_F16)
     k->l2_f16 = vx_neon_l2_f16;
     k->dot_f16 = vx_neon_dot_f16;
+    k->l2_hh = vx_neon_l2_hh;
+    k->dot_hh = vx_neon_dot_hh;
 #endif
 #if defined(VX_HAVE_NEON_DOTPROD)
     if (f & VX_QF_DOTPROD) k->dot_i8 = vx_neon_sdot_i8;
@@ -2236,6 +2419,7 @@ static uint32_t vx_code_words(uint32_t store, uint32_t dim)
 {
     if (store == VECIDX_STORE_I8) return (dim + 3) / 4 + 4;
     if (store == VECIDX_STORE_BIN) return (dim + 63) / 64 * 2;
+    if (store == VECIDX_STORE_F16) return (dim + 1) / 2;
     return dim;
 }
 
@@ -2497,6 +2681,8 @@ static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
         vx_i8_encode(v, s->dim, inorm, (int8_t *)(void *)r);
     else if (s->store == VECIDX_STORE_BIN)
         vx_bin_encode(v, (uint64_t *)(void *)r, s->dim);
+    else if (s->store == VECIDX_STORE_F16) /* the odd half word zero */
+        (void)vx_f16_encode(v, memset(r, 0, (size_t)s->cw * 4), s->dim);
     else
         memcpy(r, v, (size_t)s->dim * sizeof(float));
     if (s->keep)
@@ -2516,6 +2702,11 @@ static void vx_store_read(const vx_store *s, uint32_t slot, float *out)
     if (s->store == VECIDX_STORE_F32 || s->keep) {
         memcpy(out, s->keep ? vx_store_full(s, slot) : vx_store_vec(s, slot),
                (size_t)s->dim * sizeof(float));
+        return;
+    }
+    if (s->store == VECIDX_STORE_F16) {
+        for (i = 0; i < s->dim; i++)
+            out[i] = vx_f16_to_f32(((const uint16_t *)(const void *)c)[i]);
         return;
     }
     h = vx_i8_hdr(c, s->dim);
@@ -3067,9 +3258,6 @@ static int vx_check_storage(const vecidx_params *p)
         return vx_err(NULL, VECIDX_EINVAL, "storage %u is not a VECIDX_STORE_*",
                       (unsigned)p->storage);
     if (p->storage == VECIDX_STORE_F32) return VECIDX_OK;
-    if (p->storage == VECIDX_STORE_F16)
-        return vx_err(NULL, VECIDX_ENOTSUP,
-                      "half-precision storage is not implemented yet");
     if (p->kind == VECIDX_IVFPQ)
         return vx_err(NULL, VECIDX_ENOTSUP,
                       "IVF-PQ stores product-quantized codes: storage must "
@@ -3144,6 +3332,23 @@ static float vx_full_dist(const vecidx *ix, const vx_query *q, uint32_t slot)
                       vx_store_inorm(&ix->store, slot);
 }
 
+/* Half precision: a float32 query against the code, or (q->v NULL) a
+** stored node's code against it. Cosine scales by the inverse norms of
+** the vectors given, as float32 storage does. */
+static float vx_half_dist(const vecidx *ix, const vx_query *q,
+                          const uint16_t *c, uint32_t slot)
+{
+    uint32_t dim = ix->p.dim;
+    float dot;
+    if (ix->p.metric == VECIDX_L2)
+        return q->v ? vx_qk.l2_f16(q->v, c, dim)
+                    : vx_qk.l2_hh((const uint16_t *)q->code, c, dim);
+    dot = q->v ? vx_qk.dot_f16(q->v, c, dim)
+               : vx_qk.dot_hh((const uint16_t *)q->code, c, dim);
+    if (ix->p.metric == VECIDX_IP) return -dot;
+    return 1.0f - dot * q->inv_norm * vx_store_inorm(&ix->store, slot);
+}
+
 /* Distance from q to the code in record rec (slot's), compressed storage.
 ** int8: both sides decode to off + scale * code, so their dot product is
 ** the integer one mapped back, and L2 comes from it and the two norms,
@@ -3156,6 +3361,8 @@ static float vx_code_dist(const vecidx *ix, const vx_query *q, const float *rec,
     double dot, d;
     int32_t dq;
     if (q->exact) return vx_full_dist(ix, q, slot);
+    if (ix->store.store == VECIDX_STORE_F16)
+        return vx_half_dist(ix, q, (const uint16_t *)(const void *)rec, slot);
     if (ix->store.store == VECIDX_STORE_BIN)
         return (float)vx_qk.hamming(
             q->code, (const uint64_t *)(const void *)rec, ix->store.cw / 2);
@@ -3471,7 +3678,10 @@ static inline vx_query vx_node_query(const vecidx *ix, uint32_t slot)
     q.inv_norm = s->cosine ? vx_store_inorm(s, slot) : 0.0f;
     q.code = q.v;
     q.exact = s->store == VECIDX_STORE_BIN;
-    if (s->keep) q.v = vx_store_full(s, slot);
+    if (s->keep)
+        q.v = vx_store_full(s, slot);
+    else if (s->store == VECIDX_STORE_F16)
+        q.v = NULL; /* the half-precision code is the query */
     return q;
 }
 
@@ -3768,6 +3978,11 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
 {
     const vx_store *st = &ix->store;
     size_t dim_bytes = (size_t)st->dim * sizeof(float);
+    /* Long float32 L2 vectors stop summing once past the worst result:
+    ** they could not enter. (The sum is checked every VX_L2_BOUND_STEP
+    ** dimensions, so shorter vectors would only pay the test.) */
+    int bounded = st->store == VECIDX_STORE_F32 && ix->p.metric == VECIDX_L2 &&
+                  st->dim > VX_L2_BOUND_STEP;
     vx_scratch_new_visit(s);
     s->nres = s->ncand = 0;
     s->live_only = VX_LOAD(&st->nburied) != 0;
@@ -3800,7 +4015,11 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
             if (i + 2 < m)
                 vx_prefetch_rest(vx_store_vec(st, fresh[i + 2]), dim_bytes, 1);
             e.slot = fresh[i];
-            e.d = vx_qdist(ix, q, e.slot);
+            if (bounded && s->nres >= ef)
+                e.d = vx_qk.l2_bound(q->v, vx_store_vec(st, e.slot), st->dim,
+                                     s->res[0].d);
+            else
+                e.d = vx_qdist(ix, q, e.slot);
             if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
             vx_hnsw_offer(ix, s, e, l, ef, o);
         }
@@ -4397,6 +4616,10 @@ static int vx_hnsw_norm_bucket(const vecidx *ix, uint32_t y)
     const float *v = s->keep ? vx_store_full(s, y) : vx_store_vec(s, y);
     if (s->store == VECIDX_STORE_I8 && !s->keep)
         return vx_norm_bucket(vx_i8_hdr(v, s->dim)->n2);
+    if (s->store == VECIDX_STORE_F16 && !s->keep) {
+        const uint16_t *c = (const uint16_t *)(const void *)v;
+        return vx_norm_bucket(vx_qk.dot_hh(c, c, s->dim));
+    }
     return vx_norm_bucket(ix->kern->dot(v, v, ix->p.dim));
 }
 

@@ -107,12 +107,14 @@ enum {
 ** float32 vectors are kept as well (in an index opened from a file they
 ** stay in the mapped file, read only to re-rank), and searches re-score
 ** the best k * refine candidates exactly. Bytes per vector, d dimensions,
-** before links: VECIDX_STORE_F32 4d; VECIDX_STORE_I8 d (rounded up to 4)
-** + 16; VECIDX_STORE_BIN d/8 (rounded up to 8); keep_vectors adds 4d. */
+** before links: VECIDX_STORE_F32 4d; VECIDX_STORE_F16 2d (rounded up to
+** 4); VECIDX_STORE_I8 d (rounded up to 4) + 16; VECIDX_STORE_BIN d/8
+** (rounded up to 8); keep_vectors adds 4d. */
 enum {
     VECIDX_STORE_F32 = 0, /* float32, exact (the default) */
-    VECIDX_STORE_F16 = 1, /* half precision: not implemented yet
-                             (VECIDX_ENOTSUP) */
+    VECIDX_STORE_F16 = 1, /* IEEE half precision, rounded to nearest;
+                             components beyond +-65504 are stored as
+                             +-65504 */
     VECIDX_STORE_I8 = 2,  /* one byte per dimension: each vector scaled and
                              offset to [-127, 127] on its own range, so no
                              training and no clipping */
@@ -560,9 +562,10 @@ int vecidx_remove(vecidx *ix, uint64_t key);
 ** A trained IVF-PQ index without ivf_keep_vectors keeps only codes: out
 ** receives the reconstruction (coarse centroid plus decoded residual, the
 ** normalised direction under VECIDX_COSINE), not the vector given. Flat
-** and HNSW int8 storage without keep_vectors return the decoded vector
-** (each component within half a code step, (max - min) / 254 of that
-** vector's own components, of the one given). Reader. Errors: VECIDX_EINVAL
+** and HNSW compressed storage without keep_vectors return the decoded
+** vector: half precision rounded to 11 significant bits; int8 each
+** component within half a code step, (max - min) / 254 of that vector's
+** own components, of the one given. Reader. Errors: VECIDX_EINVAL
 *(NULL ix/out), VECIDX_ENOTFOUND. */
 int vecidx_get(vecidx *ix, uint64_t key, float *out);
 

@@ -901,7 +901,7 @@ void test_kernels_quantized(void)
             float *q = vt_xmalloc(4 * d + 4), *p = vt_xmalloc(4 * d + 4);
             int32_t bsum = 0;
             float full, got, tol;
-            double sabs = 0;
+            double sabs = 0, shh;
             for (i = 0; i < d; i++) {
                 int ext = vt_below(&r, 8) == 0; /* +-127 now and then */
                 a[i] = (int8_t)(ext ? 127 : (int)vt_below(&r, 255) - 127);
@@ -933,6 +933,17 @@ void test_kernels_quantized(void)
             got = k.l2_f16(q, h, d);
             CHECKF(fabsf(got - ref.l2_f16(q, h, d)) <= 1e-5f * got + 1e-6f,
                    "l2_f16 mask %#x d %zu", mask, d);
+            got = k.l2_hh(h, h + d / 2, d - d / 2);
+            CHECKF(fabsf(got - ref.l2_hh(h, h + d / 2, d - d / 2)) <=
+                       1e-5f * got + 1e-6f,
+                   "l2_hh mask %#x d %zu", mask, d);
+            got = k.dot_hh(h, h + d / 2, d - d / 2);
+            for (i = 0, shh = 0; i < d - d / 2; i++)
+                shh += fabs((double)vx_f16_to_f32(h[i]) *
+                            vx_f16_to_f32(h[d / 2 + i]));
+            CHECKF(fabsf(got - ref.dot_hh(h, h + d / 2, d - d / 2)) <=
+                       (float)(1e-5 * shh) + 1e-6f,
+                   "dot_hh mask %#x d %zu", mask, d);
             full = f32->l2(q, p, d);
             CHECKF(k.l2_bound(q, p, d, INFINITY) == full,
                    "l2_bound mask %#x d %zu: not the l2 of %s", mask, d,
