@@ -2442,8 +2442,11 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t store,
         s->rec = (s->rec + VX_LINE_WORDS - 1) / VX_LINE_WORDS * VX_LINE_WORDS;
         shift = 5;
     }
+    /* Kept float32 vectors count too: a chunk of short binary records
+    ** would otherwise hold 2^16 slots, and its float32 part megabytes. */
     while (shift < 16 &&
-           ((size_t)s->rec * sizeof(float) << (shift + 1)) <= VX_CHUNK_BYTES)
+           ((size_t)(s->rec + (s->keep ? dim : 0)) * sizeof(float)
+            << (shift + 1)) <= VX_CHUNK_BYTES)
         shift++;
     s->shift = shift;
 }

@@ -69,8 +69,12 @@ typedef struct bn_opts {
     unsigned passes;        /* --passes: best of N */
     int batch;              /* --batch */
     uint32_t M, ef_construction, nlist, pq_m, pq_nbits;
-    uint32_t refine;   /* --refine: IVF-PQ re-rank factor, 0 = none */
-    size_t train_size; /* --train-size: IVF-PQ training rows, 0 = default */
+    uint32_t refine;     /* --refine: re-rank factor, 0 = default (IVF-PQ:
+                            none) */
+    size_t train_size;   /* --train-size: IVF-PQ training rows, 0 = default */
+    const char *storage; /* --storage: f32 | f16 | i8 | bin (vecidx flat and
+                            HNSW) */
+    int keep;            /* --keep: keep float32 vectors beside the codes */
     bn_list ef, nprobe;
     char dataset_buf[256];
     char path_buf[3][4096]; /* --data DIR expands into these */
@@ -103,7 +107,16 @@ typedef struct bn_result {
     double recall;
     double qps;
     unsigned threads;
-    const char *extra; /* more keys, ",\"key\":value..." as is, or NULL */
+    /* How vectors are stored, as every line records: "f32", "f16", "i8",
+    ** "bin", "sq8" (FAISS's 8-bit scalar quantizer), "pq" (IVF-PQ codes);
+    ** keep: float32 vectors kept beside the codes; refine: the re-rank
+    ** factor searches used, 1 = none. bn_result_init sets them from the
+    ** options for the float32 and IVF-PQ indexes every library has. */
+    const char *storage;
+    int keep;
+    unsigned refine;
+    double vector_bytes; /* vecidx's stats vector_bytes; < 0: null */
+    const char *extra;   /* more keys, ",\"key\":value..." as is, or NULL */
 } bn_result;
 
 static const char *bn_progname = "bench";
@@ -230,7 +243,15 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "                      min(64, max(1, dim/4)))",
         "  --pq-nbits N        ivfpq bits per code (default 8)",
         "  --refine R          ivfpq: keep the full vectors and re-rank the",
-        "                      k*R best exactly (default: no re-ranking)",
+        "                      k*R best exactly (default: no re-ranking);",
+        "                      vecidx flat and hnsw with a compressed",
+        "                      --storage and --keep: re-rank the k*R best by",
+        "                      code distance (default 10 for bin, else 2)",
+        "  --storage S         vecidx flat and hnsw: f32 (default), f16 (half",
+        "                      precision), i8 (a byte per dimension) or bin",
+        "                      (a bit per dimension; needs --keep, cos or ip)",
+        "  --keep              with a compressed --storage: keep the float32",
+        "                      vectors too, to re-rank exactly",
         "  --train-size N      ivfpq: train on the first N base vectors",
         "                      (default min(n, 100000))",
         "  --help              this text",
@@ -239,8 +260,10 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "threads simd n dim metric, then rss_mb mode k nq build_threads",
         "passes build ... mem_mb and rss_mb are MiB; build_s is the wall time",
         "of adding the whole base (training included); qps = queries / best",
-        "pass time. ivfpq adds train_s and bytes_per_vec (growth of the",
-        "resident set while adding, after training, per vector).",
+        "pass time. storage (f32 f16 i8 bin sq8 pq), keep, refine (1 = none)",
+        "and vector_bytes (vecidx's bytes per vector searched, else null)",
+        "are on every line. ivfpq adds train_s and bytes_per_vec (growth",
+        "of the resident set while adding, after training, per vector).",
     };
     size_t i;
     fprintf(f, "usage: %s --base F --query F --gt F [options]\n", prog);
@@ -326,6 +349,11 @@ static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
             o->batch = 1;
             continue;
         }
+        if (!strcmp(name, "--keep")) {
+            if (val) bn_die("--keep takes no value");
+            o->keep = 1;
+            continue;
+        }
         if (!val) {
             if (i + 1 >= argc) bn_die("%s needs a value", name);
             val = argv[++i];
@@ -379,10 +407,30 @@ static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
             o->refine = (uint32_t)bn_parse_ulong(name, val, 0, 100000);
         else if (!strcmp(name, "--train-size"))
             o->train_size = bn_parse_ulong(name, val, 1, 0xFFFFFFFFul);
-        else
+        else if (!strcmp(name, "--storage")) {
+            if (strcmp(val, "f32") && strcmp(val, "f16") && strcmp(val, "i8") &&
+                strcmp(val, "bin"))
+                bn_die("--storage: '%s' is not f32, f16, i8 or bin", val);
+            o->storage = val;
+        } else
             bn_die("unknown option '%s' (try --help)", name);
     }
     if (o->build_threads == 0) o->build_threads = bn_ncpu();
+    if (!o->storage) o->storage = "f32";
+    if (strcmp(o->storage, "f32") != 0 && !strcmp(o->index, "ivfpq"))
+        bn_die("--storage %s: ivfpq stores product-quantized codes; --storage "
+               "applies to flat and hnsw",
+               o->storage);
+    if (o->keep && !strcmp(o->storage, "f32"))
+        bn_die("--keep needs --storage f16, i8 or bin (f32 indexes hold the "
+               "float32 vectors already)");
+    if (!strcmp(o->storage, "bin") && !o->keep)
+        bn_die("--storage bin needs --keep: the bits pick candidates, the "
+               "float32 vectors rank them");
+    if (o->refine > 1 && strcmp(o->storage, "f32") && !o->keep)
+        bn_note("warning: --refine %u does nothing without --keep: there are "
+                "no float32 vectors to re-rank with",
+                (unsigned)o->refine);
 
     if (data) {
         static const char *const names[3] = {"base.fvecs", "query.fvecs",
@@ -702,6 +750,14 @@ static inline void bn_result_init(bn_result *r, const bn_opts *o,
     r->mem_mb = -1;
     r->rss_mb = -1;
     r->threads = o->threads;
+    r->storage = "f32";
+    r->refine = 1;
+    r->vector_bytes = -1;
+    if (!strcmp(o->index, "ivfpq")) {
+        r->storage = "pq";
+        r->keep = o->refine > 1;
+        r->refine = o->refine > 1 ? o->refine : 1;
+    }
 }
 
 static inline void bn_json_str(FILE *f, const char *s)
@@ -729,8 +785,8 @@ static inline void bn_json_num(FILE *f, const char *fmt, double v)
 
 /* Lines of other shapes (vecidx-compare --scenario, vecidx-ab summaries),
 ** key by key with the writers above: bn_kv_begin, then bn_kv_str,
-** bn_kv_num (null while negative or NaN, as bn_json_num) or bn_kv_uint,
-** then bn_kv_end, which ends the line and flushes. */
+** bn_kv_num (null while negative or NaN, as bn_json_num), bn_kv_uint or
+** bn_kv_bool, then bn_kv_end, which ends the line and flushes. */
 typedef struct bn_kv {
     FILE *f;
     int first;
@@ -774,6 +830,12 @@ static inline void bn_kv_uint(bn_kv *j, const char *key, uint64_t v)
     fprintf(j->f, "%llu", (unsigned long long)v);
 }
 
+static inline void bn_kv_bool(bn_kv *j, const char *key, int v)
+{
+    bn_kv_key(j, key);
+    fputs(v ? "true" : "false", j->f);
+}
+
 static inline void bn_kv_end(bn_kv *j)
 {
     fputs("}\n", j->f);
@@ -811,6 +873,11 @@ static inline void bn_print(const bn_opts *o, const bn_data *d,
             d->nq, o->build_threads, o->passes);
     fputs(",\"build\":", f);
     bn_json_str(f, r->build);
+    fputs(",\"storage\":", f);
+    bn_json_str(f, r->storage);
+    fprintf(f, ",\"keep\":%s,\"refine\":%u,\"vector_bytes\":",
+            r->keep ? "true" : "false", r->refine);
+    bn_json_num(f, "%.0f", r->vector_bytes);
     if (r->train_s >= 0) fprintf(f, ",\"train_s\":%.3f", r->train_s);
     if (r->bytes_per_vec >= 0)
         fprintf(f, ",\"bytes_per_vec\":%.1f", r->bytes_per_vec);

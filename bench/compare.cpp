@@ -14,11 +14,17 @@
 **          nlist and M resolved as vecidx-bench resolves them, see
 **          bn_nlist; with --refine R wrapped in IndexRefineFlat with
 **          k_factor R, which keeps the full vectors as vecidx then does).
+** faiss-hnswsq: hnsw only, IndexHNSWSQ with the 8-bit scalar quantizer
+**          (QT_8bit: a byte per dimension, each dimension's range learnt
+**          from the first --train-size base vectors), the counterpart of
+**          vecidx's --storage i8; measured as the faiss entry measures
+**          IndexHNSWFlat. Its lines say "lib":"faiss","storage":"sq8".
 ** paired: hnswlib and vecidx (HNSW, single queries) built in one process,
 **          their timed passes alternating: see run_paired. With
 **          --scenario writer|remove|checkpoint|scaling, searches are timed
 **          one call at a time under writes, removals or a checkpoint, or
 **          on 1 and N threads: see run_scenario and bench/README.md.
+**          vecidx's index follows --storage, --keep and --refine.
 ** Cosine: base and queries are normalised to unit length and searched by
 ** inner product, which ranks exactly as cosine distance does.
 ** Memory: mem_mb is the growth of the resident set while building (these
@@ -45,6 +51,7 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/impl/ScalarQuantizer.h>
 #include <faiss/utils/utils.h>
 
 #include "latency.h"
@@ -247,6 +254,7 @@ void run_paired(const bn_opts &o, const bn_data &d)
     vc.ix = ix;
     vc.d = &d;
     vc.k = o.k;
+    vxb_search_opts(&o, &vc.so);
     std::vector<int64_t> hres(d.nq * o.k), vres(d.nq * o.k);
     for (size_t i = 0; i < o.ef.n; i++) {
         unsigned ef = (unsigned)o.ef.v[i];
@@ -275,6 +283,7 @@ void run_paired(const bn_opts &o, const bn_data &d)
         r.build_s = vb;
         r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
         r.rss_mb = vrss;
+        vxb_result_storage(&r, &o, &st);
         r.qps = vbest > 0 ? (double)d.nq / vbest : 0.0;
         r.recall = bn_recall(&d, vres.data(), o.k, r.param);
         bn_print(&o, &d, &r);
@@ -349,8 +358,14 @@ std::string faiss_simd()
     return out;
 }
 
-void run_faiss(const bn_opts &o, const bn_data &d)
+/* FAISS's index of --index over d; with sq, IndexHNSWSQ (8-bit scalar
+** quantizer) instead of IndexHNSWFlat, for --index hnsw only. */
+void run_faiss(const bn_opts &o, const bn_data &d, bool sq)
 {
+    if (sq && strcmp(o.index, "hnsw") != 0) {
+        bn_note("faiss-hnswsq is an hnsw index, not '%s': skipped", o.index);
+        return;
+    }
     faiss::MetricType mt = o.metric == BN_L2 ? faiss::METRIC_L2
                                              : faiss::METRIC_INNER_PRODUCT;
     std::string simd = faiss_simd();
@@ -373,6 +388,22 @@ void run_faiss(const bn_opts &o, const bn_data &d)
             index.reset(new faiss::IndexFlatL2(d.dim));
         else
             index.reset(new faiss::IndexFlatIP(d.dim));
+    } else if (sq) {
+        /* The quantizer learns each dimension's range from the training
+        ** rows, as IVF-PQ learns its codebooks: timed as train_s, and in
+        ** build_s. */
+        size_t ntrain = bn_train_rows(&o, d.n);
+        auto *h = new faiss::IndexHNSWSQ(
+            (int)d.dim, faiss::ScalarQuantizer::QT_8bit, (int)o.M, mt);
+        h->hnsw.efConstruction = (int)o.ef_construction;
+        index.reset(h);
+        index->train((faiss::Index::idx_t)ntrain, d.base);
+        train_s = bn_now() - t0;
+        rss_trained = bn_rss_mb();
+        t0 = bn_now() - train_s; /* build_s leaves out the RSS reading */
+        build = strprintf("M=%u,efc=%u,sq=8bit,train=%zu", (unsigned)o.M,
+                          (unsigned)o.ef_construction, ntrain);
+        sweep = &o.ef;
     } else if (!strcmp(o.index, "hnsw")) {
         auto *h = new faiss::IndexHNSWFlat((int)d.dim, (int)o.M, mt);
         h->hnsw.efConstruction = (int)o.ef_construction;
@@ -427,7 +458,7 @@ void run_faiss(const bn_opts &o, const bn_data &d)
         r.lib_version = faiss_version.c_str();
         std::string param = "exact";
         if (!strcmp(o.index, "hnsw")) {
-            static_cast<faiss::IndexHNSWFlat *>(index.get())->hnsw.efSearch =
+            static_cast<faiss::IndexHNSW *>(index.get())->hnsw.efSearch =
                 (int)sweep->v[i];
             param = strprintf("ef=%u", (unsigned)sweep->v[i]);
         } else if (ivfpq) {
@@ -435,6 +466,7 @@ void run_faiss(const bn_opts &o, const bn_data &d)
             param = strprintf("nprobe=%u", (unsigned)sweep->v[i]);
         }
         set_strings(r, param, build);
+        if (sq) r.storage = "sq8";
         r.build_s = build_s;
         r.train_s = train_s;
         r.rss_mb = r.mem_mb = rss0 >= 0 && rss1 >= 0 ? rss1 - rss0 : -1;
@@ -494,6 +526,10 @@ class Row
     {
         items_.push_back({key, false, "", false, v, fmt});
     }
+    void flag(const std::string &key, bool v)
+    {
+        items_.push_back({key, false, "", false, v ? 1.0 : 0.0, nullptr});
+    }
     /* PREFIX_p50_us ... PREFIX_max_us, PREFIX_mean_us, then COUNT_KEY. */
     void stats(const std::string &prefix, const std::string &count_key,
                const lt_stats &st)
@@ -527,6 +563,8 @@ class Row
         for (const Item &i : items_) {
             if (i.is_str)
                 bn_kv_str(&j, i.key.c_str(), i.null ? nullptr : i.s.c_str());
+            else if (!i.fmt)
+                bn_kv_bool(&j, i.key.c_str(), i.v != 0);
             else
                 bn_kv_num(&j, i.key.c_str(), i.fmt, i.v);
         }
@@ -540,7 +578,7 @@ class Row
         std::string s;
         bool null;
         double v;
-        const char *fmt;
+        const char *fmt; /* nullptr: a flag, v 0 or 1 */
     };
     std::vector<Item> items_;
 };
@@ -705,7 +743,7 @@ class VecidxIndex : public Index
         double build_s, rss;
         ix_ = build_vecidx(o, d, &build_s, &rss);
         r.num("build_s", build_s);
-        memset(&so_, 0, sizeof so_);
+        vxb_search_opts(&o, &so_);
         so_.ef = s.ef;
         if (!file) return;
         path_ = s.dir + "/vecidx-" + s.name + ".vx";
@@ -785,6 +823,7 @@ class VecidxIndex : public Index
         r.num("live", (double)st.count, "%.0f");
         r.num("slots", (double)st.slots, "%.0f");
         r.num("mem_mb", (double)st.memory_bytes / (1024.0 * 1024.0), "%.1f");
+        r.num("vector_bytes", (double)st.vector_bytes, "%.0f");
     }
 
   private:
@@ -1104,6 +1143,9 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
     r.num("ef", s.ef, "%.0f");
     r.num("k", s.k, "%.0f");
     r.num("build_threads", o.build_threads, "%.0f");
+    r.str("storage", vx ? o.storage : "f32");
+    r.flag("keep", vx && o.keep);
+    r.num("refine", vx ? vxb_refine(&o) : 1, "%.0f");
     r.str("simd", vx ? vecidx_simd() : hnswlib_simd());
 #ifdef HNSWLIB_VERSION
     r.str("version", vx ? vecidx_version() : HNSWLIB_VERSION);
@@ -1141,6 +1183,9 @@ void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
     r.num("dim", d.dim, "%.0f");
     r.num("M", o.M, "%.0f");
     r.num("ef", s.ef, "%.0f");
+    r.str("storage", o.storage); /* vecidx's; hnswlib's is f32 */
+    r.flag("keep", o.keep);
+    r.num("refine", vxb_refine(&o), "%.0f");
     r.str("simd", vecidx_simd());
     r.str("version", vecidx_version());
     r.print();
@@ -1377,17 +1422,21 @@ void scenario_scaling(const bn_opts &o, const bn_data &d, const Scenario &s,
                       std::vector<Row> &rows)
 {
     std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
-    double hb, vb, rss;
+    double hb, vb, hrss, vrss;
     std::unique_ptr<hnswlib::HierarchicalNSW<float>> alg(
-        build_hnswlib(o, d, space.get(), &hb, &rss));
+        build_hnswlib(o, d, space.get(), &hb, &hrss));
     alg->setEf(s.ef);
-    vecidx *ix = build_vecidx(o, d, &vb, &rss);
+    vecidx *ix = build_vecidx(o, d, &vb, &vrss);
+    vecidx_stats_t st;
+    int rc = vecidx_stats(ix, &st);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_stats", rc, ix);
     HnswlibCtx hc{alg.get(), &d, s.k};
     vxb_ctx vc;
     memset(&vc, 0, sizeof vc);
     vc.ix = ix;
     vc.d = &d;
     vc.k = s.k;
+    vxb_search_opts(&o, &vc.so);
     vc.so.ef = s.ef;
     std::vector<int64_t> res(d.nq * s.k);
     for (unsigned pass = 0; pass < o.passes; pass++) {
@@ -1412,6 +1461,12 @@ void scenario_scaling(const bn_opts &o, const bn_data &d, const Scenario &s,
             r.num("secs_per_measurement", s.duration, "%.1f");
             cpu_keys(r, "_1t", c0, c1);
             cpu_keys(r, "_nt", c1, c2);
+            /* as in the other lines: hnswlib's memory is the growth of the
+            ** resident set while building, vecidx's its own count */
+            r.num("mem_mb",
+                  vx ? (double)st.memory_bytes / (1024.0 * 1024.0) : hrss,
+                  "%.1f");
+            if (vx) r.num("vector_bytes", (double)st.vector_bytes, "%.0f");
             row_tail(r, o, d, s, lib);
             r.print();
             rows.push_back(r);
@@ -1443,7 +1498,7 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
                     scenario_checkpoint(o, d, s, lib, pass, r);
                 if (vx) {
                     bool file = s.name == "checkpoint" || !s.dir.empty();
-                    r.str("storage", file ? "file" : "memory");
+                    r.str("backing", file ? "file" : "memory");
                     r.str("sync", file ? s.sync_name : nullptr);
                 } else {
                     r.str("hnswlib_lock", s.hnswlib_lock ? "rw" : "none");
@@ -1474,8 +1529,8 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
 /* The options of the scenarios, taken out of argv before bn_parse_args
 ** sees the rest (see the help text). */
 const char *const SCENARIO_HELP =
-    "hnswlib | faiss | all (default all) | paired (hnswlib and vecidx, "
-    "passes alternating)\n"
+    "hnswlib | faiss | faiss-hnswsq (IndexHNSWSQ, 8-bit) | all (default all:\n"
+    "the three) | paired (hnswlib and vecidx, passes alternating)\n"
     "\n"
     "Stall scenarios (--lib paired --scenario NAME; HNSW, one --ef value,\n"
     "default 32; --build-threads default 2; see bench/README.md):\n"
@@ -1639,9 +1694,14 @@ int main(int argc, char **argv)
     const char *lib = o.lib ? o.lib : "all";
     bool want_hnswlib = !strcmp(lib, "hnswlib") || !strcmp(lib, "all");
     bool want_faiss = !strcmp(lib, "faiss") || !strcmp(lib, "all");
+    bool want_faiss_sq = !strcmp(lib, "faiss-hnswsq") || !strcmp(lib, "all");
     bool paired = !strcmp(lib, "paired");
-    if (!want_hnswlib && !want_faiss && !paired)
-        bn_die("--lib %s: expected hnswlib, faiss, all or paired", lib);
+    if (!want_hnswlib && !want_faiss && !want_faiss_sq && !paired)
+        bn_die("--lib %s: expected hnswlib, faiss, faiss-hnswsq, all or paired",
+               lib);
+    if (!paired && (strcmp(o.storage, "f32") != 0 || o.keep))
+        bn_note("--storage and --keep set vecidx's storage (--lib paired); "
+                "hnswlib and FAISS store as their lines' storage key says");
     bn_load(&o, &d);
     if (o.metric == BN_COS) {
         normalise(d.base, d.n, d.dim);
@@ -1652,7 +1712,8 @@ int main(int argc, char **argv)
     else if (paired)
         run_paired(o, d);
     if (want_hnswlib) run_hnswlib(o, d);
-    if (want_faiss) run_faiss(o, d);
+    if (want_faiss) run_faiss(o, d, false);
+    if (want_faiss_sq) run_faiss(o, d, true);
     bn_free_data(&d);
     return 0;
 }

@@ -48,6 +48,7 @@ static void result_init(bn_result *r, const bn_opts *o,
     r->lib_version = vecidx_version();
     r->build_s = build_s;
     r->mem_mb = mib(st->memory_bytes);
+    vxb_result_storage(r, o, st);
 }
 
 /* Search options and the param/build strings for sweep value v (ignored
@@ -58,7 +59,7 @@ static void set_sweep(const bn_opts *o, int kind, uint32_t v,
 {
     c->so.ef = 0;
     c->so.nprobe = 0;
-    c->so.refine = o->refine;
+    c->so.refine = vxb_refine(o);
     if (kind == VECIDX_HNSW) {
         c->so.ef = v;
         snprintf(r->param, sizeof r->param, "ef=%u", (unsigned)v);
@@ -215,6 +216,13 @@ static vecidx *build_set(const churn *ch, int kind, size_t n,
 
     vxb_params(ch->o, ch->d, &p, &ntrain);
     p.kind = kind;
+    /* The flat index gives the exact neighbours (churn_truth): float32,
+    ** whatever --storage says. */
+    if (kind == VECIDX_FLAT) {
+        p.storage = VECIDX_STORE_F32;
+        p.keep_vectors = 0;
+        p.refine = 0;
+    }
     /* vxb_params reserves room for the whole base; reserving only the set
     ** makes memory_bytes show what churn adds beyond it. */
     if (n < p.capacity) p.capacity = (uint32_t)n;
@@ -435,8 +443,8 @@ static void run_churn(const bn_opts *o, const bn_data *d, unsigned rounds)
 /* ---- Command line ---------------------------------------------------------
 ** bn_parse_args (common.h, shared with vecidx-compare) rejects options it
 ** does not know, so --churn is taken out of argv before it runs. Every
-** other option but --batch and --help takes a value, skipped here so that
-** a value spelled "--churn" is left alone. */
+** other option but --batch, --keep and --help takes a value, skipped here
+** so that a value spelled "--churn" is left alone. */
 
 static void usage_churn(void)
 {
@@ -475,7 +483,7 @@ static unsigned take_churn(int *argc, char **argv)
         }
         argv[out++] = argv[i];
         if (!strncmp(a, "--", 2) && !strchr(a, '=') && strcmp(a, "--batch") &&
-            i + 1 < *argc)
+            strcmp(a, "--keep") && i + 1 < *argc)
             argv[out++] = argv[++i];
     }
     *argc = out;

@@ -1,6 +1,7 @@
 /*
 ** vxbench.h -- the vecidx side of the benchmarks: index parameters from
-** the options, the query callbacks, and errors. Shared by vecidx-bench
+** the options (storage included), the query callbacks, the storage keys
+** of the output, and errors. Shared by vecidx-bench
 ** (C) and vecidx-compare --lib paired (C++), so both measure vecidx the
 ** same way. Include after common.h and vecidx.h.
 */
@@ -50,6 +51,61 @@ static inline int vxb_kind(const char *name)
     return VECIDX_FLAT;
 }
 
+/* VECIDX_STORE_* of --storage (bn_parse_args has checked the name). */
+static inline uint32_t vxb_storage(const bn_opts *o)
+{
+    if (!strcmp(o->storage, "f16")) return VECIDX_STORE_F16;
+    if (!strcmp(o->storage, "i8")) return VECIDX_STORE_I8;
+    if (!strcmp(o->storage, "bin")) return VECIDX_STORE_BIN;
+    return VECIDX_STORE_F32;
+}
+
+/* The name the output gives a vecidx_stats_t storage. */
+static inline const char *vxb_storage_name(int storage)
+{
+    return storage == VECIDX_STORE_F32   ? "f32"
+           : storage == VECIDX_STORE_F16 ? "f16"
+           : storage == VECIDX_STORE_I8  ? "i8"
+           : storage == VECIDX_STORE_BIN ? "bin"
+                                         : "?";
+}
+
+/* The re-rank factor searches use, 1 = none: IVF-PQ's --refine; for
+** compressed flat and HNSW storage with kept vectors, --refine or else
+** vecidx's default (10 for bin, 2 for the others). It is passed to
+** vecidx explicitly, so the factor the output records is the one used
+** even if the library's default changes. */
+static inline uint32_t vxb_refine(const bn_opts *o)
+{
+    uint32_t store = vxb_storage(o);
+    if (vxb_kind(o->index) == VECIDX_IVFPQ)
+        return o->refine > 1 ? o->refine : 1;
+    if (store == VECIDX_STORE_F32 || !o->keep) return 1;
+    if (o->refine) return o->refine;
+    return store == VECIDX_STORE_BIN ? 10u : 2u;
+}
+
+/* Search options every query of the run shares: the re-rank factor. */
+static inline void vxb_search_opts(const bn_opts *o, vecidx_search_opts *so)
+{
+    memset(so, 0, sizeof *so);
+    so->refine = vxb_refine(o);
+}
+
+/* The storage keys of an output line of vecidx's flat or HNSW index: the
+** storage its stats report (so a line never claims a storage vecidx did
+** not use), the re-rank factor and its bytes per vector. IVF-PQ keeps
+** what bn_result_init gave it: vecidx reports no vector_bytes for it. */
+static inline void vxb_result_storage(bn_result *r, const bn_opts *o,
+                                      const vecidx_stats_t *st)
+{
+    if (st->kind == VECIDX_IVFPQ) return;
+    r->vector_bytes = (double)st->vector_bytes;
+    r->storage = vxb_storage_name(st->storage);
+    r->keep = o->keep;
+    r->refine = vxb_refine(o);
+}
+
 /* Parameters of the index the options ask for over d; *ntrain gets the
 ** IVF-PQ training rows (0 for the other kinds). */
 static inline void vxb_params(const bn_opts *o, const bn_data *d,
@@ -70,7 +126,11 @@ static inline void vxb_params(const bn_opts *o, const bn_data *d,
     p->threads = o->build_threads;
     p->hnsw_m = o->M;
     p->hnsw_ef_construction = o->ef_construction;
-    if (kind == VECIDX_IVFPQ) {
+    if (kind != VECIDX_IVFPQ) {
+        p->storage = vxb_storage(o);
+        p->keep_vectors = (uint32_t)o->keep;
+        if (o->keep) p->refine = vxb_refine(o);
+    } else {
         /* The same lists, code size and training rows as vecidx-compare
         ** gives FAISS (see bn_nlist). */
         *ntrain = bn_train_rows(o, d->n);

@@ -3,6 +3,7 @@
 ** vecidx index files without writing code.
 **
 **   vecidx create PATH --dim D [--kind hnsw|flat|ivfpq] [--metric l2|ip|cos]
+**                 [--storage f32|f16|i8|bin [--keep-vectors]]
 **   vecidx import PATH FILE          (.fvecs, .npy or .csv)
 **   vecidx query PATH --vector "0.1,0.2,..." | --fvecs FILE [-k 10]
 **   vecidx stats|check|checkpoint PATH
@@ -127,6 +128,18 @@ static const char *kind_name(int kind)
                                   : "unknown";
 }
 
+/* How the index stores vectors; "pq" for IVF-PQ, whose stats storage is
+** meaningless (it keeps product-quantized codes). */
+static const char *storage_name(int kind, int storage)
+{
+    if (kind == VECIDX_IVFPQ) return "pq";
+    return storage == VECIDX_STORE_F32   ? "f32"
+           : storage == VECIDX_STORE_F16 ? "f16"
+           : storage == VECIDX_STORE_I8  ? "i8"
+           : storage == VECIDX_STORE_BIN ? "bin"
+                                         : "unknown";
+}
+
 static const char *metric_name(int metric)
 {
     return metric == VECIDX_L2       ? "l2"
@@ -151,6 +164,7 @@ enum {
     O_NLIST,
     O_NPROBE,
     O_PQM,
+    O_STORAGE,
     O_KEEP,
     O_REFINE,
     O_TRAIN_SIZE,
@@ -184,6 +198,7 @@ static const struct {
     [O_NLIST] = {"nlist", 0, 1},
     [O_NPROBE] = {"nprobe", 0, 1},
     [O_PQM] = {"pq-m", 0, 1},
+    [O_STORAGE] = {"storage", 0, 1},
     [O_KEEP] = {"keep-vectors", 0, 0},
     [O_REFINE] = {"refine", 0, 1},
     [O_TRAIN_SIZE] = {"train-size", 0, 1},
@@ -783,6 +798,11 @@ static const char help_create[] =
     "  --metric M            cos (default), l2 (squared) or ip (inner "
     "product)\n"
     "  --seed N              seed of the index's random choices (default 42)\n"
+    "Flat and HNSW:\n"
+    "  --storage S           f32 (default: float32), f16 (half precision),\n"
+    "                        i8 (a byte per dimension, about a quarter of\n"
+    "                        the memory) or bin (a bit per dimension; cos or\n"
+    "                        ip, and only with --keep-vectors)\n"
     "HNSW:\n"
     "  --M N                 links per node (default 16)\n"
     "  --ef-construction N   build breadth (default 200)\n"
@@ -791,11 +811,15 @@ static const char help_create[] =
     "  --nlist N             coarse lists (default: chosen at training)\n"
     "  --nprobe N            default lists probed per query (default 8)\n"
     "  --pq-m N              code bytes per vector (default min(64, dim/4))\n"
-    "  --keep-vectors        also keep the full vectors (exact re-ranking,\n"
-    "                        exact export)\n"
-    "  --refine N            default re-rank factor (needs --keep-vectors)\n"
     "  --train-size N        vectors buffered before the index trains "
     "itself\n"
+    "f16, i8 or bin storage, and IVF-PQ:\n"
+    "  --keep-vectors        also keep the float32 vectors (exact re-ranking,\n"
+    "                        exact export)\n"
+    "  --refine N            default re-rank factor: the k*N best by code\n"
+    "                        distance are re-scored with the kept vectors\n"
+    "                        (default: 10 for bin, 2 for f16 and i8, none\n"
+    "                        for IVF-PQ, where it needs --keep-vectors)\n"
     "\n"
     "  --json                print the result as one JSON object\n";
 
@@ -820,11 +844,29 @@ static int parse_metric(const char *s, int *metric)
                    : usage_error("unknown --metric '%s' (l2, ip or cos)", s);
 }
 
+static int parse_storage(const char *s, vecidx_params *p)
+{
+    static const struct {
+        const char *name;
+        uint32_t storage;
+    } names[] = {{"f32", VECIDX_STORE_F32},
+                 {"f16", VECIDX_STORE_F16},
+                 {"i8", VECIDX_STORE_I8},
+                 {"bin", VECIDX_STORE_BIN}};
+    size_t i;
+    for (i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(s, names[i].name) == 0) {
+            p->storage = names[i].storage;
+            return 0;
+        }
+    return usage_error("unknown --storage '%s' (f32, f16, i8 or bin)", s);
+}
+
 static int cmd_create(const args *a)
 {
     const char *path = a->pos[0];
     int kind = VECIDX_HNSW, metric = VECIDX_COSINE, rc;
-    uint32_t dim = 0;
+    uint32_t dim = 0, keep;
     uint64_t seed;
     vecidx_params p;
     vecidx *ix;
@@ -844,10 +886,20 @@ static int cmd_create(const args *a)
         (rc = opt_u32(a, O_NLIST, 0, UINT32_MAX, &p.ivf_nlist)) ||
         (rc = opt_u32(a, O_NPROBE, 0, UINT32_MAX, &p.ivf_nprobe)) ||
         (rc = opt_u32(a, O_PQM, 0, UINT32_MAX, &p.pq_m)) ||
-        (rc = opt_u32(a, O_REFINE, 0, UINT32_MAX, &p.ivf_refine)) ||
+        (rc = opt_u32(a, O_REFINE, 0, UINT32_MAX,
+                      kind == VECIDX_IVFPQ ? &p.ivf_refine : &p.refine)) ||
         (rc = opt_u32(a, O_TRAIN_SIZE, 0, UINT32_MAX, &p.ivf_train_size)))
         return rc;
-    if (a->val[O_KEEP]) p.ivf_keep_vectors = 1;
+    if (a->val[O_STORAGE] && (rc = parse_storage(a->val[O_STORAGE], &p)))
+        return rc;
+    /* One option for both kinds of index: the fields differ, the meaning
+    ** (float32 vectors kept beside the codes) does not. */
+    if (a->val[O_KEEP]) {
+        if (kind == VECIDX_IVFPQ)
+            p.ivf_keep_vectors = 1;
+        else
+            p.keep_vectors = 1;
+    }
     if (a->val[O_SEED]) {
         if (parse_u64(a->val[O_SEED], &seed, NULL) != 0)
             return usage_error("--seed must be a whole number, not '%s'",
@@ -862,14 +914,19 @@ static int cmd_create(const args *a)
     if (rc != VECIDX_OK)
         return fail_lib(rc, NULL, "cannot create index '%s'", path);
     vecidx_close(ix);
+    keep = kind == VECIDX_IVFPQ ? p.ivf_keep_vectors : p.keep_vectors;
     if (json_out) {
         printf("{\"command\":\"create\",\"path\":");
         json_str(stdout, path);
-        printf(",\"kind\":\"%s\",\"metric\":\"%s\",\"dim\":%u}\n",
-               kind_name(kind), metric_name(metric), (unsigned)dim);
+        printf(",\"kind\":\"%s\",\"metric\":\"%s\",\"dim\":%u,"
+               "\"storage\":\"%s\",\"keep_vectors\":%s}\n",
+               kind_name(kind), metric_name(metric), (unsigned)dim,
+               storage_name(kind, (int)p.storage), keep ? "true" : "false");
     } else {
-        printf("created %s: %s index, %s metric, dimension %u\n", path,
-               kind_name(kind), metric_name(metric), (unsigned)dim);
+        printf("created %s: %s index, %s metric, dimension %u, %s storage%s\n",
+               path, kind_name(kind), metric_name(metric), (unsigned)dim,
+               storage_name(kind, (int)p.storage),
+               keep ? " (float32 vectors kept)" : "");
     }
     return 0;
 }
@@ -1079,7 +1136,8 @@ static const char help_query[] =
     "  -k N          results per query (default 10)\n"
     "  --ef N        HNSW search breadth (default: the index's)\n"
     "  --nprobe N    IVF-PQ lists to probe (default: the index's)\n"
-    "  --refine N    IVF-PQ re-rank factor (default: the index's)\n"
+    "  --refine N    re-rank factor (default: the index's): IVF-PQ, or\n"
+    "                compressed storage with the float32 vectors kept\n"
     "  --threads N   threads for --fvecs queries (default: one per CPU)\n"
     "  --json        one JSON object per result:\n"
     "                {\"query\":0,\"rank\":1,\"key\":42,\"distance\":0.1}\n"
@@ -1234,8 +1292,9 @@ out:
 static const char help_stats[] =
     "usage: vecidx stats PATH [--json]\n"
     "\n"
-    "Print what the index is (kind, metric, dimension), how many vectors it\n"
-    "holds, its memory and file sizes. Opens the file read-only.\n";
+    "Print what the index is (kind, metric, dimension, storage), how many\n"
+    "vectors it holds, the bytes per vector its searches read, its memory\n"
+    "and file sizes. Opens the file read-only.\n";
 
 static int cmd_stats(const args *a)
 {
@@ -1258,12 +1317,14 @@ static int cmd_stats(const args *a)
                ",\"capacity\":%" PRIu64 ",\"memory_bytes\":%" PRIu64
                ",\"mapped_bytes\":%" PRIu64 ",\"file_bytes\":%" PRIu64
                ",\"wal_bytes\":%" PRIu64 ",\"trained\":%s,\"nlist\":%u,"
-               "\"pq_m\":%u,\"simd\":\"%s\",\"version\":\"%s\"}\n",
+               "\"pq_m\":%u,\"storage\":\"%s\",\"vector_bytes\":%u,"
+               "\"simd\":\"%s\",\"version\":\"%s\"}\n",
                kind_name(st.kind), metric_name(st.metric), (unsigned)st.dim,
                st.count, st.slots, st.capacity, st.memory_bytes,
                st.mapped_bytes, fsize, wsize, st.trained ? "true" : "false",
-               (unsigned)st.nlist, (unsigned)st.pq_m, st.simd,
-               vecidx_version());
+               (unsigned)st.nlist, (unsigned)st.pq_m,
+               storage_name(st.kind, st.storage), (unsigned)st.vector_bytes,
+               st.simd, vecidx_version());
         return 0;
     }
     printf("path          %s\n"
@@ -1277,6 +1338,10 @@ static int cmd_stats(const args *a)
            path, kind_name(st.kind), metric_name(st.metric), (unsigned)st.dim,
            st.count, st.slots, st.capacity, st.memory_bytes, st.mapped_bytes,
            fsize, wsize);
+    if (st.kind != VECIDX_IVFPQ)
+        printf("storage       %s, %u bytes per vector%s\n",
+               storage_name(st.kind, st.storage), (unsigned)st.vector_bytes,
+               st.kind == VECIDX_HNSW ? " with its level-0 links" : "");
     if (st.kind == VECIDX_IVFPQ)
         printf("trained       %s\n"
                "lists         %u\n"
@@ -1378,7 +1443,9 @@ static const char help_export[] =
     "  .fvecs  and .npy (float32) keep no keys: row i is the i-th smallest\n"
     "          key (a warning says so when keys are not 0, 1, 2, ...)\n"
     "A trained IVF-PQ index without --keep-vectors stores codes, not\n"
-    "vectors: its export holds their reconstructions.\n";
+    "vectors: its export holds their reconstructions; so does an i8 index\n"
+    "without --keep-vectors (each value within half a step, 1/254 of the\n"
+    "vector's range, of the one imported).\n";
 
 static int write_npy_header(FILE *f, size_t rows, uint32_t dim)
 {
@@ -1518,6 +1585,7 @@ static const char help_main[] =
     "\n"
     "Commands:\n"
     "  create PATH --dim D [--kind hnsw|flat|ivfpq] [--metric l2|ip|cos]\n"
+    "              [--storage f32|f16|i8|bin]\n"
     "                            create an empty index file\n"
     "  import PATH FILE          add the vectors of a .fvecs, .npy or .csv "
     "file\n"
@@ -1544,8 +1612,9 @@ static const struct command {
 } commands[] = {
     {"create", cmd_create, help_create, 1,
      COMMON | BIT(O_DIM) | BIT(O_KIND) | BIT(O_METRIC) | BIT(O_M) | BIT(O_EFC) |
-         BIT(O_EFS) | BIT(O_NLIST) | BIT(O_NPROBE) | BIT(O_PQM) | BIT(O_KEEP) |
-         BIT(O_REFINE) | BIT(O_TRAIN_SIZE) | BIT(O_SEED)},
+         BIT(O_EFS) | BIT(O_NLIST) | BIT(O_NPROBE) | BIT(O_PQM) |
+         BIT(O_STORAGE) | BIT(O_KEEP) | BIT(O_REFINE) | BIT(O_TRAIN_SIZE) |
+         BIT(O_SEED)},
     {"import", cmd_import, help_import, 2,
      COMMON | BIT(O_FORMAT) | BIT(O_FIRST_KEY) | BIT(O_UPSERT) | BIT(O_TRAIN) |
          BIT(O_THREADS) | BIT(O_QUIET)},

@@ -297,6 +297,178 @@ def test_progress_exception_is_reraised(data):
     assert len(ix) == 10
 
 
+# ---- Compressed storage (flat and HNSW) -------------------------------------
+
+def _search_args(kind):
+    # ef 64 as in test_hnsw_recall; the flat index takes no breadth.
+    return {"k": 10, "ef": 64} if kind == "hnsw" else {"k": 10}
+
+
+def _exact_at(exact, found):
+    """The exact distance of every returned key (keys are row numbers)."""
+    return np.take_along_axis(exact, found.astype(np.int64), axis=1)
+
+
+def _assert_same_results(a, b):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("keep", [False, True])
+def test_int8_storage(tmp_path, data, kind, keep):
+    x, q = data
+    keys = np.arange(len(x), dtype=np.uint64)
+    exact = exact_dists("l2", x, q)
+    search = _search_args(kind)
+    # One build thread: the same graph every run, so the recall compared
+    # below cannot move by chance.
+    common = {"kind": kind, "metric": "l2", "seed": 7, "threads": 1}
+    with vecidx.Index(32, **common) as f32:
+        f32.add(keys, x)
+        r_f32 = recall(f32.search(q, **search)[0], exact, keys, 10)
+        st_f32 = f32.stats()
+    assert st_f32["storage"] == "f32"
+
+    ix = vecidx.Index(32, storage="i8", keep_vectors=keep, **common)
+    ix.add(keys, x)
+    st = ix.stats()
+    assert st["storage"] == "i8" and st["count"] == len(x)
+    # vector_bytes counts what searches read, which the kept float32
+    # vectors are not; memory_bytes counts them too.
+    assert 0 < st["vector_bytes"] < st_f32["vector_bytes"]
+    if not keep:
+        assert st["memory_bytes"] < st_f32["memory_bytes"]
+    found, dists = ix.search(q, **search)
+    r_i8 = recall(found, exact, keys, 10)
+    assert r_i8 >= r_f32 - 0.05, (r_f32, r_i8)
+    assert (np.diff(dists, axis=1) >= 0).all()
+    if keep:
+        # The best 2k by code distance are re-scored with the float32
+        # vectors: exact distances, and get returns what was added.
+        np.testing.assert_allclose(dists, _exact_at(exact, found),
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(ix.get(123), x[123])
+        np.testing.assert_array_equal(ix.get([5, 3999]), x[[5, 3999]])
+        # A wider re-ranking per call is no worse.
+        wide, _ = ix.search(q, refine=8, **search)
+        assert recall(wide, exact, keys, 10) >= r_i8 - 0.01
+    else:
+        # Decoded codes: each component within half a step of its vector's
+        # own range (vecidx_get), plus float rounding.
+        got = ix.get(np.arange(200))
+        half = (x[:200].max(1) - x[:200].min(1)) / 254 / 2
+        assert (np.abs(got - x[:200]) <= half[:, None] * 1.001 + 1e-6).all()
+    ix.check()
+
+    path = str(tmp_path / "i8.vx")
+    ix.save(path)
+    before_get = ix.get(77)
+    ix.close()
+    with vecidx.Index.open(path, readonly=True) as back:
+        st2 = back.stats()
+        assert st2["storage"] == "i8" and st2["count"] == len(x)
+        assert st2["vector_bytes"] == st["vector_bytes"]
+        _assert_same_results((found, dists), back.search(q, **search))
+        np.testing.assert_array_equal(back.get(77), before_get)
+        back.check()
+
+
+def test_int8_storage_file_backed(tmp_path, data):
+    """Written through the log and replayed at the next open."""
+    x, q = data
+    path = str(tmp_path / "i8log.vx")
+    # One thread, here and at the reopen, whose replay of the log links
+    # the vectors again: the same graph, so the same answers.
+    with vecidx.Index.open(path, dim=32, kind="hnsw", metric="l2",
+                           create=True, sync="off", threads=1, storage="i8",
+                           keep_vectors=True, refine=3) as ix:
+        ix.add(np.arange(1000), x[:1000])
+        ix.remove([10, 11])
+        ix.upsert(12, x[2000])
+        want = ix.search(q, k=10)
+    with vecidx.Index.open(path, dim=32, kind="hnsw", metric="l2",
+                           readonly=True, threads=1) as ix:
+        st = ix.stats()
+        assert st["storage"] == "i8" and st["count"] == 998
+        assert 10 not in ix and 11 not in ix
+        np.testing.assert_array_equal(ix.get(12), x[2000])
+        _assert_same_results(want, ix.search(q, k=10))
+        ix.check()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_binary_storage_with_kept_vectors(tmp_path, data, kind):
+    x, q = data
+    keys = np.arange(len(x), dtype=np.uint64)
+    exact = exact_dists("cos", x, q)
+    search = _search_args(kind)
+    ix = vecidx.Index(32, kind=kind, metric="cos", storage="bin",
+                      keep_vectors=True, seed=7, threads=1)
+    ix.add(keys, x)
+    st = ix.stats()
+    assert st["storage"] == "bin" and st["count"] == len(x)
+    # The bits only pick candidates (32 bits say little about clustered
+    # points, so recall at the default k*10 is low); the kept vectors rank
+    # them, so every distance returned is exact.
+    found, dists = ix.search(q, **search)
+    np.testing.assert_allclose(dists, _exact_at(exact, found), rtol=1e-4,
+                               atol=1e-4)
+    r_default = recall(found, exact, keys, 10)
+    r40 = recall(ix.search(q, refine=40, **search)[0], exact, keys, 10)
+    everything, _ = ix.search(q, refine=len(x) // 10, **search)
+    r_all = recall(everything, exact, keys, 10)
+    assert r_default <= r40 + 0.01 and r40 <= r_all + 0.01, \
+        (r_default, r40, r_all)
+    # Re-scoring every vector is exact search.
+    assert r_all >= (1.0 if kind == "flat" else 0.95), r_all
+    np.testing.assert_array_equal(ix.get(321), x[321])
+    ix.check()
+
+    path = str(tmp_path / "bin.vx")
+    ix.save(path)
+    with vecidx.Index.open(path, readonly=True) as back:
+        assert back.stats()["storage"] == "bin"
+        _assert_same_results((found, dists), back.search(q, **search))
+        np.testing.assert_array_equal(back.get(321), x[321])
+    ix.close()
+
+
+def test_storage_refusals():
+    # Signs say little about L2 distances; bits alone cannot rank; IVF-PQ
+    # has codes of its own. Each is the library's refusal, with its reason.
+    for kwargs in ({"kind": "hnsw", "metric": "l2", "storage": "bin",
+                    "keep_vectors": True},
+                   {"kind": "flat", "metric": "cos", "storage": "bin"},
+                   {"kind": "ivfpq", "metric": "l2", "storage": "i8"}):
+        with pytest.raises(vecidx.NotSupportedError) as e:
+            vecidx.Index(8, **kwargs)
+        assert e.value.code == _capi.ENOTSUP and e.value.message, kwargs
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index(8, kind="flat", storage="int4")
+
+
+def test_half_precision_storage(data):
+    """vecidx.h declares VECIDX_STORE_F16 and a library without it refuses
+    it as not supported (NotSupportedError, a NotImplementedError). A
+    library that has it must keep each component to half precision."""
+    x, q = data
+    try:
+        ix = vecidx.Index(32, kind="flat", metric="l2", storage="f16")
+    except vecidx.NotSupportedError as e:
+        assert isinstance(e, NotImplementedError)
+        assert e.code == _capi.ENOTSUP and "half" in e.message, e.message
+        return
+    assert ix.stats()["storage"] == "f16"
+    ix.add(np.arange(len(x)), x)
+    got = ix.get(np.arange(200))
+    np.testing.assert_array_equal(got, x[:200].astype(np.float16))
+    found, _ = ix.search(q, k=10)
+    assert recall(found, exact_dists("l2", x, q), np.arange(len(x)),
+                  10) >= 0.95
+    ix.close()
+
+
 # ---- Errors -----------------------------------------------------------------
 
 def test_errors_carry_the_library_message():
