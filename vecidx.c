@@ -2444,9 +2444,8 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t store,
     }
     /* Kept float32 vectors count too: a chunk of short binary records
     ** would otherwise hold 2^16 slots, and its float32 part megabytes. */
-    while (shift < 16 &&
-           ((size_t)(s->rec + (s->keep ? dim : 0)) * sizeof(float)
-            << (shift + 1)) <= VX_CHUNK_BYTES)
+    while (shift < 16 && ((size_t)(s->rec + (s->keep ? dim : 0)) * sizeof(float)
+                          << (shift + 1)) <= VX_CHUNK_BYTES)
         shift++;
     s->shift = shift;
 }
