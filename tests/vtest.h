@@ -100,6 +100,7 @@
     X(storage_recall)                        \
     X(storage_refused)                       \
     X(storage_log_replay)                    \
+    X(storage_churn)                         \
     X(hnsw_recall_vs_flat)                   \
     X(hnsw_churn)                            \
     X(hnsw_churn_cos)                        \

@@ -765,17 +765,26 @@ static void test_file_roundtrip(void)
 }
 
 /* Damage at every part of a file: refused at open or by vecidx_check,
-** never a crash (this test runs under ASan in `make sanitize`). */
-static void test_file_corruption(void)
+** never a crash (this test runs under ASan in `make sanitize`). Float32
+** records, and int8 codes with kept vectors (format version 4). */
+static void t_file_corruption(uint32_t storage)
 {
     const char *path = "/tmp/vecidx-core-corrupt.vx";
-    vecidx *ix = t_index(VECIDX_HNSW, VECIDX_L2, 4), *ro;
+    vecidx_params p;
+    vecidx *ix = NULL, *ro;
     unsigned char *buf;
     long size, off;
     FILE *f;
     size_t i, found, refused = 0, caught = 0, trials = 0;
     float v[4];
     uint64_t keys[5];
+    vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, 4);
+    p.hnsw_ef_construction = 64;
+    p.threads = 1;
+    p.storage = storage;
+    p.keep_vectors = storage != VECIDX_STORE_F32;
+    CHECK_RC(vecidx_create(&p, &ix), VECIDX_OK);
+    if (!ix) return;
     for (i = 0; i < 300; i++) {
         v[0] = (float)i;
         v[1] = (float)(i % 7);
@@ -818,6 +827,12 @@ static void test_file_corruption(void)
     }
     free(buf);
     unlink(path);
+}
+
+static void test_file_corruption(void)
+{
+    t_file_corruption(VECIDX_STORE_F32);
+    t_file_corruption(VECIDX_STORE_I8);
 }
 
 /* ---- runner ----------------------------------------------------------------

@@ -356,13 +356,21 @@ static void remove_files(void)
     unlink(WALPATH);
 }
 
-/* A fresh empty index file, written with the real I/O layer. */
+/* A fresh empty index file, written with the real I/O layer. Every
+** third flat or HNSW one stores int8 codes and keeps its vectors (format
+** version 4: codes, kept vectors, the storage word), so power cuts and
+** failed calls meet that layout too; vecidx_get stays exact. */
 static int make_index(int kind)
 {
+    static unsigned made;
     vecidx_params p;
     vecidx *ix;
     remove_files();
     vecidx_params_init(&p, kind, VECIDX_L2, D);
+    if (kind != VECIDX_IVFPQ && made++ % 3 == 2) {
+        p.storage = VECIDX_STORE_I8;
+        p.keep_vectors = 1;
+    }
     p.hnsw_m = 4;
     p.hnsw_ef_construction = 16;
     p.threads = 1;
