@@ -259,8 +259,10 @@ typedef struct vecidx_params {
                               and an exact vecidx_get (default 0) */
     uint32_t refine;       /* with keep_vectors: the k*refine best by code
                               distance are re-scored exactly, and returned
-                              distances are exact; 0 = 2 for I8, 10 for
-                              BIN (default 0) */
+                              distances are exact; 0 = 20 for BIN
+                              (recall@10 0.98 in an exact scan of 200k x
+                              384 cosine; 10 gives 0.94), else 2 (default
+                              0) */
 } vecidx_params;
 
 /* Per-query knobs. A zero-initialised struct (or a NULL pointer where a

@@ -246,7 +246,7 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "                      k*R best exactly (default: no re-ranking);",
         "                      vecidx flat and hnsw with a compressed",
         "                      --storage and --keep: re-rank the k*R best by",
-        "                      code distance (default 10 for bin, else 2)",
+        "                      code distance (default 20 for bin, else 2)",
         "  --storage S         vecidx flat and hnsw: f32 (default), f16 (half",
         "                      precision), i8 (a byte per dimension) or bin",
         "                      (a bit per dimension; needs --keep, cos or ip)",

@@ -72,7 +72,7 @@ static inline const char *vxb_storage_name(int storage)
 
 /* The re-rank factor searches use, 1 = none: IVF-PQ's --refine; for
 ** compressed flat and HNSW storage with kept vectors, --refine or else
-** vecidx's default (10 for bin, 2 for the others). It is passed to
+** vecidx's default (20 for bin, 2 for the others). It is passed to
 ** vecidx explicitly, so the factor the output records is the one used
 ** even if the library's default changes. */
 static inline uint32_t vxb_refine(const bn_opts *o)
@@ -82,7 +82,7 @@ static inline uint32_t vxb_refine(const bn_opts *o)
         return o->refine > 1 ? o->refine : 1;
     if (store == VECIDX_STORE_F32 || !o->keep) return 1;
     if (o->refine) return o->refine;
-    return store == VECIDX_STORE_BIN ? 10u : 2u;
+    return store == VECIDX_STORE_BIN ? 20u : 2u;
 }
 
 /* Search options every query of the run shares: the re-rank factor. */

@@ -927,6 +927,10 @@ void test_kernels_quantized(void)
                    "dot_i8 mask %#x d %zu", mask, d);
             CHECKF(k.hamming(x, y, w) == ref.hamming(x, y, w),
                    "hamming mask %#x d %zu", mask, d);
+            got = k.bin_sum(q, x, d);
+            for (i = 0, shh = 0; i < d; i++) shh += fabs((double)q[i]);
+            CHECKF(fabsf(got - ref.bin_sum(q, x, d)) <= (float)(1e-5 * shh),
+                   "bin_sum mask %#x d %zu", mask, d);
             tol = (float)(1e-5 * sabs + 1e-6);
             CHECKF(fabsf(k.dot_f16(q, h, d) - ref.dot_f16(q, h, d)) <= tol,
                    "dot_f16 mask %#x d %zu", mask, d);
