@@ -1002,8 +1002,8 @@ static const vx_kernels vx_kern_neon = {
 **
 ** Compressed vectors trade accuracy for memory and bandwidth: int8 codes
 ** take a quarter of float32, half precision a half, binary codes one bit
-** per dimension. The CPU extensions these kernels want (VNNI, VPOPCNTDQ,
-** F16C, the Armv8.2 dot product) come and go independently of the AVX2 /
+** per dimension. The CPU extensions these kernels want (VNNI, F16C, the
+** Armv8.2 dot product) come and go independently of the AVX2 /
 ** AVX-512 level that picks the float32 table, so the choice is made per
 ** kernel (vx_qkern_pick), from one feature mask (vx_qkern_features). */
 
@@ -1019,7 +1019,6 @@ typedef struct vx_qkernels {
     float (*l2_hh)(const uint16_t *a, const uint16_t *b, size_t d);
     float (*dot_hh)(const uint16_t *a, const uint16_t *b, size_t d);
     /* differing bits of two binary codes of nwords 64-bit words */
-    uint32_t (*hamming)(const uint64_t *a, const uint64_t *b, size_t nwords);
     /* sum of q[i] over the bits i set in a binary code of d bits: a float32
     ** query scored against signs, far finer than two bit strings' Hamming
     ** distance (searches over binary storage stalled at recall 0.84) */
@@ -1036,10 +1035,8 @@ typedef struct vx_qkernels {
 #define VX_QF_AVX2 0x01u     /* AVX2 and FMA */
 #define VX_QF_AVX512 0x02u   /* AVX-512F, on top of VX_QF_AVX2 */
 #define VX_QF_F16C 0x04u     /* F16C, on top of VX_QF_AVX2 */
-#define VX_QF_POPCNT 0x08u   /* POPCNT */
 #define VX_QF_AVX512BW 0x10u /* AVX-512BW, on top of VX_QF_AVX512 */
 #define VX_QF_VNNI 0x20u     /* AVX512-VNNI, on top of VX_QF_AVX512BW */
-#define VX_QF_VPOPCNT 0x40u  /* AVX512-VPOPCNTDQ, on top of VX_QF_AVX512 */
 #define VX_QF_DOTPROD 0x80u  /* Armv8.2 SDOT (aarch64) */
 
 /* Dimensions summed between two looks at the bound in the l2_bound
@@ -1196,24 +1193,6 @@ static void vx_bin_encode(const float *x, uint64_t *out, size_t d)
     }
 }
 
-static inline uint32_t vx_popcount64(uint64_t x)
-{
-    x -= (x >> 1) & UINT64_C(0x5555555555555555);
-    x = (x & UINT64_C(0x3333333333333333)) +
-        ((x >> 2) & UINT64_C(0x3333333333333333));
-    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
-    return (uint32_t)((x * UINT64_C(0x0101010101010101)) >> 56);
-}
-
-static uint32_t vx_scalar_hamming(const uint64_t *a, const uint64_t *b,
-                                  size_t nwords)
-{
-    uint32_t s = 0;
-    size_t i;
-    for (i = 0; i < nwords; i++) s += vx_popcount64(a[i] ^ b[i]);
-    return s;
-}
-
 /* Selected by multiplying with 0 or 1, not by branches on random bits. */
 static float vx_scalar_bin_sum(const float *q, const uint64_t *bits, size_t d)
 {
@@ -1279,11 +1258,8 @@ static float vx_scalar_l2_bound(const float *a, const float *b, size_t d,
 
 #if defined(VX_HAVE_AVX2)
 #define VX_F16C __attribute__((target("avx2,fma,f16c")))
-#define VX_POPCNT __attribute__((target("popcnt")))
-#define VX_AVX2POPCNT __attribute__((target("avx2,popcnt")))
 #define VX_AVX512BW __attribute__((target("avx512f,avx512bw")))
 #define VX_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
-#define VX_AVX512POPCNT __attribute__((target("avx512f,avx512vpopcntdq")))
 
 VX_AVX2 static inline __m256i vx_avx2_load_i8(const int8_t *p)
 {
@@ -1628,52 +1604,6 @@ VX_AVX512 static float vx_avx512_dot_hh(const uint16_t *a, const uint16_t *b,
     return _mm512_reduce_add_ps(s0);
 }
 
-/* Four independent sums: popcnt has a latency of 3 cycles or more but
-** issues every cycle. */
-VX_POPCNT static uint32_t vx_popcnt_hamming(const uint64_t *a,
-                                            const uint64_t *b, size_t nwords)
-{
-    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t i = 0;
-    for (; i + 4 <= nwords; i += 4) {
-        s0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
-        s1 += (uint64_t)__builtin_popcountll(a[i + 1] ^ b[i + 1]);
-        s2 += (uint64_t)__builtin_popcountll(a[i + 2] ^ b[i + 2]);
-        s3 += (uint64_t)__builtin_popcountll(a[i + 3] ^ b[i + 3]);
-    }
-    for (; i < nwords; i++) s0 += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
-    return (uint32_t)(s0 + s1 + s2 + s3);
-}
-
-/* Nibble lookup: vpshufb counts the bits of 32 nibbles at once, and
-** vpsadbw adds the byte counts into four 64-bit sums. Faster than popcnt
-** from 15 words on (960 bits: 3.4 ns against 4.7), as fast below. */
-VX_AVX2POPCNT static uint32_t vx_avx2_hamming(const uint64_t *a,
-                                              const uint64_t *b, size_t nwords)
-{
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2,
-                                         3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
-                                         2, 3, 2, 3, 3, 4);
-    const __m256i low = _mm256_set1_epi8(0x0f);
-    __m256i s = _mm256_setzero_si256();
-    uint64_t r[4];
-    size_t i = 0;
-    for (; i + 4 <= nwords; i += 4) {
-        __m256i x = _mm256_xor_si256(
-            _mm256_loadu_si256((const __m256i *)(const void *)(a + i)),
-            _mm256_loadu_si256((const __m256i *)(const void *)(b + i)));
-        __m256i c = _mm256_add_epi8(
-            _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low)),
-            _mm256_shuffle_epi8(
-                lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low)));
-        s = _mm256_add_epi64(s, _mm256_sad_epu8(c, _mm256_setzero_si256()));
-    }
-    _mm256_storeu_si256((__m256i *)(void *)r, s);
-    r[0] += r[1] + r[2] + r[3];
-    for (; i < nwords; i++) r[0] += (uint64_t)__builtin_popcountll(a[i] ^ b[i]);
-    return (uint32_t)r[0];
-}
-
 /* Eight bits to eight lanes: each lane tests its own bit of the byte. */
 VX_AVX2 static float vx_avx2_bin_sum(const float *q, const uint64_t *bits,
                                      size_t d)
@@ -1698,34 +1628,6 @@ VX_AVX2 static float vx_avx2_bin_sum(const float *q, const uint64_t *bits,
                           _mm256_maskload_ps(q + i, vx_avx2_tailmask(d - i))));
     }
     return vx_avx2_hsum(s0);
-}
-
-VX_AVX512POPCNT static uint32_t
-vx_avx512_hamming(const uint64_t *a, const uint64_t *b, size_t nwords)
-{
-    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-    size_t i = 0;
-    for (; i + 16 <= nwords; i += 16) {
-        s0 = _mm512_add_epi64(
-            s0, _mm512_popcnt_epi64(_mm512_xor_si512(
-                    _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i))));
-        s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_xor_si512(
-                                      _mm512_loadu_si512(a + i + 8),
-                                      _mm512_loadu_si512(b + i + 8))));
-    }
-    if (i + 8 <= nwords) {
-        s0 = _mm512_add_epi64(
-            s0, _mm512_popcnt_epi64(_mm512_xor_si512(
-                    _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i))));
-        i += 8;
-    }
-    if (i < nwords) {
-        __mmask8 m = (__mmask8)((1u << (nwords - i)) - 1);
-        s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_xor_si512(
-                                      _mm512_maskz_loadu_epi64(m, a + i),
-                                      _mm512_maskz_loadu_epi64(m, b + i))));
-    }
-    return (uint32_t)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));
 }
 
 /* Sixteen bits are a lane mask: one masked add per 16 dimensions. */
@@ -1998,37 +1900,6 @@ static float vx_neon_dot_hh(const uint16_t *a, const uint16_t *b, size_t d)
 }
 #endif /* VX_HAVE_NEON_F16 */
 
-/* vcnt counts bits per byte. Two counts (at most 16 per byte) are added
-** pairwise into uint16 lanes, each gaining at most 32 per step: 1024
-** steps (4096 words) stay far below 65535 before the flush into uint32. */
-static uint32_t vx_neon_hamming(const uint64_t *a, const uint64_t *b,
-                                size_t nwords)
-{
-    uint32x4_t acc = vdupq_n_u32(0);
-    uint32_t r;
-    size_t i = 0, stop;
-    while (nwords - i >= 4) {
-        uint16x8_t s = vdupq_n_u16(0);
-        stop = nwords - i > 4096 ? i + 4096 : nwords;
-        for (; i + 4 <= stop; i += 4) {
-            uint8x16_t x0 = vreinterpretq_u8_u64(
-                veorq_u64(vld1q_u64(a + i), vld1q_u64(b + i)));
-            uint8x16_t x1 = vreinterpretq_u8_u64(
-                veorq_u64(vld1q_u64(a + i + 2), vld1q_u64(b + i + 2)));
-            s = vpadalq_u8(s, vaddq_u8(vcntq_u8(x0), vcntq_u8(x1)));
-        }
-        acc = vpadalq_u16(acc, s);
-    }
-#if defined(__aarch64__)
-    r = vaddvq_u32(acc);
-#else
-    r = vgetq_lane_u32(acc, 0) + vgetq_lane_u32(acc, 1) +
-        vgetq_lane_u32(acc, 2) + vgetq_lane_u32(acc, 3);
-#endif
-    for (; i < nwords; i++) r += vx_popcount64(a[i] ^ b[i]);
-    return r;
-}
-
 static float vx_neon_bin_sum(const float *q, const uint64_t *bits, size_t d)
 {
     static const uint32_t lane[4] = {1, 2, 4, 8};
@@ -2092,7 +1963,6 @@ static unsigned vx_qkern_features(void)
 #if defined(VX_HAVE_AVX2)
     unsigned eax, ebx, ecx = 0, edx;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("popcnt")) f |= VX_QF_POPCNT;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         f |= VX_QF_AVX2;
     /* CPUID.1:ECX. The OS saving the YMM state F16C needs is implied by
@@ -2105,7 +1975,6 @@ static unsigned vx_qkern_features(void)
         if (__builtin_cpu_supports("avx512bw")) f |= VX_QF_AVX512BW;
         if ((f & VX_QF_AVX512BW) && __builtin_cpu_supports("avx512vnni"))
             f |= VX_QF_VNNI;
-        if (__builtin_cpu_supports("avx512vpopcntdq")) f |= VX_QF_VPOPCNT;
     }
 #elif defined(VX_HAVE_NEON_DOTPROD) && defined(__ARM_FEATURE_DOTPROD)
     f |= VX_QF_DOTPROD; /* compiled for it: every CPU that runs this has it */
@@ -2124,17 +1993,14 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     k->dot_f16 = vx_scalar_dot_f16;
     k->l2_hh = vx_scalar_l2_hh;
     k->dot_hh = vx_scalar_dot_hh;
-    k->hamming = vx_scalar_hamming;
     k->bin_sum = vx_scalar_bin_sum;
     k->l2_bound = vx_scalar_l2_bound;
 #if defined(VX_HAVE_AVX2)
-    if (f & VX_QF_POPCNT) k->hamming = vx_popcnt_hamming;
     if (f & VX_QF_AVX2) {
         k->bin_sum = vx_avx2_bin_sum;
         k->dot_i8 = vx_avx2_dot_i8;
         k->l2_bound = vx_avx2_l2_bound;
     }
-    if ((f & VX_QF_AVX2) && (f & VX_QF_POPCNT)) k->hamming = vx_avx2_hamming;
     if (f & VX_QF_F16C) {
         k->l2_f16 = vx_avx2_l2_f16;
         k->dot_f16 = vx_avx2_dot_f16;
@@ -2151,11 +2017,9 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     }
     if (f & VX_QF_AVX512BW) k->dot_i8 = vx_avx512bw_dot_i8;
     if (f & VX_QF_VNNI) k->dot_i8 = vx_avx512vnni_dot_i8;
-    if (f & VX_QF_VPOPCNT) k->hamming = vx_avx512_hamming;
 #endif
 #if defined(VX_HAVE_NEON)
     k->dot_i8 = vx_neon_dot_i8;
-    k->hamming = vx_neon_hamming;
     k->bin_sum = vx_neon_bin_sum;
     k->l2_bound = vx_neon_l2_bound;
 #if defined(VX_HAVE_NEON_F16)
