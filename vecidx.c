@@ -6268,6 +6268,18 @@ static int vx_io_write_all(int fd, const void *buf, size_t n, off_t off)
     return 0;
 }
 
+/* Kept float32 vectors in a mapped file are read a few at a time, to
+** re-rank: without this, readahead pulled them all in (200k x 384, int8
+** codes with vectors kept, cold cache: 416 MB resident after 10k queries,
+** 215 MB with it). Advice only: its failure changes nothing. */
+static void vx_advise_random(const void *p, size_t len)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t m = pg > 0 ? (uintptr_t)pg - 1 : 4095u;
+    uintptr_t a = ((uintptr_t)p + m) & ~m, e = ((uintptr_t)p + len) & ~m;
+    if (e > a) (void)posix_madvise((void *)a, e - a, POSIX_MADV_RANDOM);
+}
+
 /* fsync the directory holding path, so a rename in it is durable. */
 static int vx_io_sync_dir(const char *path)
 {
@@ -7573,6 +7585,10 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     for (c = 0; c < h->nchunks; c++)
         vx_store_point_chunk(s, &s->chunks[c],
                              base + h->sect[VX_SECT_CHUNKS].off + c * cb);
+    /* The whole section: readahead of the codes ran on into the vectors
+    ** kept after them in each chunk. */
+    if (s->keep)
+        vx_advise_random(base + h->sect[VX_SECT_CHUNKS].off, h->nchunks * cb);
     s->nchunks = s->nmapped = h->nchunks;
     s->nslots = h->nslots;
     s->count = h->count;
