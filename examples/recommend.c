@@ -3,12 +3,17 @@
 ** The shop keeps its catalog -- category, price, stock -- in its own
 ** arrays; vecidx holds only the 512-d product embeddings under the product
 ** id. A recommendation is the k products closest to a shopper's taste
-** vector that are in the wanted category, in stock and within budget: the
-** search filter asks the catalog. While query threads serve shoppers, one
+** vector that are in the wanted category, in stock and within budget.
+** Searches alternate between two ways of saying so: a filter callback that
+** asks the catalog about each candidate (the way this example used to do
+** it), and an allowed set -- the category's bitmap of products in stock,
+** which the shop keeps up to date as products come and go -- with only the
+** price left to a callback. While query threads serve shoppers, one
 ** thread changes the shop: new products, products taken off sale, stock
 ** running out and coming back. At the end it prints query latency
-** percentiles, checks that every recommendation passed the filter, and
-** reopens the file to check it holds exactly the catalog's products.
+** percentiles of each way, checks that every recommendation passed its
+** filters, and reopens the file to check it holds exactly the catalog's
+** products.
 **
 **   examples/recommend [--quick] [PATH]
 **
@@ -38,6 +43,11 @@
 #define K 10
 #define QUERY_THREADS 2
 
+/* Lowest and highest price: the shop knows its prices are spread evenly
+** between them, which tells how many products a budget admits. */
+#define PRICE_MIN 5.0
+#define PRICE_MAX 200.0
+
 /* Product states, changed by the writer while shoppers search. */
 enum {
     GONE = 0,
@@ -53,11 +63,17 @@ typedef struct shop {
     ** the index lock orders them before any search that can return it. */
     uint8_t *category;
     float *price;
-    atomic_uchar *state;  /* changes at any time: atomic */
-    atomic_ulong changes; /* state changes so far, counted after each */
-    float *centroid;      /* CATEGORIES x DIM taste centroids */
-    atomic_int done;      /* shoppers finished: the writer stops */
-    int failed;           /* a check failed (set before threads join) */
+    atomic_uchar *state; /* changes at any time: atomic */
+    /* Per category, bit id % 64 of word id / 64 is set while product id
+    ** is in stock: the allowed sets, without the price, which differs
+    ** from one search to the next. Updated with each state change, read
+    ** by shoppers meanwhile, hence atomic words. */
+    _Atomic uint64_t *in_stock; /* CATEGORIES x words */
+    size_t words;               /* words per category: cap / 64 rounded up */
+    atomic_ulong changes;       /* state changes so far, counted after each */
+    float *centroid;            /* CATEGORIES x DIM taste centroids */
+    atomic_int done;            /* shoppers finished: the writer stops */
+    int failed;                 /* a check failed (set before threads join) */
 } shop;
 
 /* ---- Random numbers ------------------------------------------------- */
@@ -99,6 +115,19 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Called by the one writer after each state change and before counting
+** it, so that short_list_ok's one uncounted change covers the bitmaps
+** too. */
+static void set_in_stock(shop *sh, size_t id, int in_stock)
+{
+    _Atomic uint64_t *w = &sh->in_stock[sh->category[id] * sh->words + id / 64];
+    uint64_t bit = (uint64_t)1 << (id % 64);
+    if (in_stock)
+        atomic_fetch_or_explicit(w, bit, memory_order_relaxed);
+    else
+        atomic_fetch_and_explicit(w, ~bit, memory_order_relaxed);
+}
+
 static int report(const shop *sh, int rc, const char *what)
 {
     fprintf(stderr, "recommend: %s: %s: %s\n", what, vecidx_strerror(rc),
@@ -116,11 +145,13 @@ static int list_product(shop *sh, uint64_t *rng, float *vec)
     int rc;
     if (id >= sh->cap) return 0; /* catalog full: stop listing */
     sh->category[id] = (uint8_t)cat;
-    sh->price[id] = (float)(5 + rnd_unit(rng) * 195);
+    sh->price[id] = (float)(PRICE_MIN +
+                            rnd_unit(rng) * (PRICE_MAX - PRICE_MIN));
     make_embedding(sh, cat, rng, vec);
     if ((rc = vecidx_add(sh->ix, id, vec)) != VECIDX_OK)
         return report(sh, rc, "adding a product");
     atomic_store(&sh->state[id], IN_STOCK);
+    set_in_stock(sh, id, 1);
     atomic_fetch_add(&sh->changes, 1);
     return 0;
 }
@@ -153,6 +184,7 @@ static void *writer_main(void *arg)
         ** index, so no search admits it in between */
         id = (size_t)(rnd_next(&rng) % listed);
         if (atomic_exchange(&sh->state[id], GONE) != GONE) {
+            set_in_stock(sh, id, 0);
             atomic_fetch_add(&sh->changes, 1);
             if ((rc = vecidx_remove(sh->ix, id)) != VECIDX_OK) {
                 report(sh, rc, "removing a product");
@@ -166,11 +198,13 @@ static void *writer_main(void *arg)
             id = (size_t)(rnd_next(&rng) % listed);
             if (atomic_compare_exchange_strong(&sh->state[id], &want,
                                                SOLD_OUT)) {
+                set_in_stock(sh, id, 0);
                 ws.sold_out++;
                 atomic_fetch_add(&sh->changes, 1);
             } else if (want == SOLD_OUT &&
                        atomic_compare_exchange_strong(&sh->state[id], &want,
                                                       IN_STOCK)) {
+                set_in_stock(sh, id, 1);
                 ws.restocked++;
                 atomic_fetch_add(&sh->changes, 1);
             }
@@ -209,6 +243,30 @@ static int admit(uint64_t key, void *ctx)
     return 1;
 }
 
+/* With the allowed set, the callback is left only the budget. */
+static int admit_price(uint64_t key, void *ctx)
+{
+    wish *w = ctx;
+    if (key >= w->sh->cap || w->sh->price[key] > w->budget) return 0;
+    w->admitted[key] = w->query;
+    return 1;
+}
+
+/* This search's allowed set: the wanted category's products in stock now,
+** copied because the library needs a set that holds still during the
+** call while the writer goes on changing the shop's. A word per 64
+** product ids, up to the last id listed: 10 KB for 80,000 products. */
+static uint64_t allowed_now(const shop *sh, unsigned category, uint64_t *bits)
+{
+    const _Atomic uint64_t *src = sh->in_stock + category * sh->words;
+    size_t listed = atomic_load(&sh->nextid), i, n;
+    if (listed > sh->cap) listed = sh->cap;
+    n = (listed + 63) / 64;
+    for (i = 0; i < n; i++)
+        bits[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
+    return (uint64_t)n * 64;
+}
+
 /* A list shorter than k is right only if no more products were wanted.
 ** The catalog changes while we count, but each change moves the count by
 ** one: products wanted now number at most the results, plus the changes
@@ -223,36 +281,65 @@ static int short_list_ok(const wish *w, size_t found, unsigned long since)
     return n <= found + (atomic_load(&sh->changes) - since) + 1;
 }
 
+/* The two ways a search names the products it may return, alternated
+** query by query so that both meet the same index, the same writer and
+** the same caches. */
+enum {
+    BY_CALLBACK,    /* before: the filter asks the catalog about each key */
+    BY_ALLOWED_SET, /* after: the category's in-stock bitmap, the price by
+                       callback */
+    FORMS
+};
+
 typedef struct shopper {
     shop *sh;
     unsigned id;
-    unsigned queries;
-    double *latency; /* seconds, one per query */
-    unsigned long results, bad, short_lists, missed;
+    unsigned queries;       /* of each form */
+    double *latency[FORMS]; /* seconds, one per query */
+    unsigned long results[FORMS], bad, short_lists, missed;
     int failed;
 } shopper;
+
+/* Did result `key` pass every filter of the search? The category never
+** changes, so it is checked again; the rest was decided during the search,
+** which `admitted` and the allowed set copied for it remember. */
+static int passed(const wish *w, int form, const vecidx_search_opts *o,
+                  uint64_t key)
+{
+    const shop *sh = w->sh;
+    if (key >= sh->cap || sh->category[key] != w->category) return 0;
+    if (o->filter && w->admitted[key] != w->query) return 0;
+    if (form == BY_ALLOWED_SET &&
+        (key >= o->allow_bits ||
+         !(o->allow_bitmap[key / 64] >> (key % 64) & 1) ||
+         sh->price[key] > w->budget))
+        return 0;
+    return 1;
+}
 
 static void *shopper_main(void *arg)
 {
     shopper *s = arg;
     shop *sh = s->sh;
-    uint64_t rng = 0x5eed1000 + s->id, keys[K];
+    uint64_t rng = 0x5eed1000 + s->id, keys[K], *bits;
     float taste[DIM], dists[K];
     size_t found, j;
     unsigned q;
     vecidx_search_opts opts;
     wish w;
-    memset(&opts, 0, sizeof opts);
     memset(&w, 0, sizeof w);
     w.sh = sh;
-    if (!(w.admitted = calloc(sh->cap, sizeof *w.admitted))) {
+    w.admitted = calloc(sh->cap, sizeof *w.admitted);
+    bits = malloc(sh->words * sizeof *bits);
+    if (!w.admitted || !bits) {
+        free(w.admitted);
+        free(bits);
         s->failed = 1;
         return NULL;
     }
-    opts.filter = admit;
-    opts.filter_ctx = &w;
-    for (q = 0; q < s->queries; q++) {
+    for (q = 0; q < FORMS * s->queries; q++) {
         unsigned liked = (unsigned)(rnd_next(&rng) % CATEGORIES);
+        int form = (int)(q % FORMS);
         unsigned long changes;
         double t;
         int rc;
@@ -265,23 +352,37 @@ static void *shopper_main(void *arg)
         w.budget = rnd_unit(&rng) < 0.5 ? INFINITY
                                         : (float)(20 + rnd_unit(&rng) * 80);
         w.query = q + 1;
+        memset(&opts, 0, sizeof opts);
+        opts.filter_ctx = &w;
         changes = atomic_load(&sh->changes);
+        /* Copying the allowed set is part of the search's cost: timed. */
         t = now_seconds();
+        if (form == BY_CALLBACK) {
+            opts.filter = admit;
+        } else {
+            opts.allow_bitmap = bits;
+            opts.allow_bits = allowed_now(sh, w.category, bits);
+            /* Without a budget there is nothing left to ask. With one, the
+            ** share of products it admits is known from the price range,
+            ** which spares the library sampling the callback to guess. */
+            if (isfinite(w.budget)) {
+                opts.filter = admit_price;
+                opts.filter_selectivity = (float)((w.budget - PRICE_MIN) /
+                                                  (PRICE_MAX - PRICE_MIN));
+            }
+        }
         rc = vecidx_search(sh->ix, taste, K, &opts, keys, dists, &found);
-        s->latency[q] = now_seconds() - t;
+        s->latency[form][q / FORMS] = now_seconds() - t;
         if (rc != VECIDX_OK) {
             report(sh, rc, "searching");
             s->failed = 1;
             break;
         }
-        /* The check: every result was admitted by this query's filter,
-        ** and its category -- which never changes -- is the one asked. */
         for (j = 0; j < found; j++)
-            if (keys[j] >= sh->cap || w.admitted[keys[j]] != w.query ||
-                sh->category[keys[j]] != w.category ||
+            if (!passed(&w, form, &opts, keys[j]) ||
                 (j > 0 && dists[j] < dists[j - 1]))
                 s->bad++;
-        s->results += found;
+        s->results[form] += found;
         if (found < K) {
             s->short_lists++;
             s->missed += !short_list_ok(&w, found, changes);
@@ -299,6 +400,7 @@ static void *shopper_main(void *arg)
         }
     }
     free(w.admitted);
+    free(bits);
     return NULL;
 }
 
@@ -351,6 +453,7 @@ int main(int argc, char **argv)
     char dir[512] = "", path[600];
     size_t initial, i, n;
     unsigned per_thread, t;
+    int f;
     shop sh;
     vecidx_params p;
     float *vecs;
@@ -360,7 +463,9 @@ int main(int argc, char **argv)
     writer_stats *ws;
     void *ret;
     double t0, load_s, run_s, *all;
-    unsigned long results = 0, bad = 0, short_lists = 0, missed = 0;
+    unsigned long results[FORMS] = {0}, bad = 0, short_lists = 0, missed = 0;
+    static const char *const form_name[FORMS] = {
+        "before, by callback:        ", "after, by allowed set:      "};
     struct stat sb;
 
     for (argi = 1; argi < argc; argi++) {
@@ -400,19 +505,22 @@ int main(int argc, char **argv)
     atomic_init(&sh.nextid, 0);
     atomic_init(&sh.changes, 0);
     atomic_init(&sh.done, 0);
-    sh.cap = initial + 4 * (size_t)per_thread * QUERY_THREADS;
+    sh.cap = initial + 4 * (size_t)per_thread * QUERY_THREADS * FORMS;
+    sh.words = (sh.cap + 63) / 64;
     sh.category = calloc(sh.cap, 1);
     sh.price = calloc(sh.cap, sizeof *sh.price);
     sh.state = calloc(sh.cap, sizeof *sh.state);
+    sh.in_stock = calloc(sh.words * CATEGORIES, sizeof *sh.in_stock);
     sh.centroid = malloc(sizeof *sh.centroid * CATEGORIES * DIM);
     vecs = malloc(sizeof *vecs * initial * DIM);
     keys = malloc(sizeof *keys * initial);
-    if (!sh.category || !sh.price || !sh.state || !sh.centroid || !vecs ||
-        !keys) {
+    if (!sh.category || !sh.price || !sh.state || !sh.in_stock ||
+        !sh.centroid || !vecs || !keys) {
         fprintf(stderr, "recommend: out of memory\n");
         return 1;
     }
     for (i = 0; i < sh.cap; i++) atomic_init(&sh.state[i], GONE);
+    for (i = 0; i < sh.words * CATEGORIES; i++) atomic_init(&sh.in_stock[i], 0);
     for (i = 0; i < (size_t)CATEGORIES * DIM; i++)
         sh.centroid[i] = rnd_normal(&rng) * 0.2f;
 
@@ -437,15 +545,19 @@ int main(int argc, char **argv)
     for (i = 0; i < initial; i++) {
         unsigned cat = (unsigned)(rnd_next(&rng) % CATEGORIES);
         sh.category[i] = (uint8_t)cat;
-        sh.price[i] = (float)(5 + rnd_unit(&rng) * 195);
+        sh.price[i] = (float)(PRICE_MIN +
+                              rnd_unit(&rng) * (PRICE_MAX - PRICE_MIN));
         make_embedding(&sh, cat, &rng, vecs + i * DIM);
         keys[i] = i;
     }
     rc = vecidx_add_batch(sh.ix, initial, keys, vecs);
     if (rc == VECIDX_OK) rc = vecidx_checkpoint(sh.ix);
     if (rc != VECIDX_OK) return report(&sh, rc, "loading the catalog");
-    for (i = 0; i < initial; i++)
-        atomic_store(&sh.state[i], rnd_unit(&rng) < 0.85 ? IN_STOCK : SOLD_OUT);
+    for (i = 0; i < initial; i++) {
+        int in_stock = rnd_unit(&rng) < 0.85;
+        atomic_store(&sh.state[i], in_stock ? IN_STOCK : SOLD_OUT);
+        set_in_stock(&sh, i, in_stock);
+    }
     atomic_store(&sh.nextid, initial);
     load_s = now_seconds() - t0;
     free(vecs);
@@ -455,7 +567,8 @@ int main(int argc, char **argv)
            initial, DIM, CATEGORIES, load_s, path);
 
     /* Serve: shoppers search while the writer changes the shop. */
-    all = malloc(sizeof *all * per_thread * QUERY_THREADS);
+    n = (size_t)per_thread * QUERY_THREADS; /* searches of each form */
+    all = malloc(sizeof *all * n * FORMS);
     if (!all) return 1;
     t0 = now_seconds();
     if (pthread_create(&writer, NULL, writer_main, &sh) != 0) return 1;
@@ -464,13 +577,14 @@ int main(int argc, char **argv)
         shoppers[t].sh = &sh;
         shoppers[t].id = t;
         shoppers[t].queries = per_thread;
-        shoppers[t].latency = all + (size_t)t * per_thread;
+        for (f = 0; f < FORMS; f++)
+            shoppers[t].latency[f] = all + f * n + (size_t)t * per_thread;
         if (pthread_create(&threads[t], NULL, shopper_main, &shoppers[t]))
             return 1;
     }
     for (t = 0; t < QUERY_THREADS; t++) {
         pthread_join(threads[t], NULL);
-        results += shoppers[t].results;
+        for (f = 0; f < FORMS; f++) results[f] += shoppers[t].results[f];
         bad += shoppers[t].bad;
         short_lists += shoppers[t].short_lists;
         missed += shoppers[t].missed;
@@ -482,18 +596,24 @@ int main(int argc, char **argv)
     ws = ret;
     failed |= ws->failed;
 
-    n = (size_t)per_thread * QUERY_THREADS;
-    qsort(all, n, sizeof *all, cmp_double);
     printf("while %zu searches ran on %d threads (%.0f per second): %lu "
            "products added, %lu removed, %lu sold out, %lu restocked\n",
-           n, QUERY_THREADS, (double)n / run_s, ws->added, ws->removed,
-           ws->sold_out, ws->restocked);
-    printf("latency of a filtered top-%d search: p50 %.3f ms  p95 %.3f ms  "
-           "p99 %.3f ms  max %.3f ms\n",
-           K, percentile(all, n, 50) * 1e3, percentile(all, n, 95) * 1e3,
-           percentile(all, n, 99) * 1e3, all[n - 1] * 1e3);
-    printf("filter check: %lu results, %lu not admitted by the filter: %s\n",
-           results, bad, bad ? "FAILED" : "ok");
+           n * FORMS, QUERY_THREADS, (double)(n * FORMS) / run_s, ws->added,
+           ws->removed, ws->sold_out, ws->restocked);
+    printf("latency of a filtered top-%d search, %zu searches each way:\n", K,
+           n);
+    for (f = 0; f < FORMS; f++) {
+        double *v = all + f * n;
+        qsort(v, n, sizeof *v, cmp_double);
+        printf("  %s p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  max %.3f ms\n",
+               form_name[f], percentile(v, n, 50) * 1e3,
+               percentile(v, n, 95) * 1e3, percentile(v, n, 99) * 1e3,
+               v[n - 1] * 1e3);
+    }
+    printf("filter check: %lu results by callback, %lu by allowed set, %lu "
+           "not admitted by their filters: %s\n",
+           results[BY_CALLBACK], results[BY_ALLOWED_SET], bad,
+           bad ? "FAILED" : "ok");
     printf("short lists: %lu searches found fewer than %d, %lu of them while "
            "more products were wanted: %s\n",
            short_lists, K, missed, missed ? "FAILED" : "ok");
@@ -514,6 +634,7 @@ int main(int argc, char **argv)
     free(sh.category);
     free(sh.price);
     free(sh.state);
+    free(sh.in_stock);
     free(sh.centroid);
     printf("%s\n", failed ? "FAILED" : "all checks passed");
     return failed;

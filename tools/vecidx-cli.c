@@ -6,6 +6,7 @@
 **                 [--storage f32|f16|i8|bin [--keep-vectors]]
 **   vecidx import PATH FILE          (.fvecs, .npy or .csv)
 **   vecidx query PATH --vector "0.1,0.2,..." | --fvecs FILE [-k 10]
+**                [--allow KEYFILE]
 **   vecidx stats|check|checkpoint PATH
 **   vecidx export PATH FILE          (.fvecs, .npy or .csv)
 **
@@ -178,6 +179,7 @@ enum {
     O_FVECS,
     O_K,
     O_EF,
+    O_ALLOW,
     O_COUNT
 };
 
@@ -212,6 +214,7 @@ static const struct {
     [O_FVECS] = {"fvecs", 0, 1},
     [O_K] = {"k", 'k', 1},
     [O_EF] = {"ef", 0, 1},
+    [O_ALLOW] = {"allow", 0, 1},
 };
 
 #define BIT(o) (1ull << (o))
@@ -1139,11 +1142,74 @@ static const char help_query[] =
     "  --refine N    re-rank factor (default: the index's): IVF-PQ, or\n"
     "                compressed storage with the float32 vectors kept\n"
     "  --threads N   threads for --fvecs queries (default: one per CPU)\n"
+    "  --allow FILE  return only keys listed in FILE ('-': standard input),\n"
+    "                one decimal key per line; blank lines and text from #\n"
+    "                to the end of a line are ignored. Keys not in the\n"
+    "                index are fine; a file without keys admits none\n"
     "  --json        one JSON object per result:\n"
     "                {\"query\":0,\"rank\":1,\"key\":42,\"distance\":0.1}\n"
     "Text output has a header line, then: query, rank, key, distance.\n"
     "Distances are smaller-is-closer: squared L2, -inner product, or cosine\n"
     "distance.\n";
+
+/* --allow FILE: the keys the queries may return, kept whole in memory
+** as the library needs them for the call. A key per line rather than a
+** free-form list so that an error can name its line, and comments so the
+** file can say where the keys came from. */
+static int read_allow(const char *path, uint64_t **out, size_t *count)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    const char *name = f == stdin ? "(standard input)" : path;
+    char *text = NULL;
+    size_t text_cap = 0, cap = 1024, n = 0;
+    uint64_t line = 0, *keys = NULL;
+    int rc = 0;
+    if (!f) return fail("cannot open '%s': %s", path, strerror(errno));
+    if (!(keys = malloc(cap * sizeof *keys))) rc = fail("out of memory");
+    while (!rc) {
+        const char *p, *end;
+        int bad;
+        ssize_t len = getline(&text, &text_cap, f);
+        if (len < 0) {
+            if (ferror(f))
+                rc = fail("%s: read error: %s", name, strerror(errno));
+            break;
+        }
+        line++;
+        p = text + strspn(text, " \t");
+        if (*p == '#' || *p == '\r' || *p == '\n' || *p == '\0') continue;
+        bad = parse_u64(p, &keys[n], &end) != 0;
+        if (!bad) {
+            end += strspn(end, " \t");
+            bad = *end && *end != '#' && *end != '\r' && *end != '\n';
+        }
+        if (bad) {
+            rc = fail("%s:%" PRIu64 ": '%.*s' is not a key (an unsigned "
+                      "integer below 2^64)",
+                      name, line, (int)strcspn(p, "\r\n"), p);
+            break;
+        }
+        if (++n == cap) {
+            uint64_t *more = realloc(keys, 2 * cap * sizeof *keys);
+            if (!more) {
+                rc = fail("out of memory");
+                break;
+            }
+            keys = more;
+            cap *= 2;
+        }
+    }
+    free(text);
+    if (f != stdin) fclose(f);
+    if (rc) {
+        free(keys);
+        return rc;
+    }
+    if (n == 0) warn("%s lists no keys: no result can be returned", name);
+    *out = keys;
+    *count = n;
+    return 0;
+}
 
 /* --vector "0.1, 0.2 0.3" or "[0.1,0.2,0.3]" */
 static int parse_vector(const char *s, float **out, uint32_t *n)
@@ -1218,7 +1284,7 @@ static int cmd_query(const args *a)
     vecidx_stats_t st;
     vecidx *ix = NULL;
     float *q = NULL, *dists = NULL;
-    uint64_t *keys = NULL;
+    uint64_t *keys = NULL, *allow = NULL;
     size_t *found = NULL, nq, got, batch;
     reader r;
     int rc, lrc;
@@ -1234,8 +1300,18 @@ static int cmd_query(const args *a)
         (rc = opt_u32(a, O_THREADS, 1, 4096, &threads)))
         return rc;
     so.threads = threads;
+    if (a->val[O_ALLOW] && a->val[O_FVECS] &&
+        strcmp(a->val[O_ALLOW], "-") == 0 && strcmp(a->val[O_FVECS], "-") == 0)
+        return usage_error("--allow and --fvecs cannot both read standard "
+                           "input");
     if (a->val[O_VECTOR] && (rc = parse_vector(a->val[O_VECTOR], &q, &n)))
         return rc;
+    /* Non-NULL even when the file holds no keys: that admits nothing,
+    ** where NULL would admit everything. */
+    if (a->val[O_ALLOW] &&
+        (rc = read_allow(a->val[O_ALLOW], &allow, &so.allow_count)))
+        goto out;
+    so.allow_keys = allow;
     if ((rc = open_index(path, VECIDX_RDONLY, 0, &ix))) goto out;
     vecidx_stats(ix, &st);
     batch = q ? 1 : 1024;
@@ -1280,6 +1356,7 @@ static int cmd_query(const args *a)
 out:
     reader_close(&r);
     free(q);
+    free(allow);
     free(keys);
     free(dists);
     free(found);
@@ -1589,7 +1666,7 @@ static const char help_main[] =
     "                            create an empty index file\n"
     "  import PATH FILE          add the vectors of a .fvecs, .npy or .csv "
     "file\n"
-    "  query PATH (--vector V | --fvecs FILE) [-k N]\n"
+    "  query PATH (--vector V | --fvecs FILE) [-k N] [--allow FILE]\n"
     "                            find the nearest stored vectors\n"
     "  stats PATH                describe the index\n"
     "  check PATH                verify the index\n"
@@ -1620,7 +1697,7 @@ static const struct command {
          BIT(O_THREADS) | BIT(O_QUIET)},
     {"query", cmd_query, help_query, 1,
      COMMON | BIT(O_VECTOR) | BIT(O_FVECS) | BIT(O_K) | BIT(O_EF) |
-         BIT(O_NPROBE) | BIT(O_REFINE) | BIT(O_THREADS)},
+         BIT(O_NPROBE) | BIT(O_REFINE) | BIT(O_THREADS) | BIT(O_ALLOW)},
     {"stats", cmd_stats, help_stats, 1, COMMON},
     {"check", cmd_check, help_check, 1, COMMON},
     {"checkpoint", cmd_checkpoint, help_checkpoint, 1, COMMON},

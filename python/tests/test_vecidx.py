@@ -636,6 +636,210 @@ def test_filter_exception_is_reraised():
     assert len(ix) == 20 and len(ix.search(np.zeros(4), k=20)[0]) == 20
 
 
+# ---- Allowed sets -----------------------------------------------------------
+
+# Skipped, like the tests of functions the library lacks, while the loaded
+# library predates allowed sets (it would ignore them); the source-tree
+# test below makes sure that never hides a library built from this tree.
+NEEDS_ALLOW = pytest.mark.skipif(not _index._allowed_sets_supported(),
+                                 reason="library ignores allowed sets")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "vecidx.h")),
+                    reason="not in the source tree")
+def test_library_of_this_tree_honours_allowed_sets():
+    with open(os.path.join(REPO, "vecidx.h")) as f:
+        declared = "allow_keys" in f.read()
+    if declared and vecidx.library_version() == header_version():
+        assert _index._allowed_sets_supported()
+
+
+@pytest.fixture(scope="module")
+def indexes(data):
+    x, _ = data
+    keys = np.arange(len(x), dtype=np.uint64)
+    out = {}
+    for kind, params in (("flat", {}), ("hnsw", {"seed": 1}),
+                         ("ivfpq", {"nlist": 16, "pq_m": 8,
+                                    "keep_vectors": True, "refine": 4})):
+        ix = vecidx.Index(32, kind=kind, metric="l2", **params)
+        if kind == "ivfpq":
+            ix.train(x)
+        ix.add(keys, x)
+        out[kind] = ix
+    return out
+
+
+def _rows_within(found, allowed):
+    return all(int(k) in allowed for k in np.asarray(found).ravel()
+               if k != vecidx.MISSING_KEY)
+
+
+@NEEDS_ALLOW
+def test_allowed_set_flat_equals_the_callback(data, indexes):
+    x, q = data
+    flat = indexes["flat"]
+    rng = np.random.default_rng(3)
+    for size in (3, 40, 400, 3000):
+        allowed = set(int(k) for k in rng.choice(len(x), size, replace=False))
+        ka, da, fa = flat.search(q, k=10, allowed=allowed, return_found=True)
+        kc, dc, fc = flat.search(q, k=10, filter=allowed.__contains__,
+                                 return_found=True)
+        # Exact search with ties by key: the same rows exactly.
+        np.testing.assert_array_equal(ka, kc)
+        np.testing.assert_array_equal(da, dc)
+        np.testing.assert_array_equal(fa, fc)
+        assert list(fa) == [min(10, size)] * len(q)
+        assert _rows_within(ka, allowed)
+        # One query at a time gives the rows of the batch.
+        k1, d1 = flat.search(q[5], k=10, allowed=allowed)
+        np.testing.assert_array_equal(k1, ka[5, :fa[5]])
+
+
+@NEEDS_ALLOW
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_allowed_set_approximate(data, indexes, kind):
+    x, q = data
+    ix = indexes[kind]
+    keys = np.arange(len(x), dtype=np.uint64)
+    exact = exact_dists("l2", x, q)
+    args = {"ef": 128} if kind == "hnsw" else {"nprobe": 16}
+    for step in (2, 25, 400):
+        allowed = np.arange(0, len(x), step)
+        admitted = keys % step == 0
+        ka, da, fa = ix.search(q, k=10, allowed=allowed, return_found=True,
+                               **args)
+        assert _rows_within(ka, set(allowed.tolist()))
+        assert recall(ka, exact, keys, 10, admitted) >= 0.9
+        kc, _ = ix.search(q, k=10, filter=lambda k: k % step == 0, **args)
+        assert recall(kc, exact, keys, 10, admitted) >= 0.9
+    # Fewer allowed keys than k: every one of them, nearest first.
+    few = [7, 1234, 3999, 250, 17]
+    k1, d1 = ix.search(q[0], k=10, allowed=few, **args)
+    assert sorted(k1.tolist()) == sorted(few)
+    assert (np.diff(d1) >= 0).all()
+
+
+@NEEDS_ALLOW
+def test_allowed_forms_agree(data, indexes):
+    x, q = data
+    flat = indexes["flat"]
+    base = list(range(5, 4000, 11))
+    want, _ = flat.search(q[:10], k=10, allowed=set(base))
+    big = 2 ** 64 - 1  # a key no index here holds
+    for form in (base, tuple(base), range(5, 4000, 11), iter(base),
+                 frozenset(base), {k: None for k in base},
+                 np.array(base, dtype=np.int64),
+                 np.array(base, dtype=np.uint64),
+                 np.array(base, dtype=np.uint32),
+                 np.repeat(np.array(base, dtype=np.uint64), 2)[::2],  # a view
+                 np.array(base, dtype=">u8"),                # byte-swapped
+                 base + base + [big, 10 ** 6],  # duplicates, absent keys
+                 [np.int64(k) for k in base],
+                 np.array(base, dtype=object)):
+        got, _ = flat.search(q[:10], k=10, allowed=form)
+        np.testing.assert_array_equal(got, want, err_msg=repr(type(form)))
+    # The bitmap forms: flags indexed by key, and packed words.
+    mask = np.zeros(4000, dtype=bool)
+    mask[base] = True
+    got, _ = flat.search(q[:10], k=10, allowed_bitmap=mask)
+    np.testing.assert_array_equal(got, want)
+    got, _ = flat.search(q[:10], k=10, allowed_bitmap=mask.tolist())
+    np.testing.assert_array_equal(got, want)
+    words = np.zeros(63, dtype=np.uint64)
+    for k in base:
+        words[k // 64] |= np.uint64(1) << np.uint64(k % 64)
+    got, _ = flat.search(q[:10], k=10, allowed_bitmap=words)
+    np.testing.assert_array_equal(got, want)
+
+
+@NEEDS_ALLOW
+def test_allowed_filters_combine(data, indexes):
+    x, q = data
+    flat = indexes["flat"]
+    evens = set(range(0, 4000, 2))
+    mask = np.zeros(3000, dtype=bool)    # keys 3000 and up: not admitted
+    mask[::3] = True
+    both = {k for k in evens if k < 3000 and k % 3 == 0 and k % 5 == 0}
+    want, wd = flat.search(q[:20], k=10, filter=both.__contains__)
+    got, gd = flat.search(q[:20], k=10, allowed=evens, allowed_bitmap=mask,
+                          filter=lambda k: k % 5 == 0, selectivity=0.2)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(gd, wd)
+    assert _rows_within(got, both)
+    # A bitmap shorter than the keys admits none beyond its end.
+    got, _ = flat.search(q[:20], k=10, allowed_bitmap=np.ones(100, bool))
+    assert (got < 100).all()
+
+
+@NEEDS_ALLOW
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_allowed_empty_admits_nothing(data, indexes, kind):
+    _, q = data
+    ix = indexes[kind]
+    for empty in (set(), [], np.array([], dtype=np.uint64), np.array([])):
+        k1, d1 = ix.search(q[0], k=5, allowed=empty)
+        assert len(k1) == 0 and len(d1) == 0
+        kb, db, fb = ix.search(q[:4], k=5, allowed=empty, return_found=True)
+        assert list(fb) == [0] * 4 and np.isinf(db).all()
+        assert (kb == vecidx.MISSING_KEY).all()
+    for empty in (np.zeros(0, dtype=bool), np.zeros(4000, dtype=bool),
+                  np.zeros(0, dtype=np.uint64)):
+        k1, _ = ix.search(q[0], k=5, allowed_bitmap=empty)
+        assert len(k1) == 0
+
+
+@NEEDS_ALLOW
+def test_allowed_batch_on_threads(data, indexes):
+    _, q = data
+    hnsw = indexes["hnsw"]
+    allowed = np.arange(1, 4000, 3, dtype=np.uint64)
+    one, _ = hnsw.search(q, k=10, ef=96, threads=1, allowed=allowed)
+    two, _ = hnsw.search(q, k=10, ef=96, threads=2, allowed=allowed)
+    np.testing.assert_array_equal(one, two)
+    assert _rows_within(two, set(allowed.tolist()))
+    for i in (0, 37, 99):
+        ki, _ = hnsw.search(q[i], k=10, ef=96, allowed=allowed)
+        np.testing.assert_array_equal(ki, one[i])
+
+
+def test_allowed_arguments_are_checked():
+    ix = vecidx.Index(4, kind="flat", metric="l2")
+    ix.add(range(10), np.random.default_rng(0).random((10, 4)))
+    q = np.zeros(4)
+    bad_allowed = ([3, -1], np.array([3, -1]), {-5}, [1.5], ["3"], "123",
+                   7, np.array([[1, 2]]), np.array([True, False]),
+                   [True], [2 ** 64], np.array([1.0]))
+    for bad in bad_allowed:
+        with pytest.raises(ValueError):
+            ix.search(q, k=3, allowed=bad)
+    bad_bitmaps = (np.array([1, 0, 1]), [1, 0], np.zeros((2, 2), bool),
+                   np.zeros(3, np.float32), np.zeros(3, np.uint32), "101")
+    for bad in bad_bitmaps:
+        with pytest.raises(ValueError):
+            ix.search(q, k=3, allowed_bitmap=bad)
+    for bad in (0, -0.5, 1.5, float("nan"), "0.5", True, None.__class__):
+        with pytest.raises(ValueError):
+            ix.search(q, k=3, filter=lambda k: True, selectivity=bad)
+    # selectivity describes the callback; alone it is a mistake.
+    with pytest.raises(ValueError, match="needs a filter"):
+        ix.search(q, k=3, selectivity=0.5)
+    keys, _ = ix.search(q, k=3, filter=lambda k: k < 5, selectivity=0.5)
+    assert len(keys) == 3 and (keys < 5).all()
+
+
+def test_allowed_refused_by_a_library_that_ignores_it(monkeypatch):
+    ix = vecidx.Index(4, kind="flat", metric="l2")
+    ix.add(range(10), np.random.default_rng(0).random((10, 4)))
+    monkeypatch.setattr(_index, "_allow_support", False)
+    with pytest.raises(vecidx.NotSupportedError, match="allowed sets"):
+        ix.search(np.zeros(4), k=3, allowed={1, 2})
+    with pytest.raises(vecidx.NotSupportedError):
+        ix.search(np.zeros((2, 4)), k=3, allowed_bitmap=np.ones(4, bool))
+    # Searches without an allowed set are unaffected.
+    assert len(ix.search(np.zeros(4), k=3)[0]) == 3
+
+
 # ---- Files ------------------------------------------------------------------
 
 def test_persistence_round_trip(tmp_path, data):
@@ -803,6 +1007,20 @@ assert found == [8] and len(keys[0]) == 8                    # unpadded
 keys, _ = ix.search(array.array("f", [0, 0, 0.9, 0]), k=1,
                     filter=lambda k: k != 3)
 assert keys == [6], keys
+if _index._allowed_sets_supported():
+    keys, _ = ix.search([0, 0, 0.9, 0], k=3, allowed={3, 8, 99})
+    assert keys == [3, 8], keys
+    keys, _ = ix.search([[0, 0, 0.9, 0]], k=3,
+                        allowed_bitmap=[False, True, False, False, True])
+    assert keys == [[1, 4]], keys
+    keys, _ = ix.search([0, 0, 0.9, 0], k=3, allowed=[])
+    assert keys == [], keys
+try:
+    ix.search([0, 0, 0, 1], k=1, allowed=[-4])
+except vecidx.InvalidArgumentError:
+    pass
+else:
+    raise AssertionError("negative allowed key accepted")
 assert sorted(ix.keys()) == [1, 2, 3, 4, 5, 6, 7, 8]
 assert ix.get(7) == [2.0, 0.0, 0.0, 0.0]
 assert ix.get([1, 4]) == [[1, 0, 0, 0], [0, 0, 0, 1]]

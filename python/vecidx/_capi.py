@@ -97,6 +97,11 @@ class SearchOpts(ctypes.Structure):
         ("threads", ctypes.c_uint32),
         ("filter", FILTER_FN),
         ("filter_ctx", ctypes.c_void_p),
+        ("allow_keys", ctypes.c_void_p),
+        ("allow_count", ctypes.c_size_t),
+        ("allow_bitmap", ctypes.c_void_p),
+        ("allow_bits", ctypes.c_uint64),
+        ("filter_selectivity", ctypes.c_float),
     ]
 
 

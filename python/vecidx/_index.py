@@ -1,6 +1,7 @@
 """The Index class: a vecidx handle with a Pythonic interface."""
 
 import ctypes
+import numbers
 import operator
 import os
 import sys
@@ -151,6 +152,187 @@ def _keys_arg(obj):
     keys = _key_list(obj)
     buf = (ctypes.c_uint64 * len(keys))(*keys)
     return (ctypes.addressof(buf) if keys else None), len(keys), buf
+
+
+_BOOL_KEYS = ("allowed holds keys, not flags: pass a mask indexed by key "
+              "as allowed_bitmap")
+
+
+def _allowed_list(seq):
+    out = []
+    for k in seq:
+        if isinstance(k, bool):
+            raise InvalidArgumentError(_BOOL_KEYS)
+        out.append(_uint(k, "allowed key", _capi.UINT64_MAX))
+    return out
+
+
+def _allowed_arg(obj):
+    """(address, n, owner) of a uint64 array of the keys in `allowed`.
+
+    The address is never NULL, even for no keys: the library reads NULL as
+    "no allowed set given", while an empty set must admit nothing.
+    """
+    if isinstance(obj, (str, bytes)) or _is_scalar_key(obj) or \
+            not (hasattr(obj, "__iter__") or hasattr(obj, "__getitem__")):
+        raise InvalidArgumentError(
+            "allowed must be a collection of keys (a set, a list, an "
+            "integer array), not %s" % type(obj).__name__)
+    if np is None:
+        keys = _allowed_list(obj)
+        buf = (ctypes.c_uint64 * max(len(keys), 1))(*keys)
+        return ctypes.addressof(buf), len(keys), buf
+    arr = obj
+    if not isinstance(obj, np.ndarray):
+        seq = obj if isinstance(obj, list) else list(obj)
+        # NumPy converts a list of ints in one C loop, 7 times faster than
+        # checking each in Python; what it cannot type as integers (keys
+        # from 2**63 up, floats, anything odd) is checked one by one.
+        try:
+            arr = np.array(seq) if seq else np.empty(0, dtype=np.uint64)
+        except (ValueError, TypeError, OverflowError):
+            arr = None
+        if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iub":
+            arr = np.array(_allowed_list(seq), dtype=np.uint64)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(
+            "allowed must be one-dimensional, got shape %s" % (arr.shape,))
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise InvalidArgumentError(_BOOL_KEYS)
+    if kind == "u":
+        arr = np.ascontiguousarray(arr, dtype=np.uint64)
+        if not arr.flags.aligned:
+            arr = arr.copy()
+    elif kind == "i":
+        if arr.size and arr.min() < 0:
+            raise InvalidArgumentError(
+                "allowed key %d is out of range 0..%d"
+                % (int(arr.min()), _capi.UINT64_MAX))
+        arr = arr.astype(np.uint64)
+    elif kind == "O" or arr.size == 0:
+        arr = np.array(_allowed_list(arr), dtype=np.uint64)
+    else:
+        raise InvalidArgumentError(
+            "allowed must hold integer keys, got an array of %s" % arr.dtype)
+    n = arr.size
+    if n == 0:
+        arr = np.zeros(1, dtype=np.uint64)
+    return arr.ctypes.data, n, arr
+
+
+_BITMAP_TYPES = ("allowed_bitmap must be a bool array (a flag per key) or a "
+                 "uint64 array (64 keys per word, key x at bit x %% 64 of "
+                 "word x // 64), not %s")
+
+
+def _bitmap_arg(obj):
+    """(address, bits, owner) of allowed_bitmap in the library's layout:
+    key x admitted when x < bits and bit x % 64 of word x // 64 is set.
+
+    A bool array (flag i for key i) is packed; a uint64 array is taken as
+    the words themselves, in place, for callers that keep their bitmaps
+    packed. Other integer arrays are refused: 0/1 flags and words would be
+    indistinguishable.
+    """
+    if np is None:
+        flags = list(obj) if not isinstance(obj, (str, bytes)) else None
+        if flags is None or not all(isinstance(f, bool) for f in flags):
+            raise InvalidArgumentError(
+                "allowed_bitmap must be a sequence of bools (a flag per "
+                "key) without NumPy")
+        words = (ctypes.c_uint64 * max((len(flags) + 63) // 64, 1))()
+        for i, f in enumerate(flags):
+            if f:
+                words[i >> 6] |= 1 << (i & 63)
+        return ctypes.addressof(words), len(flags), words
+    arr = obj if isinstance(obj, np.ndarray) else np.asarray(obj)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(
+            "allowed_bitmap must be one-dimensional, got shape %s"
+            % (arr.shape,))
+    if arr.dtype == np.bool_:
+        bits = arr.size
+        nwords = max((bits + 63) // 64, 1)
+        raw = np.zeros(nwords * 8, dtype=np.uint8)
+        packed = np.packbits(arr, bitorder="little")
+        raw[:packed.size] = packed
+        # Little bit order puts key x at bit x % 8 of byte x // 8, which is
+        # bit x % 64 of word x // 64 when the words are read little-endian.
+        words = raw.view("<u8").astype(np.uint64, copy=False)
+        return words.ctypes.data, bits, words
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8:
+        words = np.ascontiguousarray(arr, dtype=np.uint64)
+        if not words.flags.aligned:
+            words = words.copy()
+        bits = 64 * words.size
+        if bits == 0:
+            words = np.zeros(1, dtype=np.uint64)
+        return words.ctypes.data, bits, words
+    raise InvalidArgumentError(_BITMAP_TYPES % arr.dtype)
+
+
+def _selectivity_arg(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(
+            "selectivity must be a number in (0, 1], not %s"
+            % type(value).__name__)
+    s = float(value)
+    if not 0 < s <= 1:
+        raise InvalidArgumentError("selectivity %r is outside (0, 1]" % s)
+    # The C field is a float, where values below about 1e-45 would become
+    # 0, which means "unknown".
+    return max(s, 1e-30)
+
+
+# Whether the loaded library honours allow_keys and allow_bitmap. One built
+# before them never reads those fields (they fall in the spare room after
+# its struct), so it would return keys outside the set without a word:
+# rather than trust a version number, ask it once, on a one-key index.
+_allow_support = None
+
+
+def _allowed_sets_supported():
+    global _allow_support
+    if _allow_support is None:
+        _allow_support = _probe_allowed_sets()
+    return _allow_support
+
+
+def _probe_allowed_sets():
+    holder = _capi.padded(_capi.Params)
+    if _capi.params_init(ctypes.addressof(holder.s), _capi.FLAT, _capi.L2,
+                         1) != _capi.OK:
+        return False
+    out = ctypes.c_void_p()
+    if _capi.create(ctypes.addressof(holder), ctypes.byref(out)) != _capi.OK:
+        return False
+    h = out.value
+    try:
+        vec = ctypes.c_float(0.0)
+        if _capi.add(h, 0, ctypes.addressof(vec)) != _capi.OK:
+            return False
+        # Key 0 is stored; each form admits key 1 only.
+        key_one = ctypes.c_uint64(1)
+        word_one = ctypes.c_uint64(2)
+        rkey, rdist, found = ctypes.c_uint64(), ctypes.c_float(), \
+            ctypes.c_size_t()
+        for form in ("keys", "bitmap"):
+            oh = _capi.padded(_capi.SearchOpts)
+            if form == "keys":
+                oh.s.allow_keys = ctypes.addressof(key_one)
+                oh.s.allow_count = 1
+            else:
+                oh.s.allow_bitmap = ctypes.addressof(word_one)
+                oh.s.allow_bits = 64
+            rc = _capi.search(h, ctypes.addressof(vec), 1,
+                              ctypes.addressof(oh), ctypes.addressof(rkey),
+                              ctypes.addressof(rdist), ctypes.byref(found))
+            if rc != _capi.OK or found.value != 0:
+                return False
+        return True
+    finally:
+        _capi.close(h)
 
 
 class _Matrix:
@@ -778,7 +960,8 @@ class Index:
     # ---- searching ----------------------------------------------------------
 
     def search(self, queries, k=10, *, ef=None, nprobe=None, refine=None,
-               threads=None, filter=None, return_found=False):
+               threads=None, filter=None, allowed=None, allowed_bitmap=None,
+               selectivity=None, return_found=False):
         """The k nearest stored vectors to each query.
 
         queries: one vector (dim values) or a batch ((nq, dim) array or
@@ -800,6 +983,23 @@ class Index:
         completes (the exception makes it reject keys from then on) and
         the exception is re-raised afterwards. A batch with a filter runs
         on the calling thread unless threads is given.
+        selectivity: roughly what fraction of the stored keys filter
+        admits, in (0, 1], if known; it saves the library sampling the
+        filter to choose how to search. Only with filter.
+        allowed: the keys that may be returned, when they are known up
+        front: a set, list or other iterable of ints, or an integer NumPy
+        array (a uint64 one is passed in place: do not change it during
+        the call). Duplicates and keys not in the index are fine; an empty
+        collection admits nothing. No Python call per candidate, and the
+        library can pick its strategy from the set's size.
+        allowed_bitmap: the same as flags indexed by key: a NumPy bool
+        array (key i admitted when i < len and flag i is set), or a uint64
+        array of packed words (key x at bit x % 64 of word x // 64, used in
+        place). Without NumPy, a sequence of bools.
+        filter, allowed and allowed_bitmap combine: a key is returned only
+        when every one given admits it; allowed sets apply to every query
+        of a batch. A library too old to honour allowed sets raises
+        NotSupportedError rather than ignore them.
         """
         k = _uint(k, "k", _SIZE_MAX)
         holder = _capi.padded(_capi.SearchOpts)
@@ -824,6 +1024,27 @@ class Index:
                 # the whole batch on this thread, which the GIL would
                 # serialise anyway.
                 opts.threads = 1
+        if selectivity is not None:
+            if filter is None:
+                raise InvalidArgumentError(
+                    "selectivity estimates what filter admits; it needs a "
+                    "filter")
+            opts.filter_selectivity = _selectivity_arg(selectivity)
+        # The owners hold the arrays the struct points to until the call
+        # has returned.
+        allow_owner = bitmap_owner = None
+        if allowed is not None:
+            opts.allow_keys, opts.allow_count, allow_owner = \
+                _allowed_arg(allowed)
+        if allowed_bitmap is not None:
+            opts.allow_bitmap, opts.allow_bits, bitmap_owner = \
+                _bitmap_arg(allowed_bitmap)
+        if (allowed is not None or allowed_bitmap is not None) and \
+                not _allowed_sets_supported():
+            raise NotSupportedError(
+                "the loaded library (%s) ignores allowed sets "
+                "(vecidx_search_opts.allow_keys, allow_bitmap); it is older "
+                "than this binding" % _capi.library_path)
 
         if np is None and not hasattr(queries, "__getitem__"):
             queries = list(queries)   # an iterator: inspected twice below
@@ -849,6 +1070,7 @@ class Index:
                 raise error_for(rc, h)
         finally:
             self._release()
+        del allow_owner, bitmap_owner
         if errors:
             raise errors[0]
 

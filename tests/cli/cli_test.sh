@@ -236,6 +236,79 @@ equal "$(wc -l <truth.txt | tr -d ' ')" 2000 "flat results"
 common=$(comm -12 truth.txt approx.txt | wc -l)
 [ "$common" -ge 1900 ] && ok || bad "hnsw recall@10 $common/2000 < 0.95"
 
+# ---- queries restricted to listed keys (--allow) ----------------------------
+# Keys 1000 + 3i are stored; the list names four of them, keys the index
+# does not hold, a duplicate, comments and blank lines.
+cat >allow.txt <<'END'
+# products in stock
+1000
+  1015   # row 5, with spaces around
+1300
+
+1450
+1015
+999
+7
+18446744073709551615
+END
+# With k above the number of listed stored keys, every one of them comes
+# back, row 5 first at distance 0, and no other key.
+for ix in flat hnsw; do
+    run 0 query $ix.vx --vector "$row5" -k 10 --allow allow.txt
+    equal "$(awk 'NR > 1 { print $3 }' out | sort -n | tr '\n' ' ')" \
+        "1000 1015 1300 1450 " "$ix --allow results"
+    equal "$(sed -n 2p out | awk '{ print $3, $4 }')" "1015 0" \
+        "$ix --allow nearest"
+done
+# Every query of a file, allowed half the keys: for the flat index, each
+# query's results are its first 5 unrestricted results among those keys.
+awk -F, 'NR > 1 && NR % 2 == 0 { print $1 }' data.csv >even.txt
+run 0 query flat.vx --fvecs q.fvecs -k 5 --allow even.txt --json
+json_valid out
+equal "$(grep -c '"rank":5' out)" 200 "--allow: 5 results for each query"
+sed 's/.*"key":\([0-9]*\).*/\1/' out | sort -u >allow-keys.txt
+equal "$(sort -u even.txt | comm -13 - allow-keys.txt | wc -l | tr -d ' ')" \
+    0 "--allow: keys not in the list"
+"$VX" query flat.vx --fvecs q.fvecs -k 1500 |
+    awk 'NR == FNR { want[$1] = 1; next }
+         FNR > 1 && ($3 in want) && n[$1]++ < 5 { print $1, $3 }' \
+        even.txt - | sort >truth-even.txt
+"$VX" query flat.vx --fvecs q.fvecs -k 5 --allow even.txt |
+    awk 'NR > 1 { print $1, $3 }' | sort >got-even.txt
+equal "$(wc -l <truth-even.txt | tr -d ' ')" 1000 "--allow: truth rows"
+same truth-even.txt got-even.txt
+"$VX" query hnsw.vx --fvecs q.fvecs -k 5 --ef 100 --allow even.txt \
+    --threads 2 | awk 'NR > 1 { print $1, $3 }' | sort >approx-even.txt
+common=$(comm -12 truth-even.txt approx-even.txt | wc -l)
+[ "$common" -ge 900 ] && ok || bad "hnsw --allow recall@5 $common/1000 < 0.9"
+# Standard input; and a list without keys, which admits nothing.
+printf '1003\n' | "$VX" query hnsw.vx --vector "$row5" -k 3 --allow - \
+    >out 2>err && ok || bad "--allow - exited $?"
+equal "$(awk 'NR > 1 { print $3 }' out)" 1003 "--allow -"
+printf '# none today\n\n' >none.txt
+run 0 query flat.vx --vector "$row5" -k 3 --allow none.txt
+equal "$(wc -l <out | tr -d ' ')" 1 "--allow with no keys: header only"
+has err "none.txt lists no keys"
+# A line that is not one key is an error naming the line.
+printf '1000\n# ok\n10x3\n' >badkey.txt
+run 1 query flat.vx --vector "$row5" --allow badkey.txt
+has err "badkey.txt:3: '10x3' is not a key"
+printf '1000\n-3\n' >negkey.txt
+run 1 query flat.vx --vector "$row5" --allow negkey.txt
+has err "negkey.txt:2: '-3' is not a key"
+printf '18446744073709551616\n' >bigkey.txt
+run 1 query flat.vx --vector "$row5" --allow bigkey.txt
+has err "bigkey.txt:1: '18446744073709551616' is not a key"
+printf '1000 1003\n' >twokeys.txt
+run 1 query flat.vx --vector "$row5" --allow twokeys.txt
+has err "twokeys.txt:1: '1000 1003' is not a key"
+run 1 query flat.vx --vector "$row5" --allow nothere.txt
+has err "cannot open 'nothere.txt'"
+run 2 query flat.vx --fvecs - --allow -
+has err "cannot both read standard input"
+run 0 query --help
+has out "--allow FILE"
+
 # ---- compressed storage ----------------------------------------------------
 # int8 codes: a quarter of the bytes, near-float32 recall. One build thread,
 # as above, so the graph and its recall are the same every run.
