@@ -894,7 +894,7 @@ void test_kernels_quantized(void)
 #endif
         vx_qkern_pick(mask, &k);
         for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
-            size_t d = dims[di], i, w = (d + 63) / 64;
+            size_t d = dims[di], i, j, w = (d + 63) / 64;
             int8_t *a = vt_xmalloc(d + 1), *b = vt_xmalloc(d + 1);
             uint16_t *h = vt_xmalloc(2 * d + 2);
             uint64_t *x = vt_xmalloc(8 * w);
@@ -921,6 +921,15 @@ void test_kernels_quantized(void)
             }
             CHECKF(k.dot_i8(a, b, d, bsum) == ref.dot_i8(a, b, d, bsum),
                    "dot_i8 mask %#x d %zu", mask, d);
+            {
+                uint64_t bits = 0;
+                for (i = 0; i < w; i++)
+                    for (j = 0; j < 64; j++) bits += (x[i] >> j) & 1u;
+                CHECKF(k.count_bits(x, w) == bits &&
+                           ref.count_bits(x, w) == bits,
+                       "count_bits mask %#x: %llu words", mask,
+                       (unsigned long long)w);
+            }
             got = k.bin_sum(q, x, d);
             for (i = 0, shh = 0; i < d; i++) shh += fabs((double)q[i]);
             CHECKF(fabsf(got - ref.bin_sum(q, x, d)) <= (float)(1e-5 * shh),
