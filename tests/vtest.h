@@ -113,7 +113,19 @@
     X(hnsw_parallel_build)                   \
     X(hnsw_bad_params)                       \
     X(hnsw_alloc_failure)                    \
-    X(concurrency_hnsw_readers_and_writer)
+    X(concurrency_hnsw_readers_and_writer)   \
+    X(filter_flat)                           \
+    X(filter_hnsw)                           \
+    X(filter_hnsw_int8)                      \
+    X(filter_hnsw_int8_kept)                 \
+    X(filter_ivfpq)                          \
+    X(filter_ivfpq_rerank)                   \
+    X(filter_intersection)                   \
+    X(filter_duplicates_and_removed)         \
+    X(filter_empty_and_bounds)               \
+    X(filter_bad_arguments)                  \
+    X(filter_batch_matches_single)           \
+    X(filter_file)
 
 #define VT_DECLARE(name) void test_##name(void);
 VT_TESTS(VT_DECLARE)
