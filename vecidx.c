@@ -3047,7 +3047,6 @@ typedef struct vx_hnsw_scratch {
     int oom;
     int writer;    /* used by a write: lock lists during parallel passes */
     int live_only; /* buried nodes exist: results must check slot states */
-    int hop2;      /* a selective filter: look through rejected nodes */
 } vx_hnsw_scratch;
 
 typedef struct vx_hnsw {
@@ -4208,26 +4207,20 @@ static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
             __builtin_prefetch((const char *)v + off, 0, 2);
 }
 
-/* Add v to fresh and request its vector (see vx_hnsw_layer); returns the
-** new count of fresh nodes. */
-static inline uint32_t vx_hnsw_want(const vx_store *st, uint32_t v,
-                                    uint32_t *fresh, uint32_t m)
-{
-    size_t dim_bytes = (size_t)st->dim * sizeof(float);
-    const float *vec = vx_store_vec(st, v);
-    fresh[m++] = v;
-    VX_PREFETCH(vec);
-    if (m * dim_bytes <= VX_PREFETCH_L2) vx_prefetch_rest(vec, dim_bytes, 0);
-    return m;
-}
-
-/* Mark v visited and request its vector, unless it was visited already. */
+/* Mark v visited and request its vector (see vx_hnsw_layer), unless it
+** was visited already; returns the new count of fresh nodes. */
 static inline uint32_t vx_hnsw_visit(const vx_store *st, vx_hnsw_scratch *s,
                                      uint32_t v, uint32_t *fresh, uint32_t m)
 {
+    size_t dim_bytes = (size_t)st->dim * sizeof(float);
+    const float *vec;
     if (s->visit[v] == s->epoch) return m;
     s->visit[v] = s->epoch;
-    return vx_hnsw_want(st, v, fresh, m);
+    fresh[m++] = v;
+    vec = vx_store_vec(st, v);
+    VX_PREFETCH(vec);
+    if (m * dim_bytes <= VX_PREFETCH_L2) vx_prefetch_rest(vec, dim_bytes, 0);
+    return m;
 }
 
 /* The neighbours of slot at level l that the walk has not visited yet,
@@ -4251,87 +4244,6 @@ static uint32_t vx_hnsw_unvisited(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
             /* Acquire: the node behind a slot was published before it. */
             uint32_t v = VX_LOAD(&links[1 + i]);
             if (v < s->visit_cap) m = vx_hnsw_visit(st, s, v, fresh, m);
-        }
-    }
-    return m;
-}
-
-/* The links of slot at level l, copied into out (room for 2 * M). */
-static uint32_t vx_hnsw_copy(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
-                             int l, uint32_t *out)
-{
-    uint32_t n, i, m = 0;
-    if (VX_UNLIKELY(ix->hnsw.untrusted || (s->writer && ix->hnsw.locking))) {
-        const uint32_t *nb = vx_hnsw_read(ix, s, slot, l, &n);
-        memcpy(out, nb, n * sizeof *out);
-        return n;
-    } else {
-        const uint32_t *links = vx_hnsw_links(ix, slot, l);
-        uint32_t cap = l ? ix->hnsw.m : ix->hnsw.m0;
-        n = vx_lcount(links);
-        if (n > cap) n = cap;
-        for (i = 0; i < n; i++) {
-            uint32_t v = VX_LOAD(&links[1 + i]);
-            if (v < s->visit_cap) out[m++] = v;
-        }
-    }
-    return m;
-}
-
-/* vx_hnsw_unvisited for a selective filter (the two-hop expansion of
-** ACORN-1 and Weaviate's filtered walk): a neighbour the filter rejects
-** is not scored, but its own neighbours are looked at, and the admitted
-** ones among them are taken as if linked directly, up to a list's worth.
-** The walk then moves over admitted nodes only, scoring about as many as
-** an unfiltered walk, where passing through rejected nodes would score
-** every node on the way -- ten times as many at 10 % selectivity. A
-** rejected node is looked through once per walk; its neighbours the
-** filter rejects are not marked, as another way may lead to them. Each
-** list read counts as a visit against the budget. */
-#ifndef VX_HOP2_CAPF
-#define VX_HOP2_CAPF 2
-#endif
-#define VX_HOP2_CAP(m) ((m) / VX_HOP2_CAPF)
-#define VX_HOP2_AHEAD 4
-static uint32_t vx_hnsw_unvisited2(vecidx *ix, vx_hnsw_scratch *s,
-                                   uint32_t slot, int l, uint32_t *fresh,
-                                   const vecidx_search_opts *o)
-{
-    const vx_store *st = &ix->store;
-    uint32_t nb[2 * VX_HNSW_MAX_M], rej[2 * VX_HNSW_MAX_M];
-    uint32_t n = vx_hnsw_copy(ix, s, slot, l, nb), i, j, m = 0, nrej = 0;
-    uint32_t cap = VX_HOP2_CAP(l ? ix->hnsw.m : ix->hnsw.m0);
-    for (i = 0; i < n; i++) { /* the filter reads each key */
-        uint32_t v = nb[i];
-        if (s->visit[v] != s->epoch)
-            VX_PREFETCH(&VX_SLOT_CHUNK(st, v)->key[VX_SLOT_INDEX(st, v)]);
-    }
-    for (i = 0; i < n; i++) {
-        uint32_t v = nb[i];
-        if (s->visit[v] == s->epoch) continue;
-        s->visit[v] = s->epoch;
-        if (vx_hnsw_admit(ix, s, v, o))
-            m = vx_hnsw_want(st, v, fresh, m);
-        else
-            rej[nrej++] = v;
-    }
-    for (i = 0; i < nrej && i < VX_HOP2_AHEAD; i++)
-        VX_PREFETCH(vx_hnsw_links(ix, rej[i], l));
-    for (i = 0; i < nrej && m < cap; i++) {
-        if (i + VX_HOP2_AHEAD < nrej)
-            VX_PREFETCH(vx_hnsw_links(ix, rej[i + VX_HOP2_AHEAD], l));
-        n = vx_hnsw_copy(ix, s, rej[i], l, nb);
-        s->visited++;
-        /* the filter reads each key: request them together */
-        for (j = 0; j < n; j++)
-            VX_PREFETCH(
-                &VX_SLOT_CHUNK(st, nb[j])->key[VX_SLOT_INDEX(st, nb[j])]);
-        for (j = 0; j < n && m < cap; j++) {
-            uint32_t v = nb[j];
-            if (s->visit[v] == s->epoch || !vx_hnsw_admit(ix, s, v, o))
-                continue;
-            s->visit[v] = s->epoch;
-            m = vx_hnsw_want(st, v, fresh, m);
         }
     }
     return m;
@@ -4362,8 +4274,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         uint32_t fresh[2 * VX_HNSW_MAX_M];
         if (s->nres >= ef && c.d > s->res[0].d) break;
         if (s->visited > budget) break;
-        m = s->hop2 ? vx_hnsw_unvisited2(ix, s, c.slot, l, fresh, o)
-                    : vx_hnsw_unvisited(ix, s, c.slot, l, fresh);
+        m = vx_hnsw_unvisited(ix, s, c.slot, l, fresh);
         /* Mark first, then request every unvisited vector, whole, before
         ** any distance is computed, so that all their loads are in flight
         ** at once: a walk is bound by memory latency, and one vector at a
@@ -4746,30 +4657,22 @@ static void vx_hnsw_batch_link(vecidx *ix, vx_hnsw_batch *b, size_t from,
 
 /* ---- searching ----------------------------------------------------------- */
 
-/* Expected cost of an HNSW walk of breadth ef at level 0, in visits (see
-** VX_COST_KEYED): an unfiltered walk scores about ef * M0 / 2 nodes
-** (measured: 700-900 at ef 32, M 16, on 100k and 1M x 128). A walk that
-** passes through rejected nodes must score 1/frac as many to collect ef
-** admitted ones; the two-hop walk scores about as many as an unfiltered
-** one, but reads a list per rejected neighbour looked through. */
-static double vx_hnsw_walk_cost(const vecidx *ix, size_t ef, double frac,
-                                int hop2)
+/* Expected cost of a filtered HNSW walk of breadth ef at level 0, in
+** visits (see VX_COST_KEYED). An unfiltered walk scores about ef * M0 / 2
+** nodes (measured: 700-900 at ef 32, M 16, on 100k and 1M x 128); one that
+** passes through rejected nodes must score about 1/frac as many to
+** collect ef admitted ones.
+** A two-hop walk, which looks through rejected nodes to their admitted
+** neighbours instead of scoring them (ACORN-1, Weaviate), was measured
+** and left out: on 1M x 128 at ef 64 it ran 1.2-1.7x faster on random
+** sets of 5-20 %, but its recall@10 fell to 0.93-0.94 on sets that lie
+** away from the query (0.90 on 10k x 24 int8), against 0.99 passing
+** through, which is no slower on those sets. */
+static double vx_hnsw_walk_cost(const vecidx *ix, size_t ef, double frac)
 {
     double base = (double)ef * ix->hnsw.m0 / 2;
-    if (hop2) return base * (1.0 + 0.35 * (1.0 - frac) / frac);
     return base / (frac > 1e-9 ? frac : 1e-9);
 }
-
-/* Between these expected fractions of admitted nodes, a filtered walk
-** looks through rejected nodes (vx_hnsw_unvisited2). Measured on 100k x
-** 128, M 16, ef 64, admitted at random and far from the queries: above
-** 40 % passing through them is as fast (0.50x the unfiltered QPS at 50 %,
-** against 0.43x) and finds more (recall@10 1.00, against 0.98-0.99);
-** from 20 % down to 5 % the two-hop walk is 1.3-4x faster at recall
-** 0.96-0.99; at 2 % its recall falls to 0.90, where the scan costs less
-** anyway on 100k, but not on 1M -- so below 4 % it is never used. */
-#define VX_HNSW_HOP2_BELOW 0.4
-#define VX_HNSW_HOP2_MIN 0.04
 
 /* Top-k of one query into h (sized min(k, count), ordered by user key).
 ** A filtered search plans (see vecidx_search in vecidx.h): an exact scan
@@ -4786,7 +4689,7 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     size_t ef = o && o->ef ? o->ef : ix->p.hnsw_ef_search, budget, i, kr = k;
     const vx_sopts *a = vx_allow_of(o);
     vx_cand cur;
-    int l, oom, aborted, maxlevel, hop2 = 0;
+    int l, oom, aborted, maxlevel;
     /* The entry point first: the scratch, fitted after, then covers it. */
     cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);
     if (cur.slot == VX_NOSLOT || h->k == 0) return VECIDX_OK;
@@ -4798,8 +4701,7 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
         double frac = vx_allow_frac(o, n), walk, scan;
         int keyed;
         if (a->none) return VECIDX_OK;
-        hop2 = frac < VX_HNSW_HOP2_BELOW && frac >= VX_HNSW_HOP2_MIN;
-        walk = vx_hnsw_walk_cost(ix, ef, frac, hop2);
+        walk = vx_hnsw_walk_cost(ix, ef, frac);
         scan = vx_store_scan_cost(o, n, &keyed);
         if (scan <= walk) return vx_store_scan(ix, q, o, 0, h);
         budget = (size_t)scan;
@@ -4808,9 +4710,7 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     cur.d = vx_qdist(ix, q, cur.slot);
     for (l = maxlevel; l > 0; l--)
         vx_hnsw_greedy(ix, s, q, &cur.slot, &cur.d, l);
-    s->hop2 = hop2;
     vx_hnsw_layer(ix, s, q, cur, 0, ef, o, budget);
-    s->hop2 = 0;
     aborted = s->visited > budget;
     if (ix->store.keep && !aborted) { /* the kr best, re-scored exactly */
         qsort(s->res, s->nres, sizeof *s->res, vx_cand_cmp);
