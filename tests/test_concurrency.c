@@ -80,11 +80,33 @@ static int vt_conc_filter(uint64_t key, void *ctx)
     return key % 5 != 0;
 }
 
+/* The allowed sets the readers also search with: the keys the filter
+** admits, as a bitmap (planned as a walk), and a sparse key array (a
+** sixtieth of them: planned as a scan of the allowed keys, which looks
+** them up while the writer moves them). */
+static uint64_t vt_conc_bits[(VT_UNIVERSE + 63) / 64];
+static uint64_t vt_conc_sparse[VT_UNIVERSE / 25];
+static size_t vt_conc_nsparse;
+
+static void vt_conc_sets(void)
+{
+    uint64_t key;
+    memset(vt_conc_bits, 0, sizeof vt_conc_bits);
+    vt_conc_nsparse = 0;
+    for (key = 0; key < VT_UNIVERSE; key++) {
+        if (key % 5 != 0) vt_conc_bits[key / 64] |= (uint64_t)1 << (key % 64);
+        if (key % 25 == 1) vt_conc_sparse[vt_conc_nsparse++] = key;
+    }
+}
+
+/* filtered: 0 none, 1 the callback, 2 the bitmap, 3 the sparse array */
 static void vt_check_one(vt_shared *sh, const float *q, const uint64_t *keys,
                          const float *dists, size_t found, int filtered)
 {
     size_t i;
-    CHECKF(found == VT_K, "found %zu, wanted %d", found, VT_K);
+    /* the sparse set may hold fewer than k live keys */
+    CHECKF(filtered == 3 ? found <= VT_K : found == VT_K,
+           "found %zu, wanted %d", found, VT_K);
     vt_check_sorted("concurrent search", keys, dists, found, VT_K);
     for (i = 0; i < found; i++) {
         CHECKF(keys[i] < VT_UNIVERSE && atomic_load(&sh->version[keys[i]]) > 0,
@@ -92,6 +114,9 @@ static void vt_check_one(vt_shared *sh, const float *q, const uint64_t *keys,
                (unsigned long long)keys[i]);
         CHECKF(!filtered || keys[i] % 5 != 0,
                "result key %llu is not admitted by the filter",
+               (unsigned long long)keys[i]);
+        CHECKF(filtered != 3 || keys[i] % 25 == 1,
+               "result key %llu is not in the allowed keys",
                (unsigned long long)keys[i]);
         CHECKF(vt_plausible(sh, q, keys[i], dists[i]),
                "result key %llu at distance %.9g matches no version of it",
@@ -113,11 +138,17 @@ static void *vt_reader_main(void *arg)
     ** guards against a writer that never finishes */
     for (n = 0; n < 200000 && (n < 20 || !atomic_load(&sh->writer_done)); n++) {
         vecidx_search_opts o;
-        int filtered = (int)(n % 3 == 2);
+        int filtered = n % 3 == 2 ? 1 + (int)(n / 3 % 3) : 0;
         memset(&o, 0, sizeof o);
-        if (filtered) {
+        if (filtered == 1) {
             o.filter = vt_conc_filter;
             o.filter_ctx = sh;
+        } else if (filtered == 2) {
+            o.allow_bitmap = vt_conc_bits;
+            o.allow_bits = VT_UNIVERSE;
+        } else if (filtered == 3) {
+            o.allow_keys = vt_conc_sparse;
+            o.allow_count = vt_conc_nsparse;
         }
         vt_fill_uniform(&r, q, 4 * VT_DIM, -1.0f, 1.0f);
         if (sh->batch) {
@@ -245,6 +276,7 @@ static void vt_concurrent(int kind, int metric, int batch, int filter_reads,
     sh->metric = metric;
     sh->batch = batch;
     sh->filter_reads = filter_reads;
+    vt_conc_sets();
     for (i = 0; i < VT_UNIVERSE; i++) atomic_init(&sh->version[i], 0);
     atomic_init(&sh->writer_done, 0);
     atomic_init(&sh->searches, 0);
