@@ -1,7 +1,8 @@
 /*
 ** bench/common.h -- code shared by bench/vecidx-bench.c (C11) and
 ** bench/compare.cpp (C++17): command line, .fvecs/.ivecs reading, recall,
-** timing, memory and the JSON output line. Every function is static inline,
+** timing, memory, the JSON output line, and the admitted sets, exact
+** neighbours and scan of filtered sweeps. Every function is static inline,
 ** so the header compiles cleanly as C and as C++ and each program keeps only
 ** what it uses. Include it before any other header: it selects POSIX.
 **
@@ -48,6 +49,24 @@ enum {
 
 #define BN_MAX_SWEEP 64
 
+/* --filter-mode: how the admitted rows are drawn (see bn_filter_make). */
+enum {
+    BN_FILTER_RANDOM = 1,
+    BN_FILTER_FAR = 2
+};
+
+/* --filter-form: how the admitted set is handed to the library. */
+enum {
+    BN_FORM_KEYS,
+    BN_FORM_BITMAP,
+    BN_FORM_CALLBACK,
+    BN_FORM_CALLBACK_SEL,
+    BN_NFORMS
+};
+
+static const char *const bn_form_names[BN_NFORMS] = {
+    "keys", "bitmap", "callback", "callback-sel"};
+
 typedef struct bn_list {
     size_t n;
     uint32_t v[BN_MAX_SWEEP];
@@ -76,6 +95,14 @@ typedef struct bn_opts {
                             HNSW) */
     int keep;            /* --keep: keep float32 vectors beside the codes */
     bn_list ef, nprobe;
+    /* Filtered search; nsel 0 = unfiltered runs only. */
+    size_t nsel;              /* --filter-selectivity values */
+    double sel[BN_MAX_SWEEP]; /* each in (0, 1] */
+    int filter_mode;          /* BN_FILTER_*, --filter-mode */
+    size_t nforms;            /* --filter-form values */
+    int forms[BN_NFORMS];     /* BN_FORM_*, in the order given */
+    int filter_flat;          /* --filter-baseline-flat */
+    uint64_t filter_seed;     /* --filter-seed */
     char dataset_buf[256];
     char path_buf[3][4096]; /* --data DIR expands into these */
 } bn_opts;
@@ -120,6 +147,11 @@ typedef struct bn_result {
 } bn_result;
 
 static const char *bn_progname = "bench";
+
+/* Set by the programs that run filtered sweeps before bn_parse_args, so
+** that the others (vecidx-ab, persist-compare) refuse the --filter-*
+** options instead of silently measuring unfiltered searches. */
+static int bn_filter_supported = 0;
 
 static inline void bn_die(const char *fmt, ...) BN_PRINTF(1, 2) BN_NORETURN;
 static inline void bn_die(const char *fmt, ...)
@@ -254,6 +286,23 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "                      vectors too, to re-rank exactly",
         "  --train-size N      ivfpq: train on the first N base vectors",
         "                      (default min(n, 100000))",
+        "  --filter-selectivity LIST",
+        "                      filtered search (vecidx-bench; vecidx-compare",
+        "                      --lib faiss --index ivfpq): shares of the base",
+        "                      rows a search may return, in (0, 1], e.g.",
+        "                      0.5,0.1,0.01,0.001; one line per selectivity,",
+        "                      sweep value and form, with the baselines",
+        "                      scan_qps and unfiltered_qps timed in turns",
+        "  --filter-mode M     random (default: round(s*n) rows drawn at",
+        "                      random) | far (the round(s*n) rows projecting",
+        "                      farthest on a random direction)",
+        "  --filter-form LIST  keys | bitmap | callback | callback-sel",
+        "                      (callback and the true selectivity), comma",
+        "                      separated (default keys)",
+        "  --filter-baseline-flat",
+        "                      callback forms: also time a flat vecidx index",
+        "                      with the same callback (flat_cb_qps)",
+        "  --filter-seed N     seed of the admitted sets (default 20261203)",
         "  --help              this text",
         "",
         "Output keys: dataset lib index param build_s mem_mb recall_at_K qps",
@@ -264,6 +313,11 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "and vector_bytes (vecidx's bytes per vector searched, else null)",
         "are on every line. ivfpq adds train_s and bytes_per_vec (growth",
         "of the resident set while adding, after training, per vector).",
+        "Filtered lines add selectivity filter_mode filter_form admitted",
+        "filter_seed recall (= recall_at_K, against the exact neighbours",
+        "among the admitted rows) not_admitted scan_qps scan_queries",
+        "unfiltered_qps unfiltered_recall flat_cb_qps flat_cb_recall",
+        "qps_vs_scan qps_vs_unfiltered (see bench/README.md).",
     };
     size_t i;
     fprintf(f, "usage: %s --base F --query F --gt F [options]\n", prog);
@@ -301,11 +355,54 @@ static inline void bn_parse_list(const char *opt, const char *s, bn_list *l)
     if (l->n == 0) bn_die("%s: empty list", opt);
 }
 
+/* --filter-selectivity: comma-separated fractions in (0, 1]. */
+static inline void bn_parse_sel(const char *opt, const char *s, bn_opts *o)
+{
+    char buf[1024], *tok, *save = NULL, *end;
+    if (!s || strlen(s) >= sizeof buf) bn_die("%s: bad list", opt);
+    strcpy(buf, s);
+    o->nsel = 0;
+    for (tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        double v;
+        if (o->nsel == BN_MAX_SWEEP)
+            bn_die("%s: more than %d values", opt, BN_MAX_SWEEP);
+        errno = 0;
+        v = strtod(tok, &end);
+        if (errno || *end || !(v > 0) || v > 1)
+            bn_die("%s: '%s' is not a fraction in (0, 1]", opt, tok);
+        o->sel[o->nsel++] = v;
+    }
+    if (o->nsel == 0) bn_die("%s: empty list", opt);
+}
+
+/* --filter-form: comma-separated form names, each at most once. */
+static inline void bn_parse_forms(const char *opt, const char *s, bn_opts *o)
+{
+    char buf[256], *tok, *save = NULL;
+    if (!s || strlen(s) >= sizeof buf) bn_die("%s: bad list", opt);
+    strcpy(buf, s);
+    o->nforms = 0;
+    for (tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        int f, j;
+        for (f = 0; f < BN_NFORMS; f++)
+            if (!strcmp(tok, bn_form_names[f])) break;
+        if (f == BN_NFORMS)
+            bn_die("%s: '%s' is not keys, bitmap, callback or callback-sel",
+                   opt, tok);
+        for (j = 0; j < (int)o->nforms; j++)
+            if (o->forms[j] == f) bn_die("%s: '%s' given twice", opt, tok);
+        o->forms[o->nforms++] = f;
+    }
+    if (o->nforms == 0) bn_die("%s: empty list", opt);
+}
+
 /* Parses argv into *o. `libs` describes --lib for the help text. */
 static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
                                  const char *libs)
 {
-    int i;
+    int i, filter_opt = 0;
     const char *data = NULL;
     memset(o, 0, sizeof *o);
     o->prog = argc > 0 && argv[0] ? argv[0] : "bench";
@@ -323,6 +420,8 @@ static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
     o->pq_nbits = 8;
     bn_parse_list("--ef", "10,16,24,32,48,64,128", &o->ef);
     bn_parse_list("--nprobe", "1,2,4,8,16,32", &o->nprobe);
+    o->filter_mode = BN_FILTER_RANDOM;
+    o->filter_seed = 20261203;
 
     for (i = 1; i < argc; i++) {
         char name[64];
@@ -352,6 +451,16 @@ static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
         if (!strcmp(name, "--keep")) {
             if (val) bn_die("--keep takes no value");
             o->keep = 1;
+            continue;
+        }
+        if (!strncmp(name, "--filter-", 9) && !bn_filter_supported)
+            bn_die("%s: this program runs no filtered searches (see "
+                   "vecidx-bench and vecidx-compare)",
+                   name);
+        if (!strcmp(name, "--filter-baseline-flat")) {
+            if (val) bn_die("--filter-baseline-flat takes no value");
+            o->filter_flat = 1;
+            filter_opt = 1;
             continue;
         }
         if (!val) {
@@ -412,8 +521,31 @@ static inline void bn_parse_args(int argc, char **argv, bn_opts *o,
                 strcmp(val, "bin"))
                 bn_die("--storage: '%s' is not f32, f16, i8 or bin", val);
             o->storage = val;
+        } else if (!strcmp(name, "--filter-selectivity"))
+            bn_parse_sel(name, val, o);
+        else if (!strcmp(name, "--filter-mode")) {
+            if (!strcmp(val, "random"))
+                o->filter_mode = BN_FILTER_RANDOM;
+            else if (!strcmp(val, "far"))
+                o->filter_mode = BN_FILTER_FAR;
+            else
+                bn_die("--filter-mode: '%s' is not random or far", val);
+            filter_opt = 1;
+        } else if (!strcmp(name, "--filter-form")) {
+            bn_parse_forms(name, val, o);
+            filter_opt = 1;
+        } else if (!strcmp(name, "--filter-seed")) {
+            o->filter_seed = bn_parse_ulong(name, val, 0, 0xFFFFFFFFul);
+            filter_opt = 1;
         } else
             bn_die("unknown option '%s' (try --help)", name);
+    }
+    if (filter_opt && !o->nsel)
+        bn_die("--filter-mode, --filter-form, --filter-seed and "
+               "--filter-baseline-flat need --filter-selectivity");
+    if (o->nsel && !o->nforms) {
+        o->nforms = 1;
+        o->forms[0] = BN_FORM_KEYS;
     }
     if (o->build_threads == 0) o->build_threads = bn_ncpu();
     if (!o->storage) o->storage = "f32";
@@ -714,6 +846,20 @@ static inline double bn_pass_single(size_t nq, size_t k, unsigned threads,
 /* Runs all queries at once, writing nq x k ids (or -1) to res. */
 typedef void (*bn_batch_fn)(void *ctx, int64_t *res);
 
+/* One timed pass over the first nq queries: single queries on o->threads
+** threads, or the batch function when o->batch (and batch_fn is not
+** NULL; it runs every query). Returns the wall time in seconds. */
+static inline double bn_pass(const bn_opts *o, size_t nq, bn_query_fn fn,
+                             bn_batch_fn batch_fn, void *ctx, int64_t *res)
+{
+    if (o->batch && batch_fn) {
+        double t0 = bn_now();
+        batch_fn(ctx, res);
+        return bn_now() - t0;
+    }
+    return bn_pass_single(nq, o->k, o->threads, fn, ctx, res);
+}
+
 /* Best of o->passes passes; single queries on o->threads threads, or the
 ** batch function when o->batch (and batch_fn is not NULL). Returns QPS. */
 static inline double bn_measure(const bn_opts *o, const bn_data *d,
@@ -723,16 +869,449 @@ static inline double bn_measure(const bn_opts *o, const bn_data *d,
     double best = HUGE_VAL, t;
     unsigned p;
     for (p = 0; p < o->passes; p++) {
-        if (o->batch && batch_fn) {
-            double t0 = bn_now();
-            batch_fn(ctx, res);
-            t = bn_now() - t0;
-        } else {
-            t = bn_pass_single(d->nq, o->k, o->threads, fn, ctx, res);
-        }
+        t = bn_pass(o, d->nq, fn, batch_fn, ctx, res);
         if (t < best) best = t;
     }
     return best > 0 ? (double)d->nq / best : 0.0;
+}
+
+/* Several searches measured in turns: a machine shared with others drifts
+** by tens of percent within minutes, so a ratio between searches means
+** something only if their passes alternate. Each pass runs every runner
+** once, starting one further each time so that none always follows the
+** same one; each keeps its best pass. */
+typedef struct bn_runner {
+    bn_query_fn fn;
+    bn_batch_fn batch_fn; /* NULL: single queries, also with --batch */
+    void *ctx;
+    size_t nq;      /* queries per pass: the first nq (batch: all) */
+    int64_t *res;   /* results of the last pass */
+    double best;    /* seconds of the best pass */
+    size_t best_nq; /* queries that pass ran */
+    unsigned reps;  /* times a pass runs the queries */
+} bn_runner;
+
+/* A pass shorter than this is repeated until it lasts about as long (the
+** count fixed after the first pass): at a few microseconds per query a
+** single pass is over in a millisecond, and a descheduled thread or a
+** timer tick then decides the figure. */
+#define BN_MIN_PASS_S 0.1
+
+static inline void bn_run_interleaved(const bn_opts *o, bn_runner *r, size_t n,
+                                      size_t all_nq)
+{
+    unsigned p, rep;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        r[i].best = HUGE_VAL;
+        r[i].reps = 1;
+    }
+    for (p = 0; p < o->passes; p++)
+        for (i = 0; i < n; i++) {
+            bn_runner *x = &r[(i + p) % n];
+            int whole = o->batch && x->batch_fn;
+            double t = 0;
+            for (rep = 0; rep < x->reps; rep++)
+                t += bn_pass(o, x->nq, x->fn, x->batch_fn, x->ctx, x->res);
+            t /= x->reps;
+            if (t < x->best) {
+                x->best = t;
+                x->best_nq = whole ? all_nq : x->nq;
+            }
+            if (p == 0 && t < BN_MIN_PASS_S)
+                x->reps = t > BN_MIN_PASS_S / 10000
+                              ? (unsigned)ceil(BN_MIN_PASS_S / t)
+                              : 10000u;
+        }
+}
+
+static inline double bn_runner_qps(const bn_runner *r)
+{
+    return r->best > 0 && r->best < HUGE_VAL ? (double)r->best_nq / r->best
+                                             : 0.0;
+}
+
+/* ---- Filtered search -------------------------------------------------------
+** --filter-selectivity s: a search may return only the round(s*n) admitted
+** base rows. Both programs draw the same admitted sets with this code and
+** seed, find their exact neighbours by scanning them (bn_scan_query), and
+** time the library's filtered search beside the plans a user has without
+** the feature: a scan of the admitted rows, and the same index unfiltered
+** (whose results would then need filtering and topping up). */
+
+/* splitmix64: every admitted set follows from --filter-seed alone, so
+** vecidx-bench and vecidx-compare filter the same rows. */
+static inline uint64_t bn_splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1), 53 bits. */
+static inline double bn_uniform(uint64_t *s)
+{
+    return (double)(bn_splitmix64(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+typedef struct bn_filter {
+    double selectivity; /* as asked */
+    size_t n;           /* base rows */
+    size_t m;           /* admitted rows: round(selectivity * n) */
+    uint64_t *keys;     /* the admitted rows (= keys), ascending */
+    uint64_t *bitmap;   /* row r admitted: bit r % 64 of word r / 64 */
+    int64_t *gt;        /* nq x k exact neighbours among them, -1 past m */
+    size_t scan_nq;     /* queries of a timed scan pass (bn_filter_truth) */
+} bn_filter;
+
+typedef struct bn_far_row {
+    float proj;
+    uint32_t row;
+} bn_far_row;
+
+static inline int bn_far_cmp(const void *a, const void *b)
+{
+    const bn_far_row *x = (const bn_far_row *)a, *y = (const bn_far_row *)b;
+    if (x->proj != y->proj) return x->proj > y->proj ? -1 : 1;
+    return x->row < y->row ? -1 : x->row > y->row;
+}
+
+static inline int bn_u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* --filter-mode far: the base rows by descending projection on one
+** pseudo-random unit direction (for cos, of each row's direction, since
+** cosine sees nothing else). A prefix of this order is the admitted set:
+** a slab at the edge of the data, away from where queries drawn like the
+** base fall, so that the nearest admitted rows are far and no graph
+** walk from the middle finds them by chance. NULL in random mode.
+** vecidx-compare calls it before normalising cosine data, so that both
+** programs admit the same rows. */
+static inline uint32_t *bn_filter_order(const bn_opts *o, const bn_data *d)
+{
+    double *u, norm = 0;
+    bn_far_row *p;
+    uint32_t *order;
+    uint64_t s = o->filter_seed ^ UINT64_C(0xFA5D1EC7);
+    size_t i, j;
+    if (!o->nsel || o->filter_mode != BN_FILTER_FAR) return NULL;
+    if (d->n > 0xFFFFFFFFu) bn_die("--filter-mode far: too many base rows");
+    u = (double *)bn_malloc(d->dim * sizeof *u);
+    /* Gaussian components (Box-Muller) give a direction uniform on the
+    ** sphere, favouring no axis of the data. */
+    for (j = 0; j < d->dim; j++) {
+        double a = bn_uniform(&s), b = bn_uniform(&s);
+        u[j] = sqrt(-2.0 * log(1.0 - a)) * cos(6.283185307179586 * b);
+        norm += u[j] * u[j];
+    }
+    norm = norm > 0 ? 1.0 / sqrt(norm) : 0;
+    for (j = 0; j < d->dim; j++) u[j] *= norm;
+    p = (bn_far_row *)bn_malloc(d->n * sizeof *p);
+    for (i = 0; i < d->n; i++) {
+        const float *x = d->base + i * d->dim;
+        double dot = 0, len = 0;
+        for (j = 0; j < d->dim; j++) {
+            dot += u[j] * x[j];
+            len += (double)x[j] * x[j];
+        }
+        if (o->metric == BN_COS && len > 0) dot /= sqrt(len);
+        p[i].proj = (float)dot;
+        p[i].row = (uint32_t)i;
+    }
+    qsort(p, d->n, sizeof *p, bn_far_cmp);
+    order = (uint32_t *)bn_malloc(d->n * sizeof *order);
+    for (i = 0; i < d->n; i++) order[i] = p[i].row;
+    free(p);
+    free(u);
+    return order;
+}
+
+/* The admitted set of selectivity s into *f: random mode, round(s*n) rows
+** drawn by selection sampling (each row in turn, with the probability
+** that leaves exactly the count wanted); far mode, the first round(s*n)
+** rows of `order`. Returns 0, with a note, when that count is 0. */
+static inline int bn_filter_make(const bn_opts *o, const bn_data *d,
+                                 const uint32_t *order, double s, bn_filter *f)
+{
+    size_t i, got = 0, words = (d->n + 63) / 64;
+    uint64_t rng = o->filter_seed;
+    memset(f, 0, sizeof *f);
+    f->selectivity = s;
+    f->n = d->n;
+    f->m = (size_t)floor(s * (double)d->n + 0.5);
+    if (f->m > d->n) f->m = d->n;
+    if (f->m == 0) {
+        bn_note("--filter-selectivity %g admits no row of %zu: skipped", s,
+                d->n);
+        return 0;
+    }
+    if (f->m < o->k)
+        bn_note("--filter-selectivity %g admits %zu rows, fewer than k %zu: "
+                "recall counts the %zu",
+                s, f->m, o->k, f->m);
+    f->keys = (uint64_t *)bn_malloc(f->m * sizeof *f->keys);
+    f->bitmap = (uint64_t *)bn_malloc((words ? words : 1) * sizeof *f->bitmap);
+    memset(f->bitmap, 0, (words ? words : 1) * sizeof *f->bitmap);
+    if (o->filter_mode == BN_FILTER_FAR) {
+        for (i = 0; i < f->m; i++) f->keys[i] = order[i];
+        /* ascending, as a database would hand them over, and so that the
+        ** scan reads the base in order */
+        qsort(f->keys, f->m, sizeof *f->keys, bn_u64_cmp);
+    } else {
+        for (i = 0; i < d->n && got < f->m; i++)
+            if (bn_uniform(&rng) * (double)(d->n - i) < (double)(f->m - got))
+                f->keys[got++] = i;
+    }
+    for (i = 0; i < f->m; i++)
+        f->bitmap[f->keys[i] >> 6] |= UINT64_C(1) << (f->keys[i] & 63);
+    return 1;
+}
+
+static inline void bn_filter_free(bn_filter *f)
+{
+    free(f->keys);
+    free(f->bitmap);
+    free(f->gt);
+    memset(f, 0, sizeof *f);
+}
+
+static inline int bn_filter_admits(const bn_filter *f, uint64_t key)
+{
+    return key < f->n && (f->bitmap[key >> 6] >> (key & 63)) & 1;
+}
+
+/* ---- The scan: the exact plan without the feature ----
+** What a user would write by hand: a loop over the admitted rows keeping
+** the k best. Plain C compiled with the program's flags; 16 independent
+** sums, because without -ffast-math a compiler keeps one running sum in
+** order and cannot use vector instructions for it. */
+
+static inline float bn_scan_l2(const float *a, const float *b, size_t dim)
+{
+    float acc[16] = {0}, s = 0;
+    size_t j = 0, l;
+    for (; j + 16 <= dim; j += 16)
+        for (l = 0; l < 16; l++) {
+            float t = a[j + l] - b[j + l];
+            acc[l] += t * t;
+        }
+    for (; j < dim; j++) s += (a[j] - b[j]) * (a[j] - b[j]);
+    for (l = 0; l < 16; l++) s += acc[l];
+    return s;
+}
+
+static inline float bn_scan_dot(const float *a, const float *b, size_t dim)
+{
+    float acc[16] = {0}, s = 0;
+    size_t j = 0, l;
+    for (; j + 16 <= dim; j += 16)
+        for (l = 0; l < 16; l++) acc[l] += a[j + l] * b[j + l];
+    for (; j < dim; j++) s += a[j] * b[j];
+    for (l = 0; l < 16; l++) s += acc[l];
+    return s;
+}
+
+/* Gaps between the admitted rows stop the hardware prefetcher: each row
+** then waits on memory, and a scan of half of 100k x 128 took 2.5x as
+** long as a scan of all of it. Asking for the row BN_SCAN_AHEAD admitted
+** rows on, as a careful hand-written scan would, brings it back to the
+** memory's speed; the baseline should be the best simple plan, not a
+** slow one. */
+#define BN_SCAN_AHEAD 16
+
+static inline void bn_prefetch_row(const float *row, size_t dim)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    const char *p = (const char *)row;
+    size_t b;
+    for (b = 0; b < dim * sizeof *row; b += 64) __builtin_prefetch(p + b);
+#else
+    (void)row;
+    (void)dim;
+#endif
+}
+
+typedef struct bn_scan {
+    const bn_data *d;
+    const bn_filter *f;
+    const float *inv_norm; /* cos: 1 / |row| per base row, else NULL */
+    int metric;
+    size_t k;
+} bn_scan;
+
+/* The row norms a cosine scan divides by, computed once as a user would
+** store them; NULL for the other metrics. */
+static inline float *bn_scan_norms(const bn_opts *o, const bn_data *d)
+{
+    float *inv;
+    size_t i;
+    if (o->metric != BN_COS) return NULL;
+    inv = (float *)bn_malloc(d->n * sizeof *inv);
+    for (i = 0; i < d->n; i++) {
+        float s = bn_scan_dot(d->base + i * d->dim, d->base + i * d->dim,
+                              d->dim);
+        inv[i] = s > 0 ? 1.0f / sqrtf(s) : 0.0f;
+    }
+    return inv;
+}
+
+/* bn_query_fn of the scan: the k nearest admitted rows of query qi, by
+** squared L2, or for ip and cos by the largest dot product (over the row
+** norm for cos; the query's norm ranks nothing). Ties keep the lower row. */
+static inline void bn_scan_query(void *arg, size_t qi, int64_t *out)
+{
+    const bn_scan *s = (const bn_scan *)arg;
+    const bn_filter *f = s->f;
+    size_t dim = s->d->dim, k = s->k, cnt = 0, i, j;
+    const float *q = s->d->query + qi * dim;
+    float dbuf[256], *dist = k <= 256 ? dbuf : (float *)bn_malloc(k * 4);
+    for (i = 0; i < f->m; i++) {
+        uint64_t row = f->keys[i];
+        const float *x = s->d->base + row * dim;
+        float v;
+        if (i + BN_SCAN_AHEAD < f->m)
+            bn_prefetch_row(s->d->base + f->keys[i + BN_SCAN_AHEAD] * dim, dim);
+        if (s->metric == BN_L2)
+            v = bn_scan_l2(q, x, dim);
+        else {
+            v = -bn_scan_dot(q, x, dim);
+            if (s->inv_norm) v *= s->inv_norm[row];
+        }
+        if (cnt == k && !(v < dist[k - 1])) continue;
+        j = cnt < k ? cnt++ : k - 1;
+        for (; j > 0 && dist[j - 1] > v; j--) {
+            dist[j] = dist[j - 1];
+            out[j] = out[j - 1];
+        }
+        dist[j] = v;
+        out[j] = (int64_t)row;
+    }
+    for (i = cnt; i < k; i++) out[i] = -1;
+    if (dist != dbuf) free(dist);
+}
+
+/* A timed scan pass runs this long at most: its cost per query hardly
+** varies, so a few queries give its rate, and at 1M rows a pass over
+** every query would take minutes per sweep point. */
+#define BN_SCAN_PASS_S 1.0
+
+/* The exact filtered neighbours of every query into f->gt, by the scan
+** on --build-threads threads, and f->scan_nq: the queries of a timed scan
+** pass, all of them unless that would last beyond BN_SCAN_PASS_S. */
+static inline void bn_filter_truth(const bn_opts *o, const bn_data *d,
+                                   bn_scan *s, bn_filter *f)
+{
+    unsigned t = o->build_threads < bn_ncpu() ? o->build_threads : bn_ncpu();
+    unsigned st = o->threads < bn_ncpu() ? o->threads : bn_ncpu();
+    double secs, per_query;
+    s->f = f;
+    f->gt = (int64_t *)bn_malloc(d->nq * o->k * sizeof *f->gt);
+    secs = bn_pass_single(d->nq, o->k, t ? t : 1, bn_scan_query, s, f->gt);
+    per_query = d->nq ? secs * (t ? t : 1) / (double)d->nq : 0;
+    f->scan_nq = d->nq;
+    if (per_query > 0 && (double)d->nq * per_query / st > BN_SCAN_PASS_S) {
+        f->scan_nq = (size_t)(BN_SCAN_PASS_S * st / per_query);
+        if (f->scan_nq < 32) f->scan_nq = 32; /* too few to time */
+        if (f->scan_nq > d->nq) f->scan_nq = d->nq;
+    }
+}
+
+/* Mean over queries of |results ∩ exact filtered top k| / min(k, m);
+** *outside gets the results that are not admitted rows, which a correct
+** filtered search never returns. Warns about those and duplicates. */
+static inline double bn_filter_recall(const bn_filter *f, size_t nq, size_t k,
+                                      const int64_t *res, size_t *outside,
+                                      const char *what)
+{
+    size_t q, i, j, hits = 0, dups = 0, out = 0, want = k < f->m ? k : f->m;
+    for (q = 0; q < nq; q++) {
+        const int64_t *r = res + q * k, *g = f->gt + q * k;
+        for (i = 0; i < k; i++) {
+            if (r[i] < 0) continue;
+            if (!bn_filter_admits(f, (uint64_t)r[i])) out++;
+            for (j = 0; j < i; j++)
+                if (r[j] == r[i]) {
+                    dups++;
+                    break;
+                }
+        }
+        for (j = 0; j < want; j++)
+            for (i = 0; i < k; i++)
+                if (g[j] >= 0 && r[i] == g[j]) {
+                    hits++;
+                    break;
+                }
+    }
+    if (dups) bn_note("warning: %s: %zu duplicate result ids", what, dups);
+    if (outside) *outside = out;
+    return nq && want ? (double)hits / ((double)nq * (double)want) : 0.0;
+}
+
+/* The keys a filtered line adds to the standard ones (bn_result.extra).
+** Baselines below 0 print as null: not measured. */
+typedef struct bn_filter_line {
+    const bn_filter *f;
+    const char *form;     /* bn_form_names */
+    const char *selector; /* FAISS: the IDSelector; NULL: key left out */
+    double recall;        /* as bn_filter_recall */
+    size_t outside;
+    double qps;
+    double scan_qps;
+    double unfiltered_qps, unfiltered_recall; /* recall: against --gt */
+    double flat_cb_qps, flat_cb_recall;
+    char buf[1024];
+} bn_filter_line;
+
+static inline void bn_filter_line_init(bn_filter_line *l, const bn_filter *f,
+                                       const char *form)
+{
+    memset(l, 0, sizeof *l);
+    l->f = f;
+    l->form = form;
+    l->scan_qps = l->unfiltered_qps = l->unfiltered_recall = -1;
+    l->flat_cb_qps = l->flat_cb_recall = -1;
+}
+
+static inline const char *bn_fmt_num(char *buf, size_t size, const char *fmt,
+                                     double v)
+{
+    if (v < 0 || v != v)
+        snprintf(buf, size, "null");
+    else
+        snprintf(buf, size, fmt, v);
+    return buf;
+}
+
+static inline const char *bn_filter_extra(const bn_opts *o, bn_filter_line *l)
+{
+    char sel[80] = "", a[32], b[32], c[32], e[32], g[32], h[32], i[32];
+    if (l->selector)
+        snprintf(sel, sizeof sel, ",\"selector\":\"%s\"", l->selector);
+    snprintf(
+        l->buf, sizeof l->buf,
+        ",\"selectivity\":%.6g,\"filter_mode\":\"%s\","
+        "\"filter_form\":\"%s\"%s,\"admitted\":%zu,\"filter_seed\":%llu,"
+        "\"recall\":%.4f,\"not_admitted\":%zu,\"scan_qps\":%s,"
+        "\"scan_queries\":%zu,\"unfiltered_qps\":%s,"
+        "\"unfiltered_recall\":%s,\"flat_cb_qps\":%s,"
+        "\"flat_cb_recall\":%s,\"qps_vs_scan\":%s,"
+        "\"qps_vs_unfiltered\":%s",
+        l->f->selectivity, o->filter_mode == BN_FILTER_FAR ? "far" : "random",
+        l->form, sel, l->f->m, (unsigned long long)o->filter_seed, l->recall,
+        l->outside, bn_fmt_num(a, sizeof a, "%.1f", l->scan_qps), l->f->scan_nq,
+        bn_fmt_num(b, sizeof b, "%.1f", l->unfiltered_qps),
+        bn_fmt_num(c, sizeof c, "%.4f", l->unfiltered_recall),
+        bn_fmt_num(e, sizeof e, "%.1f", l->flat_cb_qps),
+        bn_fmt_num(g, sizeof g, "%.4f", l->flat_cb_recall),
+        bn_fmt_num(h, sizeof h, "%.3f",
+                   l->scan_qps > 0 ? l->qps / l->scan_qps : -1),
+        bn_fmt_num(i, sizeof i, "%.3f",
+                   l->unfiltered_qps > 0 ? l->qps / l->unfiltered_qps : -1));
+    return l->buf;
 }
 
 /* ---- Output ----------------------------------------------------------------

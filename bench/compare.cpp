@@ -25,6 +25,11 @@
 **          one call at a time under writes, removals or a checkpoint, or
 **          on 1 and N threads: see run_scenario and bench/README.md.
 **          vecidx's index follows --storage, --keep and --refine.
+** Filtered (--filter-selectivity): faiss ivfpq only, searched with
+**          SearchParametersIVF and an IDSelector per --filter-form (keys:
+**          IDSelectorBatch, bitmap: IDSelectorBitmap, callback: a subclass
+**          testing a bitmap), beside the baselines vecidx-bench measures:
+**          see faiss_filtered and bench/README.md, "Filtered search".
 ** Cosine: base and queries are normalised to unit length and searched by
 ** inner product, which ranks exactly as cosine distance does.
 ** Memory: mem_mb is the growth of the resident set while building (these
@@ -318,6 +323,8 @@ struct FaissCtx {
     const bn_data *d;
     size_t k;
     std::vector<float> dist; /* nq x k, for batch */
+    /* filtered searches: nprobe and the IDSelector; nullptr: the index's */
+    const faiss::SearchParameters *params = nullptr;
 };
 
 void faiss_query(void *arg, size_t qi, int64_t *out)
@@ -334,7 +341,8 @@ void faiss_query(void *arg, size_t qi, int64_t *out)
     omp_set_num_threads(1); /* 1 query: no BLAS call */
     static_assert(sizeof(faiss::Index::idx_t) == sizeof(int64_t), "idx_t");
     c->index->search(1, c->d->query + qi * c->d->dim, (faiss::Index::idx_t)c->k,
-                     dp, reinterpret_cast<faiss::Index::idx_t *>(out));
+                     dp, reinterpret_cast<faiss::Index::idx_t *>(out),
+                     c->params);
 }
 
 void faiss_batch(void *arg, int64_t *res)
@@ -342,7 +350,7 @@ void faiss_batch(void *arg, int64_t *res)
     auto *c = static_cast<FaissCtx *>(arg);
     c->index->search((faiss::Index::idx_t)c->d->nq, c->d->query,
                      (faiss::Index::idx_t)c->k, c->dist.data(),
-                     reinterpret_cast<faiss::Index::idx_t *>(res));
+                     reinterpret_cast<faiss::Index::idx_t *>(res), c->params);
 }
 
 std::string faiss_simd()
@@ -358,9 +366,137 @@ std::string faiss_simd()
     return out;
 }
 
+/* ---- faiss, filtered: --filter-selectivity ----
+** IndexIVFPQ searched with SearchParametersIVF (nprobe and an IDSelector)
+** over the admitted sets vecidx-bench draws, beside the same baselines:
+** per selectivity and nprobe, passes in turns of each form, the scan of
+** the admitted rows and the index unfiltered. */
+
+/* The counterpart of vecidx's filter callback: FAISS asks a virtual
+** is_member about each id of the probed lists. */
+struct CallbackSelector : faiss::IDSelector {
+    const bn_filter *f;
+    explicit CallbackSelector(const bn_filter *filter) : f(filter)
+    {
+    }
+    bool is_member(idx_t id) const override
+    {
+        return id >= 0 && bn_filter_admits(f, (uint64_t)id);
+    }
+};
+
+void faiss_filtered(const bn_opts &o, const bn_data &d,
+                    faiss::IndexIVFPQ *ivfpq, const uint32_t *order,
+                    FaissCtx &unfiltered, size_t nvals,
+                    const std::function<void(bn_result &, size_t)> &line)
+{
+    /* FAISS has no selectivity hint: callback-sel would time callback
+    ** again under another name. */
+    std::vector<int> forms;
+    for (size_t i = 0; i < o.nforms; i++) {
+        if (o.forms[i] == BN_FORM_CALLBACK_SEL)
+            bn_note("faiss: no selectivity hint in FAISS, callback-sel "
+                    "skipped (see callback)");
+        else
+            forms.push_back(o.forms[i]);
+    }
+    if (forms.empty()) bn_die("faiss: no --filter-form to measure");
+    if (o.filter_flat)
+        bn_note("faiss: --filter-baseline-flat is a vecidx baseline: "
+                "flat_cb_qps is null");
+    std::unique_ptr<float, decltype(&free)> norms(bn_scan_norms(&o, &d), &free);
+    bn_scan scan;
+    memset(&scan, 0, sizeof scan);
+    scan.d = &d;
+    scan.inv_norm = norms.get();
+    scan.metric = o.metric;
+    scan.k = o.k;
+    size_t nr = forms.size() + 2, rsz = d.nq * o.k;
+    std::vector<std::vector<int64_t>> res(nr, std::vector<int64_t>(rsz));
+    for (size_t si = 0; si < o.nsel; si++) {
+        bn_filter f;
+        double t0 = bn_now();
+        if (!bn_filter_make(&o, &d, order, o.sel[si], &f)) continue;
+        bn_filter_truth(&o, &d, &scan, &f);
+        bn_note("selectivity %g: %zu rows admitted; exact neighbours in "
+                "%.2f s; timed scan passes of %zu queries",
+                f.selectivity, f.m, bn_now() - t0, f.scan_nq);
+        /* Built as a FAISS user would from the same set, outside the
+        ** timing: a hash set of ids, and a bitmap of bytes (bit i % 8 of
+        ** byte i / 8). */
+        faiss::IDSelectorBatch batch(
+            f.m, reinterpret_cast<const faiss::Index::idx_t *>(f.keys));
+        std::vector<uint8_t> bytes((f.n + 7) / 8);
+        for (size_t i = 0; i < f.m; i++)
+            bytes[f.keys[i] >> 3] |= (uint8_t)(1u << (f.keys[i] & 7));
+        faiss::IDSelectorBitmap bitmap(bytes.size(), bytes.data());
+        CallbackSelector callback(&f);
+        std::vector<faiss::SearchParametersIVF> sp(forms.size());
+        std::vector<FaissCtx> ctx(forms.size(), unfiltered);
+        for (size_t vi = 0; vi < nvals; vi++) {
+            bn_result r;
+            line(r, vi); /* sets ivfpq->nprobe for the unfiltered runs */
+            std::vector<bn_runner> run(nr); /* zeroed */
+            const char *sel_name[BN_NFORMS] = {};
+            for (size_t i = 0; i < forms.size(); i++) {
+                faiss::IDSelector *s = &callback;
+                sel_name[i] = "IDSelector subclass";
+                if (forms[i] == BN_FORM_KEYS) {
+                    s = &batch;
+                    sel_name[i] = "IDSelectorBatch";
+                } else if (forms[i] == BN_FORM_BITMAP) {
+                    s = &bitmap;
+                    sel_name[i] = "IDSelectorBitmap";
+                }
+                sp[i].nprobe = ivfpq->nprobe;
+                sp[i].sel = s;
+                ctx[i].params = &sp[i];
+                run[i].fn = faiss_query;
+                run[i].batch_fn = faiss_batch;
+                run[i].ctx = &ctx[i];
+                run[i].nq = d.nq;
+            }
+            size_t sc = forms.size(), un = sc + 1;
+            run[sc].fn = bn_scan_query;
+            run[sc].ctx = &scan;
+            run[sc].nq = f.scan_nq;
+            run[un].fn = faiss_query;
+            run[un].batch_fn = faiss_batch;
+            run[un].ctx = &unfiltered;
+            run[un].nq = d.nq;
+            for (size_t i = 0; i < nr; i++) run[i].res = res[i].data();
+            /* as in run_faiss: one OpenMP thread per single query */
+            set_threads(o.batch ? o.threads : 1);
+            bn_run_interleaved(&o, run.data(), nr, d.nq);
+            for (size_t i = 0; i < forms.size(); i++) {
+                bn_result rf = r;
+                bn_filter_line fl;
+                std::string what = strprintf("faiss %s %s s=%g", r.param,
+                                             bn_form_names[forms[i]],
+                                             f.selectivity);
+                bn_filter_line_init(&fl, &f, bn_form_names[forms[i]]);
+                fl.selector = sel_name[i];
+                fl.qps = rf.qps = bn_runner_qps(&run[i]);
+                fl.recall = rf.recall = bn_filter_recall(
+                    &f, d.nq, o.k, res[i].data(), &fl.outside, what.c_str());
+                fl.scan_qps = bn_runner_qps(&run[sc]);
+                fl.unfiltered_qps = bn_runner_qps(&run[un]);
+                fl.unfiltered_recall = bn_recall(&d, res[un].data(), o.k,
+                                                 r.param);
+                rf.extra = bn_filter_extra(&o, &fl);
+                bn_print(&o, &d, &rf);
+            }
+        }
+        bn_filter_free(&f);
+    }
+}
+
 /* FAISS's index of --index over d; with sq, IndexHNSWSQ (8-bit scalar
-** quantizer) instead of IndexHNSWFlat, for --index hnsw only. */
-void run_faiss(const bn_opts &o, const bn_data &d, bool sq)
+** quantizer) instead of IndexHNSWFlat, for --index hnsw only. With
+** --filter-selectivity, IndexIVFPQ only: the filtered sweep over the
+** admitted sets of `order` (bn_filter_order). */
+void run_faiss(const bn_opts &o, const bn_data &d, bool sq,
+               const uint32_t *order)
 {
     if (sq && strcmp(o.index, "hnsw") != 0) {
         bn_note("faiss-hnswsq is an hnsw index, not '%s': skipped", o.index);
@@ -451,8 +587,9 @@ void run_faiss(const bn_opts &o, const bn_data &d, bool sq)
     if (o.batch) c.dist.resize(d.nq * o.k);
     std::vector<int64_t> res(d.nq * o.k);
     size_t nvals = sweep ? sweep->n : 1;
-    for (size_t i = 0; i < nvals; i++) {
-        bn_result r;
+    /* The line of sweep value i, all but the measurements; sets efSearch
+    ** or nprobe for it. */
+    auto line = [&](bn_result &r, size_t i) {
         bn_result_init(&r, &o, "faiss");
         r.simd = simd.c_str();
         r.lib_version = faiss_version.c_str();
@@ -473,6 +610,15 @@ void run_faiss(const bn_opts &o, const bn_data &d, bool sq)
         if (rss_trained >= 0 && rss1 >= 0 && d.n)
             r.bytes_per_vec = (rss1 - rss_trained) * 1024.0 * 1024.0 /
                               (double)d.n;
+    };
+    if (o.nsel) {
+        faiss_filtered(o, d, ivfpq, order, c, nvals, line);
+        index.reset(); /* before its quantizer */
+        return;
+    }
+    for (size_t i = 0; i < nvals; i++) {
+        bn_result r;
+        line(r, i);
         /* single: one OpenMP thread per query, set in faiss_query; batch:
         ** one search call on --threads OpenMP threads. */
         set_threads(o.batch ? o.threads : 1);
@@ -1688,6 +1834,7 @@ int main(int argc, char **argv)
     bn_data d;
     Scenario scen;
     bn_progname = "vecidx-compare";
+    bn_filter_supported = 1;
     std::vector<char *> args = scenario_args(argc, argv, &scen);
     bn_parse_args((int)args.size() - 1, args.data(), &o, SCENARIO_HELP);
     if (!scen.name.empty()) scenario_resolve(o, &scen);
@@ -1702,7 +1849,17 @@ int main(int argc, char **argv)
     if (!paired && (strcmp(o.storage, "f32") != 0 || o.keep))
         bn_note("--storage and --keep set vecidx's storage (--lib paired); "
                 "hnswlib and FAISS store as their lines' storage key says");
+    if (o.nsel && (paired || !scen.name.empty() || !want_faiss ||
+                   strcmp(o.index, "ivfpq") != 0 || o.refine > 1))
+        bn_die("--filter-selectivity: vecidx-compare measures FAISS "
+               "IndexIVFPQ with an IDSelector only (--lib faiss --index "
+               "ivfpq, no --refine: IndexRefineFlat takes no IDSelector); "
+               "vecidx's side is vecidx-bench's");
     bn_load(&o, &d);
+    /* before normalising: cosine data then projects as in vecidx-bench,
+    ** so both programs admit the same rows */
+    std::unique_ptr<uint32_t, decltype(&free)> order(bn_filter_order(&o, &d),
+                                                     &free);
     if (o.metric == BN_COS) {
         normalise(d.base, d.n, d.dim);
         normalise(d.query, d.nq, d.dim);
@@ -1712,8 +1869,8 @@ int main(int argc, char **argv)
     else if (paired)
         run_paired(o, d);
     if (want_hnswlib) run_hnswlib(o, d);
-    if (want_faiss) run_faiss(o, d, false);
-    if (want_faiss_sq) run_faiss(o, d, true);
+    if (want_faiss) run_faiss(o, d, false, order.get());
+    if (want_faiss_sq) run_faiss(o, d, true, order.get());
     bn_free_data(&d);
     return 0;
 }

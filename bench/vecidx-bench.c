@@ -8,6 +8,11 @@
 ** removing a random half of it and adding as many other rows, and compared
 ** with a fresh build of the final set against that set's exact neighbours.
 **
+** With --filter-selectivity it measures filtered searches instead: per
+** admitted share of the base, recall against the exact neighbours among
+** the admitted rows and QPS, beside a scan of those rows and the same
+** index unfiltered, timed in turns (see run_filtered).
+**
 **   cc -std=c11 -O3 -I. bench/vecidx-bench.c libvecidx.a -pthread -lm
 */
 #include "common.h" /* first: selects POSIX */
@@ -163,6 +168,194 @@ static void run_standard(const bn_opts *o, const bn_data *d)
     }
     free(res);
     free(c.found);
+    vecidx_close(ix);
+}
+
+/* ---- Filtered mode: --filter-selectivity --------------------------------
+** One index of the base; per selectivity an admitted set (bn_filter_make)
+** and its exact neighbours; per selectivity and sweep value, passes in
+** turns of every --filter-form, the scan of the admitted rows, the same
+** index unfiltered and, with --filter-baseline-flat, a flat index with
+** the callback of each callback form; then a line per form. */
+
+/* A flat float32 index of the whole base, for flat_cb_qps. */
+static vecidx *build_flat(const bn_opts *o, const bn_data *d)
+{
+    vecidx_params p;
+    vecidx *ix = NULL;
+    uint64_t *keys = vxb_keys(d);
+    size_t ntrain;
+    int rc;
+    vxb_params(o, d, &p, &ntrain);
+    p.kind = VECIDX_FLAT;
+    p.storage = VECIDX_STORE_F32;
+    p.keep_vectors = 0;
+    p.refine = 0;
+    p.capacity = (uint32_t)(d->n < VECIDX_MAX_COUNT ? d->n : VECIDX_MAX_COUNT);
+    rc = vecidx_create(&p, &ix);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_create", rc, NULL);
+    rc = vecidx_add_batch(ix, d->n, keys, d->base);
+    if (rc != VECIDX_OK) vxb_fail("vecidx_add_batch", rc, ix);
+    free(keys);
+    return ix;
+}
+
+static int is_callback(int form)
+{
+    return form == BN_FORM_CALLBACK || form == BN_FORM_CALLBACK_SEL;
+}
+
+/* After a batch pass, the slots past each query's count hold nothing. */
+static void fill_missing(const bn_opts *o, const bn_data *d, const vxb_ctx *c,
+                         int64_t *res)
+{
+    size_t q, j;
+    if (!o->batch) return;
+    for (q = 0; q < d->nq; q++)
+        for (j = c->found[q]; j < o->k; j++) res[q * o->k + j] = -1;
+}
+
+/* Runner slots: a form each, then the scan, the unfiltered index, and a
+** flat index per callback form. */
+#define MAX_RUNNERS (2 * BN_NFORMS + 2)
+
+static void run_filtered(const bn_opts *o, const bn_data *d)
+{
+    int kind = vxb_kind(o->index);
+    const bn_list *sweep = kind == VECIDX_HNSW    ? &o->ef
+                           : kind == VECIDX_IVFPQ ? &o->nprobe
+                                                  : NULL;
+    size_t nvals = sweep ? sweep->n : 1, si, vi, i, nr;
+    size_t rsz = d->nq * o->k;
+    vecidx_stats_t st;
+    build_info b;
+    vxb_ctx base_c, c[MAX_RUNNERS];
+    bn_runner run[MAX_RUNNERS];
+    int64_t *res[MAX_RUNNERS];
+    int flat_for[BN_NFORMS]; /* runner of the form's flat baseline, or -1 */
+    bn_scan scan;
+    bn_result r;
+    bn_filter_line line;
+    vecidx *ix = build_base(o, d, kind, &b), *flat = NULL;
+    uint32_t *order;
+    float *norms;
+
+    get_stats(ix, &st);
+    if (st.count != d->n)
+        bn_note("warning: index holds %llu vectors after adding %zu",
+                (unsigned long long)st.count, d->n);
+    for (i = 0; i < o->nforms && o->filter_flat; i++)
+        if (is_callback(o->forms[i]) && !flat) flat = build_flat(o, d);
+    if (o->filter_flat && !flat)
+        bn_note("--filter-baseline-flat: no callback form, no flat index");
+    order = bn_filter_order(o, d);
+    norms = bn_scan_norms(o, d);
+    memset(&scan, 0, sizeof scan);
+    scan.d = d;
+    scan.inv_norm = norms;
+    scan.metric = o->metric;
+    scan.k = o->k;
+    ctx_init(&base_c, o, d, ix);
+    for (i = 0; i < MAX_RUNNERS; i++) {
+        res[i] = (int64_t *)bn_malloc(rsz * sizeof *res[i]);
+        c[i] = base_c;
+        c[i].found = (size_t *)bn_malloc(d->nq * sizeof *c[i].found);
+    }
+
+    for (si = 0; si < o->nsel; si++) {
+        bn_filter f;
+        double t0 = bn_now();
+        if (!bn_filter_make(o, d, order, o->sel[si], &f)) continue;
+        bn_filter_truth(o, d, &scan, &f);
+        bn_note("selectivity %g: %zu rows admitted; exact neighbours in "
+                "%.2f s; timed scan passes of %zu queries",
+                f.selectivity, f.m, bn_now() - t0, f.scan_nq);
+        for (vi = 0; vi < nvals; vi++) {
+            result_init(&r, o, &st, b.build_s);
+            set_sweep(o, kind, sweep ? sweep->v[vi] : 0, &st, b.ntrain, &base_c,
+                      &r);
+            memset(run, 0, sizeof run);
+            nr = 0;
+            for (i = 0; i < o->nforms; i++, nr++) {
+                size_t *found = c[nr].found;
+                c[nr] = base_c;
+                c[nr].found = found;
+                vxb_filter_opts(&c[nr].so, o->forms[i], &f);
+                run[nr].fn = vxb_search_one;
+                run[nr].batch_fn = vxb_search_batch;
+                run[nr].ctx = &c[nr];
+            }
+            run[nr].fn = bn_scan_query; /* nr == o->nforms */
+            run[nr].ctx = &scan;
+            run[nr++].nq = f.scan_nq;
+            {
+                size_t *found = c[nr].found;
+                c[nr] = base_c;
+                c[nr].found = found;
+                vxb_filter_opts(&c[nr].so, 0, NULL);
+                run[nr].fn = vxb_search_one;
+                run[nr].batch_fn = vxb_search_batch;
+                run[nr].ctx = &c[nr];
+                nr++;
+            }
+            for (i = 0; i < o->nforms; i++) {
+                size_t *found;
+                flat_for[i] = -1;
+                if (!flat || !is_callback(o->forms[i])) continue;
+                found = c[nr].found;
+                memset(&c[nr], 0, sizeof c[nr]);
+                c[nr].ix = flat;
+                c[nr].d = d;
+                c[nr].k = o->k;
+                c[nr].so.threads = o->threads;
+                c[nr].found = found;
+                vxb_filter_opts(&c[nr].so, o->forms[i], &f);
+                run[nr].fn = vxb_search_one;
+                run[nr].batch_fn = vxb_search_batch;
+                run[nr].ctx = &c[nr];
+                flat_for[i] = (int)nr++;
+            }
+            for (i = 0; i < nr; i++) {
+                run[i].res = res[i];
+                if (!run[i].nq) run[i].nq = d->nq;
+            }
+            bn_run_interleaved(o, run, nr, d->nq);
+            for (i = 0; i < nr; i++)
+                if (run[i].fn == vxb_search_one)
+                    fill_missing(o, d, &c[i], res[i]);
+
+            for (i = 0; i < o->nforms; i++) {
+                bn_result rf = r;
+                char what[128];
+                size_t u = o->nforms + 1;
+                snprintf(what, sizeof what, "%s %s s=%g", r.param,
+                         bn_form_names[o->forms[i]], f.selectivity);
+                bn_filter_line_init(&line, &f, bn_form_names[o->forms[i]]);
+                line.qps = rf.qps = bn_runner_qps(&run[i]);
+                line.recall = rf.recall = bn_filter_recall(
+                    &f, d->nq, o->k, res[i], &line.outside, what);
+                line.scan_qps = bn_runner_qps(&run[o->nforms]);
+                line.unfiltered_qps = bn_runner_qps(&run[u]);
+                line.unfiltered_recall = bn_recall(d, res[u], o->k, r.param);
+                if (flat_for[i] >= 0) {
+                    line.flat_cb_qps = bn_runner_qps(&run[flat_for[i]]);
+                    line.flat_cb_recall = bn_filter_recall(
+                        &f, d->nq, o->k, res[flat_for[i]], NULL, "flat");
+                }
+                rf.extra = bn_filter_extra(o, &line);
+                bn_print(o, d, &rf);
+            }
+        }
+        bn_filter_free(&f);
+    }
+    for (i = 0; i < MAX_RUNNERS; i++) {
+        free(res[i]);
+        free(c[i].found);
+    }
+    free(base_c.found);
+    free(order);
+    free(norms);
+    if (flat) vecidx_close(flat);
     vecidx_close(ix);
 }
 
@@ -443,7 +636,8 @@ static void run_churn(const bn_opts *o, const bn_data *d, unsigned rounds)
 /* ---- Command line ---------------------------------------------------------
 ** bn_parse_args (common.h, shared with vecidx-compare) rejects options it
 ** does not know, so --churn is taken out of argv before it runs. Every
-** other option but --batch, --keep and --help takes a value, skipped here
+** other option but --batch, --keep, --filter-baseline-flat and --help
+** takes a value, skipped here
 ** so that a value spelled "--churn" is left alone. */
 
 static void usage_churn(void)
@@ -483,7 +677,8 @@ static unsigned take_churn(int *argc, char **argv)
         }
         argv[out++] = argv[i];
         if (!strncmp(a, "--", 2) && !strchr(a, '=') && strcmp(a, "--batch") &&
-            strcmp(a, "--keep") && i + 1 < *argc)
+            strcmp(a, "--keep") && strcmp(a, "--filter-baseline-flat") &&
+            i + 1 < *argc)
             argv[out++] = argv[++i];
     }
     *argc = out;
@@ -497,6 +692,7 @@ int main(int argc, char **argv)
     bn_data d;
     unsigned churn_rounds = take_churn(&argc, argv);
 
+    bn_filter_supported = 1;
     bn_parse_args(argc, argv, &o, LIBS);
     if (o.lib && strcmp(o.lib, "vecidx") != 0)
         bn_die(
@@ -504,12 +700,16 @@ int main(int argc, char **argv)
             o.lib);
     if (churn_rounds && vxb_kind(o.index) != VECIDX_HNSW)
         bn_die("--churn needs --index hnsw");
+    if (churn_rounds && o.nsel)
+        bn_die("--churn and --filter-selectivity: one or the other");
     if (strcmp(vecidx_version(), VECIDX_VERSION_STRING) != 0)
         bn_note("warning: vecidx.h is %s but the library is %s",
                 VECIDX_VERSION_STRING, vecidx_version());
     bn_load(&o, &d);
     if (churn_rounds)
         run_churn(&o, &d, churn_rounds);
+    else if (o.nsel)
+        run_filtered(&o, &d);
     else
         run_standard(&o, &d);
     bn_free_data(&d);

@@ -150,4 +150,42 @@ static inline uint64_t *vxb_keys(const bn_data *d)
     return keys;
 }
 
+/* The callback of the callback forms: a lookup in the admitted set's
+** bitmap, the cheapest test an application could hand over, so that what
+** the callback forms measure beside the bitmap form is the search's own
+** handling of a callback. */
+static inline int vxb_filter_cb(uint64_t key, void *ctx)
+{
+    return bn_filter_admits((const bn_filter *)ctx, key);
+}
+
+/* Search options giving vecidx the admitted set f in the form BN_FORM_*:
+** the keys array, the bitmap over keys (keys are base rows, so f's bitmap
+** is one), the callback alone, or the callback with its true
+** selectivity. The other fields of *so are left as they are. */
+static inline void vxb_filter_opts(vecidx_search_opts *so, int form,
+                                   const bn_filter *f)
+{
+    so->allow_keys = NULL;
+    so->allow_count = 0;
+    so->allow_bitmap = NULL;
+    so->allow_bits = 0;
+    so->filter = NULL;
+    so->filter_ctx = NULL;
+    so->filter_selectivity = 0;
+    if (!f) return;
+    if (form == BN_FORM_KEYS) {
+        so->allow_keys = f->keys;
+        so->allow_count = f->m;
+    } else if (form == BN_FORM_BITMAP) {
+        so->allow_bitmap = f->bitmap;
+        so->allow_bits = f->n;
+    } else {
+        so->filter = vxb_filter_cb;
+        so->filter_ctx = (void *)(uintptr_t)f;
+        if (form == BN_FORM_CALLBACK_SEL)
+            so->filter_selectivity = (float)((double)f->m / (double)f->n);
+    }
+}
+
 #endif /* VXBENCH_H */
