@@ -364,8 +364,14 @@ test-m32:
 # native runs and the 32-bit armhf runs cover, and three IVF-PQ tests of
 # platform-independent logic (same seed same model, parallel quantizer
 # build, progress callback; 60 of its 255 s), which the native runs cover.
-CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
-CROSS_SKIP := -alloc_failure -hnsw_churn -hnsw_removals
+# Of the filtered-search tests (3 minutes under qemu-aarch64) the qemu runs
+# keep the flat and float32 HNSW ones, and on 32 bits the argument and
+# bitmap-bound checks; the rest test platform-independent planning.
+CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter \
+    filter_empty_and_bounds filter_bad_arguments
+CROSS_FILTER_SKIP := -filter_ivfpq -filter_hnsw_int8 -filter_intersection \
+    -filter_duplicates -filter_batch -filter_file -filter_empty -filter_bad
+CROSS_SKIP := -alloc_failure -hnsw_churn -hnsw_removals $(CROSS_FILTER_SKIP)
 CROSS_A64_SKIP := -store_huge_blocks -ivfpq_determinism \
     -ivfpq_hnsw_quantizer_threads -ivfpq_progress
 MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
