@@ -3779,6 +3779,8 @@ static void vx_flat_allowed(vecidx *ix, const vx_query *q,
     uint64_t keys[256], pos = 0;
     uint32_t slots[256];
     size_t n, i, j;
+    /* the keys come from one set: only other filters need asking */
+    int others = a->cb || (a->bits && a->set_on);
     while ((n = vx_allow_next(a, &pos, keys, 256)) > 0) {
         if (!locked) pthread_rwlock_rdlock(&ix->lock);
         /* the map cells too are in no order: request them ahead */
@@ -3810,7 +3812,7 @@ static void vx_flat_allowed(vecidx *ix, const vx_query *q,
                         : vx_qdist(ix, q, slots[i]);
             if (VX_UNLIKELY(d != d)) d = INFINITY;
             if (!vx_topk_admits(h, d, keys[i])) continue;
-            if (!o->filter(keys[i], o->filter_ctx)) continue;
+            if (others && !o->filter(keys[i], o->filter_ctx)) continue;
             vx_topk_push(h, d, keys[i]);
         }
     }
