@@ -3785,8 +3785,8 @@ static void vx_flat_allowed(vecidx *ix, const vx_query *q,
         if (!locked) pthread_rwlock_rdlock(&ix->lock);
         /* the map cells too are in no order: request them ahead */
         for (i = 0; i < n && i < VX_ALLOW_AHEAD && s->map.cap; i++)
-            __builtin_prefetch(&s->map.keys[vx_hash64(keys[i]) &
-                                            (s->map.cap - 1)]);
+            __builtin_prefetch(
+                &s->map.keys[vx_hash64(keys[i]) & (s->map.cap - 1)]);
         for (i = j = 0; i < n; i++) {
             uint32_t slot;
             if (i + VX_ALLOW_AHEAD < n && s->map.cap)
@@ -5902,20 +5902,35 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
     const vx_sopts *a = vx_allow_of(o);
     const vx_ivf *v = &ix->ivf;
     uint64_t keys[256], pos = 0;
-    size_t n, i, cell;
+    uint32_t at[256][2]; /* list, position */
+    size_t n, i, m, cell;
     uint32_t li, j;
-    if (a->counted) {
-        while ((n = vx_allow_next(a, &pos, keys, 256)) > 0)
-            for (i = 0; i < n; i++) {
-                if ((cell = vx_ivf_map_find(v, keys[i])) == SIZE_MAX ||
-                    !o->filter(keys[i], o->filter_ctx))
-                    continue;
-                vx_ivf_offer_exact(ix, w, qv,
-                                   (uint32_t)(v->map[cell] >> 32) & 0xFFFFFu,
-                                   (uint32_t)v->map[cell], exact, h);
+    int others = a->cb || (a->bits && a->set_on);
+    /* Map cells and vectors are in no order: both are requested
+    ** VX_ALLOW_AHEAD keys ahead, as vx_flat_allowed does. */
+    while (a->counted && (n = vx_allow_next(a, &pos, keys, 256)) > 0) {
+        for (i = m = 0; i < n; i++) {
+            if (i + VX_ALLOW_AHEAD < n && v->map_cap)
+                __builtin_prefetch(&v->map[vx_ivf_home(
+                    vx_hash64(keys[i + VX_ALLOW_AHEAD]), v->map_cap)]);
+            if ((cell = vx_ivf_map_find(v, keys[i])) == SIZE_MAX) continue;
+            at[m][0] = (uint32_t)(v->map[cell] >> 32) & 0xFFFFFu;
+            at[m][1] = (uint32_t)v->map[cell];
+            keys[m++] = keys[i];
+        }
+        for (i = 0; i < m; i++) {
+            if (i + VX_ALLOW_AHEAD < m) {
+                const vx_ivlist *l = &v->lists[at[i + VX_ALLOW_AHEAD][0]];
+                size_t p = at[i + VX_ALLOW_AHEAD][1];
+                __builtin_prefetch(exact
+                                       ? (const void *)(l->vecs + p * ix->p.dim)
+                                       : (const void *)(l->codes + p * v->m));
             }
-        return;
+            if (others && !o->filter(keys[i], o->filter_ctx)) continue;
+            vx_ivf_offer_exact(ix, w, qv, at[i][0], at[i][1], exact, h);
+        }
     }
+    if (a->counted) return;
     for (li = 0; li < v->nlist; li++)
         for (j = 0; j < v->lists[li].n; j++)
             if (o->filter(v->lists[li].keys[j], o->filter_ctx))
