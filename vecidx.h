@@ -657,11 +657,12 @@ int vecidx_check(vecidx *ix);
 **    Without re-ranking the scan's distances are the code estimates.
 ** The scan is chosen below about sqrt(ef * M / count) admitted: 3 % of
 ** 1M, 10 % of 100k at the default ef and M. Measured on 1M x 128 (M 16,
-** ef 64, one thread, bitmap form): recall@10 >= 0.98 at every fraction,
-** admitted at random or far from the query; the walk runs at 0.28x the
-** unfiltered speed at 50 % admitted, 0.14x at 10 %; the scan of 1 % to
-** 0.01 % is 1.8-2x a hand-written scan of the admitted vectors (key
-** array form). More in bench/RESULTS.md. An allowed
+** ef 64, one thread, bitmap form): recall@10 >= 0.99 at every fraction,
+** admitted at random or far from the query; on random sets the walk runs
+** at 0.54x the unfiltered speed at 50 % admitted, 0.17x at 10 %; the scan
+** of 1 % to 0.01 % reaches 0.5-0.85x a hand-written loop over only the
+** admitted vectors at 128 dimensions (the key lookup is the difference),
+** 1.0-1.2x at 384. More in bench/RESULTS.md. An allowed
 ** key array costs time in proportion to its length on every call (its
 ** keys are hashed once per call; a batch shares that); a bitmap costs
 ** only its words counted. For large sets prefer the bitmap. Entries
