@@ -126,26 +126,32 @@ def _key_list(obj):
     return out
 
 
+def _uint64_keys(arr, what):
+    """A contiguous, aligned uint64 copy (or view) of an integer array of
+    keys, negative keys refused; None if arr is not of integers."""
+    kind = arr.dtype.kind
+    if kind == "u":
+        out = np.ascontiguousarray(arr, dtype=np.uint64)
+        return out.copy() if not out.flags.aligned else out
+    if kind == "i":
+        if arr.size and arr.min() < 0:
+            raise InvalidArgumentError(
+                "%s %d is out of range 0..%d"
+                % (what, int(arr.min()), _capi.UINT64_MAX))
+        return np.array(arr, dtype=np.uint64, order="C")
+    return None
+
+
 def _keys_arg(obj):
     """(address, n, owner) of a uint64 array holding the keys in obj."""
     if np is not None and isinstance(obj, np.ndarray):
         if obj.ndim != 1:
             raise InvalidArgumentError(
                 "keys must be one-dimensional, got shape %s" % (obj.shape,))
-        kind = obj.dtype.kind
-        if kind == "u":
-            arr = np.ascontiguousarray(obj, dtype=np.uint64)
-            if not arr.flags.aligned:
-                arr = arr.copy()
-        elif kind == "i":
-            if obj.size and obj.min() < 0:
-                raise InvalidArgumentError(
-                    "key %d is out of range 0..%d"
-                    % (int(obj.min()), _capi.UINT64_MAX))
-            arr = np.array(obj, dtype=np.uint64, order="C")
-        elif kind == "O" or obj.size == 0:
+        arr = _uint64_keys(obj, "key")
+        if arr is None and (obj.dtype.kind == "O" or obj.size == 0):
             arr = np.array(_key_list(obj), dtype=np.uint64)
-        else:
+        elif arr is None:
             raise InvalidArgumentError(
                 "keys must be integers, got an array of %s" % obj.dtype)
         return arr.ctypes.data if arr.size else None, arr.size, arr
@@ -200,16 +206,8 @@ def _allowed_arg(obj):
     kind = arr.dtype.kind
     if kind == "b":
         raise InvalidArgumentError(_BOOL_KEYS)
-    if kind == "u":
-        arr = np.ascontiguousarray(arr, dtype=np.uint64)
-        if not arr.flags.aligned:
-            arr = arr.copy()
-    elif kind == "i":
-        if arr.size and arr.min() < 0:
-            raise InvalidArgumentError(
-                "allowed key %d is out of range 0..%d"
-                % (int(arr.min()), _capi.UINT64_MAX))
-        arr = arr.astype(np.uint64)
+    if kind in "ui":
+        arr = _uint64_keys(arr, "allowed key")
     elif kind == "O" or arr.size == 0:
         arr = np.array(_allowed_list(arr), dtype=np.uint64)
     else:
