@@ -720,11 +720,13 @@ static void test_file_roundtrip(void)
         DIM = 12
     };
     static float v[N * DIM];
-    const char *path = "/tmp/vecidx-core-test.vx";
+    char path[48];
     uint64_t ka[10], kb[10];
     float da[10], db[10];
     size_t fa = 0, fb = 0, i;
     int kind;
+    /* per process: CI runs the qemu builds side by side */
+    snprintf(path, sizeof path, "/tmp/vecidx-core-test-%ld.vx", (long)getpid());
     t_clustered(v, N, DIM);
     for (kind = VECIDX_FLAT; kind <= VECIDX_HNSW; kind++) {
         vecidx *ix = t_index(kind, VECIDX_COSINE, DIM), *ro, *rw;
@@ -759,7 +761,7 @@ static void test_file_roundtrip(void)
     unlink(path);
     {
         char wal[64];
-        snprintf(wal, sizeof wal, "%s-wal", path);
+        snprintf(wal, sizeof wal, "%.48s-wal", path);
         unlink(wal);
     }
 }
@@ -769,7 +771,7 @@ static void test_file_roundtrip(void)
 ** records, and int8 codes with kept vectors (format version 4). */
 static void t_file_corruption(uint32_t storage)
 {
-    const char *path = "/tmp/vecidx-core-corrupt.vx";
+    char path[48];
     vecidx_params p;
     vecidx *ix = NULL, *ro;
     unsigned char *buf;
@@ -778,6 +780,8 @@ static void t_file_corruption(uint32_t storage)
     size_t i, found, refused = 0, caught = 0, trials = 0;
     float v[4];
     uint64_t keys[5];
+    snprintf(path, sizeof path, "/tmp/vecidx-core-corrupt-%ld.vx",
+             (long)getpid());
     vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, 4);
     p.hnsw_ef_construction = 64;
     p.threads = 1;
