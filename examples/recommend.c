@@ -13,7 +13,11 @@
 ** running out and coming back. At the end it prints query latency
 ** percentiles of each way, checks that every recommendation passed its
 ** filters, and reopens the file to check it holds exactly the catalog's
-** products.
+** products. On Linux it also counts the searches during which the thread
+** lost its core: preempted (more busy threads than cores: two shoppers
+** and the writer on a 2-core machine) or blocked (it slept, waiting on a
+** lock or the disk), and gives the percentiles of the others, so that a
+** slow tail can be told apart from the scheduler's.
 **
 **   examples/recommend [--quick] [PATH]
 **
@@ -23,7 +27,11 @@
 ** passes. Build: cc -std=c11 -O2 -I. examples/recommend.c vecidx.c -pthread
 ** -lm
 */
+#ifdef __linux__
+#define _GNU_SOURCE /* RUSAGE_THREAD */
+#else
 #define _POSIX_C_SOURCE 200809L
+#endif
 
 #include <math.h>
 #include <pthread.h>
@@ -32,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -113,6 +122,28 @@ static double now_seconds(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* How a search's thread spent the search, as far as the system says. */
+enum {
+    RAN,       /* on its core throughout */
+    PREEMPTED, /* the scheduler gave its core to another thread a while */
+    BLOCKED    /* it slept: waited on a lock or the disk */
+};
+
+/* The calling thread's context switches so far, involuntary and
+** voluntary; zero where the system does not count them per thread. */
+static void thread_switches(long *involuntary, long *voluntary)
+{
+#ifdef RUSAGE_THREAD
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+        *involuntary = ru.ru_nivcsw;
+        *voluntary = ru.ru_nvcsw;
+        return;
+    }
+#endif
+    *involuntary = *voluntary = 0;
 }
 
 /* Called by the one writer after each state change and before counting
@@ -294,8 +325,9 @@ enum {
 typedef struct shopper {
     shop *sh;
     unsigned id;
-    unsigned queries;       /* of each form */
-    double *latency[FORMS]; /* seconds, one per query */
+    unsigned queries;          /* of each form */
+    double *latency[FORMS];    /* seconds, one per query */
+    unsigned char *how[FORMS]; /* RAN, PREEMPTED or BLOCKED, per query */
     unsigned long results[FORMS], bad, short_lists, missed;
     int failed;
 } shopper;
@@ -341,6 +373,7 @@ static void *shopper_main(void *arg)
         unsigned liked = (unsigned)(rnd_next(&rng) % CATEGORIES);
         int form = (int)(q % FORMS);
         unsigned long changes;
+        long invol0, vol0, invol1, vol1;
         double t;
         int rc;
         /* The shopper's taste leans to one category; most searches are
@@ -355,6 +388,7 @@ static void *shopper_main(void *arg)
         memset(&opts, 0, sizeof opts);
         opts.filter_ctx = &w;
         changes = atomic_load(&sh->changes);
+        thread_switches(&invol0, &vol0);
         /* Copying the allowed set is part of the search's cost: timed. */
         t = now_seconds();
         if (form == BY_CALLBACK) {
@@ -373,6 +407,10 @@ static void *shopper_main(void *arg)
         }
         rc = vecidx_search(sh->ix, taste, K, &opts, keys, dists, &found);
         s->latency[form][q / FORMS] = now_seconds() - t;
+        thread_switches(&invol1, &vol1);
+        s->how[form][q / FORMS] = vol1 > vol0       ? BLOCKED
+                                  : invol1 > invol0 ? PREEMPTED
+                                                    : RAN;
         if (rc != VECIDX_OK) {
             report(sh, rc, "searching");
             s->failed = 1;
@@ -415,6 +453,35 @@ static double percentile(const double *v, size_t n, double p)
 {
     size_t r = (size_t)ceil(p / 100 * (double)n);
     return v[r > 0 ? r - 1 : 0];
+}
+
+/* Percentiles of one way's latencies `v` (sorted here), then, where the
+** system counts context switches, of the searches that kept their core. */
+static void print_latency(const char *name, double *v, const unsigned char *how,
+                          size_t n)
+{
+    double *ran = malloc(sizeof *ran * n);
+    size_t i, m = 0, preempted = 0, blocked = 0;
+    for (i = 0; i < n; i++) {
+        if (how[i] == RAN && ran) ran[m++] = v[i];
+        preempted += how[i] == PREEMPTED;
+        blocked += how[i] == BLOCKED;
+    }
+    qsort(v, n, sizeof *v, cmp_double);
+    printf("  %s p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  max %.3f ms\n", name,
+           percentile(v, n, 50) * 1e3, percentile(v, n, 95) * 1e3,
+           percentile(v, n, 99) * 1e3, v[n - 1] * 1e3);
+#ifdef RUSAGE_THREAD
+    if (m > 0) {
+        qsort(ran, m, sizeof *ran, cmp_double);
+        printf("    %zu preempted, %zu blocked; the other %zu: p50 %.3f ms  "
+               "p95 %.3f ms  p99 %.3f ms  max %.3f ms\n",
+               preempted, blocked, m, percentile(ran, m, 50) * 1e3,
+               percentile(ran, m, 95) * 1e3, percentile(ran, m, 99) * 1e3,
+               ran[m - 1] * 1e3);
+    }
+#endif
+    free(ran);
 }
 
 /* ---- Setup, run, verify ------------------------------------------------ */
@@ -463,6 +530,7 @@ int main(int argc, char **argv)
     writer_stats *ws;
     void *ret;
     double t0, load_s, run_s, *all;
+    unsigned char *hows;
     unsigned long results[FORMS] = {0}, bad = 0, short_lists = 0, missed = 0;
     static const char *const form_name[FORMS] = {
         "before, by callback:        ", "after, by allowed set:      "};
@@ -569,7 +637,8 @@ int main(int argc, char **argv)
     /* Serve: shoppers search while the writer changes the shop. */
     n = (size_t)per_thread * QUERY_THREADS; /* searches of each form */
     all = malloc(sizeof *all * n * FORMS);
-    if (!all) return 1;
+    hows = malloc(n * FORMS);
+    if (!all || !hows) return 1;
     t0 = now_seconds();
     if (pthread_create(&writer, NULL, writer_main, &sh) != 0) return 1;
     for (t = 0; t < QUERY_THREADS; t++) {
@@ -577,8 +646,10 @@ int main(int argc, char **argv)
         shoppers[t].sh = &sh;
         shoppers[t].id = t;
         shoppers[t].queries = per_thread;
-        for (f = 0; f < FORMS; f++)
+        for (f = 0; f < FORMS; f++) {
             shoppers[t].latency[f] = all + f * n + (size_t)t * per_thread;
+            shoppers[t].how[f] = hows + f * n + (size_t)t * per_thread;
+        }
         if (pthread_create(&threads[t], NULL, shopper_main, &shoppers[t]))
             return 1;
     }
@@ -602,14 +673,8 @@ int main(int argc, char **argv)
            ws->removed, ws->sold_out, ws->restocked);
     printf("latency of a filtered top-%d search, %zu searches each way:\n", K,
            n);
-    for (f = 0; f < FORMS; f++) {
-        double *v = all + f * n;
-        qsort(v, n, sizeof *v, cmp_double);
-        printf("  %s p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  max %.3f ms\n",
-               form_name[f], percentile(v, n, 50) * 1e3,
-               percentile(v, n, 95) * 1e3, percentile(v, n, 99) * 1e3,
-               v[n - 1] * 1e3);
-    }
+    for (f = 0; f < FORMS; f++)
+        print_latency(form_name[f], all + f * n, hows + f * n, n);
     printf("filter check: %lu results by callback, %lu by allowed set, %lu "
            "not admitted by their filters: %s\n",
            results[BY_CALLBACK], results[BY_ALLOWED_SET], bad,
@@ -618,6 +683,7 @@ int main(int argc, char **argv)
            "more products were wanted: %s\n",
            short_lists, K, missed, missed ? "FAILED" : "ok");
     free(all);
+    free(hows);
 
     /* Close (which syncs the log), then check what a restart would see. */
     vecidx_close(sh.ix);
