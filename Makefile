@@ -15,7 +15,8 @@
 #   make test-m32         the tests built with -m32 (skipped without multilib)
 #   make crash-soak       the crash tests with CRASH_TRIALS (default 20) times
 #                         the usual number of trials
-#   make fuzz             libFuzzer on vecidx_open for FUZZ_TIME seconds (clang)
+#   make fuzz             libFuzzer on vecidx_open, then on API call sequences
+#                         (fuzz/fuzz_api.c), FUZZ_TIME seconds each (clang)
 #   make install          PREFIX=/usr/local, DESTDIR honoured; installs the
 #                         header, libraries, vecidx.pc and bin/vecidx
 #   make format-check     clang-format --dry-run -Werror on the C sources
@@ -128,13 +129,19 @@ TEST_CXX := $(wildcard tests/test_cxx.cpp)
 TEST_CXX_BIN := $(if $(TEST_CXX),tests/vecidx_test_cxx)
 FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
                     fuzz/fuzz_open-replay)
+# The API-sequence fuzzer's replay driver runs its seed corpus in `make test`
+# (and under ASan in `make sanitize`); fuzz/api-regress holds inputs that
+# found library bugs, replayed by hand: fuzz/fuzz_api-replay fuzz/api-regress
+API_REPLAY := $(if $(and $(wildcard fuzz/fuzz_api.c),$(wildcard fuzz/api-seeds)),\
+                   fuzz/fuzz_api-replay)
 
 .PHONY: all lib test examples-run sanitize tsan cross-test test-nosimd \
         cross-test-aarch64 cross-test-armhf cross-test-armhf-neon \
         test-m32 crash-soak fuzz install uninstall clean format format-check \
         bench-compare bench-ab
 
-all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH)
+all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH) \
+     $(API_REPLAY)
 
 lib: libvecidx.a libvecidx.so
 
@@ -235,6 +242,15 @@ fuzz/fuzz_open-replay: fuzz/fuzz_open.c vecidx.c vecidx.h
 	$(CC) $(TEST_CFLAGS) -DVX_FUZZ_MAIN -I. -o $@ fuzz/fuzz_open.c vecidx.c \
 	    $(LDFLAGS) $(LDLIBS)
 
+# The API-sequence fuzzer without libFuzzer: replays files and directories.
+fuzz/fuzz_api-replay: fuzz/fuzz_api.c vecidx.c vecidx.h
+	$(CC) $(TEST_CFLAGS) -DVX_FUZZ_MAIN -I. -o $@ fuzz/fuzz_api.c vecidx.c \
+	    $(LDFLAGS) $(LDLIBS)
+
+fuzz/fuzz_api-replay-asan: fuzz/fuzz_api.c vecidx.c vecidx.h
+	$(SAN_CC) $(ASAN_CFLAGS) -DVX_FUZZ_MAIN -I. -o $@ fuzz/fuzz_api.c \
+	    vecidx.c $(LDFLAGS) $(LDLIBS)
+
 # ---- Running the tests -------------------------------------------------------
 # $(call vx_run,PROGRAMS,SUFFIX,COMMAND-PREFIX,ARGUMENTS) runs each program
 # (with SUFFIX appended) one after the other, even under make -j, prints
@@ -266,12 +282,15 @@ vx_have_python = $(PYTHON) -c 'import pytest, numpy' 2>/dev/null || \
 # fuzz regression inputs if fuzz/regress exists, the command-line tool's
 # test, the examples (examples-run), then the Python binding tests if
 # python/tests exists.
-test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) $(CLI) $(EXAMPLES) \
-      $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so)
+test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) $(API_REPLAY) $(CLI) \
+      $(EXAMPLES) $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so)
 	@test -n "$(TEST_PROGS)" || { echo "no test programs found"; exit 1; }
 	$(call vx_run,$(TEST_PROGS) $(TEST_CXX_BIN))
 ifneq ($(FUZZ_REPLAY),)
 	./fuzz/fuzz_open-replay $(FUZZ_REGRESS) >/dev/null
+endif
+ifneq ($(API_REPLAY),)
+	$(call vx_run,$(API_REPLAY),,,fuzz/api-seeds)
 endif
 ifneq ($(CLI_TEST),)
 	$(call vx_step,sh $(CLI_TEST) $(CLI))
@@ -314,8 +333,12 @@ ASAN_ENV = ASAN_OPTIONS=detect_leaks=1 \
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
-sanitize: $(addsuffix -asan,$(TEST_PROGS)) $(if $(CLI_TEST),tools/vecidx-asan)
+sanitize: $(addsuffix -asan,$(TEST_PROGS) $(API_REPLAY)) \
+          $(if $(CLI_TEST),tools/vecidx-asan)
 	$(call vx_run,$(TEST_PROGS),-asan,$(ASAN_ENV) $(NORAND))
+ifneq ($(API_REPLAY),)
+	$(call vx_run,$(API_REPLAY),-asan,$(ASAN_ENV) $(NORAND),fuzz/api-seeds)
+endif
 ifneq ($(CLI_TEST),)
 	$(call vx_step,$(ASAN_ENV) $(NORAND) sh $(CLI_TEST) tools/vecidx-asan)
 endif
@@ -395,18 +418,35 @@ crash-soak: tests/crash/crash_test
 # Needs clang with libFuzzer (Debian: libclang-rt-14-dev). The seed corpus
 # is generated into fuzz/corpus, never committed; inputs worth keeping go
 # to fuzz/regress, which `make test` replays.
+# fuzz_api starts from the committed seeds, fuzz/api-seeds (rewritten by
+# `fuzz/fuzz_api-replay --make-seeds fuzz/api-seeds`); what it finds new
+# goes to fuzz/api-corpus, never committed. fuzz/api-regress is left out
+# while its inputs still fail: libFuzzer would stop at the first. Its files go to a directory under TMPDIR: on tmpfs (the
+# default here, when /dev/shm exists) the fsyncs of every write cost
+# nothing.
+FUZZ_TMPDIR ?= $(if $(wildcard /dev/shm),/dev/shm,/tmp)
 fuzz/fuzz_open: fuzz/fuzz_open.c vecidx.c vecidx.h
 	$(FUZZ_CC) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
 	    -o $@ fuzz/fuzz_open.c vecidx.c $(LDLIBS)
 
+fuzz/fuzz_api: fuzz/fuzz_api.c vecidx.c vecidx.h
+	$(FUZZ_CC) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
+	    -o $@ fuzz/fuzz_api.c vecidx.c $(LDLIBS)
+
 fuzz/make_seeds: fuzz/make_seeds.c vecidx.h libvecidx.a
 	$(CC) $(CFLAGS) -I. -o $@ fuzz/make_seeds.c libvecidx.a $(LDFLAGS) $(LDLIBS)
 
-fuzz: fuzz/fuzz_open fuzz/make_seeds
+fuzz: fuzz/fuzz_open fuzz/make_seeds $(if $(wildcard fuzz/fuzz_api.c),fuzz/fuzz_api)
 	mkdir -p fuzz/corpus
 	./fuzz/make_seeds fuzz/corpus
 	$(NORAND) ./fuzz/fuzz_open -max_total_time=$(FUZZ_TIME) fuzz/corpus \
 	    $(wildcard fuzz/regress)
+ifneq ($(wildcard fuzz/fuzz_api.c),)
+	mkdir -p fuzz/api-corpus
+	TMPDIR=$(FUZZ_TMPDIR) $(NORAND) ./fuzz/fuzz_api \
+	    -max_total_time=$(FUZZ_TIME) -max_len=4096 -timeout=20 \
+	    fuzz/api-corpus $(wildcard fuzz/api-seeds)
+endif
 
 # ---- Install -----------------------------------------------------------------
 # vecidx.pc is written at install time so it always names this PREFIX.
@@ -447,5 +487,6 @@ clean:
 	    tests/vecidx_test tests/vecidx_test-* tests/vecidx_test_cxx \
 	    tests/core/core_test tests/core/core_test-* \
 	    tests/crash/crash_test tests/crash/crash_test-* \
-	    fuzz/fuzz_open fuzz/fuzz_open-replay fuzz/make_seeds
-	rm -rf fuzz/corpus bench/ab-build
+	    fuzz/fuzz_open fuzz/fuzz_open-replay fuzz/make_seeds \
+	    fuzz/fuzz_api fuzz/fuzz_api-replay fuzz/fuzz_api-replay-asan
+	rm -rf fuzz/corpus fuzz/api-corpus bench/ab-build
