@@ -739,7 +739,7 @@ static void fa_check_results(fa *s, const float *q, size_t k,
             return;
         }
         if (!fa_expect_dist(s, how, q, id, &c, &r)) {
-            top = INFINITY;
+            exact = 0; /* the farthest result's distance is not known */
             continue;
         }
         if (dists && !(fabs(dists[i] - c) <= r)) {
