@@ -1150,17 +1150,18 @@ static unsigned fa_op_byte(unsigned op)
     return 0;
 }
 
-/* The expected error of creating p, or 0. */
-static int fa_create_error(const vecidx_params *p)
+/* The errors creating p may give (either, when two apply), or 0. */
+static unsigned fa_create_errors(const vecidx_params *p)
 {
+    unsigned err = 0;
     if (p->storage != VECIDX_STORE_F32 &&
         (p->kind == VECIDX_IVFPQ ||
          (p->storage == VECIDX_STORE_BIN &&
           (p->metric == VECIDX_L2 || !p->keep_vectors))))
-        return VECIDX_ENOTSUP;
+        err |= FA_B(VECIDX_ENOTSUP);
     if (p->kind == VECIDX_IVFPQ && p->ivf_refine > 1 && !p->ivf_keep_vectors)
-        return VECIDX_EINVAL;
-    return 0;
+        err |= FA_B(VECIDX_EINVAL);
+    return err;
 }
 
 static int fa_create(fa *s)
@@ -1178,8 +1179,8 @@ static int fa_create(fa *s)
 ** parameters and a seed. */
 static void fa_setup(fa *s, const unsigned char *hdr)
 {
-    unsigned b[9], i;
-    int want, rc;
+    unsigned b[9], i, want;
+    int rc;
     for (i = 0; i < 9; i++) b[i] = fa_pick(&s->in, hdr ? hdr[i] : 0);
     s->kind = 1 + (int)(b[0] % 3);
     s->metric = 1 + (int)(b[1] % 3);
@@ -1212,9 +1213,9 @@ static void fa_setup(fa *s, const unsigned char *hdr)
         s->p.ivf_nprobe = 1 + (b[7] >> 5) % 4;
     }
     /* Combinations vecidx_create refuses, then the nearest it takes. */
-    if ((want = fa_create_error(&s->p)) != 0) {
+    if ((want = fa_create_errors(&s->p)) != 0) {
         rc = fa_create(s);
-        fa_rc(s, "vecidx_create of refused parameters", rc, FA_B(want));
+        fa_rc(s, "vecidx_create of refused parameters", rc, want);
         vecidx_close(s->ix);
         s->p.storage = VECIDX_STORE_F32;
         s->p.keep_vectors = 0;
