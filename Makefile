@@ -129,9 +129,9 @@ TEST_CXX := $(wildcard tests/test_cxx.cpp)
 TEST_CXX_BIN := $(if $(TEST_CXX),tests/vecidx_test_cxx)
 FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
                     fuzz/fuzz_open-replay)
-# The API-sequence fuzzer's replay driver runs its seed corpus in `make test`
-# (and under ASan in `make sanitize`); fuzz/api-regress holds inputs that
-# found library bugs, replayed by hand: fuzz/fuzz_api-replay fuzz/api-regress
+# The API-sequence fuzzer's replay driver runs its seed corpus and
+# fuzz/api-regress (inputs that found library bugs, fixed since) in
+# `make test`, and under ASan in `make sanitize`.
 API_REPLAY := $(if $(and $(wildcard fuzz/fuzz_api.c),$(wildcard fuzz/api-seeds)),\
                    fuzz/fuzz_api-replay)
 
@@ -290,7 +290,7 @@ ifneq ($(FUZZ_REPLAY),)
 	./fuzz/fuzz_open-replay $(FUZZ_REGRESS) >/dev/null
 endif
 ifneq ($(API_REPLAY),)
-	$(call vx_run,$(API_REPLAY),,,fuzz/api-seeds)
+	$(call vx_run,$(API_REPLAY),,,fuzz/api-seeds $(wildcard fuzz/api-regress))
 endif
 ifneq ($(CLI_TEST),)
 	$(call vx_step,sh $(CLI_TEST) $(CLI))
@@ -337,7 +337,7 @@ sanitize: $(addsuffix -asan,$(TEST_PROGS) $(API_REPLAY)) \
           $(if $(CLI_TEST),tools/vecidx-asan)
 	$(call vx_run,$(TEST_PROGS),-asan,$(ASAN_ENV) $(NORAND))
 ifneq ($(API_REPLAY),)
-	$(call vx_run,$(API_REPLAY),-asan,$(ASAN_ENV) $(NORAND),fuzz/api-seeds)
+	$(call vx_run,$(API_REPLAY),-asan,$(ASAN_ENV) $(NORAND),fuzz/api-seeds $(wildcard fuzz/api-regress))
 endif
 ifneq ($(CLI_TEST),)
 	$(call vx_step,$(ASAN_ENV) $(NORAND) sh $(CLI_TEST) tools/vecidx-asan)
@@ -420,10 +420,9 @@ crash-soak: tests/crash/crash_test
 # to fuzz/regress, which `make test` replays.
 # fuzz_api starts from the committed seeds, fuzz/api-seeds (rewritten by
 # `fuzz/fuzz_api-replay --make-seeds fuzz/api-seeds`); what it finds new
-# goes to fuzz/api-corpus, never committed. fuzz/api-regress is left out
-# while its inputs still fail: libFuzzer would stop at the first. Its files go to a directory under TMPDIR: on tmpfs (the
-# default here, when /dev/shm exists) the fsyncs of every write cost
-# nothing.
+# goes to fuzz/api-corpus, never committed; fuzz/api-regress joins the
+# seeds. Its files go to a directory under TMPDIR: on tmpfs (the default
+# here, when /dev/shm exists) the fsyncs of every write cost nothing.
 FUZZ_TMPDIR ?= $(if $(wildcard /dev/shm),/dev/shm,/tmp)
 fuzz/fuzz_open: fuzz/fuzz_open.c vecidx.c vecidx.h
 	$(FUZZ_CC) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
@@ -445,7 +444,7 @@ ifneq ($(wildcard fuzz/fuzz_api.c),)
 	mkdir -p fuzz/api-corpus
 	TMPDIR=$(FUZZ_TMPDIR) $(NORAND) ./fuzz/fuzz_api \
 	    -max_total_time=$(FUZZ_TIME) -max_len=4096 -timeout=20 \
-	    fuzz/api-corpus $(wildcard fuzz/api-seeds)
+	    fuzz/api-corpus $(wildcard fuzz/api-seeds fuzz/api-regress)
 endif
 
 # ---- Install -----------------------------------------------------------------

@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -3176,6 +3177,10 @@ struct vecidx {
 static void vx_write_begin(vecidx *ix)
 {
     pthread_mutex_lock(&ix->wlock);
+    /* Not only logged writes change the chunks the file's checksum
+    ** covers: training re-encodes them, and a reservation adds chunks
+    ** outside the mapping, which that checksum must not be taken over. */
+    ix->fpristine = 0;
 }
 
 static void vx_ckpt_auto(vecidx *ix);
@@ -5849,8 +5854,14 @@ static float vx_ivf_exact(const vecidx *ix, const float *qv, const float *x)
     if (ix->p.metric == VECIDX_L2) return ix->kern->l2(qv, x, ix->p.dim);
     if (ix->p.metric == VECIDX_IP) return -ix->kern->dot(qv, x, ix->p.dim);
     {
-        float xx = ix->kern->dot(x, x, ix->p.dim);
-        return 1.0f - ix->kern->dot(qv, x, ix->p.dim) / sqrtf(xx);
+        /* |x|^2 in float underflows to 0 for short vectors (norm below
+        ** about 1e-19) and overflows for long ones: then in double. */
+        double xx = ix->kern->dot(x, x, ix->p.dim);
+        uint32_t i;
+        if (!(xx >= 1e-30 && xx <= 1e30))
+            for (xx = 0, i = 0; i < ix->p.dim; i++) xx += (double)x[i] * x[i];
+        return (float)(1.0 - (double)ix->kern->dot(qv, x, ix->p.dim) /
+                                 sqrt(xx));
     }
 }
 
@@ -9317,6 +9328,12 @@ static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
                       "%s is all zeros: it has no direction for the cosine "
                       "metric",
                       what);
+    /* Distances scale by the float inverse norm: it must be finite. */
+    if (ix->p.metric == VECIDX_COSINE && !(1.0 / sqrt(n2) <= FLT_MAX))
+        return vx_err(ix, VECIDX_EINVAL,
+                      "%s is too short for the cosine metric: its norm %g is "
+                      "below what float32 can invert",
+                      what, sqrt(n2));
     if (inv_norm) *inv_norm = n2 > 0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
     return VECIDX_OK;
 }

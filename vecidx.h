@@ -132,7 +132,10 @@ enum {
 **  VECIDX_COSINE  cosine distance 1 - a.b/(|a||b|), in [0, 2]. Vectors are
 **                 stored as given (vecidx_get returns them unchanged); a
 **                 vector of all zeros has no direction and is rejected with
-**                 VECIDX_EINVAL, for both stored vectors and queries. */
+**                 VECIDX_EINVAL, for both stored vectors and queries, as is
+**                 one so short (norm below about 3e-39) that the inverse
+**                 of its norm overflows float32: a "zero vector" in the
+**                 error lists below includes those. */
 enum {
     VECIDX_L2 = 1,
     VECIDX_IP = 2,

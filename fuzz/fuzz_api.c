@@ -346,16 +346,17 @@ static void fa_gen_vec(fa *s, float *v, int plain)
         v[fa_byte(&s->in) % s->dim] = nonfinite[sub];
 }
 
-/* A vector every call must refuse with VECIDX_EINVAL. */
+/* A vector every call must refuse with VECIDX_EINVAL: non-finite, or under
+** cosine one whose norm is 0 or too small to invert in float. */
 static int fa_bad_vec(const fa *s, const float *v)
 {
     uint32_t i;
-    int zero = 1;
+    double n2 = 0;
     for (i = 0; i < s->dim; i++) {
         if (!isfinite(v[i])) return 1;
-        if (v[i] != 0) zero = 0;
+        n2 += (double)v[i] * v[i];
     }
-    return zero && s->metric == VECIDX_COSINE;
+    return s->metric == VECIDX_COSINE && !(n2 > 0 && 1.0 / sqrt(n2) <= FLT_MAX);
 }
 
 /* ---- distances ---------------------------------------------------------
