@@ -648,27 +648,35 @@ int vecidx_check(vecidx *ix);
 **  - an exact scan of only the admitted vectors: each allowed key looked
 **    up and scored (with a callback alone: every row asked, the admitted
 **    scored). Exact, and the cost grows with the admitted count;
-**  - HNSW: a walk at breadth ef that returns only admitted nodes but
-**    passes through rejected ones, so it must visit about 1/fraction
-**    times the nodes of an unfiltered walk. It stops, and the exact scan
-**    answers, as soon as it has visited as many nodes as the scan would
-**    score, or when it cannot find k admitted nodes;
+**  - HNSW: a walk that returns only admitted nodes but passes through
+**    rejected ones, keeping ef * sqrt(fraction) admitted results (at
+**    least k, or k * refine), so it scores about 1/sqrt(fraction) times
+**    the nodes of an unfiltered walk. When the share of admitted nodes it
+**    met is far from the fraction (a set crowded around the query, or
+**    lying away from it), it walks again keeping ef. It stops, and the
+**    exact scan answers, as soon as it has visited as many nodes as the
+**    scan would score, or when it cannot find k admitted nodes;
 **  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted),
 **    and on while fewer admitted entries were met than so many lists hold
 **    on average (a set away from the query needs more) -- but no more
 **    lists than cost as much as the exact scan, which answers otherwise.
 **    Without re-ranking the scan's distances are the code estimates.
-** The scan is chosen below about sqrt(ef * M / count) admitted: 3 % of
-** 1M, 10 % of 100k at the default ef and M. Measured on 1M x 128 (M 16,
+** The scan is chosen below about (2 * ef * M / count)^(2/3) admitted:
+** 2 % of 1M, 7 % of 100k at the default ef and M. Measured on 1M x 128 (M 16,
 ** ef 64, one thread, bitmap form): recall@10 >= 0.99 at every fraction,
-** admitted at random or far from the query; on random sets the walk runs
-** at 0.54x the unfiltered speed at 50 % admitted, 0.17x at 10 %; the scan
-** of 1 % to 0.01 % reaches 0.5-0.85x a hand-written loop over only the
+** admitted at random or far from the query; on random sets the walk
+** runs at 0.59x the unfiltered speed at 50 % admitted, 0.38x at 10 %,
+** 0.28x at 5 % (on 200k x 384 cosine 0.76x / 0.40x / 0.30x, recall
+** >= 0.978 against 0.966 unfiltered). Sets far from the query are
+** slower: at 5-20 % admitted the walk runs at 0.2-0.9x the scan; the scan
+** of 1 % to 0.01 % reaches 0.6-0.8x a hand-written loop over only the
 ** admitted vectors at 128 dimensions (the key lookup is the difference),
-** 1.0-1.2x at 384. More in bench/RESULTS.md. An allowed
-** key array costs time in proportion to its length on every call (its
-** keys are hashed once per call; a batch shares that); a bitmap costs
-** only its words counted. For large sets prefer the bitmap. Entries
+** 1.0-1.1x at 384. More in bench/RESULTS.md. An allowed
+** key array costs time in proportion to its length on every call (once
+** per call; a batch shares it): an array of 1024 keys or more whose
+** largest key is below 64 times its length is made a bitmap, any other
+** is hashed, several times slower. A bitmap costs only its words
+** counted. For large sets prefer the bitmap. Entries
 ** from *found to k-1 are set to key UINT64_MAX and distance +infinity
 ** (never read them as results: UINT64_MAX is a valid key). opts may be
 ** NULL. Searching an empty index succeeds with *found = 0. Reader.

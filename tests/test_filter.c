@@ -223,9 +223,9 @@ static int fx_proj_desc(const void *pa, const void *pb)
 }
 
 /* Sizes of the sets, as fractions of the index. 35 % and 25 % are there
-** because on 10k vectors that is where HNSW walks looking through
-** rejected nodes (two hops); at 10 % and below it scans the admitted
-** vectors, at 50 % it walks through the rejected ones. */
+** because on 10k vectors that is where HNSW changes plans: at 50 % it
+** walks through the rejected nodes, at 25 % and below it scans the
+** admitted vectors. */
 enum {
     FX_C50,  /* 50 % */
     FX_C35,  /* 35 % */
@@ -910,6 +910,63 @@ void test_filter_empty_and_bounds(void)
         vecidx_close(ix);
         free(ones);
         free(zeros);
+        fx_data_free(&d);
+    }
+}
+
+/* Admits keys below bound but not 1 modulo 4, UINT64_MAX, and 2^40 when
+** `far`: what test_filter_dense_key_array lists. */
+typedef struct fx_dense {
+    uint64_t bound;
+    int far;
+} fx_dense;
+
+static int fx_dense_admit(uint64_t key, void *ctx)
+{
+    const fx_dense *x = ctx;
+    return (key < x->bound && key % 4 != 1) || key == UINT64_MAX ||
+           (x->far && key == (uint64_t)1 << 40);
+}
+
+/* Long key arrays whose keys are small numbers are taken as a bitmap,
+** others hashed: the same answers either way, with duplicates, absent
+** keys and UINT64_MAX (kept beside the bitmap) in the array. The first
+** array is dense; 2^40 in the second makes it sparse. */
+void test_filter_dense_key_array(void)
+{
+    size_t c;
+    for (c = 0; c < sizeof fx_kinds / sizeof fx_kinds[0]; c++) {
+        const fx_cfg *cfg = fx_kinds[c];
+        fx_data d;
+        vecidx_search_opts o;
+        vecidx *ix;
+        uint64_t *arr;
+        size_t n, i;
+        fx_dense x;
+        char what[1024];
+        fx_data_make(&d, 1680 + c, FX_SMALL_N, FX_DIM, 8);
+        x.bound = d.universe * 2 / 5; /* about 40 % of the keys */
+        arr = vt_xmalloc((2 * x.bound + 8) * sizeof *arr);
+        ix = fx_build(cfg, &d);
+        for (x.far = 0; ix && x.far < 2; x.far++) {
+            n = 0;
+            for (i = x.bound; i-- > 0;) /* absent ones too */
+                if (i % 4 != 1) arr[n++] = i;
+            for (i = 0; i < x.bound; i += 4) arr[n++] = i; /* duplicates */
+            arr[n++] = UINT64_MAX;
+            arr[n++] = UINT64_MAX;
+            if (x.far) arr[n++] = (uint64_t)1 << 40;
+            memset(&o, 0, sizeof o);
+            o.allow_keys = arr;
+            o.allow_count = n;
+            snprintf(what, sizeof what, "%s: %zu keys below %llu, 3 in 4%s",
+                     cfg->name, n, (unsigned long long)x.bound,
+                     x.far ? " and 2^40" : ", dense");
+            fx_run_fn(what, ix, &d, &o, fx_dense_admit, &x, cfg->exact,
+                      cfg->floor);
+        }
+        vecidx_close(ix);
+        free(arr);
         fx_data_free(&d);
     }
 }
