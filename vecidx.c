@@ -4864,9 +4864,7 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
         /* In visits: what the scan costs, but at least twice the walk's
         ** estimate, which walks over sets admitted at random reach near
         ** the crossover (giving up on them costs more than finishing). */
-        walk /= VX_COST_VISIT;
-        budget = (size_t)(scan / VX_COST_VISIT > 2 * walk ? scan / VX_COST_VISIT
-                                                          : 2 * walk);
+        budget = (size_t)((scan > 2 * walk ? scan : 2 * walk) / VX_COST_VISIT);
     }
     if (vx_scratch_get(ix, ef, &s) != VECIDX_OK) return VECIDX_ENOMEM;
     cur.d = vx_qdist(ix, q, cur.slot);

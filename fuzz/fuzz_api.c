@@ -407,32 +407,19 @@ static int fa_expect_dist(const fa *s, int how, const float *q, unsigned id,
 {
     const float *x = s->m.orig[id];
     uint32_t d = s->dim;
-    double nq = fa_norm(q, d), nx = fa_norm(x, d), c, r, e, hq, hx;
+    double nq = fa_norm(q, d), nx = fa_norm(x, d), c, r, e, hq, hx, dd = 0;
+    uint32_t i;
     if (how == FA_D_NONE) return 0;
-    if (how == FA_D_HALF) {
-        double dd = 0, t;
-        uint32_t i;
+    if (how == FA_D_HALF) { /* scored against the decoded vector */
         if (!s->m.have_dec[id]) return 0;
-        for (i = 0; i < d; i++) {
-            t = (double)q[i] - s->m.dec[id][i];
-            dd += t * t;
-        }
         x = s->m.dec[id];
-        c = s->metric == VECIDX_L2   ? dd
-            : s->metric == VECIDX_IP ? -fa_dot(q, x, d)
-                                     : 1 - fa_dot(q, x, d) / (nq * nx);
-        nx = fa_norm(x, d) > nx ? fa_norm(x, d) : nx;
-    } else {
-        double dd = 0, t;
-        uint32_t i;
-        for (i = 0; i < d; i++) {
-            t = (double)q[i] - x[i];
-            dd += t * t;
-        }
-        c = s->metric == VECIDX_L2   ? dd
-            : s->metric == VECIDX_IP ? -fa_dot(q, x, d)
-                                     : 1 - fa_dot(q, x, d) / (nq * nx);
     }
+    for (i = 0; i < d; i++) dd += ((double)q[i] - x[i]) * ((double)q[i] - x[i]);
+    /* nx is still the given vector's norm: the cosine vecidx computes */
+    c = s->metric == VECIDX_L2   ? dd
+        : s->metric == VECIDX_IP ? -fa_dot(q, x, d)
+                                 : 1 - fa_dot(q, x, d) / (nq * nx);
+    if (how == FA_D_HALF && fa_norm(x, d) > nx) nx = fa_norm(x, d);
     /* Float rounding of the kernels: relative to the terms summed. */
     r = s->metric == VECIDX_L2   ? 1e-4 * (nq * nq + nx * nx)
         : s->metric == VECIDX_IP ? 1e-4 * nq * nx
