@@ -10,6 +10,8 @@
 #                         AddressSanitizer + UBSan
 #   make tsan             the concurrency tests and examples/recommend under
 #                         ThreadSanitizer
+#   make soak             the file-backed stress tests under ThreadSanitizer,
+#                         SOAK_SECONDS (default 40) per configuration
 #   make cross-test       the tests for aarch64 and armhf, run under qemu-user
 #   make test-nosimd      the tests with scalar kernels only (-DVECIDX_NO_SIMD)
 #   make test-m32         the tests built with -m32 (skipped without multilib)
@@ -135,7 +137,7 @@ FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
 API_REPLAY := $(if $(and $(wildcard fuzz/fuzz_api.c),$(wildcard fuzz/api-seeds)),\
                    fuzz/fuzz_api-replay)
 
-.PHONY: all lib test examples-run sanitize tsan cross-test test-nosimd \
+.PHONY: all lib test examples-run sanitize tsan soak cross-test test-nosimd \
         cross-test-aarch64 cross-test-armhf cross-test-armhf-neon \
         test-m32 crash-soak fuzz install uninstall clean format format-check \
         bench-compare bench-ab
@@ -355,6 +357,15 @@ tsan: $(addsuffix -tsan,$(NOCRASH_PROGS)) $(RECOMMEND_TSAN)
 ifneq ($(RECOMMEND_TSAN),)
 	$(call vx_step,$(TSAN_ENV) $(NORAND) ./$(RECOMMEND_TSAN) --quick)
 endif
+
+# Minutes, not in CI: the file-backed stress tests of test_concurrency.c
+# (readers, a writer, checkpoints, saves, read-only opens) under TSan,
+# every configuration (HNSW l2, cosine and ip, flat, IVF-PQ) for
+# SOAK_SECONDS, in as many fresh runs as fit, each ending with
+# vecidx_check and a comparison with the writer's model.
+SOAK_SECONDS ?= 40
+soak: tests/vecidx_test-tsan
+	$(call vx_run,tests/vecidx_test,-tsan,VTEST_SOAK_SECONDS=$(SOAK_SECONDS) $(TSAN_ENV) $(NORAND),concurrency_file_stress)
 
 test-nosimd: $(addsuffix -nosimd,$(TEST_PROGS))
 	$(call vx_run,$(TEST_PROGS),-nosimd)

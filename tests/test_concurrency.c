@@ -20,6 +20,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -617,7 +618,15 @@ void test_concurrency_readers_only(void)
 **
 ** Work is counted in writes; threads meet at phase boundaries by counts,
 ** never by time. A failed check in any thread stops the writer, which
-** stops everything else. */
+** stops everything else.
+**
+** Soak (`make soak`): with VTEST_SOAK_SECONDS=S in the environment each
+** configuration runs for S seconds instead of its counted cycles: the
+** writer goes on with cycles (each opening with the big batch again)
+** while time is left and its history has room for another, then the run
+** ends with its usual checks, and fresh runs on a new file with a new
+** seed follow until the S seconds are spent. Soak runs print what each
+** run did. */
 
 #define ST_DIM 8
 #define ST_K 10
@@ -642,12 +651,21 @@ typedef struct st_cfg {
     unsigned w_ckpt;    /* the writer checkpoints every w_ckpt writes */
 } st_cfg;
 
+/* Seconds per configuration of a soak run; 0 when not soaking. */
+static double st_soak_seconds(void)
+{
+    const char *s = getenv("VTEST_SOAK_SECONDS");
+    double v = s ? strtod(s, NULL) : 0;
+    return v > 0 ? v : 0;
+}
+
 typedef struct st_change {
     uint32_t key, ver; /* ver 0: removed */
 } st_change;
 
 typedef struct st_shared {
     const st_cfg *c;
+    double soak_end; /* soak: no cycle starts after this time; else 0 */
     vecidx *ix;
     char path[700], copy[700];
     atomic_uint *version; /* per key: latest version published, 0 = never */
@@ -793,12 +811,12 @@ static void *st_reader_main(void *arg)
     uint64_t keys[ST_QB * ST_K];
     size_t found[ST_QB], i, count;
     vt_rng r;
-    long n;
+    long n, cap = sh->soak_end > 0 ? LONG_MAX : 2000000;
     r.s = 7000 + rd->id;
     /* until the writer is done and at least 20 rounds; the cap only
-    ** guards against a writer that never finishes */
-    for (n = 0; n < 2000000 && (n < 20 || !atomic_load(&sh->writer_done));
-         n++) {
+    ** guards against a writer that never finishes (a soaking one stops
+    ** by the clock) */
+    for (n = 0; n < cap && (n < 20 || !atomic_load(&sh->writer_done)); n++) {
         vecidx_search_opts o;
         int filtered = (int)(n % 3 == 2), exact = 1;
         uint64_t key;
@@ -1260,13 +1278,27 @@ static void st_meet(st_writer *w)
         sched_yield();
 }
 
+/* Start cycle cyc? The counted cycles always run; a soak goes on while
+** time is left and the history surely holds one more cycle (its batches,
+** churn, and removals of at most the whole universe). */
+static int st_more(st_writer *w, unsigned cyc)
+{
+    const st_cfg *c = w->c;
+    if (st_stopped(w)) return 0;
+    if (cyc < c->cycles) return 1;
+    return w->sh->soak_end > 0 && vt_seconds() < w->sh->soak_end &&
+           w->op + c->churn + 2 * c->universe + 8 < ST_OPS_CAP &&
+           w->nlog + c->big + c->medium + 21 * c->churn + 2 * c->universe <
+               ST_LOG_CAP;
+}
+
 static void st_write(st_writer *w)
 {
     const st_cfg *c = w->c;
     unsigned cyc, i;
-    for (cyc = 0; cyc < c->cycles && !st_stopped(w); cyc++) {
+    for (cyc = 0; st_more(w, cyc); cyc++) {
         st_meet(w);
-        if (cyc == 0 && c->big) st_batch(w, c->big);
+        if ((cyc == 0 || w->sh->soak_end > 0) && c->big) st_batch(w, c->big);
         for (i = 0; i < c->churn && !st_stopped(w); i++) {
             if (i == c->churn / 2 && c->medium) st_batch(w, c->medium);
             st_random_write(w);
@@ -1314,7 +1346,9 @@ static void st_unlink_all(const char *path)
     unlink(path);
 }
 
-static void st_run(const st_cfg *c)
+/* One run of configuration c on a fresh file; round > 0 for the further
+** runs of a soak, which change the seed. Returns the writes made. */
+static uint32_t st_run(const st_cfg *c, unsigned round, double soak_end)
 {
     st_shared *sh = vt_xmalloc(sizeof *sh);
     st_writer *w = vt_xmalloc(sizeof *w);
@@ -1325,7 +1359,7 @@ static void st_run(const st_cfg *c)
     char dir[512];
     vecidx_params p;
     vecidx *f = NULL;
-    uint32_t i;
+    uint32_t i, writes = 0;
     unsigned flags = VECIDX_CREATE | c->sync;
     double t0 = vt_seconds();
     snprintf(dir, sizeof dir, "%s/vecidx-conc-%ld-XXXXXX",
@@ -1334,11 +1368,12 @@ static void st_run(const st_cfg *c)
         vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
         free(sh);
         free(w);
-        return;
+        return 0;
     }
     snprintf(sh->path, sizeof sh->path, "%s/ix.vx", dir);
     snprintf(sh->copy, sizeof sh->copy, "%s/copy.vx", dir);
     sh->c = c;
+    sh->soak_end = soak_end;
     sh->version = vt_xmalloc(c->universe * sizeof *sh->version);
     for (i = 0; i < c->universe; i++) atomic_init(&sh->version[i], 0);
     sh->log = vt_xmalloc(ST_LOG_CAP * sizeof *sh->log);
@@ -1365,7 +1400,8 @@ static void st_run(const st_cfg *c)
 
     w->sh = sh;
     w->c = c;
-    w->r.s = 5150 + (uint64_t)c->kind * 10 + (uint64_t)c->metric;
+    w->r.s = 5150 + (uint64_t)c->kind * 10 + (uint64_t)c->metric +
+             (uint64_t)round * 1000;
     vt_set_init(&w->model, ST_DIM, c->universe);
     w->perm = vt_xmalloc(c->universe * sizeof *w->perm);
     w->pos = vt_xmalloc(c->universe * sizeof *w->pos);
@@ -1413,11 +1449,12 @@ static void st_run(const st_cfg *c)
         if (started[i]) pthread_join(tid[i], NULL);
     if (ck_started) pthread_join(ck, NULL);
 
-    if (getenv("VTEST_DEBUG")) {
-        printf("  %s (%.2f s): %u writes (%ld adds, %ld upserts, %ld removes, "
-               "%ld batches of %ld rows), %ld writer checkpoints\n",
-               c->name, vt_seconds() - t0, w->op, w->adds, w->upserts,
-               w->removes, w->batches, w->rows, w->ckpts);
+    writes = w->op;
+    if (getenv("VTEST_DEBUG") || soak_end > 0) {
+        printf("  %s, run %u (%.2f s): %u writes (%ld adds, %ld upserts, %ld "
+               "removes, %ld batches of %ld rows), %ld writer checkpoints\n",
+               c->name, round + 1, vt_seconds() - t0, w->op, w->adds,
+               w->upserts, w->removes, w->batches, w->rows, w->ckpts);
         printf("    readers: %ld rounds, %ld searches, %ld gets, %ld key "
                "lists, %ld checks\n",
                atomic_load(&sh->rounds), atomic_load(&sh->searches),
@@ -1483,6 +1520,25 @@ out:
     free(sh->hash);
     free(sh);
     free(w);
+    return writes;
+}
+
+/* The n configurations of cfg, each in a soak for VTEST_SOAK_SECONDS in
+** as many runs as fit. */
+static void st_run_all(const st_cfg *cfg, size_t n)
+{
+    double soak = st_soak_seconds(), t0;
+    size_t i;
+    for (i = 0; i < n && vt_failures() == 0; i++) {
+        unsigned round = 0;
+        unsigned long writes = 0;
+        t0 = vt_seconds();
+        do writes += st_run(&cfg[i], round++, soak > 0 ? t0 + soak : 0);
+        while (soak > 0 && vt_seconds() < t0 + soak && vt_failures() == 0);
+        if (soak > 0)
+            printf("  soak %s: %u run%s, %lu writes in %.0f s\n", cfg[i].name,
+                   round, round == 1 ? "" : "s", writes, vt_seconds() - t0);
+    }
 }
 
 /* name, kind, metric, sync, universe, preload, min_live, big, medium,
@@ -1497,9 +1553,7 @@ void test_concurrency_file_stress_hnsw(void)
         {"hnsw ip", VECIDX_HNSW, VECIDX_IP, VECIDX_SYNC_OFF, 1200, 300, 150,
          800, 200, 2, 250, 250, 250, 500},
     };
-    size_t i;
-    for (i = 0; i < sizeof cfg / sizeof cfg[0] && vt_failures() == 0; i++)
-        st_run(&cfg[i]);
+    st_run_all(cfg, sizeof cfg / sizeof cfg[0]);
 }
 
 void test_concurrency_file_stress_flat_ivfpq(void)
@@ -1510,7 +1564,5 @@ void test_concurrency_file_stress_flat_ivfpq(void)
         {"ivfpq l2", VECIDX_IVFPQ, VECIDX_L2, VECIDX_SYNC_NORMAL, 1500, 150,
          100, 800, 200, 1, 250, 250, 250, 500},
     };
-    size_t i;
-    for (i = 0; i < sizeof cfg / sizeof cfg[0] && vt_failures() == 0; i++)
-        st_run(&cfg[i]);
+    st_run_all(cfg, sizeof cfg / sizeof cfg[0]);
 }
