@@ -12,7 +12,9 @@
 #                         ThreadSanitizer
 #   make soak             the file-backed stress tests under ThreadSanitizer,
 #                         SOAK_SECONDS (default 40) per configuration
-#   make cross-test       the tests for aarch64 and armhf, run under qemu-user
+#   make cross-test       the tests for aarch64 and armhf, run under qemu-user,
+#                         and the check that index files written here open
+#                         and answer the same there (tests/portab)
 #   make test-nosimd      the tests with scalar kernels only (-DVECIDX_NO_SIMD)
 #   make test-m32         the tests built with -m32 (skipped without multilib)
 #   make crash-soak       the crash tests with CRASH_TRIALS (default 20) times
@@ -131,6 +133,13 @@ TEST_CXX := $(wildcard tests/test_cxx.cpp)
 TEST_CXX_BIN := $(if $(TEST_CXX),tests/vecidx_test_cxx)
 FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
                     fuzz/fuzz_open-replay)
+# The portability check, tests/portab/portab.c: index files of every kind
+# written by this machine's build, with what they answer, into
+# PORTAB_DATA; `make test` checks them natively, test-nosimd with the
+# scalar kernels, cross-test under qemu for aarch64 and 32-bit ARM.
+PORTAB := $(if $(wildcard tests/portab/portab.c),tests/portab/portab)
+PORTAB_DATA := tests/portab/data
+PORTAB_FILES := $(if $(PORTAB),$(PORTAB_DATA)/answers.txt)
 # The API-sequence fuzzer's replay driver runs its seed corpus and
 # fuzz/api-regress (inputs that found library bugs, fixed since) in
 # `make test`, and under ASan in `make sanitize`.
@@ -143,7 +152,7 @@ API_REPLAY := $(if $(and $(wildcard fuzz/fuzz_api.c),$(wildcard fuzz/api-seeds))
         bench-compare bench-ab
 
 all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH) \
-     $(API_REPLAY)
+     $(API_REPLAY) $(PORTAB)
 
 lib: libvecidx.a libvecidx.so
 
@@ -224,6 +233,10 @@ tests/core/core_test$(1): tests/core/core_test.c vecidx.c vecidx.h
 
 tests/crash/crash_test$(1): tests/crash/crash_test.c vecidx.c vecidx.h
 	$$($(2)) $$($(3)) -I. -o $$@ tests/crash/crash_test.c $$(LDFLAGS) $$(LDLIBS)
+
+tests/portab/portab$(1): tests/portab/portab.c vecidx.c vecidx.h
+	$$($(2)) $$($(3)) -I. -o $$@ tests/portab/portab.c vecidx.c \
+	    $$(LDFLAGS) $$(LDLIBS)
 endef
 $(eval $(call vx_test_builds,,CC,TEST_CFLAGS))
 $(eval $(call vx_test_builds,-asan,SAN_CC,ASAN_CFLAGS))
@@ -252,6 +265,10 @@ fuzz/fuzz_api-replay: fuzz/fuzz_api.c vecidx.c vecidx.h
 fuzz/fuzz_api-replay-asan: fuzz/fuzz_api.c vecidx.c vecidx.h
 	$(SAN_CC) $(ASAN_CFLAGS) -DVX_FUZZ_MAIN -I. -o $@ fuzz/fuzz_api.c \
 	    vecidx.c $(LDFLAGS) $(LDLIBS)
+
+# Written once per build of the library; every check reads the same files.
+$(PORTAB_DATA)/answers.txt: tests/portab/portab
+	./tests/portab/portab write $(PORTAB_DATA)
 
 # ---- Running the tests -------------------------------------------------------
 # $(call vx_run,PROGRAMS,SUFFIX,COMMAND-PREFIX,ARGUMENTS) runs each program
@@ -285,9 +302,12 @@ vx_have_python = $(PYTHON) -c 'import pytest, numpy' 2>/dev/null || \
 # test, the examples (examples-run), then the Python binding tests if
 # python/tests exists.
 test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) $(API_REPLAY) $(CLI) \
-      $(EXAMPLES) $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so)
+      $(EXAMPLES) $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so) $(PORTAB_FILES)
 	@test -n "$(TEST_PROGS)" || { echo "no test programs found"; exit 1; }
 	$(call vx_run,$(TEST_PROGS) $(TEST_CXX_BIN))
+ifneq ($(PORTAB),)
+	$(call vx_run,$(PORTAB),,,check $(PORTAB_DATA))
+endif
 ifneq ($(FUZZ_REPLAY),)
 	./fuzz/fuzz_open-replay $(FUZZ_REGRESS) >/dev/null
 endif
@@ -367,8 +387,11 @@ SOAK_SECONDS ?= 40
 soak: tests/vecidx_test-tsan
 	$(call vx_run,tests/vecidx_test,-tsan,VTEST_SOAK_SECONDS=$(SOAK_SECONDS) $(TSAN_ENV) $(NORAND),concurrency_file_stress)
 
-test-nosimd: $(addsuffix -nosimd,$(TEST_PROGS))
+test-nosimd: $(addsuffix -nosimd,$(TEST_PROGS) $(PORTAB)) $(PORTAB_FILES)
 	$(call vx_run,$(TEST_PROGS),-nosimd)
+ifneq ($(PORTAB),)
+	$(call vx_run,$(PORTAB),-nosimd,,check $(PORTAB_DATA))
+endif
 
 test-m32:
 	@if echo 'int main(void){return 0;}' | \
@@ -416,13 +439,17 @@ CROSS_A64_SKIP := -store_huge_blocks -ivfpq_determinism \
 CROSS_ARM32_SKIP := -storage_recall
 MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
 cross-test: cross-test-aarch64 cross-test-armhf cross-test-armhf-neon
-cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS))
+cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS) $(PORTAB)) $(PORTAB_FILES)
+	$(call vx_run,$(PORTAB),-aarch64,$(QEMU_AARCH64),check $(PORTAB_DATA))
 	$(call vx_run,$(MAIN_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_SKIP) $(CROSS_A64_SKIP))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-aarch64,$(QEMU_AARCH64))
-cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS))
+cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS) $(PORTAB)) $(PORTAB_FILES)
+	$(call vx_run,$(PORTAB),-armhf,$(QEMU_ARM),check $(PORTAB_DATA))
 	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq -hnsw $(CROSS_SKIP) $(CROSS_ARM32_SKIP))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-armhf,$(QEMU_ARM))
-cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS))
+cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS) $(PORTAB)) \
+                       $(PORTAB_FILES)
+	$(call vx_run,$(PORTAB),-armhf-neon,$(QEMU_ARM),check $(PORTAB_DATA))
 	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),-ivfpq $(CROSS_SKIP) $(CROSS_ARM32_SKIP))
 	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),$(CROSS_IVF32))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM))
@@ -502,6 +529,7 @@ clean:
 	    tests/vecidx_test tests/vecidx_test-* tests/vecidx_test_cxx \
 	    tests/core/core_test tests/core/core_test-* \
 	    tests/crash/crash_test tests/crash/crash_test-* \
+	    tests/portab/portab tests/portab/portab-* \
 	    fuzz/fuzz_open fuzz/fuzz_open-replay fuzz/make_seeds \
 	    fuzz/fuzz_api fuzz/fuzz_api-replay fuzz/fuzz_api-replay-asan
-	rm -rf fuzz/corpus fuzz/api-corpus bench/ab-build
+	rm -rf fuzz/corpus fuzz/api-corpus bench/ab-build $(PORTAB_DATA)
