@@ -32,6 +32,9 @@ void *AB_FN(build)(const ab_build *b, char *err, size_t errsz)
         p.threads = b->threads;
         p.hnsw_m = b->M;
         p.hnsw_ef_construction = b->ef_construction;
+        p.storage = b->storage;
+        p.keep_vectors = b->keep;
+        p.refine = b->refine;
         rc = vecidx_create(&p, &ix);
     }
     if (rc == VECIDX_OK) rc = vecidx_add_batch(ix, b->n, b->keys, b->base);

@@ -20,6 +20,9 @@ typedef struct ab_build {
     uint32_t dim;
     uint32_t M, ef_construction;
     uint32_t threads;
+    uint32_t storage; /* VECIDX_STORE_* */
+    uint32_t keep;    /* keep_vectors */
+    uint32_t refine;  /* re-rank factor of every search, 0 = default */
     uint64_t seed;
     size_t n;
     const uint64_t *keys;

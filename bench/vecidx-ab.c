@@ -99,6 +99,13 @@ static void build_side(ab_side *s, const bn_opts *o, const bn_data *d,
     b.M = o->M;
     b.ef_construction = o->ef_construction;
     b.threads = o->build_threads;
+    /* the values of VECIDX_STORE_*, which this program cannot include */
+    b.storage = !strcmp(o->storage, "f16")   ? 1
+                : !strcmp(o->storage, "i8")  ? 2
+                : !strcmp(o->storage, "bin") ? 3
+                                             : 0;
+    b.keep = (uint32_t)o->keep;
+    b.refine = o->refine;
     b.seed = 42;
     b.n = d->n;
     b.keys = keys;
@@ -129,6 +136,9 @@ static void print_side(const bn_opts *o, const bn_data *d, ab_side *s,
     char extra[512];
     bn_result_init(&r, o, s->name);
     r.simd = s->simd();
+    r.storage = o->storage;
+    r.keep = o->keep;
+    r.refine = o->refine ? o->refine : 1;
     r.lib_version = s->version();
     param_name(o, ef, r.param, sizeof r.param);
     snprintf(r.build, sizeof r.build, "M=%u,efc=%u", (unsigned)o->M,

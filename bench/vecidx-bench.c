@@ -135,50 +135,18 @@ static vecidx *build_base(const bn_opts *o, const bn_data *d, int kind,
     return ix;
 }
 
-static void run_standard(const bn_opts *o, const bn_data *d)
+/* After a batch pass, the slots past each query's count hold nothing. */
+static void fill_missing(const bn_opts *o, const bn_data *d, const vxb_ctx *c,
+                         int64_t *res)
 {
-    int kind = vxb_kind(o->index);
-    const bn_list *sweep = kind == VECIDX_HNSW    ? &o->ef
-                           : kind == VECIDX_IVFPQ ? &o->nprobe
-                                                  : NULL;
-    size_t i, nvals = sweep ? sweep->n : 1;
-    vecidx_stats_t st;
-    build_info b;
-    vxb_ctx c;
-    bn_result r;
-    int64_t *res;
-    vecidx *ix = build_base(o, d, kind, &b);
-
-    get_stats(ix, &st);
-    if (st.count != d->n)
-        bn_note("warning: index holds %llu vectors after adding %zu",
-                (unsigned long long)st.count, d->n);
-    ctx_init(&c, o, d, ix);
-    res = (int64_t *)bn_malloc(d->nq * o->k * sizeof *res);
-    for (i = 0; i < nvals; i++) {
-        result_init(&r, o, &st, b.build_s);
-        r.train_s = b.train_s;
-        if (b.rss_trained >= 0 && b.rss1 >= 0 && d->n)
-            r.bytes_per_vec = (b.rss1 - b.rss_trained) * 1024.0 * 1024.0 /
-                              (double)d->n;
-        r.rss_mb = b.rss0 >= 0 && b.rss1 >= 0 ? b.rss1 - b.rss0 : -1;
-        set_sweep(o, kind, sweep ? sweep->v[i] : 0, &st, b.ntrain, &c, &r);
-        run_queries(o, d, &c, res, &r);
-        bn_print(o, d, &r);
-    }
-    free(res);
-    free(c.found);
-    vecidx_close(ix);
+    size_t q, j;
+    if (!o->batch) return;
+    for (q = 0; q < d->nq; q++)
+        for (j = c->found[q]; j < o->k; j++) res[q * o->k + j] = -1;
 }
 
-/* ---- Filtered mode: --filter-selectivity --------------------------------
-** One index of the base; per selectivity an admitted set (bn_filter_make)
-** and its exact neighbours; per selectivity and sweep value, passes in
-** turns of every --filter-form, the scan of the admitted rows, the same
-** index unfiltered and, with --filter-baseline-flat, a flat index with
-** the callback of each callback form; then a line per form. */
-
-/* A flat float32 index of the whole base, for flat_cb_qps. */
+/* A flat float32 index of the whole base: the baseline of compressed flat
+** storage, and of the callback forms' flat_cb_qps. */
 static vecidx *build_flat(const bn_opts *o, const bn_data *d)
 {
     vecidx_params p;
@@ -200,19 +168,91 @@ static vecidx *build_flat(const bn_opts *o, const bn_data *d)
     return ix;
 }
 
+/* Compressed flat storage: the float32 flat index of the same base, timed
+** in turns with it pass by pass, so that the ratio the line reports
+** (f32_qps, vs_f32) is measured under the same load. */
+static void run_vs_f32(const bn_opts *o, const bn_data *d, vxb_ctx *c,
+                       int64_t *res, bn_result *r, char *extra, size_t cap)
+{
+    vecidx *flat = build_flat(o, d);
+    vxb_ctx cf;
+    bn_runner run[2];
+    int64_t *fres = (int64_t *)bn_malloc(d->nq * o->k * sizeof *fres);
+    double f32_recall;
+    ctx_init(&cf, o, d, flat);
+    memset(run, 0, sizeof run);
+    run[0].ctx = c;
+    run[0].res = res;
+    run[1].ctx = &cf;
+    run[1].res = fres;
+    run[0].fn = run[1].fn = vxb_search_one;
+    run[0].batch_fn = run[1].batch_fn = vxb_search_batch;
+    run[0].nq = run[1].nq = d->nq;
+    bn_run_interleaved(o, run, 2, d->nq);
+    fill_missing(o, d, c, res);
+    fill_missing(o, d, &cf, fres);
+    r->qps = bn_runner_qps(&run[0]);
+    r->recall = bn_recall(d, res, o->k, r->param);
+    f32_recall = bn_recall(d, fres, o->k, "f32");
+    snprintf(
+        extra, cap, ",\"f32_qps\":%.1f,\"f32_recall\":%.4f,\"vs_f32\":%.3f",
+        bn_runner_qps(&run[1]), f32_recall, r->qps / bn_runner_qps(&run[1]));
+    r->extra = extra;
+    free(fres);
+    free(cf.found);
+    vecidx_close(flat);
+}
+
+static void run_standard(const bn_opts *o, const bn_data *d)
+{
+    int kind = vxb_kind(o->index);
+    const bn_list *sweep = kind == VECIDX_HNSW    ? &o->ef
+                           : kind == VECIDX_IVFPQ ? &o->nprobe
+                                                  : NULL;
+    size_t i, nvals = sweep ? sweep->n : 1;
+    vecidx_stats_t st;
+    build_info b;
+    vxb_ctx c;
+    bn_result r;
+    int64_t *res;
+    char extra[160];
+    vecidx *ix = build_base(o, d, kind, &b);
+
+    get_stats(ix, &st);
+    if (st.count != d->n)
+        bn_note("warning: index holds %llu vectors after adding %zu",
+                (unsigned long long)st.count, d->n);
+    ctx_init(&c, o, d, ix);
+    res = (int64_t *)bn_malloc(d->nq * o->k * sizeof *res);
+    for (i = 0; i < nvals; i++) {
+        result_init(&r, o, &st, b.build_s);
+        r.train_s = b.train_s;
+        if (b.rss_trained >= 0 && b.rss1 >= 0 && d->n)
+            r.bytes_per_vec = (b.rss1 - b.rss_trained) * 1024.0 * 1024.0 /
+                              (double)d->n;
+        r.rss_mb = b.rss0 >= 0 && b.rss1 >= 0 ? b.rss1 - b.rss0 : -1;
+        set_sweep(o, kind, sweep ? sweep->v[i] : 0, &st, b.ntrain, &c, &r);
+        if (kind == VECIDX_FLAT && st.storage != VECIDX_STORE_F32)
+            run_vs_f32(o, d, &c, res, &r, extra, sizeof extra);
+        else
+            run_queries(o, d, &c, res, &r);
+        bn_print(o, d, &r);
+    }
+    free(res);
+    free(c.found);
+    vecidx_close(ix);
+}
+
+/* ---- Filtered mode: --filter-selectivity --------------------------------
+** One index of the base; per selectivity an admitted set (bn_filter_make)
+** and its exact neighbours; per selectivity and sweep value, passes in
+** turns of every --filter-form, the scan of the admitted rows, the same
+** index unfiltered and, with --filter-baseline-flat, a flat index with
+** the callback of each callback form; then a line per form. */
+
 static int is_callback(int form)
 {
     return form == BN_FORM_CALLBACK || form == BN_FORM_CALLBACK_SEL;
-}
-
-/* After a batch pass, the slots past each query's count hold nothing. */
-static void fill_missing(const bn_opts *o, const bn_data *d, const vxb_ctx *c,
-                         int64_t *res)
-{
-    size_t q, j;
-    if (!o->batch) return;
-    for (q = 0; q < d->nq; q++)
-        for (j = c->found[q]; j < o->k; j++) res[q * o->k + j] = -1;
 }
 
 /* Runner slots: a form each, then the scan, the unfiltered index, and a

@@ -868,6 +868,64 @@ void test_snapshot_key_map_copy_on_write(void)
 
 /* ---- quantized-storage kernels -------------------------------------- */
 
+/* The rows kernel against the scalar dot product and vx_i8_dist, bit for
+** bit, for each metric: 1 to 9 rows (groups of four and every remainder),
+** at a stride that is no multiple of any vector width, codes at the ends
+** of their range, headers of any sign, and norms small enough that some
+** L2 distances come out negative and must become 0. The exact scan uses
+** this kernel and graph walks the single-pair one: a pair must get the
+** same distance on both paths. */
+static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
+                              const int8_t *qc, size_t d, unsigned mask,
+                              vt_rng *r)
+{
+    enum {
+        ROWS = 9
+    };
+    size_t h = (d + 3) / 4 * 4, stride = h + sizeof(vx_i8hdr) + 12, n, i, j;
+    int8_t *rows = vt_xmalloc(ROWS * stride);
+    vx_i8hdr qh;
+    vx_i8q qi;
+    float out[ROWS + 1];
+    int metric;
+    qh.scale = (float)vt_unit(r);
+    qh.off = (float)(vt_unit(r) - 0.5);
+    qh.n2 = (float)(vt_unit(r) * d);
+    for (i = 0, qh.sum = 0; i < d; i++) qh.sum += qc[i];
+    qi = vx_i8_query(&qh, (uint32_t)d);
+    for (i = 0; i < ROWS; i++) {
+        int8_t *b = rows + i * stride;
+        vx_i8hdr bh;
+        memset(b, 0, stride);
+        for (j = 0, bh.sum = 0; j < d; j++) {
+            int ext = vt_below(r, 8) == 0;
+            b[j] = (int8_t)(ext ? (j & 1 ? 127 : -127)
+                                : (int)vt_below(r, 255) - 127);
+            bh.sum += b[j];
+        }
+        bh.scale = (float)vt_unit(r) * (i & 1 ? 1.0f : 1e-3f);
+        bh.off = (float)(vt_unit(r) * 2 - 1);
+        bh.n2 = (float)(vt_unit(r) * (i % 3 ? d : 1));
+        memcpy(b + h, &bh, sizeof bh);
+    }
+    for (metric = VECIDX_L2; metric <= VECIDX_COSINE; metric++)
+        for (n = 1; n <= ROWS; n++) {
+            out[n] = -7.0f; /* a canary: n rows, never n + 1 */
+            k->i8_dists(qc, &qi, metric, rows, stride, n, d, out);
+            for (i = 0; i < n; i++) {
+                const int8_t *b = rows + i * stride;
+                float want = vx_i8_dist(metric, &qi, vx_i8_hdr(b, (uint32_t)d),
+                                        ref->dot_i8(qc, b, d, 0));
+                CHECKF(memcmp(&out[i], &want, sizeof want) == 0,
+                       "i8_dists mask %#x metric %d d %zu: row %zu of %zu: "
+                       "%.9g, not %.9g",
+                       mask, metric, d, i, n, out[i], want);
+            }
+            CHECKF(out[n] == -7.0f, "i8_dists wrote past %zu rows", n);
+        }
+    free(rows);
+}
+
 /* Every quantized kernel this CPU can run, as vx_qkern_pick chooses them
 ** for each subset of its features, against the scalar ones: int8 dot
 ** products exactly, sums over binary codes, half-precision distances within
@@ -921,6 +979,7 @@ void test_kernels_quantized(void)
             }
             CHECKF(k.dot_i8(a, b, d, bsum) == ref.dot_i8(a, b, d, bsum),
                    "dot_i8 mask %#x d %zu", mask, d);
+            vt_check_i8_dists(&k, &ref, a, d, mask, &r);
             {
                 uint64_t bits = 0;
                 for (i = 0; i < w; i++)
