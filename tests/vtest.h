@@ -58,6 +58,10 @@
     X(alloc_failure_flat)                    \
     X(alloc_failure_flat_persistent)         \
     X(alloc_failure_hnsw)                    \
+    X(alloc_failure_storage)                 \
+    X(alloc_failure_ivfpq)                   \
+    X(alloc_failure_file)                    \
+    X(alloc_failure_open)                    \
     X(alloc_accounting)                      \
     X(hnsw_recall)                           \
     X(hnsw_deletes_recall)                   \
@@ -90,7 +94,6 @@
     X(ivfpq_corrupt_file)                    \
     X(ivfpq_hnsw_quantizer)                  \
     X(ivfpq_search_edges)                    \
-    X(ivfpq_alloc_failure)                   \
     X(ivfpq_concurrency_search_writing)      \
     X(ivfpq_few_distinct_points)             \
     X(ivfpq_hnsw_quantizer_threads)          \
