@@ -8076,9 +8076,11 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
     rc = VECIDX_ENOMEM;
     if ((sn->base = vx_malloc(mem, sn->nchunks * sizeof *sn->base)) &&
         (sn->state = vx_malloc(mem, units)) &&
-        (sn->aside = vx_malloc(mem, units * sizeof *sn->aside)) &&
-        (sn->buf = vx_malloc(mem, sn->cb)))
-        rc = vx_snap_copy(ix, sn);
+        (sn->aside = vx_malloc(mem, units * sizeof *sn->aside))) {
+        /* vx_snap_free reads it if what follows fails */
+        memset(sn->aside, 0, units * sizeof *sn->aside);
+        if ((sn->buf = vx_malloc(mem, sn->cb))) rc = vx_snap_copy(ix, sn);
+    }
     if (rc != VECIDX_OK) {
         vx_snap_free(ix, sn);
         return vx_err(ix, rc, "out of memory saving the index");
@@ -8086,7 +8088,6 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
     for (c = 0; c < sn->nchunks; c++)
         sn->base[c] = (unsigned char *)s->chunks[c].vec;
     memset(sn->state, VX_SNAP_PENDING, units);
-    memset(sn->aside, 0, units * sizeof *sn->aside);
     if ((sn->fd = vx_snap_create(path, sn->tmp, sizeof sn->tmp, &sn->tmp_tag)) <
         0) {
         int e = errno;

@@ -508,19 +508,23 @@ int vecidx_reserve(vecidx *ix, size_t n);
 ** Under VECIDX_COSINE the samples are normalised first. The result depends
 ** only on the samples, the params and the seed, not on the thread count.
 ** Vectors already buffered in the index are then encoded into the lists.
-** Training an index that is already trained, or any flat or HNSW index,
-** is a successful no-op. Needs n >= nlist when ivf_nlist is set (and
-** n >= 1 in any case); fewer distinct points than centroids still trains
-** (duplicate centroids stay empty). Writer; for a file-backed index the
-** trained state is checkpointed into the main file before returning.
+** Training a flat or HNSW index is a successful no-op that checks
+** nothing but ix; training an IVF-PQ index that is already trained checks
+** the arguments as below and then does nothing. Needs n >= nlist when
+** ivf_nlist is set (and n >= 1 in any case); fewer distinct points than
+** centroids still trains (duplicate centroids stay empty). Writer; for a
+** file-backed index the trained state is checkpointed into the main file
+** before returning.
 ** An index that is never trained explicitly trains itself on its own
 ** buffered vectors once params.ivf_train_size of them have been added.
 ** Errors: VECIDX_EINVAL (NULL ix, NULL samples with n > 0, n = 0, n <
 ** ivf_nlist, NaN/infinity or cosine zero vector in a sample), VECIDX_ESTATE
-** (read-only handle), VECIDX_ENOMEM, VECIDX_EIO (the checkpoint of a
-** file-backed index failed: the handle is trained, but the files still
-** hold the untrained index and its log, so nothing written is lost; after
-** a reopen the index trains itself again from its buffer). */
+** (read-only handle), VECIDX_ENOMEM (training ran out of memory: the
+** index is unchanged), VECIDX_EIO or VECIDX_ENOMEM from the checkpoint
+** of a file-backed index after training (the handle is trained, as
+** vecidx_stats' `trained` tells, but the files still hold the untrained
+** index and its log, so nothing written is lost; after a reopen the
+** index trains itself again from its buffer). */
 int vecidx_train(vecidx *ix, size_t n, const float *samples);
 
 /* ---- Writing ----------------------------------------------------------
