@@ -380,9 +380,9 @@ endif
 
 # Minutes, not in CI: the file-backed stress tests of test_concurrency.c
 # (readers, a writer, checkpoints, saves, read-only opens) under TSan,
-# every configuration (HNSW l2, cosine and ip, flat, IVF-PQ) for
-# SOAK_SECONDS, in as many fresh runs as fit, each ending with
-# vecidx_check and a comparison with the writer's model.
+# every configuration (HNSW l2, cosine, ip and int8; flat float32 and
+# half precision; IVF-PQ) for SOAK_SECONDS, in as many fresh runs as fit,
+# each ending with vecidx_check and a comparison with the writer's model.
 SOAK_SECONDS ?= 40
 soak: tests/vecidx_test-tsan
 	$(call vx_run,tests/vecidx_test,-tsan,VTEST_SOAK_SECONDS=$(SOAK_SECONDS) $(TSAN_ENV) $(NORAND),concurrency_file_stress)

@@ -625,8 +625,11 @@ void test_concurrency_readers_only(void)
 ** writer goes on with cycles (each opening with the big batch again)
 ** while time is left and its history has room for another, then the run
 ** ends with its usual checks, and fresh runs on a new file with a new
-** seed follow until the S seconds are spent. Soak runs print what each
-** run did. */
+** seed follow until the S seconds are spent. Soak runs also cover a
+** compressed storage per test (int8 HNSW, half-precision flat, both
+** keeping float32 vectors so that distances and gets stay exact), left
+** out of the counted runs to keep `make tsan` and the qemu runs short,
+** and print what each run did. */
 
 #define ST_DIM 8
 #define ST_K 10
@@ -649,6 +652,7 @@ typedef struct st_cfg {
     uint32_t shrink_to; /* each cycle ends removing down to this */
     unsigned ck_stride; /* writes per round of the checkpoint thread */
     unsigned w_ckpt;    /* the writer checkpoints every w_ckpt writes */
+    uint32_t storage;   /* VECIDX_STORE_*; compressed ones keep vectors */
 } st_cfg;
 
 /* Seconds per configuration of a soak run; 0 when not soaking. */
@@ -1401,7 +1405,7 @@ static uint32_t st_run(const st_cfg *c, unsigned round, double soak_end)
     w->sh = sh;
     w->c = c;
     w->r.s = 5150 + (uint64_t)c->kind * 10 + (uint64_t)c->metric +
-             (uint64_t)round * 1000;
+             (uint64_t)c->storage * 100 + (uint64_t)round * 1000;
     vt_set_init(&w->model, ST_DIM, c->universe);
     w->perm = vt_xmalloc(c->universe * sizeof *w->perm);
     w->pos = vt_xmalloc(c->universe * sizeof *w->pos);
@@ -1421,6 +1425,10 @@ static uint32_t st_run(const st_cfg *c, unsigned round, double soak_end)
         p.pq_m = 4;
         p.ivf_train_size = 300;
         p.ivf_keep_vectors = 1;
+    }
+    if (c->storage != VECIDX_STORE_F32) {
+        p.storage = c->storage;
+        p.keep_vectors = 1;
     }
     CHECK_OK(vecidx_open(sh->path, &p, flags, &sh->ix));
     if (!sh->ix) goto out;
@@ -1523,13 +1531,13 @@ out:
     return writes;
 }
 
-/* The n configurations of cfg, each in a soak for VTEST_SOAK_SECONDS in
-** as many runs as fit. */
-static void st_run_all(const st_cfg *cfg, size_t n)
+/* The first n_counted configurations of cfg, and in a soak all of them,
+** each for VTEST_SOAK_SECONDS in as many runs as fit. */
+static void st_run_all(const st_cfg *cfg, size_t n_counted, size_t n_all)
 {
     double soak = st_soak_seconds(), t0;
     size_t i;
-    for (i = 0; i < n && vt_failures() == 0; i++) {
+    for (i = 0; i < (soak > 0 ? n_all : n_counted) && vt_failures() == 0; i++) {
         unsigned round = 0;
         unsigned long writes = 0;
         t0 = vt_seconds();
@@ -1542,27 +1550,32 @@ static void st_run_all(const st_cfg *cfg, size_t n)
 }
 
 /* name, kind, metric, sync, universe, preload, min_live, big, medium,
-** cycles, churn, shrink_to, ck_stride, w_ckpt */
+** cycles, churn, shrink_to, ck_stride, w_ckpt, storage; the entries after
+** the first n_counted run in soaks only */
 void test_concurrency_file_stress_hnsw(void)
 {
     static const st_cfg cfg[] = {
         {"hnsw l2", VECIDX_HNSW, VECIDX_L2, VECIDX_SYNC_OFF, 5000, 400, 200,
-         4200, 300, 1, 300, 3000, 250, 500},
+         4200, 300, 1, 300, 3000, 250, 500, VECIDX_STORE_F32},
         {"hnsw cosine", VECIDX_HNSW, VECIDX_COSINE, VECIDX_SYNC_OFF, 1200, 300,
-         150, 800, 200, 2, 250, 250, 250, 500},
+         150, 800, 200, 2, 250, 250, 250, 500, VECIDX_STORE_F32},
         {"hnsw ip", VECIDX_HNSW, VECIDX_IP, VECIDX_SYNC_OFF, 1200, 300, 150,
-         800, 200, 2, 250, 250, 250, 500},
+         800, 200, 2, 250, 250, 250, 500, VECIDX_STORE_F32},
+        {"hnsw int8 l2", VECIDX_HNSW, VECIDX_L2, VECIDX_SYNC_OFF, 1200, 300,
+         150, 800, 200, 2, 250, 250, 250, 500, VECIDX_STORE_I8},
     };
-    st_run_all(cfg, sizeof cfg / sizeof cfg[0]);
+    st_run_all(cfg, 3, sizeof cfg / sizeof cfg[0]);
 }
 
 void test_concurrency_file_stress_flat_ivfpq(void)
 {
     static const st_cfg cfg[] = {
         {"flat l2", VECIDX_FLAT, VECIDX_L2, VECIDX_SYNC_OFF, 1500, 400, 100,
-         800, 200, 2, 250, 250, 250, 500},
+         800, 200, 2, 250, 250, 250, 500, VECIDX_STORE_F32},
         {"ivfpq l2", VECIDX_IVFPQ, VECIDX_L2, VECIDX_SYNC_NORMAL, 1500, 150,
-         100, 800, 200, 1, 250, 250, 250, 500},
+         100, 800, 200, 1, 250, 250, 250, 500, VECIDX_STORE_F32},
+        {"flat f16 cosine", VECIDX_FLAT, VECIDX_COSINE, VECIDX_SYNC_OFF, 1500,
+         400, 100, 800, 200, 2, 250, 250, 250, 500, VECIDX_STORE_F16},
     };
-    st_run_all(cfg, sizeof cfg / sizeof cfg[0]);
+    st_run_all(cfg, 2, sizeof cfg / sizeof cfg[0]);
 }
