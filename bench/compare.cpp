@@ -25,6 +25,8 @@
 **          one call at a time under writes, removals or a checkpoint, or
 **          on 1 and N threads: see run_scenario and bench/README.md.
 **          vecidx's index follows --storage, --keep and --refine.
+** paired-sq: paired with FAISS's IndexHNSWSQ (8-bit, as faiss-hnswsq)
+**          built third and timed in turn after vecidx in every pass.
 ** Filtered (--filter-selectivity): faiss ivfpq only, searched with
 **          SearchParametersIVF and an IDSelector per --filter-form (keys:
 **          IDSelectorBatch, bitmap: IDSelectorBitmap, callback: a subclass
@@ -230,73 +232,6 @@ vecidx *build_vecidx(const bn_opts &o, const bn_data &d, double *build_s,
     return ix;
 }
 
-/* ---- paired: hnswlib and vecidx in one process ----------------------------
- */
-
-/* Two separate runs on a shared machine differ by several percent as
-** neighbours come and go, which swamps a ratio between libraries. Here
-** both graphs are built in one process and every timed pass of one
-** library is followed by one of the other, so a slow spell hits both; each
-** keeps its best pass. Builds run one after the other, hnswlib first. */
-void run_paired(const bn_opts &o, const bn_data &d)
-{
-    if (strcmp(o.index, "hnsw") != 0 || o.batch)
-        bn_die("--lib paired: --index hnsw and single queries only");
-    std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
-    double hb, hrss;
-    auto *alg = build_hnswlib(o, d, space.get(), &hb, &hrss);
-
-    double vb, vrss;
-    vecidx *ix = build_vecidx(o, d, &vb, &vrss);
-    vecidx_stats_t st;
-    int rc;
-    if ((rc = vecidx_stats(ix, &st)) != VECIDX_OK)
-        vxb_fail("vecidx_stats", rc, ix);
-
-    HnswlibCtx hc{alg, &d, o.k};
-    vxb_ctx vc;
-    memset(&vc, 0, sizeof vc);
-    vc.ix = ix;
-    vc.d = &d;
-    vc.k = o.k;
-    vxb_search_opts(&o, &vc.so);
-    std::vector<int64_t> hres(d.nq * o.k), vres(d.nq * o.k);
-    for (size_t i = 0; i < o.ef.n; i++) {
-        unsigned ef = (unsigned)o.ef.v[i];
-        double hbest = HUGE_VAL, vbest = HUGE_VAL;
-        alg->setEf(ef);
-        vc.so.ef = ef;
-        for (unsigned pass = 0; pass < o.passes; pass++) {
-            double t = bn_pass_single(d.nq, o.k, o.threads, hnswlib_query, &hc,
-                                      hres.data());
-            hbest = t < hbest ? t : hbest;
-            t = bn_pass_single(d.nq, o.k, o.threads, vxb_search_one, &vc,
-                               vres.data());
-            vbest = t < vbest ? t : vbest;
-        }
-        bn_result r;
-        hnswlib_result(r, o, ef, hb, hrss);
-        r.qps = hbest > 0 ? (double)d.nq / hbest : 0.0;
-        r.recall = bn_recall(&d, hres.data(), o.k, r.param);
-        bn_print(&o, &d, &r);
-        bn_result_init(&r, &o, "vecidx");
-        r.simd = st.simd;
-        r.lib_version = vecidx_version();
-        set_strings(r, strprintf("ef=%u", ef),
-                    strprintf("M=%u,efc=%u", (unsigned)o.M,
-                              (unsigned)o.ef_construction));
-        r.build_s = vb;
-        r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
-        r.rss_mb = vrss;
-        vxb_result_storage(&r, &o, &st);
-        r.qps = vbest > 0 ? (double)d.nq / vbest : 0.0;
-        r.recall = bn_recall(&d, vres.data(), o.k, r.param);
-        bn_print(&o, &d, &r);
-    }
-    vecidx_close(ix);
-    delete alg;
-}
-
 /* ---- faiss -------------------------------------------------------------- */
 
 /* FAISS runs its parallel loops on OpenMP, but its matrix products (flat
@@ -491,108 +426,32 @@ void faiss_filtered(const bn_opts &o, const bn_data &d,
     }
 }
 
-/* FAISS's index of --index over d; with sq, IndexHNSWSQ (8-bit scalar
-** quantizer) instead of IndexHNSWFlat, for --index hnsw only. With
-** --filter-selectivity, IndexIVFPQ only: the filtered sweep over the
-** admitted sets of `order` (bn_filter_order). */
-void run_faiss(const bn_opts &o, const bn_data &d, bool sq,
-               const uint32_t *order)
-{
-    if (sq && strcmp(o.index, "hnsw") != 0) {
-        bn_note("faiss-hnswsq is an hnsw index, not '%s': skipped", o.index);
-        return;
-    }
-    faiss::MetricType mt = o.metric == BN_L2 ? faiss::METRIC_L2
-                                             : faiss::METRIC_INNER_PRODUCT;
-    std::string simd = faiss_simd();
-    const std::string faiss_version = strprintf(
-        "%d.%d.%d+%s", FAISS_VERSION_MAJOR, FAISS_VERSION_MINOR,
-        FAISS_VERSION_PATCH, blas_name());
+/* FAISS's index of --index over d, built (and its build timed) as a FAISS
+** user builds it, on --build-threads OpenMP and BLAS threads; with sq,
+** IndexHNSWSQ (8-bit scalar quantizer) instead of IndexHNSWFlat, for
+** --index hnsw only. Used by run_faiss and by --lib paired-sq. */
+struct FaissIndex {
+    /* index before quantizer in destruction: members go in reverse order */
     std::unique_ptr<faiss::Index> quantizer;
     std::unique_ptr<faiss::Index> index;
     faiss::IndexIVFPQ *ivfpq = nullptr; /* inside index, for nprobe */
-    std::string build;
-    const bn_list *sweep = nullptr;
-    double train_s = -1, rss_trained = -1;
-    uint32_t nlist = 0, m = 0;
+    bool sq = false;
+    std::string simd, version, build;
+    const bn_list *sweep = nullptr; /* ef or nprobe; nullptr for flat */
+    double build_s = -1, train_s = -1;
+    double rss0 = -1, rss1 = -1, rss_trained = -1;
 
-    double rss0 = bn_rss_mb();
-    set_threads(o.build_threads);
-    double t0 = bn_now();
-    if (!strcmp(o.index, "flat")) {
-        if (mt == faiss::METRIC_L2)
-            index.reset(new faiss::IndexFlatL2(d.dim));
-        else
-            index.reset(new faiss::IndexFlatIP(d.dim));
-    } else if (sq) {
-        /* The quantizer learns each dimension's range from the training
-        ** rows, as IVF-PQ learns its codebooks: timed as train_s, and in
-        ** build_s. */
-        size_t ntrain = bn_train_rows(&o, d.n);
-        auto *h = new faiss::IndexHNSWSQ(
-            (int)d.dim, faiss::ScalarQuantizer::QT_8bit, (int)o.M, mt);
-        h->hnsw.efConstruction = (int)o.ef_construction;
-        index.reset(h);
-        index->train((faiss::Index::idx_t)ntrain, d.base);
-        train_s = bn_now() - t0;
-        rss_trained = bn_rss_mb();
-        t0 = bn_now() - train_s; /* build_s leaves out the RSS reading */
-        build = strprintf("M=%u,efc=%u,sq=8bit,train=%zu", (unsigned)o.M,
-                          (unsigned)o.ef_construction, ntrain);
-        sweep = &o.ef;
-    } else if (!strcmp(o.index, "hnsw")) {
-        auto *h = new faiss::IndexHNSWFlat((int)d.dim, (int)o.M, mt);
-        h->hnsw.efConstruction = (int)o.ef_construction;
-        index.reset(h);
-        build = strprintf("M=%u,efc=%u", (unsigned)o.M,
-                          (unsigned)o.ef_construction);
-        sweep = &o.ef;
-    } else {
-        size_t ntrain = bn_train_rows(&o, d.n);
-        nlist = bn_nlist(&o, ntrain);
-        m = bn_pq_m(&o, d.dim);
-        if (d.dim % m)
-            bn_die("--pq-m %u does not divide dimension %u, as FAISS needs",
-                   (unsigned)m, d.dim);
-        if (mt == faiss::METRIC_L2)
-            quantizer.reset(new faiss::IndexFlatL2(d.dim));
-        else
-            quantizer.reset(new faiss::IndexFlatIP(d.dim));
-        ivfpq = new faiss::IndexIVFPQ(quantizer.get(), d.dim, nlist, m,
-                                      o.pq_nbits, mt);
-        if (o.refine > 1) {
-            auto *rf = new faiss::IndexRefineFlat(ivfpq);
-            rf->own_fields = true; /* deletes ivfpq */
-            rf->k_factor = (float)o.refine;
-            index.reset(rf);
-        } else {
-            index.reset(ivfpq);
-        }
-        /* Training runs on --build-threads OpenMP and BLAS threads, as
-        ** vecidx_train runs on params.threads. */
-        index->train((faiss::Index::idx_t)ntrain, d.base);
-        train_s = bn_now() - t0;
-        rss_trained = bn_rss_mb();
-        t0 = bn_now() - train_s; /* build_s leaves out the RSS reading */
-        build = strprintf("nlist=%u,m=%u,nbits=%u,train=%zu,refine=%u",
-                          (unsigned)nlist, (unsigned)m, (unsigned)o.pq_nbits,
-                          ntrain, o.refine > 1 ? (unsigned)o.refine : 1u);
-        sweep = &o.nprobe;
+    size_t nvals() const
+    {
+        return sweep ? sweep->n : 1;
     }
-    index->add((faiss::Index::idx_t)d.n, d.base);
-    double build_s = bn_now() - t0;
-    double rss1 = bn_rss_mb();
-
-    FaissCtx c{index.get(), &d, o.k, {}};
-    if (o.batch) c.dist.resize(d.nq * o.k);
-    std::vector<int64_t> res(d.nq * o.k);
-    size_t nvals = sweep ? sweep->n : 1;
     /* The line of sweep value i, all but the measurements; sets efSearch
     ** or nprobe for it. */
-    auto line = [&](bn_result &r, size_t i) {
+    void line(const bn_opts &o, const bn_data &d, bn_result &r, size_t i)
+    {
         bn_result_init(&r, &o, "faiss");
         r.simd = simd.c_str();
-        r.lib_version = faiss_version.c_str();
+        r.lib_version = version.c_str();
         std::string param = "exact";
         if (!strcmp(o.index, "hnsw")) {
             static_cast<faiss::IndexHNSW *>(index.get())->hnsw.efSearch =
@@ -610,15 +469,113 @@ void run_faiss(const bn_opts &o, const bn_data &d, bool sq,
         if (rss_trained >= 0 && rss1 >= 0 && d.n)
             r.bytes_per_vec = (rss1 - rss_trained) * 1024.0 * 1024.0 /
                               (double)d.n;
-    };
-    if (o.nsel) {
-        faiss_filtered(o, d, ivfpq, order, c, nvals, line);
-        index.reset(); /* before its quantizer */
+    }
+};
+
+std::unique_ptr<FaissIndex> build_faiss(const bn_opts &o, const bn_data &d,
+                                        bool sq)
+{
+    std::unique_ptr<FaissIndex> f(new FaissIndex);
+    f->sq = sq;
+    faiss::MetricType mt = o.metric == BN_L2 ? faiss::METRIC_L2
+                                             : faiss::METRIC_INNER_PRODUCT;
+    f->simd = faiss_simd();
+    f->version = strprintf("%d.%d.%d+%s", FAISS_VERSION_MAJOR,
+                           FAISS_VERSION_MINOR, FAISS_VERSION_PATCH,
+                           blas_name());
+    std::unique_ptr<faiss::Index> &index = f->index;
+
+    f->rss0 = bn_rss_mb();
+    set_threads(o.build_threads);
+    double t0 = bn_now();
+    if (!strcmp(o.index, "flat")) {
+        if (mt == faiss::METRIC_L2)
+            index.reset(new faiss::IndexFlatL2(d.dim));
+        else
+            index.reset(new faiss::IndexFlatIP(d.dim));
+    } else if (sq) {
+        /* The quantizer learns each dimension's range from the training
+        ** rows, as IVF-PQ learns its codebooks: timed as train_s, and in
+        ** build_s. */
+        size_t ntrain = bn_train_rows(&o, d.n);
+        auto *h = new faiss::IndexHNSWSQ(
+            (int)d.dim, faiss::ScalarQuantizer::QT_8bit, (int)o.M, mt);
+        h->hnsw.efConstruction = (int)o.ef_construction;
+        index.reset(h);
+        index->train((faiss::Index::idx_t)ntrain, d.base);
+        f->train_s = bn_now() - t0;
+        f->rss_trained = bn_rss_mb();
+        t0 = bn_now() - f->train_s; /* build_s leaves out the RSS reading */
+        f->build = strprintf("M=%u,efc=%u,sq=8bit,train=%zu", (unsigned)o.M,
+                             (unsigned)o.ef_construction, ntrain);
+        f->sweep = &o.ef;
+    } else if (!strcmp(o.index, "hnsw")) {
+        auto *h = new faiss::IndexHNSWFlat((int)d.dim, (int)o.M, mt);
+        h->hnsw.efConstruction = (int)o.ef_construction;
+        index.reset(h);
+        f->build = strprintf("M=%u,efc=%u", (unsigned)o.M,
+                             (unsigned)o.ef_construction);
+        f->sweep = &o.ef;
+    } else {
+        size_t ntrain = bn_train_rows(&o, d.n);
+        uint32_t nlist = bn_nlist(&o, ntrain), m = bn_pq_m(&o, d.dim);
+        if (d.dim % m)
+            bn_die("--pq-m %u does not divide dimension %u, as FAISS needs",
+                   (unsigned)m, d.dim);
+        if (mt == faiss::METRIC_L2)
+            f->quantizer.reset(new faiss::IndexFlatL2(d.dim));
+        else
+            f->quantizer.reset(new faiss::IndexFlatIP(d.dim));
+        f->ivfpq = new faiss::IndexIVFPQ(f->quantizer.get(), d.dim, nlist, m,
+                                         o.pq_nbits, mt);
+        if (o.refine > 1) {
+            auto *rf = new faiss::IndexRefineFlat(f->ivfpq);
+            rf->own_fields = true; /* deletes ivfpq */
+            rf->k_factor = (float)o.refine;
+            index.reset(rf);
+        } else {
+            index.reset(f->ivfpq);
+        }
+        /* Training runs on --build-threads OpenMP and BLAS threads, as
+        ** vecidx_train runs on params.threads. */
+        index->train((faiss::Index::idx_t)ntrain, d.base);
+        f->train_s = bn_now() - t0;
+        f->rss_trained = bn_rss_mb();
+        t0 = bn_now() - f->train_s; /* build_s leaves out the RSS reading */
+        f->build = strprintf("nlist=%u,m=%u,nbits=%u,train=%zu,refine=%u",
+                             (unsigned)nlist, (unsigned)m, (unsigned)o.pq_nbits,
+                             ntrain, o.refine > 1 ? (unsigned)o.refine : 1u);
+        f->sweep = &o.nprobe;
+    }
+    index->add((faiss::Index::idx_t)d.n, d.base);
+    f->build_s = bn_now() - t0;
+    f->rss1 = bn_rss_mb();
+    return f;
+}
+
+/* FAISS's index of --index over d (build_faiss); with sq, IndexHNSWSQ.
+** With --filter-selectivity, IndexIVFPQ only: the filtered sweep over the
+** admitted sets of `order` (bn_filter_order). */
+void run_faiss(const bn_opts &o, const bn_data &d, bool sq,
+               const uint32_t *order)
+{
+    if (sq && strcmp(o.index, "hnsw") != 0) {
+        bn_note("faiss-hnswsq is an hnsw index, not '%s': skipped", o.index);
         return;
     }
-    for (size_t i = 0; i < nvals; i++) {
+    std::unique_ptr<FaissIndex> f = build_faiss(o, d, sq);
+    FaissCtx c{f->index.get(), &d, o.k, {}};
+    if (o.batch) c.dist.resize(d.nq * o.k);
+    std::vector<int64_t> res(d.nq * o.k);
+    FaissIndex *fp = f.get();
+    auto line = [&o, &d, fp](bn_result &r, size_t i) { fp->line(o, d, r, i); };
+    if (o.nsel) {
+        faiss_filtered(o, d, f->ivfpq, order, c, f->nvals(), line);
+        return;
+    }
+    for (size_t i = 0; i < f->nvals(); i++) {
         bn_result r;
-        line(r, i);
+        f->line(o, d, r, i);
         /* single: one OpenMP thread per query, set in faiss_query; batch:
         ** one search call on --threads OpenMP threads. */
         set_threads(o.batch ? o.threads : 1);
@@ -626,7 +583,107 @@ void run_faiss(const bn_opts &o, const bn_data &d, bool sq,
         r.recall = bn_recall(&d, res.data(), o.k, r.param);
         bn_print(&o, &d, &r);
     }
-    index.reset(); /* before its quantizer */
+}
+
+/* ---- paired: hnswlib and vecidx (and FAISS) in one process -------------- */
+
+/* Two separate runs on a shared machine differ by several percent as
+** neighbours come and go, which swamps a ratio between libraries. Here
+** the graphs are built in one process and every timed pass of one
+** library is followed by one of the other, so a slow spell hits both; each
+** keeps its best pass. Builds run one after the other, hnswlib first.
+** With sq (--lib paired-sq), FAISS's IndexHNSWSQ (8-bit, build_faiss) is
+** built third and takes its turn after vecidx in every pass, searched
+** one query per call on one OpenMP thread as run_faiss searches it. Every
+** line gets other_cpu and steal_cpu over the passes of its ef (all
+** libraries' turns): cores used by other processes meanwhile. */
+void run_paired(const bn_opts &o, const bn_data &d, bool sq)
+{
+    if (strcmp(o.index, "hnsw") != 0 || o.batch)
+        bn_die("--lib %s: --index hnsw and single queries only",
+               sq ? "paired-sq" : "paired");
+    std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
+    double hb, hrss;
+    auto *alg = build_hnswlib(o, d, space.get(), &hb, &hrss);
+
+    double vb, vrss;
+    vecidx *ix = build_vecidx(o, d, &vb, &vrss);
+    vecidx_stats_t st;
+    int rc;
+    if ((rc = vecidx_stats(ix, &st)) != VECIDX_OK)
+        vxb_fail("vecidx_stats", rc, ix);
+
+    std::unique_ptr<FaissIndex> fx;
+    if (sq) fx = build_faiss(o, d, true);
+
+    HnswlibCtx hc{alg, &d, o.k};
+    vxb_ctx vc;
+    memset(&vc, 0, sizeof vc);
+    vc.ix = ix;
+    vc.d = &d;
+    vc.k = o.k;
+    vxb_search_opts(&o, &vc.so);
+    FaissCtx fc{fx ? fx->index.get() : nullptr, &d, o.k, {}};
+    std::vector<int64_t> hres(d.nq * o.k), vres(d.nq * o.k), fres(d.nq * o.k);
+    for (size_t i = 0; i < o.ef.n; i++) {
+        unsigned ef = (unsigned)o.ef.v[i];
+        double hbest = HUGE_VAL, vbest = HUGE_VAL, fbest = HUGE_VAL;
+        bn_result fr;
+        alg->setEf(ef);
+        vc.so.ef = ef;
+        if (fx) {
+            fx->line(o, d, fr, i); /* sets efSearch */
+            set_threads(1);        /* as run_faiss for single queries */
+        }
+        lt_cpu c0 = lt_cpu_now();
+        for (unsigned pass = 0; pass < o.passes; pass++) {
+            double t = bn_pass_single(d.nq, o.k, o.threads, hnswlib_query, &hc,
+                                      hres.data());
+            hbest = t < hbest ? t : hbest;
+            t = bn_pass_single(d.nq, o.k, o.threads, vxb_search_one, &vc,
+                               vres.data());
+            vbest = t < vbest ? t : vbest;
+            if (!fx) continue;
+            t = bn_pass_single(d.nq, o.k, o.threads, faiss_query, &fc,
+                               fres.data());
+            fbest = t < fbest ? t : fbest;
+        }
+        lt_cpu c1 = lt_cpu_now();
+        double other, steal;
+        lt_cpu_other(&c0, &c1, &other, &steal);
+        std::string extra = ",\"other_cpu\":";
+        extra += other >= 0 ? strprintf("%.2f", other) : "null";
+        extra += ",\"steal_cpu\":";
+        extra += steal >= 0 ? strprintf("%.2f", steal) : "null";
+
+        bn_result r;
+        hnswlib_result(r, o, ef, hb, hrss);
+        r.qps = hbest > 0 ? (double)d.nq / hbest : 0.0;
+        r.recall = bn_recall(&d, hres.data(), o.k, r.param);
+        r.extra = extra.c_str();
+        bn_print(&o, &d, &r);
+        bn_result_init(&r, &o, "vecidx");
+        r.simd = st.simd;
+        r.lib_version = vecidx_version();
+        set_strings(r, strprintf("ef=%u", ef),
+                    strprintf("M=%u,efc=%u", (unsigned)o.M,
+                              (unsigned)o.ef_construction));
+        r.build_s = vb;
+        r.mem_mb = (double)st.memory_bytes / (1024.0 * 1024.0);
+        r.rss_mb = vrss;
+        vxb_result_storage(&r, &o, &st);
+        r.qps = vbest > 0 ? (double)d.nq / vbest : 0.0;
+        r.recall = bn_recall(&d, vres.data(), o.k, r.param);
+        r.extra = extra.c_str();
+        bn_print(&o, &d, &r);
+        if (!fx) continue;
+        fr.qps = fbest > 0 ? (double)d.nq / fbest : 0.0;
+        fr.recall = bn_recall(&d, fres.data(), o.k, fr.param);
+        fr.extra = extra.c_str();
+        bn_print(&o, &d, &fr);
+    }
+    vecidx_close(ix);
+    delete alg;
 }
 
 /* ---- Stall scenarios: --lib paired --scenario NAME ------------------------
@@ -649,6 +706,8 @@ struct Scenario {
     double remove_fraction = 0.125; /* --remove-fraction */
     size_t recall_queries = 200;    /* --recall-queries */
     bool hnswlib_lock = false;      /* --hnswlib-lock */
+    double filter = 0;              /* --scenario-filter: share admitted */
+    std::string filter_form = "bitmap"; /* --scenario-filter-form */
     unsigned ef = 0, k = 0;
 };
 
@@ -659,6 +718,99 @@ const double CKPT_MARGIN_S = 2.0;
 ** come from this seed plus the pass number: the same in both libraries'
 ** turns and in every run. */
 const uint64_t SCENARIO_SEED = 20261202;
+
+/* --scenario-filter SEL: the searches of the scenarios admit key x iff
+** mix(x) % 1000 < SEL * 1000 (mix: splitmix64's finaliser), a rule over
+** all keys, so keys a writer inserts later are covered as well; random
+** with respect to the vectors. hnswlib 0.6.2's searchKnn takes no filter
+** (filter functors came with 0.7.0), so filtered scenarios run vecidx
+** alone: against its own idle phase (writer, remove) or the searches
+** outside the checkpoint. vecidx gets the rule in one of two forms:
+**  - bitmap: opts.allow_bitmap / allow_bits over keys 0 .. the largest key
+**    the scenario uses, with the bits of the admitted keys among those it
+**    uses (the n base keys and every key its writer will insert) set. vecidx
+**    counts the set bits as the admitted set, so with a writer the count
+**    also holds keys removed or not yet inserted (filter_bits_set against
+**    live_admitted in the output);
+**  - callback: opts.filter testing the rule, with opts.filter_selectivity
+**    = SEL; no bound on the keys. */
+class KeyFilter
+{
+  public:
+    explicit KeyFilter(const Scenario &s)
+        : thresh_((unsigned)lround(s.filter * 1000)),
+          callback_(s.filter_form == "callback")
+    {
+    }
+    bool on() const
+    {
+        return thresh_ > 0;
+    }
+    static uint64_t mix(uint64_t x)
+    {
+        x += 0x9e3779b97f4a7c15ull;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+        return x ^ (x >> 31);
+    }
+    bool admits(uint64_t key) const
+    {
+        return !on() || mix(key) % 1000 < thresh_;
+    }
+    /* A key the scenario uses: its bit is set when admitted. */
+    void cover(uint64_t key)
+    {
+        if (!on() || callback_ || !admits(key)) return;
+        if (key >= nbits_) {
+            nbits_ = key + 1;
+            bits_.resize((size_t)((nbits_ + 63) / 64), 0);
+        }
+        uint64_t &w = bits_[(size_t)(key / 64)];
+        nset_ += !(w >> (key % 64) & 1);
+        w |= (uint64_t)1 << (key % 64);
+    }
+    /* Sets the filter of vecidx's search options. */
+    void apply(vecidx_search_opts *so) const
+    {
+        if (!on()) return;
+        if (callback_) {
+            so->filter = callback;
+            so->filter_ctx = const_cast<KeyFilter *>(this);
+            so->filter_selectivity = (float)thresh_ / 1000.0f;
+        } else {
+            static const uint64_t none = 0;
+            so->allow_bitmap = bits_.empty() ? &none : bits_.data();
+            so->allow_bits = nbits_;
+        }
+    }
+    double share() const
+    {
+        return thresh_ / 1000.0;
+    }
+    const char *form() const
+    {
+        return callback_ ? "callback" : "bitmap";
+    }
+    uint64_t nbits() const
+    {
+        return nbits_;
+    }
+    size_t nset() const
+    {
+        return nset_;
+    }
+
+  private:
+    static int callback(uint64_t key, void *ctx)
+    {
+        return static_cast<const KeyFilter *>(ctx)->admits(key);
+    }
+    unsigned thresh_;
+    bool callback_;
+    std::vector<uint64_t> bits_;
+    uint64_t nbits_ = 0;
+    size_t nset_ = 0;
+};
 
 /* One output line: keys in the order added. */
 class Row
@@ -883,7 +1035,7 @@ class VecidxIndex : public Index
     ** opened from the file as its writer (VECIDX_CREATE | the sync
     ** mode), so it starts with an empty log. */
     VecidxIndex(const bn_opts &o, const bn_data &d, const Scenario &s,
-                bool file, Row &r)
+                bool file, const KeyFilter &f, Row &r)
         : k_(s.k)
     {
         double build_s, rss;
@@ -891,6 +1043,7 @@ class VecidxIndex : public Index
         r.num("build_s", build_s);
         vxb_search_opts(&o, &so_);
         so_.ef = s.ef;
+        f.apply(&so_); /* --scenario-filter; f outlives the index */
         if (!file) return;
         path_ = s.dir + "/vecidx-" + s.name + ".vx";
         unlink_files();
@@ -1066,11 +1219,18 @@ LiveSet replay(size_t n, const std::vector<Op> &ops, size_t done)
 }
 
 /* recall@k of the first --recall-queries queries against the exact k
-** nearest live vectors, found by brute force (hnswlib's distance
-** functions, on --build-threads threads). */
+** nearest live vectors that f admits, found by brute force (hnswlib's
+** distance functions, on --build-threads threads). With a filter, its
+** keys filter and live_admitted (admitted live vectors) go into r. */
 double live_recall(Index &ix, const bn_opts &o, const bn_data &d,
-                   const Scenario &s, const LiveSet &ls)
+                   const Scenario &s, const LiveSet &ls, const KeyFilter &f,
+                   Row &r)
 {
+    if (f.on()) {
+        size_t admitted = 0;
+        for (uint32_t row : ls.live) admitted += f.admits(ls.key[row]);
+        r.num("live_admitted", (double)admitted, "%.0f");
+    }
     size_t nq = std::min(s.recall_queries, d.nq), k = s.k;
     std::unique_ptr<hnswlib::SpaceInterface<float>> space(hnswlib_space(o, d));
     auto dist = space->get_dist_func();
@@ -1084,6 +1244,7 @@ double live_recall(Index &ix, const bn_opts &o, const bn_data &d,
                 const float *qv = d.query + q * d.dim;
                 std::priority_queue<std::pair<float, uint64_t>> best;
                 for (uint32_t r : ls.live) {
+                    if (!f.admits(ls.key[r])) continue;
                     float dd = dist(qv, d.base + (size_t)r * d.dim, param);
                     if (best.size() < k)
                         best.emplace(dd, ls.key[r]);
@@ -1258,14 +1419,36 @@ void idle_phase(Index &ix, const bn_data &d, const Scenario &s, double secs,
     cpu_keys(r, "_idle", c0, c1);
 }
 
+/* vecidx's index searches with f (which must outlive it); hnswlib's
+** never runs with a filter on (see KeyFilter). */
 std::unique_ptr<Index> make_index(const char *lib, const bn_opts &o,
                                   const bn_data &d, const Scenario &s,
-                                  size_t max_elements, bool file, Row &r)
+                                  size_t max_elements, bool file,
+                                  const KeyFilter &f, Row &r)
 {
     if (!strcmp(lib, "hnswlib"))
         return std::unique_ptr<Index>(
             new HnswlibIndex(o, d, s, max_elements, r));
-    return std::unique_ptr<Index>(new VecidxIndex(o, d, s, file, r));
+    return std::unique_ptr<Index>(new VecidxIndex(o, d, s, file, f, r));
+}
+
+/* --scenario-filter: the filter of a scenario whose keys are the n base
+** keys and those of ops' inserts; keys filter, filter_form, filter_bits
+** (bitmap: its length) and filter_bits_set into r. */
+KeyFilter scenario_filter(const Scenario &s, size_t n,
+                          const std::vector<Op> *ops, Row &r)
+{
+    KeyFilter f(s);
+    if (!f.on()) return f;
+    for (size_t key = 0; key < n; key++) f.cover(key);
+    if (ops)
+        for (const Op &op : *ops)
+            if (op.insert) f.cover(op.key);
+    r.num("filter", f.share(), "%.3f");
+    r.str("filter_form", f.form());
+    r.num("filter_bits", (double)f.nbits(), "%.0f");
+    r.num("filter_bits_set", (double)f.nset(), "%.0f");
+    return f;
 }
 
 void row_head(Row &r, const bn_opts &o, const Scenario &s, const char *lib,
@@ -1301,17 +1484,24 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
 }
 
 /* Medians over the passes of each library and their ratio vecidx/hnswlib,
-** for the given keys: KEY_hnswlib, KEY_vecidx, KEY_ratio. */
+** for the given keys: KEY_hnswlib, KEY_vecidx, KEY_ratio. Filtered
+** (vecidx alone): "lib":"vecidx", KEY_vecidx only, and the filter. */
 void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
                    const std::vector<Row> &rows,
                    const std::vector<std::string> &keys)
 {
+    bool alone = s.filter > 0;
     Row r;
     r.str("dataset", o.dataset);
-    r.str("lib", "vecidx/hnswlib");
+    r.str("lib", alone ? "vecidx" : "vecidx/hnswlib");
     r.str("scenario", s.name.c_str());
     r.str("pass", "median");
     r.num("passes", o.passes, "%.0f");
+    if (alone) {
+        KeyFilter f(s);
+        r.num("filter", f.share(), "%.3f");
+        r.str("filter_form", f.form());
+    }
     for (const std::string &key : keys) {
         std::vector<double> h, v;
         for (const Row &x : rows) {
@@ -1321,6 +1511,10 @@ void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
         double mh = median(h), mv = median(v);
         const char *fmt = key.find("recall") != std::string::npos ? "%.4f"
                                                                   : "%.3f";
+        if (alone) {
+            r.num(key + "_vecidx", mv, fmt);
+            continue;
+        }
         r.num(key + "_hnswlib", mh, fmt);
         r.num(key + "_vecidx", mv, fmt);
         r.num(key + "_ratio", mh > 0 && mv >= 0 ? mv / mh : -1, "%.3f");
@@ -1347,8 +1541,10 @@ void scenario_writer(const bn_opts &o, const bn_data &d, const Scenario &s,
 {
     size_t count = (size_t)(s.rate * s.duration) + 1;
     std::vector<Op> ops = make_ops(d.n, count, true, SCENARIO_SEED + pass);
+    KeyFilter f = scenario_filter(s, d.n, &ops, r);
     /* hnswlib keeps removed points as marked; every insert is a new one */
-    auto ix = make_index(lib, o, d, s, d.n + count / 2 + 1, !s.dir.empty(), r);
+    auto ix = make_index(lib, o, d, s, d.n + count / 2 + 1, !s.dir.empty(), f,
+                         r);
     idle_phase(*ix, d, s, s.idle, r);
 
     lt_cpu c0 = lt_cpu_now();
@@ -1385,7 +1581,7 @@ void scenario_writer(const bn_opts &o, const bn_data &d, const Scenario &s,
     r.num("duration_s", s.duration, "%.1f");
     r.num("idle_s", s.idle, "%.1f");
     LiveSet ls = replay(d.n, ops, w.n);
-    r.num(recall_key(s), live_recall(*ix, o, d, s, ls), "%.4f");
+    r.num(recall_key(s), live_recall(*ix, o, d, s, ls, f, r), "%.4f");
     ix->state(r);
 }
 
@@ -1397,7 +1593,8 @@ void scenario_remove(const bn_opts &o, const bn_data &d, const Scenario &s,
 {
     size_t count = (size_t)(s.remove_fraction * (double)d.n);
     std::vector<Op> ops = make_ops(d.n, count, false, SCENARIO_SEED + pass);
-    auto ix = make_index(lib, o, d, s, d.n, !s.dir.empty(), r);
+    KeyFilter f = scenario_filter(s, d.n, nullptr, r);
+    auto ix = make_index(lib, o, d, s, d.n, !s.dir.empty(), f, r);
     idle_phase(*ix, d, s, s.idle, r);
 
     lt_cpu c0 = lt_cpu_now();
@@ -1422,7 +1619,7 @@ void scenario_remove(const bn_opts &o, const bn_data &d, const Scenario &s,
     r.num("remove_fraction", s.remove_fraction, "%.4f");
     r.num("idle_s", s.idle, "%.1f");
     LiveSet ls = replay(d.n, ops, w.n);
-    r.num(recall_key(s), live_recall(*ix, o, d, s, ls), "%.4f");
+    r.num(recall_key(s), live_recall(*ix, o, d, s, ls, f, r), "%.4f");
     ix->state(r);
 }
 
@@ -1481,7 +1678,8 @@ void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
                          const char *lib, unsigned pass, Row &r)
 {
     bool vx = !strcmp(lib, "vecidx");
-    auto ix = make_index(lib, o, d, s, d.n, true, r);
+    KeyFilter f = scenario_filter(s, d.n, nullptr, r);
+    auto ix = make_index(lib, o, d, s, d.n, true, f, r);
     Index *p = ix.get();
     uint64_t rng = SCENARIO_SEED + pass;
     std::vector<float> v(d.dim);
@@ -1491,8 +1689,8 @@ void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
         double t = bn_now();
         uint64_t short_of = (uint64_t)((s.auto_mb - 1) * 1048576.0);
         size_t i;
-        for (i = 0; s.auto_mb > 0 ? file_bytes(log) < short_of
-                                  : i < s.ckpt_writes;
+        for (i = 0;
+             s.auto_mb > 0 ? file_bytes(log) < short_of : i < s.ckpt_writes;
              i++) {
             uint64_t key = lt_rand(&rng) % d.n, a, b;
             perturbed(d, key, &rng, v.data());
@@ -1524,7 +1722,7 @@ void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
     const lt_samples &w = wr ? wr->finish() : none;
     const lt_samples &q = rd.finish();
     lt_cpu u1 = lt_cpu_now();
-    r.str("ckpt_call", !vx               ? "saveIndex"
+    r.str("ckpt_call", !vx             ? "saveIndex"
                        : s.auto_mb > 0 ? "automatic"
                                        : "vecidx_checkpoint");
     r.num("ckpt_s", (double)(c1 - c0) / 1e9);
@@ -1631,8 +1829,9 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
         scenario_scaling(o, d, s, rows);
         keys = {"qps_1t", "qps_nt", "scaling", recall_key(s)};
     } else {
+        /* hnswlib has no filter: vecidx alone (see KeyFilter) */
         for (unsigned pass = 0; pass < o.passes; pass++) {
-            for (int vx = 0; vx < 2; vx++) {
+            for (int vx = s.filter > 0 ? 1 : 0; vx < 2; vx++) {
                 const char *lib = vx ? "vecidx" : "hnswlib";
                 Row r;
                 row_head(r, o, s, lib, pass);
@@ -1654,7 +1853,15 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
                 rows.push_back(r);
             }
         }
-        if (s.name == "writer")
+        if (s.name == "writer" && s.filter > 0)
+            keys = {"search_idle_p50_us", "search_idle_p99_us",
+                    "search_idle_max_us", "search_idle_qps",
+                    "search_p50_us",      "search_p99_us",
+                    "search_p999_us",     "search_max_us",
+                    "search_qps",         "write_p99_us",
+                    "write_max_us",       "write_rate",
+                    recall_key(s)};
+        else if (s.name == "writer")
             keys = {"search_idle_p99_us", "search_p50_us", "search_p99_us",
                     "search_p999_us",     "search_max_us", "search_qps",
                     "write_p99_us",       "write_max_us",  "write_rate",
@@ -1676,7 +1883,8 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
 ** sees the rest (see the help text). */
 const char *const SCENARIO_HELP =
     "hnswlib | faiss | faiss-hnswsq (IndexHNSWSQ, 8-bit) | all (default all:\n"
-    "the three) | paired (hnswlib and vecidx, passes alternating)\n"
+    "the three) | paired (hnswlib and vecidx, passes alternating) |\n"
+    "paired-sq (hnswlib, vecidx and faiss-hnswsq, passes in turns)\n"
     "\n"
     "Stall scenarios (--lib paired --scenario NAME; HNSW, one --ef value,\n"
     "default 32; --build-threads default 2; see bench/README.md):\n"
@@ -1695,6 +1903,12 @@ const char *const SCENARIO_HELP =
     "  --remove-fraction F remove: share of the keys removed (default 0.125)\n"
     "  --recall-queries N  queries for the live-set recall (default 200)\n"
     "  --hnswlib-lock      guard hnswlib with a readers-writer lock\n"
+    "  --scenario-filter SEL  searches admit key x iff mix(x) % 1000 <\n"
+    "                      SEL * 1000 (writer, remove, checkpoint): vecidx\n"
+    "                      alone, hnswlib 0.6.2 has no filter (default off)\n"
+    "  --scenario-filter-form F  bitmap (allow_bitmap over the keys used)\n"
+    "                      | callback (filter + filter_selectivity SEL);\n"
+    "                      default bitmap\n"
     "  --threads N         scaling: search threads (default: all cores)";
 
 double parse_secs(const char *opt, const char *v)
@@ -1724,12 +1938,18 @@ std::vector<char *> scenario_args(int argc, char **argv, Scenario *s)
             name = a.substr(0, eq);
             val = a.substr(eq + 1);
         }
-        static const char *const ours[] = {
-            "--scenario",      "--duration",
-            "--idle-duration", "--writer-rate",
-            "--file",          "--sync",
-            "--ckpt-writes",   "--remove-fraction", "--auto-ckpt",
-            "--recall-queries"};
+        static const char *const ours[] = {"--scenario",
+                                           "--duration",
+                                           "--idle-duration",
+                                           "--writer-rate",
+                                           "--file",
+                                           "--sync",
+                                           "--ckpt-writes",
+                                           "--remove-fraction",
+                                           "--auto-ckpt",
+                                           "--recall-queries",
+                                           "--scenario-filter",
+                                           "--scenario-filter-form"};
         bool mine = false;
         for (const char *x : ours) mine = mine || name == x;
         if (name == "--hnswlib-lock") {
@@ -1786,6 +2006,17 @@ std::vector<char *> scenario_args(int argc, char **argv, Scenario *s)
             if (!*v || *end || !(s->remove_fraction > 0) ||
                 s->remove_fraction > 1)
                 bn_die("--remove-fraction: '%s' is not in (0, 1]", v);
+        } else if (name == "--scenario-filter") {
+            char *end;
+            s->filter = strtod(v, &end);
+            if (!*v || *end || !(s->filter >= 0.001) || s->filter > 1)
+                bn_die("--scenario-filter: '%s' is not in [0.001, 1]", v);
+        } else if (name == "--scenario-filter-form") {
+            if (val != "bitmap" && val != "callback")
+                bn_die("--scenario-filter-form: '%s' is not bitmap or "
+                       "callback",
+                       v);
+            s->filter_form = val;
         } else
             s->recall_queries = bn_parse_ulong(n, v, 1, 100000000);
     }
@@ -1826,6 +2057,8 @@ void scenario_resolve(const bn_opts &o, Scenario *s)
         bn_die("--scenario writer: --duration must be above 0");
     if (s->name == "scaling" && s->duration <= 0)
         bn_die("--scenario scaling: --duration must be above 0");
+    if (s->filter > 0 && s->name == "scaling")
+        bn_die("--scenario-filter: writer, remove and checkpoint only");
 }
 
 int main(int argc, char **argv)
@@ -1842,9 +2075,11 @@ int main(int argc, char **argv)
     bool want_hnswlib = !strcmp(lib, "hnswlib") || !strcmp(lib, "all");
     bool want_faiss = !strcmp(lib, "faiss") || !strcmp(lib, "all");
     bool want_faiss_sq = !strcmp(lib, "faiss-hnswsq") || !strcmp(lib, "all");
-    bool paired = !strcmp(lib, "paired");
+    bool paired_sq = !strcmp(lib, "paired-sq");
+    bool paired = !strcmp(lib, "paired") || paired_sq;
     if (!want_hnswlib && !want_faiss && !want_faiss_sq && !paired)
-        bn_die("--lib %s: expected hnswlib, faiss, faiss-hnswsq, all or paired",
+        bn_die("--lib %s: expected hnswlib, faiss, faiss-hnswsq, all, paired "
+               "or paired-sq",
                lib);
     if (!paired && (strcmp(o.storage, "f32") != 0 || o.keep))
         bn_note("--storage and --keep set vecidx's storage (--lib paired); "
@@ -1867,7 +2102,7 @@ int main(int argc, char **argv)
     if (!scen.name.empty())
         run_scenario(o, d, scen);
     else if (paired)
-        run_paired(o, d);
+        run_paired(o, d, paired_sq);
     if (want_hnswlib) run_hnswlib(o, d);
     if (want_faiss) run_faiss(o, d, false, order.get());
     if (want_faiss_sq) run_faiss(o, d, true, order.get());
