@@ -1066,12 +1066,14 @@ typedef struct vx_qkernels {
     ** take its contribution back off. */
     int32_t (*dot_i8)(const int8_t *a, const int8_t *b, size_t d, int32_t bsum);
     /* out[r] = vx_i8_dist(metric, qi, ...) of the int8 query code qc (qi
-    ** its terms) and the code at rows + r * stride bytes, r < n, bit for
-    ** bit: an exact scan scores a block of codes in one call, and several
-    ** rows share the horizontal sums' shuffles and the distances' steps. */
+    ** its terms) and the code at rows + r * stride bytes, or at at[r] when
+    ** at is not NULL, r < n, bit for bit: an exact scan scores a block of
+    ** codes in one call, a graph walk a node's neighbours, and several
+    ** rows share the horizontal sums' shuffles and the distances' steps.
+    ** Only strided rows are requested ahead. */
     void (*i8_dists)(const int8_t *qc, const vx_i8q *qi, int metric,
-                     const int8_t *rows, size_t stride, size_t n, size_t d,
-                     float *out);
+                     const int8_t *rows, size_t stride, const int8_t *const *at,
+                     size_t n, size_t d, float *out);
     /* float32 query q against half-precision codes c */
     float (*l2_f16)(const float *q, const uint16_t *c, size_t d);
     float (*dot_f16)(const float *q, const uint16_t *c, size_t d);
@@ -1146,13 +1148,14 @@ static inline void vx_i8_rows_prefetch(const int8_t *rows, size_t stride,
 ** VNNI's do: a row at a time. */
 #define VX_I8_DISTS_EACH(attr, name, one)                                 \
     attr static void name(const int8_t *qc, const vx_i8q *qi, int metric, \
-                          const int8_t *rows, size_t stride, size_t n,    \
-                          size_t d, float *out)                           \
+                          const int8_t *rows, size_t stride,              \
+                          const int8_t *const *at, size_t n, size_t d,    \
+                          float *out)                                     \
     {                                                                     \
         size_t r;                                                         \
         for (r = 0; r < n; r++) {                                         \
-            const int8_t *b = rows + r * stride;                          \
-            vx_i8_rows_prefetch(rows, stride, r, 1, n);                   \
+            const int8_t *b = at ? at[r] : rows + r * stride;             \
+            if (!at) vx_i8_rows_prefetch(rows, stride, r, 1, n);          \
             out[r] = vx_i8_dist(metric, qi, vx_i8_hdr(b, (uint32_t)d),    \
                                 one(qc, b, d, 0));                        \
         }                                                                 \
@@ -1502,30 +1505,35 @@ vx_avx2_hsum4_i32(const __m256i s[4])
                          _mm256_extracti128_si256(t, 1));
 }
 
-/* The four rows of a group from row r on; n not a multiple of four
-** repeats the group's first row, whose results are not stored. */
-static inline size_t vx_i8_group(const int8_t *rows, size_t stride, size_t r,
-                                 size_t n, const int8_t *b[4])
+/* The four rows of a group from row r on, requested ahead when strided;
+** n not a multiple of four repeats the group's first row, whose results
+** are not stored. */
+static inline size_t vx_i8_group(const int8_t *rows, size_t stride,
+                                 const int8_t *const *at, size_t r, size_t n,
+                                 const int8_t *b[4])
 {
     size_t m = n - r < 4 ? n - r : 4, j;
-    for (j = 0; j < 4; j++) b[j] = rows + (r + (j < m ? j : 0)) * stride;
+    for (j = 0; j < 4; j++) {
+        size_t i = r + (j < m ? j : 0);
+        b[j] = at ? at[i] : rows + i * stride;
+    }
+    if (!at) vx_i8_rows_prefetch(rows, stride, r, 4, n);
     return m;
 }
 
 /* Rows four at a time, sharing the query's loads. */
 VX_AVX2 static void vx_avx2_i8_dists(const int8_t *qc, const vx_i8q *qi,
                                      int metric, const int8_t *rows,
-                                     size_t stride, size_t n, size_t d,
-                                     float *out)
+                                     size_t stride, const int8_t *const *at,
+                                     size_t n, size_t d, float *out)
 {
     size_t r, i, j;
     for (r = 0; r < n; r += 4) {
         const int8_t *b[4];
         __m256i s[4];
         float o[4];
-        size_t m = vx_i8_group(rows, stride, r, n, b);
+        size_t m = vx_i8_group(rows, stride, at, r, n, b);
         for (j = 0; j < 4; j++) s[j] = _mm256_setzero_si256();
-        vx_i8_rows_prefetch(rows, stride, r, 4, n);
         for (i = 0; i + 32 <= d; i += 32) {
             __m256i a = vx_avx2_load_i8(qc + i);
             for (j = 0; j < 4; j++)
@@ -1630,11 +1638,10 @@ VX_I8_DISTS_EACH(VX_AVX512BW, vx_avx512bw_i8_dists, vx_avx512bw_dot_i8)
 ** single-pair kernel does would need each row's sum: the query's sign
 ** moves onto the row instead, as in vx_avx512bw_dot_i8_step, and dpbusd
 ** multiplies |q| by it. */
-VX_AVX512VNNI static void vx_avx512vnni_i8_dists(const int8_t *qc,
-                                                 const vx_i8q *qi, int metric,
-                                                 const int8_t *rows,
-                                                 size_t stride, size_t n,
-                                                 size_t d, float *out)
+VX_AVX512VNNI static void
+vx_avx512vnni_i8_dists(const int8_t *qc, const vx_i8q *qi, int metric,
+                       const int8_t *rows, size_t stride,
+                       const int8_t *const *at, size_t n, size_t d, float *out)
 {
     const __m512i zero = _mm512_setzero_si512();
     size_t r, i, j;
@@ -1643,9 +1650,8 @@ VX_AVX512VNNI static void vx_avx512vnni_i8_dists(const int8_t *qc,
         __m512i s[4];
         __m256i h[4];
         float o[4];
-        size_t m = vx_i8_group(rows, stride, r, n, b);
+        size_t m = vx_i8_group(rows, stride, at, r, n, b);
         for (j = 0; j < 4; j++) s[j] = zero;
-        vx_i8_rows_prefetch(rows, stride, r, 4, n);
         for (i = 0; i < d; i += 64) {
             __mmask64 k = d - i >= 64 ? ~(__mmask64)0
                                       : (__mmask64)vx_mask64(d - i);
@@ -4040,7 +4046,7 @@ static void vx_code_dists(const vecidx *ix, const vx_query *q,
         vx_i8q qi = vx_i8_query(vx_i8_hdr(q->code, s->dim), s->dim);
         vx_qk.i8_dists(q->code, &qi, (int)ix->p.metric,
                        (const int8_t *)(const void *)base,
-                       (size_t)s->rec * sizeof(float), n, s->dim, out);
+                       (size_t)s->rec * sizeof(float), NULL, n, s->dim, out);
         return;
     }
     for (i = 0; i < n; i++)
@@ -4640,7 +4646,7 @@ static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
 static inline uint32_t vx_hnsw_visit(const vx_store *st, vx_hnsw_scratch *s,
                                      uint32_t v, uint32_t *fresh, uint32_t m)
 {
-    size_t dim_bytes = (size_t)st->dim * sizeof(float);
+    size_t dim_bytes = (size_t)st->cw * sizeof(float); /* the code's */
     const float *vec;
     if (s->visit[v] == s->epoch) return m;
     s->visit[v] = s->epoch;
@@ -4677,6 +4683,30 @@ static uint32_t vx_hnsw_unvisited(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
     return m;
 }
 
+/* Score the m fresh neighbours of a node with one call of the int8 rows
+** kernel (their codes were requested as they were marked) and offer them
+** in order, as the one-at-a-time loop would. */
+static void vx_hnsw_offer_i8(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
+                             const vx_i8q *qi, const uint32_t *fresh,
+                             uint32_t m, int l, size_t ef,
+                             const vecidx_search_opts *o)
+{
+    const int8_t *at[2 * VX_HNSW_MAX_M];
+    float dist[2 * VX_HNSW_MAX_M];
+    uint32_t i;
+    for (i = 0; i < m; i++)
+        at[i] = (const int8_t *)(const void *)vx_store_vec(&ix->store,
+                                                           fresh[i]);
+    vx_qk.i8_dists((const int8_t *)q->code, qi, (int)ix->p.metric, NULL, 0, at,
+                   m, ix->store.dim, dist);
+    for (i = 0; i < m; i++) {
+        vx_cand e;
+        e.slot = fresh[i];
+        e.d = VX_UNLIKELY(dist[i] != dist[i]) ? INFINITY : dist[i];
+        vx_hnsw_offer(ix, s, e, l, ef, o);
+    }
+}
+
 /* Best-first search of level l from ep, breadth ef, into s->res. With a
 ** filter the walk gives up after `budget` visits (s->visited then exceeds
 ** it) so that the caller can switch to an exact scan. */
@@ -4685,12 +4715,17 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
                           const vecidx_search_opts *o, size_t budget)
 {
     const vx_store *st = &ix->store;
-    size_t dim_bytes = (size_t)st->dim * sizeof(float);
+    /* what scoring reads: the code, not the links after it in the record */
+    size_t dim_bytes = (size_t)st->cw * sizeof(float);
     /* Long float32 L2 vectors stop summing once past the worst result:
     ** they could not enter. (The sum is checked every VX_L2_BOUND_STEP
     ** dimensions, so shorter vectors would only pay the test.) */
     int bounded = st->store == VECIDX_STORE_F32 && ix->p.metric == VECIDX_L2 &&
                   st->dim > VX_L2_BOUND_STEP;
+    /* int8 codes: a node's unvisited neighbours are scored in one call */
+    int batch = st->store == VECIDX_STORE_I8 && !q->exact;
+    vx_i8q qi;
+    if (batch) qi = vx_i8_query(vx_i8_hdr(q->code, st->dim), st->dim);
     vx_scratch_new_visit(s);
     s->nres = s->ncand = 0;
     s->asked = s->admitted = 0;
@@ -4717,9 +4752,10 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         ** With M 16 that cap binds only above 1,024 dimensions, where it
         ** is not measured. */
         s->visited += m;
-        for (i = 0; i < 2 && i < m; i++)
+        if (batch) vx_hnsw_offer_i8(ix, s, q, &qi, fresh, m, l, ef, o);
+        for (i = 0; !batch && i < 2 && i < m; i++)
             vx_prefetch_rest(vx_store_vec(st, fresh[i]), dim_bytes, 1);
-        for (i = 0; i < m; i++) {
+        for (i = 0; !batch && i < m; i++) {
             vx_cand e;
             if (i + 2 < m)
                 vx_prefetch_rest(vx_store_vec(st, fresh[i + 2]), dim_bytes, 1);

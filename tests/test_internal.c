@@ -869,7 +869,8 @@ void test_snapshot_key_map_copy_on_write(void)
 /* ---- quantized-storage kernels -------------------------------------- */
 
 /* The rows kernel against the scalar dot product and vx_i8_dist, bit for
-** bit, for each metric: 1 to 9 rows (groups of four and every remainder),
+** bit, for each metric and both forms (strided, pointers): 1 to 9 rows (groups
+*of four and every remainder),
 ** at a stride that is no multiple of any vector width, codes at the ends
 ** of their range, headers of any sign, and norms small enough that some
 ** L2 distances come out negative and must become 0. The exact scan uses
@@ -886,8 +887,9 @@ static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
     int8_t *rows = vt_xmalloc(ROWS * stride);
     vx_i8hdr qh;
     vx_i8q qi;
+    const int8_t *at[ROWS];
     float out[ROWS + 1];
-    int metric;
+    int metric, form;
     qh.scale = (float)vt_unit(r);
     qh.off = (float)(vt_unit(r) - 0.5);
     qh.n2 = (float)(vt_unit(r) * d);
@@ -908,21 +910,27 @@ static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
         bh.n2 = (float)(vt_unit(r) * (i % 3 ? d : 1));
         memcpy(b + h, &bh, sizeof bh);
     }
-    for (metric = VECIDX_L2; metric <= VECIDX_COSINE; metric++)
-        for (n = 1; n <= ROWS; n++) {
-            out[n] = -7.0f; /* a canary: n rows, never n + 1 */
-            k->i8_dists(qc, &qi, metric, rows, stride, n, d, out);
-            for (i = 0; i < n; i++) {
-                const int8_t *b = rows + i * stride;
-                float want = vx_i8_dist(metric, &qi, vx_i8_hdr(b, (uint32_t)d),
-                                        ref->dot_i8(qc, b, d, 0));
-                CHECKF(memcmp(&out[i], &want, sizeof want) == 0,
-                       "i8_dists mask %#x metric %d d %zu: row %zu of %zu: "
-                       "%.9g, not %.9g",
-                       mask, metric, d, i, n, out[i], want);
+    /* the pointer form gets the rows in another order */
+    for (i = 0; i < ROWS; i++) at[i] = rows + (i * 4 % ROWS) * stride;
+    for (form = 0; form < 2; form++)
+        for (metric = VECIDX_L2; metric <= VECIDX_COSINE; metric++)
+            for (n = 1; n <= ROWS; n++) {
+                out[n] = -7.0f; /* a canary: n rows, never n + 1 */
+                k->i8_dists(qc, &qi, metric, form ? NULL : rows, stride,
+                            form ? at : NULL, n, d, out);
+                for (i = 0; i < n; i++) {
+                    const int8_t *b = form ? at[i] : rows + i * stride;
+                    float want = vx_i8_dist(metric, &qi,
+                                            vx_i8_hdr(b, (uint32_t)d),
+                                            ref->dot_i8(qc, b, d, 0));
+                    CHECKF(
+                        memcmp(&out[i], &want, sizeof want) == 0,
+                        "i8_dists mask %#x form %d metric %d d %zu: row %zu of "
+                        "%zu: %.9g, not %.9g",
+                        mask, form, metric, d, i, n, out[i], want);
+                }
+                CHECKF(out[n] == -7.0f, "i8_dists wrote past %zu rows", n);
             }
-            CHECKF(out[n] == -7.0f, "i8_dists wrote past %zu rows", n);
-        }
     free(rows);
 }
 
