@@ -3922,19 +3922,24 @@ static size_t vx_allow_next(const vx_sopts *a, uint64_t *pos, uint64_t *out,
     return vx_bits_next(a->bits, a->nbits, pos, out, cap);
 }
 
-/* Offer distances of rows [row, row + n) of chunk c, all live. */
-static void vx_flat_offer(const vx_chunk *c, uint32_t row, size_t n,
-                          const float *dist, const vecidx_search_opts *o,
-                          vx_topk *h)
+/* Offer distances of rows [row, row + n) of chunk c, all live, slots
+** from slot on: by key, or by slot (by_slot: candidates to re-rank). A
+** row that cannot enter the heap is dropped before its key is loaded. */
+static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
+                          size_t n, const float *dist,
+                          const vecidx_search_opts *o, int by_slot, vx_topk *h)
 {
-    const uint64_t *key = c->key + row;
     size_t i;
     for (i = 0; i < n; i++) {
+        uint64_t key, id;
         float d = dist[i];
         if (VX_UNLIKELY(d != d)) d = INFINITY; /* inf-inf in huge inputs */
-        if (vx_topk_beyond(h, d) || !vx_topk_admits(h, d, key[i])) continue;
-        if (o && o->filter && !o->filter(key[i], o->filter_ctx)) continue;
-        vx_topk_push(h, d, key[i]);
+        if (vx_topk_beyond(h, d)) continue;
+        key = c->key[row + i];
+        id = by_slot ? slot + i : key;
+        if (!vx_topk_admits(h, d, id)) continue;
+        if (o && o->filter && !o->filter(key, o->filter_ctx)) continue;
+        vx_topk_push(h, d, id);
     }
 }
 
@@ -4005,10 +4010,9 @@ static void vx_flat_run(void *ctx, const vx_chunk *c, uint32_t row,
     const vx_flat_ctx *f = ctx;
     float dist[VX_FLAT_MAX_ROWS];
     size_t qi;
-    (void)slot;
     for (qi = 0; qi < f->nq; qi++) {
         vx_flat_dists(f->ix, c, row, n, &f->q[qi], dist);
-        vx_flat_offer(c, row, n, dist, f->o, &f->heaps[qi]);
+        vx_flat_offer(c, row, slot, n, dist, f->o, 0, &f->heaps[qi]);
     }
 }
 
@@ -4065,21 +4069,9 @@ static void vx_coded_run(void *ctx, const vx_chunk *c, uint32_t row,
                          uint32_t slot, size_t n)
 {
     const vx_coded_ctx *f = ctx;
-    const vecidx_search_opts *o = f->o;
     float dist[VX_FLAT_MAX_ROWS];
-    size_t i;
     vx_code_dists(f->ix, f->q, c, row, slot, n, dist);
-    for (i = 0; i < n; i++) {
-        uint64_t key, id;
-        float d = dist[i];
-        if (VX_UNLIKELY(d != d)) d = INFINITY;
-        if (vx_topk_beyond(f->into, d)) continue;
-        key = c->key[row + i];
-        id = f->by_slot ? slot + i : key;
-        if (!vx_topk_admits(f->into, d, id)) continue;
-        if (o && o->filter && !o->filter(key, o->filter_ctx)) continue;
-        vx_topk_push(f->into, d, id);
-    }
+    vx_flat_offer(c, row, slot, n, dist, f->o, f->by_slot, f->into);
 }
 
 /* Exact scan of compressed storage for one query. Without kept vectors
@@ -4752,21 +4744,25 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         ** With M 16 that cap binds only above 1,024 dimensions, where it
         ** is not measured. */
         s->visited += m;
-        if (batch) vx_hnsw_offer_i8(ix, s, q, &qi, fresh, m, l, ef, o);
-        for (i = 0; !batch && i < 2 && i < m; i++)
-            vx_prefetch_rest(vx_store_vec(st, fresh[i]), dim_bytes, 1);
-        for (i = 0; !batch && i < m; i++) {
-            vx_cand e;
-            if (i + 2 < m)
-                vx_prefetch_rest(vx_store_vec(st, fresh[i + 2]), dim_bytes, 1);
-            e.slot = fresh[i];
-            if (bounded && s->nres >= ef)
-                e.d = vx_qk.l2_bound(q->v, vx_store_vec(st, e.slot), st->dim,
-                                     s->res[0].d);
-            else
-                e.d = vx_qdist(ix, q, e.slot);
-            if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
-            vx_hnsw_offer(ix, s, e, l, ef, o);
+        if (batch) {
+            vx_hnsw_offer_i8(ix, s, q, &qi, fresh, m, l, ef, o);
+        } else {
+            for (i = 0; i < 2 && i < m; i++)
+                vx_prefetch_rest(vx_store_vec(st, fresh[i]), dim_bytes, 1);
+            for (i = 0; i < m; i++) {
+                vx_cand e;
+                if (i + 2 < m)
+                    vx_prefetch_rest(vx_store_vec(st, fresh[i + 2]), dim_bytes,
+                                     1);
+                e.slot = fresh[i];
+                if (bounded && s->nres >= ef)
+                    e.d = vx_qk.l2_bound(q->v, vx_store_vec(st, e.slot),
+                                         st->dim, s->res[0].d);
+                else
+                    e.d = vx_qdist(ix, q, e.slot);
+                if (VX_UNLIKELY(e.d != e.d)) e.d = INFINITY;
+                vx_hnsw_offer(ix, s, e, l, ef, o);
+            }
         }
         /* The next node to expand is known now: fetch its links early. */
         if (s->ncand) VX_PREFETCH(vx_hnsw_links(ix, s->cand[0].slot, l));
