@@ -618,11 +618,7 @@ void run_paired(const bn_opts &o, const bn_data &d, bool sq)
 
     HnswlibCtx hc{alg, &d, o.k};
     vxb_ctx vc;
-    memset(&vc, 0, sizeof vc);
-    vc.ix = ix;
-    vc.d = &d;
-    vc.k = o.k;
-    vxb_search_opts(&o, &vc.so);
+    vxb_ctx_init(&vc, &o, &d, ix);
     FaissCtx fc{fx ? fx->index.get() : nullptr, &d, o.k, {}};
     std::vector<int64_t> hres(d.nq * o.k), vres(d.nq * o.k), fres(d.nq * o.k);
     for (size_t i = 0; i < o.ef.n; i++) {
@@ -682,6 +678,7 @@ void run_paired(const bn_opts &o, const bn_data &d, bool sq)
         fr.extra = extra.c_str();
         bn_print(&o, &d, &fr);
     }
+    vxb_ctx_free(&vc);
     vecidx_close(ix);
     delete alg;
 }
@@ -1776,11 +1773,7 @@ void scenario_scaling(const bn_opts &o, const bn_data &d, const Scenario &s,
     if (rc != VECIDX_OK) vxb_fail("vecidx_stats", rc, ix);
     HnswlibCtx hc{alg.get(), &d, s.k};
     vxb_ctx vc;
-    memset(&vc, 0, sizeof vc);
-    vc.ix = ix;
-    vc.d = &d;
-    vc.k = s.k;
-    vxb_search_opts(&o, &vc.so);
+    vxb_ctx_init(&vc, &o, &d, ix); /* k: --k, which is s.k */
     vc.so.ef = s.ef;
     std::vector<int64_t> res(d.nq * s.k);
     for (unsigned pass = 0; pass < o.passes; pass++) {
@@ -1816,6 +1809,7 @@ void scenario_scaling(const bn_opts &o, const bn_data &d, const Scenario &s,
             rows.push_back(r);
         }
     }
+    vxb_ctx_free(&vc);
     vecidx_close(ix);
 }
 

@@ -35,16 +35,6 @@ static double mib(uint64_t bytes)
     return (double)bytes / (1024.0 * 1024.0);
 }
 
-static void ctx_init(vxb_ctx *c, const bn_opts *o, const bn_data *d, vecidx *ix)
-{
-    memset(c, 0, sizeof *c);
-    c->ix = ix;
-    c->d = d;
-    c->k = o->k;
-    c->so.threads = o->threads;
-    c->found = (size_t *)bn_malloc(d->nq * sizeof *c->found);
-}
-
 static void result_init(bn_result *r, const bn_opts *o,
                         const vecidx_stats_t *st, double build_s)
 {
@@ -64,7 +54,6 @@ static void set_sweep(const bn_opts *o, int kind, uint32_t v,
 {
     c->so.ef = 0;
     c->so.nprobe = 0;
-    c->so.refine = vxb_refine(o);
     if (kind == VECIDX_HNSW) {
         c->so.ef = v;
         snprintf(r->param, sizeof r->param, "ef=%u", (unsigned)v);
@@ -179,7 +168,7 @@ static void run_vs_f32(const bn_opts *o, const bn_data *d, vxb_ctx *c,
     bn_runner run[2];
     int64_t *fres = (int64_t *)bn_malloc(d->nq * o->k * sizeof *fres);
     double f32_recall;
-    ctx_init(&cf, o, d, flat);
+    vxb_ctx_init(&cf, o, d, flat);
     memset(run, 0, sizeof run);
     run[0].ctx = c;
     run[0].res = res;
@@ -199,7 +188,7 @@ static void run_vs_f32(const bn_opts *o, const bn_data *d, vxb_ctx *c,
         bn_runner_qps(&run[1]), f32_recall, r->qps / bn_runner_qps(&run[1]));
     r->extra = extra;
     free(fres);
-    free(cf.found);
+    vxb_ctx_free(&cf);
     vecidx_close(flat);
 }
 
@@ -222,7 +211,7 @@ static void run_standard(const bn_opts *o, const bn_data *d)
     if (st.count != d->n)
         bn_note("warning: index holds %llu vectors after adding %zu",
                 (unsigned long long)st.count, d->n);
-    ctx_init(&c, o, d, ix);
+    vxb_ctx_init(&c, o, d, ix);
     res = (int64_t *)bn_malloc(d->nq * o->k * sizeof *res);
     for (i = 0; i < nvals; i++) {
         result_init(&r, o, &st, b.build_s);
@@ -239,7 +228,7 @@ static void run_standard(const bn_opts *o, const bn_data *d)
         bn_print(o, d, &r);
     }
     free(res);
-    free(c.found);
+    vxb_ctx_free(&c);
     vecidx_close(ix);
 }
 
@@ -259,6 +248,18 @@ static int is_callback(int form)
 ** flat index per callback form. */
 #define MAX_RUNNERS (2 * BN_NFORMS + 2)
 
+/* A runner's context: the index and search options of from (with the
+** sweep value set on it), its own batch counts, and the admitted set f
+** in the form BN_FORM_* (f NULL: unfiltered). */
+static void runner_ctx(vxb_ctx *c, const vxb_ctx *from, int form,
+                       const bn_filter *f)
+{
+    size_t *found = c->found;
+    *c = *from;
+    c->found = found;
+    vxb_filter_opts(&c->so, form, f);
+}
+
 static void run_filtered(const bn_opts *o, const bn_data *d)
 {
     int kind = vxb_kind(o->index);
@@ -269,7 +270,7 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
     size_t rsz = d->nq * o->k;
     vecidx_stats_t st;
     build_info b;
-    vxb_ctx base_c, c[MAX_RUNNERS];
+    vxb_ctx base_c, flat_c, c[MAX_RUNNERS];
     bn_runner run[MAX_RUNNERS];
     int64_t *res[MAX_RUNNERS];
     int flat_for[BN_NFORMS]; /* runner of the form's flat baseline, or -1 */
@@ -295,11 +296,11 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
     scan.inv_norm = norms;
     scan.metric = o->metric;
     scan.k = o->k;
-    ctx_init(&base_c, o, d, ix);
+    vxb_ctx_init(&base_c, o, d, ix);
+    vxb_ctx_init(&flat_c, o, d, flat); /* used only if flat exists */
     for (i = 0; i < MAX_RUNNERS; i++) {
         res[i] = (int64_t *)bn_malloc(rsz * sizeof *res[i]);
-        c[i] = base_c;
-        c[i].found = (size_t *)bn_malloc(d->nq * sizeof *c[i].found);
+        vxb_ctx_init(&c[i], o, d, ix);
     }
 
     for (si = 0; si < o->nsel; si++) {
@@ -317,10 +318,7 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
             memset(run, 0, sizeof run);
             nr = 0;
             for (i = 0; i < o->nforms; i++, nr++) {
-                size_t *found = c[nr].found;
-                c[nr] = base_c;
-                c[nr].found = found;
-                vxb_filter_opts(&c[nr].so, o->forms[i], &f);
+                runner_ctx(&c[nr], &base_c, o->forms[i], &f);
                 run[nr].fn = vxb_search_one;
                 run[nr].batch_fn = vxb_search_batch;
                 run[nr].ctx = &c[nr];
@@ -329,27 +327,16 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
             run[nr].ctx = &scan;
             run[nr++].nq = f.scan_nq;
             {
-                size_t *found = c[nr].found;
-                c[nr] = base_c;
-                c[nr].found = found;
-                vxb_filter_opts(&c[nr].so, 0, NULL);
+                runner_ctx(&c[nr], &base_c, 0, NULL);
                 run[nr].fn = vxb_search_one;
                 run[nr].batch_fn = vxb_search_batch;
                 run[nr].ctx = &c[nr];
                 nr++;
             }
             for (i = 0; i < o->nforms; i++) {
-                size_t *found;
                 flat_for[i] = -1;
                 if (!flat || !is_callback(o->forms[i])) continue;
-                found = c[nr].found;
-                memset(&c[nr], 0, sizeof c[nr]);
-                c[nr].ix = flat;
-                c[nr].d = d;
-                c[nr].k = o->k;
-                c[nr].so.threads = o->threads;
-                c[nr].found = found;
-                vxb_filter_opts(&c[nr].so, o->forms[i], &f);
+                runner_ctx(&c[nr], &flat_c, o->forms[i], &f);
                 run[nr].fn = vxb_search_one;
                 run[nr].batch_fn = vxb_search_batch;
                 run[nr].ctx = &c[nr];
@@ -390,9 +377,10 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
     }
     for (i = 0; i < MAX_RUNNERS; i++) {
         free(res[i]);
-        free(c[i].found);
+        vxb_ctx_free(&c[i]);
     }
-    free(base_c.found);
+    vxb_ctx_free(&base_c);
+    vxb_ctx_free(&flat_c);
     free(order);
     free(norms);
     if (flat) vecidx_close(flat);
@@ -616,7 +604,7 @@ static void churn_report(const churn *ch, vecidx *ix[2],
     truth.gt_k = o->k;
     for (s = 0; s < 2; s++) {
         get_stats(ix[s], &st[s]);
-        ctx_init(&c[s], o, &truth, ix[s]);
+        vxb_ctx_init(&c[s], o, &truth, ix[s]);
     }
     for (i = 0; i < o->ef.n; i++)
         for (s = 0; s < 2; s++) {
@@ -637,7 +625,7 @@ static void churn_report(const churn *ch, vecidx *ix[2],
     for (i = 0; i < o->ef.n; i++)
         bn_note("%6u %16.4f %14.4f %13.0f %11.0f", (unsigned)o->ef.v[i],
                 r[i][0].recall, r[i][1].recall, r[i][0].qps, r[i][1].qps);
-    for (s = 0; s < 2; s++) free(c[s].found);
+    for (s = 0; s < 2; s++) vxb_ctx_free(&c[s]);
     free(res);
 }
 

@@ -1,9 +1,9 @@
 /*
 ** vxbench.h -- the vecidx side of the benchmarks: index parameters from
-** the options (storage included), the query callbacks, the storage keys
-** of the output, and errors. Shared by vecidx-bench
-** (C) and vecidx-compare --lib paired (C++), so both measure vecidx the
-** same way. Include after common.h and vecidx.h.
+** the options (storage included), the search context (vxb_ctx_init) and
+** the query callbacks, the storage keys of the output, and errors. Shared
+** by vecidx-bench (C) and vecidx-compare --lib paired (C++), so both
+** measure vecidx the same way. Include after common.h and vecidx.h.
 */
 #ifndef VXBENCH_H
 #define VXBENCH_H
@@ -90,6 +90,29 @@ static inline void vxb_search_opts(const bn_opts *o, vecidx_search_opts *so)
 {
     memset(so, 0, sizeof *so);
     so->refine = vxb_refine(o);
+}
+
+/* A context for searches of ix over d's queries, as every program sets it
+** up: k = --k, the search options every query shares (vxb_search_opts),
+** --threads workers for the batch call, and room for its per-query counts.
+** The caller sets the sweep value (so.ef, so.nprobe) and any filter;
+** vxb_ctx_free releases it (not ix). */
+static inline void vxb_ctx_init(vxb_ctx *c, const bn_opts *o, const bn_data *d,
+                                vecidx *ix)
+{
+    memset(c, 0, sizeof *c);
+    c->ix = ix;
+    c->d = d;
+    c->k = o->k;
+    vxb_search_opts(o, &c->so);
+    c->so.threads = o->threads;
+    c->found = (size_t *)bn_malloc(d->nq * sizeof *c->found);
+}
+
+static inline void vxb_ctx_free(vxb_ctx *c)
+{
+    free(c->found);
+    c->found = NULL;
 }
 
 /* The storage keys of an output line of vecidx's flat or HNSW index: the
