@@ -1,0 +1,1708 @@
+/*
+** vecidx_sqlite.c -- vecidx as a SQLite virtual table (loadable extension).
+**
+** Build (the library keeps no SQLite dependency; this file is the only one
+** that includes sqlite3ext.h):
+**
+**   cc -std=c11 -O2 -fPIC -shared -fvisibility=hidden -I. \
+**      -o sqlite/vecidx_sqlite.so sqlite/vecidx_sqlite.c vecidx.c -pthread -lm
+**
+** then `.load ./sqlite/vecidx_sqlite` in the sqlite3 shell, or
+** conn.load_extension("sqlite/vecidx_sqlite") in Python. Needs SQLite 3.38
+** or later at run time (sqlite3_vtab_in). MIT licensed, see LICENSE.
+**
+**   CREATE VIRTUAL TABLE items_vec USING vecidx(dim=384, metric=cos,
+**                                               kind=hnsw, M=16);
+**   INSERT INTO items_vec(rowid, embedding) VALUES (1, :blob_or_json);
+**   SELECT rowid, distance FROM items_vec
+**    WHERE embedding MATCH :q AND k = 10
+**      AND rowid IN (SELECT id FROM items WHERE category = 3);
+**
+** DESIGN
+**
+** The database is the truth; the vecidx index is a cache. Every vector is
+** a row of the shadow table NAME_vectors(id, seq, vec), written through
+** the same connection and transaction as the statement that changes the
+** virtual table, so SQLite's journal makes it atomic, durable and part of
+** any copy or replica of the database. Each connection keeps its own
+** in-memory vecidx index of those rows:
+**
+**  - It is built from the shadow table at the first use on a connection
+**    (vecidx_add_batch on params.threads threads).
+**  - xUpdate changes the index and the shadow table together and records
+**    what it changed in an undo list (with the old vector). xRollback,
+**    and xRollbackTo for savepoints and failed statements, replay the list
+**    backwards, so the index always matches what the transaction sees.
+**    Any failure to keep them in step marks the index stale: it is then
+**    rebuilt from the shadow table at its next use.
+**  - Each write transaction moves a generation counter in NAME_state(gen,
+**    stamp) on by one and gives it a fresh random stamp, logged in
+**    NAME_txlog(gen, stamp); rows carry the generation that last wrote
+**    them (seq) and deletions leave a tombstone in NAME_deleted(id, seq).
+**    Before a search or a write the connection compares the database's
+**    (gen, stamp) with the one its index reflects -- only when the pager's
+**    data version (SQLITE_FCNTL_DATA_VERSION) moved, so usually at the cost
+**    of one file-control call. When another connection or process wrote,
+**    and the database's txlog still holds this index's (gen, stamp) (the
+**    same history), the index catches up by reading the rows and
+**    tombstones newer than its generation; otherwise (the database was
+**    replaced by a backup or a replica of another history, or the log was
+**    pruned) it is rebuilt. Tombstones and txlog entries older than
+**    VX_KEEP_GENS generations are pruned.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3ext.h>
+
+#include "../vecidx.h"
+
+SQLITE_EXTENSION_INIT1
+
+#if defined(__GNUC__) || defined(__clang__)
+#define VX_EXPORT __attribute__((visibility("default")))
+#else
+#define VX_EXPORT
+#endif
+
+/* Write transactions whose tombstones and txlog entries are kept: a
+** connection whose index is older than that rebuilds it instead of
+** catching up. */
+#define VX_KEEP_GENS 65536
+/* Prune once every so many generations. */
+#define VX_PRUNE_EVERY 256
+/* Rows read per vecidx_add_batch call while building. */
+#define VX_BUILD_BATCH 16384
+/* Largest k accepted by a KNN query. */
+#define VX_MAX_K 1000000
+
+/* Columns of the declared table. */
+enum {
+    VX_COL_VEC = 0,
+    VX_COL_DISTANCE = 1,
+    VX_COL_K = 2,
+    VX_COL_EF = 3,
+    VX_COL_NPROBE = 4
+};
+
+/* Plans (idxNum bits); the argv of xFilter holds the values in this
+** order. */
+enum {
+    VX_P_MATCH = 1,
+    VX_P_K = 2,
+    VX_P_EF = 4,
+    VX_P_NPROBE = 8,
+    VX_P_ROWID_IN = 16, /* rowid IN (...), all values at once */
+    VX_P_ROWID_EQ = 32, /* rowid = value */
+    VX_P_LIMIT = 64
+};
+
+/* Prepared statements on the shadow tables, made on first use. */
+enum {
+    VXS_GET,       /* SELECT vec FROM _vectors WHERE id = ? */
+    VXS_INSERT,    /* INSERT INTO _vectors(id, seq, vec) */
+    VXS_REPLACE,   /* UPDATE _vectors SET seq, vec WHERE id */
+    VXS_DELETE,    /* DELETE FROM _vectors WHERE id = ? */
+    VXS_TOMB,      /* INSERT OR REPLACE INTO _deleted */
+    VXS_STATE,     /* SELECT gen, stamp FROM _state */
+    VXS_SETSTATE,  /* UPDATE _state SET gen, stamp */
+    VXS_TXLOG,     /* INSERT OR REPLACE INTO _txlog */
+    VXS_TXSTAMP,   /* SELECT stamp FROM _txlog WHERE gen = ? */
+    VXS_MAXID,     /* SELECT max(id) FROM _vectors */
+    VXS_CHANGED,   /* SELECT id, vec FROM _vectors WHERE seq > ? */
+    VXS_TOMBS,     /* SELECT id FROM _deleted WHERE seq > ? */
+    VXS_PRUNE_LOG, /* DELETE FROM _txlog WHERE gen <= ? */
+    VXS_PRUNE_DEL, /* DELETE FROM _deleted WHERE seq <= ? */
+    VXS_COUNT
+};
+
+/* Undo entries. */
+enum {
+    VXU_ADDED,   /* the row was inserted: remove it */
+    VXU_CHANGED, /* the row's vector was replaced: put vec back */
+    VXU_REMOVED, /* the row was deleted: add vec back */
+    VXU_BUMP     /* the transaction moved the generation on */
+};
+
+typedef struct vx_undo {
+    int op;
+    sqlite3_int64 id;    /* row; for VXU_BUMP the previous generation */
+    sqlite3_int64 stamp; /* VXU_BUMP: the previous stamp */
+    float *vec;          /* VXU_CHANGED, VXU_REMOVED: the old vector */
+} vx_undo;
+
+typedef struct vx_vtab vx_vtab;
+
+/* Per connection: the tables connected, for vecidx_info(). */
+typedef struct vx_conn {
+    vx_vtab *tables;
+} vx_conn;
+
+struct vx_vtab {
+    sqlite3_vtab base;
+    vx_conn *conn;
+    vx_vtab *next; /* in conn->tables */
+    sqlite3 *db;
+    char *schema; /* database name: "main", "temp" or attached */
+    char *name;   /* table name */
+    char *col;    /* name of the vector column ("embedding") */
+    vecidx_params params;
+    vecidx *ix;               /* the cache; NULL until first use */
+    int stale;                /* ix must be rebuilt before its next use */
+    sqlite3_int64 gen, stamp; /* database state that ix reflects */
+    unsigned dv;              /* pager data version when gen was last checked */
+    int have_dv;
+    /* Transaction state. */
+    int in_txn;  /* between xBegin and xCommit/xRollback */
+    int bumped;  /* this transaction moved the generation on */
+    int undo_ok; /* 0: ix was rebuilt mid-transaction; a rollback marks
+                    it stale instead of replaying the list */
+    vx_undo *undo;
+    size_t nundo, capundo;
+    size_t *marks; /* marks[i]: undo length when savepoint i began */
+    int nmarks, capmarks;
+    float *scratch; /* dim floats for reading old vectors */
+    sqlite3_stmt *st[VXS_COUNT];
+    /* Counters for vecidx_info(). */
+    sqlite3_int64 builds, catchups;
+};
+
+typedef struct vx_cursor {
+    sqlite3_vtab_cursor base;
+    int plan;           /* idxNum of the xFilter call */
+    sqlite3_stmt *scan; /* full scan: SELECT id, vec FROM _vectors */
+    int scan_eof;
+    sqlite3_int64 *ids; /* KNN results or the point lookup's row */
+    float *dists;
+    size_t n, pos;
+} vx_cursor;
+
+/* ---- Small helpers ------------------------------------------------------ */
+
+static void vx_seterr(vx_vtab *vt, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static void vx_seterr(vx_vtab *vt, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    sqlite3_free(vt->base.zErrMsg);
+    vt->base.zErrMsg = sqlite3_vmprintf(fmt, ap);
+    va_end(ap);
+}
+
+/* A vecidx failure as a SQLite error code, with the library's message. */
+static int vx_iderr(vx_vtab *vt, int rc, const char *what)
+{
+    vx_seterr(vt, "vecidx: %s: %s (%s)", what, vecidx_errmsg(vt->ix),
+              vecidx_strerror(rc));
+    switch (rc) {
+    case VECIDX_ENOMEM:
+        return SQLITE_NOMEM;
+    case VECIDX_EEXIST:
+        return SQLITE_CONSTRAINT;
+    case VECIDX_ECORRUPT:
+        return SQLITE_CORRUPT_VTAB;
+    case VECIDX_EFULL:
+        return SQLITE_FULL;
+    default:
+        return SQLITE_ERROR;
+    }
+}
+
+static int vx_sqlerr(vx_vtab *vt, int rc)
+{
+    vx_seterr(vt, "%s", sqlite3_errmsg(vt->db));
+    return rc;
+}
+
+static int vx_exec(sqlite3 *db, char **pzErr, const char *fmt, ...)
+{
+    va_list ap;
+    char *sql;
+    int rc;
+    va_start(ap, fmt);
+    sql = sqlite3_vmprintf(fmt, ap);
+    va_end(ap);
+    if (!sql) return SQLITE_NOMEM;
+    rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK && pzErr)
+        *pzErr = sqlite3_mprintf("%s", sqlite3_errmsg(db));
+    sqlite3_free(sql);
+    return rc;
+}
+
+static const char *const vx_sql[VXS_COUNT] = {
+    "SELECT vec FROM \"%w\".\"%w_vectors\" WHERE id = ?1",
+    "INSERT INTO \"%w\".\"%w_vectors\"(id, seq, vec) VALUES (?1, ?2, ?3)",
+    "UPDATE \"%w\".\"%w_vectors\" SET seq = ?2, vec = ?3 WHERE id = ?1",
+    "DELETE FROM \"%w\".\"%w_vectors\" WHERE id = ?1",
+    "INSERT OR REPLACE INTO \"%w\".\"%w_deleted\"(id, seq) VALUES (?1, ?2)",
+    "SELECT gen, stamp FROM \"%w\".\"%w_state\" WHERE id = 0",
+    "UPDATE \"%w\".\"%w_state\" SET gen = ?1, stamp = ?2 WHERE id = 0",
+    "INSERT OR REPLACE INTO \"%w\".\"%w_txlog\"(gen, stamp) VALUES (?1, ?2)",
+    "SELECT stamp FROM \"%w\".\"%w_txlog\" WHERE gen = ?1",
+    "SELECT max(id) FROM \"%w\".\"%w_vectors\"",
+    "SELECT id, vec FROM \"%w\".\"%w_vectors\" WHERE seq > ?1",
+    "SELECT id FROM \"%w\".\"%w_deleted\" WHERE seq > ?1",
+    "DELETE FROM \"%w\".\"%w_txlog\" WHERE gen <= ?1",
+    "DELETE FROM \"%w\".\"%w_deleted\" WHERE seq <= ?1"};
+
+/* The prepared statement i, reset and with its bindings cleared. */
+static int vx_stmt(vx_vtab *vt, int i, sqlite3_stmt **out)
+{
+    if (!vt->st[i]) {
+        char *sql = sqlite3_mprintf(vx_sql[i], vt->schema, vt->name);
+        int rc;
+        if (!sql) return SQLITE_NOMEM;
+        rc = sqlite3_prepare_v3(vt->db, sql, -1, SQLITE_PREPARE_PERSISTENT,
+                                &vt->st[i], NULL);
+        sqlite3_free(sql);
+        if (rc != SQLITE_OK) return vx_sqlerr(vt, rc);
+    }
+    *out = vt->st[i];
+    return SQLITE_OK;
+}
+
+/* Step a statement that returns no row (or whose row is not wanted) and
+** reset it. */
+static int vx_run(vx_vtab *vt, sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return SQLITE_OK;
+    return vx_sqlerr(vt, rc);
+}
+
+/* ---- Parsing vectors -------------------------------------------------- */
+
+/* A vector from a float32 BLOB (dim*4 bytes) or a JSON array of numbers,
+** into out (dim floats). */
+static int vx_parse_vec(vx_vtab *vt, sqlite3_value *v, float *out,
+                        const char *what)
+{
+    uint32_t dim = vt->params.dim;
+    int t = sqlite3_value_type(v);
+    if (t == SQLITE_BLOB) {
+        int n = sqlite3_value_bytes(v);
+        if (n != (int)(dim * sizeof(float))) {
+            vx_seterr(vt,
+                      "%s: a BLOB of %d bytes is not %u float32 values "
+                      "(%u bytes)",
+                      what, n, dim, (unsigned)(dim * sizeof(float)));
+            return SQLITE_MISMATCH;
+        }
+        memcpy(out, sqlite3_value_blob(v), dim * sizeof(float));
+        return SQLITE_OK;
+    }
+    if (t == SQLITE_TEXT) {
+        const char *p = (const char *)sqlite3_value_text(v);
+        uint32_t n = 0;
+        if (!p) return SQLITE_NOMEM;
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        if (*p++ != '[') goto bad;
+        for (;;) {
+            char *end;
+            double d;
+            while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+            if (*p == ']' && n == 0) {
+                p++;
+                break;
+            }
+            errno = 0;
+            d = strtod(p, &end);
+            if (end == p) goto bad;
+            if (n >= dim) {
+                vx_seterr(vt, "%s: the JSON array has more than %u numbers",
+                          what, dim);
+                return SQLITE_MISMATCH;
+            }
+            out[n++] = (float)d;
+            p = end;
+            while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+            if (*p == ',') {
+                p++;
+                continue;
+            }
+            if (*p == ']') {
+                p++;
+                break;
+            }
+            goto bad;
+        }
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+        if (*p) goto bad;
+        if (n != dim) {
+            vx_seterr(vt, "%s: the JSON array has %u numbers, the table %u",
+                      what, n, dim);
+            return SQLITE_MISMATCH;
+        }
+        return SQLITE_OK;
+    bad:
+        vx_seterr(vt, "%s: not a JSON array of numbers", what);
+        return SQLITE_MISMATCH;
+    }
+    vx_seterr(vt, "%s: expected a float32 BLOB or a JSON array, got %s", what,
+              t == SQLITE_NULL ? "NULL" : "a number");
+    return SQLITE_MISMATCH;
+}
+
+/* ---- Building and keeping the index in step --------------------------- */
+
+static int vx_read_state(vx_vtab *vt, sqlite3_int64 *gen, sqlite3_int64 *stamp)
+{
+    sqlite3_stmt *s;
+    int rc = vx_stmt(vt, VXS_STATE, &s);
+    if (rc != SQLITE_OK) return rc;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *gen = sqlite3_column_int64(s, 0);
+        *stamp = sqlite3_column_int64(s, 1);
+        sqlite3_reset(s);
+        return SQLITE_OK;
+    }
+    sqlite3_reset(s);
+    if (rc == SQLITE_DONE) {
+        vx_seterr(vt, "vecidx: %s_state has no row", vt->name);
+        return SQLITE_CORRUPT_VTAB;
+    }
+    return vx_sqlerr(vt, rc);
+}
+
+static void vx_undo_clear(vx_vtab *vt)
+{
+    size_t i;
+    for (i = 0; i < vt->nundo; i++) sqlite3_free(vt->undo[i].vec);
+    vt->nundo = 0;
+}
+
+/* The index no longer matches the database: rebuild at its next use. */
+static void vx_mark_stale(vx_vtab *vt)
+{
+    vt->stale = 1;
+    if (vt->in_txn) vt->undo_ok = 0;
+    vx_undo_clear(vt);
+}
+
+/* A shadow row's vector, checked. */
+static int vx_row_vec(vx_vtab *vt, sqlite3_stmt *s, int col, const float **out)
+{
+    if (sqlite3_column_type(s, col) != SQLITE_BLOB ||
+        sqlite3_column_bytes(s, col) != (int)(vt->params.dim * sizeof(float))) {
+        vx_seterr(vt, "vecidx: row %lld of %s_vectors is not %u float32 values",
+                  (long long)sqlite3_column_int64(s, 0), vt->name,
+                  vt->params.dim);
+        return SQLITE_CORRUPT_VTAB;
+    }
+    *out = sqlite3_column_blob(s, col);
+    return *out ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+/* Build a fresh index of every row of the shadow table. */
+static int vx_rebuild(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
+{
+    size_t dim = vt->params.dim, n = 0;
+    uint64_t *keys = NULL;
+    float *vecs = NULL;
+    vecidx *ix = NULL;
+    sqlite3_stmt *s = NULL;
+    char *sql;
+    int rc, vrc;
+
+    vecidx_close(vt->ix);
+    vt->ix = NULL;
+    vrc = vecidx_create(&vt->params, &ix);
+    if (vrc != VECIDX_OK) return vx_iderr(vt, vrc, "create");
+    keys = sqlite3_malloc64(VX_BUILD_BATCH * sizeof(uint64_t));
+    vecs = sqlite3_malloc64((sqlite3_uint64)VX_BUILD_BATCH * dim *
+                            sizeof(float));
+    sql = sqlite3_mprintf("SELECT id, vec FROM \"%w\".\"%w_vectors\"",
+                          vt->schema, vt->name);
+    if (!keys || !vecs || !sql) {
+        rc = SQLITE_NOMEM;
+        goto done;
+    }
+    rc = sqlite3_prepare_v2(vt->db, sql, -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        rc = vx_sqlerr(vt, rc);
+        goto done;
+    }
+    for (;;) {
+        const float *v;
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            rc = vx_row_vec(vt, s, 1, &v);
+            if (rc != SQLITE_OK) goto done;
+            keys[n] = (uint64_t)sqlite3_column_int64(s, 0);
+            memcpy(vecs + n * dim, v, dim * sizeof(float));
+            if (++n < VX_BUILD_BATCH) continue;
+        } else if (rc != SQLITE_DONE) {
+            rc = vx_sqlerr(vt, rc);
+            goto done;
+        }
+        if (n > 0) {
+            vrc = vecidx_add_batch(ix, n, keys, vecs);
+            if (vrc != VECIDX_OK) {
+                vt->ix = ix; /* for the message */
+                rc = vx_iderr(vt, vrc, "build");
+                vt->ix = NULL;
+                goto done;
+            }
+            n = 0;
+        }
+        if (rc == SQLITE_DONE) break;
+    }
+    rc = SQLITE_OK;
+    vt->ix = ix;
+    ix = NULL;
+    vt->gen = gen;
+    vt->stamp = stamp;
+    vt->stale = 0;
+    vt->builds++;
+    if (vt->in_txn) vt->undo_ok = 0;
+done:
+    sqlite3_finalize(s);
+    sqlite3_free(sql);
+    sqlite3_free(keys);
+    sqlite3_free(vecs);
+    vecidx_close(ix);
+    return rc;
+}
+
+/* Bring the index from generation vt->gen to gen by reading the rows and
+** tombstones written since. Returns SQLITE_OK, or SQLITE_DONE when the
+** database's history does not continue the index's (rebuild instead). */
+static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
+{
+    sqlite3_stmt *s;
+    int rc, vrc, same;
+    if (gen < vt->gen) return SQLITE_DONE;
+    rc = vx_stmt(vt, VXS_TXSTAMP, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, vt->gen);
+    rc = sqlite3_step(s);
+    same = rc == SQLITE_ROW && sqlite3_column_int64(s, 0) == vt->stamp;
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return vx_sqlerr(vt, rc);
+    if (!same) return SQLITE_DONE;
+
+    /* Deletions first: a row deleted and inserted again since is then
+    ** added back by the second pass. */
+    rc = vx_stmt(vt, VXS_TOMBS, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, vt->gen);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        uint64_t key = (uint64_t)sqlite3_column_int64(s, 0);
+        if (vecidx_contains(vt->ix, key) == 1) {
+            vrc = vecidx_remove(vt->ix, key);
+            if (vrc != VECIDX_OK) {
+                sqlite3_reset(s);
+                return vx_iderr(vt, vrc, "catch up");
+            }
+        }
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) return vx_sqlerr(vt, rc);
+
+    rc = vx_stmt(vt, VXS_CHANGED, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, vt->gen);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const float *v;
+        rc = vx_row_vec(vt, s, 1, &v);
+        if (rc != SQLITE_OK) break;
+        vrc = vecidx_upsert(vt->ix, (uint64_t)sqlite3_column_int64(s, 0), v);
+        if (vrc != VECIDX_OK) {
+            rc = vx_iderr(vt, vrc, "catch up");
+            break;
+        }
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) return rc == SQLITE_ROW ? vx_sqlerr(vt, rc) : rc;
+    vt->gen = gen;
+    vt->stamp = stamp;
+    vt->catchups++;
+    if (vt->in_txn) vt->undo_ok = 0;
+    return SQLITE_OK;
+}
+
+/* Make the index reflect the database as this connection sees it now. */
+static int vx_ensure(vx_vtab *vt)
+{
+    unsigned dv = 0;
+    int have_dv = sqlite3_file_control(vt->db, vt->schema,
+                                       SQLITE_FCNTL_DATA_VERSION,
+                                       &dv) == SQLITE_OK;
+    sqlite3_int64 gen = 0, stamp = 0;
+    int rc;
+    /* The data version is current only while a read transaction is open
+    ** (its start is when the pager looks for changes by others); the
+    ** statement running may not have opened one on this schema yet. */
+    if (have_dv && sqlite3_txn_state(vt->db, vt->schema) == SQLITE_TXN_NONE)
+        have_dv = 0;
+    if (vt->ix && !vt->stale && have_dv && vt->have_dv && dv == vt->dv)
+        return SQLITE_OK;
+    rc = vx_read_state(vt, &gen, &stamp);
+    if (rc != SQLITE_OK) return rc;
+    if (vt->ix && !vt->stale && (gen != vt->gen || stamp != vt->stamp)) {
+        rc = vx_catch_up(vt, gen, stamp);
+        if (rc != SQLITE_OK) vx_mark_stale(vt);
+        if (rc != SQLITE_OK && rc != SQLITE_DONE) return rc;
+    }
+    if (!vt->ix || vt->stale) {
+        rc = vx_rebuild(vt, gen, stamp);
+        if (rc != SQLITE_OK) return rc;
+    }
+    vt->dv = dv;
+    vt->have_dv = have_dv;
+    return SQLITE_OK;
+}
+
+/* ---- Undo ------------------------------------------------------------- */
+
+static int vx_undo_push(vx_vtab *vt, int op, sqlite3_int64 id,
+                        sqlite3_int64 stamp, const float *vec)
+{
+    vx_undo *u;
+    if (vt->nundo == vt->capundo) {
+        size_t cap = vt->capundo ? vt->capundo * 2 : 64;
+        vx_undo *nu = sqlite3_realloc64(vt->undo, cap * sizeof(*nu));
+        if (!nu) return SQLITE_NOMEM;
+        vt->undo = nu;
+        vt->capundo = cap;
+    }
+    u = &vt->undo[vt->nundo];
+    u->op = op;
+    u->id = id;
+    u->stamp = stamp;
+    u->vec = NULL;
+    if (vec) {
+        size_t bytes = vt->params.dim * sizeof(float);
+        u->vec = sqlite3_malloc64(bytes);
+        if (!u->vec) return SQLITE_NOMEM;
+        memcpy(u->vec, vec, bytes);
+    }
+    vt->nundo++;
+    return SQLITE_OK;
+}
+
+/* Undo entries from the last down to entry `to`. On a failure the index is
+** marked stale (rebuilt from the rolled-back database at its next use). */
+static void vx_undo_to(vx_vtab *vt, size_t to)
+{
+    while (vt->nundo > to) {
+        vx_undo *u = &vt->undo[vt->nundo - 1];
+        int vrc = VECIDX_OK;
+        if (vt->ix && !vt->stale) {
+            switch (u->op) {
+            case VXU_ADDED:
+                vrc = vecidx_remove(vt->ix, (uint64_t)u->id);
+                break;
+            case VXU_CHANGED:
+                vrc = vecidx_upsert(vt->ix, (uint64_t)u->id, u->vec);
+                break;
+            case VXU_REMOVED:
+                vrc = vecidx_add(vt->ix, (uint64_t)u->id, u->vec);
+                break;
+            default:
+                break;
+            }
+        }
+        if (u->op == VXU_BUMP) {
+            vt->gen = u->id;
+            vt->stamp = u->stamp;
+            vt->bumped = 0;
+        }
+        sqlite3_free(u->vec);
+        vt->nundo--;
+        if (vrc != VECIDX_OK) {
+            vx_mark_stale(vt);
+            return;
+        }
+    }
+}
+
+/* ---- Writing ---------------------------------------------------------- */
+
+/* Before the first write of a transaction: make sure the index is current,
+** then move the generation on (undone with the transaction). */
+static int vx_begin_write(vx_vtab *vt)
+{
+    sqlite3_stmt *s;
+    sqlite3_int64 gen, stamp = 0;
+    int rc = vx_ensure(vt);
+    if (rc != SQLITE_OK || vt->bumped) return rc;
+    gen = vt->gen + 1;
+    sqlite3_randomness((int)sizeof(stamp), &stamp);
+    rc = vx_stmt(vt, VXS_SETSTATE, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, gen);
+    sqlite3_bind_int64(s, 2, stamp);
+    rc = vx_run(vt, s);
+    if (rc != SQLITE_OK) return rc;
+    rc = vx_stmt(vt, VXS_TXLOG, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, gen);
+    sqlite3_bind_int64(s, 2, stamp);
+    rc = vx_run(vt, s);
+    if (rc != SQLITE_OK) return rc;
+    if (gen % VX_PRUNE_EVERY == 0 && gen > VX_KEEP_GENS) {
+        int i;
+        for (i = VXS_PRUNE_LOG; i <= VXS_PRUNE_DEL && rc == SQLITE_OK; i++) {
+            rc = vx_stmt(vt, i, &s);
+            if (rc != SQLITE_OK) return rc;
+            sqlite3_bind_int64(s, 1, gen - VX_KEEP_GENS);
+            rc = vx_run(vt, s);
+        }
+        if (rc != SQLITE_OK) return rc;
+    }
+    rc = vx_undo_push(vt, VXU_BUMP, vt->gen, vt->stamp, NULL);
+    if (rc != SQLITE_OK) {
+        /* The database moved on; without the undo entry a rollback could
+        ** not restore the in-memory generation. */
+        vx_mark_stale(vt);
+        return rc;
+    }
+    vt->gen = gen;
+    vt->stamp = stamp;
+    vt->bumped = 1;
+    return SQLITE_OK;
+}
+
+/* The stored vector of row id into vt->scratch; SQLITE_DONE if none. */
+static int vx_get_stored(vx_vtab *vt, sqlite3_int64 id)
+{
+    sqlite3_stmt *s;
+    const float *v;
+    int rc = vx_stmt(vt, VXS_GET, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, id);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        rc = vx_row_vec(vt, s, 0, &v);
+        if (rc == SQLITE_OK)
+            memcpy(vt->scratch, v, vt->params.dim * sizeof(float));
+    } else if (rc != SQLITE_DONE) {
+        rc = vx_sqlerr(vt, rc);
+    }
+    sqlite3_reset(s);
+    return rc;
+}
+
+static int vx_write_row(vx_vtab *vt, int which, sqlite3_int64 id,
+                        sqlite3_int64 seq, const float *vec)
+{
+    sqlite3_stmt *s;
+    int rc = vx_stmt(vt, which, &s);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(s, 1, id);
+    if (which != VXS_DELETE) sqlite3_bind_int64(s, 2, seq);
+    if (vec)
+        sqlite3_bind_blob(s, 3, vec, (int)(vt->params.dim * sizeof(float)),
+                          SQLITE_STATIC);
+    return vx_run(vt, s);
+}
+
+/* Delete row id (no-op if absent). */
+static int vx_delete_row(vx_vtab *vt, sqlite3_int64 id)
+{
+    int rc, vrc;
+    if (vecidx_contains(vt->ix, (uint64_t)id) != 1) return SQLITE_OK;
+    rc = vx_get_stored(vt, id);
+    if (rc == SQLITE_DONE) {
+        vx_seterr(vt, "vecidx: row %lld is indexed but not stored",
+                  (long long)id);
+        vx_mark_stale(vt);
+        return SQLITE_CORRUPT_VTAB;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_OK) return rc;
+    rc = vx_write_row(vt, VXS_DELETE, id, 0, NULL);
+    if (rc == SQLITE_OK) rc = vx_write_row(vt, VXS_TOMB, id, vt->gen, NULL);
+    if (rc != SQLITE_OK) return rc; /* the statement's rollback undoes it */
+    vrc = vecidx_remove(vt->ix, (uint64_t)id);
+    if (vrc != VECIDX_OK) {
+        vx_mark_stale(vt);
+        return vx_iderr(vt, vrc, "remove");
+    }
+    rc = vx_undo_push(vt, VXU_REMOVED, id, 0, vt->scratch);
+    if (rc != SQLITE_OK) vx_mark_stale(vt);
+    return rc;
+}
+
+/* Insert (or with replace, overwrite) row id with vec. */
+static int vx_put_row(vx_vtab *vt, sqlite3_int64 id, const float *vec,
+                      int replace)
+{
+    int exists = vecidx_contains(vt->ix, (uint64_t)id) == 1;
+    int rc, vrc;
+    if (exists && !replace) {
+        vx_seterr(vt, "UNIQUE constraint failed: %s.rowid", vt->name);
+        return SQLITE_CONSTRAINT;
+    }
+    if (exists) {
+        rc = vx_get_stored(vt, id);
+        if (rc == SQLITE_DONE) {
+            vx_seterr(vt, "vecidx: row %lld is indexed but not stored",
+                      (long long)id);
+            vx_mark_stale(vt);
+            return SQLITE_CORRUPT_VTAB;
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_OK) return rc;
+        vrc = vecidx_upsert(vt->ix, (uint64_t)id, vec);
+    } else {
+        vrc = vecidx_add(vt->ix, (uint64_t)id, vec);
+    }
+    if (vrc != VECIDX_OK) {
+        rc = vx_iderr(vt, vrc, exists ? "update" : "insert");
+        return rc == SQLITE_ERROR && vrc == VECIDX_EINVAL ? SQLITE_MISMATCH
+                                                          : rc;
+    }
+    rc = vx_write_row(vt, exists ? VXS_REPLACE : VXS_INSERT, id, vt->gen, vec);
+    if (rc != SQLITE_OK) {
+        /* Put the index back as the shadow table still is. */
+        vrc = exists ? vecidx_upsert(vt->ix, (uint64_t)id, vt->scratch)
+                     : vecidx_remove(vt->ix, (uint64_t)id);
+        if (vrc != VECIDX_OK) vx_mark_stale(vt);
+        return rc;
+    }
+    rc = vx_undo_push(vt, exists ? VXU_CHANGED : VXU_ADDED, id, 0,
+                      exists ? vt->scratch : NULL);
+    if (rc != SQLITE_OK) vx_mark_stale(vt);
+    return rc;
+}
+
+static int vx_update(sqlite3_vtab *base, int argc, sqlite3_value **argv,
+                     sqlite3_int64 *rowid)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    float *vec = NULL;
+    int rc = vx_begin_write(vt);
+    int replace = sqlite3_vtab_on_conflict(vt->db) == SQLITE_REPLACE;
+    if (rc != SQLITE_OK) return rc;
+
+    if (argc == 1) return vx_delete_row(vt, sqlite3_value_int64(argv[0]));
+
+    vec = sqlite3_malloc64(vt->params.dim * sizeof(float));
+    if (!vec) return SQLITE_NOMEM;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+        /* INSERT */
+        sqlite3_int64 id;
+        rc = vx_parse_vec(vt, argv[2 + VX_COL_VEC], vec, vt->col);
+        if (rc != SQLITE_OK) goto done;
+        if (sqlite3_value_type(argv[1]) == SQLITE_NULL) {
+            sqlite3_stmt *s;
+            rc = vx_stmt(vt, VXS_MAXID, &s);
+            if (rc != SQLITE_OK) goto done;
+            rc = sqlite3_step(s);
+            id = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+            sqlite3_reset(s);
+            if (rc != SQLITE_ROW) {
+                rc = vx_sqlerr(vt, rc);
+                goto done;
+            }
+            if (id == INT64_MAX) {
+                vx_seterr(vt, "vecidx: no rowid left after %lld",
+                          (long long)id);
+                rc = SQLITE_FULL;
+                goto done;
+            }
+            id = id < 0 ? 1 : id + 1;
+        } else if (sqlite3_value_type(argv[1]) != SQLITE_INTEGER) {
+            vx_seterr(vt, "datatype mismatch: rowid must be an integer");
+            rc = SQLITE_MISMATCH;
+            goto done;
+        } else {
+            id = sqlite3_value_int64(argv[1]);
+        }
+        rc = vx_put_row(vt, id, vec, replace);
+        if (rc == SQLITE_OK) *rowid = id;
+    } else {
+        /* UPDATE, possibly of the rowid. */
+        sqlite3_int64 old = sqlite3_value_int64(argv[0]);
+        sqlite3_int64 id;
+        if (sqlite3_value_type(argv[1]) != SQLITE_INTEGER) {
+            vx_seterr(vt, "datatype mismatch: rowid must be an integer");
+            rc = SQLITE_MISMATCH;
+            goto done;
+        }
+        id = sqlite3_value_int64(argv[1]);
+        if (sqlite3_value_nochange(argv[2 + VX_COL_VEC])) {
+            rc = vx_get_stored(vt, old);
+            if (rc == SQLITE_DONE) rc = SQLITE_OK; /* row gone: nothing */
+            if (rc != SQLITE_ROW && rc != SQLITE_OK) goto done;
+            memcpy(vec, vt->scratch, vt->params.dim * sizeof(float));
+            if (id == old) {
+                rc = SQLITE_OK;
+                goto done;
+            }
+        } else {
+            rc = vx_parse_vec(vt, argv[2 + VX_COL_VEC], vec, vt->col);
+            if (rc != SQLITE_OK) goto done;
+        }
+        if (id != old) {
+            if (!replace && vecidx_contains(vt->ix, (uint64_t)id) == 1) {
+                vx_seterr(vt, "UNIQUE constraint failed: %s.rowid", vt->name);
+                rc = SQLITE_CONSTRAINT;
+                goto done;
+            }
+            rc = vx_delete_row(vt, old);
+            if (rc != SQLITE_OK) goto done;
+        }
+        rc = vx_put_row(vt, id, vec, 1);
+    }
+done:
+    sqlite3_free(vec);
+    return rc;
+}
+
+/* ---- Transactions ----------------------------------------------------- */
+
+static void vx_txn_end(vx_vtab *vt)
+{
+    vx_undo_clear(vt);
+    vt->nmarks = 0;
+    vt->in_txn = 0;
+    vt->bumped = 0;
+    vt->undo_ok = 1;
+}
+
+static int vx_begin(sqlite3_vtab *base)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    vx_txn_end(vt);
+    vt->in_txn = 1;
+    return SQLITE_OK;
+}
+
+static int vx_sync(sqlite3_vtab *base)
+{
+    (void)base;
+    return SQLITE_OK;
+}
+
+static int vx_commit(sqlite3_vtab *base)
+{
+    vx_txn_end((vx_vtab *)base);
+    return SQLITE_OK;
+}
+
+static int vx_rollback(sqlite3_vtab *base)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    if (vt->undo_ok)
+        vx_undo_to(vt, 0);
+    else
+        vt->stale = 1;
+    vx_txn_end(vt);
+    return SQLITE_OK;
+}
+
+static int vx_savepoint(sqlite3_vtab *base, int n)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    if (n < 0) return SQLITE_OK;
+    if (n >= vt->capmarks) {
+        int cap = n + 16;
+        size_t *nm = sqlite3_realloc64(vt->marks, (size_t)cap * sizeof(*nm));
+        if (!nm) return SQLITE_NOMEM;
+        vt->marks = nm;
+        vt->capmarks = cap;
+    }
+    /* Savepoints opened before this table joined the transaction started
+    ** with nothing of it done. */
+    while (vt->nmarks < n) vt->marks[vt->nmarks++] = 0;
+    vt->marks[n] = vt->nundo;
+    vt->nmarks = n + 1;
+    return SQLITE_OK;
+}
+
+static int vx_release(sqlite3_vtab *base, int n)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    if (n >= 0 && n < vt->nmarks) vt->nmarks = n;
+    return SQLITE_OK;
+}
+
+static int vx_rollback_to(sqlite3_vtab *base, int n)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    size_t to = n >= 0 && n < vt->nmarks ? vt->marks[n] : 0;
+    if (n >= vt->nmarks) return SQLITE_OK; /* nothing since */
+    if (!vt->undo_ok) {
+        vt->stale = 1;
+    } else {
+        vx_undo_to(vt, to);
+    }
+    vt->nmarks = n < 0 ? 0 : n + 1;
+    return SQLITE_OK;
+}
+
+/* ---- Create, connect, destroy ----------------------------------------- */
+
+static void vx_free_vtab(vx_vtab *vt)
+{
+    int i;
+    vx_vtab **pp;
+    if (!vt) return;
+    if (vt->conn) {
+        for (pp = &vt->conn->tables; *pp; pp = &(*pp)->next)
+            if (*pp == vt) {
+                *pp = vt->next;
+                break;
+            }
+    }
+    for (i = 0; i < VXS_COUNT; i++) sqlite3_finalize(vt->st[i]);
+    vx_undo_clear(vt);
+    sqlite3_free(vt->undo);
+    sqlite3_free(vt->marks);
+    sqlite3_free(vt->scratch);
+    vecidx_close(vt->ix);
+    sqlite3_free(vt->schema);
+    sqlite3_free(vt->name);
+    sqlite3_free(vt->col);
+    sqlite3_free(vt);
+}
+
+static int vx_streq(const char *a, size_t n, const char *b)
+{
+    return strlen(b) == n && sqlite3_strnicmp(a, b, (int)n) == 0;
+}
+
+/* An unsigned option value. */
+static int vx_uint(const char *v, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    unsigned long long x;
+    if (*v < '0' || *v > '9') return 0;
+    errno = 0;
+    x = strtoull(v, &end, 10);
+    if (errno || *end || x < lo || x > hi) return 0;
+    *out = (uint32_t)x;
+    return 1;
+}
+
+/* Parse the CREATE VIRTUAL TABLE arguments into vt->params and vt->col. */
+static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
+                         char **pzErr)
+{
+    int kind = VECIDX_HNSW, metric = VECIDX_L2, i;
+    uint32_t dim = 0;
+    struct {
+        const char *key;
+        uint32_t lo, hi, val;
+        int set;
+    } num[] = {{"M", 2, 128, 0, 0},
+               {"ef_construction", 1, 1u << 20, 0, 0},
+               {"ef", 1, 1u << 20, 0, 0},
+               {"nlist", 1, 1u << 20, 0, 0},
+               {"nprobe", 1, 1u << 20, 0, 0},
+               {"pq_m", 1, VECIDX_MAX_DIM, 0, 0},
+               {"refine", 0, 1u << 16, 0, 0},
+               {"keep_vectors", 0, 1, 0, 0},
+               {"threads", 0, 1024, 0, 0},
+               {"seed", 0, UINT32_MAX, 0, 0},
+               {"train_size", 1, UINT32_MAX, 0, 0}};
+    const int nnum = (int)(sizeof(num) / sizeof(num[0]));
+    uint32_t storage = VECIDX_STORE_F32;
+    vecidx_params *p = &vt->params;
+
+    for (i = 3; i < argc; i++) {
+        const char *a = argv[i], *eq = strchr(a, '='), *v;
+        size_t klen;
+        int j;
+        while (*a == ' ') a++;
+        if (!eq) {
+            /* "name float[N]": the vector column, as sqlite-vec writes it */
+            const char *sp = strchr(a, ' ');
+            const char *br = sp ? strstr(sp, "float[") : NULL;
+            uint32_t d;
+            char num_buf[16];
+            size_t nl;
+            if (!sp || !br) goto bad;
+            br += 6;
+            nl = strcspn(br, "]");
+            if (nl == 0 || nl >= sizeof(num_buf) || br[nl] != ']') goto bad;
+            memcpy(num_buf, br, nl);
+            num_buf[nl] = 0;
+            if (!vx_uint(num_buf, 1, VECIDX_MAX_DIM, &d)) goto bad;
+            dim = d;
+            sqlite3_free(vt->col);
+            vt->col = sqlite3_mprintf("%.*s", (int)(sp - a), a);
+            if (!vt->col) return SQLITE_NOMEM;
+            continue;
+        }
+        klen = (size_t)(eq - a);
+        while (klen > 0 && a[klen - 1] == ' ') klen--;
+        v = eq + 1;
+        while (*v == ' ') v++;
+        if (vx_streq(a, klen, "dim")) {
+            if (!vx_uint(v, 1, VECIDX_MAX_DIM, &dim)) goto bad;
+        } else if (vx_streq(a, klen, "metric")) {
+            if (!sqlite3_stricmp(v, "l2"))
+                metric = VECIDX_L2;
+            else if (!sqlite3_stricmp(v, "ip") || !sqlite3_stricmp(v, "dot"))
+                metric = VECIDX_IP;
+            else if (!sqlite3_stricmp(v, "cos") ||
+                     !sqlite3_stricmp(v, "cosine"))
+                metric = VECIDX_COSINE;
+            else
+                goto bad;
+        } else if (vx_streq(a, klen, "kind")) {
+            if (!sqlite3_stricmp(v, "flat"))
+                kind = VECIDX_FLAT;
+            else if (!sqlite3_stricmp(v, "hnsw"))
+                kind = VECIDX_HNSW;
+            else if (!sqlite3_stricmp(v, "ivfpq"))
+                kind = VECIDX_IVFPQ;
+            else
+                goto bad;
+        } else if (vx_streq(a, klen, "storage")) {
+            if (!sqlite3_stricmp(v, "f32"))
+                storage = VECIDX_STORE_F32;
+            else if (!sqlite3_stricmp(v, "f16"))
+                storage = VECIDX_STORE_F16;
+            else if (!sqlite3_stricmp(v, "i8"))
+                storage = VECIDX_STORE_I8;
+            else if (!sqlite3_stricmp(v, "bin"))
+                storage = VECIDX_STORE_BIN;
+            else
+                goto bad;
+        } else if (vx_streq(a, klen, "column")) {
+            sqlite3_free(vt->col);
+            vt->col = sqlite3_mprintf("%s", v);
+            if (!vt->col) return SQLITE_NOMEM;
+        } else {
+            for (j = 0; j < nnum; j++)
+                if (vx_streq(a, klen, num[j].key)) break;
+            if (j == nnum) {
+                *pzErr = sqlite3_mprintf("vecidx: unknown option \"%.*s\"",
+                                         (int)klen, a);
+                return SQLITE_ERROR;
+            }
+            if (!vx_uint(v, num[j].lo, num[j].hi, &num[j].val)) goto bad;
+            num[j].set = 1;
+        }
+        continue;
+    bad:
+        *pzErr = sqlite3_mprintf("vecidx: bad argument \"%s\"", argv[i]);
+        return SQLITE_ERROR;
+    }
+    if (dim == 0) {
+        *pzErr = sqlite3_mprintf("vecidx: dim=N is required");
+        return SQLITE_ERROR;
+    }
+    if (vecidx_params_init(p, kind, metric, dim) != VECIDX_OK) {
+        *pzErr = sqlite3_mprintf("vecidx: bad dim %u", dim);
+        return SQLITE_ERROR;
+    }
+    p->storage = storage;
+    if (num[0].set) p->hnsw_m = num[0].val;
+    if (num[1].set) p->hnsw_ef_construction = num[1].val;
+    if (num[2].set) p->hnsw_ef_search = num[2].val;
+    if (num[3].set) p->ivf_nlist = num[3].val;
+    if (num[4].set) p->ivf_nprobe = num[4].val;
+    if (num[5].set) p->pq_m = num[5].val;
+    if (num[6].set) {
+        p->refine = num[6].val;
+        p->ivf_refine = num[6].val;
+    }
+    if (num[7].set) {
+        p->keep_vectors = num[7].val;
+        p->ivf_keep_vectors = num[7].val;
+    }
+    if (num[8].set) p->threads = num[8].val;
+    if (num[9].set) p->seed = num[9].val;
+    if (num[10].set) p->ivf_train_size = num[10].val;
+    if (!vt->col) vt->col = sqlite3_mprintf("embedding");
+    if (!vt->col) return SQLITE_NOMEM;
+    {
+        /* Let vecidx judge the combination now rather than at first use. */
+        vecidx *probe = NULL;
+        int vrc = vecidx_create(p, &probe);
+        vecidx_close(probe);
+        if (vrc != VECIDX_OK) {
+            *pzErr = sqlite3_mprintf("vecidx: %s (%s)", vecidx_errmsg(NULL),
+                                     vecidx_strerror(vrc));
+            return SQLITE_ERROR;
+        }
+    }
+    return SQLITE_OK;
+}
+
+static int vx_init(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                   sqlite3_vtab **out, char **pzErr, int create)
+{
+    vx_vtab *vt;
+    int rc;
+    *out = NULL;
+    vt = sqlite3_malloc(sizeof(*vt));
+    if (!vt) return SQLITE_NOMEM;
+    memset(vt, 0, sizeof(*vt));
+    vt->db = db;
+    vt->undo_ok = 1;
+    vt->schema = sqlite3_mprintf("%s", argv[1]);
+    vt->name = sqlite3_mprintf("%s", argv[2]);
+    if (!vt->schema || !vt->name) {
+        rc = SQLITE_NOMEM;
+        goto fail;
+    }
+    rc = vx_parse_args(vt, argc, argv, pzErr);
+    if (rc != SQLITE_OK) goto fail;
+    vt->scratch = sqlite3_malloc64(vt->params.dim * sizeof(float));
+    if (!vt->scratch) {
+        rc = SQLITE_NOMEM;
+        goto fail;
+    }
+    if (create) {
+        const char *s = vt->schema, *n = vt->name;
+        rc = vx_exec(
+            db, pzErr,
+            "CREATE TABLE \"%w\".\"%w_vectors\"(id INTEGER PRIMARY KEY, "
+            "seq INTEGER NOT NULL, vec BLOB NOT NULL);"
+            "CREATE INDEX \"%w\".\"%w_vectors_seq\" ON \"%w_vectors\"(seq);"
+            "CREATE TABLE \"%w\".\"%w_deleted\"(id INTEGER PRIMARY KEY, "
+            "seq INTEGER NOT NULL);"
+            "CREATE INDEX \"%w\".\"%w_deleted_seq\" ON \"%w_deleted\"(seq);"
+            "CREATE TABLE \"%w\".\"%w_txlog\"(gen INTEGER PRIMARY KEY, "
+            "stamp INTEGER NOT NULL);"
+            "CREATE TABLE \"%w\".\"%w_state\"(id INTEGER PRIMARY KEY "
+            "CHECK (id = 0), gen INTEGER NOT NULL, stamp INTEGER NOT NULL);"
+            "INSERT INTO \"%w\".\"%w_state\" VALUES (0, 0, random());"
+            "INSERT INTO \"%w\".\"%w_txlog\" SELECT gen, stamp FROM "
+            "\"%w\".\"%w_state\";",
+            s, n, s, n, n, s, n, s, n, n, s, n, s, n, s, n, s, n, s, n);
+        if (rc != SQLITE_OK) goto fail;
+    }
+    {
+        char *decl = sqlite3_mprintf("CREATE TABLE x(\"%w\", distance HIDDEN, "
+                                     "k HIDDEN, ef HIDDEN, nprobe HIDDEN)",
+                                     vt->col);
+        if (!decl) {
+            rc = SQLITE_NOMEM;
+            goto fail;
+        }
+        rc = sqlite3_declare_vtab(db, decl);
+        sqlite3_free(decl);
+        if (rc != SQLITE_OK) {
+            *pzErr = sqlite3_mprintf("%s", sqlite3_errmsg(db));
+            goto fail;
+        }
+    }
+    sqlite3_vtab_config(db, SQLITE_VTAB_CONSTRAINT_SUPPORT, 1);
+    vt->conn = aux;
+    vt->next = vt->conn->tables;
+    vt->conn->tables = vt;
+    *out = &vt->base;
+    return SQLITE_OK;
+fail:
+    vx_free_vtab(vt);
+    return rc;
+}
+
+static int vx_create(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                     sqlite3_vtab **out, char **pzErr)
+{
+    return vx_init(db, aux, argc, argv, out, pzErr, 1);
+}
+
+static int vx_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                      sqlite3_vtab **out, char **pzErr)
+{
+    return vx_init(db, aux, argc, argv, out, pzErr, 0);
+}
+
+static int vx_disconnect(sqlite3_vtab *base)
+{
+    vx_free_vtab((vx_vtab *)base);
+    return SQLITE_OK;
+}
+
+static const char *const vx_shadows[] = {"vectors", "deleted", "txlog",
+                                         "state"};
+
+static int vx_destroy(sqlite3_vtab *base)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    int rc = SQLITE_OK;
+    size_t i;
+    for (i = 0; i < VXS_COUNT; i++) {
+        sqlite3_finalize(vt->st[i]);
+        vt->st[i] = NULL;
+    }
+    for (i = 0; rc == SQLITE_OK && i < 4; i++)
+        rc = vx_exec(vt->db, NULL, "DROP TABLE IF EXISTS \"%w\".\"%w_%s\"",
+                     vt->schema, vt->name, vx_shadows[i]);
+    if (rc != SQLITE_OK) return vx_sqlerr(vt, rc);
+    vx_free_vtab(vt);
+    return SQLITE_OK;
+}
+
+static int vx_rename(sqlite3_vtab *base, const char *new_name)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    int rc = SQLITE_OK;
+    size_t i;
+    char *nn = sqlite3_mprintf("%s", new_name);
+    if (!nn) return SQLITE_NOMEM;
+    for (i = 0; i < VXS_COUNT; i++) {
+        sqlite3_finalize(vt->st[i]);
+        vt->st[i] = NULL;
+    }
+    for (i = 0; rc == SQLITE_OK && i < 4; i++)
+        rc = vx_exec(
+            vt->db, NULL, "ALTER TABLE \"%w\".\"%w_%s\" RENAME TO \"%w_%s\"",
+            vt->schema, vt->name, vx_shadows[i], new_name, vx_shadows[i]);
+    if (rc != SQLITE_OK) {
+        sqlite3_free(nn);
+        return vx_sqlerr(vt, rc);
+    }
+    sqlite3_free(vt->name);
+    vt->name = nn;
+    return SQLITE_OK;
+}
+
+static int vx_shadow_name(const char *suffix)
+{
+    size_t i;
+    for (i = 0; i < 4; i++)
+        if (!sqlite3_stricmp(suffix, vx_shadows[i])) return 1;
+    return 0;
+}
+
+/* ---- Planning ----------------------------------------------------------- */
+
+static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
+{
+    vx_vtab *vt = (vx_vtab *)base;
+    int i, i_match = -1, i_k = -1, i_ef = -1, i_np = -1, i_rowid = -1;
+    int i_limit = -1, unusable_match = 0, plan = 0, argv_i = 1, row_in = 0;
+    double count = vt->ix ? (double)vecidx_count(vt->ix) + 1.0 : 1000000.0;
+
+    for (i = 0; i < info->nConstraint; i++) {
+        const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+        if (!c->usable) {
+            if (c->op == SQLITE_INDEX_CONSTRAINT_MATCH) unusable_match = 1;
+            continue;
+        }
+        if (c->op == SQLITE_INDEX_CONSTRAINT_MATCH &&
+            c->iColumn == VX_COL_VEC && i_match < 0) {
+            i_match = i;
+        } else if (c->op == SQLITE_INDEX_CONSTRAINT_EQ) {
+            if (c->iColumn == VX_COL_K && i_k < 0)
+                i_k = i;
+            else if (c->iColumn == VX_COL_EF && i_ef < 0)
+                i_ef = i;
+            else if (c->iColumn == VX_COL_NPROBE && i_np < 0)
+                i_np = i;
+            else if (c->iColumn < 0 && i_rowid < 0)
+                i_rowid = i;
+        } else if (c->op == SQLITE_INDEX_CONSTRAINT_LIMIT && i_limit < 0) {
+            i_limit = i;
+        }
+    }
+    if (i_match < 0 && unusable_match) return SQLITE_CONSTRAINT;
+
+    if (i_match >= 0) {
+        int order[6], flag[6], n = 0, j;
+        order[n] = i_match, flag[n++] = VX_P_MATCH;
+        if (i_k >= 0) order[n] = i_k, flag[n++] = VX_P_K;
+        if (i_ef >= 0) order[n] = i_ef, flag[n++] = VX_P_EF;
+        if (i_np >= 0) order[n] = i_np, flag[n++] = VX_P_NPROBE;
+        if (i_rowid >= 0) {
+            row_in = sqlite3_vtab_in(info, i_rowid, -1);
+            if (row_in) sqlite3_vtab_in(info, i_rowid, 1);
+            order[n] = i_rowid;
+            flag[n++] = row_in ? VX_P_ROWID_IN : VX_P_ROWID_EQ;
+        }
+        if (i_limit >= 0 && i_k < 0) order[n] = i_limit, flag[n++] = VX_P_LIMIT;
+        for (j = 0; j < n; j++) {
+            info->aConstraintUsage[order[j]].argvIndex = argv_i++;
+            info->aConstraintUsage[order[j]].omit = flag[j] != VX_P_LIMIT;
+            plan |= flag[j];
+        }
+        if (info->nOrderBy == 1 &&
+            info->aOrderBy[0].iColumn == VX_COL_DISTANCE &&
+            !info->aOrderBy[0].desc)
+            info->orderByConsumed = 1;
+        info->idxNum = plan;
+        /* A search costs about log(n) against a scan's n; a search limited
+        ** to one row (a join on rowid) is a lookup. */
+        if (plan & VX_P_ROWID_EQ) {
+            info->estimatedCost = 2.0;
+            info->estimatedRows = 1;
+        } else {
+            info->estimatedCost = (plan & VX_P_ROWID_IN ? 50.0 : 100.0) *
+                                  log2(count + 2.0);
+            info->estimatedRows = 10;
+        }
+        return SQLITE_OK;
+    }
+    if (i_rowid >= 0) {
+        info->aConstraintUsage[i_rowid].argvIndex = 1;
+        info->aConstraintUsage[i_rowid].omit = 1;
+        info->idxNum = VX_P_ROWID_EQ;
+        info->estimatedCost = 1.0;
+        info->estimatedRows = 1;
+        info->idxFlags = SQLITE_INDEX_SCAN_UNIQUE;
+        return SQLITE_OK;
+    }
+    info->idxNum = 0;
+    info->estimatedCost = 10.0 * count;
+    info->estimatedRows = (sqlite3_int64)count;
+    return SQLITE_OK;
+}
+
+/* ---- Cursor ------------------------------------------------------------- */
+
+static int vx_open(sqlite3_vtab *base, sqlite3_vtab_cursor **out)
+{
+    vx_cursor *c = sqlite3_malloc(sizeof(*c));
+    (void)base;
+    if (!c) return SQLITE_NOMEM;
+    memset(c, 0, sizeof(*c));
+    *out = &c->base;
+    return SQLITE_OK;
+}
+
+static void vx_cursor_reset(vx_cursor *c)
+{
+    sqlite3_finalize(c->scan);
+    c->scan = NULL;
+    sqlite3_free(c->ids);
+    sqlite3_free(c->dists);
+    c->ids = NULL;
+    c->dists = NULL;
+    c->n = c->pos = 0;
+    c->scan_eof = 0;
+}
+
+static int vx_close(sqlite3_vtab_cursor *cur)
+{
+    vx_cursor *c = (vx_cursor *)cur;
+    vx_cursor_reset(c);
+    sqlite3_free(c);
+    return SQLITE_OK;
+}
+
+/* A non-negative integer constraint value. */
+static int vx_arg_uint(vx_vtab *vt, sqlite3_value *v, const char *name,
+                       sqlite3_int64 lo, sqlite3_int64 hi, sqlite3_int64 *out)
+{
+    sqlite3_int64 x;
+    if (sqlite3_value_numeric_type(v) != SQLITE_INTEGER) {
+        vx_seterr(vt, "vecidx: %s must be an integer", name);
+        return SQLITE_MISMATCH;
+    }
+    x = sqlite3_value_int64(v);
+    if (x < lo || x > hi) {
+        vx_seterr(vt, "vecidx: %s = %lld is out of range %lld..%lld", name,
+                  (long long)x, (long long)lo, (long long)hi);
+        return SQLITE_ERROR;
+    }
+    *out = x;
+    return SQLITE_OK;
+}
+
+static int vx_knn(vx_vtab *vt, vx_cursor *c, int plan, int argc,
+                  sqlite3_value **argv)
+{
+    vecidx_search_opts o;
+    sqlite3_int64 k = -1, x;
+    uint64_t *allow = NULL, one, *keys = NULL;
+    size_t nallow = 0, capallow = 0, found = 0, i;
+    float *q = NULL;
+    int a = 0, rc, vrc;
+    uint64_t stored;
+
+    memset(&o, 0, sizeof(o));
+    q = sqlite3_malloc64(vt->params.dim * sizeof(float));
+    if (!q) return SQLITE_NOMEM;
+    rc = vx_parse_vec(vt, argv[a++], q, "MATCH");
+    if (rc != SQLITE_OK) goto done;
+    if (plan & VX_P_K) {
+        rc = vx_arg_uint(vt, argv[a++], "k", 1, VX_MAX_K, &k);
+        if (rc != SQLITE_OK) goto done;
+    }
+    if (plan & VX_P_EF) {
+        rc = vx_arg_uint(vt, argv[a++], "ef", 1, 1 << 20, &x);
+        if (rc != SQLITE_OK) goto done;
+        o.ef = (uint32_t)x;
+    }
+    if (plan & VX_P_NPROBE) {
+        rc = vx_arg_uint(vt, argv[a++], "nprobe", 1, 1 << 20, &x);
+        if (rc != SQLITE_OK) goto done;
+        o.nprobe = (uint32_t)x;
+    }
+    if (plan & VX_P_ROWID_IN) {
+        sqlite3_value *v;
+        for (rc = sqlite3_vtab_in_first(argv[a], &v); rc == SQLITE_OK && v;
+             rc = sqlite3_vtab_in_next(argv[a], &v)) {
+            if (sqlite3_value_numeric_type(v) != SQLITE_INTEGER) continue;
+            if (nallow == capallow) {
+                size_t cap = capallow ? capallow * 2 : 256;
+                uint64_t *na = sqlite3_realloc64(allow, cap * sizeof(*na));
+                if (!na) {
+                    rc = SQLITE_NOMEM;
+                    goto done;
+                }
+                allow = na;
+                capallow = cap;
+            }
+            allow[nallow++] = (uint64_t)sqlite3_value_int64(v);
+        }
+        if (rc != SQLITE_OK && rc != SQLITE_DONE) goto done;
+        a++;
+        o.allow_keys = allow ? allow : &one;
+        o.allow_count = nallow;
+    } else if (plan & VX_P_ROWID_EQ) {
+        sqlite3_value *v = argv[a++];
+        one = (uint64_t)sqlite3_value_int64(v);
+        o.allow_keys = &one;
+        o.allow_count = sqlite3_value_numeric_type(v) == SQLITE_INTEGER;
+    }
+    if ((plan & VX_P_LIMIT) && k < 0) {
+        rc = vx_arg_uint(vt, argv[a++], "LIMIT", 1, VX_MAX_K, &k);
+        if (rc != SQLITE_OK) goto done;
+    }
+    (void)argc;
+    if (k < 0) {
+        vx_seterr(vt, "vecidx: a MATCH query needs k = N (or LIMIT N)");
+        rc = SQLITE_ERROR;
+        goto done;
+    }
+    rc = vx_ensure(vt);
+    if (rc != SQLITE_OK) goto done;
+    stored = vecidx_count(vt->ix);
+    if ((uint64_t)k > stored) k = (sqlite3_int64)stored;
+    if (o.allow_keys && (uint64_t)k > o.allow_count)
+        k = (sqlite3_int64)o.allow_count;
+    c->n = 0;
+    if (k == 0) goto done;
+    keys = sqlite3_malloc64((sqlite3_uint64)k * sizeof(uint64_t));
+    c->dists = sqlite3_malloc64((sqlite3_uint64)k * sizeof(float));
+    if (!keys || !c->dists) {
+        rc = SQLITE_NOMEM;
+        goto done;
+    }
+    vrc = vecidx_search(vt->ix, q, (size_t)k, &o, keys, c->dists, &found);
+    if (vrc != VECIDX_OK) {
+        rc = vx_iderr(vt, vrc, "search");
+        if (vrc == VECIDX_EINVAL) rc = SQLITE_MISMATCH;
+        goto done;
+    }
+    /* uint64_t and sqlite3_int64 have one size: keep the array. */
+    for (i = 0; i < found; i++)
+        ((sqlite3_int64 *)keys)[i] = (sqlite3_int64)keys[i];
+    c->ids = (sqlite3_int64 *)keys;
+    keys = NULL;
+    c->n = found;
+done:
+    sqlite3_free(keys);
+    sqlite3_free(allow);
+    sqlite3_free(q);
+    return rc;
+}
+
+static int vx_filter(sqlite3_vtab_cursor *cur, int plan, const char *idxStr,
+                     int argc, sqlite3_value **argv)
+{
+    vx_cursor *c = (vx_cursor *)cur;
+    vx_vtab *vt = (vx_vtab *)cur->pVtab;
+    int rc;
+    (void)idxStr;
+    vx_cursor_reset(c);
+    c->plan = plan;
+    if (plan & VX_P_MATCH) return vx_knn(vt, c, plan, argc, argv);
+    if (plan & VX_P_ROWID_EQ) {
+        sqlite3_stmt *s;
+        rc = vx_stmt(vt, VXS_GET, &s);
+        if (rc != SQLITE_OK) return rc;
+        sqlite3_bind_value(s, 1, argv[0]);
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            c->ids = sqlite3_malloc(sizeof(*c->ids));
+            if (!c->ids) {
+                sqlite3_reset(s);
+                return SQLITE_NOMEM;
+            }
+            c->ids[0] = sqlite3_value_int64(argv[0]);
+            c->n = 1;
+        }
+        sqlite3_reset(s);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK
+                                                     : vx_sqlerr(vt, rc);
+    }
+    {
+        char *sql = sqlite3_mprintf("SELECT id, vec FROM \"%w\".\"%w_vectors\"",
+                                    vt->schema, vt->name);
+        if (!sql) return SQLITE_NOMEM;
+        rc = sqlite3_prepare_v2(vt->db, sql, -1, &c->scan, NULL);
+        sqlite3_free(sql);
+        if (rc != SQLITE_OK) return vx_sqlerr(vt, rc);
+        rc = sqlite3_step(c->scan);
+        if (rc == SQLITE_DONE) c->scan_eof = 1;
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK
+                                                     : vx_sqlerr(vt, rc);
+    }
+}
+
+static int vx_next(sqlite3_vtab_cursor *cur)
+{
+    vx_cursor *c = (vx_cursor *)cur;
+    if (c->scan) {
+        int rc = sqlite3_step(c->scan);
+        if (rc == SQLITE_DONE) c->scan_eof = 1;
+        if (rc == SQLITE_ROW || rc == SQLITE_DONE) return SQLITE_OK;
+        return vx_sqlerr((vx_vtab *)cur->pVtab, rc);
+    }
+    c->pos++;
+    return SQLITE_OK;
+}
+
+static int vx_eof(sqlite3_vtab_cursor *cur)
+{
+    vx_cursor *c = (vx_cursor *)cur;
+    return c->scan ? c->scan_eof : c->pos >= c->n;
+}
+
+static int vx_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *out)
+{
+    vx_cursor *c = (vx_cursor *)cur;
+    *out = c->scan ? sqlite3_column_int64(c->scan, 0) : c->ids[c->pos];
+    return SQLITE_OK;
+}
+
+static int vx_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
+{
+    vx_cursor *c = (vx_cursor *)cur;
+    vx_vtab *vt = (vx_vtab *)cur->pVtab;
+    if (col == VX_COL_VEC) {
+        sqlite3_stmt *s;
+        int rc;
+        if (sqlite3_vtab_nochange(ctx)) return SQLITE_OK;
+        if (c->scan) {
+            sqlite3_result_value(ctx, sqlite3_column_value(c->scan, 1));
+            return SQLITE_OK;
+        }
+        rc = vx_stmt(vt, VXS_GET, &s);
+        if (rc != SQLITE_OK) return rc;
+        sqlite3_bind_int64(s, 1, c->ids[c->pos]);
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW)
+            sqlite3_result_value(ctx, sqlite3_column_value(s, 0));
+        sqlite3_reset(s);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK
+                                                     : vx_sqlerr(vt, rc);
+    }
+    if (col == VX_COL_DISTANCE && (c->plan & VX_P_MATCH) && c->dists)
+        sqlite3_result_double(ctx, (double)c->dists[c->pos]);
+    return SQLITE_OK;
+}
+
+/* ---- Module and entry point ------------------------------------------- */
+
+static const sqlite3_module vx_module = {
+    3, /* iVersion: savepoints and shadow tables */
+    vx_create,  vx_connect,     vx_best_index, vx_disconnect, vx_destroy,
+    vx_open,    vx_close,       vx_filter,     vx_next,       vx_eof,
+    vx_column,  vx_rowid,       vx_update,     vx_begin,      vx_sync,
+    vx_commit,  vx_rollback,    NULL,          vx_rename,     vx_savepoint,
+    vx_release, vx_rollback_to, vx_shadow_name};
+
+/* vecidx_info(table [, schema]): this connection's cache of the table as
+** JSON, brought up to date first; NULL if the table is not a vecidx table
+** this connection has used. */
+static void vx_info_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    vx_conn *conn = sqlite3_user_data(ctx);
+    const char *name = (const char *)sqlite3_value_text(argv[0]);
+    const char *schema = argc > 1 ? (const char *)sqlite3_value_text(argv[1])
+                                  : "main";
+    vx_vtab *vt;
+    vecidx_stats_t st;
+    int rc;
+    if (!name || !schema) return;
+    for (vt = conn->tables; vt; vt = vt->next)
+        if (!sqlite3_stricmp(vt->name, name) &&
+            !sqlite3_stricmp(vt->schema, schema))
+            break;
+    if (!vt) return;
+    rc = vx_ensure(vt);
+    if (rc != SQLITE_OK) {
+        sqlite3_result_error(
+            ctx, vt->base.zErrMsg ? vt->base.zErrMsg : sqlite3_errstr(rc), -1);
+        return;
+    }
+    if (vecidx_stats(vt->ix, &st) != VECIDX_OK) memset(&st, 0, sizeof(st));
+    sqlite3_result_text(
+        ctx,
+        sqlite3_mprintf("{\"count\":%llu,\"gen\":%lld,\"builds\":%lld,"
+                        "\"catchups\":%lld,\"memory_bytes\":%llu,"
+                        "\"simd\":\"%s\"}",
+                        (unsigned long long)st.count, (long long)vt->gen,
+                        (long long)vt->builds, (long long)vt->catchups,
+                        (unsigned long long)st.memory_bytes,
+                        st.simd ? st.simd : ""),
+        -1, sqlite3_free);
+}
+
+static void vx_version_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    (void)argv;
+    sqlite3_result_text(ctx, vecidx_version(), -1, SQLITE_STATIC);
+}
+
+VX_EXPORT int sqlite3_vecidx_init(sqlite3 *db, char **pzErr,
+                                  const sqlite3_api_routines *api);
+VX_EXPORT int sqlite3_vecidxsqlite_init(sqlite3 *db, char **pzErr,
+                                        const sqlite3_api_routines *api);
+
+VX_EXPORT int sqlite3_vecidx_init(sqlite3 *db, char **pzErr,
+                                  const sqlite3_api_routines *api)
+{
+    vx_conn *conn;
+    int rc;
+    SQLITE_EXTENSION_INIT2(api);
+    if (sqlite3_libversion_number() < 3038000) {
+        if (pzErr)
+            *pzErr = sqlite3_mprintf("vecidx needs SQLite 3.38 or later, "
+                                     "this is %s",
+                                     sqlite3_libversion());
+        return SQLITE_ERROR;
+    }
+    conn = sqlite3_malloc(sizeof(*conn));
+    if (!conn) return SQLITE_NOMEM;
+    conn->tables = NULL;
+    /* SQLite frees conn with the module, when the connection closes. */
+    rc = sqlite3_create_module_v2(db, "vecidx", &vx_module, conn, sqlite3_free);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_create_function(db, "vecidx_info", 1, SQLITE_UTF8, conn,
+                                     vx_info_fn, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_create_function(db, "vecidx_info", 2, SQLITE_UTF8, conn,
+                                     vx_info_fn, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_create_function(db, "vecidx_version", 0,
+                                     SQLITE_UTF8 | SQLITE_DETERMINISTIC |
+                                         SQLITE_INNOCUOUS,
+                                     NULL, vx_version_fn, NULL, NULL);
+    return rc;
+}
+
+/* The name SQLite derives from the file name vecidx_sqlite.so, so that
+** `.load ./vecidx_sqlite` needs no entry-point argument. */
+VX_EXPORT int sqlite3_vecidxsqlite_init(sqlite3 *db, char **pzErr,
+                                        const sqlite3_api_routines *api)
+{
+    return sqlite3_vecidx_init(db, pzErr, api);
+}

@@ -1,0 +1,546 @@
+#!/usr/bin/env python3
+"""Tests of the vecidx SQLite extension through Python's sqlite3 module.
+
+    python3 tests/sqlite/test_sqlite.py [sqlite/vecidx_sqlite.so] [NAME...]
+
+Standard library only. Every test_* function runs on fresh databases in a
+temporary directory; the script ends with "N passed, N failed" and exits
+non-zero on failure. Names given on the command line select tests by
+substring.
+"""
+
+import math
+import os
+import random
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXT = os.path.join(HERE, "..", "..", "sqlite", "vecidx_sqlite")
+TMP = None
+
+
+def connect(path=":memory:", uri=False):
+    c = sqlite3.connect(path, uri=uri, isolation_level=None)
+    c.enable_load_extension(True)
+    c.load_extension(EXT)
+    c.enable_load_extension(False)
+    return c
+
+
+def blob(v):
+    return struct.pack("%df" % len(v), *v)
+
+
+def unblob(b):
+    return list(struct.unpack("%df" % (len(b) // 4), b))
+
+
+def rvec(rng, d):
+    return [rng.uniform(-1, 1) for _ in range(d)]
+
+
+def l2(a, b):
+    return sum((x - y) * (x - y) for x, y in zip(a, b))
+
+
+def cosd(a, b):
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(x * x for x in b))
+    return 1 - sum(x * y for x, y in zip(a, b)) / (na * nb)
+
+
+def knn(c, q, k, table="v", extra="", args=()):
+    return c.execute(
+        "SELECT rowid, distance FROM %s WHERE embedding MATCH ? AND k = ? %s"
+        % (table, extra), (blob(q), k) + tuple(args)).fetchall()
+
+
+def ids(rows):
+    return [r[0] for r in rows]
+
+
+def expect_error(fn, fragment):
+    try:
+        fn()
+    except sqlite3.Error as e:
+        assert fragment in str(e), "error %r lacks %r" % (str(e), fragment)
+        return
+    raise AssertionError("no error (expected %r)" % fragment)
+
+
+def fill(c, n, d, rng, table="v", start=1):
+    vecs = {}
+    c.execute("BEGIN")
+    for i in range(start, start + n):
+        v = rvec(rng, d)
+        vecs[i] = v
+        c.execute("INSERT INTO %s(rowid, embedding) VALUES (?, ?)" % table,
+                  (i, blob(v)))
+    c.execute("COMMIT")
+    return vecs
+
+
+def brute(vecs, q, k, allowed=None, dist=l2):
+    cand = [(dist(v, q), i) for i, v in vecs.items()
+            if allowed is None or i in allowed]
+    cand.sort()
+    return [i for _, i in cand[:k]]
+
+
+# ---- Tests ------------------------------------------------------------------
+
+def test_basic_crud():
+    c = connect()
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=3, metric=l2, "
+              "kind=flat)")
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (1, ?)",
+              (blob([1, 0, 0]),))
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (2, '[0, 1, 0]')")
+    c.execute("INSERT INTO v(embedding) VALUES (' [0,0,1.5e0] ')")
+    assert c.execute("SELECT max(rowid) FROM v").fetchone()[0] == 3
+    assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 3
+    assert unblob(c.execute("SELECT embedding FROM v WHERE rowid = 3")
+                  .fetchone()[0]) == [0, 0, 1.5]
+    r = knn(c, [1, 0.1, 0], 2)
+    assert ids(r) == [1, 2], r
+    assert abs(r[0][1] - 0.01) < 1e-6
+    c.execute("UPDATE v SET embedding = '[1, 0.1, 0]' WHERE rowid = 2")
+    assert ids(knn(c, [1, 0.1, 0], 1)) == [2]
+    c.execute("UPDATE v SET rowid = 20 WHERE rowid = 2")
+    assert ids(knn(c, [1, 0.1, 0], 1)) == [20]
+    assert sorted(ids(c.execute("SELECT rowid FROM v").fetchall())) == \
+        [1, 3, 20]
+    c.execute("DELETE FROM v WHERE rowid = 1")
+    assert ids(knn(c, [1, 0, 0], 5)) == [20, 3]
+    expect_error(lambda: c.execute(
+        "INSERT INTO v(rowid, embedding) VALUES (3, '[1,1,1]')"),
+        "UNIQUE constraint failed")
+    c.execute("INSERT OR REPLACE INTO v(rowid, embedding) VALUES "
+              "(3, '[1,1,1]')")
+    assert unblob(c.execute("SELECT embedding FROM v WHERE rowid = 3")
+                  .fetchone()[0]) == [1, 1, 1]
+    c.execute("INSERT OR IGNORE INTO v(rowid, embedding) VALUES "
+              "(3, '[2,2,2]')")
+    assert unblob(c.execute("SELECT embedding FROM v WHERE rowid = 3")
+                  .fetchone()[0]) == [1, 1, 1]
+    # point lookups and IN without MATCH
+    assert ids(c.execute("SELECT rowid FROM v WHERE rowid IN (3, 20, 99) "
+                         "ORDER BY rowid").fetchall()) == [3, 20]
+    assert c.execute("SELECT count(*) FROM v WHERE rowid = 1").fetchone()[0] \
+        == 0
+    assert c.execute("SELECT vecidx_version()").fetchone()[0]
+
+
+def test_errors():
+    c = connect()
+    expect_error(lambda: c.execute(
+        "CREATE VIRTUAL TABLE a USING vecidx(metric=l2)"), "dim=N")
+    expect_error(lambda: c.execute(
+        "CREATE VIRTUAL TABLE a USING vecidx(dim=4, metric=nope)"),
+        "bad argument")
+    expect_error(lambda: c.execute(
+        "CREATE VIRTUAL TABLE a USING vecidx(dim=4, colour=red)"),
+        "unknown option")
+    expect_error(lambda: c.execute(
+        "CREATE VIRTUAL TABLE a USING vecidx(dim=4, kind=ivfpq, pq_m=9)"),
+        "vecidx")
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4, metric=cos)")
+    ins = "INSERT INTO v(rowid, embedding) VALUES (?, ?)"
+    expect_error(lambda: c.execute(ins, (1, blob([1, 2, 3]))),
+                 "12 bytes is not 4 float32")
+    expect_error(lambda: c.execute(ins, (1, "[1,2,3]")), "has 3 numbers")
+    expect_error(lambda: c.execute(ins, (1, "[1,2,3,4,5]")),
+                 "more than 4")
+    expect_error(lambda: c.execute(ins, (1, "[1,2,,3]")), "not a JSON")
+    expect_error(lambda: c.execute(ins, (1, "1,2,3,4")), "not a JSON")
+    expect_error(lambda: c.execute(ins, (1, None)), "NULL")
+    expect_error(lambda: c.execute(ins, (1, 42)), "a number")
+    expect_error(lambda: c.execute(ins, (1, blob([0, 0, 0, 0]))), "zero")
+    expect_error(lambda: c.execute(ins, (1, blob([1, float("nan"), 0, 0]))),
+                 "vecidx")
+    expect_error(lambda: c.execute(ins, ("x", "[1,2,3,4]")), "mismatch")
+    assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 0
+    c.execute(ins, (1, "[1,2,3,4]"))
+    expect_error(lambda: c.execute(
+        "SELECT rowid FROM v WHERE embedding MATCH '[1,2,3,4]'").fetchall(),
+        "needs k")
+    expect_error(lambda: knn(c, [1, 2, 3, 4], 0), "out of range")
+    expect_error(lambda: c.execute(
+        "SELECT rowid FROM v WHERE embedding MATCH '[1,2,3,4]' AND "
+        "k = 'x'").fetchall(), "integer")
+    expect_error(lambda: c.execute(
+        "SELECT rowid FROM v WHERE embedding MATCH '[0,0,0,0]' AND k = 1")
+        .fetchall(), "zero")
+    expect_error(lambda: c.execute(
+        "SELECT rowid FROM v WHERE embedding MATCH '[1,2]' AND k = 1")
+        .fetchall(), "MATCH")
+    # The shadow tables are protected against direct writes from SQL in
+    # defensive mode, and the table still works after all those errors.
+    assert ids(knn(c, [1, 2, 3, 4], 3)) == [1]
+
+
+def test_sqlite_vec_declaration():
+    c = connect()
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(vec float[2], "
+              "metric=ip, kind=flat)")
+    c.execute("INSERT INTO v(rowid, vec) VALUES (1, '[1, 0]'), "
+              "(2, '[2, 0]'), (3, '[0, 5]')")
+    r = c.execute("SELECT rowid, distance FROM v WHERE vec MATCH '[1, 0]' "
+                  "AND k = 2").fetchall()
+    assert r == [(2, -2.0), (1, -1.0)], r
+
+
+def test_exact_flat_and_hnsw_recall():
+    rng = random.Random(1)
+    d, n = 16, 2000
+    c = connect()
+    c.execute("CREATE VIRTUAL TABLE f USING vecidx(dim=16, kind=flat)")
+    c.execute("CREATE VIRTUAL TABLE h USING vecidx(dim=16, kind=hnsw, M=16, "
+              "ef_construction=100)")
+    vecs = fill(c, n, d, rng, "f")
+    c.execute("INSERT INTO h(rowid, embedding) SELECT rowid, embedding "
+              "FROM f")
+    hits = total = 0
+    for _ in range(20):
+        q = rvec(rng, d)
+        truth = brute(vecs, q, 10)
+        assert ids(knn(c, q, 10, "f")) == truth
+        got = ids(c.execute(
+            "SELECT rowid FROM h WHERE embedding MATCH ? AND k = 10 AND "
+            "ef = 128", (blob(q),)).fetchall())
+        assert len(got) == 10
+        hits += len(set(got) & set(truth))
+        total += 10
+    assert hits / total >= 0.95, hits / total
+    # ORDER BY distance is consumed, and the results come sorted
+    r = c.execute("SELECT rowid, distance FROM h WHERE embedding MATCH ? "
+                  "AND k = 20 ORDER BY distance", (blob(q),)).fetchall()
+    assert [x[1] for x in r] == sorted(x[1] for x in r)
+
+
+def test_cosine_distance():
+    c = connect()
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=2, metric=cos)")
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (1, '[1, 0]'), "
+              "(2, '[0, 3]'), (3, '[-2, 0]')")
+    r = knn(c, [1, 1], 3)
+    assert ids(r)[2] == 3
+    assert abs(r[0][1] - cosd([1, 0], [1, 1])) < 1e-6
+    assert abs(r[2][1] - 2 + cosd([1, 0], [1, 1])) < 1e-6
+
+
+def test_filter_in_subquery():
+    rng = random.Random(2)
+    d, n = 8, 3000
+    for kind in ("flat", "hnsw", "ivfpq"):
+        c = connect()
+        c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, cat INT)")
+        extra = ", nlist=16, train_size=1000" if kind == "ivfpq" else ""
+        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=%s%s)"
+                  % (kind, extra))
+        vecs = fill(c, n, d, rng)
+        c.execute("BEGIN")
+        for i in vecs:
+            c.execute("INSERT INTO docs VALUES (?, ?)", (i, i % 50))
+        c.execute("COMMIT")
+        for cat, k in ((7, 10), (3, 100), (5, 60), (9, 1)):
+            allowed = {i for i in vecs if i % 50 == cat}
+            q = rvec(rng, d)
+            sql = ("SELECT rowid, distance FROM v WHERE embedding MATCH ? "
+                   "AND k = ? AND rowid IN (SELECT id FROM docs WHERE "
+                   "cat = ?)")
+            plan = " ".join(r[3] for r in c.execute(
+                "EXPLAIN QUERY PLAN " + sql, (blob(q), k, cat)))
+            assert "INDEX 19" in plan, plan  # MATCH, k and IN in the search
+            got = ids(c.execute(sql, (blob(q), k, cat)).fetchall())
+            want = min(k, len(allowed))
+            if kind != "ivfpq":
+                assert len(got) == want, (kind, len(got), want)
+            assert set(got) <= allowed
+            truth = brute(vecs, q, k, allowed)
+            if kind == "flat":
+                assert got == truth
+            else:
+                assert len(set(got) & set(truth)) >= 0.8 * len(truth), kind
+        # an empty allowed set, literal lists, and a join for the metadata
+        assert knn(c, rvec(rng, d), 5, extra="AND rowid IN (SELECT id FROM "
+                   "docs WHERE cat = 1000)") == []
+        assert sorted(ids(knn(c, rvec(rng, d), 5,
+                              extra="AND rowid IN (3, 4, 99999)"))) == [3, 4]
+        r = c.execute(
+            "SELECT d.id, d.cat, v.distance FROM v JOIN docs d ON "
+            "d.id = v.rowid WHERE v.embedding MATCH ? AND v.k = 10 AND "
+            "v.rowid IN (SELECT id FROM docs WHERE cat = 7) ORDER BY "
+            "v.distance", (blob(q),)).fetchall()
+        assert len(r) == 10 and all(x[1] == 7 for x in r)
+
+
+def test_filter_join_on_rowid_per_row():
+    # A join the planner runs with the other table outside (its filter has
+    # an index): each joined row is a search limited to that rowid, so
+    # ORDER BY distance LIMIT k gives the exact filtered top k.
+    rng = random.Random(3)
+    c = connect()
+    c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, cat INT)")
+    c.execute("CREATE INDEX docs_cat ON docs(cat)")
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8)")
+    vecs = fill(c, 2000, 8, rng)
+    c.executemany("INSERT INTO docs VALUES (?, ?)",
+                  [(i, i % 40) for i in vecs])
+    q = rvec(rng, 8)
+    r = c.execute("SELECT v.rowid, v.distance FROM v JOIN docs d ON "
+                  "d.id = v.rowid WHERE v.embedding MATCH ? AND v.k = 10 "
+                  "AND d.cat = 5 ORDER BY v.distance LIMIT 10",
+                  (blob(q),)).fetchall()
+    assert ids(r) == brute(vecs, q, 10, {i for i in vecs if i % 40 == 5})
+
+
+def test_transactions_and_savepoints():
+    rng = random.Random(4)
+    c = connect()
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4, kind=hnsw)")
+    vecs = fill(c, 200, 4, rng)
+    q = vecs[17]
+    assert ids(knn(c, q, 1)) == [17]
+
+    c.execute("BEGIN")
+    c.execute("DELETE FROM v WHERE rowid = 17")
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (1000, ?)", (blob(q),))
+    c.execute("UPDATE v SET embedding = ? WHERE rowid = 18", (blob(q),))
+    assert sorted(ids(knn(c, q, 2))) == [18, 1000]   # own writes visible
+    c.execute("ROLLBACK")
+    assert ids(knn(c, q, 1)) == [17]
+    assert knn(c, vecs[18], 1)[0] == (18, 0.0)
+    assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 200
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (2000, ?)", (blob(q),))
+    c.execute("SAVEPOINT a")
+    c.execute("DELETE FROM v WHERE rowid = 17")
+    c.execute("SAVEPOINT b")
+    c.execute("DELETE FROM v WHERE rowid = 2000")
+    assert ids(knn(c, q, 1)) != [17] and ids(knn(c, q, 1)) != [2000]
+    c.execute("ROLLBACK TO b")
+    assert ids(knn(c, q, 1)) == [2000]
+    c.execute("ROLLBACK TO a")
+    assert sorted(ids(knn(c, q, 2))) == [17, 2000]
+    c.execute("DELETE FROM v WHERE rowid = 17")
+    c.execute("RELEASE a")
+    assert ids(knn(c, q, 1)) == [2000]
+    c.execute("COMMIT")
+    assert ids(knn(c, q, 1)) == [2000]
+    assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 200
+
+    # a statement that fails half-way inside a transaction: its earlier
+    # rows are undone, the transaction's earlier statements kept
+    c.execute("BEGIN")
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (3000, '[1,2,3,4]')")
+    expect_error(lambda: c.execute(
+        "INSERT INTO v(rowid, embedding) VALUES (3001, '[1,1,1,1]'), "
+        "(3002, '[2,2,2,2]'), (3001, '[3,3,3,3]')"), "UNIQUE")
+    assert c.execute("SELECT count(*) FROM v WHERE rowid > 2999") \
+        .fetchone()[0] == 1
+    assert ids(knn(c, [1, 1, 1, 1], 1, extra="AND rowid > 0")) != [3001]
+    got = set(ids(knn(c, [2, 2, 2, 2], 300)))
+    assert 3001 not in got and 3002 not in got and 3000 in got
+    c.execute("COMMIT")
+    info = c.execute("SELECT vecidx_info('v')").fetchone()[0]
+    assert '"count":201' in info and '"builds":1,' in info, info
+
+
+def test_durable_after_commit_and_reopen():
+    rng = random.Random(5)
+    path = os.path.join(TMP, "durable.db")
+    c = connect(path)
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=hnsw)")
+    vecs = fill(c, 300, 8, rng)
+    c.execute("BEGIN")
+    c.execute("DELETE FROM v WHERE rowid <= 100")
+    c.execute("ROLLBACK")
+    c.execute("DELETE FROM v WHERE rowid <= 50")
+    c.close()
+    c = connect(path)
+    assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 250
+    for i in (51, 120, 300):
+        assert knn(c, vecs[i], 1) == [(i, 0.0)]
+    assert ids(knn(c, vecs[10], 250)).count(10) == 0
+    c.execute("DROP TABLE v")
+    left = c.execute("SELECT name FROM sqlite_master WHERE name LIKE "
+                     "'v\\_%' ESCAPE '\\'").fetchall()
+    assert left == [], left
+
+
+def test_rename():
+    c = connect()
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=2, kind=flat)")
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (1, '[1, 2]')")
+    c.execute("ALTER TABLE v RENAME TO w")
+    assert ids(knn(c, [1, 2], 1, "w")) == [1]
+    c.execute("INSERT INTO w(rowid, embedding) VALUES (2, '[1, 3]')")
+    names = sorted(r[0] for r in c.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"))
+    assert names == ["w", "w_deleted", "w_state", "w_txlog", "w_vectors"], \
+        names
+
+
+def test_two_connections_catch_up():
+    rng = random.Random(6)
+    path = os.path.join(TMP, "two.db")
+    for mode in ("wal", "delete"):
+        if os.path.exists(path):
+            os.remove(path)
+        a = connect(path)
+        a.execute("PRAGMA journal_mode = %s" % mode)
+        a.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=hnsw)")
+        vecs = fill(a, 300, 8, rng)
+        b = connect(path)
+        assert knn(b, vecs[5], 1) == [(5, 0.0)]
+        # a writes: b catches up (no rebuild) at its next query
+        a.execute("DELETE FROM v WHERE rowid = 5")
+        a.execute("UPDATE v SET embedding = ? WHERE rowid = 6",
+                  (blob(vecs[7]),))
+        vecs.update(fill(a, 10, 8, rng, start=1000))
+        assert knn(b, vecs[5], 1)[0][0] != 5
+        assert sorted(ids(knn(b, vecs[7], 2))) == [6, 7]
+        assert knn(b, vecs[1005], 1) == [(1005, 0.0)]
+        info = b.execute("SELECT vecidx_info('v')").fetchone()[0]
+        assert '"builds":1,' in info and '"catchups":1,' in info, info
+        assert '"count":309' in info, info
+        # b writes too; a catches up
+        b.execute("DELETE FROM v WHERE rowid = 1005")
+        assert knn(a, vecs[1005], 1)[0][0] != 1005
+        # a rolled-back write of a changes nothing for b
+        a.execute("BEGIN")
+        a.execute("DELETE FROM v WHERE rowid = 7")
+        a.execute("ROLLBACK")
+        assert knn(b, vecs[7], 1)[0][1] == 0.0
+        a.close()
+        b.close()
+
+
+def test_replaced_by_backup_rebuilds():
+    rng = random.Random(7)
+    path = os.path.join(TMP, "live.db")
+    bak = os.path.join(TMP, "bak.db")
+    for p in (path, bak):
+        if os.path.exists(p):
+            os.remove(p)
+    a = connect(path)
+    a.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=flat)")
+    vecs = fill(a, 100, 8, rng)
+    with open(path, "rb") as f:
+        image = f.read()
+    with open(bak, "wb") as f:   # a copy at the same generation
+        f.write(image)
+    # the copy and the original go separate ways (SQLite notices a file
+    # replaced behind its back by the file's change counter, so the copy
+    # makes one write transaction more)
+    b = connect(bak)
+    b.execute("DELETE FROM v WHERE rowid = 1")
+    b.execute("DELETE FROM v WHERE rowid = 3")
+    b.execute("DELETE FROM v WHERE rowid = 5")
+    b.close()
+    a.execute("DELETE FROM v WHERE rowid = 2")
+    a.execute("DELETE FROM v WHERE rowid = 4")
+    assert ids(knn(a, vecs[1], 1)) == [1]
+    # the copy's bytes put in place of a's database, as a replication tool
+    # or a restore does, behind a's back (no schema change: a keeps its
+    # table and cache); a must notice the other history and rebuild
+    with open(bak, "rb") as f:
+        image = f.read()
+    with open(path, "r+b") as f:
+        f.write(image)
+        f.truncate()
+    assert ids(knn(a, vecs[1], 1)) != [1]
+    assert ids(knn(a, vecs[2], 1)) == [2]
+    info = a.execute("SELECT vecidx_info('v')").fetchone()[0]
+    assert '"builds":2,' in info and '"catchups":0' in info, info
+    assert '"count":97' in info, info
+    # restored through the backup API, the table is connected afresh
+    c = connect(bak)
+    c.execute("DELETE FROM v WHERE rowid = 50")
+    c.backup(a)
+    assert ids(knn(a, vecs[50], 1)) != [50]
+    assert a.execute("SELECT count(*) FROM v").fetchone()[0] == 96
+
+
+def test_read_only_database():
+    rng = random.Random(8)
+    path = os.path.join(TMP, "ro.db")
+    c = connect(path)
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4)")
+    vecs = fill(c, 50, 4, rng)
+    c.close()
+    r = connect("file:%s?mode=ro" % path, uri=True)
+    assert ids(knn(r, vecs[9], 1)) == [9]
+    expect_error(lambda: r.execute(
+        "INSERT INTO v(rowid, embedding) VALUES (99, '[1,2,3,4]')"),
+        "readonly")
+    expect_error(lambda: r.execute("DELETE FROM v WHERE rowid = 9"),
+                 "readonly")
+    assert ids(knn(r, vecs[9], 1)) == [9]
+    assert r.execute("SELECT count(*) FROM v").fetchone()[0] == 50
+
+
+def test_other_process():
+    rng = random.Random(9)
+    path = os.path.join(TMP, "proc.db")
+    c = connect(path)
+    c.execute("PRAGMA journal_mode = wal")
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4, kind=hnsw)")
+    fill(c, 100, 4, rng)
+    assert ids(knn(c, [0.5, 0.5, 0.5, 0.5], 1))
+    code = ("import sqlite3; c = sqlite3.connect(%r); "
+            "c.enable_load_extension(True); c.load_extension(%r); "
+            "c.execute(\"INSERT INTO v(rowid, embedding) VALUES "
+            "(777, '[9, 9, 9, 9]')\"); c.execute('DELETE FROM v WHERE "
+            "rowid = 1'); c.commit()" % (path, EXT))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert ids(knn(c, [9, 9, 9, 9], 1)) == [777]
+    assert 1 not in ids(knn(c, [0, 0, 0, 0], 100))
+    assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 100
+
+
+def test_attached_schema():
+    c = connect()
+    c.execute("ATTACH ':memory:' AS aux")
+    c.execute("CREATE VIRTUAL TABLE aux.v USING vecidx(dim=2, kind=flat)")
+    c.execute("INSERT INTO aux.v(rowid, embedding) VALUES (4, '[1, 1]')")
+    assert c.execute("SELECT rowid FROM aux.v WHERE embedding MATCH "
+                     "'[1, 1]' AND k = 1").fetchall() == [(4,)]
+    assert c.execute("SELECT vecidx_info('v', 'aux')").fetchone()[0]
+
+
+def main():
+    global EXT, TMP
+    args = sys.argv[1:]
+    if args and args[0].endswith(".so"):
+        EXT = os.path.splitext(os.path.abspath(args.pop(0)))[0]
+    tests = [(n, f) for n, f in sorted(globals().items())
+             if n.startswith("test_") and callable(f)
+             and (not args or any(a in n for a in args))]
+    passed = failed = 0
+    with tempfile.TemporaryDirectory(prefix="vecidx-sqlite-") as tmp:
+        TMP = tmp
+        for name, fn in tests:
+            t = time.time()
+            try:
+                fn()
+                passed += 1
+                print("ok   %s (%.2f s)" % (name, time.time() - t))
+            except Exception:
+                failed += 1
+                print("FAIL %s" % name)
+                traceback.print_exc()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
