@@ -3,7 +3,9 @@
 Run from the repository root:
     VECIDX_LIBRARY=$PWD/libvecidx.so python3 -m pytest -q python/tests
 Without VECIDX_LIBRARY the package looks next to itself and in the
-repository root.
+repository root. With VECIDX_TEST_INSTALLED=1 they test the installed
+package (pip install ./python) instead of the checkout's python/vecidx:
+see python/ci-install-test.sh.
 """
 
 import array
@@ -20,8 +22,11 @@ import pytest
 
 PYDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(PYDIR)
-if PYDIR not in sys.path:
-    sys.path.insert(0, PYDIR)
+# The checkout's package, unless the installed one is under test.
+INSTALLED = os.environ.get("VECIDX_TEST_INSTALLED") == "1"
+PKG_PATH = "" if INSTALLED else PYDIR
+if PKG_PATH and PKG_PATH not in sys.path:
+    sys.path.insert(0, PKG_PATH)
 
 import vecidx  # noqa: E402
 from vecidx import _capi, _index  # noqa: E402
@@ -984,7 +989,8 @@ def test_lists_and_buffers_with_numpy_present():
 NO_NUMPY_SCRIPT = r"""
 import array, sys
 sys.modules["numpy"] = None          # makes `import numpy` fail
-sys.path.insert(0, sys.argv[1])
+if sys.argv[1]:
+    sys.path.insert(0, sys.argv[1])
 import vecidx
 from vecidx import _index
 assert _index.np is None
@@ -1042,15 +1048,17 @@ print("ok")
 
 @NEEDS_KEYS
 def test_without_numpy():
-    r = subprocess.run([sys.executable, "-c", NO_NUMPY_SCRIPT, PYDIR],
+    r = subprocess.run([sys.executable, "-c", NO_NUMPY_SCRIPT, PKG_PATH],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
 def test_library_search_order(tmp_path):
     env = dict(os.environ, VECIDX_LIBRARY=str(tmp_path / "nope.so"))
-    r = subprocess.run([sys.executable, "-c", "import vecidx"], env=dict(
-        env, PYTHONPATH=PYDIR), capture_output=True, text=True, timeout=60)
+    if PKG_PATH:
+        env["PYTHONPATH"] = PKG_PATH
+    r = subprocess.run([sys.executable, "-c", "import vecidx"], env=env,
+                       capture_output=True, text=True, timeout=60)
     # An explicit VECIDX_LIBRARY that does not exist is an error, not a
     # silent fall back to another copy of the library.
     assert r.returncode != 0 and "nope.so" in r.stderr

@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Any, Dict, Optional
 
 # ---- Constants from vecidx.h ------------------------------------------------
 
@@ -131,7 +132,7 @@ class Stats(ctypes.Structure):
 _SLACK = 512
 
 
-_padded_types = {}
+_padded_types: Dict[Any, Any] = {}
 
 
 def padded(struct_type):
@@ -156,15 +157,19 @@ else:
     _NAMES = ("libvecidx.so", "libvecidx.so.0")
 
 
-def _candidates_near_package():
+def _package_dir():
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _dirs_near_package():
     # The package directory, then its parents up to the top of the source
-    # tree, so that `make` at the repository root is enough for an
-    # uninstalled checkout (python/vecidx -> python -> repository).
-    here = os.path.dirname(os.path.abspath(__file__))
-    d = here
+    # tree (the directory holding vecidx.h), so that `make` at the
+    # repository root is enough for an uninstalled checkout (python/vecidx
+    # -> python -> repository). An installed package has its own copy of
+    # the library in the package directory, found first.
+    d = _package_dir()
     for _ in range(3):
-        for name in _NAMES:
-            yield os.path.join(d, name)
+        yield d
         if os.path.exists(os.path.join(d, "vecidx.h")):
             break
         parent = os.path.dirname(d)
@@ -173,13 +178,48 @@ def _candidates_near_package():
         d = parent
 
 
-def find_library():
+def _candidates_near_package():
+    for d in _dirs_near_package():
+        for name in _NAMES:
+            yield os.path.join(d, name)
+
+
+def source_root():
+    """The source tree this package sits in (the directory of vecidx.h),
+    or None for an installed copy."""
+    for d in _dirs_near_package():
+        if os.path.isfile(os.path.join(d, "vecidx.h")):
+            return d
+    return None
+
+
+def source_version():
+    """VECIDX_VERSION_MAJOR.MINOR.PATCH of the source tree's vecidx.h."""
+    root = source_root()
+    if root is None:
+        return None
+    fields = {}
+    with open(os.path.join(root, "vecidx.h")) as f:
+        for line in f:
+            part = line.split()
+            if len(part) == 3 and part[0] == "#define" and \
+                    part[1].startswith("VECIDX_VERSION_"):
+                fields[part[1][len("VECIDX_VERSION_"):]] = part[2]
+    try:
+        return "%d.%d.%d" % tuple(int(fields[k])
+                                  for k in ("MAJOR", "MINOR", "PATCH"))
+    except (KeyError, ValueError):
+        return None
+
+
+def find_library() -> Optional[str]:
     """Path (or name) of the shared library that would be loaded.
 
     Order: the VECIDX_LIBRARY environment variable (an explicit choice, so
     it is not second-guessed: if it names a missing file, loading fails),
-    then a libvecidx next to the package or in its parent directories up to
-    the source tree root, then the system library path.
+    then a libvecidx next to the package (where pip installs it) or in its
+    parent directories up to the source tree root (where `make` builds
+    it), then the system library path.
     """
     env = os.environ.get("VECIDX_LIBRARY")
     if env:

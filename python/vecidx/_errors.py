@@ -1,5 +1,7 @@
 """Exceptions raised by the binding, one class per vecidx result code."""
 
+from typing import Optional
+
 from . import _capi
 
 
@@ -13,16 +15,16 @@ class VecidxError(Exception):
     exception, so ``except KeyError`` catches a missing key.
     """
 
-    code = None
+    code: Optional[int] = None
 
-    def __init__(self, message="", code=None):
+    def __init__(self, message: str = "", code: Optional[int] = None) -> None:
         if code is not None:
             self.code = code
         self.name = _strerror(self.code)
         self.message = message
         super().__init__(message or self.name)
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.message:
             return "%s: %s" % (self.name, self.message)
         return self.name

@@ -1,11 +1,15 @@
 """The Index class: a vecidx handle with a Pythonic interface."""
 
+from __future__ import annotations
+
 import ctypes
 import numbers
 import operator
 import os
 import sys
 import threading
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator,
+                    List, Optional, Tuple, Union)
 
 from . import _capi
 from ._errors import (InvalidArgumentError, DimensionError, NotFoundError,
@@ -14,7 +18,19 @@ from ._errors import (InvalidArgumentError, DimensionError, NotFoundError,
 try:
     import numpy as np
 except ImportError:  # the binding works without NumPy, on lists and buffers
-    np = None
+    np = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    # What the methods accept and return. NumPy arrays, or lists without
+    # NumPy, so the vector and key types stay broad:
+    #   VectorsLike: a NumPy array (any dtype; float32 C-contiguous is used
+    #     in place), a list/tuple of numbers or of such lists, or a buffer of
+    #     float32 (array('f'), memoryview).
+    #   KeysLike: an int in 0 .. 2**64-1, a sequence/iterable of them, or an
+    #     integer NumPy array.
+    VectorsLike = Any
+    KeysLike = Union[int, Iterable[int], Any]
+    PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 _KINDS = {"flat": _capi.FLAT, "hnsw": _capi.HNSW, "ivfpq": _capi.IVFPQ,
           "ivf_pq": _capi.IVFPQ, "ivf-pq": _capi.IVFPQ}
@@ -492,7 +508,8 @@ class Index:
 
     # ---- creation and lifetime ----------------------------------------------
 
-    def __init__(self, dim, kind="hnsw", metric="cos", **params):
+    def __init__(self, dim: int, kind: str = "hnsw", metric: str = "cos",
+                 **params: Any) -> None:
         self._setup(None, False)
         p = self._make_params(dim, kind, metric, params)
         out = ctypes.c_void_p()
@@ -503,8 +520,10 @@ class Index:
         self._describe()
 
     @classmethod
-    def open(cls, path, dim=None, kind=None, metric=None, *, create=False,
-             readonly=False, sync=None, **params):
+    def open(cls, path: PathLike, dim: Optional[int] = None,
+             kind: Optional[str] = None, metric: Optional[str] = None, *,
+             create: bool = False, readonly: bool = False,
+             sync: Optional[str] = None, **params: Any) -> Index:
         """Open the index stored at path (and its write-ahead log PATH-wal).
 
         create=True makes an empty index if path does not exist; dim (and
@@ -630,7 +649,7 @@ class Index:
         self._kind = st.kind
         self._metric = st.metric
 
-    def close(self):
+    def close(self) -> None:
         """Release the index (syncing a file-backed writer's log).
 
         Waits for calls running in other threads; later calls raise
@@ -648,22 +667,21 @@ class Index:
                 self._cv.wait()
         _capi.close(h)
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             if getattr(self, "_h", None) is not None:
                 self.close()
         except Exception:  # interpreter shutdown: nothing left to report to
             pass
 
-    def __enter__(self):
+    def __enter__(self) -> Index:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
-        return False
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._h is None
 
     # Every call into the library goes through _acquire/_release, so that
@@ -706,27 +724,27 @@ class Index:
     # ---- properties ---------------------------------------------------------
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         return self._dim
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         return _KIND_NAMES.get(self._kind, str(self._kind))
 
     @property
-    def metric(self):
+    def metric(self) -> str:
         return _METRIC_NAMES.get(self._metric, str(self._metric))
 
     @property
-    def path(self):
+    def path(self) -> Optional[str]:
         """The file the index was opened from, or None if in memory."""
         return self._path
 
     @property
-    def readonly(self):
+    def readonly(self) -> bool:
         return self._readonly
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         where = "closed" if self._h is None else (
             "path=%r" % self._path if self._path else "in memory")
         return "<vecidx.Index %s %s dim=%d %s>" % (
@@ -734,7 +752,7 @@ class Index:
 
     # ---- writing ------------------------------------------------------------
 
-    def add(self, keys, vectors):
+    def add(self, keys: KeysLike, vectors: VectorsLike) -> None:
         """Insert vectors under new keys.
 
         keys: one int with one vector, or a sequence/array of n ints with n
@@ -751,7 +769,7 @@ class Index:
         m = _matrix(vectors, self._dim, rows=n, flat_ok=True, what="vectors")
         self._call(_capi.add_batch, n, kaddr, m.addr)
 
-    def upsert(self, keys, vectors):
+    def upsert(self, keys: KeysLike, vectors: VectorsLike) -> None:
         """Insert or replace: like add, but an existing key's vector is
         replaced. Several vectors are upserted one after the other, so a
         failure part way (out of memory, an I/O error) leaves the earlier
@@ -797,7 +815,7 @@ class Index:
                     "row %d is a zero vector, which has no cosine direction"
                     % int(np.argmin(nonzero)))
 
-    def remove(self, keys):
+    def remove(self, keys: KeysLike) -> None:
         """Remove one key or a sequence of keys.
 
         Every key is looked up first: if one is missing, NotFoundError is
@@ -823,11 +841,11 @@ class Index:
         finally:
             self._release()
 
-    def reserve(self, n):
+    def reserve(self, n: int) -> None:
         """Make room for n vectors in total up front."""
         self._call(_capi.reserve, _uint(n, "n", _SIZE_MAX))
 
-    def train(self, samples):
+    def train(self, samples: VectorsLike) -> None:
         """Train an IVF-PQ index on sample vectors ((n, dim) or n*dim
         floats); the samples are not added. A no-op for flat and HNSW
         indexes and for an index already trained."""
@@ -836,28 +854,28 @@ class Index:
 
     # ---- files --------------------------------------------------------------
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Write a snapshot of the index to path, atomically."""
         self._call(_capi.save, os.fsencode(path))
 
-    def sync(self):
+    def sync(self) -> None:
         """Make every write so far durable (a file-backed writer's log)."""
         self._call(_capi.sync)
 
-    def checkpoint(self):
+    def checkpoint(self) -> None:
         """Fold the write-ahead log into the main file."""
         self._call(_capi.checkpoint)
 
     # ---- reading ------------------------------------------------------------
 
-    def __len__(self):
+    def __len__(self) -> int:
         h = self._acquire()
         try:
             return _capi.count(h)
         finally:
             self._release()
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         try:
             key = _uint(key, "key", _capi.UINT64_MAX)
         except InvalidArgumentError:
@@ -871,10 +889,10 @@ class Index:
         finally:
             self._release()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(self.keys())
 
-    def keys(self):
+    def keys(self) -> Any:
         """All stored keys (uint64 array, or a list without NumPy), in no
         particular order; one consistent snapshot."""
         fn = _need(_capi.keys, "vecidx_keys")
@@ -899,7 +917,7 @@ class Index:
             return buf[:n]
         return [int(k) for k in buf[:n]]
 
-    def get(self, keys):
+    def get(self, keys: KeysLike) -> Any:
         """The vector stored under a key (1-D), or under each of a sequence
         of keys (2-D). NotFoundError (a KeyError) for a missing key.
 
@@ -926,7 +944,7 @@ class Index:
             return values
         return [values[i * dim:(i + 1) * dim] for i in range(len(keylist))]
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         """Counters of the index as a dict."""
         st = self._stats_struct()
         return {
@@ -951,15 +969,20 @@ class Index:
         self._call(_capi.stats, ctypes.addressof(holder))
         return holder.s
 
-    def check(self):
+    def check(self) -> None:
         """Verify the index's internal invariants; CorruptError if broken."""
         self._call(_capi.check)
 
     # ---- searching ----------------------------------------------------------
 
-    def search(self, queries, k=10, *, ef=None, nprobe=None, refine=None,
-               threads=None, filter=None, allowed=None, allowed_bitmap=None,
-               selectivity=None, return_found=False):
+    def search(self, queries: VectorsLike, k: int = 10, *,
+               ef: Optional[int] = None, nprobe: Optional[int] = None,
+               refine: Optional[int] = None, threads: Optional[int] = None,
+               filter: Optional[Callable[[int], Any]] = None,
+               allowed: Optional[KeysLike] = None,
+               allowed_bitmap: Any = None,
+               selectivity: Optional[float] = None,
+               return_found: bool = False) -> Tuple[Any, ...]:
         """The k nearest stored vectors to each query.
 
         queries: one vector (dim values) or a batch ((nq, dim) array or
@@ -1010,7 +1033,7 @@ class Index:
             opts.refine = _uint(refine, "refine", _U32_MAX)
         if threads is not None:
             opts.threads = _uint(threads, "threads", _U32_MAX)
-        errors = []
+        errors: List[BaseException] = []
         if filter is not None:
             # Assigning the thunk to the struct keeps it alive with holder,
             # that is until this method returns.
@@ -1072,6 +1095,7 @@ class Index:
         if errors:
             raise errors[0]
 
+        out: Tuple[Any, ...]
         if one:
             n = found.value
             if np is not None:
