@@ -26,6 +26,12 @@
 #   make format-check     clang-format --dry-run -Werror on the C sources
 #   make bench-compare    bench/vecidx-compare, bench/persist-compare
 #                         (libhnswlib-dev, libfaiss-dev)
+#   make sqlite           sqlite/vecidx_sqlite.so, the SQLite loadable
+#                         extension (needs libsqlite3-dev; part of `make`
+#                         when it is installed, skipped when not)
+#   make sqlite-crash     the extension's kill -9 crash test with
+#                         SQLITE_CRASH_TRIALS (default 2000) trials
+#   make sqlite-sanitize  the extension's tests under ASan + UBSan
 #   make bench-ab OLD=REV [NEW=REV]
 #                         bench/vecidx-ab: vecidx.c of git revision REV
 #                         against the working tree's (or NEW's), in one
@@ -108,11 +114,14 @@ BENCH_HDRS := $(wildcard bench/*.h)
 COMPARE_SRC := $(wildcard bench/compare.cpp)
 PERSIST_COMPARE := $(if $(wildcard bench/persist-compare.cpp),bench/persist-compare)
 PY_TESTS := $(wildcard python/tests)
-PY_EXAMPLES := $(sort $(wildcard examples/*.py))
+# examples/sqlite_*.py need the SQLite extension, not the Python binding:
+# examples-run runs them when the extension is built.
+SQLITE_EXAMPLES := $(sort $(wildcard examples/sqlite_*.py))
+PY_EXAMPLES := $(sort $(filter-out $(SQLITE_EXAMPLES),$(wildcard examples/*.py)))
 FUZZ_REGRESS := $(sort $(wildcard fuzz/regress/*))
 FORMAT_SRCS := vecidx.c vecidx.h $(wildcard tests/*.c tests/*.h tests/*/*.c \
                                    examples/*.c bench/*.c bench/*.h fuzz/*.c \
-                                   tools/*.c)
+                                   tools/*.c sqlite/*.c bench/sqlite/*.c)
 
 # Test programs. tests/*.c form one binary, tests/vecidx_test; it does not
 # link the library: tests/test_internal.c includes vecidx.c (white-box),
@@ -152,9 +161,81 @@ API_REPLAY := $(if $(and $(wildcard fuzz/fuzz_api.c),$(wildcard fuzz/api-seeds))
         bench-compare bench-ab
 
 all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH) \
-     $(API_REPLAY) $(PORTAB)
+     $(API_REPLAY) $(PORTAB) $(SQLITE_EXT)
 
 lib: libvecidx.a libvecidx.so
+
+# ---- SQLite extension ----------------------------------------------------------
+# sqlite/vecidx_sqlite.c compiled with vecidx.c into one loadable module; the
+# library itself has no SQLite dependency. Built when the compiler finds
+# sqlite3ext.h (Debian: libsqlite3-dev); its tests run in `make test` when
+# $(PYTHON)'s sqlite3 module can load extensions and the sqlite3 shell is
+# there (Debian: sqlite3), and are skipped with a message otherwise.
+SQLITE_SRC := $(wildcard sqlite/vecidx_sqlite.c)
+SQLITE_HAVE := $(if $(SQLITE_SRC),$(shell printf '\043include <sqlite3ext.h>\n' | \
+    $(CC) -E -x c - >/dev/null 2>&1 && echo yes))
+SQLITE_EXT := $(if $(SQLITE_HAVE),sqlite/vecidx_sqlite.so)
+SQLITE_CFLAGS = -std=c11 -O2 $(WARNINGS) -fPIC -shared -fvisibility=hidden \
+                $(EXTRA_CFLAGS)
+SQLITE_CRASH_TRIALS ?= 2000
+SQLITE_BENCH := $(if $(and $(SQLITE_HAVE),$(wildcard bench/sqlite/sql_overhead.c)),\
+                     bench/sqlite/sql_overhead)
+
+.PHONY: sqlite sqlite-crash sqlite-sanitize vx-sqlite-test
+ifneq ($(SQLITE_EXT),)
+sqlite: $(SQLITE_EXT) $(SQLITE_BENCH)
+else
+sqlite:
+	@echo "sqlite skipped: no sqlite3ext.h (apt-get install libsqlite3-dev)"
+endif
+
+sqlite/vecidx_sqlite.so: sqlite/vecidx_sqlite.c vecidx.c vecidx.h
+	$(CC) $(SQLITE_CFLAGS) -I. -o $@ sqlite/vecidx_sqlite.c vecidx.c \
+	    $(LDFLAGS) $(LDLIBS)
+
+# In a directory of its own: SQLite derives the entry point from the name.
+sqlite/asan/vecidx_sqlite.so: sqlite/vecidx_sqlite.c vecidx.c vecidx.h
+	@mkdir -p sqlite/asan
+	$(SAN_CC) $(ASAN_CFLAGS) -fPIC -shared -fvisibility=hidden -I. -o $@ \
+	    sqlite/vecidx_sqlite.c vecidx.c $(LDFLAGS) $(LDLIBS)
+
+# The SQL path's own cost per query, from C (links the system's SQLite).
+bench/sqlite/sql_overhead: bench/sqlite/sql_overhead.c vecidx.c vecidx.h
+	$(CC) $(CFLAGS) -I. -o $@ bench/sqlite/sql_overhead.c vecidx.c \
+	    $(LDFLAGS) -lsqlite3 $(LDLIBS)
+
+vx_have_sqlite = $(PYTHON) -c 'import sqlite3; \
+	sqlite3.connect(":memory:").enable_load_extension(True)' 2>/dev/null && \
+	command -v sqlite3 >/dev/null || \
+	{ echo "sqlite tests skipped: $(PYTHON)'s sqlite3 cannot load" \
+	       "extensions or there is no sqlite3 shell (apt-get install sqlite3)"; \
+	  exit 0; }
+
+# Through the sqlite3 shell and Python's sqlite3 module, then 200 kill -9
+# crash trials (about 10 s); sqlite-crash runs more.
+vx-sqlite-test: $(SQLITE_EXT)
+	$(call vx_step,$(PYTHON) tests/sqlite/test_sqlite.py $(SQLITE_EXT))
+	$(call vx_step,sh tests/sqlite/shell_test.sh $(SQLITE_EXT))
+	$(call vx_step,$(PYTHON) tests/sqlite/crash_test.py $(SQLITE_EXT) 200)
+
+ifneq ($(SQLITE_EXT),)
+sqlite-crash: $(SQLITE_EXT)
+	$(call vx_step,$(PYTHON) tests/sqlite/crash_test.py $(SQLITE_EXT) $(SQLITE_CRASH_TRIALS))
+
+# Python itself is not instrumented: the ASan runtime (gcc's) is preloaded.
+# Python frees what it holds at exit (PYTHONMALLOC=malloc lets LSan see
+# its blocks), so any leak reported is the extension's or SQLite's.
+ASAN_RT = $(shell $(SAN_CC) -print-file-name=libasan.so)
+sqlite-sanitize: sqlite/asan/vecidx_sqlite.so
+	$(call vx_step,LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc \
+	    $(NORAND) $(PYTHON) tests/sqlite/test_sqlite.py sqlite/asan/vecidx_sqlite.so)
+	$(call vx_step,LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 \
+	    $(NORAND) $(PYTHON) tests/sqlite/crash_test.py sqlite/asan/vecidx_sqlite.so 100)
+else
+sqlite-crash sqlite-sanitize:
+	@echo "$@ skipped: no sqlite3ext.h (apt-get install libsqlite3-dev)"
+endif
 
 # ---- Library -----------------------------------------------------------------
 # One position-independent object serves both libraries, so the static
@@ -302,7 +383,8 @@ vx_have_python = $(PYTHON) -c 'import pytest, numpy' 2>/dev/null || \
 # test, the examples (examples-run), then the Python binding tests if
 # python/tests exists.
 test: $(TEST_PROGS) $(TEST_CXX_BIN) $(FUZZ_REPLAY) $(API_REPLAY) $(CLI) \
-      $(EXAMPLES) $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so) $(PORTAB_FILES)
+      $(EXAMPLES) $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so) $(PORTAB_FILES) \
+      $(SQLITE_EXT)
 	@test -n "$(TEST_PROGS)" || { echo "no test programs found"; exit 1; }
 	$(call vx_run,$(TEST_PROGS) $(TEST_CXX_BIN))
 ifneq ($(PORTAB),)
@@ -318,6 +400,11 @@ ifneq ($(CLI_TEST),)
 	$(call vx_step,sh $(CLI_TEST) $(CLI))
 endif
 	@$(MAKE) --no-print-directory examples-run
+ifneq ($(SQLITE_EXT),)
+	@$(vx_have_sqlite); $(MAKE) --no-print-directory vx-sqlite-test
+else
+	@echo "sqlite tests skipped: no sqlite3ext.h (apt-get install libsqlite3-dev)"
+endif
 ifneq ($(PY_TESTS),)
 	@$(call vx_have_python,python tests); \
 	$(MAKE) --no-print-directory vx-pytest
@@ -339,13 +426,25 @@ endef
 # Every example: the C ones (recommend in its quick mode), then the Python
 # ones when $(PYTHON) can run them.
 EXAMPLE_ARGS_recommend = --quick
-examples-run: $(EXAMPLES) $(if $(PY_EXAMPLES),libvecidx.so)
+examples-run: $(EXAMPLES) $(if $(PY_EXAMPLES),libvecidx.so) \
+              $(if $(SQLITE_EXAMPLES),$(SQLITE_EXT))
 	$(foreach e,$(EXAMPLES),\
 	    $(call vx_step,./$(e) $(EXAMPLE_ARGS_$(notdir $(e))))$(vx_nl))
+ifneq ($(SQLITE_EXAMPLES),)
+ifneq ($(SQLITE_EXT),)
+	@$(vx_have_sqlite); $(MAKE) --no-print-directory vx-sqlite-examples
+else
+	@echo "sqlite examples skipped: no sqlite3ext.h (apt-get install libsqlite3-dev)"
+endif
+endif
 ifneq ($(PY_EXAMPLES),)
 	@$(call vx_have_python,python examples); \
 	$(MAKE) --no-print-directory vx-py-examples
 endif
+
+.PHONY: vx-sqlite-examples
+vx-sqlite-examples: $(SQLITE_EXT)
+	$(foreach e,$(SQLITE_EXAMPLES),$(call vx_step,VECIDX_SQLITE_EXT=$(CURDIR)/$(SQLITE_EXT) $(PYTHON) $(e))$(vx_nl))
 
 .PHONY: vx-py-examples
 vx-py-examples: libvecidx.so
@@ -531,5 +630,7 @@ clean:
 	    tests/crash/crash_test tests/crash/crash_test-* \
 	    tests/portab/portab tests/portab/portab-* \
 	    fuzz/fuzz_open fuzz/fuzz_open-replay fuzz/make_seeds \
-	    fuzz/fuzz_api fuzz/fuzz_api-replay fuzz/fuzz_api-replay-asan
-	rm -rf fuzz/corpus fuzz/api-corpus bench/ab-build $(PORTAB_DATA)
+	    fuzz/fuzz_api fuzz/fuzz_api-replay fuzz/fuzz_api-replay-asan \
+	    sqlite/vecidx_sqlite.so \
+	    bench/sqlite/sql_overhead
+	rm -rf fuzz/corpus fuzz/api-corpus bench/ab-build $(PORTAB_DATA) sqlite/asan

@@ -50,6 +50,7 @@
 **    pruned) it is rebuilt. Tombstones and txlog entries older than
 **    VX_KEEP_GENS generations are pruned.
 */
+#define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -58,6 +59,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <sqlite3ext.h>
 
@@ -159,8 +162,9 @@ struct vx_vtab {
     unsigned dv;              /* pager data version when gen was last checked */
     int have_dv;
     /* Transaction state. */
-    int in_txn;  /* between xBegin and xCommit/xRollback */
-    int bumped;  /* this transaction moved the generation on */
+    int in_txn; /* between xBegin and xCommit/xRollback */
+    int bumped; /* this transaction moved the generation on ... */
+    sqlite3_int64 bump_gen, bump_stamp; /* ... to this */
     int undo_ok; /* 0: ix was rebuilt mid-transaction; a rollback marks
                     it stale instead of replaying the list */
     vx_undo *undo;
@@ -389,7 +393,7 @@ static void vx_undo_clear(vx_vtab *vt)
 static void vx_mark_stale(vx_vtab *vt)
 {
     vt->stale = 1;
-    if (vt->in_txn) vt->undo_ok = 0;
+    if (vt->nundo > 0 || vt->bumped) vt->undo_ok = 0;
     vx_undo_clear(vt);
 }
 
@@ -468,7 +472,8 @@ static int vx_rebuild(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
     vt->stamp = stamp;
     vt->stale = 0;
     vt->builds++;
-    if (vt->in_txn) vt->undo_ok = 0;
+    /* Undo entries recorded before a rebuild no longer apply to it. */
+    if (vt->nundo > 0 || vt->bumped) vt->undo_ok = 0;
 done:
     sqlite3_finalize(s);
     sqlite3_free(sql);
@@ -531,7 +536,7 @@ static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
     vt->gen = gen;
     vt->stamp = stamp;
     vt->catchups++;
-    if (vt->in_txn) vt->undo_ok = 0;
+    if (vt->nundo > 0 || vt->bumped) vt->undo_ok = 0;
     return SQLITE_OK;
 }
 
@@ -639,10 +644,23 @@ static int vx_begin_write(vx_vtab *vt)
 {
     sqlite3_stmt *s;
     sqlite3_int64 gen, stamp = 0;
+    struct timespec ts;
     int rc = vx_ensure(vt);
-    if (rc != SQLITE_OK || vt->bumped) return rc;
+    if (rc != SQLITE_OK) return rc;
+    /* After a rebuild mid-transaction (the undo list was lost) a savepoint
+    ** rollback may have taken the database's generation back: then this
+    ** transaction has not moved it on yet. */
+    if (vt->bumped && (vt->gen != vt->bump_gen || vt->stamp != vt->bump_stamp))
+        vt->bumped = 0;
+    if (vt->bumped) return SQLITE_OK;
     gen = vt->gen + 1;
+    /* SQLite's generator, with the process and the time mixed in: forked
+    ** processes start with the same generator state. */
     sqlite3_randomness((int)sizeof(stamp), &stamp);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    stamp ^= (sqlite3_int64)(((uint64_t)getpid() << 40) ^
+                             ((uint64_t)ts.tv_sec << 30) ^
+                             (uint64_t)ts.tv_nsec);
     rc = vx_stmt(vt, VXS_SETSTATE, &s);
     if (rc != SQLITE_OK) return rc;
     sqlite3_bind_int64(s, 1, gen);
@@ -672,8 +690,8 @@ static int vx_begin_write(vx_vtab *vt)
         vx_mark_stale(vt);
         return rc;
     }
-    vt->gen = gen;
-    vt->stamp = stamp;
+    vt->gen = vt->bump_gen = gen;
+    vt->stamp = vt->bump_stamp = stamp;
     vt->bumped = 1;
     return SQLITE_OK;
 }

@@ -424,6 +424,26 @@ def test_two_connections_catch_up():
         b.close()
 
 
+def test_first_use_inside_savepoint():
+    # A connection whose first use of the table is a write inside a
+    # savepoint that is rolled back: its later writes must still move the
+    # generation on, or other connections would miss them.
+    path = os.path.join(TMP, "first.db")
+    a = connect(path)
+    a.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=2, kind=flat)")
+    a.execute("INSERT INTO v(rowid, embedding) VALUES (1, '[1, 0]')")
+    assert ids(knn(a, [1, 0], 5)) == [1]
+    b = connect(path)
+    b.execute("BEGIN IMMEDIATE")
+    b.execute("SAVEPOINT s")
+    b.execute("INSERT INTO v(rowid, embedding) VALUES (2, '[0, 1]')")
+    b.execute("ROLLBACK TO s")
+    b.execute("INSERT INTO v(rowid, embedding) VALUES (3, '[1, 1]')")
+    b.execute("COMMIT")
+    assert sorted(ids(knn(a, [1, 0], 5))) == [1, 3]
+    assert sorted(ids(knn(b, [1, 0], 5))) == [1, 3]
+
+
 def test_replaced_by_backup_rebuilds():
     rng = random.Random(7)
     path = os.path.join(TMP, "live.db")
