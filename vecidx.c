@@ -9633,10 +9633,14 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
         sn->h.log_salt = sn->h.log_seq = 0;
         ok = vx_snap_header_write(sn) == 0;
     }
-    if (!ok)
-        rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", w->path,
-                    strerror(errno));
-    rc = vx_snap_end(ix, sn, w->path, ok);
+    if (!ok) { /* the old file and its log stay, whole */
+        int e = errno;
+        (void)vx_snap_end(ix, sn, w->path, 0);
+        if (sw) vx_walsw_abort(sw);
+        return vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", w->path,
+                      strerror(e));
+    }
+    rc = vx_snap_end(ix, sn, w->path, 1);
     if (rc != VECIDX_OK || !tail) {
         if (sw) vx_walsw_abort(sw);
         if (rc != VECIDX_OK) return rc;
