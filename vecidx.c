@@ -2387,6 +2387,7 @@ static const vx_kernels *vx_kernel_best(void)
 ** ====================================================================== */
 
 #define VX_CHUNK_BYTES (256u * 1024u) /* target vector bytes per chunk */
+#define VX_KEPT_BYTES (2048u * 1024u) /* most kept float32 bytes a chunk */
 #define VX_LINE_WORDS 16u             /* 4-byte words per 64-byte cache line */
 #define VX_LINE_SLACK 63u /* bytes allocated more to align a chunk */
 #define VX_NOSLOT UINT32_MAX
@@ -2456,6 +2457,8 @@ typedef struct vx_store {
     int cosine;     /* keep inverse norms */
     uint32_t store; /* VECIDX_STORE_*: what a record holds */
     uint32_t keep;  /* compressed storage: float32 vectors kept (full) */
+    int apart;      /* kept vectors in a section of their own in files, and
+                       not counted in sizing chunks (vx_store_init) */
     uint32_t cw;    /* 4-byte words of a record's vector or code */
     uint32_t link0; /* level-0 links per slot (HNSW), else 0 */
     uint32_t rec;   /* 4-byte words per record (see vx_chunk) */
@@ -2655,8 +2658,15 @@ static uint32_t vx_code_words(uint32_t store, uint32_t dim)
     return dim;
 }
 
+/* Layouts of vx_store_init: graph records padded to whole lines (format
+** version 2 on), kept float32 vectors apart from the records (version 5
+** on). Older files hold the layout they were written with. */
+#define VX_LAYOUT_ALIGNED 1
+#define VX_LAYOUT_APART 2
+#define VX_LAYOUT_NOW (VX_LAYOUT_ALIGNED | VX_LAYOUT_APART)
+
 static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t store,
-                          uint32_t keep, uint32_t link0, int aligned,
+                          uint32_t keep, uint32_t link0, int layout,
                           pthread_rwlock_t *klock)
 {
     uint32_t shift = 4;
@@ -2669,15 +2679,22 @@ static void vx_store_init(vx_store *s, uint32_t dim, int cosine, uint32_t store,
     s->cw = vx_code_words(store, dim);
     s->link0 = link0;
     s->rec = s->cw + (link0 ? (cosine ? 1 : 0) + 1 + link0 : 0);
-    if (link0 && aligned) {
+    s->apart = s->keep && (layout & VX_LAYOUT_APART);
+    if (link0 && (layout & VX_LAYOUT_ALIGNED)) {
         s->aligned = 1;
         s->rec = (s->rec + VX_LINE_WORDS - 1) / VX_LINE_WORDS * VX_LINE_WORDS;
         shift = 5;
     }
-    /* Kept float32 vectors count too: a chunk of short binary records
-    ** would otherwise hold 2^16 slots, and its float32 part megabytes. */
-    while (shift < 16 && ((size_t)(s->rec + (s->keep ? dim : 0)) * sizeof(float)
-                          << (shift + 1)) <= VX_CHUNK_BYTES)
+    /* Kept float32 vectors in the chunk (version 4) counted in its size:
+    ** with int8 codes at 128 dimensions a chunk then held 256 rows, and a
+    ** scan of the codes in a file met the vectors every 36 KB. Kept apart,
+    ** they only bound the rows, so that a chunk of short binary records
+    ** does not hold 2^16 slots and its float32 part megabytes. */
+    while (shift < 16 &&
+           ((size_t)(s->rec + (s->keep && !s->apart ? dim : 0)) * sizeof(float)
+            << (shift + 1)) <= VX_CHUNK_BYTES &&
+           (!s->apart ||
+            ((size_t)dim * sizeof(float) << (shift + 1)) <= VX_KEPT_BYTES))
         shift++;
     s->shift = shift;
 }
@@ -2693,12 +2710,26 @@ static size_t vx_store_front_bytes(const vx_store *s)
                   (norms ? sizeof(float) : 0) + graph + 1);
 }
 
+/* Bytes of a chunk's kept float32 vectors (0 without keep_vectors). */
+static size_t vx_store_kept_bytes(const vx_store *s)
+{
+    return s->keep ? vx_store_per_chunk(s) * (size_t)s->dim * sizeof(float) : 0;
+}
+
+/* Bytes of a chunk in memory: the kept vectors after the rest, from the
+** next line. */
 static size_t vx_store_chunk_bytes(const vx_store *s)
 {
     size_t front = vx_store_front_bytes(s);
     if (!s->keep) return front;
-    return (front + 63) / 64 * 64 +
-           vx_store_per_chunk(s) * (size_t)s->dim * sizeof(float);
+    return (front + 63) / 64 * 64 + vx_store_kept_bytes(s);
+}
+
+/* Bytes of a chunk in the chunk section of a file: without the kept
+** vectors when they are apart (they have a section of their own). */
+static size_t vx_store_file_chunk_bytes(const vx_store *s)
+{
+    return s->apart ? vx_store_front_bytes(s) : vx_store_chunk_bytes(s);
 }
 
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
@@ -3403,8 +3434,9 @@ struct vecidx {
     vx_ivf ivf;   /* kind IVF-PQ only; its buffer before training is store */
     unsigned char *fmap; /* mapped index file, or NULL */
     size_t fmap_len;
-    uint32_t fcrc; /* checksum of the mapped chunks, for vecidx_check */
-    int fpristine; /* mapped chunks unchanged since open: fcrc applies */
+    uint32_t fcrc;      /* checksum of the mapped chunks, for vecidx_check */
+    int fpristine;      /* mapped chunks unchanged since open: fcrc applies */
+    uint32_t fcrc_kept; /* version 5: the kept vectors' section checksum */
     vx_wal wal;
     int replaying; /* applying logged writes: do not log them again */
     int rdonly;
@@ -7346,12 +7378,15 @@ static int vx_io_sync_dir(const char *path)
 ** these are still written as version 1 or 2, so that older libraries
 ** keep reading them. Version 4 is version 3 with compressed vector
 ** storage (int8 or binary codes, float32 vectors kept or not), described
-** by the storage word; only such files are written as version 4. */
-#define VX_FILE_VERSION 4u
+** by the storage word; only such files are written as version 4.
+** Version 5 moves kept float32 vectors out of the chunks into a section
+** of their own, named in a table of further sections after the header
+** (VX_FILE_XTAB); only files with kept vectors are written as version 5. */
+#define VX_FILE_VERSION 5u
 #define VX_FILE_HEADER 512u
 #define VX_FILE_PAGE 4096u
 #define VX_FILE_BOM 0x01020304u
-#define VX_FILE_NSECT 10
+#define VX_FILE_NSECT 11
 enum {
     VX_SECT_CHUNKS,
     VX_SECT_ARENA,
@@ -7362,11 +7397,24 @@ enum {
     VX_SECT_IVF_DIR,   /* per list: u64 offset into DATA, u32 n, u32 0 */
     VX_SECT_IVF_DATA,  /* per list: keys, codes (padded to 8), vectors */
     VX_SECT_IVF_MAP,   /* key map cells */
-    VX_SECT_REPAIR     /* v3: repair pass state, then a mark per slot */
+    VX_SECT_REPAIR,    /* v3: repair pass state, then a mark per slot */
+    VX_SECT_KEPT       /* v5: kept float32 vectors, per chunk */
 };
 #define VX_FILE_IVF 440u    /* header offset of the IVF-PQ fields */
 #define VX_FILE_REPAIR 488u /* header offset of the repair section entry */
 #define VX_REPAIR_HEAD (32u + 4u * VX_NORM_BUCKETS) /* before the marks */
+/* Version 5: a table of further sections in the rest of the first page,
+** so that sections can be added without another header: at VX_FILE_XTAB
+** a u32 entry count and the CRC-32C of the entries, then entries of
+** VX_XENT bytes: u32 type, u32 flags, u64 offset, u64 length, u32
+** CRC-32C, u32 zero. A type this library does not know is refused when
+** its flags have VX_XREQUIRED (the file cannot be read without it), and
+** otherwise skipped. */
+#define VX_FILE_XTAB 512u
+#define VX_XENT 32u
+#define VX_XMAX ((VX_FILE_PAGE - VX_FILE_XTAB - 8u) / VX_XENT)
+#define VX_XREQUIRED 1u
+#define VX_XTYPE_KEPT 1u /* the kept float32 vectors (VX_SECT_KEPT) */
 
 typedef struct vx_sect {
     uint64_t off, len;
@@ -7460,7 +7508,7 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
     vx_put64(b, 200, h->salt);
     vx_put64(b, 208, h->log_salt);
     vx_put64(b, 432, h->log_seq);
-    for (i = 0; i < VX_FILE_NSECT; i++) {
+    for (i = 0; i < VX_SECT_KEPT; i++) {
         size_t at = i == VX_SECT_REPAIR ? VX_FILE_REPAIR : 216 + 24 * (size_t)i;
         vx_put64(b, at, h->sect[i].off);
         vx_put64(b, at + 8, h->sect[i].len);
@@ -7482,6 +7530,57 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
     vx_put64(b, VX_FILE_IVF + 32, h->ivf_count);
     vx_put64(b, VX_FILE_IVF + 40, h->ivf_map_cap);
     vx_put32(b, VX_FILE_HEADER - 4, vx_crc32c_more(0, b, VX_FILE_HEADER - 4));
+}
+
+/* The table of further sections (version 5), after the header. */
+static size_t vx_xtab_encode(const vx_fhdr *h, unsigned char *b)
+{
+    unsigned char *e = b + VX_FILE_XTAB + 8;
+    memset(b + VX_FILE_XTAB, 0, 8 + VX_XENT);
+    vx_put32(e, 0, VX_XTYPE_KEPT);
+    vx_put32(e, 4, VX_XREQUIRED);
+    vx_put64(e, 8, h->sect[VX_SECT_KEPT].off);
+    vx_put64(e, 16, h->sect[VX_SECT_KEPT].len);
+    vx_put32(e, 24, h->sect[VX_SECT_KEPT].crc);
+    vx_put32(b, VX_FILE_XTAB, 1);
+    vx_put32(b, VX_FILE_XTAB + 4, vx_crc32c_more(0, e, VX_XENT));
+    return VX_FILE_XTAB + 8 + VX_XENT;
+}
+
+static int vx_xtab_decode(const unsigned char *b, size_t size, vx_fhdr *h)
+{
+    uint32_t n, i, kept = 0;
+    const unsigned char *e = b + VX_FILE_XTAB + 8;
+    if (size < VX_FILE_XTAB + 8 || (n = vx_get32(b, VX_FILE_XTAB)) > VX_XMAX ||
+        size < VX_FILE_XTAB + 8 + (size_t)n * VX_XENT ||
+        vx_get32(b, VX_FILE_XTAB + 4) !=
+            vx_crc32c_more(0, e, (size_t)n * VX_XENT))
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "table of sections after the header is damaged");
+    for (i = 0; i < n; i++, e += VX_XENT) {
+        uint32_t type = vx_get32(e, 0), flags = vx_get32(e, 4);
+        if ((flags & ~VX_XREQUIRED) || vx_get32(e, 28))
+            return vx_err(NULL, VECIDX_ECORRUPT,
+                          "section table entry %u has unknown flags", i);
+        if (type != VX_XTYPE_KEPT) {
+            if (flags & VX_XREQUIRED)
+                return vx_err(NULL, VECIDX_EVERSION,
+                              "file needs section type %u, which this "
+                              "library does not know; upgrade vecidx",
+                              (unsigned)type);
+            continue;
+        }
+        if (kept++)
+            return vx_err(NULL, VECIDX_ECORRUPT,
+                          "kept vectors section named twice");
+        h->sect[VX_SECT_KEPT].off = vx_get64(e, 8);
+        h->sect[VX_SECT_KEPT].len = vx_get64(e, 16);
+        h->sect[VX_SECT_KEPT].crc = vx_get32(e, 24);
+    }
+    if (!kept)
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "version 5 file names no kept vectors section");
+    return VECIDX_OK;
 }
 
 /* Decode and check the header's own integrity; content is checked by
@@ -7534,7 +7633,7 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
         h->arena_free[i] = vx_get32(b, 128 + 4 * (size_t)i);
     h->map_cap = vx_get64(b, 192);
     h->salt = vx_get64(b, 200);
-    for (i = 0; i < VX_FILE_NSECT; i++) {
+    for (i = 0; i < VX_SECT_KEPT; i++) {
         size_t at = i == VX_SECT_REPAIR ? VX_FILE_REPAIR : 216 + 24 * (size_t)i;
         if (i == VX_SECT_REPAIR && h->version < 3) break; /* reserved */
         h->sect[i].off = vx_get64(b, at);
@@ -7561,7 +7660,7 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     h->p.ivf_train_size = vx_get32(b, VX_FILE_IVF + 28);
     h->ivf_count = vx_get64(b, VX_FILE_IVF + 32);
     h->ivf_map_cap = vx_get64(b, VX_FILE_IVF + 40);
-    return VECIDX_OK;
+    return h->version >= 5 ? vx_xtab_decode(b, size, h) : VECIDX_OK;
 }
 
 /* ---- save ------------------------------------------------------------------
@@ -7640,6 +7739,7 @@ enum {
 /* What a snapshot still has to write, in file order. */
 enum {
     VX_SW_CHUNKS,
+    VX_SW_KEPT, /* version 5: the kept vectors, after the chunks */
     VX_SW_SMALL,
     VX_SW_IVF_LISTS,
     VX_SW_TAIL,
@@ -7662,11 +7762,15 @@ struct vx_snap {
     char tmp[4200];
     unsigned tmp_tag; /* its reservation (vx_tmp_reserve) */
     /* Chunks as they were: units of VX_SNAP_UNIT bytes, each pending,
-    ** copied aside or written; buf assembles one chunk. */
-    uint32_t nchunks, upc;
-    size_t cb;
+    ** copied aside or written; buf assembles one chunk as it lies in
+    ** memory. A chunk's first upf units cover its fb bytes from base[c],
+    ** the others its kb bytes of kept vectors from full[c] (at kofs in
+    ** buf), so that no unit spans both: in a mapped file of version 5
+    ** they lie in different sections. */
+    uint32_t nchunks, upc, upf;
+    size_t cb, fb, kb, kofs;
     vx_store geo; /* the store's layout fields, as they were */
-    unsigned char **base;
+    unsigned char **base, **full;
     uint8_t *state;
     unsigned char **aside;
     unsigned char *buf;
@@ -7696,9 +7800,32 @@ struct vx_snap {
     pthread_mutex_t lock; /* the snapshot reading a part vs a writer */
 };
 
+/* Unit u of a chunk (0 <= u < upc): its bytes, where they lie in chunk c
+** (*src; c may be past the chunks, then *src is not set) and where they
+** go in buf (*dst). */
+static size_t vx_snap_unit_at(const vx_snap *sn, uint32_t c, size_t u,
+                              const unsigned char **src, size_t *dst)
+{
+    size_t at, n;
+    if (u < sn->upf) {
+        at = u * VX_SNAP_UNIT;
+        n = sn->fb - at < VX_SNAP_UNIT ? sn->fb - at : VX_SNAP_UNIT;
+        if (c < sn->nchunks) *src = sn->base[c] + at;
+        *dst = at;
+    } else {
+        at = (u - sn->upf) * VX_SNAP_UNIT;
+        n = sn->kb - at < VX_SNAP_UNIT ? sn->kb - at : VX_SNAP_UNIT;
+        if (c < sn->nchunks) *src = sn->full[c] + at;
+        *dst = sn->kofs + at;
+    }
+    return n;
+}
+
 /* Bytes [from, from + len) of chunk c are about to change: copy every unit
-** of them not yet written aside first. An allocation failure fails the
-** snapshot (its file is not used), never the write. */
+** of them not yet written aside first. Offsets count the chunk's units:
+** its kept vectors start at upf * VX_SNAP_UNIT (vx_snap_touch). An
+** allocation failure fails the snapshot (its file is not used), never the
+** write. */
 static void vx_snap_touch_bytes(vecidx *ix, uint32_t c, size_t from, size_t len)
 {
     vx_snap *sn = ix->snap;
@@ -7707,14 +7834,14 @@ static void vx_snap_touch_bytes(vecidx *ix, uint32_t c, size_t from, size_t len)
     u = (size_t)c * sn->upc + from / VX_SNAP_UNIT;
     last = (size_t)c * sn->upc + (from + len - 1) / VX_SNAP_UNIT;
     for (; u <= last; u++) {
+        const unsigned char *src = NULL;
         size_t at, n;
         if (VX_LOAD(&sn->state[u]) != VX_SNAP_PENDING) continue;
         pthread_mutex_lock(&sn->lock);
-        at = (u % sn->upc) * VX_SNAP_UNIT;
-        n = sn->cb - at < VX_SNAP_UNIT ? sn->cb - at : VX_SNAP_UNIT;
+        n = vx_snap_unit_at(sn, c, u % sn->upc, &src, &at);
         if (sn->state[u] == VX_SNAP_PENDING) {
             if ((sn->aside[u] = vx_malloc(&ix->mem, n)) != NULL) {
-                memcpy(sn->aside[u], sn->base[c] + at, n);
+                memcpy(sn->aside[u], src, n);
                 VX_STORE(&sn->state[u], VX_SNAP_ASIDE);
             } else {
                 sn->failed = ENOMEM;
@@ -7756,10 +7883,10 @@ static void vx_snap_touch(vecidx *ix, uint32_t slot)
     }
     vx_snap_touch_bytes(ix, slot >> s->shift, (size_t)(c->live + i - v), 1);
     if (c->full)
-        vx_snap_touch_bytes(
-            ix, slot >> s->shift,
-            (size_t)((const unsigned char *)(c->full + (size_t)i * s->dim) - v),
-            (size_t)s->dim * sizeof(float));
+        vx_snap_touch_bytes(ix, slot >> s->shift,
+                            (size_t)ix->snap->upf * VX_SNAP_UNIT +
+                                (size_t)i * s->dim * sizeof(float),
+                            (size_t)s->dim * sizeof(float));
 }
 
 /* IVF-PQ list li is about to change: keep its entries as they were. */
@@ -7900,9 +8027,10 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
     size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
     for (u = 0; sn->aside && u < units; u++)
         if (sn->aside[u]) {
-            size_t at = (u % sn->upc) * VX_SNAP_UNIT;
+            const unsigned char *src;
+            size_t at;
             vx_free(mem, sn->aside[u],
-                    sn->cb - at < VX_SNAP_UNIT ? sn->cb - at : VX_SNAP_UNIT);
+                    vx_snap_unit_at(sn, sn->nchunks, u % sn->upc, &src, &at));
         }
     for (li = 0; sn->lcopy && li < sn->nlist; li++) {
         vx_ivlist *t = &sn->lcopy[li];
@@ -7911,6 +8039,7 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
         vx_free(mem, t->vecs, (size_t)t->cap * vb);
     }
     vx_free(mem, sn->base, sn->nchunks * sizeof *sn->base);
+    vx_free(mem, sn->full, sn->nchunks * sizeof *sn->full);
     vx_free(mem, sn->state, units);
     vx_free(mem, sn->aside, units * sizeof *sn->aside);
     vx_free(mem, sn->buf, sn->cb);
@@ -7945,7 +8074,10 @@ static void vx_snap_header(const vecidx *ix, vx_snap *sn)
     memset(h, 0, sizeof *h);
     h->p = ix->p;
     h->shift = s->shift;
-    h->version = s->store != VECIDX_STORE_F32 ? 4 : s->aligned ? 2 : 1;
+    h->version = s->apart                       ? 5
+                 : s->store != VECIDX_STORE_F32 ? 4
+                 : s->aligned                   ? 2
+                                                : 1;
     h->rec = s->rec;
     h->link0 = s->link0;
     h->nslots = s->nslots;
@@ -8103,22 +8235,32 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
     sn->nchunks = s->nchunks;
     sn->geo = *s;
     sn->cb = vx_store_chunk_bytes(s);
-    sn->upc = (uint32_t)((sn->cb + VX_SNAP_UNIT - 1) / VX_SNAP_UNIT);
+    sn->fb = vx_store_front_bytes(s);
+    sn->kb = vx_store_kept_bytes(s);
+    sn->kofs = (sn->fb + 63) / 64 * 64;
+    sn->upf = (uint32_t)((sn->fb + VX_SNAP_UNIT - 1) / VX_SNAP_UNIT);
+    sn->upc = sn->upf + (uint32_t)((sn->kb + VX_SNAP_UNIT - 1) / VX_SNAP_UNIT);
     units = (size_t)sn->nchunks * sn->upc;
     rc = VECIDX_ENOMEM;
     if ((sn->base = vx_malloc(mem, sn->nchunks * sizeof *sn->base)) &&
+        (sn->full = vx_malloc(mem, sn->nchunks * sizeof *sn->full)) &&
         (sn->state = vx_malloc(mem, units)) &&
         (sn->aside = vx_malloc(mem, units * sizeof *sn->aside))) {
         /* vx_snap_free reads it if what follows fails */
         memset(sn->aside, 0, units * sizeof *sn->aside);
-        if ((sn->buf = vx_malloc(mem, sn->cb))) rc = vx_snap_copy(ix, sn);
+        if ((sn->buf = vx_malloc(mem, sn->cb))) {
+            memset(sn->buf, 0, sn->cb); /* the line padding before kofs */
+            rc = vx_snap_copy(ix, sn);
+        }
     }
     if (rc != VECIDX_OK) {
         vx_snap_free(ix, sn);
         return vx_err(ix, rc, "out of memory saving the index");
     }
-    for (c = 0; c < sn->nchunks; c++)
+    for (c = 0; c < sn->nchunks; c++) {
         sn->base[c] = (unsigned char *)s->chunks[c].vec;
+        sn->full[c] = (unsigned char *)s->chunks[c].full;
+    }
     memset(sn->state, VX_SNAP_PENDING, units);
     if ((sn->fd = vx_snap_create(path, sn->tmp, sizeof sn->tmp, &sn->tmp_tag)) <
         0) {
@@ -8136,20 +8278,23 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
     return VECIDX_OK;
 }
 
-/* Chunk c as it was, assembled in sn->buf, with limbo slots made free. */
-static void vx_snap_chunk(vx_snap *sn, uint32_t c)
+/* Chunk c as it was, assembled in sn->buf, with limbo slots made free:
+** its units [u0, u1). */
+static void vx_snap_chunk(vx_snap *sn, uint32_t c, size_t u0, size_t u1)
 {
     const vx_store *s = &sn->geo;
     size_t u, per = vx_store_per_chunk(s);
     vx_chunk view;
     pthread_mutex_lock(&sn->lock);
-    for (u = 0; u < sn->upc; u++) {
-        size_t k = (size_t)c * sn->upc + u, at = u * VX_SNAP_UNIT;
-        size_t n = sn->cb - at < VX_SNAP_UNIT ? sn->cb - at : VX_SNAP_UNIT;
-        memcpy(sn->buf + at, sn->aside[k] ? sn->aside[k] : sn->base[c] + at, n);
+    for (u = u0; u < u1; u++) {
+        const unsigned char *src = NULL;
+        size_t k = (size_t)c * sn->upc + u, at;
+        size_t n = vx_snap_unit_at(sn, c, u, &src, &at);
+        memcpy(sn->buf + at, sn->aside[k] ? sn->aside[k] : src, n);
         VX_STORE(&sn->state[k], VX_SNAP_DONE);
     }
     pthread_mutex_unlock(&sn->lock);
+    if (u0 != 0) return;
     vx_store_point_chunk(s, &view, sn->buf);
     for (u = 0; u < per; u++)
         if (view.live[u] == VX_RETIRED) {
@@ -8301,12 +8446,14 @@ static void vx_snap_behind(vx_snap *sn)
 ** holds a repair pass) and sync the file. */
 static int vx_snap_header_write(vx_snap *sn)
 {
-    unsigned char hdr[VX_FILE_HEADER];
+    unsigned char hdr[VX_FILE_XTAB + 8 + VX_XENT];
+    size_t len = VX_FILE_HEADER;
     sn->h.version = sn->version < 3 && (sn->h.log_salt || sn->repair_len)
                         ? 3
                         : sn->version;
     vx_fhdr_encode(&sn->h, hdr);
-    return vx_io_write_all(sn->fd, hdr, sizeof hdr, 0) == 0 &&
+    if (sn->h.version >= 5) len = vx_xtab_encode(&sn->h, hdr);
+    return vx_io_write_all(sn->fd, hdr, len, 0) == 0 &&
                    vx_io_cur->fsync(sn->fd) == 0
                ? 0
                : -1;
@@ -8323,14 +8470,33 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
         switch (sn->phase) {
         case VX_SW_CHUNKS:
             if (sn->pos == sn->nchunks) {
-                sn->phase = VX_SW_SMALL;
+                sn->phase = sn->geo.apart ? VX_SW_KEPT : VX_SW_SMALL;
                 sn->pos = 0;
                 sn->poff = 0;
+                if (sn->geo.apart)
+                    vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_KEPT], sn->w.off);
                 break;
             }
-            vx_snap_chunk(sn, sn->pos++);
-            vx_fw_put(&sn->w, sn->buf, sn->cb);
-            done += sn->cb;
+            if (sn->geo.apart) { /* the kept vectors come after */
+                vx_snap_chunk(sn, sn->pos++, 0, sn->upf);
+                vx_fw_put(&sn->w, sn->buf, sn->fb);
+                done += sn->fb;
+            } else {
+                vx_snap_chunk(sn, sn->pos++, 0, sn->upc);
+                vx_fw_put(&sn->w, sn->buf, sn->cb);
+                done += sn->cb;
+            }
+            vx_snap_behind(sn);
+            break;
+        case VX_SW_KEPT:
+            if (sn->pos == sn->nchunks) {
+                sn->phase = VX_SW_SMALL;
+                sn->pos = 0;
+                break;
+            }
+            vx_snap_chunk(sn, sn->pos++, sn->upf, sn->upc);
+            vx_fw_put(&sn->w, sn->buf + sn->kofs, sn->kb);
+            done += sn->kb;
             vx_snap_behind(sn);
             break;
         case VX_SW_SMALL:
@@ -8497,8 +8663,9 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
 {
     static const char *const names[VX_FILE_NSECT] = {
-        "vectors",   "graph",     "key map",   "key map",     "free slot",
-        "IVF model", "IVF lists", "IVF lists", "IVF key map", "repair pass"};
+        "vectors",     "graph",       "key map",     "key map",
+        "free slot",   "IVF model",   "IVF lists",   "IVF lists",
+        "IVF key map", "repair pass", "kept vectors"};
     vx_store t;
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
@@ -8516,11 +8683,16 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
     ** which are the same for both when they coincide. */
     vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE, h->p.storage,
                   h->p.keep_vectors, graph ? 2 * h->p.hnsw_m : 0,
-                  h->version >= 2, NULL);
+                  (h->version >= 2 ? VX_LAYOUT_ALIGNED : 0) |
+                      (h->version >= 5 ? VX_LAYOUT_APART : 0),
+                  NULL);
     if (h->version == 3 && (h->shift != t.shift || h->rec != t.rec))
         vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE, h->p.storage,
                       h->p.keep_vectors, graph ? 2 * h->p.hnsw_m : 0, 0, NULL);
     h->aligned = t.aligned;
+    if (h->version >= 5 && !t.apart)
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "version 5 file without kept vectors");
     if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
         (uint64_t)h->nchunks << t.shift > (uint64_t)VECIDX_MAX_COUNT + 65536 ||
         h->nslots > (uint64_t)h->nchunks << t.shift ||
@@ -8535,7 +8707,10 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
             return vx_err(NULL, VECIDX_ECORRUPT,
                           "arena free list is out of "
                           "range");
-    want[VX_SECT_CHUNKS] = (uint64_t)h->nchunks * vx_store_chunk_bytes(&t);
+    want[VX_SECT_CHUNKS] = (uint64_t)h->nchunks * vx_store_file_chunk_bytes(&t);
+    want[VX_SECT_KEPT] = t.apart
+                             ? (uint64_t)h->nchunks * vx_store_kept_bytes(&t)
+                             : 0;
     want[VX_SECT_ARENA] = graph ? h->arena_n * 4 : 0;
     want[VX_SECT_MAPKEYS] = h->map_cap * 8;
     want[VX_SECT_MAPSLOTS] = h->map_cap * 4;
@@ -8560,7 +8735,7 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                           "%s section lies outside "
                           "the file or has the wrong size",
                           names[i]);
-        if (i != VX_SECT_CHUNKS &&
+        if (i != VX_SECT_CHUNKS && i != VX_SECT_KEPT &&
             vx_crc32c_more(0, base + h->sect[i].off, h->sect[i].len) !=
                 h->sect[i].crc)
             return vx_err(NULL, VECIDX_ECORRUPT,
@@ -8606,23 +8781,32 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
 {
     vx_store *s = &ix->store;
     vx_hnsw *g = &ix->hnsw;
-    size_t cb, cap, c;
+    size_t cb, kb, cap, c;
+    int layout = (h->aligned ? VX_LAYOUT_ALIGNED : 0) |
+                 (h->version >= 5 ? VX_LAYOUT_APART : 0);
     /* The handle is new and empty: it may take the file's record layout. */
-    if (!h->aligned)
-        vx_store_init(s, s->dim, s->cosine, s->store, s->keep, s->link0, 0,
+    if (layout != VX_LAYOUT_NOW)
+        vx_store_init(s, s->dim, s->cosine, s->store, s->keep, s->link0, layout,
                       s->klock);
-    cb = vx_store_chunk_bytes(s);
+    cb = vx_store_file_chunk_bytes(s);
+    kb = vx_store_kept_bytes(s);
     if (h->nchunks) {
         if (!(s->chunks = vx_malloc(&ix->mem, h->nchunks * sizeof *s->chunks)))
             return VECIDX_ENOMEM;
         s->chunk_cap = h->nchunks;
     }
-    for (c = 0; c < h->nchunks; c++)
+    for (c = 0; c < h->nchunks; c++) {
         vx_store_point_chunk(s, &s->chunks[c],
                              base + h->sect[VX_SECT_CHUNKS].off + c * cb);
-    /* The whole section: readahead of the codes ran on into the vectors
-    ** kept after them in each chunk. */
-    if (s->keep)
+        if (s->apart)
+            s->chunks[c].full =
+                (float *)(void *)(base + h->sect[VX_SECT_KEPT].off + c * kb);
+    }
+    /* Before version 5 the whole chunk section: readahead of the codes ran
+    ** on into the vectors kept after them in each chunk. */
+    if (s->apart)
+        vx_advise_random(base + h->sect[VX_SECT_KEPT].off, h->nchunks * kb);
+    else if (s->keep)
         vx_advise_random(base + h->sect[VX_SECT_CHUNKS].off, h->nchunks * cb);
     s->nchunks = s->nmapped = h->nchunks;
     s->nslots = h->nslots;
@@ -8642,6 +8826,7 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     s->map.n = h->count;
     s->map.mapped = 1;
     ix->fcrc = h->sect[VX_SECT_CHUNKS].crc;
+    ix->fcrc_kept = h->sect[VX_SECT_KEPT].crc;
     if (ix->p.kind == VECIDX_HNSW) {
         g->untrusted = 1;
         if (!(g->arena = vx_malloc(&ix->mem, h->arena_n * 4)))
@@ -9228,7 +9413,7 @@ static int vx_handle_new(const vecidx_params *p, vecidx **out)
     ix->wal.fd = -1;
     vx_store_init(&ix->store, p->dim, p->metric == VECIDX_COSINE, p->storage,
                   p->keep_vectors, p->kind == VECIDX_HNSW ? 2 * p->hnsw_m : 0,
-                  1, &ix->lock);
+                  VX_LAYOUT_NOW, &ix->lock);
     /* Each step undone on failure; the handle is freed through a copy of
     ** its allocator, as it holds the counter vx_free updates. */
     why = "cannot initialise index lock";
@@ -9293,8 +9478,13 @@ static int vx_check_locked(vecidx *ix, int deep)
                        ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
                                          : (const void *)ix->fmap,
                        (size_t)ix->store.nchunks *
-                           vx_store_chunk_bytes(&ix->store)) != ix->fcrc)
+                           vx_store_file_chunk_bytes(&ix->store)) != ix->fcrc)
         why = "vector and link chunks do not match the file's checksum";
+    if (!why && ix->fpristine && ix->store.apart && ix->store.nchunks &&
+        vx_crc32c_more(0, ix->store.chunks[0].full,
+                       (size_t)ix->store.nchunks *
+                           vx_store_kept_bytes(&ix->store)) != ix->fcrc_kept)
+        why = "kept vectors do not match the file's checksum";
     if (!why)
         why = vx_store_check(&ix->store, ix->p.kind == VECIDX_HNSW, &slot);
     if (!why && ix->p.kind == VECIDX_HNSW) {

@@ -763,6 +763,240 @@ void test_store_line_aligned_records(void)
     vt_alloc_destroy(&a);
 }
 
+/* ---- kept vectors apart (version 5) and inside the chunks (4) --------- */
+
+/* Bytes [off, off + n) of a file: read into b, or written from it. */
+static void vt_file_io(const char *path, long off, void *b, size_t n, int put)
+{
+    FILE *f = fopen(path, put ? "r+b" : "rb");
+    if (!f || fseek(f, off, SEEK_SET) != 0 ||
+        (put ? fwrite(b, 1, n, f) : fread(b, 1, n, f)) != n)
+        vt_fail(__FILE__, __LINE__, "cannot access %s at %ld", path, off);
+    if (f) fclose(f);
+}
+
+/* Write a table of further sections: the file's own entry (the kept
+** vectors), then one more of type `type` and flags `flags` (none when
+** type is 0). */
+static void vt_put_xtab(const char *path, uint32_t type, uint32_t flags)
+{
+    unsigned char b[8 + 2 * VX_XENT];
+    uint32_t n;
+    vt_file_io(path, VX_FILE_XTAB, b, 8 + VX_XENT, 0);
+    n = 1;
+    if (type) {
+        memset(b + 8 + VX_XENT, 0, VX_XENT);
+        vx_put32(b + 8 + VX_XENT, 0, type);
+        vx_put32(b + 8 + VX_XENT, 4, flags);
+        n = 2;
+    }
+    vx_put32(b, 0, n);
+    vx_put32(b, 4, vx_crc32c_more(0, b + 8, n * VX_XENT));
+    vt_file_io(path, VX_FILE_XTAB, b, 8 + n * VX_XENT, 1);
+}
+
+/* Save ix to path, check the version written, and reopen it read-only:
+** the same keys, vectors and answers, and vecidx_check passes. */
+static void vt_kept_roundtrip(const char *what, vecidx *ix, const char *path,
+                              uint32_t version, const vt_set *m, const float *q,
+                              size_t nq)
+{
+    vecidx *f = NULL;
+    CHECK_OK(vecidx_save(ix, path));
+    CHECK_EQ_U64(vt_file_u32(path, 8), version);
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+    if (!f) return;
+    CHECK(f->store.apart == (version >= 5));
+    CHECK_OK(vecidx_check(f));
+    vt_same_index(what, ix, f, m, q, nq);
+    vecidx_close(f);
+}
+
+/* Version 5 keeps the float32 vectors of compressed storage in a section
+** of their own, so that chunks are sized by their records alone. A file
+** of version 4 (vectors inside each chunk) must still open, answer the
+** same, take writes and stay version 4 through a checkpoint. A snapshot
+** of a version 5 file, opened and written to between its steps, must hold
+** the vectors as they were at its start, although a chunk's records and
+** its vectors then lie in different sections of the mapping. Damage to the
+** kept vectors is found by vecidx_check; a damaged table of sections, or
+** one naming a required section this library does not know, is refused at
+** open, and an optional one it does not know is skipped. */
+void test_store_kept_vectors_apart(void)
+{
+    enum {
+        N = 5000,
+        NQ = 20,
+        DIM = 64
+    };
+    static const struct {
+        int kind, metric;
+        uint32_t storage;
+    } cfg[] = {{VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_I8},
+               {VECIDX_FLAT, VECIDX_COSINE, VECIDX_STORE_I8},
+               {VECIDX_FLAT, VECIDX_IP, VECIDX_STORE_BIN},
+               {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F16}};
+    const char *t = getenv("TMPDIR");
+    char dir[600], path[700], wal[720], path2[720], what[96];
+    vt_rng r = {123};
+    size_t c, i;
+    snprintf(dir, sizeof dir, "%s/vecidx-kept-%ld-XXXXXX", t && *t ? t : "/tmp",
+             (long)getpid());
+    if (!mkdtemp(dir)) {
+        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
+        return;
+    }
+    snprintf(path, sizeof path, "%s/ix.vx", dir);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(path2, sizeof path2, "%s/snap.vx", dir);
+    for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        float *q = vt_xmalloc(NQ * DIM * sizeof *q), v[DIM];
+        vecidx_params p;
+        vecidx *ix[2] = {NULL, NULL}, *f = NULL;
+        vx_snap *sn = NULL;
+        vt_set m, m0;
+        int pk, rc;
+        vt_set_init(&m, DIM, N + 200);
+        vt_set_init(&m0, DIM, N + 200);
+        CHECK_OK(vecidx_params_init(&p, cfg[c].kind, cfg[c].metric, DIM));
+        p.threads = 1;
+        p.storage = cfg[c].storage;
+        p.keep_vectors = 1;
+        for (pk = 0; pk < 2; pk++) {
+            vt_set scratch;
+            vt_rng rr = r;
+            CHECK_OK(vecidx_create(&p, &ix[pk]));
+            if (!ix[pk]) goto next;
+            if (pk) /* the layout of version 4: the store is still empty */
+                vx_store_init(&ix[pk]->store, DIM, ix[pk]->store.cosine,
+                              p.storage, 1, ix[pk]->store.link0,
+                              VX_LAYOUT_ALIGNED, &ix[pk]->lock);
+            vt_set_init(&scratch, DIM, N + 10);
+            vt_fill_index(ix[pk], pk ? &scratch : &m, N, &rr, VT_CLUSTERED);
+            vt_set_free(&scratch);
+        }
+        r.s += 1;
+        snprintf(what, sizeof what, "kind %d metric %d storage %u", cfg[c].kind,
+                 cfg[c].metric, cfg[c].storage);
+        CHECKF(ix[0]->store.apart && !ix[1]->store.apart &&
+                   ix[0]->store.shift > ix[1]->store.shift &&
+                   (ix[0]->store.nchunks > 1 || p.storage == VECIDX_STORE_BIN),
+               "%s: layouts apart %d/%d, shift %u/%u, %u chunks", what,
+               ix[0]->store.apart, ix[1]->store.apart, ix[0]->store.shift,
+               ix[1]->store.shift, ix[0]->store.nchunks);
+        vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+        /* version 4 opens, takes a write and stays version 4 */
+        vt_kept_roundtrip(what, ix[1], path, 4, &m, q, NQ);
+        vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+        CHECK_OK(vecidx_open(path, NULL, 0, &f));
+        if (f) {
+            CHECK_OK(vecidx_add(f, 1u << 30, v));
+            CHECK_OK(vecidx_checkpoint(f));
+            vecidx_close(f);
+            f = NULL;
+        }
+        CHECK_OK(vecidx_add(ix[1], 1u << 30, v));
+        CHECK_OK(vecidx_add(ix[0], 1u << 30, v));
+        vt_set_put(&m, 1u << 30, v);
+        CHECK_EQ_U64(vt_file_u32(path, 8), 4);
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+        if (f) {
+            CHECK_OK(vecidx_check(f));
+            vt_same_index(what, ix[1], f, &m, q, NQ);
+            vecidx_close(f);
+            f = NULL;
+        }
+        unlink(wal);
+        /* version 5, then a snapshot of it opened, written between steps */
+        vt_kept_roundtrip(what, ix[0], path, 5, &m, q, NQ);
+        for (i = 0; i < m.n; i++)
+            if (m.live[i]) vt_set_put(&m0, m.keys[i], m.vecs + i * DIM);
+        CHECK_OK(vecidx_open(path, NULL, 0, &f));
+        if (!f) goto next;
+        /* as a save from another thread would: no automatic checkpoint
+        ** takes this snapshot for its own */
+        pthread_mutex_lock(&f->wlock);
+        f->snap_busy = 1;
+        rc = vx_snap_begin(f, path2, vx_fresh_salt(), &sn);
+        pthread_mutex_unlock(&f->wlock);
+        CHECK_OK(rc);
+        while (rc == 0) {
+            pthread_mutex_lock(&f->wlock);
+            rc = vx_snap_step(f, sn, 1);
+            pthread_mutex_unlock(&f->wlock);
+            for (i = 0; i < 4 && rc == 0; i++) { /* upsert live keys */
+                size_t row = (size_t)(vt_next(&r) % m.n);
+                if (!m.live[row]) continue;
+                vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+                CHECK_OK(vecidx_upsert(f, m.keys[row], v));
+                vt_set_put(&m, m.keys[row], v);
+            }
+        }
+        CHECK(rc == 1);
+        pthread_mutex_lock(&f->wlock);
+        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1));
+        f->snap_busy = 0;
+        pthread_mutex_unlock(&f->wlock);
+        vt_check_contents(what, f, &m);
+        CHECK_OK(vecidx_check(f));
+        vecidx_close(f);
+        f = NULL;
+        unlink(wal);
+        CHECK_EQ_U64(vt_file_u32(path2, 8), 5);
+        CHECK_OK(vecidx_open(path2, NULL, VECIDX_RDONLY, &f));
+        if (f) {
+            vt_check_contents(what, f, &m0);
+            CHECK_OK(vecidx_check(f));
+            vecidx_close(f);
+            f = NULL;
+        }
+        /* damage: a kept vector, the table of sections, unknown types */
+        {
+            unsigned char e[VX_XENT], b;
+            uint64_t koff;
+            vt_file_io(path2, VX_FILE_XTAB + 8, e, VX_XENT, 0);
+            koff = vx_get64(e, 8) + vx_get64(e, 16) / 2;
+            vt_file_io(path2, (long)koff, &b, 1, 0);
+            b ^= 0x10;
+            vt_file_io(path2, (long)koff, &b, 1, 1);
+            CHECK_OK(vecidx_open(path2, NULL, VECIDX_RDONLY, &f));
+            if (f) {
+                CHECK_RC(vecidx_check(f), VECIDX_ECORRUPT);
+                vecidx_close(f);
+                f = NULL;
+            }
+            b ^= 0x10;
+            vt_file_io(path2, (long)koff, &b, 1, 1);
+            vt_put_xtab(path2, 77, 0); /* optional: skipped */
+            CHECK_OK(vecidx_open(path2, NULL, VECIDX_RDONLY, &f));
+            if (f) {
+                CHECK_OK(vecidx_check(f));
+                vecidx_close(f);
+                f = NULL;
+            }
+            vt_put_xtab(path2, 77, VX_XREQUIRED);
+            CHECK_RC(vecidx_open(path2, NULL, VECIDX_RDONLY, &f),
+                     VECIDX_EVERSION);
+            vt_put_xtab(path2, 0, 0);
+            vt_file_io(path2, VX_FILE_XTAB + 8 + 9, &b, 1, 0);
+            b ^= 1;
+            vt_file_io(path2, VX_FILE_XTAB + 8 + 9, &b, 1, 1);
+            CHECK_RC(vecidx_open(path2, NULL, VECIDX_RDONLY, &f),
+                     VECIDX_ECORRUPT);
+        }
+    next:
+        for (pk = 0; pk < 2; pk++)
+            if (ix[pk]) vecidx_close(ix[pk]);
+        vt_set_free(&m);
+        vt_set_free(&m0);
+        free(q);
+        unlink(path);
+        unlink(path2);
+        unlink(wal);
+    }
+    rmdir(dir);
+}
+
 /* ---- snapshots ---------------------------------------------------------- */
 
 /* A snapshot reads the key map where it is and copies a unit of cells

@@ -99,6 +99,7 @@
     X(ivfpq_hnsw_quantizer_threads)          \
     X(store_huge_blocks)                     \
     X(store_line_aligned_records)            \
+    X(store_kept_vectors_apart)              \
     X(snapshot_key_map_copy_on_write)        \
     X(storage_recall)                        \
     X(storage_refused)                       \
