@@ -888,7 +888,7 @@ void test_store_kept_vectors_apart(void)
         /* version 4 opens, takes a write and stays version 4 */
         vt_kept_roundtrip(what, ix[1], path, 4, &m, q, NQ);
         vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
-        CHECK_OK(vecidx_open(path, NULL, 0, &f));
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_SYNC_OFF, &f));
         if (f) {
             CHECK_OK(vecidx_add(f, 1u << 30, v));
             CHECK_OK(vecidx_checkpoint(f));
@@ -911,7 +911,7 @@ void test_store_kept_vectors_apart(void)
         vt_kept_roundtrip(what, ix[0], path, 5, &m, q, NQ);
         for (i = 0; i < m.n; i++)
             if (m.live[i]) vt_set_put(&m0, m.keys[i], m.vecs + i * DIM);
-        CHECK_OK(vecidx_open(path, NULL, 0, &f));
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_SYNC_OFF, &f));
         if (!f) goto next;
         /* as a save from another thread would: no automatic checkpoint
         ** takes this snapshot for its own */
@@ -924,7 +924,8 @@ void test_store_kept_vectors_apart(void)
             pthread_mutex_lock(&f->wlock);
             rc = vx_snap_step(f, sn, 1);
             pthread_mutex_unlock(&f->wlock);
-            for (i = 0; i < 4 && rc == 0; i++) { /* upsert live keys */
+            /* upserts while chunks and kept vectors are being written */
+            for (i = 0; i < 16 && rc == 0 && sn->phase <= VX_SW_KEPT; i++) {
                 size_t row = (size_t)(vt_next(&r) % m.n);
                 if (!m.live[row]) continue;
                 vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
