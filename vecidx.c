@@ -3954,15 +3954,16 @@ static size_t vx_allow_next(const vx_sopts *a, uint64_t *pos, uint64_t *out,
     return vx_bits_next(a->bits, a->nbits, pos, out, cap);
 }
 
-/* Offer distances of rows [row, row + n) of chunk c, all live, slots
-** from slot on: by key, or by slot (by_slot: candidates to re-rank). A
-** row that cannot enter the heap is dropped before its key is loaded. */
-static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
-                          size_t n, const float *dist,
-                          const vecidx_search_opts *o, int by_slot, vx_topk *h)
+/* Rows of a run vx_flat_offer tests as one. */
+#define VX_OFFER_GROUP 16u
+
+/* vx_flat_offer's rows [i, e) of the run, one by one. */
+static void vx_flat_offer_rows(const vx_chunk *c, uint32_t row, uint32_t slot,
+                               size_t i, size_t e, const float *dist,
+                               const vecidx_search_opts *o, int by_slot,
+                               vx_topk *h)
 {
-    size_t i;
-    for (i = 0; i < n; i++) {
+    for (; i < e; i++) {
         uint64_t key, id;
         float d = dist[i];
         if (VX_UNLIKELY(d != d)) d = INFINITY; /* inf-inf in huge inputs */
@@ -3972,6 +3973,30 @@ static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
         if (!vx_topk_admits(h, d, id)) continue;
         if (o && o->filter && !o->filter(key, o->filter_ctx)) continue;
         vx_topk_push(h, d, id);
+    }
+}
+
+/* Offer distances of rows [row, row + n) of chunk c, all live, slots
+** from slot on: by key, or by slot (by_slot: candidates to re-rank). A
+** row that cannot enter the heap is dropped before its key is loaded. */
+static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
+                          size_t n, const float *dist,
+                          const vecidx_search_opts *o, int by_slot, vx_topk *h)
+{
+    size_t i, e;
+    for (i = 0; i < n; i = e) {
+        e = n - i < VX_OFFER_GROUP ? n : i + VX_OFFER_GROUP;
+        /* Once the heap is full, a group with no row as close as its
+        ** worst (a NaN counts as one, for the test below) is skipped by
+        ** one branch-free pass the compiler vectorises. */
+        if (h->n == h->k) {
+            float worst = h->d[0];
+            int hit = 0;
+            size_t j;
+            for (j = i; j < e; j++) hit |= !(dist[j] > worst);
+            if (!hit) continue;
+        }
+        vx_flat_offer_rows(c, row, slot, i, e, dist, o, by_slot, h);
     }
 }
 
