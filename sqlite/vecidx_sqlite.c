@@ -1008,11 +1008,75 @@ static int vx_uint(const char *v, uint32_t lo, uint32_t hi, uint32_t *out)
     return 1;
 }
 
+/* The options whose values are names, and their names. Aliases sit next
+** to the name they stand for: the error message lists them in this order. */
+enum {
+    VX_N_METRIC,
+    VX_N_KIND,
+    VX_N_STORAGE,
+    VX_N_OPTIONS
+};
+
+static const char *const vx_named_options[VX_N_OPTIONS] = {"metric", "kind",
+                                                           "storage"};
+
+static const struct {
+    int option;
+    const char *name;
+    int value;
+} vx_names[] = {{VX_N_METRIC, "l2", VECIDX_L2},
+                {VX_N_METRIC, "ip", VECIDX_IP},
+                {VX_N_METRIC, "dot", VECIDX_IP},
+                {VX_N_METRIC, "cos", VECIDX_COSINE},
+                {VX_N_METRIC, "cosine", VECIDX_COSINE},
+                {VX_N_KIND, "hnsw", VECIDX_HNSW},
+                {VX_N_KIND, "flat", VECIDX_FLAT},
+                {VX_N_KIND, "ivfpq", VECIDX_IVFPQ},
+                {VX_N_STORAGE, "f32", VECIDX_STORE_F32},
+                {VX_N_STORAGE, "f16", VECIDX_STORE_F16},
+                {VX_N_STORAGE, "i8", VECIDX_STORE_I8},
+                {VX_N_STORAGE, "bin", VECIDX_STORE_BIN}};
+
+#define VX_NNAMES ((int)(sizeof(vx_names) / sizeof(vx_names[0])))
+
+/* The option key (klen bytes) set to v. Returns 0 when the key does not
+** take a name; otherwise sets *option, and returns 1 with *value set when
+** v is one of its names, or -1 with *err the message when it is not. */
+static int vx_named(const char *key, size_t klen, const char *v, int *option,
+                    int *value, char **err)
+{
+    sqlite3_str *m;
+    const char *sep = "";
+    int o, i;
+    for (o = 0; o < VX_N_OPTIONS; o++)
+        if (vx_streq(key, klen, vx_named_options[o])) break;
+    if (o == VX_N_OPTIONS) return 0;
+    *option = o;
+    for (i = 0; i < VX_NNAMES; i++)
+        if (vx_names[i].option == o && !sqlite3_stricmp(v, vx_names[i].name)) {
+            *value = vx_names[i].value;
+            return 1;
+        }
+    /* Every accepted name in the message: a typo needs no trip to the
+    ** documentation. */
+    m = sqlite3_str_new(NULL);
+    sqlite3_str_appendf(m, "vecidx: bad argument \"%s=%s\": %s is one of ",
+                        vx_named_options[o], v, vx_named_options[o]);
+    for (i = 0; i < VX_NNAMES; i++) {
+        if (vx_names[i].option != o) continue;
+        sqlite3_str_appendf(m, "%s%s", sep, vx_names[i].name);
+        sep = ", ";
+    }
+    *err = sqlite3_str_finish(m);
+    return -1;
+}
+
 /* Parse the CREATE VIRTUAL TABLE arguments into vt->params and vt->col. */
 static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
                          char **pzErr)
 {
-    int kind = VECIDX_HNSW, metric = VECIDX_L2, i;
+    int named[VX_N_OPTIONS] = {VECIDX_L2, VECIDX_HNSW, VECIDX_STORE_F32};
+    int opt = 0, val = 0, rc, i;
     uint32_t dim = 0;
     struct {
         const char *key;
@@ -1030,7 +1094,6 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
                {"seed", 0, UINT32_MAX, 0, 0},
                {"train_size", 1, UINT32_MAX, 0, 0}};
     const int nnum = (int)(sizeof(num) / sizeof(num[0]));
-    uint32_t storage = VECIDX_STORE_F32;
     vecidx_params *p = &vt->params;
 
     for (i = 3; i < argc; i++) {
@@ -1064,36 +1127,9 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
         while (*v == ' ') v++;
         if (vx_streq(a, klen, "dim")) {
             if (!vx_uint(v, 1, VECIDX_MAX_DIM, &dim)) goto bad;
-        } else if (vx_streq(a, klen, "metric")) {
-            if (!sqlite3_stricmp(v, "l2"))
-                metric = VECIDX_L2;
-            else if (!sqlite3_stricmp(v, "ip") || !sqlite3_stricmp(v, "dot"))
-                metric = VECIDX_IP;
-            else if (!sqlite3_stricmp(v, "cos") ||
-                     !sqlite3_stricmp(v, "cosine"))
-                metric = VECIDX_COSINE;
-            else
-                goto bad;
-        } else if (vx_streq(a, klen, "kind")) {
-            if (!sqlite3_stricmp(v, "flat"))
-                kind = VECIDX_FLAT;
-            else if (!sqlite3_stricmp(v, "hnsw"))
-                kind = VECIDX_HNSW;
-            else if (!sqlite3_stricmp(v, "ivfpq"))
-                kind = VECIDX_IVFPQ;
-            else
-                goto bad;
-        } else if (vx_streq(a, klen, "storage")) {
-            if (!sqlite3_stricmp(v, "f32"))
-                storage = VECIDX_STORE_F32;
-            else if (!sqlite3_stricmp(v, "f16"))
-                storage = VECIDX_STORE_F16;
-            else if (!sqlite3_stricmp(v, "i8"))
-                storage = VECIDX_STORE_I8;
-            else if (!sqlite3_stricmp(v, "bin"))
-                storage = VECIDX_STORE_BIN;
-            else
-                goto bad;
+        } else if ((rc = vx_named(a, klen, v, &opt, &val, pzErr)) != 0) {
+            if (rc < 0) return *pzErr ? SQLITE_ERROR : SQLITE_NOMEM;
+            named[opt] = val;
         } else if (vx_streq(a, klen, "column")) {
             sqlite3_free(vt->col);
             vt->col = sqlite3_mprintf("%s", v);
@@ -1118,11 +1154,12 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
         *pzErr = sqlite3_mprintf("vecidx: dim=N is required");
         return SQLITE_ERROR;
     }
-    if (vecidx_params_init(p, kind, metric, dim) != VECIDX_OK) {
+    if (vecidx_params_init(p, named[VX_N_KIND], named[VX_N_METRIC], dim) !=
+        VECIDX_OK) {
         *pzErr = sqlite3_mprintf("vecidx: bad dim %u", dim);
         return SQLITE_ERROR;
     }
-    p->storage = storage;
+    p->storage = (uint32_t)named[VX_N_STORAGE];
     if (num[0].set) p->hnsw_m = num[0].val;
     if (num[1].set) p->hnsw_ef_construction = num[1].val;
     if (num[2].set) p->hnsw_ef_search = num[2].val;
