@@ -1369,65 +1369,238 @@ out:
 static const char help_stats[] =
     "usage: vecidx stats PATH [--json]\n"
     "\n"
-    "Print what the index is (kind, metric, dimension, storage), how many\n"
-    "vectors it holds, the bytes per vector its searches read, its memory\n"
-    "and file sizes. Opens the file read-only.\n";
+    "Print every counter of the index (vecidx_stats_ex): what it is (kind,\n"
+    "metric, dimension, storage), how many vectors it holds, its memory by\n"
+    "part (vectors, HNSW links, key map, IVF-PQ lists, other), its file\n"
+    "and log, and for a trained IVF-PQ index the sizes of its lists and\n"
+    "their drift. Opens the file read-only: safe while another process\n"
+    "writes the index.\n"
+    "\n"
+    "Activity (searches, inserts, removes, their latency percentiles,\n"
+    "distances and nodes per search, repairs, checkpoints) is counted per\n"
+    "handle since it was opened, and the handle this command opens does\n"
+    "nothing: it shows zeros. A program reads its own with vecidx_stats_ex\n"
+    "(Python: Index.stats()). A read-only handle has no log of its own\n"
+    "either, so log_bytes and log_records are 0 here; wal_bytes is the\n"
+    "size of the log file PATH-wal.\n"
+    "\n"
+    "  --json   one JSON object whose keys are the field names of\n"
+    "           vecidx_stats_t: kind, metric, storage and simd as names\n"
+    "           (storage \"pq\" for IVF-PQ), trained as true or false, each\n"
+    "           *_latency as {\"count\",\"p50_us\",\"p95_us\",\"p99_us\",\n"
+    "           \"max_us\"}; and command, path, file_bytes, wal_bytes and\n"
+    "           version\n";
+
+/* Bytes for people: exact below 1 KiB, else one decimal of a binary unit
+** (the JSON output has the exact numbers). */
+static const char *human_bytes(uint64_t n, char buf[32])
+{
+    static const char *const unit[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)n;
+    int u = -1;
+    if (n < 1024) {
+        snprintf(buf, 32, "%" PRIu64 " B", n);
+        return buf;
+    }
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, 32, "%.1f %s", v, unit[u]);
+    return buf;
+}
+
+/* JSON has no NaN or infinity; a counter that somehow is one must not
+** make the whole object unparseable. */
+static void json_num(const char *key, double v, int decimals)
+{
+    printf(",\"%s\":", key);
+    if (isfinite(v))
+        printf("%.*f", decimals, v);
+    else
+        fputs("null", stdout);
+}
+
+static void json_u64(const char *key, uint64_t v)
+{
+    printf(",\"%s\":%" PRIu64, key, v);
+}
+
+static void json_latency(const char *key, const vecidx_latency *l)
+{
+    printf(",\"%s\":{\"count\":%" PRIu64, key, l->count);
+    json_num("p50_us", l->p50_us, 3);
+    json_num("p95_us", l->p95_us, 3);
+    json_num("p99_us", l->p99_us, 3);
+    json_num("max_us", l->max_us, 3);
+    putchar('}');
+}
+
+/* Every field of vecidx_stats_t in the struct's order, so that a field
+** added to the struct has an obvious place here. */
+static void stats_json(const char *path, const vecidx_stats_t *st,
+                       uint64_t fsize, uint64_t wsize)
+{
+    printf("{\"command\":\"stats\",\"path\":");
+    json_str(stdout, path);
+    printf(",\"kind\":\"%s\",\"metric\":\"%s\",\"dim\":%u", kind_name(st->kind),
+           metric_name(st->metric), (unsigned)st->dim);
+    json_u64("count", st->count);
+    json_u64("slots", st->slots);
+    json_u64("capacity", st->capacity);
+    json_u64("memory_bytes", st->memory_bytes);
+    json_u64("mapped_bytes", st->mapped_bytes);
+    printf(",\"simd\":");
+    json_str(stdout, st->simd ? st->simd : "");
+    printf(",\"trained\":%s,\"nlist\":%u,\"pq_m\":%u,\"storage\":\"%s\","
+           "\"vector_bytes\":%u",
+           st->trained ? "true" : "false", (unsigned)st->nlist,
+           (unsigned)st->pq_m, storage_name(st->kind, st->storage),
+           (unsigned)st->vector_bytes);
+    json_u64("searches", st->searches);
+    json_u64("inserts", st->inserts);
+    json_u64("removes", st->removes);
+    json_latency("search_latency", &st->search_latency);
+    json_latency("batch_latency", &st->batch_latency);
+    json_latency("insert_latency", &st->insert_latency);
+    json_latency("remove_latency", &st->remove_latency);
+    json_latency("checkpoint_latency", &st->checkpoint_latency);
+    json_num("distances_per_search", st->distances_per_search, 3);
+    json_num("visited_per_search", st->visited_per_search, 3);
+    json_u64("buried", st->buried);
+    json_u64("repairs", st->repairs);
+    json_u64("log_bytes", st->log_bytes);
+    json_u64("log_records", st->log_records);
+    json_u64("checkpoints", st->checkpoints);
+    json_num("last_checkpoint_time", st->last_checkpoint_time, 6);
+    json_num("last_checkpoint_seconds", st->last_checkpoint_seconds, 6);
+    json_u64("mem_vectors", st->mem_vectors);
+    json_u64("mem_links", st->mem_links);
+    json_u64("mem_keymap", st->mem_keymap);
+    json_u64("mem_lists", st->mem_lists);
+    json_u64("mem_other", st->mem_other);
+    json_u64("list_min", st->list_min);
+    json_u64("list_median", st->list_median);
+    json_u64("list_max", st->list_max);
+    json_num("drift", st->drift, 6);
+    json_u64("file_bytes", fsize);
+    json_u64("wal_bytes", wsize);
+    printf(",\"version\":\"%s\"}\n", vecidx_version());
+}
+
+static void stats_text(const char *path, const vecidx_stats_t *st,
+                       uint64_t fsize, uint64_t wsize)
+{
+    static const char *const op[] = {"search", "batch", "insert", "remove",
+                                     "checkpoint"};
+    const vecidx_latency *lat[] = {&st->search_latency, &st->batch_latency,
+                                   &st->insert_latency, &st->remove_latency,
+                                   &st->checkpoint_latency};
+    char b1[32], b2[32];
+    size_t i, nop = sizeof op / sizeof op[0];
+    int active = st->searches || st->inserts || st->removes || st->repairs;
+    for (i = 0; i < nop; i++) active |= lat[i]->count > 0;
+    printf("path          %s\n"
+           "kind          %s\n"
+           "metric        %s\n"
+           "dimension     %u\n",
+           path, kind_name(st->kind), metric_name(st->metric),
+           (unsigned)st->dim);
+    if (st->kind != VECIDX_IVFPQ)
+        printf("storage       %s, %u bytes per vector%s\n",
+               storage_name(st->kind, st->storage), (unsigned)st->vector_bytes,
+               st->kind == VECIDX_HNSW ? " with its level-0 links" : "");
+    printf("simd          %s\n"
+           "library       %s\n",
+           st->simd ? st->simd : "?", vecidx_version());
+
+    printf("\nvectors       %" PRIu64 "\n"
+           "slots         %" PRIu64 " used, %" PRIu64 " allocated\n",
+           st->count, st->slots, st->capacity);
+    if (st->kind == VECIDX_HNSW)
+        printf("buried        %" PRIu64 " removed nodes still linked, awaiting "
+               "repair\n",
+               st->buried);
+    if (st->kind == VECIDX_IVFPQ) {
+        printf("trained       %s\n",
+               st->trained ? "yes" : "no (vectors are searched exactly)");
+        if (st->trained)
+            printf("lists         %u, %u code bytes per vector\n"
+                   "list sizes    min %u, median %u, max %u\n"
+                   "drift         %.1f %% of the entries added since "
+                   "training\n",
+                   (unsigned)st->nlist, (unsigned)st->pq_m,
+                   (unsigned)st->list_min, (unsigned)st->list_median,
+                   (unsigned)st->list_max, st->drift * 100);
+    }
+
+    printf("\nmemory        %s allocated, %s mapped from the file\n",
+           human_bytes(st->memory_bytes, b1),
+           human_bytes(st->mapped_bytes, b2));
+    printf("  vectors     %s\n", human_bytes(st->mem_vectors, b1));
+    printf("  links       %s\n", human_bytes(st->mem_links, b1));
+    printf("  key map     %s\n", human_bytes(st->mem_keymap, b1));
+    printf("  lists       %s\n", human_bytes(st->mem_lists, b1));
+    printf("  other       %s\n", human_bytes(st->mem_other, b1));
+    printf("file          %" PRIu64 " bytes, log %" PRIu64 " bytes\n", fsize,
+           wsize);
+
+    if (st->log_bytes || st->log_records || st->checkpoints) {
+        printf("\nhandle's log  %s, %" PRIu64 " writes not checkpointed\n",
+               human_bytes(st->log_bytes, b1), st->log_records);
+        printf("checkpoints   %" PRIu64, st->checkpoints);
+        if (st->last_checkpoint_time > 0) {
+            time_t t = (time_t)st->last_checkpoint_time;
+            struct tm tm;
+            char when[32] = "?";
+            if (localtime_r(&t, &tm))
+                strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+            printf(", the last at %s, taking %.3f s", when,
+                   st->last_checkpoint_seconds);
+        }
+        putchar('\n');
+    }
+    if (!active) {
+        printf("\nactivity      none (counted per handle; this one only "
+               "read)\n");
+        return;
+    }
+    putchar('\n');
+    printf("searches      %" PRIu64, st->searches);
+    if (st->searches)
+        printf(", %.1f distances and %.1f %s per search",
+               st->distances_per_search, st->visited_per_search,
+               st->kind == VECIDX_IVFPQ ? "lists probed" : "nodes visited");
+    printf("\ninserts       %" PRIu64 "\n"
+           "removes       %" PRIu64 "\n",
+           st->inserts, st->removes);
+    if (st->kind == VECIDX_HNSW)
+        printf("repairs       %" PRIu64 " passes begun\n", st->repairs);
+    printf("latency (us)       calls        p50        p95        p99        "
+           "max\n");
+    for (i = 0; i < nop; i++)
+        if (lat[i]->count)
+            printf("  %-11s %10" PRIu64 " %10.1f %10.1f %10.1f %10.1f\n", op[i],
+                   lat[i]->count, lat[i]->p50_us, lat[i]->p95_us,
+                   lat[i]->p99_us, lat[i]->max_us);
+}
 
 static int cmd_stats(const args *a)
 {
     const char *path = a->pos[0];
     vecidx *ix;
     vecidx_stats_t st;
-    uint64_t fsize, wsize;
-    int rc;
+    int rc, lrc;
     if ((rc = need_pos(a, 1, "PATH"))) return rc;
     if ((rc = open_index(path, VECIDX_RDONLY, 0, &ix))) return rc;
-    vecidx_stats(ix, &st);
+    lrc = vecidx_stats_ex(ix, &st, sizeof st);
+    if (lrc != VECIDX_OK) rc = fail_lib(lrc, ix, "stats of '%s'", path);
     vecidx_close(ix);
-    fsize = file_size(path);
-    wsize = wal_size(path);
-    if (json_out) {
-        printf("{\"command\":\"stats\",\"path\":");
-        json_str(stdout, path);
-        printf(",\"kind\":\"%s\",\"metric\":\"%s\",\"dim\":%u,"
-               "\"count\":%" PRIu64 ",\"slots\":%" PRIu64
-               ",\"capacity\":%" PRIu64 ",\"memory_bytes\":%" PRIu64
-               ",\"mapped_bytes\":%" PRIu64 ",\"file_bytes\":%" PRIu64
-               ",\"wal_bytes\":%" PRIu64 ",\"trained\":%s,\"nlist\":%u,"
-               "\"pq_m\":%u,\"storage\":\"%s\",\"vector_bytes\":%u,"
-               "\"simd\":\"%s\",\"version\":\"%s\"}\n",
-               kind_name(st.kind), metric_name(st.metric), (unsigned)st.dim,
-               st.count, st.slots, st.capacity, st.memory_bytes,
-               st.mapped_bytes, fsize, wsize, st.trained ? "true" : "false",
-               (unsigned)st.nlist, (unsigned)st.pq_m,
-               storage_name(st.kind, st.storage), (unsigned)st.vector_bytes,
-               st.simd, vecidx_version());
-        return 0;
-    }
-    printf("path          %s\n"
-           "kind          %s\n"
-           "metric        %s\n"
-           "dimension     %u\n"
-           "vectors       %" PRIu64 "\n"
-           "slots         %" PRIu64 " used, %" PRIu64 " allocated\n"
-           "memory        %" PRIu64 " bytes (plus %" PRIu64 " mapped)\n"
-           "file          %" PRIu64 " bytes, log %" PRIu64 " bytes\n",
-           path, kind_name(st.kind), metric_name(st.metric), (unsigned)st.dim,
-           st.count, st.slots, st.capacity, st.memory_bytes, st.mapped_bytes,
-           fsize, wsize);
-    if (st.kind != VECIDX_IVFPQ)
-        printf("storage       %s, %u bytes per vector%s\n",
-               storage_name(st.kind, st.storage), (unsigned)st.vector_bytes,
-               st.kind == VECIDX_HNSW ? " with its level-0 links" : "");
-    if (st.kind == VECIDX_IVFPQ)
-        printf("trained       %s\n"
-               "lists         %u\n"
-               "code bytes    %u per vector\n",
-               st.trained ? "yes" : "no (vectors are searched exactly)",
-               (unsigned)st.nlist, (unsigned)st.pq_m);
-    printf("simd          %s\n"
-           "library       %s\n",
-           st.simd, vecidx_version());
+    if (rc) return rc;
+    if (json_out)
+        stats_json(path, &st, file_size(path), wal_size(path));
+    else
+        stats_text(path, &st, file_size(path), wal_size(path));
     return 0;
 }
 
@@ -1668,7 +1841,8 @@ static const char help_main[] =
     "file\n"
     "  query PATH (--vector V | --fvecs FILE) [-k N] [--allow FILE]\n"
     "                            find the nearest stored vectors\n"
-    "  stats PATH                describe the index\n"
+    "  stats PATH                describe the index: size, memory by part,\n"
+    "                            log, IVF-PQ lists\n"
     "  check PATH                verify the index\n"
     "  checkpoint PATH           fold the write-ahead log into the main file\n"
     "  export PATH FILE          write every vector to .fvecs, .npy or .csv\n"

@@ -491,5 +491,103 @@ equal "$(sed -n 2p out | awk '{ print $3, $4 }')" "1015 0" "ivfpq nearest"
 run 0 check pq.vx
 run 2 import flat.vx data.csv --train 10
 
+# ---- stats: every counter of vecidx_stats_t --------------------------------
+run 0 stats --help
+has out "counted per"
+has out "handle"
+simd=$("$VX" --version | sed -n 's/.*, \([a-z0-9]*\) kernels)$/\1/p')
+lib=$("$VX" --version | sed -n 's/.*(library \([^,]*\),.*/\1/p')
+# The JSON object has the fields of vecidx_stats_t in the struct's order,
+# and its numbers agree with one another: memory parts against the total
+# and the mapped file, list sizes against the count. The handle the
+# command opens has done nothing and, being read-only, has no log.
+cat >stats_check.py <<'END'
+import json, sys
+path, kind, count, dim, simd, lib = sys.argv[1:7]
+count, dim = int(count), int(dim)
+d = json.loads(open(path).read())
+lat = ["search_latency", "batch_latency", "insert_latency",
+       "remove_latency", "checkpoint_latency"]
+want = (["command", "path", "kind", "metric", "dim", "count", "slots",
+         "capacity", "memory_bytes", "mapped_bytes", "simd", "trained",
+         "nlist", "pq_m", "storage", "vector_bytes", "searches", "inserts",
+         "removes"] + lat +
+        ["distances_per_search", "visited_per_search", "buried", "repairs",
+         "log_bytes", "log_records", "checkpoints", "last_checkpoint_time",
+         "last_checkpoint_seconds", "mem_vectors", "mem_links", "mem_keymap",
+         "mem_lists", "mem_other", "list_min", "list_median", "list_max",
+         "drift", "file_bytes", "wal_bytes", "version"])
+assert list(d) == want, [k for k in want if k not in d] or list(d)
+assert (d["kind"], d["count"], d["dim"]) == (kind, count, dim), d
+assert (d["simd"], d["version"]) == (simd, lib), (d["simd"], d["version"])
+for k in lat:
+    assert d[k] == {"count": 0, "p50_us": 0, "p95_us": 0, "p99_us": 0,
+                    "max_us": 0}, (k, d[k])
+for k in ["searches", "inserts", "removes", "distances_per_search",
+          "visited_per_search", "repairs", "log_bytes", "log_records",
+          "checkpoints", "last_checkpoint_time", "last_checkpoint_seconds"]:
+    assert d[k] == 0, (k, d[k])
+parts = sum(d[k] for k in ["mem_vectors", "mem_links", "mem_keymap",
+                           "mem_lists", "mem_other"])
+# Parts count allocated and mapped bytes alike; other only allocated.
+assert d["memory_bytes"] <= parts <= d["memory_bytes"] + d["mapped_bytes"], d
+assert d["mem_other"] <= d["memory_bytes"], d
+assert d["mapped_bytes"] == d["file_bytes"] > 0, d
+assert d["mem_keymap"] >= 8 * count, d
+lists = [d["list_min"], d["list_median"], d["list_max"]]
+if kind == "ivfpq" and d["trained"]:
+    assert d["storage"] == "pq" and d["vector_bytes"] == 0, d
+    assert d["mem_vectors"] == d["mem_links"] == 0, d
+    assert d["mem_lists"] >= count * (8 + d["pq_m"]), d
+    assert 0 < d["list_min"] <= d["list_median"] <= d["list_max"], lists
+    assert d["list_min"] * d["nlist"] <= count <= d["list_max"] * d["nlist"]
+    assert d["slots"] == count <= d["capacity"], d
+    assert d["drift"] == 0, d
+else:
+    assert lists == [0, 0, 0] and d["drift"] == 0 and d["mem_lists"] == 0, d
+    assert count <= d["slots"] <= d["capacity"], d
+    if kind != "ivfpq":
+        assert d["trained"] is True, d
+        # a vector's codes and key; HNSW's level-0 links as well
+        assert d["mem_vectors"] + d["mem_links"] >= \
+            count * d["vector_bytes"] > 0, d
+    assert (d["mem_links"] > 0) == (kind == "hnsw" and count > 0), d
+    assert d["buried"] == 0 or kind == "hnsw", d
+END
+stats_ok() { # KIND COUNT DIM: out holds a sound stats object
+    [ -n "$PY" ] || return 0
+    if "$PY" stats_check.py out "$@" "$simd" "$lib" 2>stats.err; then ok
+    else bad "stats --json of $1: $(tail -n 1 stats.err)"; fi
+}
+for ix in flat hnsw i8 i8k bin pq; do
+    run 0 stats $ix.vx --json
+    json_valid out
+    case $ix in pq) k=ivfpq ;; flat | i8k) k=flat ;; *) k=hnsw ;; esac
+    stats_ok $k 3000 $D
+done
+# An IVF-PQ index still buffering its vectors: no lists yet.
+run 0 create pqb.vx --dim $D --kind ivfpq --metric l2 --train-size 5000
+head -n 101 data.csv >first100.csv
+run 0 import pqb.vx first100.csv
+run 0 stats pqb.vx --json
+has out '"trained":false,"nlist":0'
+stats_ok ivfpq 100 $D
+# The text has the same numbers, with units for memory.
+run 0 stats pq.vx --json
+lists=$(sed 's/.*"list_min":\([0-9]*\),"list_median":\([0-9]*\),"list_max":\([0-9]*\).*/min \1, median \2, max \3/' out)
+run 0 stats pq.vx
+has out "list sizes    $lists"
+has out "drift         0.0 % of the entries added since training"
+has out "lists         16, 4 code bytes per vector"
+has out "  lists       "
+run 0 stats hnsw.vx
+has out "memory        "
+has out " KiB mapped from the file"
+has out "  links       "
+has out "buried        "
+has out "activity      none"
+run 1 stats junk.npy
+has err "cannot open index 'junk.npy'"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
