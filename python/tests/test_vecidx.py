@@ -129,6 +129,7 @@ def test_struct_layout_matches_c(tmp_path):
     structs = [(_capi.Params, "vecidx_params"),
                (_capi.SearchOpts, "vecidx_search_opts"),
                (_capi.Stats, "vecidx_stats_t"),
+               (_capi.Latency, "vecidx_latency"),
                (_capi.Allocator, "vecidx_allocator")]
     lines = []
     expected = []

@@ -106,6 +106,18 @@ class SearchOpts(ctypes.Structure):
     ]
 
 
+class Latency(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("p50_us", ctypes.c_double),
+        ("p95_us", ctypes.c_double),
+        ("p99_us", ctypes.c_double),
+        ("max_us", ctypes.c_double),
+    ]
+
+
+# The whole struct of the header, passed with its size to vecidx_stats_ex:
+# a library that knows fewer fields leaves the rest zero.
 class Stats(ctypes.Structure):
     _fields_ = [
         ("kind", ctypes.c_int),
@@ -122,6 +134,33 @@ class Stats(ctypes.Structure):
         ("pq_m", ctypes.c_uint32),
         ("storage", ctypes.c_int),
         ("vector_bytes", ctypes.c_uint32),
+        # Since 0.3.0.
+        ("searches", ctypes.c_uint64),
+        ("inserts", ctypes.c_uint64),
+        ("removes", ctypes.c_uint64),
+        ("search_latency", Latency),
+        ("batch_latency", Latency),
+        ("insert_latency", Latency),
+        ("remove_latency", Latency),
+        ("checkpoint_latency", Latency),
+        ("distances_per_search", ctypes.c_double),
+        ("visited_per_search", ctypes.c_double),
+        ("buried", ctypes.c_uint64),
+        ("repairs", ctypes.c_uint64),
+        ("log_bytes", ctypes.c_uint64),
+        ("log_records", ctypes.c_uint64),
+        ("checkpoints", ctypes.c_uint64),
+        ("last_checkpoint_time", ctypes.c_double),
+        ("last_checkpoint_seconds", ctypes.c_double),
+        ("mem_vectors", ctypes.c_uint64),
+        ("mem_links", ctypes.c_uint64),
+        ("mem_keymap", ctypes.c_uint64),
+        ("mem_lists", ctypes.c_uint64),
+        ("mem_other", ctypes.c_uint64),
+        ("list_min", ctypes.c_uint32),
+        ("list_median", ctypes.c_uint32),
+        ("list_max", ctypes.c_uint32),
+        ("drift", ctypes.c_double),
     ]
 
 
@@ -293,7 +332,10 @@ get = _proto("vecidx_get", _c.c_int, _p, _c.c_uint64, _fp)
 contains = _proto("vecidx_contains", _c.c_int, _p, _c.c_uint64)
 count = _proto("vecidx_count", _c.c_size_t, _p)
 keys = _proto("vecidx_keys", _c.c_int, _p, _kp, _c.c_size_t, _sp)
+# The exported function of 0.2, which fills the fields up to vector_bytes;
+# vecidx_stats in vecidx.h is now a macro calling vecidx_stats_ex.
 stats = _proto("vecidx_stats", _c.c_int, _p, _p)
+stats_ex = _proto("vecidx_stats_ex", _c.c_int, _p, _p, _c.c_size_t)
 check = _proto("vecidx_check", _c.c_int, _p)
 search = _proto("vecidx_search", _c.c_int, _p, _fp, _c.c_size_t, _p, _kp,
                 _fp, _sp)

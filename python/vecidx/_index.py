@@ -945,26 +945,34 @@ class Index:
         return [values[i * dim:(i + 1) * dim] for i in range(len(keylist))]
 
     def stats(self) -> Dict[str, Any]:
-        """Counters of the index as a dict."""
+        """Counters of the index as a dict keyed by the field names of
+        vecidx_stats_t, as `vecidx stats --json` prints them: kind, metric
+        and storage as names, trained as a bool, each *_latency as a dict
+        of count, p50_us, p95_us, p99_us and max_us. Searches, inserts,
+        removes, latencies and checkpoints count what this handle did
+        since it was opened or created."""
         st = self._stats_struct()
-        return {
-            "kind": _KIND_NAMES.get(st.kind, st.kind),
-            "metric": _METRIC_NAMES.get(st.metric, st.metric),
-            "dim": st.dim,
-            "count": st.count,
-            "slots": st.slots,
-            "capacity": st.capacity,
-            "memory_bytes": st.memory_bytes,
-            "mapped_bytes": st.mapped_bytes,
-            "simd": (st.simd or b"").decode("ascii", "replace"),
-            "trained": bool(st.trained),
-            "nlist": st.nlist,
-            "pq_m": st.pq_m,
-            "storage": _STORAGE_NAMES.get(st.storage, st.storage),
-            "vector_bytes": st.vector_bytes,
-        }
+        out: Dict[str, Any] = {}
+        for name, _ in _capi.Stats._fields_:
+            value = getattr(st, name)
+            if isinstance(value, _capi.Latency):
+                value = {f: getattr(value, f) for f, _ in value._fields_}
+            out[name] = value
+        out["kind"] = _KIND_NAMES.get(st.kind, st.kind)
+        out["metric"] = _METRIC_NAMES.get(st.metric, st.metric)
+        out["simd"] = (st.simd or b"").decode("ascii", "replace")
+        out["trained"] = bool(st.trained)
+        out["storage"] = _STORAGE_NAMES.get(st.storage, st.storage)
+        return out
 
     def _stats_struct(self):
+        if _capi.stats_ex is not None:
+            st = _capi.Stats()
+            self._call(_capi.stats_ex, ctypes.addressof(st),
+                       ctypes.sizeof(st))
+            return st
+        # A 0.2 library fills the fields it knows; the rest of the holder
+        # stays zero.
         holder = _capi.padded(_capi.Stats)
         self._call(_capi.stats, ctypes.addressof(holder))
         return holder.s
