@@ -103,7 +103,9 @@ enum {
     VX_P_NPROBE = 8,
     VX_P_ROWID_IN = 16, /* rowid IN (...), all values at once */
     VX_P_ROWID_EQ = 32, /* rowid = value */
-    VX_P_LIMIT = 64
+    VX_P_LIMIT = 64,    /* LIMIT, passed by SQLite 3.41+ in place of k */
+    VX_P_OFFSET = 128,  /* OFFSET with that LIMIT */
+    VX_P_JOINED = 256   /* k with the rowid joined to another table */
 };
 
 /* Prepared statements on the shadow tables, made on first use. */
@@ -182,9 +184,19 @@ typedef struct vx_cursor {
     int plan;           /* idxNum of the xFilter call */
     sqlite3_stmt *scan; /* full scan: SELECT id, vec FROM _vectors */
     int scan_eof;
-    sqlite3_int64 *ids; /* KNN results or the point lookup's row */
+    uint64_t *ids; /* the batch of KNN results, or the point lookup's row */
     float *dists;
     size_t n, pos;
+    /* The search, kept for the next batch when streaming. */
+    float *q;
+    vecidx_search_opts o; /* o.allow_keys is allow, or &one */
+    uint64_t *allow, one;
+    int more;       /* streaming: a larger search may find more rows */
+    size_t want;    /* results asked of the last search */
+    int started;    /* rows were handed out: last and ties are set */
+    float last;     /* distance of the last row handed out */
+    uint64_t *ties; /* rows handed out at distance last, sorted */
+    size_t nties, capties;
 } vx_cursor;
 
 /* ---- Small helpers ------------------------------------------------------ */
@@ -1335,15 +1347,55 @@ static int vx_shadow_name(const char *suffix)
 
 /* ---- Planning ----------------------------------------------------------- */
 
+/* What a search costs SQLite's planner, in its units (about one row read):
+** a graph search reads about log(n) rows' worth, an allowed set makes it
+** cheaper to pick; one row searched by itself is a lookup. */
+#define VX_COST_SEARCH 100.0
+#define VX_COST_ONE 10.0
+/* k = N with the rowid joined to another table would let that table's
+** filter remove rows after the N nearest were chosen (fewer than N
+** results), or, run once per row of the other table, return every joined
+** row: neither is what k = N says. Such a plan is costed so that SQLite
+** takes any other (a rowid IN list) first, and fails with advice in
+** xFilter. */
+#define VX_COST_REFUSED 1e10
+/* A search limited by a rowid = value constraint: what `rowid = ?` asks,
+** but SQLite also offers the join's `v.rowid = d.id` this way, which must
+** not win over the plan above: costed higher still. */
+#define VX_COST_ROW_K 1e12
+
 static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
 {
     vx_vtab *vt = (vx_vtab *)base;
-    int i, i_match = -1, i_k = -1, i_ef = -1, i_np = -1, i_rowid = -1;
-    int i_limit = -1, unusable_match = 0, plan = 0, argv_i = 1, row_in = 0;
+    int i, i_match = -1, i_k = -1, i_ef = -1, i_np = -1, i_in = -1, i_eq = -1;
+    int i_limit = -1, i_offset = -1, unusable_match = 0, joined = 0;
+    int order[8], flag[8], n = 0, j, plan = 0;
     double count = vt->ix ? (double)vecidx_count(vt->ix) + 1.0 : 1000000.0;
+    double search = VX_COST_SEARCH * log2(count + 2.0);
 
     for (i = 0; i < info->nConstraint; i++) {
         const struct sqlite3_index_constraint *c = &info->aConstraint[i];
+        if (c->op == SQLITE_INDEX_CONSTRAINT_LIMIT) {
+            if (c->usable && i_limit < 0) i_limit = i;
+            continue;
+        }
+        if (c->op == SQLITE_INDEX_CONSTRAINT_OFFSET) {
+            if (c->usable && i_offset < 0) i_offset = i;
+            continue;
+        }
+        if (c->op == SQLITE_INDEX_CONSTRAINT_EQ && c->iColumn < 0) {
+            /* An IN list can be taken whole whatever it depends on; a
+            ** rowid = value that SQLite cannot give yet depends on another
+            ** table of the FROM clause: a join on rowid. */
+            int in = sqlite3_vtab_in(info, i, -1);
+            if (!c->usable)
+                joined |= !in;
+            else if (in && i_in < 0)
+                i_in = i;
+            else if (!in && i_eq < 0)
+                i_eq = i;
+            continue;
+        }
         if (!c->usable) {
             if (c->op == SQLITE_INDEX_CONSTRAINT_MATCH) unusable_match = 1;
             continue;
@@ -1358,61 +1410,78 @@ static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
                 i_ef = i;
             else if (c->iColumn == VX_COL_NPROBE && i_np < 0)
                 i_np = i;
-            else if (c->iColumn < 0 && i_rowid < 0)
-                i_rowid = i;
-        } else if (c->op == SQLITE_INDEX_CONSTRAINT_LIMIT && i_limit < 0) {
-            i_limit = i;
         }
     }
     if (i_match < 0 && unusable_match) return SQLITE_CONSTRAINT;
 
-    if (i_match >= 0) {
-        int order[6], flag[6], n = 0, j;
-        order[n] = i_match, flag[n++] = VX_P_MATCH;
-        if (i_k >= 0) order[n] = i_k, flag[n++] = VX_P_K;
-        if (i_ef >= 0) order[n] = i_ef, flag[n++] = VX_P_EF;
-        if (i_np >= 0) order[n] = i_np, flag[n++] = VX_P_NPROBE;
-        if (i_rowid >= 0) {
-            row_in = sqlite3_vtab_in(info, i_rowid, -1);
-            if (row_in) sqlite3_vtab_in(info, i_rowid, 1);
-            order[n] = i_rowid;
-            flag[n++] = row_in ? VX_P_ROWID_IN : VX_P_ROWID_EQ;
-        }
-        if (i_limit >= 0 && i_k < 0) order[n] = i_limit, flag[n++] = VX_P_LIMIT;
-        for (j = 0; j < n; j++) {
-            info->aConstraintUsage[order[j]].argvIndex = argv_i++;
-            info->aConstraintUsage[order[j]].omit = flag[j] != VX_P_LIMIT;
-            plan |= flag[j];
-        }
-        if (info->nOrderBy == 1 &&
-            info->aOrderBy[0].iColumn == VX_COL_DISTANCE &&
-            !info->aOrderBy[0].desc)
-            info->orderByConsumed = 1;
-        info->idxNum = plan;
-        /* A search costs about log(n) against a scan's n; a search limited
-        ** to one row (a join on rowid) is a lookup. */
-        if (plan & VX_P_ROWID_EQ) {
-            info->estimatedCost = 2.0;
+    if (i_match < 0) {
+        /* No search: a point lookup (an IN list one value per xFilter
+        ** call) or a full scan. */
+        int r = i_eq >= 0 ? i_eq : i_in;
+        if (r >= 0) {
+            info->aConstraintUsage[r].argvIndex = 1;
+            info->aConstraintUsage[r].omit = 1;
+            info->idxNum = VX_P_ROWID_EQ;
+            info->estimatedCost = 1.0;
             info->estimatedRows = 1;
-        } else {
-            info->estimatedCost = (plan & VX_P_ROWID_IN ? 50.0 : 100.0) *
-                                  log2(count + 2.0);
-            info->estimatedRows = 10;
+            info->idxFlags = SQLITE_INDEX_SCAN_UNIQUE;
+            return SQLITE_OK;
         }
+        info->idxNum = 0;
+        info->estimatedCost = 10.0 * count;
+        info->estimatedRows = (sqlite3_int64)count;
         return SQLITE_OK;
     }
-    if (i_rowid >= 0) {
-        info->aConstraintUsage[i_rowid].argvIndex = 1;
-        info->aConstraintUsage[i_rowid].omit = 1;
-        info->idxNum = VX_P_ROWID_EQ;
-        info->estimatedCost = 1.0;
+
+    order[n] = i_match, flag[n++] = VX_P_MATCH;
+    if (i_k >= 0) order[n] = i_k, flag[n++] = VX_P_K;
+    if (i_ef >= 0) order[n] = i_ef, flag[n++] = VX_P_EF;
+    if (i_np >= 0) order[n] = i_np, flag[n++] = VX_P_NPROBE;
+    if (i_in >= 0) {
+        sqlite3_vtab_in(info, i_in, 1);
+        order[n] = i_in, flag[n++] = VX_P_ROWID_IN;
+    } else if (i_eq >= 0) {
+        order[n] = i_eq, flag[n++] = VX_P_ROWID_EQ;
+    }
+    /* SQLite keeps a plan with LIMIT only if it uses every constraint
+    ** before it, OFFSET included; OFFSET is not omitted, so SQLite skips
+    ** those rows itself and the search returns LIMIT + OFFSET. */
+    if (i_limit >= 0 && i_k < 0) {
+        order[n] = i_limit, flag[n++] = VX_P_LIMIT;
+        if (i_offset >= 0) order[n] = i_offset, flag[n++] = VX_P_OFFSET;
+    }
+    for (j = 0; j < n; j++) {
+        info->aConstraintUsage[order[j]].argvIndex = j + 1;
+        info->aConstraintUsage[order[j]].omit = flag[j] != VX_P_LIMIT &&
+                                                flag[j] != VX_P_OFFSET;
+        plan |= flag[j];
+    }
+    if (info->nOrderBy == 1 && info->aOrderBy[0].iColumn == VX_COL_DISTANCE &&
+        !info->aOrderBy[0].desc)
+        info->orderByConsumed = 1;
+
+    info->estimatedRows = 10;
+    if (plan & VX_P_ROWID_EQ) {
         info->estimatedRows = 1;
         info->idxFlags = SQLITE_INDEX_SCAN_UNIQUE;
-        return SQLITE_OK;
+        info->estimatedCost = (plan & VX_P_K) ? VX_COST_ROW_K : VX_COST_ONE;
+    } else if ((plan & VX_P_K) && !(plan & VX_P_ROWID_IN) && joined) {
+        plan |= VX_P_JOINED;
+        info->estimatedCost = VX_COST_REFUSED;
+    } else {
+        info->estimatedCost = (plan & VX_P_ROWID_IN) ? search / 2 : search;
     }
-    info->idxNum = 0;
-    info->estimatedCost = 10.0 * count;
-    info->estimatedRows = (sqlite3_int64)count;
+    if (!(plan & (VX_P_K | VX_P_LIMIT | VX_P_ROWID_IN | VX_P_ROWID_EQ))) {
+        /* Streaming: how many rows SQLite reads depends on how many of
+        ** them a join's filter rejects before its LIMIT is met (10 / the
+        ** fraction kept). Running the other table first costs one
+        ** search of a row per row it keeps, so that wins below about
+        ** sqrt(10 n) kept rows: this estimate puts SQLite's choice there,
+        ** when it knows how many rows the other table keeps. */
+        info->estimatedRows = (sqlite3_int64)sqrt(10.0 * count) + 10;
+        info->estimatedCost += (double)info->estimatedRows;
+    }
+    info->idxNum = plan;
     return SQLITE_OK;
 }
 
@@ -1431,13 +1500,12 @@ static int vx_open(sqlite3_vtab *base, sqlite3_vtab_cursor **out)
 static void vx_cursor_reset(vx_cursor *c)
 {
     sqlite3_finalize(c->scan);
-    c->scan = NULL;
     sqlite3_free(c->ids);
     sqlite3_free(c->dists);
-    c->ids = NULL;
-    c->dists = NULL;
-    c->n = c->pos = 0;
-    c->scan_eof = 0;
+    sqlite3_free(c->q);
+    sqlite3_free(c->allow);
+    sqlite3_free(c->ties);
+    memset((char *)c + sizeof(c->base), 0, sizeof(*c) - sizeof(c->base));
 }
 
 static int vx_close(sqlite3_vtab_cursor *cur)
@@ -1467,35 +1535,140 @@ static int vx_arg_uint(vx_vtab *vt, sqlite3_value *v, const char *name,
     return SQLITE_OK;
 }
 
-static int vx_knn(vx_vtab *vt, vx_cursor *c, int plan, int argc,
-                  sqlite3_value **argv)
+static int vx_cmp_key(const void *a, const void *b)
 {
-    vecidx_search_opts o;
-    sqlite3_int64 k = -1, x;
-    uint64_t *allow = NULL, one, *keys = NULL;
-    size_t nallow = 0, capallow = 0, found = 0, i;
-    float *q = NULL;
-    int a = 0, rc, vrc;
-    uint64_t stored;
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
 
-    memset(&o, 0, sizeof(o));
-    q = sqlite3_malloc64(vt->params.dim * sizeof(float));
-    if (!q) return SQLITE_NOMEM;
-    rc = vx_parse_vec(vt, argv[a++], q, "MATCH");
-    if (rc != SQLITE_OK) goto done;
+/* Whether key was handed out at distance c->last. */
+static int vx_tied(const vx_cursor *c, uint64_t key)
+{
+    return c->nties > 0 &&
+           bsearch(&key, c->ties, c->nties, sizeof(key), vx_cmp_key) != NULL;
+}
+
+/* The batch now in the cursor is handed out next: remember its last
+** distance and the rows at it (sorted, for vx_tied). */
+static int vx_note_batch(vx_cursor *c)
+{
+    float last = c->dists[c->n - 1];
+    size_t i, add = 0;
+    if (!c->started || last != c->last) c->nties = 0;
+    c->started = 1;
+    c->last = last;
+    for (i = 0; i < c->n; i++) add += c->dists[i] == last;
+    if (c->nties + add > c->capties) {
+        size_t cap = (c->nties + add) * 2;
+        uint64_t *nt = sqlite3_realloc64(c->ties, cap * sizeof(*nt));
+        if (!nt) return SQLITE_NOMEM;
+        c->ties = nt;
+        c->capties = cap;
+    }
+    for (i = 0; i < c->n; i++)
+        if (c->dists[i] == last) c->ties[c->nties++] = c->ids[i];
+    qsort(c->ties, c->nties, sizeof(*c->ties), vx_cmp_key);
+    return SQLITE_OK;
+}
+
+/* Search for want results (fewer when fewer are stored or allowed) into
+** the cursor's batch. When streaming (c->more: a MATCH without k or
+** LIMIT), rows are handed out nearest first across batches of growing
+** size: a larger search finds the rows already handed out again, and an
+** approximate one may find rows closer than the last handed out that the
+** smaller one missed; both are skipped, so the order SQLite relies on
+** (ORDER BY distance is consumed) holds. */
+static int vx_fetch(vx_vtab *vt, vx_cursor *c, size_t want)
+{
+    for (;;) {
+        size_t cap, found = 0, i, kept = 0;
+        int rc = vx_ensure(vt), vrc, done;
+        if (rc != SQLITE_OK) return rc;
+        sqlite3_free(c->ids);
+        sqlite3_free(c->dists);
+        c->ids = NULL;
+        c->dists = NULL;
+        c->n = c->pos = 0;
+        cap = vecidx_count(vt->ix);
+        if (c->o.allow_keys && cap > c->o.allow_count) cap = c->o.allow_count;
+        if (want > cap) want = cap;
+        if (want == 0) {
+            c->more = 0;
+            return SQLITE_OK;
+        }
+        c->ids = sqlite3_malloc64(want * sizeof(*c->ids));
+        c->dists = sqlite3_malloc64(want * sizeof(*c->dists));
+        if (!c->ids || !c->dists) return SQLITE_NOMEM;
+        vrc = vecidx_search(vt->ix, c->q, want, &c->o, c->ids, c->dists,
+                            &found);
+        if (vrc != VECIDX_OK) {
+            rc = vx_iderr(vt, vrc, "search");
+            return vrc == VECIDX_EINVAL ? SQLITE_MISMATCH : rc;
+        }
+        if (!c->more) {
+            c->n = found;
+            return SQLITE_OK;
+        }
+        done = found < want || want >= cap;
+        /* An approximate search finds its nearest rows more reliably than
+        ** its farthest: hand out the nearer half and leave the rest to the
+        ** next, larger search, which then misses fewer. */
+        if (!done && vt->params.kind != VECIDX_FLAT) found = (found + 1) / 2;
+        for (i = 0; i < found; i++) {
+            if (c->started &&
+                (c->dists[i] < c->last ||
+                 (c->dists[i] == c->last && vx_tied(c, c->ids[i]))))
+                continue;
+            c->ids[kept] = c->ids[i];
+            c->dists[kept++] = c->dists[i];
+        }
+        c->n = kept;
+        c->want = want;
+        if (kept > 0 && (rc = vx_note_batch(c)) != SQLITE_OK) return rc;
+        if (kept > 0 || done) {
+            c->more = !done;
+            return SQLITE_OK;
+        }
+        want *= 2;
+    }
+}
+
+/* Rows handed out first when the number wanted is unknown: a LIMIT that
+** SQLite keeps to itself is usually about this size or smaller. */
+#define VX_STREAM_FIRST 16
+
+static int vx_knn(vx_vtab *vt, vx_cursor *c, int plan, sqlite3_value **argv)
+{
+    sqlite3_int64 k = -1, x;
+    size_t nallow = 0, capallow = 0;
+    int a = 0, rc;
+
+    if (plan & VX_P_JOINED) {
+        vx_seterr(vt,
+                  "vecidx: k = N on %s joined by rowid to another table: that "
+                  "table's filters would apply after the N nearest are "
+                  "chosen and leave fewer; write ORDER BY distance LIMIT N "
+                  "instead of k, or filter with rowid IN (SELECT ...)",
+                  vt->name);
+        return SQLITE_ERROR;
+    }
+    c->q = sqlite3_malloc64(vt->params.dim * sizeof(float));
+    if (!c->q) return SQLITE_NOMEM;
+    rc = vx_parse_vec(vt, argv[a++], c->q, "MATCH");
+    if (rc != SQLITE_OK) return rc;
     if (plan & VX_P_K) {
         rc = vx_arg_uint(vt, argv[a++], "k", 1, VX_MAX_K, &k);
-        if (rc != SQLITE_OK) goto done;
+        if (rc != SQLITE_OK) return rc;
     }
     if (plan & VX_P_EF) {
         rc = vx_arg_uint(vt, argv[a++], "ef", 1, 1 << 20, &x);
-        if (rc != SQLITE_OK) goto done;
-        o.ef = (uint32_t)x;
+        if (rc != SQLITE_OK) return rc;
+        c->o.ef = (uint32_t)x;
     }
     if (plan & VX_P_NPROBE) {
         rc = vx_arg_uint(vt, argv[a++], "nprobe", 1, 1 << 20, &x);
-        if (rc != SQLITE_OK) goto done;
-        o.nprobe = (uint32_t)x;
+        if (rc != SQLITE_OK) return rc;
+        c->o.nprobe = (uint32_t)x;
     }
     if (plan & VX_P_ROWID_IN) {
         sqlite3_value *v;
@@ -1504,67 +1677,39 @@ static int vx_knn(vx_vtab *vt, vx_cursor *c, int plan, int argc,
             if (sqlite3_value_numeric_type(v) != SQLITE_INTEGER) continue;
             if (nallow == capallow) {
                 size_t cap = capallow ? capallow * 2 : 256;
-                uint64_t *na = sqlite3_realloc64(allow, cap * sizeof(*na));
-                if (!na) {
-                    rc = SQLITE_NOMEM;
-                    goto done;
-                }
-                allow = na;
+                uint64_t *na = sqlite3_realloc64(c->allow, cap * sizeof(*na));
+                if (!na) return SQLITE_NOMEM;
+                c->allow = na;
                 capallow = cap;
             }
-            allow[nallow++] = (uint64_t)sqlite3_value_int64(v);
+            c->allow[nallow++] = (uint64_t)sqlite3_value_int64(v);
         }
-        if (rc != SQLITE_OK && rc != SQLITE_DONE) goto done;
+        if (rc != SQLITE_OK && rc != SQLITE_DONE) return rc;
         a++;
-        o.allow_keys = allow ? allow : &one;
-        o.allow_count = nallow;
+        c->o.allow_keys = c->allow ? c->allow : &c->one;
+        c->o.allow_count = nallow;
     } else if (plan & VX_P_ROWID_EQ) {
         sqlite3_value *v = argv[a++];
-        one = (uint64_t)sqlite3_value_int64(v);
-        o.allow_keys = &one;
-        o.allow_count = sqlite3_value_numeric_type(v) == SQLITE_INTEGER;
+        c->one = (uint64_t)sqlite3_value_int64(v);
+        c->o.allow_keys = &c->one;
+        c->o.allow_count = sqlite3_value_numeric_type(v) == SQLITE_INTEGER;
     }
-    if ((plan & VX_P_LIMIT) && k < 0) {
-        rc = vx_arg_uint(vt, argv[a++], "LIMIT", 1, VX_MAX_K, &k);
-        if (rc != SQLITE_OK) goto done;
+    if (plan & VX_P_LIMIT) {
+        /* SQLite has made both integers. A negative LIMIT is none, a
+        ** negative OFFSET zero; past VX_MAX_K the rows are streamed. */
+        sqlite3_int64 lim = sqlite3_value_int64(argv[a++]);
+        sqlite3_int64 off = (plan & VX_P_OFFSET)
+                                ? sqlite3_value_int64(argv[a++])
+                                : 0;
+        if (off < 0) off = 0;
+        if (lim >= 0 && lim <= VX_MAX_K && off <= VX_MAX_K - lim) k = lim + off;
     }
-    (void)argc;
     if (k < 0) {
-        vx_seterr(vt, "vecidx: a MATCH query needs k = N (or LIMIT N)");
-        rc = SQLITE_ERROR;
-        goto done;
+        /* No k: every row, nearest first, for as long as SQLite reads. */
+        c->more = 1;
+        return vx_fetch(vt, c, VX_STREAM_FIRST);
     }
-    rc = vx_ensure(vt);
-    if (rc != SQLITE_OK) goto done;
-    stored = vecidx_count(vt->ix);
-    if ((uint64_t)k > stored) k = (sqlite3_int64)stored;
-    if (o.allow_keys && (uint64_t)k > o.allow_count)
-        k = (sqlite3_int64)o.allow_count;
-    c->n = 0;
-    if (k == 0) goto done;
-    keys = sqlite3_malloc64((sqlite3_uint64)k * sizeof(uint64_t));
-    c->dists = sqlite3_malloc64((sqlite3_uint64)k * sizeof(float));
-    if (!keys || !c->dists) {
-        rc = SQLITE_NOMEM;
-        goto done;
-    }
-    vrc = vecidx_search(vt->ix, q, (size_t)k, &o, keys, c->dists, &found);
-    if (vrc != VECIDX_OK) {
-        rc = vx_iderr(vt, vrc, "search");
-        if (vrc == VECIDX_EINVAL) rc = SQLITE_MISMATCH;
-        goto done;
-    }
-    /* uint64_t and sqlite3_int64 have one size: keep the array. */
-    for (i = 0; i < found; i++)
-        ((sqlite3_int64 *)keys)[i] = (sqlite3_int64)keys[i];
-    c->ids = (sqlite3_int64 *)keys;
-    keys = NULL;
-    c->n = found;
-done:
-    sqlite3_free(keys);
-    sqlite3_free(allow);
-    sqlite3_free(q);
-    return rc;
+    return vx_fetch(vt, c, (size_t)k);
 }
 
 static int vx_filter(sqlite3_vtab_cursor *cur, int plan, const char *idxStr,
@@ -1574,9 +1719,10 @@ static int vx_filter(sqlite3_vtab_cursor *cur, int plan, const char *idxStr,
     vx_vtab *vt = (vx_vtab *)cur->pVtab;
     int rc;
     (void)idxStr;
+    (void)argc;
     vx_cursor_reset(c);
     c->plan = plan;
-    if (plan & VX_P_MATCH) return vx_knn(vt, c, plan, argc, argv);
+    if (plan & VX_P_MATCH) return vx_knn(vt, c, plan, argv);
     if (plan & VX_P_ROWID_EQ) {
         sqlite3_stmt *s;
         rc = vx_stmt(vt, VXS_GET, &s);
@@ -1589,7 +1735,7 @@ static int vx_filter(sqlite3_vtab_cursor *cur, int plan, const char *idxStr,
                 sqlite3_reset(s);
                 return SQLITE_NOMEM;
             }
-            c->ids[0] = sqlite3_value_int64(argv[0]);
+            c->ids[0] = (uint64_t)sqlite3_value_int64(argv[0]);
             c->n = 1;
         }
         sqlite3_reset(s);
@@ -1619,7 +1765,8 @@ static int vx_next(sqlite3_vtab_cursor *cur)
         if (rc == SQLITE_ROW || rc == SQLITE_DONE) return SQLITE_OK;
         return vx_sqlerr((vx_vtab *)cur->pVtab, rc);
     }
-    c->pos++;
+    if (++c->pos >= c->n && c->more)
+        return vx_fetch((vx_vtab *)cur->pVtab, c, c->want * 2);
     return SQLITE_OK;
 }
 
@@ -1632,7 +1779,8 @@ static int vx_eof(sqlite3_vtab_cursor *cur)
 static int vx_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *out)
 {
     vx_cursor *c = (vx_cursor *)cur;
-    *out = c->scan ? sqlite3_column_int64(c->scan, 0) : c->ids[c->pos];
+    *out = c->scan ? sqlite3_column_int64(c->scan, 0)
+                   : (sqlite3_int64)c->ids[c->pos];
     return SQLITE_OK;
 }
 
@@ -1650,7 +1798,7 @@ static int vx_column(sqlite3_vtab_cursor *cur, sqlite3_context *ctx, int col)
         }
         rc = vx_stmt(vt, VXS_GET, &s);
         if (rc != SQLITE_OK) return rc;
-        sqlite3_bind_int64(s, 1, c->ids[c->pos]);
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)c->ids[c->pos]);
         rc = sqlite3_step(s);
         if (rc == SQLITE_ROW)
             sqlite3_result_value(ctx, sqlite3_column_value(s, 0));

@@ -174,9 +174,9 @@ def test_errors():
     expect_error(lambda: c.execute(ins, ("x", "[1,2,3,4]")), "mismatch")
     assert c.execute("SELECT count(*) FROM v").fetchone()[0] == 0
     c.execute(ins, (1, "[1,2,3,4]"))
-    expect_error(lambda: c.execute(
-        "SELECT rowid FROM v WHERE embedding MATCH '[1,2,3,4]'").fetchall(),
-        "needs k")
+    # without k a MATCH hands out every row, nearest first
+    assert c.execute("SELECT rowid FROM v WHERE embedding MATCH "
+                     "'[1,2,3,4]'").fetchall() == [(1,)]
     expect_error(lambda: knn(c, [1, 2, 3, 4], 0), "out of range")
     expect_error(lambda: c.execute(
         "SELECT rowid FROM v WHERE embedding MATCH '[1,2,3,4]' AND "
@@ -324,24 +324,204 @@ def test_filter_in_subquery():
         assert len(r) == 10 and all(x[1] == 7 for x in r)
 
 
-def test_filter_join_on_rowid_per_row():
-    # A join the planner runs with the other table outside (its filter has
-    # an index): each joined row is a search limited to that rowid, so
-    # ORDER BY distance LIMIT k gives the exact filtered top k.
-    rng = random.Random(3)
+def assert_topk(rows, vecs, q, k, allowed=None, exact=True, dist=l2):
+    """rows (rowid, distance, ...) are a top k of vecs among allowed:
+    min(k, allowed) distinct allowed rows, nearest first, with their
+    distances; exact: the k nearest (compared by distance, so that ties and
+    float32 rounding cannot fail it), else at least 80 % of them."""
+    cand = sorted((dist(v, q), i) for i, v in vecs.items()
+                  if allowed is None or i in allowed)
+    want = min(k, len(cand))
+    got = [r[0] for r in rows]
+    assert len(got) == want, ("count", len(got), want)
+    assert len(set(got)) == want, "duplicates"
+    assert allowed is None or set(got) <= allowed, "filtered-out rows"
+    d = [r[1] for r in rows]
+    assert d == sorted(d), "not nearest first"
+    for i, x in zip(got, d):
+        assert abs(x - dist(vecs[i], q)) <= 1e-4 * (1 + abs(x)), (i, x)
+    if want == 0:
+        return
+    if exact:
+        kth = cand[want - 1][0]
+        assert d[-1] <= kth + 1e-4 * (1 + kth), (d[-1], kth)
+    else:
+        truth = {i for _, i in cand[:want]}
+        assert len(truth & set(got)) >= 0.8 * want, (len(truth & set(got)))
+
+
+def make_docs(n, kind="flat", index=False, seed=3, extra=""):
+    rng = random.Random(seed)
     c = connect()
-    c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, cat INT)")
-    c.execute("CREATE INDEX docs_cat ON docs(cat)")
-    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8)")
-    vecs = fill(c, 2000, 8, rng)
-    c.executemany("INSERT INTO docs VALUES (?, ?)",
-                  [(i, i % 40) for i in vecs])
-    q = rvec(rng, 8)
-    r = c.execute("SELECT v.rowid, v.distance FROM v JOIN docs d ON "
-                  "d.id = v.rowid WHERE v.embedding MATCH ? AND v.k = 10 "
-                  "AND d.cat = 5 ORDER BY v.distance LIMIT 10",
-                  (blob(q),)).fetchall()
-    assert ids(r) == brute(vecs, q, 10, {i for i in vecs if i % 40 == 5})
+    c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, cat INT, "
+              "title TEXT)")
+    if index:
+        c.execute("CREATE INDEX docs_cat ON docs(cat)")
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=%s%s)"
+              % (kind, extra))
+    vecs = fill(c, n, 8, rng)
+    c.executemany("INSERT INTO docs VALUES (?, ?, ?)",
+                  [(i, i % 50, "doc %d" % i) for i in vecs])
+    return c, vecs, rng
+
+
+def test_join_forms():
+    # Every way of writing a filtered KNN join that the README says works,
+    # with the filter kept by 2 %, 80 %, 0.7 % and none of the rows, with and
+    # without an index on the filtered column (SQLite then runs either
+    # table first), on an exact and an approximate index: min(k, rows
+    # kept) results, the exact top k for the flat index.
+    filters = [("cat = 7", lambda i: i % 50 == 7),
+               ("cat < 40", lambda i: i % 50 < 40),
+               ("cat = 7 AND id % 3 = 0", lambda i: i % 50 == 7 and
+                i % 3 == 0),
+               ("cat = 1000", lambda i: False)]
+    forms = [
+        # filter as an allowed set, with and without a join for columns
+        ("SELECT v.rowid, v.distance FROM v WHERE v.embedding MATCH :q "
+         "AND v.k = :k AND v.rowid IN (SELECT id FROM docs d WHERE {f})",
+         True),
+        ("SELECT v.rowid, v.distance, d.title FROM v JOIN docs d ON "
+         "d.id = v.rowid WHERE v.embedding MATCH :q AND v.k = :k AND "
+         "v.rowid IN (SELECT id FROM docs d WHERE {f}) ORDER BY v.distance",
+         True),
+        ("SELECT v.rowid, v.distance FROM v WHERE v.embedding MATCH :q "
+         "AND v.rowid IN (SELECT id FROM docs d WHERE {f}) "
+         "ORDER BY v.distance LIMIT :k", True),
+        # plain joins with LIMIT, both ways round and as a comma join
+        ("SELECT d.id, v.distance FROM docs d JOIN v ON v.rowid = d.id "
+         "WHERE {f} AND v.embedding MATCH :q ORDER BY v.distance LIMIT :k",
+         False),
+        ("SELECT v.rowid, v.distance FROM v JOIN docs d ON d.id = v.rowid "
+         "WHERE v.embedding MATCH :q AND {f} ORDER BY v.distance LIMIT :k",
+         False),
+        ("SELECT v.rowid, v.distance FROM v, docs d WHERE d.id = v.rowid "
+         "AND {f} AND v.embedding MATCH :q ORDER BY v.distance LIMIT :k",
+         False),
+        # the order forced: the vector table inside the other's loop
+        ("SELECT d.id, v.distance FROM docs d CROSS JOIN v ON "
+         "v.rowid = d.id WHERE {f} AND v.embedding MATCH :q "
+         "ORDER BY v.distance LIMIT :k", False),
+        ("SELECT d.id, v.distance FROM docs d LEFT JOIN v ON "
+         "v.rowid = d.id AND v.embedding MATCH :q WHERE {f} AND "
+         "v.distance IS NOT NULL ORDER BY v.distance LIMIT :k", False),
+    ]
+    for kind, extra in (("flat", ""), ("hnsw", ", M=16, ef=32")):
+        for index in (False, True):
+            c, vecs, rng = make_docs(3000, kind, index, extra=extra)
+            for fsql, fpy in filters:
+                allowed = {i for i in vecs if fpy(i)}
+                for k in (1, 10, 100):
+                    q = rvec(rng, 8)
+                    for sql, pushed in forms:
+                        sql = sql.format(f=fsql)
+                        args = {"q": blob(q), "k": k}
+                        plan = " ".join(r[3] for r in c.execute(
+                            "EXPLAIN QUERY PLAN " + sql, args))
+                        if pushed:   # the IN list went into the search
+                            n = int(plan.split("INDEX ")[1].split(":")[0])
+                            assert n & 16, plan
+                        rows = c.execute(sql, args).fetchall()
+                        try:
+                            assert_topk(rows, vecs, q, k, allowed,
+                                        exact=kind == "flat")
+                        except AssertionError as e:
+                            raise AssertionError((kind, index, fsql, k, sql,
+                                                  plan, e))
+
+
+def test_join_with_k_refused():
+    # k = N with the table joined by rowid cannot be exact (the other
+    # table's filter is applied to the N found, or SQLite runs one search
+    # per joined row): an error that says what to write instead, whichever
+    # table SQLite runs first.
+    for index in (False, True):
+        c, vecs, rng = make_docs(500, index=index)
+        q = blob(rvec(rng, 8))
+        for sql in (
+                "SELECT d.id FROM docs d JOIN v ON v.rowid = d.id WHERE "
+                "d.cat = 3 AND v.embedding MATCH ? AND v.k = 10",
+                "SELECT d.id FROM v JOIN docs d ON d.id = v.rowid WHERE "
+                "v.embedding MATCH ? AND v.k = 10 AND d.cat = 3 "
+                "ORDER BY v.distance LIMIT 10",
+                "SELECT d.id FROM v, docs d WHERE d.id = v.rowid AND "
+                "v.embedding MATCH ? AND v.k = 10",
+                # a subquery SQLite flattens into the same join
+                "SELECT d.id FROM (SELECT rowid AS r FROM v WHERE "
+                "embedding MATCH ? AND k = 10) JOIN docs d ON d.id = r"):
+            expect_error(lambda: c.execute(sql, (q,)).fetchall(),
+                         "write ORDER BY distance LIMIT N instead of k")
+        # a materialized subquery is one search, then the join: the k
+        # nearest that pass the filter, as asked
+        allowed = {i for i in vecs if i % 50 < 25}
+        rows = c.execute(
+            "WITH knn AS MATERIALIZED (SELECT rowid AS r, distance FROM v "
+            "WHERE embedding MATCH ? AND k = 40) SELECT r, distance FROM knn "
+            "JOIN docs d ON d.id = r WHERE d.cat < 25 ORDER BY distance",
+            (q,)).fetchall()
+        top = brute(vecs, unblob(q), 40)
+        assert ids(rows) == [i for i in top if i in allowed]
+        # a correlated subquery is a search of one row per outer row
+        rows = c.execute(
+            "SELECT d.id, (SELECT distance FROM v WHERE embedding MATCH ?1 "
+            "AND k = 1 AND rowid = d.id) FROM docs d WHERE d.cat = 3",
+            (q,)).fetchall()
+        assert len(rows) == 10
+        for i, dd in rows:
+            assert abs(dd - l2(vecs[i], unblob(q))) < 1e-4
+
+
+def test_stream_without_k():
+    # MATCH without k or LIMIT: every row, nearest first, each once --
+    # across the growing searches. The exact index with many rows at equal
+    # distances (each search cuts through them somewhere else); the graph,
+    # which may miss a row in one search and find it in the next, closer
+    # than rows already handed out: skipped, so the order holds.
+    rng = random.Random(11)
+    for kind in ("flat", "hnsw"):
+        c = connect()
+        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4, kind=%s)"
+                  % kind)
+        vecs = fill(c, 700, 4, rng)
+        if kind == "flat":
+            c.execute("BEGIN")
+            for i in range(1000, 1300):   # 300 copies of two vectors
+                vecs[i] = [.5, .5, .5, .5] if i % 2 else [-.5, .5, -.5, .5]
+                c.execute("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+                          (i, blob(vecs[i])))
+            c.execute("COMMIT")
+        for q in ([0.5, 0.5, 0.5, 0.5], rvec(rng, 4), rvec(rng, 4)):
+            rows = c.execute("SELECT rowid, distance FROM v WHERE "
+                             "embedding MATCH ?", (blob(q),)).fetchall()
+            assert_topk(rows, vecs, q, len(vecs) if kind == "flat" else
+                        len(rows), exact=kind == "flat")
+            assert len(rows) >= 0.98 * len(vecs), len(rows)
+        # stopped early by SQLite's LIMIT, OFFSET, count(*)
+        q = rvec(rng, 4)
+        all_rows = c.execute("SELECT rowid FROM v WHERE embedding MATCH ?",
+                             (blob(q),)).fetchall()
+        for lim, off in ((0, 0), (1, 0), (5, 3), (40, 17), (-1, 990),
+                         (3, -2)):
+            got = c.execute("SELECT rowid FROM v WHERE embedding MATCH ? "
+                            "ORDER BY distance LIMIT ? OFFSET ?",
+                            (blob(q), lim, off)).fetchall()
+            o = max(off, 0)
+            want = all_rows[o:] if lim < 0 else all_rows[o:o + lim]
+            assert got == want, (lim, off, got, want)
+        n = c.execute("SELECT count(*) FROM v WHERE embedding MATCH ?",
+                      (blob(q),)).fetchone()[0]
+        assert n == len(all_rows)
+        # a literal LIMIT and OFFSET (passed to the table by SQLite 3.41+)
+        got = c.execute("SELECT rowid FROM v WHERE embedding MATCH ? "
+                        "LIMIT 4 OFFSET 2", (blob(q),)).fetchall()
+        assert got == all_rows[2:6], (got, all_rows[:6])
+        # one row: its distance, with or without k
+        for extra in ("", "AND k = 3"):
+            r = c.execute("SELECT rowid, distance FROM v WHERE embedding "
+                          "MATCH ? AND rowid = 5 " + extra,
+                          (blob(q),)).fetchall()
+            assert r[0][0] == 5 and len(r) == 1
+            assert abs(r[0][1] - l2(vecs[5], q)) < 1e-5
 
 
 def test_transactions_and_savepoints():
