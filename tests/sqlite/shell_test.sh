@@ -2,8 +2,8 @@
 # The vecidx SQLite extension through the sqlite3 command-line shell:
 #     sh tests/sqlite/shell_test.sh [sqlite/vecidx_sqlite.so]
 # Loads the extension with .load, runs a script of creates, writes,
-# searches, filters and transactions, and compares the output with the
-# expected one. Ends with "N passed, N failed".
+# searches, filters (as a join too) and transactions, and compares the
+# output with the expected one. Ends with "N passed, N failed".
 set -u
 ext=${1:-sqlite/vecidx_sqlite.so}
 ext=${ext%.so}
@@ -29,8 +29,15 @@ SELECT 'rolled back', rowid FROM v WHERE embedding MATCH '[0.9, 0]' AND k = 1;
 UPDATE v SET embedding = '[9, 9]' WHERE rowid = 2;
 SELECT 'updated', rowid FROM v WHERE embedding MATCH '[9, 9]' AND k = 1 AND ef = 16;
 SELECT 'count', count(*) FROM v;
+SELECT 'join', d.id FROM docs d JOIN v ON v.rowid = d.id
+ WHERE d.kind = 'a' AND v.embedding MATCH '[0.9, 0]'
+ ORDER BY v.distance LIMIT 2;
+SELECT 'limit', rowid FROM v WHERE embedding MATCH '[0.9, 0]'
+ ORDER BY distance LIMIT 2 OFFSET 1;
 SELECT 'error';
 INSERT INTO v(rowid, embedding) VALUES (9, '[1, 2, 3]');
+SELECT d.id FROM docs d JOIN v ON v.rowid = d.id
+ WHERE d.kind = 'a' AND v.embedding MATCH '[0.9, 0]' AND v.k = 2;
 SQL
 
 cat >"$dir/want" <<'OUT'
@@ -43,8 +50,13 @@ in txn|1
 rolled back|2
 updated|2
 count|5
+join|1
+join|3
+limit|3
+limit|4
 error
-Runtime error near line 20: embedding: the JSON array has more than 2 numbers (20)
+Runtime error near line 25: embedding: the JSON array has more than 2 numbers (20)
+Runtime error near line 26: vecidx: k = N on v joined by rowid to another table: that table's filters would apply after the N nearest are chosen and leave fewer; write ORDER BY distance LIMIT N instead of k, or filter with rowid IN (SELECT ...)
 OUT
 
 if diff -u "$dir/want" "$dir/out"; then
