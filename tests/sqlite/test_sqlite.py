@@ -719,6 +719,8 @@ def test_read_only_database():
     c = connect(path)
     c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4)")
     vecs = fill(c, 50, 4, rng)
+    c.execute("CREATE TABLE odd(id INTEGER PRIMARY KEY)")
+    c.executemany("INSERT INTO odd VALUES (?)", [(i,) for i in vecs if i % 2])
     c.close()
     r = connect("file:%s?mode=ro" % path, uri=True)
     assert ids(knn(r, vecs[9], 1)) == [9]
@@ -729,6 +731,14 @@ def test_read_only_database():
                  "readonly")
     assert ids(knn(r, vecs[9], 1)) == [9]
     assert r.execute("SELECT count(*) FROM v").fetchone()[0] == 50
+    # streamed, and joined to a table of the same read-only file
+    rows = r.execute("SELECT rowid, distance FROM v WHERE embedding MATCH ? "
+                     "ORDER BY distance LIMIT 7", (blob(vecs[9]),)).fetchall()
+    assert_topk(rows, vecs, vecs[9], 7)
+    rows = r.execute("SELECT v.rowid, v.distance FROM v JOIN odd ON "
+                     "odd.id = v.rowid WHERE v.embedding MATCH ? "
+                     "ORDER BY v.distance LIMIT 5", (blob(vecs[9]),)).fetchall()
+    assert_topk(rows, vecs, vecs[9], 5, {i for i in vecs if i % 2})
 
 
 def test_other_process():
