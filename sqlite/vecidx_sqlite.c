@@ -1705,9 +1705,13 @@ static int vx_knn(vx_vtab *vt, vx_cursor *c, int plan, sqlite3_value **argv)
         if (lim >= 0 && lim <= VX_MAX_K && off <= VX_MAX_K - lim) k = lim + off;
     }
     if (k < 0) {
-        /* No k: every row, nearest first, for as long as SQLite reads. */
+        /* No k: every row, nearest first, for as long as SQLite reads. An
+        ** approximate search hands out half of what it finds: ask for twice
+        ** as many, so that a small LIMIT is met by one search. */
         c->more = 1;
-        return vx_fetch(vt, c, VX_STREAM_FIRST);
+        return vx_fetch(vt, c,
+                        vt->params.kind == VECIDX_FLAT ? VX_STREAM_FIRST
+                                                       : 2 * VX_STREAM_FIRST);
     }
     return vx_fetch(vt, c, (size_t)k);
 }
