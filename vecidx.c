@@ -34,6 +34,7 @@
 #endif
 
 #include "vecidx.h"
+#undef vecidx_stats /* the macro: the function of that name is below */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -451,6 +452,120 @@ static void vx_ebr_destroy(vx_ebr *e, vx_mem *mem)
         b = next;
     }
     e->first = NULL;
+}
+
+/* ---- activity counters -----------------------------------------------------
+** What vecidx_stats reports of the calls made since open. A call's latency
+** goes into a log-linear histogram, VX_HIST_SUB buckets to each power of
+** two of nanoseconds: a percentile read back as its bucket's middle is
+** within 1/(2 * VX_HIST_SUB) of the truth. Every count is a relaxed atomic
+** add on memory of the handle, so recording never waits for anything;
+** threads that record at once may share a cache line, which costs them
+** tens of nanoseconds against a search's tens of microseconds. */
+
+#define VX_HIST_BITS 4
+#define VX_HIST_SUB (1u << VX_HIST_BITS)
+#define VX_HIST_TOP 40 /* 2^40 ns = 18 minutes: longer calls go in the top */
+#define VX_HIST_N ((VX_HIST_TOP - VX_HIST_BITS + 1) * VX_HIST_SUB)
+
+typedef struct vx_hist {
+    uint64_t bucket[VX_HIST_N];
+    uint64_t max; /* nanoseconds */
+} vx_hist;
+
+enum {
+    VX_OP_SEARCH,
+    VX_OP_BATCH,
+    VX_OP_INSERT,
+    VX_OP_REMOVE,
+    VX_OP_CKPT,
+    VX_OP_N
+};
+
+typedef struct vx_activity {
+    uint64_t searches, inserts, removes; /* successful, see vecidx.h */
+    uint64_t dist, visit;                /* summed over searches */
+    uint64_t repairs, checkpoints;
+    uint64_t log_records; /* writes logged since the last checkpoint */
+    uint64_t log_bytes;   /* the log's size, as the last writer left it */
+    uint64_t ivf_added;   /* IVF-PQ entries added since training or open */
+    uint64_t ivf_base;    /* and the entries there were then */
+    uint64_t ckpt_end, ckpt_ns; /* Unix time and duration, nanoseconds */
+    vx_hist hist[VX_OP_N];
+} vx_activity;
+
+/* Work of the searches running on this thread, added to the handle's
+** totals once per search call (vx_search_run), not per vector. */
+static _Thread_local struct {
+    uint64_t dist, visit;
+} vx_tally;
+
+#define VX_COUNT(p, n) ((void)__atomic_fetch_add((p), (n), __ATOMIC_RELAXED))
+
+static uint64_t vx_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static size_t vx_hist_bucket(uint64_t ns)
+{
+    unsigned e;
+    if (ns < VX_HIST_SUB) return (size_t)ns;
+    if (ns >> VX_HIST_TOP) return VX_HIST_N - 1;
+    e = 63u - (unsigned)__builtin_clzll(ns); /* VX_HIST_BITS .. TOP - 1 */
+    return (size_t)(e - VX_HIST_BITS + 1) * VX_HIST_SUB +
+           (size_t)((ns >> (e - VX_HIST_BITS)) & (VX_HIST_SUB - 1));
+}
+
+/* The middle of bucket b, in nanoseconds. */
+static double vx_hist_mid(size_t b)
+{
+    unsigned e;
+    if (b < VX_HIST_SUB) return (double)b;
+    e = (unsigned)(b / VX_HIST_SUB) + VX_HIST_BITS - 1;
+    return ((double)(VX_HIST_SUB + b % VX_HIST_SUB) + 0.5) *
+           (double)(1ull << (e - VX_HIST_BITS));
+}
+
+/* Record a call that began at t0 (vx_now_ns). */
+static void vx_hist_add(vx_hist *h, uint64_t t0)
+{
+    uint64_t ns = vx_now_ns() - t0,
+             m = __atomic_load_n(&h->max, __ATOMIC_RELAXED);
+    VX_COUNT(&h->bucket[vx_hist_bucket(ns)], 1);
+    while (ns > m &&
+           !__atomic_compare_exchange_n(&h->max, &m, ns, 1, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED)) {
+    }
+}
+
+/* Percentiles of h in microseconds (all 0 for an empty histogram). */
+static void vx_hist_read(const vx_hist *h, vecidx_latency *out)
+{
+    static const double at[3] = {0.50, 0.95, 0.99};
+    double *pct[3];
+    uint64_t count[VX_HIST_N], n = 0, seen = 0;
+    double max = (double)__atomic_load_n(&h->max, __ATOMIC_RELAXED);
+    size_t b;
+    int i = 0;
+    pct[0] = &out->p50_us;
+    pct[1] = &out->p95_us;
+    pct[2] = &out->p99_us;
+    memset(out, 0, sizeof *out);
+    for (b = 0; b < VX_HIST_N; b++)
+        n += count[b] = __atomic_load_n(&h->bucket[b], __ATOMIC_RELAXED);
+    out->count = n;
+    for (b = 0; b < VX_HIST_N && n && i < 3; b++) {
+        seen += count[b];
+        /* the smallest value with at least that share at or below it */
+        while (i < 3 && (double)seen >= at[i] * (double)n) {
+            double v = vx_hist_mid(b);
+            *pct[i++] = (v < max ? v : max) / 1e3;
+        }
+    }
+    out->max_us = n ? max / 1e3 : 0;
 }
 
 /* ======================================================================
@@ -3325,7 +3440,8 @@ typedef struct vx_hnsw_scratch {
     size_t sel_cap;
     uint32_t *ids; /* a link list, copied out */
     size_t ids_cap;
-    size_t visited;
+    size_t visited;         /* nodes scored at level 0, this search */
+    size_t expanded;        /* nodes whose links it read */
     size_t asked, admitted; /* nodes the filter was asked about, passed */
     int oom;
     int writer;    /* used by a write: lock lists during parallel passes */
@@ -3451,6 +3567,7 @@ struct vecidx {
                             failed is tried again */
     pthread_t closer;    /* closing a file a save replaced (vx_let_go) */
     int closer_on;
+    vx_activity act; /* for vecidx_stats */
 };
 
 /* A writer holds wlock for its whole call, which keeps other writers out.
@@ -3469,10 +3586,19 @@ static void vx_write_begin(vecidx *ix)
 static void vx_ckpt_auto(vecidx *ix);
 static void vx_reclaim(vecidx *ix);
 
+/* Publish the log's size for vecidx_stats, which does not take wlock;
+** wlock held. */
+static void vx_act_log(vecidx *ix)
+{
+    __atomic_store_n(&ix->act.log_bytes, ix->wal.fd >= 0 ? ix->wal.end : 0,
+                     __ATOMIC_RELAXED);
+}
+
 static void vx_write_end(vecidx *ix)
 {
     vx_reclaim(ix);
     vx_ckpt_auto(ix); /* fold a long log into the main file, a step a write */
+    vx_act_log(ix);
     pthread_mutex_unlock(&ix->wlock);
 }
 
@@ -3665,7 +3791,7 @@ static void vx_query_encode(const vecidx *ix, vx_query *q, void *buf)
 static size_t vx_refine_k(const vecidx *ix, const vecidx_search_opts *o,
                           size_t k)
 {
-    size_t r = o && o->refine ? o->refine : ix->p.refine;
+    size_t r = o && o->refine ? o->refine : VX_PEEK(&ix->p.refine);
     if (r == 0) r = ix->store.store == VECIDX_STORE_BIN ? 20 : 2;
     return k > SIZE_MAX / r ? SIZE_MAX : k * r;
 }
@@ -3734,6 +3860,8 @@ typedef struct vx_sopts {
     float sel;       /* the caller's filter_selectivity, with a callback */
     int counted;     /* card bounds the set exactly: an explicit set */
     int none;        /* an explicit set is empty: nothing can pass */
+    int exact;       /* the exact answer, for vecidx_estimate_recall */
+    int quiet;       /* not counted in vecidx_stats (its own searches) */
 } vx_sopts;
 
 static int vx_set_has(const vx_sopts *a, uint64_t key)
@@ -4067,6 +4195,7 @@ static void vx_flat_run(void *ctx, const vx_chunk *c, uint32_t row,
     const vx_flat_ctx *f = ctx;
     float dist[VX_FLAT_MAX_ROWS];
     size_t qi;
+    vx_tally.dist += n * f->nq;
     for (qi = 0; qi < f->nq; qi++) {
         vx_flat_dists(f->ix, c, row, n, &f->q[qi], dist);
         vx_flat_offer(c, row, slot, n, dist, f->o, 0, &f->heaps[qi]);
@@ -4127,6 +4256,7 @@ static void vx_coded_run(void *ctx, const vx_chunk *c, uint32_t row,
 {
     const vx_coded_ctx *f = ctx;
     float dist[VX_FLAT_MAX_ROWS];
+    vx_tally.dist += n;
     vx_code_dists(f->ix, f->q, c, row, slot, n, dist);
     vx_flat_offer(c, row, slot, n, dist, f->o, f->by_slot, f->into);
 }
@@ -4163,6 +4293,7 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     f.by_slot = s->keep;
     f.into = s->keep ? &c : h;
     vx_flat_runs(ix, o, prefilter, vx_coded_run, &f);
+    if (s->keep) vx_tally.dist += c.n;
     for (i = 0; s->keep && i < c.n; i++) {
         uint32_t slot = (uint32_t)c.id[i];
         float d = vx_full_dist(ix, q, slot);
@@ -4273,6 +4404,7 @@ static void vx_flat_allowed(vecidx *ix, const vx_query *q,
             if (i + VX_ALLOW_AHEAD < j)
                 vx_store_prefetch(s, slots[i + VX_ALLOW_AHEAD]);
             if (vx_store_live(s, slots[i]) != VX_LIVE) continue;
+            vx_tally.dist++;
             d = s->keep ? vx_full_dist(ix, q, slots[i])
                         : vx_qdist(ix, q, slots[i]);
             if (VX_UNLIKELY(d != d)) d = INFINITY;
@@ -4528,7 +4660,7 @@ static void vx_scratch_new_visit(vx_hnsw_scratch *s)
         memset(s->visit, 0, s->visit_cap * sizeof *s->visit);
         s->epoch = 1;
     }
-    s->visited = 0;
+    s->visited = s->expanded = 0;
 }
 
 /* ---- candidate heaps ---------------------------------------------------- */
@@ -4787,6 +4919,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         uint32_t fresh[2 * VX_HNSW_MAX_M];
         if (s->nres >= ef && c.d > s->res[0].d) break;
         if (s->visited > budget) break;
+        s->expanded++;
         m = vx_hnsw_unvisited(ix, s, c.slot, l, fresh);
         /* Mark first, then request every unvisited vector, whole, before
         ** any distance is computed, so that all their loads are in flight
@@ -5249,7 +5382,8 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
                           const vecidx_search_opts *o, vx_topk *h)
 {
     vx_hnsw_scratch *s;
-    size_t ef = o && o->ef ? o->ef : ix->p.hnsw_ef_search, budget, i, kr = k;
+    size_t ef = o && o->ef ? o->ef : VX_PEEK(&ix->p.hnsw_ef_search), budget, i,
+           kr = k;
     size_t efw;
     const vx_sopts *a = vx_allow_of(o);
     double frac = 1.0;
@@ -5294,9 +5428,12 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
             aborted = s->visited > budget;
         }
     }
+    vx_tally.dist += s->visited;
+    vx_tally.visit += s->expanded;
     if (ix->store.keep && !aborted) { /* the kr best, re-scored exactly */
         qsort(s->res, s->nres, sizeof *s->res, vx_cand_cmp);
         if (s->nres > kr) s->nres = kr;
+        vx_tally.dist += s->nres;
         for (i = 0; i < s->nres; i++)
             s->res[i].d = vx_full_dist(ix, q, s->res[i].slot);
     }
@@ -5742,6 +5879,7 @@ static void vx_hnsw_maintain(vecidx *ix)
         return;
     s->writer = 1;
     if (p->phase == VX_PASS_IDLE) {
+        VX_COUNT(&ix->act.repairs, 1);
         vx_pass_start(ix);
         work -= (long)(ix->store.nslots / 16);
     } else if (vx_pass_due(ix)) {
@@ -5991,6 +6129,7 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
     vx_ivf *v = &ix->ivf, t;
     size_t need = v->map_n + more, cap = v->map_cap, oldcap = v->map_cap, i;
     size_t bytes;
+    int was;
     uint64_t *old = v->map, *fresh;
     if (cap && need <= cap / 5 * 4) return VECIDX_OK;
     while (cap / 5 * 4 < need) cap = cap < 64 ? 64 : cap + cap / 2;
@@ -6011,13 +6150,14 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
             vx_ivf_map_put(&t, vx_ivf_cell_key(v, old[i]),
                            (uint32_t)(old[i] >> 32) & 0xFFFFFu,
                            (uint32_t)old[i]);
+    was = v->map_mapped;
     vx_keys_lock(ix);
     v->map = fresh;
     v->map_cap = cap;
     v->map_n = t.map_n;
+    v->map_mapped = 0; /* vecidx_stats reads it */
     vx_keys_unlock(ix);
-    if (!v->map_mapped) vx_free(&ix->mem, old, oldcap * sizeof *old);
-    v->map_mapped = 0;
+    if (!was) vx_free(&ix->mem, old, oldcap * sizeof *old);
     return VECIDX_OK;
 }
 
@@ -6284,6 +6424,7 @@ static void vx_ivf_apply(vecidx *ix, const vx_ivf_prep *pr,
     for (i = 0; i < pr->n; i++)
         vx_ivl_append(ix, pr->list[i], keys[i], pr->codes + i * ix->ivf.m,
                       vecs + i * (size_t)ix->p.dim);
+    VX_COUNT(&ix->act.ivf_added, pr->n);
 }
 
 /* ---- search ------------------------------------------------------------ */
@@ -6389,6 +6530,8 @@ static void vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
 {
     const vx_ivlist *l = &ix->ivf.lists[li];
     size_t m = ix->ivf.m, b, i;
+    vx_tally.dist += l->n;
+    vx_tally.visit++;
     for (b = 0; b < l->n; b += VX_IVF_SCAN) {
         size_t nb = l->n - b < VX_IVF_SCAN ? l->n - b : VX_IVF_SCAN;
         const uint64_t *key = l->keys + b;
@@ -6431,6 +6574,7 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 {
     const vx_ivf *v = &ix->ivf;
     size_t i;
+    vx_tally.dist += w->cand.n;
     for (i = 0; i < w->cand.n; i++) {
         size_t cell = vx_ivf_map_find(v, w->cand.id[i]);
         const vx_ivlist *l;
@@ -6454,6 +6598,7 @@ static void vx_ivf_offer_exact(vecidx *ix, vx_ivf_sw *w, const float *qv,
 {
     const vx_ivlist *l = &ix->ivf.lists[li];
     float d;
+    vx_tally.dist++;
     if (exact) {
         d = vx_ivf_exact(ix, qv, l->vecs + (size_t)pos * ix->p.dim);
     } else {
@@ -6560,8 +6705,9 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
 {
     const vx_ivf *v = &ix->ivf;
     const vx_sopts *a = vx_allow_of(o);
-    size_t nprobe = o && o->nprobe ? o->nprobe : ix->p.ivf_nprobe, i, j;
-    size_t refine = o && o->refine ? o->refine : ix->p.ivf_refine;
+    size_t nprobe = o && o->nprobe ? o->nprobe : VX_PEEK(&ix->p.ivf_nprobe);
+    size_t refine = o && o->refine ? o->refine : VX_PEEK(&ix->p.ivf_refine), i,
+           j;
     size_t lut = (size_t)v->m * VX_IVF_KSUB, least = 0, nadm = 0;
     double want = 0;
     const float *qv = q->v;
@@ -6638,6 +6784,36 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
     }
     vx_ivf_sw_free(ix, &w);
     return rc;
+}
+
+/* The exact answer for vecidx_estimate_recall: every entry scored, by
+** its kept vector when there is one, else by its code (all lists probed;
+** scoring a code by the table is exact for its reconstruction). */
+static int vx_ivf_exact_all(vecidx *ix, const vx_query *q,
+                            const vecidx_search_opts *o, vx_topk *h)
+{
+    vx_sopts all = *(const vx_sopts *)(const void *)o;
+    const vx_ivf *v = &ix->ivf;
+    vx_ivf_sw w;
+    uint32_t li, j;
+    size_t i;
+    int rc;
+    if (!ix->p.ivf_keep_vectors) {
+        all.u.nprobe = v->nlist;
+        all.u.refine = 1;
+        return vx_ivf_search(ix, q, &all.u, h);
+    }
+    if ((rc = vx_ivf_sw_alloc(ix, &w, 1)) != VECIDX_OK) return rc;
+    if (ix->p.metric == VECIDX_COSINE)
+        for (i = 0; i < ix->p.dim; i++) w.qn[i] = q->v[i] * q->inv_norm;
+    for (li = 0; li < v->nlist; li++)
+        for (j = 0; j < v->lists[li].n; j++)
+            if (!o->filter || o->filter(v->lists[li].keys[j], o->filter_ctx))
+                vx_ivf_offer_exact(ix, &w,
+                                   ix->p.metric == VECIDX_COSINE ? w.qn : q->v,
+                                   li, j, 1, h);
+    vx_ivf_sw_free(ix, &w);
+    return VECIDX_OK;
 }
 
 /* ---- training ----------------------------------------------------------- */
@@ -7145,6 +7321,8 @@ static int vx_ivf_absorb(vecidx *ix)
         vx_snap_detach(ix);
         vx_keys_lock(ix);
         VX_STORE(&ix->ivf.trained, 1);
+        __atomic_store_n(&ix->act.ivf_added, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&ix->act.ivf_base, ix->ivf.count, __ATOMIC_RELAXED);
         old = *s;
         vx_store_init(s, ix->p.dim, ix->p.metric == VECIDX_COSINE,
                       VECIDX_STORE_F32, 0, 0, 0, &ix->lock);
@@ -7784,6 +7962,7 @@ struct vx_snap {
     ** where its log records end (log_off, after record h.log_seq). */
     int ckpt, autostep;
     uint64_t log_off;
+    uint64_t t0; /* vx_now_ns at the start, for vecidx_stats */
     char tmp[4200];
     unsigned tmp_tag; /* its reservation (vx_tmp_reserve) */
     /* Chunks as they were: units of VX_SNAP_UNIT bytes, each pending,
@@ -8922,6 +9101,8 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         vx_ivf_derive(ix) != VECIDX_OK)
         return VECIDX_ENOMEM;
     v->trained = 1;
+    ix->act.ivf_added = 0; /* drift counts from here */
+    ix->act.ivf_base = v->count;
     return VECIDX_OK;
 }
 
@@ -9693,6 +9874,12 @@ static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
                        &skipped);
     vx_write_end(ix);
     ix->replaying = 0;
+    /* records the file does not hold: past log_seq of the log it
+    ** continues, or all of a log of its own */
+    ix->act.log_records = !w->end               ? 0
+                          : w->salt == salt     ? w->seq
+                          : w->seq > h->log_seq ? w->seq - h->log_seq
+                                                : 0;
     if (rc != VECIDX_OK || !writable) return rc;
     if (w->end && w->salt != salt) {
         /* The log of the file this one continues (a checkpoint that
@@ -9786,6 +9973,7 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
         vecidx_close(ix);
         return rc;
     }
+    vx_act_log(ix); /* a reader too: what it replayed is still to fold */
     if (!writable) {
         vx_wal_close(&ix->wal, &ix->mem); /* a reader keeps no log open */
         ix->rdonly = 1;
@@ -9828,11 +10016,27 @@ static int vx_ckpt_begin(vecidx *ix, int autostep, vx_snap **out)
     if (w->broken && (rc = vx_wal_repair(ix, w)) != VECIDX_OK) return rc;
     if ((rc = vx_snap_begin(ix, w->path, vx_fresh_salt(), out)) != 0) return rc;
     (*out)->ckpt = 1;
+    (*out)->t0 = vx_now_ns();
     (*out)->autostep = autostep;
     (*out)->h.log_salt = w->salt;
     (*out)->h.log_seq = w->seq;
     (*out)->log_off = w->end;
     return VECIDX_OK;
+}
+
+/* Note for vecidx_stats a checkpoint begun at t0 (vx_now_ns) and now
+** installed, which leaves `left` records in the log. Writer lock held. */
+static void vx_ckpt_done(vecidx *ix, uint64_t t0, uint64_t left)
+{
+    struct timespec t;
+    uint64_t ns = vx_now_ns() - t0;
+    clock_gettime(CLOCK_REALTIME, &t);
+    __atomic_store_n(&ix->act.log_records, left, __ATOMIC_RELAXED);
+    VX_COUNT(&ix->act.checkpoints, 1);
+    __atomic_store_n(&ix->act.ckpt_end,
+                     (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&ix->act.ckpt_ns, ns, __ATOMIC_RELAXED);
 }
 
 /* Install a complete checkpoint: rename it over the main file, then move
@@ -9842,6 +10046,7 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
 {
     vx_wal *w = &ix->wal;
     uint64_t salt = sn->h.salt, from = sn->log_off, seq = sn->h.log_seq;
+    uint64_t t0 = sn->t0; /* vx_snap_end frees sn */
     int tail = w->seq > seq, rc, ok = 1;
     vx_walsw own;
     if (!tail) { /* no write since: no chain, the log restarts */
@@ -9856,6 +10061,7 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
                       strerror(e));
     }
     rc = vx_snap_end(ix, sn, w->path, 1);
+    if (rc == VECIDX_OK) vx_ckpt_done(ix, t0, tail ? w->seq - seq : 0);
     if (rc != VECIDX_OK || !tail) {
         if (sw) vx_walsw_abort(sw);
         if (rc != VECIDX_OK) return rc;
@@ -9962,15 +10168,19 @@ static void vx_ckpt_auto(vecidx *ix)
 
 int vecidx_checkpoint(vecidx *ix)
 {
+    uint64_t t0;
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
     /* wal.path is set once at open; wal.fd changes when the log moves. */
     if (!ix->wal.path)
         return vx_err(ix, VECIDX_ESTATE, "index has no file: use vecidx_save");
+    t0 = vx_now_ns();
     pthread_mutex_lock(&ix->wlock);
     rc = vx_checkpoint_run(ix);
+    vx_act_log(ix);
     pthread_mutex_unlock(&ix->wlock);
+    vx_hist_add(&ix->act.hist[VX_OP_CKPT], t0);
     return rc;
 }
 
@@ -9997,12 +10207,14 @@ static int vx_same_file(const vecidx *ix, const char *path)
 
 int vecidx_save(vecidx *ix, const char *path)
 {
+    uint64_t t0;
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, path, "path");
     /* Saving over the index's own file must also retire its log, or the
     ** writes logged after it would be lost at the next open. */
     if (vx_same_file(ix, path)) return vecidx_checkpoint(ix);
+    t0 = vx_now_ns();
     pthread_mutex_lock(&ix->wlock);
     if ((rc = vx_snap_finish_auto(ix)) == VECIDX_OK) {
         vx_snap *sn;
@@ -10011,6 +10223,7 @@ int vecidx_save(vecidx *ix, const char *path)
             rc = vx_snap_complete(ix, sn, path);
     }
     pthread_mutex_unlock(&ix->wlock);
+    vx_hist_add(&ix->act.hist[VX_OP_CKPT], t0);
     return rc;
 }
 
@@ -10099,7 +10312,9 @@ static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
     if (ix->wal.fd < 0 || ix->replaying) return VECIDX_OK;
     if (ix->wal.broken && (rc = vx_wal_repair(ix, &ix->wal)) != VECIDX_OK)
         return rc;
-    return vx_wal_append(ix, &ix->wal, type, n, keys, vecs);
+    rc = vx_wal_append(ix, &ix->wal, type, n, keys, vecs);
+    if (rc == VECIDX_OK) VX_COUNT(&ix->act.log_records, 1);
+    return rc;
 }
 
 /* Insert n validated rows into a trained IVF-PQ index; an upsert's old
@@ -10230,15 +10445,20 @@ static int vx_put_locked(vecidx *ix, uint64_t key, const float *vec, int upsert)
 static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
 {
     char what[64];
+    uint64_t t0;
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
     VX_NULL_CHECK(ix, vec, "vector");
+    t0 = vx_now_ns();
     snprintf(what, sizeof what, "vector for key " VX_KEY_FMT, VX_KEY(key));
-    if ((rc = vx_check_vector(ix, vec, NULL, what)) != VECIDX_OK) return rc;
-    vx_write_begin(ix);
-    rc = vx_put_locked(ix, key, vec, upsert);
-    vx_write_end(ix);
+    if ((rc = vx_check_vector(ix, vec, NULL, what)) == VECIDX_OK) {
+        vx_write_begin(ix);
+        rc = vx_put_locked(ix, key, vec, upsert);
+        vx_write_end(ix);
+        if (rc == VECIDX_OK) VX_COUNT(&ix->act.inserts, 1);
+    }
+    vx_hist_add(&ix->act.hist[VX_OP_INSERT], t0);
     return rc;
 }
 
@@ -10290,13 +10510,11 @@ static int vx_batch_validate(vecidx *ix, size_t n, const uint64_t *keys,
     return rc;
 }
 
-int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
-                     const float *vecs)
+static int vx_add_many(vecidx *ix, size_t n, const uint64_t *keys,
+                       const float *vecs)
 {
     size_t i, total;
     int rc = VECIDX_OK;
-    VX_NULL_CHECK(NULL, ix, "index handle");
-    VX_WRITABLE(ix);
     if (n == 0) return VECIDX_OK;
     VX_NULL_CHECK(ix, keys, "keys array");
     VX_NULL_CHECK(ix, vecs, "vectors array");
@@ -10313,6 +10531,19 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
     if (rc == VECIDX_OK)
         rc = vx_insert_locked(ix, n, keys, vecs, VX_NOSLOT, VX_WAL_ADD);
     vx_write_end(ix);
+    return rc;
+}
+
+int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
+                     const float *vecs)
+{
+    uint64_t t0 = vx_now_ns();
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_WRITABLE(ix);
+    rc = vx_add_many(ix, n, keys, vecs);
+    if (rc == VECIDX_OK) VX_COUNT(&ix->act.inserts, n);
+    vx_hist_add(&ix->act.hist[VX_OP_INSERT], t0);
     return rc;
 }
 
@@ -10365,12 +10596,15 @@ static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
 
 int vecidx_remove(vecidx *ix, uint64_t key)
 {
+    uint64_t t0 = vx_now_ns();
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
     vx_write_begin(ix);
     rc = vx_remove_locked(ix, key);
     vx_write_end(ix);
+    if (rc == VECIDX_OK) VX_COUNT(&ix->act.removes, 1);
+    vx_hist_add(&ix->act.hist[VX_OP_REMOVE], t0);
     return rc;
 }
 
@@ -10517,27 +10751,112 @@ int vecidx_train(vecidx *ix, size_t n, const float *samples)
     return rc;
 }
 
-int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
+/* Bytes of the store's parts: vectors (records without their links) and
+** links (level 0, in the records, and the upper levels); *heap gets the
+** share of both that is allocated, not mapped. Key-set lock held. */
+static void vx_stats_store(const vecidx *ix, vecidx_stats_t *out,
+                           uint64_t *heap)
 {
-    VX_NULL_CHECK(NULL, ix, "index handle");
-    VX_NULL_CHECK(ix, out, "stats output");
-    pthread_rwlock_rdlock(&ix->lock);
+    const vx_store *s = &ix->store;
+    uint64_t nchunks = VX_LOAD(&s->nchunks), per = vx_store_per_chunk(s);
+    uint64_t cb = vx_store_chunk_bytes(s), links, arena = 0;
+    links = s->link0 ? per * ((uint64_t)(s->rec - s->cw) * 4 + 5) : 0;
+    if (ix->p.kind == VECIDX_HNSW)
+        arena = (uint64_t)VX_LOAD(&ix->hnsw.arena_n) * sizeof(uint32_t);
+    out->mem_links = nchunks * links + arena;
+    out->mem_vectors = nchunks * (cb - links);
+    out->mem_keymap = (uint64_t)s->map.cap * (sizeof(uint64_t) + 4);
+    *heap = (nchunks - s->nmapped) * cb + arena +
+            (s->map.mapped ? 0 : out->mem_keymap);
+}
+
+/* The median of the list sizes, in [lo, hi], without memory to sort
+** them in (stats must not fail for want of memory): a binary search on
+** the value, each step counting the lists at or below it. */
+static uint32_t vx_stats_median(const vx_ivf *v, uint32_t lo, uint32_t hi)
+{
+    uint32_t want = v->nlist / 2 + 1, li; /* the sorted sizes' [nlist / 2] */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2, below = 0;
+        for (li = 0; li < v->nlist; li++) below += v->lists[li].n <= mid;
+        if (below >= want)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* IVF-PQ lists: their bytes and spread; *heap gets the allocated share.
+** Key-set lock held. */
+static void vx_stats_lists(vecidx *ix, vecidx_stats_t *out, uint64_t *heap)
+{
+    const vx_ivf *v = &ix->ivf;
+    uint64_t entry = 8 + v->m + (ix->p.ivf_keep_vectors ? 4ull * ix->p.dim : 0);
+    uint32_t li, lo = UINT32_MAX, hi = 0;
+    out->mem_lists = v->model_bytes;
+    *heap = v->model_mapped ? 0 : v->model_bytes;
+    for (li = 0; li < v->nlist; li++) {
+        const vx_ivlist *l = &v->lists[li];
+        if (l->n < lo) lo = l->n;
+        if (l->n > hi) hi = l->n;
+        out->mem_lists += (uint64_t)(l->mapped ? l->n : l->cap) * entry;
+        *heap += l->mapped ? 0 : (uint64_t)l->cap * entry;
+    }
+    out->mem_keymap = (uint64_t)v->map_cap * sizeof(uint64_t);
+    *heap += v->map_mapped ? 0 : out->mem_keymap;
+    {
+        uint64_t added = VX_PEEK(&ix->act.ivf_added);
+        uint64_t all = added + VX_PEEK(&ix->act.ivf_base);
+        out->drift = all ? (double)added / (double)all : 0;
+    }
+    out->list_min = lo;
+    out->list_max = hi;
+    out->list_median = vx_stats_median(v, lo, hi);
+}
+
+/* The activity counters (vx_activity). No lock needed. */
+static void vx_stats_activity(vecidx *ix, vecidx_stats_t *out)
+{
+    vx_activity *a = &ix->act;
+    vecidx_latency *lat[VX_OP_N];
+    uint64_t end = VX_PEEK(&a->ckpt_end);
+    int i;
+    lat[VX_OP_SEARCH] = &out->search_latency;
+    lat[VX_OP_BATCH] = &out->batch_latency;
+    lat[VX_OP_INSERT] = &out->insert_latency;
+    lat[VX_OP_REMOVE] = &out->remove_latency;
+    lat[VX_OP_CKPT] = &out->checkpoint_latency;
+    for (i = 0; i < VX_OP_N; i++) vx_hist_read(&a->hist[i], lat[i]);
+    out->searches = VX_PEEK(&a->searches);
+    out->inserts = VX_PEEK(&a->inserts);
+    out->removes = VX_PEEK(&a->removes);
+    if (out->searches) {
+        out->distances_per_search = (double)VX_PEEK(&a->dist) /
+                                    (double)out->searches;
+        out->visited_per_search = (double)VX_PEEK(&a->visit) /
+                                  (double)out->searches;
+    }
+    out->repairs = VX_PEEK(&a->repairs);
+    out->checkpoints = VX_PEEK(&a->checkpoints);
+    out->log_records = VX_PEEK(&a->log_records);
+    out->last_checkpoint_time = (double)end / 1e9;
+    out->last_checkpoint_seconds = (double)VX_PEEK(&a->ckpt_ns) / 1e9;
+}
+
+/* Every field of vecidx_stats_t. */
+static int vx_stats_fill(vecidx *ix, vecidx_stats_t *out)
+{
+    uint64_t heap = 0, part = 0;
     memset(out, 0, sizeof *out);
+    vx_stats_activity(ix, out);
+    pthread_rwlock_rdlock(&ix->lock);
     out->kind = ix->p.kind;
     out->metric = ix->p.metric;
     out->dim = ix->p.dim;
     out->count = vx_count(ix);
     out->slots = VX_LOAD(&ix->store.nslots);
     out->capacity = (uint64_t)VX_LOAD(&ix->store.nchunks) << ix->store.shift;
-    if (ix->p.kind == VECIDX_IVFPQ && ix->ivf.trained) {
-        /* lists stay compact, so every used entry is live */
-        uint32_t li;
-        out->slots = out->count;
-        out->capacity = 0;
-        for (li = 0; li < ix->ivf.nlist; li++)
-            out->capacity += ix->ivf.lists[li].mapped ? ix->ivf.lists[li].n
-                                                      : ix->ivf.lists[li].cap;
-    }
     out->memory_bytes = atomic_load(&ix->mem.bytes);
     out->mapped_bytes = ix->fmap_len;
     out->simd = ix->kern->name;
@@ -10549,13 +10868,61 @@ int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
     out->vector_bytes = ix->p.kind == VECIDX_IVFPQ
                             ? 0
                             : ix->store.rec * 4 + (ix->store.link0 ? 0 : 8);
-    if (ix->ivf.trained && ix->ivf.cq) {
-        vecidx_stats_t cq;
-        if (vecidx_stats(ix->ivf.cq, &cq) == VECIDX_OK)
-            out->memory_bytes += cq.memory_bytes;
+    out->buried = VX_LOAD(&ix->store.nburied);
+    if (ix->p.kind == VECIDX_HNSW)
+        out->ef_search = VX_PEEK(&ix->p.hnsw_ef_search);
+    if (ix->p.kind == VECIDX_IVFPQ) {
+        out->nprobe = VX_PEEK(&ix->p.ivf_nprobe);
+        out->refine = ix->p.ivf_keep_vectors ? VX_PEEK(&ix->p.ivf_refine) : 0;
+    } else if (ix->store.keep) {
+        out->refine = (uint32_t)vx_refine_k(ix, NULL, 1);
+    }
+    out->log_bytes = VX_PEEK(&ix->act.log_bytes);
+    vx_stats_store(ix, out, &heap);
+    if (ix->p.kind == VECIDX_IVFPQ && ix->ivf.trained) {
+        /* lists stay compact, so every used entry is live */
+        uint32_t li;
+        out->slots = out->count;
+        out->capacity = 0;
+        for (li = 0; li < ix->ivf.nlist; li++)
+            out->capacity += ix->ivf.lists[li].mapped ? ix->ivf.lists[li].n
+                                                      : ix->ivf.lists[li].cap;
+        if (ix->ivf.cq) {
+            vecidx_stats_t cq;
+            if (vx_stats_fill(ix->ivf.cq, &cq) == VECIDX_OK)
+                out->memory_bytes += cq.memory_bytes;
+        }
+        vx_stats_lists(ix, out, &part);
     }
     pthread_rwlock_unlock(&ix->lock);
+    heap += part;
+    out->mem_other = out->memory_bytes > heap ? out->memory_bytes - heap : 0;
     return VECIDX_OK;
+}
+
+int vecidx_stats_ex(vecidx *ix, vecidx_stats_t *out, size_t size)
+{
+    vecidx_stats_t st;
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, out, "stats output");
+    if (size < offsetof(vecidx_stats_t, searches))
+        return vx_err(ix, VECIDX_EINVAL,
+                      "stats size %zu is below the %zu bytes of vecidx 0.2's "
+                      "struct: pass sizeof(vecidx_stats_t)",
+                      size, offsetof(vecidx_stats_t, searches));
+    if ((rc = vx_stats_fill(ix, &st)) != VECIDX_OK) return rc;
+    if (size > sizeof st) {
+        memset((char *)out + sizeof st, 0, size - sizeof st);
+        size = sizeof st;
+    }
+    memcpy(out, &st, size);
+    return VECIDX_OK;
+}
+
+int vecidx_stats(vecidx *ix, vecidx_stats_t *out)
+{
+    return vecidx_stats_ex(ix, out, offsetof(vecidx_stats_t, searches));
 }
 
 int vecidx_check(vecidx *ix)
@@ -10603,7 +10970,11 @@ static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
     for (i = 0; i < m && rc == VECIDX_OK; i++) {
         vx_query e = q[i];
         vx_query_encode(ix, &e, code);
-        if (ix->p.kind == VECIDX_HNSW)
+        if (((const vx_sopts *)(const void *)o)->exact) {
+            /* against the float32 vectors if kept, else the codes */
+            e.exact = (int)ix->store.keep;
+            rc = vx_flat_coded(ix, &e, o, 0, &heaps[i]);
+        } else if (ix->p.kind == VECIDX_HNSW)
             rc = vx_hnsw_search(ix, &e, k, o, &heaps[i]);
         else if (vx_allow_of(o))
             rc = vx_store_scan(ix, &e, o, 0, &heaps[i]);
@@ -10619,15 +10990,17 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
                            const vecidx_search_opts *o, vx_topk *heaps)
 {
     size_t i;
-    int rc = VECIDX_OK;
+    /* o is always a vx_sopts (vx_search_one, vx_search_many) */
+    int rc = VECIDX_OK, exact = ((const vx_sopts *)(const void *)o)->exact;
     if (ix->ivf.trained) {
         for (i = 0; i < m && rc == VECIDX_OK; i++)
-            rc = vx_ivf_search(ix, &q[i], o, &heaps[i]);
+            rc = exact ? vx_ivf_exact_all(ix, &q[i], o, &heaps[i])
+                       : vx_ivf_search(ix, &q[i], o, &heaps[i]);
         return rc;
     }
     if (ix->store.store != VECIDX_STORE_F32)
         return vx_search_coded(ix, q, m, k, o, heaps);
-    if (ix->p.kind != VECIDX_HNSW) { /* flat, or IVF-PQ's buffer */
+    if (ix->p.kind != VECIDX_HNSW || exact) { /* flat, IVF-PQ's buffer */
         int keyed = 0, pre = 0, locked = ix->p.kind == VECIDX_IVFPQ;
         if (!heaps[0].k) return VECIDX_OK;
         if (vx_allow_of(o)) vx_store_plan(o, vx_count(ix), &keyed, &pre);
@@ -10676,6 +11049,7 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
     float dbuf[VX_TOPK_STACK];
     uint64_t ibuf[VX_TOPK_STACK];
     size_t cap = k < vx_count(ix) ? k : vx_count(ix), i, g;
+    uint64_t dist0 = vx_tally.dist, visit0 = vx_tally.visit;
     int rc = VECIDX_OK;
     for (g = 0; g < nq && rc == VECIDX_OK; g += VX_FLAT_QGROUP) {
         size_t m = nq - g < VX_FLAT_QGROUP ? nq - g : VX_FLAT_QGROUP, tries;
@@ -10701,6 +11075,10 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
                          dists ? dists + (g + i) * k : NULL, found + g + i);
         }
         vx_free(&ix->mem, block, m * cap * (sizeof(float) + sizeof(uint64_t)));
+    }
+    if (!((const vx_sopts *)(const void *)o)->quiet) {
+        VX_COUNT(&ix->act.dist, vx_tally.dist - dist0);
+        VX_COUNT(&ix->act.visit, vx_tally.visit - visit0);
     }
     if (rc != VECIDX_OK)
         return vx_err(ix, rc, "out of memory for %zu search results", k);
@@ -10740,20 +11118,26 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
                   : (pass ? (double)pass : 0.5) / (double)seen * (double)n;
 }
 
-int vecidx_search(vecidx *ix, const float *q, size_t k,
-                  const vecidx_search_opts *opts, uint64_t *keys, float *dists,
-                  size_t *found)
+/* vecidx_search with its pointers checked. */
+/* How vx_search_one searches. */
+#define VX_HOW_EXACT 1u /* the exact answer */
+#define VX_HOW_QUIET 2u /* not counted (vecidx_estimate_recall's own) */
+
+static int vx_search_one(vecidx *ix, const float *q, size_t k,
+                         const vecidx_search_opts *opts, unsigned how,
+                         uint64_t *keys, float *dists, size_t *found)
 {
     vx_query vq;
     vx_sopts so;
     uint64_t *e;
-    int rc = vx_search_args(ix, q, k, keys, found);
-    if (rc != VECIDX_OK) return rc;
+    int rc;
     memset(&vq, 0, sizeof vq);
     if ((rc = vx_check_vector(ix, q, &vq.inv_norm, "query")) != VECIDX_OK)
         return rc;
     vq.v = q;
     if ((rc = vx_sopts_init(ix, opts, &so)) == VECIDX_OK) {
+        so.exact = (how & VX_HOW_EXACT) != 0;
+        so.quiet = (how & VX_HOW_QUIET) != 0;
         if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_rdlock(&ix->lock);
         e = vx_read_begin(ix);
         vx_allow_estimate(ix, &so);
@@ -10762,6 +11146,19 @@ int vecidx_search(vecidx *ix, const float *q, size_t k,
         if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_unlock(&ix->lock);
     }
     vx_sopts_free(ix, &so);
+    return rc;
+}
+
+int vecidx_search(vecidx *ix, const float *q, size_t k,
+                  const vecidx_search_opts *opts, uint64_t *keys, float *dists,
+                  size_t *found)
+{
+    uint64_t t0 = vx_now_ns();
+    int rc = vx_search_args(ix, q, k, keys, found);
+    if (rc != VECIDX_OK) return rc;
+    rc = vx_search_one(ix, q, k, opts, 0, keys, dists, found);
+    if (rc == VECIDX_OK) VX_COUNT(&ix->act.searches, 1);
+    vx_hist_add(&ix->act.hist[VX_OP_SEARCH], t0);
     return rc;
 }
 
@@ -10787,9 +11184,9 @@ static void *vx_batch_worker(void *arg)
     return NULL;
 }
 
-int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
-                        const vecidx_search_opts *opts, uint64_t *keys,
-                        float *dists, size_t *found)
+static int vx_search_many(vecidx *ix, size_t nq, const float *queries, size_t k,
+                          const vecidx_search_opts *opts, uint64_t *keys,
+                          float *dists, size_t *found)
 {
     vx_batch_job jobs[64];
     vx_task tasks[64];
@@ -10800,7 +11197,6 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
     size_t i, per, total;
     unsigned t, nt;
     int rc;
-    VX_NULL_CHECK(NULL, ix, "index handle");
     memset(&so, 0, sizeof so);
     if (nq == 0) return VECIDX_OK;
     if ((rc = vx_search_args(ix, queries, k, keys, found)) != VECIDX_OK)
@@ -10853,4 +11249,428 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
     vx_sopts_free(ix, &so);
     vx_free(&ix->mem, vq, nq * sizeof *vq);
     return rc;
+}
+
+int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
+                        const vecidx_search_opts *opts, uint64_t *keys,
+                        float *dists, size_t *found)
+{
+    uint64_t t0 = vx_now_ns();
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    rc = vx_search_many(ix, nq, queries, k, opts, keys, dists, found);
+    if (rc == VECIDX_OK) VX_COUNT(&ix->act.searches, nq);
+    vx_hist_add(&ix->act.hist[VX_OP_BATCH], t0);
+    return rc;
+}
+
+/* ---- recall estimates and tuning -------------------------------------------
+** Recall is measured the only way it can be: the search's answers against
+** exact answers (a scan of every vector the index holds, or the answers
+** the caller gives) for a sample of queries. Queries the caller does not
+** give are made from stored vectors: a vector picked at random, moved
+** in a random direction by VX_SAMPLE_SPREAD times the median distance
+** between a stored vector and its nearest neighbour. Taken unmoved, a
+** stored vector is found at once and its graph links lead straight to
+** its neighbours, which overstates recall. Measured with bench/vecidx-tune
+** (HNSW, targets 0.90 / 0.95 / 0.99, 1000 real queries): moved 1.5 gaps,
+** the sample overstated recall on 200k x 384 cosine (0.912 where the real
+** queries got 0.854) and tuning chose one step short there; 2.0 still one
+** short at 0.95; 2.5 and 3.0 chose the smallest setting that reaches the
+** target on the real queries, or one step above it, on 100k x 128 and
+** 200k x 384 alike, 3.0 a step higher more often. */
+
+#define VX_SAMPLE_SPREAD 2.5
+#define VX_SAMPLE_DEFAULT 200 /* queries when the caller says 0 */
+#define VX_SAMPLE_SCALE 32    /* vectors whose neighbour sets the scale */
+
+typedef struct vx_sample {
+    size_t nq, k;
+    float *q;        /* nq * dim */
+    uint64_t *truth; /* nq * k exact answers */
+    size_t *ntruth;  /* answers per query (k, or fewer admissible) */
+    uint64_t *keys;  /* nq * k: scratch for the searches measured */
+    size_t *found;
+    int vs_codes; /* truth from a scan of codes (vecidx_recall) */
+} vx_sample;
+
+static void vx_sample_free(vecidx *ix, vx_sample *sm)
+{
+    size_t dim = ix->p.dim;
+    vx_free(&ix->mem, sm->q, sm->nq * dim * sizeof(float));
+    vx_free(&ix->mem, sm->truth, sm->nq * sm->k * sizeof(uint64_t));
+    vx_free(&ix->mem, sm->keys, sm->nq * sm->k * sizeof(uint64_t));
+    vx_free(&ix->mem, sm->ntruth, sm->nq * sizeof(size_t));
+    vx_free(&ix->mem, sm->found, sm->nq * sizeof(size_t));
+    memset(sm, 0, sizeof *sm);
+}
+
+static int vx_sample_alloc(vecidx *ix, vx_sample *sm, size_t nq, size_t k)
+{
+    size_t dim = ix->p.dim, t;
+    memset(sm, 0, sizeof *sm);
+    if (!vx_mul_ok(nq, dim * sizeof(float), &t) ||
+        !vx_mul_ok(nq, k * sizeof(uint64_t), &t))
+        return vx_err(ix, VECIDX_EINVAL, "%zu queries of k %zu are too many",
+                      nq, k);
+    sm->nq = nq;
+    sm->k = k;
+    sm->q = vx_malloc(&ix->mem, nq * dim * sizeof(float));
+    sm->truth = vx_malloc(&ix->mem, nq * k * sizeof(uint64_t));
+    sm->keys = vx_malloc(&ix->mem, nq * k * sizeof(uint64_t));
+    sm->ntruth = vx_malloc(&ix->mem, nq * sizeof(size_t));
+    sm->found = vx_malloc(&ix->mem, nq * sizeof(size_t));
+    if (sm->q && sm->truth && sm->keys && sm->ntruth && sm->found)
+        return VECIDX_OK;
+    vx_sample_free(ix, sm);
+    return vx_err(ix, VECIDX_ENOMEM, "out of memory for %zu sample queries",
+                  nq);
+}
+
+/* A stored key picked at random (0 with *ok = 0 when none was found). */
+static uint64_t vx_sample_key(vecidx *ix, uint64_t *rng, int *ok)
+{
+    int tries;
+    uint64_t key = 0;
+    *ok = 0;
+    pthread_rwlock_rdlock(&ix->lock);
+    for (tries = 0; tries < 64 && !*ok; tries++) {
+        uint64_t r = vx_splitmix(rng);
+        if (ix->ivf.trained) {
+            const vx_ivlist *l = &ix->ivf.lists[r % ix->ivf.nlist];
+            if (l->n) {
+                key = l->keys[(r >> 32) % l->n];
+                *ok = 1;
+            }
+        } else if (VX_LOAD(&ix->store.nslots)) {
+            uint32_t slot = (uint32_t)(r % VX_LOAD(&ix->store.nslots));
+            if (vx_store_live(&ix->store, slot) == VX_LIVE) {
+                key = vx_store_key(&ix->store, slot);
+                *ok = 1;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&ix->lock);
+    return key;
+}
+
+/* A standard normal deviate (Box-Muller). */
+static double vx_gauss(uint64_t *rng)
+{
+    double u = ((double)(vx_splitmix(rng) >> 11) + 1.0) * 0x1.0p-53;
+    double v = (double)(vx_splitmix(rng) >> 11) * 0x1.0p-53;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* Euclidean distance from stored vector x (of key) to its nearest other
+** stored vector, or -1 when there is none. */
+static double vx_sample_gap(vecidx *ix, uint64_t key, const float *x, float *y)
+{
+    uint64_t keys[2];
+    size_t found = 0, i, dim = ix->p.dim;
+    double d = 0;
+    if (vx_search_one(ix, x, 2, NULL, VX_HOW_EXACT | VX_HOW_QUIET, keys, NULL,
+                      &found) != VECIDX_OK)
+        return -1;
+    for (i = 0; i < found && keys[i] == key; i++) {
+    }
+    if (i == found || vecidx_get(ix, keys[i], y) != VECIDX_OK) return -1;
+    for (i = 0; i < dim; i++)
+        d += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+    return sqrt(d);
+}
+
+static int vx_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Make sm->nq queries from stored vectors (see above). */
+static int vx_sample_make(vecidx *ix, vx_sample *sm, uint64_t seed)
+{
+    size_t dim = ix->p.dim, i, j, ngap = 0;
+    double gaps[VX_SAMPLE_SCALE], sigma;
+    uint64_t rng = seed, key;
+    float *x = vx_malloc(&ix->mem, 2 * dim * sizeof *x);
+    int ok;
+    if (!x) return vx_err(ix, VECIDX_ENOMEM, "out of memory sampling");
+    for (i = 0; i < VX_SAMPLE_SCALE; i++) {
+        key = vx_sample_key(ix, &rng, &ok);
+        if (ok && vecidx_get(ix, key, x) == VECIDX_OK &&
+            (gaps[ngap] = vx_sample_gap(ix, key, x, x + dim)) >= 0)
+            ngap++;
+    }
+    vx_free(&ix->mem, x, 2 * dim * sizeof *x);
+    if (ngap == 0)
+        return vx_err(ix, VECIDX_ESTATE,
+                      "the index holds too few vectors to make sample "
+                      "queries from: give queries");
+    qsort(gaps, ngap, sizeof *gaps, vx_cmp_double);
+    /* per component, so that the whole move is SPREAD times the gap */
+    sigma = VX_SAMPLE_SPREAD * gaps[ngap / 2] / sqrt((double)dim);
+    for (i = 0; i < sm->nq; i++) {
+        float *q = sm->q + i * dim;
+        key = vx_sample_key(ix, &rng, &ok);
+        if (!ok || vecidx_get(ix, key, q) != VECIDX_OK)
+            return vx_err(ix, VECIDX_ESTATE,
+                          "the index changed too fast to sample it");
+        for (j = 0; j < dim; j++) q[j] += (float)(sigma * vx_gauss(&rng));
+    }
+    return VECIDX_OK;
+}
+
+/* Fill sm with the caller's queries (or made ones) and exact answers (the
+** caller's, or by scanning). */
+static int vx_sample_init(vecidx *ix, vx_sample *sm, size_t k, size_t nq,
+                          const float *queries, const uint64_t *truth,
+                          const vecidx_search_opts *opts)
+{
+    size_t i, j, dim = ix->p.dim;
+    int rc;
+    if (k == 0) return vx_err(ix, VECIDX_EINVAL, "k is 0");
+    if (truth && !queries)
+        return vx_err(ix, VECIDX_EINVAL, "exact answers given without queries");
+    if (nq == 0) {
+        if (queries) return vx_err(ix, VECIDX_EINVAL, "queries given, nq is 0");
+        nq = VX_SAMPLE_DEFAULT;
+    }
+    if ((rc = vx_sample_alloc(ix, sm, nq, k)) != VECIDX_OK) return rc;
+    if (queries) {
+        for (i = 0; i < nq && rc == VECIDX_OK; i++) {
+            char what[48];
+            snprintf(what, sizeof what, "query %zu", i);
+            rc = vx_check_vector(ix, queries + i * dim, NULL, what);
+        }
+        if (rc == VECIDX_OK) memcpy(sm->q, queries, nq * dim * sizeof(float));
+    } else {
+        rc = vx_sample_make(ix, sm, ix->p.seed ^ 0x7e57ull);
+    }
+    /* with no float32 vectors, a scan ranks by the codes */
+    sm->vs_codes = !truth && (ix->p.kind == VECIDX_IVFPQ
+                                  ? ix->ivf.trained && !ix->p.ivf_keep_vectors
+                                  : ix->store.store != VECIDX_STORE_F32 &&
+                                        !ix->store.keep);
+    for (i = 0; i < nq && rc == VECIDX_OK; i++) {
+        if (!truth) {
+            rc = vx_search_one(ix, sm->q + i * dim, k, opts,
+                               VX_HOW_EXACT | VX_HOW_QUIET, sm->truth + i * k,
+                               NULL, &sm->ntruth[i]);
+            continue;
+        }
+        /* the caller's answers: up to k, UINT64_MAX ends a short list */
+        for (j = 0; j < k && truth[i * k + j] != UINT64_MAX; j++)
+            sm->truth[i * k + j] = truth[i * k + j];
+        sm->ntruth[i] = j;
+    }
+    if (rc != VECIDX_OK) vx_sample_free(ix, sm);
+    return rc;
+}
+
+/* Recall of the search under opts on sm. */
+static int vx_sample_measure(vecidx *ix, vx_sample *sm,
+                             const vecidx_search_opts *opts, vecidx_recall *out)
+{
+    size_t i, j, h, k = sm->k, dim = ix->p.dim, n = 0;
+    double sum = 0, sum2 = 0, sd;
+    uint64_t t0 = vx_now_ns(), ns;
+    int rc = VECIDX_OK;
+    for (i = 0; i < sm->nq && rc == VECIDX_OK; i++)
+        rc = vx_search_one(ix, sm->q + i * dim, k, opts, VX_HOW_QUIET,
+                           sm->keys + i * k, NULL, &sm->found[i]);
+    ns = vx_now_ns() - t0;
+    if (rc != VECIDX_OK) return rc;
+    for (i = 0; i < sm->nq; i++) {
+        const uint64_t *t = sm->truth + i * k, *got = sm->keys + i * k;
+        double r;
+        size_t hit = 0;
+        if (sm->ntruth[i] == 0) continue; /* nothing admissible: no recall */
+        for (j = 0; j < sm->ntruth[i]; j++)
+            for (h = 0; h < sm->found[i]; h++)
+                if (got[h] == t[j]) {
+                    hit++;
+                    break;
+                }
+        r = (double)hit / (double)sm->ntruth[i];
+        sum += r;
+        sum2 += r * r;
+        n++;
+    }
+    memset(out, 0, sizeof *out);
+    out->queries = (uint32_t)n;
+    out->k = (uint32_t)k;
+    out->vs_codes = sm->vs_codes;
+    out->search_us = (double)ns / 1e3 / (double)sm->nq;
+    if (n == 0) return VECIDX_OK;
+    out->recall = sum / (double)n;
+    /* normal approximation to the mean's 95 % interval */
+    sd = n > 1
+             ? sqrt(fmax(0.0, (sum2 - sum * sum / (double)n) / (double)(n - 1)))
+             : 0;
+    out->low = fmax(0.0, out->recall - 1.96 * sd / sqrt((double)n));
+    out->high = fmin(1.0, out->recall + 1.96 * sd / sqrt((double)n));
+    return VECIDX_OK;
+}
+
+int vecidx_estimate_recall(vecidx *ix, size_t k, size_t nq,
+                           const float *queries, const uint64_t *truth,
+                           const vecidx_search_opts *opts, vecidx_recall *out)
+{
+    vx_sample sm;
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, out, "result");
+    if ((rc = vx_sample_init(ix, &sm, k, nq, queries, truth, opts)) != 0)
+        return rc;
+    rc = vx_sample_measure(ix, &sm, opts, out);
+    vx_sample_free(ix, &sm);
+    return rc;
+}
+
+/* Settings vecidx_tune tries, smallest first. */
+static const uint32_t vx_tune_ef[] = {
+    10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048};
+static const uint32_t vx_tune_refine[] = {1, 2, 4, 8, 16, 32};
+
+/* Store the chosen defaults, and in the index file at once (a checkpoint,
+** as after training) so that they outlive the handle; nothing changes if
+** that fails. */
+static int vx_tune_store(vecidx *ix, const vecidx_tuning *t)
+{
+    vecidx_params old = ix->p;
+    int rc = VECIDX_OK;
+    if (ix->p.kind != VECIDX_HNSW && !t->nprobe && !t->refine)
+        return VECIDX_OK; /* an exact scan: nothing to set */
+    vx_write_begin(ix);
+    if (ix->p.kind == VECIDX_HNSW)
+        __atomic_store_n(&ix->p.hnsw_ef_search, t->ef, __ATOMIC_RELAXED);
+    if (ix->p.kind == VECIDX_IVFPQ) {
+        __atomic_store_n(&ix->p.ivf_nprobe, t->nprobe, __ATOMIC_RELAXED);
+        __atomic_store_n(&ix->p.ivf_refine, t->refine, __ATOMIC_RELAXED);
+    } else if (t->refine) {
+        __atomic_store_n(&ix->p.refine, t->refine, __ATOMIC_RELAXED);
+    }
+    if (ix->wal.path && (rc = vx_checkpoint_run(ix)) != VECIDX_OK) {
+        __atomic_store_n(&ix->p.hnsw_ef_search, old.hnsw_ef_search,
+                         __ATOMIC_RELAXED);
+        __atomic_store_n(&ix->p.ivf_nprobe, old.ivf_nprobe, __ATOMIC_RELAXED);
+        __atomic_store_n(&ix->p.ivf_refine, old.ivf_refine, __ATOMIC_RELAXED);
+        __atomic_store_n(&ix->p.refine, old.refine, __ATOMIC_RELAXED);
+    }
+    vx_write_end(ix);
+    return rc;
+}
+
+/* What would reach a target the settings tried did not. */
+static const char *vx_tune_advice(const vecidx *ix)
+{
+    if (ix->p.kind == VECIDX_IVFPQ)
+        return ix->p.ivf_keep_vectors
+                   ? "with every list probed and 32 k candidates re-ranked "
+                     "recall falls short: finer codes (a larger pq_m) rank "
+                     "better"
+                   : "product-quantized codes alone cap recall (near 0.8 "
+                     "on the benchmark sets): create the index with "
+                     "ivf_keep_vectors and tune again to re-rank exactly";
+    if (ix->store.store != VECIDX_STORE_F32 && !ix->store.keep)
+        return "compressed codes alone cap recall: create the index with "
+               "keep_vectors to re-rank exactly";
+    return "ef up to 2048 falls short: a graph built with a larger hnsw_m "
+           "or hnsw_ef_construction reaches more";
+}
+
+/* Measure one setting into t, keeping the best measured; 1 if it reached
+** the target. */
+static int vx_tune_try(vecidx *ix, vx_sample *sm, double target, uint32_t ef,
+                       uint32_t nprobe, uint32_t refine, vecidx_tuning *t,
+                       int *rc)
+{
+    vecidx_search_opts o;
+    vecidx_recall r;
+    memset(&o, 0, sizeof o);
+    o.ef = ef;
+    o.nprobe = nprobe;
+    o.refine = refine;
+    if ((*rc = vx_sample_measure(ix, sm, &o, &r)) != VECIDX_OK) return 0;
+    t->steps++;
+    if (t->steps == 1 || r.recall > t->recall.recall) {
+        t->recall = r;
+        t->ef = ef;
+        t->nprobe = nprobe;
+        t->refine = refine;
+    }
+    if (r.recall < target) return 0;
+    t->recall = r;
+    t->ef = ef;
+    t->nprobe = nprobe;
+    t->refine = refine;
+    return 1;
+}
+
+/* The sweep: for HNSW ef, for IVF-PQ nprobe, each with the refine
+** factors when full vectors are kept, smallest first. */
+static int vx_tune_sweep(vecidx *ix, vx_sample *sm, double target,
+                         vecidx_tuning *t)
+{
+    int ivf = ix->ivf.trained, keep = ix->p.kind == VECIDX_IVFPQ
+                                          ? (int)ix->p.ivf_keep_vectors
+                                          : (int)ix->store.keep;
+    size_t nr = keep ? sizeof vx_tune_refine / sizeof *vx_tune_refine : 1;
+    size_t ne = ix->p.kind == VECIDX_HNSW
+                    ? sizeof vx_tune_ef / sizeof *vx_tune_ef
+                    : 1;
+    uint32_t nprobe = 1, top = ivf ? ix->ivf.nlist : 1;
+    size_t e, r;
+    int rc = VECIDX_OK;
+    for (;;) {
+        for (e = 0; e < ne; e++) {
+            uint32_t ef = ix->p.kind == VECIDX_HNSW ? vx_tune_ef[e] : 0;
+            if (ef && ef < sm->k && e + 1 < ne && vx_tune_ef[e + 1] <= sm->k)
+                continue; /* a breadth below k searches as k */
+            for (r = 0; r < nr; r++)
+                if (vx_tune_try(ix, sm, target, ef, ivf ? nprobe : 0,
+                                keep ? vx_tune_refine[r] : 0, t, &rc))
+                    return VECIDX_OK;
+                else if (rc != VECIDX_OK)
+                    return rc;
+        }
+        if (!ivf || nprobe >= top) return VECIDX_OK;
+        nprobe = nprobe > top / 2 ? top : nprobe * 2;
+    }
+}
+
+int vecidx_tune(vecidx *ix, double target, size_t k, size_t nq,
+                const float *queries, const uint64_t *truth, vecidx_tuning *out)
+{
+    vx_sample sm;
+    int rc;
+    VX_NULL_CHECK(NULL, ix, "index handle");
+    VX_NULL_CHECK(ix, out, "result");
+    VX_WRITABLE(ix);
+    memset(out, 0, sizeof *out);
+    out->advice = "";
+    if (ix->p.kind == VECIDX_IVFPQ && !ix->ivf.trained)
+        return vx_err(ix, VECIDX_ESTATE,
+                      "IVF-PQ index is not trained yet: it searches "
+                      "exactly until then; tune it once trained");
+    if (!(target > 0 && target <= 1))
+        return vx_err(ix, VECIDX_EINVAL, "target recall %g is not in (0, 1]",
+                      target);
+    if ((rc = vx_sample_init(ix, &sm, k, nq, queries, truth, NULL)) != 0)
+        return rc;
+    rc = vx_tune_sweep(ix, &sm, target, out);
+    vx_sample_free(ix, &sm);
+    if (rc != VECIDX_OK) return rc;
+    out->reached = out->recall.recall >= target;
+    if (!out->reached) {
+        out->advice = vx_tune_advice(ix);
+        return VECIDX_OK;
+    }
+    if (out->recall.vs_codes) /* reached, but against what? */
+        out->advice = "recall was measured against the codes' own exact "
+                      "answers: against the vectors they stand for it is "
+                      "lower (near 0.8 for IVF-PQ on the benchmark sets); "
+                      "give exact answers to measure it, or keep the "
+                      "vectors";
+    return vx_tune_store(ix, out);
 }

@@ -192,6 +192,21 @@ static void *vt_reader_main(void *arg)
             CHECK(vecidx_count(sh->ix) >= VT_MIN_LIVE);
         }
         if (n % 64 == 0) CHECK_OK(vecidx_check(sh->ix));
+        if (n % 64 == 32 && rd->id == 0) {
+            /* a recall estimate reads as searches do; the index may
+            ** change too fast to sample (ESTATE) */
+            vecidx_recall rc;
+            int e = vecidx_estimate_recall(sh->ix, VT_K, 4, NULL, NULL, NULL,
+                                           &rc);
+            CHECKF(e == VECIDX_OK || e == VECIDX_ESTATE, "estimate: %d", e);
+            CHECK(e != VECIDX_OK || (rc.recall >= 0 && rc.recall <= 1));
+        }
+        if (n % 128 == 96 && rd->id == 1 && sh->kind == VECIDX_HNSW) {
+            /* tuning stores a new default ef while others search */
+            vecidx_tuning t;
+            int e = vecidx_tune(sh->ix, 0.8, VT_K, 4, NULL, NULL, &t);
+            CHECKF(e == VECIDX_OK || e == VECIDX_ESTATE, "tune: %d", e);
+        }
         if (vt_failures() > 0) break;
     }
     return NULL;

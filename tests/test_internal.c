@@ -1270,3 +1270,73 @@ void test_kernels_quantized(void)
         }
     }
 }
+
+/* The latency histogram of vecidx_stats: every value read back within
+** 1/(2 * VX_HIST_SUB) of itself, and percentiles of a known spread. */
+void test_stats_histogram(void)
+{
+    static vx_hist h; /* 4.7 KB: not on the stack */
+    vecidx_latency l;
+    uint64_t v, i;
+    size_t worst = 0;
+    for (v = 1; v < (1ull << VX_HIST_TOP); v += v / 7 + 1) {
+        size_t b = vx_hist_bucket(v);
+        double mid = vx_hist_mid(b),
+               err = mid > (double)v ? mid - (double)v : (double)v - mid;
+        CHECKF(b < VX_HIST_N, "value %llu: bucket %zu", (unsigned long long)v,
+               b);
+        CHECKF(err <= (double)v / (2 * VX_HIST_SUB) + 0.5,
+               "value %llu read back as %.1f", (unsigned long long)v, mid);
+        CHECK(b >= worst); /* buckets rise with the value */
+        worst = b;
+    }
+    CHECK(vx_hist_bucket(UINT64_MAX) == VX_HIST_N - 1);
+    memset(&h, 0, sizeof h);
+    vx_hist_read(&h, &l);
+    CHECK(l.count == 0 && l.p50_us == 0 && l.p99_us == 0 && l.max_us == 0);
+    /* 1000 calls of 1..1000 us: p50 500, p95 950, p99 990, max 1000 */
+    for (i = 1; i <= 1000; i++) {
+        VX_COUNT(&h.bucket[vx_hist_bucket(i * 1000)], 1);
+        if (i * 1000 > h.max) h.max = i * 1000;
+    }
+    vx_hist_read(&h, &l);
+    CHECK(l.count == 1000);
+    CHECKF(fabs(l.p50_us - 500) <= 500.0 / 32 + 1, "p50 %g", l.p50_us);
+    CHECKF(fabs(l.p95_us - 950) <= 950.0 / 32 + 1, "p95 %g", l.p95_us);
+    CHECKF(fabs(l.p99_us - 990) <= 990.0 / 32 + 1, "p99 %g", l.p99_us);
+    CHECK(l.max_us == 1000 && l.p99_us <= l.max_us);
+}
+
+/* The median list size of vecidx_stats, found without sorting, against
+** a sort, on odd and even counts, ties and one list. */
+static int vt_cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+void test_stats_list_median(void)
+{
+    vx_ivlist lists[9];
+    uint32_t n[9], nl, i, trial, lo, hi;
+    vx_ivf v;
+    vt_rng r = {3};
+    memset(&v, 0, sizeof v);
+    v.lists = lists;
+    for (trial = 0; trial < 200; trial++) {
+        nl = 1 + (uint32_t)vt_below(&r, 9);
+        lo = UINT32_MAX;
+        hi = 0;
+        for (i = 0; i < nl; i++) {
+            memset(&lists[i], 0, sizeof lists[i]);
+            n[i] = lists[i].n = (uint32_t)vt_below(&r, trial % 2 ? 4 : 1000);
+            lo = n[i] < lo ? n[i] : lo;
+            hi = n[i] > hi ? n[i] : hi;
+        }
+        v.nlist = nl;
+        qsort(n, nl, sizeof *n, vt_cmp_u32);
+        CHECKF(vx_stats_median(&v, lo, hi) == n[nl / 2],
+               "%u lists: median %u, sorted says %u", nl,
+               vx_stats_median(&v, lo, hi), n[nl / 2]);
+    }
+}

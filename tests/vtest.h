@@ -130,7 +130,20 @@
     X(filter_dense_key_array)                \
     X(filter_bad_arguments)                  \
     X(filter_batch_matches_single)           \
-    X(filter_file)
+    X(filter_file)                           \
+    X(stats_histogram)                       \
+    X(stats_list_median)                     \
+    X(stats_counters_flat)                   \
+    X(stats_counters_hnsw)                   \
+    X(stats_counters_ivfpq)                  \
+    X(stats_memory_parts)                    \
+    X(stats_log_and_checkpoint)              \
+    X(stats_size_contract)                   \
+    X(stats_buried_and_repairs)              \
+    X(recall_estimate)                       \
+    X(recall_tune_hnsw)                      \
+    X(recall_tune_ivfpq)                     \
+    X(recall_tune_file_and_errors)
 
 #define VT_DECLARE(name) void test_##name(void);
 VT_TESTS(VT_DECLARE)
