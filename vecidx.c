@@ -11327,23 +11327,26 @@ static int vx_sample_alloc(vecidx *ix, vx_sample *sm, size_t nq, size_t k)
                   nq);
 }
 
-/* A stored key picked at random (0 with *ok = 0 when none was found). */
+/* A stored key picked at random (0 with *ok = 0 when none is stored):
+** the first live slot (or list entry) from a random place on. */
 static uint64_t vx_sample_key(vecidx *ix, uint64_t *rng, int *ok)
 {
-    int tries;
-    uint64_t key = 0;
+    uint64_t r = vx_splitmix(rng), key = 0, i;
     *ok = 0;
     pthread_rwlock_rdlock(&ix->lock);
-    for (tries = 0; tries < 64 && !*ok; tries++) {
-        uint64_t r = vx_splitmix(rng);
-        if (ix->ivf.trained) {
-            const vx_ivlist *l = &ix->ivf.lists[r % ix->ivf.nlist];
+    if (ix->ivf.trained) {
+        uint32_t nl = ix->ivf.nlist;
+        for (i = 0; i < nl && !*ok; i++) {
+            const vx_ivlist *l = &ix->ivf.lists[(r + i) % nl];
             if (l->n) {
                 key = l->keys[(r >> 32) % l->n];
                 *ok = 1;
             }
-        } else if (VX_LOAD(&ix->store.nslots)) {
-            uint32_t slot = (uint32_t)(r % VX_LOAD(&ix->store.nslots));
+        }
+    } else {
+        uint32_t ns = VX_LOAD(&ix->store.nslots);
+        for (i = 0; i < ns && !*ok; i++) {
+            uint32_t slot = (uint32_t)((r + i) % ns);
             if (vx_store_live(&ix->store, slot) == VX_LIVE) {
                 key = vx_store_key(&ix->store, slot);
                 *ok = 1;
@@ -11362,28 +11365,47 @@ static double vx_gauss(uint64_t *rng)
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
 }
 
-/* Euclidean distance from stored vector x (of key) to its nearest other
-** stored vector, or -1 when there is none. */
-static double vx_sample_gap(vecidx *ix, uint64_t key, const float *x, float *y)
+/* *gap = Euclidean distance from stored vector x (of key) to its nearest
+** other stored vector, or -1 when there is none; y is scratch. */
+static int vx_sample_gap(vecidx *ix, uint64_t key, const float *x, float *y,
+                         double *gap)
 {
     uint64_t keys[2];
     size_t found = 0, i, dim = ix->p.dim;
     double d = 0;
-    if (vx_search_one(ix, x, 2, NULL, VX_HOW_EXACT | VX_HOW_QUIET, keys, NULL,
-                      &found) != VECIDX_OK)
-        return -1;
+    int rc = vx_search_one(ix, x, 2, NULL, VX_HOW_EXACT | VX_HOW_QUIET, keys,
+                           NULL, &found);
+    *gap = -1;
+    if (rc != VECIDX_OK) return rc;
     for (i = 0; i < found && keys[i] == key; i++) {
     }
-    if (i == found || vecidx_get(ix, keys[i], y) != VECIDX_OK) return -1;
+    if (i == found) return VECIDX_OK;
+    if ((rc = vecidx_get(ix, keys[i], y)) != VECIDX_OK)
+        return rc == VECIDX_ENOTFOUND ? VECIDX_OK : rc; /* removed since */
     for (i = 0; i < dim; i++)
         d += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
-    return sqrt(d);
+    *gap = sqrt(d);
+    return VECIDX_OK;
 }
 
 static int vx_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* Copy a random stored vector into q; 1 if one was found, 0 if none is
+** stored, or a negative error. Tried again when the key picked is
+** removed before it is read. */
+static int vx_sample_vec(vecidx *ix, uint64_t *rng, uint64_t *key, float *q)
+{
+    int tries, ok, rc = VECIDX_ENOTFOUND;
+    for (tries = 0; tries < 16 && rc == VECIDX_ENOTFOUND; tries++) {
+        *key = vx_sample_key(ix, rng, &ok);
+        if (!ok) return 0;
+        rc = vecidx_get(ix, *key, q);
+    }
+    return rc == VECIDX_OK ? 1 : rc == VECIDX_ENOTFOUND ? 0 : rc;
 }
 
 /* Make sm->nq queries from stored vectors (see above). */
@@ -11393,15 +11415,15 @@ static int vx_sample_make(vecidx *ix, vx_sample *sm, uint64_t seed)
     double gaps[VX_SAMPLE_SCALE], sigma;
     uint64_t rng = seed, key;
     float *x = vx_malloc(&ix->mem, 2 * dim * sizeof *x);
-    int ok;
+    int rc = VECIDX_OK;
     if (!x) return vx_err(ix, VECIDX_ENOMEM, "out of memory sampling");
-    for (i = 0; i < VX_SAMPLE_SCALE; i++) {
-        key = vx_sample_key(ix, &rng, &ok);
-        if (ok && vecidx_get(ix, key, x) == VECIDX_OK &&
-            (gaps[ngap] = vx_sample_gap(ix, key, x, x + dim)) >= 0)
+    for (i = 0; i < VX_SAMPLE_SCALE && rc >= 0; i++)
+        if ((rc = vx_sample_vec(ix, &rng, &key, x)) == 1 &&
+            (rc = vx_sample_gap(ix, key, x, x + dim, &gaps[ngap])) == 0 &&
+            gaps[ngap] >= 0)
             ngap++;
-    }
     vx_free(&ix->mem, x, 2 * dim * sizeof *x);
+    if (rc < 0) return rc; /* the failing call gave the message */
     if (ngap == 0)
         return vx_err(ix, VECIDX_ESTATE,
                       "the index holds too few vectors to make sample "
@@ -11411,10 +11433,10 @@ static int vx_sample_make(vecidx *ix, vx_sample *sm, uint64_t seed)
     sigma = VX_SAMPLE_SPREAD * gaps[ngap / 2] / sqrt((double)dim);
     for (i = 0; i < sm->nq; i++) {
         float *q = sm->q + i * dim;
-        key = vx_sample_key(ix, &rng, &ok);
-        if (!ok || vecidx_get(ix, key, q) != VECIDX_OK)
+        if ((rc = vx_sample_vec(ix, &rng, &key, q)) < 0) return rc;
+        if (rc == 0)
             return vx_err(ix, VECIDX_ESTATE,
-                          "the index changed too fast to sample it");
+                          "the index was emptied while it was sampled");
         for (j = 0; j < dim; j++) q[j] += (float)(sigma * vx_gauss(&rng));
     }
     return VECIDX_OK;

@@ -508,6 +508,23 @@ static void vt_script(vt_run *r)
         if (vt_step(r, "add after reserve", f, rc, quiet))
             vt_put(r, 20000 + i, v);
     }
+    /* stats allocate nothing; a recall estimate and a tuning fail whole */
+    {
+        vecidx_stats_t st;
+        vecidx_recall rr;
+        vecidx_tuning tt;
+        f = vt_alloc_failed(r->a);
+        rc = vecidx_stats_ex(r->ix, &st, sizeof st);
+        vt_step(r, "stats", f, rc, 0);
+        f = vt_alloc_failed(r->a);
+        rc = vecidx_estimate_recall(r->ix, 5, 3, NULL, NULL, NULL, &rr);
+        vt_step(r, "estimate recall", f, rc, 0);
+        if (!vt_may_train(r)) { /* an untrained IVF-PQ index has no knob */
+            f = vt_alloc_failed(r->a);
+            rc = vecidx_tune(r->ix, 0.5, 5, 3, NULL, NULL, &tt);
+            vt_step(r, "tune", f, rc, 0);
+        }
+    }
     /* a save leaves its file complete or, when it fails, absent; the
     ** run began with none */
     f = vt_alloc_failed(r->a);
