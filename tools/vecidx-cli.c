@@ -9,10 +9,13 @@
 **                [--allow KEYFILE]
 **   vecidx stats|check|checkpoint PATH
 **   vecidx export PATH FILE          (.fvecs, .npy or .csv)
+**   vecidx recall PATH [-k 10] [--queries FILE [--gt FILE]]
+**   vecidx tune PATH --recall R [-k 10] [--queries FILE [--gt FILE]]
 **
 ** `vecidx --help` and `vecidx COMMAND --help` describe every option. Exit
 ** status: 0 success, 1 a failure while running (a file that cannot be read,
-** bad data, an error from the library), 2 a malformed command line.
+** bad data, an error from the library), 2 a malformed command line, 3
+** (tune only) a target recall that no setting reaches.
 **
 ** One file on purpose: it only uses the public API of vecidx.h, and builds
 ** with `cc -std=c11 -I. tools/vecidx-cli.c vecidx.c -pthread -lm`.
@@ -35,7 +38,8 @@
 
 enum {
     EXIT_RUNTIME = 1,
-    EXIT_USAGE = 2
+    EXIT_USAGE = 2,
+    EXIT_NOT_REACHED = 3 /* tune: ran fine, but the target is out of reach */
 };
 
 /* ---- Messages --------------------------------------------------------- */
@@ -180,6 +184,10 @@ enum {
     O_K,
     O_EF,
     O_ALLOW,
+    O_RECALL,
+    O_QUERIES,
+    O_GT,
+    O_N,
     O_COUNT
 };
 
@@ -215,6 +223,10 @@ static const struct {
     [O_K] = {"k", 'k', 1},
     [O_EF] = {"ef", 0, 1},
     [O_ALLOW] = {"allow", 0, 1},
+    [O_RECALL] = {"recall", 0, 1},
+    [O_QUERIES] = {"queries", 0, 1},
+    [O_GT] = {"gt", 0, 1},
+    [O_N] = {"n", 0, 1},
 };
 
 #define BIT(o) (1ull << (o))
@@ -821,7 +833,7 @@ static const char help_create[] =
     "                        exact export)\n"
     "  --refine N            default re-rank factor: the k*N best by code\n"
     "                        distance are re-scored with the kept vectors\n"
-    "                        (default: 10 for bin, 2 for f16 and i8, none\n"
+    "                        (default: 20 for bin, 2 for f16 and i8, none\n"
     "                        for IVF-PQ, where it needs --keep-vectors)\n"
     "\n"
     "  --json                print the result as one JSON object\n";
@@ -1370,25 +1382,29 @@ static const char help_stats[] =
     "usage: vecidx stats PATH [--json]\n"
     "\n"
     "Print every counter of the index (vecidx_stats_ex): what it is (kind,\n"
-    "metric, dimension, storage), how many vectors it holds, its memory by\n"
-    "part (vectors, HNSW links, key map, IVF-PQ lists, other), its file\n"
-    "and log, and for a trained IVF-PQ index the sizes of its lists and\n"
-    "their drift. Opens the file read-only: safe while another process\n"
-    "writes the index.\n"
+    "metric, dimension, storage), the search defaults in force (HNSW ef,\n"
+    "IVF-PQ nprobe, the refine factor with kept vectors: what 'vecidx tune'\n"
+    "sets), how many vectors it holds, its memory by part (vectors, HNSW\n"
+    "links, key map, IVF-PQ lists, other), its file and log, and for a\n"
+    "trained IVF-PQ index the sizes of its lists and their drift. Opens the\n"
+    "file read-only: safe while another process writes the index.\n"
     "\n"
     "Activity (searches, inserts, removes, their latency percentiles,\n"
     "distances and nodes per search, repairs, checkpoints) is counted per\n"
     "handle since it was opened, and the handle this command opens does\n"
     "nothing: it shows zeros. A program reads its own with vecidx_stats_ex\n"
-    "(Python: Index.stats()). A read-only handle has no log of its own\n"
-    "either, so log_bytes and log_records are 0 here; wal_bytes is the\n"
-    "size of the log file PATH-wal.\n"
+    "(Python: Index.stats()). The log is the one this handle replayed at\n"
+    "open: log_bytes is the size of PATH-wal as it found it (32 bytes for\n"
+    "a log holding only its header) and log_records the writes in it that\n"
+    "the main file does not hold yet; wal_bytes is the size of PATH-wal\n"
+    "when the command ends (a writer may have appended since).\n"
     "\n"
     "  --json   one JSON object whose keys are the field names of\n"
     "           vecidx_stats_t: kind, metric, storage and simd as names\n"
     "           (storage \"pq\" for IVF-PQ), trained as true or false, each\n"
     "           *_latency as {\"count\",\"p50_us\",\"p95_us\",\"p99_us\",\n"
-    "           \"max_us\"}; and command, path, file_bytes, wal_bytes and\n"
+    "           \"max_us\"}; ef_search, nprobe and refine 0 where they do\n"
+    "           not apply; and command, path, file_bytes, wal_bytes and\n"
     "           version\n";
 
 /* Bytes for people: exact below 1 KiB, else one decimal of a binary unit
@@ -1483,6 +1499,9 @@ static void stats_json(const char *path, const vecidx_stats_t *st,
     json_u64("list_median", st->list_median);
     json_u64("list_max", st->list_max);
     json_num("drift", st->drift, 6);
+    json_u64("ef_search", st->ef_search);
+    json_u64("nprobe", st->nprobe);
+    json_u64("refine", st->refine);
     json_u64("file_bytes", fsize);
     json_u64("wal_bytes", wsize);
     printf(",\"version\":\"%s\"}\n", vecidx_version());
@@ -1510,7 +1529,14 @@ static void stats_text(const char *path, const vecidx_stats_t *st,
         printf("storage       %s, %u bytes per vector%s\n",
                storage_name(st->kind, st->storage), (unsigned)st->vector_bytes,
                st->kind == VECIDX_HNSW ? " with its level-0 links" : "");
-    printf("simd          %s\n"
+    if (st->kind == VECIDX_HNSW)
+        printf("search        ef %u", (unsigned)st->ef_search);
+    else if (st->kind == VECIDX_IVFPQ)
+        printf("search        nprobe %u", (unsigned)st->nprobe);
+    else
+        printf("search        scan");
+    if (st->refine) printf(", refine %u", (unsigned)st->refine);
+    printf("\nsimd          %s\n"
            "library       %s\n",
            st->simd ? st->simd : "?", vecidx_version());
 
@@ -1545,10 +1571,11 @@ static void stats_text(const char *path, const vecidx_stats_t *st,
     printf("file          %" PRIu64 " bytes, log %" PRIu64 " bytes\n", fsize,
            wsize);
 
-    if (st->log_bytes || st->log_records || st->checkpoints) {
-        printf("\nhandle's log  %s, %" PRIu64 " writes not checkpointed\n",
+    if (st->log_bytes || st->log_records)
+        printf("log at open   %s, %" PRIu64 " writes not checkpointed\n",
                human_bytes(st->log_bytes, b1), st->log_records);
-        printf("checkpoints   %" PRIu64, st->checkpoints);
+    if (st->checkpoints) {
+        printf("\ncheckpoints   %" PRIu64, st->checkpoints);
         if (st->last_checkpoint_time > 0) {
             time_t t = (time_t)st->last_checkpoint_time;
             struct tm tm;
@@ -1679,6 +1706,476 @@ static int cmd_checkpoint(const args *a)
                path, before, file_size(path));
     }
     return 0;
+}
+
+/* ---- recall, tune ------------------------------------------------------ */
+
+static const char help_recall[] =
+    "usage: vecidx recall PATH [-k N] [--queries FILE [--gt FILE]] [--n N]\n"
+    "                     [--ef N] [--nprobe N] [--refine N] [--allow FILE]\n"
+    "                     [--json]\n"
+    "\n"
+    "Measure recall@k of the index's search (vecidx_estimate_recall): the\n"
+    "share of each query's exact k nearest that the search returns, averaged\n"
+    "over the queries, with its 95 % confidence interval, and the mean time\n"
+    "of a search. Opens the file read-only: safe while another process\n"
+    "writes the index.\n"
+    "\n"
+    "  -k N           neighbours per query (default 10)\n"
+    "  --queries FILE the queries, an .fvecs file of the index's dimension\n"
+    "                 (default: sample queries the library makes by moving\n"
+    "                 stored vectors a little in random directions)\n"
+    "  --gt FILE      the exact answers to --queries, an .ivecs file: per\n"
+    "                 query a little-endian int32 count, then that many int32\n"
+    "                 KEYS, nearest first, at least k of them; -1 ends a\n"
+    "                 query's list early. The ground truth of the benchmark\n"
+    "                 data sets holds base row numbers, which are the keys of\n"
+    "                 an index imported from the base .fvecs or .npy file\n"
+    "                 without --first-key. Without --gt the exact answers\n"
+    "                 come from a scan of every vector the index holds; of\n"
+    "                 an index that keeps only codes (IVF-PQ, compressed\n"
+    "                 storage without --keep-vectors), a scan of the codes:\n"
+    "                 then the recall says what the search loses against\n"
+    "                 the codes, not what the codes lose against the\n"
+    "                 vectors\n"
+    "  --n N          with --queries, the first N of them (default all);\n"
+    "                 without, the number of sample queries (default 200)\n"
+    "  --ef N         HNSW search breadth (default: the index's)\n"
+    "  --nprobe N     IVF-PQ lists to probe (default: the index's)\n"
+    "  --refine N     re-rank factor with kept float32 vectors (default: the\n"
+    "                 index's)\n"
+    "  --allow FILE   measure searches that return only the keys listed in\n"
+    "                 FILE (as for 'vecidx query'); the exact answers from\n"
+    "                 the scan are limited to them too, those of --gt are\n"
+    "                 taken as given\n"
+    "  --json         one JSON object: command, path, ef, nprobe, refine (the\n"
+    "                 setting measured, 0 where it does not apply), then the\n"
+    "                 fields of vecidx_recall: recall, low, high, queries\n"
+    "                 (those with an admissible vector), k, search_us,\n"
+    "                 vs_codes (true: measured against a scan of codes)\n";
+
+static const char help_tune[] =
+    "usage: vecidx tune PATH --recall R [-k N] [--queries FILE [--gt FILE]]\n"
+    "                   [--n N] [--json]\n"
+    "\n"
+    "Find the cheapest search setting whose recall@k reaches R, and store it\n"
+    "in the index file as its default (vecidx_tune): HNSW ef 10, 16, 24, 32,\n"
+    "48, 64, ... 2048; IVF-PQ nprobe 1, 2, 4, ... up to every list; with\n"
+    "kept float32 vectors, for each of those the refine factors 1, 2, 4, 8,\n"
+    "16, 32, smallest first. Recall is measured as 'vecidx recall' measures\n"
+    "it, on the same queries for every setting. Searches made later without\n"
+    "--ef, --nprobe or --refine use the setting chosen ('vecidx stats' shows\n"
+    "it). Opens the index for writing (it is checkpointed to store the\n"
+    "setting), so no other process may have it open for writing.\n"
+    "\n"
+    "  --recall R     the target, a number in (0, 1], e.g. 0.95 (required)\n"
+    "  -k N           neighbours per query (default 10)\n"
+    "  --queries FILE the queries, an .fvecs file (default: sample queries\n"
+    "                 made from stored vectors)\n"
+    "  --gt FILE      their exact answers as KEYS, an .ivecs file (see\n"
+    "                 'vecidx recall --help'). Only exact answers from the\n"
+    "                 original vectors show what compressed codes lose: an\n"
+    "                 IVF-PQ index without --keep-vectors measured without\n"
+    "                 --gt is measured against its codes, and reaches\n"
+    "                 recall 1 by probing every list\n"
+    "  --n N          with --queries, the first N of them (default all);\n"
+    "                 without, the number of sample queries (default 200).\n"
+    "                 More queries narrow the interval around the estimate\n"
+    "  --json         one JSON object: command, path, target, then the\n"
+    "                 fields of vecidx_tuning: reached, ef, nprobe, refine,\n"
+    "                 steps, recall (an object as 'vecidx recall --json'\n"
+    "                 prints: recall, low, high, queries, k, search_us,\n"
+    "                 vs_codes) and advice\n"
+    "\n"
+    "Prints the setting chosen with the recall measured there (and a note\n"
+    "when that was against codes), or, when no setting reaches R, the best\n"
+    "one tried and what would reach R (a finer index: the advice); the\n"
+    "index is then left unchanged. Exit status: 0 reached, 3 not reached,\n"
+    "1 a failure, 2 a malformed command line.\n";
+
+/* Checked here rather than left to vecidx_tune so that a typo is a usage
+** error (status 2) before the index is opened for writing. */
+static int parse_target(const char *s, double *out)
+{
+    char *end;
+    double v;
+    errno = 0;
+    v = strtod(s, &end);
+    if (end == s || *end || errno == ERANGE || !(v > 0 && v <= 1))
+        return usage_error("--recall must be a number above 0 and at most 1 "
+                           "(e.g. 0.95), not '%s'",
+                           s);
+    *out = v;
+    return 0;
+}
+
+/* What a measurement runs on: the caller's queries, and their exact
+** answers, or nothing, for the library to make sample queries. */
+typedef struct measure_set {
+    uint32_t k;
+    uint32_t n;      /* --n, 0 = all queries / the library's default */
+    size_t nq;       /* queries read (0 with no --queries) */
+    float *q;        /* nq * dim */
+    uint64_t *truth; /* nq * k keys, or NULL */
+} measure_set;
+
+static void measure_free(measure_set *m)
+{
+    free(m->q);
+    free(m->truth);
+    m->q = NULL;
+    m->truth = NULL;
+}
+
+/* Checked before the index is opened: tune opens it for writing, which
+** a malformed command line should not get as far as. */
+static int measure_args(const args *a, measure_set *m)
+{
+    int rc;
+    memset(m, 0, sizeof *m);
+    m->k = 10;
+    if ((rc = opt_u32(a, O_K, 1, 1u << 20, &m->k)) ||
+        (rc = opt_u32(a, O_N, 1, UINT32_MAX, &m->n)))
+        return rc;
+    if (a->val[O_GT] && !a->val[O_QUERIES])
+        return usage_error("--gt holds the answers to --queries; give both");
+    if (a->val[O_GT] && strcmp(a->val[O_GT], "-") == 0 &&
+        strcmp(a->val[O_QUERIES], "-") == 0)
+        return usage_error("--queries and --gt cannot both read standard "
+                           "input");
+    return 0;
+}
+
+/* Every vector of an .fvecs file (the first `max`, if not 0), in memory
+** at once: the library takes the queries as one array. */
+static int read_queries(const char *path, uint32_t dim, size_t max, float **out,
+                        size_t *nq)
+{
+    reader r;
+    size_t chunk = chunk_rows(dim), cap = 0, n = 0, got;
+    uint64_t *keys = malloc(sizeof *keys * chunk);
+    float *q = NULL;
+    int rc;
+    *out = NULL;
+    *nq = 0;
+    if (!keys) return fail("out of memory");
+    if ((rc = reader_open(&r, path, FMT_FVECS, dim, 0))) goto out;
+    for (;;) {
+        size_t want = max && max - n < chunk ? max - n : chunk;
+        if (want == 0) break;
+        if (n + want > cap) {
+            size_t ncap = cap ? cap * 2 : chunk;
+            float *more;
+            while (ncap < n + want) ncap *= 2;
+            if (!(more = realloc(q, sizeof *q * ncap * dim))) {
+                rc = fail("out of memory for the queries of '%s'", path);
+                goto out;
+            }
+            q = more;
+            cap = ncap;
+        }
+        if ((rc = reader_next(&r, want, keys, q + n * dim, &got))) goto out;
+        if (got == 0) break;
+        n += got;
+    }
+    if (n == 0) {
+        rc = fail("%s holds no vectors", r.name);
+        goto out;
+    }
+    /* A file shorter than --n is more likely the wrong file than a wish
+    ** for fewer queries. */
+    if (max && n < max) {
+        rc = fail("%s holds %zu queries, fewer than --n %zu", r.name, n, max);
+        goto out;
+    }
+    *out = q;
+    *nq = n;
+    q = NULL;
+out:
+    reader_close(&r);
+    free(keys);
+    free(q);
+    return rc;
+}
+
+/* The first nq rows of an .ivecs file as k keys per query: a count, then
+** that many int32 values, of which the first k are kept. -1 (what FAISS
+** gives where fewer results exist) ends a query's list; the library reads
+** UINT64_MAX the same way. */
+static int read_truth(const char *path, const char *qname, size_t nq,
+                      uint32_t k, uint64_t **out)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    const char *name = f == stdin ? "(standard input)" : path;
+    unsigned char *row = NULL, head[4];
+    size_t cap = 0, i, j;
+    uint64_t *t;
+    int rc = EXIT_RUNTIME;
+    *out = NULL;
+    if (!f) return fail("cannot open '%s': %s", path, strerror(errno));
+    if (!(t = malloc(sizeof *t * nq * k))) {
+        fail("out of memory for the ground truth");
+        goto out;
+    }
+    for (i = 0; i < nq; i++) {
+        uint32_t c;
+        int ended = 0;
+        size_t got = fread(head, 1, 4, f);
+        if (got != 4) {
+            if (ferror(f))
+                fail("%s: read error: %s", name, strerror(errno));
+            else if (got == 0)
+                fail("%s holds the answers to %zu queries; %s has %zu", name, i,
+                     qname, nq);
+            else
+                fail("%s: file ends inside row %zu (truncated?)", name, i);
+            goto out;
+        }
+        c = le32(head);
+        if (c < k || c > (1u << 24)) {
+            if (c > (1u << 24))
+                fail("%s: row %zu announces %" PRIu32 " values: not an "
+                     ".ivecs file?",
+                     name, i, c);
+            else
+                fail("%s: row %zu holds %" PRIu32 " neighbours, fewer than "
+                     "k = %u",
+                     name, i, c, (unsigned)k);
+            goto out;
+        }
+        if (c > cap) {
+            unsigned char *more = realloc(row, (size_t)c * 4);
+            if (!more) {
+                fail("out of memory");
+                goto out;
+            }
+            row = more;
+            cap = c;
+        }
+        if (fread(row, 4, c, f) != c) {
+            if (ferror(f))
+                fail("%s: read error: %s", name, strerror(errno));
+            else
+                fail("%s: file ends inside row %zu (truncated?)", name, i);
+            goto out;
+        }
+        for (j = 0; j < k; j++) {
+            int32_t v = (int32_t)le32(row + 4 * j);
+            if (v < -1) {
+                fail("%s: row %zu, value %zu is %" PRId32 ", not a key", name,
+                     i, j + 1, v);
+                goto out;
+            }
+            ended |= v == -1;
+            t[i * k + j] = ended ? UINT64_MAX : (uint64_t)v;
+        }
+    }
+    *out = t;
+    t = NULL;
+    rc = 0;
+out:
+    free(t);
+    free(row);
+    if (f != stdin) fclose(f);
+    return rc;
+}
+
+/* After the index is opened: the queries' dimension must be its. */
+static int measure_load(const args *a, uint32_t dim, measure_set *m)
+{
+    int rc;
+    if (!a->val[O_QUERIES]) return 0;
+    if ((rc = read_queries(a->val[O_QUERIES], dim, m->n, &m->q, &m->nq)))
+        return rc;
+    if (a->val[O_GT] && (rc = read_truth(a->val[O_GT], a->val[O_QUERIES], m->nq,
+                                         m->k, &m->truth)))
+        return rc;
+    return 0;
+}
+
+/* Only the knobs that apply, so that a flat index does not read as
+** "ef 0": "ef 48", "nprobe 16, refine 4", "an exact scan". */
+static const char *setting_text(char buf[64], uint32_t ef, uint32_t nprobe,
+                                uint32_t refine)
+{
+    int n = 0;
+    buf[0] = '\0';
+    if (ef) n = snprintf(buf, 64, "ef %u", (unsigned)ef);
+    if (nprobe) n = snprintf(buf, 64, "nprobe %u", (unsigned)nprobe);
+    if (refine)
+        snprintf(buf + n, 64 - (size_t)n, "%srefine %u", n ? ", " : "",
+                 (unsigned)refine);
+    else if (!n)
+        snprintf(buf, 64, "an exact scan");
+    return buf;
+}
+
+/* Where the queries came from, since a sample's recall and a query
+** file's may differ: "200 sample queries", "150 queries of q.fvecs". */
+static void print_source(const args *a, const vecidx_recall *r)
+{
+    printf("%u%s queries", (unsigned)r->queries,
+           a->val[O_QUERIES] ? "" : " sample");
+    if (a->val[O_QUERIES]) printf(" of %s", a->val[O_QUERIES]);
+    if (a->val[O_GT]) printf(", ground truth %s", a->val[O_GT]);
+}
+
+/* The fields of vecidx_recall, in its order; the caller writes what comes
+** before (a comma, or an object's brace). */
+static void recall_json(const vecidx_recall *r)
+{
+    printf("\"recall\":");
+    if (isfinite(r->recall))
+        printf("%.6f", r->recall);
+    else
+        fputs("null", stdout);
+    json_num("low", r->low, 6);
+    json_num("high", r->high, 6);
+    printf(",\"queries\":%u,\"k\":%u", (unsigned)r->queries, (unsigned)r->k);
+    json_num("search_us", r->search_us, 3);
+    printf(",\"vs_codes\":%s", r->vs_codes ? "true" : "false");
+}
+
+/* Said wherever a recall was measured against codes, which overstates it. */
+static const char vs_codes_note[] =
+    "note: measured against a scan of the index's codes, not of the vectors\n"
+    "they stand for: recall against those is lower, by an amount only\n"
+    "--gt can show\n";
+
+static int cmd_recall(const args *a)
+{
+    const char *path = a->pos[0];
+    measure_set m;
+    vecidx_search_opts so;
+    vecidx_stats_t st;
+    vecidx_recall r;
+    vecidx *ix = NULL;
+    uint64_t *allow = NULL;
+    uint32_t ef, nprobe, refine;
+    char set[64];
+    int rc, lrc;
+    memset(&so, 0, sizeof so);
+    if ((rc = need_pos(a, 1, "PATH")) || (rc = measure_args(a, &m)) ||
+        (rc = opt_u32(a, O_EF, 1, UINT32_MAX, &so.ef)) ||
+        (rc = opt_u32(a, O_NPROBE, 1, UINT32_MAX, &so.nprobe)) ||
+        (rc = opt_u32(a, O_REFINE, 1, UINT32_MAX, &so.refine)))
+        return rc;
+    if (a->val[O_ALLOW] &&
+        ((a->val[O_QUERIES] && strcmp(a->val[O_QUERIES], "-") == 0) ||
+         (a->val[O_GT] && strcmp(a->val[O_GT], "-") == 0)) &&
+        strcmp(a->val[O_ALLOW], "-") == 0)
+        return usage_error("--allow cannot read standard input with "
+                           "--queries or --gt");
+    /* Non-NULL even when the file holds no keys, as for query. */
+    if (a->val[O_ALLOW] &&
+        (rc = read_allow(a->val[O_ALLOW], &allow, &so.allow_count)))
+        return rc;
+    so.allow_keys = allow;
+    if ((rc = open_index(path, VECIDX_RDONLY, 0, &ix))) goto out;
+    vecidx_stats(ix, &st);
+    if ((rc = measure_load(a, st.dim, &m))) goto out;
+    lrc = vecidx_estimate_recall(ix, m.k, m.q ? m.nq : m.n, m.q, m.truth, &so,
+                                 &r);
+    if (lrc != VECIDX_OK) {
+        rc = fail_lib(lrc, ix, "recall of '%s'", path);
+        goto out;
+    }
+    /* Reported so that the output says what was measured without the
+    ** reader knowing the index's defaults; only what applies to it. */
+    ef = st.kind == VECIDX_HNSW ? (so.ef ? so.ef : st.ef_search) : 0;
+    nprobe = st.kind == VECIDX_IVFPQ ? (so.nprobe ? so.nprobe : st.nprobe) : 0;
+    refine = so.refine && (st.refine || st.kind == VECIDX_IVFPQ) ? so.refine
+                                                                 : st.refine;
+    if (json_out) {
+        printf("{\"command\":\"recall\",\"path\":");
+        json_str(stdout, path);
+        printf(",\"ef\":%u,\"nprobe\":%u,\"refine\":%u,", (unsigned)ef,
+               (unsigned)nprobe, (unsigned)refine);
+        recall_json(&r);
+        printf("}\n");
+    } else if (r.queries == 0) {
+        printf("%s: no query has an admissible vector: no recall to "
+               "measure\n",
+               path);
+    } else {
+        printf("%s: recall@%u %.4f (95 %% interval %.4f-%.4f) with %s, over ",
+               path, (unsigned)r.k, r.recall, r.low, r.high,
+               setting_text(set, ef, nprobe, refine));
+        print_source(a, &r);
+        printf("\n%.1f us per search\n", r.search_us);
+        if (r.vs_codes) fputs(vs_codes_note, stdout);
+    }
+out:
+    measure_free(&m);
+    free(allow);
+    vecidx_close(ix);
+    return rc;
+}
+
+static int cmd_tune(const args *a)
+{
+    const char *path = a->pos[0];
+    measure_set m;
+    vecidx_stats_t st;
+    vecidx_tuning t;
+    vecidx *ix = NULL;
+    double target = 0;
+    char set[64];
+    int rc, lrc;
+    if ((rc = need_pos(a, 1, "PATH"))) return rc;
+    if (!a->val[O_RECALL]) return usage_error("--recall is required");
+    if ((rc = parse_target(a->val[O_RECALL], &target)) ||
+        (rc = measure_args(a, &m)))
+        return rc;
+    if ((rc = open_index(path, VECIDX_SYNC_FULL, 0, &ix))) return rc;
+    vecidx_stats(ix, &st);
+    if ((rc = measure_load(a, st.dim, &m))) goto out;
+    lrc = vecidx_tune(ix, target, m.k, m.q ? m.nq : m.n, m.q, m.truth, &t);
+    if (lrc != VECIDX_OK) {
+        rc = fail_lib(lrc, ix, "tuning '%s'", path);
+        goto out;
+    }
+    rc = t.reached ? 0 : EXIT_NOT_REACHED;
+    if (json_out) {
+        printf("{\"command\":\"tune\",\"path\":");
+        json_str(stdout, path);
+        json_num("target", target, 6);
+        printf(",\"reached\":%s,\"ef\":%u,\"nprobe\":%u,\"refine\":%u,"
+               "\"steps\":%u,\"recall\":{",
+               t.reached ? "true" : "false", (unsigned)t.ef, (unsigned)t.nprobe,
+               (unsigned)t.refine, (unsigned)t.steps);
+        recall_json(&t.recall);
+        printf("},\"advice\":");
+        json_str(stdout, t.advice ? t.advice : "");
+        printf("}\n");
+        goto out;
+    }
+    setting_text(set, t.ef, t.nprobe, t.refine);
+    if (t.reached) {
+        printf("%s: %s reaches recall@%u %.4f (95 %% interval %.4f-%.4f, ",
+               path, set, (unsigned)t.recall.k, t.recall.recall, t.recall.low,
+               t.recall.high);
+        print_source(a, &t.recall);
+        printf(")\n%s; %u setting%s measured; %.1f us per search\n",
+               st.kind != VECIDX_HNSW && !t.nprobe && !t.refine
+                   ? "nothing to store: the index scans exactly"
+                   : "stored as the index's default",
+               (unsigned)t.steps, t.steps == 1 ? "" : "s", t.recall.search_us);
+        /* the library's caveat when it measured against codes */
+        if (t.advice && *t.advice) printf("note: %s\n", t.advice);
+    } else {
+        printf("%s: recall@%u %g not reached: the best of %u settings "
+               "measured, %s, gives %.4f (95 %% interval %.4f-%.4f, ",
+               path, (unsigned)t.recall.k, target, (unsigned)t.steps, set,
+               t.recall.recall, t.recall.low, t.recall.high);
+        print_source(a, &t.recall);
+        printf("); the index is unchanged\nadvice: %s\n",
+               t.advice ? t.advice : "");
+    }
+out:
+    measure_free(&m);
+    vecidx_close(ix);
+    return rc;
 }
 
 /* ---- export ------------------------------------------------------------ */
@@ -1846,11 +2343,16 @@ static const char help_main[] =
     "  check PATH                verify the index\n"
     "  checkpoint PATH           fold the write-ahead log into the main file\n"
     "  export PATH FILE          write every vector to .fvecs, .npy or .csv\n"
+    "  recall PATH [-k N] [--queries FILE [--gt FILE]]\n"
+    "                            measure the search's recall@k\n"
+    "  tune PATH --recall R [-k N] [--queries FILE [--gt FILE]]\n"
+    "                            store the cheapest search setting reaching\n"
+    "                            recall@k R as the index's default\n"
     "\n"
     "'vecidx COMMAND --help' describes a command's options. Every command\n"
     "takes --json to print JSON objects for scripts, one per line.\n"
     "Exit status: 0 success, 1 failure (unreadable file, bad data, index\n"
-    "error), 2 bad command line.\n";
+    "error), 2 bad command line, 3 a recall that tune cannot reach.\n";
 
 #define COMMON (BIT(O_HELP) | BIT(O_JSON))
 
@@ -1876,6 +2378,11 @@ static const struct command {
     {"check", cmd_check, help_check, 1, COMMON},
     {"checkpoint", cmd_checkpoint, help_checkpoint, 1, COMMON},
     {"export", cmd_export, help_export, 2, COMMON | BIT(O_FORMAT)},
+    {"recall", cmd_recall, help_recall, 1,
+     COMMON | BIT(O_K) | BIT(O_QUERIES) | BIT(O_GT) | BIT(O_N) | BIT(O_EF) |
+         BIT(O_NPROBE) | BIT(O_REFINE) | BIT(O_ALLOW)},
+    {"tune", cmd_tune, help_tune, 1,
+     COMMON | BIT(O_RECALL) | BIT(O_K) | BIT(O_QUERIES) | BIT(O_GT) | BIT(O_N)},
 };
 
 int main(int argc, char **argv)

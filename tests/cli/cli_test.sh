@@ -77,7 +77,7 @@ for line in open(sys.argv[1]):
 # ---- help and command-line errors (status 2) ---------------------------
 run 0 --help
 has out "usage: vecidx COMMAND"
-for c in create import query stats check checkpoint export; do
+for c in create import query stats check checkpoint export recall tune; do
     run 0 "$c" --help
     has out "usage: vecidx $c"
 done
@@ -499,11 +499,14 @@ simd=$("$VX" --version | sed -n 's/.*, \([a-z0-9]*\) kernels)$/\1/p')
 lib=$("$VX" --version | sed -n 's/.*(library \([^,]*\),.*/\1/p')
 # The JSON object has the fields of vecidx_stats_t in the struct's order,
 # and its numbers agree with one another: memory parts against the total
-# and the mapped file, list sizes against the count. The handle the
-# command opens has done nothing and, being read-only, has no log.
+# and the mapped file, list sizes against the count; the search defaults
+# are those the file was created with. The handle the command opens has
+# done nothing; the log it reports is the one it replayed at open, the
+# whole -wal file, which holds records exactly when it is longer than its
+# 32-byte header (docs/FORMAT.md).
 cat >stats_check.py <<'END'
 import json, sys
-path, kind, count, dim, simd, lib = sys.argv[1:7]
+path, kind, count, dim, simd, lib, ef, nprobe, refine = sys.argv[1:10]
 count, dim = int(count), int(dim)
 d = json.loads(open(path).read())
 lat = ["search_latency", "batch_latency", "insert_latency",
@@ -516,16 +519,21 @@ want = (["command", "path", "kind", "metric", "dim", "count", "slots",
          "log_bytes", "log_records", "checkpoints", "last_checkpoint_time",
          "last_checkpoint_seconds", "mem_vectors", "mem_links", "mem_keymap",
          "mem_lists", "mem_other", "list_min", "list_median", "list_max",
-         "drift", "file_bytes", "wal_bytes", "version"])
+         "drift", "ef_search", "nprobe", "refine", "file_bytes", "wal_bytes",
+         "version"])
 assert list(d) == want, [k for k in want if k not in d] or list(d)
 assert (d["kind"], d["count"], d["dim"]) == (kind, count, dim), d
 assert (d["simd"], d["version"]) == (simd, lib), (d["simd"], d["version"])
+assert [d["ef_search"], d["nprobe"], d["refine"]] == \
+    [int(ef), int(nprobe), int(refine)], d
+assert d["log_bytes"] == d["wal_bytes"] >= 32, d
+assert (d["log_records"] > 0) == (d["log_bytes"] > 32), d
 for k in lat:
     assert d[k] == {"count": 0, "p50_us": 0, "p95_us": 0, "p99_us": 0,
                     "max_us": 0}, (k, d[k])
 for k in ["searches", "inserts", "removes", "distances_per_search",
-          "visited_per_search", "repairs", "log_bytes", "log_records",
-          "checkpoints", "last_checkpoint_time", "last_checkpoint_seconds"]:
+          "visited_per_search", "repairs", "checkpoints",
+          "last_checkpoint_time", "last_checkpoint_seconds"]:
     assert d[k] == 0, (k, d[k])
 parts = sum(d[k] for k in ["mem_vectors", "mem_links", "mem_keymap",
                            "mem_lists", "mem_other"])
@@ -554,16 +562,23 @@ else:
     assert (d["mem_links"] > 0) == (kind == "hnsw" and count > 0), d
     assert d["buried"] == 0 or kind == "hnsw", d
 END
-stats_ok() { # KIND COUNT DIM: out holds a sound stats object
+stats_ok() { # KIND COUNT DIM EF NPROBE REFINE: out holds a sound stats object
     [ -n "$PY" ] || return 0
-    if "$PY" stats_check.py out "$@" "$simd" "$lib" 2>stats.err; then ok
+    if "$PY" stats_check.py out "$1" "$2" "$3" "$simd" "$lib" "$4" "$5" "$6" \
+        2>stats.err; then ok
     else bad "stats --json of $1: $(tail -n 1 stats.err)"; fi
 }
-for ix in flat hnsw i8 i8k bin pq; do
-    run 0 stats $ix.vx --json
+# The search defaults each file was created with: hnsw.vx --ef-search 80,
+# i8k.vx and pq.vx --refine 4, bin.vx bin's default refine of 20, IVF-PQ
+# nprobe 8, HNSW ef 64; 0 where they do not apply (refine without kept
+# vectors).
+for ix in "flat 0 0 0" "hnsw 80 0 0" "i8 64 0 0" "i8k 0 0 4" "bin 64 0 20" \
+    "pq 0 8 4"; do
+    set -- $ix
+    run 0 stats $1.vx --json
     json_valid out
-    case $ix in pq) k=ivfpq ;; flat | i8k) k=flat ;; *) k=hnsw ;; esac
-    stats_ok $k 3000 $D
+    case $1 in pq) k=ivfpq ;; flat | i8k) k=flat ;; *) k=hnsw ;; esac
+    stats_ok $k 3000 $D $2 $3 $4
 done
 # An IVF-PQ index still buffering its vectors: no lists yet.
 run 0 create pqb.vx --dim $D --kind ivfpq --metric l2 --train-size 5000
@@ -571,11 +586,34 @@ head -n 101 data.csv >first100.csv
 run 0 import pqb.vx first100.csv
 run 0 stats pqb.vx --json
 has out '"trained":false,"nlist":0'
-stats_ok ivfpq 100 $D
+stats_ok ivfpq 100 $D 0 8 0
+# A log with records: an import that stops at a bad row keeps the rows
+# before it in the log, without the checkpoint a whole import ends with.
+# A read-only handle replays that log and reports it: its size, and the
+# batches in it (one record each).
+run 0 create lg.vx --dim $D --kind flat --metric l2
+head -n 4 data.csv >lg.csv
+printf '5,1\n' >>lg.csv
+run 1 import lg.vx lg.csv
+run 1 import lg.vx lg.csv
+has err "key 1000 is already in the index"
+sed -n 5,6p data.csv >lg2.csv
+printf '6,1\n' >>lg2.csv
+run 1 import lg.vx lg2.csv
+run 0 stats lg.vx --json
+has out '"log_records":2,'
+stats_ok flat 5 $D 0 0 0
+run 0 stats lg.vx
+has out "log at open   $(wc -c <lg.vx-wal | tr -d ' ') B, 2 writes not checkpointed"
+run 0 checkpoint lg.vx
+run 0 stats lg.vx --json
+has out '"log_bytes":32,"log_records":0,'
+stats_ok flat 5 $D 0 0 0
 # The text has the same numbers, with units for memory.
 run 0 stats pq.vx --json
 lists=$(sed 's/.*"list_min":\([0-9]*\),"list_median":\([0-9]*\),"list_max":\([0-9]*\).*/min \1, median \2, max \3/' out)
 run 0 stats pq.vx
+has out "search        nprobe 8, refine 4"
 has out "list sizes    $lists"
 has out "drift         0.0 % of the entries added since training"
 has out "lists         16, 4 code bytes per vector"
@@ -585,9 +623,165 @@ has out "memory        "
 has out " KiB mapped from the file"
 has out "  links       "
 has out "buried        "
+has out "search        ef 80"
+has out "log at open   32 B, 0 writes not checkpointed"
 has out "activity      none"
 run 1 stats junk.npy
 has err "cannot open index 'junk.npy'"
+
+# ---- recall and tune -------------------------------------------------------
+# A sparse graph (M 5, ef_construction 30), on one thread so the graph is
+# the same every run, whose recall@10 grows over several steps of ef: the
+# sample queries of this seed measure 0.87 at ef 10, 0.91 at 16, 0.94 at
+# 48. Created with an ef the sweep never tries, so that a stored choice
+# shows.
+json_field() { # NAME: a number field of the JSON object in out
+    sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" out | head -n 1
+}
+at_least() { # VALUE MIN WHAT
+    if awk -v v="$1" -v m="$2" 'BEGIN { exit !(v != "" && v + 0 >= m + 0) }'
+    then ok; else bad "$3: $1 < $2"; fi
+}
+run 0 create sparse.vx --dim $D --kind hnsw --metric l2 --M 5 \
+    --ef-construction 30 --ef-search 200
+run 0 import sparse.vx data.csv --threads 1
+run 0 tune sparse.vx --recall 0.9
+has out "stored as the index's default"
+run 0 tune sparse.vx --recall 0.9 --json
+json_valid out
+has out '"command":"tune","path":"sparse.vx","target":0.900000,"reached":true,"ef":'
+has out '"nprobe":0,"refine":0,"steps":'
+has out ',"k":10,"search_us":'
+has out '"vs_codes":false},"advice":""}'
+ef=$(json_field ef)
+at_least "$(json_field recall)" 0.9 "recall tune measured"
+equal "$(sed -n 's/.*"queries":\([0-9]*\).*/\1/p' out)" 200 "sample queries"
+# The sweep stops at the first ef that reaches the target, and ef 10
+# measured 0.87 here.
+[ -n "$ef" ] && [ "$ef" -gt 10 ] && [ "$ef" -lt 200 ] && ok ||
+    bad "tune chose ef '$ef'"
+run 0 stats sparse.vx --json
+equal "$(json_field ef_search)" "$ef" "ef_search stored by tune"
+run 0 stats sparse.vx
+has out "search        ef $ef"
+run 0 recall sparse.vx --ef "$ef" --json
+json_valid out
+has out "\"command\":\"recall\",\"path\":\"sparse.vx\",\"ef\":$ef,\"nprobe\":0,\"refine\":0,\"recall\":"
+at_least "$(json_field recall)" 0.85 "recall at the chosen ef"
+sample=$(json_field recall)
+# Without --ef, the search uses the stored default: same ef, same queries
+# (made from the index's seed), same recall.
+run 0 recall sparse.vx --json
+has out "\"ef\":$ef,"
+equal "$(json_field recall)" "$sample" "recall at the stored default"
+run 0 recall sparse.vx --ef 10
+has out "sparse.vx: recall@10 0.8"
+has out "with ef 10, over 200 sample queries"
+has out " us per search"
+
+# Given queries, and their exact answers as an .ivecs file: per query a
+# little-endian int32 count, then that many int32 keys. Written from the
+# flat index's answers (keys 1000 + 3i, which fit in int32).
+ivecs() { # K: "query key" lines on stdin, K per query in rank order
+    printf "$(awk -v k="$1" 'function le(v,  i) {
+            for (i = 0; i < 4; i++) { printf "\\%03o", v % 256; v = int(v / 256) }
+        }
+        (NR - 1) % k == 0 { le(k) } { le($2) }')"
+}
+"$VX" query flat.vx --fvecs q.fvecs -k 10 | awk 'NR > 1 { print $1, $3 }' |
+    ivecs 10 >gt.ivecs
+equal "$(wc -c <gt.ivecs | tr -d ' ')" $((200 * 44)) "gt.ivecs size"
+run 0 recall flat.vx --queries q.fvecs --gt gt.ivecs
+has out "flat.vx: recall@10 1.0000 (95 % interval 1.0000-1.0000) with an exact scan, over 200 queries of q.fvecs, ground truth gt.ivecs"
+# The answers are read, not ignored: keys one off are never found.
+"$VX" query flat.vx --fvecs q.fvecs -k 10 | awk 'NR > 1 { print $1, $3 + 1 }' |
+    ivecs 10 >off.ivecs
+run 0 recall flat.vx --queries q.fvecs --gt off.ivecs --json
+has out '"recall":0.000000,"low":0.000000,"high":0.000000,"queries":200,"k":10'
+# HNSW against the exact answers agrees with the comm count above.
+run 0 recall hnsw.vx --queries q.fvecs --gt gt.ivecs --ef 100 --json
+at_least "$(json_field recall)" 0.95 "hnsw recall@10 with --gt"
+# -k within what the file holds; --n takes the first queries.
+run 0 recall flat.vx --queries q.fvecs --gt gt.ivecs -k 5 --n 20 --json
+has out '"recall":1.000000,"low":1.000000,"high":1.000000,"queries":20,"k":5'
+run 1 recall flat.vx --queries q.fvecs --n 201
+has err "q.fvecs holds 200 queries, fewer than --n 201"
+run 1 recall flat.vx --queries q.fvecs --gt gt.ivecs -k 11
+has err "gt.ivecs: row 0 holds 10 neighbours, fewer than k = 11"
+head -c 4400 gt.ivecs >gt100.ivecs
+run 1 recall flat.vx --queries q.fvecs --gt gt100.ivecs
+has err "gt100.ivecs holds the answers to 100 queries; q.fvecs has 200"
+run 0 recall flat.vx --queries q.fvecs --gt gt100.ivecs --n 100
+head -c 4402 gt.ivecs >cut.ivecs
+run 1 recall flat.vx --queries q.fvecs --gt cut.ivecs
+has err "cut.ivecs: file ends inside row 100"
+run 1 recall flat.vx --queries gt.ivecs
+has err "gt.ivecs: vector 0 has dimension 10, the index dimension is 8"
+# Filtered: the exact answers of the scan are filtered too.
+run 0 recall flat.vx --allow even.txt --json
+has out '"recall":1.000000'
+run 0 recall hnsw.vx --allow even.txt --json
+at_least "$(json_field recall)" 0.9 "hnsw filtered recall"
+
+# IVF-PQ keeping only 2 code bytes per vector: against the exact answers
+# no nprobe reaches recall 1. Status 3, the best setting tried, the advice,
+# and the index left as it was.
+run 0 create pqn.vx --dim $D --kind ivfpq --metric l2 --nlist 16 --pq-m 2
+run 0 import pqn.vx data.csv --train 3000
+run 3 tune pqn.vx --recall 1 --queries q.fvecs --gt gt.ivecs
+has out "pqn.vx: recall@10 1 not reached: the best of "
+has out "the index is unchanged"
+has out "advice: product-quantized codes alone cap recall"
+run 3 tune pqn.vx --recall 1 --queries q.fvecs --gt gt.ivecs --json
+json_valid out
+has out '"target":1.000000,"reached":false,"ef":0,"nprobe":'
+has out '"advice":"product-quantized codes alone cap recall'
+run 0 stats pqn.vx --json
+equal "$(json_field nprobe)" 8 "nprobe after a tune that fell short"
+# Without exact answers the scan ranks the same codes the search does,
+# so probing every list gives every answer: recall 1 is reached, against
+# the codes, and both commands say so.
+run 0 tune pqn.vx --recall 1 --json
+has out '"reached":true,"ef":0,"nprobe":'
+has out '"recall":{"recall":1.000000,'
+has out '"vs_codes":true},"advice":"recall was measured against the codes'
+run 0 tune pqn.vx --recall 1
+has out "note: recall was measured against the codes"
+run 0 recall pqn.vx --json
+has out '"vs_codes":true}'
+run 0 recall pqn.vx
+has out "note: measured against a scan of the index's codes"
+run 0 recall pqn.vx --queries q.fvecs --gt gt.ivecs --json
+has out '"vs_codes":false}'
+
+# A flat index needs no setting.
+run 0 tune flat.vx --recall 0.99
+has out "flat.vx: an exact scan reaches recall@10 1.0000"
+has out "nothing to store"
+# What tune refuses: bad targets, a missing PATH or target, --gt without
+# --queries (command-line errors, status 2); an IVF-PQ index still
+# buffering, a missing file, a read-only file (status 1).
+run 2 tune sparse.vx --recall 0
+has err "--recall must be a number above 0 and at most 1 (e.g. 0.95), not '0'"
+run 2 tune sparse.vx --recall 1.5
+has err "not '1.5'"
+run 2 tune sparse.vx --recall 0.9x
+has err "not '0.9x'"
+run 2 tune --recall 0.9
+has err "missing PATH"
+run 2 tune sparse.vx
+has err "--recall is required"
+run 2 tune sparse.vx --recall 0.9 --gt gt.ivecs
+has err "--gt holds the answers to --queries; give both"
+run 2 recall
+has err "missing PATH"
+run 2 recall flat.vx -k 0
+run 2 recall flat.vx --recall 0.9
+has err "unknown option '--recall'"
+run 1 tune pqb.vx --recall 0.9
+has err "not trained"
+run 1 tune nothere.vx --recall 0.9
+has err "cannot open index 'nothere.vx'"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
