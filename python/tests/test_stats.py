@@ -59,7 +59,8 @@ def test_keys_are_the_struct_fields():
     assert (st["kind"], st["metric"], st["storage"]) == ("flat", "l2", "f32")
     assert st["simd"] == vecidx.simd() and st["trained"] is True
     assert all(type(st[k]) is int for k in ("count", "dim", "mem_keymap",
-                                            "list_max", "log_records"))
+                                            "list_max", "log_records",
+                                            "ef_search", "nprobe", "refine"))
     assert all(type(st[k]) is float for k in ("drift", "visited_per_search",
                                               "last_checkpoint_time"))
 
@@ -159,6 +160,15 @@ def test_file_log_and_checkpoint(tmp_path):
         assert ix.stats()["log_records"] == 3
         assert ix.stats()["inserts"] == 103
 
+    # A reader reports the log it replayed at open: all of it, and the
+    # writes in it the main file does not hold.
+    wal = os.path.getsize(path + "-wal")
+    assert wal > empty
+    with vecidx.Index.open(path, readonly=True) as ix:
+        st = ix.stats()
+        assert (st["log_bytes"], st["log_records"]) == (wal, 3)
+        assert st["count"] == 102 and st["checkpoints"] == 0
+
     # Activity is the handle's: a new one starts from zero, while the log
     # it replays is still waiting for a checkpoint.
     with vecidx.Index.open(path) as ix:
@@ -167,6 +177,29 @@ def test_file_log_and_checkpoint(tmp_path):
         assert st["inserts"] == st["checkpoints"] == 0
         assert st["last_checkpoint_time"] == 0
         assert st["log_records"] == 3
+
+
+@pytest.mark.parametrize("kind, params, want", [
+    ("flat", {}, (0, 0, 0)),
+    ("hnsw", {}, (64, 0, 0)),
+    ("hnsw", {"ef_search": 80}, (80, 0, 0)),
+    # refine applies only with kept float32 vectors; its default is 2, or
+    # 20 for bin
+    ("hnsw", {"storage": "i8"}, (64, 0, 0)),
+    ("hnsw", {"storage": "i8", "keep_vectors": True}, (64, 0, 2)),
+    ("flat", {"storage": "bin", "keep_vectors": True}, (0, 0, 20)),
+    ("flat", {"storage": "f16", "keep_vectors": True, "refine": 3},
+     (0, 0, 3)),
+    ("ivfpq", {}, (0, 8, 0)),
+    ("ivfpq", {"nprobe": 5, "keep_vectors": True, "refine": 4}, (0, 5, 4)),
+])
+def test_search_defaults(kind, params, want):
+    """ef_search, nprobe and refine: the defaults searches use, 0 where
+    one does not apply."""
+    metric = "cos" if params.get("storage") == "bin" else "l2"
+    with vecidx.Index(8, kind=kind, metric=metric, **params) as ix:
+        st = ix.stats()
+    assert (st["ef_search"], st["nprobe"], st["refine"]) == want
 
 
 def test_ivfpq_lists_and_drift():

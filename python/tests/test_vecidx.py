@@ -130,6 +130,8 @@ def test_struct_layout_matches_c(tmp_path):
                (_capi.SearchOpts, "vecidx_search_opts"),
                (_capi.Stats, "vecidx_stats_t"),
                (_capi.Latency, "vecidx_latency"),
+               (_capi.Recall, "vecidx_recall"),
+               (_capi.Tuning, "vecidx_tuning"),
                (_capi.Allocator, "vecidx_allocator")]
     lines = []
     expected = []
@@ -1043,6 +1045,15 @@ except vecidx.InvalidArgumentError:
     pass
 else:
     raise AssertionError("raw bytes accepted")
+if _index._capi.tune is not None:
+    # truth as lists of keys; -1 ends a short list
+    r = ix.estimate_recall(2, [[0.9, 0.1, 0, 0], [0, 0, 0, 1]],
+                           [[1, 5], [4, -1]])
+    assert r["recall"] == 1.0 and r["queries"] == 2, r
+    r = ix.estimate_recall(2, [[0.9, 0.1, 0, 0]], [[1, 2]])
+    assert r["recall"] == 0.5, r
+    t = ix.tune(1.0, k=2, queries=[[0.9, 0.1, 0, 0]], truth=[[1, 5]])
+    assert t["reached"] and t["recall"]["recall"] == 1.0, t
 print("ok")
 """
 

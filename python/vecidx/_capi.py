@@ -161,6 +161,33 @@ class Stats(ctypes.Structure):
         ("list_median", ctypes.c_uint32),
         ("list_max", ctypes.c_uint32),
         ("drift", ctypes.c_double),
+        ("ef_search", ctypes.c_uint32),
+        ("nprobe", ctypes.c_uint32),
+        ("refine", ctypes.c_uint32),
+    ]
+
+
+class Recall(ctypes.Structure):
+    _fields_ = [
+        ("recall", ctypes.c_double),
+        ("low", ctypes.c_double),
+        ("high", ctypes.c_double),
+        ("queries", ctypes.c_uint32),
+        ("k", ctypes.c_uint32),
+        ("search_us", ctypes.c_double),
+        ("vs_codes", ctypes.c_int),
+    ]
+
+
+class Tuning(ctypes.Structure):
+    _fields_ = [
+        ("reached", ctypes.c_int),
+        ("ef", ctypes.c_uint32),
+        ("nprobe", ctypes.c_uint32),
+        ("refine", ctypes.c_uint32),
+        ("steps", ctypes.c_uint32),
+        ("recall", Recall),
+        ("advice", ctypes.c_char_p),
     ]
 
 
@@ -341,6 +368,10 @@ search = _proto("vecidx_search", _c.c_int, _p, _fp, _c.c_size_t, _p, _kp,
                 _fp, _sp)
 search_batch = _proto("vecidx_search_batch", _c.c_int, _p, _c.c_size_t, _fp,
                       _c.c_size_t, _p, _kp, _fp, _sp)
+estimate_recall = _proto("vecidx_estimate_recall", _c.c_int, _p, _c.c_size_t,
+                         _c.c_size_t, _fp, _kp, _p, _p)
+tune = _proto("vecidx_tune", _c.c_int, _p, _c.c_double, _c.c_size_t,
+              _c.c_size_t, _fp, _kp, _p)
 
 _REQUIRED = ("vecidx_version_number", "vecidx_strerror", "vecidx_errmsg",
              "vecidx_params_init", "vecidx_create", "vecidx_close",

@@ -1031,49 +1031,10 @@ class Index:
         NotSupportedError rather than ignore them.
         """
         k = _uint(k, "k", _SIZE_MAX)
-        holder = _capi.padded(_capi.SearchOpts)
-        opts = holder.s
-        if ef is not None:
-            opts.ef = _uint(ef, "ef", _U32_MAX)
-        if nprobe is not None:
-            opts.nprobe = _uint(nprobe, "nprobe", _U32_MAX)
-        if refine is not None:
-            opts.refine = _uint(refine, "refine", _U32_MAX)
-        if threads is not None:
-            opts.threads = _uint(threads, "threads", _U32_MAX)
         errors: List[BaseException] = []
-        if filter is not None:
-            # Assigning the thunk to the struct keeps it alive with holder,
-            # that is until this method returns.
-            opts.filter = self._filter_callback(filter, errors)
-            if threads is None:
-                # Each call of a Python callback from a library worker
-                # thread sets up a fresh Python thread state and fights
-                # for the GIL: measured 30-70 times slower than running
-                # the whole batch on this thread, which the GIL would
-                # serialise anyway.
-                opts.threads = 1
-        if selectivity is not None:
-            if filter is None:
-                raise InvalidArgumentError(
-                    "selectivity estimates what filter admits; it needs a "
-                    "filter")
-            opts.filter_selectivity = _selectivity_arg(selectivity)
-        # The owners hold the arrays the struct points to until the call
-        # has returned.
-        allow_owner = bitmap_owner = None
-        if allowed is not None:
-            opts.allow_keys, opts.allow_count, allow_owner = \
-                _allowed_arg(allowed)
-        if allowed_bitmap is not None:
-            opts.allow_bitmap, opts.allow_bits, bitmap_owner = \
-                _bitmap_arg(allowed_bitmap)
-        if (allowed is not None or allowed_bitmap is not None) and \
-                not _allowed_sets_supported():
-            raise NotSupportedError(
-                "the loaded library (%s) ignores allowed sets "
-                "(vecidx_search_opts.allow_keys, allow_bitmap); it is older "
-                "than this binding" % _capi.library_path)
+        holder, owners = self._search_opts(ef, nprobe, refine, threads,
+                                           filter, allowed, allowed_bitmap,
+                                           selectivity, errors)
 
         if np is None and not hasattr(queries, "__getitem__"):
             queries = list(queries)   # an iterator: inspected twice below
@@ -1099,7 +1060,7 @@ class Index:
                 raise error_for(rc, h)
         finally:
             self._release()
-        del allow_owner, bitmap_owner
+        del owners
         if errors:
             raise errors[0]
 
@@ -1124,6 +1085,160 @@ class Index:
               for i in range(nq)]
         return (kl, dl, counts) if return_found else (kl, dl)
 
+    def _search_opts(self, ef, nprobe, refine, threads, filter, allowed,
+                     allowed_bitmap, selectivity, errors):
+        """The vecidx_search_opts of a call, in its padded holder, and the
+        arrays it points to, which the caller keeps until the call has
+        returned. An exception the filter raises is appended to errors."""
+        holder = _capi.padded(_capi.SearchOpts)
+        opts = holder.s
+        if ef is not None:
+            opts.ef = _uint(ef, "ef", _U32_MAX)
+        if nprobe is not None:
+            opts.nprobe = _uint(nprobe, "nprobe", _U32_MAX)
+        if refine is not None:
+            opts.refine = _uint(refine, "refine", _U32_MAX)
+        if threads is not None:
+            opts.threads = _uint(threads, "threads", _U32_MAX)
+        if filter is not None:
+            # Assigning the thunk to the struct keeps it alive with holder.
+            opts.filter = self._filter_callback(filter, errors)
+            if threads is None:
+                # Each call of a Python callback from a library worker
+                # thread sets up a fresh Python thread state and fights
+                # for the GIL: measured 30-70 times slower than running
+                # the whole batch on this thread, which the GIL would
+                # serialise anyway.
+                opts.threads = 1
+        if selectivity is not None:
+            if filter is None:
+                raise InvalidArgumentError(
+                    "selectivity estimates what filter admits; it needs a "
+                    "filter")
+            opts.filter_selectivity = _selectivity_arg(selectivity)
+        allow_owner = bitmap_owner = None
+        if allowed is not None:
+            opts.allow_keys, opts.allow_count, allow_owner = \
+                _allowed_arg(allowed)
+        if allowed_bitmap is not None:
+            opts.allow_bitmap, opts.allow_bits, bitmap_owner = \
+                _bitmap_arg(allowed_bitmap)
+        if (allowed is not None or allowed_bitmap is not None) and \
+                not _allowed_sets_supported():
+            raise NotSupportedError(
+                "the loaded library (%s) ignores allowed sets "
+                "(vecidx_search_opts.allow_keys, allow_bitmap); it is older "
+                "than this binding" % _capi.library_path)
+        return holder, (allow_owner, bitmap_owner)
+
+    # ---- measuring and tuning recall ----------------------------------------
+
+    def estimate_recall(self, k: int = 10, queries: VectorsLike = None,
+                        truth: Any = None, n: int = 0, *,
+                        ef: Optional[int] = None,
+                        nprobe: Optional[int] = None,
+                        refine: Optional[int] = None,
+                        filter: Optional[Callable[[int], Any]] = None,
+                        allowed: Optional[KeysLike] = None,
+                        allowed_bitmap: Any = None,
+                        selectivity: Optional[float] = None
+                        ) -> Dict[str, Any]:
+        """Recall@k of the search, measured (vecidx_estimate_recall).
+
+        Returns a dict: recall (the mean share of each query's exact k
+        nearest that the search returned), low and high (its 95 %
+        confidence interval), queries (those that counted: with an
+        admissible vector), k, search_us (mean microseconds per search)
+        and vs_codes (True when the exact answers came from a scan of
+        codes: see truth).
+        queries: the queries, an (nq, dim) array (or one vector); None
+        lets the library make n sample queries (0: 200) by moving stored
+        vectors a little in random directions.
+        truth: the exact answers to queries, keys nearest first, an (nq,
+        k) integer array (more columns are cut to k; MISSING_KEY, or -1
+        in a signed array, ends a query's list early). None: the library
+        finds them by scanning every vector it holds -- for an index that
+        keeps only codes (IVF-PQ, compressed storage without
+        keep_vectors), the codes, so the recall then says nothing of what
+        the codes lose against the vectors they stand for (vs_codes).
+        n: with queries, use the first n (0: all).
+        ef, nprobe, refine, filter, allowed, allowed_bitmap, selectivity:
+        the search measured, as in search() (the index defaults when not
+        given). A filter limits the exact answers of the scan too; truth
+        is taken as given.
+        """
+        fn = _need(_capi.estimate_recall, "vecidx_estimate_recall")
+        errors: List[BaseException] = []
+        holder, owners = self._search_opts(ef, nprobe, refine, None, filter,
+                                           allowed, allowed_bitmap,
+                                           selectivity, errors)
+        k, nq, qaddr, taddr, data = self._measure_args(k, queries, truth, n)
+        out = _capi.padded(_capi.Recall)
+        self._call(fn, k, nq, qaddr, taddr, ctypes.addressof(holder),
+                   ctypes.addressof(out))
+        del owners, data
+        if errors:
+            raise errors[0]
+        return _recall_dict(out.s)
+
+    def tune(self, target: float, k: int = 10, queries: VectorsLike = None,
+             truth: Any = None, n: int = 0) -> Dict[str, Any]:
+        """Make the cheapest search setting whose recall@k reaches target
+        (in (0, 1]) the index default (vecidx_tune).
+
+        Tries HNSW ef 10, 16, 24, 32, 48, 64, ... 2048, IVF-PQ nprobe 1, 2,
+        4, ... nlist, and with kept float32 vectors the refine factors 1,
+        2, 4, ... 32 for each, smallest first, measuring each as
+        estimate_recall does on the same queries (queries, truth and n as
+        there). A file-backed index is checkpointed to store the setting.
+        Returns a dict: reached (bool), ef, nprobe, refine (the setting
+        chosen, or the best tried when not reached; 0 where one does not
+        apply), steps (settings measured), recall (the estimate_recall
+        dict at that setting) and advice (when not reached, what would
+        reach the target; when reached against codes only, recall
+        vs_codes, that caveat; else ""). A target out of reach is not an
+        error: reached is False and nothing is changed.
+        StateError for a read-only index or an untrained IVF-PQ one.
+        """
+        fn = _need(_capi.tune, "vecidx_tune")
+        if isinstance(target, bool) or not isinstance(target, numbers.Real):
+            raise InvalidArgumentError(
+                "target must be a number in (0, 1], not %s"
+                % type(target).__name__)
+        k, nq, qaddr, taddr, data = self._measure_args(k, queries, truth, n)
+        out = _capi.padded(_capi.Tuning)
+        self._call(fn, float(target), k, nq, qaddr, taddr,
+                   ctypes.addressof(out))
+        del data
+        t = out.s
+        return {"reached": bool(t.reached), "ef": t.ef, "nprobe": t.nprobe,
+                "refine": t.refine, "steps": t.steps,
+                "recall": _recall_dict(t.recall),
+                "advice": (t.advice or b"").decode("utf-8", "replace")}
+
+    def _measure_args(self, k, queries, truth, n):
+        """(k, nq, queries address, truth address, owners) for
+        vecidx_estimate_recall and vecidx_tune."""
+        k = _uint(k, "k", _SIZE_MAX)
+        n = _uint(n, "n", _SIZE_MAX)
+        if queries is None:
+            if truth is not None:
+                raise InvalidArgumentError(
+                    "truth holds the exact answers to queries: give the "
+                    "queries too")
+            return k, n, None, None, None
+        m = _matrix(queries, self._dim, what="queries")
+        if m.rows == 0:
+            raise InvalidArgumentError("queries holds no vector")
+        if n > m.rows:
+            raise InvalidArgumentError("n %d is more than the %d queries"
+                                       % (n, m.rows))
+        nq = n or m.rows
+        if truth is None:
+            return k, nq, m.addr, None, m
+        taddr, towner = _truth_arg(truth, m.rows, nq, k)
+        return k, nq, m.addr, taddr, (m, towner)
+
     def _filter_callback(self, fn, errors):
         if not callable(fn):
             raise TypeError("filter must be callable(key) -> bool")
@@ -1143,6 +1258,76 @@ class Index:
                 stack.pop()
 
         return _capi.FILTER_FN(admit)
+
+
+def _recall_dict(r):
+    out = {name: getattr(r, name) for name, _ in _capi.Recall._fields_}
+    out["vs_codes"] = bool(r.vs_codes)
+    return out
+
+
+def _truth_arg(truth, rows, nq, k):
+    """(address, owner) of the first nq rows and k columns of truth, an
+    array or list of rows of keys, one row per query, as uint64. -1 in a
+    signed array (FAISS's "no result") becomes MISSING_KEY."""
+    if np is not None:
+        arr = truth if isinstance(truth, np.ndarray) else np.asarray(truth)
+        if arr.ndim == 1 and rows == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[0] != rows:
+            raise InvalidArgumentError(
+                "truth must have a row per query (%d), got shape %s"
+                % (rows, arr.shape))
+        if arr.shape[1] < k:
+            raise InvalidArgumentError(
+                "truth has %d keys per query, fewer than k %d (pad short "
+                "lists with MISSING_KEY)" % (arr.shape[1], k))
+        arr = arr[:nq, :k]
+        if arr.dtype.kind == "i":
+            if arr.size and arr.min() < -1:
+                raise InvalidArgumentError(
+                    "truth key %d is out of range 0..%d"
+                    % (int(arr.min()), _capi.UINT64_MAX))
+            missing = arr == -1
+            out = arr.astype(np.uint64)
+            out[missing] = np.uint64(_capi.UINT64_MAX)
+        elif arr.dtype.kind == "u":
+            out = np.ascontiguousarray(arr, dtype=np.uint64)
+        elif arr.dtype.kind == "O":
+            out = np.array([[_truth_key(v) for v in row] for row in arr],
+                           dtype=np.uint64).reshape(arr.shape)
+        else:
+            raise InvalidArgumentError(
+                "truth must hold integer keys, got an array of %s"
+                % arr.dtype)
+        out = np.ascontiguousarray(out)
+        if not out.flags.aligned:
+            out = out.copy()
+        return out.ctypes.data, out
+    seq = list(truth)
+    if rows == 1 and seq and not hasattr(seq[0], "__len__"):
+        seq = [seq]
+    if len(seq) != rows:
+        raise InvalidArgumentError("truth must have a row per query (%d), "
+                                   "got %d rows" % (rows, len(seq)))
+    flat = []
+    for row in seq[:nq]:
+        row = list(row)
+        if len(row) < k:
+            raise InvalidArgumentError(
+                "truth has %d keys for a query, fewer than k %d (pad short "
+                "lists with MISSING_KEY)" % (len(row), k))
+        flat.extend(_truth_key(v) for v in row[:k])
+    buf = (ctypes.c_uint64 * len(flat))(*flat)
+    return ctypes.addressof(buf), buf
+
+
+def _truth_key(v):
+    if isinstance(v, bool):
+        raise InvalidArgumentError("truth must hold integer keys, not bool")
+    if v == -1:
+        return _capi.UINT64_MAX
+    return _uint(v, "truth key", _capi.UINT64_MAX)
 
 
 def _is_one_query(obj, dim):
