@@ -9937,7 +9937,10 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
 {
     unsigned sync = flags &
                     (VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF);
-    int writable = !(flags & VECIDX_RDONLY), rc;
+    /* A private handle opens as a reader (no lock, no log of its own)
+    ** but is verified as a writer is, since it may write. */
+    int priv = (flags & VECIDX_PRIVATE) != 0, rc;
+    int writable = !(flags & VECIDX_RDONLY) && !priv;
     struct stat st;
     vx_fhdr h;
     vecidx *ix = NULL;
@@ -9945,20 +9948,24 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if (path == NULL || out == NULL)
         return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
                       path ? "output handle pointer" : "path");
-    if ((flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_SYNC_FULL |
-                   VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
+    if ((flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_PRIVATE |
+                   VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
         (sync & (sync - 1)))
         return vx_err(NULL, VECIDX_EINVAL,
                       "invalid open flags 0x%x (unknown "
                       "bits, or more than one sync mode)",
                       flags);
+    if (priv && (flags & (VECIDX_RDONLY | VECIDX_CREATE)))
+        return vx_err(NULL, VECIDX_EINVAL,
+                      "VECIDX_PRIVATE takes neither VECIDX_RDONLY nor "
+                      "VECIDX_CREATE");
     if (strlen(path) > 4096)
         return vx_err(NULL, VECIDX_EINVAL, "path is longer than 4096 bytes");
     if (writable && (flags & VECIDX_CREATE) && stat(path, &st) != 0 &&
         errno == ENOENT && (rc = vx_open_create(path, p)) != VECIDX_OK)
         return rc;
     if ((rc = vx_open_map(path, p, &ix, &h)) != VECIDX_OK) return rc;
-    if (writable && (rc = vx_open_verify(ix, path)) != VECIDX_OK) {
+    if ((writable || priv) && (rc = vx_open_verify(ix, path)) != VECIDX_OK) {
         vecidx_close(ix);
         return rc;
     }
@@ -9969,6 +9976,9 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if (writable && rc == VECIDX_OK)
         memcpy(ix->wal.path, path, strlen(path) + 1);
     if (rc == VECIDX_OK) rc = vx_open_wal(ix, path, &h, writable);
+    if (rc == VECIDX_OK && priv && ix->p.kind == VECIDX_HNSW &&
+        ix->store.nburied && vx_hnsw_mark_fit(ix, 1) != VECIDX_OK)
+        rc = vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'", path);
     if (rc != VECIDX_OK) {
         vecidx_close(ix);
         return rc;
@@ -9976,7 +9986,7 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     vx_act_log(ix); /* a reader too: what it replayed is still to fold */
     if (!writable) {
         vx_wal_close(&ix->wal, &ix->mem); /* a reader keeps no log open */
-        ix->rdonly = 1;
+        ix->rdonly = !priv;
     }
     *out = ix;
     return VECIDX_OK;

@@ -161,6 +161,7 @@ enum {
 /* Flags for vecidx_open (bit constants, combine with |). */
 #define VECIDX_RDONLY 0x01u      /* open for reading only */
 #define VECIDX_CREATE 0x02u      /* create the index with p if missing */
+#define VECIDX_PRIVATE 0x04u     /* a private, writable copy (see below) */
 #define VECIDX_SYNC_FULL 0x10u   /* fsync before every write returns */
 #define VECIDX_SYNC_NORMAL 0x20u /* group commit: fsync every few ms */
 #define VECIDX_SYNC_OFF 0x40u    /* leave syncing to the OS */
@@ -517,6 +518,16 @@ int vecidx_save(vecidx *ix, const char *path);
 **     power cut may lose anything since the last vecidx_sync/checkpoint.
 ** VECIDX_CREATE: if path does not exist, create it as an empty index
 ** described by p (required then).
+** VECIDX_PRIVATE: a private copy, for a program that keeps the index's
+** truth elsewhere (a database) and the file as a cache of it. Opened as
+** a reader is (no lock, any writer may have the file; the log is
+** replayed) but verified whole as a writer is, it then takes writes
+** that change only this handle's memory: nothing is logged, the file is
+** never touched, and closing the handle drops them. vecidx_save writes
+** them to a new file; vecidx_checkpoint fails with VECIDX_ESTATE and
+** vecidx_sync does nothing. Sync modes are ignored. Opening costs the
+** writer's pass over the file. Not with VECIDX_RDONLY or VECIDX_CREATE
+** (VECIDX_EINVAL).
 ** The main file is never modified in place: writes change private pages
 ** of the mapping; vecidx_checkpoint writes a new main file and renames it
 ** over the old. Once the log passes 64 MB the writes that follow write

@@ -302,3 +302,131 @@ done:
     vt_set_free(&mf);
     free(q);
 }
+
+/* VECIDX_PRIVATE: writes change the handle only, never the file or its
+** log; a save keeps them; a writer may hold the file meanwhile. Every
+** kind, with a log to replay at open. */
+static unsigned char *vt_read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *b;
+    long n;
+    *len = 0;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    b = vt_xmalloc((size_t)n + 1);
+    *len = fread(b, 1, (size_t)n, f);
+    fclose(f);
+    return b;
+}
+
+void test_file_private_copy(void)
+{
+    static const int kinds[] = {VECIDX_FLAT, VECIDX_HNSW, VECIDX_IVFPQ};
+    const char *t = getenv("TMPDIR");
+    char path[700], wal[720], save[720];
+    size_t k;
+    snprintf(path, sizeof path, "%s/vecidx-private-%ld.vx",
+             t && *t ? t : "/tmp", (long)getpid());
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(save, sizeof save, "%s-saved", path);
+    for (k = 0; k < 3; k++) {
+        vt_rng r = {31 + k};
+        vecidx_params p;
+        vecidx *w = NULL, *pv = NULL, *ro = NULL;
+        vt_set m, mp;
+        float v[16];
+        unsigned char *f0, *l0, *f1, *l1;
+        size_t n0, nl0, n1, nl1;
+        uint64_t key;
+        unlink(path);
+        unlink(wal);
+        unlink(save);
+        vt_set_init(&m, 16, 1200);
+        vt_set_init(&mp, 16, 1200);
+        CHECK_OK(vecidx_params_init(&p, kinds[k], VECIDX_L2, 16));
+        p.ivf_nlist = 8;
+        p.ivf_train_size = 400;
+        p.threads = 1;
+        if (vecidx_open(path, &p, VECIDX_CREATE | VECIDX_SYNC_OFF, &w) != 0) {
+            CHECK(0);
+            continue;
+        }
+        vt_fill_index(w, &m, 600, &r, VT_UNIFORM);
+        CHECK_OK(vecidx_checkpoint(w));
+        for (key = 0; key < 20; key++) { /* left in the log */
+            vt_vector_for(key, 1, v, 16);
+            CHECK_OK(vecidx_upsert(w, key, v));
+            vt_set_put(&m, key, v);
+        }
+        f0 = vt_read_all(path, &n0);
+        l0 = vt_read_all(wal, &nl0);
+        /* the writer still has the file */
+        CHECK_RC(vecidx_open(path, NULL, VECIDX_PRIVATE | VECIDX_RDONLY, &pv),
+                 VECIDX_EINVAL);
+        CHECK_RC(vecidx_open(path, NULL, VECIDX_PRIVATE | VECIDX_CREATE, &pv),
+                 VECIDX_EINVAL);
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_PRIVATE, &pv));
+        if (!pv) {
+            vecidx_close(w);
+            continue;
+        }
+        if (kinds[k] != VECIDX_IVFPQ) /* IVF-PQ gives codes back */
+            vt_check_contents("private, as opened", pv, &m);
+        CHECK_EQ_U64(vecidx_count(pv), vt_set_count(&m));
+        /* m's contents, changed: upserts, removes and new keys */
+        {
+            size_t i;
+            for (i = 0; i < m.n; i++)
+                if (m.live[i]) vt_set_put(&mp, m.keys[i], m.vecs + i * 16);
+        }
+        for (key = 1000; key < 1100; key++) {
+            vt_vector_for(key, 2, v, 16);
+            CHECK_OK(vecidx_add(pv, key, v));
+            vt_set_put(&mp, key, v);
+        }
+        for (key = 0; key < 10; key++) {
+            CHECK_OK(vecidx_remove(pv, key));
+            vt_set_del(&mp, key);
+        }
+        if (kinds[k] != VECIDX_IVFPQ)
+            vt_check_contents("private, after writes", pv, &mp);
+        CHECK_EQ_U64(vecidx_count(pv), vt_set_count(&mp));
+        CHECK_RC(vecidx_contains(pv, 1099), 1);
+        CHECK_RC(vecidx_contains(pv, 5), 0);
+        CHECK_RC(vecidx_checkpoint(pv), VECIDX_ESTATE);
+        CHECK_OK(vecidx_check(pv));
+        CHECK_OK(vecidx_save(pv, save));
+        vecidx_close(pv);
+        /* neither the file nor its log moved */
+        f1 = vt_read_all(path, &n1);
+        l1 = vt_read_all(wal, &nl1);
+        CHECK(f0 && f1 && n0 == n1 && memcmp(f0, f1, n0) == 0);
+        CHECK(l0 && l1 && nl0 == nl1 && memcmp(l0, l1, nl0) == 0);
+        free(f0);
+        free(f1);
+        free(l0);
+        free(l1);
+        vecidx_close(w);
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ro));
+        if (ro && kinds[k] != VECIDX_IVFPQ)
+            vt_check_contents("the file after a private handle", ro, &m);
+        if (ro) CHECK_EQ_U64(vecidx_count(ro), vt_set_count(&m));
+        if (ro) CHECK_RC(vecidx_contains(ro, 1099), 0);
+        vecidx_close(ro);
+        ro = NULL;
+        CHECK_OK(vecidx_open(save, NULL, VECIDX_RDONLY, &ro));
+        if (ro && kinds[k] != VECIDX_IVFPQ)
+            vt_check_contents("the private handle's save", ro, &mp);
+        if (ro) CHECK_EQ_U64(vecidx_count(ro), vt_set_count(&mp));
+        if (ro) CHECK_RC(vecidx_contains(ro, 1099), 1);
+        vecidx_close(ro);
+        vt_set_free(&m);
+        vt_set_free(&mp);
+    }
+    unlink(path);
+    unlink(wal);
+    unlink(save);
+}
