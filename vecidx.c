@@ -11533,7 +11533,10 @@ static int vx_sample_measure(vecidx *ix, vx_sample *sm,
     out->k = (uint32_t)k;
     out->vs_codes = sm->vs_codes;
     out->search_us = (double)ns / 1e3 / (double)sm->nq;
-    if (n == 0) return VECIDX_OK;
+    if (n == 0)
+        return vx_err(ix, VECIDX_ESTATE,
+                      "no query has an admissible vector to find: nothing "
+                      "to measure recall on");
     out->recall = sum / (double)n;
     /* normal approximation to the mean's 95 % interval */
     sd = n > 1
@@ -11607,6 +11610,9 @@ static const char *vx_tune_advice(const vecidx *ix)
     if (ix->store.store != VECIDX_STORE_F32 && !ix->store.keep)
         return "compressed codes alone cap recall: create the index with "
                "keep_vectors to re-rank exactly";
+    if (ix->p.kind == VECIDX_FLAT)
+        return "re-ranking the 32 k best codes falls short: a finer "
+               "storage (f16, or f32) ranks better";
     return "ef up to 2048 falls short: a graph built with a larger hnsw_m "
            "or hnsw_ef_construction reaches more";
 }

@@ -822,10 +822,14 @@ typedef struct vecidx_recall {
 ** defaults; filters allowed, the exact answers are then filtered too).
 ** The queries are the caller's (nq of them at `queries`) or, with queries
 ** NULL, nq sample queries (0 = 200) made from stored vectors: a stored
-** vector picked at random and moved in a random direction by about the
-** distance between a stored vector and its nearest neighbour, as a new
-** query near the data would lie (a stored vector taken unmoved is found
-** at once and overstates recall). The exact answers are the caller's
+** vector picked at random and moved in a random direction by 2.5 times
+** the median distance between a stored vector and its nearest neighbour
+** (a stored vector taken unmoved is found at once and overstates
+** recall). On the benchmark sets (128-d L2 and 384-d cosine) such
+** queries were as hard as the real ones or a little harder; on data far
+** from them they may be harder still, which errs towards a higher
+** setting (bench/RESULTS.md): give real queries when you have them.
+** The exact answers are the caller's
 ** (`truth`, nq * k keys, best first; a key UINT64_MAX ends a query's
 ** list early; needs `queries`) or found by an exact scan of every vector
 ** the index holds: its float32 vectors, kept vectors where the storage is
@@ -837,7 +841,8 @@ typedef struct vecidx_recall {
 ** Not thread-safe against vecidx_close only. The searches it makes are
 ** not counted in vecidx_stats. Errors: VECIDX_EINVAL (NULL ix or out,
 ** k 0, bad queries or opts, truth without queries), VECIDX_ENOMEM,
-** VECIDX_ESTATE (too few vectors to sample from). */
+** VECIDX_ESTATE (too few vectors to sample from, or no query has an
+** admissible answer: nothing to measure). */
 int vecidx_estimate_recall(vecidx *ix, size_t k, size_t nq,
                            const float *queries, const uint64_t *truth,
                            const vecidx_search_opts *opts, vecidx_recall *out);

@@ -536,6 +536,10 @@ void test_recall_tune_file_and_errors(void)
     ix = vt_create(VECIDX_HNSW, VECIDX_L2, TX_DIM, 1);
     CHECK_RC(vecidx_estimate_recall(ix, TX_K, 0, NULL, NULL, NULL, &r),
              VECIDX_ESTATE);
+    /* given queries, but nothing to find: nothing to measure */
+    CHECK_RC(vecidx_estimate_recall(ix, TX_K, 2, f.q, NULL, NULL, &r),
+             VECIDX_ESTATE);
+    CHECK_RC(vecidx_tune(ix, 0.9, TX_K, 2, f.q, NULL, &t), VECIDX_ESTATE);
     vecidx_close(ix);
     ix = vt_create(VECIDX_IVFPQ, VECIDX_L2, TX_DIM, 1); /* untrained */
     CHECK_RC(vecidx_tune(ix, 0.9, TX_K, 0, NULL, NULL, &t), VECIDX_ESTATE);

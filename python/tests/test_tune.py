@@ -271,9 +271,9 @@ def test_search_options_and_filters(data):
         # ... the caller's are taken as given: half of them are excluded.
         r = ix.estimate_recall(K, q[:50], truth[:50], allowed=even)
         assert 0.3 < r["recall"] < 0.7
-        # Nothing admitted: no query counts.
-        r = ix.estimate_recall(K, q[:10], allowed=[])
-        assert r["queries"] == 0
+        # Nothing admitted: no query counts, nothing to measure.
+        with pytest.raises(vecidx.StateError, match="nothing to measure"):
+            ix.estimate_recall(K, q[:10], allowed=[])
 
         def broken(key):
             raise RuntimeError("filter failed")

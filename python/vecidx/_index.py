@@ -13,7 +13,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator,
 
 from . import _capi
 from ._errors import (InvalidArgumentError, DimensionError, NotFoundError,
-                      StateError, NotSupportedError, error_for)
+                      StateError, NotSupportedError, VecidxError,
+                      error_for)
 
 try:
     import numpy as np
@@ -1174,8 +1175,15 @@ class Index:
                                            selectivity, errors)
         k, nq, qaddr, taddr, data = self._measure_args(k, queries, truth, n)
         out = _capi.padded(_capi.Recall)
-        self._call(fn, k, nq, qaddr, taddr, ctypes.addressof(holder),
-                   ctypes.addressof(out))
+        try:
+            self._call(fn, k, nq, qaddr, taddr, ctypes.addressof(holder),
+                       ctypes.addressof(out))
+        except VecidxError:
+            # a filter that raised rejected every key, which the library
+            # then reports as nothing to measure: the filter's error first
+            if errors:
+                raise errors[0]
+            raise
         del owners, data
         if errors:
             raise errors[0]
