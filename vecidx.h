@@ -75,9 +75,9 @@ extern "C" {
 
 /* The version is defined here only; the build files read it from here. */
 #define VECIDX_VERSION_MAJOR 0
-#define VECIDX_VERSION_MINOR 2
+#define VECIDX_VERSION_MINOR 3
 #define VECIDX_VERSION_PATCH 0
-#define VECIDX_VERSION_STRING "0.2.0"
+#define VECIDX_VERSION_STRING "0.3.0"
 #define VECIDX_VERSION_NUMBER                                    \
     (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 + \
      VECIDX_VERSION_PATCH)
