@@ -11572,11 +11572,12 @@ static const uint32_t vx_tune_refine[] = {1, 2, 4, 8, 16, 32};
 ** that fails. */
 static int vx_tune_store(vecidx *ix, const vecidx_tuning *t)
 {
-    vecidx_params old = ix->p;
+    vecidx_params old;
     int rc = VECIDX_OK;
     if (ix->p.kind != VECIDX_HNSW && !t->nprobe && !t->refine)
         return VECIDX_OK; /* an exact scan: nothing to set */
     vx_write_begin(ix);
+    old = ix->p; /* under the writer lock: another tuning may store too */
     if (ix->p.kind == VECIDX_HNSW)
         __atomic_store_n(&ix->p.hnsw_ef_search, t->ef, __ATOMIC_RELAXED);
     if (ix->p.kind == VECIDX_IVFPQ) {
