@@ -49,8 +49,20 @@
 **    replaced by a backup or a replica of another history, or the log was
 **    pruned) it is rebuilt. Tombstones and txlog entries older than
 **    VX_KEEP_GENS generations are pruned.
+**  - With the option cache=1 (or cache=PATH) the index of a committed
+**    (gen, stamp) is also saved to BASE.GEN.STAMP beside the database, and
+**    a first use opens the newest such file that the database's txlog
+**    vouches for with VECIDX_PRIVATE (its writes stay in this
+**    connection's memory; the file is never changed) and catches it up as
+**    above, instead of building. The file is written only from committed
+**    state (never inside a write transaction), after a build and whenever
+**    the connection's index is VX_CACHE_REFRESH rows past the newest file
+**    it knows of (checked at each use and at disconnect). Correctness
+**    never depends on it: a missing, damaged, foreign or too-new file
+**    means a build, as without the option.
 */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -82,6 +94,12 @@ SQLITE_EXTENSION_INIT1
 #define VX_PRUNE_EVERY 256
 /* Rows read per vecidx_add_batch call while building. */
 #define VX_BUILD_BATCH 16384
+/* Rows changed since the newest cache file a connection knows of before
+** it writes a new one. A save rewrites the whole file (0.1 s for 100k x
+** 128 HNSW, 75 MB), a later first use catches up row by row (1000 rows:
+** 0.7-1.0 s there): this keeps both near a second at that size without
+** a save per handful of writes. */
+#define VX_CACHE_REFRESH 1024
 /* Largest k accepted by a KNN query. */
 #define VX_MAX_K 1000000
 
@@ -175,8 +193,16 @@ struct vx_vtab {
     int nmarks, capmarks;
     float *scratch; /* dim floats for reading old vectors */
     sqlite3_stmt *st[VXS_COUNT];
+    /* On-disk cache (option cache=): files BASE.GEN.STAMP, each holding
+    ** the index as it was at that committed (gen, stamp). */
+    char *cache_base;  /* NULL: no cache */
+    int cache_default; /* cache=1: the base follows the table name */
+    int cache_known;   /* a cache file of cache_gen/stamp exists */
+    sqlite3_int64 cache_gen, cache_stamp;
+    sqlite3_int64 since_cache; /* rows changed in ix since that file */
     /* Counters for vecidx_info(). */
     sqlite3_int64 builds, catchups;
+    sqlite3_int64 cache_loads, cache_saves, cache_rejects;
 };
 
 typedef struct vx_cursor {
@@ -525,6 +551,7 @@ static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
                 sqlite3_reset(s);
                 return vx_iderr(vt, vrc, "catch up");
             }
+            vt->since_cache++;
         }
     }
     sqlite3_reset(s);
@@ -542,6 +569,7 @@ static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
             rc = vx_iderr(vt, vrc, "catch up");
             break;
         }
+        vt->since_cache++;
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) return rc == SQLITE_ROW ? vx_sqlerr(vt, rc) : rc;
@@ -550,6 +578,229 @@ static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
     vt->catchups++;
     if (vt->nundo > 0 || vt->bumped) vt->undo_ok = 0;
     return SQLITE_OK;
+}
+
+/* ---- On-disk cache ------------------------------------------------------
+**
+** With cache=..., BASE.GEN.STAMP (STAMP in 16 hex digits) holds the index
+** as it was at that committed generation of the table. The name is the
+** whole claim: a file is only ever written under the name of the state it
+** holds, so nothing beside it can disagree with it, and concurrent writers
+** and readers need no lock. A file is used only when the database's txlog
+** has (GEN, STAMP) -- the same history -- at or before its current
+** generation; vecidx_open verifies its checksums, the catch-up brings it
+** to the current generation, and its count must then equal the table's.
+** Anything else (no file, damaged, another history, pruned log, count
+** off) falls back to the rebuild, which then writes a fresh file. */
+
+/* Files of base in its directory: f(dir entry path, gen, stamp, arg) for
+** each name that is exactly BASE.GEN.STAMP (vecidx_save's temporary
+** names, BASE.GEN.STAMP.tmp-PID, do not match). */
+static void vx_cache_scan(const char *base,
+                          void (*f)(const char *path, sqlite3_int64 gen,
+                                    sqlite3_int64 stamp, void *arg),
+                          void *arg)
+{
+    const char *slash = strrchr(base, '/');
+    char *dir = slash ? sqlite3_mprintf("%.*s", (int)(slash - base + 1), base)
+                      : sqlite3_mprintf(".");
+    const char *file = slash ? slash + 1 : base;
+    size_t flen = strlen(file);
+    DIR *d;
+    struct dirent *e;
+    if (!dir) return;
+    d = opendir(dir);
+    while (d && (e = readdir(d)) != NULL) {
+        const char *p = e->d_name, *q;
+        char *end, *path;
+        unsigned long long g, st;
+        if (strncmp(p, file, flen) != 0 || p[flen] != '.') continue;
+        p += flen + 1;
+        if (*p < '0' || *p > '9') continue;
+        errno = 0;
+        g = strtoull(p, &end, 10);
+        if (errno || *end != '.' || g > (unsigned long long)INT64_MAX) continue;
+        q = end + 1;
+        if (strlen(q) != 16 || strspn(q, "0123456789abcdef") != 16) continue;
+        st = strtoull(q, &end, 16);
+        if (*end) continue;
+        path = slash ? sqlite3_mprintf("%s%s", dir, e->d_name)
+                     : sqlite3_mprintf("%s", e->d_name);
+        if (!path) break;
+        f(path, (sqlite3_int64)g, (sqlite3_int64)st, arg);
+        sqlite3_free(path);
+    }
+    if (d) closedir(d);
+    sqlite3_free(dir);
+}
+
+static char *vx_cache_name(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
+{
+    return sqlite3_mprintf("%s.%lld.%016llx", vt->cache_base, (long long)gen,
+                           (unsigned long long)stamp);
+}
+
+/* The newest file no newer than the database's generation. */
+typedef struct vx_pick {
+    sqlite3_int64 max_gen, gen, stamp;
+    int found;
+} vx_pick;
+
+static void vx_cache_pick_fn(const char *path, sqlite3_int64 gen,
+                             sqlite3_int64 stamp, void *arg)
+{
+    vx_pick *pk = arg;
+    (void)path;
+    if (gen > pk->max_gen || (pk->found && gen <= pk->gen)) return;
+    pk->gen = gen;
+    pk->stamp = stamp;
+    pk->found = 1;
+}
+
+/* After a save of (gen, stamp): files of older generations are of no more
+** use to anyone who can see this one. Newer ones may be another
+** connection's, of a commit this one has not seen; they stay. */
+typedef struct vx_prune {
+    sqlite3_int64 gen, stamp;
+} vx_prune;
+
+static void vx_cache_prune_fn(const char *path, sqlite3_int64 gen,
+                              sqlite3_int64 stamp, void *arg)
+{
+    vx_prune *pr = arg;
+    if (gen < pr->gen || (gen == pr->gen && stamp != pr->stamp)) unlink(path);
+}
+
+static void vx_cache_drop_fn(const char *path, sqlite3_int64 gen,
+                             sqlite3_int64 stamp, void *arg)
+{
+    (void)gen;
+    (void)stamp;
+    (void)arg;
+    unlink(path);
+}
+
+/* Write the index to the cache when it holds only committed state and
+** the newest file this connection knows of is missing or VX_CACHE_REFRESH
+** rows behind. Failures only cost a later load its speed: ignored. */
+static void vx_cache_maybe_save(vx_vtab *vt)
+{
+    char *path;
+    vx_prune pr;
+    if (!vt->cache_base || !vt->ix || vt->stale) return;
+    if (vt->cache_known && vt->since_cache < VX_CACHE_REFRESH) return;
+    if (vt->cache_known && vt->cache_gen == vt->gen &&
+        vt->cache_stamp == vt->stamp)
+        return;
+    /* Within a write transaction the index may hold writes that can
+    ** still roll back; the file must only ever hold committed state. */
+    if (vt->in_txn || vt->bumped || vt->nundo > 0) return;
+    if (sqlite3_txn_state(vt->db, vt->schema) == SQLITE_TXN_WRITE) return;
+    if (sqlite3_db_readonly(vt->db, vt->schema) != 0) return;
+    path = vx_cache_name(vt, vt->gen, vt->stamp);
+    if (!path) return;
+    if (vecidx_save(vt->ix, path) == VECIDX_OK) {
+        vt->cache_known = 1;
+        vt->cache_gen = pr.gen = vt->gen;
+        vt->cache_stamp = pr.stamp = vt->stamp;
+        vt->since_cache = 0;
+        vt->cache_saves++;
+        vx_cache_scan(vt->cache_base, vx_cache_prune_fn, &pr);
+    } else {
+        /* An unwritable directory or a full disk must not cost every
+        ** query a save: try again VX_CACHE_REFRESH rows later. */
+        vt->cache_known = 1;
+        vt->cache_gen = -1;
+        vt->since_cache = 0;
+    }
+    sqlite3_free(path);
+}
+
+/* The rows of the shadow table, counted on its small seq index. */
+static int vx_count_rows(vx_vtab *vt, sqlite3_int64 *n)
+{
+    sqlite3_stmt *s = NULL;
+    char *sql = sqlite3_mprintf("SELECT count(*) FROM \"%w\".\"%w_vectors\"",
+                                vt->schema, vt->name);
+    int rc;
+    if (!sql) return SQLITE_NOMEM;
+    rc = sqlite3_prepare_v2(vt->db, sql, -1, &s, NULL);
+    sqlite3_free(sql);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            *n = sqlite3_column_int64(s, 0);
+            rc = SQLITE_OK;
+        }
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+/* Load the index from the cache and catch it up to (gen, stamp). Returns
+** 1 when vt->ix is then current, 0 when the caller must rebuild. */
+static int vx_cache_load(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
+{
+    vx_pick pk;
+    sqlite3_stmt *s;
+    vecidx *ix = NULL;
+    char *path;
+    sqlite3_int64 rows = -1;
+    int rc, vrc, same;
+    pk.max_gen = gen;
+    pk.found = 0;
+    pk.gen = pk.stamp = 0;
+    vx_cache_scan(vt->cache_base, vx_cache_pick_fn, &pk);
+    if (!pk.found) return 0;
+    /* The same history: the database had this (gen, stamp). */
+    rc = vx_stmt(vt, VXS_TXSTAMP, &s);
+    if (rc != SQLITE_OK) return 0;
+    sqlite3_bind_int64(s, 1, pk.gen);
+    rc = sqlite3_step(s);
+    same = rc == SQLITE_ROW && sqlite3_column_int64(s, 0) == pk.stamp;
+    sqlite3_reset(s);
+    if (!same) {
+        vt->cache_rejects++;
+        return 0;
+    }
+    path = vx_cache_name(vt, pk.gen, pk.stamp);
+    if (!path) return 0;
+    vrc = vecidx_open(path, &vt->params, VECIDX_PRIVATE, &ix);
+    if (vrc != VECIDX_OK) {
+        /* A damaged file would fail every connection's open again. */
+        if (vrc == VECIDX_ECORRUPT || vrc == VECIDX_EVERSION ||
+            vrc == VECIDX_EDIM)
+            unlink(path);
+        sqlite3_free(path);
+        vt->cache_rejects++;
+        return 0;
+    }
+    vecidx_close(vt->ix);
+    vt->ix = ix;
+    vt->gen = pk.gen;
+    vt->stamp = pk.stamp;
+    vt->since_cache = 0;
+    rc = SQLITE_OK;
+    if (pk.gen != gen || pk.stamp != stamp) rc = vx_catch_up(vt, gen, stamp);
+    if (rc == SQLITE_OK) rc = vx_count_rows(vt, &rows);
+    if (rc != SQLITE_OK || rows < 0 || (uint64_t)rows != vecidx_count(vt->ix)) {
+        /* A file that verified but disagrees with the table was not
+        ** written by this extension for this table: do not trust it. */
+        if (rc == SQLITE_OK) unlink(path);
+        sqlite3_free(path);
+        vecidx_close(vt->ix);
+        vt->ix = NULL;
+        vt->cache_rejects++;
+        return 0;
+    }
+    sqlite3_free(path);
+    vt->stale = 0;
+    vt->cache_known = 1;
+    vt->cache_gen = pk.gen;
+    vt->cache_stamp = pk.stamp;
+    vt->cache_loads++;
+    if (vt->nundo > 0 || vt->bumped) vt->undo_ok = 0;
+    return 1;
 }
 
 /* Make the index reflect the database as this connection sees it now. */
@@ -566,8 +817,10 @@ static int vx_ensure(vx_vtab *vt)
     ** statement running may not have opened one on this schema yet. */
     if (have_dv && sqlite3_txn_state(vt->db, vt->schema) == SQLITE_TXN_NONE)
         have_dv = 0;
-    if (vt->ix && !vt->stale && have_dv && vt->have_dv && dv == vt->dv)
+    if (vt->ix && !vt->stale && have_dv && vt->have_dv && dv == vt->dv) {
+        if (vt->cache_base) vx_cache_maybe_save(vt);
         return SQLITE_OK;
+    }
     rc = vx_read_state(vt, &gen, &stamp);
     if (rc != SQLITE_OK) return rc;
     if (vt->ix && !vt->stale && (gen != vt->gen || stamp != vt->stamp)) {
@@ -575,12 +828,16 @@ static int vx_ensure(vx_vtab *vt)
         if (rc != SQLITE_OK) vx_mark_stale(vt);
         if (rc != SQLITE_OK && rc != SQLITE_DONE) return rc;
     }
-    if (!vt->ix || vt->stale) {
+    if (!vt->ix && vt->cache_base && vx_cache_load(vt, gen, stamp)) {
+        /* loaded and caught up */
+    } else if (!vt->ix || vt->stale) {
         rc = vx_rebuild(vt, gen, stamp);
         if (rc != SQLITE_OK) return rc;
+        vt->cache_known = 0;
     }
     vt->dv = dv;
     vt->have_dv = have_dv;
+    if (vt->cache_base) vx_cache_maybe_save(vt);
     return SQLITE_OK;
 }
 
@@ -765,6 +1022,7 @@ static int vx_delete_row(vx_vtab *vt, sqlite3_int64 id)
     }
     rc = vx_undo_push(vt, VXU_REMOVED, id, 0, vt->scratch);
     if (rc != SQLITE_OK) vx_mark_stale(vt);
+    vt->since_cache++;
     return rc;
 }
 
@@ -807,6 +1065,7 @@ static int vx_put_row(vx_vtab *vt, sqlite3_int64 id, const float *vec,
     rc = vx_undo_push(vt, exists ? VXU_CHANGED : VXU_ADDED, id, 0,
                       exists ? vt->scratch : NULL);
     if (rc != SQLITE_OK) vx_mark_stale(vt);
+    vt->since_cache++;
     return rc;
 }
 
@@ -999,6 +1258,7 @@ static void vx_free_vtab(vx_vtab *vt)
     sqlite3_free(vt->schema);
     sqlite3_free(vt->name);
     sqlite3_free(vt->col);
+    sqlite3_free(vt->cache_base);
     sqlite3_free(vt);
 }
 
@@ -1142,6 +1402,18 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
         } else if ((rc = vx_named(a, klen, v, &opt, &val, pzErr)) != 0) {
             if (rc < 0) return *pzErr ? SQLITE_ERROR : SQLITE_NOMEM;
             named[opt] = val;
+        } else if (vx_streq(a, klen, "cache")) {
+            size_t vl = strlen(v);
+            /* SQLite passes the argument's text as written: a path is
+            ** naturally quoted. */
+            if (vl >= 2 && (v[0] == '\'' || v[0] == '"') && v[vl - 1] == v[0]) {
+                v++;
+                vl -= 2;
+            }
+            if (vl == 0) goto bad;
+            sqlite3_free(vt->cache_base);
+            vt->cache_base = sqlite3_mprintf("%.*s", (int)vl, v);
+            if (!vt->cache_base) return SQLITE_NOMEM;
         } else if (vx_streq(a, klen, "column")) {
             sqlite3_free(vt->col);
             vt->col = sqlite3_mprintf("%s", v);
@@ -1205,6 +1477,27 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
     return SQLITE_OK;
 }
 
+/* vt->cache_base from the option's value: "0" none, "1" the database's
+** path with "-TABLE.vxc", else the path given. A database without a file
+** (in-memory, temp) starts a new history each time: no cache. */
+static int vx_cache_resolve(vx_vtab *vt)
+{
+    const char *file = sqlite3_db_filename(vt->db, vt->schema);
+    char *opt = vt->cache_base;
+    vt->cache_base = NULL;
+    if (!opt || !strcmp(opt, "0") || !file || !*file) {
+        sqlite3_free(opt);
+        return SQLITE_OK;
+    }
+    vt->cache_base = strcmp(opt, "1")
+                         ? sqlite3_mprintf("%s", opt)
+                         : sqlite3_mprintf("%s-%s.vxc", file, vt->name);
+    /* Kept for a rename, which moves the default name along. */
+    vt->cache_default = !strcmp(opt, "1");
+    sqlite3_free(opt);
+    return vt->cache_base ? SQLITE_OK : SQLITE_NOMEM;
+}
+
 static int vx_init(sqlite3 *db, void *aux, int argc, const char *const *argv,
                    sqlite3_vtab **out, char **pzErr, int create)
 {
@@ -1229,6 +1522,8 @@ static int vx_init(sqlite3 *db, void *aux, int argc, const char *const *argv,
         rc = SQLITE_NOMEM;
         goto fail;
     }
+    rc = vx_cache_resolve(vt);
+    if (rc != SQLITE_OK) goto fail;
     if (create) {
         const char *s = vt->schema, *n = vt->name;
         rc = vx_exec(
@@ -1289,7 +1584,11 @@ static int vx_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
 
 static int vx_disconnect(sqlite3_vtab *base)
 {
-    vx_free_vtab((vx_vtab *)base);
+    vx_vtab *vt = (vx_vtab *)base;
+    /* Rows changed on this connection would otherwise be caught up by
+    ** every later first use. */
+    vx_cache_maybe_save(vt);
+    vx_free_vtab(vt);
     return SQLITE_OK;
 }
 
@@ -1309,6 +1608,7 @@ static int vx_destroy(sqlite3_vtab *base)
         rc = vx_exec(vt->db, NULL, "DROP TABLE IF EXISTS \"%w\".\"%w_%s\"",
                      vt->schema, vt->name, vx_shadows[i]);
     if (rc != SQLITE_OK) return vx_sqlerr(vt, rc);
+    if (vt->cache_base) vx_cache_scan(vt->cache_base, vx_cache_drop_fn, NULL);
     vx_free_vtab(vt);
     return SQLITE_OK;
 }
@@ -1334,6 +1634,16 @@ static int vx_rename(sqlite3_vtab *base, const char *new_name)
     }
     sqlite3_free(vt->name);
     vt->name = nn;
+    if (vt->cache_default) {
+        /* The files of the old name would never be found again. */
+        const char *file = sqlite3_db_filename(vt->db, vt->schema);
+        char *nb = sqlite3_mprintf("%s-%s.vxc", file ? file : "", nn);
+        if (!nb) return SQLITE_NOMEM;
+        vx_cache_scan(vt->cache_base, vx_cache_drop_fn, NULL);
+        sqlite3_free(vt->cache_base);
+        vt->cache_base = nb;
+        vt->cache_known = 0;
+    }
     return SQLITE_OK;
 }
 
@@ -1853,10 +2163,13 @@ static void vx_info_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     sqlite3_result_text(
         ctx,
         sqlite3_mprintf("{\"count\":%llu,\"gen\":%lld,\"builds\":%lld,"
-                        "\"catchups\":%lld,\"memory_bytes\":%llu,"
-                        "\"simd\":\"%s\"}",
+                        "\"catchups\":%lld,\"cache_loads\":%lld,"
+                        "\"cache_saves\":%lld,\"cache_rejects\":%lld,"
+                        "\"memory_bytes\":%llu,\"simd\":\"%s\"}",
                         (unsigned long long)st.count, (long long)vt->gen,
                         (long long)vt->builds, (long long)vt->catchups,
+                        (long long)vt->cache_loads, (long long)vt->cache_saves,
+                        (long long)vt->cache_rejects,
                         (unsigned long long)st.memory_bytes,
                         st.simd ? st.simd : ""),
         -1, sqlite3_free);

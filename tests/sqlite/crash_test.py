@@ -24,6 +24,7 @@ Default 200 trials (CRASH_TRIALS in the environment overrides). Ends with
 "N passed, N failed".
 """
 
+import json
 import os
 import random
 import signal
@@ -58,8 +59,10 @@ def setup(path, mode):
     c.execute("CREATE TABLE meta(id INTEGER PRIMARY KEY, commits INT)")
     c.execute("INSERT INTO meta VALUES (0, 0)")
     c.execute("CREATE VIRTUAL TABLE vf USING vecidx(dim=%d, kind=flat)" % DIM)
+    # vh keeps a cache file: new connections open it and catch up with
+    # whatever the killed writers committed
     c.execute("CREATE VIRTUAL TABLE vh USING vecidx(dim=%d, kind=hnsw, M=8, "
-              "ef_construction=40, threads=1)" % DIM)
+              "ef_construction=40, threads=1, cache=1)" % DIM)
     return c
 
 
@@ -144,7 +147,7 @@ def main():
     trials = int(args[0]) if args else int(os.environ.get("CRASH_TRIALS",
                                                           200))
     rng = random.Random(int(os.environ.get("CRASH_SEED", "12345")))
-    passed = failed = 0
+    passed = failed = loads = 0
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="vecidx-crash-") as tmp:
         dbs = []
@@ -191,6 +194,8 @@ def main():
                           % (trial, mode), rng)
                 check(keeper, "trial %d (%s), connection kept open"
                       % (trial, mode), rng)
+                loads += json.loads(fresh.execute(
+                    "SELECT vecidx_info('vh')").fetchone()[0])["cache_loads"]
                 fresh.close()
                 passed += 1
             except AssertionError as e:
@@ -205,6 +210,11 @@ def main():
             keeper.close()
     print("crash trials: %d in %.1f s (last table size %d rows)"
           % (passed + failed, time.time() - start, n if passed else 0))
+    print("new connections that opened the HNSW cache file: %d of %d"
+          % (loads, passed))
+    if passed > 10 and loads == 0:
+        print("FAIL the cache file was never used")
+        failed += 1
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
 

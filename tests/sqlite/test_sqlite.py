@@ -9,6 +9,8 @@ non-zero on failure. Names given on the command line select tests by
 substring.
 """
 
+import glob
+import json
 import math
 import os
 import random
@@ -768,6 +770,265 @@ def test_attached_schema():
     assert c.execute("SELECT rowid FROM aux.v WHERE embedding MATCH "
                      "'[1, 1]' AND k = 1").fetchall() == [(4,)]
     assert c.execute("SELECT vecidx_info('v', 'aux')").fetchone()[0]
+
+
+# ---- On-disk cache ----------------------------------------------------------
+
+def info(c, table="v"):
+    return json.loads(c.execute("SELECT vecidx_info(?)", (table,)).fetchone()[0])
+
+
+def cache_files(path, table="v"):
+    # the extension's names only: BASE.GEN.STAMP, not vecidx_save's temps
+    return sorted(f for f in glob.glob(path + "-%s.vxc.*" % table)
+                  if ".tmp-" not in f)
+
+
+def fresh(path):
+    for f in glob.glob(path + "*"):
+        os.remove(f)
+
+
+def cache_db(name, n, seed, kind="hnsw", d=16):
+    rng = random.Random(seed)
+    path = os.path.join(TMP, name)
+    fresh(path)
+    c = connect(path)
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=%d, kind=%s, "
+              "cache=1)" % (d, kind))
+    vecs = fill(c, n, d, rng)
+    assert cache_files(path) == []   # its first use was a write
+    c.close()
+    # and it wrote the cache at the close: no file had its state
+    assert len(cache_files(path)) == 1
+    return path, vecs, rng
+
+
+def drop_cache(path):
+    for f in cache_files(path):
+        os.remove(f)
+
+
+def test_cache_loaded_with_identical_results():
+    path, vecs, rng = cache_db("cache.db", 3000, 20)
+    drop_cache(path)
+    a = connect(path)
+    qs = [rvec(rng, 16) for _ in range(20)]
+    want = [knn(a, q, 10) for q in qs]
+    i = info(a)
+    assert i["builds"] == 1 and i["cache_loads"] == 0, i
+    assert i["cache_saves"] == 1, i   # written after the rebuild
+    assert len(cache_files(path)) == 1
+    a.close()
+    b = connect(path)
+    got = [knn(b, q, 10) for q in qs]
+    i = info(b)
+    assert i["builds"] == 0 and i["cache_loads"] == 1, i
+    assert i["count"] == 3000 and i["cache_saves"] == 0, i
+    assert got == want   # the same graph: the same ids and distances
+    # and what a cache-less table rebuilt from the same rows finds: exact
+    # search agrees on the nearest of stored vectors
+    for k in (1, 77, 2999):
+        assert knn(b, vecs[k], 1) == [(k, 0.0)]
+    b.close()
+    # cache=0 and in-memory databases write nothing
+    m = connect()
+    m.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=2, cache=1)")
+    m.execute("INSERT INTO v(rowid, embedding) VALUES (1, '[1, 0]')")
+    assert info(m)["cache_saves"] == 0
+
+
+def test_cache_caught_up_after_other_writes():
+    path, vecs, rng = cache_db("cup.db", 2000, 21)
+    a = connect(path)
+    knn(a, vecs[1], 1)               # builds, writes the cache
+    a.close()
+    before = cache_files(path)
+    w = connect(path)
+    w.execute("DELETE FROM v WHERE rowid = 5")
+    w.execute("UPDATE v SET embedding = ? WHERE rowid = 6", (blob(vecs[7]),))
+    vecs.update(fill(w, 10, 16, rng, start=5000))
+    assert info(w)["cache_loads"] == 1
+    w.close()                        # 12 rows behind: no new file
+    assert cache_files(path) == before
+    c = connect(path)
+    assert knn(c, vecs[5], 1)[0][0] != 5
+    assert sorted(ids(knn(c, vecs[7], 2))) == [6, 7]
+    assert knn(c, vecs[5003], 1) == [(5003, 0.0)]
+    i = info(c)
+    assert i["builds"] == 0 and i["cache_loads"] == 1, i
+    assert i["catchups"] == 1 and i["count"] == 2009, i
+
+
+def test_cache_damaged_is_rebuilt():
+    path, vecs, rng = cache_db("bad.db", 2000, 22)
+    a = connect(path)
+    knn(a, vecs[1], 1)
+    a.close()
+    [f] = cache_files(path)
+    size = os.path.getsize(f)
+    with open(f, "r+b") as fh:
+        for off in (size // 3, size // 2, size - 100):
+            fh.seek(off)
+            b = fh.read(8)
+            fh.seek(off)
+            fh.write(bytes(x ^ 0x5A for x in b))
+    b = connect(path)
+    assert knn(b, vecs[9], 1) == [(9, 0.0)]
+    i = info(b)
+    assert i["builds"] == 1 and i["cache_loads"] == 0, i
+    assert i["cache_rejects"] == 1 and i["cache_saves"] == 1, i
+    b.close()
+    # truncated to nothing: the same
+    [f] = cache_files(path)
+    open(f, "wb").close()
+    c = connect(path)
+    assert knn(c, vecs[10], 1) == [(10, 0.0)]
+    assert info(c)["builds"] == 1
+    c.close()
+    d = connect(path)
+    assert knn(d, vecs[11], 1) == [(11, 0.0)]
+    i = info(d)
+    assert i["builds"] == 0 and i["cache_loads"] == 1, i
+
+
+def test_cache_of_another_database_not_used():
+    path, vecs, _ = cache_db("mine.db", 1000, 23)
+    other, ovecs, _ = cache_db("other.db", 1500, 24)
+    for p, v in ((path, vecs), (other, ovecs)):
+        c = connect(p)
+        knn(c, v[1], 1)
+        c.close()
+    # the other database's file copied over this one; this one's cache
+    # files stay beside it
+    with open(other, "rb") as f:
+        image = f.read()
+    with open(path, "wb") as f:
+        f.write(image)
+    c = connect(path)
+    assert knn(c, ovecs[3], 1) == [(3, 0.0)]
+    i = info(c)
+    assert i["builds"] == 1 and i["cache_loads"] == 0, i
+    assert i["cache_rejects"] == 1 and i["count"] == 1500, i
+    c.close()
+    # an older copy of the same database is not served a newer cache
+    w = connect(path)
+    w.execute("BEGIN")
+    w.execute("DELETE FROM v WHERE rowid = 3")
+    fill_in_txn(w, 4100, 16, random.Random(1), start=10000)
+    w.execute("COMMIT")
+    w.close()                      # far enough ahead: a new file
+    [f] = cache_files(path)
+    with open(path, "wb") as fh:
+        fh.write(image)
+    e = connect(path)
+    assert knn(e, ovecs[3], 1) == [(3, 0.0)]
+    i = info(e)
+    assert i["builds"] == 1 and i["cache_loads"] == 0, i
+    assert i["count"] == 1500, i
+
+
+def test_cache_never_holds_rolled_back_rows():
+    path, vecs, rng = cache_db("rb.db", 500, 25, kind="flat")
+    a = connect(path)
+    knn(a, vecs[1], 1)
+    files = cache_files(path)
+    # more rows than the refresh threshold, searched inside the
+    # transaction, then rolled back: no file may hold them
+    a.execute("BEGIN")
+    extra = fill_in_txn(a, 5000, 16, rng, start=10000)
+    assert knn(a, extra[12345], 1) == [(12345, 0.0)]
+    assert cache_files(path) == files
+    a.execute("ROLLBACK")
+    assert knn(a, extra[12345], 1)[0][0] != 12345
+    a.close()
+    assert cache_files(path) == files
+    b = connect(path)
+    assert knn(b, extra[12345], 1)[0][0] != 12345
+    i = info(b)
+    assert i["cache_loads"] == 1 and i["count"] == 500, i
+    # committed, the same rows are saved at the next use after the commit
+    b.execute("BEGIN")
+    fill_in_txn(b, 5000, 16, rng, start=10000)
+    b.execute("COMMIT")
+    knn(b, vecs[1], 1)
+    assert info(b)["cache_saves"] == 1
+    newer = cache_files(path)
+    assert len(newer) == 1 and newer != files   # the old one pruned
+    b.close()
+    c = connect(path)
+    assert knn(c, extra[12345], 1)[0][0] != 12345  # new rows, new vectors
+    i = info(c)
+    assert i["cache_loads"] == 1 and i["catchups"] == 0, i
+    assert i["count"] == 5500, i
+
+
+def test_cache_unwritable_and_read_only():
+    path, vecs, _ = cache_db("ro-cache.db", 300, 27, kind="flat")
+    # a read-only connection uses the file but never writes one
+    drop_cache(path)
+    r = connect("file:%s?mode=ro" % path, uri=True)
+    assert knn(r, vecs[4], 1) == [(4, 0.0)]
+    i = info(r)
+    assert i["builds"] == 1 and i["cache_saves"] == 0, i
+    assert cache_files(path) == []
+    r.close()
+    c = connect(path)
+    knn(c, vecs[4], 1)             # writes it
+    c.close()
+    r = connect("file:%s?mode=ro" % path, uri=True)
+    assert knn(r, vecs[5], 1) == [(5, 0.0)]
+    i = info(r)
+    assert i["builds"] == 0 and i["cache_loads"] == 1, i
+    r.close()
+    # a cache directory that cannot be written: searches and writes work,
+    # and no save is tried again before 1024 more rows change
+    p2 = os.path.join(TMP, "nodir.db")
+    fresh(p2)
+    c = connect(p2)
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=2, kind=flat, "
+              "cache='%s')" % os.path.join(TMP, "no", "such", "dir", "x"))
+    c.execute("INSERT INTO v(rowid, embedding) VALUES (1, '[1, 0]')")
+    assert ids(knn(c, [1, 0], 1)) == [1]
+    assert ids(knn(c, [1, 0], 1)) == [1]
+    i = info(c)
+    assert i["cache_saves"] == 0 and i["builds"] == 1, i
+    c.close()
+    # the same quoted path in a directory that exists is written
+    c = connect(p2)
+    c.execute("CREATE VIRTUAL TABLE w USING vecidx(dim=2, kind=flat, "
+              "cache='%s')" % os.path.join(TMP, "w-cache"))
+    c.execute("INSERT INTO w(rowid, embedding) VALUES (1, '[1, 0]')")
+    assert info(c, "w")["cache_saves"] == 1
+    assert len(glob.glob(os.path.join(TMP, "w-cache.1.*"))) == 1
+    c.execute("DROP TABLE w")      # takes its files along
+    assert glob.glob(os.path.join(TMP, "w-cache.*")) == []
+    c.close()
+
+
+def fill_in_txn(c, n, d, rng, start):
+    vecs = {}
+    for i in range(start, start + n):
+        v = rvec(rng, d)
+        vecs[i] = v
+        c.execute("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+                  (i, blob(v)))
+    return vecs
+
+
+def test_cache_much_faster_first_use():
+    path, vecs, rng = cache_db("fast.db", 20000, 26, d=32)
+    drop_cache(path)
+    times = []
+    for _ in range(2):
+        c = connect(path)
+        t = time.perf_counter()
+        knn(c, vecs[1], 1)
+        times.append(time.perf_counter() - t)
+        i = info(c)
+        c.close()
+    assert i["cache_loads"] == 1 and i["builds"] == 0, i
+    assert times[0] >= 5 * times[1], times
 
 
 def main():
