@@ -593,12 +593,12 @@ static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
 ** Anything else (no file, damaged, another history, pruned log, count
 ** off) falls back to the rebuild, which then writes a fresh file. */
 
-/* Files of base in its directory: f(dir entry path, gen, stamp, arg) for
-** each name that is exactly BASE.GEN.STAMP (vecidx_save's temporary
-** names, BASE.GEN.STAMP.tmp-PID, do not match). */
+/* Files of base in its directory: f(path, gen, stamp, tmp, arg) for each
+** name that is BASE.GEN.STAMP (tmp 0) or one of vecidx_save's temporary
+** names for it, BASE.GEN.STAMP.tmp-... (tmp 1). */
 static void vx_cache_scan(const char *base,
                           void (*f)(const char *path, sqlite3_int64 gen,
-                                    sqlite3_int64 stamp, void *arg),
+                                    sqlite3_int64 stamp, int tmp, void *arg),
                           void *arg)
 {
     const char *slash = strrchr(base, '/');
@@ -614,6 +614,7 @@ static void vx_cache_scan(const char *base,
         const char *p = e->d_name, *q;
         char *end, *path;
         unsigned long long g, st;
+        int tmp;
         if (strncmp(p, file, flen) != 0 || p[flen] != '.') continue;
         p += flen + 1;
         if (*p < '0' || *p > '9') continue;
@@ -621,13 +622,15 @@ static void vx_cache_scan(const char *base,
         g = strtoull(p, &end, 10);
         if (errno || *end != '.' || g > (unsigned long long)INT64_MAX) continue;
         q = end + 1;
-        if (strlen(q) != 16 || strspn(q, "0123456789abcdef") != 16) continue;
+        if (strspn(q, "0123456789abcdef") != 16) continue;
+        tmp = q[16] != 0;
+        if (tmp && strncmp(q + 16, ".tmp-", 5) != 0) continue;
         st = strtoull(q, &end, 16);
-        if (*end) continue;
+        if (end != q + 16) continue;
         path = slash ? sqlite3_mprintf("%s%s", dir, e->d_name)
                      : sqlite3_mprintf("%s", e->d_name);
         if (!path) break;
-        f(path, (sqlite3_int64)g, (sqlite3_int64)st, arg);
+        f(path, (sqlite3_int64)g, (sqlite3_int64)st, tmp, arg);
         sqlite3_free(path);
     }
     if (d) closedir(d);
@@ -647,11 +650,11 @@ typedef struct vx_pick {
 } vx_pick;
 
 static void vx_cache_pick_fn(const char *path, sqlite3_int64 gen,
-                             sqlite3_int64 stamp, void *arg)
+                             sqlite3_int64 stamp, int tmp, void *arg)
 {
     vx_pick *pk = arg;
     (void)path;
-    if (gen > pk->max_gen || (pk->found && gen <= pk->gen)) return;
+    if (tmp || gen > pk->max_gen || (pk->found && gen <= pk->gen)) return;
     pk->gen = gen;
     pk->stamp = stamp;
     pk->found = 1;
@@ -659,23 +662,29 @@ static void vx_cache_pick_fn(const char *path, sqlite3_int64 gen,
 
 /* After a save of (gen, stamp): files of older generations are of no more
 ** use to anyone who can see this one. Newer ones may be another
-** connection's, of a commit this one has not seen; they stay. */
+** connection's, of a commit this one has not seen; they stay. Temporary
+** files of older generations go too: a save killed half-way leaves one
+** (vecidx_save reuses it only for the same name), and a save still
+** writing one would only produce an outdated file (its rename then fails
+** and that connection tries again later). */
 typedef struct vx_prune {
     sqlite3_int64 gen, stamp;
 } vx_prune;
 
 static void vx_cache_prune_fn(const char *path, sqlite3_int64 gen,
-                              sqlite3_int64 stamp, void *arg)
+                              sqlite3_int64 stamp, int tmp, void *arg)
 {
     vx_prune *pr = arg;
-    if (gen < pr->gen || (gen == pr->gen && stamp != pr->stamp)) unlink(path);
+    if (gen < pr->gen || (!tmp && gen == pr->gen && stamp != pr->stamp))
+        unlink(path);
 }
 
 static void vx_cache_drop_fn(const char *path, sqlite3_int64 gen,
-                             sqlite3_int64 stamp, void *arg)
+                             sqlite3_int64 stamp, int tmp, void *arg)
 {
     (void)gen;
     (void)stamp;
+    (void)tmp;
     (void)arg;
     unlink(path);
 }

@@ -948,6 +948,10 @@ def test_cache_never_holds_rolled_back_rows():
     i = info(b)
     assert i["cache_loads"] == 1 and i["count"] == 500, i
     # committed, the same rows are saved at the next use after the commit
+    # a save killed half-way left a temporary file of an older generation
+    left = files[0] + ".tmp-99999"
+    with open(left, "wb") as f:
+        f.write(b"half a file")
     b.execute("BEGIN")
     fill_in_txn(b, 5000, 16, rng, start=10000)
     b.execute("COMMIT")
@@ -955,6 +959,7 @@ def test_cache_never_holds_rolled_back_rows():
     assert info(b)["cache_saves"] == 1
     newer = cache_files(path)
     assert len(newer) == 1 and newer != files   # the old one pruned
+    assert not os.path.exists(left)             # and the leftover
     b.close()
     c = connect(path)
     assert knn(c, extra[12345], 1)[0][0] != 12345  # new rows, new vectors
