@@ -3,8 +3,10 @@
 ** failure, HNSW recall and churn, filters, concurrency, files.
 **
 ** Includes vecidx.c to reach the kernel tables; everything else goes
-** through the public API. `core_test NAME` runs the tests whose name
-** contains NAME. Ends with "N passed, N failed". */
+** through the public API. `core_test WORD...` runs the tests whose name
+** contains a WORD, `core_test -WORD...` those whose name contains none
+** (both mixed: a WORD and no -WORD), as tests/vecidx_test does. Ends with
+** "N passed, N failed". */
 #define _DEFAULT_SOURCE
 #include "../../vecidx.c"
 
@@ -870,12 +872,28 @@ static const t_case t_cases[] = {
     {"file_corruption", test_file_corruption},
 };
 
+/* Is the test named `name` chosen by the arguments? As in tests/main.c: a
+** name must contain a WORD (if any is given) and no -WORD. */
+static int t_selected(const char *name, int argc, char **argv)
+{
+    int i, any_include = 0, included = 0;
+    for (i = 1; i < argc; i++) {
+        if (argv[i][0] == '-' && argv[i][1]) {
+            if (strstr(name, argv[i] + 1)) return 0;
+        } else {
+            any_include = 1;
+            if (strstr(name, argv[i])) included = 1;
+        }
+    }
+    return !any_include || included;
+}
+
 int main(int argc, char **argv)
 {
     size_t i;
     int passed = 0, failed = 0;
     for (i = 0; i < sizeof t_cases / sizeof *t_cases; i++) {
-        if (argc > 1 && !strstr(t_cases[i].name, argv[1])) continue;
+        if (!t_selected(t_cases[i].name, argc, argv)) continue;
         t_failed = 0;
         t_rng = 1 + i;
         t_cases[i].fn();
@@ -884,6 +902,12 @@ int main(int argc, char **argv)
             failed++;
         else
             passed++;
+    }
+    if (passed + failed == 0) {
+        /* a misspelt selection must not pass quietly */
+        printf("no test is selected by the arguments\n");
+        printf("0 passed, 0 failed\n");
+        return 1;
     }
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

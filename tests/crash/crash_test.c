@@ -1302,6 +1302,11 @@ int main(int argc, char **argv)
     }
 
     remove_files();
+    if (groups == 0) { /* a misspelt group must not pass quietly */
+        printf("no group is selected by \"%s\"\n", only);
+        printf("0 passed, 0 failed\n");
+        return 1;
+    }
     printf("%d passed, %d failed\n", groups - failed, failed);
     return failed != 0;
 }
