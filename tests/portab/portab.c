@@ -11,9 +11,9 @@
 **                      each time ask the same and compare with answers.txt
 **   portab self        write to a temporary directory, check, remove it
 **
-** The files cover every kind and metric, float32, half-precision and int8
-** storage, removed keys (free slots, HNSW nodes awaiting repair, a repair
-** pass under way), 64-bit
+** The files cover every kind and metric, float32, half-precision, int8
+** and binary storage, removed keys (free slots, HNSW nodes awaiting
+** repair, a repair pass under way), 64-bit
 ** keys above 2^32 (32-bit ARM has a 32-bit size_t), trained and untrained
 ** IVF-PQ, and two files left with records in their log, replayed at
 ** every open. The questions: vecidx_check, stats, vecidx_keys, vecidx_get
@@ -123,6 +123,7 @@ static const pt_file pt_files[] = {
     {"hnsw-cos", VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F32, 0, 0, 0, 0, 800},
     {"hnsw-l2-i8", VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_I8, 0, 0, 1, 0, 700},
     {"hnsw-ip-log", VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_F32, 0, 0, 0, 1, 600},
+    {"hnsw-ip-bin", VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_BIN, 1, 0, 0, 0, 600},
     {"ivfpq-l2", VECIDX_IVFPQ, VECIDX_L2, VECIDX_STORE_F32, 0, 0, 1, 0, 900},
     {"ivfpq-cos-log", VECIDX_IVFPQ, VECIDX_COSINE, VECIDX_STORE_F32, 1, 4, 0, 1,
      750},
