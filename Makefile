@@ -12,7 +12,8 @@
 #                         ThreadSanitizer
 #   make soak             the file-backed stress tests under ThreadSanitizer,
 #                         SOAK_SECONDS (default 40) per configuration
-#   make cross-test       the tests for aarch64 and armhf, run under qemu-user,
+#   make cross-test       a selection of the tests (CROSS_TESTS), built for
+#                         aarch64 and armhf and run under qemu-user,
 #                         and the check that index files written here open
 #                         and answer the same there (tests/portab)
 #   make test-nosimd      the tests with scalar kernels only (-DVECIDX_NO_SIMD)
@@ -138,6 +139,9 @@ TEST_PROGS := $(strip $(TEST_PROGS))
 # Every program but the crash tests, which test I/O logic, not threads or
 # kernels: run under TSan (the concurrency tests) and with 32-bit NEON.
 NOCRASH_PROGS := $(filter-out tests/crash/crash_test,$(TEST_PROGS))
+MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
+CORE_TEST := $(filter tests/core/core_test,$(TEST_PROGS))
+CRASH_TEST := $(filter tests/crash/crash_test,$(TEST_PROGS))
 TEST_CXX := $(wildcard tests/test_cxx.cpp)
 TEST_CXX_BIN := $(if $(TEST_CXX),tests/vecidx_test_cxx)
 FUZZ_REPLAY := $(if $(and $(FUZZ_REGRESS),$(wildcard fuzz/fuzz_open.c)),\
@@ -454,9 +458,16 @@ ASAN_ENV = ASAN_OPTIONS=detect_leaks=1 \
            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_ENV = TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
+# core_test's HNSW churn test, most of its time under ASan, is left out
+# here: it is the 20k-vector churn scenario of vecidx_test's hnsw_churn
+# one round shorter, and hnsw_churn, hnsw_churn_cos, hnsw_churn_ip,
+# hnsw_removals_ip and storage_churn run under ASan. `make test` and
+# test-nosimd run it.
+SAN_CORE_TESTS := -hnsw_churn
 sanitize: $(addsuffix -asan,$(TEST_PROGS) $(API_REPLAY)) \
           $(if $(CLI_TEST),tools/vecidx-asan)
-	$(call vx_run,$(TEST_PROGS),-asan,$(ASAN_ENV) $(NORAND))
+	$(call vx_run,$(filter-out $(CORE_TEST),$(TEST_PROGS)),-asan,$(ASAN_ENV) $(NORAND))
+	$(call vx_run,$(CORE_TEST),-asan,$(ASAN_ENV) $(NORAND),$(SAN_CORE_TESTS))
 ifneq ($(API_REPLAY),)
 	$(call vx_run,$(API_REPLAY),-asan,$(ASAN_ENV) $(NORAND),fuzz/api-seeds $(wildcard fuzz/api-regress))
 endif
@@ -504,54 +515,83 @@ test-m32:
 	         "(apt-get install gcc-multilib)"; \
 	fi
 
+# ---- cross-test: what runs under qemu-user -----------------------------------
+# qemu-user runs ARM code ten to twenty times slower than native code, so
+# the three ARM runs take the tests listed below, not the whole suite (which
+# took 5 to 7.5 minutes per target). The list is what can come out
+# differently on ARM:
+#   - the kernels: every NEON (aarch64, armhf-neon) or scalar (armhf) kernel
+#     family against the scalar reference (kernels_*, core_test's kernels);
+#   - files: the portability check (tests/portab: files of every kind and
+#     storage written here open and answer the same there), and files
+#     written, logged, replayed, copied and damaged there
+#     (storage_log_replay, stats_log_and_checkpoint, file_private_copy,
+#     ivfpq_corrupt_file, core_test's file_roundtrip and file_corruption,
+#     the crash test's header rewrite);
+#   - 32-bit size_t and pointers: argument and range checks (errors_*,
+#     flat_reserve, flat_extreme_keys, flat_k_edge_cases, hnsw_bad_params,
+#     ivfpq_params, ivfpq_search_edges, storage_refused, core_test's
+#     bad_input, stats_size_contract), memory accounting, whose sizes follow
+#     the pointer width (alloc_accounting, stats_memory_parts), 64-bit
+#     counters and histograms (stats_counters_*, stats_histogram,
+#     stats_list_median), and on the two 32-bit runs the bitmap bounds of
+#     filters against 64-bit keys (filter_empty_and_bounds) and 64-byte
+#     record alignment where malloc aligns to 8 (store_line_aligned_records);
+#   - every index kind and storage at least once: flat (flat_*, filter_flat),
+#     HNSW (hnsw_*, core_test), IVF-PQ (ivfpq_*), float32 throughout, half,
+#     int8 and binary codes in tests/portab, int8 also in storage_log_replay.
+# Left to the native runs, which run every test (make test, sanitize,
+# test-nosimd; the concurrency tests also tsan): logic that does not depend
+# on the platform and takes minutes under qemu -- recall sweeps
+# (storage_recall, hnsw_*recall*, ivfpq_recall_*), recall estimates and
+# tuning (recall_*), churn, removal and repair scenarios (hnsw_churn*,
+# hnsw_removals_ip, stats_buried_and_repairs, core_test's hnsw_churn),
+# allocation-failure sweeps, the concurrency and file stress tests
+# (qemu-user runs ARM threads on the host's memory model, so it could not
+# find an ARM ordering bug anyway), HNSW and IVF-PQ determinism and
+# parallel builds, the filtered-search planning tests, the large-store
+# tests (store_huge_blocks, store_kept_vectors_apart) and IVF-PQ
+# persistence (their file layouts are in tests/portab), IVF-PQ training
+# variants, snapshots, and the crash test's loops of power cuts, I/O
+# faults and SIGKILLs.
+# The test programs select by name substring: vecidx_test runs the tests
+# whose name contains a word of its list, core_test those whose name
+# contains none of its -WORDs, crash_test the groups named; a selection of
+# nothing fails. A new test of vecidx_test runs under qemu only when added
+# here.
+CROSS_TESTS := library_version_and_simd strerror_codes kernels errors_ \
+    flat_exact flat_k_edge_cases flat_ties_broken_by_key flat_extreme_keys \
+    flat_filter flat_deletes flat_upsert flat_cosine_stores flat_reserve \
+    flat_determinism batch_add alloc_accounting filter_flat \
+    concurrency_flat_search_while_writing \
+    hnsw_bad_params hnsw_remove_then_search hnsw_upsert_replaces \
+    ivfpq_params ivfpq_few_distinct_points ivfpq_corrupt_file \
+    ivfpq_search_edges storage_refused storage_log_replay file_private_copy \
+    stats_histogram stats_list_median stats_counters stats_memory_parts \
+    stats_log_and_checkpoint stats_size_contract
+CROSS_TESTS_32 := $(CROSS_TESTS) filter_empty_and_bounds \
+    store_line_aligned_records
+CROSS_CORE_TESTS := -hnsw_churn -hnsw_recall
+CROSS_CRASH_TESTS := header
 # Three independent runs, so make -j runs them side by side (add -O to keep
-# each one's output together). Under qemu the IVF-PQ tests take most of the
-# time (their training is arithmetic-heavy): all of them run on aarch64
-# (NEON); 32-bit ARM with NEON runs those where a 32-bit size_t matters
-# (files, corruption, edge cases, filters); the plain armhf run leaves them
-# out, its scalar kernels being the ones every x86 test-nosimd run checks.
-# No qemu run repeats the allocation-failure sweeps or the 20k-vector HNSW
-# churn and removal scenarios (together over a quarter of the aarch64 run):
-# they test platform-independent logic, which the native, ASan and no-SIMD
-# runs cover, and core_test's smaller churn test still runs everywhere.
-# The plain armhf run also leaves out the HNSW tests: the armhf-neon run
-# covers the graph on 32 bits, and x86 test-nosimd the graph on scalar
-# kernels. aarch64 leaves out the huge-page pool test, which the 64-bit
-# native runs and the 32-bit armhf runs cover, and three IVF-PQ tests of
-# platform-independent logic (same seed same model, parallel quantizer
-# build, progress callback; 60 of its 255 s), which the native runs cover.
-# Of the filtered-search tests (3 minutes under qemu-aarch64) the qemu runs
-# keep the flat one, whose scans and bitmap bounds are what a 32-bit
-# size_t or the NEON kernels could change; the rest test planning that
-# does not depend on the platform, and run natively, under ASan and
-# without SIMD.
-CROSS_IVF32 := ivfpq_persist ivfpq_corrupt ivfpq_search_edges ivfpq_filter
-CROSS_FILTER_SKIP := -filter_ivfpq -filter_hnsw -filter_intersection \
-    -filter_duplicates -filter_batch -filter_file -filter_empty -filter_bad
-CROSS_SKIP := -alloc_failure -hnsw_churn -hnsw_removals $(CROSS_FILTER_SKIP)
-CROSS_A64_SKIP := -store_huge_blocks -ivfpq_determinism \
-    -ivfpq_hnsw_quantizer_threads -ivfpq_progress
-# The 32-bit runs leave out the recall test of every storage kind and
-# metric (87 s under qemu-arm): the kernels it relies on are checked
-# against the scalar ones by kernels_quantized on every run, and it runs
-# in full under qemu-aarch64, natively and without SIMD.
-CROSS_ARM32_SKIP := -storage_recall
-MAIN_TEST := $(filter tests/vecidx_test,$(TEST_PROGS))
+# each one's output together). The crash test does not run with 32-bit
+# NEON: plain armhf runs it on 32 bits, and it uses no kernel.
 cross-test: cross-test-aarch64 cross-test-armhf cross-test-armhf-neon
 cross-test-aarch64: $(addsuffix -aarch64,$(TEST_PROGS) $(PORTAB)) $(PORTAB_FILES)
 	$(call vx_run,$(PORTAB),-aarch64,$(QEMU_AARCH64),check $(PORTAB_DATA))
-	$(call vx_run,$(MAIN_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_SKIP) $(CROSS_A64_SKIP))
-	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-aarch64,$(QEMU_AARCH64))
+	$(call vx_run,$(MAIN_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_TESTS))
+	$(call vx_run,$(CORE_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_CORE_TESTS))
+	$(call vx_run,$(CRASH_TEST),-aarch64,$(QEMU_AARCH64),$(CROSS_CRASH_TESTS))
 cross-test-armhf: $(addsuffix -armhf,$(TEST_PROGS) $(PORTAB)) $(PORTAB_FILES)
 	$(call vx_run,$(PORTAB),-armhf,$(QEMU_ARM),check $(PORTAB_DATA))
-	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),-ivfpq -hnsw $(CROSS_SKIP) $(CROSS_ARM32_SKIP))
-	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-armhf,$(QEMU_ARM))
+	$(call vx_run,$(MAIN_TEST),-armhf,$(QEMU_ARM),$(CROSS_TESTS_32))
+	$(call vx_run,$(CORE_TEST),-armhf,$(QEMU_ARM),$(CROSS_CORE_TESTS))
+	$(call vx_run,$(CRASH_TEST),-armhf,$(QEMU_ARM),$(CROSS_CRASH_TESTS))
 cross-test-armhf-neon: $(addsuffix -armhf-neon,$(NOCRASH_PROGS) $(PORTAB)) \
                        $(PORTAB_FILES)
 	$(call vx_run,$(PORTAB),-armhf-neon,$(QEMU_ARM),check $(PORTAB_DATA))
-	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),-ivfpq $(CROSS_SKIP) $(CROSS_ARM32_SKIP))
-	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),$(CROSS_IVF32))
-	$(call vx_run,$(filter-out $(MAIN_TEST),$(NOCRASH_PROGS)),-armhf-neon,$(QEMU_ARM))
+	$(call vx_run,$(MAIN_TEST),-armhf-neon,$(QEMU_ARM),$(CROSS_TESTS_32))
+	$(call vx_run,$(CORE_TEST),-armhf-neon,$(QEMU_ARM),$(CROSS_CORE_TESTS))
 
 crash-soak: tests/crash/crash_test
 	CRASH_TRIALS=$(CRASH_TRIALS) ./tests/crash/crash_test
