@@ -822,13 +822,14 @@ typedef struct vecidx_recall {
 ** defaults; filters allowed, the exact answers are then filtered too).
 ** The queries are the caller's (nq of them at `queries`) or, with queries
 ** NULL, nq sample queries (0 = 200) made from stored vectors: a stored
-** vector picked at random and moved in a random direction by 2.5 times
-** the median distance between a stored vector and its nearest neighbour
-** (a stored vector taken unmoved is found at once and overstates
-** recall). On the benchmark sets (128-d L2 and 384-d cosine) such
-** queries were as hard as the real ones or a little harder; on data far
-** from them they may be harder still, which errs towards a higher
-** setting (bench/RESULTS.md): give real queries when you have them.
+** vector picked at random and moved 0.85 times (IVF-PQ: 2.5 times) the
+** median distance between a stored vector and its nearest neighbour,
+** along the
+** difference of two other stored vectors (a stored vector taken unmoved
+** is found at once and overstates recall). On the benchmark sets (128-
+** and 960-d L2, 384-d cosine) such queries were about as hard as the
+** real ones (bench/RESULTS.md); on other data they may be easier or
+** harder: give real queries when you have them.
 ** The exact answers are the caller's
 ** (`truth`, nq * k keys, best first; a key UINT64_MAX ends a query's
 ** list early; needs `queries`) or found by an exact scan of every vector
