@@ -632,9 +632,9 @@ has err "cannot open index 'junk.npy'"
 # ---- recall and tune -------------------------------------------------------
 # A sparse graph (M 5, ef_construction 30), on one thread so the graph is
 # the same every run, whose recall@10 grows over several steps of ef: the
-# sample queries of this seed measure 0.87 at ef 10, 0.91 at 16, 0.94 at
-# 48. Created with an ef the sweep never tries, so that a stored choice
-# shows.
+# sample queries of this seed measure 0.922 at ef 10, 0.947 at 16, 0.954
+# at 24. Created with an ef the sweep never tries, so that a stored
+# choice shows.
 json_field() { # NAME: a number field of the JSON object in out
     sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" out | head -n 1
 }
@@ -645,19 +645,19 @@ at_least() { # VALUE MIN WHAT
 run 0 create sparse.vx --dim $D --kind hnsw --metric l2 --M 5 \
     --ef-construction 30 --ef-search 200
 run 0 import sparse.vx data.csv --threads 1
-run 0 tune sparse.vx --recall 0.9
+run 0 tune sparse.vx --recall 0.95
 has out "stored as the index's default"
-run 0 tune sparse.vx --recall 0.9 --json
+run 0 tune sparse.vx --recall 0.95 --json
 json_valid out
-has out '"command":"tune","path":"sparse.vx","target":0.900000,"reached":true,"ef":'
+has out '"command":"tune","path":"sparse.vx","target":0.950000,"reached":true,"ef":'
 has out '"nprobe":0,"refine":0,"steps":'
 has out ',"k":10,"search_us":'
 has out '"vs_codes":false},"advice":""}'
 ef=$(json_field ef)
-at_least "$(json_field recall)" 0.9 "recall tune measured"
+at_least "$(json_field recall)" 0.95 "recall tune measured"
 equal "$(sed -n 's/.*"queries":\([0-9]*\).*/\1/p' out)" 200 "sample queries"
 # The sweep stops at the first ef that reaches the target, and ef 10
-# measured 0.87 here.
+# measured 0.922 here.
 [ -n "$ef" ] && [ "$ef" -gt 10 ] && [ "$ef" -lt 200 ] && ok ||
     bad "tune chose ef '$ef'"
 run 0 stats sparse.vx --json
@@ -667,7 +667,7 @@ has out "search        ef $ef"
 run 0 recall sparse.vx --ef "$ef" --json
 json_valid out
 has out "\"command\":\"recall\",\"path\":\"sparse.vx\",\"ef\":$ef,\"nprobe\":0,\"refine\":0,\"recall\":"
-at_least "$(json_field recall)" 0.85 "recall at the chosen ef"
+at_least "$(json_field recall)" 0.95 "recall at the chosen ef"
 sample=$(json_field recall)
 # Without --ef, the search uses the stored default: same ef, same queries
 # (made from the index's seed), same recall.
@@ -675,7 +675,7 @@ run 0 recall sparse.vx --json
 has out "\"ef\":$ef,"
 equal "$(json_field recall)" "$sample" "recall at the stored default"
 run 0 recall sparse.vx --ef 10
-has out "sparse.vx: recall@10 0.8"
+has out "sparse.vx: recall@10 0.92"
 has out "with ef 10, over 200 sample queries"
 has out " us per search"
 
