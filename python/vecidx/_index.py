@@ -524,7 +524,8 @@ class Index:
     def open(cls, path: PathLike, dim: Optional[int] = None,
              kind: Optional[str] = None, metric: Optional[str] = None, *,
              create: bool = False, readonly: bool = False,
-             sync: Optional[str] = None, **params: Any) -> Index:
+             private: bool = False, sync: Optional[str] = None,
+             **params: Any) -> Index:
         """Open the index stored at path (and its write-ahead log PATH-wal).
 
         create=True makes an empty index if path does not exist; dim (and
@@ -537,11 +538,22 @@ class Index:
         the durability of a writer's adds and removes: "full" (default,
         fsync before each write returns), "normal" (fsync every few ms) or
         "off" (left to the OS).
+        private=True opens a private copy (VECIDX_PRIVATE): like a reader
+        it takes no lock and sees the writes logged so far, but it takes
+        writes of its own, which change only this handle -- never the
+        file, nothing is logged, closing drops them; save() writes them
+        to a new file, checkpoint() raises StateError. Not with create,
+        readonly or sync.
         """
         self = cls.__new__(cls)
         self._setup(os.fspath(path), bool(readonly))
         flags = 0
-        if readonly:
+        if private:
+            if readonly or create or sync is not None:
+                raise InvalidArgumentError(
+                    "private takes neither create, readonly nor sync")
+            flags |= _capi.PRIVATE
+        elif readonly:
             if create:
                 raise InvalidArgumentError(
                     "create and readonly cannot be combined")
