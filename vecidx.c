@@ -529,7 +529,7 @@ static double vx_hist_mid(size_t b)
            (double)(1ull << (e - VX_HIST_BITS));
 }
 
-/* Record a call that began at t0 (vx_now_ns). */
+/* Record in h a call that began at t0 (vx_now_ns). */
 static void vx_hist_add(vx_hist *h, uint64_t t0)
 {
     uint64_t ns = vx_now_ns() - t0,
@@ -539,6 +539,19 @@ static void vx_hist_add(vx_hist *h, uint64_t t0)
            !__atomic_compare_exchange_n(&h->max, &m, ns, 1, __ATOMIC_RELAXED,
                                         __ATOMIC_RELAXED)) {
     }
+}
+
+/* Record a public call of kind op that began at t0 and returned rc,
+** which, when it succeeded, searched, inserted or removed n; returns rc. */
+static int vx_act_call(vx_activity *a, int op, uint64_t t0, int rc, uint64_t n)
+{
+    uint64_t *done = op == VX_OP_SEARCH || op == VX_OP_BATCH ? &a->searches
+                     : op == VX_OP_INSERT                    ? &a->inserts
+                     : op == VX_OP_REMOVE                    ? &a->removes
+                                                             : NULL;
+    if (rc == VECIDX_OK && done) VX_COUNT(done, n);
+    vx_hist_add(&a->hist[op], t0);
+    return rc;
 }
 
 /* Percentiles of h in microseconds (all 0 for an empty histogram). */
@@ -6611,6 +6624,20 @@ static void vx_ivf_offer_exact(vecidx *ix, vx_ivf_sw *w, const float *qv,
     if (vx_topk_admits(h, d, l->keys[pos])) vx_topk_push(h, d, l->keys[pos]);
 }
 
+/* Every entry of every list that o's filter (if any) admits, offered to
+** h: by its kept vector (exact) or its decoded code. */
+static void vx_ivf_score_all(vecidx *ix, vx_ivf_sw *w, const float *qv,
+                             const vecidx_search_opts *o, int exact, vx_topk *h)
+{
+    const vx_ivf *v = &ix->ivf;
+    uint32_t li, j;
+    for (li = 0; li < v->nlist; li++)
+        for (j = 0; j < v->lists[li].n; j++)
+            if (!o || !o->filter ||
+                o->filter(v->lists[li].keys[j], o->filter_ctx))
+                vx_ivf_offer_exact(ix, w, qv, li, j, exact, h);
+}
+
 /* The exact answer of a filtered search: each allowed key looked up, or
 ** with a callback alone every entry asked, and the admitted scored. */
 static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
@@ -6621,7 +6648,6 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
     uint64_t keys[256], pos = 0;
     uint32_t at[256][2]; /* list, position */
     size_t n, i, m, cell;
-    uint32_t li, j;
     int others = a->cb || (a->bits && a->set_on);
     /* Map cells and vectors are in no order: both are requested
     ** VX_ALLOW_AHEAD keys ahead, as vx_flat_allowed does. */
@@ -6647,11 +6673,7 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
             vx_ivf_offer_exact(ix, w, qv, at[i][0], at[i][1], exact, h);
         }
     }
-    if (a->counted) return;
-    for (li = 0; li < v->nlist; li++)
-        for (j = 0; j < v->lists[li].n; j++)
-            if (o->filter(v->lists[li].keys[j], o->filter_ctx))
-                vx_ivf_offer_exact(ix, w, qv, li, j, exact, h);
+    if (!a->counted) vx_ivf_score_all(ix, w, qv, o, exact, h);
 }
 
 /* Costs for the plan of a filtered IVF-PQ search, in the units of
@@ -6793,25 +6815,21 @@ static int vx_ivf_exact_all(vecidx *ix, const vx_query *q,
                             const vecidx_search_opts *o, vx_topk *h)
 {
     vx_sopts all = *(const vx_sopts *)(const void *)o;
-    const vx_ivf *v = &ix->ivf;
+    const float *qv = q->v;
     vx_ivf_sw w;
-    uint32_t li, j;
     size_t i;
     int rc;
     if (!ix->p.ivf_keep_vectors) {
-        all.u.nprobe = v->nlist;
+        all.u.nprobe = ix->ivf.nlist;
         all.u.refine = 1;
         return vx_ivf_search(ix, q, &all.u, h);
     }
     if ((rc = vx_ivf_sw_alloc(ix, &w, 1)) != VECIDX_OK) return rc;
-    if (ix->p.metric == VECIDX_COSINE)
+    if (ix->p.metric == VECIDX_COSINE) {
         for (i = 0; i < ix->p.dim; i++) w.qn[i] = q->v[i] * q->inv_norm;
-    for (li = 0; li < v->nlist; li++)
-        for (j = 0; j < v->lists[li].n; j++)
-            if (!o->filter || o->filter(v->lists[li].keys[j], o->filter_ctx))
-                vx_ivf_offer_exact(ix, &w,
-                                   ix->p.metric == VECIDX_COSINE ? w.qn : q->v,
-                                   li, j, 1, h);
+        qv = w.qn;
+    }
+    vx_ivf_score_all(ix, &w, qv, o, 1, h);
     vx_ivf_sw_free(ix, &w);
     return VECIDX_OK;
 }
@@ -10190,8 +10208,7 @@ int vecidx_checkpoint(vecidx *ix)
     rc = vx_checkpoint_run(ix);
     vx_act_log(ix);
     pthread_mutex_unlock(&ix->wlock);
-    vx_hist_add(&ix->act.hist[VX_OP_CKPT], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_CKPT, t0, rc, 0);
 }
 
 int vecidx_sync(vecidx *ix)
@@ -10233,8 +10250,7 @@ int vecidx_save(vecidx *ix, const char *path)
             rc = vx_snap_complete(ix, sn, path);
     }
     pthread_mutex_unlock(&ix->wlock);
-    vx_hist_add(&ix->act.hist[VX_OP_CKPT], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_CKPT, t0, rc, 0);
 }
 
 void vecidx_close(vecidx *ix)
@@ -10466,10 +10482,8 @@ static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
         vx_write_begin(ix);
         rc = vx_put_locked(ix, key, vec, upsert);
         vx_write_end(ix);
-        if (rc == VECIDX_OK) VX_COUNT(&ix->act.inserts, 1);
     }
-    vx_hist_add(&ix->act.hist[VX_OP_INSERT], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_INSERT, t0, rc, 1);
 }
 
 int vecidx_add(vecidx *ix, uint64_t key, const float *vec)
@@ -10552,9 +10566,7 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_WRITABLE(ix);
     rc = vx_add_many(ix, n, keys, vecs);
-    if (rc == VECIDX_OK) VX_COUNT(&ix->act.inserts, n);
-    vx_hist_add(&ix->act.hist[VX_OP_INSERT], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_INSERT, t0, rc, n);
 }
 
 static int vx_remove_locked(vecidx *ix, uint64_t key)
@@ -10613,9 +10625,7 @@ int vecidx_remove(vecidx *ix, uint64_t key)
     vx_write_begin(ix);
     rc = vx_remove_locked(ix, key);
     vx_write_end(ix);
-    if (rc == VECIDX_OK) VX_COUNT(&ix->act.removes, 1);
-    vx_hist_add(&ix->act.hist[VX_OP_REMOVE], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_REMOVE, t0, rc, 1);
 }
 
 int vecidx_reserve(vecidx *ix, size_t n)
@@ -10797,22 +10807,25 @@ static uint32_t vx_stats_median(const vx_ivf *v, uint32_t lo, uint32_t hi)
     return lo;
 }
 
-/* IVF-PQ lists: their bytes and spread; *heap gets the allocated share.
-** Key-set lock held. */
+/* IVF-PQ lists: entries, capacity, bytes and spread; *heap gets the
+** allocated share. Key-set lock held. */
 static void vx_stats_lists(vecidx *ix, vecidx_stats_t *out, uint64_t *heap)
 {
     const vx_ivf *v = &ix->ivf;
     uint64_t entry = 8 + v->m + (ix->p.ivf_keep_vectors ? 4ull * ix->p.dim : 0);
     uint32_t li, lo = UINT32_MAX, hi = 0;
-    out->mem_lists = v->model_bytes;
+    /* lists stay compact, so every used entry is live */
+    out->slots = out->count;
+    out->capacity = 0;
     *heap = v->model_mapped ? 0 : v->model_bytes;
     for (li = 0; li < v->nlist; li++) {
         const vx_ivlist *l = &v->lists[li];
         if (l->n < lo) lo = l->n;
         if (l->n > hi) hi = l->n;
-        out->mem_lists += (uint64_t)(l->mapped ? l->n : l->cap) * entry;
+        out->capacity += l->mapped ? l->n : l->cap;
         *heap += l->mapped ? 0 : (uint64_t)l->cap * entry;
     }
+    out->mem_lists = v->model_bytes + out->capacity * entry;
     out->mem_keymap = (uint64_t)v->map_cap * sizeof(uint64_t);
     *heap += v->map_mapped ? 0 : out->mem_keymap;
     {
@@ -10890,13 +10903,6 @@ static int vx_stats_fill(vecidx *ix, vecidx_stats_t *out)
     out->log_bytes = VX_PEEK(&ix->act.log_bytes);
     vx_stats_store(ix, out, &heap);
     if (ix->p.kind == VECIDX_IVFPQ && ix->ivf.trained) {
-        /* lists stay compact, so every used entry is live */
-        uint32_t li;
-        out->slots = out->count;
-        out->capacity = 0;
-        for (li = 0; li < ix->ivf.nlist; li++)
-            out->capacity += ix->ivf.lists[li].mapped ? ix->ivf.lists[li].n
-                                                      : ix->ivf.lists[li].cap;
         if (ix->ivf.cq) {
             vecidx_stats_t cq;
             if (vx_stats_fill(ix->ivf.cq, &cq) == VECIDX_OK)
@@ -11167,9 +11173,7 @@ int vecidx_search(vecidx *ix, const float *q, size_t k,
     int rc = vx_search_args(ix, q, k, keys, found);
     if (rc != VECIDX_OK) return rc;
     rc = vx_search_one(ix, q, k, opts, 0, keys, dists, found);
-    if (rc == VECIDX_OK) VX_COUNT(&ix->act.searches, 1);
-    vx_hist_add(&ix->act.hist[VX_OP_SEARCH], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_SEARCH, t0, rc, 1);
 }
 
 /* One worker of a batch search: queries [begin, end). */
@@ -11269,9 +11273,7 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     rc = vx_search_many(ix, nq, queries, k, opts, keys, dists, found);
-    if (rc == VECIDX_OK) VX_COUNT(&ix->act.searches, nq);
-    vx_hist_add(&ix->act.hist[VX_OP_BATCH], t0);
-    return rc;
+    return vx_act_call(&ix->act, VX_OP_BATCH, t0, rc, nq);
 }
 
 /* ---- recall estimates and tuning -------------------------------------------

@@ -118,26 +118,6 @@ static void vt_cleanup(void)
     }
 }
 
-/* Whole file in memory (NULL if absent). */
-static unsigned char *vt_slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long n;
-    *len = 0;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
-        fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return NULL;
-    }
-    b = vt_xmalloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    CHECKF(*len == (size_t)n, "short read of %s", path);
-    return b;
-}
-
 /* Copy the main file and the log (or its absence) of index `from`. */
 static void vt_copy_index(const char *from, const char *to)
 {

@@ -1755,27 +1755,6 @@ static void iv_rmdir(const char *const *names, size_t n)
         vt_fail(__FILE__, __LINE__, "rmdir %s: %s", iv_dir, strerror(errno));
 }
 
-static unsigned char *iv_read(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long n;
-    *len = 0;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = vt_xmalloc((size_t)n + 1);
-    if (n > 0 && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        fclose(f);
-        return NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
 static int iv_write(const char *path, const unsigned char *b, size_t len)
 {
     FILE *f = fopen(path, "wb");
@@ -1788,7 +1767,7 @@ static int iv_write(const char *path, const unsigned char *b, size_t len)
 static void iv_copy(const char *from, const char *to)
 {
     size_t len;
-    unsigned char *b = iv_read(from, &len);
+    unsigned char *b = vt_slurp(from, &len);
     CHECKF(b != NULL, "cannot read %s", from);
     if (b) CHECKF(iv_write(to, b, len), "cannot write %s", to);
     free(b);
@@ -2245,7 +2224,7 @@ void test_ivfpq_corrupt_file(void)
     if (!(mem = iv_build(&p, &d, d.n))) goto out;
     CHECK_OK(vecidx_save(mem, good));
     vecidx_close(mem);
-    if (!(img = iv_read(good, &len)) || len < 4096) {
+    if (!(img = vt_slurp(good, &len)) || len < 4096) {
         vt_fail(__FILE__, __LINE__, "cannot read %s", good);
         goto out;
     }

@@ -306,22 +306,6 @@ done:
 /* VECIDX_PRIVATE: writes change the handle only, never the file or its
 ** log; a save keeps them; a writer may hold the file meanwhile. Every
 ** kind, with a log to replay at open. */
-static unsigned char *vt_read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long n;
-    *len = 0;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = vt_xmalloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    return b;
-}
-
 void test_file_private_copy(void)
 {
     static const int kinds[] = {VECIDX_FLAT, VECIDX_HNSW, VECIDX_IVFPQ};
@@ -361,8 +345,8 @@ void test_file_private_copy(void)
             CHECK_OK(vecidx_upsert(w, key, v));
             vt_set_put(&m, key, v);
         }
-        f0 = vt_read_all(path, &n0);
-        l0 = vt_read_all(wal, &nl0);
+        f0 = vt_slurp(path, &n0);
+        l0 = vt_slurp(wal, &nl0);
         /* the writer still has the file */
         CHECK_RC(vecidx_open(path, NULL, VECIDX_PRIVATE | VECIDX_RDONLY, &pv),
                  VECIDX_EINVAL);
@@ -401,8 +385,8 @@ void test_file_private_copy(void)
         CHECK_OK(vecidx_save(pv, save));
         vecidx_close(pv);
         /* neither the file nor its log moved */
-        f1 = vt_read_all(path, &n1);
-        l1 = vt_read_all(wal, &nl1);
+        f1 = vt_slurp(path, &n1);
+        l1 = vt_slurp(wal, &nl1);
         CHECK(f0 && f1 && n0 == n1 && memcmp(f0, f1, n0) == 0);
         CHECK(l0 && l1 && nl0 == nl1 && memcmp(l0, l1, nl0) == 0);
         free(f0);

@@ -87,6 +87,35 @@ void *vt_xmalloc(size_t n)
     return p;
 }
 
+/* The whole file at path, in a vt_xmalloc block (caller frees), and its
+** length in *len; NULL and 0 when it cannot be opened, and a failed check
+** plus NULL when it cannot be read whole. */
+unsigned char *vt_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *b;
+    long n;
+    size_t got;
+    *len = 0;
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
+        fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        CHECKF(0, "cannot size %s", path);
+        return NULL;
+    }
+    b = vt_xmalloc((size_t)n + 1);
+    got = fread(b, 1, (size_t)n, f);
+    fclose(f);
+    if (got != (size_t)n) {
+        CHECKF(0, "short read of %s: %zu of %ld bytes", path, got, n);
+        free(b);
+        return NULL;
+    }
+    *len = got;
+    return b;
+}
+
 double vt_seconds(void)
 {
     struct timespec t;
