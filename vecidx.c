@@ -92,6 +92,26 @@ static _Thread_local struct {
     char msg[VX_ERRMSG_MAX];
 } vx_err_tls;
 
+/* Damage met by reads on this thread (pieces of a mapped file that
+** failed their checksum, see vx_lazy): a public read compares n before
+** and after (vx_dmg_check), so concurrent readers never blame each
+** other, and vx_run_parallel hands its workers' damage to the caller. */
+typedef struct vx_dmg_t {
+    uint64_t n;
+    const char *what; /* section */
+    uint32_t piece;   /* chunk or list number */
+    uint64_t off;     /* its offset in the file */
+} vx_dmg_t;
+static _Thread_local vx_dmg_t vx_dmg;
+
+static void vx_dmg_note(const char *what, uint32_t piece, uint64_t off)
+{
+    vx_dmg.n++;
+    vx_dmg.what = what;
+    vx_dmg.piece = piece;
+    vx_dmg.off = off;
+}
+
 #if defined(__GNUC__) || defined(__clang__)
 #define VX_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define VX_LIKELY(x) __builtin_expect(!!(x), 1)
@@ -118,6 +138,19 @@ static int vx_err(const vecidx *ix, int code, const char *fmt, ...)
     memcpy(vx_err_tls.msg, buf, sizeof buf);
     vx_err_tls.ix = ix;
     return code;
+}
+
+/* rc, or VECIDX_ECORRUPT if this thread's reads met damage since the
+** count was `before`: whatever the call returns came from unchecked or
+** failed bytes, so it must not be used. */
+static int vx_dmg_check(const vecidx *ix, uint64_t before, int rc)
+{
+    if (VX_LIKELY(vx_dmg.n == before)) return rc;
+    return vx_err(ix, VECIDX_ECORRUPT,
+                  "%s section of the index file is damaged: %s %u, at "
+                  "offset %llu, fails its checksum",
+                  vx_dmg.what, vx_dmg.what[0] == 'I' ? "list" : "chunk",
+                  (unsigned)vx_dmg.piece, (unsigned long long)vx_dmg.off);
 }
 
 /* Every byte the index holds goes through these, so the allocator hooks
@@ -243,7 +276,16 @@ static unsigned vx_cpu_count(void)
 typedef struct vx_task {
     void *(*fn)(void *);
     void *arg;
+    vx_dmg_t dmg; /* damage the task met on its own thread */
 } vx_task;
+
+static void *vx_task_main(void *arg)
+{
+    vx_task *t = arg;
+    t->fn(t->arg);
+    t->dmg = vx_dmg; /* a new thread's count starts at 0 */
+    return NULL;
+}
 
 static void vx_run_parallel(vx_task *tasks, unsigned n)
 {
@@ -251,15 +293,22 @@ static void vx_run_parallel(vx_task *tasks, unsigned n)
     int started[64];
     unsigned i;
     if (n > 64) n = 64;
-    for (i = 1; i < n; i++)
-        started[i] = pthread_create(&tid[i], NULL, tasks[i].fn, tasks[i].arg) ==
+    for (i = 1; i < n; i++) {
+        tasks[i].dmg.n = 0;
+        started[i] = pthread_create(&tid[i], NULL, vx_task_main, &tasks[i]) ==
                      0;
+    }
     if (n > 0) tasks[0].fn(tasks[0].arg);
     for (i = 1; i < n; i++) {
         if (started[i])
             pthread_join(tid[i], NULL);
         else
             tasks[i].fn(tasks[i].arg);
+        if (started[i] && tasks[i].dmg.n) {
+            uint64_t had = vx_dmg.n;
+            vx_dmg = tasks[i].dmg;
+            vx_dmg.n += had;
+        }
     }
 }
 
@@ -2548,7 +2597,13 @@ static int vx_snap_adopt_map(vx_snap *sn, const vx_keymap *old);
 ** norms (cosine only) get their own block. Offsets and levels exist only
 ** for HNSW (link0 > 0). */
 typedef struct vx_chunk {
-    float *vec;          /* start of the records, on a 64-byte boundary */
+    float *vec; /* start of the records, on a 64-byte boundary */
+    /* Next to vec, which every access loads: a chunk mapped from a file
+    ** with a checksum per chunk is verified when first read (vx_lazy),
+    ** its records etc. (lazy) apart from its kept vectors (klazy). 0:
+    ** verified, or memory of our own; else VX_PIECE_UNKNOWN or _BAD. */
+    uint8_t lazy, klazy;
+    uint8_t pooled;      /* carved from a huge-page block, not allocated */
     float *full;         /* compressed storage with keep_vectors: the
                             float32 vectors, dim per slot, after the rest */
     unsigned char *base; /* the allocation (VX_LINE_SLACK bytes more) */
@@ -2557,8 +2612,12 @@ typedef struct vx_chunk {
     uint32_t *upper;
     uint8_t *level;
     uint8_t *live;
-    int pooled; /* carved from a huge-page block, not from the allocator */
 } vx_chunk;
+
+enum {
+    VX_PIECE_UNKNOWN = 1,
+    VX_PIECE_BAD = 2
+};
 
 /* A huge-page mapping that chunks are carved from, front to back. */
 typedef struct vx_block {
@@ -2621,6 +2680,7 @@ typedef struct vx_store {
     ** held for writing while the key map or the set of live slots
     ** changes, for reading by vecidx_get, vecidx_contains, ... */
     pthread_rwlock_t *klock;
+    struct vx_lazy *lazy; /* chunks verified on first read, or NULL */
 } vx_store;
 
 static inline uint32_t vx_store_per_chunk(const vx_store *s)
@@ -2628,7 +2688,19 @@ static inline uint32_t vx_store_per_chunk(const vx_store *s)
     return 1u << s->shift;
 }
 
-#define VX_SLOT_CHUNK(s, slot) (&VX_LOAD(&(s)->chunks)[(slot) >> (s)->shift])
+static vx_chunk *vx_lazy_chunk(const vx_store *s, uint32_t ci, int kept);
+
+/* Chunk ci, verified first if it is mapped and not verified yet: every
+** read of a slot's data goes through here, so that a reader never sees
+** bytes that failed, or have not passed, their checksum. */
+static inline vx_chunk *vx_store_chunk(const vx_store *s, uint32_t ci)
+{
+    vx_chunk *c = &VX_LOAD(&s->chunks)[ci];
+    if (VX_UNLIKELY(VX_PEEK(&c->lazy))) return vx_lazy_chunk(s, ci, 0);
+    return c;
+}
+
+#define VX_SLOT_CHUNK(s, slot) vx_store_chunk((s), (slot) >> (s)->shift)
 #define VX_SLOT_INDEX(s, slot) ((slot) & (vx_store_per_chunk(s) - 1))
 
 static inline float *vx_store_vec(const vx_store *s, uint32_t slot)
@@ -2658,8 +2730,10 @@ static inline void vx_store_set_state(vx_store *s, uint32_t slot, int state)
 /* A slot's kept float32 vector (compressed storage with keep_vectors). */
 static inline const float *vx_store_full(const vx_store *s, uint32_t slot)
 {
-    return VX_SLOT_CHUNK(s, slot)->full +
-           (size_t)VX_SLOT_INDEX(s, slot) * s->dim;
+    const vx_chunk *c = VX_SLOT_CHUNK(s, slot);
+    if (VX_UNLIKELY(VX_PEEK(&c->klazy)))
+        c = vx_lazy_chunk(s, slot >> s->shift, 1);
+    return c->full + (size_t)VX_SLOT_INDEX(s, slot) * s->dim;
 }
 
 static inline float *vx_store_inorm_at(const vx_store *s, uint32_t slot)
@@ -2860,6 +2934,8 @@ static size_t vx_store_file_chunk_bytes(const vx_store *s)
     return s->apart ? vx_store_front_bytes(s) : vx_store_chunk_bytes(s);
 }
 
+static void vx_lazy_free(vx_store *s, vx_mem *mem);
+
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
 {
     size_t cb = vx_store_chunk_bytes(s);
@@ -2877,6 +2953,7 @@ static void vx_store_destroy(vx_store *s, vx_mem *mem)
     vx_free(mem, s->free, (size_t)s->free_cap * sizeof *s->free);
     vx_free(mem, s->limbo, (size_t)s->free_cap * sizeof *s->limbo);
     vx_map_free(&s->map, mem);
+    vx_lazy_free(s, mem);
 }
 
 /* Point c at the regions of the chunk block p (layout: see vx_chunk). */
@@ -2908,6 +2985,91 @@ static void vx_store_point_chunk(const vx_store *s, vx_chunk *c,
         c->full = (float *)(void *)(c->base +
                                     (vx_store_front_bytes(s) + 63) / 64 * 64);
     c->pooled = 0;
+    c->lazy = c->klazy = 0;
+}
+
+static uint32_t vx_crc32c_more(uint32_t crc, const void *p, size_t n);
+static uint32_t vx_get32(const unsigned char *b, size_t off);
+
+/* A read-only handle on a file with a checksum per chunk verifies each
+** chunk the first time a read needs it, so that opening costs the same
+** for a thousand vectors or a billion, and a damaged chunk fails only
+** the reads that meet it. Verdicts are kept in the chunk table (lazy,
+** klazy); readers racing on one chunk both verify it, with the same
+** result. A damaged chunk reads as `bad`: all zero, every slot free, no
+** links, so a search walks on harmlessly, and the public call that met
+** it reports VECIDX_ECORRUPT (vx_dmg). */
+typedef struct vx_lazy {
+    const unsigned char *sect[2]; /* mapped chunk section, kept vectors */
+    uint64_t off[2];              /* their offsets in the file */
+    size_t len[2];                /* bytes of one chunk in each */
+    const unsigned char *crc;     /* u32 per chunk, then per kept part */
+    uint32_t nchunks;
+    vx_chunk bad;
+    unsigned char *zero; /* bad's bytes (zero_len), VX_LINE_SLACK more */
+    size_t zero_len;
+} vx_lazy;
+
+/* Chunk ci's records etc. (kept 0) or kept vectors (kept 1), verified. */
+static vx_chunk *vx_lazy_chunk(const vx_store *s, uint32_t ci, int kept)
+{
+    vx_lazy *z = s->lazy;
+    vx_chunk *c = &VX_LOAD(&s->chunks)[ci];
+    uint8_t *flag = kept ? &c->klazy : &c->lazy;
+    uint8_t v = VX_PEEK(flag);
+    const unsigned char *at = z->sect[kept] + (size_t)ci * z->len[kept];
+    if (v == VX_PIECE_UNKNOWN) {
+        uint32_t want = vx_get32(z->crc, 4 * ((size_t)kept * z->nchunks + ci));
+        v = vx_crc32c_more(0, at, z->len[kept]) == want ? 0 : VX_PIECE_BAD;
+        __atomic_store_n(flag, v, __ATOMIC_RELAXED);
+    }
+    if (v == 0) return c;
+    vx_dmg_note(kept ? "kept vectors" : "vectors", ci,
+                z->off[kept] + (uint64_t)ci * z->len[kept]);
+    return &z->bad;
+}
+
+/* Make s's mapped chunks verified on first read: sect/off/len as in
+** vx_lazy (the kept vectors' only with keep_vectors), crc the table of
+** their checksums. */
+static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
+                        const uint64_t off[2], const unsigned char *crc)
+{
+    vx_lazy *z = vx_malloc(mem, sizeof *z);
+    uintptr_t at;
+    uint32_t c;
+    if (!z) return VECIDX_ENOMEM;
+    memset(z, 0, sizeof *z);
+    z->zero_len = vx_store_chunk_bytes(s);
+    if (!(z->zero = vx_malloc(mem, z->zero_len + VX_LINE_SLACK))) {
+        vx_free(mem, z, sizeof *z);
+        return VECIDX_ENOMEM;
+    }
+    memset(z->zero, 0, z->zero_len + VX_LINE_SLACK);
+    at = ((uintptr_t)z->zero + VX_LINE_SLACK) & ~(uintptr_t)VX_LINE_SLACK;
+    vx_store_point_chunk(s, &z->bad, (unsigned char *)at);
+    z->sect[0] = sect[0];
+    z->sect[1] = sect[1];
+    z->off[0] = off[0];
+    z->off[1] = off[1];
+    z->len[0] = vx_store_file_chunk_bytes(s);
+    z->len[1] = s->apart ? vx_store_kept_bytes(s) : 0;
+    z->crc = crc;
+    z->nchunks = s->nchunks;
+    for (c = 0; c < s->nchunks; c++) {
+        s->chunks[c].lazy = VX_PIECE_UNKNOWN;
+        s->chunks[c].klazy = s->apart ? VX_PIECE_UNKNOWN : 0;
+    }
+    s->lazy = z;
+    return VECIDX_OK;
+}
+
+static void vx_lazy_free(vx_store *s, vx_mem *mem)
+{
+    if (!s->lazy) return;
+    vx_free(mem, s->lazy->zero, s->lazy->zero_len + VX_LINE_SLACK);
+    vx_free(mem, s->lazy, sizeof *s->lazy);
+    s->lazy = NULL;
 }
 
 /* A chunk of cb bytes from the huge-page pool, or NULL to use the
@@ -3501,7 +3663,8 @@ typedef struct vx_ivlist {
     uint8_t *codes; /* n * m bytes */
     float *vecs;    /* n * dim floats, with ivf_keep_vectors only */
     uint32_t n, cap;
-    int mapped;
+    uint8_t mapped;
+    uint8_t lazy; /* as vx_chunk's: 0 verified or our own, see vx_ivf_list */
 } vx_ivlist;
 
 typedef struct vx_ivf {
@@ -3521,7 +3684,57 @@ typedef struct vx_ivf {
     uint64_t count;
     int model_mapped, map_mapped; /* point into the index file */
     vecidx *cq;                   /* HNSW graph over the centroids, or NULL */
+    struct vx_ilazy *lazy;        /* lists verified on first read, or NULL */
 } vx_ivf;
+
+/* Lists mapped from a file with a checksum per list (in the directory)
+** are verified as chunks are (vx_lazy): the first read of a list checks
+** it, and a damaged one reads as `bad`, an empty list. */
+typedef struct vx_ilazy {
+    const unsigned char *dir;  /* the mapped directory */
+    const unsigned char *data; /* the mapped data section */
+    uint64_t off;              /* its offset in the file */
+    size_t vb;                 /* kept vector bytes per entry, or 0 */
+    vx_ivlist bad;
+} vx_ilazy;
+
+static vx_ivlist *vx_lazy_list(const vx_ivf *v, uint32_t li);
+
+/* List li, verified first if it is mapped and not verified yet: every
+** read of list contents goes through here (writers and prefetches
+** excepted; a writable handle has verified all). */
+static inline const vx_ivlist *vx_ivf_list(const vx_ivf *v, uint32_t li)
+{
+    const vx_ivlist *l = &v->lists[li];
+    if (VX_UNLIKELY(VX_PEEK(&l->lazy))) return vx_lazy_list(v, li);
+    return l;
+}
+
+/* Bytes of a list of n entries in a file: keys, codes, kept vectors,
+** each padded to 8 bytes. */
+static uint64_t vx_ivl_file_bytes(uint64_t n, size_t m, size_t vb)
+{
+    return n * 8 + (n * m + 7) / 8 * 8 + (n * vb + 7) / 8 * 8;
+}
+
+static vx_ivlist *vx_lazy_list(const vx_ivf *v, uint32_t li)
+{
+    vx_ilazy *z = v->lazy;
+    vx_ivlist *l = &v->lists[li];
+    uint8_t f = VX_PEEK(&l->lazy);
+    if (f == VX_PIECE_UNKNOWN) {
+        uint32_t want = vx_get32(z->dir, (size_t)li * 16 + 12);
+        f = vx_crc32c_more(0, l->keys, vx_ivl_file_bytes(l->n, v->m, z->vb)) ==
+                    want
+                ? 0
+                : VX_PIECE_BAD;
+        __atomic_store_n(&l->lazy, f, __ATOMIC_RELAXED);
+    }
+    if (!f) return l;
+    vx_dmg_note("IVF lists", li,
+                z->off + (uint64_t)((const unsigned char *)l->keys - z->data));
+    return &z->bad;
+}
 
 /* The write-ahead log of a writable file-backed index (section 9). */
 #ifndef VX_WAL_AUTO_CHECKPOINT             /* tests lower it */
@@ -4162,7 +4375,7 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
     uint8_t live[VX_FLAT_MAX_ROWS];
     size_t rows = vx_flat_block_rows(ix), per = vx_store_per_chunk(s);
     for (first = 0; first < nslots;) {
-        const vx_chunk *c = &table[first >> s->shift];
+        const vx_chunk *c = vx_store_chunk(s, first >> s->shift);
         uint32_t row = first & (uint32_t)(per - 1);
         size_t n = nslots - first, i, j;
         if (n > per - row) n = per - row;
@@ -4172,7 +4385,10 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
         ** chunk's vectors and keys), are requested here: it may lie in
         ** the next chunk, past this one's kept float32 vectors. */
         if (first + n < nslots) {
-            const vx_chunk *nc = row + n < per ? c : c + 1;
+            /* prefetches only: the next chunk is verified when read */
+            const vx_chunk *nc = row + n < per
+                                     ? c
+                                     : &table[(first >> s->shift) + 1];
             uint32_t nrow = row + n < per ? row + (uint32_t)n : 0;
             const char *v = (const char *)(nc->vec + (size_t)nrow * s->rec);
             for (i = 0; i < VX_SCAN_AHEAD_BYTES; i += 64)
@@ -6090,9 +6306,10 @@ static size_t vx_ivf_map_find(const vx_ivf *v, uint64_t key)
         uint64_t c = v->map[i];
         uint32_t l = (uint32_t)(c >> 32) & 0xFFFFFu, pos = (uint32_t)c;
         if (c == VX_IVF_EMPTY) return SIZE_MAX;
-        if ((c >> 52) == (h >> 52) && l < v->nlist && pos < v->lists[l].n &&
-            v->lists[l].keys[pos] == key)
-            return i;
+        if ((c >> 52) == (h >> 52) && l < v->nlist && pos < v->lists[l].n) {
+            const vx_ivlist *L = vx_ivf_list(v, l); /* a damaged one: n 0 */
+            if (pos < L->n && L->keys[pos] == key) return i;
+        }
         if (++i == v->map_cap) i = 0;
     }
     return SIZE_MAX;
@@ -6101,7 +6318,7 @@ static size_t vx_ivf_map_find(const vx_ivf *v, uint64_t key)
 static uint64_t vx_ivf_cell_key(const vx_ivf *v, uint64_t c)
 {
     uint32_t l = (uint32_t)(c >> 32) & 0xFFFFFu;
-    return v->lists[l].keys[(uint32_t)c];
+    return vx_ivf_list(v, l)->keys[(uint32_t)c];
 }
 
 static void vx_ivf_map_put(vx_ivf *v, uint64_t key, uint32_t l, uint32_t pos)
@@ -6541,7 +6758,7 @@ static void vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
                         const float *lut, const vecidx_search_opts *o,
                         size_t *nadm, vx_topk *h)
 {
-    const vx_ivlist *l = &ix->ivf.lists[li];
+    const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
     size_t m = ix->ivf.m, b, i;
     vx_tally.dist += l->n;
     vx_tally.visit++;
@@ -6593,7 +6810,7 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
         const vx_ivlist *l;
         float d;
         if (cell == SIZE_MAX) continue;
-        l = &v->lists[(uint32_t)(v->map[cell] >> 32) & 0xFFFFFu];
+        l = vx_ivf_list(v, (uint32_t)(v->map[cell] >> 32) & 0xFFFFFu);
         d = vx_ivf_exact(ix, qv,
                          l->vecs + (size_t)(uint32_t)v->map[cell] * ix->p.dim);
         if (VX_UNLIKELY(d != d)) d = INFINITY;
@@ -6609,7 +6826,7 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 static void vx_ivf_offer_exact(vecidx *ix, vx_ivf_sw *w, const float *qv,
                                uint32_t li, uint32_t pos, int exact, vx_topk *h)
 {
-    const vx_ivlist *l = &ix->ivf.lists[li];
+    const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
     float d;
     vx_tally.dist++;
     if (exact) {
@@ -6631,11 +6848,12 @@ static void vx_ivf_score_all(vecidx *ix, vx_ivf_sw *w, const float *qv,
 {
     const vx_ivf *v = &ix->ivf;
     uint32_t li, j;
-    for (li = 0; li < v->nlist; li++)
-        for (j = 0; j < v->lists[li].n; j++)
-            if (!o || !o->filter ||
-                o->filter(v->lists[li].keys[j], o->filter_ctx))
+    for (li = 0; li < v->nlist; li++) {
+        const vx_ivlist *l = vx_ivf_list(v, li);
+        for (j = 0; j < l->n; j++)
+            if (!o || !o->filter || o->filter(l->keys[j], o->filter_ctx))
                 vx_ivf_offer_exact(ix, w, qv, li, j, exact, h);
+    }
 }
 
 /* The exact answer of a filtered search: each allowed key looked up, or
@@ -7055,6 +7273,7 @@ static void vx_ivf_destroy(vecidx *ix)
         vx_ivl_free(ix, &v->lists[li]);
     vx_free(&ix->mem, v->lists, (size_t)v->nlist * sizeof *v->lists);
     if (!v->map_mapped) vx_free(&ix->mem, v->map, v->map_cap * 8);
+    vx_free(&ix->mem, v->lazy, sizeof *v->lazy);
     memset(v, 0, sizeof *v);
 }
 
@@ -7602,12 +7821,19 @@ static int vx_io_sync_dir(const char *path)
 ** by the storage word; only such files are written as version 4.
 ** Version 5 moves kept float32 vectors out of the chunks into a section
 ** of their own, named in a table of further sections after the header
-** (VX_FILE_XTAB); only files with kept vectors are written as version 5. */
-#define VX_FILE_VERSION 5u
+** (VX_FILE_XTAB); only files with kept vectors are written as version 5.
+** Version 6 has that table in every file and adds a checksum per piece --
+** per chunk (VX_XTYPE_PIECES), per IVF-PQ list (in the directory) -- so
+** that a reader can verify each piece when it first reads it instead of
+** all at open. Every file of the current record layout is written as
+** version 6; a handle that keeps an older layout (packed graph records
+** of version 1, kept vectors inside the chunks of version 4) writes its
+** old version, which readers verify whole. */
+#define VX_FILE_VERSION 6u
 #define VX_FILE_HEADER 512u
 #define VX_FILE_PAGE 4096u
 #define VX_FILE_BOM 0x01020304u
-#define VX_FILE_NSECT 11
+#define VX_FILE_NSECT 12
 enum {
     VX_SECT_CHUNKS,
     VX_SECT_ARENA,
@@ -7619,7 +7845,8 @@ enum {
     VX_SECT_IVF_DATA,  /* per list: keys, codes (padded to 8), vectors */
     VX_SECT_IVF_MAP,   /* key map cells */
     VX_SECT_REPAIR,    /* v3: repair pass state, then a mark per slot */
-    VX_SECT_KEPT       /* v5: kept float32 vectors, per chunk */
+    VX_SECT_KEPT,      /* v5: kept float32 vectors, per chunk */
+    VX_SECT_PIECES     /* v6: a CRC-32C per chunk, then per kept part */
 };
 #define VX_FILE_IVF 440u    /* header offset of the IVF-PQ fields */
 #define VX_FILE_REPAIR 488u /* header offset of the repair section entry */
@@ -7635,7 +7862,8 @@ enum {
 #define VX_XENT 32u
 #define VX_XMAX ((VX_FILE_PAGE - VX_FILE_XTAB - 8u) / VX_XENT)
 #define VX_XREQUIRED 1u
-#define VX_XTYPE_KEPT 1u /* the kept float32 vectors (VX_SECT_KEPT) */
+#define VX_XTYPE_KEPT 1u   /* the kept float32 vectors (VX_SECT_KEPT) */
+#define VX_XTYPE_PIECES 2u /* checksums per chunk (VX_SECT_PIECES) */
 
 typedef struct vx_sect {
     uint64_t off, len;
@@ -7756,21 +7984,38 @@ static void vx_fhdr_encode(const vx_fhdr *h, unsigned char *b)
 /* The table of further sections (version 5), after the header. */
 static size_t vx_xtab_encode(const vx_fhdr *h, unsigned char *b)
 {
+    static const struct {
+        uint32_t type, flags;
+        int sect;
+    } ent[] = {{VX_XTYPE_KEPT, VX_XREQUIRED, VX_SECT_KEPT},
+               {VX_XTYPE_PIECES, 0, VX_SECT_PIECES}};
     unsigned char *e = b + VX_FILE_XTAB + 8;
-    memset(b + VX_FILE_XTAB, 0, 8 + VX_XENT);
-    vx_put32(e, 0, VX_XTYPE_KEPT);
-    vx_put32(e, 4, VX_XREQUIRED);
-    vx_put64(e, 8, h->sect[VX_SECT_KEPT].off);
-    vx_put64(e, 16, h->sect[VX_SECT_KEPT].len);
-    vx_put32(e, 24, h->sect[VX_SECT_KEPT].crc);
-    vx_put32(b, VX_FILE_XTAB, 1);
-    vx_put32(b, VX_FILE_XTAB + 4, vx_crc32c_more(0, e, VX_XENT));
-    return VX_FILE_XTAB + 8 + VX_XENT;
+    uint32_t n = 0, i;
+    memset(b + VX_FILE_XTAB, 0, 8 + 2 * VX_XENT);
+    for (i = 0; i < 2; i++) {
+        const vx_sect *sc = &h->sect[ent[i].sect];
+        /* kept vectors with keep_vectors (always in version 5); piece
+        ** checksums in version 6 */
+        if (i == 0 ? h->version < 6 ? 0
+                                    : !h->p.keep_vectors ||
+                                          h->p.storage == VECIDX_STORE_F32
+                   : h->version < 6)
+            continue;
+        vx_put32(e, VX_XENT * n, ent[i].type);
+        vx_put32(e, VX_XENT * n + 4, ent[i].flags);
+        vx_put64(e, VX_XENT * n + 8, sc->off);
+        vx_put64(e, VX_XENT * n + 16, sc->len);
+        vx_put32(e, VX_XENT * n + 24, sc->crc);
+        n++;
+    }
+    vx_put32(b, VX_FILE_XTAB, n);
+    vx_put32(b, VX_FILE_XTAB + 4, vx_crc32c_more(0, e, (size_t)n * VX_XENT));
+    return VX_FILE_XTAB + 8 + (size_t)n * VX_XENT;
 }
 
 static int vx_xtab_decode(const unsigned char *b, size_t size, vx_fhdr *h)
 {
-    uint32_t n, i, kept = 0;
+    uint32_t n, i, seen = 0;
     const unsigned char *e = b + VX_FILE_XTAB + 8;
     if (size < VX_FILE_XTAB + 8 || (n = vx_get32(b, VX_FILE_XTAB)) > VX_XMAX ||
         size < VX_FILE_XTAB + 8 + (size_t)n * VX_XENT ||
@@ -7783,7 +8028,8 @@ static int vx_xtab_decode(const unsigned char *b, size_t size, vx_fhdr *h)
         if ((flags & ~VX_XREQUIRED) || vx_get32(e, 28))
             return vx_err(NULL, VECIDX_ECORRUPT,
                           "section table entry %u has unknown flags", i);
-        if (type != VX_XTYPE_KEPT) {
+        vx_sect *sc;
+        if (type != VX_XTYPE_KEPT && type != VX_XTYPE_PIECES) {
             if (flags & VX_XREQUIRED)
                 return vx_err(NULL, VECIDX_EVERSION,
                               "file needs section type %u, which this "
@@ -7791,14 +8037,16 @@ static int vx_xtab_decode(const unsigned char *b, size_t size, vx_fhdr *h)
                               (unsigned)type);
             continue;
         }
-        if (kept++)
-            return vx_err(NULL, VECIDX_ECORRUPT,
-                          "kept vectors section named twice");
-        h->sect[VX_SECT_KEPT].off = vx_get64(e, 8);
-        h->sect[VX_SECT_KEPT].len = vx_get64(e, 16);
-        h->sect[VX_SECT_KEPT].crc = vx_get32(e, 24);
+        if (seen & (1u << type))
+            return vx_err(NULL, VECIDX_ECORRUPT, "section type %u named twice",
+                          (unsigned)type);
+        seen |= 1u << type;
+        sc = &h->sect[type == VX_XTYPE_KEPT ? VX_SECT_KEPT : VX_SECT_PIECES];
+        sc->off = vx_get64(e, 8);
+        sc->len = vx_get64(e, 16);
+        sc->crc = vx_get32(e, 24);
     }
-    if (!kept)
+    if (h->version == 5 && !(seen & (1u << VX_XTYPE_KEPT)))
         return vx_err(NULL, VECIDX_ECORRUPT,
                       "version 5 file names no kept vectors section");
     return VECIDX_OK;
@@ -7884,6 +8132,52 @@ static int vx_fhdr_decode(const unsigned char *b, size_t size, vx_fhdr *h)
     return h->version >= 5 ? vx_xtab_decode(b, size, h) : VECIDX_OK;
 }
 
+/* ---- verifying -------------------------------------------------------------
+ */
+
+/* Verify every piece not verified yet, for a read-only handle about to
+** copy its data out (vecidx_save), vecidx_check, an open that will write
+** or VECIDX_VERIFY. VECIDX_ECORRUPT names the first damaged piece. */
+static int vx_lazy_verify_all(vecidx *ix)
+{
+    const vx_store *s = &ix->store;
+    uint64_t d0 = vx_dmg.n;
+    uint32_t c, li;
+    for (c = 0; s->lazy && c < s->nchunks && vx_dmg.n == d0; c++) {
+        if (s->chunks[c].lazy) (void)vx_lazy_chunk(s, c, 0);
+        if (s->chunks[c].klazy && vx_dmg.n == d0) (void)vx_lazy_chunk(s, c, 1);
+    }
+    for (li = 0; ix->ivf.lazy && li < ix->ivf.nlist && vx_dmg.n == d0; li++)
+        if (ix->ivf.lists[li].lazy) (void)vx_lazy_list(&ix->ivf, li);
+    return vx_dmg_check(ix, d0, VECIDX_OK);
+}
+
+/* The data sections of the file as mapped checked against their
+** checksums: piece by piece where the file has piece checksums, else
+** whole, while the mapping is as the file is (fpristine). */
+static int vx_file_verify_data(vecidx *ix)
+{
+    const vx_store *s = &ix->store;
+    if (s->lazy || ix->ivf.lazy) return vx_lazy_verify_all(ix);
+    if (!ix->fpristine) return VECIDX_OK;
+    if (vx_crc32c_more(0,
+                       s->nchunks ? (const void *)s->chunks[0].vec
+                                  : (const void *)ix->fmap,
+                       (size_t)s->nchunks * vx_store_file_chunk_bytes(s)) !=
+        ix->fcrc)
+        return vx_err(ix, VECIDX_ECORRUPT,
+                      "storage: vector and link chunks do not match the "
+                      "file's checksum");
+    if (s->apart && s->nchunks &&
+        vx_crc32c_more(0, s->chunks[0].full,
+                       (size_t)s->nchunks * vx_store_kept_bytes(s)) !=
+            ix->fcrc_kept)
+        return vx_err(ix, VECIDX_ECORRUPT,
+                      "storage: kept vectors do not match the file's "
+                      "checksum");
+    return VECIDX_OK;
+}
+
 /* ---- save ------------------------------------------------------------------
  */
 
@@ -7897,6 +8191,7 @@ typedef struct vx_fw {
     int fd, ok;
     uint64_t off;
     vx_sect *sc;
+    uint32_t *piece; /* a piece's checksum to keep as well, or NULL */
 } vx_fw;
 
 static void vx_fw_begin(vx_fw *w, vx_sect *sc, uint64_t off)
@@ -7912,6 +8207,7 @@ static void vx_fw_put(vx_fw *w, const void *p, size_t n)
     if (!w->ok || n == 0) return;
     if (vx_io_write_all(w->fd, p, n, (off_t)w->off) != 0) w->ok = 0;
     w->sc->crc = vx_crc32c_more(w->sc->crc, p, n);
+    if (w->piece) *w->piece = vx_crc32c_more(*w->piece, p, n);
     w->sc->len += n;
     w->off += n;
 }
@@ -7996,6 +8292,11 @@ struct vx_snap {
     uint8_t *state;
     unsigned char **aside;
     unsigned char *buf;
+    /* Version 6: the checksum of each chunk, then of each chunk's kept
+    ** vectors (pieces, as the file holds them), and the IVF-PQ directory,
+    ** rewritten with each list's checksum once the lists are written. */
+    unsigned char *pieces, *ivdir;
+    size_t npieces;
     /* Copies made at the start. */
     uint32_t *arena;
     uint32_t *free;
@@ -8265,6 +8566,8 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
     vx_free(mem, sn->state, units);
     vx_free(mem, sn->aside, units * sizeof *sn->aside);
     vx_free(mem, sn->buf, sn->cb);
+    vx_free(mem, sn->pieces, sn->npieces * 4);
+    vx_free(mem, sn->ivdir, (size_t)sn->nlist * 16);
     vx_free(mem, sn->arena, sn->h.arena_n * sizeof *sn->arena);
     vx_free(mem, sn->free, (size_t)sn->h.nfree * sizeof *sn->free);
     for (u = 0; sn->maside && u < sn->munits; u++)
@@ -8296,10 +8599,9 @@ static void vx_snap_header(const vecidx *ix, vx_snap *sn)
     memset(h, 0, sizeof *h);
     h->p = ix->p;
     h->shift = s->shift;
-    h->version = s->apart                       ? 5
-                 : s->store != VECIDX_STORE_F32 ? 4
-                 : s->aligned                   ? 2
-                                                : 1;
+    h->version = (!s->link0 || s->aligned) && (!s->keep || s->apart) ? 6
+                 : s->store != VECIDX_STORE_F32                      ? 4
+                                                                     : 1;
     h->rec = s->rec;
     h->link0 = s->link0;
     h->nslots = s->nslots;
@@ -8344,6 +8646,11 @@ static int vx_snap_copy(vecidx *ix, vx_snap *sn)
     sn->ms = s->map.slots;
     memset(sn->mstate, VX_SNAP_PENDING, sn->munits);
     memset(sn->maside, 0, sn->munits * sizeof *sn->maside);
+    if (h->version >= 6) {
+        sn->npieces = (size_t)sn->nchunks * (s->apart ? 2 : 1);
+        if (!(sn->pieces = vx_malloc(mem, sn->npieces * 4)))
+            return VECIDX_ENOMEM;
+    }
     if (ix->p.kind == VECIDX_HNSW && ix->hnsw.pass.phase != VX_PASS_IDLE) {
         const vx_pass *p = &ix->hnsw.pass;
         unsigned char *b;
@@ -8393,6 +8700,9 @@ static int vx_snap_copy(vecidx *ix, vx_snap *sn)
         memset(sn->lstate, VX_SNAP_PENDING, v->nlist);
         memset(sn->lcopy, 0, v->nlist * sizeof *sn->lcopy);
         for (i = 0; i < v->nlist; i++) sn->ln[i] = v->lists[i].n;
+        if (h->version >= 6 &&
+            !(sn->ivdir = vx_malloc(mem, (size_t)v->nlist * 16)))
+            return VECIDX_ENOMEM;
     }
     return VECIDX_OK;
 }
@@ -8442,6 +8752,8 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
     *out = NULL;
     if (strlen(path) > 4096)
         return vx_err(ix, VECIDX_EINVAL, "path is longer than 4096 bytes");
+    /* a reader's unread pieces: never copy damage into a new file */
+    if ((rc = vx_lazy_verify_all(ix)) != VECIDX_OK) return rc;
     if (!(sn = vx_malloc(mem, sizeof *sn)))
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     memset(sn, 0, sizeof *sn);
@@ -8603,13 +8915,14 @@ static size_t vx_snap_small(vecidx *ix, vx_snap *sn, size_t budget)
         vx_fw_put(w, v->cent, v->model_bytes);
         vx_fw_begin(w, &h->sect[VX_SECT_IVF_DIR], w->off);
         for (li = 0; li < sn->nlist; li++) {
-            size_t n = sn->ln[li], codes = (n * v->m + 7) / 8 * 8;
-            vx_put64(ent, 0, at);
-            vx_put32(ent, 8, (uint32_t)n);
-            vx_put32(ent, 12, 0);
-            vx_fw_put(w, ent, sizeof ent);
-            at += n * 8 + codes + (n * vb + 7) / 8 * 8;
+            unsigned char *e = sn->ivdir ? sn->ivdir + (size_t)li * 16 : ent;
+            vx_put64(e, 0, at);
+            vx_put32(e, 8, sn->ln[li]);
+            vx_put32(e, 12, 0); /* version 6: the list's checksum, later */
+            if (!sn->ivdir) vx_fw_put(w, ent, sizeof ent);
+            at += vx_ivl_file_bytes(sn->ln[li], v->m, vb);
         }
+        if (sn->ivdir) vx_fw_put(w, sn->ivdir, (size_t)sn->nlist * 16);
         vx_fw_begin(w, &h->sect[VX_SECT_IVF_DATA], w->off);
         return done + v->model_bytes + (size_t)sn->nlist * sizeof ent;
     }
@@ -8621,13 +8934,17 @@ static void vx_snap_list(vecidx *ix, vx_snap *sn, uint32_t li)
     size_t n = sn->ln[li], m = ix->ivf.m;
     size_t vb = ix->p.ivf_keep_vectors ? (size_t)ix->p.dim * 4 : 0;
     const vx_ivlist *l;
+    uint32_t crc = 0;
     pthread_mutex_lock(&sn->lock);
     l = sn->lstate[li] == VX_SNAP_ASIDE ? &sn->lcopy[li] : &ix->ivf.lists[li];
+    sn->w.piece = &crc;
     vx_fw_put(&sn->w, l->keys, n * 8);
     vx_fw_put(&sn->w, l->codes, n * m);
     vx_fw_pad8(&sn->w);
     vx_fw_put(&sn->w, l->vecs, n * vb);
     vx_fw_pad8(&sn->w);
+    sn->w.piece = NULL;
+    if (sn->ivdir) vx_put32(sn->ivdir, (size_t)li * 16 + 12, crc);
     VX_STORE(&sn->lstate[li], VX_SNAP_DONE);
     pthread_mutex_unlock(&sn->lock);
 }
@@ -8668,7 +8985,7 @@ static void vx_snap_behind(vx_snap *sn)
 ** holds a repair pass) and sync the file. */
 static int vx_snap_header_write(vx_snap *sn)
 {
-    unsigned char hdr[VX_FILE_XTAB + 8 + VX_XENT];
+    unsigned char hdr[VX_FILE_XTAB + 8 + 2 * VX_XENT];
     size_t len = VX_FILE_HEADER;
     sn->h.version = sn->version < 3 && (sn->h.log_salt || sn->repair_len)
                         ? 3
@@ -8679,6 +8996,30 @@ static int vx_snap_header_write(vx_snap *sn)
                    vx_io_cur->fsync(sn->fd) == 0
                ? 0
                : -1;
+}
+
+/* Write a piece of chunk c (its front, or with kept 1 its kept vectors),
+** keeping its checksum for version 6. */
+static void vx_snap_piece(vx_snap *sn, uint32_t c, int kept,
+                          const unsigned char *p, size_t n)
+{
+    uint32_t crc = 0;
+    sn->w.piece = sn->pieces ? &crc : NULL;
+    vx_fw_put(&sn->w, p, n);
+    sn->w.piece = NULL;
+    if (sn->pieces)
+        vx_put32(sn->pieces, 4 * ((size_t)kept * sn->nchunks + c), crc);
+}
+
+/* Version 6: the IVF-PQ directory again, now with each list's checksum,
+** over the one written before the lists. */
+static void vx_snap_ivdir(vx_snap *sn)
+{
+    vx_sect *sc = &sn->h.sect[VX_SECT_IVF_DIR];
+    if (!sn->ivdir || !sn->w.ok) return;
+    if (vx_io_write_all(sn->fd, sn->ivdir, sc->len, (off_t)sc->off) != 0)
+        sn->w.ok = 0;
+    sc->crc = vx_crc32c_more(0, sn->ivdir, sc->len);
 }
 
 /* Write about `budget` more bytes of the snapshot (SIZE_MAX: all of it).
@@ -8700,12 +9041,12 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
                 break;
             }
             if (sn->geo.apart) { /* the kept vectors come after */
-                vx_snap_chunk(sn, sn->pos++, 0, sn->upf);
-                vx_fw_put(&sn->w, sn->buf, sn->fb);
+                vx_snap_chunk(sn, sn->pos, 0, sn->upf);
+                vx_snap_piece(sn, sn->pos++, 0, sn->buf, sn->fb);
                 done += sn->fb;
             } else {
-                vx_snap_chunk(sn, sn->pos++, 0, sn->upc);
-                vx_fw_put(&sn->w, sn->buf, sn->cb);
+                vx_snap_chunk(sn, sn->pos, 0, sn->upc);
+                vx_snap_piece(sn, sn->pos++, 0, sn->buf, sn->cb);
                 done += sn->cb;
             }
             vx_snap_behind(sn);
@@ -8716,8 +9057,8 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
                 sn->pos = 0;
                 break;
             }
-            vx_snap_chunk(sn, sn->pos++, sn->upf, sn->upc);
-            vx_fw_put(&sn->w, sn->buf + sn->kofs, sn->kb);
+            vx_snap_chunk(sn, sn->pos, sn->upf, sn->upc);
+            vx_snap_piece(sn, sn->pos++, 1, sn->buf + sn->kofs, sn->kb);
             done += sn->kb;
             vx_snap_behind(sn);
             break;
@@ -8726,6 +9067,7 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
             break;
         case VX_SW_IVF_LISTS:
             if (sn->pos == sn->nlist) {
+                vx_snap_ivdir(sn);
                 vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_IVF_MAP], sn->w.off);
                 vx_fw_put(&sn->w, sn->ivmap, sn->h.ivf_map_cap * 8);
                 sn->phase = VX_SW_TAIL;
@@ -8743,6 +9085,10 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
             }
             vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_REPAIR], sn->w.off);
             vx_fw_put(&sn->w, sn->repair, sn->repair_len);
+            if (sn->pieces) {
+                vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_PIECES], sn->w.off);
+                vx_fw_put(&sn->w, sn->pieces, sn->npieces * 4);
+            }
             if (sn->w.ok && vx_snap_header_write(sn) != 0) sn->w.ok = 0;
             sn->phase = VX_SW_DONE;
         }
@@ -8876,25 +9222,29 @@ static int vx_file_validate_ivf(const vx_fhdr *h)
 }
 
 /* Check that the header describes a consistent index of this file's
-** size, and that the sections copied at open match their checksums. The
-** big chunk section is not read here (that would cost a pass over the
-** whole file); vecidx_check verifies it, and searches bound every slot
-** number they follow (vx_hnsw_read), so damage there cannot make a
-** search touch memory outside the index. */
+** size, and that the sections copied or used whole at open match their
+** checksums. The big sections -- chunks, kept vectors and (version 6)
+** IVF-PQ lists -- are not read here, which would cost a pass over the
+** whole file: in version 6 each piece is verified when first read
+** (vx_lazy), before that vecidx_open verifies them whole for a reader
+** (vx_file_verify_data). Searches also bound every slot number they
+** follow (vx_hnsw_read), so that a writer's memory never leaves the
+** index whatever it holds. */
 static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
 {
     static const char *const names[VX_FILE_NSECT] = {
-        "vectors",     "graph",       "key map",     "key map",
-        "free slot",   "IVF model",   "IVF lists",   "IVF lists",
-        "IVF key map", "repair pass", "kept vectors"};
+        "vectors",     "graph",       "key map",      "key map",
+        "free slot",   "IVF model",   "IVF lists",    "IVF lists",
+        "IVF key map", "repair pass", "kept vectors", "piece checksum"};
     vx_store t;
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
     if ((rc = vx_check_shape(h->p.kind, h->p.metric, h->p.dim)) != 0 ||
         (graph && (rc = vx_check_hnsw_params(&h->p)) != 0) ||
         (rc = vx_check_storage(&h->p)) != 0 || h->reserved != 0 ||
-        (h->version >= 4) != (h->p.storage != VECIDX_STORE_F32))
+        (h->version < 6 &&
+         (h->version >= 4) != (h->p.storage != VECIDX_STORE_F32)))
         return vx_err(NULL, VECIDX_ECORRUPT,
                       "header parameters are "
                       "invalid: %s",
@@ -8912,7 +9262,7 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
         vx_store_init(&t, h->p.dim, h->p.metric == VECIDX_COSINE, h->p.storage,
                       h->p.keep_vectors, graph ? 2 * h->p.hnsw_m : 0, 0, NULL);
     h->aligned = t.aligned;
-    if (h->version >= 5 && !t.apart)
+    if (h->version == 5 && !t.apart)
         return vx_err(NULL, VECIDX_ECORRUPT,
                       "version 5 file without kept vectors");
     if (h->shift != t.shift || h->rec != t.rec || h->link0 != t.link0 ||
@@ -8933,6 +9283,10 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
     want[VX_SECT_KEPT] = t.apart
                              ? (uint64_t)h->nchunks * vx_store_kept_bytes(&t)
                              : 0;
+    /* optional: without it the chunks are verified whole */
+    want[VX_SECT_PIECES] = h->sect[VX_SECT_PIECES].len
+                               ? (uint64_t)h->nchunks * 4 * (t.apart ? 2 : 1)
+                               : 0;
     want[VX_SECT_ARENA] = graph ? h->arena_n * 4 : 0;
     want[VX_SECT_MAPKEYS] = h->map_cap * 8;
     want[VX_SECT_MAPSLOTS] = h->map_cap * 4;
@@ -8957,7 +9311,9 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                           "%s section lies outside "
                           "the file or has the wrong size",
                           names[i]);
+        /* the big ones: see vx_lazy, vx_file_verify_data */
         if (i != VX_SECT_CHUNKS && i != VX_SECT_KEPT &&
+            !(i == VX_SECT_IVF_DATA && h->version >= 6) &&
             vx_crc32c_more(0, base + h->sect[i].off, h->sect[i].len) !=
                 h->sect[i].crc)
             return vx_err(NULL, VECIDX_ECORRUPT,
@@ -9031,6 +9387,17 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     else if (s->keep)
         vx_advise_random(base + h->sect[VX_SECT_CHUNKS].off, h->nchunks * cb);
     s->nchunks = s->nmapped = h->nchunks;
+    if (h->sect[VX_SECT_PIECES].len) {
+        const unsigned char *sect[2];
+        uint64_t off[2];
+        off[0] = h->sect[VX_SECT_CHUNKS].off;
+        off[1] = h->sect[VX_SECT_KEPT].off;
+        sect[0] = base + off[0];
+        sect[1] = base + off[1];
+        if (vx_lazy_init(s, &ix->mem, sect, off,
+                         base + h->sect[VX_SECT_PIECES].off) != VECIDX_OK)
+            return VECIDX_ENOMEM;
+    }
     s->nslots = h->nslots;
     s->count = h->count;
     s->nburied = h->nburied;
@@ -9094,7 +9461,7 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         vx_ivlist *l = &v->lists[li];
         n = vx_get32(dir, (size_t)li * 16 + 8);
         codes = (n * v->m + 7) / 8 * 8;
-        need = n * 8 + codes + (n * vb + 7) / 8 * 8;
+        need = vx_ivl_file_bytes(n, v->m, vb);
         if (at % 8 || at > dlen || need > dlen - at)
             return vx_err(NULL, VECIDX_ECORRUPT,
                           "IVF list %u lies outside "
@@ -9111,6 +9478,16 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
         return vx_err(NULL, VECIDX_ECORRUPT,
                       "IVF list lengths do not add up "
                       "to the vector count");
+    if (h->version >= 6) { /* a checksum per list: verified when read */
+        if (!(v->lazy = vx_malloc(&ix->mem, sizeof *v->lazy)))
+            return VECIDX_ENOMEM;
+        memset(v->lazy, 0, sizeof *v->lazy);
+        v->lazy->dir = dir;
+        v->lazy->data = data;
+        v->lazy->off = h->sect[VX_SECT_IVF_DATA].off;
+        v->lazy->vb = vb;
+        for (li = 0; li < v->nlist; li++) v->lists[li].lazy = VX_PIECE_UNKNOWN;
+    }
     v->map = (uint64_t *)(void *)(base + h->sect[VX_SECT_IVF_MAP].off);
     v->map_cap = h->ivf_map_cap;
     v->map_n = v->count = h->ivf_count;
@@ -9696,21 +10073,9 @@ static int vx_check_locked(vecidx *ix, int deep)
 {
     const char *why = NULL, *part = "storage";
     uint32_t slot = VX_NOSLOT;
-    int rc = VECIDX_OK;
-    if (ix->fpristine &&
-        vx_crc32c_more(0,
-                       ix->store.nchunks ? (const void *)ix->store.chunks[0].vec
-                                         : (const void *)ix->fmap,
-                       (size_t)ix->store.nchunks *
-                           vx_store_file_chunk_bytes(&ix->store)) != ix->fcrc)
-        why = "vector and link chunks do not match the file's checksum";
-    if (!why && ix->fpristine && ix->store.apart && ix->store.nchunks &&
-        vx_crc32c_more(0, ix->store.chunks[0].full,
-                       (size_t)ix->store.nchunks *
-                           vx_store_kept_bytes(&ix->store)) != ix->fcrc_kept)
-        why = "kept vectors do not match the file's checksum";
-    if (!why)
-        why = vx_store_check(&ix->store, ix->p.kind == VECIDX_HNSW, &slot);
+    int rc = vx_file_verify_data(ix);
+    if (rc != VECIDX_OK) return rc;
+    why = vx_store_check(&ix->store, ix->p.kind == VECIDX_HNSW, &slot);
     if (!why && ix->p.kind == VECIDX_HNSW) {
         part = "graph";
         why = vx_hnsw_check(ix, deep, &slot);
@@ -9966,8 +10331,9 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if (path == NULL || out == NULL)
         return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
                       path ? "output handle pointer" : "path");
-    if ((flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_PRIVATE |
-                   VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
+    if ((flags &
+         ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_PRIVATE | VECIDX_VERIFY |
+           VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
         (sync & (sync - 1)))
         return vx_err(NULL, VECIDX_EINVAL,
                       "invalid open flags 0x%x (unknown "
@@ -9986,6 +10352,14 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if ((writable || priv) && (rc = vx_open_verify(ix, path)) != VECIDX_OK) {
         vecidx_close(ix);
         return rc;
+    }
+    /* A reader verifies pieces as it reads them; without piece checksums
+    ** (files before version 6), or when asked to, it verifies all now. */
+    if (!writable && !priv &&
+        ((flags & VECIDX_VERIFY) || (ix->store.nchunks && !ix->store.lazy)) &&
+        (rc = vx_file_verify_data(ix)) != VECIDX_OK) {
+        vecidx_close(ix);
+        return vx_err(NULL, rc, "'%s': %s", path, vx_err_tls.msg);
     }
     ix->wal.sync = sync ? sync : VECIDX_SYNC_FULL;
     rc = VECIDX_OK;
@@ -10659,7 +11033,7 @@ static int vx_ivf_get(const vecidx *ix, uint64_t key, float *out)
     const vx_ivlist *l;
     uint32_t pos;
     if (cell == SIZE_MAX) return 0;
-    l = &v->lists[(uint32_t)(v->map[cell] >> 32) & 0xFFFFFu];
+    l = vx_ivf_list(v, (uint32_t)(v->map[cell] >> 32) & 0xFFFFFu);
     pos = (uint32_t)v->map[cell];
     if (ix->p.ivf_keep_vectors)
         memcpy(out, l->vecs + (size_t)pos * ix->p.dim,
@@ -10673,7 +11047,7 @@ static int vx_ivf_get(const vecidx *ix, uint64_t key, float *out)
 int vecidx_get(vecidx *ix, uint64_t key, float *out)
 {
     uint32_t slot;
-    uint64_t *e;
+    uint64_t *e, d0 = vx_dmg.n;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, out, "output vector");
     pthread_rwlock_rdlock(&ix->lock);
@@ -10685,6 +11059,7 @@ int vecidx_get(vecidx *ix, uint64_t key, float *out)
         slot = 0;
     vx_ebr_exit(e);
     pthread_rwlock_unlock(&ix->lock);
+    if (vx_dmg.n != d0) return vx_dmg_check(ix, d0, VECIDX_OK);
     if (slot == VX_NOSLOT)
         return vx_err(ix, VECIDX_ENOTFOUND,
                       "key " VX_KEY_FMT " is not in the index", VX_KEY(key));
@@ -10694,11 +11069,12 @@ int vecidx_get(vecidx *ix, uint64_t key, float *out)
 int vecidx_contains(vecidx *ix, uint64_t key)
 {
     int found;
+    uint64_t d0 = vx_dmg.n;
     VX_NULL_CHECK(NULL, ix, "index handle");
     pthread_rwlock_rdlock(&ix->lock);
     found = vx_has_key(ix, key);
     pthread_rwlock_unlock(&ix->lock);
-    return found;
+    return vx_dmg_check(ix, d0, found);
 }
 
 size_t vecidx_count(vecidx *ix)
@@ -10716,7 +11092,7 @@ int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
     const vx_store *s;
     size_t got = 0;
     uint32_t slot, li, pos;
-    uint64_t *e;
+    uint64_t *e, d0 = vx_dmg.n;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, n, "count output");
     if (cap) VX_NULL_CHECK(ix, keys, "keys output");
@@ -10726,13 +11102,15 @@ int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n)
     for (slot = 0; slot < VX_LOAD(&s->nslots) && got < cap; slot++)
         if (vx_store_live(s, slot) == VX_LIVE)
             keys[got++] = vx_store_key(s, slot);
-    for (li = 0; ix->ivf.trained && li < ix->ivf.nlist; li++)
-        for (pos = 0; pos < ix->ivf.lists[li].n && got < cap; pos++)
-            keys[got++] = ix->ivf.lists[li].keys[pos];
+    for (li = 0; ix->ivf.trained && li < ix->ivf.nlist && got < cap; li++) {
+        const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
+        for (pos = 0; pos < l->n && got < cap; pos++)
+            keys[got++] = l->keys[pos];
+    }
     *n = vx_count(ix);
     vx_ebr_exit(e);
     pthread_rwlock_unlock(&ix->lock);
-    return VECIDX_OK;
+    return vx_dmg_check(ix, d0, VECIDX_OK);
 }
 
 int vecidx_train(vecidx *ix, size_t n, const float *samples)
@@ -11115,8 +11493,8 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
     }
     for (i = 0; i < 256; i++) {
         if (ix->ivf.trained) {
-            const vx_ivlist *l =
-                &ix->ivf.lists[i * 2654435761u % ix->ivf.nlist];
+            const vx_ivlist *l = vx_ivf_list(&ix->ivf,
+                                             i * 2654435761u % ix->ivf.nlist);
             if (l->n == 0) continue;
             key = l->keys[i * 40503u % l->n];
         } else {
@@ -11169,10 +11547,11 @@ int vecidx_search(vecidx *ix, const float *q, size_t k,
                   const vecidx_search_opts *opts, uint64_t *keys, float *dists,
                   size_t *found)
 {
-    uint64_t t0 = vx_now_ns();
+    uint64_t t0 = vx_now_ns(), d0 = vx_dmg.n;
     int rc = vx_search_args(ix, q, k, keys, found);
     if (rc != VECIDX_OK) return rc;
     rc = vx_search_one(ix, q, k, opts, 0, keys, dists, found);
+    if ((rc = vx_dmg_check(ix, d0, rc)) == VECIDX_ECORRUPT) *found = 0;
     return vx_act_call(&ix->act, VX_OP_SEARCH, t0, rc, 1);
 }
 
@@ -11269,10 +11648,12 @@ int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
                         const vecidx_search_opts *opts, uint64_t *keys,
                         float *dists, size_t *found)
 {
-    uint64_t t0 = vx_now_ns();
+    uint64_t t0 = vx_now_ns(), d0 = vx_dmg.n;
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     rc = vx_search_many(ix, nq, queries, k, opts, keys, dists, found);
+    if ((rc = vx_dmg_check(ix, d0, rc)) == VECIDX_ECORRUPT)
+        memset(found, 0, nq * sizeof *found);
     return vx_act_call(&ix->act, VX_OP_BATCH, t0, rc, nq);
 }
 
@@ -11361,7 +11742,7 @@ static uint64_t vx_sample_key(vecidx *ix, uint64_t *rng, int *ok)
     if (ix->ivf.trained) {
         uint32_t nl = ix->ivf.nlist;
         for (i = 0; i < nl && !*ok; i++) {
-            const vx_ivlist *l = &ix->ivf.lists[(r + i) % nl];
+            const vx_ivlist *l = vx_ivf_list(&ix->ivf, (r + i) % nl);
             if (l->n) {
                 key = l->keys[(r >> 32) % l->n];
                 *ok = 1;
@@ -11580,14 +11961,15 @@ int vecidx_estimate_recall(vecidx *ix, size_t k, size_t nq,
                            const vecidx_search_opts *opts, vecidx_recall *out)
 {
     vx_sample sm;
+    uint64_t d0 = vx_dmg.n;
     int rc;
     VX_NULL_CHECK(NULL, ix, "index handle");
     VX_NULL_CHECK(ix, out, "result");
     if ((rc = vx_sample_init(ix, &sm, k, nq, queries, truth, opts)) != 0)
-        return rc;
+        return vx_dmg_check(ix, d0, rc);
     rc = vx_sample_measure(ix, &sm, opts, out);
     vx_sample_free(ix, &sm);
-    return rc;
+    return vx_dmg_check(ix, d0, rc);
 }
 
 /* Settings vecidx_tune tries, smallest first. */

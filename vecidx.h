@@ -75,9 +75,9 @@ extern "C" {
 
 /* The version is defined here only; the build files read it from here. */
 #define VECIDX_VERSION_MAJOR 0
-#define VECIDX_VERSION_MINOR 3
+#define VECIDX_VERSION_MINOR 4
 #define VECIDX_VERSION_PATCH 0
-#define VECIDX_VERSION_STRING "0.3.0"
+#define VECIDX_VERSION_STRING "0.4.0"
 #define VECIDX_VERSION_NUMBER                                    \
     (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 + \
      VECIDX_VERSION_PATCH)
@@ -162,6 +162,7 @@ enum {
 #define VECIDX_RDONLY 0x01u      /* open for reading only */
 #define VECIDX_CREATE 0x02u      /* create the index with p if missing */
 #define VECIDX_PRIVATE 0x04u     /* a private, writable copy (see below) */
+#define VECIDX_VERIFY 0x08u      /* verify every checksum at open (below) */
 #define VECIDX_SYNC_FULL 0x10u   /* fsync before every write returns */
 #define VECIDX_SYNC_NORMAL 0x20u /* group commit: fsync every few ms */
 #define VECIDX_SYNC_OFF 0x40u    /* leave syncing to the OS */
@@ -486,7 +487,8 @@ void vecidx_close(vecidx *ix);
 ** checkpoint at a time per handle; a second waits.
 ** Errors: VECIDX_EINVAL (NULL ix or path, path over 4096 bytes),
 ** VECIDX_EIO (with the system's reason: no space, permission, ...),
-** VECIDX_ENOMEM. On error path is left as it was. */
+** VECIDX_ENOMEM, VECIDX_ECORRUPT (a reader's file has a damaged piece:
+** it is never copied into a new file). On error path is left as it was. */
 int vecidx_save(vecidx *ix, const char *path);
 
 /* Open the index stored at path (the main file) and PATH-wal (its
@@ -500,9 +502,17 @@ int vecidx_save(vecidx *ix, const char *path);
 **
 ** VECIDX_RDONLY: a reader. Opening checks the header and the small
 ** sections and takes milliseconds whatever the size (a 1M x 128 HNSW
-** index: about 15-35 ms, first query at once); damage in the big vector
-** section is found by vecidx_check, and searches stay inside the file
-** whatever it holds. Writers fail with VECIDX_ESTATE. Any number of
+** index: about 15-35 ms). The big sections carry a checksum per piece (a
+** chunk of slots, an IVF-PQ list; format version 6): each piece is
+** verified the first time a call reads it, and a piece that fails makes
+** that call -- vecidx_search, _search_batch, _get, _contains, _keys,
+** _estimate_recall, _save -- return VECIDX_ECORRUPT with a message
+** naming the section and offset, never a result built from it; other
+** calls, on other pieces, go on working. Files of versions 1-5 have no
+** piece checksums: a reader verifies their vector section whole at open
+** (a pass over the file). A reader that replays log records verifies
+** all of the file first, as a writer does. Writers fail with
+** VECIDX_ESTATE. Any number of
 ** readers, in any processes, may open an index while one writer has it;
 ** a reader sees the writes logged before it opened.
 ** Without VECIDX_RDONLY: the writer. The whole file is verified first (a
@@ -518,6 +528,11 @@ int vecidx_save(vecidx *ix, const char *path);
 **     power cut may lose anything since the last vecidx_sync/checkpoint.
 ** VECIDX_CREATE: if path does not exist, create it as an empty index
 ** described by p (required then).
+** VECIDX_VERIFY: with VECIDX_RDONLY, verify every checksum at open (a
+** pass over the file, as a writer makes) instead of piece by piece as
+** the pieces are read, for callers who would rather pay at open than
+** meet VECIDX_ECORRUPT later. Writers and private copies verify all at
+** open anyway.
 ** VECIDX_PRIVATE: a private copy, for a program that keeps the index's
 ** truth elsewhere (a database) and the file as a cache of it. Opened as
 ** a reader is (no lock, any writer may have the file; the log is
@@ -673,10 +688,12 @@ int vecidx_remove(vecidx *ix, uint64_t key);
 ** vector: half precision rounded to 11 significant bits; int8 each
 ** component within half a code step, (max - min) / 254 of that vector's
 ** own components, of the one given. Reader. Errors: VECIDX_EINVAL
-*(NULL ix/out), VECIDX_ENOTFOUND. */
+** (NULL ix/out), VECIDX_ENOTFOUND, VECIDX_ECORRUPT (a reader met a
+** damaged piece of the file: see vecidx_open). */
 int vecidx_get(vecidx *ix, uint64_t key, float *out);
 
-/* 1 if key is stored, 0 if not, VECIDX_EINVAL if ix is NULL. Reader. */
+/* 1 if key is stored, 0 if not, VECIDX_EINVAL if ix is NULL,
+** VECIDX_ECORRUPT if a reader met a damaged IVF-PQ list. Reader. */
 int vecidx_contains(vecidx *ix, uint64_t key);
 
 /* Number of vectors stored; 0 for NULL. Reader. */
@@ -687,7 +704,8 @@ size_t vecidx_count(vecidx *ix);
 ** unspecified but stable while the index is not written. Call with cap 0
 ** to size the array (or use vecidx_count). Reader, so the keys form one
 ** consistent snapshot. Errors: VECIDX_EINVAL (NULL ix or n, NULL keys
-** with cap > 0). */
+** with cap > 0), VECIDX_ECORRUPT (a reader met a damaged piece of the
+** file; the keys copied are then not to be used). */
 int vecidx_keys(vecidx *ix, uint64_t *keys, size_t cap, size_t *n);
 
 /* Fill the first `size` bytes of *out with counters of the index: pass
@@ -781,7 +799,9 @@ int vecidx_check(vecidx *ix);
 ** (never read them as results: UINT64_MAX is a valid key). opts may be
 ** NULL. Searching an empty index succeeds with *found = 0. Reader.
 ** Errors: VECIDX_EINVAL (NULL ix/q/keys/found, k = 0, NaN/infinity in q,
-** zero query under VECIDX_COSINE), VECIDX_ENOMEM. */
+** zero query under VECIDX_COSINE), VECIDX_ENOMEM, VECIDX_ECORRUPT (a
+** reader met a damaged piece of the file, see vecidx_open: *found is 0
+** and keys and dists are not results). */
 int vecidx_search(vecidx *ix, const float *q, size_t k,
                   const vecidx_search_opts *opts, uint64_t *keys, float *dists,
                   size_t *found);
@@ -794,7 +814,8 @@ int vecidx_search(vecidx *ix, const float *q, size_t k,
 ** index, which compares blocks of queries with blocks of stored vectors
 ** while they are in cache. All queries are validated before any is run.
 ** nq = 0 is a successful no-op. Reader. Errors as vecidx_search; the
-** message names the first bad query. */
+** message names the first bad query. On VECIDX_ECORRUPT every found[i]
+** is 0. */
 int vecidx_search_batch(vecidx *ix, size_t nq, const float *queries, size_t k,
                         const vecidx_search_opts *opts, uint64_t *keys,
                         float *dists, size_t *found);
@@ -843,7 +864,8 @@ typedef struct vecidx_recall {
 ** not counted in vecidx_stats. Errors: VECIDX_EINVAL (NULL ix or out,
 ** k 0, bad queries or opts, truth without queries), VECIDX_ENOMEM,
 ** VECIDX_ESTATE (too few vectors to sample from, or no query has an
-** admissible answer: nothing to measure). */
+** admissible answer: nothing to measure), VECIDX_ECORRUPT (a reader met
+** a damaged piece of the file). */
 int vecidx_estimate_recall(vecidx *ix, size_t k, size_t nq,
                            const float *queries, const uint64_t *truth,
                            const vecidx_search_opts *opts, vecidx_recall *out);

@@ -1594,3 +1594,145 @@ void test_concurrency_file_stress_flat_ivfpq(void)
     };
     st_run_all(cfg, 2, sizeof cfg / sizeof cfg[0]);
 }
+
+/* ---- readers verifying a file's pieces at once ------------------------- */
+
+typedef struct vt_verify_ctx {
+    vecidx *f;
+    const float *q;
+    size_t nq;
+    uint32_t dim;
+    const uint64_t *keys; /* the pristine answers, nq * 10 */
+    const size_t *found;
+    atomic_int wrong, corrupt, other;
+} vt_verify_ctx;
+
+typedef struct vt_verify_arg {
+    vt_verify_ctx *c;
+    unsigned start; /* each reader asks the queries in its own order */
+} vt_verify_arg;
+
+static void *vt_verify_reader(void *arg)
+{
+    vt_verify_ctx *c = ((vt_verify_arg *)arg)->c;
+    unsigned start = ((vt_verify_arg *)arg)->start;
+    uint64_t keys[10];
+    float dists[10];
+    size_t i, found;
+    for (i = 0; i < c->nq; i++) {
+        size_t qi = (i * 7 + start) % c->nq;
+        int rc = vecidx_search(c->f, c->q + qi * c->dim, 10, NULL, keys, dists,
+                               &found);
+        if (rc == VECIDX_ECORRUPT)
+            atomic_fetch_add(&c->corrupt, 1);
+        else if (rc != VECIDX_OK)
+            atomic_fetch_add(&c->other, 1);
+        else if (found != c->found[qi] ||
+                 memcmp(keys, c->keys + qi * 10, found * sizeof *keys))
+            atomic_fetch_add(&c->wrong, 1);
+    }
+    return NULL;
+}
+
+/* Readers of one handle race to verify the same pieces of a file (a
+** reader verifies each chunk when it first reads it): run under TSan, and
+** every answer is the pristine one, or VECIDX_ECORRUPT where a chunk was
+** damaged, never anything else. */
+void test_concurrency_readers_verify(void)
+{
+    enum {
+        N = 4000,
+        NQ = 60,
+        DIM = 32,
+        T = 4
+    };
+    const char *tmp = getenv("TMPDIR");
+    char path[600], bad[620];
+    vt_rng r = {77};
+    vt_set m;
+    vecidx_params p;
+    vecidx *ix = NULL, *f = NULL;
+    float *q = vt_xmalloc(NQ * DIM * sizeof *q);
+    uint64_t *keys = vt_xmalloc(NQ * 10 * sizeof *keys);
+    size_t found[NQ], i, len = 0, nk = 0;
+    unsigned char *img;
+    int pass;
+    snprintf(path, sizeof path, "%s/vecidx-rverify-%ld.vx",
+             tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    snprintf(bad, sizeof bad, "%s.bad", path);
+    vt_set_init(&m, DIM, N);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_COSINE, DIM));
+    p.threads = 1;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (!ix) goto out;
+    vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
+    vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+    CHECK_OK(vecidx_save(ix, path));
+    vecidx_close(ix);
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+    if (!f) goto out;
+    for (i = 0; i < NQ; i++)
+        CHECK_OK(vecidx_search(f, q + i * DIM, 10, NULL, keys + i * 10, NULL,
+                               &found[i]));
+    vecidx_close(f);
+    f = NULL;
+    /* a copy with one byte of the chunk section (entry 0 of the section
+    ** table at 216: u64 offset, u64 length) flipped, near its middle */
+    img = vt_slurp(path, &len);
+    if (img && len > 240) {
+        uint64_t off = 0, sl = 0;
+        FILE *w;
+        for (i = 0; i < 8; i++) {
+            off |= (uint64_t)img[216 + i] << (8 * i);
+            sl |= (uint64_t)img[224 + i] << (8 * i);
+        }
+        CHECK(sl > 0 && off + sl <= len);
+        img[off + sl / 2] ^= 0x40;
+        w = fopen(bad, "wb");
+        CHECK(w && fwrite(img, 1, len, w) == len);
+        if (w) fclose(w);
+    }
+    free(img);
+    for (pass = 0; pass < 2; pass++) {
+        pthread_t th[T];
+        vt_verify_arg arg[T];
+        vt_verify_ctx c;
+        memset(&c, 0, sizeof c);
+        CHECK_OK(vecidx_open(pass ? bad : path, NULL, VECIDX_RDONLY, &f));
+        if (!f) continue;
+        c.f = f;
+        c.q = q;
+        c.nq = NQ;
+        c.dim = DIM;
+        c.keys = keys;
+        c.found = found;
+        for (i = 0; i < T; i++) {
+            arg[i].c = &c;
+            arg[i].start = (unsigned)i;
+            CHECK(pthread_create(&th[i], NULL, vt_verify_reader, &arg[i]) == 0);
+        }
+        for (i = 0; i < T; i++) pthread_join(th[i], NULL);
+        CHECKF(atomic_load(&c.wrong) == 0 && atomic_load(&c.other) == 0,
+               "%s file: %d wrong answers, %d other errors",
+               pass ? "damaged" : "pristine", atomic_load(&c.wrong),
+               atomic_load(&c.other));
+        if (!pass) CHECK(atomic_load(&c.corrupt) == 0);
+        /* every chunk is read for the keys: the damage is met there */
+        CHECK(vecidx_keys(f, NULL, 0, &nk) == VECIDX_OK && nk == N);
+        {
+            uint64_t *all = vt_xmalloc((N + 1) * sizeof *all);
+            size_t n = 0;
+            int rc = vecidx_keys(f, all, N + 1, &n);
+            CHECK(rc == (pass ? VECIDX_ECORRUPT : VECIDX_OK));
+            free(all);
+        }
+        vecidx_close(f);
+        f = NULL;
+    }
+out:
+    unlink(path);
+    unlink(bad);
+    vt_set_free(&m);
+    free(q);
+    free(keys);
+}

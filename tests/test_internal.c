@@ -722,7 +722,7 @@ void test_store_line_aligned_records(void)
         vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
         for (pk = 0; pk < 2; pk++) {
             CHECK_OK(vecidx_save(ix[pk], path));
-            CHECK_EQ_U64(vt_file_u32(path, 8), pk ? 1 : 2);
+            CHECK_EQ_U64(vt_file_u32(path, 8), pk ? 1 : 6);
             CHECK_EQ_U64(vt_file_u32(path, 76), pk ? packed : ix[0]->store.rec);
             CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
             if (!f) continue;
@@ -775,9 +775,10 @@ static void vt_file_io(const char *path, long off, void *b, size_t n, int put)
     if (f) fclose(f);
 }
 
-/* Write a table of further sections: the file's own entry (the kept
+/* Write a table of further sections: the file's first entry (the kept
 ** vectors), then one more of type `type` and flags `flags` (none when
-** type is 0). */
+** type is 0) in place of the piece checksums, which a reader then does
+** without (it verifies the chunks whole). */
 static void vt_put_xtab(const char *path, uint32_t type, uint32_t flags)
 {
     unsigned char b[8 + 2 * VX_XENT];
@@ -907,8 +908,9 @@ void test_store_kept_vectors_apart(void)
             f = NULL;
         }
         unlink(wal);
-        /* version 5, then a snapshot of it opened, written between steps */
-        vt_kept_roundtrip(what, ix[0], path, 5, &m, q, NQ);
+        /* version 6 (5 with piece checksums), then a snapshot of it
+        ** opened, written between steps */
+        vt_kept_roundtrip(what, ix[0], path, 6, &m, q, NQ);
         for (i = 0; i < m.n; i++)
             if (m.live[i]) vt_set_put(&m0, m.keys[i], m.vecs + i * DIM);
         CHECK_OK(vecidx_open(path, NULL, VECIDX_SYNC_OFF, &f));
@@ -943,7 +945,7 @@ void test_store_kept_vectors_apart(void)
         vecidx_close(f);
         f = NULL;
         unlink(wal);
-        CHECK_EQ_U64(vt_file_u32(path2, 8), 5);
+        CHECK_EQ_U64(vt_file_u32(path2, 8), 6);
         CHECK_OK(vecidx_open(path2, NULL, VECIDX_RDONLY, &f));
         if (f) {
             vt_check_contents(what, f, &m0);
@@ -1339,4 +1341,339 @@ void test_stats_list_median(void)
                "%u lists: median %u, sorted says %u", nl,
                vx_stats_median(&v, lo, hi), n[nl / 2]);
     }
+}
+
+/* ---- damaged files read by readers (format version 6) ----------------- */
+
+/* What a reader answers: per query its top 10 (keys, distances), every
+** key's vector, and the sorted key list; rc the first error met. */
+typedef struct vt_answers {
+    int rc;
+    size_t nq, nk, dim;
+    uint64_t *keys; /* nq * 10 */
+    float *dists;   /* nq * 10 */
+    size_t *found;  /* nq */
+    uint64_t *all;  /* the keys, sorted */
+    float *vecs;    /* nk * dim, in the order of `all` */
+} vt_answers;
+
+static int vt_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One call's outcome against the pristine reader's: the same answer, or
+** VECIDX_ECORRUPT; anything else is a silently wrong result. Returns 1
+** when damage was reported. */
+static int vt_damage_verdict(const char *what, long off, int rc, int same)
+{
+    if (rc == VECIDX_ECORRUPT) {
+        const char *msg = vecidx_errmsg(NULL);
+        CHECKF(strstr(msg, "section") && strstr(msg, "offset"),
+               "%s, flip at %ld: message '%s' names no section and offset",
+               what, off, msg);
+        return 1;
+    }
+    CHECKF(rc == VECIDX_OK && same, "%s, flip at %ld: rc %d, %s", what, off, rc,
+           rc == VECIDX_OK ? "silently wrong result" : "unexpected error");
+    return 0;
+}
+
+/* Ask f what the application asks, checking each answer against ref
+** (the pristine file's reader) as it goes. Returns 1 if any call
+** reported damage. */
+static int vt_damage_reads(const char *what, long off, vecidx *f,
+                           const vt_answers *ref, const float *q)
+{
+    enum {
+        K = 10
+    };
+    uint64_t keys[K], *kb, *all;
+    float dists[K], *db, *v;
+    size_t found, i, n = 0, *fb;
+    int rc, hit = 0;
+    for (i = 0; i < ref->nq; i++) {
+        rc = vecidx_search(f, q + i * ref->dim, K, NULL, keys, dists, &found);
+        hit |= vt_damage_verdict(
+            what, off, rc,
+            rc == VECIDX_OK && found == ref->found[i] &&
+                !memcmp(keys, ref->keys + i * K, found * sizeof *keys) &&
+                !memcmp(dists, ref->dists + i * K, found * sizeof *dists));
+    }
+    kb = vt_xmalloc(ref->nq * K * sizeof *kb);
+    db = vt_xmalloc(ref->nq * K * sizeof *db);
+    fb = vt_xmalloc(ref->nq * sizeof *fb);
+    rc = vecidx_search_batch(f, ref->nq, q, K, NULL, kb, db, fb);
+    for (i = 0; rc == VECIDX_OK && i < ref->nq; i++)
+        if (fb[i] != ref->found[i] ||
+            memcmp(kb + i * K, ref->keys + i * K, fb[i] * sizeof *kb) ||
+            memcmp(db + i * K, ref->dists + i * K, fb[i] * sizeof *db))
+            break;
+    hit |= vt_damage_verdict(what, off, rc, rc == VECIDX_OK && i == ref->nq);
+    free(kb);
+    free(db);
+    free(fb);
+    v = vt_xmalloc(ref->dim * sizeof *v);
+    for (i = 0; i < ref->nk; i += 7) {
+        rc = vecidx_get(f, ref->all[i], v);
+        hit |= vt_damage_verdict(
+            what, off, rc,
+            !memcmp(v, ref->vecs + i * ref->dim, ref->dim * sizeof *v));
+    }
+    free(v);
+    all = vt_xmalloc((ref->nk + 1) * sizeof *all);
+    rc = vecidx_keys(f, all, ref->nk + 1, &n);
+    if (rc == VECIDX_OK)
+        qsort(all, n < ref->nk + 1 ? n : ref->nk + 1, sizeof *all, vt_cmp_u64);
+    hit |= vt_damage_verdict(
+        what, off, rc, n == ref->nk && !memcmp(all, ref->all, n * sizeof *all));
+    free(all);
+    return hit;
+}
+
+/* A task of vx_run_parallel that meets damage on a thread of its own. */
+static void *vt_dmg_task(void *arg)
+{
+    if (arg) vx_dmg_note("vectors", 7, 12345);
+    return NULL;
+}
+
+/* Damage a worker meets reaches the caller's count and message. */
+static void vt_damage_workers(void)
+{
+    vx_task tasks[3];
+    uint64_t before = vx_dmg.n;
+    int flag = 1;
+    memset(tasks, 0, sizeof tasks);
+    tasks[0].fn = tasks[1].fn = tasks[2].fn = vt_dmg_task;
+    tasks[2].arg = &flag; /* only the last, never the caller's own */
+    vx_run_parallel(tasks, 3);
+    CHECK(vx_dmg.n == before + 1 && vx_dmg.piece == 7 && vx_dmg.off == 12345);
+    CHECK(vx_dmg_check(NULL, before, VECIDX_OK) == VECIDX_ECORRUPT);
+    CHECK(strstr(vecidx_errmsg(NULL), "chunk 7, at offset 12345") != NULL);
+}
+
+/* A flat batch scans every chunk: on workers of their own (threads 2,
+** more queries than a group), the damage they meet reaches the caller. */
+static void vt_damage_batch(const char *what, long off, vecidx *f,
+                            const float *q, size_t nq, uint32_t dim)
+{
+    enum {
+        NB = 4 * VX_FLAT_QGROUP
+    };
+    float *qs = vt_xmalloc(NB * dim * sizeof *qs);
+    uint64_t *kb = vt_xmalloc(NB * 10 * sizeof *kb);
+    size_t *fb = vt_xmalloc(NB * sizeof *fb), i;
+    vecidx_search_opts so;
+    int rc;
+    memset(&so, 0, sizeof so);
+    so.threads = 2;
+    for (i = 0; i < NB; i++)
+        memcpy(qs + i * dim, q + (i % nq) * dim, dim * sizeof *qs);
+    rc = vecidx_search_batch(f, NB, qs, 10, &so, kb, NULL, fb);
+    CHECKF(rc == VECIDX_ECORRUPT && fb[NB - 1] == 0,
+           "%s: flip at %ld in the chunks: a threaded flat batch gave %d", what,
+           off, rc);
+    free(qs);
+    free(kb);
+    free(fb);
+}
+
+static void vt_answers_take(vt_answers *a, vecidx *f, const float *q, size_t nq,
+                            uint32_t dim)
+{
+    size_t i, n = 0;
+    memset(a, 0, sizeof *a);
+    a->nq = nq;
+    a->dim = dim;
+    a->keys = vt_xmalloc(nq * 10 * sizeof *a->keys);
+    a->dists = vt_xmalloc(nq * 10 * sizeof *a->dists);
+    a->found = vt_xmalloc(nq * sizeof *a->found);
+    for (i = 0; i < nq; i++)
+        CHECK_OK(vecidx_search(f, q + i * dim, 10, NULL, a->keys + i * 10,
+                               a->dists + i * 10, &a->found[i]));
+    a->nk = vecidx_count(f);
+    a->all = vt_xmalloc((a->nk + 1) * sizeof *a->all);
+    a->vecs = vt_xmalloc((a->nk + 1) * dim * sizeof *a->vecs);
+    CHECK_OK(vecidx_keys(f, a->all, a->nk, &n));
+    qsort(a->all, a->nk, sizeof *a->all, vt_cmp_u64);
+    for (i = 0; i < a->nk; i++)
+        CHECK_OK(vecidx_get(f, a->all[i], a->vecs + i * dim));
+}
+
+static void vt_answers_free(vt_answers *a)
+{
+    free(a->keys);
+    free(a->dists);
+    free(a->found);
+    free(a->all);
+    free(a->vecs);
+}
+
+/* Readers never see damaged bytes. Each kind's file (version 6, with a
+** checksum per chunk and per IVF-PQ list) gets one-byte flips at random
+** offsets of every section and of the header page, and is cut short at
+** random lengths; a reader of each damaged copy is then asked what an
+** application asks -- searches, a batch, vecidx_get, vecidx_keys --
+** and every answer must be the pristine file's, or VECIDX_ECORRUPT
+** naming the section and offset: 0 silently wrong results, 0 crashes
+** (under ASan in make sanitize). Flips in pieces must be caught by the
+** reads (pieces are verified when first read, not at open), and
+** VECIDX_VERIFY must refuse those files at open instead; a reader's
+** vecidx_save must not copy damage into a new file. */
+void test_file_damage_readers(void)
+{
+    enum {
+        N = 3000,
+        NQ = 12,
+        FLIPS = 10 /* per section */
+    };
+    static const struct {
+        int kind, metric;
+        uint32_t dim, storage, keep;
+    } cfg[] = {{VECIDX_FLAT, VECIDX_L2, 64, VECIDX_STORE_F32, 0},
+               {VECIDX_HNSW, VECIDX_COSINE, 32, VECIDX_STORE_F32, 0},
+               {VECIDX_HNSW, VECIDX_L2, 48, VECIDX_STORE_I8, 1},
+               {VECIDX_FLAT, VECIDX_IP, 40, VECIDX_STORE_F16, 1},
+               {VECIDX_IVFPQ, VECIDX_L2, 32, VECIDX_STORE_F32, 1},
+               {VECIDX_IVFPQ, VECIDX_COSINE, 24, VECIDX_STORE_F32, 0}};
+    const char *t = getenv("TMPDIR");
+    char path[600], bad[620], copy[640], what[96];
+    vt_rng r = {4242};
+    size_t c;
+    snprintf(path, sizeof path, "%s/vecidx-damage-%ld.vx", t && *t ? t : "/tmp",
+             (long)getpid());
+    snprintf(bad, sizeof bad, "%s.bad", path);
+    snprintf(copy, sizeof copy, "%s.copy", path);
+    vt_damage_workers();
+    for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        uint32_t dim = cfg[c].dim;
+        float *q = vt_xmalloc(NQ * dim * sizeof *q);
+        unsigned char *img;
+        size_t len = 0, trials = 0, caught = 0, refused = 0, lazy = 0;
+        vecidx_params p;
+        vecidx *ix = NULL, *f = NULL;
+        vx_fhdr h;
+        vt_answers ref;
+        vt_set m;
+        int sc, rep;
+        vt_set_init(&m, dim, N);
+        CHECK_OK(vecidx_params_init(&p, cfg[c].kind, cfg[c].metric, dim));
+        p.threads = 1;
+        p.storage = cfg[c].storage;
+        p.keep_vectors = cfg[c].keep && p.storage != VECIDX_STORE_F32;
+        if (cfg[c].kind == VECIDX_IVFPQ) {
+            p.ivf_nlist = 24;
+            p.pq_m = 8;
+            p.ivf_train_size = 1000;
+            p.ivf_keep_vectors = cfg[c].keep;
+        }
+        snprintf(what, sizeof what, "kind %d metric %d storage %u", cfg[c].kind,
+                 cfg[c].metric, (unsigned)p.storage);
+        CHECK_OK(vecidx_create(&p, &ix));
+        if (!ix) break;
+        vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
+        vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+        CHECK_OK(vecidx_save(ix, path));
+        vecidx_close(ix);
+        img = vt_slurp(path, &len);
+        CHECK_OK(vx_fhdr_decode(img, len, &h));
+        CHECK_EQ_U64(h.version, 6);
+        CHECK(cfg[c].kind == VECIDX_IVFPQ ? h.ivf_trained == 1
+                                          : h.sect[VX_SECT_PIECES].len > 0);
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+        if (!f) break;
+        vt_answers_take(&ref, f, q, NQ, dim);
+        vecidx_close(f);
+        /* flips: the header page, then every section */
+        for (sc = -1; sc < VX_FILE_NSECT; sc++) {
+            uint64_t so = sc < 0 ? 0 : h.sect[sc].off;
+            uint64_t sl = sc < 0 ? VX_FILE_PAGE : h.sect[sc].len;
+            int data = sc == VX_SECT_CHUNKS || sc == VX_SECT_KEPT ||
+                       sc == VX_SECT_IVF_DATA;
+            if (sl == 0) continue;
+            for (rep = 0; rep < FLIPS; rep++) {
+                long off = (long)(so + vt_below(&r, sl));
+                unsigned char was = img[off];
+                FILE *w;
+                int hit;
+                img[off] ^= (unsigned char)(1u << vt_below(&r, 8));
+                w = fopen(bad, "wb");
+                CHECK(w && fwrite(img, 1, len, w) == len);
+                if (w) fclose(w);
+                img[off] = was;
+                trials++;
+                if (vecidx_open(bad, NULL, VECIDX_RDONLY, &f) != VECIDX_OK) {
+                    refused++;
+                } else {
+                    hit = vt_damage_reads(what, off, f, &ref, q);
+                    caught += hit;
+                    /* a piece was damaged: reads find it, not the open */
+                    if (data && !hit) {
+                        int rc = vecidx_check(f);
+                        CHECKF(rc == VECIDX_ECORRUPT,
+                               "%s: flip at %ld in section %d: not found "
+                               "by reads or vecidx_check (%d)",
+                               what, off, sc, rc);
+                    }
+                    if (sc == VX_SECT_CHUNKS && cfg[c].kind == VECIDX_FLAT)
+                        vt_damage_batch(what, off, f, q, NQ, dim);
+                    if (data) {
+                        unlink(copy);
+                        CHECKF(vecidx_save(f, copy) == VECIDX_ECORRUPT &&
+                                   access(copy, F_OK) != 0,
+                               "%s: flip at %ld: a reader saved damage", what,
+                               off);
+                    }
+                    lazy += data;
+                    vecidx_close(f);
+                    f = NULL;
+                }
+                if (data) { /* asked to, the open verifies it all */
+                    int rc = vecidx_open(bad, NULL,
+                                         VECIDX_RDONLY | VECIDX_VERIFY, &f);
+                    CHECKF(rc == VECIDX_ECORRUPT,
+                           "%s: flip at %ld: VECIDX_VERIFY open gave %d", what,
+                           off, rc);
+                    vecidx_close(f);
+                    f = NULL;
+                }
+            }
+        }
+        /* cut short: refused at open, or the same answers */
+        for (rep = 0; rep < 12; rep++) {
+            size_t cut = (size_t)vt_below(&r, len);
+            FILE *w = fopen(bad, "wb");
+            CHECK(w && fwrite(img, 1, cut, w) == cut);
+            if (w) fclose(w);
+            trials++;
+            if (vecidx_open(bad, NULL, VECIDX_RDONLY, &f) != VECIDX_OK) {
+                refused++;
+                continue;
+            }
+            caught += vt_damage_reads(what, -(long)cut, f, &ref, q);
+            vecidx_close(f);
+            f = NULL;
+        }
+        /* the pristine file: VECIDX_VERIFY opens it, and it reads the same */
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY | VECIDX_VERIFY, &f));
+        if (f) {
+            CHECK(!vt_damage_reads(what, 0, f, &ref, q));
+            vecidx_close(f);
+            f = NULL;
+        }
+        CHECKF(lazy > 0 && refused > 0,
+               "%s: %zu trials, %zu refused at open, %zu opened with a "
+               "damaged piece",
+               what, trials, refused, lazy);
+        free(img);
+        vt_answers_free(&ref);
+        vt_set_free(&m);
+        free(q);
+        (void)caught;
+    }
+    unlink(path);
+    unlink(bad);
+    unlink(copy);
 }

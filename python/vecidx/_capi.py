@@ -34,6 +34,7 @@ EFULL = -11
 RDONLY = 0x01
 CREATE = 0x02
 PRIVATE = 0x04
+VERIFY = 0x08
 SYNC_FULL = 0x10
 SYNC_NORMAL = 0x20
 SYNC_OFF = 0x40
@@ -43,7 +44,7 @@ UINT64_MAX = (1 << 64) - 1
 
 # The binding was written against this header version. A library with a
 # different major.minor may have reordered structs; see _check_version.
-HEADER_VERSION_NUMBER = 300
+HEADER_VERSION_NUMBER = 400
 
 # ---- Structs ----------------------------------------------------------------
 

@@ -524,8 +524,8 @@ class Index:
     def open(cls, path: PathLike, dim: Optional[int] = None,
              kind: Optional[str] = None, metric: Optional[str] = None, *,
              create: bool = False, readonly: bool = False,
-             private: bool = False, sync: Optional[str] = None,
-             **params: Any) -> Index:
+             private: bool = False, verify: bool = False,
+             sync: Optional[str] = None, **params: Any) -> Index:
         """Open the index stored at path (and its write-ahead log PATH-wal).
 
         create=True makes an empty index if path does not exist; dim (and
@@ -544,10 +544,15 @@ class Index:
         file, nothing is logged, closing drops them; save() writes them
         to a new file, checkpoint() raises StateError. Not with create,
         readonly or sync.
+        A reader verifies each piece of the file (a chunk of vectors, an
+        IVF-PQ list) against its checksum when it first reads it: a call
+        that meets a damaged one raises CorruptError, other calls go on.
+        verify=True (VECIDX_VERIFY) verifies all of it at open instead; a
+        writer or private copy always does.
         """
         self = cls.__new__(cls)
         self._setup(os.fspath(path), bool(readonly))
-        flags = 0
+        flags = _capi.VERIFY if verify else 0
         if private:
             if readonly or create or sync is not None:
                 raise InvalidArgumentError(
