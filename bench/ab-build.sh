@@ -29,7 +29,7 @@ CFLAGS=${CFLAGS:--std=c11 -O3 -Wall -Wextra -Wpedantic}
 PROG_CFLAGS=${PROG_CFLAGS:-$CFLAGS}
 LDLIBS=${LDLIBS:--pthread -lm}
 DIR=bench/ab-build
-SYMS="build search close memory errmsg version simd rev"
+SYMS="build search close save open memory errmsg version simd rev"
 
 test -f bench/ab-shim.c || { echo "$0: run from the repository's top" >&2; exit 1; }
 rm -rf "$DIR"

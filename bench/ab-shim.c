@@ -60,6 +60,34 @@ void AB_FN(close)(void *h)
     vecidx_close((vecidx *)h);
 }
 
+int AB_FN(save)(void *h, const char *path)
+{
+    return vecidx_save((vecidx *)h, path);
+}
+
+void *AB_FN(open)(const char *path, int mode, char *err, size_t errsz)
+{
+    vecidx *ix = NULL;
+    unsigned flags;
+    int rc;
+    if (mode == AB_OPEN_RDONLY)
+        flags = VECIDX_RDONLY;
+    else if (mode == AB_OPEN_PRIVATE)
+        flags = VECIDX_PRIVATE;
+    else {
+        snprintf(err, errsz, "unknown open mode %d", mode);
+        return NULL;
+    }
+    rc = vecidx_open(path, NULL, flags, &ix);
+    if (rc != VECIDX_OK) {
+        snprintf(err, errsz, "%s: %s", vecidx_strerror(rc),
+                 vecidx_errmsg(NULL));
+        vecidx_close(ix); /* NULL after a failure; a no-op */
+        return NULL;
+    }
+    return ix;
+}
+
 uint64_t AB_FN(memory)(void *h)
 {
     vecidx_stats_t st;

@@ -29,18 +29,29 @@ typedef struct ab_build {
     const float *base;
 } ab_build;
 
+/* The modes of P##open (not vecidx's flag values, which ab-shim.c maps
+** them to: this header does not see vecidx.h). */
+#define AB_OPEN_RDONLY 0  /* VECIDX_RDONLY: a reader */
+#define AB_OPEN_PRIVATE 1 /* VECIDX_PRIVATE: a private, writable copy */
+
 /* One side's functions, declared for both prefixes. build returns NULL
 ** on failure, with the reason in err. search returns 0 or the library's
-** negative code, with *found the results written to keys. */
-#define AB_SHIM_DECLARE(P)                                        \
-    void *P##build(const ab_build *b, char *err, size_t errsz);   \
-    int P##search(void *h, const float *q, size_t k, uint32_t ef, \
-                  uint64_t *keys, size_t *found);                 \
-    void P##close(void *h);                                       \
-    uint64_t P##memory(void *h);                                  \
-    const char *P##errmsg(void *h);                               \
-    const char *P##version(void);                                 \
-    const char *P##simd(void);                                    \
+** negative code, with *found the results written to keys. save is
+** vecidx_save (0 or the negative code; errmsg(h) tells why). open is
+** vecidx_open(path, NULL, flags): mode AB_OPEN_RDONLY (VECIDX_RDONLY) or
+** AB_OPEN_PRIVATE (VECIDX_PRIVATE, a private writable copy); NULL on
+** failure, with the reason in err. */
+#define AB_SHIM_DECLARE(P)                                              \
+    void *P##build(const ab_build *b, char *err, size_t errsz);         \
+    int P##search(void *h, const float *q, size_t k, uint32_t ef,       \
+                  uint64_t *keys, size_t *found);                       \
+    void P##close(void *h);                                             \
+    int P##save(void *h, const char *path);                             \
+    void *P##open(const char *path, int mode, char *err, size_t errsz); \
+    uint64_t P##memory(void *h);                                        \
+    const char *P##errmsg(void *h);                                     \
+    const char *P##version(void);                                       \
+    const char *P##simd(void);                                          \
     const char *P##rev(void);
 
 AB_SHIM_DECLARE(ab_old_)
