@@ -7398,9 +7398,10 @@ static int vx_ivf_derive(vecidx *ix)
             }
             v->bnorm[(size_t)j * VX_IVF_KSUB + k] = (float)s;
         }
-    if (ix->p.ivf_quantizer == VECIDX_QUANT_HNSW ||
-        (ix->p.ivf_quantizer == VECIDX_QUANT_AUTO &&
-         v->nlist >= VX_IVF_HNSW_NLIST))
+    if (!v->cq && /* not read from a file */
+        (ix->p.ivf_quantizer == VECIDX_QUANT_HNSW ||
+         (ix->p.ivf_quantizer == VECIDX_QUANT_AUTO &&
+          v->nlist >= VX_IVF_HNSW_NLIST)))
         return vx_ivf_build_cq(ix);
     return VECIDX_OK;
 }
@@ -7833,7 +7834,7 @@ static int vx_io_sync_dir(const char *path)
 #define VX_FILE_HEADER 512u
 #define VX_FILE_PAGE 4096u
 #define VX_FILE_BOM 0x01020304u
-#define VX_FILE_NSECT 12
+#define VX_FILE_NSECT 13
 enum {
     VX_SECT_CHUNKS,
     VX_SECT_ARENA,
@@ -7846,7 +7847,8 @@ enum {
     VX_SECT_IVF_MAP,   /* key map cells */
     VX_SECT_REPAIR,    /* v3: repair pass state, then a mark per slot */
     VX_SECT_KEPT,      /* v5: kept float32 vectors, per chunk */
-    VX_SECT_PIECES     /* v6: a CRC-32C per chunk, then per kept part */
+    VX_SECT_PIECES,    /* v6: a CRC-32C per chunk, then per kept part */
+    VX_SECT_CQ         /* v6: the IVF-PQ centroid graph, an index image */
 };
 #define VX_FILE_IVF 440u    /* header offset of the IVF-PQ fields */
 #define VX_FILE_REPAIR 488u /* header offset of the repair section entry */
@@ -7864,6 +7866,7 @@ enum {
 #define VX_XREQUIRED 1u
 #define VX_XTYPE_KEPT 1u   /* the kept float32 vectors (VX_SECT_KEPT) */
 #define VX_XTYPE_PIECES 2u /* checksums per chunk (VX_SECT_PIECES) */
+#define VX_XTYPE_CQ 3u     /* the IVF-PQ centroid graph (VX_SECT_CQ) */
 
 typedef struct vx_sect {
     uint64_t off, len;
@@ -7988,18 +7991,20 @@ static size_t vx_xtab_encode(const vx_fhdr *h, unsigned char *b)
         uint32_t type, flags;
         int sect;
     } ent[] = {{VX_XTYPE_KEPT, VX_XREQUIRED, VX_SECT_KEPT},
-               {VX_XTYPE_PIECES, 0, VX_SECT_PIECES}};
+               {VX_XTYPE_PIECES, 0, VX_SECT_PIECES},
+               {VX_XTYPE_CQ, 0, VX_SECT_CQ}};
     unsigned char *e = b + VX_FILE_XTAB + 8;
     uint32_t n = 0, i;
-    memset(b + VX_FILE_XTAB, 0, 8 + 2 * VX_XENT);
-    for (i = 0; i < 2; i++) {
+    memset(b + VX_FILE_XTAB, 0, 8 + 3 * VX_XENT);
+    for (i = 0; i < 3; i++) {
         const vx_sect *sc = &h->sect[ent[i].sect];
         /* kept vectors with keep_vectors (always in version 5); piece
         ** checksums in version 6 */
-        if (i == 0 ? h->version < 6 ? 0
-                                    : !h->p.keep_vectors ||
+        if (i == 0   ? h->version < 6 ? 0
+                                      : !h->p.keep_vectors ||
                                           h->p.storage == VECIDX_STORE_F32
-                   : h->version < 6)
+            : i == 1 ? h->version < 6
+                     : !sc->len)
             continue;
         vx_put32(e, VX_XENT * n, ent[i].type);
         vx_put32(e, VX_XENT * n + 4, ent[i].flags);
@@ -8029,7 +8034,8 @@ static int vx_xtab_decode(const unsigned char *b, size_t size, vx_fhdr *h)
             return vx_err(NULL, VECIDX_ECORRUPT,
                           "section table entry %u has unknown flags", i);
         vx_sect *sc;
-        if (type != VX_XTYPE_KEPT && type != VX_XTYPE_PIECES) {
+        if (type != VX_XTYPE_KEPT && type != VX_XTYPE_PIECES &&
+            type != VX_XTYPE_CQ) {
             if (flags & VX_XREQUIRED)
                 return vx_err(NULL, VECIDX_EVERSION,
                               "file needs section type %u, which this "
@@ -8041,7 +8047,9 @@ static int vx_xtab_decode(const unsigned char *b, size_t size, vx_fhdr *h)
             return vx_err(NULL, VECIDX_ECORRUPT, "section type %u named twice",
                           (unsigned)type);
         seen |= 1u << type;
-        sc = &h->sect[type == VX_XTYPE_KEPT ? VX_SECT_KEPT : VX_SECT_PIECES];
+        sc = &h->sect[type == VX_XTYPE_KEPT     ? VX_SECT_KEPT
+                      : type == VX_XTYPE_PIECES ? VX_SECT_PIECES
+                                                : VX_SECT_CQ];
         sc->off = vx_get64(e, 8);
         sc->len = vx_get64(e, 16);
         sc->crc = vx_get32(e, 24);
@@ -8149,6 +8157,7 @@ static int vx_lazy_verify_all(vecidx *ix)
     }
     for (li = 0; ix->ivf.lazy && li < ix->ivf.nlist && vx_dmg.n == d0; li++)
         if (ix->ivf.lists[li].lazy) (void)vx_lazy_list(&ix->ivf, li);
+    if (ix->ivf.cq && vx_dmg.n == d0) (void)vx_lazy_verify_all(ix->ivf.cq);
     return vx_dmg_check(ix, d0, VECIDX_OK);
 }
 
@@ -8158,7 +8167,10 @@ static int vx_lazy_verify_all(vecidx *ix)
 static int vx_file_verify_data(vecidx *ix)
 {
     const vx_store *s = &ix->store;
-    if (s->lazy || ix->ivf.lazy) return vx_lazy_verify_all(ix);
+    if (s->lazy || ix->ivf.lazy || ix->ivf.cq) {
+        int rc = vx_lazy_verify_all(ix);
+        if (rc != VECIDX_OK || s->lazy || ix->ivf.lazy) return rc;
+    }
     if (!ix->fpristine) return VECIDX_OK;
     if (vx_crc32c_more(0,
                        s->nchunks ? (const void *)s->chunks[0].vec
@@ -8592,10 +8604,9 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
 /* The header fields of ix as a file holds them: slots in the limbo are
 ** free, after the free stack, and a graph's arena blocks of theirs are
 ** back on the free chains (sn->arena is the copy that says so). */
-static void vx_snap_header(const vecidx *ix, vx_snap *sn)
+static void vx_snap_header(const vecidx *ix, vx_fhdr *h)
 {
     const vx_store *s = &ix->store;
-    vx_fhdr *h = &sn->h;
     memset(h, 0, sizeof *h);
     h->p = ix->p;
     h->shift = s->shift;
@@ -8763,7 +8774,7 @@ static int vx_snap_begin(vecidx *ix, const char *path, uint64_t salt,
         vx_free(mem, sn, sizeof *sn);
         return vx_err(ix, VECIDX_ENOMEM, "out of memory saving the index");
     }
-    vx_snap_header(ix, sn);
+    vx_snap_header(ix, &sn->h);
     sn->version = sn->h.version;
     sn->h.salt = salt;
     sn->nchunks = s->nchunks;
@@ -8985,7 +8996,7 @@ static void vx_snap_behind(vx_snap *sn)
 ** holds a repair pass) and sync the file. */
 static int vx_snap_header_write(vx_snap *sn)
 {
-    unsigned char hdr[VX_FILE_XTAB + 8 + 2 * VX_XENT];
+    unsigned char hdr[VX_FILE_XTAB + 8 + 3 * VX_XENT];
     size_t len = VX_FILE_HEADER;
     sn->h.version = sn->version < 3 && (sn->h.log_salt || sn->repair_len)
                         ? 3
@@ -8996,6 +9007,66 @@ static int vx_snap_header_write(vx_snap *sn)
                    vx_io_cur->fsync(sn->fd) == 0
                ? 0
                : -1;
+}
+
+/* Write cq -- an index no call writes to: the IVF-PQ centroid graph --
+** as a whole index file image of the current version at byte `at` (on a
+** page boundary) of w's file, with its own header, sections and
+** checksums, offsets counted from `at`; pieces has room for a u32 per
+** chunk. Returns its length. Written as it is in memory, so a reopened
+** file probes the lists this handle does. */
+static uint64_t vx_file_write_image(vecidx *cq, vx_fw *w, uint64_t at,
+                                    unsigned char *pieces)
+{
+    const vx_store *s = &cq->store;
+    size_t cb = vx_store_file_chunk_bytes(s);
+    unsigned char hdr[VX_FILE_XTAB + 8 + 3 * VX_XENT];
+    vx_fhdr h;
+    uint32_t c;
+    int i;
+    vx_snap_header(cq, &h);
+    h.salt = vx_fresh_salt();
+    vx_fw_begin(w, &h.sect[VX_SECT_CHUNKS], at + VX_FILE_PAGE);
+    for (c = 0; c < s->nchunks; c++) {
+        uint32_t crc = 0;
+        w->piece = &crc;
+        vx_fw_put(w, s->chunks[c].vec, cb);
+        w->piece = NULL;
+        vx_put32(pieces, 4 * (size_t)c, crc);
+    }
+    vx_fw_begin(w, &h.sect[VX_SECT_ARENA], w->off);
+    vx_fw_put(w, cq->hnsw.arena, h.arena_n * 4);
+    vx_fw_begin(w, &h.sect[VX_SECT_MAPKEYS], w->off);
+    vx_fw_put(w, s->map.keys, s->map.cap * 8);
+    vx_fw_begin(w, &h.sect[VX_SECT_MAPSLOTS], w->off);
+    vx_fw_put(w, s->map.slots, s->map.cap * 4);
+    vx_fw_begin(w, &h.sect[VX_SECT_FREE], w->off);
+    vx_fw_put(w, s->free, (size_t)s->nfree * 4);
+    vx_fw_begin(w, &h.sect[VX_SECT_PIECES], w->off);
+    vx_fw_put(w, pieces, (size_t)s->nchunks * 4);
+    for (i = 0; i < VX_FILE_NSECT; i++)
+        if (h.sect[i].off >= at) h.sect[i].off -= at;
+    vx_fhdr_encode(&h, hdr);
+    if (w->ok &&
+        vx_io_write_all(w->fd, hdr, vx_xtab_encode(&h, hdr), (off_t)at) != 0)
+        w->ok = 0;
+    return w->off - at;
+}
+
+/* The centroid graph, at the end of a version 6 file. */
+static void vx_snap_cq(vecidx *ix, vx_snap *sn)
+{
+    vx_sect *sc = &sn->h.sect[VX_SECT_CQ];
+    size_t n = (size_t)ix->ivf.cq->store.nchunks * 4;
+    unsigned char *pieces = vx_malloc(&ix->mem, n);
+    if (!pieces) {
+        sn->failed = ENOMEM;
+        return;
+    }
+    vx_fw_begin(&sn->w, sc, sn->w.off);
+    sc->len = vx_file_write_image(ix->ivf.cq, &sn->w, sc->off, pieces);
+    sn->w.sc = sc; /* crc 0: the image has checksums inside */
+    vx_free(&ix->mem, pieces, n);
 }
 
 /* Write a piece of chunk c (its front, or with kept 1 its kept vectors),
@@ -9089,7 +9160,10 @@ static int vx_snap_step(vecidx *ix, vx_snap *sn, size_t budget)
                 vx_fw_begin(&sn->w, &sn->h.sect[VX_SECT_PIECES], sn->w.off);
                 vx_fw_put(&sn->w, sn->pieces, sn->npieces * 4);
             }
-            if (sn->w.ok && vx_snap_header_write(sn) != 0) sn->w.ok = 0;
+            if (sn->pieces && sn->h.ivf_trained && ix->ivf.cq)
+                vx_snap_cq(ix, sn);
+            if (sn->w.ok && !sn->failed && vx_snap_header_write(sn) != 0)
+                sn->w.ok = 0;
             sn->phase = VX_SW_DONE;
         }
     }
@@ -9234,9 +9308,10 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                             uint64_t size)
 {
     static const char *const names[VX_FILE_NSECT] = {
-        "vectors",     "graph",       "key map",      "key map",
-        "free slot",   "IVF model",   "IVF lists",    "IVF lists",
-        "IVF key map", "repair pass", "kept vectors", "piece checksum"};
+        "vectors",       "graph",       "key map",      "key map",
+        "free slot",     "IVF model",   "IVF lists",    "IVF lists",
+        "IVF key map",   "repair pass", "kept vectors", "piece checksum",
+        "centroid graph"};
     vx_store t;
     uint64_t want[VX_FILE_NSECT];
     int rc, i, graph = h->p.kind == VECIDX_HNSW;
@@ -9294,6 +9369,8 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
     want[VX_SECT_IVF_MODEL] = want[VX_SECT_IVF_DIR] = 0;
     want[VX_SECT_IVF_MAP] = 0;
     want[VX_SECT_IVF_DATA] = h->ivf_trained ? h->sect[VX_SECT_IVF_DATA].len : 0;
+    /* an index image with checksums of its own (vx_ivf_attach_cq) */
+    want[VX_SECT_CQ] = h->ivf_trained ? h->sect[VX_SECT_CQ].len : 0;
     want[VX_SECT_REPAIR] = h->sect[VX_SECT_REPAIR].len && graph
                                ? VX_REPAIR_HEAD + (uint64_t)h->nslots
                                : 0;
@@ -9312,7 +9389,7 @@ static int vx_file_validate(vx_fhdr *h, const unsigned char *base,
                           "the file or has the wrong size",
                           names[i]);
         /* the big ones: see vx_lazy, vx_file_verify_data */
-        if (i != VX_SECT_CHUNKS && i != VX_SECT_KEPT &&
+        if (i != VX_SECT_CHUNKS && i != VX_SECT_KEPT && i != VX_SECT_CQ &&
             !(i == VX_SECT_IVF_DATA && h->version >= 6) &&
             vx_crc32c_more(0, base + h->sect[i].off, h->sect[i].len) !=
                 h->sect[i].crc)
@@ -9432,6 +9509,41 @@ static int vx_file_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     return VECIDX_OK;
 }
 
+static int vx_image_open(unsigned char *map, uint64_t size, const char *path,
+                         const vecidx_params *p, vecidx **out, vx_fhdr *h);
+
+/* The centroid graph a file holds (version 6), used in place rather than
+** built again (3 s for 8192 lists). It is a whole index file image: its
+** own header and checksums, its chunks verified as they are read. It must
+** be an HNSW graph of the right metric and dimension holding exactly the
+** keys 0 .. nlist - 1 (the lists its searches name). */
+static int vx_ivf_attach_cq(vecidx *ix, unsigned char *img, uint64_t len)
+{
+    vx_ivf *v = &ix->ivf;
+    vecidx_params p;
+    vx_fhdr h;
+    uint32_t c;
+    int rc;
+    vecidx_params_init(&p, VECIDX_HNSW,
+                       ix->p.metric == VECIDX_L2 ? VECIDX_L2 : VECIDX_IP,
+                       ix->p.dim);
+    p.threads = 1;
+    p.allocator = ix->p.allocator;
+    rc = vx_image_open(img, len, "centroid graph", &p, &v->cq, &h);
+    if (rc == VECIDX_ENOMEM) return rc;
+    if (rc != VECIDX_OK)
+        return vx_err(NULL, VECIDX_ECORRUPT, "%s", vx_err_tls.msg);
+    for (c = 0; c < v->nlist && v->cq->store.count == v->nlist &&
+                !v->cq->store.nburied;
+         c++)
+        if (vx_map_find(&v->cq->store.map, c) == VX_NOSLOT) break;
+    if (c < v->nlist || v->cq->store.count != v->nlist || v->cq->store.nburied)
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "centroid graph does not hold the %u lists",
+                      (unsigned)v->nlist);
+    return VECIDX_OK;
+}
+
 /* Point a trained IVF-PQ index into the mapping: model, lists and key map
 ** are used in place; only the list directory is decoded (nlist entries)
 ** and the small derived tables are computed. Every list must lie inside
@@ -9492,6 +9604,11 @@ static int vx_ivf_attach(vecidx *ix, const vx_fhdr *h, unsigned char *base)
     v->map_cap = h->ivf_map_cap;
     v->map_n = v->count = h->ivf_count;
     v->map_mapped = 1;
+    if (h->sect[VX_SECT_CQ].len) {
+        int rc = vx_ivf_attach_cq(ix, base + h->sect[VX_SECT_CQ].off,
+                                  h->sect[VX_SECT_CQ].len);
+        if (rc != VECIDX_OK) return rc;
+    }
     if (vx_ivf_derive_coarse(ix, 0) != VECIDX_OK ||
         vx_ivf_derive(ix) != VECIDX_OK)
         return VECIDX_ENOMEM;
@@ -10084,6 +10201,8 @@ static int vx_check_locked(vecidx *ix, int deep)
         part = "inverted lists";
         why = vx_ivf_check(ix);
     }
+    if (!why && ix->ivf.cq && (rc = vx_check_locked(ix->ivf.cq, deep)) != 0)
+        return vx_err(ix, rc, "centroid graph: %s", vx_err_tls.msg);
     if (why && slot != VX_NOSLOT)
         rc = vx_err(ix, VECIDX_ECORRUPT, "%s, slot %u: %s", part,
                     (unsigned)slot, why);
@@ -10133,6 +10252,49 @@ static const char *vx_file_check_roots(const vecidx *ix)
     return NULL;
 }
 
+/* A handle over the index file image at map (size bytes, from a page
+** boundary): the header decoded into h and checked, the sections used in
+** place. path names the image in messages. On failure *out is NULL and
+** the message is set; the caller keeps the image. */
+static int vx_image_open(unsigned char *map, uint64_t size, const char *path,
+                         const vecidx_params *p, vecidx **out, vx_fhdr *h)
+{
+    vecidx *ix = NULL;
+    const char *why;
+    int rc = vx_fhdr_decode(map, (size_t)size, h);
+    *out = NULL;
+    if (rc == VECIDX_OK) rc = vx_file_validate(h, map, size);
+    if (rc == VECIDX_OK) rc = vx_open_match(path, p, &h->p);
+    if (rc == VECIDX_OK) {
+        if (p) { /* the caller's run-time choices, the file's shape */
+            h->p.threads = p->threads;
+            h->p.allocator = p->allocator;
+            h->p.progress = p->progress;
+            h->p.progress_ctx = p->progress_ctx;
+        }
+        rc = vx_handle_new(&h->p, &ix);
+    }
+    if (rc != VECIDX_OK) return rc;
+    ix->fpristine = 1;
+    rc = vx_file_attach(ix, h, map);
+    if (rc == VECIDX_OK && h->ivf_trained) rc = vx_ivf_attach(ix, h, map);
+    if (rc != VECIDX_OK) {
+        vecidx_close(ix);
+        return rc == VECIDX_ECORRUPT
+                   ? vx_err(NULL, rc, "'%s' is inconsistent: %s", path,
+                            vx_err_tls.msg)
+                   : vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'",
+                            path);
+    }
+    if ((why = vx_file_check_roots(ix)) != NULL) {
+        vecidx_close(ix);
+        return vx_err(NULL, VECIDX_ECORRUPT, "'%s' is inconsistent: %s", path,
+                      why);
+    }
+    *out = ix;
+    return VECIDX_OK;
+}
+
 /* Map path and build a handle over the mapping. The mapping is private
 ** and writable, so replaying the log (and, for writable handles, later
 ** writes) changes private copies of the pages touched, never the file. */
@@ -10141,8 +10303,6 @@ static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
 {
     struct stat st;
     unsigned char *map;
-    vecidx *ix = NULL;
-    const char *why;
     int fd, rc;
     if ((fd = vx_io_cur->open(path, O_RDONLY, 0)) < 0)
         return vx_err(NULL, VECIDX_EIO, "cannot open '%s': %s", path,
@@ -10164,41 +10324,13 @@ static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
     if (!map)
         return vx_err(NULL, VECIDX_EIO, "cannot map '%s': %s", path,
                       strerror(rc));
-    rc = vx_fhdr_decode(map, (size_t)st.st_size, h);
-    if (rc == VECIDX_OK) rc = vx_file_validate(h, map, (uint64_t)st.st_size);
-    if (rc == VECIDX_OK) rc = vx_open_match(path, p, &h->p);
-    if (rc == VECIDX_OK) {
-        if (p) { /* the caller's run-time choices, the file's shape */
-            h->p.threads = p->threads;
-            h->p.allocator = p->allocator;
-            h->p.progress = p->progress;
-            h->p.progress_ctx = p->progress_ctx;
-        }
-        rc = vx_handle_new(&h->p, &ix);
-    }
-    if (rc != VECIDX_OK) {
+    if ((rc = vx_image_open(map, (uint64_t)st.st_size, path, p, out, h)) !=
+        VECIDX_OK) {
         vx_io_cur->munmap(map, (size_t)st.st_size);
         return rc;
     }
-    ix->fmap = map;
-    ix->fmap_len = (size_t)st.st_size;
-    ix->fpristine = 1;
-    rc = vx_file_attach(ix, h, map);
-    if (rc == VECIDX_OK && h->ivf_trained) rc = vx_ivf_attach(ix, h, map);
-    if (rc != VECIDX_OK) {
-        vecidx_close(ix);
-        return rc == VECIDX_ECORRUPT
-                   ? vx_err(NULL, rc, "'%s' is inconsistent: %s", path,
-                            vx_err_tls.msg)
-                   : vx_err(NULL, VECIDX_ENOMEM, "out of memory opening '%s'",
-                            path);
-    }
-    if ((why = vx_file_check_roots(ix)) != NULL) {
-        vecidx_close(ix);
-        return vx_err(NULL, VECIDX_ECORRUPT, "'%s' is inconsistent: %s", path,
-                      why);
-    }
-    *out = ix;
+    (*out)->fmap = map;
+    (*out)->fmap_len = (size_t)st.st_size;
     return VECIDX_OK;
 }
 

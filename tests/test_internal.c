@@ -1529,15 +1529,17 @@ void test_file_damage_readers(void)
         NQ = 12,
         FLIPS = 10 /* per section */
     };
+    /* for IVF-PQ, keep is ivf_keep_vectors; graph the centroid graph */
     static const struct {
         int kind, metric;
-        uint32_t dim, storage, keep;
-    } cfg[] = {{VECIDX_FLAT, VECIDX_L2, 64, VECIDX_STORE_F32, 0},
-               {VECIDX_HNSW, VECIDX_COSINE, 32, VECIDX_STORE_F32, 0},
-               {VECIDX_HNSW, VECIDX_L2, 48, VECIDX_STORE_I8, 1},
-               {VECIDX_FLAT, VECIDX_IP, 40, VECIDX_STORE_F16, 1},
-               {VECIDX_IVFPQ, VECIDX_L2, 32, VECIDX_STORE_F32, 1},
-               {VECIDX_IVFPQ, VECIDX_COSINE, 24, VECIDX_STORE_F32, 0}};
+        uint32_t dim, storage, keep, graph;
+    } cfg[] = {{VECIDX_FLAT, VECIDX_L2, 64, VECIDX_STORE_F32, 0, 0},
+               {VECIDX_HNSW, VECIDX_COSINE, 32, VECIDX_STORE_F32, 0, 0},
+               {VECIDX_HNSW, VECIDX_L2, 48, VECIDX_STORE_I8, 1, 0},
+               {VECIDX_FLAT, VECIDX_IP, 40, VECIDX_STORE_F16, 1, 0},
+               {VECIDX_IVFPQ, VECIDX_L2, 32, VECIDX_STORE_F32, 1, 0},
+               {VECIDX_IVFPQ, VECIDX_COSINE, 24, VECIDX_STORE_F32, 0, 1},
+               {VECIDX_IVFPQ, VECIDX_IP, 16, VECIDX_STORE_F32, 1, 1}};
     const char *t = getenv("TMPDIR");
     char path[600], bad[620], copy[640], what[96];
     vt_rng r = {4242};
@@ -1568,6 +1570,7 @@ void test_file_damage_readers(void)
             p.pq_m = 8;
             p.ivf_train_size = 1000;
             p.ivf_keep_vectors = cfg[c].keep;
+            if (cfg[c].graph) p.ivf_quantizer = VECIDX_QUANT_HNSW;
         }
         snprintf(what, sizeof what, "kind %d metric %d storage %u", cfg[c].kind,
                  cfg[c].metric, (unsigned)p.storage);
@@ -1582,8 +1585,13 @@ void test_file_damage_readers(void)
         CHECK_EQ_U64(h.version, 6);
         CHECK(cfg[c].kind == VECIDX_IVFPQ ? h.ivf_trained == 1
                                           : h.sect[VX_SECT_PIECES].len > 0);
+        CHECK(!h.sect[VX_SECT_CQ].len == !cfg[c].graph);
         CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
         if (!f) break;
+        /* the centroid graph is the file's, used in place, not built */
+        CHECK(!cfg[c].graph ||
+              (f->ivf.cq && f->ivf.cq->store.nchunks &&
+               f->ivf.cq->store.nmapped == f->ivf.cq->store.nchunks));
         vt_answers_take(&ref, f, q, NQ, dim);
         vecidx_close(f);
         /* flips: the header page, then every section */
