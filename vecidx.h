@@ -502,8 +502,8 @@ int vecidx_save(vecidx *ix, const char *path);
 **
 ** VECIDX_RDONLY: a reader. Opening checks the header and the small
 ** sections and takes milliseconds whatever the size (a 1M x 128 HNSW
-** index: about 15-35 ms). The big sections carry a checksum per piece (a
-** chunk of slots, an IVF-PQ list; format version 6): each piece is
+** index: about 15-35 ms). The big sections carry a checksum per piece (16
+** slots' data, an IVF-PQ list; format version 6): each piece is
 ** verified the first time a call reads it, and a piece that fails makes
 ** that call -- vecidx_search, _search_batch, _get, _contains, _keys,
 ** _estimate_recall, _save -- return VECIDX_ECORRUPT with a message

@@ -1451,7 +1451,7 @@ static void vt_damage_workers(void)
     vx_run_parallel(tasks, 3);
     CHECK(vx_dmg.n == before + 1 && vx_dmg.piece == 7 && vx_dmg.off == 12345);
     CHECK(vx_dmg_check(NULL, before, VECIDX_OK) == VECIDX_ECORRUPT);
-    CHECK(strstr(vecidx_errmsg(NULL), "chunk 7, at offset 12345") != NULL);
+    CHECK(strstr(vecidx_errmsg(NULL), "slots 7-22, at offset 12345") != NULL);
 }
 
 /* A flat batch scans every chunk: on workers of their own (threads 2,

@@ -544,8 +544,8 @@ class Index:
         file, nothing is logged, closing drops them; save() writes them
         to a new file, checkpoint() raises StateError. Not with create,
         readonly or sync.
-        A reader verifies each piece of the file (a chunk of vectors, an
-        IVF-PQ list) against its checksum when it first reads it: a call
+        A reader verifies each piece of the file (16 vectors, an IVF-PQ
+        list) against its checksum when it first reads it: a call
         that meets a damaged one raises CorruptError, other calls go on.
         verify=True (VECIDX_VERIFY) verifies all of it at open instead; a
         writer or private copy always does.
