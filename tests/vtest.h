@@ -101,6 +101,7 @@
     X(store_line_aligned_records)            \
     X(store_kept_vectors_apart)              \
     X(file_damage_readers)                   \
+    X(file_damage_log_readers)               \
     X(concurrency_readers_verify)            \
     X(file_private_copy)                     \
     X(snapshot_key_map_copy_on_write)        \
