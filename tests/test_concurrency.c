@@ -1635,9 +1635,10 @@ static void *vt_verify_reader(void *arg)
 }
 
 /* Readers of one handle race to verify the same pieces of a file (a
-** reader verifies each chunk when it first reads it): run under TSan, and
-** every answer is the pristine one, or VECIDX_ECORRUPT where a chunk was
-** damaged, never anything else. */
+** reader verifies each piece of 16 slots when it first reads it, and a
+** chunk whole when a read comes to a second piece of it): run under TSan,
+** and every answer is the pristine one, or VECIDX_ECORRUPT where a piece
+** was damaged, never anything else. */
 void test_concurrency_readers_verify(void)
 {
     enum {

@@ -1512,7 +1512,8 @@ static void vt_answers_free(vt_answers *a)
 }
 
 /* Readers never see damaged bytes. Each kind's file (version 6, with a
-** checksum per chunk and per IVF-PQ list) gets one-byte flips at random
+** checksum per piece of 16 slots and per IVF-PQ list, and a stored
+** centroid graph for two of them) gets one-byte flips at random
 ** offsets of every section and of the header page, and is cut short at
 ** random lengths; a reader of each damaged copy is then asked what an
 ** application asks -- searches, a batch, vecidx_get, vecidx_keys --
