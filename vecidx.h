@@ -659,12 +659,15 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** neighbours, nodes left without a way in are linked again, and their
 ** storage is reused, so memory stays flat under insert/delete churn. The
 ** pass is linear in the index size but no call makes it whole: every
-** add, upsert and remove (this one included) makes a step of it, a fixed
-** amount of work, 1-2 ms at 128 dimensions and four times that while
+** add, upsert and remove (this one included) makes a step of it. A pass
+** paces itself to end before another twentieth of the nodes are removed:
+** its steps are 1-2 ms of work at 128 dimensions while it falls behind,
+** an eighth of that while it keeps the pace, and four times that while
 ** removals outrun it (measured: no removal of 12.5 % of a 1M x 128 index
 ** took over 7.4 ms), so a pass over 1M nodes takes some thousands of
 ** writes, and removals in bulk take about twice as long in total as when
-** a pass ran whole on two threads.
+** a pass ran whole on two threads. Up to 15 % of the nodes may await
+** repair at once.
 ** Searches never wait for it. A slot is reused only once no search that
 ** began before its node was unlinked still runs.
 ** Recall after many rounds of churn stays level with a fresh build for

@@ -754,7 +754,9 @@ void test_hnsw_upsert_replaces(void)
         CHECKF(rec >= 0.95, "metric %d: recall@10 %.4f after %d upserts",
                metric, rec, NU);
         /* one key replaced over and over: the buried versions are
-        ** repaired away, storage does not grow with the replacements */
+        ** repaired away, storage does not grow with the replacements.
+        ** A pass begins once a tenth of the slots are buried and paces
+        ** itself to end before another twentieth are (vx_pass_work). */
         for (u = 0; u < REPEAT; u++) {
             th_points(&d, &r, nv, 1);
             CHECK_OK(vecidx_upsert(ix, 7, nv));
@@ -763,7 +765,7 @@ void test_hnsw_upsert_replaces(void)
         vt_set_put(&m, 7, nv);
         CHECK_OK(vecidx_stats(ix, &st));
         CHECK_EQ_U64(st.count, N);
-        CHECKF(st.slots <= st0.slots + st0.slots / 10 + 64,
+        CHECKF(st.slots <= st0.slots + st0.slots * 3 / 20 + 64,
                "metric %d: slots %llu after %d upserts of one key (%llu "
                "before)",
                metric, (unsigned long long)st.slots, REPEAT,
