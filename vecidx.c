@@ -2605,9 +2605,9 @@ static int vx_snap_adopt_map(vx_snap *sn, const vx_keymap *old);
 typedef struct vx_chunk {
     float *vec; /* start of the records, on a 64-byte boundary */
     /* Next to vec, which every access loads: a chunk mapped from a file
-    ** with a checksum per chunk is verified when first read (vx_lazy),
-    ** its records etc. (lazy) apart from its kept vectors (klazy). 0:
-    ** verified, or memory of our own; else VX_PIECE_UNKNOWN or _BAD. */
+    ** with piece checksums is verified when first read (vx_lazy), its
+    ** records etc. (lazy) apart from its kept vectors (klazy), each a
+    ** verdict: VX_PIECE_GOOD once all verified, or memory of our own. */
     uint8_t lazy, klazy;
     uint8_t pooled;      /* carved from a huge-page block, not allocated */
     float *full;         /* compressed storage with keep_vectors: the
@@ -2620,7 +2620,10 @@ typedef struct vx_chunk {
     uint8_t *live;
 } vx_chunk;
 
+/* Verdicts on mapped bytes (a piece, a chunk, an IVF-PQ list): good is 0,
+** so that one test of a chunk's or list's flag passes all that were. */
 enum {
+    VX_PIECE_GOOD = 0,
     VX_PIECE_UNKNOWN = 1,
     VX_PIECE_BAD = 2
 };
@@ -2712,7 +2715,7 @@ static inline vx_chunk *vx_store_slot_chunk(const vx_store *s, uint32_t slot)
 {
     vx_chunk *c = &VX_LOAD(&s->chunks)[slot >> s->shift];
     if (VX_UNLIKELY(VX_PEEK(&c->lazy)) &&
-        VX_PEEK(&s->pst[slot >> VX_PIECE_SHIFT]) != 1)
+        VX_PEEK(&s->pst[slot >> VX_PIECE_SHIFT]) != VX_PIECE_GOOD)
         return vx_lazy_slot(s, slot, 0);
     return c;
 }
@@ -2757,7 +2760,7 @@ static inline const float *vx_store_full(const vx_store *s, uint32_t slot)
 {
     const vx_chunk *c = VX_SLOT_CHUNK(s, slot);
     if (VX_UNLIKELY(VX_PEEK(&c->klazy)) &&
-        VX_PEEK(&s->kpst[slot >> VX_PIECE_SHIFT]) != 1)
+        VX_PEEK(&s->kpst[slot >> VX_PIECE_SHIFT]) != VX_PIECE_GOOD)
         c = vx_lazy_slot(s, slot, 1);
     return c->full + (size_t)VX_SLOT_INDEX(s, slot) * s->dim;
 }
@@ -3011,7 +3014,7 @@ static void vx_store_point_chunk(const vx_store *s, vx_chunk *c,
         c->full = (float *)(void *)(c->base +
                                     (vx_store_front_bytes(s) + 63) / 64 * 64);
     c->pooled = 0;
-    c->lazy = c->klazy = 0;
+    c->lazy = c->klazy = VX_PIECE_GOOD;
 }
 
 static uint32_t vx_crc32c_more(uint32_t crc, const void *p, size_t n);
@@ -3038,7 +3041,7 @@ typedef struct vx_lazy {
     size_t len[2];                /* bytes of one chunk in each */
     const unsigned char *crc;     /* u32 per piece, then per kept piece */
     uint32_t nchunks, ppc;        /* chunks, pieces per chunk */
-    uint8_t *st[2];               /* per piece: 0 unknown, 1 good, 2 bad */
+    uint8_t *st[2];               /* per piece: a VX_PIECE_ verdict */
     uint32_t *nok[2];             /* per chunk: pieces found good */
     vx_chunk bad;
     unsigned char *zero; /* bad's bytes (zero_len), VX_LINE_SLACK more */
@@ -3077,8 +3080,8 @@ static int vx_lazy_piece(const vx_store *s, uint32_t gp, int kept, int meet)
 {
     vx_lazy *z = s->lazy;
     uint32_t ci = gp / z->ppc, p = gp % z->ppc;
-    uint8_t v = VX_PEEK(&z->st[kept][gp]), unknown = 0;
-    if (v == 0) {
+    uint8_t v = VX_PEEK(&z->st[kept][gp]), unknown = VX_PIECE_UNKNOWN;
+    if (v == VX_PIECE_UNKNOWN) {
         const unsigned char *chunk = z->sect[kept] + (size_t)ci * z->len[kept];
         uint32_t want = vx_get32(z->crc,
                                  4 * ((size_t)kept * z->nchunks * z->ppc + gp));
@@ -3086,18 +3089,19 @@ static int vx_lazy_piece(const vx_store *s, uint32_t gp, int kept, int meet)
                                              chunk + p * vx_piece_kept_bytes(s),
                                              vx_piece_kept_bytes(s))
                             : vx_piece_crc(s, chunk, p);
-        v = got == want ? 1 : 2;
+        v = got == want ? VX_PIECE_GOOD : VX_PIECE_BAD;
         /* the first to decide counts it; a chunk all good reads fast */
         if (__atomic_compare_exchange_n(&z->st[kept][gp], &unknown, v, 0,
                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED) &&
-            v == 1 &&
+            v == VX_PIECE_GOOD &&
             __atomic_add_fetch(&z->nok[kept][ci], 1, __ATOMIC_RELAXED) ==
                 z->ppc) {
             vx_chunk *c = &VX_LOAD(&s->chunks)[ci];
-            __atomic_store_n(kept ? &c->klazy : &c->lazy, 0, __ATOMIC_RELAXED);
+            __atomic_store_n(kept ? &c->klazy : &c->lazy, VX_PIECE_GOOD,
+                             __ATOMIC_RELAXED);
         }
     }
-    if (v == 1 || !meet) return v == 1;
+    if (v == VX_PIECE_GOOD || !meet) return v == VX_PIECE_GOOD;
     vx_dmg_note(kept ? "kept vectors" : "vectors", gp << VX_PIECE_SHIFT,
                 z->off[kept] + (uint64_t)ci * z->len[kept] +
                     (kept ? (uint64_t)p * vx_piece_kept_bytes(s)
@@ -3116,7 +3120,8 @@ static vx_chunk *vx_lazy_slot(const vx_store *s, uint32_t slot, int kept)
 {
     vx_lazy *z = s->lazy;
     uint32_t gp = slot >> VX_PIECE_SHIFT, ci = slot >> s->shift, p;
-    if (!VX_PEEK(&z->st[kept][gp]) && VX_PEEK(&z->nok[kept][ci]))
+    if (VX_PEEK(&z->st[kept][gp]) == VX_PIECE_UNKNOWN &&
+        VX_PEEK(&z->nok[kept][ci]))
         for (p = 0; p < z->ppc; p++)
             (void)vx_lazy_piece(s, ci * z->ppc + p, kept, 0);
     return vx_lazy_piece(s, gp, kept, 1) ? &VX_LOAD(&s->chunks)[ci] : &z->bad;
@@ -3156,7 +3161,7 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
             !(z->nok[k] = vx_malloc(mem, z->nchunks * sizeof *z->nok[k])))
             return VECIDX_ENOMEM;
         else {
-            memset(z->st[k], 0, np);
+            memset(z->st[k], VX_PIECE_UNKNOWN, np);
             memset(z->nok[k], 0, z->nchunks * sizeof *z->nok[k]);
         }
     memset(z->zero, 0, z->zero_len + VX_LINE_SLACK);
@@ -3171,7 +3176,7 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
     z->crc = crc;
     for (c = 0; c < s->nchunks; c++) {
         s->chunks[c].lazy = VX_PIECE_UNKNOWN;
-        s->chunks[c].klazy = s->apart ? VX_PIECE_UNKNOWN : 0;
+        s->chunks[c].klazy = s->apart ? VX_PIECE_UNKNOWN : VX_PIECE_GOOD;
     }
     s->pst = z->st[0];
     s->kpst = z->st[1];
@@ -3787,7 +3792,7 @@ typedef struct vx_ivlist {
     float *vecs;    /* n * dim floats, with ivf_keep_vectors only */
     uint32_t n, cap;
     uint8_t mapped;
-    uint8_t lazy; /* as vx_chunk's: 0 verified or our own, see vx_ivf_list */
+    uint8_t lazy; /* a VX_PIECE_ verdict, as vx_chunk's: see vx_ivf_list */
 } vx_ivlist;
 
 typedef struct vx_ivf {
@@ -3849,11 +3854,11 @@ static vx_ivlist *vx_lazy_list(const vx_ivf *v, uint32_t li)
         uint32_t want = vx_get32(z->dir, (size_t)li * 16 + 12);
         f = vx_crc32c_more(0, l->keys, vx_ivl_file_bytes(l->n, v->m, z->vb)) ==
                     want
-                ? 0
+                ? VX_PIECE_GOOD
                 : VX_PIECE_BAD;
         __atomic_store_n(&l->lazy, f, __ATOMIC_RELAXED);
     }
-    if (!f) return l;
+    if (f == VX_PIECE_GOOD) return l;
     vx_dmg_note("IVF lists", li,
                 z->off + (uint64_t)((const unsigned char *)l->keys - z->data));
     return &z->bad;
@@ -9143,18 +9148,25 @@ static void vx_snap_behind(vx_snap *sn)
     if (sn->w.off - sn->synced >= VX_SNAP_WINDOW) vx_snap_writeback(sn, 1);
 }
 
+/* Write header h, with its table of further sections from version 5 on,
+** at byte `at` of fd; 0 or -1. */
+static int vx_fhdr_write(int fd, const vx_fhdr *h, uint64_t at)
+{
+    unsigned char hdr[VX_FILE_XTAB + 8 + 3 * VX_XENT];
+    size_t len = VX_FILE_HEADER;
+    vx_fhdr_encode(h, hdr);
+    if (h->version >= 5) len = vx_xtab_encode(h, hdr);
+    return vx_io_write_all(fd, hdr, len, (off_t)at);
+}
+
 /* Write the header as it stands (version 3 when it names a log chain or
 ** holds a repair pass) and sync the file. */
 static int vx_snap_header_write(vx_snap *sn)
 {
-    unsigned char hdr[VX_FILE_XTAB + 8 + 3 * VX_XENT];
-    size_t len = VX_FILE_HEADER;
     sn->h.version = sn->version < 3 && (sn->h.log_salt || sn->repair_len)
                         ? 3
                         : sn->version;
-    vx_fhdr_encode(&sn->h, hdr);
-    if (sn->h.version >= 5) len = vx_xtab_encode(&sn->h, hdr);
-    return vx_io_write_all(sn->fd, hdr, len, 0) == 0 &&
+    return vx_fhdr_write(sn->fd, &sn->h, 0) == 0 &&
                    vx_io_cur->fsync(sn->fd) == 0
                ? 0
                : -1;
@@ -9172,7 +9184,6 @@ static uint64_t vx_file_write_image(vecidx *cq, vx_fw *w, uint64_t at,
     const vx_store *s = &cq->store;
     size_t cb = vx_store_file_chunk_bytes(s);
     uint32_t ppc = vx_store_per_chunk(s) >> VX_PIECE_SHIFT;
-    unsigned char hdr[VX_FILE_XTAB + 8 + 3 * VX_XENT];
     vx_fhdr h;
     uint32_t c;
     int i;
@@ -9198,10 +9209,7 @@ static uint64_t vx_file_write_image(vecidx *cq, vx_fw *w, uint64_t at,
     vx_fw_put(w, pieces, (size_t)s->nchunks * ppc * 4);
     for (i = 0; i < VX_FILE_NSECT; i++)
         if (h.sect[i].off >= at) h.sect[i].off -= at;
-    vx_fhdr_encode(&h, hdr);
-    if (w->ok &&
-        vx_io_write_all(w->fd, hdr, vx_xtab_encode(&h, hdr), (off_t)at) != 0)
-        w->ok = 0;
+    if (w->ok && vx_fhdr_write(w->fd, &h, at) != 0) w->ok = 0;
     return w->off - at;
 }
 
