@@ -776,7 +776,11 @@ int vecidx_check(vecidx *ix);
 **    met is far from the fraction (a set crowded around the query, or
 **    lying away from it), it walks again keeping ef. It stops, and the
 **    exact scan answers, as soon as it has visited as many nodes as the
-**    scan would score, or when it cannot find k admitted nodes;
+**    scan would score, when it cannot find k admitted nodes, or, where
+**    the scan costs under eight walks, when the first 16 / fraction
+**    nodes it met held under a quarter of the fraction admitted (a set
+**    lying away from the query, which a walk reaches only at great
+**    cost);
 **  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted),
 **    and on while fewer admitted entries were met than so many lists hold
 **    on average (a set away from the query needs more) -- but no more
@@ -789,8 +793,10 @@ int vecidx_check(vecidx *ix);
 ** runs at 0.59x the unfiltered speed at 50 % admitted, 0.38x at 10 %,
 ** 0.28x at 5 % (on 200k x 384 cosine 0.76x / 0.40x / 0.30x, recall
 ** >= 0.978 against 0.966 unfiltered). Sets far from the query are
-** slower: at 5-20 % admitted the walk runs at 0.2-0.9x the scan; the scan
-** of 1 % to 0.01 % reaches 0.6-0.8x a hand-written loop over only the
+** slower: at 5-20 % admitted such searches run at 0.77-1.15x a
+** hand-written loop over only the admitted vectors on 100k x 128,
+** 0.79-0.94x on 200k x 384 (measured on those two); the scan of 1 % to 0.01 %
+*reaches 0.6-0.8x that loop over the
 ** admitted vectors at 128 dimensions (the key lookup is the difference),
 ** 1.0-1.1x at 384. More in bench/RESULTS.md. An allowed
 ** key array costs time in proportion to its length on every call (once

@@ -124,6 +124,7 @@
     X(concurrency_hnsw_readers_and_writer)   \
     X(filter_flat)                           \
     X(filter_hnsw)                           \
+    X(filter_hnsw_far_scans)                 \
     X(filter_hnsw_int8)                      \
     X(filter_hnsw_int8_kept)                 \
     X(filter_ivfpq)                          \
