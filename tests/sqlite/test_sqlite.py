@@ -2,6 +2,7 @@
 """Tests of the vecidx SQLite extension through Python's sqlite3 module.
 
     python3 tests/sqlite/test_sqlite.py [sqlite/vecidx_sqlite.so] [NAME...]
+    python3 -m pytest tests/sqlite/test_sqlite.py
 
 Standard library only. Every test_* function runs on fresh databases in a
 temporary directory; the script ends with "N passed, N failed" and exits
@@ -1034,6 +1035,22 @@ def test_cache_much_faster_first_use():
         c.close()
     assert i["cache_loads"] == 1 and i["builds"] == 0, i
     assert times[0] >= 5 * times[1], times
+
+
+# pytest runs the test_* functions itself: the same temporary directory,
+# made before the first and removed after the last (its xunit-style
+# module hooks, so the file keeps to the standard library).
+_tmpdir = None
+
+
+def setup_module(module):
+    global TMP, _tmpdir
+    _tmpdir = tempfile.TemporaryDirectory(prefix="vecidx-sqlite-")
+    TMP = _tmpdir.name
+
+
+def teardown_module(module):
+    _tmpdir.cleanup()
 
 
 def main():
