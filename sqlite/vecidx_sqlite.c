@@ -50,16 +50,17 @@
 **    pruned) it is rebuilt. Tombstones and txlog entries older than
 **    VX_KEEP_GENS generations are pruned.
 **  - With the option cache=1 (or cache=PATH) the index of a committed
-**    (gen, stamp) is also saved to BASE.GEN.STAMP beside the database, and
-**    a first use opens the newest such file that the database's txlog
-**    vouches for with VECIDX_PRIVATE (its writes stay in this
-**    connection's memory; the file is never changed) and catches it up as
-**    above, instead of building. The file is written only from committed
-**    state (never inside a write transaction), after a build and whenever
-**    the connection's index is VX_CACHE_REFRESH rows past the newest file
-**    it knows of (checked at each use and at disconnect). Correctness
-**    never depends on it: a missing, damaged, foreign or too-new file
-**    means a build, as without the option.
+**    (gen, stamp) is also saved to BASE.GEN.STAMP, BASE naming the
+**    database file and the table (so tables given one cache=PATH keep
+**    apart), and a first use opens the newest such file that the
+**    database's txlog vouches for with VECIDX_PRIVATE (its writes stay in
+**    this connection's memory; the file is never changed) and catches it
+**    up as above, instead of building. The file is written only from
+**    committed state (never inside a write transaction), after a build and
+**    whenever the connection's index is VX_CACHE_REFRESH rows past the
+**    newest file it knows of (checked at each use and at disconnect).
+**    Correctness never depends on it: a missing, damaged, foreign or
+**    too-new file means a build, as without the option.
 */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -195,9 +196,9 @@ struct vx_vtab {
     sqlite3_stmt *st[VXS_COUNT];
     /* On-disk cache (option cache=): files BASE.GEN.STAMP, each holding
     ** the index as it was at that committed (gen, stamp). */
-    char *cache_base;  /* NULL: no cache */
-    int cache_default; /* cache=1: the base follows the table name */
-    int cache_known;   /* a cache file of cache_gen/stamp exists */
+    char *cache_opt;  /* the option's value, "1" or a path; NULL: none */
+    char *cache_base; /* NULL: no cache */
+    int cache_known;  /* a cache file of cache_gen/stamp exists */
     sqlite3_int64 cache_gen, cache_stamp;
     sqlite3_int64 since_cache; /* rows changed in ix since that file */
     /* Counters for vecidx_info(). */
@@ -583,15 +584,17 @@ static int vx_catch_up(vx_vtab *vt, sqlite3_int64 gen, sqlite3_int64 stamp)
 /* ---- On-disk cache ------------------------------------------------------
 **
 ** With cache=..., BASE.GEN.STAMP (STAMP in 16 hex digits) holds the index
-** as it was at that committed generation of the table. The name is the
-** whole claim: a file is only ever written under the name of the state it
-** holds, so nothing beside it can disagree with it, and concurrent writers
-** and readers need no lock. A file is used only when the database's txlog
-** has (GEN, STAMP) -- the same history -- at or before its current
-** generation; vecidx_open verifies its checksums, the catch-up brings it
-** to the current generation, and its count must then equal the table's.
-** Anything else (no file, damaged, another history, pruned log, count
-** off) falls back to the rebuild, which then writes a fresh file. */
+** as it was at that committed generation of the table, BASE being the
+** table's own (vx_cache_resolve): no other table's files are ever looked
+** at, pruned or deleted. The name is the whole claim: a file is only ever
+** written under the name of the state it holds, so nothing beside it can
+** disagree with it, and concurrent writers and readers need no lock. A
+** file is used only when the database's txlog has (GEN, STAMP) -- the
+** same history -- at or before its current generation; vecidx_open
+** verifies its checksums, the catch-up brings it to the current
+** generation, and its count must then equal the table's. Anything else
+** (no file, damaged, another history, pruned log, count off) falls back
+** to the rebuild, which then writes a fresh file. */
 
 /* Files of base in its directory: f(path, gen, stamp, tmp, arg) for each
 ** name that is BASE.GEN.STAMP (tmp 0) or one of vecidx_save's temporary
@@ -1267,6 +1270,7 @@ static void vx_free_vtab(vx_vtab *vt)
     sqlite3_free(vt->schema);
     sqlite3_free(vt->name);
     sqlite3_free(vt->col);
+    sqlite3_free(vt->cache_opt);
     sqlite3_free(vt->cache_base);
     sqlite3_free(vt);
 }
@@ -1420,9 +1424,9 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
                 vl -= 2;
             }
             if (vl == 0) goto bad;
-            sqlite3_free(vt->cache_base);
-            vt->cache_base = sqlite3_mprintf("%.*s", (int)vl, v);
-            if (!vt->cache_base) return SQLITE_NOMEM;
+            sqlite3_free(vt->cache_opt);
+            vt->cache_opt = sqlite3_mprintf("%.*s", (int)vl, v);
+            if (!vt->cache_opt) return SQLITE_NOMEM;
         } else if (vx_streq(a, klen, "column")) {
             sqlite3_free(vt->col);
             vt->col = sqlite3_mprintf("%s", v);
@@ -1486,24 +1490,40 @@ static int vx_parse_args(vx_vtab *vt, int argc, const char *const *argv,
     return SQLITE_OK;
 }
 
-/* vt->cache_base from the option's value: "0" none, "1" the database's
-** path with "-TABLE.vxc", else the path given. A database without a file
-** (in-memory, temp) starts a new history each time: no cache. */
+/* FNV-1a over n bytes of p, continuing from h. */
+static uint64_t vx_fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* vt->cache_base for the table's current name, from the option's value:
+** "0" none, "1" the database's path with "-TABLE.vxc", else the path given
+** with "-" and 16 hex digits naming the database file and the table.
+** That name is what keeps tables apart when several are given the same
+** path (a copied CREATE, or one cache directory for several databases):
+** each prunes every file of its base but the newest, and would take any
+** other table's files for its own stale or foreign ones. A database
+** without a file (in-memory, temp) starts a new history each time: no
+** cache. */
 static int vx_cache_resolve(vx_vtab *vt)
 {
     const char *file = sqlite3_db_filename(vt->db, vt->schema);
-    char *opt = vt->cache_base;
+    const char *opt = vt->cache_opt;
+    sqlite3_free(vt->cache_base);
     vt->cache_base = NULL;
-    if (!opt || !strcmp(opt, "0") || !file || !*file) {
-        sqlite3_free(opt);
-        return SQLITE_OK;
+    if (!opt || !strcmp(opt, "0") || !file || !*file) return SQLITE_OK;
+    if (!strcmp(opt, "1")) {
+        vt->cache_base = sqlite3_mprintf("%s-%s.vxc", file, vt->name);
+    } else {
+        uint64_t h = 0xcbf29ce484222325ULL;
+        h = vx_fnv(h, file, strlen(file) + 1);
+        h = vx_fnv(h, vt->name, strlen(vt->name));
+        vt->cache_base = sqlite3_mprintf("%s-%016llx", opt,
+                                         (unsigned long long)h);
     }
-    vt->cache_base = strcmp(opt, "1")
-                         ? sqlite3_mprintf("%s", opt)
-                         : sqlite3_mprintf("%s-%s.vxc", file, vt->name);
-    /* Kept for a rename, which moves the default name along. */
-    vt->cache_default = !strcmp(opt, "1");
-    sqlite3_free(opt);
     return vt->cache_base ? SQLITE_OK : SQLITE_NOMEM;
 }
 
@@ -1643,15 +1663,11 @@ static int vx_rename(sqlite3_vtab *base, const char *new_name)
     }
     sqlite3_free(vt->name);
     vt->name = nn;
-    if (vt->cache_default) {
+    if (vt->cache_base) {
         /* The files of the old name would never be found again. */
-        const char *file = sqlite3_db_filename(vt->db, vt->schema);
-        char *nb = sqlite3_mprintf("%s-%s.vxc", file ? file : "", nn);
-        if (!nb) return SQLITE_NOMEM;
         vx_cache_scan(vt->cache_base, vx_cache_drop_fn, NULL);
-        sqlite3_free(vt->cache_base);
-        vt->cache_base = nb;
         vt->cache_known = 0;
+        return vx_cache_resolve(vt);
     }
     return SQLITE_OK;
 }

@@ -1006,10 +1006,81 @@ def test_cache_unwritable_and_read_only():
               "cache='%s')" % os.path.join(TMP, "w-cache"))
     c.execute("INSERT INTO w(rowid, embedding) VALUES (1, '[1, 0]')")
     assert info(c, "w")["cache_saves"] == 1
-    assert len(glob.glob(os.path.join(TMP, "w-cache.1.*"))) == 1
+    # named PATH-ID.GEN.STAMP, ID 16 hex digits for the database and table
+    [f] = glob.glob(os.path.join(TMP, "w-cache-*.1.*"))
+    assert len(os.path.basename(f).split(".")[0]) == len("w-cache-") + 16
     c.execute("DROP TABLE w")      # takes its files along
-    assert glob.glob(os.path.join(TMP, "w-cache.*")) == []
+    assert glob.glob(os.path.join(TMP, "w-cache*")) == []
     c.close()
+
+
+def test_cache_path_shared_by_tables():
+    # Three tables given one cache=PATH -- two in one database, one of the
+    # same name in another -- keep files of their own: every later first
+    # use of each loads its own, none is rejected or rebuilt, and one
+    # table's new file, drop or rename leaves the others' files alone.
+    shared = os.path.join(TMP, "shared-cache")
+    dbs = [os.path.join(TMP, "share1.db"), os.path.join(TMP, "share2.db")]
+    for p in dbs + [shared]:
+        fresh(p)
+    tables = [(dbs[0], "a"), (dbs[0], "b"), (dbs[1], "a")]
+    rng = random.Random(28)
+    vecs = {}
+    for p, t in tables:
+        c = connect(p)
+        c.execute("CREATE VIRTUAL TABLE %s USING vecidx(dim=8, kind=hnsw, "
+                  "cache='%s')" % (t, shared))
+        vecs[p, t] = fill(c, 300, 8, rng, t)
+        c.close()                    # each writes its file at the close
+
+    def shared_files():
+        return sorted(f for f in glob.glob(shared + "*") if ".tmp-" not in f)
+
+    def first_uses(expect_builds=None):
+        for p, t in tables:
+            c = connect(p)
+            v = vecs[p, t]
+            assert knn(c, v[7], 1, t) == [(7, 0.0)]
+            i = info(c, t)
+            c.close()
+            if expect_builds and (p, t) in expect_builds:
+                assert i["builds"] == 1, (p, t, i)
+            else:
+                assert i["builds"] == 0 and i["cache_loads"] == 1, (p, t, i)
+                assert i["cache_rejects"] == 0, (p, t, i)
+
+    assert len(shared_files()) == 3
+    for _ in range(2):
+        first_uses()
+    assert len(shared_files()) == 3
+    # a newer file of one table replaces only that table's
+    c = connect(dbs[0])
+    c.execute("BEGIN")
+    for i in range(5000, 5000 + 1100):
+        c.execute("INSERT INTO a(rowid, embedding) VALUES (?, ?)",
+                  (i, blob(rvec(rng, 8))))
+    c.execute("COMMIT")
+    c.close()
+    assert len(shared_files()) == 3
+    first_uses()
+    # dropped, one table takes its files along and no other's
+    c = connect(dbs[0])
+    c.execute("DROP TABLE b")
+    c.close()
+    tables.remove((dbs[0], "b"))
+    assert len(shared_files()) == 2
+    first_uses()
+    # renamed, a table leaves its old files and builds once under its new
+    # name; the table of the old name in the other database is untouched
+    c = connect(dbs[0])
+    c.execute("ALTER TABLE a RENAME TO r")
+    c.close()
+    vecs[dbs[0], "r"] = vecs.pop((dbs[0], "a"))
+    tables[0] = (dbs[0], "r")
+    assert len(shared_files()) == 1
+    first_uses(expect_builds={(dbs[0], "r")})
+    assert len(shared_files()) == 2
+    first_uses()
 
 
 def fill_in_txn(c, n, d, rng, start):
