@@ -457,7 +457,6 @@ static void *vt_saver_main(void *arg)
 ** path leave one whole index there, and nothing else in the directory. */
 void test_concurrency_two_saves_one_path(void)
 {
-    const char *tmp = getenv("TMPDIR");
     char dir[512], path[600];
     vecidx *ix[2] = {NULL, NULL};
     vt_saver sv[2];
@@ -466,12 +465,7 @@ void test_concurrency_two_saves_one_path(void)
     float v[VT_DIM];
     uint64_t key;
     int k, started;
-    snprintf(dir, sizeof dir, "%s/vecidx-saves-%ld-XXXXXX",
-             tmp && *tmp ? tmp : "/tmp", (long)getpid());
-    if (!mkdtemp(dir)) {
-        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
-        return;
-    }
+    if (vt_tmp_dir(dir, sizeof dir, "saves") != 0) return;
     snprintf(path, sizeof path, "%s/ix.vx", dir);
     for (k = 0; k < 2; k++) {
         CHECK_OK(vecidx_params_init(&p, k ? VECIDX_HNSW : VECIDX_FLAT,
@@ -1374,17 +1368,13 @@ static uint32_t st_run(const st_cfg *c, unsigned round, double soak_end)
     st_reader rd[ST_READERS];
     pthread_t tid[ST_READERS], ck;
     int started[ST_READERS], ck_started = 0;
-    const char *tmp = getenv("TMPDIR");
     char dir[512];
     vecidx_params p;
     vecidx *f = NULL;
     uint32_t i, writes = 0;
     unsigned flags = VECIDX_CREATE | c->sync;
     double t0 = vt_seconds();
-    snprintf(dir, sizeof dir, "%s/vecidx-conc-%ld-XXXXXX",
-             tmp && *tmp ? tmp : "/tmp", (long)getpid());
-    if (!mkdtemp(dir)) {
-        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
+    if (vt_tmp_dir(dir, sizeof dir, "conc") != 0) {
         free(sh);
         free(w);
         return 0;
@@ -1647,7 +1637,6 @@ void test_concurrency_readers_verify(void)
         DIM = 32,
         T = 4
     };
-    const char *tmp = getenv("TMPDIR");
     char path[600], bad[620];
     vt_rng r = {77};
     vt_set m;
@@ -1658,8 +1647,7 @@ void test_concurrency_readers_verify(void)
     size_t found[NQ], i, len = 0, nk = 0;
     unsigned char *img;
     int pass;
-    snprintf(path, sizeof path, "%s/vecidx-rverify-%ld.vx",
-             tmp && *tmp ? tmp : "/tmp", (long)getpid());
+    vt_tmp_name(path, sizeof path, "rverify", ".vx");
     snprintf(bad, sizeof bad, "%s.bad", path);
     vt_set_init(&m, DIM, N);
     CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_COSINE, DIM));

@@ -1185,11 +1185,9 @@ void test_filter_batch_matches_single(void)
 ** very same results, and removals logged after the reopen are honoured. */
 void test_filter_file(void)
 {
-    const char *t = getenv("TMPDIR");
     char path[700], wal[720], what[1024];
     size_t c;
-    snprintf(path, sizeof path, "%s/vecidx-filter-%ld.vx", t && *t ? t : "/tmp",
-             (long)getpid());
+    vt_tmp_name(path, sizeof path, "filter", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     for (c = 0; c < sizeof fx_kinds / sizeof fx_kinds[0]; c++) {
         const fx_cfg *cfg = fx_kinds[c];

@@ -676,18 +676,12 @@ void test_store_line_aligned_records(void)
         int metric;
         uint32_t dim;
     } cfg[] = {{VECIDX_L2, 13}, {VECIDX_COSINE, 20}, {VECIDX_IP, 64}};
-    const char *t = getenv("TMPDIR");
     char dir[600], path[700], wal[720], what[96];
     vt_rng r = {91};
     vt_alloc a;
     size_t c;
     vt_alloc_init(&a);
-    snprintf(dir, sizeof dir, "%s/vecidx-layout-%ld-XXXXXX",
-             t && *t ? t : "/tmp", (long)getpid());
-    if (!mkdtemp(dir)) {
-        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
-        return;
-    }
+    if (vt_tmp_dir(dir, sizeof dir, "layout") != 0) return;
     snprintf(path, sizeof path, "%s/ix.vx", dir);
     snprintf(wal, sizeof wal, "%s-wal", path);
     for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
@@ -837,16 +831,10 @@ void test_store_kept_vectors_apart(void)
                {VECIDX_FLAT, VECIDX_COSINE, VECIDX_STORE_I8},
                {VECIDX_FLAT, VECIDX_IP, VECIDX_STORE_BIN},
                {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F16}};
-    const char *t = getenv("TMPDIR");
     char dir[600], path[700], wal[720], path2[720], what[96];
     vt_rng r = {123};
     size_t c, i;
-    snprintf(dir, sizeof dir, "%s/vecidx-kept-%ld-XXXXXX", t && *t ? t : "/tmp",
-             (long)getpid());
-    if (!mkdtemp(dir)) {
-        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
-        return;
-    }
+    if (vt_tmp_dir(dir, sizeof dir, "kept") != 0) return;
     snprintf(path, sizeof path, "%s/ix.vx", dir);
     snprintf(wal, sizeof wal, "%s-wal", path);
     snprintf(path2, sizeof path2, "%s/snap.vx", dir);
@@ -1017,11 +1005,9 @@ void test_snapshot_key_map_copy_on_write(void)
         BIG = 10
     };
     static const int kinds[] = {VECIDX_FLAT, VECIDX_HNSW};
-    const char *t = getenv("TMPDIR");
     char path[700];
     size_t c, i, round;
-    snprintf(path, sizeof path, "%s/vecidx-snapmap-%ld.vx",
-             t && *t ? t : "/tmp", (long)getpid());
+    vt_tmp_name(path, sizeof path, "snapmap", ".vx");
     for (c = 0; c < sizeof kinds / sizeof kinds[0]; c++) {
         vt_rng r = {4242 + c};
         vecidx_params p;
@@ -1541,12 +1527,10 @@ void test_file_damage_readers(void)
                {VECIDX_IVFPQ, VECIDX_L2, 32, VECIDX_STORE_F32, 1, 0},
                {VECIDX_IVFPQ, VECIDX_COSINE, 24, VECIDX_STORE_F32, 0, 1},
                {VECIDX_IVFPQ, VECIDX_IP, 16, VECIDX_STORE_F32, 1, 1}};
-    const char *t = getenv("TMPDIR");
     char path[600], bad[620], copy[640], what[96];
     vt_rng r = {4242};
     size_t c;
-    snprintf(path, sizeof path, "%s/vecidx-damage-%ld.vx", t && *t ? t : "/tmp",
-             (long)getpid());
+    vt_tmp_name(path, sizeof path, "damage", ".vx");
     snprintf(bad, sizeof bad, "%s.bad", path);
     snprintf(copy, sizeof copy, "%s.copy", path);
     vt_damage_workers();

@@ -1722,14 +1722,7 @@ static char iv_dir[512];
 
 static int iv_mkdir(void)
 {
-    const char *t = getenv("TMPDIR");
-    snprintf(iv_dir, sizeof iv_dir, "%s/vecidx-ivfpq-%ld-XXXXXX",
-             t && *t ? t : "/tmp", (long)getpid());
-    if (!mkdtemp(iv_dir)) {
-        vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", iv_dir, strerror(errno));
-        return 0;
-    }
-    return 1;
+    return vt_tmp_dir(iv_dir, sizeof iv_dir, "ivfpq") == 0;
 }
 
 static const char *iv_path(char *buf, size_t cap, const char *name)

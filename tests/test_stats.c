@@ -184,9 +184,9 @@ void test_stats_memory_parts(void)
 
 static void sx_path(char *buf, size_t len, const char *name)
 {
-    const char *t = getenv("TMPDIR");
-    if (!t || !*t) t = "/tmp";
-    snprintf(buf, len, "%s/vecidx-stats-%ld-%s.vx", t, (long)getpid(), name);
+    char n[64];
+    snprintf(n, sizeof n, "stats-%s", name);
+    vt_tmp_name(buf, len, n, ".vx");
 }
 
 /* The log and checkpoints of a file-backed index, across reopens. */

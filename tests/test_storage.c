@@ -83,11 +83,9 @@ void test_storage_recall(void)
         {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_BIN, 1, 0.05, 40},
         {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_BIN, 1, 0.05, 40},
     };
-    const char *t = getenv("TMPDIR");
     char path[700], wal[720], what[96];
     size_t c, i;
-    snprintf(path, sizeof path, "%s/vecidx-storage-%ld.vx",
-             t && *t ? t : "/tmp", (long)getpid());
+    vt_tmp_name(path, sizeof path, "storage", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     for (c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         vt_rng r = {900 + c};
@@ -199,15 +197,13 @@ void test_storage_log_replay(void)
         DIM = 24,
         N = 800
     };
-    const char *t = getenv("TMPDIR");
     char path[700], wal[720];
     vt_rng r = {77};
     vecidx_params p;
     vecidx *ix = NULL;
     vt_set m;
     size_t i;
-    snprintf(path, sizeof path, "%s/vecidx-storlog-%ld.vx",
-             t && *t ? t : "/tmp", (long)getpid());
+    vt_tmp_name(path, sizeof path, "storlog", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     unlink(path);
     unlink(wal);
@@ -309,11 +305,9 @@ done:
 void test_file_private_copy(void)
 {
     static const int kinds[] = {VECIDX_FLAT, VECIDX_HNSW, VECIDX_IVFPQ};
-    const char *t = getenv("TMPDIR");
     char path[700], wal[720], save[720];
     size_t k;
-    snprintf(path, sizeof path, "%s/vecidx-private-%ld.vx",
-             t && *t ? t : "/tmp", (long)getpid());
+    vt_tmp_name(path, sizeof path, "private", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     snprintf(save, sizeof save, "%s-saved", path);
     for (k = 0; k < 3; k++) {
@@ -428,12 +422,10 @@ void test_file_damage_log_readers(void)
         DIM = 8,
         TRIALS = 60
     };
-    const char *t = getenv("TMPDIR");
     char path[600], wal[620], bad[620], badwal[640], what[96];
     vt_rng r = {31337};
     int kind;
-    snprintf(path, sizeof path, "%s/vecidx-logdmg-%ld.vx", t && *t ? t : "/tmp",
-             (long)getpid());
+    vt_tmp_name(path, sizeof path, "logdmg", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     snprintf(bad, sizeof bad, "%s.bad", path);
     snprintf(badwal, sizeof badwal, "%s-wal", bad);

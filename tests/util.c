@@ -4,12 +4,14 @@
 */
 #define _POSIX_C_SOURCE 200809L
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "vtest.h"
 
@@ -85,6 +87,26 @@ void *vt_xmalloc(size_t n)
         exit(2);
     }
     return p;
+}
+
+/* buf = $TMPDIR (or /tmp)/vecidx-NAME-PID followed by end: a name of
+** this process's own, so that test programs run side by side (make -j,
+** the qemu runs) never share a file. */
+void vt_tmp_name(char *buf, size_t size, const char *name, const char *end)
+{
+    const char *t = getenv("TMPDIR");
+    snprintf(buf, size, "%s/vecidx-%s-%ld%s", t && *t ? t : "/tmp", name,
+             (long)getpid(), end);
+}
+
+/* A new directory of vt_tmp_name's kind in buf; 0, or -1 and a failed
+** check. */
+int vt_tmp_dir(char *buf, size_t size, const char *name)
+{
+    vt_tmp_name(buf, size, name, "-XXXXXX");
+    if (mkdtemp(buf)) return 0;
+    vt_fail(__FILE__, __LINE__, "mkdtemp %s: %s", buf, strerror(errno));
+    return -1;
 }
 
 /* The whole file at path, in a vt_xmalloc block (caller frees), and its

@@ -228,6 +228,8 @@ void vt_vector_for(uint64_t key, uint64_t version, float *v, uint32_t dim);
 void *vt_xmalloc(size_t n); /* zeroed; aborts the run if out of memory */
 /* A whole file read into memory (see util.c); NULL if it is absent. */
 unsigned char *vt_slurp(const char *path, size_t *len);
+void vt_tmp_name(char *buf, size_t size, const char *name, const char *end);
+int vt_tmp_dir(char *buf, size_t size, const char *name);
 
 /* Monotonic seconds, for the optional per-test timing only. */
 double vt_seconds(void);
