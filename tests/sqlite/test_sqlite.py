@@ -373,7 +373,8 @@ def test_join_forms():
     # with the filter kept by 2 %, 80 %, 0.7 % and none of the rows, with and
     # without an index on the filtered column (SQLite then runs either
     # table first), on an exact and an approximate index: min(k, rows
-    # kept) results, the exact top k for the flat index.
+    # kept) results, the exact top k for the flat index and for the joins
+    # on either.
     filters = [("cat = 7", lambda i: i % 50 == 7),
                ("cat < 40", lambda i: i % 50 < 40),
                ("cat = 7 AND id % 3 = 0", lambda i: i % 50 == 7 and
@@ -426,8 +427,10 @@ def test_join_forms():
                             assert n & 16, plan
                         rows = c.execute(sql, args).fetchall()
                         try:
+                            # joins search each row alone or stream every
+                            # row exactly: the exact top k on any kind
                             assert_topk(rows, vecs, q, k, allowed,
-                                        exact=kind == "flat")
+                                        exact=kind == "flat" or not pushed)
                         except AssertionError as e:
                             raise AssertionError((kind, index, fsql, k, sql,
                                                   plan, e))
@@ -475,49 +478,77 @@ def test_join_with_k_refused():
 
 
 def test_stream_without_k():
-    # MATCH without k or LIMIT: every row, nearest first, each once --
-    # across the growing searches. The exact index with many rows at equal
-    # distances (each search cuts through them somewhere else); the graph,
-    # which may miss a row in one search and find it in the next, closer
-    # than rows already handed out: skipped, so the order holds.
+    # MATCH without k or LIMIT: every row exactly once, exactly nearest
+    # first, on every kind -- the flat index across its growing searches,
+    # with many rows at equal distances (each search cuts through them
+    # somewhere else); HNSW and IVF-PQ in one exact pass. The graph is
+    # sparse and IVF-PQ probes one list of 16, so that any approximate
+    # search smaller than the table misses rows: streams made of such
+    # searches lost some of them (or, handing them out when found later,
+    # would break the order).
     rng = random.Random(11)
-    for kind in ("flat", "hnsw"):
+    d, n = 8, 1500
+    for kind, extra in (("flat", ""),
+                        ("hnsw", ", M=4, ef=8, ef_construction=16"),
+                        ("ivfpq", ", nlist=16, nprobe=1, pq_m=4, "
+                         "train_size=500, keep_vectors=1, refine=2")):
         c = connect()
-        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=4, kind=%s)"
-                  % kind)
-        vecs = fill(c, 700, 4, rng)
-        if kind == "flat":
-            c.execute("BEGIN")
-            for i in range(1000, 1300):   # 300 copies of two vectors
-                vecs[i] = [.5, .5, .5, .5] if i % 2 else [-.5, .5, -.5, .5]
-                c.execute("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
-                          (i, blob(vecs[i])))
-            c.execute("COMMIT")
-        for q in ([0.5, 0.5, 0.5, 0.5], rvec(rng, 4), rvec(rng, 4)):
-            rows = c.execute("SELECT rowid, distance FROM v WHERE "
-                             "embedding MATCH ?", (blob(q),)).fetchall()
-            assert_topk(rows, vecs, q, len(vecs) if kind == "flat" else
-                        len(rows), exact=kind == "flat")
-            assert len(rows) >= 0.98 * len(vecs), len(rows)
-        # stopped early by SQLite's LIMIT, OFFSET, count(*)
-        q = rvec(rng, 4)
-        all_rows = c.execute("SELECT rowid FROM v WHERE embedding MATCH ?",
-                             (blob(q),)).fetchall()
+        c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, cat INT)")
+        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=%d, kind=%s%s)"
+                  % (d, kind, extra))
+        vecs = fill(c, n, d, rng)
+        c.execute("BEGIN")
+        for i in range(5000, 5300):   # 300 copies of two vectors
+            vecs[i] = [.5] * d if i % 2 else [-.5, .5] * (d // 2)
+            c.execute("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+                      (i, blob(vecs[i])))
+        c.executemany("INSERT INTO docs VALUES (?, ?)",
+                      [(i, i % 50) for i in vecs])
+        c.execute("COMMIT")
+        for q in [[.5] * d] + [rvec(rng, d) for _ in range(5)]:
+            for order in ("", " ORDER BY distance"):
+                rows = c.execute("SELECT rowid, distance FROM v WHERE "
+                                 "embedding MATCH ?" + order,
+                                 (blob(q),)).fetchall()
+                try:
+                    assert_topk(rows, vecs, q, len(vecs))
+                except AssertionError as e:
+                    raise AssertionError((kind, order, e))
+        # stopped early by SQLite's LIMIT and OFFSET: the same rows as the
+        # whole stream, so the exact top LIMIT + OFFSET
+        q = rvec(rng, d)
+        all_rows = c.execute("SELECT rowid, distance FROM v WHERE embedding "
+                             "MATCH ?", (blob(q),)).fetchall()
         for lim, off in ((0, 0), (1, 0), (5, 3), (40, 17), (-1, 990),
                          (3, -2)):
-            got = c.execute("SELECT rowid FROM v WHERE embedding MATCH ? "
-                            "ORDER BY distance LIMIT ? OFFSET ?",
+            got = c.execute("SELECT rowid, distance FROM v WHERE embedding "
+                            "MATCH ? ORDER BY distance LIMIT ? OFFSET ?",
                             (blob(q), lim, off)).fetchall()
             o = max(off, 0)
             want = all_rows[o:] if lim < 0 else all_rows[o:o + lim]
-            assert got == want, (lim, off, got, want)
-        n = c.execute("SELECT count(*) FROM v WHERE embedding MATCH ?",
-                      (blob(q),)).fetchone()[0]
-        assert n == len(all_rows)
+            assert got == want, (kind, lim, off, got, want)
+        assert_topk(all_rows[:57], vecs, q, 57)
+        n_all = c.execute("SELECT count(*) FROM v WHERE embedding MATCH ?",
+                          (blob(q),)).fetchone()[0]
+        assert n_all == len(vecs), (kind, n_all)
         # a literal LIMIT and OFFSET (passed to the table by SQLite 3.41+)
-        got = c.execute("SELECT rowid FROM v WHERE embedding MATCH ? "
-                        "LIMIT 4 OFFSET 2", (blob(q),)).fetchall()
-        assert got == all_rows[2:6], (got, all_rows[:6])
+        got = c.execute("SELECT rowid, distance FROM v WHERE embedding "
+                        "MATCH ? LIMIT 4 OFFSET 2", (blob(q),)).fetchall()
+        assert ids(got) == ids(all_rows[2:6]) or \
+            sqlite3.sqlite_version_info >= (3, 41), (got, all_rows[:6])
+        # over an allowed set, and joined to a filter SQLite applies to the
+        # stream: every row that passes, nearest first
+        allowed = {i for i in vecs if i % 50 < 20}
+        rows = c.execute("SELECT rowid, distance FROM v WHERE embedding "
+                         "MATCH ? AND rowid IN (SELECT id FROM docs WHERE "
+                         "cat < 20)", (blob(q),)).fetchall()
+        assert_topk(rows, vecs, q, len(allowed), allowed)
+        few = {i for i in vecs if i % 50 == 7 and i % 3 == 0}
+        rows = c.execute("SELECT v.rowid, v.distance FROM v JOIN docs d ON "
+                         "d.id = v.rowid WHERE v.embedding MATCH ? AND "
+                         "d.cat = 7 AND d.id % 3 = 0 ORDER BY v.distance "
+                         "LIMIT 1000", (blob(q),)).fetchall()
+        assert_topk(rows, vecs, q, len(few), few)
         # one row: its distance, with or without k
         for extra in ("", "AND k = 3"):
             r = c.execute("SELECT rowid, distance FROM v WHERE embedding "
