@@ -436,6 +436,39 @@ def test_join_forms():
                                                   plan, e))
 
 
+def test_join_indexed_range_runs_filter_first():
+    # A stream costs a pass over the table before its first row, so in a
+    # join SQLite should run an indexed filter first and search the rows
+    # it keeps one by one -- a range too, once ANALYZE has told it how many
+    # rows the other table has. It streamed (the pass, then every row the
+    # filter rejects) when streams were costed as a few searches.
+    rng = random.Random(29)
+    d, n = 16, 20000
+    c = connect()
+    c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, price REAL)")
+    c.execute("CREATE INDEX docs_price ON docs(price)")
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=%d, kind=flat)" % d)
+    vecs = {i: rvec(rng, d) for i in range(1, n + 1)}
+    price = {i: rng.uniform(0, 100) for i in vecs}
+    c.execute("BEGIN")
+    c.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)",
+                  ((i, blob(v)) for i, v in vecs.items()))
+    c.executemany("INSERT INTO docs VALUES (?, ?)", price.items())
+    c.execute("COMMIT")
+    c.execute("ANALYZE")
+    q = rvec(rng, d)
+    sql = ("SELECT d.id, v.distance FROM docs d JOIN v ON v.rowid = d.id "
+           "WHERE d.price BETWEEN ? AND ? AND v.embedding MATCH ? "
+           "ORDER BY v.distance LIMIT 10")
+    args = (10.0, 11.0, blob(q))
+    knn(c, q, 1)                 # the index is built: its count is known
+    plan = [r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql, args)]
+    assert plan[0].startswith("SEARCH d USING COVERING INDEX docs_price"), \
+        plan
+    allowed = {i for i, p in price.items() if 10.0 <= p <= 11.0}
+    assert_topk(c.execute(sql, args).fetchall(), vecs, q, 10, allowed)
+
+
 def test_join_with_k_refused():
     # k = N with the table joined by rowid cannot be exact (the other
     # table's filter is applied to the N found, or SQLite runs one search
