@@ -17,6 +17,8 @@
 **   SELECT rowid, distance FROM items_vec
 **    WHERE embedding MATCH :q AND k = 10
 **      AND rowid IN (SELECT id FROM items WHERE category = 3);
+**   ... AND allowed = (SELECT vecidx_rowids(id) FROM items WHERE ...)
+**                                         -- the same set, built faster
 **
 ** DESIGN
 **
@@ -110,7 +112,8 @@ enum {
     VX_COL_DISTANCE = 1,
     VX_COL_K = 2,
     VX_COL_EF = 3,
-    VX_COL_NPROBE = 4
+    VX_COL_NPROBE = 4,
+    VX_COL_ALLOWED = 5
 };
 
 /* Plans (idxNum bits); the argv of xFilter holds the values in this
@@ -124,7 +127,8 @@ enum {
     VX_P_ROWID_EQ = 32, /* rowid = value */
     VX_P_LIMIT = 64,    /* LIMIT, passed by SQLite 3.41+ in place of k */
     VX_P_OFFSET = 128,  /* OFFSET with that LIMIT */
-    VX_P_JOINED = 256   /* k with the rowid joined to another table */
+    VX_P_JOINED = 256,  /* k with the rowid joined to another table */
+    VX_P_ALLOWED = 512  /* allowed = a vecidx_rowids() set */
 };
 
 /* Prepared statements on the shadow tables, made on first use. */
@@ -1575,7 +1579,8 @@ static int vx_init(sqlite3 *db, void *aux, int argc, const char *const *argv,
     }
     {
         char *decl = sqlite3_mprintf("CREATE TABLE x(\"%w\", distance HIDDEN, "
-                                     "k HIDDEN, ef HIDDEN, nprobe HIDDEN)",
+                                     "k HIDDEN, ef HIDDEN, nprobe HIDDEN, "
+                                     "allowed HIDDEN)",
                                      vt->col);
         if (!decl) {
             rc = SQLITE_NOMEM;
@@ -1703,6 +1708,7 @@ static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
 {
     vx_vtab *vt = (vx_vtab *)base;
     int i, i_match = -1, i_k = -1, i_ef = -1, i_np = -1, i_in = -1, i_eq = -1;
+    int i_al = -1;
     int i_limit = -1, i_offset = -1, unusable_match = 0, joined = 0;
     int order[8], flag[8], n = 0, j, plan = 0;
     double count = vt->ix ? (double)vecidx_count(vt->ix) + 1.0 : 1000000.0;
@@ -1745,9 +1751,14 @@ static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
                 i_ef = i;
             else if (c->iColumn == VX_COL_NPROBE && i_np < 0)
                 i_np = i;
+            else if (c->iColumn == VX_COL_ALLOWED && i_al < 0)
+                i_al = i;
         }
     }
-    if (i_match < 0 && unusable_match) return SQLITE_CONSTRAINT;
+    /* allowed = only narrows a MATCH; without one SQLite would test it on
+    ** each row, whose allowed reads NULL, and return none: no plan, so
+    ** that SQLite reports the query as having no solution. */
+    if (i_match < 0 && (unusable_match || i_al >= 0)) return SQLITE_CONSTRAINT;
 
     if (i_match < 0) {
         /* No search: a point lookup (an IN list one value per xFilter
@@ -1778,6 +1789,7 @@ static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
     } else if (i_eq >= 0) {
         order[n] = i_eq, flag[n++] = VX_P_ROWID_EQ;
     }
+    if (i_al >= 0) order[n] = i_al, flag[n++] = VX_P_ALLOWED;
     /* SQLite keeps a plan with LIMIT only if it uses every constraint
     ** before it, OFFSET included; OFFSET is not omitted, so SQLite skips
     ** those rows itself and the search returns LIMIT + OFFSET. */
@@ -1800,13 +1812,17 @@ static int vx_best_index(sqlite3_vtab *base, sqlite3_index_info *info)
         info->estimatedRows = 1;
         info->idxFlags = SQLITE_INDEX_SCAN_UNIQUE;
         info->estimatedCost = (plan & VX_P_K) ? VX_COST_ROW_K : VX_COST_ONE;
-    } else if ((plan & VX_P_K) && !(plan & VX_P_ROWID_IN) && joined) {
+    } else if ((plan & VX_P_K) && !(plan & (VX_P_ROWID_IN | VX_P_ALLOWED)) &&
+               joined) {
         plan |= VX_P_JOINED;
         info->estimatedCost = VX_COST_REFUSED;
     } else {
-        info->estimatedCost = (plan & VX_P_ROWID_IN) ? search / 2 : search;
+        info->estimatedCost = (plan & (VX_P_ROWID_IN | VX_P_ALLOWED))
+                                  ? search / 2
+                                  : search;
     }
-    if (!(plan & (VX_P_K | VX_P_LIMIT | VX_P_ROWID_IN | VX_P_ROWID_EQ))) {
+    if (!(plan & (VX_P_K | VX_P_LIMIT | VX_P_ROWID_IN | VX_P_ROWID_EQ |
+                  VX_P_ALLOWED))) {
         /* Streaming: a pass over every row before the first is handed out
         ** (vx_knn; the flat index scans them all for each batch), whatever
         ** SQLite then reads. In a join the other plan runs the other table
@@ -1972,6 +1988,108 @@ static int vx_fetch(vx_vtab *vt, vx_cursor *c, size_t want)
     }
 }
 
+/* ---- vecidx_rowids() and allowed = ----------------------------------------
+**
+** `rowid IN (SELECT id FROM docs WHERE ...)` reaches the search as a list
+** SQLite builds first: a b-tree of the ids, which costs most of the query
+** when they come out of order, as from an index on another column. At 20k
+** x 128 HNSW, k = 10, ids from a range on an indexed column: 0.6 ms with
+** 2,000 ids, 3.8 ms with 10,000, of which perf finds 84 % in SQLite and 6
+** % in this extension and vecidx. The aggregate vecidx_rowids(id) packs
+** the ids into one BLOB instead -- VX_ROWIDS_MAGIC, then each integer as
+** an int64 in the order met, in this machine's byte order, as only this
+** process reads it -- and `allowed = (SELECT vecidx_rowids(id) FROM ...)`
+** hands that to the search as the allowed set: 0.18-0.21 and 0.79-0.84
+** ms for the same queries, the same results. */
+#define VX_ROWIDS_MAGIC "vxrowids"
+#define VX_ROWIDS_HDR 8
+
+typedef struct vx_rowids {
+    unsigned char *buf; /* VX_ROWIDS_HDR bytes, then n int64 */
+    size_t n, cap;
+} vx_rowids;
+
+static void vx_rowids_step(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    vx_rowids *r = sqlite3_aggregate_context(ctx, sizeof(*r));
+    sqlite3_int64 id;
+    (void)argc;
+    if (!r) {
+        sqlite3_result_error_nomem(ctx);
+        return;
+    }
+    /* Only integers: the values rowid IN (...) would take (vx_knn). */
+    if (sqlite3_value_numeric_type(argv[0]) != SQLITE_INTEGER) return;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 1024;
+        unsigned char *nb = sqlite3_realloc64(r->buf,
+                                              VX_ROWIDS_HDR + cap * sizeof(id));
+        if (!nb) {
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+        if (!r->buf) memcpy(nb, VX_ROWIDS_MAGIC, VX_ROWIDS_HDR);
+        r->buf = nb;
+        r->cap = cap;
+    }
+    id = sqlite3_value_int64(argv[0]);
+    memcpy(r->buf + VX_ROWIDS_HDR + r->n++ * sizeof(id), &id, sizeof(id));
+}
+
+static void vx_rowids_final(sqlite3_context *ctx)
+{
+    vx_rowids *r = sqlite3_aggregate_context(ctx, 0);
+    if (!r || !r->buf) {
+        sqlite3_result_blob(ctx, VX_ROWIDS_MAGIC, VX_ROWIDS_HDR, SQLITE_STATIC);
+        return;
+    }
+    sqlite3_result_blob64(ctx, r->buf, VX_ROWIDS_HDR + r->n * sizeof(int64_t),
+                          sqlite3_free);
+    r->buf = NULL;
+}
+
+/* allowed = v: the rowids of v become the allowed set, or with rowid IN
+** or = as well, the set keeps only the rows in both (as SQLite would, had
+** it to check the other constraint itself on the k rows found). */
+static int vx_take_rowids(vx_vtab *vt, vx_cursor *c, sqlite3_value *v)
+{
+    const unsigned char *b = sqlite3_value_blob(v);
+    int bytes = sqlite3_value_bytes(v);
+    uint64_t *ids, *cur;
+    size_t n, i, kept = 0;
+    if (sqlite3_value_type(v) == SQLITE_NULL) {
+        /* allowed = NULL holds for no row */
+        c->o.allow_keys = &c->one;
+        c->o.allow_count = 0;
+        return SQLITE_OK;
+    }
+    if (sqlite3_value_type(v) != SQLITE_BLOB || bytes < VX_ROWIDS_HDR ||
+        (bytes - VX_ROWIDS_HDR) % sizeof(*ids) != 0 ||
+        memcmp(b, VX_ROWIDS_MAGIC, VX_ROWIDS_HDR) != 0) {
+        vx_seterr(vt, "vecidx: allowed = takes the value of vecidx_rowids(), "
+                      "as in allowed = (SELECT vecidx_rowids(id) FROM ...)");
+        return SQLITE_MISMATCH;
+    }
+    n = (size_t)(bytes - VX_ROWIDS_HDR) / sizeof(*ids);
+    ids = sqlite3_malloc64(n ? n * sizeof(*ids) : 1);
+    if (!ids) return SQLITE_NOMEM;
+    memcpy(ids, b + VX_ROWIDS_HDR, n * sizeof(*ids));
+    if (!c->o.allow_keys) {
+        c->allow = ids;
+        c->o.allow_keys = ids;
+        c->o.allow_count = n;
+        return SQLITE_OK;
+    }
+    qsort(ids, n, sizeof(*ids), vx_cmp_key);
+    cur = c->o.allow_keys == &c->one ? &c->one : c->allow;
+    for (i = 0; i < c->o.allow_count; i++)
+        if (bsearch(&cur[i], ids, n, sizeof(*ids), vx_cmp_key))
+            cur[kept++] = cur[i];
+    c->o.allow_count = kept;
+    sqlite3_free(ids);
+    return SQLITE_OK;
+}
+
 /* Rows the flat index hands out first when the number wanted is unknown:
 ** a LIMIT that SQLite keeps to itself is usually about this size or
 ** smaller. */
@@ -2041,6 +2159,10 @@ static int vx_knn(vx_vtab *vt, vx_cursor *c, int plan, sqlite3_value **argv)
         c->one = (uint64_t)sqlite3_value_int64(v);
         c->o.allow_keys = &c->one;
         c->o.allow_count = sqlite3_value_numeric_type(v) == SQLITE_INTEGER;
+    }
+    if (plan & VX_P_ALLOWED) {
+        rc = vx_take_rowids(vt, c, argv[a++]);
+        if (rc != SQLITE_OK) return rc;
     }
     if (plan & VX_P_LIMIT) {
         /* SQLite has made both integers. A negative LIMIT is none, a
@@ -2268,6 +2390,11 @@ VX_EXPORT int sqlite3_vecidx_init(sqlite3 *db, char **pzErr,
     if (rc == SQLITE_OK)
         rc = sqlite3_create_function(db, "vecidx_info", 2, SQLITE_UTF8, conn,
                                      vx_info_fn, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_create_function(
+            db, "vecidx_rowids", 1,
+            SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, NULL, NULL,
+            vx_rowids_step, vx_rowids_final);
     if (rc == SQLITE_OK)
         rc = sqlite3_create_function(db, "vecidx_version", 0,
                                      SQLITE_UTF8 | SQLITE_DETERMINISTIC |

@@ -2,8 +2,9 @@
 # The vecidx SQLite extension through the sqlite3 command-line shell:
 #     sh tests/sqlite/shell_test.sh [sqlite/vecidx_sqlite.so]
 # Loads the extension with .load, runs a script of creates, writes,
-# searches, filters (as a join too) and transactions, and compares the
-# output with the expected one. Ends with "N passed, N failed".
+# searches, filters (as a join and as a vecidx_rowids() set too) and
+# transactions, and compares the output with the expected one. Ends with
+# "N passed, N failed".
 set -u
 ext=${1:-sqlite/vecidx_sqlite.so}
 ext=${ext%.so}
@@ -21,6 +22,8 @@ INSERT INTO v(rowid, embedding) VALUES
 SELECT 'knn', rowid, round(distance, 4) FROM v WHERE embedding MATCH '[0.9, 0]' AND k = 3;
 SELECT 'filtered', rowid FROM v WHERE embedding MATCH '[0.9, 0]' AND k = 2
    AND rowid IN (SELECT id FROM docs WHERE kind = 'b');
+SELECT 'allowed', rowid FROM v WHERE embedding MATCH '[0.9, 0]' AND k = 2
+   AND allowed = (SELECT vecidx_rowids(id) FROM docs WHERE kind = 'b');
 BEGIN;
 DELETE FROM v WHERE rowid = 2;
 SELECT 'in txn', rowid FROM v WHERE embedding MATCH '[0.9, 0]' AND k = 1;
@@ -46,6 +49,8 @@ knn|1|0.81
 knn|3|1.21
 filtered|2
 filtered|4
+allowed|2
+allowed|4
 in txn|1
 rolled back|2
 updated|2
@@ -55,8 +60,8 @@ join|3
 limit|3
 limit|4
 error
-Runtime error near line 25: embedding: the JSON array has more than 2 numbers (20)
-Runtime error near line 26: vecidx: k = N on v joined by rowid to another table: that table's filters would apply after the N nearest are chosen and leave fewer; write ORDER BY distance LIMIT N instead of k, or filter with rowid IN (SELECT ...)
+Runtime error near line 27: embedding: the JSON array has more than 2 numbers (20)
+Runtime error near line 28: vecidx: k = N on v joined by rowid to another table: that table's filters would apply after the N nearest are chosen and leave fewer; write ORDER BY distance LIMIT N instead of k, or filter with rowid IN (SELECT ...)
 OUT
 
 if diff -u "$dir/want" "$dir/out"; then

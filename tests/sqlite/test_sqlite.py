@@ -327,6 +327,87 @@ def test_filter_in_subquery():
         assert len(r) == 10 and all(x[1] == 7 for x in r)
 
 
+def test_allowed_rowids():
+    # allowed = (SELECT vecidx_rowids(id) FROM ...) hands the search the
+    # same set as rowid IN (SELECT id FROM ...), as one value: the same
+    # results on every kind, alone, with a join for the columns, streamed,
+    # and together with rowid IN or = (the rows in both).
+    rng = random.Random(30)
+    d, n = 8, 3000
+    for kind in ("flat", "hnsw", "ivfpq"):
+        c = connect()
+        c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, price REAL)")
+        c.execute("CREATE INDEX docs_price ON docs(price)")
+        extra = ", nlist=16, train_size=1000" if kind == "ivfpq" else ""
+        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=%s%s)"
+                  % (kind, extra))
+        vecs = fill(c, n, d, rng)
+        price = {i: rng.uniform(0, 100) for i in vecs}
+        c.executemany("INSERT INTO docs VALUES (?, ?)", price.items())
+        al = ("allowed = (SELECT vecidx_rowids(id) FROM docs WHERE price "
+              "BETWEEN ? AND ?)")
+        inl = "rowid IN (SELECT id FROM docs WHERE price BETWEEN ? AND ?)"
+        for lo, hi, k in ((10, 11, 10), (10, 40, 10), (0, 100, 50),
+                          (10, 10.02, 10), (200, 300, 5)):
+            allowed = {i for i, p in price.items() if lo <= p <= hi}
+            q = rvec(rng, d)
+            plan = " ".join(r[3] for r in c.execute(
+                "EXPLAIN QUERY PLAN SELECT rowid FROM v WHERE embedding "
+                "MATCH ? AND k = ? AND " + al, (blob(q), k, lo, hi)))
+            assert "INDEX 515" in plan, plan   # MATCH, k, allowed
+            got = knn(c, q, k, extra="AND " + al, args=(lo, hi))
+            assert got == knn(c, q, k, extra="AND " + inl, args=(lo, hi)), \
+                (kind, lo, hi)
+            if kind != "ivfpq":
+                assert_topk(got, vecs, q, k, allowed, exact=kind == "flat")
+            assert set(ids(got)) <= allowed
+            rows = c.execute(
+                "SELECT v.rowid, v.distance, d.price FROM v JOIN docs d ON "
+                "d.id = v.rowid WHERE v.embedding MATCH ? AND v.k = ? AND "
+                "v." + al + " ORDER BY v.distance",
+                (blob(q), k, lo, hi)).fetchall()
+            assert [r[:2] for r in rows] == got
+            # streamed: every allowed row once, nearest first (IVF-PQ by
+            # its code distances)
+            rows = c.execute("SELECT rowid, distance FROM v WHERE "
+                             "embedding MATCH ? AND " + al,
+                             (blob(q), lo, hi)).fetchall()
+            assert sorted(ids(rows)) == sorted(allowed)
+            assert [r[1] for r in rows] == sorted(r[1] for r in rows)
+            if kind != "ivfpq":
+                assert_topk(rows, vecs, q, len(allowed), allowed)
+        # both constraints: the rows in both
+        q = rvec(rng, d)
+        both = {i for i, p in price.items() if 10 <= p <= 60 and i % 3 == 0}
+        got = knn(c, q, 10, extra="AND %s AND rowid IN (SELECT id FROM docs "
+                  "WHERE id %% 3 = 0)" % al, args=(10, 60))
+        assert len(got) == 10 and set(ids(got)) <= both, got
+        if kind == "flat":
+            assert_topk(got, vecs, q, 10, both)
+        one = min(both)
+        out = min(i for i, p in price.items() if p > 60)
+        for r, want in ((one, [one]), (out, [])):
+            assert ids(knn(c, q, 3, extra="AND %s AND rowid = ?" % al,
+                           args=(10, 60, r))) == want
+        # an empty set, NULL, a literal set, and values that are no rowids
+        assert knn(c, q, 5, extra="AND allowed = (SELECT vecidx_rowids(id) "
+                   "FROM docs WHERE 0)") == []
+        assert knn(c, q, 5, extra="AND allowed = NULL") == []
+        got = knn(c, q, 5, extra="AND allowed = (SELECT vecidx_rowids(x) "
+                  "FROM (SELECT 7 AS x UNION ALL SELECT 7 UNION ALL SELECT "
+                  "'a' UNION ALL SELECT NULL UNION ALL SELECT 2.5 UNION ALL "
+                  "SELECT 99999 UNION ALL SELECT 9))")
+        assert sorted(ids(got)) == [7, 9], got
+        # anything else is refused, as is allowed = without a search
+        for bad in ("x'00'", "'vxrowids'", "?"):
+            expect_error(lambda: knn(c, q, 5, extra="AND allowed = " + bad,
+                                     args=(blob(q),) if bad == "?" else ()),
+                         "allowed = takes the value of vecidx_rowids()")
+        expect_error(lambda: c.execute(
+            "SELECT rowid FROM v WHERE allowed = (SELECT vecidx_rowids(id) "
+            "FROM docs)").fetchall(), "no query solution")
+
+
 def assert_topk(rows, vecs, q, k, allowed=None, exact=True, dist=l2):
     """rows (rowid, distance, ...) are a top k of vecs among allowed:
     min(k, allowed) distinct allowed rows, nearest first, with their
