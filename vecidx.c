@@ -3747,7 +3747,7 @@ typedef struct vx_hnsw_scratch {
     size_t expanded;        /* nodes whose links it read */
     size_t asked, admitted; /* nodes the filter was asked about, passed */
     /* A filtered search's test for a set lying away from the query
-    ** (vx_hnsw_far): made once asked reaches far_at (0: no test); far is
+    ** (VX_FAR_MEET): made once asked reaches far_at (0: no test); far is
     ** set when it failed and the walk gave up. */
     size_t far_at;
     double far_frac;
@@ -6262,6 +6262,12 @@ static int vx_pass_due(const vecidx *ix)
            (waiting && st->count < waiting);
 }
 
+/* Work units of a full step at this dimension (VX_PASS_STEP). */
+static long vx_pass_full(const vecidx *ix)
+{
+    return (long)VX_PASS_STEP * 128 / (ix->p.dim > 32 ? (long)ix->p.dim : 32);
+}
+
 /* Work of the next step of a pass under way. A pass should end before
 ** the removals made since it began reach half of what makes the next one
 ** due; the fraction of the pass done (the rewiring is most of its work)
@@ -6276,8 +6282,7 @@ static long vx_pass_work(const vecidx *ix)
 {
     const vx_pass *p = &ix->hnsw.pass;
     const vx_store *st = &ix->store;
-    long full = (long)VX_PASS_STEP * 128 /
-                (ix->p.dim > 32 ? (long)ix->p.dim : 32);
+    long full = vx_pass_full(ix);
     double used = (double)st->count + st->nburied;
     double allow = used / 20 > 32 ? used / 20 : 32;
     double spent = (double)(st->nburied - p->ndoomed) / allow, done = 0.9;
@@ -6303,9 +6308,7 @@ static void vx_hnsw_maintain(vecidx *ix)
     if (p->phase == VX_PASS_IDLE) {
         VX_COUNT(&ix->act.repairs, 1);
         vx_pass_start(ix);
-        work = (long)VX_PASS_STEP * 128 /
-                   (ix->p.dim > 32 ? (long)ix->p.dim : 32) -
-               (long)(ix->store.nslots / 16);
+        work = vx_pass_full(ix) - (long)(ix->store.nslots / 16);
     } else {
         work = vx_pass_work(ix);
     }
