@@ -91,6 +91,13 @@ assert not pkg.startswith(real(repo) + os.sep), pkg
 assert real(vecidx.library_path) == os.path.join(pkg, "libvecidx.so"), (
     vecidx.library_path)
 assert os.path.isfile(os.path.join(pkg, "py.typed"))
+# the licence travels in the distribution's metadata
+import importlib.metadata as md
+lic = [f for f in md.distribution("vecidx").files or ()
+       if os.path.basename(str(f)) == "LICENSE"]
+assert lic, "no LICENSE in the installed distribution's files"
+with open(os.path.join(repo, "LICENSE")) as a, open(lic[0].locate()) as b:
+    assert a.read() == b.read(), "the installed LICENSE is not the project's"
 try:
     ext = vecidx.sqlite_extension_path()
 except FileNotFoundError as e:

@@ -255,6 +255,15 @@ class sdist(_sdist):
                 shutil.copy2(src, dst)
 
 
+# The licence beside pyproject.toml, where setuptools looks for it
+# (license_files' default patterns) to put it in the wheel's metadata and
+# the sdist; it lives at the repository root (or in an sdist's csrc/).
+# A copy made here, ignored by git.
+_LICENSE = os.path.join(SRC, "LICENSE")
+if os.path.isfile(_LICENSE) and not os.path.isfile(
+        os.path.join(HERE, "LICENSE")):
+    shutil.copy2(_LICENSE, os.path.join(HERE, "LICENSE"))
+
 setup(
     version=VERSION,
     packages=["vecidx"],
