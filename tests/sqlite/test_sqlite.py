@@ -89,6 +89,14 @@ def fill(c, n, d, rng, table="v", start=1):
     return vecs
 
 
+def kind_table(c, kind, d=8):
+    """Vector table v of that kind; IVF-PQ with lists few enough to train
+    on a few thousand rows."""
+    extra = ", nlist=16, train_size=1000" if kind == "ivfpq" else ""
+    c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=%d, kind=%s%s)"
+              % (d, kind, extra))
+
+
 def brute(vecs, q, k, allowed=None, dist=l2):
     cand = [(dist(v, q), i) for i, v in vecs.items()
             if allowed is None or i in allowed]
@@ -287,9 +295,7 @@ def test_filter_in_subquery():
     for kind in ("flat", "hnsw", "ivfpq"):
         c = connect()
         c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, cat INT)")
-        extra = ", nlist=16, train_size=1000" if kind == "ivfpq" else ""
-        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=%s%s)"
-                  % (kind, extra))
+        kind_table(c, kind)
         vecs = fill(c, n, d, rng)
         c.execute("BEGIN")
         for i in vecs:
@@ -338,9 +344,7 @@ def test_allowed_rowids():
         c = connect()
         c.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, price REAL)")
         c.execute("CREATE INDEX docs_price ON docs(price)")
-        extra = ", nlist=16, train_size=1000" if kind == "ivfpq" else ""
-        c.execute("CREATE VIRTUAL TABLE v USING vecidx(dim=8, kind=%s%s)"
-                  % (kind, extra))
+        kind_table(c, kind)
         vecs = fill(c, n, d, rng)
         price = {i: rng.uniform(0, 100) for i in vecs}
         c.executemany("INSERT INTO docs VALUES (?, ?)", price.items())
