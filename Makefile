@@ -485,7 +485,7 @@ examples/recommend-tsan: examples/recommend.c vecidx.c vecidx.h
 tsan: $(addsuffix -tsan,$(NOCRASH_PROGS)) $(RECOMMEND_TSAN)
 	$(call vx_run,$(NOCRASH_PROGS),-tsan,$(TSAN_ENV) $(NORAND),$(TSAN_FILTER))
 ifneq ($(RECOMMEND_TSAN),)
-	$(call vx_step,$(TSAN_ENV) $(NORAND) ./$(RECOMMEND_TSAN) --quick)
+	$(call vx_step,$(TSAN_ENV) $(NORAND) ./$(RECOMMEND_TSAN) --quick --threads 2)
 endif
 
 # Minutes, not in CI: the file-backed stress tests of test_concurrency.c

@@ -795,16 +795,15 @@ int vecidx_check(vecidx *ix);
 ** >= 0.978 against 0.966 unfiltered). Sets far from the query are
 ** slower: at 5-20 % admitted such searches run at 0.77-1.15x a
 ** hand-written loop over only the admitted vectors on 100k x 128,
-** 0.79-0.94x on 200k x 384 (measured on those two); the scan of 1 % to 0.01 %
-*reaches 0.6-0.8x that loop over the
-** admitted vectors at 128 dimensions (the key lookup is the difference),
-** 1.0-1.1x at 384. More in bench/RESULTS.md. An allowed
-** key array costs time in proportion to its length on every call (once
-** per call; a batch shares it): an array of 1024 keys or more whose
-** largest key is below 64 times its length is made a bitmap, any other
-** is hashed, several times slower. A bitmap costs only its words
-** counted. For large sets prefer the bitmap. Entries
-** from *found to k-1 are set to key UINT64_MAX and distance +infinity
+** 0.79-0.94x on 200k x 384 (measured on those two); the scan of 1 % to
+** 0.01 % reaches 0.6-0.8x that loop over the admitted vectors at 128
+** dimensions (the key lookup is the difference), 1.0-1.1x at 384. More
+** in bench/RESULTS.md. An allowed key array costs time in proportion
+** to its length on every call (once per call; a batch shares it): an
+** array of 1024 keys or more whose largest key is below 64 times its
+** length is made a bitmap, any other is hashed, several times slower. A
+** bitmap costs only its words counted. For large sets prefer the bitmap.
+** Entries from *found to k-1 are set to key UINT64_MAX and distance +infinity
 ** (never read them as results: UINT64_MAX is a valid key). opts may be
 ** NULL. Searching an empty index succeeds with *found = 0. Reader.
 ** Errors: VECIDX_EINVAL (NULL ix/q/keys/found, k = 0, NaN/infinity in q,
