@@ -2661,10 +2661,11 @@ typedef struct vx_chunk {
     ** records etc. (lazy) apart from its kept vectors (klazy), each a
     ** verdict: VX_PIECE_GOOD once all verified, or memory of our own. */
     uint8_t lazy, klazy;
-    uint8_t pooled;      /* carved from a huge-page block, not allocated */
-    float *full;         /* compressed storage with keep_vectors: the
-                            float32 vectors, dim per slot, after the rest */
-    unsigned char *base; /* the allocation (VX_LINE_SLACK bytes more) */
+    uint8_t pooled;           /* carved from a huge-page block, not allocated */
+    float *full;              /* compressed storage with keep_vectors: the
+                                 float32 vectors, dim per slot */
+    unsigned char *base;      /* the allocation (VX_LINE_SLACK bytes more) */
+    unsigned char *full_base; /* the allocation of full, in memory */
     uint64_t *key;
     float *inorm;
     uint32_t *upper;
@@ -3000,12 +3001,20 @@ static size_t vx_store_kept_bytes(const vx_store *s)
 }
 
 /* Bytes of a chunk in memory: the kept vectors after the rest, from the
-** next line. */
+** next line (the layout of a snapshot's buffer; a chunk of our own holds
+** its kept vectors in an allocation apart, see vx_store_add_chunk). */
 static size_t vx_store_chunk_bytes(const vx_store *s)
 {
     size_t front = vx_store_front_bytes(s);
     if (!s->keep) return front;
     return (front + 63) / 64 * 64 + vx_store_kept_bytes(s);
+}
+
+/* Bytes of the block of a chunk of our own: all but its kept vectors. */
+static size_t vx_store_mem_front(const vx_store *s)
+{
+    size_t front = vx_store_front_bytes(s);
+    return s->keep ? (front + 63) / 64 * 64 : front;
 }
 
 /* Bytes of a chunk in the chunk section of a file: without the kept
@@ -3019,13 +3028,16 @@ static void vx_lazy_free(vx_store *s, vx_mem *mem);
 
 static void vx_store_destroy(vx_store *s, vx_mem *mem)
 {
-    size_t cb = vx_store_chunk_bytes(s);
+    size_t cb = vx_store_mem_front(s);
     uint32_t c;
     for (c = s->nmapped; c < s->nchunks; c++) {
         if (!s->chunks[c].pooled)
             vx_free(mem, s->chunks[c].base, cb + VX_LINE_SLACK);
         else
             atomic_fetch_sub_explicit(&mem->bytes, cb, memory_order_relaxed);
+        if (s->keep)
+            vx_free(mem, s->chunks[c].full_base,
+                    vx_store_kept_bytes(s) + VX_LINE_SLACK);
     }
     for (c = 0; c < s->nblocks; c++)
         vx_huge_unmap(s->blocks[c].base, s->blocks[c].len);
@@ -3065,6 +3077,7 @@ static void vx_store_point_chunk(const vx_store *s, vx_chunk *c,
     if (s->keep)
         c->full = (float *)(void *)(c->base +
                                     (vx_store_front_bytes(s) + 63) / 64 * 64);
+    c->full_base = NULL;
     c->pooled = 0;
     c->lazy = c->klazy = VX_PIECE_GOOD;
 }
@@ -3283,8 +3296,8 @@ static unsigned char *vx_store_carve(vx_store *s, vx_mem *mem, size_t cb)
 ** one retired, not freed: searches may be reading it. */
 static int vx_store_add_chunk(vx_store *s, vx_mem *mem, vx_ebr *ebr)
 {
-    size_t cb = vx_store_chunk_bytes(s);
-    unsigned char *p, *base;
+    size_t cb = vx_store_mem_front(s), kb = 0;
+    unsigned char *p, *base, *kbase = NULL, *kept = NULL;
     vx_chunk *table = s->chunks;
     int pooled;
     if (s->nchunks == s->chunk_cap) {
@@ -3304,10 +3317,24 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem, vx_ebr *ebr)
         VX_STORE(&s->chunks, table);
         s->chunk_cap = cap;
     }
+    /* Kept vectors in an allocation of their own, so that the blocks of
+    ** codes lie end to end and a scan streams through them: with each
+    ** chunk's 512 KB of kept vectors between its 147 KB of codes and the
+    ** next chunk's, a 1M x 128 int8 scan ran 7-13 % slower than without
+    ** kept vectors; apart, as fast. */
+    if (s->keep) {
+        kb = vx_store_kept_bytes(s);
+        if (!(kbase = vx_malloc(mem, kb + VX_LINE_SLACK))) return VECIDX_ENOMEM;
+        kept = kbase + (size_t)(-(uintptr_t)kbase & VX_LINE_SLACK);
+        memset(kept, 0, kb);
+    }
     p = base = vx_store_carve(s, mem, cb);
     pooled = p != NULL;
     if (!p) {
-        if (!(base = vx_malloc(mem, cb + VX_LINE_SLACK))) return VECIDX_ENOMEM;
+        if (!(base = vx_malloc(mem, cb + VX_LINE_SLACK))) {
+            vx_free(mem, kbase, kb + VX_LINE_SLACK);
+            return VECIDX_ENOMEM;
+        }
         p = base + (size_t)(-(uintptr_t)base & VX_LINE_SLACK);
     }
     /* Zeroed whole: unused slots are saved to files as they are, and
@@ -3316,6 +3343,8 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem, vx_ebr *ebr)
     vx_store_point_chunk(s, &table[s->nchunks], p);
     table[s->nchunks].base = base;
     table[s->nchunks].pooled = pooled;
+    table[s->nchunks].full = (float *)(void *)kept;
+    table[s->nchunks].full_base = kbase;
     VX_STORE(&s->nchunks, s->nchunks + 1);
     return VECIDX_OK;
 }
