@@ -3000,21 +3000,20 @@ static size_t vx_store_kept_bytes(const vx_store *s)
     return s->keep ? vx_store_per_chunk(s) * (size_t)s->dim * sizeof(float) : 0;
 }
 
+/* Bytes of the block of a chunk of our own: all but its kept vectors
+** (which start on a line in the snapshot's layout). */
+static size_t vx_store_mem_front(const vx_store *s)
+{
+    size_t front = vx_store_front_bytes(s);
+    return s->keep ? (front + 63) / 64 * 64 : front;
+}
+
 /* Bytes of a chunk in memory: the kept vectors after the rest, from the
 ** next line (the layout of a snapshot's buffer; a chunk of our own holds
 ** its kept vectors in an allocation apart, see vx_store_add_chunk). */
 static size_t vx_store_chunk_bytes(const vx_store *s)
 {
-    size_t front = vx_store_front_bytes(s);
-    if (!s->keep) return front;
-    return (front + 63) / 64 * 64 + vx_store_kept_bytes(s);
-}
-
-/* Bytes of the block of a chunk of our own: all but its kept vectors. */
-static size_t vx_store_mem_front(const vx_store *s)
-{
-    size_t front = vx_store_front_bytes(s);
-    return s->keep ? (front + 63) / 64 * 64 : front;
+    return vx_store_mem_front(s) + (s->keep ? vx_store_kept_bytes(s) : 0);
 }
 
 /* Bytes of a chunk in the chunk section of a file: without the kept
@@ -3074,9 +3073,7 @@ static void vx_store_point_chunk(const vx_store *s, vx_chunk *c,
     }
     c->live = p;
     c->full = NULL;
-    if (s->keep)
-        c->full = (float *)(void *)(c->base +
-                                    (vx_store_front_bytes(s) + 63) / 64 * 64);
+    if (s->keep) c->full = (float *)(void *)(c->base + vx_store_mem_front(s));
     c->full_base = NULL;
     c->pooled = 0;
     c->lazy = c->klazy = VX_PIECE_GOOD;
