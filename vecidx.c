@@ -5272,6 +5272,17 @@ static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
             __builtin_prefetch((const char *)v + off, 0, 2);
 }
 
+/* Request the vector of v, the m-th requested for one node: its first
+** line into L1, the rest as far as L2 while a node's requests stay within
+** VX_PREFETCH_L2 bytes (see vx_hnsw_layer). */
+static inline void vx_hnsw_request(const vx_store *st, uint32_t v, uint32_t m,
+                                   size_t bytes)
+{
+    const float *vec = vx_store_vec(st, v);
+    VX_PREFETCH(vec);
+    if (m * bytes <= VX_PREFETCH_L2) vx_prefetch_rest(vec, bytes, 0);
+}
+
 /* Greedy descent on an upper level: move to any closer neighbour until
 ** none is closer. Compressed codes of a node's neighbours are requested
 ** before any is scored, as the walk of level 0 does (vx_hnsw_visit); one
@@ -5287,12 +5298,8 @@ static void vx_hnsw_greedy(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     while (moved) {
         uint32_t n, i;
         const uint32_t *nb = vx_hnsw_read(ix, s, *cur, l, &n);
-        for (i = 0; ahead && i < n; i++) {
-            const float *v = vx_store_vec(&ix->store, nb[i]);
-            VX_PREFETCH(v);
-            if ((i + 1) * bytes <= VX_PREFETCH_L2)
-                vx_prefetch_rest(v, bytes, 0);
-        }
+        for (i = 0; ahead && i < n; i++)
+            vx_hnsw_request(&ix->store, nb[i], i + 1, bytes);
         moved = 0;
         for (i = 0; i < n; i++) {
             float d = vx_qdist(ix, q, nb[i]);
@@ -5311,13 +5318,10 @@ static inline uint32_t vx_hnsw_visit(const vx_store *st, vx_hnsw_scratch *s,
                                      uint32_t v, uint32_t *fresh, uint32_t m,
                                      size_t dim_bytes)
 {
-    const float *vec;
     if (s->visit[v] == s->epoch) return m;
     s->visit[v] = s->epoch;
     fresh[m++] = v;
-    vec = vx_store_vec(st, v);
-    VX_PREFETCH(vec);
-    if (m * dim_bytes <= VX_PREFETCH_L2) vx_prefetch_rest(vec, dim_bytes, 0);
+    vx_hnsw_request(st, v, m, dim_bytes);
     return m;
 }
 
