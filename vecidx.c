@@ -1216,6 +1216,8 @@ static inline vx_i8hdr *vx_i8_hdr(const void *code, uint32_t dim)
 typedef struct vx_i8q {
     double off, scale, c; /* c = dim off + scale sum */
     double n2;
+    size_t past; /* rows kernels: rows after the n to score that the scan
+                    reads next, in the same array, to request ahead */
 } vx_i8q;
 
 static inline vx_i8q vx_i8_query(const vx_i8hdr *a, uint32_t dim)
@@ -1225,6 +1227,7 @@ static inline vx_i8q vx_i8_query(const vx_i8hdr *a, uint32_t dim)
     q.scale = a->scale;
     q.c = (double)dim * a->off + (double)a->scale * a->sum;
     q.n2 = a->n2;
+    q.past = 0;
     return q;
 }
 
@@ -1316,9 +1319,9 @@ static int32_t vx_scalar_dot_i8(const int8_t *a, const int8_t *b, size_t d,
 #define VX_SCAN_AHEAD_BYTES 4096u
 
 /* Request, VX_SCAN_AHEAD_BYTES ahead, what scoring rows [r, r + m) of
-** the n at rows reads, up to the last row: past it lie the chunk's keys
-** and states, or its kept float32 vectors, and the scan requests the
-** start of its next block itself (vx_flat_runs). */
+** rows reads, up to row n (the rows to score and those the scan reads
+** next in the array, vx_i8q.past): past the array lie the chunk's keys
+** and states, or its kept float32 vectors. */
 static inline void vx_i8_rows_prefetch(const int8_t *rows, size_t stride,
                                        size_t r, size_t m, size_t n)
 {
@@ -1329,19 +1332,19 @@ static inline void vx_i8_rows_prefetch(const int8_t *rows, size_t stride,
 }
 /* The rows kernel of a single-pair kernel that ignores bsum, as all but
 ** VNNI's do: a row at a time. */
-#define VX_I8_DISTS_EACH(attr, name, one)                                 \
-    attr static void name(const int8_t *qc, const vx_i8q *qi, int metric, \
-                          const int8_t *rows, size_t stride,              \
-                          const int8_t *const *at, size_t n, size_t d,    \
-                          float *out)                                     \
-    {                                                                     \
-        size_t r;                                                         \
-        for (r = 0; r < n; r++) {                                         \
-            const int8_t *b = at ? at[r] : rows + r * stride;             \
-            if (!at) vx_i8_rows_prefetch(rows, stride, r, 1, n);          \
-            out[r] = vx_i8_dist(metric, qi, vx_i8_hdr(b, (uint32_t)d),    \
-                                one(qc, b, d, 0));                        \
-        }                                                                 \
+#define VX_I8_DISTS_EACH(attr, name, one)                                   \
+    attr static void name(const int8_t *qc, const vx_i8q *qi, int metric,   \
+                          const int8_t *rows, size_t stride,                \
+                          const int8_t *const *at, size_t n, size_t d,      \
+                          float *out)                                       \
+    {                                                                       \
+        size_t r;                                                           \
+        for (r = 0; r < n; r++) {                                           \
+            const int8_t *b = at ? at[r] : rows + r * stride;               \
+            if (!at) vx_i8_rows_prefetch(rows, stride, r, 1, n + qi->past); \
+            out[r] = vx_i8_dist(metric, qi, vx_i8_hdr(b, (uint32_t)d),      \
+                                one(qc, b, d, 0));                          \
+        }                                                                   \
     }
 
 VX_I8_DISTS_EACH(, vx_scalar_i8_dists, vx_scalar_dot_i8)
@@ -1722,14 +1725,14 @@ vx_avx2_hsum4_i32(const __m256i s[4])
 ** are not stored. */
 static inline size_t vx_i8_group(const int8_t *rows, size_t stride,
                                  const int8_t *const *at, size_t r, size_t n,
-                                 const int8_t *b[4])
+                                 size_t lim, const int8_t *b[4])
 {
     size_t m = n - r < 4 ? n - r : 4, j;
     for (j = 0; j < 4; j++) {
         size_t i = r + (j < m ? j : 0);
         b[j] = at ? at[i] : rows + i * stride;
     }
-    if (!at) vx_i8_rows_prefetch(rows, stride, r, 4, n);
+    if (!at) vx_i8_rows_prefetch(rows, stride, r, 4, lim);
     return m;
 }
 
@@ -1744,7 +1747,7 @@ VX_AVX2 static void vx_avx2_i8_dists(const int8_t *qc, const vx_i8q *qi,
         /* named sums in the loop, as in vx_avx512vnni_i8_dists (-O2) */
         const int8_t *b[4];
         __m256i s[4], s0, s1, s2, s3;
-        size_t m = vx_i8_group(rows, stride, at, r, n, b);
+        size_t m = vx_i8_group(rows, stride, at, r, n, n + qi->past, b);
         s0 = s1 = s2 = s3 = _mm256_setzero_si256();
         for (i = 0; i + 32 <= d; i += 32) {
             __m256i a = vx_avx2_load_i8(qc + i);
@@ -1872,7 +1875,7 @@ vx_avx512vnni_i8_dists(const int8_t *qc, const vx_i8q *qi, int metric,
         __m256i hs[4];
         __m128i dq;
         int32_t bs[4];
-        size_t m = vx_i8_group(rows, stride, at, r, n, b);
+        size_t m = vx_i8_group(rows, stride, at, r, n, n + qi->past, b);
         s0 = s1 = s2 = s3 = _mm512_setzero_si512();
         for (i = 0; i + 64 <= d; i += 64) {
             __m512i a = _mm512_xor_si512(_mm512_loadu_si512(qc + i), bias);
@@ -4587,9 +4590,19 @@ static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
 ** meanwhile is kept alive by the search's epoch. With prefilter the
 ** filter is asked first and only admitted rows are handed on: for a
 ** filter known to admit few (an HNSW walk gave up on it), that reads a
-** fraction of the vectors. */
+** fraction of the vectors. past: how many rows after a run, in its
+** chunk, the scan reads next (all, holes aside), so that a rows kernel
+** may request them ahead; 0 when a filter thins them. */
 typedef void (*vx_run_fn)(void *ctx, const vx_chunk *c, uint32_t row,
-                          uint32_t slot, size_t n);
+                          uint32_t slot, size_t n, size_t past);
+
+/* The slots after a run that ends before slot end, to the end of its
+** chunk or of the store. */
+static size_t vx_flat_past(const vx_store *s, uint32_t nslots, uint32_t end)
+{
+    uint32_t last = (end - 1) | (uint32_t)(vx_store_per_chunk(s) - 1);
+    return (size_t)(last < nslots ? last + 1 : nslots) - end;
+}
 
 static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
                          int prefilter, vx_run_fn fn, void *ctx)
@@ -4605,10 +4618,10 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
         size_t n = nslots - first, i, j;
         if (n > per - row) n = per - row;
         if (n > rows) n = rows;
-        /* The rows kernels request codes ahead up to the end of their
-        ** rows; the start of the next block, and its states (after the
-        ** chunk's vectors and keys), are requested here: it may lie in
-        ** the next chunk, past this one's kept float32 vectors. */
+        /* The next block's states (after the chunk's vectors and keys)
+        ** are requested here, and the start of its vectors unless the
+        ** int8 rows kernel requests them, reading on (past) in the same
+        ** chunk: a burst of requests per block stalled that scan. */
         if (first + n < nslots) {
             /* prefetches only: the next chunk is verified when read */
             const vx_chunk *nc = row + n < per
@@ -4616,8 +4629,9 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
                                      : &table[(first >> s->shift) + 1];
             uint32_t nrow = row + n < per ? row + (uint32_t)n : 0;
             const char *v = (const char *)(nc->vec + (size_t)nrow * s->rec);
-            for (i = 0; i < VX_SCAN_AHEAD_BYTES; i += 64)
-                __builtin_prefetch(v + i);
+            if (nc != c || prefilter || s->store != VECIDX_STORE_I8)
+                for (i = 0; i < VX_SCAN_AHEAD_BYTES; i += 64)
+                    __builtin_prefetch(v + i);
             for (i = 0; i < rows; i += 64)
                 __builtin_prefetch(&nc->live[nrow + i]);
         }
@@ -4626,7 +4640,7 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
         /* A block of live rows, the usual case, is one run. Finding its
         ** end a byte at a time took a tenth of an int8 scan's time. */
         if (j == n && !prefilter) {
-            fn(ctx, c, row, first, n);
+            fn(ctx, c, row, first, n, vx_flat_past(s, nslots, first + n));
             first += (uint32_t)n;
             continue;
         }
@@ -4637,7 +4651,9 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
             for (; i < n && !live[i]; i++) continue;
             for (j = i; j < n && live[j]; j++) continue;
             if (i < j)
-                fn(ctx, c, row + (uint32_t)i, first + (uint32_t)i, j - i);
+                fn(ctx, c, row + (uint32_t)i, first + (uint32_t)i, j - i,
+                   prefilter ? 0
+                             : vx_flat_past(s, nslots, first + (uint32_t)j));
         }
         first += (uint32_t)n;
     }
@@ -4652,11 +4668,12 @@ typedef struct vx_flat_ctx {
 } vx_flat_ctx;
 
 static void vx_flat_run(void *ctx, const vx_chunk *c, uint32_t row,
-                        uint32_t slot, size_t n)
+                        uint32_t slot, size_t n, size_t past)
 {
     const vx_flat_ctx *f = ctx;
     float dist[VX_FLAT_MAX_ROWS];
     size_t qi;
+    (void)past; /* the float32 kernels request ahead within the run */
     vx_tally.dist += n * f->nq;
     for (qi = 0; qi < f->nq; qi++) {
         vx_flat_dists(f->ix, c, row, n, &f->q[qi], dist);
@@ -4685,17 +4702,18 @@ static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
 #define VX_TOPK_STACK 128u
 
 /* Code distances from q to rows [row, row + n) of chunk c, all live,
-** slots from slot on: int8 codes a block at a time, the others one by
-** one. */
+** slots from slot on: int8 codes a block at a time (past as vx_run_fn's),
+** the others one by one. */
 static void vx_code_dists(const vecidx *ix, const vx_query *q,
                           const vx_chunk *c, uint32_t row, uint32_t slot,
-                          size_t n, float *out)
+                          size_t n, size_t past, float *out)
 {
     const vx_store *s = &ix->store;
     const float *base = c->vec + (size_t)row * s->rec;
     size_t i;
     if (s->store == VECIDX_STORE_I8 && !q->exact) {
         vx_i8q qi = vx_i8_query(vx_i8_hdr(q->code, s->dim), s->dim);
+        qi.past = past;
         vx_qk.i8_dists(q->code, &qi, (int)ix->p.metric,
                        (const int8_t *)(const void *)base,
                        (size_t)s->rec * sizeof(float), NULL, n, s->dim, out);
@@ -4714,12 +4732,12 @@ typedef struct vx_coded_ctx {
 } vx_coded_ctx;
 
 static void vx_coded_run(void *ctx, const vx_chunk *c, uint32_t row,
-                         uint32_t slot, size_t n)
+                         uint32_t slot, size_t n, size_t past)
 {
     const vx_coded_ctx *f = ctx;
     float dist[VX_FLAT_MAX_ROWS];
     vx_tally.dist += n;
-    vx_code_dists(f->ix, f->q, c, row, slot, n, dist);
+    vx_code_dists(f->ix, f->q, c, row, slot, n, past, dist);
     vx_flat_offer(c, row, slot, n, dist, f->o, f->by_slot, f->into);
 }
 
