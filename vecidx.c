@@ -4609,7 +4609,14 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
 {
     const vx_store *s = &ix->store;
     const vx_chunk *table = VX_LOAD(&s->chunks);
-    uint32_t nslots = VX_LOAD(&s->nslots), first;
+    /* As many slots as live keys: then every slot is live, and no state
+    ** need be read. The count first: a slot is published (live, its
+    ** vector and key visible) before it is counted, and it was taken
+    ** below the nslots read after; a slot leaves the count before it
+    ** stops being live, and is not reused while this search runs. */
+    uint32_t nlive = VX_LOAD(&s->count), first;
+    uint32_t nslots = VX_LOAD(&s->nslots);
+    int dense = nlive == nslots && !prefilter;
     uint8_t live[VX_FLAT_MAX_ROWS];
     size_t rows = vx_flat_block_rows(ix), per = vx_store_per_chunk(s);
     for (first = 0; first < nslots;) {
@@ -4632,8 +4639,13 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
             if (nc != c || prefilter || s->store != VECIDX_STORE_I8)
                 for (i = 0; i < VX_SCAN_AHEAD_BYTES; i += 64)
                     __builtin_prefetch(v + i);
-            for (i = 0; i < rows; i += 64)
+            for (i = 0; !dense && i < rows; i += 64)
                 __builtin_prefetch(&nc->live[nrow + i]);
+        }
+        if (dense) {
+            fn(ctx, c, row, first, n, vx_flat_past(s, nslots, first + n));
+            first += (uint32_t)n;
+            continue;
         }
         for (i = j = 0; i < n; i++)
             j += live[i] = VX_LOAD(&c->live[row + i]) == VX_LIVE;

@@ -46,6 +46,7 @@ typedef struct vt_shared {
     int kind, metric;
     int batch;        /* readers use vecidx_search_batch on 2 threads */
     int filter_reads; /* the readers' filter calls vecidx_contains */
+    int append_only;  /* the writer only adds keys, never removes one */
     atomic_uint version[VT_UNIVERSE]; /* 0: never inserted */
     atomic_int writer_done;
     atomic_long searches, gets;
@@ -238,6 +239,10 @@ static void vt_writer(vt_shared *sh, vt_set *m, long ops, vt_rng *r)
     for (op = 0; op < ops && vt_failures() == 0; op++) {
         size_t live = vt_set_count(m);
         unsigned what = (unsigned)vt_below(r, 100);
+        if (sh->append_only) {
+            if (live >= VT_UNIVERSE - 20) break;
+            what %= 40;
+        }
         if (what < 35 && live < VT_UNIVERSE - 20) {
             uint64_t key = vt_pick(r, m, 0);
             vt_next_version(sh, key, v);
@@ -267,8 +272,12 @@ static void vt_writer(vt_shared *sh, vt_set *m, long ops, vt_rng *r)
     }
 }
 
-static void vt_concurrent(int kind, int metric, int batch, int filter_reads,
-                          long ops)
+/* Readers search (or batch-search, or filter) while one writer churns
+** the keys; storage and keep_vectors pick the vector storage (int8 keeps
+** its float32 vectors, so that distances are exact and checkable). */
+static void vt_concurrent_ex(int kind, int metric, uint32_t storage,
+                             int append_only, int batch, int filter_reads,
+                             long ops)
 {
     vt_shared *sh = vt_xmalloc(sizeof *sh);
     vt_reader rd[VT_READERS];
@@ -283,11 +292,14 @@ static void vt_concurrent(int kind, int metric, int batch, int filter_reads,
     p.hnsw_m = 8;
     p.hnsw_ef_construction = 40;
     p.threads = 2;
+    p.storage = storage;
+    p.keep_vectors = storage != VECIDX_STORE_F32;
     CHECK_OK(vecidx_create(&p, &sh->ix));
     if (!sh->ix) {
         free(sh);
         return;
     }
+    sh->append_only = append_only;
     sh->kind = kind;
     sh->metric = metric;
     sh->batch = batch;
@@ -326,10 +338,37 @@ static void vt_concurrent(int kind, int metric, int batch, int filter_reads,
     free(sh);
 }
 
+static void vt_concurrent(int kind, int metric, int batch, int filter_reads,
+                          long ops)
+{
+    vt_concurrent_ex(kind, metric, VECIDX_STORE_F32, 0, batch, filter_reads,
+                     ops);
+}
+
 void test_concurrency_flat_search_while_writing(void)
 {
     vt_concurrent(VECIDX_FLAT, VECIDX_L2, 0, 0, 6000);
     vt_concurrent(VECIDX_FLAT, VECIDX_COSINE, 0, 0, 2000);
+    /* int8 with kept vectors: code scan, then exact re-ranking */
+    vt_concurrent_ex(VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_I8, 0, 0, 0, 3000);
+}
+
+/* While the writer only adds, every slot below the slot count is live
+** except those being filled, and an exact scan skips reading the slots'
+** states when the live count says none is missing: a slot read before
+** it is published would show as a result whose distance fits no version
+** of its key. */
+void test_concurrency_flat_scan_while_appending(void)
+{
+    int round;
+    for (round = 0; round < 10 && vt_failures() == 0; round++) {
+        vt_concurrent_ex(VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_F32, 1, 0, 0,
+                         5000);
+        vt_concurrent_ex(VECIDX_FLAT, VECIDX_IP, VECIDX_STORE_F32, 1, 1, 0,
+                         5000);
+        vt_concurrent_ex(VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_I8, 1, 0, 0,
+                         5000);
+    }
 }
 
 void test_concurrency_flat_batch_while_writing(void)

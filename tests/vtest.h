@@ -68,6 +68,7 @@
     X(hnsw_determinism)                      \
     X(concurrency_flat_search_while_writing) \
     X(concurrency_flat_batch_while_writing)  \
+    X(concurrency_flat_scan_while_appending) \
     X(concurrency_hnsw_search_while_writing) \
     X(concurrency_upsert_keeps_key)          \
     X(concurrency_two_saves_one_path)        \
