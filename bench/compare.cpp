@@ -621,6 +621,15 @@ void run_paired(const bn_opts &o, const bn_data &d, bool sq)
     vxb_ctx_init(&vc, &o, &d, ix);
     FaissCtx fc{fx ? fx->index.get() : nullptr, &d, o.k, {}};
     std::vector<int64_t> hres(d.nq * o.k), vres(d.nq * o.k), fres(d.nq * o.k);
+    /* One untimed pass each first: right after the builds the first sweep
+    ** point ran no faster than the second for both libraries (960-d,
+    ** 12-04), whatever the machine was still doing after them. */
+    if (o.ef.n > 0) {
+        alg->setEf((size_t)o.ef.v[0]);
+        vc.so.ef = (unsigned)o.ef.v[0];
+        bn_pass_single(d.nq, o.k, o.threads, hnswlib_query, &hc, hres.data());
+        bn_pass_single(d.nq, o.k, o.threads, vxb_search_one, &vc, vres.data());
+    }
     for (size_t i = 0; i < o.ef.n; i++) {
         unsigned ef = (unsigned)o.ef.v[i];
         double hbest = HUGE_VAL, vbest = HUGE_VAL, fbest = HUGE_VAL;
