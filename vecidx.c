@@ -4642,16 +4642,11 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
             for (i = 0; !dense && i < rows; i += 64)
                 __builtin_prefetch(&nc->live[nrow + i]);
         }
-        if (dense) {
-            fn(ctx, c, row, first, n, vx_flat_past(s, nslots, first + n));
-            first += (uint32_t)n;
-            continue;
-        }
-        for (i = j = 0; i < n; i++)
+        for (i = j = 0; !dense && i < n; i++)
             j += live[i] = VX_LOAD(&c->live[row + i]) == VX_LIVE;
         /* A block of live rows, the usual case, is one run. Finding its
         ** end a byte at a time took a tenth of an int8 scan's time. */
-        if (j == n && !prefilter) {
+        if (dense || (j == n && !prefilter)) {
             fn(ctx, c, row, first, n, vx_flat_past(s, nslots, first + n));
             first += (uint32_t)n;
             continue;
