@@ -4871,6 +4871,7 @@ static void vx_flat_allowed(vecidx *ix, const vx_query *q,
     const vx_store *s = &ix->store;
     uint64_t keys[256], pos = 0;
     uint32_t slots[256];
+    float dist[256];
     size_t n, i, j;
     /* the keys come from one set: only other filters need asking */
     int others = a->cb || (a->bits && a->set_on);
@@ -4890,13 +4891,18 @@ static void vx_flat_allowed(vecidx *ix, const vx_query *q,
         if (!locked) pthread_rwlock_unlock(&ix->lock);
         for (i = 0; i < j && i < VX_ALLOW_AHEAD; i++)
             vx_store_prefetch(s, slots[i]);
+        /* All distances first, then the heap: with no branch on a
+        ** distance between them, one key's arithmetic overlaps the
+        ** next's loads. */
         for (i = 0; i < j; i++) {
-            float d;
             if (i + VX_ALLOW_AHEAD < j)
                 vx_store_prefetch(s, slots[i + VX_ALLOW_AHEAD]);
-            vx_tally.dist++;
-            d = s->keep ? vx_full_dist(ix, q, slots[i])
-                        : vx_qdist(ix, q, slots[i]);
+            dist[i] = s->keep ? vx_full_dist(ix, q, slots[i])
+                              : vx_qdist(ix, q, slots[i]);
+        }
+        vx_tally.dist += j;
+        for (i = 0; i < j; i++) {
+            float d = dist[i];
             if (VX_UNLIKELY(d != d)) d = INFINITY;
             if (!vx_topk_admits(h, d, keys[i])) continue;
             if (others && !o->filter(keys[i], o->filter_ctx)) continue;
