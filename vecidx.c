@@ -7177,12 +7177,11 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 ** the search re-ranks (exact), else with the distance its code estimates,
 ** that of its reconstruction (not normalised under cosine: the estimate
 ** is 1 - q.x for the normalised query). */
-static void vx_ivf_offer_exact(vecidx *ix, vx_ivf_sw *w, const float *qv,
-                               uint32_t li, uint32_t pos, int exact, vx_topk *h)
+static float vx_ivf_dist_at(vecidx *ix, vx_ivf_sw *w, const float *qv,
+                            uint32_t li, uint32_t pos, int exact)
 {
     const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
     float d;
-    vx_tally.dist++;
     if (exact) {
         d = vx_ivf_exact(ix, qv, l->vecs + (size_t)pos * ix->p.dim);
     } else {
@@ -7191,7 +7190,15 @@ static void vx_ivf_offer_exact(vecidx *ix, vx_ivf_sw *w, const float *qv,
                                       : -ix->kern->dot(qv, w->cvec, ix->p.dim);
         if (ix->p.metric == VECIDX_COSINE) d += 1.0f;
     }
-    if (VX_UNLIKELY(d != d)) d = INFINITY;
+    return VX_UNLIKELY(d != d) ? INFINITY : d;
+}
+
+static void vx_ivf_offer_exact(vecidx *ix, vx_ivf_sw *w, const float *qv,
+                               uint32_t li, uint32_t pos, int exact, vx_topk *h)
+{
+    const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
+    float d = vx_ivf_dist_at(ix, w, qv, li, pos, exact);
+    vx_tally.dist++;
     if (vx_topk_admits(h, d, l->keys[pos])) vx_topk_push(h, d, l->keys[pos]);
 }
 
@@ -7219,7 +7226,8 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
     const vx_ivf *v = &ix->ivf;
     uint64_t keys[256], pos = 0;
     uint32_t at[256][2]; /* list, position */
-    size_t n, i, m, cell;
+    float dist[256];
+    size_t n, i, j, m, cell;
     int others = a->cb || (a->bits && a->set_on);
     /* Map cells and vectors are in no order: both are requested
     ** VX_ALLOW_AHEAD keys ahead, as vx_flat_allowed does. */
@@ -7233,7 +7241,8 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
             at[m][1] = (uint32_t)v->map[cell];
             keys[m++] = keys[i];
         }
-        for (i = 0; i < m; i++) {
+        /* distances first, then the heap, as vx_flat_allowed */
+        for (i = j = 0; i < m; i++) {
             if (i + VX_ALLOW_AHEAD < m) {
                 const vx_ivlist *l = &v->lists[at[i + VX_ALLOW_AHEAD][0]];
                 size_t p = at[i + VX_ALLOW_AHEAD][1];
@@ -7242,8 +7251,13 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
                                        : (const void *)(l->codes + p * v->m));
             }
             if (others && !o->filter(keys[i], o->filter_ctx)) continue;
-            vx_ivf_offer_exact(ix, w, qv, at[i][0], at[i][1], exact, h);
+            dist[j] = vx_ivf_dist_at(ix, w, qv, at[i][0], at[i][1], exact);
+            keys[j++] = keys[i];
         }
+        vx_tally.dist += j;
+        for (i = 0; i < j; i++)
+            if (vx_topk_admits(h, dist[i], keys[i]))
+                vx_topk_push(h, dist[i], keys[i]);
     }
     if (!a->counted) vx_ivf_score_all(ix, w, qv, o, exact, h);
 }
