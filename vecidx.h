@@ -305,7 +305,11 @@ typedef struct vecidx_search_opts {
     const uint64_t *allow_keys; /* admitted keys, in any order; duplicates
                                    and keys not in the index are allowed.
                                    NULL: not given. Non-NULL with
-                                   allow_count 0: nothing is admitted */
+                                   allow_count 0: nothing is admitted.
+                                   Strictly ascending keys are used as
+                                   given; in any other order they are
+                                   first gathered into a set, which adds
+                                   2-11 ns a key to the call */
     size_t allow_count;         /* entries at allow_keys */
     /* Bitmap over keys: key x is admitted when x < allow_bits and bit
     ** (x % 64) of word allow_bitmap[x / 64] is set. NULL: not given. */

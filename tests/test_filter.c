@@ -142,8 +142,9 @@ static int fx_live(const fx_data *d, size_t row)
 
 typedef struct fx_set {
     char name[48];
-    uint64_t *keys; /* the set as allow_keys, shuffled */
-    size_t nkeys;
+    uint64_t *keys;   /* the set as allow_keys, shuffled */
+    uint64_t *sorted; /* and distinct, ascending: vecidx walks it as given */
+    size_t nkeys, nsorted;
     uint64_t *bits; /* the same set as a bitmap */
     uint64_t nbits;
     size_t admitted; /* live stored keys in the set */
@@ -193,12 +194,17 @@ static void fx_set_make(fx_set *s, const fx_data *d, const char *name,
     }
     for (i = 0; i < s->nkeys; i++)
         s->bits[s->keys[i] / 64] |= (uint64_t)1 << (s->keys[i] % 64);
+    s->sorted = vt_xmalloc((s->nkeys + 1) * sizeof *s->sorted);
+    for (i = c = 0; i < s->nbits; i++) /* keys are below nbits */
+        if (fx_in(s, i)) s->sorted[c++] = i;
+    s->nsorted = c;
     fx_count(d, s);
 }
 
 static void fx_set_free(fx_set *s)
 {
     free(s->keys);
+    free(s->sorted);
     free(s->bits);
     memset(s, 0, sizeof *s);
 }
@@ -280,6 +286,7 @@ static void fx_sets_make(fx_set *sets, const fx_data *d, uint64_t seed)
 /* How a set is handed to the search. */
 enum {
     FX_KEYS,     /* allow_keys */
+    FX_SORTED,   /* allow_keys, ascending */
     FX_BITMAP,   /* allow_bitmap */
     FX_CALLBACK, /* filter, selectivity unknown */
     FX_HINT,     /* filter with its true selectivity */
@@ -288,8 +295,8 @@ enum {
 };
 
 static const char *const fx_mode_name[FX_NMODES] = {
-    "keys", "bitmap", "callback", "callback+selectivity",
-    "callback+wrong selectivity"};
+    "keys",     "sorted keys",          "bitmap",
+    "callback", "callback+selectivity", "callback+wrong selectivity"};
 
 static void fx_opts(vecidx_search_opts *o, const vecidx_search_opts *base,
                     fx_set *s, int mode, size_t count)
@@ -302,6 +309,10 @@ static void fx_opts(vecidx_search_opts *o, const vecidx_search_opts *base,
     case FX_KEYS:
         o->allow_keys = s->keys;
         o->allow_count = s->nkeys;
+        break;
+    case FX_SORTED:
+        o->allow_keys = s->sorted;
+        o->allow_count = s->nsorted;
         break;
     case FX_BITMAP:
         o->allow_bitmap = s->bits;

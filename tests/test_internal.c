@@ -1329,6 +1329,68 @@ void test_stats_list_median(void)
     }
 }
 
+/* ---- allowed sets ------------------------------------------------------ */
+
+/* An ascending key array is walked as given and tested by binary search
+** until vx_allow_members gathers it; both must admit exactly the keys of
+** the array, 0 and UINT64_MAX among them, and list them in order. */
+void test_filter_sorted_keys_membership(void)
+{
+    static const size_t sizes[] = {1, 2, 3, 100, 1023, 1024, 5000};
+    vecidx_params p;
+    vecidx *ix = NULL;
+    vt_rng r = {11};
+    size_t si;
+    vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, 4);
+    CHECK_OK(vecidx_create(&p, &ix));
+    for (si = 0; ix && si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si], i, m, pass;
+        uint64_t *keys = vt_xmalloc(n * sizeof *keys), out[256], pos = 0;
+        vecidx_search_opts o;
+        vx_sopts a;
+        /* ascending, dense or sparse by turns, UINT64_MAX last when odd */
+        for (i = 0; i < n; i++)
+            keys[i] = (i ? keys[i - 1] + 1 + vt_below(&r, si % 2 ? 3 : 1000)
+                         : vt_below(&r, 2));
+        if (n % 2) keys[n - 1] = UINT64_MAX;
+        memset(&o, 0, sizeof o);
+        o.allow_keys = keys;
+        o.allow_count = n;
+        CHECK_OK(vx_sopts_init(ix, &o, &a));
+        CHECKF(a.sorted && !a.set && !a.kbits && a.nset == n,
+               "%zu keys: sorted %d, set %p, nset %zu", n, a.sorted,
+               (void *)a.set, a.nset);
+        for (m = 0; (i = vx_allow_next(&a, &pos, out, 256)) > 0; m += i)
+            CHECKF(memcmp(out, keys + m, i * sizeof *out) == 0,
+                   "%zu keys: listed out of order at %zu", n, m);
+        CHECK_EQ_U64(m, n);
+        for (pass = 0; pass < 2; pass++) {
+            for (i = 0; i < n; i++) {
+                CHECKF(vx_allow_admit(keys[i], &a),
+                       "%zu keys, pass %zu: "
+                       "key %zu (%llu) refused",
+                       n, pass, i, (unsigned long long)keys[i]);
+                if (keys[i] + 1 != keys[(i + 1) % n] && keys[i] != UINT64_MAX)
+                    CHECKF(!vx_allow_admit(keys[i] + 1, &a),
+                           "%zu keys, pass %zu: absent %llu admitted", n, pass,
+                           (unsigned long long)(keys[i] + 1));
+            }
+            if (keys[0] > 0)
+                CHECKF(!vx_allow_admit(0, &a), "%zu keys: 0 admitted", n);
+            if (keys[n - 1] != UINT64_MAX)
+                CHECKF(!vx_allow_admit(UINT64_MAX, &a),
+                       "%zu keys: UINT64_MAX admitted", n);
+            if (pass == 0) { /* now gathered, as a walk's search has it */
+                CHECK_OK(vx_sopts_set(ix, &a, keys, n));
+                CHECK_EQ_U64(a.nset, n);
+            }
+        }
+        vx_sopts_free(ix, &a);
+        free(keys);
+    }
+    vecidx_close(ix);
+}
+
 /* ---- damaged files read by readers (format version 6) ----------------- */
 
 /* What a reader answers: per query its top 10 (keys, distances), every

@@ -134,6 +134,7 @@
     X(filter_duplicates_and_removed)         \
     X(filter_empty_and_bounds)               \
     X(filter_dense_key_array)                \
+    X(filter_sorted_keys_membership)         \
     X(filter_bad_arguments)                  \
     X(filter_batch_matches_single)           \
     X(filter_file)                           \

@@ -1164,6 +1164,12 @@ static const char help_query[] =
     "Distances are smaller-is-closer: squared L2, -inner product, or cosine\n"
     "distance.\n";
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* --allow FILE: the keys the queries may return, kept whole in memory
 ** as the library needs them for the call. A key per line rather than a
 ** free-form list so that an error can name its line, and comments so the
@@ -1173,7 +1179,7 @@ static int read_allow(const char *path, uint64_t **out, size_t *count)
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
     const char *name = f == stdin ? "(standard input)" : path;
     char *text = NULL;
-    size_t text_cap = 0, cap = 1024, n = 0;
+    size_t text_cap = 0, cap = 1024, n = 0, i, j;
     uint64_t line = 0, *keys = NULL;
     int rc = 0;
     if (!f) return fail("cannot open '%s': %s", path, strerror(errno));
@@ -1218,8 +1224,13 @@ static int read_allow(const char *path, uint64_t **out, size_t *count)
         return rc;
     }
     if (n == 0) warn("%s lists no keys: no result can be returned", name);
+    /* ascending and distinct: the library then walks the keys as given,
+    ** where it would gather them into a set for every query */
+    qsort(keys, n, sizeof *keys, cmp_u64);
+    for (i = j = 0; i < n; i++)
+        if (j == 0 || keys[i] != keys[j - 1]) keys[j++] = keys[i];
     *out = keys;
-    *count = n;
+    *count = j;
     return 0;
 }
 
@@ -2212,12 +2223,6 @@ static int write_npy_header(FILE *f, size_t rows, uint32_t dim)
     for (; pad > 0; pad--) putc(' ', f);
     putc('\n', f);
     return 0;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 static int cmd_export(const args *a)
