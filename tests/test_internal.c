@@ -1157,6 +1157,41 @@ static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
     free(rows);
 }
 
+/* count_bits of k over sparse maps of every length up to 1,100 words
+** (empty blocks, lone bits at block edges, a word past the end that must
+** not be read): the count, and the summary of blocks holding a bit. */
+static void vt_check_count_bits(const vx_qkernels *k, unsigned mask, vt_rng *r)
+{
+    enum {
+        MAXW = 1100
+    };
+    uint64_t *w = vt_xmalloc((MAXW + 1) * sizeof *w), sum[4], want[4];
+    size_t n, i;
+    for (n = 0; n <= MAXW; n += n < 80 ? 1 : 37) {
+        uint64_t bits = 0, x;
+        memset(sum, 0, sizeof sum);
+        memset(want, 0, sizeof want);
+        for (i = 0; i < n; i++) {
+            unsigned pick = (unsigned)vt_below(r, 24);
+            w[i] = pick == 0   ? vt_next(r)
+                   : pick == 1 ? (uint64_t)1 << vt_below(r, 64)
+                   : pick == 2 ? (uint64_t)1 << 63
+                               : 0;
+            if (i % 8 == 7 && pick == 3) w[i] = 1; /* a block's last bit */
+            if (w[i]) want[i / 512] |= (uint64_t)1 << (i / 8 % 64);
+            for (x = w[i]; x; x &= x - 1) bits++;
+        }
+        w[n] = ~(uint64_t)0; /* past the end */
+        CHECKF(k->count_bits(w, n, sum) == bits &&
+                   memcmp(sum, want, sizeof sum) == 0,
+               "count_bits mask %#x: %zu sparse words: %llu bits, summary "
+               "%s",
+               mask, n, (unsigned long long)k->count_bits(w, n, NULL),
+               memcmp(sum, want, sizeof sum) ? "wrong" : "right");
+    }
+    free(w);
+}
+
 /* Every quantized kernel this CPU can run, as vx_qkern_pick chooses them
 ** for each subset of its features, against the scalar ones: int8 dot
 ** products exactly, sums over binary codes, half-precision distances within
@@ -1182,6 +1217,7 @@ void test_kernels_quantized(void)
         f32 = &vx_kern_neon;
 #endif
         vx_qkern_pick(mask, &k);
+        vt_check_count_bits(&k, mask, &r);
         for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
             size_t d = dims[di], i, j, w = (d + 63) / 64;
             int8_t *a = vt_xmalloc(d + 1), *b = vt_xmalloc(d + 1);
@@ -1215,8 +1251,8 @@ void test_kernels_quantized(void)
                 uint64_t bits = 0;
                 for (i = 0; i < w; i++)
                     for (j = 0; j < 64; j++) bits += (x[i] >> j) & 1u;
-                CHECKF(k.count_bits(x, w) == bits &&
-                           ref.count_bits(x, w) == bits,
+                CHECKF(k.count_bits(x, w, NULL) == bits &&
+                           ref.count_bits(x, w, NULL) == bits,
                        "count_bits mask %#x: %llu words", mask,
                        (unsigned long long)w);
             }
