@@ -4461,6 +4461,24 @@ static double vx_allow_frac(const vecidx_search_opts *o, size_t n)
 #define VX_KBITS_MIN 1024
 #define VX_KBITS_SPAN 64
 
+/* Set the bits of ascending keys (UINT64_MAX aside): a word at a time,
+** in a register. Or-ing each key into memory made every key wait for
+** the last one's store, as ascending keys share words. */
+static void vx_kbits_sorted(uint64_t *kbits, const uint64_t *keys, size_t n)
+{
+    uint64_t w = 0, word = 0;
+    size_t i;
+    for (i = 0; i < n && keys[i] != UINT64_MAX; i++) {
+        if (keys[i] >> 6 != w) {
+            kbits[w] |= word;
+            w = keys[i] >> 6;
+            word = 0;
+        }
+        word |= (uint64_t)1 << (keys[i] & 63);
+    }
+    kbits[w] |= word;
+}
+
 /* The key array as a bitmap, if dense enough; returns 0 if not taken. */
 static int vx_sopts_kbits(vecidx *ix, vx_sopts *a, const uint64_t *keys,
                           size_t n, int *rc)
@@ -4470,7 +4488,9 @@ static int vx_sopts_kbits(vecidx *ix, vx_sopts *a, const uint64_t *keys,
     *rc = VECIDX_OK;
     a->set_has_max = 0;
     if (n < VX_KBITS_MIN) return 0;
-    for (i = 0; i < n; i++)
+    if (a->sorted) /* UINT64_MAX can only be last */
+        max = keys[n - 1] != UINT64_MAX ? keys[n - 1] : keys[n - 2];
+    for (i = 0; i < n && !a->sorted; i++)
         if (keys[i] != UINT64_MAX && keys[i] > max) max = keys[i];
     if (max / VX_KBITS_SPAN >= n) return 0;
     words = max / 64 + 1;
@@ -4481,6 +4501,12 @@ static int vx_sopts_kbits(vecidx *ix, vx_sopts *a, const uint64_t *keys,
     }
     memset(a->kbits, 0, (size_t)words * sizeof *a->kbits);
     a->nkbits = max + 1;
+    if (a->sorted) {
+        vx_kbits_sorted(a->kbits, keys, n);
+        a->set_has_max = keys[n - 1] == UINT64_MAX;
+        a->nset = n;
+        return 1;
+    }
     for (i = 0; i < n; i++) {
         if (keys[i] == UINT64_MAX)
             a->set_has_max = 1;

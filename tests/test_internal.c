@@ -1372,7 +1372,7 @@ void test_stats_list_median(void)
 ** the array, 0 and UINT64_MAX among them, and list them in order. */
 void test_filter_sorted_keys_membership(void)
 {
-    static const size_t sizes[] = {1, 2, 3, 100, 1023, 1024, 5000};
+    static const size_t sizes[] = {1, 2, 3, 100, 1023, 1024, 5000, 4097};
     vecidx_params p;
     vecidx *ix = NULL;
     vt_rng r = {11};
