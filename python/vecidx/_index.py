@@ -1038,7 +1038,9 @@ class Index:
         array (a uint64 one is passed in place: do not change it during
         the call). Duplicates and keys not in the index are fine; an empty
         collection admits nothing. No Python call per candidate, and the
-        library can pick its strategy from the set's size.
+        library can pick its strategy from the set's size. A small set
+        is fastest as a sorted array of distinct keys (np.unique), which
+        the library scans as given instead of gathering it per call.
         allowed_bitmap: the same as flags indexed by key: a NumPy bool
         array (key i admitted when i < len and flag i is set), or a uint64
         array of packed words (key x at bit x % 64 of word x // 64, used in
