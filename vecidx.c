@@ -4402,6 +4402,12 @@ static int vx_set_has(const vx_sopts *a, uint64_t key)
     }
 }
 
+/* Words of a bitmap of nbits bits (nbits up to 2^64 - 1). */
+static inline uint64_t vx_bit_words(uint64_t nbits)
+{
+    return nbits / 64 + !!(nbits & 63);
+}
+
 static inline int vx_bits_has(const vx_sopts *a, uint64_t key)
 {
     return key < a->nbits && (a->bits[key >> 6] >> (key & 63)) & 1u;
@@ -4490,8 +4496,9 @@ static int vx_sopts_kbits(vecidx *ix, vx_sopts *a, const uint64_t *keys,
     if (n < VX_KBITS_MIN) return 0;
     if (a->sorted) /* UINT64_MAX can only be last */
         max = keys[n - 1] != UINT64_MAX ? keys[n - 1] : keys[n - 2];
-    for (i = 0; i < n && !a->sorted; i++)
-        if (keys[i] != UINT64_MAX && keys[i] > max) max = keys[i];
+    else
+        for (i = 0; i < n; i++)
+            if (keys[i] != UINT64_MAX && keys[i] > max) max = keys[i];
     if (max / VX_KBITS_SPAN >= n) return 0;
     words = max / 64 + 1;
     if (!(a->kbits = vx_malloc(&ix->mem, (size_t)words * sizeof *a->kbits))) {
@@ -4555,7 +4562,7 @@ static int vx_sopts_set(vecidx *ix, vx_sopts *a, const uint64_t *keys, size_t n)
 /* Words of a->bits' summary: a bit per 512 of a->bits. */
 static size_t vx_bsum_words(const vx_sopts *a)
 {
-    uint64_t words = a->nbits / 64 + !!(a->nbits & 63);
+    uint64_t words = vx_bit_words(a->nbits);
     return (size_t)(words / 512 + !!(words % 512));
 }
 
@@ -4660,7 +4667,7 @@ static size_t vx_bits_next(const uint64_t *bits, uint64_t nbits,
 {
     /* locals, not *pos: a store to out[] might alias it, and the compiler
     ** would keep it in memory, a store and a load in every step */
-    uint64_t nw = nbits / 64 + !!(nbits & 63), w, x;
+    uint64_t nw = vx_bit_words(nbits), w, x;
     size_t n = 0;
     if (*pos >= nbits || cap == 0) return 0;
     w = *pos >> 6;
@@ -12249,16 +12256,17 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
                   : (pass ? (double)pass : 0.5) / (double)seen * (double)n;
 }
 
-/* Whether every search of the call is answered by a scan of the listed
-** allowed keys (vx_flat_allowed, vx_ivf_allowed), which tests no key
-** against the key array. Each kind's own plan, as its search makes it. */
+/* Whether every search of the call is answered by a scan that lists the
+** key array's keys (vx_flat_allowed, vx_ivf_allowed) and so tests none
+** against it; listing a smaller bitmap's instead, it tests each. Each
+** kind's own plan, as its search makes it. */
 static int vx_allow_keyed_only(vecidx *ix, const vx_sopts *a, size_t k)
 {
     size_t least, most;
     double want;
     int keyed, pre;
     if (a->none) return 1;
-    if (a->exact) return 0;
+    if (a->exact || !vx_allow_by_set(a)) return 0;
     if (ix->ivf.trained)
         return vx_ivf_plan(ix, a, vx_ivf_nprobe(ix, &a->u), &least, &most,
                            &want);
