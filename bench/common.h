@@ -317,7 +317,8 @@ static inline void bn_usage(FILE *f, const char *prog, const char *libs)
         "filter_seed recall (= recall_at_K, against the exact neighbours",
         "among the admitted rows) not_admitted scan_qps scan_queries",
         "unfiltered_qps unfiltered_recall flat_cb_qps flat_cb_recall",
-        "qps_vs_scan qps_vs_unfiltered (see bench/README.md).",
+        "qps_vs_scan qps_vs_unfiltered bits_scan_qps qps_vs_bits_scan",
+        "(see bench/README.md).",
     };
     size_t i;
     fprintf(f, "usage: %s --base F --query F --gt F [options]\n", prog);
@@ -1159,36 +1160,77 @@ static inline float *bn_scan_norms(const bn_opts *o, const bn_data *d)
     return inv;
 }
 
-/* bn_query_fn of the scan: the k nearest admitted rows of query qi, by
-** squared L2, or for ip and cos by the largest dot product (over the row
-** norm for cos; the query's norm ranks nothing). Ties keep the lower row. */
+/* One admitted row into the scan's k best of query q (dist/out hold *cnt
+** of them, ascending): squared L2, or for ip and cos the negated dot
+** product (over the row norm for cos; the query's norm ranks nothing).
+** Ties keep the row taken first, the lower one in both scans below. */
+static inline void bn_scan_take(const bn_scan *s, const float *q, uint64_t row,
+                                float *dist, int64_t *out, size_t *cnt)
+{
+    size_t dim = s->d->dim, k = s->k, j;
+    const float *x = s->d->base + row * dim;
+    float v;
+    if (s->metric == BN_L2)
+        v = bn_scan_l2(q, x, dim);
+    else {
+        v = -bn_scan_dot(q, x, dim);
+        if (s->inv_norm) v *= s->inv_norm[row];
+    }
+    if (*cnt == k && !(v < dist[k - 1])) return;
+    j = *cnt < k ? (*cnt)++ : k - 1;
+    for (; j > 0 && dist[j - 1] > v; j--) {
+        dist[j] = dist[j - 1];
+        out[j] = out[j - 1];
+    }
+    dist[j] = v;
+    out[j] = (int64_t)row;
+}
+
+/* bn_query_fn of the scan: the k nearest admitted rows of query qi, taken
+** from the ascending list f->keys. */
 static inline void bn_scan_query(void *arg, size_t qi, int64_t *out)
 {
     const bn_scan *s = (const bn_scan *)arg;
     const bn_filter *f = s->f;
-    size_t dim = s->d->dim, k = s->k, cnt = 0, i, j;
+    size_t dim = s->d->dim, k = s->k, cnt = 0, i;
     const float *q = s->d->query + qi * dim;
     float dbuf[256], *dist = k <= 256 ? dbuf : (float *)bn_malloc(k * 4);
     for (i = 0; i < f->m; i++) {
-        uint64_t row = f->keys[i];
-        const float *x = s->d->base + row * dim;
-        float v;
         if (i + BN_SCAN_AHEAD < f->m)
             bn_prefetch_row(s->d->base + f->keys[i + BN_SCAN_AHEAD] * dim, dim);
-        if (s->metric == BN_L2)
-            v = bn_scan_l2(q, x, dim);
-        else {
-            v = -bn_scan_dot(q, x, dim);
-            if (s->inv_norm) v *= s->inv_norm[row];
+        bn_scan_take(s, q, f->keys[i], dist, out, &cnt);
+    }
+    for (i = cnt; i < k; i++) out[i] = -1;
+    if (dist != dbuf) free(dist);
+}
+
+/* bn_query_fn of the scan a user holding only the bitmap would write:
+** walk f->bitmap a word at a time into a list of up to BN_BITS_CHUNK rows,
+** scan that list as bn_scan_query scans f->keys (prefetch included), and
+** go on. Walking the map once for the list keeps a second walk, for the
+** prefetch, out of the cost. */
+#define BN_BITS_CHUNK 256
+static inline void bn_scan_bits_query(void *arg, size_t qi, int64_t *out)
+{
+    const bn_scan *s = (const bn_scan *)arg;
+    const bn_filter *f = s->f;
+    size_t dim = s->d->dim, k = s->k, cnt = 0, i, n, w = 0;
+    size_t nw = (f->n + 63) / 64;
+    uint64_t rows[BN_BITS_CHUNK];
+    const float *q = s->d->query + qi * dim;
+    float dbuf[256], *dist = k <= 256 ? dbuf : (float *)bn_malloc(k * 4);
+    while (w < nw) {
+        for (n = 0; w < nw && n <= BN_BITS_CHUNK - 64; w++) {
+            uint64_t b = f->bitmap[w];
+            for (; b; b &= b - 1)
+                rows[n++] = (uint64_t)w * 64 + (uint64_t)__builtin_ctzll(b);
         }
-        if (cnt == k && !(v < dist[k - 1])) continue;
-        j = cnt < k ? cnt++ : k - 1;
-        for (; j > 0 && dist[j - 1] > v; j--) {
-            dist[j] = dist[j - 1];
-            out[j] = out[j - 1];
+        for (i = 0; i < n; i++) {
+            if (i + BN_SCAN_AHEAD < n)
+                bn_prefetch_row(s->d->base + rows[i + BN_SCAN_AHEAD] * dim,
+                                dim);
+            bn_scan_take(s, q, rows[i], dist, out, &cnt);
         }
-        dist[j] = v;
-        out[j] = (int64_t)row;
     }
     for (i = cnt; i < k; i++) out[i] = -1;
     if (dist != dbuf) free(dist);
@@ -1261,6 +1303,7 @@ typedef struct bn_filter_line {
     size_t outside;
     double qps;
     double scan_qps;
+    double bits_scan_qps; /* bitmap form: the scan walking the bitmap */
     double unfiltered_qps, unfiltered_recall; /* recall: against --gt */
     double flat_cb_qps, flat_cb_recall;
     char buf[1024];
@@ -1272,7 +1315,8 @@ static inline void bn_filter_line_init(bn_filter_line *l, const bn_filter *f,
     memset(l, 0, sizeof *l);
     l->f = f;
     l->form = form;
-    l->scan_qps = l->unfiltered_qps = l->unfiltered_recall = -1;
+    l->scan_qps = l->bits_scan_qps = -1;
+    l->unfiltered_qps = l->unfiltered_recall = -1;
     l->flat_cb_qps = l->flat_cb_recall = -1;
 }
 
@@ -1289,6 +1333,7 @@ static inline const char *bn_fmt_num(char *buf, size_t size, const char *fmt,
 static inline const char *bn_filter_extra(const bn_opts *o, bn_filter_line *l)
 {
     char sel[80] = "", a[32], b[32], c[32], e[32], g[32], h[32], i[32];
+    char j[32], m[32];
     if (l->selector)
         snprintf(sel, sizeof sel, ",\"selector\":\"%s\"", l->selector);
     snprintf(
@@ -1299,7 +1344,8 @@ static inline const char *bn_filter_extra(const bn_opts *o, bn_filter_line *l)
         "\"scan_queries\":%zu,\"unfiltered_qps\":%s,"
         "\"unfiltered_recall\":%s,\"flat_cb_qps\":%s,"
         "\"flat_cb_recall\":%s,\"qps_vs_scan\":%s,"
-        "\"qps_vs_unfiltered\":%s",
+        "\"qps_vs_unfiltered\":%s,\"bits_scan_qps\":%s,"
+        "\"qps_vs_bits_scan\":%s",
         l->f->selectivity, o->filter_mode == BN_FILTER_FAR ? "far" : "random",
         l->form, sel, l->f->m, (unsigned long long)o->filter_seed, l->recall,
         l->outside, bn_fmt_num(a, sizeof a, "%.1f", l->scan_qps), l->f->scan_nq,
@@ -1310,7 +1356,10 @@ static inline const char *bn_filter_extra(const bn_opts *o, bn_filter_line *l)
         bn_fmt_num(h, sizeof h, "%.3f",
                    l->scan_qps > 0 ? l->qps / l->scan_qps : -1),
         bn_fmt_num(i, sizeof i, "%.3f",
-                   l->unfiltered_qps > 0 ? l->qps / l->unfiltered_qps : -1));
+                   l->unfiltered_qps > 0 ? l->qps / l->unfiltered_qps : -1),
+        bn_fmt_num(j, sizeof j, "%.1f", l->bits_scan_qps),
+        bn_fmt_num(m, sizeof m, "%.3f",
+                   l->bits_scan_qps > 0 ? l->qps / l->bits_scan_qps : -1));
     return l->buf;
 }
 

@@ -244,9 +244,10 @@ static int is_callback(int form)
     return form == BN_FORM_CALLBACK || form == BN_FORM_CALLBACK_SEL;
 }
 
-/* Runner slots: a form each, then the scan, the unfiltered index, and a
-** flat index per callback form. */
-#define MAX_RUNNERS (2 * BN_NFORMS + 2)
+/* Runner slots: a form each, then the scan, the unfiltered index, a
+** flat index per callback form, and with the bitmap form the scan that
+** walks the bitmap. */
+#define MAX_RUNNERS (2 * BN_NFORMS + 3)
 
 /* A runner's context: the index and search options of from (with the
 ** sweep value set on it), its own batch counts, and the admitted set f
@@ -274,6 +275,7 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
     bn_runner run[MAX_RUNNERS];
     int64_t *res[MAX_RUNNERS];
     int flat_for[BN_NFORMS]; /* runner of the form's flat baseline, or -1 */
+    int bits_run;            /* runner of the bitmap walk's scan, or -1 */
     bn_scan scan;
     bn_result r;
     bn_filter_line line;
@@ -342,6 +344,14 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
                 run[nr].ctx = &c[nr];
                 flat_for[i] = (int)nr++;
             }
+            bits_run = -1;
+            for (i = 0; i < o->nforms; i++)
+                if (o->forms[i] == BN_FORM_BITMAP && bits_run < 0) {
+                    run[nr].fn = bn_scan_bits_query;
+                    run[nr].ctx = &scan;
+                    run[nr].nq = f.scan_nq;
+                    bits_run = (int)nr++;
+                }
             for (i = 0; i < nr; i++) {
                 run[i].res = res[i];
                 if (!run[i].nq) run[i].nq = d->nq;
@@ -350,6 +360,11 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
             for (i = 0; i < nr; i++)
                 if (run[i].fn == vxb_search_one)
                     fill_missing(o, d, &c[i], res[i]);
+            if (bits_run >= 0 && memcmp(res[bits_run], res[o->nforms],
+                                        f.scan_nq * o->k * sizeof *res[0]))
+                bn_note("warning: the bitmap's scan and the keys' scan "
+                        "disagree at s=%g",
+                        f.selectivity);
 
             for (i = 0; i < o->nforms; i++) {
                 bn_result rf = r;
@@ -362,6 +377,8 @@ static void run_filtered(const bn_opts *o, const bn_data *d)
                 line.recall = rf.recall = bn_filter_recall(
                     &f, d->nq, o->k, res[i], &line.outside, what);
                 line.scan_qps = bn_runner_qps(&run[o->nforms]);
+                if (o->forms[i] == BN_FORM_BITMAP && bits_run >= 0)
+                    line.bits_scan_qps = bn_runner_qps(&run[bits_run]);
                 line.unfiltered_qps = bn_runner_qps(&run[u]);
                 line.unfiltered_recall = bn_recall(d, res[u], o->k, r.param);
                 if (flat_for[i] >= 0) {
