@@ -365,6 +365,7 @@ void test_errors_bad_vectors(void)
         uint64_t k[20], bk[5] = {31337, 31338, 31339, 31340, 31341};
         size_t found[5], c;
         const char *msg;
+        char comp[32];
         static const float bad[3] = {NAN, INFINITY, -INFINITY};
         static const char *const badname[3] = {"nan", "inf", "inf"};
         vecidx *ix = vt_create(VECIDX_FLAT, metric, DIM, 0);
@@ -383,6 +384,9 @@ void test_errors_bad_vectors(void)
                        "add: message \"%s\" does not say %s", msg, badname[i]);
                 CHECKF(vt_contains(msg, "31337"),
                        "add: message \"%s\" does not name the key", msg);
+                snprintf(comp, sizeof comp, "component %zu", c);
+                CHECKF(vt_contains(msg, comp),
+                       "add: message \"%s\" does not name %s", msg, comp);
                 VT_REJECT(vecidx_upsert(ix, m.keys[3], v), VECIDX_EINVAL, 1);
                 VT_REJECT(vecidx_upsert(ix, 31337, v), VECIDX_EINVAL, 1);
                 VT_REJECT(vecidx_search(ix, v, 3, NULL, k, d, found),
@@ -410,6 +414,14 @@ void test_errors_bad_vectors(void)
                 CHECK(vecidx_contains(ix, 31337) == 0);
             }
         }
+        /* two bad components: the first one is named */
+        memcpy(v, q0, sizeof v);
+        v[2] = INFINITY;
+        v[5] = NAN;
+        VT_REJECT(vecidx_add(ix, 31337, v), VECIDX_EINVAL, 1);
+        msg = vecidx_errmsg(ix);
+        CHECKF(vt_contains(msg, "component 2") && vt_contains(msg, "inf"),
+               "add: message \"%s\" does not name the infinity at 2", msg);
         /* zero vectors: rejected under cosine only */
         if (metric == VECIDX_COSINE) {
             VT_REJECT(vecidx_add(ix, 31337, zero), VECIDX_EINVAL, 1);
