@@ -117,7 +117,9 @@ enum {
                              +-65504 */
     VECIDX_STORE_I8 = 2,  /* one byte per dimension: each vector scaled and
                              offset to [-127, 127] on its own range, so no
-                             training and no clipping */
+                             training and no clipping; cosine distances
+                             of codes are half the squared distance of
+                             the decoded unit vectors */
     VECIDX_STORE_BIN = 3  /* one bit per dimension (set when positive);
                              cosine and inner product only, and only with
                              keep_vectors: the bits pick candidates, the
