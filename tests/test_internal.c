@@ -1107,17 +1107,21 @@ static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
         ROWS = 9
     };
     size_t h = (d + 3) / 4 * 4, stride = h + sizeof(vx_i8hdr) + 12, n, i, j;
-    int8_t *rows = vt_xmalloc(ROWS * stride);
+    int8_t *rows = vt_xmalloc(ROWS * stride), *rc = vt_xmalloc(h);
     vx_i8hdr qh;
     vx_i8q qi;
     const int8_t *at[ROWS];
     float out[ROWS + 1];
     int metric, form;
+    double rscale;
     qh.scale = (float)vt_unit(r);
     qh.off = (float)(vt_unit(r) - 0.5);
     qh.n2 = (float)(vt_unit(r) * d);
     for (i = 0, qh.sum = 0; i < d; i++) qh.sum += qc[i];
     qi = vx_i8_query(&qh, (uint32_t)d);
+    memset(rc, 0, h);
+    for (i = 0; i < d; i++) rc[i] = (int8_t)((int)vt_below(r, 255) - 127);
+    rscale = qh.scale / 254.0;
     for (i = 0; i < ROWS; i++) {
         int8_t *b = rows + i * stride;
         vx_i8hdr bh;
@@ -1135,17 +1139,23 @@ static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
     }
     /* the pointer form gets the rows in another order */
     for (i = 0; i < ROWS; i++) at[i] = rows + (i * 4 % ROWS) * stride;
-    for (form = 0; form < 2; form++)
+    /* form 0, 1: strided rows, pointers; 2, 3: the same with the query's
+    ** rounding error coded (a float32 query's second code) */
+    for (form = 0; form < 4; form++) {
+        qi.rc = form >= 2 ? rc : NULL;
+        qi.rscale = form >= 2 ? rscale : 0;
         for (metric = VECIDX_L2; metric <= VECIDX_COSINE; metric++)
             for (n = 1; n <= ROWS; n++) {
+                int ptrs = form & 1;
                 out[n] = -7.0f; /* a canary: n rows, never n + 1 */
-                k->i8_dists(qc, &qi, metric, form ? NULL : rows, stride,
-                            form ? at : NULL, n, d, out);
+                k->i8_dists(qc, &qi, metric, ptrs ? NULL : rows, stride,
+                            ptrs ? at : NULL, n, d, out);
                 for (i = 0; i < n; i++) {
-                    const int8_t *b = form ? at[i] : rows + i * stride;
-                    float want = vx_i8_dist(metric, &qi,
-                                            vx_i8_hdr(b, (uint32_t)d),
-                                            ref->dot_i8(qc, b, d, 0));
+                    const int8_t *b = ptrs ? at[i] : rows + i * stride;
+                    float want = vx_i8_dist(
+                        metric, &qi, vx_i8_hdr(b, (uint32_t)d),
+                        ref->dot_i8(qc, b, d, 0),
+                        qi.rc ? ref->dot_i8(rc, b, d, 0) : 0);
                     CHECKF(
                         memcmp(&out[i], &want, sizeof want) == 0,
                         "i8_dists mask %#x form %d metric %d d %zu: row %zu of "
@@ -1154,7 +1164,9 @@ static void vt_check_i8_dists(const vx_qkernels *k, const vx_qkernels *ref,
                 }
                 CHECKF(out[n] == -7.0f, "i8_dists wrote past %zu rows", n);
             }
+    }
     free(rows);
+    free(rc);
 }
 
 /* count_bits of k over sparse maps of every length up to 1,100 words
@@ -1292,6 +1304,72 @@ void test_kernels_quantized(void)
             free(q);
             free(p);
         }
+    }
+}
+
+/* A float32 query's int8 codes (vx_i8_encode_query): each component
+** within half a step of the second code's step, the terms vx_i8_dist uses
+** in agreement with the decoded query, and distances to stored codes that
+** match the float32 query's to the code of the stored side, ten times
+** closer than the query's first code alone gets. */
+void test_store_i8_query_error(void)
+{
+    static const uint32_t dims[] = {1, 3, 100, 384};
+    vt_rng r = {4242};
+    size_t di;
+    for (di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        uint32_t d = dims[di], h = (d + 3) / 4 * 4, i, j;
+        size_t cb = h + sizeof(vx_i8hdr);
+        float *x = vt_xmalloc(d * sizeof *x), *y = vt_xmalloc(d * sizeof *y);
+        int8_t *qc = vt_xmalloc(cb), *rc = vt_xmalloc(h), *bc = vt_xmalloc(cb);
+        double err1 = 0, err2 = 0;
+        for (j = 0; j < 20; j++) {
+            const vx_i8hdr *qh = vx_i8_hdr(qc, d), *bh = vx_i8_hdr(bc, d);
+            float mul = j & 1 ? 0.25f : 1.0f;
+            double n2 = 0, exact = 0;
+            vx_i8q qi, q1;
+            int32_t dq;
+            float d1, d2;
+            for (i = 0; i < d; i++) {
+                x[i] = (float)((vt_unit(&r) * 2 - 1) * (j % 3 ? 1 : 50));
+                y[i] = x[i] + (float)(vt_unit(&r) - 0.5) * 0.2f;
+            }
+            vx_i8_encode_query(x, d, mul, qc, rc, &qi);
+            vx_i8_encode(y, d, mul, bc);
+            CHECK(qi.rc == rc);
+            for (i = h - 1; i >= d; i--) CHECK(rc[i] == 0);
+            for (i = 0; i < d; i++) {
+                double qd = (double)qh->off + (double)qh->scale * qc[i] +
+                            qi.rscale * rc[i];
+                double bd = (double)bh->off + (double)bh->scale * bc[i];
+                CHECKF(fabs(qd - (double)(x[i] * mul)) <=
+                           qi.rscale * 0.5000001 + 1e-12,
+                       "d %u: component %u decodes to %.9g, not %.9g", d, i, qd,
+                       (double)(x[i] * mul));
+                n2 += qd * qd;
+                exact += ((double)(x[i] * mul) - bd) *
+                         ((double)(x[i] * mul) - bd);
+            }
+            CHECKF(fabs(qi.n2 - n2) <= 1e-9 * n2 + 1e-12, "d %u: n2 %.9g, %.9g",
+                   d, qi.n2, n2);
+            dq = vx_scalar_dot_i8(qc, bc, d, 0);
+            d2 = vx_i8_dist(VECIDX_L2, &qi, bh, dq,
+                            vx_scalar_dot_i8(rc, bc, d, 0));
+            q1 = vx_i8_query(qh, d);
+            d1 = vx_i8_dist(VECIDX_L2, &q1, bh, dq, 0);
+            err1 += fabs(d1 - exact);
+            err2 += fabs(d2 - exact);
+        }
+        /* one component is its own offset: nothing left to code */
+        CHECKF(d == 1 || err2 * 10 <= err1,
+               "d %u: error %.3g with the "
+               "second code, %.3g without",
+               d, err2, err1);
+        free(x);
+        free(y);
+        free(qc);
+        free(rc);
+        free(bc);
     }
 }
 

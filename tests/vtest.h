@@ -35,6 +35,7 @@
     X(kernels_vs_reference)                  \
     X(kernels_many_match_single)             \
     X(kernels_quantized)                     \
+    X(store_i8_query_error)                  \
     X(flat_exact_l2)                         \
     X(flat_exact_ip)                         \
     X(flat_exact_cosine)                     \
