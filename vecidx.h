@@ -109,7 +109,11 @@ enum {
 ** the best k * refine candidates exactly. Bytes per vector, d dimensions,
 ** before links: VECIDX_STORE_F32 4d; VECIDX_STORE_F16 2d (rounded up to
 ** 4); VECIDX_STORE_I8 d (rounded up to 4) + 16; VECIDX_STORE_BIN d/8
-** (rounded up to 8); keep_vectors adds 4d. */
+** (rounded up to 8); keep_vectors adds 4d. Measured recall@10 of HNSW
+** (M 16, ef 128; float32 in brackets): int8 0.983 on 1M x 128 L2
+** (hnswlib's 0.998), 0.982 on 200k x 384 cosine (0.992), 0.992 there
+** with keep_vectors and refine 2, half precision 0.991. Details:
+** bench/RESULTS.md. */
 enum {
     VECIDX_STORE_F32 = 0, /* float32, exact (the default) */
     VECIDX_STORE_F16 = 1, /* IEEE half precision, rounded to nearest;
