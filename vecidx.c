@@ -12240,7 +12240,8 @@ static size_t vx_code_bytes(const vecidx *ix)
 static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
                            const vecidx_search_opts *o, vx_topk *heaps)
 {
-    uint64_t buf[512]; /* 4 KB: int8 codes up to 4080 dimensions */
+    uint64_t buf[512]; /* 4 KB: an int8 query and its second code up
+                        to 2040 dimensions */
     size_t i, nb = vx_code_bytes(ix);
     void *code = nb <= sizeof buf ? buf : vx_malloc(&ix->mem, nb);
     int rc = VECIDX_OK;
