@@ -569,7 +569,7 @@ CROSS_TESTS := library_version_and_simd strerror_codes kernels errors_ \
     ivfpq_search_edges storage_refused storage_log_replay file_private_copy \
     stats_histogram stats_list_median stats_counters stats_memory_parts \
     stats_log_and_checkpoint stats_size_contract file_damage_readers \
-    file_damage_log_readers
+    file_damage_log_readers store_i8_query_error
 CROSS_TESTS_32 := $(CROSS_TESTS) filter_empty_and_bounds \
     store_line_aligned_records
 CROSS_CORE_TESTS := -hnsw_churn -hnsw_recall
