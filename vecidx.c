@@ -5696,9 +5696,8 @@ static uint32_t vx_hnsw_unvisited(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
 ** kernel (their codes were requested as they were marked) and offer them
 ** in order, as the one-at-a-time loop would. */
 static void vx_hnsw_offer_i8(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
-                             const vx_i8q *qi, const uint32_t *fresh,
-                             uint32_t m, int l, size_t ef,
-                             const vecidx_search_opts *o)
+                             const uint32_t *fresh, uint32_t m, int l,
+                             size_t ef, const vecidx_search_opts *o)
 {
     const int8_t *at[2 * VX_HNSW_MAX_M];
     float dist[2 * VX_HNSW_MAX_M];
@@ -5706,8 +5705,8 @@ static void vx_hnsw_offer_i8(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     for (i = 0; i < m; i++)
         at[i] = (const int8_t *)(const void *)vx_store_vec(&ix->store,
                                                            fresh[i]);
-    vx_qk.i8_dists((const int8_t *)q->code, qi, (int)ix->p.metric, NULL, 0, at,
-                   m, ix->store.dim, dist);
+    vx_qk.i8_dists((const int8_t *)q->code, &q->i8, (int)ix->p.metric, NULL, 0,
+                   at, m, ix->store.dim, dist);
     for (i = 0; i < m; i++) {
         vx_cand e;
         e.slot = fresh[i];
@@ -5750,8 +5749,6 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
                   st->dim > VX_L2_BOUND_STEP;
     /* int8 codes: a node's unvisited neighbours are scored in one call */
     int batch = st->store == VECIDX_STORE_I8 && !q->exact;
-    vx_i8q qi;
-    if (batch) qi = q->i8;
     vx_scratch_new_visit(s);
     s->nres = s->ncand = 0;
     s->asked = s->admitted = 0;
@@ -5793,7 +5790,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         ** is not measured. */
         s->visited += m;
         if (batch) {
-            vx_hnsw_offer_i8(ix, s, q, &qi, fresh, m, l, ef, o);
+            vx_hnsw_offer_i8(ix, s, q, fresh, m, l, ef, o);
         } else {
             for (i = 0; i < 2 && i < m; i++)
                 vx_prefetch_rest(vx_store_vec(st, fresh[i]), pf, 1);
