@@ -116,10 +116,12 @@ static void vx_dmg_note(const char *what, uint32_t piece, uint64_t off)
 #define VX_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define VX_LIKELY(x) __builtin_expect(!!(x), 1)
 #define VX_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define VX_NOINLINE __attribute__((noinline))
 #else
 #define VX_PRINTF(a, b)
 #define VX_LIKELY(x) (x)
 #define VX_UNLIKELY(x) (x)
+#define VX_NOINLINE
 #endif
 
 /* Record a failure for the calling thread and return its code, so error
@@ -3245,7 +3247,21 @@ typedef struct vx_lazy {
     vx_chunk bad;
     unsigned char *zero; /* bad's bytes (zero_len), VX_LINE_SLACK more */
     size_t zero_len;
+    /* The file, open for a lean reader (VECIDX_LEAN) whose kept vectors
+    ** are apart and as the file holds them (no log replayed into the
+    ** mapping), else -1: those vectors are then verified and re-ranked
+    ** through pread (vx_kept_dist) into buffers, not through the mapping,
+    ** so that the resident set stays what the graph walks touch. Through
+    ** the mapping, 10k queries on 200k x 384 int8 (re-ranking 20 each)
+    ** left 400-415 MB resident, more than the float32 index: each re-rank
+    ** faulted in a page and the cached pages around it, each verification
+    ** read a 24 KB piece, and each chunk's second piece the whole chunk;
+    ** with pread, 122 MB, at a system call per vector re-ranked. */
+    int fd;
 } vx_lazy;
+
+static int vx_io_read_all(int fd, void *buf, size_t n, uint64_t off);
+static int vx_io_close(int fd);
 
 /* CRC-32C of piece p of the chunk laid out at b (front part): the bytes
 ** of its slots in each of the chunk's arrays, in their order. The file
@@ -3272,6 +3288,31 @@ static size_t vx_piece_kept_bytes(const vx_store *s)
     return (size_t)VX_PIECE * s->dim * sizeof(float);
 }
 
+/* CRC-32C of kept piece p of chunk ci: read with pread when the reader
+** has the file open (vx_lazy.fd), a block at a time; through the mapping
+** when not, or when a read fails (the same bytes, and the same risks as
+** every mapped read). Not inlined: its buffer stays off the stack of
+** the reads that call it. */
+static VX_NOINLINE uint32_t vx_lazy_kept_crc(const vx_store *s, uint32_t ci,
+                                             uint32_t p)
+{
+    const vx_lazy *z = s->lazy;
+    size_t n = vx_piece_kept_bytes(s), m;
+    uint64_t off = z->off[1] + (uint64_t)ci * z->len[1] + (uint64_t)p * n;
+    unsigned char buf[8192];
+    uint32_t crc = 0;
+    for (; z->fd >= 0 && n; n -= m, off += m) {
+        m = n < sizeof buf ? n : sizeof buf;
+        if (vx_io_read_all(z->fd, buf, m, off) != 0) break;
+        crc = vx_crc32c_more(crc, buf, m);
+    }
+    if (z->fd < 0 || n)
+        crc = vx_crc32c_more(
+            0, z->sect[1] + (size_t)ci * z->len[1] + p * vx_piece_kept_bytes(s),
+            vx_piece_kept_bytes(s));
+    return crc;
+}
+
 /* Piece gp (a slot's number >> VX_PIECE_SHIFT) of the front (kept 0) or
 ** the kept vectors (kept 1): 1 once verified good, 0 if damaged (noted
 ** as met by this call when `meet`). */
@@ -3284,9 +3325,7 @@ static int vx_lazy_piece(const vx_store *s, uint32_t gp, int kept, int meet)
         const unsigned char *chunk = z->sect[kept] + (size_t)ci * z->len[kept];
         uint32_t want = vx_get32(z->crc,
                                  4 * ((size_t)kept * z->nchunks * z->ppc + gp));
-        uint32_t got = kept ? vx_crc32c_more(0,
-                                             chunk + p * vx_piece_kept_bytes(s),
-                                             vx_piece_kept_bytes(s))
+        uint32_t got = kept ? vx_lazy_kept_crc(s, ci, p)
                             : vx_piece_crc(s, chunk, p);
         v = got == want ? VX_PIECE_GOOD : VX_PIECE_BAD;
         /* the first to decide counts it; a chunk all good reads fast */
@@ -3313,14 +3352,17 @@ static int vx_lazy_piece(const vx_store *s, uint32_t gp, int kept, int meet)
 ** coming (a set of queries asked again, the hubs of a graph), and a chunk
 ** all verified is read with one test, where one only in part costs a
 ** lookup per read (measured: 13 % fewer queries per second on a 1M graph
-** asked the same 1000 queries again and again). The other pieces' damage,
-** if any, is not this call's: it is met by the reads that need them. */
+** asked the same 1000 queries again and again). Not so the kept vectors
+** of a reader that reads them with pread: re-ranks come back to few of
+** them, and a whole chunk (up to 2 MB) would stall the one query that
+** met it. The other pieces' damage, if any, is not this call's: it is met
+** by the reads that need them. */
 static vx_chunk *vx_lazy_slot(const vx_store *s, uint32_t slot, int kept)
 {
     vx_lazy *z = s->lazy;
     uint32_t gp = slot >> VX_PIECE_SHIFT, ci = slot >> s->shift, p;
     if (VX_PEEK(&z->st[kept][gp]) == VX_PIECE_UNKNOWN &&
-        VX_PEEK(&z->nok[kept][ci]))
+        VX_PEEK(&z->nok[kept][ci]) && !(kept && z->fd >= 0))
         for (p = 0; p < z->ppc; p++)
             (void)vx_lazy_piece(s, ci * z->ppc + p, kept, 0);
     return vx_lazy_piece(s, gp, kept, 1) ? &VX_LOAD(&s->chunks)[ci] : &z->bad;
@@ -3349,6 +3391,7 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
     int k;
     if (!z) return VECIDX_ENOMEM;
     memset(z, 0, sizeof *z);
+    z->fd = -1;
     z->nchunks = s->nchunks;
     z->ppc = 1u << (s->shift - VX_PIECE_SHIFT);
     z->zero_len = vx_store_chunk_bytes(s);
@@ -3382,12 +3425,23 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
     return VECIDX_OK;
 }
 
+/* Close the reader's file: kept vectors are read through the mapping
+** from now on. */
+static void vx_lazy_drop_fd(vx_store *s)
+{
+    if (s->lazy && s->lazy->fd >= 0) {
+        (void)vx_io_close(s->lazy->fd);
+        s->lazy->fd = -1;
+    }
+}
+
 static void vx_lazy_free(vx_store *s, vx_mem *mem)
 {
     vx_lazy *z = s->lazy;
     size_t np;
     int k;
     if (!z) return;
+    vx_lazy_drop_fd(s);
     np = (size_t)z->nchunks * z->ppc;
     for (k = 0; k < 2; k++) {
         vx_free(mem, z->st[k], np);
@@ -4325,16 +4379,71 @@ typedef struct vx_query {
     vx_i8q i8;  /* int8 storage: the terms of code for vx_i8_dist */
 } vx_query;
 
-/* Distance from q to a slot's kept float32 vector, as float32 storage
-** would score it. */
+/* The distance whose kernel sum (l2, or dot for the other metrics) of the
+** query and slot's kept float32 vector is sum, as float32 storage would
+** score it. */
+static float vx_full_finish(const vecidx *ix, const vx_query *q, float sum,
+                            uint32_t slot)
+{
+    if (ix->p.metric == VECIDX_L2) return sum;
+    if (ix->p.metric == VECIDX_IP) return -sum;
+    return 1.0f - sum * q->inv_norm * vx_store_inorm(&ix->store, slot);
+}
+
+/* Distance from q to slot's kept float32 vector. */
 static float vx_full_dist(const vecidx *ix, const vx_query *q, uint32_t slot)
 {
     const float *f = vx_store_full(&ix->store, slot);
     uint32_t dim = ix->p.dim;
-    if (ix->p.metric == VECIDX_L2) return ix->kern->l2(q->v, f, dim);
-    if (ix->p.metric == VECIDX_IP) return -ix->kern->dot(q->v, f, dim);
-    return 1.0f - ix->kern->dot(q->v, f, dim) * q->inv_norm *
-                      vx_store_inorm(&ix->store, slot);
+    return vx_full_finish(ix, q,
+                          ix->p.metric == VECIDX_L2
+                              ? ix->kern->l2(q->v, f, dim)
+                              : ix->kern->dot(q->v, f, dim),
+                          slot);
+}
+
+#define VX_KEPT_BLOCK 2048 /* floats vx_kept_pread_dist reads at a time */
+
+/* *out = vx_full_dist, the vector read with pread VX_KEPT_BLOCK floats at
+** a time (the kernel's sums over the blocks added: the same distance,
+** rounded differently only past one block); -1 if a read fails. Not
+** inlined: its buffer stays off the stack of the usual path. */
+static VX_NOINLINE int vx_kept_pread_dist(const vecidx *ix, const vx_query *q,
+                                          uint32_t slot, float *out)
+{
+    const vx_store *s = &ix->store;
+    const vx_lazy *z = s->lazy;
+    uint64_t off = z->off[1] + (uint64_t)(slot >> s->shift) * z->len[1] +
+                   (uint64_t)VX_SLOT_INDEX(s, slot) * s->dim * sizeof(float);
+    float buf[VX_KEPT_BLOCK], sum = 0.0f;
+    uint32_t at, m;
+    for (at = 0; at < s->dim; at += m) {
+        m = s->dim - at < VX_KEPT_BLOCK ? s->dim - at : VX_KEPT_BLOCK;
+        if (vx_io_read_all(z->fd, buf, (size_t)m * sizeof(float),
+                           off + (uint64_t)at * sizeof(float)) != 0)
+            return -1;
+        sum += ix->p.metric == VECIDX_L2 ? ix->kern->l2(q->v + at, buf, m)
+                                         : ix->kern->dot(q->v + at, buf, m);
+    }
+    *out = vx_full_finish(ix, q, sum, slot);
+    return 0;
+}
+
+/* vx_full_dist for a re-rank: a few vectors here and there. A lean reader
+** (vx_lazy.fd) verifies and reads them with pread, a system call each,
+** so that they stay out of its resident set; scans (exact searches,
+** allowed sets) go through the mapping, as does any vector whose read
+** fails. */
+static float vx_kept_dist(const vecidx *ix, const vx_query *q, uint32_t slot)
+{
+    const vx_store *s = &ix->store;
+    const vx_lazy *z = s->lazy;
+    float d;
+    if (VX_UNLIKELY(z && z->fd >= 0) && (slot >> s->shift) < s->nmapped &&
+        vx_lazy_piece(s, slot >> VX_PIECE_SHIFT, 1, 0) &&
+        vx_kept_pread_dist(ix, q, slot, &d) == 0)
+        return d;
+    return vx_full_dist(ix, q, slot);
 }
 
 /* Half precision: a float32 query against the code, or (q->v NULL) a
@@ -5091,7 +5200,7 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     if (s->keep) vx_tally.dist += c.n;
     for (i = 0; s->keep && i < c.n; i++) {
         uint32_t slot = (uint32_t)c.id[i];
-        float d = vx_full_dist(ix, q, slot);
+        float d = vx_kept_dist(ix, q, slot);
         uint64_t key = vx_store_key(s, slot);
         if (VX_UNLIKELY(d != d)) d = INFINITY;
         if (vx_topk_admits(h, d, key)) vx_topk_push(h, d, key);
@@ -6320,7 +6429,7 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
         if (s->nres > kr) s->nres = kr;
         vx_tally.dist += s->nres;
         for (i = 0; i < s->nres; i++)
-            s->res[i].d = vx_full_dist(ix, q, s->res[i].slot);
+            s->res[i].d = vx_kept_dist(ix, q, s->res[i].slot);
     }
     for (i = 0; i < s->nres && !aborted; i++) {
         uint64_t key = vx_store_key(&ix->store, s->res[i].slot);
@@ -8471,6 +8580,27 @@ static const vx_io vx_io_sys = {vx_sys_open, close,  pread,       pwrite,
                                 ftruncate,   flock,  fsync,       fstat,
                                 rename,      unlink, vx_sys_mmap, munmap};
 static const vx_io *vx_io_cur = &vx_io_sys; /* tests swap this */
+
+static int vx_io_close(int fd)
+{
+    return vx_io_cur->close(fd);
+}
+
+/* Read n bytes at off into buf, riding out short reads and EINTR; -1 if
+** they cannot all be read (an error, or the end of the file). */
+static int vx_io_read_all(int fd, void *buf, size_t n, uint64_t off)
+{
+    unsigned char *p = buf;
+    while (n) {
+        ssize_t r = vx_io_cur->pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
 
 /* Write all of buf at off, riding out short writes and EINTR. */
 static int vx_io_write_all(int fd, const void *buf, size_t n, off_t off)
@@ -11020,9 +11150,10 @@ static int vx_image_open(unsigned char *map, uint64_t size, const char *path,
 
 /* Map path and build a handle over the mapping. The mapping is private
 ** and writable, so replaying the log (and, for writable handles, later
-** writes) changes private copies of the pages touched, never the file. */
+** writes) changes private copies of the pages touched, never the file.
+** A lean reader keeps the file open to read kept vectors (vx_lazy.fd). */
 static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
-                       vx_fhdr *h)
+                       vx_fhdr *h, int lean)
 {
     struct stat st;
     unsigned char *map;
@@ -11042,18 +11173,24 @@ static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
                             strerror(rc));
     }
     map = vx_io_cur->mmap((size_t)st.st_size, PROT_READ | PROT_WRITE, fd);
-    rc = errno;
-    vx_io_cur->close(fd); /* the mapping keeps the file open */
-    if (!map)
+    if (!map) {
+        rc = errno;
+        vx_io_cur->close(fd);
         return vx_err(NULL, VECIDX_EIO, "cannot map '%s': %s", path,
                       strerror(rc));
+    }
     if ((rc = vx_image_open(map, (uint64_t)st.st_size, path, p, out, h)) !=
         VECIDX_OK) {
+        vx_io_cur->close(fd);
         vx_io_cur->munmap(map, (size_t)st.st_size);
         return rc;
     }
     (*out)->fmap = map;
     (*out)->fmap_len = (size_t)st.st_size;
+    if (lean && (*out)->store.lazy && (*out)->store.apart)
+        (*out)->store.lazy->fd = fd;
+    else
+        vx_io_cur->close(fd); /* the mapping keeps the file open */
     return VECIDX_OK;
 }
 
@@ -11098,6 +11235,9 @@ static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
     if (vx_io_cur->fstat(fd, &st) != 0)
         return vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", wpath,
                       strerror(errno));
+    /* The log changes private copies of mapped pages, which pread would
+    ** not see: a reader that replays reads through the mapping. */
+    if (st.st_size > VX_WAL_HEADER) vx_lazy_drop_fd(&ix->store);
     if (st.st_size > VX_WAL_HEADER && (rc = vx_open_verify(ix, path)) != 0)
         return rc;
     /* A handle that may write gets the marks for repairing nodes that were
@@ -11186,14 +11326,16 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if (path == NULL || out == NULL)
         return vx_err(NULL, VECIDX_EINVAL, "%s is NULL",
                       path ? "output handle pointer" : "path");
-    if ((flags &
-         ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_PRIVATE | VECIDX_VERIFY |
-           VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL | VECIDX_SYNC_OFF)) ||
+    if ((flags & ~(VECIDX_RDONLY | VECIDX_CREATE | VECIDX_PRIVATE |
+                   VECIDX_VERIFY | VECIDX_SYNC_FULL | VECIDX_SYNC_NORMAL |
+                   VECIDX_SYNC_OFF | VECIDX_LEAN)) ||
         (sync & (sync - 1)))
         return vx_err(NULL, VECIDX_EINVAL,
                       "invalid open flags 0x%x (unknown "
                       "bits, or more than one sync mode)",
                       flags);
+    if ((flags & VECIDX_LEAN) && !(flags & VECIDX_RDONLY))
+        return vx_err(NULL, VECIDX_EINVAL, "VECIDX_LEAN needs VECIDX_RDONLY");
     if (priv && (flags & (VECIDX_RDONLY | VECIDX_CREATE)))
         return vx_err(NULL, VECIDX_EINVAL,
                       "VECIDX_PRIVATE takes neither VECIDX_RDONLY nor "
@@ -11203,7 +11345,9 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
     if (writable && (flags & VECIDX_CREATE) && stat(path, &st) != 0 &&
         errno == ENOENT && (rc = vx_open_create(path, p)) != VECIDX_OK)
         return rc;
-    if ((rc = vx_open_map(path, p, &ix, &h)) != VECIDX_OK) return rc;
+    if ((rc = vx_open_map(path, p, &ix, &h, (flags & VECIDX_LEAN) != 0)) !=
+        VECIDX_OK)
+        return rc;
     if ((writable || priv) && (rc = vx_open_verify(ix, path)) != VECIDX_OK) {
         vecidx_close(ix);
         return rc;

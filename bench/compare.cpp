@@ -597,7 +597,12 @@ void run_faiss(const bn_opts &o, const bn_data &d, bool sq,
 ** one query per call on one OpenMP thread as run_faiss searches it. Every
 ** line gets other_cpu and steal_cpu over the passes of its ef (all
 ** libraries' turns): cores used by other processes meanwhile. */
-void run_paired(const bn_opts &o, const bn_data &d, bool sq)
+/* With open_file (--open-file PATH) vecidx's index is saved there and
+** searched through a read-only open of the file, its pages dropped from
+** the page cache first (vxb_reopen_cold); its lines' rss_mb is then the
+** growth of the resident set since the open, over the sweep so far. */
+void run_paired(const bn_opts &o, const bn_data &d, bool sq,
+                const char *open_file, bool lean)
 {
     if (strcmp(o.index, "hnsw") != 0 || o.batch)
         bn_die("--lib %s: --index hnsw and single queries only",
@@ -606,8 +611,10 @@ void run_paired(const bn_opts &o, const bn_data &d, bool sq)
     double hb, hrss;
     auto *alg = build_hnswlib(o, d, space.get(), &hb, &hrss);
 
-    double vb, vrss;
+    double vb, vrss, rss_open = -1, open_ms = 0;
     vecidx *ix = build_vecidx(o, d, &vb, &vrss);
+    if (open_file)
+        ix = vxb_reopen_cold(ix, open_file, lean, &rss_open, &open_ms);
     vecidx_stats_t st;
     int rc;
     if ((rc = vecidx_stats(ix, &st)) != VECIDX_OK)
@@ -660,6 +667,14 @@ void run_paired(const bn_opts &o, const bn_data &d, bool sq)
         extra += other >= 0 ? strprintf("%.2f", other) : "null";
         extra += ",\"steal_cpu\":";
         extra += steal >= 0 ? strprintf("%.2f", steal) : "null";
+        std::string vextra = extra;
+        if (open_file) {
+            double now = bn_rss_mb();
+            vrss = rss_open >= 0 && now >= 0 ? now - rss_open : -1;
+            vextra += strprintf(",\"source\":\"file\",\"open_ms\":%.2f,"
+                                "\"queries_so_far\":%zu",
+                                open_ms, d.nq * (1 + (i + 1) * o.passes));
+        }
 
         bn_result r;
         hnswlib_result(r, o, ef, hb, hrss);
@@ -679,7 +694,7 @@ void run_paired(const bn_opts &o, const bn_data &d, bool sq)
         vxb_result_storage(&r, &o, &st);
         r.qps = vbest > 0 ? (double)d.nq / vbest : 0.0;
         r.recall = bn_recall(&d, vres.data(), o.k, r.param);
-        r.extra = extra.c_str();
+        r.extra = vextra.c_str();
         bn_print(&o, &d, &r);
         if (!fx) continue;
         fr.qps = fbest > 0 ? (double)d.nq / fbest : 0.0;
@@ -712,7 +727,9 @@ struct Scenario {
     double remove_fraction = 0.125; /* --remove-fraction */
     size_t recall_queries = 200;    /* --recall-queries */
     bool hnswlib_lock = false;      /* --hnswlib-lock */
-    double filter = 0;              /* --scenario-filter: share admitted */
+    std::string open_file; /* --open-file PATH (--lib paired, no scenario) */
+    bool lean = false;     /* --lean: that file opened VECIDX_LEAN */
+    double filter = 0;     /* --scenario-filter: share admitted */
     std::string filter_form = "bitmap"; /* --scenario-filter-form */
     unsigned ef = 0, k = 0;
 };
@@ -1888,6 +1905,12 @@ const char *const SCENARIO_HELP =
     "hnswlib | faiss | faiss-hnswsq (IndexHNSWSQ, 8-bit) | all (default all:\n"
     "the three) | paired (hnswlib and vecidx, passes alternating) |\n"
     "paired-sq (hnswlib, vecidx and faiss-hnswsq, passes in turns)\n"
+    "  --open-file PATH    paired, no scenario: vecidx saves its index to\n"
+    "                      PATH, drops the file from the page cache and\n"
+    "                      searches a read-only open of it; its rss_mb is\n"
+    "                      the resident set's growth since the open\n"
+    "  --lean              with --open-file: open it VECIDX_RDONLY |\n"
+    "                      VECIDX_LEAN (kept vectors read by pread)\n"
     "\n"
     "Stall scenarios (--lib paired --scenario NAME; HNSW, one --ef value,\n"
     "default 32; --build-threads default 2; see bench/README.md):\n"
@@ -1957,6 +1980,16 @@ std::vector<char *> scenario_args(int argc, char **argv, Scenario *s)
         for (const char *x : ours) mine = mine || name == x;
         if (name == "--hnswlib-lock") {
             s->hnswlib_lock = any = true;
+            continue;
+        }
+        if (name == "--lean") {
+            s->lean = true;
+            continue;
+        }
+        if (name == "--open-file") {
+            if (!has_val && i + 1 >= argc) bn_die("--open-file needs a path");
+            s->open_file = has_val ? val : argv[++i];
+            if (s->open_file.empty()) bn_die("--open-file needs a path");
             continue;
         }
         if (!mine) {
@@ -2074,6 +2107,11 @@ int main(int argc, char **argv)
     std::vector<char *> args = scenario_args(argc, argv, &scen);
     bn_parse_args((int)args.size() - 1, args.data(), &o, SCENARIO_HELP);
     if (!scen.name.empty()) scenario_resolve(o, &scen);
+    if (!scen.open_file.empty() &&
+        (!scen.name.empty() || !o.lib || strcmp(o.lib, "paired") != 0 ||
+         o.threads != 1))
+        bn_die("--open-file: --lib paired without --scenario, one thread");
+    if (scen.lean && scen.open_file.empty()) bn_die("--lean needs --open-file");
     const char *lib = o.lib ? o.lib : "all";
     bool want_hnswlib = !strcmp(lib, "hnswlib") || !strcmp(lib, "all");
     bool want_faiss = !strcmp(lib, "faiss") || !strcmp(lib, "all");
@@ -2105,7 +2143,9 @@ int main(int argc, char **argv)
     if (!scen.name.empty())
         run_scenario(o, d, scen);
     else if (paired)
-        run_paired(o, d, paired_sq);
+        run_paired(o, d, paired_sq,
+                   scen.open_file.empty() ? nullptr : scen.open_file.c_str(),
+                   scen.lean);
     if (want_hnswlib) run_hnswlib(o, d);
     if (want_faiss) run_faiss(o, d, false, order.get());
     if (want_faiss_sq) run_faiss(o, d, true, order.get());

@@ -192,7 +192,8 @@ static void run_vs_f32(const bn_opts *o, const bn_data *d, vxb_ctx *c,
     vecidx_close(flat);
 }
 
-static void run_standard(const bn_opts *o, const bn_data *d)
+static void run_standard(const bn_opts *o, const bn_data *d,
+                         const char *open_file, int lean)
 {
     int kind = vxb_kind(o->index);
     const bn_list *sweep = kind == VECIDX_HNSW    ? &o->ef
@@ -206,7 +207,10 @@ static void run_standard(const bn_opts *o, const bn_data *d)
     int64_t *res;
     char extra[160];
     vecidx *ix = build_base(o, d, kind, &b);
+    double rss_open = -1, open_ms = 0;
 
+    if (open_file)
+        ix = vxb_reopen_cold(ix, open_file, lean, &rss_open, &open_ms);
     get_stats(ix, &st);
     if (st.count != d->n)
         bn_note("warning: index holds %llu vectors after adding %zu",
@@ -221,10 +225,19 @@ static void run_standard(const bn_opts *o, const bn_data *d)
                               (double)d->n;
         r.rss_mb = b.rss0 >= 0 && b.rss1 >= 0 ? b.rss1 - b.rss0 : -1;
         set_sweep(o, kind, sweep ? sweep->v[i] : 0, &st, b.ntrain, &c, &r);
-        if (kind == VECIDX_FLAT && st.storage != VECIDX_STORE_F32)
+        if (kind == VECIDX_FLAT && st.storage != VECIDX_STORE_F32 && !open_file)
             run_vs_f32(o, d, &c, res, &r, extra, sizeof extra);
         else
             run_queries(o, d, &c, res, &r);
+        if (open_file) {
+            double now = bn_rss_mb();
+            r.rss_mb = rss_open >= 0 && now >= 0 ? now - rss_open : -1;
+            snprintf(extra, sizeof extra,
+                     ",\"source\":\"file\",\"open_ms\":%.2f,"
+                     "\"queries_so_far\":%zu",
+                     open_ms, (i + 1) * d->nq * o->passes);
+            r.extra = extra;
+        }
         bn_print(o, d, &r);
     }
     free(res);
@@ -698,12 +711,23 @@ static void usage_churn(void)
           "                      neighbours. Adds the keys churn_rounds,\n"
           "                      state (churned|fresh), live, slots,\n"
           "                      mem_round1_mb, slots_round1, remove_s and\n"
-          "                      insert_s\n",
+          "                      insert_s\n"
+          "  --open-file PATH    save the index to PATH, drop the file's\n"
+          "                      pages from the page cache, open it\n"
+          "                      read-only and search that (single queries,\n"
+          "                      one thread); rss_mb is then the growth of\n"
+          "                      VmRSS from before the open to the end of\n"
+          "                      the line's passes (cumulative over the\n"
+          "                      sweep); adds source, open_ms and\n"
+          "                      queries_so_far\n"
+          "  --lean              with --open-file: open VECIDX_RDONLY |\n"
+          "                      VECIDX_LEAN (kept vectors read by pread)\n",
           stdout);
     exit(0);
 }
 
-static unsigned take_churn(int *argc, char **argv)
+static unsigned take_churn(int *argc, char **argv, const char **open_file,
+                           int *lean)
 {
     unsigned rounds = 0;
     int i, out = 1;
@@ -718,6 +742,15 @@ static unsigned take_churn(int *argc, char **argv)
             const char *v = a[7] ? a + 8 : i + 1 < *argc ? argv[++i] : NULL;
             if (!v) bn_die("--churn needs a value");
             rounds = (unsigned)bn_parse_ulong("--churn", v, 1, 100000);
+            continue;
+        }
+        if (!strcmp(a, "--open-file") || !strncmp(a, "--open-file=", 12)) {
+            *open_file = a[11] ? a + 12 : i + 1 < *argc ? argv[++i] : NULL;
+            if (!*open_file || !**open_file) bn_die("--open-file needs a path");
+            continue;
+        }
+        if (!strcmp(a, "--lean")) {
+            *lean = 1;
             continue;
         }
         argv[out++] = argv[i];
@@ -735,7 +768,9 @@ int main(int argc, char **argv)
 {
     bn_opts o;
     bn_data d;
-    unsigned churn_rounds = take_churn(&argc, argv);
+    const char *open_file = NULL;
+    int lean = 0;
+    unsigned churn_rounds = take_churn(&argc, argv, &open_file, &lean);
 
     bn_filter_supported = 1;
     bn_parse_args(argc, argv, &o, LIBS);
@@ -747,6 +782,9 @@ int main(int argc, char **argv)
         bn_die("--churn needs --index hnsw");
     if (churn_rounds && o.nsel)
         bn_die("--churn and --filter-selectivity: one or the other");
+    if (lean && !open_file) bn_die("--lean needs --open-file");
+    if (open_file && (churn_rounds || o.nsel || o.batch || o.threads != 1))
+        bn_die("--open-file: the standard mode, single queries, one thread");
     if (strcmp(vecidx_version(), VECIDX_VERSION_STRING) != 0)
         bn_note("warning: vecidx.h is %s but the library is %s",
                 VECIDX_VERSION_STRING, vecidx_version());
@@ -756,7 +794,7 @@ int main(int argc, char **argv)
     else if (o.nsel)
         run_filtered(&o, &d);
     else
-        run_standard(&o, &d);
+        run_standard(&o, &d, open_file, lean);
     bn_free_data(&d);
     return 0;
 }

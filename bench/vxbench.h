@@ -8,6 +8,10 @@
 #ifndef VXBENCH_H
 #define VXBENCH_H
 
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
 typedef struct vxb_ctx {
     vecidx *ix;
     const bn_data *d;
@@ -209,6 +213,38 @@ static inline void vxb_filter_opts(vecidx_search_opts *so, int form,
         if (form == BN_FORM_CALLBACK_SEL)
             so->filter_selectivity = (float)((double)f->m / (double)f->n);
     }
+}
+
+/* --open-file PATH (vecidx-bench, vecidx-compare --lib paired): save ix
+** to PATH and close it; drop the file's pages from the page cache (so
+** the searches start cold, as after a reboot); open it read-only (with
+** --lean, VECIDX_RDONLY | VECIDX_LEAN: kept vectors by pread). *rss0
+** is VmRSS just before the open: the lines' rss_mb is the growth since,
+** what the open and the searches made resident (mapped pages the walks
+** and re-ranks touched, plus heap). */
+static inline vecidx *vxb_reopen_cold(vecidx *ix, const char *path, int lean,
+                                      double *rss0, double *open_ms)
+{
+    char wal[4200];
+    double t0;
+    int rc = vecidx_save(ix, path), fd;
+    if (rc != VECIDX_OK) vxb_fail("vecidx_save", rc, ix);
+    vecidx_close(ix);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    (void)remove(wal); /* vecidx_save writes none; an old run's would replay */
+    fd = open(path, O_RDONLY);
+    if (fd < 0) bn_die("--open-file: cannot open %s", path);
+    if (posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0)
+        bn_note("warning: posix_fadvise(DONTNEED) failed: the file may be "
+                "cached");
+    close(fd);
+    *rss0 = bn_rss_mb();
+    t0 = bn_now();
+    rc = vecidx_open(path, NULL, VECIDX_RDONLY | (lean ? VECIDX_LEAN : 0u),
+                     &ix);
+    *open_ms = (bn_now() - t0) * 1000.0;
+    if (rc != VECIDX_OK) vxb_fail("vecidx_open", rc, NULL);
+    return ix;
 }
 
 #endif /* VXBENCH_H */

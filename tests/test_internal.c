@@ -988,6 +988,238 @@ void test_store_kept_vectors_apart(void)
     rmdir(dir);
 }
 
+/* ---- kept vectors of a reader, read with pread ------------------------- */
+
+static int vt_pread_calls, vt_pread_fail;
+
+static ssize_t vt_counting_pread(int fd, void *buf, size_t n, off_t off)
+{
+    __atomic_add_fetch(&vt_pread_calls, 1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&vt_pread_fail, __ATOMIC_RELAXED)) {
+        errno = EIO;
+        return -1;
+    }
+    return pread(fd, buf, n, off);
+}
+
+/* Search q on a and b: the same keys and distances, bit for bit; the
+** number of pread calls the searches on b made. */
+static int vt_same_answers(const char *what, vecidx *a, vecidx *b,
+                           const float *q, size_t nq, uint32_t dim)
+{
+    int calls = 0;
+    size_t i;
+    for (i = 0; i < nq; i++) {
+        uint64_t k[2][10];
+        float d[2][10];
+        size_t f[2] = {0, 0};
+        CHECK_OK(vecidx_search(a, q + i * dim, 10, NULL, k[0], d[0], &f[0]));
+        calls -= __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED);
+        CHECK_OK(vecidx_search(b, q + i * dim, 10, NULL, k[1], d[1], &f[1]));
+        calls += __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED);
+        CHECKF(f[0] == 10 && f[1] == 10 &&
+                   memcmp(k[0], k[1], sizeof k[0]) == 0 &&
+                   memcmp(d[0], d[1], sizeof d[0]) == 0,
+               "%s: query %zu answers differently", what, i);
+    }
+    return calls;
+}
+
+/* Vectors longer than a pread block (VX_KEPT_BLOCK) are read and scored
+** block by block: the lean reader finds each vector at distance 0, and
+** answers as the writer does, distances equal up to rounding. */
+static void vt_kept_pread_long(const char *path, const char *wal,
+                               const vx_io *io)
+{
+    enum {
+        N = 60,
+        DIM = VX_KEPT_BLOCK + 77
+    };
+    float *v = vt_xmalloc((size_t)N * DIM * sizeof *v);
+    vecidx_params p;
+    vecidx *ix = NULL, *f = NULL;
+    vt_rng r = {99};
+    uint64_t k[2][10];
+    float d[2][10];
+    size_t i, j, found[2];
+    int calls;
+    vt_fill_uniform(&r, v, (size_t)N * DIM, -1.0f, 1.0f);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
+    p.storage = VECIDX_STORE_I8;
+    p.keep_vectors = 1;
+    CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE | VECIDX_SYNC_OFF, &ix));
+    for (i = 0; ix && i < N; i++) CHECK_OK(vecidx_add(ix, i, v + i * DIM));
+    if (ix) CHECK_OK(vecidx_checkpoint(ix));
+    vx_io_cur = io;
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY | VECIDX_LEAN, &f));
+    calls = __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED);
+    for (i = 0; ix && f && i < N; i += 7) {
+        CHECK_OK(
+            vecidx_search(ix, v + i * DIM, 10, NULL, k[0], d[0], &found[0]));
+        CHECK_OK(
+            vecidx_search(f, v + i * DIM, 10, NULL, k[1], d[1], &found[1]));
+        CHECKF(found[1] == 10 && k[1][0] == i && d[1][0] == 0.0f,
+               "%u dims: vector %zu found as %llu at %g", (unsigned)DIM, i,
+               (unsigned long long)k[1][0], d[1][0]);
+        for (j = 0; j < 10 && j < found[1]; j++)
+            CHECKF(k[0][j] == k[1][j] &&
+                       fabsf(d[0][j] - d[1][j]) <= 1e-5f * d[0][j],
+                   "%u dims, query %zu: %llu at %g, the writer's %llu at %g",
+                   (unsigned)DIM, i, (unsigned long long)k[1][j], d[1][j],
+                   (unsigned long long)k[0][j], d[0][j]);
+    }
+    CHECKF(__atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED) - calls >= 20,
+           "%u dims: the lean reader read by pread %d times", (unsigned)DIM,
+           __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED) - calls);
+    vx_io_cur = &vx_io_sys;
+    vecidx_close(f);
+    vecidx_close(ix);
+    free(v);
+    unlink(path);
+    unlink(wal);
+}
+
+/* A lean reader (VECIDX_LEAN) of a file whose kept vectors lie apart
+** verifies and re-ranks them with pread, not through its mapping
+** (vx_kept_dist), so that they stay out of its resident set: its answers,
+** distances included, are the writer's bit for bit, with a pread per
+** vector re-ranked; when every pread fails, the mapping gives the same
+** answers. A reader without the flag makes no pread. A lean reader that
+** replays a log reads through the mapping, whose private pages hold what
+** the log changed and the file does not: an upserted vector is then
+** found under its key at distance 0, with no pread. Damage to a kept
+** vector fails a search that re-ranks it. The flag needs VECIDX_RDONLY. */
+void test_store_kept_pread(void)
+{
+    enum {
+        N = 3000,
+        NQ = 20,
+        DIM = 48,
+        UPS = 60
+    };
+    static const int kinds[2] = {VECIDX_HNSW, VECIDX_FLAT};
+    char dir[600], path[700], wal[720], what[64];
+    vx_io io = vx_io_sys;
+    vt_rng r = {4242};
+    size_t c, i;
+    if (vt_tmp_dir(dir, sizeof dir, "kpread") != 0) return;
+    snprintf(path, sizeof path, "%s/ix.vx", dir);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    io.pread = vt_counting_pread;
+    for (c = 0; c < 2; c++) {
+        float *q = vt_xmalloc(NQ * DIM * sizeof *q), v[DIM];
+        vecidx_params p;
+        vecidx *ix = NULL, *f = NULL;
+        unsigned char *img = NULL;
+        size_t len = 0, at;
+        vt_set m;
+        int calls;
+        snprintf(what, sizeof what, "kind %d", kinds[c]);
+        vt_set_init(&m, DIM, N + 10);
+        CHECK_OK(vecidx_params_init(&p, kinds[c], VECIDX_L2, DIM));
+        p.threads = 1;
+        p.storage = VECIDX_STORE_I8;
+        p.keep_vectors = 1;
+        CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE | VECIDX_SYNC_OFF, &ix));
+        if (!ix) goto next;
+        vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
+        CHECK_OK(vecidx_checkpoint(ix));
+        vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+
+        vx_io_cur = &io;
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+        if (!f) goto next;
+        CHECKF(vt_same_answers(what, ix, f, q, NQ, DIM) == 0,
+               "%s: a reader without VECIDX_LEAN used pread", what);
+        vecidx_close(f);
+        f = NULL;
+        CHECK_RC(vecidx_open(path, NULL, VECIDX_LEAN, &f), VECIDX_EINVAL);
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY | VECIDX_LEAN, &f));
+        if (!f) goto next;
+        CHECKF(f->store.lazy && f->store.lazy->fd >= 0,
+               "%s: the lean reader has no file to read", what);
+        calls = vt_same_answers(what, ix, f, q, NQ, DIM);
+        CHECKF(calls >= NQ * 10, "%s: %d preads for %d queries", what, calls,
+               NQ);
+        __atomic_store_n(&vt_pread_fail, 1, __ATOMIC_RELAXED);
+        (void)vt_same_answers(what, ix, f, q, NQ, DIM);
+        __atomic_store_n(&vt_pread_fail, 0, __ATOMIC_RELAXED);
+        vt_check_contents(what, f, &m);
+        vecidx_close(f);
+        f = NULL;
+
+        /* writes to mapped chunks, left in the log */
+        vecidx_close(ix);
+        vx_io_cur = &vx_io_sys;
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_SYNC_OFF, &ix));
+        if (!ix) goto next;
+        for (i = 0; i < UPS; i++) {
+            uint64_t key = m.keys[vt_below(&r, N)];
+            vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+            CHECK_OK(vecidx_upsert(ix, key, v));
+            vt_set_put(&m, key, v);
+        }
+        vecidx_close(ix);
+        ix = NULL;
+        vx_io_cur = &io;
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY | VECIDX_LEAN, &f));
+        if (!f) goto next;
+        CHECKF(!f->store.lazy || f->store.lazy->fd < 0,
+               "%s: a reader that replayed reads the file", what);
+        calls = __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED);
+        for (i = 0; i < m.n; i++) {
+            uint64_t k = 0;
+            float d = -1;
+            size_t found = 0;
+            if (i % 50 && i < N) continue; /* the upserted ones, and some */
+            CHECK_OK(
+                vecidx_search(f, m.vecs + i * DIM, 1, NULL, &k, &d, &found));
+            CHECKF(found == 1 && k == m.keys[i] && d == 0.0f,
+                   "%s: key %llu found as %llu at %g", what,
+                   (unsigned long long)m.keys[i], (unsigned long long)k, d);
+        }
+        CHECKF(calls == __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED),
+               "%s: a reader that replayed used pread", what);
+        vt_check_contents(what, f, &m);
+        vecidx_close(f);
+        f = NULL;
+
+        /* a damaged kept vector: the bytes of the first row's, in place */
+        vx_io_cur = &vx_io_sys;
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_SYNC_OFF, &ix));
+        if (ix) CHECK_OK(vecidx_checkpoint(ix));
+        vecidx_close(ix);
+        ix = NULL;
+        img = vt_slurp(path, &len);
+        for (at = 0; img && at + sizeof v <= len; at += 4)
+            if (!memcmp(img + at, m.vecs, DIM * sizeof *m.vecs)) break;
+        CHECKF(img && at + sizeof v <= len, "%s: kept vector not in the file",
+               what);
+        if (!img || at + sizeof v > len) goto next;
+        img[at + 5] ^= 0x10;
+        vt_file_io(path, (long)at + 5, img + at + 5, 1, 1);
+        vx_io_cur = &io;
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY | VECIDX_LEAN, &f));
+        if (f) {
+            uint64_t k[10];
+            size_t found;
+            CHECK_RC(vecidx_search(f, m.vecs, 10, NULL, k, NULL, &found),
+                     VECIDX_ECORRUPT);
+        }
+    next:
+        vx_io_cur = &vx_io_sys;
+        vecidx_close(f);
+        vecidx_close(ix);
+        vt_set_free(&m);
+        free(q);
+        free(img);
+        unlink(path);
+        unlink(wal);
+    }
+    vt_kept_pread_long(path, wal, &io);
+    rmdir(dir);
+}
+
 /* ---- snapshots ---------------------------------------------------------- */
 
 /* A snapshot reads the key map where it is and copies a unit of cells

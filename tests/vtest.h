@@ -102,6 +102,7 @@
     X(store_huge_blocks)                     \
     X(store_line_aligned_records)            \
     X(store_kept_vectors_apart)              \
+    X(store_kept_pread)                      \
     X(file_damage_readers)                   \
     X(file_damage_log_readers)               \
     X(concurrency_readers_verify)            \

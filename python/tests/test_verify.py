@@ -38,3 +38,24 @@ def test_reader_meets_damage(tmp_path, kind):
         with pytest.raises(vecidx.CorruptError, match="offset"):
             for key in range(3000):
                 ro.get(key)
+
+
+def test_lean_reader(tmp_path):
+    """A lean reader re-ranks with the kept vectors read by pread: the same
+    answers as a plain reader, exact distances; lean needs readonly."""
+    path = str(tmp_path / "k.vx")
+    x = np.random.default_rng(11).standard_normal((2000, 40)).astype(
+        np.float32)
+    with vecidx.Index(40, kind="hnsw", metric="l2", storage="i8",
+                      keep_vectors=1) as ix:
+        ix.add(np.arange(2000), x)
+        ix.save(path)
+    with vecidx.Index.open(path, readonly=True) as ro, \
+            vecidx.Index.open(path, readonly=True, lean=True) as lean:
+        for q in (3, 500, 1999):
+            k1, d1 = ro.search(x[q], k=10)
+            k2, d2 = lean.search(x[q], k=10)
+            assert list(k1) == list(k2) and list(d1) == list(d2)
+            assert k2[0] == q and d2[0] == 0.0
+    with pytest.raises(vecidx.InvalidArgumentError):
+        vecidx.Index.open(path, lean=True)

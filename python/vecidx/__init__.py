@@ -23,7 +23,8 @@ Index(dim, kind="hnsw", metric="cos", **params)
     done) told about IVF-PQ training. The C field names work too.
 
 Index.open(path, dim=None, kind=None, metric=None, *, create=False,
-           readonly=False, sync="full", **params)
+           readonly=False, private=False, verify=False, lean=False,
+           sync="full", **params)
     A file-backed index with its write-ahead log PATH-wal.
 
 Vectors may be NumPy arrays (float32 C-contiguous arrays are used in place,

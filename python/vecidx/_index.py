@@ -525,7 +525,8 @@ class Index:
              kind: Optional[str] = None, metric: Optional[str] = None, *,
              create: bool = False, readonly: bool = False,
              private: bool = False, verify: bool = False,
-             sync: Optional[str] = None, **params: Any) -> Index:
+             lean: bool = False, sync: Optional[str] = None,
+             **params: Any) -> Index:
         """Open the index stored at path (and its write-ahead log PATH-wal).
 
         create=True makes an empty index if path does not exist; dim (and
@@ -549,10 +550,18 @@ class Index:
         that meets a damaged one raises CorruptError, other calls go on.
         verify=True (VECIDX_VERIFY) verifies all of it at open instead; a
         writer or private copy always does.
+        lean=True (VECIDX_LEAN, readonly only): with compressed storage and
+        keep_vectors, the reader reads the float32 vectors it re-ranks
+        with a system call each instead of through its mapping, so they
+        stay out of its resident set, at some cost in speed.
         """
         self = cls.__new__(cls)
         self._setup(os.fspath(path), bool(readonly))
         flags = _capi.VERIFY if verify else 0
+        if lean:
+            if not readonly:
+                raise InvalidArgumentError("lean needs readonly=True")
+            flags |= _capi.LEAN
         if private:
             if readonly or create or sync is not None:
                 raise InvalidArgumentError(
