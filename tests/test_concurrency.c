@@ -1667,8 +1667,11 @@ static void *vt_verify_reader(void *arg)
 ** reader verifies each piece of 16 slots when it first reads it, and a
 ** chunk whole when a read comes to a second piece of it): run under TSan,
 ** and every answer is the pristine one, or VECIDX_ECORRUPT where a piece
-** was damaged, never anything else. */
-void test_concurrency_readers_verify(void)
+** was damaged, never anything else. With lean, the index stores int8
+** codes with float32 kept and the racing readers are one VECIDX_LEAN
+** handle, which verifies and reads the kept vectors with pread; their
+** answers are a plain reader's. */
+static void vt_readers_verify(int lean)
 {
     enum {
         N = 4000,
@@ -1691,6 +1694,10 @@ void test_concurrency_readers_verify(void)
     vt_set_init(&m, DIM, N);
     CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_COSINE, DIM));
     p.threads = 1;
+    if (lean) {
+        p.storage = VECIDX_STORE_I8;
+        p.keep_vectors = 1;
+    }
     CHECK_OK(vecidx_create(&p, &ix));
     if (!ix) goto out;
     vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
@@ -1726,7 +1733,8 @@ void test_concurrency_readers_verify(void)
         vt_verify_arg arg[T];
         vt_verify_ctx c;
         memset(&c, 0, sizeof c);
-        CHECK_OK(vecidx_open(pass ? bad : path, NULL, VECIDX_RDONLY, &f));
+        CHECK_OK(vecidx_open(pass ? bad : path, NULL,
+                             VECIDX_RDONLY | (lean ? VECIDX_LEAN : 0u), &f));
         if (!f) continue;
         c.f = f;
         c.q = q;
@@ -1763,4 +1771,10 @@ out:
     vt_set_free(&m);
     free(q);
     free(keys);
+}
+
+void test_concurrency_readers_verify(void)
+{
+    vt_readers_verify(0);
+    vt_readers_verify(1);
 }
