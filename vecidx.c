@@ -3288,29 +3288,31 @@ static size_t vx_piece_kept_bytes(const vx_store *s)
     return (size_t)VX_PIECE * s->dim * sizeof(float);
 }
 
-/* CRC-32C of kept piece p of chunk ci: read with pread when the reader
-** has the file open (vx_lazy.fd), a block at a time; through the mapping
-** when not, or when a read fails (the same bytes, and the same risks as
-** every mapped read). Not inlined: its buffer stays off the stack of
-** the reads that call it. */
-static VX_NOINLINE uint32_t vx_lazy_kept_crc(const vx_store *s, uint32_t ci,
-                                             uint32_t p)
+/* Where byte `at` of chunk ci's front (kept 0) or kept vectors (kept 1)
+** lies in the file. */
+static uint64_t vx_lazy_off(const vx_lazy *z, int kept, uint32_t ci,
+                            uint64_t at)
+{
+    return z->off[kept] + (uint64_t)ci * z->len[kept] + at;
+}
+
+/* *crc = CRC-32C of kept piece p of chunk ci, read from a lean reader's
+** file (vx_lazy.fd) with pread, 8 KB at a time; -1 if a read fails. Not
+** inlined: its buffer stays off the stack of the reads that call it. */
+static VX_NOINLINE int vx_lazy_kept_pread_crc(const vx_store *s, uint32_t ci,
+                                              uint32_t p, uint32_t *crc)
 {
     const vx_lazy *z = s->lazy;
     size_t n = vx_piece_kept_bytes(s), m;
-    uint64_t off = z->off[1] + (uint64_t)ci * z->len[1] + (uint64_t)p * n;
+    uint64_t off = vx_lazy_off(z, 1, ci, (uint64_t)p * n);
     unsigned char buf[8192];
-    uint32_t crc = 0;
-    for (; z->fd >= 0 && n; n -= m, off += m) {
+    *crc = 0;
+    for (; n; n -= m, off += m) {
         m = n < sizeof buf ? n : sizeof buf;
-        if (vx_io_read_all(z->fd, buf, m, off) != 0) break;
-        crc = vx_crc32c_more(crc, buf, m);
+        if (vx_io_read_all(z->fd, buf, m, off) != 0) return -1;
+        *crc = vx_crc32c_more(*crc, buf, m);
     }
-    if (z->fd < 0 || n)
-        crc = vx_crc32c_more(
-            0, z->sect[1] + (size_t)ci * z->len[1] + p * vx_piece_kept_bytes(s),
-            vx_piece_kept_bytes(s));
-    return crc;
+    return 0;
 }
 
 /* Piece gp (a slot's number >> VX_PIECE_SHIFT) of the front (kept 0) or
@@ -3325,8 +3327,14 @@ static int vx_lazy_piece(const vx_store *s, uint32_t gp, int kept, int meet)
         const unsigned char *chunk = z->sect[kept] + (size_t)ci * z->len[kept];
         uint32_t want = vx_get32(z->crc,
                                  4 * ((size_t)kept * z->nchunks * z->ppc + gp));
-        uint32_t got = kept ? vx_lazy_kept_crc(s, ci, p)
-                            : vx_piece_crc(s, chunk, p);
+        size_t kb = vx_piece_kept_bytes(s);
+        uint32_t got;
+        /* A lean reader's read that fails checks the mapping instead: the
+        ** same bytes, with the mapping's risks (a plain reader's). */
+        if (!kept)
+            got = vx_piece_crc(s, chunk, p);
+        else if (z->fd < 0 || vx_lazy_kept_pread_crc(s, ci, p, &got) != 0)
+            got = vx_crc32c_more(0, chunk + (size_t)p * kb, kb);
         v = got == want ? VX_PIECE_GOOD : VX_PIECE_BAD;
         /* the first to decide counts it; a chunk all good reads fast */
         if (__atomic_compare_exchange_n(&z->st[kept][gp], &unknown, v, 0,
@@ -3340,10 +3348,11 @@ static int vx_lazy_piece(const vx_store *s, uint32_t gp, int kept, int meet)
         }
     }
     if (v == VX_PIECE_GOOD || !meet) return v == VX_PIECE_GOOD;
-    vx_dmg_note(kept ? "kept vectors" : "vectors", gp << VX_PIECE_SHIFT,
-                z->off[kept] + (uint64_t)ci * z->len[kept] +
-                    (kept ? (uint64_t)p * vx_piece_kept_bytes(s)
-                          : (uint64_t)p * VX_PIECE * s->rec * sizeof(float)));
+    vx_dmg_note(
+        kept ? "kept vectors" : "vectors", gp << VX_PIECE_SHIFT,
+        vx_lazy_off(z, kept, ci,
+                    kept ? (uint64_t)p * vx_piece_kept_bytes(s)
+                         : (uint64_t)p * VX_PIECE * s->rec * sizeof(float)));
     return 0;
 }
 
@@ -4379,62 +4388,54 @@ typedef struct vx_query {
     vx_i8q i8;  /* int8 storage: the terms of code for vx_i8_dist */
 } vx_query;
 
-/* The distance whose kernel sum (l2, or dot for the other metrics) of the
-** query and slot's kept float32 vector is sum, as float32 storage would
-** score it. */
-static float vx_full_finish(const vecidx *ix, const vx_query *q, float sum,
-                            uint32_t slot)
+/* Distance from q to f, slot's kept float32 vector, as float32 storage
+** would score it. */
+static float vx_full_score(const vecidx *ix, const vx_query *q, const float *f,
+                           uint32_t slot)
 {
-    if (ix->p.metric == VECIDX_L2) return sum;
-    if (ix->p.metric == VECIDX_IP) return -sum;
-    return 1.0f - sum * q->inv_norm * vx_store_inorm(&ix->store, slot);
+    uint32_t dim = ix->p.dim;
+    if (ix->p.metric == VECIDX_L2) return ix->kern->l2(q->v, f, dim);
+    if (ix->p.metric == VECIDX_IP) return -ix->kern->dot(q->v, f, dim);
+    return 1.0f - ix->kern->dot(q->v, f, dim) * q->inv_norm *
+                      vx_store_inorm(&ix->store, slot);
 }
 
-/* Distance from q to slot's kept float32 vector. */
 static float vx_full_dist(const vecidx *ix, const vx_query *q, uint32_t slot)
 {
-    const float *f = vx_store_full(&ix->store, slot);
-    uint32_t dim = ix->p.dim;
-    return vx_full_finish(ix, q,
-                          ix->p.metric == VECIDX_L2
-                              ? ix->kern->l2(q->v, f, dim)
-                              : ix->kern->dot(q->v, f, dim),
-                          slot);
+    return vx_full_score(ix, q, vx_store_full(&ix->store, slot), slot);
 }
 
-#define VX_KEPT_BLOCK 2048 /* floats vx_kept_pread_dist reads at a time */
+#define VX_KEPT_STACK 2048 /* floats vx_kept_pread_dist holds on the stack */
 
-/* *out = vx_full_dist, the vector read with pread VX_KEPT_BLOCK floats at
-** a time (the kernel's sums over the blocks added: the same distance,
-** rounded differently only past one block); -1 if a read fails. Not
-** inlined: its buffer stays off the stack of the usual path. */
-static VX_NOINLINE int vx_kept_pread_dist(const vecidx *ix, const vx_query *q,
+/* *out = vx_full_dist, slot's vector read from a lean reader's file with
+** one pread, into a stack buffer up to VX_KEPT_STACK dimensions, else an
+** allocation; -1 if the read fails (or the allocation). Not inlined: its
+** buffer stays off the stack of the usual path. */
+static VX_NOINLINE int vx_kept_pread_dist(vecidx *ix, const vx_query *q,
                                           uint32_t slot, float *out)
 {
     const vx_store *s = &ix->store;
-    const vx_lazy *z = s->lazy;
-    uint64_t off = z->off[1] + (uint64_t)(slot >> s->shift) * z->len[1] +
-                   (uint64_t)VX_SLOT_INDEX(s, slot) * s->dim * sizeof(float);
-    float buf[VX_KEPT_BLOCK], sum = 0.0f;
-    uint32_t at, m;
-    for (at = 0; at < s->dim; at += m) {
-        m = s->dim - at < VX_KEPT_BLOCK ? s->dim - at : VX_KEPT_BLOCK;
-        if (vx_io_read_all(z->fd, buf, (size_t)m * sizeof(float),
-                           off + (uint64_t)at * sizeof(float)) != 0)
-            return -1;
-        sum += ix->p.metric == VECIDX_L2 ? ix->kern->l2(q->v + at, buf, m)
-                                         : ix->kern->dot(q->v + at, buf, m);
+    size_t n = (size_t)s->dim * sizeof(float);
+    float stack[VX_KEPT_STACK], *buf = stack;
+    int rc = -1;
+    if (s->dim > VX_KEPT_STACK && !(buf = vx_malloc(&ix->mem, n))) return -1;
+    if (vx_io_read_all(s->lazy->fd, buf, n,
+                       vx_lazy_off(s->lazy, 1, slot >> s->shift,
+                                   (uint64_t)VX_SLOT_INDEX(s, slot) * n)) ==
+        0) {
+        *out = vx_full_score(ix, q, buf, slot);
+        rc = 0;
     }
-    *out = vx_full_finish(ix, q, sum, slot);
-    return 0;
+    if (buf != stack) vx_free(&ix->mem, buf, n);
+    return rc;
 }
 
 /* vx_full_dist for a re-rank: a few vectors here and there. A lean reader
-** (vx_lazy.fd) verifies and reads them with pread, a system call each,
-** so that they stay out of its resident set; scans (exact searches,
-** allowed sets) go through the mapping, as does any vector whose read
-** fails. */
-static float vx_kept_dist(const vecidx *ix, const vx_query *q, uint32_t slot)
+** (vx_lazy.fd) verifies and reads them with pread, so that they stay out
+** of its resident set; scans (exact searches, allowed sets) go through
+** the mapping, as does any vector whose read fails (the same bytes, with
+** the mapping's risks: a plain reader's). */
+static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
 {
     const vx_store *s = &ix->store;
     const vx_lazy *z = s->lazy;
@@ -11161,16 +11162,17 @@ static int vx_open_map(const char *path, const vecidx_params *p, vecidx **out,
     if ((fd = vx_io_cur->open(path, O_RDONLY, 0)) < 0)
         return vx_err(NULL, VECIDX_EIO, "cannot open '%s': %s", path,
                       strerror(errno));
-    if (vx_io_cur->fstat(fd, &st) != 0 || st.st_size < (off_t)VX_FILE_HEADER) {
+    if (vx_io_cur->fstat(fd, &st) != 0) {
         rc = errno;
         vx_io_cur->close(fd);
-        return st.st_size < (off_t)VX_FILE_HEADER
-                   ? vx_err(NULL, VECIDX_ECORRUPT,
-                            "'%s' is %lld bytes, too "
-                            "short for an index file",
-                            path, (long long)st.st_size)
-                   : vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", path,
-                            strerror(rc));
+        return vx_err(NULL, VECIDX_EIO, "cannot stat '%s': %s", path,
+                      strerror(rc));
+    }
+    if (st.st_size < (off_t)VX_FILE_HEADER) {
+        vx_io_cur->close(fd);
+        return vx_err(NULL, VECIDX_ECORRUPT,
+                      "'%s' is %lld bytes, too short for an index file", path,
+                      (long long)st.st_size);
     }
     map = vx_io_cur->mmap((size_t)st.st_size, PROT_READ | PROT_WRITE, fd);
     if (!map) {

@@ -547,9 +547,10 @@ int vecidx_save(vecidx *ix, const char *path);
 ** open anyway.
 ** VECIDX_LEAN: with VECIDX_RDONLY (else VECIDX_EINVAL), for compressed
 ** storage with keep_vectors in a file of format 6: the reader keeps the
-** file open (one descriptor) and reads the float32 vectors it re-ranks,
-** and verifies them, with pread, a system call per vector, instead of
-** through the mapping. They then stay in the page cache, out of the
+** file open (one descriptor) and reads the float32 vectors it re-ranks
+** with pread instead of through the mapping: a system call per vector
+** re-ranked, and a few more the first time a 16-vector piece of them is
+** verified (one per 8 KB). They then stay in the page cache, out of the
 ** resident set, which holds only what the walks touch. Through the
 ** mapping each re-rank faults in its page and the kernel maps the cached
 ** pages around it, and verifying a vector reads its 16-slot piece.
@@ -559,9 +560,12 @@ int vecidx_save(vecidx *ix, const char *path);
 ** 343 MB); 1M x 128, 354 MB against 842 MB (hnswlib: 725 MB). The price
 ** is the calls, where one costs about 1 us: 0.41-0.51x a plain reader's
 ** queries per second on the 384-d set, 0.41-0.60x on the 1M one, ef 16
-** to 64. Exact searches, allowed-set scans and a reader that replayed
-** log records (whose mapping holds what the file does not) still read
-** through the mapping.
+** to 64. Answers are the same as a plain reader's, bit for bit. Exact
+** searches, allowed-set scans, vecidx_get, vecidx_save's copy and a
+** reader that replayed log records (whose mapping holds what the file
+** does not) still read through the mapping, as does a read whose pread
+** fails (the same bytes, with a plain reader's risks: a file cut short
+** under it faults).
 ** Ignored for other files.
 ** VECIDX_PRIVATE: a private copy, for a program that keeps the index's
 ** truth elsewhere (a database) and the file as a cache of it. Opened as
