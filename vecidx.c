@@ -4440,7 +4440,9 @@ static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
     const vx_store *s = &ix->store;
     const vx_lazy *z = s->lazy;
     float d;
-    if (VX_UNLIKELY(z && z->fd >= 0) && (slot >> s->shift) < s->nmapped &&
+    /* Every chunk of a lean reader is mapped: a handle that could add
+    ** chunks (a writer, or a reader replaying a log) has no fd. */
+    if (VX_UNLIKELY(z && z->fd >= 0) &&
         vx_lazy_piece(s, slot >> VX_PIECE_SHIFT, 1, 0) &&
         vx_kept_pread_dist(ix, q, slot, &d) == 0)
         return d;
