@@ -8589,15 +8589,17 @@ static int vx_io_close(int fd)
     return vx_io_cur->close(fd);
 }
 
-/* Read n bytes at off into buf, riding out short reads and EINTR; -1 if
-** they cannot all be read (an error, or the end of the file). */
+/* Read n bytes at off into buf, riding out short reads and EINTR: 0 when
+** all were read, -1 when a read failed (errno set), 1 when the file ends
+** first. */
 static int vx_io_read_all(int fd, void *buf, size_t n, uint64_t off)
 {
     unsigned char *p = buf;
     while (n) {
         ssize_t r = vx_io_cur->pread(fd, p, n, (off_t)off);
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
+        if (r < 0) return -1;
+        if (r == 0) return 1;
         p += r;
         n -= (size_t)r;
         off += (uint64_t)r;
@@ -10625,7 +10627,9 @@ static int vx_wal_apply(vecidx *ix, uint32_t type, size_t n,
 
 /* Read the record at off into *out. Returns 1 for a whole, valid record
 ** that continues the sequence, 0 for the end of the log (nothing more, or
-** a torn or stale record), -1 when out of memory. */
+** a torn or stale record), -1 when out of memory, -2 when a read failed
+** (errno set). A failed read is not the end of the log: taken for one, a
+** writer would append over the records after it, acknowledged writes. */
 static int vx_wal_read_rec(vecidx *ix, const vx_wal *w, int fd, uint64_t off,
                            uint64_t size, unsigned char **out, size_t *len)
 {
@@ -10633,10 +10637,10 @@ static int vx_wal_read_rec(vecidx *ix, const vx_wal *w, int fd, uint64_t off,
     uint64_t n;
     uint32_t type;
     size_t row;
-    if (size - off < VX_WAL_REC_HEAD ||
-        vx_io_cur->pread(fd, head, sizeof head, (off_t)off) !=
-            (ssize_t)sizeof head)
-        return 0;
+    int r;
+    if (size - off < VX_WAL_REC_HEAD) return 0;
+    if ((r = vx_io_read_all(fd, head, sizeof head, off)) != 0)
+        return r < 0 ? -2 : 0;
     type = vx_get32(head, 4);
     n = vx_get64(head, 16);
     if (type < VX_WAL_ADD || type > VX_WAL_REMOVE ||
@@ -10646,11 +10650,13 @@ static int vx_wal_read_rec(vecidx *ix, const vx_wal *w, int fd, uint64_t off,
     if (n > (size - off - VX_WAL_REC_HEAD) / row) return 0;
     *len = VX_WAL_REC_HEAD + (size_t)n * row;
     if (!(buf = vx_malloc(&ix->mem, *len))) return -1;
-    if (vx_io_cur->pread(fd, buf, *len, (off_t)off) != (ssize_t)*len ||
+    if ((r = vx_io_read_all(fd, buf, *len, off)) != 0 ||
         vx_get32(buf, 0) !=
             vx_crc32c_more((uint32_t)w->salt, buf + 4, *len - 4)) {
+        int e = errno;
         vx_free(&ix->mem, buf, *len);
-        return 0;
+        errno = e;
+        return r < 0 ? -2 : 0;
     }
     *out = buf;
     return 1;
@@ -10691,13 +10697,17 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size,
 {
     unsigned char hb[VX_WAL_HEADER], want[VX_WAL_HEADER];
     uint64_t off = VX_WAL_HEADER;
+    int rc;
     w->end = 0;
     w->seq = 0;
     *skipped = VX_WAL_HEADER;
     vx_wal_header(want, ix->p.dim, w->salt);
-    if (size < VX_WAL_HEADER ||
-        vx_io_cur->pread(fd, hb, sizeof hb, 0) != (ssize_t)sizeof hb)
-        return VECIDX_OK;
+    if (size < VX_WAL_HEADER) return VECIDX_OK;
+    if ((rc = vx_io_read_all(fd, hb, sizeof hb, 0)) != 0) {
+        if (rc > 0) return VECIDX_OK; /* cut short since fstat */
+        return vx_err(NULL, VECIDX_EIO, "cannot read the write-ahead log: %s",
+                      strerror(errno));
+    }
     if (memcmp(hb, want, sizeof hb) == 0) {
         skip = 0;
     } else {
@@ -10708,7 +10718,11 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size,
     for (;;) {
         size_t len;
         unsigned char *buf;
-        int rc = vx_wal_read_rec(ix, w, fd, off, size, &buf, &len);
+        rc = vx_wal_read_rec(ix, w, fd, off, size, &buf, &len);
+        if (rc == -2)
+            return vx_err(NULL, VECIDX_EIO,
+                          "cannot read the write-ahead log: %s",
+                          strerror(errno));
         if (rc < 0)
             return vx_err(NULL, VECIDX_ENOMEM,
                           "out of memory reading the "
@@ -10790,7 +10804,7 @@ static int vx_walsw_copy(vecidx *ix, vx_walsw *sw, uint64_t to)
         size_t len;
         int rc = vx_wal_read_rec(ix, &from, sw->ofd, sw->src, to, &buf, &len);
         if (rc <= 0) {
-            errno = rc < 0 ? ENOMEM : EIO;
+            if (rc != -2) errno = rc < 0 ? ENOMEM : EIO;
             return -1;
         }
         vx_put64(buf, 8, sw->seq + 1);

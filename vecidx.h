@@ -589,9 +589,10 @@ int vecidx_save(vecidx *ix, const char *path);
 ** On failure *out is NULL and vecidx_errmsg(NULL) tells why.
 ** Errors: VECIDX_EINVAL (NULL path/out, unknown flags, two sync modes,
 ** VECIDX_LEAN without VECIDX_RDONLY, CREATE of a missing file without
-** p), VECIDX_EIO (cannot open, stat,
-** map, lock or write), VECIDX_ECORRUPT (not a vecidx file, checksum
-** mismatch, inconsistent structure, a log record that does not apply),
+** p), VECIDX_EIO (cannot open, stat, map, lock, read or write; a log
+** that cannot be read is never taken to end early), VECIDX_ECORRUPT
+** (not a vecidx file, checksum mismatch, inconsistent structure, a log
+** record that does not apply),
 ** VECIDX_EVERSION (newer format), VECIDX_EDIM (p->dim differs),
 ** VECIDX_ESTATE (another handle has it open for writing), VECIDX_ENOMEM. */
 int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,

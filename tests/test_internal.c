@@ -991,25 +991,34 @@ void test_store_kept_vectors_apart(void)
 /* ---- kept vectors of a reader, read with pread ------------------------- */
 
 static int vt_pread_calls, vt_pread_fail, vt_fds;
+static int vt_log_fd = -1; /* the write-ahead log's, while it is open */
 
 /* Descriptors the library holds: open counts up, close down. */
 static int vt_counting_open(const char *path, int flags, int mode)
 {
     int fd = vx_sys_open(path, flags, mode);
+    size_t n = strlen(path);
     if (fd >= 0) __atomic_add_fetch(&vt_fds, 1, __ATOMIC_RELAXED);
+    if (fd >= 0 && n > 4 && strcmp(path + n - 4, "-wal") == 0)
+        __atomic_store_n(&vt_log_fd, fd, __ATOMIC_RELAXED);
     return fd;
 }
 
 static int vt_counting_close(int fd)
 {
     __atomic_sub_fetch(&vt_fds, 1, __ATOMIC_RELAXED);
+    if (fd == __atomic_load_n(&vt_log_fd, __ATOMIC_RELAXED))
+        __atomic_store_n(&vt_log_fd, -1, __ATOMIC_RELAXED);
     return close(fd);
 }
 
+/* With vt_pread_fail, reads of the main file fail (those of the log are
+** not kept vectors: a log that cannot be read fails the open). */
 static ssize_t vt_counting_pread(int fd, void *buf, size_t n, off_t off)
 {
     __atomic_add_fetch(&vt_pread_calls, 1, __ATOMIC_RELAXED);
-    if (__atomic_load_n(&vt_pread_fail, __ATOMIC_RELAXED)) {
+    if (__atomic_load_n(&vt_pread_fail, __ATOMIC_RELAXED) &&
+        fd != __atomic_load_n(&vt_log_fd, __ATOMIC_RELAXED)) {
         errno = EIO;
         return -1;
     }
@@ -2116,4 +2125,122 @@ void test_file_damage_readers(void)
     unlink(path);
     unlink(bad);
     unlink(copy);
+}
+
+/* ---- the log read through faults ------------------------------------- */
+
+static int vt_wal_fd = -1;
+static int vt_wal_mode; /* 1: EINTR and short reads; 2: one read fails */
+static int vt_wal_reads, vt_wal_fail_at;
+
+static int vt_wal_open(const char *path, int flags, int mode)
+{
+    int fd = vx_sys_open(path, flags, mode);
+    size_t n = strlen(path);
+    if (fd >= 0 && n > 4 && strcmp(path + n - 4, "-wal") == 0) vt_wal_fd = fd;
+    return fd;
+}
+
+static int vt_wal_close(int fd)
+{
+    if (fd == vt_wal_fd) vt_wal_fd = -1;
+    return close(fd);
+}
+
+static ssize_t vt_wal_pread(int fd, void *buf, size_t n, off_t off)
+{
+    if (fd != vt_wal_fd || !vt_wal_mode) return pread(fd, buf, n, off);
+    vt_wal_reads++;
+    if (vt_wal_mode == 1) {
+        if (vt_wal_reads % 3 == 1) {
+            errno = EINTR;
+            return -1;
+        }
+        return pread(fd, buf, n > 1 ? n / 2 : n, off);
+    }
+    if (vt_wal_reads == vt_wal_fail_at) {
+        errno = EIO;
+        return -1;
+    }
+    return pread(fd, buf, n, off);
+}
+
+/* Reads of the log that are interrupted (EINTR) or short are ridden out:
+** every logged write is replayed. A read that fails, of the log's header
+** or of a record in its middle, fails the open with VECIDX_EIO, for a
+** reader and for a writer, and leaves the log whole: opened again without
+** the fault, the index holds every write. Taken for the end of the log,
+** the failure would drop the records after it, and a writer would append
+** over them. */
+void test_wal_read_faults(void)
+{
+    enum {
+        DIM = 8,
+        N = 40
+    };
+    static const unsigned flags[2] = {VECIDX_RDONLY, 0};
+    char path[700], wal[720];
+    vt_rng r = {919};
+    vecidx_params p;
+    vecidx *ix = NULL;
+    vx_io io = vx_io_sys;
+    vt_set m;
+    float v[DIM];
+    size_t i;
+    vt_tmp_name(path, sizeof path, "walread", ".vx");
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    unlink(path);
+    unlink(wal);
+    vt_set_init(&m, DIM, N + 10);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
+    CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE, &ix));
+    if (!ix) goto done;
+    vt_fill_index(ix, &m, N, &r, VT_MIXED); /* 21 records */
+    vecidx_close(ix);
+    ix = NULL;
+    io.open = vt_wal_open;
+    io.close = vt_wal_close;
+    io.pread = vt_wal_pread;
+    vx_io_cur = &io;
+
+    vt_wal_mode = 1;
+    vt_wal_reads = 0;
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    CHECKF(vt_wal_reads > 60, "only %d reads of the log", vt_wal_reads);
+    if (ix) vt_check_contents("log read in interrupted pieces", ix, &m);
+    vecidx_close(ix);
+    ix = NULL;
+
+    vt_wal_mode = 2;
+    for (i = 0; i < 4; i++) {
+        vt_wal_reads = 0;
+        vt_wal_fail_at = i < 2 ? 20 : 1; /* a record, then the header */
+        CHECK_RC(vecidx_open(path, NULL, flags[i % 2], &ix), VECIDX_EIO);
+        CHECKF(ix == NULL && strstr(vecidx_errmsg(NULL), "write-ahead log"),
+               "failed read %zu: %s", i, vecidx_errmsg(NULL));
+        CHECKF(vt_wal_reads >= vt_wal_fail_at, "failed read %zu: %d reads", i,
+               vt_wal_reads);
+        vecidx_close(ix);
+        ix = NULL;
+    }
+    vt_wal_mode = 0;
+    vx_io_cur = &vx_io_sys;
+
+    CHECK_OK(vecidx_open(path, NULL, 0, &ix));
+    if (!ix) goto done;
+    vt_check_contents("log after failed reads", ix, &m);
+    vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+    CHECK_OK(vecidx_add(ix, 7, v));
+    vt_set_put(&m, 7, v);
+    vecidx_close(ix);
+    ix = NULL;
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    if (ix) vt_check_contents("log written after failed reads", ix, &m);
+done:
+    vx_io_cur = &vx_io_sys;
+    vt_wal_mode = 0;
+    vecidx_close(ix);
+    vt_set_free(&m);
+    unlink(path);
+    unlink(wal);
 }

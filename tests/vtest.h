@@ -103,6 +103,7 @@
     X(store_line_aligned_records)            \
     X(store_kept_vectors_apart)              \
     X(store_kept_pread)                      \
+    X(wal_read_faults)                       \
     X(file_damage_readers)                   \
     X(file_damage_log_readers)               \
     X(concurrency_readers_verify)            \
