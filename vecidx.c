@@ -648,6 +648,17 @@ static void vx_hist_read(const vx_hist *h, vecidx_latency *out)
 ** runs everywhere and picks AVX2 at run time.
 ** ====================================================================== */
 
+/* Sum of squares in double, for norms: in float it underflows to 0 for
+** vectors shorter than about 1e-19 and overflows for long ones. One plain
+** loop, so every caller gets the same bits for the same vector. */
+static double vx_sumsq(const float *v, size_t n)
+{
+    double s = 0;
+    size_t i;
+    for (i = 0; i < n; i++) s += (double)v[i] * v[i];
+    return s;
+}
+
 typedef struct vx_kernels {
     const char *name;
     float (*l2)(const float *a, const float *b, size_t d);
@@ -3653,10 +3664,7 @@ static void vx_store_write(vx_store *s, uint32_t slot, const float *v)
 {
     float *r = vx_store_vec(s, slot), inorm = 1;
     if (s->cosine) {
-        double n2 = 0;
-        uint32_t i;
-        for (i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
-        inorm = (float)(1.0 / sqrt(n2));
+        inorm = (float)(1.0 / sqrt(vx_sumsq(v, s->dim)));
         *vx_store_inorm_at(s, slot) = inorm;
     }
     /* Compressed cosine codes hold the unit vector: a code dot product is
@@ -7066,10 +7074,10 @@ static inline const float *vx_ivf_book(const vecidx *ix, uint32_t j)
 static const float *vx_ivf_prep_vec(const vecidx *ix, const float *v,
                                     float *out)
 {
-    double n2 = 0;
+    double n2;
     uint32_t i;
     if (ix->p.metric != VECIDX_COSINE) return v;
-    for (i = 0; i < ix->p.dim; i++) n2 += (double)v[i] * v[i];
+    n2 = vx_sumsq(v, ix->p.dim);
     for (i = 0; i < ix->p.dim; i++) out[i] = (float)(v[i] / sqrt(n2));
     return out;
 }
@@ -7594,9 +7602,7 @@ static float vx_ivf_exact(const vecidx *ix, const float *qv, const float *x)
         /* |x|^2 in float underflows to 0 for short vectors (norm below
         ** about 1e-19) and overflows for long ones: then in double. */
         double xx = ix->kern->dot(x, x, ix->p.dim);
-        uint32_t i;
-        if (!(xx >= 1e-30 && xx <= 1e30))
-            for (xx = 0, i = 0; i < ix->p.dim; i++) xx += (double)x[i] * x[i];
+        if (!(xx >= 1e-30 && xx <= 1e30)) xx = vx_sumsq(x, ix->p.dim);
         return (float)(1.0 -
                        (double)ix->kern->dot(qv, x, ix->p.dim) / sqrt(xx));
     }
@@ -8012,8 +8018,7 @@ static int vx_km_update(vx_km *km, uint64_t *rng)
     vx_km_reseed(km, cnt, rng);
     for (c = 0; km->spherical && c < km->k; c++) {
         float *r = km->cent + (size_t)c * km->d;
-        double s = 0;
-        for (i = 0; i < km->d; i++) s += (double)r[i] * r[i];
+        double s = vx_sumsq(r, km->d);
         for (i = 0; s > 0 && i < km->d; i++) r[i] = (float)(r[i] / sqrt(s));
     }
     vx_free(&km->ix->mem, sum, kd * sizeof *sum);
@@ -11691,14 +11696,14 @@ static uint32_t vx_first_nonfinite(const float *v, uint32_t dim)
 static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
                            const char *what)
 {
-    double n2 = 0;
+    double n2;
     uint32_t i = vx_first_nonfinite(v, ix->p.dim);
     if (i < ix->p.dim)
         return vx_err(ix, VECIDX_EINVAL, "%s has %s at component %u", what,
                       isnan(v[i]) ? "NaN" : "an infinity", (unsigned)i);
     if (inv_norm) *inv_norm = 0.0f;
     if (ix->p.metric != VECIDX_COSINE) return VECIDX_OK;
-    for (i = 0; i < ix->p.dim; i++) n2 += (double)v[i] * v[i];
+    n2 = vx_sumsq(v, ix->p.dim);
     if (!(n2 > 0))
         return vx_err(ix, VECIDX_EINVAL,
                       "%s is all zeros: it has no direction for the cosine "
