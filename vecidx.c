@@ -638,6 +638,17 @@ static void vx_hist_read(const vx_hist *h, vecidx_latency *out)
     out->max_us = n ? max / 1e3 : 0;
 }
 
+/* Sum of squares in double, for norms: in float it underflows to 0 for
+** vectors shorter than about 1e-19 and overflows for long ones. One plain loop,
+** so every caller gets the same bits for the same vector. */
+static double vx_sumsq(const float *v, size_t n)
+{
+    double s = 0;
+    size_t i;
+    for (i = 0; i < n; i++) s += (double)v[i] * v[i];
+    return s;
+}
+
 /* ======================================================================
 ** 2. SIMD kernels
 **
@@ -647,17 +658,6 @@ static void vx_hist_read(const vx_hist *h, vecidx_latency *out)
 ** compiled with a target attribute, not a global -mavx2, so one binary
 ** runs everywhere and picks AVX2 at run time.
 ** ====================================================================== */
-
-/* Sum of squares in double, for norms: in float it underflows to 0 for
-** vectors shorter than about 1e-19 and overflows for long ones. One plain
-** loop, so every caller gets the same bits for the same vector. */
-static double vx_sumsq(const float *v, size_t n)
-{
-    double s = 0;
-    size_t i;
-    for (i = 0; i < n; i++) s += (double)v[i] * v[i];
-    return s;
-}
 
 typedef struct vx_kernels {
     const char *name;
@@ -10697,8 +10697,9 @@ static int vx_wal_apply_rec(vecidx *ix, const unsigned char *buf)
 ** w->end and w->seq after the last good record, and *skipped to the end
 ** of the records skipped; w->end = 0 means the log is absent, stale or
 ** damaged in its header and must be started afresh. */
-static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size,
-                         uint64_t chain_salt, uint64_t skip, uint64_t *skipped)
+static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, const char *wpath,
+                         uint64_t size, uint64_t chain_salt, uint64_t skip,
+                         uint64_t *skipped)
 {
     unsigned char hb[VX_WAL_HEADER], want[VX_WAL_HEADER];
     uint64_t off = VX_WAL_HEADER;
@@ -10710,7 +10711,8 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size,
     if (size < VX_WAL_HEADER) return VECIDX_OK;
     if ((rc = vx_io_read_all(fd, hb, sizeof hb, 0)) != 0) {
         if (rc > 0) return VECIDX_OK; /* cut short since fstat */
-        return vx_err(NULL, VECIDX_EIO, "cannot read the write-ahead log: %s",
+        return vx_err(NULL, VECIDX_EIO,
+                      "cannot read the write-ahead log '%s': %s", wpath,
                       strerror(errno));
     }
     if (memcmp(hb, want, sizeof hb) == 0) {
@@ -10726,7 +10728,7 @@ static int vx_wal_replay(vecidx *ix, vx_wal *w, int fd, uint64_t size,
         rc = vx_wal_read_rec(ix, w, fd, off, size, &buf, &len);
         if (rc == -2)
             return vx_err(NULL, VECIDX_EIO,
-                          "cannot read the write-ahead log: %s",
+                          "cannot read the write-ahead log '%s': %s", wpath,
                           strerror(errno));
         if (rc < 0)
             return vx_err(NULL, VECIDX_ENOMEM,
@@ -11271,8 +11273,8 @@ static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
     /* As one write, with no automatic checkpoint: the log may yet move. */
     vx_write_begin(ix);
     ix->replaying = 1;
-    rc = vx_wal_replay(ix, w, fd, (uint64_t)st.st_size, h->log_salt, h->log_seq,
-                       &skipped);
+    rc = vx_wal_replay(ix, w, fd, wpath, (uint64_t)st.st_size, h->log_salt,
+                       h->log_seq, &skipped);
     vx_write_end(ix);
     ix->replaying = 0;
     /* records the file does not hold: past log_seq of the log it
