@@ -4198,6 +4198,14 @@ typedef struct vx_wal {
     unsigned sync; /* VECIDX_SYNC_* */
     int dirty;     /* appended since the last fsync */
     int broken;    /* VX_WAL_CUT / VX_WAL_RESTART: repair first */
+    /* An fsync failed with acknowledged records written since the last
+    ** good one. Linux reports a failed writeback once and may drop the
+    ** pages, so a later fsync that succeeds proves nothing about them,
+    ** and a power cut would leave a hole where replay stops, losing
+    ** every write after it. Writes and vecidx_sync fail until the log
+    ** restarts behind a checkpoint (vx_wal_reset) or moves to a new file
+    ** whose records were read back whole (vx_walsw_commit). */
+    int unsynced;
     struct timespec last_sync;
     char *path; /* main file path (log is path + "-wal") */
 } vx_wal;
@@ -10544,10 +10552,24 @@ static double vx_ms_since(const struct timespec *t)
 
 static int vx_wal_fsync(vx_wal *w)
 {
-    if (vx_io_cur->fsync(w->fd) != 0) return -1;
+    if (vx_io_cur->fsync(w->fd) != 0) {
+        int e = errno;
+        if (w->dirty) w->unsynced = 1;
+        errno = e;
+        return -1;
+    }
     w->dirty = 0;
     clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
     return 0;
+}
+
+/* The error of a write or sync refused after a failed fsync (unsynced). */
+static int vx_wal_unsynced_err(vecidx *ix)
+{
+    return vx_err(ix, VECIDX_EIO,
+                  "an earlier fsync of the write-ahead log failed, so writes "
+                  "acknowledged before it may not be on disk: "
+                  "vecidx_checkpoint writes them anew");
 }
 
 /* Start an empty log for the main file whose salt is `salt`. */
@@ -10561,6 +10583,7 @@ static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
     w->end = VX_WAL_HEADER;
     w->seq = 0;
     w->salt = salt;
+    w->unsynced = 0; /* the main file holds every write */
     return 0;
 }
 
@@ -10590,7 +10613,7 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
 {
     size_t row = vx_wal_row_bytes(type, ix->p.dim), len, i, at;
     unsigned char *buf;
-    int ok;
+    int ok, earlier = w->dirty; /* acknowledged records not yet synced */
     if (!vx_mul_ok(n, row, &len) || len > SIZE_MAX - VX_WAL_REC_HEAD)
         return vx_err(ix, VECIDX_EINVAL, "batch too large for the log");
     len += VX_WAL_REC_HEAD;
@@ -10610,8 +10633,12 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
     if (ok) w->dirty = 1;
     if (ok && (w->sync == VECIDX_SYNC_FULL ||
                (w->sync == VECIDX_SYNC_NORMAL &&
-                vx_ms_since(&w->last_sync) >= VX_WAL_NORMAL_MS)))
+                vx_ms_since(&w->last_sync) >= VX_WAL_NORMAL_MS))) {
         ok = vx_wal_fsync(w) == 0;
+        /* this record is cut back and reported failed below: only those
+        ** acknowledged before it are at risk */
+        if (!ok && !earlier) w->unsynced = 0;
+    }
     if (!ok) {
         int e = errno;
         if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0)
@@ -10857,6 +10884,7 @@ static int vx_walsw_commit(vecidx *ix, vx_walsw *sw)
     w->salt = sw->salt;
     w->dirty = 0;
     w->broken = 0;
+    w->unsynced = 0; /* each record was read back whole, then synced */
     clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
     sw->fd = -1;
     /* Not durable until the directory is; a crash before leaves the old
@@ -11615,7 +11643,9 @@ int vecidx_sync(vecidx *ix)
     VX_NULL_CHECK(NULL, ix, "index handle");
     if (!ix->wal.path) return VECIDX_OK;
     vx_write_begin(ix);
-    if (ix->wal.dirty && vx_wal_fsync(&ix->wal) != 0)
+    if (ix->wal.unsynced)
+        rc = vx_wal_unsynced_err(ix);
+    else if (ix->wal.dirty && vx_wal_fsync(&ix->wal) != 0)
         rc = vx_err(ix, VECIDX_EIO, "cannot sync the write-ahead log: %s",
                     strerror(errno));
     vx_write_end(ix);
@@ -11756,6 +11786,7 @@ static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
     int rc;
     ix->fpristine = 0;
     if (ix->wal.fd < 0 || ix->replaying) return VECIDX_OK;
+    if (ix->wal.unsynced) return vx_wal_unsynced_err(ix);
     if (ix->wal.broken && (rc = vx_wal_repair(ix, &ix->wal)) != VECIDX_OK)
         return rc;
     rc = vx_wal_append(ix, &ix->wal, type, n, keys, vecs);

@@ -535,7 +535,7 @@ int vecidx_save(vecidx *ix, const char *path);
 **     acknowledged is lost by a crash or a power cut.
 **   VECIDX_SYNC_NORMAL: fsync at most every 10 ms and in vecidx_sync and
 **     vecidx_close; a process crash loses nothing, a power cut at most the
-**     writes of the last 10 ms.
+**     writes of the last 10 ms (after a failed fsync: see vecidx_sync).
 **   VECIDX_SYNC_OFF: the OS decides; a process crash loses nothing, a
 **     power cut may lose anything since the last vecidx_sync/checkpoint.
 ** VECIDX_CREATE: if path does not exist, create it as an empty index
@@ -601,7 +601,15 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
 /* Make every write acknowledged so far durable (fsync the log). A no-op
 ** for in-memory indexes and in VECIDX_SYNC_FULL, where writes are durable
 ** already. Writer (waits for running writes). Errors: VECIDX_EINVAL,
-** VECIDX_EIO. */
+** VECIDX_EIO.
+** After an fsync of the log fails (here, or inside a write under
+** VECIDX_SYNC_NORMAL) while acknowledged writes were not yet synced, those
+** writes may never reach the disk, whatever a later fsync reports (Linux
+** reports a failed writeback once, and may drop the data). From then on
+** vecidx_sync and every write return VECIDX_EIO, and change nothing, until
+** vecidx_checkpoint succeeds: it writes the whole index anew from memory.
+** Under VECIDX_SYNC_FULL a failed fsync fails only the write it belongs
+** to, since every earlier one was synced. */
 int vecidx_sync(vecidx *ix);
 
 /* Fold the log into the main file: write a new main file beside it, sync

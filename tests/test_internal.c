@@ -2251,3 +2251,88 @@ done:
     unlink(path);
     unlink(wal);
 }
+
+/* ---- a failed fsync of the log ------------------------------------- */
+
+static int vt_fsync_fail; /* the next this many fsyncs of the log fail */
+
+static int vt_wal_fsync(int fd)
+{
+    if (fd == vt_wal_fd && vt_fsync_fail > 0) {
+        vt_fsync_fail--;
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+/* A failed fsync of the log. Under VECIDX_SYNC_OFF a vecidx_sync that
+** fails leaves the writes acknowledged before it in doubt (the kernel may
+** have dropped them): a second sync, whose fsync would succeed, and every
+** write then fail with VECIDX_EIO and change nothing, until a checkpoint
+** writes the index anew; after it writes and syncs work, and a reopen
+** finds every acknowledged write. Under VECIDX_SYNC_FULL every earlier
+** write was synced, so a failed fsync fails only its own write. */
+void test_wal_fsync_failure(void)
+{
+    enum {
+        DIM = 8,
+        N = 20
+    };
+    char path[700], wal[720];
+    vt_rng r = {4711};
+    vx_io io = vx_io_sys;
+    float v[DIM];
+    int c;
+    io.open = vt_wal_open;
+    io.close = vt_wal_close;
+    io.fsync = vt_wal_fsync;
+    vt_tmp_name(path, sizeof path, "walfsync", ".vx");
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    for (c = 0; c < 2; c++) {
+        unsigned sync = c ? VECIDX_SYNC_FULL : VECIDX_SYNC_OFF;
+        const char *what = c ? "SYNC_FULL" : "SYNC_OFF";
+        vecidx_params p;
+        vecidx *ix = NULL;
+        vt_set m;
+        unlink(path);
+        unlink(wal);
+        vt_set_init(&m, DIM, N + 10);
+        CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
+        vx_io_cur = &io;
+        CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE | sync, &ix));
+        if (!ix) goto next;
+        vt_fill_index(ix, &m, N, &r, VT_MIXED);
+        vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+        vt_fsync_fail = 1;
+        if (!c) {
+            CHECK_RC(vecidx_sync(ix), VECIDX_EIO);
+            CHECK_RC(vecidx_sync(ix), VECIDX_EIO);
+            CHECKF(strstr(vecidx_errmsg(ix), "vecidx_checkpoint") != NULL,
+                   "%s: %s", what, vecidx_errmsg(ix));
+            CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
+            vt_check_contents("writes refused after a failed sync", ix, &m);
+            CHECK_OK(vecidx_checkpoint(ix));
+            CHECK_OK(vecidx_sync(ix));
+        } else {
+            CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
+        }
+        CHECKF(vt_fsync_fail == 0, "%s: the failing fsync was not reached",
+               what);
+        CHECK_OK(vecidx_add(ix, 1, v));
+        vt_set_put(&m, 1, v);
+        CHECK_OK(vecidx_sync(ix));
+        vecidx_close(ix);
+        ix = NULL;
+        vx_io_cur = &vx_io_sys;
+        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+        if (ix) vt_check_contents(what, ix, &m);
+    next:
+        vx_io_cur = &vx_io_sys;
+        vt_fsync_fail = 0;
+        vecidx_close(ix);
+        vt_set_free(&m);
+    }
+    unlink(path);
+    unlink(wal);
+}

@@ -104,6 +104,7 @@
     X(store_kept_vectors_apart)              \
     X(store_kept_pread)                      \
     X(wal_read_faults)                       \
+    X(wal_fsync_failure)                     \
     X(file_damage_readers)                   \
     X(file_damage_log_readers)               \
     X(concurrency_readers_verify)            \
