@@ -10078,7 +10078,8 @@ static void vx_let_go(vecidx *ix, int fd)
         (void)close(fd); /* no thread: the writer waits, nothing worse */
 }
 
-static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
+static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done,
+                       int *renamed)
 {
     int rc = VECIDX_OK, e, old = -1;
     if (ix->snap == sn) ix->snap = NULL;
@@ -10094,6 +10095,7 @@ static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
         rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
                     strerror(errno));
     }
+    if (renamed) *renamed = done;
     if (!done) {
         e = errno;
         vx_io_cur->unlink(sn->tmp);
@@ -10120,10 +10122,10 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
     if (rc < 0) {
         char msg[VX_ERRMSG_MAX];
         memcpy(msg, vx_err_tls.msg, sizeof msg);
-        (void)vx_snap_end(ix, sn, path, 0);
+        (void)vx_snap_end(ix, sn, path, 0, NULL);
         return vx_err(ix, rc, "%s", msg);
     }
-    return vx_snap_end(ix, sn, path, 1);
+    return vx_snap_end(ix, sn, path, 1, NULL);
 }
 
 /* ---- open ------------------------------------------------------------------
@@ -10553,9 +10555,8 @@ static double vx_ms_since(const struct timespec *t)
 static int vx_wal_fsync(vx_wal *w)
 {
     if (vx_io_cur->fsync(w->fd) != 0) {
-        int e = errno;
-        if (w->dirty) w->unsynced = 1;
-        errno = e;
+        /* under SYNC_FULL no acknowledged record waits for an fsync */
+        if (w->dirty && w->sync != VECIDX_SYNC_FULL) w->unsynced = 1;
         return -1;
     }
     w->dirty = 0;
@@ -10577,6 +10578,7 @@ static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
 {
     unsigned char b[VX_WAL_HEADER];
     vx_wal_header(b, dim, salt);
+    w->dirty = 0; /* the main file holds every write: none waits here */
     if (vx_io_cur->ftruncate(w->fd, 0) != 0 ||
         vx_io_write_all(w->fd, b, sizeof b, 0) != 0 || vx_wal_fsync(w) != 0)
         return -1;
@@ -10590,8 +10592,11 @@ static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
 /* Finish a log change that failed half-way (see VX_WAL_CUT). */
 static int vx_wal_repair(vecidx *ix, vx_wal *w)
 {
+    /* RESTART: the new main file is renamed in; once its directory is
+    ** synced the old file cannot come back, nor need the old log */
     int failed = w->broken == VX_WAL_RESTART
-                     ? vx_wal_reset(w, ix->p.dim, w->salt) != 0
+                     ? vx_io_sync_dir(w->path) != 0 ||
+                           vx_wal_reset(w, ix->p.dim, w->salt) != 0
                      : vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0 ||
                            vx_wal_fsync(w) != 0;
     if (failed)
@@ -10643,6 +10648,8 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
         int e = errno;
         if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0)
             w->broken = VX_WAL_CUT;
+        else
+            w->dirty = earlier; /* the record cut was never acknowledged */
         return vx_err(ix, VECIDX_EIO,
                       "cannot append to the write-ahead "
                       "log: %s",
@@ -10884,12 +10891,13 @@ static int vx_walsw_commit(vecidx *ix, vx_walsw *sw)
     w->salt = sw->salt;
     w->dirty = 0;
     w->broken = 0;
-    w->unsynced = 0; /* each record was read back whole, then synced */
     clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
     sw->fd = -1;
     /* Not durable until the directory is; a crash before leaves the old
-    ** log, which the main file still accepts. */
-    (void)vx_io_sync_dir(wpath);
+    ** log, which the main file still accepts. Each record was read back
+    ** whole and synced, so the new log needs no page a failed fsync of
+    ** the old one may have dropped -- once its name is durable too. */
+    if (vx_io_sync_dir(wpath) == 0) w->unsynced = 0;
     return 0;
 }
 
@@ -11501,7 +11509,7 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
     vx_wal *w = &ix->wal;
     uint64_t salt = sn->h.salt, from = sn->log_off, seq = sn->h.log_seq;
     uint64_t t0 = sn->t0; /* vx_snap_end frees sn */
-    int tail = w->seq > seq, rc, ok = 1;
+    int tail = w->seq > seq, rc, ok = 1, renamed = 0;
     vx_walsw own;
     if (!tail) { /* no write since: no chain, the log restarts */
         sn->h.log_salt = sn->h.log_seq = 0;
@@ -11509,15 +11517,24 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
     }
     if (!ok) { /* the old file and its log stay, whole */
         int e = errno;
-        (void)vx_snap_end(ix, sn, w->path, 0);
+        (void)vx_snap_end(ix, sn, w->path, 0, NULL);
         if (sw) vx_walsw_abort(sw);
         return vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", w->path,
                       strerror(e));
     }
-    rc = vx_snap_end(ix, sn, w->path, 1);
+    rc = vx_snap_end(ix, sn, w->path, 1, &renamed);
     if (rc == VECIDX_OK) vx_ckpt_done(ix, t0, tail ? w->seq - seq : 0);
     if (rc != VECIDX_OK || !tail) {
         if (sw) vx_walsw_abort(sw);
+        /* Renamed in, its directory not synced: a power cut may bring back
+        ** either file. The old log serves both if the new file continues
+        ** it (a tail); a new file without a tail takes no log, so the old
+        ** one is restarted -- by the next write, once the directory syncs
+        ** (vx_wal_repair), not before: the old file still needs it. */
+        if (rc != VECIDX_OK && renamed && !tail) {
+            w->salt = salt;
+            w->broken = VX_WAL_RESTART;
+        }
         if (rc != VECIDX_OK) return rc;
         /* From here the old log is stale, and must be restarted before the
         ** next append (vx_wal_repair retries if this fails). */
@@ -11535,6 +11552,8 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
     /* If the log cannot move, the old one stays: the new file continues
     ** it, so nothing is lost, and the next checkpoint tries again. */
     if (sw) (void)vx_walsw_commit(ix, sw);
+    if (w->unsynced) /* the writes made meanwhile are still only there */
+        return vx_wal_unsynced_err(ix);
     return VECIDX_OK;
 }
 
@@ -11565,10 +11584,10 @@ static int vx_snap_complete(vecidx *ix, vx_snap *sn, const char *path)
         char msg[VX_ERRMSG_MAX];
         memcpy(msg, vx_err_tls.msg, sizeof msg);
         if (have) vx_walsw_abort(&sw);
-        (void)vx_snap_end(ix, sn, path, 0);
+        (void)vx_snap_end(ix, sn, path, 0, NULL);
         return vx_err(ix, rc, "%s", msg);
     }
-    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1);
+    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1, NULL);
     return vx_ckpt_install(ix, sn, have ? &sw : NULL);
 }
 
@@ -11612,7 +11631,7 @@ static void vx_ckpt_auto(vecidx *ix)
     rc = vx_snap_step(ix, sn, VX_SNAP_STEP);
     if (rc == 0) return;
     if (rc < 0) {
-        (void)vx_snap_end(ix, sn, w->path, 0);
+        (void)vx_snap_end(ix, sn, w->path, 0, NULL);
         ix->ckpt_retry = w->end + VX_WAL_AUTO_CHECKPOINT / 8;
         return;
     }
@@ -11686,7 +11705,7 @@ void vecidx_close(vecidx *ix)
     vx_mem mem;
     if (ix == NULL) return;
     /* An automatic checkpoint under way is dropped: the log holds all. */
-    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0);
+    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0, NULL);
     vx_closer_join(ix);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);
@@ -11786,9 +11805,10 @@ static int vx_log(vecidx *ix, uint32_t type, size_t n, const uint64_t *keys,
     int rc;
     ix->fpristine = 0;
     if (ix->wal.fd < 0 || ix->replaying) return VECIDX_OK;
-    if (ix->wal.unsynced) return vx_wal_unsynced_err(ix);
+    /* a restart behind a checkpoint may clear unsynced: repair first */
     if (ix->wal.broken && (rc = vx_wal_repair(ix, &ix->wal)) != VECIDX_OK)
         return rc;
+    if (ix->wal.unsynced) return vx_wal_unsynced_err(ix);
     rc = vx_wal_append(ix, &ix->wal, type, n, keys, vecs);
     if (rc == VECIDX_OK) VX_COUNT(&ix->act.log_records, 1);
     return rc;

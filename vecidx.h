@@ -606,10 +606,14 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
 ** VECIDX_SYNC_NORMAL) while acknowledged writes were not yet synced, those
 ** writes may never reach the disk, whatever a later fsync reports (Linux
 ** reports a failed writeback once, and may drop the data). From then on
-** vecidx_sync and every write return VECIDX_EIO, and change nothing, until
-** vecidx_checkpoint succeeds: it writes the whole index anew from memory.
-** Under VECIDX_SYNC_FULL a failed fsync fails only the write it belongs
-** to, since every earlier one was synced. */
+** vecidx_sync, add, upsert and remove return VECIDX_EIO and change
+** nothing, until a checkpoint succeeds (vecidx_checkpoint, or
+** vecidx_train, which ends with one): it writes the whole index anew from
+** memory. (A checkpoint during which other writes were logged returns
+** VECIDX_EIO itself while those are still only in such a log; call it
+** again.) Close the handle only after it: a power cut could otherwise
+** lose the writes in doubt. Under VECIDX_SYNC_FULL every write is synced
+** before it returns, so a failed fsync fails only its own write. */
 int vecidx_sync(vecidx *ix);
 
 /* Fold the log into the main file: write a new main file beside it, sync

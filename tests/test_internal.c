@@ -925,7 +925,7 @@ void test_store_kept_vectors_apart(void)
         }
         CHECK(rc == 1);
         pthread_mutex_lock(&f->wlock);
-        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1));
+        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1, NULL));
         f->snap_busy = 0;
         pthread_mutex_unlock(&f->wlock);
         vt_check_contents(what, f, &m);
@@ -1351,7 +1351,7 @@ void test_snapshot_key_map_copy_on_write(void)
         pthread_mutex_lock(&ix->wlock);
         rc = vx_snap_step(ix, sn, SIZE_MAX);
         CHECK(rc == 1);
-        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1));
+        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1, NULL));
         pthread_mutex_unlock(&ix->wlock);
         CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
         if (f) {
@@ -2256,8 +2256,16 @@ done:
 
 static int vt_fsync_fail; /* the next this many fsyncs of the log fail */
 
+static int vt_dir_fsync_fail; /* the next this many of a directory fail */
+
 static int vt_wal_fsync(int fd)
 {
+    struct stat st;
+    if (vt_dir_fsync_fail > 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        vt_dir_fsync_fail--;
+        errno = EIO;
+        return -1;
+    }
     if (fd == vt_wal_fd && vt_fsync_fail > 0) {
         vt_fsync_fail--;
         errno = EIO;
@@ -2270,15 +2278,22 @@ static int vt_wal_fsync(int fd)
 ** fails leaves the writes acknowledged before it in doubt (the kernel may
 ** have dropped them): a second sync, whose fsync would succeed, and every
 ** write then fail with VECIDX_EIO and change nothing, until a checkpoint
-** writes the index anew; after it writes and syncs work, and a reopen
-** finds every acknowledged write. Under VECIDX_SYNC_FULL every earlier
-** write was synced, so a failed fsync fails only its own write. */
+** writes the index anew. Under VECIDX_SYNC_NORMAL the same follows a
+** write whose fsync fails while an acknowledged write waits for it (the
+** clock of the last sync is set to make the writes sync or not). Under
+** VECIDX_SYNC_FULL every earlier write was synced, so a failed fsync
+** fails only its own write, twice in a row too. After each, a reopen
+** finds exactly the acknowledged writes. */
 void test_wal_fsync_failure(void)
 {
     enum {
         DIM = 8,
         N = 20
     };
+    static const unsigned syncs[3] = {VECIDX_SYNC_OFF, VECIDX_SYNC_NORMAL,
+                                      VECIDX_SYNC_FULL};
+    static const char *const names[3] = {"SYNC_OFF", "SYNC_NORMAL",
+                                         "SYNC_FULL"};
     char path[700], wal[720];
     vt_rng r = {4711};
     vx_io io = vx_io_sys;
@@ -2289,9 +2304,8 @@ void test_wal_fsync_failure(void)
     io.fsync = vt_wal_fsync;
     vt_tmp_name(path, sizeof path, "walfsync", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
-    for (c = 0; c < 2; c++) {
-        unsigned sync = c ? VECIDX_SYNC_FULL : VECIDX_SYNC_OFF;
-        const char *what = c ? "SYNC_FULL" : "SYNC_OFF";
+    for (c = 0; c < 3; c++) {
+        const char *what = names[c];
         vecidx_params p;
         vecidx *ix = NULL;
         vt_set m;
@@ -2300,22 +2314,33 @@ void test_wal_fsync_failure(void)
         vt_set_init(&m, DIM, N + 10);
         CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
         vx_io_cur = &io;
-        CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE | sync, &ix));
+        CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE | syncs[c], &ix));
         if (!ix) goto next;
         vt_fill_index(ix, &m, N, &r, VT_MIXED);
         vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
-        vt_fsync_fail = 1;
-        if (!c) {
-            CHECK_RC(vecidx_sync(ix), VECIDX_EIO);
+        if (syncs[c] == VECIDX_SYNC_FULL) {
+            vt_fsync_fail = 2;
+            CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
+            CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
+        } else {
+            if (syncs[c] == VECIDX_SYNC_OFF) {
+                vt_fsync_fail = 1;
+                CHECK_RC(vecidx_sync(ix), VECIDX_EIO);
+            } else {
+                ix->wal.last_sync.tv_sec += 3600; /* no sync: it waits */
+                CHECK_OK(vecidx_add(ix, 2, v));
+                vt_set_put(&m, 2, v);
+                ix->wal.last_sync.tv_sec -= 7200; /* the next one syncs */
+                vt_fsync_fail = 1;
+                CHECK_RC(vecidx_add(ix, 3, v), VECIDX_EIO);
+            }
             CHECK_RC(vecidx_sync(ix), VECIDX_EIO);
             CHECKF(strstr(vecidx_errmsg(ix), "vecidx_checkpoint") != NULL,
                    "%s: %s", what, vecidx_errmsg(ix));
             CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
+            CHECK_RC(vecidx_remove(ix, m.keys[0]), VECIDX_EIO);
             vt_check_contents("writes refused after a failed sync", ix, &m);
             CHECK_OK(vecidx_checkpoint(ix));
-            CHECK_OK(vecidx_sync(ix));
-        } else {
-            CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
         }
         CHECKF(vt_fsync_fail == 0, "%s: the failing fsync was not reached",
                what);
@@ -2328,11 +2353,71 @@ void test_wal_fsync_failure(void)
         CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
         if (ix) vt_check_contents(what, ix, &m);
     next:
+        vecidx_close(ix);
         vx_io_cur = &vx_io_sys;
         vt_fsync_fail = 0;
-        vecidx_close(ix);
         vt_set_free(&m);
     }
+    unlink(path);
+    unlink(wal);
+}
+
+/* A checkpoint renames its new file in, then cannot sync the directory:
+** it returns VECIDX_EIO, but the new file may well be the one a reopen
+** finds, and it takes no log (no write came during the checkpoint). So
+** the next write syncs the directory and restarts the log behind the new
+** file before it appends: a reopen finds it, and every earlier write.
+** (Appended to the old log, as it was before, it was lost at reopen.)
+** While the directory still cannot be synced, writes fail and the old
+** log stays, which the old file needs if a power cut brings it back. */
+void test_wal_checkpoint_dir_sync(void)
+{
+    enum {
+        DIM = 8,
+        N = 30
+    };
+    char path[700], wal[720];
+    vt_rng r = {8080};
+    vx_io io = vx_io_sys;
+    vecidx_params p;
+    vecidx *ix = NULL;
+    vt_set m;
+    float v[DIM];
+    uint64_t salt;
+    io.open = vt_wal_open;
+    io.close = vt_wal_close;
+    io.fsync = vt_wal_fsync;
+    vt_tmp_name(path, sizeof path, "ckptdir", ".vx");
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    unlink(path);
+    unlink(wal);
+    vt_set_init(&m, DIM, N + 10);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
+    vx_io_cur = &io;
+    CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE, &ix));
+    if (!ix) goto done;
+    vt_fill_index(ix, &m, N, &r, VT_MIXED);
+    salt = ix->wal.salt;
+    vt_dir_fsync_fail = 1;
+    CHECK_RC(vecidx_checkpoint(ix), VECIDX_EIO);
+    CHECKF(ix->wal.salt != salt && ix->wal.broken == VX_WAL_RESTART,
+           "the log is not marked for a restart behind the new file");
+    vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+    vt_dir_fsync_fail = 1; /* still failing: the write fails */
+    CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
+    CHECK_OK(vecidx_add(ix, 1, v));
+    vt_set_put(&m, 1, v);
+    vecidx_close(ix);
+    ix = NULL;
+    vx_io_cur = &vx_io_sys;
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    if (ix)
+        vt_check_contents("after a checkpoint's directory sync failed", ix, &m);
+done:
+    vx_io_cur = &vx_io_sys;
+    vt_dir_fsync_fail = 0;
+    vecidx_close(ix);
+    vt_set_free(&m);
     unlink(path);
     unlink(wal);
 }

@@ -105,6 +105,7 @@
     X(store_kept_pread)                      \
     X(wal_read_faults)                       \
     X(wal_fsync_failure)                     \
+    X(wal_checkpoint_dir_sync)               \
     X(file_damage_readers)                   \
     X(file_damage_log_readers)               \
     X(concurrency_readers_verify)            \
