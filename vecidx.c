@@ -10078,8 +10078,7 @@ static void vx_let_go(vecidx *ix, int fd)
         (void)close(fd); /* no thread: the writer waits, nothing worse */
 }
 
-static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done,
-                       int *renamed)
+static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
 {
     int rc = VECIDX_OK, e, old = -1;
     if (ix->snap == sn) ix->snap = NULL;
@@ -10095,7 +10094,6 @@ static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done,
         rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
                     strerror(errno));
     }
-    if (renamed) *renamed = done;
     if (!done) {
         e = errno;
         vx_io_cur->unlink(sn->tmp);
@@ -10122,10 +10120,10 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
     if (rc < 0) {
         char msg[VX_ERRMSG_MAX];
         memcpy(msg, vx_err_tls.msg, sizeof msg);
-        (void)vx_snap_end(ix, sn, path, 0, NULL);
+        (void)vx_snap_end(ix, sn, path, 0);
         return vx_err(ix, rc, "%s", msg);
     }
-    return vx_snap_end(ix, sn, path, 1, NULL);
+    return vx_snap_end(ix, sn, path, 1);
 }
 
 /* ---- open ------------------------------------------------------------------
@@ -10592,11 +10590,8 @@ static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
 /* Finish a log change that failed half-way (see VX_WAL_CUT). */
 static int vx_wal_repair(vecidx *ix, vx_wal *w)
 {
-    /* RESTART: the new main file is renamed in; once its directory is
-    ** synced the old file cannot come back, nor need the old log */
     int failed = w->broken == VX_WAL_RESTART
-                     ? vx_io_sync_dir(w->path) != 0 ||
-                           vx_wal_reset(w, ix->p.dim, w->salt) != 0
+                     ? vx_wal_reset(w, ix->p.dim, w->salt) != 0
                      : vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0 ||
                            vx_wal_fsync(w) != 0;
     if (failed)
@@ -10877,7 +10872,10 @@ static int vx_walsw_commit(vecidx *ix, vx_walsw *sw)
     vx_wal *w = &ix->wal;
     char wpath[4200];
     snprintf(wpath, sizeof wpath, "%s-wal", w->path);
+    /* The old log synced too: until the directory is, a power cut may
+    ** leave its name on the old one, which must then hold the records. */
     if (vx_walsw_copy(ix, sw, w->end) != 0 || vx_io_cur->fsync(sw->fd) != 0 ||
+        (w->dirty && vx_wal_fsync(w) != 0) ||
         vx_io_cur->rename(sw->path, wpath) != 0) {
         int e = errno;
         vx_walsw_abort(sw);
@@ -11320,6 +11318,14 @@ static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
                           : w->seq > h->log_seq ? w->seq - h->log_seq
                                                 : 0;
     if (rc != VECIDX_OK || !writable) return rc;
+    /* A log that is not this file's own (a checkpoint renamed the file in
+    ** and stopped before it restarted or moved the log) is about to be
+    ** dropped or moved: the rename must be durable first, or a power cut
+    ** could bring back the old file without the log it needs. */
+    if ((w->end == 0 || w->salt != salt) && st.st_size > VX_WAL_HEADER &&
+        vx_io_sync_dir(path) != 0)
+        return vx_err(NULL, VECIDX_EIO, "cannot sync the directory of '%s': %s",
+                      path, strerror(errno));
     if (w->end && w->salt != salt) {
         /* The log of the file this one continues (a checkpoint that
         ** writes went on during, cut short before it moved the log):
@@ -11509,32 +11515,28 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
     vx_wal *w = &ix->wal;
     uint64_t salt = sn->h.salt, from = sn->log_off, seq = sn->h.log_seq;
     uint64_t t0 = sn->t0; /* vx_snap_end frees sn */
-    int tail = w->seq > seq, rc, ok = 1, renamed = 0;
+    int tail = w->seq > seq, rc, ok = 1;
     vx_walsw own;
-    if (!tail) { /* no write since: no chain, the log restarts */
+    /* The new file continues the old log (log_salt, log_seq) even when no
+    ** write came meanwhile: if its directory cannot be synced after the
+    ** rename, a power cut may bring back either file, and the old log,
+    ** kept as it is, then serves both. A file kept in layout 1 or 2 would
+    ** become version 3 by naming it, so it names no log, as before. */
+    if (!tail && sn->version < 3) {
         sn->h.log_salt = sn->h.log_seq = 0;
         ok = vx_snap_header_write(sn) == 0;
     }
     if (!ok) { /* the old file and its log stay, whole */
         int e = errno;
-        (void)vx_snap_end(ix, sn, w->path, 0, NULL);
+        (void)vx_snap_end(ix, sn, w->path, 0);
         if (sw) vx_walsw_abort(sw);
         return vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", w->path,
                       strerror(e));
     }
-    rc = vx_snap_end(ix, sn, w->path, 1, &renamed);
+    rc = vx_snap_end(ix, sn, w->path, 1);
     if (rc == VECIDX_OK) vx_ckpt_done(ix, t0, tail ? w->seq - seq : 0);
     if (rc != VECIDX_OK || !tail) {
         if (sw) vx_walsw_abort(sw);
-        /* Renamed in, its directory not synced: a power cut may bring back
-        ** either file. The old log serves both if the new file continues
-        ** it (a tail); a new file without a tail takes no log, so the old
-        ** one is restarted -- by the next write, once the directory syncs
-        ** (vx_wal_repair), not before: the old file still needs it. */
-        if (rc != VECIDX_OK && renamed && !tail) {
-            w->salt = salt;
-            w->broken = VX_WAL_RESTART;
-        }
         if (rc != VECIDX_OK) return rc;
         /* From here the old log is stale, and must be restarted before the
         ** next append (vx_wal_repair retries if this fails). */
@@ -11584,10 +11586,10 @@ static int vx_snap_complete(vecidx *ix, vx_snap *sn, const char *path)
         char msg[VX_ERRMSG_MAX];
         memcpy(msg, vx_err_tls.msg, sizeof msg);
         if (have) vx_walsw_abort(&sw);
-        (void)vx_snap_end(ix, sn, path, 0, NULL);
+        (void)vx_snap_end(ix, sn, path, 0);
         return vx_err(ix, rc, "%s", msg);
     }
-    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1, NULL);
+    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1);
     return vx_ckpt_install(ix, sn, have ? &sw : NULL);
 }
 
@@ -11631,7 +11633,7 @@ static void vx_ckpt_auto(vecidx *ix)
     rc = vx_snap_step(ix, sn, VX_SNAP_STEP);
     if (rc == 0) return;
     if (rc < 0) {
-        (void)vx_snap_end(ix, sn, w->path, 0, NULL);
+        (void)vx_snap_end(ix, sn, w->path, 0);
         ix->ckpt_retry = w->end + VX_WAL_AUTO_CHECKPOINT / 8;
         return;
     }
@@ -11705,7 +11707,7 @@ void vecidx_close(vecidx *ix)
     vx_mem mem;
     if (ix == NULL) return;
     /* An automatic checkpoint under way is dropped: the log holds all. */
-    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0, NULL);
+    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0);
     vx_closer_join(ix);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);

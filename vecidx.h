@@ -76,8 +76,8 @@ extern "C" {
 /* The version is defined here only; the build files read it from here. */
 #define VECIDX_VERSION_MAJOR 0
 #define VECIDX_VERSION_MINOR 4
-#define VECIDX_VERSION_PATCH 0
-#define VECIDX_VERSION_STRING "0.4.0"
+#define VECIDX_VERSION_PATCH 1
+#define VECIDX_VERSION_STRING "0.4.1"
 #define VECIDX_VERSION_NUMBER                                    \
     (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 + \
      VECIDX_VERSION_PATCH)
@@ -607,13 +607,13 @@ int vecidx_open(const char *path, const vecidx_params *p, unsigned flags,
 ** writes may never reach the disk, whatever a later fsync reports (Linux
 ** reports a failed writeback once, and may drop the data). From then on
 ** vecidx_sync, add, upsert and remove return VECIDX_EIO and change
-** nothing, until a checkpoint succeeds (vecidx_checkpoint, or
-** vecidx_train, which ends with one): it writes the whole index anew from
-** memory. (A checkpoint during which other writes were logged returns
-** VECIDX_EIO itself while those are still only in such a log; call it
-** again.) Close the handle only after it: a power cut could otherwise
-** lose the writes in doubt. Under VECIDX_SYNC_FULL every write is synced
-** before it returns, so a failed fsync fails only its own write. */
+** nothing, until vecidx_checkpoint succeeds: it writes the whole index
+** anew from memory. (A checkpoint during which other writes were logged
+** returns VECIDX_EIO itself while those are still only in such a log;
+** call it again.) Close the handle only after it: a power cut could
+** otherwise lose the writes in doubt. Under VECIDX_SYNC_FULL every write
+** is synced before it returns, so a failed fsync fails only its own
+** write. */
 int vecidx_sync(vecidx *ix);
 
 /* Fold the log into the main file: write a new main file beside it, sync

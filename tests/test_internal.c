@@ -925,7 +925,7 @@ void test_store_kept_vectors_apart(void)
         }
         CHECK(rc == 1);
         pthread_mutex_lock(&f->wlock);
-        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1, NULL));
+        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1));
         f->snap_busy = 0;
         pthread_mutex_unlock(&f->wlock);
         vt_check_contents(what, f, &m);
@@ -1351,7 +1351,7 @@ void test_snapshot_key_map_copy_on_write(void)
         pthread_mutex_lock(&ix->wlock);
         rc = vx_snap_step(ix, sn, SIZE_MAX);
         CHECK(rc == 1);
-        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1, NULL));
+        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1));
         pthread_mutex_unlock(&ix->wlock);
         CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
         if (f) {
@@ -2363,13 +2363,23 @@ void test_wal_fsync_failure(void)
 }
 
 /* A checkpoint renames its new file in, then cannot sync the directory:
-** it returns VECIDX_EIO, but the new file may well be the one a reopen
-** finds, and it takes no log (no write came during the checkpoint). So
-** the next write syncs the directory and restarts the log behind the new
-** file before it appends: a reopen finds it, and every earlier write.
-** (Appended to the old log, as it was before, it was lost at reopen.)
-** While the directory still cannot be synced, writes fail and the old
-** log stays, which the old file needs if a power cut brings it back. */
+** it returns VECIDX_EIO, and a power cut could still bring back the old
+** file. The new file continues the old log (log_salt, log_seq) even with
+** no write during the checkpoint, and the writer goes on appending to
+** that log, so either file finds every write: reopened as it is, and
+** with the old file's bytes put back in its place. A writable open that
+** would move or drop a log that is not its file's own syncs the
+** directory first, and fails while it cannot. (Before, the new file took
+** no log, the writer appended to the old one regardless, and a reopen
+** lost every write after the checkpoint.) */
+static void vt_put_file(const char *path, const unsigned char *b, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(b, 1, n, f) != n)
+        vt_fail(__FILE__, __LINE__, "cannot write %s", path);
+    if (f) fclose(f);
+}
+
 void test_wal_checkpoint_dir_sync(void)
 {
     enum {
@@ -2383,7 +2393,8 @@ void test_wal_checkpoint_dir_sync(void)
     vecidx *ix = NULL;
     vt_set m;
     float v[DIM];
-    uint64_t salt;
+    unsigned char *old = NULL, *now = NULL;
+    size_t oldlen = 0, nowlen = 0;
     io.open = vt_wal_open;
     io.close = vt_wal_close;
     io.fsync = vt_wal_fsync;
@@ -2394,30 +2405,50 @@ void test_wal_checkpoint_dir_sync(void)
     vt_set_init(&m, DIM, N + 10);
     CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
     vx_io_cur = &io;
-    CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE, &ix));
+    CHECK_OK(vecidx_open(path, &p, VECIDX_CREATE | VECIDX_SYNC_NORMAL, &ix));
     if (!ix) goto done;
     vt_fill_index(ix, &m, N, &r, VT_MIXED);
-    salt = ix->wal.salt;
+    CHECK_OK(vecidx_sync(ix));
+    old = vt_slurp(path, &oldlen);
     vt_dir_fsync_fail = 1;
     CHECK_RC(vecidx_checkpoint(ix), VECIDX_EIO);
-    CHECKF(ix->wal.salt != salt && ix->wal.broken == VX_WAL_RESTART,
-           "the log is not marked for a restart behind the new file");
+    CHECKF(vt_dir_fsync_fail == 0, "the directory was not synced");
     vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
-    vt_dir_fsync_fail = 1; /* still failing: the write fails */
-    CHECK_RC(vecidx_add(ix, 1, v), VECIDX_EIO);
     CHECK_OK(vecidx_add(ix, 1, v));
     vt_set_put(&m, 1, v);
+    CHECK_OK(vecidx_sync(ix));
     vecidx_close(ix);
     ix = NULL;
     vx_io_cur = &vx_io_sys;
+    now = vt_slurp(path, &nowlen);
+    CHECKF(old && now && (oldlen != nowlen || memcmp(old, now, oldlen)),
+           "the checkpoint did not rename a new file in");
+    if (!old || !now) goto done;
     CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
-    if (ix)
-        vt_check_contents("after a checkpoint's directory sync failed", ix, &m);
+    if (ix) vt_check_contents("the new file and the old log", ix, &m);
+    vecidx_close(ix);
+    ix = NULL;
+    vt_put_file(path, old, oldlen); /* the rename undone */
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    if (ix) vt_check_contents("the old file and its log", ix, &m);
+    vecidx_close(ix);
+    ix = NULL;
+    vt_put_file(path, now, nowlen);
+    vx_io_cur = &io;
+    vt_dir_fsync_fail = 1;
+    CHECK_RC(vecidx_open(path, NULL, 0, &ix), VECIDX_EIO);
+    CHECK(ix == NULL);
+    vecidx_close(ix);
+    ix = NULL;
+    CHECK_OK(vecidx_open(path, NULL, 0, &ix));
+    if (ix) vt_check_contents("the log moved at open", ix, &m);
 done:
     vx_io_cur = &vx_io_sys;
     vt_dir_fsync_fail = 0;
     vecidx_close(ix);
     vt_set_free(&m);
+    free(old);
+    free(now);
     unlink(path);
     unlink(wal);
 }

@@ -517,12 +517,13 @@ static int fault_trial(int kind, long fail_at, int short_write)
     return ok;
 }
 
-/* A checkpoint with no write during it writes its header twice: once at
-** the end of the file, and again without the log chain just before it is
-** installed. When that second write failed, the checkpoint used to go on
-** as if the file were installed -- it was not -- and restart the log:
-** every write since the last checkpoint was lost. It must fail with EIO,
-** leave the old file and its log whole, and lose nothing. */
+/* A checkpoint with no write during it fails to write its header (the
+** header is written last, when the rest of the file is in place). When a
+** header write failed -- then a second one, which dropped the log chain --
+** the checkpoint used to go on as if the file were installed -- it was
+** not -- and restart the log: every write since the last checkpoint was
+** lost. It must fail with EIO, leave the old file and its log whole, and
+** lose nothing. */
 static int header_rewrite_trial(int kind)
 {
     model_t m;
@@ -538,7 +539,7 @@ static int header_rewrite_trial(int kind)
         m[o.key] = o.ver;
     }
     if (ok) {
-        sim_hdr_fail = 2;
+        sim_hdr_fail = 1;
         rc = vecidx_checkpoint(ix);
         ok = rc == VECIDX_EIO && sim_hdr_fail == 0 && state_is(ix, m);
         sim_hdr_fail = 0;
