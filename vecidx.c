@@ -10078,7 +10078,8 @@ static void vx_let_go(vecidx *ix, int fd)
         (void)close(fd); /* no thread: the writer waits, nothing worse */
 }
 
-static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
+static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done,
+                       int *renamed)
 {
     int rc = VECIDX_OK, e, old = -1;
     if (ix->snap == sn) ix->snap = NULL;
@@ -10094,6 +10095,7 @@ static int vx_snap_end(vecidx *ix, vx_snap *sn, const char *path, int done)
         rc = vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", path,
                     strerror(errno));
     }
+    if (renamed) *renamed = done;
     if (!done) {
         e = errno;
         vx_io_cur->unlink(sn->tmp);
@@ -10120,10 +10122,10 @@ static int vx_file_save(vecidx *ix, const char *path, uint64_t salt)
     if (rc < 0) {
         char msg[VX_ERRMSG_MAX];
         memcpy(msg, vx_err_tls.msg, sizeof msg);
-        (void)vx_snap_end(ix, sn, path, 0);
+        (void)vx_snap_end(ix, sn, path, 0, NULL);
         return vx_err(ix, rc, "%s", msg);
     }
-    return vx_snap_end(ix, sn, path, 1);
+    return vx_snap_end(ix, sn, path, 1, NULL);
 }
 
 /* ---- open ------------------------------------------------------------------
@@ -10521,10 +10523,13 @@ enum {
 };
 /* A log change that failed half-way: the tail after `end` must be cut, or
 ** the log restarted under `salt` (a checkpoint renamed its new main file
-** in but could not reset the log). Writes wait until vx_wal_repair. */
+** in but could not reset the log; RESTART_DIR: nor sync the directory
+** after the rename, so the old file may yet come back and needs the old
+** log until the directory is synced). Writes wait until vx_wal_repair. */
 enum {
     VX_WAL_CUT = 1,
-    VX_WAL_RESTART = 2
+    VX_WAL_RESTART = 2,
+    VX_WAL_RESTART_DIR = 3
 };
 
 static void vx_wal_header(unsigned char *b, uint32_t dim, uint64_t salt)
@@ -10566,8 +10571,8 @@ static int vx_wal_fsync(vx_wal *w)
 static int vx_wal_unsynced_err(vecidx *ix)
 {
     return vx_err(ix, VECIDX_EIO,
-                  "an earlier fsync of the write-ahead log failed, so writes "
-                  "acknowledged before it may not be on disk: "
+                  "an earlier fsync of the write-ahead log or its directory "
+                  "failed, so acknowledged writes may not be on disk: "
                   "vecidx_checkpoint writes them anew");
 }
 
@@ -10590,10 +10595,12 @@ static int vx_wal_reset(vx_wal *w, uint32_t dim, uint64_t salt)
 /* Finish a log change that failed half-way (see VX_WAL_CUT). */
 static int vx_wal_repair(vecidx *ix, vx_wal *w)
 {
-    int failed = w->broken == VX_WAL_RESTART
-                     ? vx_wal_reset(w, ix->p.dim, w->salt) != 0
-                     : vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0 ||
-                           vx_wal_fsync(w) != 0;
+    int failed = w->broken == VX_WAL_CUT
+                     ? vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0 ||
+                           vx_wal_fsync(w) != 0
+                     : (w->broken == VX_WAL_RESTART_DIR &&
+                        vx_io_sync_dir(w->path)) ||
+                           vx_wal_reset(w, ix->p.dim, w->salt) != 0;
     if (failed)
         return vx_err(ix, VECIDX_EIO,
                       "the write-ahead log could not be "
@@ -10895,7 +10902,8 @@ static int vx_walsw_commit(vecidx *ix, vx_walsw *sw)
     ** log, which the main file still accepts. Each record was read back
     ** whole and synced, so the new log needs no page a failed fsync of
     ** the old one may have dropped -- once its name is durable too. */
-    if (vx_io_sync_dir(wpath) == 0) w->unsynced = 0;
+    /* while its name may still go, writes to it could be lost with it */
+    w->unsynced = vx_io_sync_dir(wpath) != 0;
     return 0;
 }
 
@@ -11515,28 +11523,36 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
     vx_wal *w = &ix->wal;
     uint64_t salt = sn->h.salt, from = sn->log_off, seq = sn->h.log_seq;
     uint64_t t0 = sn->t0; /* vx_snap_end frees sn */
-    int tail = w->seq > seq, rc, ok = 1;
+    int tail = w->seq > seq, rc, ok = 1, renamed = 0;
+    int bare = !tail && sn->version < 3; /* names no log */
     vx_walsw own;
     /* The new file continues the old log (log_salt, log_seq) even when no
     ** write came meanwhile: if its directory cannot be synced after the
     ** rename, a power cut may bring back either file, and the old log,
     ** kept as it is, then serves both. A file kept in layout 1 or 2 would
     ** become version 3 by naming it, so it names no log, as before. */
-    if (!tail && sn->version < 3) {
+    if (bare) {
         sn->h.log_salt = sn->h.log_seq = 0;
         ok = vx_snap_header_write(sn) == 0;
     }
     if (!ok) { /* the old file and its log stay, whole */
         int e = errno;
-        (void)vx_snap_end(ix, sn, w->path, 0);
+        (void)vx_snap_end(ix, sn, w->path, 0, NULL);
         if (sw) vx_walsw_abort(sw);
         return vx_err(ix, VECIDX_EIO, "cannot save index to '%s': %s", w->path,
                       strerror(e));
     }
-    rc = vx_snap_end(ix, sn, w->path, 1);
+    rc = vx_snap_end(ix, sn, w->path, 1, &renamed);
     if (rc == VECIDX_OK) vx_ckpt_done(ix, t0, tail ? w->seq - seq : 0);
     if (rc != VECIDX_OK || !tail) {
         if (sw) vx_walsw_abort(sw);
+        /* A bare file renamed in without its directory synced: appended
+        ** to, the old log would be lost with it, so the next write first
+        ** syncs the directory, then restarts the log (vx_wal_repair). */
+        if (rc != VECIDX_OK && renamed && bare) {
+            w->salt = salt;
+            w->broken = VX_WAL_RESTART_DIR;
+        }
         if (rc != VECIDX_OK) return rc;
         /* From here the old log is stale, and must be restarted before the
         ** next append (vx_wal_repair retries if this fails). */
@@ -11586,10 +11602,10 @@ static int vx_snap_complete(vecidx *ix, vx_snap *sn, const char *path)
         char msg[VX_ERRMSG_MAX];
         memcpy(msg, vx_err_tls.msg, sizeof msg);
         if (have) vx_walsw_abort(&sw);
-        (void)vx_snap_end(ix, sn, path, 0);
+        (void)vx_snap_end(ix, sn, path, 0, NULL);
         return vx_err(ix, rc, "%s", msg);
     }
-    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1);
+    if (!sn->ckpt) return vx_snap_end(ix, sn, path, 1, NULL);
     return vx_ckpt_install(ix, sn, have ? &sw : NULL);
 }
 
@@ -11633,7 +11649,7 @@ static void vx_ckpt_auto(vecidx *ix)
     rc = vx_snap_step(ix, sn, VX_SNAP_STEP);
     if (rc == 0) return;
     if (rc < 0) {
-        (void)vx_snap_end(ix, sn, w->path, 0);
+        (void)vx_snap_end(ix, sn, w->path, 0, NULL);
         ix->ckpt_retry = w->end + VX_WAL_AUTO_CHECKPOINT / 8;
         return;
     }
@@ -11707,7 +11723,7 @@ void vecidx_close(vecidx *ix)
     vx_mem mem;
     if (ix == NULL) return;
     /* An automatic checkpoint under way is dropped: the log holds all. */
-    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0);
+    if (ix->snap) (void)vx_snap_end(ix, ix->snap, ix->wal.path, 0, NULL);
     vx_closer_join(ix);
     if (ix->p.kind == VECIDX_HNSW) vx_hnsw_destroy(ix);
     if (ix->p.kind == VECIDX_IVFPQ) vx_ivf_destroy(ix);

@@ -589,8 +589,8 @@ int vecidx_save(vecidx *ix, const char *path);
 ** On failure *out is NULL and vecidx_errmsg(NULL) tells why.
 ** Errors: VECIDX_EINVAL (NULL path/out, unknown flags, two sync modes,
 ** VECIDX_LEAN without VECIDX_RDONLY, CREATE of a missing file without
-** p), VECIDX_EIO (cannot open, stat, map, lock, read or write; a log
-** that cannot be read is never taken to end early), VECIDX_ECORRUPT
+** p), VECIDX_EIO (cannot open, stat, map, lock, read, write or sync; a
+** log that cannot be read is never taken to end early), VECIDX_ECORRUPT
 ** (not a vecidx file, checksum mismatch, inconsistent structure, a log
 ** record that does not apply),
 ** VECIDX_EVERSION (newer format), VECIDX_EDIM (p->dim differs),
@@ -623,9 +623,11 @@ int vecidx_sync(vecidx *ix);
 ** and writes made meanwhile stay in the log (a new one, under the new
 ** file's salt, once the file is in place). A crash at any point leaves
 ** either the old file and its log or the new file and a log it continues;
-** nothing acknowledged is lost. Errors: VECIDX_EINVAL, VECIDX_ESTATE
-** (read-only or in-memory index: use vecidx_save), VECIDX_EIO,
-** VECIDX_ENOMEM. */
+** nothing acknowledged is lost. VECIDX_EIO after the new file is renamed
+** in (its directory could not be synced) leaves the old log in use, which
+** either file accepts; the call may be repeated. Errors: VECIDX_EINVAL,
+** VECIDX_ESTATE (read-only or in-memory index: use vecidx_save),
+** VECIDX_EIO, VECIDX_ENOMEM. */
 int vecidx_checkpoint(vecidx *ix);
 
 /* Make room for at least n vectors in total, so that later inserts up to

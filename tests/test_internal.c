@@ -925,7 +925,7 @@ void test_store_kept_vectors_apart(void)
         }
         CHECK(rc == 1);
         pthread_mutex_lock(&f->wlock);
-        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1));
+        CHECK_OK(vx_snap_end(f, sn, path2, rc == 1, NULL));
         f->snap_busy = 0;
         pthread_mutex_unlock(&f->wlock);
         vt_check_contents(what, f, &m);
@@ -1351,7 +1351,7 @@ void test_snapshot_key_map_copy_on_write(void)
         pthread_mutex_lock(&ix->wlock);
         rc = vx_snap_step(ix, sn, SIZE_MAX);
         CHECK(rc == 1);
-        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1));
+        CHECK_OK(vx_snap_end(ix, sn, path, rc == 1, NULL));
         pthread_mutex_unlock(&ix->wlock);
         CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
         if (f) {
@@ -2372,6 +2372,64 @@ void test_wal_fsync_failure(void)
 ** directory first, and fails while it cannot. (Before, the new file took
 ** no log, the writer appended to the old one regardless, and a reopen
 ** lost every write after the checkpoint.) */
+/* The same with a file kept in layout 1 (packed records, which a
+** checkpoint keeps, so the new file names no log): the log is restarted
+** behind the new file by the next write, once the directory syncs, and
+** not before; the file stays version 1. */
+static void vt_wal_checkpoint_dir_sync_v1(const char *path, const char *wal,
+                                          const vx_io *io)
+{
+    enum {
+        DIM = 12,
+        N = 300
+    };
+    vt_rng r = {8181};
+    vecidx_params p;
+    vecidx *ix = NULL;
+    vt_set m;
+    float v[DIM];
+    uint64_t salt;
+    unlink(path);
+    unlink(wal);
+    vt_set_init(&m, DIM, N + 10);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, DIM));
+    p.threads = 1;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (!ix) goto done;
+    vx_store_init(&ix->store, DIM, 0, VECIDX_STORE_F32, 0, 32, 0, &ix->lock);
+    vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
+    CHECK_OK(vecidx_save(ix, path));
+    vecidx_close(ix);
+    ix = NULL;
+    CHECK_EQ_U64(vt_file_u32(path, 8), 1);
+    vx_io_cur = io;
+    CHECK_OK(vecidx_open(path, NULL, 0, &ix));
+    if (!ix) goto done;
+    vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+    CHECK_OK(vecidx_add(ix, 1, v));
+    vt_set_put(&m, 1, v);
+    salt = ix->wal.salt;
+    vt_dir_fsync_fail = 2; /* the checkpoint's, then the first write's */
+    CHECK_RC(vecidx_checkpoint(ix), VECIDX_EIO);
+    vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+    CHECK_RC(vecidx_add(ix, 2, v), VECIDX_EIO);
+    CHECKF(ix->wal.salt != salt && ix->wal.seq == 1,
+           "layout 1: the old log changed before the directory was synced");
+    CHECK_OK(vecidx_add(ix, 2, v));
+    vt_set_put(&m, 2, v);
+    vecidx_close(ix);
+    ix = NULL;
+    vx_io_cur = &vx_io_sys;
+    CHECK_EQ_U64(vt_file_u32(path, 8), 1);
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    if (ix) vt_check_contents("layout 1 after a failed directory sync", ix, &m);
+done:
+    vx_io_cur = &vx_io_sys;
+    vt_dir_fsync_fail = 0;
+    vecidx_close(ix);
+    vt_set_free(&m);
+}
+
 static void vt_put_file(const char *path, const unsigned char *b, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -2442,6 +2500,11 @@ void test_wal_checkpoint_dir_sync(void)
     ix = NULL;
     CHECK_OK(vecidx_open(path, NULL, 0, &ix));
     if (ix) vt_check_contents("the log moved at open", ix, &m);
+    CHECKF(ix && ix->wal.seq == 1, "the write after the checkpoint was not "
+                                   "moved to a log of the file's own");
+    vecidx_close(ix);
+    ix = NULL;
+    vt_wal_checkpoint_dir_sync_v1(path, wal, &io);
 done:
     vx_io_cur = &vx_io_sys;
     vt_dir_fsync_fail = 0;
