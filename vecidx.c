@@ -11326,12 +11326,12 @@ static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
                           : w->seq > h->log_seq ? w->seq - h->log_seq
                                                 : 0;
     if (rc != VECIDX_OK || !writable) return rc;
-    /* A log that is not this file's own (a checkpoint renamed the file in
-    ** and stopped before it restarted or moved the log) is about to be
-    ** dropped or moved: the rename must be durable first, or a power cut
-    ** could bring back the old file without the log it needs. */
-    if ((w->end == 0 || w->salt != salt) && st.st_size > VX_WAL_HEADER &&
-        vx_io_sync_dir(path) != 0)
+    /* Names first: a checkpoint or a log switch may have renamed the file
+    ** or the log in and stopped (or failed) before syncing the directory,
+    ** and the log may have just been created. Until the directory is
+    ** synced a power cut could undo that, and take with it a log about to
+    ** be dropped or moved, or the writes this handle would acknowledge. */
+    if (vx_io_sync_dir(path) != 0)
         return vx_err(NULL, VECIDX_EIO, "cannot sync the directory of '%s': %s",
                       path, strerror(errno));
     if (w->end && w->salt != salt) {
@@ -11343,10 +11343,10 @@ static int vx_open_wal(vecidx *ix, const char *path, const vx_fhdr *h,
         vx_walsw sw;
         if (w->seq <= h->log_seq) {
             w->end = 0; /* all of it is in the file */
-        } else if (vx_walsw_begin(ix, &sw, skipped, h->log_seq, salt) == 0) {
-            (void)vx_walsw_commit(ix, &sw);
+        } else if (vx_walsw_begin(ix, &sw, skipped, h->log_seq, salt) == 0 &&
+                   vx_walsw_commit(ix, &sw) == 0) {
             return VECIDX_OK;
-        }
+        } /* else the old log stays, cut after its last good record */
     }
     if (w->end == 0 ? vx_wal_reset(w, ix->p.dim, salt) != 0
                     : ((uint64_t)st.st_size > w->end &&
