@@ -10620,7 +10620,7 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
 {
     size_t row = vx_wal_row_bytes(type, ix->p.dim), len, i, at;
     unsigned char *buf;
-    int ok, earlier = w->dirty; /* acknowledged records not yet synced */
+    int ok;
     if (!vx_mul_ok(n, row, &len) || len > SIZE_MAX - VX_WAL_REC_HEAD)
         return vx_err(ix, VECIDX_EINVAL, "batch too large for the log");
     len += VX_WAL_REC_HEAD;
@@ -10637,21 +10637,19 @@ static int vx_wal_append(vecidx *ix, vx_wal *w, uint32_t type, size_t n,
     vx_put32(buf, 0, vx_crc32c_more((uint32_t)w->salt, buf + 4, len - 4));
     ok = vx_io_write_all(w->fd, buf, len, (off_t)w->end) == 0;
     vx_free(&ix->mem, buf, len);
-    if (ok) w->dirty = 1;
+    /* dirty counts this record only once it is acknowledged: a failed
+    ** fsync puts at risk only the records acknowledged before it, and
+    ** this one is cut back and reported failed below */
     if (ok && (w->sync == VECIDX_SYNC_FULL ||
                (w->sync == VECIDX_SYNC_NORMAL &&
-                vx_ms_since(&w->last_sync) >= VX_WAL_NORMAL_MS))) {
+                vx_ms_since(&w->last_sync) >= VX_WAL_NORMAL_MS)))
         ok = vx_wal_fsync(w) == 0;
-        /* this record is cut back and reported failed below: only those
-        ** acknowledged before it are at risk */
-        if (!ok && !earlier) w->unsynced = 0;
-    }
+    else if (ok)
+        w->dirty = 1;
     if (!ok) {
         int e = errno;
         if (vx_io_cur->ftruncate(w->fd, (off_t)w->end) != 0)
             w->broken = VX_WAL_CUT;
-        else
-            w->dirty = earlier; /* the record cut was never acknowledged */
         return vx_err(ix, VECIDX_EIO,
                       "cannot append to the write-ahead "
                       "log: %s",
@@ -10898,11 +10896,10 @@ static int vx_walsw_commit(vecidx *ix, vx_walsw *sw)
     w->broken = 0;
     clock_gettime(CLOCK_MONOTONIC, &w->last_sync);
     sw->fd = -1;
-    /* Not durable until the directory is; a crash before leaves the old
-    ** log, which the main file still accepts. Each record was read back
-    ** whole and synced, so the new log needs no page a failed fsync of
-    ** the old one may have dropped -- once its name is durable too. */
-    /* while its name may still go, writes to it could be lost with it */
+    /* Each record was read back whole and synced, so the new log needs no
+    ** page a failed fsync of the old one may have dropped -- once its name
+    ** is durable: until then a power cut may bring back the old log (which
+    ** the main file still accepts), and writes to the new one would go. */
     w->unsynced = vx_io_sync_dir(wpath) != 0;
     return 0;
 }
@@ -11529,8 +11526,8 @@ static int vx_ckpt_install(vecidx *ix, vx_snap *sn, vx_walsw *sw)
     /* The new file continues the old log (log_salt, log_seq) even when no
     ** write came meanwhile: if its directory cannot be synced after the
     ** rename, a power cut may bring back either file, and the old log,
-    ** kept as it is, then serves both. A file kept in layout 1 or 2 would
-    ** become version 3 by naming it, so it names no log, as before. */
+    ** kept as it is, then serves both. A file kept in layout 1 would become
+    ** version 3 by naming it, so it names no log, as before. */
     if (bare) {
         sn->h.log_salt = sn->h.log_seq = 0;
         ok = vx_snap_header_write(sn) == 0;

@@ -2165,6 +2165,50 @@ static ssize_t vt_wal_pread(int fd, void *buf, size_t n, off_t off)
     return pread(fd, buf, n, off);
 }
 
+static int vt_fsync_fail; /* the next this many fsyncs of the log fail */
+
+static int vt_dir_fsync_fail; /* the next this many of a directory fail */
+
+static int vt_wal_fsync(int fd)
+{
+    struct stat st;
+    if (vt_dir_fsync_fail > 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        vt_dir_fsync_fail--;
+        errno = EIO;
+        return -1;
+    }
+    if (fd == vt_wal_fd && vt_fsync_fail > 0) {
+        vt_fsync_fail--;
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+/* The system's I/O with the hooks above, each passing through until a
+** test arms it. */
+static vx_io vt_wal_hooks(void)
+{
+    vx_io io = vx_io_sys;
+    io.open = vt_wal_open;
+    io.close = vt_wal_close;
+    io.pread = vt_wal_pread;
+    io.fsync = vt_wal_fsync;
+    return io;
+}
+
+/* A reader of path, opened through the system's I/O, holds exactly m. */
+static void vt_reader_holds(const char *path, const vt_set *m, const char *what)
+{
+    vecidx *ix = NULL;
+    const vx_io *was = vx_io_cur;
+    vx_io_cur = &vx_io_sys;
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
+    if (ix) vt_check_contents(what, ix, m);
+    vecidx_close(ix);
+    vx_io_cur = was;
+}
+
 /* Reads of the log that are interrupted (EINTR) or short are ridden out:
 ** every logged write is replayed. A read that fails, of the log's header
 ** or of a record in its middle, fails the open with VECIDX_EIO, for a
@@ -2183,7 +2227,7 @@ void test_wal_read_faults(void)
     vt_rng r = {919};
     vecidx_params p;
     vecidx *ix = NULL;
-    vx_io io = vx_io_sys;
+    vx_io io = vt_wal_hooks();
     vt_set m;
     float v[DIM];
     size_t i;
@@ -2198,9 +2242,6 @@ void test_wal_read_faults(void)
     vt_fill_index(ix, &m, N, &r, VT_MIXED); /* 21 records */
     vecidx_close(ix);
     ix = NULL;
-    io.open = vt_wal_open;
-    io.close = vt_wal_close;
-    io.pread = vt_wal_pread;
     vx_io_cur = &io;
 
     for (i = 0; i < 2; i++) {
@@ -2241,8 +2282,7 @@ void test_wal_read_faults(void)
     vt_set_put(&m, 7, v);
     vecidx_close(ix);
     ix = NULL;
-    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
-    if (ix) vt_check_contents("log written after failed reads", ix, &m);
+    vt_reader_holds(path, &m, "log written after failed reads");
 done:
     vx_io_cur = &vx_io_sys;
     vt_wal_mode = 0;
@@ -2253,26 +2293,6 @@ done:
 }
 
 /* ---- a failed fsync of the log ------------------------------------- */
-
-static int vt_fsync_fail; /* the next this many fsyncs of the log fail */
-
-static int vt_dir_fsync_fail; /* the next this many of a directory fail */
-
-static int vt_wal_fsync(int fd)
-{
-    struct stat st;
-    if (vt_dir_fsync_fail > 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        vt_dir_fsync_fail--;
-        errno = EIO;
-        return -1;
-    }
-    if (fd == vt_wal_fd && vt_fsync_fail > 0) {
-        vt_fsync_fail--;
-        errno = EIO;
-        return -1;
-    }
-    return fsync(fd);
-}
 
 /* A failed fsync of the log. Under VECIDX_SYNC_OFF a vecidx_sync that
 ** fails leaves the writes acknowledged before it in doubt (the kernel may
@@ -2296,12 +2316,9 @@ void test_wal_fsync_failure(void)
                                          "SYNC_FULL"};
     char path[700], wal[720];
     vt_rng r = {4711};
-    vx_io io = vx_io_sys;
+    vx_io io = vt_wal_hooks();
     float v[DIM];
     int c;
-    io.open = vt_wal_open;
-    io.close = vt_wal_close;
-    io.fsync = vt_wal_fsync;
     vt_tmp_name(path, sizeof path, "walfsync", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     for (c = 0; c < 3; c++) {
@@ -2349,9 +2366,7 @@ void test_wal_fsync_failure(void)
         CHECK_OK(vecidx_sync(ix));
         vecidx_close(ix);
         ix = NULL;
-        vx_io_cur = &vx_io_sys;
-        CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
-        if (ix) vt_check_contents(what, ix, &m);
+        vt_reader_holds(path, &m, what);
     next:
         vecidx_close(ix);
         vx_io_cur = &vx_io_sys;
@@ -2419,10 +2434,8 @@ static void vt_wal_checkpoint_dir_sync_v1(const char *path, const char *wal,
     vt_set_put(&m, 2, v);
     vecidx_close(ix);
     ix = NULL;
-    vx_io_cur = &vx_io_sys;
     CHECK_EQ_U64(vt_file_u32(path, 8), 1);
-    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
-    if (ix) vt_check_contents("layout 1 after a failed directory sync", ix, &m);
+    vt_reader_holds(path, &m, "layout 1 after a failed directory sync");
 done:
     vx_io_cur = &vx_io_sys;
     vt_dir_fsync_fail = 0;
@@ -2446,16 +2459,13 @@ void test_wal_checkpoint_dir_sync(void)
     };
     char path[700], wal[720];
     vt_rng r = {8080};
-    vx_io io = vx_io_sys;
+    vx_io io = vt_wal_hooks();
     vecidx_params p;
     vecidx *ix = NULL;
     vt_set m;
     float v[DIM];
     unsigned char *old = NULL, *now = NULL;
     size_t oldlen = 0, nowlen = 0;
-    io.open = vt_wal_open;
-    io.close = vt_wal_close;
-    io.fsync = vt_wal_fsync;
     vt_tmp_name(path, sizeof path, "ckptdir", ".vx");
     snprintf(wal, sizeof wal, "%s-wal", path);
     unlink(path);
@@ -2482,15 +2492,9 @@ void test_wal_checkpoint_dir_sync(void)
     CHECKF(old && now && (oldlen != nowlen || memcmp(old, now, oldlen)),
            "the checkpoint did not rename a new file in");
     if (!old || !now) goto done;
-    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
-    if (ix) vt_check_contents("the new file and the old log", ix, &m);
-    vecidx_close(ix);
-    ix = NULL;
+    vt_reader_holds(path, &m, "the new file and the old log");
     vt_put_file(path, old, oldlen); /* the rename undone */
-    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &ix));
-    if (ix) vt_check_contents("the old file and its log", ix, &m);
-    vecidx_close(ix);
-    ix = NULL;
+    vt_reader_holds(path, &m, "the old file and its log");
     vt_put_file(path, now, nowlen);
     vx_io_cur = &io;
     vt_dir_fsync_fail = 1;
