@@ -802,7 +802,14 @@ int vecidx_check(vecidx *ix);
 ** admissible vectors), for IVF-PQ at most that (see below);
 ** results are sorted closest first, ties by key. The flat index is exact.
 ** HNSW is approximate: it walks the graph with breadth max(ef, k), where
-** ef is opts->ef or params.hnsw_ef_search.
+** ef is opts->ef or params.hnsw_ef_search. Over float32 L2 vectors of
+** more than 128 dimensions the walk stops summing a candidate's distance
+** once its partial sum shows it will not enter the ef best: for certain
+** (past the worst one held), or by estimate, at the largest share of a
+** whole distance that the query's own fully summed distances held by
+** that point. Returned distances are exact either way. (960-d L2, M 16:
+** recall@10 at equal ef within 0.001 of the walk without the estimate,
+** 1.3-1.4x its queries per second.)
 ** IVF-PQ is approximate: it ranks the nprobe lists whose centroids are
 ** closest to q (opts->nprobe or params.ivf_nprobe), scores every vector
 ** in them by its code (asymmetric distance: exact query, quantized

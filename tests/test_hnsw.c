@@ -162,6 +162,83 @@ void test_hnsw_recall(void)
     }
 }
 
+/* Rows of low intrinsic dimension, like embeddings: a point near one of
+** ncent centres in a latent space of `latent` dimensions, mapped to dim
+** by proj, plus a little noise; dimension j then scaled by scale[j]. */
+static void vt_fill_latent(vt_rng *r, const float *proj, const float *cent,
+                           unsigned ncent, unsigned latent, const float *scale,
+                           float *v, size_t rows, uint32_t dim)
+{
+    float z[16];
+    size_t i;
+    unsigned a;
+    uint32_t j;
+    for (i = 0; i < rows; i++) {
+        const float *c = cent + (size_t)vt_below(r, ncent) * latent;
+        for (a = 0; a < latent; a++) z[a] = c[a] + vt_uniform(r, -0.4f, 0.4f);
+        for (j = 0; j < dim; j++) {
+            float x = vt_uniform(r, -0.02f, 0.02f);
+            for (a = 0; a < latent; a++) x += z[a] * proj[(size_t)a * dim + j];
+            v[i * dim + j] = x * scale[j];
+        }
+    }
+}
+
+/* A walk over long float32 L2 vectors gives a distance up early once its
+** partial sum passes the share of the worst result that the query's own
+** full distances showed the first blocks to hold (vx_hnsw_bound_dist).
+** Recall holds however the dimensions share the distance: evenly, with
+** the first 64 dimensions eight times the rest (a rule assuming an even
+** share would give up on true neighbours there), or the last 64. */
+void test_hnsw_recall_long_vectors(void)
+{
+    enum {
+        DIM = 611,
+        N = 3000,
+        NQ = 40,
+        LAT = 16,
+        NC = 30
+    };
+    static const char *const layouts[] = {"even", "front-heavy", "back-heavy"};
+    float *proj = vt_xmalloc((size_t)LAT * DIM * sizeof *proj);
+    float *cent = vt_xmalloc((size_t)NC * LAT * sizeof *cent);
+    float *v = vt_xmalloc((size_t)N * DIM * sizeof *v);
+    float *q = vt_xmalloc((size_t)NQ * DIM * sizeof *q), scale[DIM];
+    size_t li, i;
+    for (li = 0; li < 3; li++) {
+        vt_rng r = {7717 + li};
+        vt_set m;
+        double rec;
+        char what[64];
+        vecidx *ix = vt_hnsw(VECIDX_L2, DIM, 16, 100);
+        if (!ix) break;
+        vt_fill_uniform(&r, proj, (size_t)LAT * DIM, -0.5f, 0.5f);
+        vt_fill_uniform(&r, cent, (size_t)NC * LAT, -1.0f, 1.0f);
+        for (i = 0; i < DIM; i++)
+            scale[i] = (li == 1 && i < 64) || (li == 2 && i >= DIM - 64) ? 8.0f
+                                                                         : 1.0f;
+        vt_fill_latent(&r, proj, cent, NC, LAT, scale, v, N, DIM);
+        vt_set_init(&m, DIM, N);
+        for (i = 0; i < N; i++) {
+            vt_set_put(&m, i, v + i * DIM);
+            CHECK_OK(vecidx_add(ix, i, v + i * DIM));
+        }
+        vt_fill_latent(&r, proj, cent, NC, LAT, scale, q, NQ, DIM);
+        snprintf(what, sizeof what, "%zu-d L2, %s", (size_t)DIM, layouts[li]);
+        rec = vt_mean_recall(what, ix, &m, VECIDX_L2, q, NQ, 10, 32, NULL,
+                             NULL);
+        CHECKF(rec >= 0.95, "%s: recall@10 %.3f at ef 32", what, rec);
+        rec = vt_mean_recall(what, ix, &m, VECIDX_L2, q, NQ, 10, 0, NULL, NULL);
+        CHECKF(rec >= 0.97, "%s: recall@10 %.3f at ef 64", what, rec);
+        vecidx_close(ix);
+        vt_set_free(&m);
+    }
+    free(proj);
+    free(cent);
+    free(v);
+    free(q);
+}
+
 /* Removals bury nodes and trigger repairs; the graph must stay navigable,
 ** never return a removed key, reuse storage under churn. */
 void test_hnsw_deletes_recall(void)
@@ -273,6 +350,7 @@ void test_hnsw_determinism(void)
 /* Declared here as well as through VT_TESTS in vtest.h, so that this file
 ** compiles (-Wmissing-prototypes) whether or not vtest.h lists them. */
 void test_hnsw_recall_vs_flat(void);
+void test_hnsw_recall_long_vectors(void);
 void test_hnsw_churn(void);
 void test_hnsw_churn_cos(void);
 void test_hnsw_churn_ip(void);

@@ -1484,6 +1484,53 @@ static void vt_check_count_bits(const vx_qkernels *k, unsigned mask, vt_rng *r)
     free(w);
 }
 
+/* l2_bound's looks with a cut (vx_cut): recording a full distance's
+** partial sums leaves it bit for bit, a look at no evidence (0) or at
+** the whole bound tests the bound, and a look at half of this pair's own
+** share gives up below the bound, at its first look, with a value above
+** the bound; twice the share never gives up. */
+static void vt_check_l2_cut(const vx_qkernels *k, const float *q,
+                            const float *p, size_t d, float full, unsigned mask)
+{
+    float part[VX_CUT_LOOKS], at[VX_CUT_LOOKS], got;
+    size_t j, looks = 0;
+    vx_cut cut;
+    for (j = 0; j < VX_CUT_LOOKS; j++) part[j] = -1.0f;
+    cut.at = NULL;
+    cut.part = part;
+    CHECKF(k->l2_bound(q, p, d, INFINITY, &cut) == full,
+           "l2_bound recording its looks, mask %#x d %zu", mask, d);
+    for (j = 0; j < VX_CUT_LOOKS && part[j] >= 0.0f; j++, looks++)
+        CHECKF(part[j] <= full && (j == 0 || part[j] >= part[j - 1]),
+               "look %zu of d %zu, mask %#x: %g of %g", j, d, mask,
+               (double)part[j], (double)full);
+    /* a kernel's blocks end where its widest step does, 0-31 before d */
+    CHECKF(looks >= (d > 32 ? (d - 32) / VX_L2_BOUND_STEP : 0) &&
+               looks <= (d - 1) / VX_L2_BOUND_STEP,
+           "%zu looks at d %zu, mask %#x", looks, d, mask);
+    cut.part = NULL;
+    cut.at = at;
+    for (j = 0; j < VX_CUT_LOOKS; j++) at[j] = 0.0f;
+    CHECKF(k->l2_bound(q, p, d, full, &cut) == full,
+           "l2_bound, no evidence, mask %#x d %zu", mask, d);
+    for (j = 0; j < VX_CUT_LOOKS; j++) at[j] = 1.0f;
+    CHECKF(k->l2_bound(q, p, d, full, &cut) == full &&
+               k->l2_bound(q, p, d, full * 0.3f, &cut) > full * 0.3f,
+           "l2_bound, cut at the bound, mask %#x d %zu", mask, d);
+    for (j = 0; j < looks; j++) at[j] = 2.0f * part[j] / full;
+    for (j = 0; j < looks; j++) at[j] = at[j] < 1.0f ? at[j] : 1.0f;
+    CHECKF(k->l2_bound(q, p, d, full, &cut) == full,
+           "l2_bound, cut at twice the share, mask %#x d %zu", mask, d);
+    if (looks == 0) return;
+    for (j = 0; j < looks; j++) at[j] = 0.5f * part[j] / full;
+    for (j = 0; j < VX_CUT_LOOKS; j++) part[j] = -1.0f;
+    cut.part = part;
+    got = k->l2_bound(q, p, d, full, &cut);
+    CHECKF(got > full && part[0] >= 0.0f && part[1] < 0.0f,
+           "l2_bound, cut at half the share, mask %#x d %zu: %g of %g", mask, d,
+           (double)got, (double)full);
+}
+
 /* Every quantized kernel this CPU can run, as vx_qkern_pick chooses them
 ** for each subset of its features, against the scalar ones: int8 dot
 ** products exactly, sums over binary codes, half-precision distances within
@@ -1570,13 +1617,14 @@ void test_kernels_quantized(void)
                        (float)(1e-5 * shh) + 1e-6f,
                    "dot_hh mask %#x d %zu", mask, d);
             full = f32->l2(q, p, d);
-            CHECKF(k.l2_bound(q, p, d, INFINITY) == full,
+            CHECKF(k.l2_bound(q, p, d, INFINITY, NULL) == full,
                    "l2_bound mask %#x d %zu: not the l2 of %s", mask, d,
                    f32->name);
-            CHECKF(k.l2_bound(q, p, d, full) == full,
+            CHECKF(k.l2_bound(q, p, d, full, NULL) == full,
                    "l2_bound at the bound, mask %#x d %zu", mask, d);
-            CHECKF(k.l2_bound(q, p, d, full * 0.3f) > full * 0.3f,
+            CHECKF(k.l2_bound(q, p, d, full * 0.3f, NULL) > full * 0.3f,
                    "l2_bound above the bound, mask %#x d %zu", mask, d);
+            vt_check_l2_cut(&k, q, p, d, full, mask);
             free(a);
             free(b);
             free(h);

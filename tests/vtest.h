@@ -116,6 +116,7 @@
     X(storage_log_replay)                    \
     X(storage_churn)                         \
     X(hnsw_recall_vs_flat)                   \
+    X(hnsw_recall_long_vectors)              \
     X(hnsw_churn)                            \
     X(hnsw_churn_cos)                        \
     X(hnsw_churn_ip)                         \
