@@ -1316,10 +1316,11 @@ typedef struct vx_qkernels {
     ** query scored against signs, far finer than two bit strings' Hamming
     ** distance (searches over binary storage stalled at recall 0.84) */
     float (*bin_sum)(const float *q, const uint64_t *bits, size_t d);
-    /* Squared L2, bit for bit the float32 table's l2 when that is <= bound;
-    ** otherwise some value > bound, found without reading all of a and b
-    ** when a partial sum already exceeds the bound. With cut (may be
-    ** NULL), also > bound when a look gives up early (vx_cut). */
+    /* Squared L2, bit for bit the float32 table's l2 when that is <= bound
+    ** and no look of cut (may be NULL, see vx_cut) gave up; otherwise
+    ** some value > bound, found without reading all of a and b when a
+    ** partial sum already exceeds the bound, and infinity when a look of
+    ** cut gave up below it. */
     float (*l2_bound)(const float *a, const float *b, size_t d, float bound,
                       const vx_cut *cut);
     /* Set bits in n words. With sum, also marks each block b of eight
@@ -1346,6 +1347,8 @@ typedef struct vx_qkernels {
 #if !defined(VX_L2_BOUND_STEP)
 #define VX_L2_BOUND_STEP 128u
 #endif
+/* Whole steps of every kernel (up to 32 floats) end on a look. */
+_Static_assert(VX_L2_BOUND_STEP % 32 == 0, "VX_L2_BOUND_STEP");
 
 /* -- int8 ---------------------------------------------------------------- */
 
@@ -1598,10 +1601,11 @@ static inline int vx_bound_over(float part, float bound, const vx_cut *cut,
 }
 
 /* What a distance given up at partial sum part returns: more than bound,
-** as the contract of l2_bound has it, even when the look gave up below. */
+** as the contract of l2_bound has it; infinity when the look gave up
+** below the bound, on an estimate. */
 static inline float vx_bound_past(float part, float bound)
 {
-    return part > bound ? part : nextafterf(bound, INFINITY);
+    return part > bound ? part : INFINITY;
 }
 
 /* Request the block of b after the one ending at next, while that one is
@@ -5899,11 +5903,15 @@ static void vx_hnsw_offer_i8(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
 ** in full it knows the largest share of a whole distance the first j
 ** blocks held (s->cut_at), and once VX_CUT_MIN showed it, a partial sum
 ** past that share of the worst result gives up. That assumes the later
-** candidates spread their distance over the dimensions about as the
-** query's first did, whatever the data's own spread. A true neighbour
-** lies well inside the worst result, so it is rarely lost: on 960-d L2
-** the walk ran 1.31-1.40x faster, with recall@10 at equal ef 0.0009 lower
-** at ef 16 and unchanged from ef 32 (RESULTS.md, 2026-12-05, third). */
+** candidates spread their distance over the dimensions about as the ones
+** it summed did. Where they do not, recall at a given ef drops, but less
+** than the speed gained: on 640-d sets built against it (sparse vectors,
+** clusters within clusters) recall@10 at ef 10-16 fell by up to 0.03,
+** yet queries per second at equal recall were 1.0-1.2x the walk on proof
+** alone. A margin of 1.2 over the shares with every 4th distance given up
+** summed in full to learn from won that recall back, but ran only
+** 1.04-1.10x the proof on 960-d, against 1.31-1.44x; every 16th won
+** nothing there and cost 7-11 % (RESULTS.md, 2026-12-05, third). */
 static float vx_hnsw_bound_dist(const vecidx *ix, vx_hnsw_scratch *s,
                                 const vx_query *q, uint32_t slot, size_t ef)
 {
@@ -5981,9 +5989,10 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     const vx_store *st = &ix->store;
     /* what scoring reads: the code, not the links after it in the record */
     size_t dim_bytes = (size_t)st->cw * sizeof(float);
-    /* Long float32 L2 vectors stop summing once past the worst result:
-    ** they could not enter. (The sum is checked every VX_L2_BOUND_STEP
-    ** dimensions, so shorter vectors would only pay the test.) */
+    /* Long float32 L2 vectors stop summing once past the worst result (they
+    ** could not enter) or, in a search, once an estimate says they will
+    ** be (vx_hnsw_bound_dist). The sum is checked every VX_L2_BOUND_STEP
+    ** dimensions, so shorter vectors would only pay the test. */
     int bounded = st->store == VECIDX_STORE_F32 && ix->p.metric == VECIDX_L2 &&
                   st->dim > VX_L2_BOUND_STEP;
     /* int8 codes: a node's unvisited neighbours are scored in one call */

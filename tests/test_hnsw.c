@@ -162,81 +162,122 @@ void test_hnsw_recall(void)
     }
 }
 
-/* Rows of low intrinsic dimension, like embeddings: a point near one of
-** ncent centres in a latent space of `latent` dimensions, mapped to dim
-** by proj, plus a little noise; dimension j then scaled by scale[j]. */
-static void vt_fill_latent(vt_rng *r, const float *proj, const float *cent,
-                           unsigned ncent, unsigned latent, const float *scale,
-                           float *v, size_t rows, uint32_t dim)
+/* Rows for test_hnsw_recall_long_vectors, by layout: 0-2 of low intrinsic
+** dimension, like embeddings (a point near one of the centres c in a
+** latent space of VT_LAT dimensions, mapped by proj, plus a little noise),
+** with dimensions [0, 64) (1) or the last 64 (2) scaled up eight times; 3
+** clusters within clusters, the outer ones apart only in the first 128
+** dimensions and the inner ones only in the rest; 4 sparse, 40 random
+** dimensions set in [0, 1) over a sparse centre (c, 5 % of dimensions). */
+#define VT_LAT 16
+static void vt_fill_layout(vt_rng *r, int layout, const float *proj,
+                           const float *c, float *v, size_t rows, uint32_t dim)
 {
-    float z[16];
     size_t i;
-    unsigned a;
-    uint32_t j;
+    uint32_t j, a;
     for (i = 0; i < rows; i++) {
-        const float *c = cent + (size_t)vt_below(r, ncent) * latent;
-        for (a = 0; a < latent; a++) z[a] = c[a] + vt_uniform(r, -0.4f, 0.4f);
-        for (j = 0; j < dim; j++) {
-            float x = vt_uniform(r, -0.02f, 0.02f);
-            for (a = 0; a < latent; a++) x += z[a] * proj[(size_t)a * dim + j];
-            v[i * dim + j] = x * scale[j];
+        float *x = v + i * dim, z[VT_LAT];
+        if (layout == 3) { /* 10 outer of 20 inner each: c holds 210 rows */
+            size_t o = vt_below(r, 10), in = 10 + o * 20 + vt_below(r, 20);
+            for (j = 0; j < dim; j++)
+                x[j] = c[o * dim + j] + c[in * dim + j] +
+                       vt_uniform(r, -0.05f, 0.05f);
+        } else if (layout == 4) {
+            const float *ci = c + (size_t)vt_below(r, 50) * dim;
+            memcpy(x, ci, dim * sizeof *x);
+            for (a = 0; a < 40; a++) x[vt_below(r, dim)] += (float)vt_unit(r);
+        } else {
+            const float *ci = c + (size_t)vt_below(r, 30) * VT_LAT;
+            for (a = 0; a < VT_LAT; a++)
+                z[a] = ci[a] + vt_uniform(r, -0.4f, 0.4f);
+            for (j = 0; j < dim; j++) {
+                float s = (layout == 1 && j < 64) ||
+                                  (layout == 2 && j >= dim - 64)
+                              ? 8.0f
+                              : 1.0f;
+                x[j] = vt_uniform(r, -0.02f, 0.02f);
+                for (a = 0; a < VT_LAT; a++)
+                    x[j] += z[a] * proj[(size_t)a * dim + j];
+                x[j] *= s;
+            }
         }
     }
+}
+
+/* The centres of layout (see vt_fill_layout). */
+static void vt_layout_centres(vt_rng *r, int layout, float *c, uint32_t dim)
+{
+    size_t i;
+    uint32_t j;
+    for (i = 0; i < 210; i++)
+        for (j = 0; j < dim; j++)
+            c[i * dim + j] = layout == 3
+                                 ? (i < 10) == (j < 128)
+                                       ? vt_uniform(r, i < 10 ? -2.0f : -0.5f,
+                                                    i < 10 ? 2.0f : 0.5f)
+                                       : 0.0f
+                             : layout == 4
+                                 ? (vt_unit(r) < 0.05 ? 2.0f * (float)vt_unit(r)
+                                                      : 0.0f)
+                                 : vt_uniform(r, -1.0f, 1.0f);
 }
 
 /* A walk over long float32 L2 vectors gives a distance up early once its
 ** partial sum passes the share of the worst result that the query's own
 ** full distances showed the first blocks to hold (vx_hnsw_bound_dist).
-** Recall holds however the dimensions share the distance: evenly, with
-** the first 64 dimensions eight times the rest (a rule assuming an even
-** share would give up on true neighbours there), or the last 64. */
+** Recall holds however the dimensions share the distance. The walk
+** without the estimate reaches 0.978-0.998 at ef 10 here and the
+** estimate 0.976-0.994; the floors lie 0.01-0.02 below. Shares scaled
+** by 0.8 (0.77-0.93 at ef 10) or a fixed rule assuming an even share
+** (0.51 on the front-heavy set at ef 10, 0.89 at ef 32) fail them. */
 void test_hnsw_recall_long_vectors(void)
 {
     enum {
         DIM = 611,
-        N = 3000,
-        NQ = 40,
-        LAT = 16,
-        NC = 30
+        N = 2000,
+        NQ = 50
     };
-    static const char *const layouts[] = {"even", "front-heavy", "back-heavy"};
-    float *proj = vt_xmalloc((size_t)LAT * DIM * sizeof *proj);
-    float *cent = vt_xmalloc((size_t)NC * LAT * sizeof *cent);
+    static const char *const names[] = {"even", "front-heavy", "back-heavy",
+                                        "nested clusters", "sparse"};
+    static const double at10[] = {0.97, 0.965, 0.96, 0.98, 0.97};
+    float *proj = vt_xmalloc((size_t)VT_LAT * DIM * sizeof *proj);
+    float *c = vt_xmalloc((size_t)210 * DIM * sizeof *c);
     float *v = vt_xmalloc((size_t)N * DIM * sizeof *v);
-    float *q = vt_xmalloc((size_t)NQ * DIM * sizeof *q), scale[DIM];
-    size_t li, i;
-    for (li = 0; li < 3; li++) {
-        vt_rng r = {7717 + li};
+    float *q = vt_xmalloc((size_t)NQ * DIM * sizeof *q);
+    uint64_t *keys = vt_xmalloc(N * sizeof *keys);
+    int li;
+    size_t i;
+    for (i = 0; i < N; i++) keys[i] = i;
+    for (li = 0; li < 5; li++) {
+        vt_rng r = {7717 + (uint64_t)li};
         vt_set m;
         double rec;
         char what[64];
-        vecidx *ix = vt_hnsw(VECIDX_L2, DIM, 16, 100);
+        vecidx *ix = vt_hnsw(VECIDX_L2, DIM, 16, 64);
         if (!ix) break;
-        vt_fill_uniform(&r, proj, (size_t)LAT * DIM, -0.5f, 0.5f);
-        vt_fill_uniform(&r, cent, (size_t)NC * LAT, -1.0f, 1.0f);
-        for (i = 0; i < DIM; i++)
-            scale[i] = (li == 1 && i < 64) || (li == 2 && i >= DIM - 64) ? 8.0f
-                                                                         : 1.0f;
-        vt_fill_latent(&r, proj, cent, NC, LAT, scale, v, N, DIM);
+        vt_fill_uniform(&r, proj, (size_t)VT_LAT * DIM, -0.5f, 0.5f);
+        vt_layout_centres(&r, li, c, DIM);
+        vt_fill_layout(&r, li, proj, c, v, N, DIM);
         vt_set_init(&m, DIM, N);
-        for (i = 0; i < N; i++) {
-            vt_set_put(&m, i, v + i * DIM);
-            CHECK_OK(vecidx_add(ix, i, v + i * DIM));
-        }
-        vt_fill_latent(&r, proj, cent, NC, LAT, scale, q, NQ, DIM);
-        snprintf(what, sizeof what, "%zu-d L2, %s", (size_t)DIM, layouts[li]);
+        for (i = 0; i < N; i++) vt_set_put(&m, i, v + i * DIM);
+        CHECK_OK(vecidx_add_batch(ix, N, keys, v));
+        vt_fill_layout(&r, li, proj, c, q, NQ, DIM);
+        snprintf(what, sizeof what, "%d-d L2, %s", DIM, names[li]);
+        rec = vt_mean_recall(what, ix, &m, VECIDX_L2, q, NQ, 10, 10, NULL,
+                             NULL);
+        CHECKF(rec >= at10[li], "%s: recall@10 %.3f at ef 10 < %.3f", what, rec,
+               at10[li]);
         rec = vt_mean_recall(what, ix, &m, VECIDX_L2, q, NQ, 10, 32, NULL,
                              NULL);
-        CHECKF(rec >= 0.95, "%s: recall@10 %.3f at ef 32", what, rec);
-        rec = vt_mean_recall(what, ix, &m, VECIDX_L2, q, NQ, 10, 0, NULL, NULL);
-        CHECKF(rec >= 0.97, "%s: recall@10 %.3f at ef 64", what, rec);
+        CHECKF(rec >= 0.98, "%s: recall@10 %.3f at ef 32", what, rec);
         vecidx_close(ix);
         vt_set_free(&m);
     }
     free(proj);
-    free(cent);
+    free(c);
     free(v);
     free(q);
+    free(keys);
 }
 
 /* Removals bury nodes and trigger repairs; the graph must stay navigable,

@@ -1485,12 +1485,14 @@ static void vt_check_count_bits(const vx_qkernels *k, unsigned mask, vt_rng *r)
 }
 
 /* l2_bound's looks with a cut (vx_cut): recording a full distance's
-** partial sums leaves it bit for bit, a look at no evidence (0) or at
+** partial sums (each the l2 of the dimensions before its look) leaves it
+** bit for bit, a look at no evidence (0) or at
 ** the whole bound tests the bound, and a look at half of this pair's own
 ** share gives up below the bound, at its first look, with a value above
 ** the bound; twice the share never gives up. */
-static void vt_check_l2_cut(const vx_qkernels *k, const float *q,
-                            const float *p, size_t d, float full, unsigned mask)
+static void vt_check_l2_cut(const vx_qkernels *k, const vx_kernels *f32,
+                            const float *q, const float *p, size_t d,
+                            float full, unsigned mask)
 {
     float part[VX_CUT_LOOKS], at[VX_CUT_LOOKS], got;
     size_t j, looks = 0;
@@ -1500,14 +1502,20 @@ static void vt_check_l2_cut(const vx_qkernels *k, const float *q,
     cut.part = part;
     CHECKF(k->l2_bound(q, p, d, INFINITY, &cut) == full,
            "l2_bound recording its looks, mask %#x d %zu", mask, d);
+    /* each look's sum is the l2 kernel's over the dimensions before it */
     for (j = 0; j < VX_CUT_LOOKS && part[j] >= 0.0f; j++, looks++)
-        CHECKF(part[j] <= full && (j == 0 || part[j] >= part[j - 1]),
-               "look %zu of d %zu, mask %#x: %g of %g", j, d, mask,
-               (double)part[j], (double)full);
-    /* a kernel's blocks end where its widest step does, 0-31 before d */
-    CHECKF(looks >= (d > 32 ? (d - 32) / VX_L2_BOUND_STEP : 0) &&
-               looks <= (d - 1) / VX_L2_BOUND_STEP,
-           "%zu looks at d %zu, mask %#x", looks, d, mask);
+        CHECKF(part[j] == f32->l2(q, p, (j + 1) * VX_L2_BOUND_STEP),
+               "look %zu of d %zu, mask %#x: %g, not the l2 of %s", j, d, mask,
+               (double)part[j], f32->name);
+    /* a kernel's blocks end where its widest step does, 0-31 before d;
+    ** looks past VX_CUT_LOOKS record nothing */
+    {
+        size_t lo = d > 32 ? (d - 32) / VX_L2_BOUND_STEP : 0;
+        size_t hi = (d - 1) / VX_L2_BOUND_STEP;
+        CHECKF(looks >= (lo < VX_CUT_LOOKS ? lo : VX_CUT_LOOKS) &&
+                   looks <= (hi < VX_CUT_LOOKS ? hi : VX_CUT_LOOKS),
+               "%zu looks at d %zu, mask %#x", looks, d, mask);
+    }
     cut.part = NULL;
     cut.at = at;
     for (j = 0; j < VX_CUT_LOOKS; j++) at[j] = 0.0f;
@@ -1539,7 +1547,8 @@ static void vt_check_l2_cut(const vx_qkernels *k, const float *q,
 ** at the ends of their range. */
 void test_kernels_quantized(void)
 {
-    static const size_t dims[] = {1, 3, 17, 64, 100, 127, 384, 960, 1537};
+    static const size_t dims[] = {1,   3,   17,  64,   100, 127,
+                                  384, 650, 960, 1537, 4353};
     unsigned feat = vx_qkern_features(), mask;
     vt_rng r = {31337};
     vx_qkernels ref, k;
@@ -1624,7 +1633,7 @@ void test_kernels_quantized(void)
                    "l2_bound at the bound, mask %#x d %zu", mask, d);
             CHECKF(k.l2_bound(q, p, d, full * 0.3f, NULL) > full * 0.3f,
                    "l2_bound above the bound, mask %#x d %zu", mask, d);
-            vt_check_l2_cut(&k, q, p, d, full, mask);
+            vt_check_l2_cut(&k, f32, q, p, d, full, mask);
             free(a);
             free(b);
             free(h);
