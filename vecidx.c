@@ -4110,12 +4110,12 @@ typedef struct vx_hnsw_scratch {
     double far_frac;
     int far;
     int oom;
-    int writer;    /* used by a write: lock lists during parallel passes */
+    int writer;    /* used by a write: lock lists during parallel passes,
+                      give distances up on proof only (vx_hnsw_bound_dist) */
     int live_only; /* buried nodes exist: results must check slot states */
     /* A search's walk estimates (vx_hnsw_bound_dist): cut_at[j] is the
     ** largest share of a whole distance that the first j + 1 blocks held
     ** among the ncut distances it summed in full so far. */
-    int estimate;
     uint32_t ncut;
     float cut_at[VX_CUT_LOOKS];
     float cut_part[VX_CUT_LOOKS];
@@ -5615,7 +5615,6 @@ static int vx_scratch_get(vecidx *ix, size_t ef, vx_hnsw_scratch **out)
     }
     s->oom = 0;
     s->writer = 0;
-    s->estimate = 0;
     *out = s;
     return VECIDX_OK;
 }
@@ -5919,7 +5918,7 @@ static float vx_hnsw_bound_dist(const vecidx *ix, vx_hnsw_scratch *s,
     float bound = s->nres >= ef ? s->res[0].d : INFINITY, d;
     size_t j, looks = (st->dim - 1) / VX_L2_BOUND_STEP;
     vx_cut cut;
-    if (!s->estimate)
+    if (s->writer)
         return vx_qk.l2_bound(q->v, vx_store_vec(st, slot), st->dim, bound,
                               NULL);
     if (looks > VX_CUT_LOOKS) looks = VX_CUT_LOOKS;
@@ -6528,7 +6527,6 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     far = how.far;
     if (vx_scratch_get(ix, ef, &s) != VECIDX_OK) return VECIDX_ENOMEM;
     s->far = 0;
-    s->estimate = 1;
     s->far_frac = frac;
     s->far_at = far ? (size_t)(VX_FAR_MEET / frac) : 0;
     if (s->far_at && s->far_at < efw) s->far_at = efw;
