@@ -75,9 +75,9 @@ extern "C" {
 
 /* The version is defined here only; the build files read it from here. */
 #define VECIDX_VERSION_MAJOR 0
-#define VECIDX_VERSION_MINOR 4
-#define VECIDX_VERSION_PATCH 1
-#define VECIDX_VERSION_STRING "0.4.1"
+#define VECIDX_VERSION_MINOR 5
+#define VECIDX_VERSION_PATCH 0
+#define VECIDX_VERSION_STRING "0.5.0"
 #define VECIDX_VERSION_NUMBER                                    \
     (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 + \
      VECIDX_VERSION_PATCH)
@@ -240,7 +240,11 @@ typedef struct vecidx_params {
     uint32_t ivf_keep_vectors; /* non-zero: also keep every full vector,
                              so searches can re-rank exactly (ivf_refine)
                              and vecidx_get returns the exact vector; costs
-                             4*dim bytes per vector (default 0) */
+                             4*dim bytes per vector, 10-15 more for a copy
+                             of the key in the key map, which a search given
+                             allowed keys uses, and under cosine 4 for the
+                             vector's inverse norm; files of format 7
+                             (default 0) */
     uint32_t ivf_refine;       /* default re-rank factor: the k*refine best by
                                   code distance are re-scored with the full
                                   vectors; 0 or 1 = none. Needs
@@ -515,7 +519,7 @@ int vecidx_save(vecidx *ix, const char *path);
 ** VECIDX_RDONLY: a reader. Opening checks the header and the small
 ** sections and takes milliseconds whatever the size (a 1M x 128 HNSW
 ** index: about 15-35 ms). The big sections carry a checksum per piece (16
-** slots' data, an IVF-PQ list; format version 6): each piece is
+** slots' data, an IVF-PQ list; format version 6 on): each piece is
 ** verified the first time a call reads it, and a piece that fails makes
 ** that call -- vecidx_search, _search_batch, _get, _contains, _keys,
 ** _estimate_recall, _save -- return VECIDX_ECORRUPT with a message
@@ -546,7 +550,7 @@ int vecidx_save(vecidx *ix, const char *path);
 ** meet VECIDX_ECORRUPT later. Writers and private copies verify all at
 ** open anyway.
 ** VECIDX_LEAN: with VECIDX_RDONLY (else VECIDX_EINVAL), for compressed
-** storage with keep_vectors in a file of format 6: the reader keeps the
+** storage with keep_vectors in a file of format 6 on: the reader keeps the
 ** file open (one descriptor) and reads the float32 vectors it re-ranks
 ** with pread instead of through the mapping: a system call per vector
 ** re-ranked, and a few more the first time a 16-vector piece of them is

@@ -988,6 +988,207 @@ void test_store_kept_vectors_apart(void)
     rmdir(dir);
 }
 
+/* ---- IVF-PQ map cells with their key (version 7) and without (6) ------ */
+
+/* Give ix's IVF-PQ lists and map the layout of a file of version 6:
+** one-word map cells, kept vectors without their inverse norm. */
+static void vt_ivf_narrow(vecidx *ix)
+{
+    vx_ivf *v = &ix->ivf;
+    size_t dim = ix->p.dim, i, li;
+    uint64_t *one = vx_malloc(&ix->mem, v->map_cap * sizeof *one);
+    if (!one) vt_fail(__FILE__, __LINE__, "out of memory");
+    for (i = 0; i < v->map_cap; i++) one[i] = vx_ivf_cw(v, i);
+    vx_free(&ix->mem, v->map, vx_ivf_map_bytes(v));
+    v->map = one;
+    v->map_words = 1;
+    for (li = 0; v->vb && li < v->nlist; li++) {
+        vx_ivlist *l = &v->lists[li];
+        float *x;
+        if (!l->cap) continue;
+        if (!(x = vx_malloc(&ix->mem, l->cap * dim * sizeof *x)))
+            vt_fail(__FILE__, __LINE__, "out of memory");
+        for (i = 0; i < l->n; i++)
+            memcpy(x + i * dim, vx_ivf_kept(v, l, i), dim * sizeof *x);
+        vx_free(&ix->mem, l->vecs, l->cap * v->vb);
+        l->vecs = x;
+    }
+    if (v->vb) v->vb = dim * sizeof(float);
+}
+
+/* Searches of ix by allowed keys (36 of the model's, about 1 %, and 4
+** never stored), which score each key exactly, find the ten nearest. */
+static void vt_ivf_keyed_exact(const char *what, vecidx *ix, const vt_set *m,
+                               const float *q, size_t nq, vt_rng *r)
+{
+    uint64_t allow[40], k[10];
+    float d[10], best[10];
+    size_t qi, i, j, na, found;
+    for (qi = 0; qi < nq; qi++) {
+        const float *x = q + qi * m->dim;
+        vecidx_search_opts o;
+        size_t nb = 0;
+        for (na = 0; na < 36;) { /* distinct stored keys */
+            i = (size_t)(vt_next(r) % m->n);
+            for (j = 0; j < na && allow[j] != m->keys[i]; j++) continue;
+            if (m->live[i] && j == na) allow[na++] = m->keys[i];
+        }
+        while (na < 40) allow[na++] = (vt_next(r) | 1) << 1; /* odd << 1 */
+        memset(&o, 0, sizeof o);
+        o.allow_keys = allow;
+        o.allow_count = na;
+        CHECK_OK(vecidx_search(ix, x, 10, &o, k, d, &found));
+        CHECKF(found == 10, "%s: keyed search found %zu", what, found);
+        /* the ten smallest exact distances of the allowed stored keys */
+        for (i = 0; i < 36; i++) {
+            long row = vt_set_find(m, allow[i]);
+            double l2 = 0, dot = 0, xx = 0, qq = 0;
+            float e;
+            if (row < 0) continue;
+            for (j = 0; j < m->dim; j++) {
+                double a = x[j], b = m->vecs[(size_t)row * m->dim + j];
+                l2 += (a - b) * (a - b);
+                dot += a * b;
+                xx += b * b;
+                qq += a * a;
+            }
+            e = (float)(ix->p.metric == VECIDX_L2 ? l2
+                                                  : 1 - dot / sqrt(xx * qq));
+            for (j = nb < 10 ? nb++ : 10; j > 0 && best[j - 1] > e; j--)
+                if (j < 10) best[j] = best[j - 1];
+            if (j < 10) best[j] = e;
+        }
+        for (i = 0; i < 10 && i < found; i++)
+            CHECKF(fabsf(d[i] - best[i]) <= 1e-4f * (1 + best[i]),
+                   "%s: query %zu result %zu at %g, exact %g", what, qi, i,
+                   (double)d[i], (double)best[i]);
+    }
+}
+
+/* A trained IVF-PQ index that keeps its vectors holds the key in each map
+** cell, under cosine each kept vector's inverse norm after it, and is
+** written as version 7; one without kept vectors stays at one-word cells
+** and version 6. A version 6 file of an index with kept vectors still
+** opens, answers the same (lookups, keyed searches, with distances
+** computed from the vector alone), takes writes that grow its map, and
+** stays version 6 through a checkpoint, as older libraries read it. */
+void test_ivf_map_cells(void)
+{
+    enum {
+        N = 3000,
+        NQ = 12,
+        DIM = 32
+    };
+    char dir[600], path[2][700], wal[720], what[64];
+    vt_rng r = {777};
+    float *q = vt_xmalloc(NQ * DIM * sizeof *q), v[DIM];
+    vecidx_params p;
+    vecidx *ix = NULL, *f = NULL, *g = NULL;
+    vt_set m;
+    int c, w, keep, metric;
+    size_t i;
+    if (vt_tmp_dir(dir, sizeof dir, "ivfmap") != 0) return;
+    snprintf(path[0], sizeof path[0], "%s/wide.vx", dir);
+    snprintf(path[1], sizeof path[1], "%s/narrow.vx", dir);
+    snprintf(wal, sizeof wal, "%s-wal", path[1]);
+    for (c = 0; c < 4; c++) {
+        keep = c & 1;
+        metric = c & 2 ? VECIDX_COSINE : VECIDX_L2;
+        CHECK_OK(vecidx_params_init(&p, VECIDX_IVFPQ, metric, DIM));
+        p.threads = 1;
+        p.ivf_nlist = 16;
+        p.pq_m = 8;
+        p.ivf_train_size = 1000;
+        p.ivf_keep_vectors = keep;
+        p.ivf_refine = keep ? 4 : 0;
+        vt_set_init(&m, DIM, N + 3000);
+        CHECK_OK(vecidx_create(&p, &ix));
+        if (!ix) break;
+        vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
+        vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
+        CHECK(ix->ivf.trained && ix->ivf.map_words == (keep ? 2u : 1u));
+        CHECK_EQ_U64(ix->ivf.vb, keep ? 4 * (DIM + (c & 2 ? 1 : 0)) : 0);
+        CHECK_OK(vecidx_save(ix, path[0]));
+        CHECK_EQ_U64(vt_file_u32(path[0], 8), keep ? 7 : 6);
+        if (!keep) {
+            /* version 7 is refused for anything but kept vectors */
+            unsigned char *img, hdr[VX_FILE_XTAB + 8 + 3 * VX_XENT];
+            size_t len = 0;
+            vx_fhdr h;
+            img = vt_slurp(path[0], &len);
+            CHECK_OK(vx_fhdr_decode(img, len, &h));
+            h.version = 7;
+            vx_fhdr_encode(&h, hdr);
+            vt_file_io(path[0], 0, hdr, vx_xtab_encode(&h, hdr), 1);
+            CHECK_RC(vecidx_open(path[0], NULL, VECIDX_RDONLY, &f),
+                     VECIDX_ECORRUPT);
+            CHECK(strstr(vecidx_errmsg(NULL), "version 7") != NULL);
+            free(img);
+            goto next;
+        }
+        snprintf(what, sizeof what, "version 7, metric %d", metric);
+        CHECK_OK(vecidx_open(path[0], NULL, VECIDX_RDONLY, &f));
+        if (!f) goto next;
+        CHECK(f->ivf.map_words == 2 && f->ivf.vb == ix->ivf.vb);
+        vt_same_index(what, ix, f, &m, q, NQ);
+        vt_ivf_keyed_exact(what, f, &m, q, NQ, &r);
+        /* the same index in the layout of version 6 */
+        vt_ivf_narrow(ix);
+        CHECK_OK(vecidx_check(ix));
+        snprintf(what, sizeof what, "version 6, metric %d", metric);
+        vt_ivf_keyed_exact(what, ix, &m, q, NQ, &r);
+        CHECK_OK(vecidx_save(ix, path[1]));
+        CHECK_EQ_U64(vt_file_u32(path[1], 8), 6);
+        CHECK_OK(vecidx_open(path[1], NULL, VECIDX_RDONLY, &g));
+        if (!g) goto next;
+        CHECK(g->ivf.map_words == 1 && g->ivf.vb == DIM * 4);
+        CHECK_OK(vecidx_check(g));
+        vt_same_index(what, ix, g, &m, q, NQ);
+        vecidx_close(g);
+        g = NULL;
+        /* writes grow the map of the version 6 file: it stays version 6 */
+        CHECK_OK(vecidx_open(path[1], NULL, VECIDX_SYNC_OFF, &g));
+        if (!g) goto next;
+        for (i = 0; i < 2500; i++) {
+            uint64_t key = (vt_next(&r) | 1) << 1;
+            vt_fill_uniform(&r, v, DIM, -1.0f, 1.0f);
+            CHECK_OK(vecidx_add(g, key, v));
+            CHECK_OK(vecidx_add(ix, key, v));
+            vt_set_put(&m, key, v);
+        }
+        for (i = 0, w = 0; i < m.n && w < 300; i++)
+            if (m.live[i] && i % 7 == 3) {
+                CHECK_OK(vecidx_remove(g, m.keys[i]));
+                CHECK_OK(vecidx_remove(ix, m.keys[i]));
+                vt_set_del(&m, m.keys[i]);
+                w++;
+            }
+        CHECK(g->ivf.map_words == 1 && !g->ivf.map_mapped);
+        CHECK_OK(vecidx_checkpoint(g));
+        vecidx_close(g);
+        g = NULL;
+        unlink(wal);
+        CHECK_EQ_U64(vt_file_u32(path[1], 8), 6);
+        CHECK_OK(vecidx_open(path[1], NULL, VECIDX_RDONLY, &g));
+        if (!g) goto next;
+        CHECK_OK(vecidx_check(g));
+        snprintf(what, sizeof what, "version 6 after writes, metric %d",
+                 metric);
+        vt_same_index(what, ix, g, &m, q, NQ);
+        vt_ivf_keyed_exact(what, g, &m, q, NQ, &r);
+    next:
+        vecidx_close(f);
+        vecidx_close(g);
+        vecidx_close(ix);
+        f = g = ix = NULL;
+        vt_set_free(&m);
+    }
+    unlink(path[0]);
+    unlink(path[1]);
+    rmdir(dir);
+    free(q);
+}
+
 /* ---- kept vectors of a reader, read with pread ------------------------- */
 
 static int vt_pread_calls, vt_pread_fail, vt_fds;
@@ -2039,6 +2240,7 @@ void test_file_damage_readers(void)
                {VECIDX_FLAT, VECIDX_IP, 40, VECIDX_STORE_F16, 1, 0},
                {VECIDX_IVFPQ, VECIDX_L2, 32, VECIDX_STORE_F32, 1, 0},
                {VECIDX_IVFPQ, VECIDX_COSINE, 24, VECIDX_STORE_F32, 0, 1},
+               {VECIDX_IVFPQ, VECIDX_COSINE, 24, VECIDX_STORE_F32, 1, 0},
                {VECIDX_IVFPQ, VECIDX_IP, 16, VECIDX_STORE_F32, 1, 1}};
     char path[600], bad[620], copy[640], what[96];
     vt_rng r = {4242};
@@ -2080,7 +2282,8 @@ void test_file_damage_readers(void)
         vecidx_close(ix);
         img = vt_slurp(path, &len);
         CHECK_OK(vx_fhdr_decode(img, len, &h));
-        CHECK_EQ_U64(h.version, 6);
+        CHECK_EQ_U64(h.version,
+                     cfg[c].kind == VECIDX_IVFPQ && cfg[c].keep ? 7 : 6);
         CHECK(cfg[c].kind == VECIDX_IVFPQ ? h.ivf_trained == 1
                                           : h.sect[VX_SECT_PIECES].len > 0);
         CHECK(!h.sect[VX_SECT_CQ].len == !cfg[c].graph);

@@ -102,6 +102,7 @@
     X(store_huge_blocks)                     \
     X(store_line_aligned_records)            \
     X(store_kept_vectors_apart)              \
+    X(ivf_map_cells)                         \
     X(store_kept_pread)                      \
     X(wal_read_faults)                       \
     X(wal_fsync_failure)                     \

@@ -45,7 +45,7 @@ UINT64_MAX = (1 << 64) - 1
 
 # The binding was written against this header version. A library with a
 # different major.minor may have reordered structs; see _check_version.
-HEADER_VERSION_NUMBER = 400
+HEADER_VERSION_NUMBER = 500
 
 # ---- Structs ----------------------------------------------------------------
 
