@@ -7874,16 +7874,6 @@ static void vx_ivf_score_all(vecidx *ix, vx_ivf_sw *w, const float *qv,
     }
 }
 
-/* Request what vx_ivf_dist_at reads for the entry of cell word c. */
-static inline void vx_ivf_prefetch_at(const vecidx *ix, uint64_t c, int exact)
-{
-    const vx_ivlist *l = &ix->ivf.lists[vx_ivf_cl(c)];
-    if (exact)
-        vx_allow_prefetch(vx_ivf_kept(&ix->ivf, l, (uint32_t)c), ix->ivf.vb);
-    else
-        __builtin_prefetch(l->codes + (size_t)(uint32_t)c * ix->ivf.m);
-}
-
 /* The exact answer of a filtered search: each allowed key looked up, or
 ** with a callback alone every entry asked, and the admitted scored.
 ** Lookups, checks of the entries found and scoring run as three passes
@@ -7897,6 +7887,7 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
     const vx_sopts *a = vx_allow_of(o);
     const vx_ivf *v = &ix->ivf;
     uint64_t keys[256], cw[256], hash[256], pos = 0;
+    const float *kept[256]; /* with exact: the entries' kept vectors */
     float dist[256];
     size_t n, i, j, m, cell;
     int others = vx_allow_others(a);
@@ -7916,19 +7907,29 @@ static void vx_ivf_allowed(vecidx *ix, vx_ivf_sw *w, const float *qv,
         for (i = j = 0; i < m; i++)
             if (vx_ivf_cell_ok(v, cw[i]) &&
                 (!others || vx_allow_rest(a, keys[i]))) {
+                if (exact)
+                    kept[j] = vx_ivf_kept(v, &v->lists[vx_ivf_cl(cw[i])],
+                                          (uint32_t)cw[i]);
                 cw[j] = cw[i];
                 keys[j++] = keys[i];
             }
         /* distances first, then the heap, as vx_flat_allowed */
-        for (i = 0; i < j && i < VX_ALLOW_AHEAD; i++)
-            vx_ivf_prefetch_at(ix, cw[i], exact);
-        for (i = 0; i < j; i++) {
-            uint32_t li = vx_ivf_cl(cw[i]), at = (uint32_t)cw[i];
+        if (exact) {
+            for (i = 0; i < j && i < VX_ALLOW_AHEAD; i++)
+                vx_allow_prefetch(kept[i], v->vb);
+            for (i = 0; i < j; i++) {
+                if (i + VX_ALLOW_AHEAD < j)
+                    vx_allow_prefetch(kept[i + VX_ALLOW_AHEAD], v->vb);
+                dist[i] = vx_ivf_exact(ix, qv, kept[i]);
+            }
+        }
+        for (i = 0; !exact && i < j; i++) {
             if (i + VX_ALLOW_AHEAD < j)
-                vx_ivf_prefetch_at(ix, cw[i + VX_ALLOW_AHEAD], exact);
-            dist[i] = exact ? vx_ivf_exact(ix, qv,
-                                           vx_ivf_kept(v, &v->lists[li], at))
-                            : vx_ivf_dist_at(ix, w, qv, li, at, 0);
+                __builtin_prefetch(
+                    v->lists[vx_ivf_cl(cw[i + VX_ALLOW_AHEAD])].codes +
+                    (size_t)(uint32_t)cw[i + VX_ALLOW_AHEAD] * v->m);
+            dist[i] = vx_ivf_dist_at(ix, w, qv, vx_ivf_cl(cw[i]),
+                                     (uint32_t)cw[i], 0);
         }
         vx_tally.dist += j;
         for (i = 0; i < j; i++) {
