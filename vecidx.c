@@ -12037,6 +12037,32 @@ static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
     return VECIDX_OK;
 }
 
+/* A cosine query's exponent: far from 1, its dot products with stored
+** vectors under- or overflow float32 (two vectors of norm 1e-29 have a
+** dot product of 0, so a search missed the query's own copy). Such a
+** query is scaled by 2^e to a norm in (1/2, 1] and its inverse norm by
+** 2^-e: a distance that neither under- nor overflows has the same bits
+** either way, since (2^e d)(2^-e n) is d n exactly. Returns e, 0 when
+** the norm lies within 2^+-VX_COS_FAR of 1 and the query stays as given. */
+#define VX_COS_FAR 20
+static int vx_query_far(const vecidx *ix, const vx_query *q)
+{
+    int e;
+    if (ix->p.metric != VECIDX_COSINE) return 0;
+    (void)frexpf(q->inv_norm, &e);
+    e -= 1; /* inv_norm in [2^e, 2^(e + 1)) */
+    return e >= -VX_COS_FAR && e <= VX_COS_FAR ? 0 : e;
+}
+
+/* Scale q by 2^e into dst (dim floats), which q then reads. */
+static void vx_query_scale(const vecidx *ix, vx_query *q, int e, float *dst)
+{
+    uint32_t i;
+    for (i = 0; i < ix->p.dim; i++) dst[i] = ldexpf(q->v[i], e);
+    q->v = dst;
+    q->inv_norm = ldexpf(q->inv_norm, -e);
+}
+
 /* Whether key is stored, wherever the index kind keeps it. */
 static int vx_has_key(const vecidx *ix, uint64_t key)
 {
@@ -12925,11 +12951,18 @@ static int vx_search_one(vecidx *ix, const float *q, size_t k,
     vx_query vq;
     vx_sopts so;
     uint64_t *e;
-    int rc;
+    float *scaled = NULL;
+    int rc, far;
     memset(&vq, 0, sizeof vq);
+    memset(&so, 0, sizeof so);
     if ((rc = vx_check_vector(ix, q, &vq.inv_norm, "query")) != VECIDX_OK)
         return rc;
     vq.v = q;
+    if ((far = vx_query_far(ix, &vq)) != 0) {
+        if (!(scaled = vx_malloc(&ix->mem, (size_t)ix->p.dim * sizeof(float))))
+            return vx_err(ix, VECIDX_ENOMEM, "out of memory for the query");
+        vx_query_scale(ix, &vq, far, scaled);
+    }
     if ((rc = vx_sopts_init(ix, opts, &so)) == VECIDX_OK) {
         so.exact = (how & VX_HOW_EXACT) != 0;
         so.quiet = (how & VX_HOW_QUIET) != 0;
@@ -12943,6 +12976,7 @@ static int vx_search_one(vecidx *ix, const float *q, size_t k,
         if (ix->p.kind == VECIDX_IVFPQ) pthread_rwlock_unlock(&ix->lock);
     }
     vx_sopts_free(ix, &so);
+    vx_free(&ix->mem, scaled, (size_t)ix->p.dim * sizeof(float));
     return rc;
 }
 
@@ -12990,9 +13024,10 @@ static int vx_search_many(vecidx *ix, size_t nq, const float *queries, size_t k,
     vx_query *vq;
     uint64_t *e;
     char what[48];
-    size_t i, per, total;
+    size_t i, per, total, dim = ix->p.dim;
+    float *scaled = NULL; /* nq rows, for the queries vx_query_far scales */
     unsigned t, nt;
-    int rc;
+    int rc, far;
     memset(&so, 0, sizeof so);
     if (nq == 0) return VECIDX_OK;
     if ((rc = vx_search_args(ix, queries, k, keys, found)) != VECIDX_OK)
@@ -13005,8 +13040,14 @@ static int vx_search_many(vecidx *ix, size_t nq, const float *queries, size_t k,
     memset(vq, 0, nq * sizeof *vq);
     for (i = 0; i < nq && rc == VECIDX_OK; i++) {
         snprintf(what, sizeof what, "query %zu", i);
-        vq[i].v = queries + i * (size_t)ix->p.dim;
+        vq[i].v = queries + i * dim;
         rc = vx_check_vector(ix, vq[i].v, &vq[i].inv_norm, what);
+        if (rc != VECIDX_OK || !(far = vx_query_far(ix, &vq[i]))) continue;
+        if (!scaled &&
+            !(scaled = vx_malloc(&ix->mem, nq * dim * sizeof(float))))
+            rc = vx_err(ix, VECIDX_ENOMEM, "out of memory for %zu queries", nq);
+        else
+            vx_query_scale(ix, &vq[i], far, scaled + i * dim);
     }
     if (rc == VECIDX_OK) rc = vx_sopts_init(ix, opts, &so);
     if (rc == VECIDX_OK) {
@@ -13045,6 +13086,7 @@ static int vx_search_many(vecidx *ix, size_t nq, const float *queries, size_t k,
     }
     vx_sopts_free(ix, &so);
     vx_free(&ix->mem, vq, nq * sizeof *vq);
+    vx_free(&ix->mem, scaled, nq * dim * sizeof(float));
     return rc;
 }
 

@@ -142,7 +142,13 @@ enum {
 **                 VECIDX_EINVAL, for both stored vectors and queries, as is
 **                 one so short (norm below about 3e-39) that the inverse
 **                 of its norm overflows float32: a "zero vector" in the
-**                 error lists below includes those. */
+**                 error lists below includes those. A search scales a
+**                 query whose norm is far from 1 (beyond 2^+-20) by a
+**                 power of two first, so that its products with stored
+**                 vectors neither under- nor overflow float32; an HNSW
+**                 graph built from vectors that are all far from norm 1
+**                 (below about 1e-19 or above 1e19) still compares them
+**                 unscaled, and may be poorer for it. */
 enum {
     VECIDX_L2 = 1,
     VECIDX_IP = 2,

@@ -636,6 +636,72 @@ void test_flat_cosine_stores_vectors_as_given(void)
     vecidx_close(ix);
 }
 
+/* Cosine is blind to scale, also where float32 products are not: with
+** every vector (and the query) of norm about 1e-25, or 1e25, a query
+** that is a stored vector finds it first at distance 0, alone and in a
+** batch (flat, and IVF-PQ re-ranking with kept vectors). Before, a
+** query's dot products with tiny vectors underflowed to 0. */
+void test_cosine_far_norms(void)
+{
+    enum {
+        N = 300,
+        DIM = 8
+    };
+    static const float scale[2] = {1e-25f, 1e25f};
+    int kind, si;
+    for (kind = 0; kind < 2; kind++)
+        for (si = 0; si < 2; si++) {
+            vecidx_params p;
+            vecidx *ix = NULL;
+            vt_rng r = {91 + (uint64_t)si};
+            float *v = vt_xmalloc(N * DIM * sizeof *v), d[3 * 2];
+            uint64_t keys[N], got[3 * 2];
+            size_t i, found[3];
+            CHECK_OK(vecidx_params_init(&p, kind ? VECIDX_IVFPQ : VECIDX_FLAT,
+                                        VECIDX_COSINE, DIM));
+            p.threads = 1;
+            if (kind) {
+                p.ivf_nlist = 4;
+                p.pq_m = 4;
+                p.ivf_train_size = 200;
+                p.ivf_keep_vectors = 1;
+                p.ivf_refine = 50;
+            }
+            CHECK_OK(vecidx_create(&p, &ix));
+            if (!ix) return;
+            vt_fill_uniform(&r, v, N * DIM, -1.0f, 1.0f);
+            for (i = 0; i < N * DIM; i++) v[i] *= scale[si];
+            for (i = 0; i < N; i++) keys[i] = 1000 + i;
+            CHECK_OK(vecidx_add_batch(ix, N, keys, v));
+            for (i = 0; i < 3; i++) {
+                const float *q = v + (i * 97) * DIM;
+                CHECK_OK(vecidx_search(ix, q, 2, NULL, got, d, found));
+                CHECKF(found[0] == 2 && got[0] == keys[i * 97] &&
+                           fabsf(d[0]) <= 1e-5f,
+                       "kind %d scale %g: query %zu found key %llu at %g", kind,
+                       (double)scale[si], i, (unsigned long long)got[0],
+                       (double)d[0]);
+            }
+            /* a batch of the same three */
+            {
+                float qs[3 * DIM];
+                for (i = 0; i < 3; i++)
+                    memcpy(qs + i * DIM, v + (i * 97) * DIM,
+                           sizeof(float) * DIM);
+                CHECK_OK(
+                    vecidx_search_batch(ix, 3, qs, 2, NULL, got, d, found));
+                for (i = 0; i < 3; i++)
+                    CHECKF(got[i * 2] == keys[i * 97] &&
+                               fabsf(d[i * 2]) <= 1e-5f,
+                           "kind %d scale %g: batch query %zu found %llu at %g",
+                           kind, (double)scale[si], i,
+                           (unsigned long long)got[i * 2], (double)d[i * 2]);
+            }
+            vecidx_close(ix);
+            free(v);
+        }
+}
+
 /* ---- reserve ----------------------------------------------------------- */
 
 void test_flat_reserve(void)
