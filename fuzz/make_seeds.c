@@ -23,14 +23,17 @@ static void fill(vecidx *ix, int n)
 
 int main(int argc, char **argv)
 {
-    static const int kinds[2] = {VECIDX_FLAT, VECIDX_HNSW};
+    /* flat, HNSW, then trained IVF-PQ without kept vectors (format 6) and
+    ** with them (format 7) */
+    static const int kinds[4] = {VECIDX_FLAT, VECIDX_HNSW, VECIDX_IVFPQ,
+                                 VECIDX_IVFPQ};
     char path[4096];
     int k, m;
     if (argc != 2) {
         fprintf(stderr, "usage: make_seeds DIR\n");
         return 2;
     }
-    for (k = 0; k < 2; k++)
+    for (k = 0; k < 4; k++)
         for (m = VECIDX_L2; m <= VECIDX_COSINE; m++) {
             vecidx_params p;
             vecidx *ix;
@@ -38,27 +41,16 @@ int main(int argc, char **argv)
             p.hnsw_m = 4;
             p.hnsw_ef_construction = 8;
             p.threads = 1;
+            if (kinds[k] == VECIDX_IVFPQ) {
+                p.ivf_nlist = 4;
+                p.pq_m = 1;
+                p.ivf_train_size = 20;
+                p.ivf_keep_vectors = k == 3;
+                p.ivf_refine = k == 3 ? 2 : 0;
+            }
             if (vecidx_create(&p, &ix) != VECIDX_OK) return 1;
             fill(ix, 40);
             snprintf(path, sizeof path, "%s/seed-%d-%d", argv[1], k, m);
-            if (vecidx_save(ix, path) != VECIDX_OK) return 1;
-            vecidx_close(ix);
-        }
-    /* trained IVF-PQ, with kept vectors (format 7) and without (6) */
-    for (k = 0; k < 2; k++)
-        for (m = VECIDX_L2; m <= VECIDX_COSINE; m++) {
-            vecidx_params p;
-            vecidx *ix;
-            vecidx_params_init(&p, VECIDX_IVFPQ, m, 3);
-            p.ivf_nlist = 4;
-            p.pq_m = 1;
-            p.ivf_train_size = 20;
-            p.ivf_keep_vectors = (uint32_t)k;
-            p.ivf_refine = k ? 2 : 0;
-            p.threads = 1;
-            if (vecidx_create(&p, &ix) != VECIDX_OK) return 1;
-            fill(ix, 40);
-            snprintf(path, sizeof path, "%s/seed-ivf-%d-%d", argv[1], k, m);
             if (vecidx_save(ix, path) != VECIDX_OK) return 1;
             vecidx_close(ix);
         }
