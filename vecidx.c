@@ -638,23 +638,6 @@ static void vx_hist_read(const vx_hist *h, vecidx_latency *out)
     out->max_us = n ? max / 1e3 : 0;
 }
 
-/* Sum of squares in double, for norms: in float it underflows to 0 for
-** vectors shorter than about 1e-19 and overflows for long ones. One
-** function, so every caller gets the same bits for the same vector.
-** Eight independent sums, which the compiler vectorises without
-** -ffast-math: with one, each add waited on the last, and every cosine
-** search paid dim dependent adds to check its query (about 0.35 us at
-** 384 dimensions, a third of what scoring 20 allowed keys takes). */
-static double vx_sumsq(const float *v, size_t n)
-{
-    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    size_t i = 0, l;
-    for (; i + 8 <= n; i += 8)
-        for (l = 0; l < 8; l++) s[l] += (double)v[i + l] * v[i + l];
-    for (; i < n; i++) s[0] += (double)v[i] * v[i];
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
 /* ======================================================================
 ** 2. SIMD kernels
 **
@@ -1334,6 +1317,9 @@ typedef struct vx_qkernels {
     ** 64], which the caller zeroed. A walk of a sparse bitmap then visits
     ** only the marked blocks. */
     uint64_t (*count_bits)(const uint64_t *w, size_t n, uint64_t *sum);
+    /* sum v[i]^2 in double, bit for bit the same in every kernel (see
+    ** vx_sumsq) */
+    double (*sumsq)(const float *v, size_t n);
 } vx_qkernels;
 
 /* CPU features, as found by vx_qkern_features. VX_QF_AVX2 and
@@ -2668,6 +2654,97 @@ static float vx_neon_l2_bound(const float *a, const float *b, size_t d,
 }
 #endif /* VX_HAVE_NEON */
 
+/* -- sums of squares ---------------------------------------------------
+** Norms, in double: in float a sum of squares underflows to 0 for vectors
+** shorter than about 1e-19 and overflows for long ones. Every kernel
+** gives the same bits, so that a norm stored by an insert on one CPU is
+** the norm a replay of its log stores on another: component i goes to
+** sum i % 32, each square is exact in double (so a fused multiply-add
+** rounds as a multiply and an add do), and the 32 sums are folded in
+** halves, s[l] + s[l + w] for w = 16, 8, 4, 2, 1. A vector register of
+** doubles holds consecutive sums, so that fold is its own. Every cosine
+** search and insert sums its vector's squares to check it: with eight sums
+** compiled for SSE2 that took about 50 ns at 384 dimensions, each add
+** waiting on the last of its sum. */
+#define VX_SUMSQ_WAYS 32
+
+static double vx_sumsq_fold(double *s)
+{
+    size_t w, l;
+    for (w = VX_SUMSQ_WAYS / 2; w; w /= 2)
+        for (l = 0; l < w; l++) s[l] += s[l + w];
+    return s[0];
+}
+
+static double vx_scalar_sumsq(const float *v, size_t n)
+{
+    double s[VX_SUMSQ_WAYS] = {0};
+    size_t i = 0, l;
+    for (; i + VX_SUMSQ_WAYS <= n; i += VX_SUMSQ_WAYS)
+        for (l = 0; l < VX_SUMSQ_WAYS; l++) s[l] += (double)v[i + l] * v[i + l];
+    for (l = 0; i + l < n; l++) s[l] += (double)v[i + l] * v[i + l];
+    return vx_sumsq_fold(s);
+}
+
+#if defined(VX_HAVE_AVX2)
+VX_AVX2 static double vx_avx2_sumsq(const float *v, size_t n)
+{
+    __m256d a[8];
+    float tail[VX_SUMSQ_WAYS]; /* the last n % 32, zero after: +0.0 adds */
+    size_t i, j;
+    __m128d h;
+    for (j = 0; j < 8; j++) a[j] = _mm256_setzero_pd();
+    for (i = 0; i < n; i += VX_SUMSQ_WAYS) {
+        const float *p = v + i;
+        if (n - i < VX_SUMSQ_WAYS) {
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, p, (n - i) * sizeof *p);
+            p = tail;
+        }
+        for (j = 0; j < 8; j++) {
+            __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(p + 4 * j));
+            a[j] = _mm256_fmadd_pd(x, x, a[j]);
+        }
+    }
+    for (j = 0; j < 4; j++) a[j] = _mm256_add_pd(a[j], a[j + 4]);
+    a[0] = _mm256_add_pd(a[0], a[2]);
+    a[1] = _mm256_add_pd(a[1], a[3]);
+    a[0] = _mm256_add_pd(a[0], a[1]);
+    h = _mm_add_pd(_mm256_castpd256_pd128(a[0]),
+                   _mm256_extractf128_pd(a[0], 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+VX_AVX512 static double vx_avx512_sumsq(const float *v, size_t n)
+{
+    __m512d a[4];
+    float tail[VX_SUMSQ_WAYS]; /* the last n % 32, zero after: +0.0 adds */
+    size_t i, j;
+    __m256d q;
+    __m128d h;
+    for (j = 0; j < 4; j++) a[j] = _mm512_setzero_pd();
+    for (i = 0; i < n; i += VX_SUMSQ_WAYS) {
+        const float *p = v + i;
+        if (n - i < VX_SUMSQ_WAYS) {
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, p, (n - i) * sizeof *p);
+            p = tail;
+        }
+        for (j = 0; j < 4; j++) {
+            __m512d x = _mm512_cvtps_pd(_mm256_loadu_ps(p + 8 * j));
+            a[j] = _mm512_fmadd_pd(x, x, a[j]);
+        }
+    }
+    a[0] = _mm512_add_pd(a[0], a[2]);
+    a[1] = _mm512_add_pd(a[1], a[3]);
+    a[0] = _mm512_add_pd(a[0], a[1]);
+    q = _mm256_add_pd(_mm512_castpd512_pd256(a[0]),
+                      _mm512_extractf64x4_pd(a[0], 1));
+    h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+#endif
+
 /* The features the quantized kernels may use, found once by the caller
 ** (vx_kern_detect, under its pthread_once). */
 static unsigned vx_qkern_features(void)
@@ -2711,8 +2788,10 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     k->bin_sum = vx_scalar_bin_sum;
     k->l2_bound = vx_scalar_l2_bound;
     k->count_bits = vx_scalar_count_bits;
+    k->sumsq = vx_scalar_sumsq;
 #if defined(VX_HAVE_AVX2)
     if (f & VX_QF_AVX2) {
+        k->sumsq = vx_avx2_sumsq;
         k->count_bits = vx_popcnt_count_bits;
         k->bin_sum = vx_avx2_bin_sum;
         k->dot_i8 = vx_avx2_dot_i8;
@@ -2726,6 +2805,7 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
         k->dot_hh = vx_avx2_dot_hh;
     }
     if (f & VX_QF_AVX512) {
+        k->sumsq = vx_avx512_sumsq;
         k->bin_sum = vx_avx512_bin_sum;
         k->l2_f16 = vx_avx512_l2_f16;
         k->dot_f16 = vx_avx512_dot_f16;
@@ -2766,6 +2846,13 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
 /* The quantized kernels picked for this CPU (with the float32 table, by
 ** vx_kern_detect); l2_bound matches the preferred float32 table. */
 static vx_qkernels vx_qk;
+
+/* Sum of squares of v in double (vx_qkernels.sumsq): the one function for
+** norms, so that every caller gets the same bits for the same vector. */
+static double vx_sumsq(const float *v, size_t n)
+{
+    return vx_qk.sumsq ? vx_qk.sumsq(v, n) : vx_scalar_sumsq(v, n);
+}
 
 /* Kernel tables runnable on this CPU, scalar first and the preferred one
 ** last. Filled once; pthread_once makes the first concurrent calls safe. */
@@ -11993,21 +12080,11 @@ void vecidx_close(vecidx *ix)
     vx_free(&mem, ix, sizeof *ix);
 }
 
-/* The first component of v (dim of them) that is NaN or infinite, or
-** dim. A float is finite unless its exponent bits are all ones; testing
-** those bits in every component without a branch lets the compiler
-** vectorise the test, which every insert and every search makes (with
-** the norm no longer summed but under cosine: a one-key IVF-PQ search,
-** mostly fixed cost, 1.2x as fast). */
+/* The first component of v (dim of them) that is NaN or infinite, or dim:
+** for the message once vx_check_vector's sum of squares found one. */
 static uint32_t vx_first_nonfinite(const float *v, uint32_t dim)
 {
-    uint32_t i, bad = 0;
-    for (i = 0; i < dim; i++) {
-        uint32_t b;
-        memcpy(&b, &v[i], sizeof b);
-        bad |= (b & 0x7F800000u) == 0x7F800000u;
-    }
-    if (!bad) return dim;
+    uint32_t i;
     for (i = 0; i < dim && isfinite(v[i]); i++) continue;
     return i;
 }
@@ -12020,14 +12097,16 @@ static uint32_t vx_first_nonfinite(const float *v, uint32_t dim)
 static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
                            const char *what)
 {
-    double n2;
-    uint32_t i = vx_first_nonfinite(v, ix->p.dim);
-    if (i < ix->p.dim)
+    /* Finite exactly when every component is: a float's square is exact
+    ** in double, and VECIDX_MAX_DIM squares of FLT_MAX sum to about 1e82. */
+    double n2 = vx_sumsq(v, ix->p.dim);
+    if (VX_UNLIKELY(!isfinite(n2))) {
+        uint32_t i = vx_first_nonfinite(v, ix->p.dim);
         return vx_err(ix, VECIDX_EINVAL, "%s has %s at component %u", what,
                       isnan(v[i]) ? "NaN" : "an infinity", (unsigned)i);
+    }
     if (inv_norm) *inv_norm = 0.0f;
     if (ix->p.metric != VECIDX_COSINE) return VECIDX_OK;
-    n2 = vx_sumsq(v, ix->p.dim);
     if (!(n2 > 0))
         return vx_err(ix, VECIDX_EINVAL,
                       "%s is all zeros: it has no direction for the cosine "

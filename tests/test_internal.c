@@ -1740,6 +1740,33 @@ static void vt_check_l2_cut(const vx_qkernels *k, const vx_kernels *f32,
            (double)got, (double)full);
 }
 
+/* sumsq of k bit for bit the scalar kernel's (vx_sumsq: a norm stored on
+** one CPU is the one a replay stores on another), over components spread
+** across 2^+-100 and over p as given, and within the rounding bound of
+** 32 sums of d / 32 terms and their fold of the exact sum (in long double,
+** where that is wider); a NaN or an
+** infinity anywhere makes it non-finite (vx_check_vector relies on it).
+** p (d floats) is overwritten. */
+static void vt_check_sumsq(const vx_qkernels *k, const vx_qkernels *ref,
+                           float *p, size_t d, unsigned mask, vt_rng *r)
+{
+    long double exact = 0;
+    double got = k->sumsq(p, d);
+    size_t i;
+    for (i = 0; i < d; i++) exact += (long double)p[i] * p[i];
+    CHECKF(got == ref->sumsq(p, d) &&
+               fabsl((long double)got - exact) <=
+                   (long double)(d / 32 + 6) * DBL_EPSILON * exact,
+           "sumsq mask %#x d %zu: %.17g against %.17Lg", mask, d, got, exact);
+    for (i = 0; i < d; i++)
+        p[i] = ldexpf((float)(vt_unit(r) * 2 - 1), (int)vt_below(r, 201) - 100);
+    CHECKF(k->sumsq(p, d) == ref->sumsq(p, d),
+           "sumsq mask %#x d %zu, spread exponents", mask, d);
+    p[vt_below(r, d)] = vt_below(r, 2) ? NAN : -INFINITY;
+    CHECKF(!isfinite(k->sumsq(p, d)), "sumsq mask %#x d %zu of a non-finite",
+           mask, d);
+}
+
 /* Every quantized kernel this CPU can run, as vx_qkern_pick chooses them
 ** for each subset of its features, against the scalar ones: int8 dot
 ** products exactly, sums over binary codes, half-precision distances within
@@ -1835,6 +1862,7 @@ void test_kernels_quantized(void)
             CHECKF(k.l2_bound(q, p, d, full * 0.3f, NULL) > full * 0.3f,
                    "l2_bound above the bound, mask %#x d %zu", mask, d);
             vt_check_l2_cut(&k, f32, q, p, d, full, mask);
+            vt_check_sumsq(&k, &ref, p, d, mask, &r);
             free(a);
             free(b);
             free(h);
