@@ -732,6 +732,7 @@ struct Scenario {
     double filter = 0;     /* --scenario-filter: share admitted */
     std::string filter_form = "bitmap"; /* --scenario-filter-form */
     unsigned ef = 0, k = 0;
+    unsigned nprobe = 0; /* --index ivfpq: lists probed, else 0 */
 };
 
 /* The checkpoint scenario's reader and writer run this long before the
@@ -1066,6 +1067,7 @@ class VecidxIndex : public Index
         r.num("build_s", build_s);
         vxb_search_opts(&o, &so_);
         so_.ef = s.ef;
+        so_.nprobe = s.nprobe;
         f.apply(&so_); /* --scenario-filter; f outlives the index */
         if (!file) return;
         path_ = s.dir + "/vecidx-" + s.name + ".vx";
@@ -1490,9 +1492,14 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
     r.num("n", (double)d.n, "%.0f");
     r.num("dim", d.dim, "%.0f");
     r.str("metric", bn_metric_name(o.metric));
-    r.num("M", o.M, "%.0f");
-    r.num("efc", o.ef_construction, "%.0f");
-    r.num("ef", s.ef, "%.0f");
+    r.str("index", s.nprobe ? "ivfpq" : "hnsw");
+    if (s.nprobe) {
+        r.num("nprobe", s.nprobe, "%.0f");
+    } else {
+        r.num("M", o.M, "%.0f");
+        r.num("efc", o.ef_construction, "%.0f");
+        r.num("ef", s.ef, "%.0f");
+    }
     r.num("k", s.k, "%.0f");
     r.num("build_threads", o.build_threads, "%.0f");
     r.str("storage", vx ? o.storage : "f32");
@@ -1508,19 +1515,20 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
 
 /* Medians over the passes of each library and their ratio vecidx/hnswlib,
 ** for the given keys: KEY_hnswlib, KEY_vecidx, KEY_ratio. Filtered
-** (vecidx alone): "lib":"vecidx", KEY_vecidx only, and the filter. */
+** or IVF-PQ (vecidx alone): "lib":"vecidx", KEY_vecidx only, and the
+** filter if any. */
 void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
                    const std::vector<Row> &rows,
                    const std::vector<std::string> &keys)
 {
-    bool alone = s.filter > 0;
+    bool alone = s.filter > 0 || s.nprobe;
     Row r;
     r.str("dataset", o.dataset);
     r.str("lib", alone ? "vecidx" : "vecidx/hnswlib");
     r.str("scenario", s.name.c_str());
     r.str("pass", "median");
     r.num("passes", o.passes, "%.0f");
-    if (alone) {
+    if (s.filter > 0) {
         KeyFilter f(s);
         r.num("filter", f.share(), "%.3f");
         r.str("filter_form", f.form());
@@ -1544,8 +1552,13 @@ void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
     }
     r.num("n", (double)d.n, "%.0f");
     r.num("dim", d.dim, "%.0f");
-    r.num("M", o.M, "%.0f");
-    r.num("ef", s.ef, "%.0f");
+    r.str("index", s.nprobe ? "ivfpq" : "hnsw");
+    if (s.nprobe) {
+        r.num("nprobe", s.nprobe, "%.0f");
+    } else {
+        r.num("M", o.M, "%.0f");
+        r.num("ef", s.ef, "%.0f");
+    }
     r.str("storage", o.storage); /* vecidx's; hnswlib's is f32 */
     r.flag("keep", o.keep);
     r.num("refine", vxb_refine(&o), "%.0f");
@@ -1849,9 +1862,10 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
         scenario_scaling(o, d, s, rows);
         keys = {"qps_1t", "qps_nt", "scaling", recall_key(s)};
     } else {
-        /* hnswlib has no filter: vecidx alone (see KeyFilter) */
+        /* hnswlib has no filter and no IVF-PQ: vecidx alone (see
+        ** KeyFilter, scenario_resolve) */
         for (unsigned pass = 0; pass < o.passes; pass++) {
-            for (int vx = s.filter > 0 ? 1 : 0; vx < 2; vx++) {
+            for (int vx = s.filter > 0 || s.nprobe ? 1 : 0; vx < 2; vx++) {
                 const char *lib = vx ? "vecidx" : "hnswlib";
                 Row r;
                 row_head(r, o, s, lib, pass);
@@ -1873,7 +1887,7 @@ void run_scenario(const bn_opts &o, const bn_data &d, const Scenario &s)
                 rows.push_back(r);
             }
         }
-        if (s.name == "writer" && s.filter > 0)
+        if (s.name == "writer" && (s.filter > 0 || s.nprobe))
             keys = {"search_idle_p50_us", "search_idle_p99_us",
                     "search_idle_max_us", "search_idle_qps",
                     "search_p50_us",      "search_p99_us",
@@ -1913,7 +1927,8 @@ const char *const SCENARIO_HELP =
     "                      VECIDX_LEAN (kept vectors read by pread)\n"
     "\n"
     "Stall scenarios (--lib paired --scenario NAME; HNSW, one --ef value,\n"
-    "default 32; --build-threads default 2; see bench/README.md):\n"
+    "default 32, or --index ivfpq with one --nprobe value, vecidx alone;\n"
+    "--build-threads default 2; see bench/README.md):\n"
     "  --scenario S        writer | remove | checkpoint | scaling\n"
     "  --duration S        writer: seconds of the writer phase (default 60);\n"
     "                      scaling: seconds per measurement (default 5)\n"
@@ -2077,8 +2092,18 @@ void scenario_resolve(const bn_opts &o, Scenario *s)
 {
     if (strcmp(o.lib, "paired") != 0)
         bn_die("--scenario needs --lib paired (hnswlib and vecidx in turns)");
-    if (strcmp(o.index, "hnsw") != 0 || o.batch)
-        bn_die("--scenario: --index hnsw and single queries only");
+    if (o.batch) bn_die("--scenario: single queries only");
+    if (!strcmp(o.index, "ivfpq")) {
+        /* vecidx alone: hnswlib has no IVF-PQ, and FAISS's is not safe to
+        ** search while it is written */
+        if (s->name == "scaling")
+            bn_die("--scenario scaling: --index hnsw only");
+        if (o.nprobe.n != 1)
+            bn_die("--scenario --index ivfpq takes one --nprobe value");
+        s->nprobe = (unsigned)o.nprobe.v[0];
+    } else if (strcmp(o.index, "hnsw") != 0) {
+        bn_die("--scenario: --index hnsw or ivfpq");
+    }
     if (o.ef.n != 1) bn_die("--scenario takes one --ef value");
     s->ef = o.ef.v[0];
     s->k = (unsigned)o.k;
