@@ -2662,10 +2662,14 @@ static float vx_neon_l2_bound(const float *a, const float *b, size_t d,
 ** sum i % 32, each square is exact in double (so a fused multiply-add
 ** rounds as a multiply and an add do), and the 32 sums are folded in
 ** halves, s[l] + s[l + w] for w = 16, 8, 4, 2, 1. A vector register of
-** doubles holds consecutive sums, so that fold is its own. Every cosine
-** search and insert sums its vector's squares to check it: with eight sums
-** compiled for SSE2 that took about 50 ns at 384 dimensions, each add
-** waiting on the last of its sum. */
+** doubles holds consecutive sums, so that fold is its own. Two builds
+** fall short: with -ffast-math the compiler may reassociate the scalar
+** form (so only that one runs there, the same bits within the build), and
+** x87 arithmetic (-m32 without -mfpmath=sse) rounds each add twice, which
+** may change the last bit. Every cosine search and insert sums its
+** vector's squares to check it: with eight sums compiled for SSE2 that
+** took about 50 ns at 384 dimensions, each add waiting on the last of its
+** sum. */
 #define VX_SUMSQ_WAYS 32
 
 static double vx_sumsq_fold(double *s)
@@ -2791,7 +2795,9 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     k->sumsq = vx_scalar_sumsq;
 #if defined(VX_HAVE_AVX2)
     if (f & VX_QF_AVX2) {
+#if !defined(__FAST_MATH__) /* the scalar sum may then be reassociated */
         k->sumsq = vx_avx2_sumsq;
+#endif
         k->count_bits = vx_popcnt_count_bits;
         k->bin_sum = vx_avx2_bin_sum;
         k->dot_i8 = vx_avx2_dot_i8;
@@ -2805,7 +2811,9 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
         k->dot_hh = vx_avx2_dot_hh;
     }
     if (f & VX_QF_AVX512) {
+#if !defined(__FAST_MATH__)
         k->sumsq = vx_avx512_sumsq;
+#endif
         k->bin_sum = vx_avx512_bin_sum;
         k->l2_f16 = vx_avx512_l2_f16;
         k->dot_f16 = vx_avx512_dot_f16;
@@ -12080,12 +12088,22 @@ void vecidx_close(vecidx *ix)
     vx_free(&mem, ix, sizeof *ix);
 }
 
-/* The first component of v (dim of them) that is NaN or infinite, or dim:
-** for the message once vx_check_vector's sum of squares found one. */
+/* The bits of v[i]: tests on them hold under -ffinite-math-only too. */
+static uint32_t vx_f32_bits(const float *v, uint32_t i)
+{
+    uint32_t b;
+    memcpy(&b, &v[i], sizeof b);
+    return b;
+}
+
+/* The first component of v (dim of them) that is NaN or infinite (its
+** exponent bits all ones), or dim: for the message once vx_check_vector's
+** sum of squares found one. */
 static uint32_t vx_first_nonfinite(const float *v, uint32_t dim)
 {
     uint32_t i;
-    for (i = 0; i < dim && isfinite(v[i]); i++) continue;
+    for (i = 0; i < dim; i++)
+        if ((vx_f32_bits(v, i) & 0x7F800000u) == 0x7F800000u) break;
     return i;
 }
 
@@ -12098,12 +12116,19 @@ static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
                            const char *what)
 {
     /* Finite exactly when every component is: a float's square is exact
-    ** in double, and VECIDX_MAX_DIM squares of FLT_MAX sum to about 1e82. */
+    ** in double, and VECIDX_MAX_DIM squares of FLT_MAX sum to about 1e82.
+    ** Tested by its exponent bits, which -ffinite-math-only cannot fold. */
     double n2 = vx_sumsq(v, ix->p.dim);
-    if (VX_UNLIKELY(!isfinite(n2))) {
+    uint64_t bits;
+    memcpy(&bits, &n2, sizeof bits);
+    if (VX_UNLIKELY((bits >> 52 & 0x7ffu) == 0x7ffu)) {
         uint32_t i = vx_first_nonfinite(v, ix->p.dim);
+        if (i == ix->p.dim) /* changed under us while it was read */
+            return vx_err(ix, VECIDX_EINVAL, "%s changed while it was checked",
+                          what);
         return vx_err(ix, VECIDX_EINVAL, "%s has %s at component %u", what,
-                      isnan(v[i]) ? "NaN" : "an infinity", (unsigned)i);
+                      vx_f32_bits(v, i) & 0x7FFFFFu ? "NaN" : "an infinity",
+                      (unsigned)i);
     }
     if (inv_norm) *inv_norm = 0.0f;
     if (ix->p.metric != VECIDX_COSINE) return VECIDX_OK;

@@ -210,8 +210,10 @@ void run_hnswlib(const bn_opts &o, const bn_data &d)
 /* ---- vecidx ------------------------------------------------------------- */
 
 /* vecidx's index over d as vecidx-bench builds it (vxb_params: capacity
-** for the base, --build-threads threads): vecidx_create and one
-** vecidx_add_batch of the base; *build_s and *rss_mb as build_hnswlib. */
+** for the base, --build-threads threads): vecidx_create, for IVF-PQ
+** vecidx_train on the first --train-size rows, and one vecidx_add_batch
+** of the base; *build_s (training included) and *rss_mb as
+** build_hnswlib. */
 vecidx *build_vecidx(const bn_opts &o, const bn_data &d, double *build_s,
                      double *rss_mb)
 {
@@ -223,6 +225,9 @@ vecidx *build_vecidx(const bn_opts &o, const bn_data &d, double *build_s,
     double rss0 = bn_rss_mb(), t0 = bn_now();
     int rc = vecidx_create(&p, &ix);
     if (rc != VECIDX_OK) vxb_fail("vecidx_create", rc, nullptr);
+    if (p.kind == VECIDX_IVFPQ &&
+        (rc = vecidx_train(ix, ntrain, d.base)) != VECIDX_OK)
+        vxb_fail("vecidx_train", rc, ix);
     rc = vecidx_add_batch(ix, d.n, keys, d.base);
     if (rc != VECIDX_OK) vxb_fail("vecidx_add_batch", rc, ix);
     *build_s = bn_now() - t0;
@@ -1494,7 +1499,11 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
     r.str("metric", bn_metric_name(o.metric));
     r.str("index", s.nprobe ? "ivfpq" : "hnsw");
     if (s.nprobe) {
+        size_t ntrain = bn_train_rows(&o, d.n);
         r.num("nprobe", s.nprobe, "%.0f");
+        r.num("nlist", bn_nlist(&o, ntrain), "%.0f");
+        r.num("pq_m", bn_pq_m(&o, d.dim), "%.0f");
+        r.num("train_rows", (double)ntrain, "%.0f");
     } else {
         r.num("M", o.M, "%.0f");
         r.num("efc", o.ef_construction, "%.0f");
@@ -1502,8 +1511,8 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
     }
     r.num("k", s.k, "%.0f");
     r.num("build_threads", o.build_threads, "%.0f");
-    r.str("storage", vx ? o.storage : "f32");
-    r.flag("keep", vx && o.keep);
+    r.str("storage", s.nprobe ? "pq" : vx ? o.storage : "f32");
+    r.flag("keep", vx && (s.nprobe ? vxb_refine(&o) > 1 : o.keep));
     r.num("refine", vx ? vxb_refine(&o) : 1, "%.0f");
     r.str("simd", vx ? vecidx_simd() : hnswlib_simd());
 #ifdef HNSWLIB_VERSION
@@ -1559,8 +1568,8 @@ void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
         r.num("M", o.M, "%.0f");
         r.num("ef", s.ef, "%.0f");
     }
-    r.str("storage", o.storage); /* vecidx's; hnswlib's is f32 */
-    r.flag("keep", o.keep);
+    r.str("storage", s.nprobe ? "pq" : o.storage); /* hnswlib's is f32 */
+    r.flag("keep", s.nprobe ? vxb_refine(&o) > 1 : o.keep);
     r.num("refine", vxb_refine(&o), "%.0f");
     r.str("simd", vecidx_simd());
     r.str("version", vecidx_version());
@@ -2103,8 +2112,9 @@ void scenario_resolve(const bn_opts &o, Scenario *s)
         s->nprobe = (unsigned)o.nprobe.v[0];
     } else if (strcmp(o.index, "hnsw") != 0) {
         bn_die("--scenario: --index hnsw or ivfpq");
+    } else if (o.ef.n != 1) {
+        bn_die("--scenario takes one --ef value");
     }
-    if (o.ef.n != 1) bn_die("--scenario takes one --ef value");
     s->ef = o.ef.v[0];
     s->k = (unsigned)o.k;
     if (s->duration < 0) s->duration = s->name == "scaling" ? 5 : 60;

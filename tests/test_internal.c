@@ -1741,27 +1741,39 @@ static void vt_check_l2_cut(const vx_qkernels *k, const vx_kernels *f32,
 }
 
 /* sumsq of k bit for bit the scalar kernel's (vx_sumsq: a norm stored on
-** one CPU is the one a replay stores on another), over components spread
-** across 2^+-100 and over p as given, and within the rounding bound of
-** 32 sums of d / 32 terms and their fold of the exact sum (in long double,
-** where that is wider); a NaN or an
-** infinity anywhere makes it non-finite (vx_check_vector relies on it).
-** p (d floats) is overwritten. */
+** one CPU is the one a replay stores on another): on p as given, within
+** the rounding bound of 32 sums of d / 32 terms and their fold of the
+** exact sum (in long double, where that is wider); of no components; on
+** components spread across 2^+-100, subnormal (and -0.0), and near
+** FLT_MAX; and non-finite with a NaN or an infinity anywhere
+** (vx_check_vector relies on it). p (d floats) is overwritten. */
 static void vt_check_sumsq(const vx_qkernels *k, const vx_qkernels *ref,
                            float *p, size_t d, unsigned mask, vt_rng *r)
 {
     long double exact = 0;
-    double got = k->sumsq(p, d);
-    size_t i;
+    double got = k->sumsq(p, d), want = ref->sumsq(p, d);
+    size_t i, kind;
     for (i = 0; i < d; i++) exact += (long double)p[i] * p[i];
-    CHECKF(got == ref->sumsq(p, d) &&
-               fabsl((long double)got - exact) <=
-                   (long double)(d / 32 + 6) * DBL_EPSILON * exact,
-           "sumsq mask %#x d %zu: %.17g against %.17Lg", mask, d, got, exact);
-    for (i = 0; i < d; i++)
-        p[i] = ldexpf((float)(vt_unit(r) * 2 - 1), (int)vt_below(r, 201) - 100);
-    CHECKF(k->sumsq(p, d) == ref->sumsq(p, d),
-           "sumsq mask %#x d %zu, spread exponents", mask, d);
+    CHECKF(got == want && fabsl((long double)got - exact) <=
+                              (long double)(d / 32 + 6) * DBL_EPSILON * exact,
+           "sumsq mask %#x d %zu: %.17g, scalar %.17g, exact %.17Lg", mask, d,
+           got, want, exact);
+    CHECKF(k->sumsq(p, 0) == 0.0, "sumsq mask %#x of nothing", mask);
+    /* exponents across 2^+-100, subnormals (some -0.0), near FLT_MAX */
+    for (kind = 0; kind < 3; kind++) {
+        for (i = 0; i < d; i++) {
+            float u = (float)(vt_unit(r) * 2 - 1);
+            p[i] = kind == 0   ? ldexpf(u, (int)vt_below(r, 201) - 100)
+                   : kind == 1 ? (vt_below(r, 8) ? ldexpf(u, -130) : -0.0f)
+                               : u * FLT_MAX;
+        }
+        got = k->sumsq(p, d);
+        want = ref->sumsq(p, d);
+        CHECKF(got == want,
+               "sumsq mask %#x d %zu, values of kind %zu: %.17g, "
+               "scalar %.17g",
+               mask, d, kind, got, want);
+    }
     p[vt_below(r, d)] = vt_below(r, 2) ? NAN : -INFINITY;
     CHECKF(!isfinite(k->sumsq(p, d)), "sumsq mask %#x d %zu of a non-finite",
            mask, d);
