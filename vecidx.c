@@ -2691,20 +2691,27 @@ static double vx_scalar_sumsq(const float *v, size_t n)
 }
 
 #if defined(VX_HAVE_AVX2)
+/* The 32 components from i on, or when fewer are left, those copied into
+** tail (32 floats) and zeros after them: a zero adds +0.0 to its sum,
+** which changes none. */
+static inline const float *vx_sumsq_at(const float *v, size_t n, size_t i,
+                                       float *tail)
+{
+    if (n - i >= VX_SUMSQ_WAYS) return v + i;
+    memset(tail, 0, VX_SUMSQ_WAYS * sizeof *tail);
+    memcpy(tail, v + i, (n - i) * sizeof *v);
+    return tail;
+}
+
 VX_AVX2 static double vx_avx2_sumsq(const float *v, size_t n)
 {
     __m256d a[8];
-    float tail[VX_SUMSQ_WAYS]; /* the last n % 32, zero after: +0.0 adds */
+    float tail[VX_SUMSQ_WAYS]; /* see vx_sumsq_at */
     size_t i, j;
     __m128d h;
     for (j = 0; j < 8; j++) a[j] = _mm256_setzero_pd();
     for (i = 0; i < n; i += VX_SUMSQ_WAYS) {
-        const float *p = v + i;
-        if (n - i < VX_SUMSQ_WAYS) {
-            memset(tail, 0, sizeof tail);
-            memcpy(tail, p, (n - i) * sizeof *p);
-            p = tail;
-        }
+        const float *p = vx_sumsq_at(v, n, i, tail);
         for (j = 0; j < 8; j++) {
             __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(p + 4 * j));
             a[j] = _mm256_fmadd_pd(x, x, a[j]);
@@ -2722,18 +2729,13 @@ VX_AVX2 static double vx_avx2_sumsq(const float *v, size_t n)
 VX_AVX512 static double vx_avx512_sumsq(const float *v, size_t n)
 {
     __m512d a[4];
-    float tail[VX_SUMSQ_WAYS]; /* the last n % 32, zero after: +0.0 adds */
+    float tail[VX_SUMSQ_WAYS]; /* see vx_sumsq_at */
     size_t i, j;
     __m256d q;
     __m128d h;
     for (j = 0; j < 4; j++) a[j] = _mm512_setzero_pd();
     for (i = 0; i < n; i += VX_SUMSQ_WAYS) {
-        const float *p = v + i;
-        if (n - i < VX_SUMSQ_WAYS) {
-            memset(tail, 0, sizeof tail);
-            memcpy(tail, p, (n - i) * sizeof *p);
-            p = tail;
-        }
+        const float *p = vx_sumsq_at(v, n, i, tail);
         for (j = 0; j < 4; j++) {
             __m512d x = _mm512_cvtps_pd(_mm256_loadu_ps(p + 8 * j));
             a[j] = _mm512_fmadd_pd(x, x, a[j]);

@@ -1490,13 +1490,10 @@ void row_head(Row &r, const bn_opts &o, const Scenario &s, const char *lib,
     r.num("pass", pass, "%.0f");
 }
 
-void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
-              const char *lib)
+/* The index kind and its build and search parameters: HNSW's M, efc and
+** ef, or IVF-PQ's nprobe, lists, sub-quantizers and training rows. */
+void index_keys(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s)
 {
-    bool vx = !strcmp(lib, "vecidx");
-    r.num("n", (double)d.n, "%.0f");
-    r.num("dim", d.dim, "%.0f");
-    r.str("metric", bn_metric_name(o.metric));
     r.str("index", s.nprobe ? "ivfpq" : "hnsw");
     if (s.nprobe) {
         size_t ntrain = bn_train_rows(&o, d.n);
@@ -1509,10 +1506,32 @@ void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
         r.num("efc", o.ef_construction, "%.0f");
         r.num("ef", s.ef, "%.0f");
     }
+}
+
+/* vecidx's storage, and whether it keeps float32 vectors (IVF-PQ: with
+** --refine above 1). */
+const char *vx_storage(const bn_opts &o, const Scenario &s)
+{
+    return s.nprobe ? "pq" : o.storage;
+}
+
+bool vx_keeps(const bn_opts &o, const Scenario &s)
+{
+    return s.nprobe ? vxb_refine(&o) > 1 : o.keep != 0;
+}
+
+void row_tail(Row &r, const bn_opts &o, const bn_data &d, const Scenario &s,
+              const char *lib)
+{
+    bool vx = !strcmp(lib, "vecidx");
+    r.num("n", (double)d.n, "%.0f");
+    r.num("dim", d.dim, "%.0f");
+    r.str("metric", bn_metric_name(o.metric));
+    index_keys(r, o, d, s);
     r.num("k", s.k, "%.0f");
     r.num("build_threads", o.build_threads, "%.0f");
-    r.str("storage", s.nprobe ? "pq" : vx ? o.storage : "f32");
-    r.flag("keep", vx && (s.nprobe ? vxb_refine(&o) > 1 : o.keep));
+    r.str("storage", vx ? vx_storage(o, s) : "f32");
+    r.flag("keep", vx && vx_keeps(o, s));
     r.num("refine", vx ? vxb_refine(&o) : 1, "%.0f");
     r.str("simd", vx ? vecidx_simd() : hnswlib_simd());
 #ifdef HNSWLIB_VERSION
@@ -1561,15 +1580,9 @@ void print_summary(const bn_opts &o, const bn_data &d, const Scenario &s,
     }
     r.num("n", (double)d.n, "%.0f");
     r.num("dim", d.dim, "%.0f");
-    r.str("index", s.nprobe ? "ivfpq" : "hnsw");
-    if (s.nprobe) {
-        r.num("nprobe", s.nprobe, "%.0f");
-    } else {
-        r.num("M", o.M, "%.0f");
-        r.num("ef", s.ef, "%.0f");
-    }
-    r.str("storage", s.nprobe ? "pq" : o.storage); /* hnswlib's is f32 */
-    r.flag("keep", s.nprobe ? vxb_refine(&o) > 1 : o.keep);
+    index_keys(r, o, d, s);
+    r.str("storage", vx_storage(o, s)); /* hnswlib's is f32 */
+    r.flag("keep", vx_keeps(o, s));
     r.num("refine", vxb_refine(&o), "%.0f");
     r.str("simd", vecidx_simd());
     r.str("version", vecidx_version());
