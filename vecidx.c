@@ -272,6 +272,29 @@ static void vx_huge_unmap(void *p, size_t n)
     if (p) munmap(p, n);
 }
 
+/* Key maps are read at random places too, and a keyed scan looks up each
+** allowed key. Measured on 1M x 128 with 1,000 allowed keys, against a
+** hand loop over the same vectors: IVF-PQ's scan ran at 0.93-0.95x with
+** its map on 4 KiB pages and 0.98-1.04x with it on huge ones, flat's at
+** 0.87-0.92x and 0.94-0.95x. A map comes from
+** the allocator (it must be freed as it was allocated), so the advice
+** covers the whole huge pages inside the block; the default allocator
+** only, as for the chunks, and only for blocks of two huge pages or more:
+** a smaller one would gain at most one. */
+static void vx_advise_huge(const vx_mem *m, void *p, size_t n)
+{
+#if VX_HAVE_HUGE
+    uintptr_t lo = ((uintptr_t)p + VX_HUGE_PAGE - 1) & ~(VX_HUGE_PAGE - 1),
+              hi = ((uintptr_t)p + n) & ~(VX_HUGE_PAGE - 1);
+    if (!m->a.malloc_fn && n >= 2 * VX_HUGE_PAGE && hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)m;
+    (void)p;
+    (void)n;
+#endif
+}
+
 static unsigned vx_cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -3207,6 +3230,8 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, pthread_rwlock_t *klock,
         vx_map_free(&nm, mem);
         return VECIDX_ENOMEM;
     }
+    vx_advise_huge(mem, nm.keys, cap * sizeof *nm.keys);
+    vx_advise_huge(mem, nm.slots, cap * sizeof *nm.slots);
     memset(nm.slots, 0xff, cap * sizeof *nm.slots);
     for (i = 0; i < m->cap; i++)
         if (m->slots[i] != VX_NOSLOT) vx_map_put(&nm, m->keys[i], m->slots[i]);
@@ -7470,6 +7495,7 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
     if (!vx_mul_ok(cap, v->map_words * sizeof *fresh, &bytes) ||
         ((cap - 1) >> 16) >> 17 || !(fresh = vx_malloc(&ix->mem, bytes)))
         return VECIDX_ENOMEM;
+    vx_advise_huge(&ix->mem, fresh, bytes);
     memset(fresh, 0xFF, bytes);
     /* Built aside, swapped in under the key-set lock: searches and
     ** lookups go on with the old map meanwhile. */
