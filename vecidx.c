@@ -273,26 +273,50 @@ static void vx_huge_unmap(void *p, size_t n)
 }
 
 /* Key maps are read at random places too, and a keyed scan looks up each
-** allowed key. Measured on 1M x 128 with 1,000 allowed keys, against a
-** hand loop over the same vectors: IVF-PQ's scan ran at 0.93-0.95x with
-** its map on 4 KiB pages and 0.98-1.04x with it on huge ones, flat's at
-** 0.87-0.92x and 0.94-0.95x. A map comes from
-** the allocator (it must be freed as it was allocated), so the advice
-** covers the whole huge pages inside the block; the default allocator
-** only, as for the chunks, and only for blocks of two huge pages or more:
-** a smaller one would gain at most one. */
-static void vx_advise_huge(const vx_mem *m, void *p, size_t n)
-{
-#if VX_HAVE_HUGE
-    uintptr_t lo = ((uintptr_t)p + VX_HUGE_PAGE - 1) & ~(VX_HUGE_PAGE - 1),
-              hi = ((uintptr_t)p + n) & ~(VX_HUGE_PAGE - 1);
-    if (!m->a.malloc_fn && n >= 2 * VX_HUGE_PAGE && hi > lo)
-        (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
-#else
-    (void)m;
-    (void)p;
-    (void)n;
+** allowed key. Measured on 1M x 128 with 1,000 allowed keys (one build,
+** its maps on huge pages and on small ones in turns), QPS over a hand
+** loop over the same vectors: IVF-PQ 0.92-0.93x on small pages, 1.00-
+** 1.02x on huge ones; flat 0.91-0.96x and 0.98-0.99x. So an array of a
+** map that spans two huge pages or more gets a mapping of its own, as the
+** chunks do; a smaller one would gain at most one. Advising a block of
+** the allocator instead would leave the advice on that memory after the
+** map is freed, for whatever the program allocates there next. Default
+** allocator only. */
+#ifndef VX_HUGE_TABLE /* tests lower it to reach it with small data */
+#define VX_HUGE_TABLE (2 * VX_HUGE_PAGE)
 #endif
+static int vx_table_huge(const vx_mem *m, size_t n)
+{
+    return VX_HAVE_HUGE && !m->a.malloc_fn && n >= VX_HUGE_TABLE &&
+           n <= SIZE_MAX - VX_HUGE_PAGE;
+}
+
+/* A table of n bytes; *huge says whether it has a mapping of its own
+** (vx_table_huge), for vx_table_free. Such a mapping is whole huge pages
+** and counted whole: the flat and HNSW maps' arrays fill them (powers of
+** two), the IVF-PQ map leaves less than one unused. */
+static void *vx_table_alloc(vx_mem *m, size_t n, int *huge)
+{
+    size_t len = (n + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
+    void *p;
+    *huge = 0;
+    if (vx_table_huge(m, n) && (p = vx_huge_map(len)) != NULL) {
+        atomic_fetch_add_explicit(&m->bytes, len, memory_order_relaxed);
+        *huge = 1;
+        return p;
+    }
+    return vx_malloc(m, n);
+}
+
+static void vx_table_free(vx_mem *m, void *p, size_t n, int huge)
+{
+    size_t len = (n + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
+    if (!huge) {
+        vx_free(m, p, n);
+        return;
+    }
+    vx_huge_unmap(p, len);
+    atomic_fetch_sub_explicit(&m->bytes, len, memory_order_relaxed);
 }
 
 static unsigned vx_cpu_count(void)
@@ -2952,6 +2976,7 @@ typedef struct vx_keymap {
     size_t cap;      /* power of two, or 0 */
     size_t n;
     int mapped;    /* arrays point into a mapped file: never freed */
+    int huge;      /* keys (bit 0), slots (bit 1): vx_table_alloc's */
     vx_snap *snap; /* a snapshot under way, writing these arrays */
 } vx_keymap;
 
@@ -3206,8 +3231,8 @@ static void vx_map_del(vx_keymap *m, uint64_t key)
 static void vx_map_free(vx_keymap *m, vx_mem *mem)
 {
     if (!m->mapped) {
-        vx_free(mem, m->keys, m->cap * sizeof *m->keys);
-        vx_free(mem, m->slots, m->cap * sizeof *m->slots);
+        vx_table_free(mem, m->keys, m->cap * sizeof *m->keys, m->huge & 1);
+        vx_table_free(mem, m->slots, m->cap * sizeof *m->slots, m->huge >> 1);
     }
     memset(m, 0, sizeof *m);
 }
@@ -3220,18 +3245,18 @@ static int vx_map_reserve(vx_keymap *m, vx_mem *mem, pthread_rwlock_t *klock,
 {
     vx_keymap nm, old;
     size_t cap = 16, i;
+    int hk, hs;
     while (cap / 2 < n) cap *= 2;
     if (cap <= m->cap) return VECIDX_OK;
     memset(&nm, 0, sizeof nm);
     nm.cap = cap;
-    nm.keys = vx_malloc(mem, cap * sizeof *nm.keys);
-    nm.slots = vx_malloc(mem, cap * sizeof *nm.slots);
+    nm.keys = vx_table_alloc(mem, cap * sizeof *nm.keys, &hk);
+    nm.slots = vx_table_alloc(mem, cap * sizeof *nm.slots, &hs);
+    nm.huge = hk | hs << 1;
     if (!nm.keys || !nm.slots) {
         vx_map_free(&nm, mem);
         return VECIDX_ENOMEM;
     }
-    vx_advise_huge(mem, nm.keys, cap * sizeof *nm.keys);
-    vx_advise_huge(mem, nm.slots, cap * sizeof *nm.slots);
     memset(nm.slots, 0xff, cap * sizeof *nm.slots);
     for (i = 0; i < m->cap; i++)
         if (m->slots[i] != VX_NOSLOT) vx_map_put(&nm, m->keys[i], m->slots[i]);
@@ -4313,6 +4338,7 @@ typedef struct vx_ivf {
     size_t vb;
     uint64_t count;
     int model_mapped, map_mapped; /* point into the index file */
+    int map_huge;                 /* map from vx_table_alloc's own mapping */
     vecidx *cq;                   /* HNSW graph over the centroids, or NULL */
     struct vx_ilazy *lazy;        /* lists verified on first read, or NULL */
 } vx_ivf;
@@ -5443,15 +5469,16 @@ static double vx_store_scan_cost(const vecidx_search_opts *o, size_t n,
     return *keyed ? card * VX_COST_KEYED : full;
 }
 
-/* How many allowed keys ahead a scan requests their map cells and
-** vectors: far enough that the loads overlap (measured at 100k x 128: 4
-** left the scan at 0.44-0.77x a plain loop prefetching 16 rows ahead). */
+/* How many allowed keys ahead a scan requests their vectors: far enough
+** that the loads overlap (measured at 100k x 128: 4 left the scan at
+** 0.44-0.77x a plain loop prefetching 16 rows ahead). */
 #define VX_ALLOW_AHEAD 12
 /* How many keys ahead the lookups request map cells. A lookup is a few
 ** instructions where scoring a vector is dozens, so the lead must be
 ** longer: on 1M x 128 flat with 1,000 allowed keys, 32 ahead ran at
 ** 0.97-1.02x the hand loop where 12 ahead ran at 0.91-0.96x (four rounds
-** in turns); 64 did no better, 100k sets and IVF-PQ's map no different. */
+** in turns); 64 did no better. On 100k x 128, and on IVF-PQ's map, the
+** two measured the same. */
 #define VX_MAP_AHEAD 32
 
 /* Request the map cells of key: its key and its slot lie in two arrays. */
@@ -7490,18 +7517,17 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
 {
     vx_ivf *v = &ix->ivf, t;
     size_t need = v->map_n + more, cap = v->map_cap, oldcap = v->map_cap, i;
-    size_t bytes, oldbytes;
-    int was;
+    size_t bytes, oldbytes, cell = v->map_words * sizeof *v->map;
+    int was, was_huge = v->map_huge, huge;
     uint64_t *old = v->map, *fresh;
     oldbytes = vx_ivf_map_bytes(v);
     if (cap && need <= cap / 5 * 4) return VECIDX_OK;
     while (cap / 5 * 4 < need) cap = cap < 64 ? 64 : cap + cap / 2;
     /* at most 2^33 cells (((cap - 1) >> 16) >> 17: cap > 2^33, valid
     ** with a 32-bit size_t too) */
-    if (!vx_mul_ok(cap, v->map_words * sizeof *fresh, &bytes) ||
-        ((cap - 1) >> 16) >> 17 || !(fresh = vx_malloc(&ix->mem, bytes)))
+    if (!vx_mul_ok(cap, cell, &bytes) || ((cap - 1) >> 16) >> 17 ||
+        !(fresh = vx_table_alloc(&ix->mem, bytes, &huge)))
         return VECIDX_ENOMEM;
-    vx_advise_huge(&ix->mem, fresh, bytes);
     memset(fresh, 0xFF, bytes);
     /* Built aside, swapped in under the key-set lock: searches and
     ** lookups go on with the old map meanwhile. */
@@ -7520,8 +7546,9 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
     v->map_cap = cap;
     v->map_n = t.map_n;
     v->map_mapped = 0; /* vecidx_stats reads it */
+    v->map_huge = huge;
     vx_keys_unlock(ix);
-    if (!was) vx_free(&ix->mem, old, oldbytes);
+    if (!was) vx_table_free(&ix->mem, old, oldbytes, was_huge);
     return VECIDX_OK;
 }
 
@@ -8001,6 +8028,9 @@ static void vx_ivf_score_keys(vecidx *ix, vx_ivf_sw *w, const float *qv,
     float dist[256];
     size_t i, j, m, cell;
     for (i = 0; i < n; i++) hash[i] = vx_hash64(keys[i]);
+    for (i = 0; i < n && i < VX_MAP_AHEAD && v->map_cap; i++)
+        __builtin_prefetch(
+            &v->map[vx_ivf_home(hash[i], v->map_cap) * v->map_words]);
     for (i = m = 0; i < n; i++) {
         if (i + VX_MAP_AHEAD < n && v->map_cap)
             __builtin_prefetch(
@@ -8459,7 +8489,8 @@ static void vx_ivf_destroy(vecidx *ix)
     for (li = 0; v->lists && li < v->nlist; li++)
         vx_ivl_free(ix, &v->lists[li]);
     vx_free(&ix->mem, v->lists, (size_t)v->nlist * sizeof *v->lists);
-    if (!v->map_mapped) vx_free(&ix->mem, v->map, vx_ivf_map_bytes(v));
+    if (!v->map_mapped)
+        vx_table_free(&ix->mem, v->map, vx_ivf_map_bytes(v), v->map_huge);
     vx_free(&ix->mem, v->lazy, sizeof *v->lazy);
     memset(v, 0, sizeof *v);
 }
@@ -9564,7 +9595,7 @@ struct vx_snap {
     uint8_t *mstate;
     unsigned char **maside;
     size_t munits;
-    int own;
+    int own, mhuge; /* mhuge: the kept arrays' vx_keymap.huge */
     vx_mem *mem;
     unsigned char *repair; /* the repair section, encoded */
     size_t repair_len;
@@ -9738,6 +9769,7 @@ static int vx_snap_adopt_map(vx_snap *sn, const vx_keymap *old)
 {
     if (old->keys != sn->mk || old->mapped) return 0;
     sn->own = 1;
+    sn->mhuge = old->huge;
     return 1;
 }
 
@@ -9828,8 +9860,10 @@ static void vx_snap_free(vecidx *ix, vx_snap *sn)
     vx_free(mem, sn->maside, sn->munits * sizeof *sn->maside);
     vx_free(mem, sn->mstate, sn->munits);
     if (sn->own) {
-        vx_free(mem, (void *)(uintptr_t)sn->mk, sn->h.map_cap * 8);
-        vx_free(mem, (void *)(uintptr_t)sn->ms, sn->h.map_cap * 4);
+        vx_table_free(mem, (void *)(uintptr_t)sn->mk, sn->h.map_cap * 8,
+                      sn->mhuge & 1);
+        vx_table_free(mem, (void *)(uintptr_t)sn->ms, sn->h.map_cap * 4,
+                      sn->mhuge >> 1);
     }
     if (ix->store.map.snap == sn) ix->store.map.snap = NULL;
     vx_free(mem, sn->ivmap, vx_fhdr_map_bytes(&sn->h));

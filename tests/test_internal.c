@@ -29,6 +29,8 @@
 /* One huge page: every test here that stores more than 2 MiB of vectors
 ** runs its chunks through the huge-page pool, not only the big ones. */
 #define VX_HUGE_BLOCK ((size_t)2 << 20)
+/* Key maps of 64 KiB and more on huge-page mappings of their own. */
+#define VX_HUGE_TABLE ((size_t)64 << 10)
 #include "../vecidx.c"
 
 #include <stdio.h>
@@ -588,6 +590,10 @@ void test_store_huge_blocks(void)
     CHECK_OK(vecidx_stats(ix[0], &st));
     CHECK(st.memory_bytes >=
           (uint64_t)ix[0]->store.nchunks * vx_store_chunk_bytes(&ix[0]->store));
+    /* The key map's arrays, of 512 and 256 KiB, have mappings of their
+    ** own; under a custom allocator they come from it. */
+    CHECK(ix[0]->store.map.huge == (VX_HAVE_HUGE ? 3 : 0));
+    CHECK(ix[1]->store.map.huge == 0);
     /* A custom allocator sees every byte: no pool. */
     CHECK(vt_pooled_chunks(&ix[1]->store) == 0 && ix[1]->store.nblocks == 0);
     vt_check_bytes("custom allocator, large store", ix[1], &a);
@@ -599,6 +605,12 @@ void test_store_huge_blocks(void)
         size_t found[2] = {0, 0};
         memset(&o, 0, sizeof o);
         o.ef = 64;
+        /* odd queries: 600 allowed keys (a third removed), looked up in
+        ** the map */
+        if (i % 2) {
+            o.allow_keys = m[0].keys + i * 100;
+            o.allow_count = 600;
+        }
         for (j = 0; j < 2; j++)
             CHECK_OK(vecidx_search(ix[j], q + i * DIM, 10, &o, keys[j], d[j],
                                    &found[j]));
@@ -999,9 +1011,10 @@ static void vt_ivf_narrow(vecidx *ix)
     uint64_t *one = vx_malloc(&ix->mem, v->map_cap * sizeof *one);
     if (!one) vt_fail(__FILE__, __LINE__, "out of memory");
     for (i = 0; i < v->map_cap; i++) one[i] = vx_ivf_cw(v, i);
-    vx_free(&ix->mem, v->map, vx_ivf_map_bytes(v));
+    vx_table_free(&ix->mem, v->map, vx_ivf_map_bytes(v), v->map_huge);
     v->map = one;
     v->map_words = 1;
+    v->map_huge = 0;
     for (li = 0; v->vb && li < v->nlist; li++) {
         vx_ivlist *l = &v->lists[li];
         float *x;
@@ -1107,6 +1120,11 @@ void test_ivf_map_cells(void)
         vt_fill_index(ix, &m, N, &r, VT_CLUSTERED);
         vt_make_queries(&r, &m, q, NQ, VT_CLUSTERED);
         CHECK(ix->ivf.trained && ix->ivf.map_words == (keep ? 2u : 1u));
+        /* 3000 keys: two-word cells pass VX_HUGE_TABLE, a mapping of
+        ** their own; one-word cells do not */
+        CHECK((vx_ivf_map_bytes(&ix->ivf) >= VX_HUGE_TABLE) == keep);
+        CHECK(ix->ivf.map_huge == (VX_HAVE_HUGE && keep));
+        CHECK((uintptr_t)ix->ivf.map % VX_HUGE_PAGE == 0 || !ix->ivf.map_huge);
         CHECK_EQ_U64(ix->ivf.vb, keep ? 4 * (DIM + (c & 2 ? 1 : 0)) : 0);
         CHECK_OK(vecidx_save(ix, path[0]));
         CHECK_EQ_U64(vt_file_u32(path[0], 8), keep ? 7 : 6);
