@@ -503,9 +503,13 @@ ifneq ($(PORTAB),)
 	$(call vx_run,$(PORTAB),-nosimd,,check $(PORTAB_DATA))
 endif
 
+# The probe includes system headers: with gcc-12-multilib left behind by
+# a cross compiler's install (which removes gcc-multilib), a bare program
+# links but <errno.h> is missing, and the build failed instead of skipping.
 test-m32:
-	@if echo 'int main(void){return 0;}' | \
-	    $(CC) -m32 -x c - -o /dev/null >/dev/null 2>&1; then \
+	@if printf '%s\n' '#include <errno.h>' '#include <pthread.h>' \
+	    'int main(void){return errno;}' | \
+	    $(CC) -m32 -x c - -o /dev/null -pthread >/dev/null 2>&1; then \
 	    $(MAKE) --no-print-directory $(addsuffix -m32,$(TEST_PROGS)) && \
 	    fail=0 && for t in $(TEST_PROGS); do \
 	        echo "== ./$$t-m32"; ./$$t-m32 || fail=1; \
