@@ -246,6 +246,12 @@ static int vx_grow(vx_mem *mem, void **p, size_t *cap, size_t need, size_t elem)
 #define VX_HUGE_BLOCK ((size_t)32 << 20)
 #endif
 
+/* n rounded up to whole huge pages. */
+static size_t vx_huge_len(size_t n)
+{
+    return (n + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
+}
+
 /* A mapping of n bytes (a multiple of VX_HUGE_PAGE) on a VX_HUGE_PAGE
 ** boundary, or NULL. */
 static void *vx_huge_map(size_t n)
@@ -297,11 +303,11 @@ static int vx_table_huge(const vx_mem *m, size_t n)
 ** two), the IVF-PQ map leaves less than one unused. */
 static void *vx_table_alloc(vx_mem *m, size_t n, int *huge)
 {
-    size_t len = (n + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
     void *p;
     *huge = 0;
-    if (vx_table_huge(m, n) && (p = vx_huge_map(len)) != NULL) {
-        atomic_fetch_add_explicit(&m->bytes, len, memory_order_relaxed);
+    if (vx_table_huge(m, n) && (p = vx_huge_map(vx_huge_len(n))) != NULL) {
+        atomic_fetch_add_explicit(&m->bytes, vx_huge_len(n),
+                                  memory_order_relaxed);
         *huge = 1;
         return p;
     }
@@ -310,13 +316,12 @@ static void *vx_table_alloc(vx_mem *m, size_t n, int *huge)
 
 static void vx_table_free(vx_mem *m, void *p, size_t n, int huge)
 {
-    size_t len = (n + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
     if (!huge) {
         vx_free(m, p, n);
         return;
     }
-    vx_huge_unmap(p, len);
-    atomic_fetch_sub_explicit(&m->bytes, len, memory_order_relaxed);
+    vx_huge_unmap(p, vx_huge_len(n));
+    atomic_fetch_sub_explicit(&m->bytes, vx_huge_len(n), memory_order_relaxed);
 }
 
 static unsigned vx_cpu_count(void)
@@ -3679,7 +3684,7 @@ static unsigned char *vx_store_carve(vx_store *s, vx_mem *mem, size_t cb)
         return NULL;
     if (!b || b->len - b->used < cb) {
         size_t len = VX_HUGE_BLOCK > cb ? VX_HUGE_BLOCK : cb;
-        len = (len + VX_HUGE_PAGE - 1) / VX_HUGE_PAGE * VX_HUGE_PAGE;
+        len = vx_huge_len(len);
         if (vx_grow(mem, (void **)&s->blocks, &s->block_cap, s->nblocks + 1,
                     sizeof *s->blocks) != VECIDX_OK)
             return NULL;
@@ -7429,6 +7434,12 @@ static inline int vx_ivf_cell_ok(const vx_ivf *v, uint64_t c)
     return l < v->nlist && (uint32_t)c < vx_ivf_list(v, l)->n;
 }
 
+/* Request the home cell of a key of hash h (the map not empty). */
+static inline void vx_ivf_map_prefetch(const vx_ivf *v, uint64_t h)
+{
+    __builtin_prefetch(&v->map[vx_ivf_home(h, v->map_cap) * v->map_words]);
+}
+
 /* Two-word cells: the cell that holds key, its entry not checked yet (see
 ** vx_ivf_cell_ok), or SIZE_MAX. */
 static inline size_t vx_ivf_map_probe(const vx_ivf *v, uint64_t key, uint64_t h)
@@ -7517,7 +7528,7 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
 {
     vx_ivf *v = &ix->ivf, t;
     size_t need = v->map_n + more, cap = v->map_cap, oldcap = v->map_cap, i;
-    size_t bytes, oldbytes, cell = v->map_words * sizeof *v->map;
+    size_t bytes, oldbytes;
     int was, was_huge = v->map_huge, huge;
     uint64_t *old = v->map, *fresh;
     oldbytes = vx_ivf_map_bytes(v);
@@ -7525,7 +7536,8 @@ static int vx_ivf_map_reserve(vecidx *ix, size_t more)
     while (cap / 5 * 4 < need) cap = cap < 64 ? 64 : cap + cap / 2;
     /* at most 2^33 cells (((cap - 1) >> 16) >> 17: cap > 2^33, valid
     ** with a 32-bit size_t too) */
-    if (!vx_mul_ok(cap, cell, &bytes) || ((cap - 1) >> 16) >> 17 ||
+    if (!vx_mul_ok(cap, v->map_words * sizeof *fresh, &bytes) ||
+        ((cap - 1) >> 16) >> 17 ||
         !(fresh = vx_table_alloc(&ix->mem, bytes, &huge)))
         return VECIDX_ENOMEM;
     memset(fresh, 0xFF, bytes);
@@ -8029,13 +8041,10 @@ static void vx_ivf_score_keys(vecidx *ix, vx_ivf_sw *w, const float *qv,
     size_t i, j, m, cell;
     for (i = 0; i < n; i++) hash[i] = vx_hash64(keys[i]);
     for (i = 0; i < n && i < VX_MAP_AHEAD && v->map_cap; i++)
-        __builtin_prefetch(
-            &v->map[vx_ivf_home(hash[i], v->map_cap) * v->map_words]);
+        vx_ivf_map_prefetch(v, hash[i]);
     for (i = m = 0; i < n; i++) {
         if (i + VX_MAP_AHEAD < n && v->map_cap)
-            __builtin_prefetch(
-                &v->map[vx_ivf_home(hash[i + VX_MAP_AHEAD], v->map_cap) *
-                        v->map_words]);
+            vx_ivf_map_prefetch(v, hash[i + VX_MAP_AHEAD]);
         cell = v->map_words == 2 ? vx_ivf_map_probe(v, keys[i], hash[i])
                                  : vx_ivf_map_find(v, keys[i]);
         if (cell == SIZE_MAX) continue;
