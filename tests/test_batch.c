@@ -304,3 +304,119 @@ void test_batch_search_matches_single(void)
         vt_set_free(&m);
     }
 }
+
+/* One kind of index for test_batch_query_anywhere: params set by kind,
+** storage and dimension, filled with n random vectors (keys 1..n) and,
+** for IVF-PQ, trained first. */
+static vecidx *vt_anywhere_index(int kind, int metric, uint32_t storage,
+                                 uint32_t dim, size_t n, vt_rng *r)
+{
+    vecidx_params p;
+    vecidx *ix = NULL;
+    float *v = vt_xmalloc(n * dim * sizeof *v);
+    uint64_t *keys = vt_xmalloc(n * sizeof *keys);
+    size_t i;
+    CHECK_OK(vecidx_params_init(&p, kind, metric, dim));
+    p.storage = storage;
+    if (kind == VECIDX_IVFPQ) {
+        p.ivf_nlist = 8;
+        p.pq_m = 2;
+        p.pq_nbits = 8;
+        p.ivf_keep_vectors = 1;
+    }
+    vt_fill_uniform(r, v, n * dim, -1.0f, 1.0f);
+    for (i = 0; i < n; i++) keys[i] = i + 1;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (ix && kind == VECIDX_IVFPQ) CHECK_OK(vecidx_train(ix, n, v));
+    if (ix) CHECK_OK(vecidx_add_batch(ix, n, keys, v));
+    free(v);
+    free(keys);
+    return ix;
+}
+
+/* A search copies a query that does not start on a cache line (and has
+** at most 1,024 dimensions) before it walks: wherever the caller's query
+** lies, the answer is the same to the bit, one at a time and in a batch,
+** with and without an allowed set; past 1,024 dimensions it is read in
+** place. */
+void test_batch_query_anywhere(void)
+{
+    enum {
+        N = 300,
+        K = 7,
+        NQ = 3
+    };
+    static const struct {
+        int kind, metric;
+        uint32_t storage, dim;
+    } cases[] = {
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 37},
+        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F32, 64},
+        {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_I8, 33},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 1030},
+        {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_F32, 19},
+        {VECIDX_IVFPQ, VECIDX_L2, VECIDX_STORE_F32, 24},
+        {VECIDX_IVFPQ, VECIDX_COSINE, VECIDX_STORE_F32, 16},
+    };
+    static const uint64_t allow[] = {3, 9, 27, 81, 243, 5, 25, 125};
+    size_t ci, off, fi, i;
+    for (ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        uint32_t dim = cases[ci].dim;
+        vt_rng r = {241 + ci};
+        vecidx *ix = vt_anywhere_index(cases[ci].kind, cases[ci].metric,
+                                       cases[ci].storage, dim, N, &r);
+        /* a line-aligned block, the queries placed at each offset in it */
+        float *blk = aligned_alloc(64, ((NQ * dim + 16) * sizeof(float) + 63) /
+                                           64 * 64);
+        float *q0 = vt_xmalloc(NQ * dim * sizeof *q0);
+        uint64_t k0[NQ * K], k1[NQ * K];
+        float d0[NQ * K], d1[NQ * K];
+        size_t f0[NQ], f1[NQ];
+        if (!ix || !blk) {
+            CHECK(blk != NULL);
+            vecidx_close(ix);
+            free(blk);
+            free(q0);
+            return;
+        }
+        vt_fill_uniform(&r, q0, NQ * dim, -1.0f, 1.0f);
+        for (fi = 0; fi < 2; fi++) {
+            vecidx_search_opts o;
+            memset(&o, 0, sizeof o);
+            if (fi) {
+                o.allow_keys = allow;
+                o.allow_count = sizeof allow / sizeof allow[0];
+            }
+            memcpy(blk, q0, NQ * dim * sizeof *q0);
+            for (i = 0; i < NQ; i++)
+                CHECK_OK(vecidx_search(ix, blk + i * dim, K, &o, k0 + i * K,
+                                       d0 + i * K, f0 + i));
+            CHECK(f0[0] == K);
+            for (off = 1; off < 16; off++) {
+                memmove(blk + off, q0, NQ * dim * sizeof *q0);
+                memset(k1, 0xab, sizeof k1);
+                for (i = 0; i < NQ; i++)
+                    CHECK_OK(vecidx_search(ix, blk + off + i * dim, K, &o,
+                                           k1 + i * K, d1 + i * K, f1 + i));
+                CHECKF(memcmp(f0, f1, sizeof f0) == 0 &&
+                           memcmp(k0, k1, sizeof k0) == 0 &&
+                           memcmp(d0, d1, sizeof d0) == 0,
+                       "case %zu filter %zu: a query %zu floats past a line "
+                       "answers differently",
+                       ci, fi, off);
+                memset(k1, 0xab, sizeof k1);
+                CHECK_OK(
+                    vecidx_search_batch(ix, NQ, blk + off, K, &o, k1, d1, f1));
+                CHECKF(memcmp(f0, f1, sizeof f0) == 0 &&
+                           memcmp(k0, k1, sizeof k0) == 0 &&
+                           memcmp(d0, d1, sizeof d0) == 0,
+                       "case %zu filter %zu: a batch %zu floats past a line "
+                       "answers differently",
+                       ci, fi, off);
+            }
+        }
+        vecidx_close(ix);
+        free(blk);
+        free(q0);
+    }
+}

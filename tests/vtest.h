@@ -52,6 +52,7 @@
     X(batch_add)                             \
     X(batch_add_all_or_nothing)              \
     X(batch_search_matches_single)           \
+    X(batch_query_anywhere)                  \
     X(errors_create)                         \
     X(errors_null_arguments)                 \
     X(errors_bad_vectors)                    \
