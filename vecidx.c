@@ -4650,7 +4650,8 @@ static VX_NOINLINE int vx_kept_pread_dist(vecidx *ix, const vx_query *q,
 {
     const vx_store *s = &ix->store;
     size_t n = (size_t)s->dim * sizeof(float);
-    float stack[VX_KEPT_STACK], *buf = stack;
+    _Alignas(64) float stack[VX_KEPT_STACK]; /* see vx_query_lined */
+    float *buf = stack;
     int rc = -1;
     if (s->dim > VX_KEPT_STACK && !(buf = vx_malloc(&ix->mem, n))) return -1;
     if (vx_io_read_all(s->lazy->fd, buf, n,
@@ -12936,45 +12937,6 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
     return VECIDX_OK;
 }
 
-/* Bytes of a query encoded for compressed storage (vx_query_encode):
-** int8 adds the codes of its rounding error. */
-static size_t vx_code_bytes(const vecidx *ix)
-{
-    size_t rc = ix->store.store == VECIDX_STORE_I8
-                    ? ((size_t)ix->store.dim + 3) / 4 * 4
-                    : 0;
-    return (size_t)ix->store.cw * 4 + rc;
-}
-
-/* vx_search_group under compressed storage: each query encoded first. */
-static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
-                           const vecidx_search_opts *o, vx_topk *heaps)
-{
-    /* 4 KB: an int8 query and its second code up to 2040 dimensions, on
-    ** a cache line as vx_query_lined's copy */
-    _Alignas(64) uint64_t buf[512];
-    size_t i, nb = vx_code_bytes(ix);
-    void *code = nb <= sizeof buf ? buf : vx_malloc(&ix->mem, nb);
-    int rc = VECIDX_OK;
-    if (!code) return VECIDX_ENOMEM;
-    for (i = 0; i < m && rc == VECIDX_OK; i++) {
-        vx_query e = q[i];
-        vx_query_encode(ix, &e, code);
-        if (((const vx_sopts *)(const void *)o)->exact) {
-            /* against the float32 vectors if kept, else the codes */
-            e.exact = (int)ix->store.keep;
-            rc = vx_flat_coded(ix, &e, o, 0, &heaps[i]);
-        } else if (ix->p.kind == VECIDX_HNSW)
-            rc = vx_hnsw_search(ix, &e, k, o, &heaps[i]);
-        else if (vx_allow_of(o))
-            rc = vx_store_scan(ix, &e, o, 0, &heaps[i]);
-        else
-            rc = vx_flat_coded(ix, &e, o, 0, &heaps[i]);
-    }
-    if (code != buf) vx_free(&ix->mem, code, nb);
-    return rc;
-}
-
 /* A query copied to the start of a cache line when it does not begin on
 ** one and has at most VX_QLINE_MAX dimensions: an AVX-512 load that
 ** straddles two lines costs more, and a walk loads the query once per
@@ -12993,6 +12955,47 @@ static vx_query vx_query_lined(const vecidx *ix, const vx_query *q, float *buf)
     return e;
 }
 
+/* Bytes of a query encoded for compressed storage (vx_query_encode):
+** int8 adds the codes of its rounding error. */
+static size_t vx_code_bytes(const vecidx *ix)
+{
+    size_t rc = ix->store.store == VECIDX_STORE_I8
+                    ? ((size_t)ix->store.dim + 3) / 4 * 4
+                    : 0;
+    return (size_t)ix->store.cw * 4 + rc;
+}
+
+/* vx_search_group under compressed storage: each query encoded first. */
+static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
+                           const vecidx_search_opts *o, vx_topk *heaps,
+                           float *line)
+{
+    /* 4 KB: an int8 query and its second code up to 2040 dimensions, on
+    ** a cache line as vx_query_lined's copy */
+    _Alignas(64) uint64_t buf[512];
+    size_t i, nb = vx_code_bytes(ix);
+    void *code = nb <= sizeof buf ? buf : vx_malloc(&ix->mem, nb);
+    int rc = VECIDX_OK;
+    if (!code) return VECIDX_ENOMEM;
+    for (i = 0; i < m && rc == VECIDX_OK; i++) {
+        /* binary codes and re-ranks read the float32 query per distance */
+        vx_query e = vx_query_lined(ix, &q[i], line);
+        vx_query_encode(ix, &e, code);
+        if (((const vx_sopts *)(const void *)o)->exact) {
+            /* against the float32 vectors if kept, else the codes */
+            e.exact = (int)ix->store.keep;
+            rc = vx_flat_coded(ix, &e, o, 0, &heaps[i]);
+        } else if (ix->p.kind == VECIDX_HNSW)
+            rc = vx_hnsw_search(ix, &e, k, o, &heaps[i]);
+        else if (vx_allow_of(o))
+            rc = vx_store_scan(ix, &e, o, 0, &heaps[i]);
+        else
+            rc = vx_flat_coded(ix, &e, o, 0, &heaps[i]);
+    }
+    if (code != buf) vx_free(&ix->mem, code, nb);
+    return rc;
+}
+
 /* Search a group of m queries, each into its own empty heap. */
 static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
                            const vecidx_search_opts *o, vx_topk *heaps)
@@ -13009,7 +13012,7 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
         return rc;
     }
     if (ix->store.store != VECIDX_STORE_F32)
-        return vx_search_coded(ix, q, m, k, o, heaps);
+        return vx_search_coded(ix, q, m, k, o, heaps, line);
     if (ix->p.kind != VECIDX_HNSW || exact) { /* flat, IVF-PQ's buffer */
         int keyed = 0, pre = 0, locked = ix->p.kind == VECIDX_IVFPQ;
         if (!heaps[0].k) return VECIDX_OK;

@@ -309,7 +309,8 @@ void test_batch_search_matches_single(void)
 ** storage and dimension, filled with n random vectors (keys 1..n) and,
 ** for IVF-PQ, trained first. */
 static vecidx *vt_anywhere_index(int kind, int metric, uint32_t storage,
-                                 uint32_t dim, size_t n, vt_rng *r)
+                                 uint32_t keep, uint32_t dim, size_t n,
+                                 vt_rng *r)
 {
     vecidx_params p;
     vecidx *ix = NULL;
@@ -318,6 +319,7 @@ static vecidx *vt_anywhere_index(int kind, int metric, uint32_t storage,
     size_t i;
     CHECK_OK(vecidx_params_init(&p, kind, metric, dim));
     p.storage = storage;
+    p.keep_vectors = keep;
     if (kind == VECIDX_IVFPQ) {
         p.ivf_nlist = 8;
         p.pq_m = 2;
@@ -348,15 +350,17 @@ void test_batch_query_anywhere(void)
     };
     static const struct {
         int kind, metric;
-        uint32_t storage, dim;
+        uint32_t storage, keep, dim;
     } cases[] = {
-        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 37},
-        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F32, 64},
-        {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_I8, 33},
-        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 1030},
-        {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_F32, 19},
-        {VECIDX_IVFPQ, VECIDX_L2, VECIDX_STORE_F32, 24},
-        {VECIDX_IVFPQ, VECIDX_COSINE, VECIDX_STORE_F32, 16},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 0, 37},
+        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F32, 0, 64},
+        {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_I8, 0, 33},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_I8, 1, 40},
+        {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_BIN, 1, 70},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 0, 1030},
+        {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_F32, 0, 19},
+        {VECIDX_IVFPQ, VECIDX_L2, VECIDX_STORE_F32, 0, 24},
+        {VECIDX_IVFPQ, VECIDX_COSINE, VECIDX_STORE_F32, 0, 16},
     };
     static const uint64_t allow[] = {3, 9, 27, 81, 243, 5, 25, 125};
     size_t ci, off, fi, i;
@@ -364,7 +368,8 @@ void test_batch_query_anywhere(void)
         uint32_t dim = cases[ci].dim;
         vt_rng r = {241 + ci};
         vecidx *ix = vt_anywhere_index(cases[ci].kind, cases[ci].metric,
-                                       cases[ci].storage, dim, N, &r);
+                                       cases[ci].storage, cases[ci].keep, dim,
+                                       N, &r);
         /* a line-aligned block, the queries placed at each offset in it */
         float *blk = aligned_alloc(64, ((NQ * dim + 16) * sizeof(float) + 63) /
                                            64 * 64);
