@@ -2973,6 +2973,12 @@ static const vx_kernels *vx_kernel_best(void)
 #define VX_LINE_SLACK 63u /* bytes allocated more to align a chunk */
 #define VX_NOSLOT UINT32_MAX
 
+/* p moved on to the next cache line's start (by VX_LINE_SLACK at most). */
+static inline void *vx_line_up(void *p)
+{
+    return (unsigned char *)p + (size_t)(-(uintptr_t)p & VX_LINE_SLACK);
+}
+
 typedef struct vx_snap vx_snap;
 
 typedef struct vx_keymap {
@@ -3605,7 +3611,6 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
 {
     vx_lazy *z = vx_malloc(mem, sizeof *z);
     size_t np = (size_t)s->nchunks << (s->shift - VX_PIECE_SHIFT);
-    uintptr_t at;
     uint32_t c;
     int k;
     if (!z) return VECIDX_ENOMEM;
@@ -3626,8 +3631,7 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
             memset(z->nok[k], 0, z->nchunks * sizeof *z->nok[k]);
         }
     memset(z->zero, 0, z->zero_len + VX_LINE_SLACK);
-    at = ((uintptr_t)z->zero + VX_LINE_SLACK) & ~(uintptr_t)VX_LINE_SLACK;
-    vx_store_point_chunk(s, &z->bad, (unsigned char *)at);
+    vx_store_point_chunk(s, &z->bad, vx_line_up(z->zero));
     z->sect[0] = sect[0];
     z->sect[1] = sect[1];
     z->off[0] = off[0];
@@ -3732,7 +3736,7 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem, vx_ebr *ebr)
     if (s->keep) {
         kb = vx_store_kept_bytes(s);
         if (!(kbase = vx_malloc(mem, kb + VX_LINE_SLACK))) return VECIDX_ENOMEM;
-        kept = kbase + (size_t)(-(uintptr_t)kbase & VX_LINE_SLACK);
+        kept = vx_line_up(kbase);
         memset(kept, 0, kb);
     }
     p = base = vx_store_carve(s, mem, cb);
@@ -3742,7 +3746,7 @@ static int vx_store_add_chunk(vx_store *s, vx_mem *mem, vx_ebr *ebr)
             vx_free(mem, kbase, kb + VX_LINE_SLACK);
             return VECIDX_ENOMEM;
         }
-        p = base + (size_t)(-(uintptr_t)base & VX_LINE_SLACK);
+        p = vx_line_up(base);
     }
     /* Zeroed whole: unused slots are saved to files as they are, and
     ** their bytes should be defined and repeatable. */
@@ -7877,14 +7881,14 @@ static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe)
     const vx_ivf *v = &ix->ivf;
     size_t lut = nprobe ? (size_t)v->m * VX_IVF_KSUB : 0;
     memset(w, 0, sizeof *w);
-    /* 16 floats more, to start qn on a cache line (vx_query_lined) */
-    w->floats = 2 * (size_t)ix->p.dim + 16;
+    /* a line more, to start qn on one (vx_query_lined) */
+    w->floats = 2 * (size_t)ix->p.dim + VX_LINE_WORDS;
     if (nprobe)
         w->floats += (size_t)v->npanel * VX_PANEL + 2 * lut + VX_IVF_SCAN;
     if (!(w->coarse = vx_malloc(&ix->mem, w->floats * sizeof(float))))
         return VECIDX_ENOMEM;
-    w->qn = w->coarse + w->floats - 2 * (size_t)ix->p.dim - 16;
-    w->qn += (64 - (uintptr_t)w->qn % 64) % 64 / sizeof(float);
+    w->qn = vx_line_up(w->coarse + w->floats - 2 * (size_t)ix->p.dim -
+                       VX_LINE_WORDS);
     w->cvec = w->qn + ix->p.dim;
     if (!nprobe) return VECIDX_OK;
     w->sim = w->coarse + (size_t)v->npanel * VX_PANEL;
@@ -7902,6 +7906,19 @@ static void vx_ivf_sw_free(vecidx *ix, vx_ivf_sw *w)
     vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
     vx_topk_free(&w->probe, &ix->mem);
     if (w->cand.d) vx_topk_free(&w->cand, &ix->mem);
+}
+
+/* The query as IVF-PQ scores it, in w->qn: normalised under cosine (the
+** codebooks hold unit vectors), and on a cache line (vx_query_lined). */
+static const float *vx_ivf_query(const vecidx *ix, const vx_query *q,
+                                 vx_ivf_sw *w)
+{
+    size_t i;
+    if (ix->p.metric == VECIDX_COSINE)
+        for (i = 0; i < ix->p.dim; i++) w->qn[i] = q->v[i] * q->inv_norm;
+    else
+        memcpy(w->qn, q->v, (size_t)ix->p.dim * sizeof *w->qn);
+    return w->qn;
 }
 
 /* The nprobe lists to scan, into w->probe (distance = the exact coarse
@@ -8151,11 +8168,13 @@ static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
 {
     const vx_ivf *v = &ix->ivf;
     double n = (double)v->count, card = a->card < n ? a->card : n;
-    double frac, per, list, exact;
-    /* Fewer keys than one list costs: the rule below answers the same
-    ** (*most is then 0), without the divisions and square root that took
-    ** 25 ns of a one-key search's 0.37 us (two or three plans a search). */
-    if (a->counted && card * VX_COST_KEYED < VX_COST_LIST) {
+    double exact = a->counted ? card * VX_COST_KEYED
+                              : n * VX_COST_ROW + card * VX_COST_KEYED;
+    double frac, per, list;
+    /* Cheaper than any one list: the rule below answers the same (*most
+    ** is then 0), without the divisions and square root that took 25 ns
+    ** of a one-key search in a profile (bench/RESULTS.md, 12-05 fifth). */
+    if (exact < VX_COST_LIST) {
         *least = *most = 0;
         *want = 0;
         return 1;
@@ -8163,8 +8182,6 @@ static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
     frac = n > 0 ? card / n : 1.0;
     per = n / v->nlist;
     list = per * VX_COST_ADC + VX_COST_LIST;
-    exact = a->counted ? card * VX_COST_KEYED
-                       : n * VX_COST_ROW + card * VX_COST_KEYED;
     *least = vx_ivf_filtered_probes(nprobe, frac, v->nlist);
     *want = VX_IVF_WANT * (double)*least * per * frac;
     *most = exact / list >= (double)v->nlist ? v->nlist
@@ -8191,7 +8208,7 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
            j;
     size_t lut = (size_t)v->m * VX_IVF_KSUB, least = 0, nadm = 0, probes;
     double want = 0;
-    const float *qv = q->v;
+    const float *qv;
     vx_topk *into = h;
     vx_ivf_sw w;
     int rc, scan = 0;
@@ -8204,12 +8221,7 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
     /* a scan from the start probes no list: no tables (nprobe 0) */
     probes = scan ? 0 : nprobe ? nprobe : 1;
     if ((rc = vx_ivf_sw_alloc(ix, &w, probes)) != VECIDX_OK) return rc;
-    /* normalised under cosine; on a cache line (vx_query_lined) always */
-    if (ix->p.metric == VECIDX_COSINE)
-        for (i = 0; i < ix->p.dim; i++) w.qn[i] = q->v[i] * q->inv_norm;
-    else
-        memcpy(w.qn, q->v, (size_t)ix->p.dim * sizeof *w.qn);
-    qv = w.qn;
+    qv = vx_ivf_query(ix, q, &w);
     if (refine > 1 && !scan) {
         size_t cap = h->k * refine;
         if (cap > v->count) cap = (size_t)v->count;
@@ -8275,9 +8287,7 @@ static int vx_ivf_exact_all(vecidx *ix, const vx_query *q,
                             const vecidx_search_opts *o, vx_topk *h)
 {
     vx_sopts all = *(const vx_sopts *)(const void *)o;
-    const float *qv = q->v;
     vx_ivf_sw w;
-    size_t i;
     int rc;
     if (!ix->p.ivf_keep_vectors) {
         all.u.nprobe = ix->ivf.nlist;
@@ -8285,11 +8295,7 @@ static int vx_ivf_exact_all(vecidx *ix, const vx_query *q,
         return vx_ivf_search(ix, q, &all.u, h);
     }
     if ((rc = vx_ivf_sw_alloc(ix, &w, 0)) != VECIDX_OK) return rc;
-    if (ix->p.metric == VECIDX_COSINE) {
-        for (i = 0; i < ix->p.dim; i++) w.qn[i] = q->v[i] * q->inv_norm;
-        qv = w.qn;
-    }
-    vx_ivf_score_all(ix, &w, qv, o, 1, h);
+    vx_ivf_score_all(ix, &w, vx_ivf_query(ix, q, &w), o, 1, h);
     vx_ivf_sw_free(ix, &w);
     return VECIDX_OK;
 }
@@ -12940,9 +12946,10 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
 /* A query copied to the start of a cache line when it does not begin on
 ** one and has at most VX_QLINE_MAX dimensions: an AVX-512 load that
 ** straddles two lines costs more, and a walk loads the query once per
-** distance. A 384-d dot product took 21 ns with the query 4 bytes off a
-** line against 17 ns on one; float32 HNSW walks on 100k x 128, queries 16
-** bytes off, ran 3-4 % faster (bench/RESULTS.md). */
+** distance. A 384-d dot product took 20.7 ns with the query 4 bytes off
+** a line against 16.6 ns on one; float32 HNSW walks on 100k x 128,
+** queries 16 bytes off, ran 3-4 % faster (bench/RESULTS.md, 12-05
+** seventh). */
 #define VX_QLINE_MAX 1024
 
 static vx_query vx_query_lined(const vecidx *ix, const vx_query *q, float *buf)
@@ -12965,7 +12972,8 @@ static size_t vx_code_bytes(const vecidx *ix)
     return (size_t)ix->store.cw * 4 + rc;
 }
 
-/* vx_search_group under compressed storage: each query encoded first. */
+/* vx_search_group under compressed storage: each query encoded first;
+** line holds VX_QLINE_MAX floats, for vx_query_lined. */
 static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
                            const vecidx_search_opts *o, vx_topk *heaps,
                            float *line)
@@ -12978,8 +12986,11 @@ static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
     int rc = VECIDX_OK;
     if (!code) return VECIDX_ENOMEM;
     for (i = 0; i < m && rc == VECIDX_OK; i++) {
-        /* binary codes and re-ranks read the float32 query per distance */
-        vx_query e = vx_query_lined(ix, &q[i], line);
+        /* Half precision, binary codes and re-ranks against kept vectors
+        ** read the float32 query per distance; int8 codes only encode it. */
+        vx_query e = ix->store.store != VECIDX_STORE_I8 || ix->store.keep
+                         ? vx_query_lined(ix, &q[i], line)
+                         : q[i];
         vx_query_encode(ix, &e, code);
         if (((const vx_sopts *)(const void *)o)->exact) {
             /* against the float32 vectors if kept, else the codes */
@@ -12996,21 +13007,18 @@ static int vx_search_coded(vecidx *ix, const vx_query *q, size_t m, size_t k,
     return rc;
 }
 
-/* Search a group of m queries, each into its own empty heap. */
-static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
-                           const vecidx_search_opts *o, vx_topk *heaps)
+/* vx_search_group on the store (flat, HNSW, and IVF-PQ's buffer before
+** training). Not inlined: its query buffer stays off the stack of trained
+** IVF-PQ searches, which copy the query into their workspace. */
+static VX_NOINLINE int vx_search_store(vecidx *ix, const vx_query *q, size_t m,
+                                       size_t k, const vecidx_search_opts *o,
+                                       vx_topk *heaps)
 {
     _Alignas(64) float line[VX_QLINE_MAX];
     vx_query e;
     size_t i;
     /* o is always a vx_sopts (vx_search_one, vx_search_many) */
     int rc = VECIDX_OK, exact = ((const vx_sopts *)(const void *)o)->exact;
-    if (ix->ivf.trained) {
-        for (i = 0; i < m && rc == VECIDX_OK; i++)
-            rc = exact ? vx_ivf_exact_all(ix, &q[i], o, &heaps[i])
-                       : vx_ivf_search(ix, &q[i], o, &heaps[i]);
-        return rc;
-    }
     if (ix->store.store != VECIDX_STORE_F32)
         return vx_search_coded(ix, q, m, k, o, heaps, line);
     if (ix->p.kind != VECIDX_HNSW || exact) { /* flat, IVF-PQ's buffer */
@@ -13028,6 +13036,19 @@ static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
         e = vx_query_lined(ix, &q[i], line);
         rc = vx_hnsw_search(ix, &e, k, o, &heaps[i]);
     }
+    return rc;
+}
+
+/* Search a group of m queries, each into its own empty heap. */
+static int vx_search_group(vecidx *ix, const vx_query *q, size_t m, size_t k,
+                           const vecidx_search_opts *o, vx_topk *heaps)
+{
+    size_t i;
+    int rc = VECIDX_OK, exact = ((const vx_sopts *)(const void *)o)->exact;
+    if (!ix->ivf.trained) return vx_search_store(ix, q, m, k, o, heaps);
+    for (i = 0; i < m && rc == VECIDX_OK; i++)
+        rc = exact ? vx_ivf_exact_all(ix, &q[i], o, &heaps[i])
+                   : vx_ivf_search(ix, &q[i], o, &heaps[i]);
     return rc;
 }
 

@@ -338,15 +338,15 @@ static vecidx *vt_anywhere_index(int kind, int metric, uint32_t storage,
 
 /* A search copies a query that does not start on a cache line (and has
 ** at most 1,024 dimensions) before it walks: wherever the caller's query
-** lies, the answer is the same to the bit, one at a time and in a batch,
-** with and without an allowed set; past 1,024 dimensions it is read in
-** place. */
+** lies, the answer is the same to the bit as for the query on a line, one
+** at a time and in a batch on two threads, with and without an allowed
+** set; past 1,024 dimensions it is read in place. */
 void test_batch_query_anywhere(void)
 {
     enum {
         N = 300,
         K = 7,
-        NQ = 3
+        NQ = 9
     };
     static const struct {
         int kind, metric;
@@ -356,6 +356,7 @@ void test_batch_query_anywhere(void)
         {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_F32, 0, 64},
         {VECIDX_HNSW, VECIDX_IP, VECIDX_STORE_I8, 0, 33},
         {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_I8, 1, 40},
+        {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F16, 0, 21},
         {VECIDX_HNSW, VECIDX_COSINE, VECIDX_STORE_BIN, 1, 70},
         {VECIDX_HNSW, VECIDX_L2, VECIDX_STORE_F32, 0, 1030},
         {VECIDX_FLAT, VECIDX_L2, VECIDX_STORE_F32, 0, 19},
@@ -366,13 +367,12 @@ void test_batch_query_anywhere(void)
     size_t ci, off, fi, i;
     for (ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         uint32_t dim = cases[ci].dim;
+        size_t ld = (dim + 15) / 16 * 16; /* a query per line-aligned row */
         vt_rng r = {241 + ci};
         vecidx *ix = vt_anywhere_index(cases[ci].kind, cases[ci].metric,
                                        cases[ci].storage, cases[ci].keep, dim,
                                        N, &r);
-        /* a line-aligned block, the queries placed at each offset in it */
-        float *blk = aligned_alloc(64, ((NQ * dim + 16) * sizeof(float) + 63) /
-                                           64 * 64);
+        float *blk = aligned_alloc(64, (NQ * ld + 16) * sizeof(float));
         float *q0 = vt_xmalloc(NQ * dim * sizeof *q0);
         uint64_t k0[NQ * K], k1[NQ * K];
         float d0[NQ * K], d1[NQ * K];
@@ -392,26 +392,33 @@ void test_batch_query_anywhere(void)
                 o.allow_keys = allow;
                 o.allow_count = sizeof allow / sizeof allow[0];
             }
-            memcpy(blk, q0, NQ * dim * sizeof *q0);
-            for (i = 0; i < NQ; i++)
-                CHECK_OK(vecidx_search(ix, blk + i * dim, K, &o, k0 + i * K,
+            /* the answers for each query on a line of its own */
+            for (i = 0; i < NQ; i++) {
+                memcpy(blk + i * ld, q0 + i * dim, dim * sizeof *q0);
+                CHECK_OK(vecidx_search(ix, blk + i * ld, K, &o, k0 + i * K,
                                        d0 + i * K, f0 + i));
+            }
             CHECK(f0[0] == K);
             for (off = 1; off < 16; off++) {
-                memmove(blk + off, q0, NQ * dim * sizeof *q0);
                 memset(k1, 0xab, sizeof k1);
-                for (i = 0; i < NQ; i++)
-                    CHECK_OK(vecidx_search(ix, blk + off + i * dim, K, &o,
+                for (i = 0; i < NQ; i++) {
+                    memcpy(blk + off + i * ld, q0 + i * dim, dim * sizeof *q0);
+                    CHECK_OK(vecidx_search(ix, blk + off + i * ld, K, &o,
                                            k1 + i * K, d1 + i * K, f1 + i));
+                }
                 CHECKF(memcmp(f0, f1, sizeof f0) == 0 &&
                            memcmp(k0, k1, sizeof k0) == 0 &&
                            memcmp(d0, d1, sizeof d0) == 0,
                        "case %zu filter %zu: a query %zu floats past a line "
                        "answers differently",
                        ci, fi, off);
+                /* a batch: the queries back to back from off on */
+                memcpy(blk + off, q0, NQ * dim * sizeof *q0);
                 memset(k1, 0xab, sizeof k1);
+                o.threads = 2;
                 CHECK_OK(
                     vecidx_search_batch(ix, NQ, blk + off, K, &o, k1, d1, f1));
+                o.threads = 0;
                 CHECKF(memcmp(f0, f1, sizeof f0) == 0 &&
                            memcmp(k0, k1, sizeof k0) == 0 &&
                            memcmp(d0, d1, sizeof d0) == 0,
