@@ -566,7 +566,8 @@ test-m32:
 CROSS_TESTS := library_version_and_simd strerror_codes kernels errors_ \
     flat_exact flat_k_edge_cases flat_ties_broken_by_key flat_extreme_keys \
     flat_filter flat_deletes flat_upsert flat_cosine_stores flat_reserve \
-    flat_determinism batch_add alloc_accounting filter_flat \
+    flat_determinism batch_add batch_query_anywhere alloc_accounting \
+    filter_flat \
     concurrency_flat_search_while_writing \
     hnsw_bad_params hnsw_remove_then_search hnsw_upsert_replaces \
     ivfpq_params ivfpq_few_distinct_points ivfpq_corrupt_file \
