@@ -881,11 +881,12 @@ int vecidx_check(vecidx *ix);
 ** 0.01 % runs at 1.0-1.6x that loop over the admitted vectors on 1M x
 ** 128 (keys form; flat, HNSW, IVF-PQ with kept vectors), and IVF-PQ at
 ** 0.8-1.2x on 200k x 384 cosine, lowest at 20 keys, where the call's
-** fixed cost shows. More in bench/RESULTS.md. An allowed key array costs time in proportion
-** to its length on every call (once per call; a batch shares it): an
-** array of 1024 keys or more whose largest key is below 64 times its
-** length is made a bitmap, any other is hashed, several times slower. A
-** bitmap costs only its words counted. For large sets prefer the bitmap.
+** fixed cost shows. More in bench/RESULTS.md. An allowed key array
+** costs time in proportion to its length on every call (once per call;
+** a batch shares it): an array of 1024 keys or more whose largest key is
+** below 64 times its length is made a bitmap, any other is hashed,
+** several times slower. A bitmap costs only its words counted. For large
+** sets prefer the bitmap.
 ** Entries from *found to k-1 are set to key UINT64_MAX and distance +infinity
 ** (never read them as results: UINT64_MAX is a valid key). opts may be
 ** NULL. Searching an empty index succeeds with *found = 0. Reader.
