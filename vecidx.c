@@ -12955,7 +12955,7 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
 static vx_query vx_query_lined(const vecidx *ix, const vx_query *q, float *buf)
 {
     vx_query e = *q;
-    if ((uintptr_t)q->v % 64 && ix->p.dim <= VX_QLINE_MAX) {
+    if (((uintptr_t)q->v & VX_LINE_SLACK) && ix->p.dim <= VX_QLINE_MAX) {
         memcpy(buf, q->v, (size_t)ix->p.dim * sizeof *buf);
         e.v = buf;
     }
