@@ -336,6 +336,18 @@ static vecidx *vt_anywhere_index(int kind, int metric, uint32_t storage,
     return ix;
 }
 
+/* Whether two searches of nq queries, k results each, answered the same
+** to the bit: counts, keys and distances. */
+static int vt_same_answers(const size_t *f0, const uint64_t *k0,
+                           const float *d0, const size_t *f1,
+                           const uint64_t *k1, const float *d1, size_t nq,
+                           size_t k)
+{
+    return memcmp(f0, f1, nq * sizeof *f0) == 0 &&
+           memcmp(k0, k1, nq * k * sizeof *k0) == 0 &&
+           memcmp(d0, d1, nq * k * sizeof *d0) == 0;
+}
+
 /* A search copies a query that does not start on a cache line (and has
 ** at most 1,024 dimensions) before it walks: wherever the caller's query
 ** lies, the answer is the same to the bit as for the query on a line, one
@@ -406,9 +418,7 @@ void test_batch_query_anywhere(void)
                     CHECK_OK(vecidx_search(ix, blk + off + i * ld, K, &o,
                                            k1 + i * K, d1 + i * K, f1 + i));
                 }
-                CHECKF(memcmp(f0, f1, sizeof f0) == 0 &&
-                           memcmp(k0, k1, sizeof k0) == 0 &&
-                           memcmp(d0, d1, sizeof d0) == 0,
+                CHECKF(vt_same_answers(f0, k0, d0, f1, k1, d1, NQ, K),
                        "case %zu filter %zu: a query %zu floats past a line "
                        "answers differently",
                        ci, fi, off);
@@ -419,9 +429,7 @@ void test_batch_query_anywhere(void)
                 CHECK_OK(
                     vecidx_search_batch(ix, NQ, blk + off, K, &o, k1, d1, f1));
                 o.threads = 0;
-                CHECKF(memcmp(f0, f1, sizeof f0) == 0 &&
-                           memcmp(k0, k1, sizeof k0) == 0 &&
-                           memcmp(d0, d1, sizeof d0) == 0,
+                CHECKF(vt_same_answers(f0, k0, d0, f1, k1, d1, NQ, K),
                        "case %zu filter %zu: a batch %zu floats past a line "
                        "answers differently",
                        ci, fi, off);
