@@ -1372,6 +1372,8 @@ typedef struct vx_qkernels {
     /* sum v[i]^2 in double, bit for bit the same in every kernel (see
     ** vx_sumsq) */
     double (*sumsq)(const float *v, size_t n);
+    /* out[i] = v[i] * s, one rounding each: the same in every kernel */
+    void (*scale)(float *out, const float *v, float s, size_t n);
 } vx_qkernels;
 
 /* CPU features, as found by vx_qkern_features. VX_QF_AVX2 and
@@ -2742,6 +2744,14 @@ static double vx_scalar_sumsq(const float *v, size_t n)
     return vx_sumsq_fold(s);
 }
 
+/* IVF-PQ normalises each cosine query: compiled for SSE2, the loop took
+** 3 % of a search that scores 20 keys (384 dimensions). */
+static void vx_scalar_scale(float *out, const float *v, float s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) out[i] = v[i] * s;
+}
+
 #if defined(VX_HAVE_AVX2)
 /* The 32 components from i on, or when fewer are left, those copied into
 ** tail (32 floats) and zeros after them: a zero adds +0.0 to its sum,
@@ -2801,6 +2811,28 @@ VX_AVX512 static double vx_avx512_sumsq(const float *v, size_t n)
     h = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
+
+VX_AVX2 static void vx_avx2_scale(float *out, const float *v, float s, size_t n)
+{
+    __m256 f = _mm256_set1_ps(s);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), f));
+    vx_scalar_scale(out + i, v + i, s, n - i);
+}
+
+VX_AVX512 static void vx_avx512_scale(float *out, const float *v, float s,
+                                      size_t n)
+{
+    __m512 f = _mm512_set1_ps(s);
+    size_t i = 0;
+    __mmask16 m;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(v + i), f));
+    m = (__mmask16)((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(out + i, m,
+                          _mm512_mul_ps(_mm512_maskz_loadu_ps(m, v + i), f));
+}
 #endif
 
 /* The features the quantized kernels may use, found once by the caller
@@ -2847,8 +2879,10 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
     k->l2_bound = vx_scalar_l2_bound;
     k->count_bits = vx_scalar_count_bits;
     k->sumsq = vx_scalar_sumsq;
+    k->scale = vx_scalar_scale;
 #if defined(VX_HAVE_AVX2)
     if (f & VX_QF_AVX2) {
+        k->scale = vx_avx2_scale;
 #if !defined(__FAST_MATH__) /* the scalar sum may then be reassociated */
         k->sumsq = vx_avx2_sumsq;
 #endif
@@ -2868,6 +2902,7 @@ static void vx_qkern_pick(unsigned f, vx_qkernels *k)
 #if !defined(__FAST_MATH__)
         k->sumsq = vx_avx512_sumsq;
 #endif
+        k->scale = vx_avx512_scale;
         k->bin_sum = vx_avx512_bin_sum;
         k->l2_f16 = vx_avx512_l2_f16;
         k->dot_f16 = vx_avx512_dot_f16;
@@ -2971,6 +3006,9 @@ static const vx_kernels *vx_kernel_best(void)
 #define VX_KEPT_BYTES (2048u * 1024u) /* most kept float32 bytes a chunk */
 #define VX_LINE_WORDS 16u             /* 4-byte words per 64-byte cache line */
 #define VX_LINE_SLACK 63u /* bytes allocated more to align a chunk */
+/* Most dimensions of a query that a search copies onto its stack
+** (vx_query_lined, vx_ivf_direct) */
+#define VX_QLINE_MAX 1024
 #define VX_NOSLOT UINT32_MAX
 
 /* p moved on to the next cache line's start (by VX_LINE_SLACK at most). */
@@ -4125,10 +4163,30 @@ static void vx_topk_push(vx_topk *h, float d, uint64_t id)
     h->id[i] = id;
 }
 
-/* Heap-sort in place into ascending (closest first) order. */
+/* Small heaps sort by insertion: k = 10 by the heap took 4 % of a search
+** scoring 20 keys. (distance, id) orders them totally, so both ways give
+** the same order. */
+#define VX_TOPK_INSERT 16
+
+/* Sort in place into ascending (closest first) order. */
 static void vx_topk_sort(vx_topk *h)
 {
-    size_t n = h->n;
+    size_t n = h->n, i, j;
+    if (n <= VX_TOPK_INSERT) {
+        for (i = 1; i < n; i++) {
+            float d = h->d[i];
+            uint64_t id = h->id[i];
+            for (j = i;
+                 j > 0 && vx_topk_worse(h->d[j - 1], h->id[j - 1], d, id);
+                 j--) {
+                h->d[j] = h->d[j - 1];
+                h->id[j] = h->id[j - 1];
+            }
+            h->d[j] = d;
+            h->id[j] = id;
+        }
+        return;
+    }
     while (n > 1) {
         float d = h->d[0];
         uint64_t id = h->id[0];
@@ -7875,12 +7933,19 @@ typedef struct vx_ivf_sw {
 
 /* nprobe 0: for a search that scores entries one by one and probes no
 ** list, only qn and cvec (a keyed scan of a few keys spent a fifth of its
-** time allocating the tables it never filled). */
-static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe)
+** time allocating the tables it never filled), in line (a line-aligned
+** buffer of nline floats) when they fit. */
+static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe, float *line,
+                           size_t nline)
 {
     const vx_ivf *v = &ix->ivf;
     size_t lut = nprobe ? (size_t)v->m * VX_IVF_KSUB : 0;
     memset(w, 0, sizeof *w);
+    if (!nprobe && 2 * (size_t)ix->p.dim <= nline) {
+        w->qn = line;
+        w->cvec = line + ix->p.dim;
+        return VECIDX_OK;
+    }
     /* a line more, to start qn on one (vx_query_lined) */
     w->floats = 2 * (size_t)ix->p.dim + VX_LINE_WORDS;
     if (nprobe)
@@ -7913,9 +7978,8 @@ static void vx_ivf_sw_free(vecidx *ix, vx_ivf_sw *w)
 static const float *vx_ivf_query(const vecidx *ix, const vx_query *q,
                                  vx_ivf_sw *w)
 {
-    size_t i;
     if (ix->p.metric == VECIDX_COSINE)
-        for (i = 0; i < ix->p.dim; i++) w->qn[i] = q->v[i] * q->inv_norm;
+        vx_qk.scale(w->qn, q->v, q->inv_norm, ix->p.dim);
     else
         memcpy(w->qn, q->v, (size_t)ix->p.dim * sizeof *w->qn);
     return w->qn;
@@ -8198,6 +8262,32 @@ static size_t vx_ivf_nprobe(const vecidx *ix, const vecidx_search_opts *o)
     return nprobe > ix->ivf.nlist ? ix->ivf.nlist : nprobe;
 }
 
+/* Score entries one by one, probing no list: the admitted ones (all = 0:
+** a filtered search that its plan answers so from the start), or every
+** one that o's callback admits, by its kept vector (all = 1). The query
+** and a decoded vector need 2 x dim floats; up to VX_QLINE_MAX dimensions
+** they live here, not in a block from the allocator, which took 3 % of a
+** search scoring 20 keys (200k x 384 cosine). Not inlined: the buffer
+** stays off the stack of searches that probe, and so of the coarse
+** graph's walk. */
+static VX_NOINLINE int vx_ivf_direct(vecidx *ix, const vx_query *q,
+                                     const vecidx_search_opts *o, int all,
+                                     int exact, vx_topk *h)
+{
+    _Alignas(64) float line[2 * VX_QLINE_MAX];
+    vx_ivf_sw w;
+    const float *qv;
+    int rc = vx_ivf_sw_alloc(ix, &w, 0, line, 2 * VX_QLINE_MAX);
+    if (rc != VECIDX_OK) return rc;
+    qv = vx_ivf_query(ix, q, &w);
+    if (all)
+        vx_ivf_score_all(ix, &w, qv, o, 1, h);
+    else
+        vx_ivf_allowed(ix, &w, qv, o, exact, h);
+    vx_ivf_sw_free(ix, &w);
+    return VECIDX_OK;
+}
+
 static int vx_ivf_search(vecidx *ix, const vx_query *q,
                          const vecidx_search_opts *o, vx_topk *h)
 {
@@ -8206,7 +8296,8 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
     size_t nprobe = vx_ivf_nprobe(ix, o);
     size_t refine = o && o->refine ? o->refine : VX_PEEK(&ix->p.ivf_refine), i,
            j;
-    size_t lut = (size_t)v->m * VX_IVF_KSUB, least = 0, nadm = 0, probes;
+    size_t lut = (size_t)v->m * VX_IVF_KSUB, least = 0, nadm = 0, done = 0;
+    size_t cur;
     double want = 0;
     const float *qv;
     vx_topk *into = h;
@@ -8218,11 +8309,12 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
         if (a->none) return VECIDX_OK;
         scan = vx_ivf_plan(ix, a, nprobe, &least, &nprobe, &want);
     }
-    /* a scan from the start probes no list: no tables (nprobe 0) */
-    probes = scan ? 0 : nprobe ? nprobe : 1;
-    if ((rc = vx_ivf_sw_alloc(ix, &w, probes)) != VECIDX_OK) return rc;
+    if (scan) return vx_ivf_direct(ix, q, o, 0, refine > 1, h);
+    if ((rc = vx_ivf_sw_alloc(ix, &w, nprobe ? nprobe : 1, NULL, 0)) !=
+        VECIDX_OK)
+        return rc;
     qv = vx_ivf_query(ix, q, &w);
-    if (refine > 1 && !scan) {
+    if (refine > 1) {
         size_t cap = h->k * refine;
         if (cap > v->count) cap = (size_t)v->count;
         if ((rc = vx_topk_alloc(&w.cand, &ix->mem, cap)) != VECIDX_OK) {
@@ -8231,47 +8323,44 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
         }
         into = &w.cand;
     }
-    if (!scan) {
-        /* Rank the lists for the least probed first, then -- only if too
-        ** few admitted entries were met -- four times as many at a time,
-        ** up to the most, going on where the last round stopped: ranking
-        ** every list up front cost a filtered search half its time. */
-        size_t cur = a ? least : nprobe, done = 0;
-        for (j = 0; j < v->m; j++)
-            ix->kern->dot_panels(qv + vx_ivf_off(ix, j), vx_ivf_book(ix, j),
-                                 vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL,
-                                 w.sim + j * VX_IVF_KSUB);
-        if (ix->p.metric != VECIDX_L2)
-            for (j = 0; j < lut; j++) w.lut[j] = -w.sim[j];
-        for (;;) {
-            w.probe.k = cur;
-            w.probe.n = 0;
-            if ((rc = vx_ivf_probe(ix, &w, qv, cur)) != VECIDX_OK) break;
-            /* closest list first (the coarse index returns them sorted) */
-            if (!v->cq) vx_topk_sort(&w.probe);
-            for (i = done; i < w.probe.n; i++) {
-                uint32_t li = (uint32_t)w.probe.id[i];
-                float bias = w.probe.d[i];
-                if (a && i >= least && (double)nadm >= want) break;
-                if (ix->p.metric == VECIDX_L2) {
-                    vx_ivf_list_terms(ix, li, w.cvec, w.lut);
-                    vx_madd(w.lut, w.lut, w.sim, lut);
-                } else if (ix->p.metric == VECIDX_COSINE) {
-                    bias += 1.0f;
-                }
-                vx_ivf_scan(ix, &w, li, bias, w.lut, o, a ? &nadm : NULL, into);
+    cur = a ? least : nprobe;
+    /* Rank the lists for the least probed first, then -- only if too
+    ** few admitted entries were met -- four times as many at a time,
+    ** up to the most, going on where the last round stopped: ranking
+    ** every list up front cost a filtered search half its time. */
+    for (j = 0; j < v->m; j++)
+        ix->kern->dot_panels(qv + vx_ivf_off(ix, j), vx_ivf_book(ix, j),
+                             vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL,
+                             w.sim + j * VX_IVF_KSUB);
+    if (ix->p.metric != VECIDX_L2)
+        for (j = 0; j < lut; j++) w.lut[j] = -w.sim[j];
+    for (;;) {
+        w.probe.k = cur;
+        w.probe.n = 0;
+        if ((rc = vx_ivf_probe(ix, &w, qv, cur)) != VECIDX_OK) break;
+        /* closest list first (the coarse index returns them sorted) */
+        if (!v->cq) vx_topk_sort(&w.probe);
+        for (i = done; i < w.probe.n; i++) {
+            uint32_t li = (uint32_t)w.probe.id[i];
+            float bias = w.probe.d[i];
+            if (a && i >= least && (double)nadm >= want) break;
+            if (ix->p.metric == VECIDX_L2) {
+                vx_ivf_list_terms(ix, li, w.cvec, w.lut);
+                vx_madd(w.lut, w.lut, w.sim, lut);
+            } else if (ix->p.metric == VECIDX_COSINE) {
+                bias += 1.0f;
             }
-            done = i;
-            if (!a || (double)nadm >= want || cur >= nprobe) break;
-            cur = cur > nprobe / 4 ? nprobe : cur * 4;
+            vx_ivf_scan(ix, &w, li, bias, w.lut, o, a ? &nadm : NULL, into);
         }
-        /* Short of admitted entries, or the lists ran out before enough
-        ** were met: the exact answer, which costs no more. */
-        scan = a && rc == VECIDX_OK &&
-               (into->n < h->k || (done < v->nlist && (double)nadm < want));
-        if (refine > 1 && !scan && rc == VECIDX_OK)
-            vx_ivf_refine(ix, &w, qv, h);
+        done = i;
+        if (!a || (double)nadm >= want || cur >= nprobe) break;
+        cur = cur > nprobe / 4 ? nprobe : cur * 4;
     }
+    /* Short of admitted entries, or the lists ran out before enough
+    ** were met: the exact answer, which costs no more. */
+    scan = a && rc == VECIDX_OK &&
+           (into->n < h->k || (done < v->nlist && (double)nadm < want));
+    if (refine > 1 && !scan && rc == VECIDX_OK) vx_ivf_refine(ix, &w, qv, h);
     if (scan && rc == VECIDX_OK) {
         h->n = 0;
         vx_ivf_allowed(ix, &w, qv, o, refine > 1, h);
@@ -8287,17 +8376,12 @@ static int vx_ivf_exact_all(vecidx *ix, const vx_query *q,
                             const vecidx_search_opts *o, vx_topk *h)
 {
     vx_sopts all = *(const vx_sopts *)(const void *)o;
-    vx_ivf_sw w;
-    int rc;
     if (!ix->p.ivf_keep_vectors) {
         all.u.nprobe = ix->ivf.nlist;
         all.u.refine = 1;
         return vx_ivf_search(ix, q, &all.u, h);
     }
-    if ((rc = vx_ivf_sw_alloc(ix, &w, 0)) != VECIDX_OK) return rc;
-    vx_ivf_score_all(ix, &w, vx_ivf_query(ix, q, &w), o, 1, h);
-    vx_ivf_sw_free(ix, &w);
-    return VECIDX_OK;
+    return vx_ivf_direct(ix, q, o, 1, 1, h);
 }
 
 /* ---- training ----------------------------------------------------------- */
@@ -12944,14 +13028,12 @@ static int vx_search_args(vecidx *ix, const void *q, size_t k,
 }
 
 /* A query copied to the start of a cache line when it does not begin on
-** one and has at most VX_QLINE_MAX dimensions: an AVX-512 load that
+** one and has at most VX_QLINE_MAX dimensions (section 3): an AVX-512 load that
 ** straddles two lines costs more, and a walk loads the query once per
 ** distance. A 384-d dot product took 20.7 ns with the query 4 bytes off
 ** a line against 16.6 ns on one; float32 HNSW walks on 100k x 128,
 ** queries 16 bytes off, ran 3-4 % faster (bench/RESULTS.md, 12-05
 ** seventh). */
-#define VX_QLINE_MAX 1024
-
 static vx_query vx_query_lined(const vecidx *ix, const vx_query *q, float *buf)
 {
     vx_query e = *q;

@@ -1797,6 +1797,26 @@ static void vt_check_sumsq(const vx_qkernels *k, const vx_qkernels *ref,
            mask, d);
 }
 
+/* scale of k bit for bit the product of each component, one rounding
+** each, writing exactly d floats: into out (d + 1 floats, the last a
+** sentinel) and in place. q (d floats) is kept; out is overwritten. */
+static void vt_check_scale(const vx_qkernels *k, const float *q, float *out,
+                           size_t d, unsigned mask, vt_rng *r)
+{
+    float s = (float)(vt_unit(r) * 3 + 1e-3), sentinel = 12345.0f;
+    size_t i, bad = 0;
+    out[d] = sentinel;
+    k->scale(out, q, s, d);
+    for (i = 0; i < d; i++) bad += out[i] != (float)(q[i] * s);
+    CHECKF(bad == 0 && out[d] == sentinel,
+           "scale mask %#x d %zu: %zu components differ, sentinel %g", mask, d,
+           bad, (double)out[d]);
+    k->scale(out, out, 0.5f, d);
+    for (i = 0, bad = 0; i < d; i++)
+        bad += out[i] != (float)((float)(q[i] * s) * 0.5f);
+    CHECKF(bad == 0, "scale in place mask %#x d %zu: %zu differ", mask, d, bad);
+}
+
 /* Every quantized kernel this CPU can run, as vx_qkern_pick chooses them
 ** for each subset of its features, against the scalar ones: int8 dot
 ** products exactly, sums over binary codes, half-precision distances within
@@ -1893,6 +1913,7 @@ void test_kernels_quantized(void)
                    "l2_bound above the bound, mask %#x d %zu", mask, d);
             vt_check_l2_cut(&k, f32, q, p, d, full, mask);
             vt_check_sumsq(&k, &ref, p, d, mask, &r);
+            vt_check_scale(&k, q, p, d, mask, &r);
             free(a);
             free(b);
             free(h);
