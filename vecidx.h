@@ -195,17 +195,21 @@ enum {
 /* Optional memory allocator. All three functions must be set, or all three
 ** NULL (meaning the C library's malloc/realloc/free, plus huge-page mappings
 ** for large vector storage on Linux: see the top of this file; a custom
-** allocator receives every byte instead). `ctx` is passed back
-** unchanged. realloc_fn receives the old size of the block so that arena
-** allocators need no header. Each function may be called from any thread
-** that uses the index, concurrently, so it must be thread-safe. A function
-** returning NULL makes the calling vecidx function fail with VECIDX_ENOMEM
-** and leave the index unchanged, except where the memory only buys speed:
-** a batch call that cannot get scratch space for an extra worker thread
-** runs on fewer threads, an HNSW repair step that cannot get memory is
-** retried at a later write, and a write that cannot copy aside what a save
-** or checkpoint under way still needs makes that save or checkpoint fail
-** with VECIDX_ENOMEM instead. free_fn is never called with NULL. */
+** allocator receives every byte instead). `ctx` is passed back unchanged.
+** Blocks must be aligned as malloc's are, for any object type
+** (alignof(max_align_t)); the library aligns to cache lines itself where that
+** pays. realloc_fn keeps the contents as realloc does, and receives the old
+** size of the block so that arena allocators need no header. Each function may
+** be called from any thread that uses the index, concurrently, so it must be
+** thread-safe. A function returning NULL makes the calling vecidx function
+** fail with VECIDX_ENOMEM and leave the index unchanged, except where the
+** memory only buys speed: a batch call that cannot get scratch space for an
+** extra worker thread runs on fewer threads, an HNSW repair step that cannot
+** get memory is retried at a later write, and a write that cannot copy aside
+** what a save or checkpoint under way still needs makes that save or
+** checkpoint fail with VECIDX_ENOMEM instead. free_fn is never called with
+** NULL, realloc_fn never with a NULL block, and no function is asked for 0
+** bytes. */
 typedef struct vecidx_allocator {
     void *(*malloc_fn)(void *ctx, size_t size);
     void *(*realloc_fn)(void *ctx, void *ptr, size_t old_size, size_t new_size);
