@@ -132,6 +132,7 @@
     X(hnsw_bad_params)                       \
     X(hnsw_alloc_failure)                    \
     X(concurrency_hnsw_readers_and_writer)   \
+    X(concurrency_hnsw_insert_lists_first)   \
     X(filter_flat)                           \
     X(filter_hnsw)                           \
     X(filter_hnsw_far_scans)                 \
