@@ -52,6 +52,7 @@
 #include <dlfcn.h>
 #include <hnswlib/hnswlib.h>
 #include <omp.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <faiss/IndexFlat.h>
@@ -1341,8 +1342,21 @@ class TimedThread
     std::thread th_;
 };
 
+/* Why a slow search was slow, by what the kernel counted for its thread
+** during it: preempted (an involuntary context switch: the scheduler gave
+** its core to another thread -- on 2 cores, beside a writer and the
+** library's own workers), else blocked (a voluntary one: it slept, on a
+** lock or a page), else it ran all along. */
+enum SlowCause { SLOW_RAN, SLOW_PREEMPTED, SLOW_BLOCKED };
+static const char *const slow_cause_name[] = {"ran", "preempted", "blocked"};
+
+/* A search this long or longer is a slow one (Reader::slow). */
+static const uint64_t SLOW_NS = 1000000;
+
 /* Searches the queries one after the other, cycling, from t_start until
-** stopped, timing each call. */
+** stopped, timing each call, and telling apart why each slow one was
+** slow (one getrusage before each search, a second after a slow one:
+** about 0.3 us a search here, alike for every library). */
 class Reader : public TimedThread
 {
   public:
@@ -1354,12 +1368,53 @@ class Reader : public TimedThread
             lt_sleep_until(t_start);
             for (size_t q = 0; !stop_.load(std::memory_order_relaxed); q++) {
                 uint64_t t0, t1;
+                struct rusage u0, u1;
+                getrusage(RUSAGE_THREAD, &u0);
                 ix.search(d.query + (q % d.nq) * d.dim, out.data(), &t0, &t1);
                 lt_add(&lat_, t0, t1);
+                if (t1 - t0 < SLOW_NS) continue;
+                getrusage(RUSAGE_THREAD, &u1);
+                SlowCause c = u1.ru_nivcsw > u0.ru_nivcsw  ? SLOW_PREEMPTED
+                              : u1.ru_nvcsw > u0.ru_nvcsw ? SLOW_BLOCKED
+                                                          : SLOW_RAN;
+                slow_[c]++;
+                if (t1 - t0 > worst_) {
+                    worst_ = t1 - t0;
+                    worst_cause_ = c;
+                }
             }
         });
     }
+    ~Reader() override
+    {
+        finish(); /* the thread writes slow_ and worst_ */
+    }
+    /* Slow searches (SLOW_NS or longer) of cause c, once finished. */
+    uint64_t slow(SlowCause c) const
+    {
+        return slow_[c];
+    }
+    /* The slowest search's cause, if it was slow. */
+    const char *worst_cause() const
+    {
+        return worst_ ? slow_cause_name[worst_cause_] : "none";
+    }
+
+  private:
+    uint64_t slow_[3] = {0, 0, 0}, worst_ = 0;
+    SlowCause worst_cause_ = SLOW_RAN;
 };
+
+/* The slow searches of a finished reader, by cause (Reader): keys
+** search<sfx>_slow_ran, _slow_preempted, _slow_blocked, _worst_cause. */
+void slow_keys(Row &r, const char *sfx, const Reader &rd)
+{
+    std::string p = std::string("search") + sfx;
+    r.num(p + "_slow_ran", (double)rd.slow(SLOW_RAN), "%.0f");
+    r.num(p + "_slow_preempted", (double)rd.slow(SLOW_PREEMPTED), "%.0f");
+    r.num(p + "_slow_blocked", (double)rd.slow(SLOW_BLOCKED), "%.0f");
+    r.str(p + "_worst_cause", rd.worst_cause());
+}
 
 /* Runs op(i) for i = 0 .. count-1 on a thread of its own: paced at `rate`
 ** calls per second from t_start (lt_pace: absolute deadlines, catching up
@@ -1445,6 +1500,7 @@ void idle_phase(Index &ix, const bn_data &d, const Scenario &s, double secs,
     lt_stats st = lt_summarize(&rd.finish(), LT_ALL, 0, 0);
     lt_cpu c1 = lt_cpu_now();
     r.stats("search_idle", "searches_idle", st);
+    slow_keys(r, "_idle", rd);
     r.num("search_idle_qps", (double)st.count / secs, "%.1f");
     cpu_keys(r, "_idle", c0, c1);
 }
@@ -1624,6 +1680,7 @@ void scenario_writer(const bn_opts &o, const bn_data &d, const Scenario &s,
     double secs = (double)(wr.t_end() - t0) / 1e9;
     lt_stats sq = lt_summarize(&q, LT_ALL, 0, 0);
     r.stats("search", "searches", sq);
+    slow_keys(r, "", rd);
     r.num("search_qps", (double)sq.count / secs, "%.1f");
     r.stats("write", "writes", select_stats(w, ops, -1));
     lt_stats si = select_stats(w, ops, 1), sr = select_stats(w, ops, 0);
@@ -1669,6 +1726,7 @@ void scenario_remove(const bn_opts &o, const bn_data &d, const Scenario &s,
     double secs = (double)(wr.t_end() - t0) / 1e9;
     lt_stats sq = lt_summarize(&q, LT_ALL, 0, 0);
     r.stats("search", "searches", sq);
+    slow_keys(r, "", rd);
     r.num("search_qps", secs > 0 ? (double)sq.count / secs : -1, "%.1f");
     r.stats("remove", "removes", lt_summarize(&w, LT_ALL, 0, 0));
     r.num("remove_total_s", secs);
@@ -1788,6 +1846,7 @@ void scenario_checkpoint(const bn_opts &o, const bn_data &d, const Scenario &s,
             lt_summarize(&q, LT_INSIDE, c0, c1));
     r.stats("search_other", "searches_other",
             lt_summarize(&q, LT_OUTSIDE, c0, c1));
+    slow_keys(r, "", rd);
     lt_stats wi = lt_summarize(&w, LT_INSIDE, c0, c1);
     lt_stats wo = lt_summarize(&w, LT_OUTSIDE, c0, c1);
     r.stats("write_ckpt", "writes_ckpt", wi);
