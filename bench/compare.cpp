@@ -1346,9 +1346,26 @@ class TimedThread
 ** during it: preempted (an involuntary context switch: the scheduler gave
 ** its core to another thread -- on 2 cores, beside a writer and the
 ** library's own workers), else blocked (a voluntary one: it slept, on a
-** lock or a page), else it ran all along. */
-enum SlowCause { SLOW_RAN, SLOW_PREEMPTED, SLOW_BLOCKED };
-static const char *const slow_cause_name[] = {"ran", "preempted", "blocked"};
+** lock or a page), else ran (on the CPU for at least half of the time:
+** the search's own work), else stalled (neither switched nor on the CPU:
+** the hypervisor took the virtual CPU). */
+enum SlowCause {
+    SLOW_RAN,
+    SLOW_PREEMPTED,
+    SLOW_BLOCKED,
+    SLOW_STALLED
+};
+static const char *const slow_cause_name[] = {"ran", "preempted", "blocked",
+                                              "stalled"};
+
+/* User and system time of a rusage, ns. */
+static uint64_t ru_cpu_ns(const struct rusage &u)
+{
+    return ((uint64_t)u.ru_utime.tv_sec + (uint64_t)u.ru_stime.tv_sec) *
+               1000000000u +
+           ((uint64_t)u.ru_utime.tv_usec + (uint64_t)u.ru_stime.tv_usec) *
+               1000u;
+}
 
 /* A search this long or longer is a slow one (Reader::slow). */
 static const uint64_t SLOW_NS = 1000000;
@@ -1374,9 +1391,11 @@ class Reader : public TimedThread
                 lt_add(&lat_, t0, t1);
                 if (t1 - t0 < SLOW_NS) continue;
                 getrusage(RUSAGE_THREAD, &u1);
-                SlowCause c = u1.ru_nivcsw > u0.ru_nivcsw  ? SLOW_PREEMPTED
+                SlowCause c = u1.ru_nivcsw > u0.ru_nivcsw ? SLOW_PREEMPTED
                               : u1.ru_nvcsw > u0.ru_nvcsw ? SLOW_BLOCKED
-                                                          : SLOW_RAN;
+                              : 2 * (ru_cpu_ns(u1) - ru_cpu_ns(u0)) >= t1 - t0
+                                  ? SLOW_RAN
+                                  : SLOW_STALLED;
                 slow_[c]++;
                 if (t1 - t0 > worst_) {
                     worst_ = t1 - t0;
@@ -1401,18 +1420,20 @@ class Reader : public TimedThread
     }
 
   private:
-    uint64_t slow_[3] = {0, 0, 0}, worst_ = 0;
+    uint64_t slow_[4] = {0, 0, 0, 0}, worst_ = 0;
     SlowCause worst_cause_ = SLOW_RAN;
 };
 
 /* The slow searches of a finished reader, by cause (Reader): keys
-** search<sfx>_slow_ran, _slow_preempted, _slow_blocked, _worst_cause. */
+** search<sfx>_slow_ran, _slow_preempted, _slow_blocked, _slow_stalled,
+** _worst_cause. */
 void slow_keys(Row &r, const char *sfx, const Reader &rd)
 {
     std::string p = std::string("search") + sfx;
     r.num(p + "_slow_ran", (double)rd.slow(SLOW_RAN), "%.0f");
     r.num(p + "_slow_preempted", (double)rd.slow(SLOW_PREEMPTED), "%.0f");
     r.num(p + "_slow_blocked", (double)rd.slow(SLOW_BLOCKED), "%.0f");
+    r.num(p + "_slow_stalled", (double)rd.slow(SLOW_STALLED), "%.0f");
     r.str(p + "_worst_cause", rd.worst_cause());
 }
 
