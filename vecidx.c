@@ -7970,7 +7970,8 @@ static void vx_madd(float *out, const float *a, const float *restrict b,
 typedef struct vx_ivf_sw {
     float *coarse, *sim, *lut, *dist, *qn, *cvec;
     size_t floats;
-    vx_topk probe, cand;
+    vx_topk probe, cand; /* a search sets probe.k to the lists it ranks */
+    size_t probe_cap;    /* so the block's size is kept here */
 } vx_ivf_sw;
 
 /* nprobe 0: for a search that scores entries one by one and probes no
@@ -8005,12 +8006,14 @@ static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe, float *line,
         vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
         return VECIDX_ENOMEM;
     }
+    w->probe_cap = nprobe;
     return VECIDX_OK;
 }
 
 static void vx_ivf_sw_free(vecidx *ix, vx_ivf_sw *w)
 {
     vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
+    w->probe.k = w->probe_cap;
     vx_topk_free(&w->probe, &ix->mem);
     if (w->cand.d) vx_topk_free(&w->cand, &ix->mem);
 }
