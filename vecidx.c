@@ -5838,8 +5838,6 @@ static int vx_scratch_fit(vecidx *ix, vx_hnsw_scratch *s, size_t ef)
         vx_grow(&ix->mem, (void **)&s->cand, &s->cand_cap, 2 * ef + 64,
                 sizeof *s->cand) ||
         vx_grow(&ix->mem, (void **)&s->sel, &s->sel_cap, sel, sizeof *s->sel) ||
-        vx_grow(&ix->mem, (void **)&s->up, &s->up_cap,
-                (size_t)VX_HNSW_MAX_LEVEL * ix->hnsw.m, sizeof *s->up) ||
         vx_grow(&ix->mem, (void **)&s->ids, &s->ids_cap, sel, sizeof *s->ids))
         return VECIDX_ENOMEM;
     return VECIDX_OK;
@@ -6423,14 +6421,12 @@ static void vx_hnsw_link_all(vecidx *ix, vx_cand *tmp, const vx_cand *nb,
         vx_hnsw_link_back(ix, tmp, nb[i].slot, slot, nb[i].d, l);
 }
 
-/* vx_hnsw_choose, then slot offered to the chosen. Returns where the
-** search on the level below should start. */
-static vx_cand vx_hnsw_connect(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
-                               const vx_query *q, vx_cand cur, int l, int own)
+/* vx_hnsw_choose, then slot offered to the chosen. */
+static void vx_hnsw_connect(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
+                            const vx_query *q, vx_cand cur, int l, int own)
 {
     size_t n = vx_hnsw_choose(ix, s, slot, q, cur, l, own);
     vx_hnsw_link_all(ix, s->sel + n, s->sel, n, slot, l);
-    return n ? s->sel[0] : cur;
 }
 
 /* Link a stored node (vector, level and empty lists already in place)
@@ -6441,8 +6437,9 @@ static vx_cand vx_hnsw_connect(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
 ** empty, it could end a search's descent there, and the walk of level 0
 ** then found it alone and fell back to scanning the whole index (2-4
 ** searches in 15 s beside 2,000 inserts/s on 100k x 128, 5-7 ms each).
-** Lists below l are all a search at level l reads, so one thread still
-** builds the same graph. */
+** A search at level l reads only lists at level l, so offers made there
+** after the levels below are linked change nothing those searches read:
+** one thread still builds the same graph. */
 static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
 {
     vx_hnsw *h = &ix->hnsw;
@@ -6459,16 +6456,13 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
     for (l = maxl; l > level; l--)
         vx_hnsw_greedy(ix, s, &q, &cur.slot, &cur.d, l);
     low = level < maxl ? level : maxl;
-    for (l = low; l >= 0; l--) {
+    for (l = low; l > 0; l--) { /* choices kept for the offers below */
         n = vx_hnsw_choose(ix, s, slot, &q, cur, l, 1);
-        if (l == 0) {
-            vx_hnsw_link_all(ix, s->sel + n, s->sel, n, slot, 0);
-        } else { /* kept for the offers below */
-            memcpy(s->up + nup, s->sel, n * sizeof *s->up);
-            nup += cnt[l] = n;
-        }
+        memcpy(s->up + nup, s->sel, n * sizeof *s->up);
+        nup += cnt[l] = n;
         if (n) cur = s->sel[0];
     }
+    vx_hnsw_connect(ix, s, slot, &q, cur, 0, 1);
     for (l = low, nup = 0; l > 0; nup += cnt[l--])
         vx_hnsw_link_all(ix, s->sel, s->up + nup, cnt[l], slot, l);
     if (level > maxl) {
@@ -6646,9 +6640,17 @@ static int vx_hnsw_batch_begin(vecidx *ix, size_t n, unsigned threads,
     }
     if (threads > 64) threads = 64;
     if (n < 256 || threads == 0) threads = 1; /* not worth the threads */
+    /* inserts also keep their choices above level 0 (vx_hnsw_insert) */
     while (b->nt < threads &&
-           vx_scratch_get(ix, ix->p.hnsw_ef_construction, &b->s[b->nt]) == 0)
+           vx_scratch_get(ix, ix->p.hnsw_ef_construction, &b->s[b->nt]) == 0) {
+        vx_hnsw_scratch *s = b->s[b->nt];
+        if (vx_grow(&ix->mem, (void **)&s->up, &s->up_cap,
+                    (size_t)VX_HNSW_MAX_LEVEL * ix->hnsw.m, sizeof *s->up)) {
+            vx_scratch_put(ix, s);
+            break;
+        }
         b->nt++;
+    }
     if (b->nt == 0) {
         vx_hnsw_batch_release(ix, b);
         return VECIDX_ENOMEM;
@@ -7030,7 +7032,7 @@ static void vx_hnsw_offer_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     cur.d = vx_qdist(ix, &q, cur.slot);
     for (k = maxlevel; k > l; k--)
         vx_hnsw_greedy(ix, s, &q, &cur.slot, &cur.d, k);
-    (void)vx_hnsw_connect(ix, s, y, &q, cur, l, 0);
+    vx_hnsw_connect(ix, s, y, &q, cur, l, 0);
 }
 
 /* Histogram bucket of a squared norm: 16 per power of two, ascending. */

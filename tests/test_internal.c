@@ -2069,6 +2069,7 @@ typedef struct vt_ins {
     _Atomic size_t cur; /* the row being inserted */
     _Atomic int done;
     size_t searches, scans, least; /* least: the index's size at start */
+    int rc;                        /* the first failed search's */
 } vt_ins;
 
 /* Searches for the vector being inserted, over and over, counting the
@@ -2086,9 +2087,9 @@ static void *vt_ins_reader(void *arg)
     while (!atomic_load(&t->done)) {
         size_t row = atomic_load(&t->cur);
         uint64_t d0 = vx_tally.dist;
-        if (vecidx_search(t->ix, t->v + row * t->dim, 10, &o, keys, dists,
-                          &found) != VECIDX_OK)
-            break;
+        t->rc = vecidx_search(t->ix, t->v + row * t->dim, 10, &o, keys, dists,
+                              &found);
+        if (t->rc != VECIDX_OK) break;
         t->searches++;
         t->scans += vx_tally.dist - d0 >= t->least;
     }
@@ -2134,6 +2135,7 @@ void test_concurrency_hnsw_insert_lists_first(void)
     }
     atomic_store(&t.done, 1);
     if (started) pthread_join(tid, NULL);
+    CHECKF(t.rc == VECIDX_OK, "a search beside the inserts failed: %d", t.rc);
     CHECKF(t.searches >= 1000 && t.scans == 0,
            "%zu of %zu searches beside the inserts scanned the index", t.scans,
            t.searches);
