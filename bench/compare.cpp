@@ -1343,11 +1343,11 @@ class TimedThread
 };
 
 /* Why a slow search was slow, by what the kernel counted for its thread
-** during it: preempted (an involuntary context switch: the scheduler gave
-** its core to another thread -- on 2 cores, beside a writer and the
-** library's own workers), else blocked (a voluntary one: it slept, on a
-** lock or a page), else ran (on the CPU for at least half of the time:
-** the search's own work), else stalled (neither switched nor on the CPU:
+** during it: ran (on the CPU for at least half of the time: the search's
+** own work), else, for the time off it, preempted (an involuntary context
+** switch: the scheduler gave its core to another thread -- on 2 cores,
+** beside a writer and the library's own workers), else blocked (a
+** voluntary one: it slept, on a lock or a page), else stalled (neither:
 ** the hypervisor took the virtual CPU). */
 enum SlowCause {
     SLOW_RAN,
@@ -1391,11 +1391,11 @@ class Reader : public TimedThread
                 lt_add(&lat_, t0, t1);
                 if (t1 - t0 < SLOW_NS) continue;
                 getrusage(RUSAGE_THREAD, &u1);
-                SlowCause c = u1.ru_nivcsw > u0.ru_nivcsw ? SLOW_PREEMPTED
-                              : u1.ru_nvcsw > u0.ru_nvcsw ? SLOW_BLOCKED
-                              : 2 * (ru_cpu_ns(u1) - ru_cpu_ns(u0)) >= t1 - t0
-                                  ? SLOW_RAN
-                                  : SLOW_STALLED;
+                uint64_t cpu = ru_cpu_ns(u1) - ru_cpu_ns(u0);
+                SlowCause c = 2 * cpu >= t1 - t0            ? SLOW_RAN
+                              : u1.ru_nivcsw > u0.ru_nivcsw ? SLOW_PREEMPTED
+                              : u1.ru_nvcsw > u0.ru_nvcsw   ? SLOW_BLOCKED
+                                                            : SLOW_STALLED;
                 slow_[c]++;
                 if (t1 - t0 > worst_) {
                     worst_ = t1 - t0;
