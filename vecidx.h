@@ -514,14 +514,14 @@ void vecidx_close(vecidx *ix);
 ** either the old file or the complete new one. The file replaced is closed
 ** on a short-lived thread (joined by the next save or vecidx_close): the
 ** file system frees its blocks at that close, which took 165 ms for a 700
-** MB file, and no write should wait for that. Works for any index, in memory or
-*opened from a file;
-** saving a writable index over its own main file is a vecidx_checkpoint. The
-** file holds the index as it was when the call began (waiting for a write
-** that is running to end): searches and writes go on while it is written,
-** writes copying aside what they are about to change that the file does not
-** hold yet (1 KiB per slot touched, or a whole IVF-PQ list). One save or
-** checkpoint at a time per handle; a second waits.
+** MB file, and no write should wait for that. Works for any index, in memory
+** or opened from a file; saving a writable index over its own main file is
+** a vecidx_checkpoint. The file holds the index as it was when the call
+** began (waiting for a write that is running to end): searches and writes
+** go on while it is written, writes copying aside what they are about to
+** change that the file does not hold yet (1 KiB per slot touched, or a
+** whole IVF-PQ list). One save or checkpoint at a time per handle; a second
+** waits.
 ** Errors: VECIDX_EINVAL (NULL ix or path, path over 4096 bytes),
 ** VECIDX_EIO (with the system's reason: no space, permission, ...),
 ** VECIDX_ENOMEM, VECIDX_ECORRUPT (a reader's file has a damaged piece:
@@ -532,10 +532,16 @@ int vecidx_save(vecidx *ix, const char *path);
 ** write-ahead log), like SQLite's database and -wal files.
 **
 ** The main file is mapped (mmap, private) and used in place: no parse and
-** no copy of the vectors, links or key map. Then every complete record of
-** the log is replayed, so the handle holds exactly the writes that were
-** acknowledged before the last close or crash; a partly written last
-** record (a torn append) is discarded.
+** no copy of the vectors, links or key map. On Linux, a file of at most
+** half the machine's memory has its vectors, links and key map (not kept
+** float32 vectors) advised for transparent huge pages: where the file
+** system keeps large page-cache folios (ext4 and XFS since Linux 6.16),
+** those are then read, cached and mapped 2 MiB at a time, which makes
+** searches and keyed scans of the file faster (docs/DESIGN.md, "Huge
+** pages"). Then every complete record of the log is replayed, so the
+** handle holds exactly the writes that were acknowledged before the last
+** close or crash; a partly written last record (a torn append) is
+** discarded.
 **
 ** VECIDX_RDONLY: a reader. Opening checks the header and the small
 ** sections and takes milliseconds whatever the size (a 1M x 128 HNSW

@@ -1320,6 +1320,87 @@ static void vt_kept_pread_long(const char *path, const char *wal,
     unlink(wal);
 }
 
+/* The flags of the mapping holding addr in /proc/self/smaps, into out
+** (empty when not found). */
+static void vt_vma_flags(const void *addr, char *out, size_t cap)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    int in = 0;
+    out[0] = 0;
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s ", &lo, &hi, perms) == 3) {
+            in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+        } else if (in && !strncmp(line, "VmFlags:", 8)) {
+            size_t n = strlen(line + 8);
+            if (n >= cap) n = cap - 1;
+            memcpy(out, line + 8, n);
+            out[n] = 0;
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* An index opened from its file (at most half the machine's memory) has
+** its chunks and key maps advised for huge pages (vx_advise_huge), before
+** their first read; its kept float32 vectors are not, but advised for
+** random reads. Linux with transparent huge pages only. */
+void test_store_file_huge_advice(void)
+{
+    enum {
+        N = 60000,
+        DIM = 64
+    };
+    char dir[600], path[700], flags[256];
+    vt_rng r = {909};
+    vecidx_params p;
+    vecidx *ix = NULL, *f = NULL;
+    const unsigned char *kept;
+    vx_fhdr h;
+    vt_set m;
+    if (!VX_HAVE_HUGE ||
+        access("/sys/kernel/mm/transparent_hugepage/enabled", R_OK) != 0)
+        return;
+    if (vt_tmp_dir(dir, sizeof dir, "hugefile") != 0) return;
+    snprintf(path, sizeof path, "%s/ix.vx", dir);
+    vt_set_init(&m, DIM, N);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
+    p.threads = 1;
+    p.storage = VECIDX_STORE_I8;
+    p.keep_vectors = 1;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (!ix) return;
+    vt_fill_index(ix, &m, N, &r, VT_UNIFORM);
+    CHECK_OK(vecidx_save(ix, path));
+    vecidx_close(ix);
+    CHECK_OK(vecidx_open(path, NULL, VECIDX_RDONLY, &f));
+    if (!f) goto done;
+    CHECK_OK(vx_fhdr_decode(f->fmap, f->fmap_len, &h));
+    /* kept vectors more than a huge page from either end of theirs */
+    CHECK(h.sect[VX_SECT_KEPT].len > 3 * VX_HUGE_PAGE);
+    vt_vma_flags(f->fmap + h.sect[VX_SECT_CHUNKS].off +
+                     h.sect[VX_SECT_CHUNKS].len / 2,
+                 flags, sizeof flags);
+    CHECKF(strstr(flags, " hg") != NULL, "chunks: VmFlags%s", flags);
+    vt_vma_flags(f->fmap + h.sect[VX_SECT_MAPKEYS].off, flags, sizeof flags);
+    CHECKF(strstr(flags, " hg") != NULL, "map keys: VmFlags%s", flags);
+    vt_vma_flags(f->fmap + h.sect[VX_SECT_MAPSLOTS].off, flags, sizeof flags);
+    CHECKF(strstr(flags, " hg") != NULL, "map slots: VmFlags%s", flags);
+    kept = f->fmap + h.sect[VX_SECT_KEPT].off + h.sect[VX_SECT_KEPT].len / 2;
+    vt_vma_flags(kept, flags, sizeof flags);
+    CHECKF(strstr(flags, " hg") == NULL && strstr(flags, " rr") != NULL,
+           "kept vectors: VmFlags%s", flags);
+done:
+    vecidx_close(f);
+    vt_set_free(&m);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* A lean reader (VECIDX_LEAN) of a file whose kept vectors lie apart
 ** verifies and re-ranks them with pread, not through its mapping
 ** (vx_kept_dist), so that they stay out of its resident set: its answers,

@@ -106,6 +106,7 @@
     X(store_kept_vectors_apart)              \
     X(ivf_map_cells)                         \
     X(store_kept_pread)                      \
+    X(store_file_huge_advice)                \
     X(wal_read_faults)                       \
     X(wal_fsync_failure)                     \
     X(wal_checkpoint_dir_sync)               \
