@@ -316,7 +316,7 @@ typedef struct vecidx_search_opts {
     uint32_t threads; /* vecidx_search_batch workers; 0 = params.threads */
     /* Optional filter: only keys for which filter(key, filter_ctx) returns
     ** non-zero can appear in the results. NULL admits every key. It is
-    ** called from the searching thread, for up to 256 stored keys to
+    ** called from the searching thread, for up to 2048 stored keys to
     ** estimate how many it admits (unless filter_selectivity is given),
     ** for candidates close enough to enter the current top k, for nodes an
     ** HNSW walk meets, for every entry of the lists IVF-PQ probes, and in
@@ -350,7 +350,8 @@ typedef struct vecidx_search_opts {
     uint64_t allow_bits;
     /* The fraction of stored keys the filter callback admits, if the
     ** caller knows it roughly, in (0, 1]; 0 = unknown: the search then
-    ** estimates it by asking the callback about up to 256 stored keys. */
+    ** estimates it by asking the callback about 256 stored keys, and
+    ** when fewer than 8 of them pass, about 2048 in all. */
     float filter_selectivity;
 } vecidx_search_opts;
 
@@ -857,7 +858,8 @@ int vecidx_check(vecidx *ix);
 ** index) results. The search first counts the admitted keys: exactly
 ** for an allowed set (distinct keys of the array, set bits of the
 ** bitmap), from filter_selectivity, or by asking the callback about 256
-** stored keys. Then it picks the cheaper of:
+** stored keys (2048 when fewer than 8 pass). Then it picks the cheaper
+** of:
 **  - an exact scan of only the admitted vectors: each allowed key looked
 **    up and scored (with a callback alone: every row asked, the admitted
 **    scored). Exact, and the cost grows with the admitted count;

@@ -1320,6 +1320,89 @@ static void vt_kept_pread_long(const char *path, const char *wal,
     unlink(wal);
 }
 
+static int vt_est_calls;
+static int vt_est_admit(uint64_t key, void *ctx)
+{
+    vt_est_calls++;
+    return key % 1000 < (uint64_t)(size_t)ctx;
+}
+
+/* A callback alone, with no selectivity given, is asked about stored keys
+** at 256 places; when fewer than 8 of them pass, about the 7 keys after
+** each place too, so that a share of 0.1 % is not read as "none passed,
+** assume half of one" (0.2 %), which sent 1M-vector searches walking
+** before they scanned (vx_allow_estimate). And an IVF-PQ search whose
+** lists would cost more to probe than asking the callback about every
+** entry asks it directly, probing no list (vx_ivf_plan): 4 lists of 5,000
+** entries, 8-byte codes, 0.1 % admitted. */
+void test_filter_callback_estimate(void)
+{
+    enum {
+        N = 20000,
+        DIM = 16
+    };
+    vt_rng r = {5150};
+    vecidx_params p;
+    vecidx_search_opts o;
+    vecidx_stats_t st;
+    vecidx *ix = NULL;
+    vx_sopts a;
+    vt_set m;
+    float q[DIM];
+    uint64_t keys[10];
+    float dists[10];
+    size_t found, i, want = 0;
+    vt_set_init(&m, DIM, N);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_FLAT, VECIDX_L2, DIM));
+    p.threads = 1;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (!ix) return;
+    vt_fill_index(ix, &m, N, &r, VT_UNIFORM);
+    memset(&o, 0, sizeof o);
+    o.filter = vt_est_admit;
+    o.filter_ctx = (void *)(size_t)1; /* 0.1 % */
+    CHECK_OK(vx_sopts_init(ix, &o, &a));
+    vt_est_calls = 0;
+    vx_allow_estimate(ix, &a);
+    CHECK_EQ_U64(vt_est_calls, 2048);
+    for (i = 0; i < m.n; i++) want += m.keys[i] % 1000 < 1;
+    CHECKF(a.card < 0.5 / 256 * N && a.card > 0.0,
+           "estimate %g for %zu admitted", a.card, want);
+    vx_sopts_free(ix, &a);
+    o.filter_ctx = (void *)(size_t)500; /* 50 % */
+    CHECK_OK(vx_sopts_init(ix, &o, &a));
+    vt_est_calls = 0;
+    vx_allow_estimate(ix, &a);
+    CHECK_EQ_U64(vt_est_calls, 256);
+    CHECKF(a.card > 0.4 * N && a.card < 0.6 * N, "estimate %g", a.card);
+    vx_sopts_free(ix, &a);
+    vecidx_close(ix);
+    vt_set_free(&m);
+
+    vt_set_init(&m, DIM, N);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_IVFPQ, VECIDX_L2, DIM));
+    p.threads = 1;
+    p.ivf_nlist = 4;
+    p.pq_m = 8;
+    p.ivf_train_size = 2000;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (!ix) return;
+    vt_fill_index(ix, &m, N, &r, VT_UNIFORM);
+    CHECK(ix->ivf.trained);
+    o.filter_ctx = (void *)(size_t)1;
+    o.nprobe = 4;
+    vt_make_queries(&r, &m, q, 1, VT_UNIFORM);
+    CHECK_OK(vecidx_search(ix, q, 10, &o, keys, dists, &found));
+    CHECK_EQ_U64(found, want < 10 ? want : 10);
+    for (i = 0; i < found; i++) CHECK(keys[i] % 1000 < 1);
+    memset(&st, 0, sizeof st);
+    CHECK_OK(vecidx_stats_ex(ix, &st, sizeof st)); /* not the 0.2 macro */
+    CHECKF(st.searches == 1 && st.visited_per_search == 0.0,
+           "%g lists probed per search", st.visited_per_search);
+    vecidx_close(ix);
+    vt_set_free(&m);
+}
+
 /* The flags of the mapping holding addr in /proc/self/smaps, into out
 ** (empty when not found). */
 static void vt_vma_flags(const void *addr, char *out, size_t cap)
