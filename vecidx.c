@@ -11802,9 +11802,9 @@ static int vx_image_open(unsigned char *map, uint64_t size, const char *path,
 /* An index opened from its file is read in place: walks read its chunks
 ** and keyed scans its key maps at random places, and on 4 KiB pages
 ** nearly every such read also misses the TLB, as in memory (vx_huge_map).
-** Where the kernel keeps file pages in large folios (ext4 and XFS since
-** Linux 6.16, tmpfs), MADV_HUGEPAGE has it read and map each aligned 2 MiB
-** piece of those sections whole. On 1M x 128 read-only (bench/RESULTS.md,
+** Where the kernel keeps file pages in large folios (XFS since Linux
+** 5.18, ext4 since 6.16), MADV_HUGEPAGE has it read and map each aligned
+** 2 MiB piece of those sections whole. On 1M x 128 read-only (bench/RESULTS.md,
 ** 2026-12-06) flat and HNSW keyed scans of 1,000 keys went from 0.77-0.81x
 ** a hand loop to 0.98-1.08x, and float32 HNSW walks ran 18-22% faster. But
 ** a piece is then read, kept and dropped whole, so a file larger than
@@ -11812,8 +11812,9 @@ static int vx_image_open(unsigned char *map, uint64_t size, const char *path,
 ** file of at most half the machine's memory is advised. The advice covers
 ** every piece a section touches: readahead from an unadvised first piece
 ** filled the rest with small folios before they were touched. Given
-** before the first read of the sections (vx_file_validate's checksums).
-** Kept float32 vectors, read a few at a time, are left alone. */
+** before the first read of the sections (vx_file_validate's checksums),
+** and the first piece before the header's. Kept float32 vectors, read a
+** few at a time, and IVF-PQ's lists are left alone. */
 static void vx_advise_huge(unsigned char *map, size_t size)
 {
 #if VX_HAVE_HUGE
@@ -11824,14 +11825,19 @@ static void vx_advise_huge(unsigned char *map, size_t size)
                                         : 0;
     vx_fhdr h;
     size_t i;
-    if ((uint64_t)size > half || vx_fhdr_decode(map, size, &h) != VECIDX_OK)
-        return;
+    if ((uint64_t)size > half) return;
+    /* The header's read would read ahead into the first pieces (8 MiB with
+    ** read_ahead_kb 8192): advised first, it reads huge folios instead. */
+    (void)madvise(map, size < VX_HUGE_PAGE ? size : VX_HUGE_PAGE,
+                  MADV_HUGEPAGE);
+    if (vx_fhdr_decode(map, size, &h) != VECIDX_OK) return;
     for (i = 0; i < sizeof sect / sizeof sect[0]; i++) {
         const vx_sect *sc = &h.sect[sect[i]];
         uintptr_t a, e;
         if (sc->off > size || sc->len > size - sc->off || !sc->len) continue;
-        /* before version 5, kept vectors sat inside the chunks */
-        if (sect[i] == VX_SECT_CHUNKS && h.p.keep_vectors && h.version < 5)
+        /* with no section of their own, kept vectors sit in the chunks */
+        if (sect[i] == VX_SECT_CHUNKS && h.p.keep_vectors &&
+            !h.sect[VX_SECT_KEPT].len)
             continue;
         a = (uintptr_t)(map + sc->off) & ~(VX_HUGE_PAGE - 1);
         e = ((uintptr_t)(map + sc->off + sc->len) + VX_HUGE_PAGE - 1) &

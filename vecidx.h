@@ -534,9 +534,10 @@ int vecidx_save(vecidx *ix, const char *path);
 **
 ** The main file is mapped (mmap, private) and used in place: no parse and
 ** no copy of the vectors, links or key map. On Linux, a file of at most
-** half the machine's memory has its vectors, links and key map (not kept
-** float32 vectors) advised for transparent huge pages: where the file
-** system keeps large page-cache folios (ext4 and XFS since Linux 6.16),
+** half the machine's memory has its flat and HNSW vectors and links (not
+** kept float32 vectors) and its key map advised for transparent huge
+** pages: where the file system keeps large page-cache folios (XFS since
+** Linux 5.18, ext4 since 6.16) and the mapping lies on a 2 MiB boundary,
 ** those are then read, cached and mapped 2 MiB at a time, which makes
 ** searches and keyed scans of the file faster (docs/DESIGN.md, "Huge
 ** pages"). Then every complete record of the log is replayed, so the

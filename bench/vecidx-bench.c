@@ -406,6 +406,15 @@ static void run_filtered(const bn_opts *o, const bn_data *d,
                         &f, d->nq, o->k, res[flat_for[i]], NULL, "flat");
                 }
                 rf.extra = bn_filter_extra(o, &line);
+                if (open_file) {
+                    double now = bn_rss_mb();
+                    size_t at = strlen(line.buf);
+                    rf.rss_mb = rss_open >= 0 && now >= 0 ? now - rss_open : -1;
+                    snprintf(line.buf + at, sizeof line.buf - at,
+                             ",\"source\":\"file\",\"open_ms\":%.2f,"
+                             "\"lean\":%s",
+                             open_ms, lean ? "true" : "false");
+                }
                 bn_print(o, d, &rf);
             }
         }
@@ -727,7 +736,8 @@ static void usage_churn(void)
           "                      sweep); adds source, open_ms and\n"
           "                      queries_so_far. With --filter-selectivity\n"
           "                      the filtered forms and the unfiltered\n"
-          "                      runner search the opened index\n"
+          "                      runner search the opened index; its lines\n"
+          "                      add source, open_ms and lean\n"
           "  --lean              with --open-file: open VECIDX_RDONLY |\n"
           "                      VECIDX_LEAN (kept vectors read by pread)\n",
           stdout);
