@@ -8246,16 +8246,22 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 }
 
 /* Costs for the plan of a filtered IVF-PQ search, in the units of
-** VX_COST_KEYED: an entry scored by its code, per code byte, and the
-** table of distances a probed list needs first (at 128 dimensions: 256
-** sub-centroids times the dimension, about 4 us). Measured on 1M x 128
-** (32-byte codes, 1,264 lists): probing every list took 29.6 ms, 24 ns a
-** code, where a flat scan asking a callback about every row took 8-9
-** ms (VX_COST_ROW a row); at the former 0.03 a code, whatever the code
-** size, a callback admitting 0.01 % made the search probe every list,
-** 0.26x that flat scan. An entry of a probed list is also asked the
-** filter: a callback as a scan's row. */
-#define VX_COST_ADC_BYTE 0.016
+** VX_COST_KEYED: an entry scored by its code (16-byte codes, in order)
+** and the table of distances a probed list needs first (at 128
+** dimensions: 256 sub-centroids times the dimension, about 4 us; at 40
+** a callback admitting 0.1 % of 100k made the search probe every list,
+** 5-7x slower than asking the callback about every entry). Against the
+** full scan a callback alone needs, an entry of a probed list costs
+** VX_COST_PROBED rows of that scan: on 1M x 128 (32-byte codes, 1,264
+** lists) probing every list took 26-30 ms, with the callback or without,
+** the scan 8-9 ms; at VX_COST_ADC a callback admitting 0.01 % made the
+** search probe every list, 0.26x the scan (bench/RESULTS.md, 12-06).
+** 200k x 384 (64-byte codes): 9.3 ms against 1.3 ms. Allowed sets keep
+** VX_COST_ADC: pricing their entries so too stopped far sets' probing
+** sooner for direct scoring, which was slower (10 %: 0.14x the
+** unfiltered QPS against 0.20x). */
+#define VX_COST_ADC 0.03
+#define VX_COST_PROBED 2.5
 #define VX_COST_LIST 100.0
 
 /* Lists a filtered search probes at least: about 1/sqrt(frac) times
@@ -8296,8 +8302,7 @@ static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
     }
     frac = n > 0 ? card / n : 1.0;
     per = n / v->nlist;
-    list = per * (VX_COST_ADC_BYTE * (double)v->m +
-                  (a->counted ? 0.0 : VX_COST_ROW)) +
+    list = per * (a->counted ? VX_COST_ADC : VX_COST_PROBED * VX_COST_ROW) +
            VX_COST_LIST;
     *least = vx_ivf_filtered_probes(nprobe, frac, v->nlist);
     *want = VX_IVF_WANT * (double)*least * per * frac;
