@@ -891,10 +891,13 @@ int vecidx_check(vecidx *ix);
 ** slower: at 5-20 % admitted such searches run at 0.77-1.15x a
 ** hand-written loop over only the admitted vectors on 100k x 128,
 ** 0.79-0.94x on 200k x 384 (measured on those two); the scan of 1 % to
-** 0.01 % runs at 1.0-1.6x that loop over the admitted vectors on 1M x
-** 128 (keys form; flat, HNSW, IVF-PQ with kept vectors), and IVF-PQ at
-** 0.8-1.2x on 200k x 384 cosine, lowest at 20 keys, where the call's
-** fixed cost shows. More in bench/RESULTS.md. An allowed key array
+** 0.01 % runs at 0.96-1.65x that loop over the admitted vectors on 1M x
+** 128 (keys form; HNSW, IVF-PQ with kept vectors; HNSW's far set at 0.1
+** % 0.74x), and at 0.87-1.5x on 200k x 384 cosine, lowest at 20 keys,
+** where the call's fixed cost shows. With a callback alone, the scan
+** asks it about every row: at 0.1 % and 0.01 % of 1M x 128, 0.83-0.86x
+** (HNSW) and 1.5x (IVF-PQ) a flat index's scan with the same callback.
+** More in bench/RESULTS.md. An allowed key array
 ** costs time in proportion to its length on every call (once per call;
 ** a batch shares it): an array of 1024 keys or more whose largest key is
 ** below 64 times its length is made a bitmap, any other is hashed,
