@@ -5347,7 +5347,12 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
         /* The next block's states (after the chunk's vectors and keys)
         ** are requested here, and the start of its vectors unless the
         ** int8 rows kernel requests them, reading on (past) in the same
-        ** chunk: a burst of requests per block stalled that scan. */
+        ** chunk: a burst of requests per block stalled that scan. Not
+        ** when the filter is asked first: it admits under half the rows,
+        ** and requesting 4 KiB of each block's vectors slowed a flat
+        ** scan of 1M x 128 asking a callback (0.1 %: 167-168 against
+        ** 196-212 QPS without; 1 % 116-128 / 138-142; 10 % 52-56 / 58;
+        ** 25 % and 45 %, and int8, unchanged). */
         if (first + n < nslots) {
             /* prefetches only: the next chunk is verified when read */
             const vx_chunk *nc = row + n < per
@@ -5355,7 +5360,7 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
                                      : &table[(first >> s->shift) + 1];
             uint32_t nrow = row + n < per ? row + (uint32_t)n : 0;
             const char *v = (const char *)(nc->vec + (size_t)nrow * s->rec);
-            if (nc != c || prefilter || s->store != VECIDX_STORE_I8)
+            if (!prefilter && (nc != c || s->store != VECIDX_STORE_I8))
                 for (i = 0; i < VX_SCAN_AHEAD_BYTES; i += 64)
                     __builtin_prefetch(v + i);
             for (i = 0; !dense && i < rows; i += 64)
