@@ -4335,7 +4335,6 @@ typedef struct vx_hnsw_scratch {
     int writer;    /* used by a write: lock lists during parallel passes,
                       give distances up on proof only (vx_hnsw_bound_dist) */
     int live_only; /* buried nodes exist: results must check slot states */
-    int hop2;      /* look through rejected nodes (vx_hnsw_unvisited2) */
     /* A search's walk estimates (vx_hnsw_bound_dist): cut_at[j] is the
     ** largest share of a whole distance that the first j + 1 blocks held
     ** among the ncut distances it summed in full so far. */
@@ -6082,25 +6081,17 @@ static void vx_hnsw_greedy(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     }
 }
 
-/* Add v to fresh and request its vector (see vx_hnsw_layer); returns the
-** new count of fresh nodes. */
-static inline uint32_t vx_hnsw_want(const vx_store *st, uint32_t v,
-                                    uint32_t *fresh, uint32_t m,
-                                    size_t dim_bytes)
-{
-    fresh[m++] = v;
-    vx_hnsw_request(st, v, m, dim_bytes);
-    return m;
-}
-
-/* Mark v visited and want it, unless it was visited already. */
+/* Mark v visited and request its vector (see vx_hnsw_layer), unless it
+** was visited already; returns the new count of fresh nodes. */
 static inline uint32_t vx_hnsw_visit(const vx_store *st, vx_hnsw_scratch *s,
                                      uint32_t v, uint32_t *fresh, uint32_t m,
                                      size_t dim_bytes)
 {
     if (s->visit[v] == s->epoch) return m;
     s->visit[v] = s->epoch;
-    return vx_hnsw_want(st, v, fresh, m, dim_bytes);
+    fresh[m++] = v;
+    vx_hnsw_request(st, v, m, dim_bytes);
+    return m;
 }
 
 /* The neighbours of slot at level l that the walk has not visited yet,
@@ -6124,66 +6115,6 @@ static uint32_t vx_hnsw_unvisited(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
             /* Acquire: the node behind a slot was published before it. */
             uint32_t v = VX_LOAD(&links[1 + i]);
             if (v < s->visit_cap) m = vx_hnsw_visit(st, s, v, fresh, m, pf);
-        }
-    }
-    return m;
-}
-
-/* Start loading a slot's key, for a filter about to read it. */
-static inline void vx_hnsw_key_ahead(const vx_store *st, uint32_t slot)
-{
-    VX_PREFETCH(&VX_SLOT_CHUNK(st, slot)->key[VX_SLOT_INDEX(st, slot)]);
-}
-
-/* Rejected nodes whose lists are requested ahead of the one read. */
-#define VX_HOP2_AHEAD 4
-
-/* vx_hnsw_unvisited for a walk over a set lying away from the query (see
-** vx_hnsw_far_walk): a neighbour the filter rejects is not scored, but
-** its own neighbours are looked at, and the admitted ones among them are
-** taken as if linked directly (the two-hop expansion of ACORN-1 and
-** Weaviate), until two lists' worth are fresh. The walk then moves over
-** admitted nodes only. A rejected node is marked once looked through, so
-** once per walk; those left when the fresh nodes fill up are not, as
-** another way may lead to them. Each list read counts as a node
-** expanded. */
-static uint32_t vx_hnsw_unvisited2(vecidx *ix, vx_hnsw_scratch *s,
-                                   uint32_t slot, int l, uint32_t *fresh,
-                                   size_t pf, const vecidx_search_opts *o)
-{
-    const vx_store *st = &ix->store;
-    uint32_t nb[2 * VX_HNSW_MAX_M], rej[2 * VX_HNSW_MAX_M];
-    uint32_t n, i, j, m = 0, nrej = 0;
-    uint32_t cap = 2 * (l ? ix->hnsw.m : ix->hnsw.m0);
-    if (cap > 2 * VX_HNSW_MAX_M) cap = 2 * VX_HNSW_MAX_M; /* fresh's room */
-    const uint32_t *ids = vx_hnsw_read(ix, s, slot, l, &n);
-    memcpy(nb, ids, n * sizeof *nb); /* the reads below reuse s->ids */
-    for (i = 0; i < n; i++)
-        if (s->visit[nb[i]] != s->epoch) vx_hnsw_key_ahead(st, nb[i]);
-    for (i = 0; i < n; i++) {
-        uint32_t v = nb[i];
-        if (s->visit[v] == s->epoch) continue;
-        if (vx_hnsw_admit(ix, s, v, o)) {
-            s->visit[v] = s->epoch;
-            m = vx_hnsw_want(st, v, fresh, m, pf);
-        } else
-            rej[nrej++] = v;
-    }
-    for (i = 0; i < nrej && i < VX_HOP2_AHEAD; i++)
-        VX_PREFETCH(vx_hnsw_links(ix, rej[i], l));
-    for (i = 0; i < nrej && m < cap; i++) {
-        if (i + VX_HOP2_AHEAD < nrej)
-            VX_PREFETCH(vx_hnsw_links(ix, rej[i + VX_HOP2_AHEAD], l));
-        ids = vx_hnsw_read(ix, s, rej[i], l, &n);
-        s->visit[rej[i]] = s->epoch;
-        s->expanded++;
-        for (j = 0; j < n; j++) vx_hnsw_key_ahead(st, ids[j]);
-        for (j = 0; j < n && m < cap; j++) {
-            uint32_t v = ids[j];
-            if (s->visit[v] == s->epoch || !vx_hnsw_admit(ix, s, v, o))
-                continue;
-            s->visit[v] = s->epoch;
-            m = vx_hnsw_want(st, v, fresh, m, pf);
         }
     }
     return m;
@@ -6286,43 +6217,24 @@ static void vx_hnsw_offer_each(vecidx *ix, vx_hnsw_scratch *s,
 ** the entry point toward the query meets admitted nodes in about the
 ** set's share when the set is spread over the index; one lying away
 ** from the query meets almost none until the walk has crossed to the
-** set's edge, scoring every node nearer the query on the way (at 10 % of
-** 1M x 128, the time of 111 unfiltered searches). So once the walk has
-** asked about enough nodes to have met VX_FAR_MEET admitted ones at the
-** set's share, it gives up if it met fewer than VX_FAR_SHARE of that;
-** then the scan answers, or vx_hnsw_far_walk where the scan costs more
-** than VX_FAR_WALK unfiltered walks. A set spread at random meets the
-** test at its share (16 expected, fewer than 4 has odds near 1e-4). */
+** set's edge, and there it pays up to its budget (the scan's cost, or
+** twice its own estimate) and then scans: 0.23-0.58x a scan of the set
+** alone at 5-20 % admitted. So once the walk has asked about enough
+** nodes to have met VX_FAR_MEET admitted ones at the set's share, it
+** gives up if it met fewer than VX_FAR_SHARE of that, and the scan
+** answers. Only where the scan costs less than VX_FAR_RATIO walks:
+** beyond, reaching the set's edge is still far cheaper than the scan
+** (3-11x at 50 %). A set spread at random meets the test at its
+** share (16 expected, fewer than 4 has odds near 1e-4). */
 #define VX_FAR_MEET 16.0
 #define VX_FAR_SHARE 0.25
-/* Cost of vx_hnsw_far_walk in unfiltered walks of breadth ef (by
-** vx_hnsw_walk_cost): below it, a set found lying away from the query is
-** scanned instead. Measured: 5.4 such costs on 200k x 384 cosine and 6.6
-** on 1M x 128 at 10 % admitted, ef 64. */
-#define VX_FAR_WALK 6.0
-/* Breadth of the far walk on level 0: ef times VX_FAR_BREADTH /
-** sqrt(fraction admitted), at most VX_FAR_BREADTH_MAX times. Its two-hop
-** walk reaches the set's near edge from inside, where a passing walk
-** reached it from the query's side, and at equal breadth it misses more
-** of it, the more so the smaller the set. On 1M x 128, sets far from
-** the query, ef 64, recall@10 and speed over the unfiltered search's:
-** at 10 %, 2x ef 0.910 and 0.133x (with the upper levels at ef *
-** sqrt(fraction) and one list looked through), 4x 0.952 and 0.066x, 6x
-** 0.963 and 0.057x (passing through: 0.994 and 0.009x); at 50 %, 2x
-** 0.966 and 0.22x, 3x 0.976 and 0.19x, 6x 0.982 and 0.13x. Looking
-** through more rejected nodes per step, or first passing through for a
-** while from the query's side, bought no more recall per cost than
-** breadth did. */
-#define VX_FAR_BREADTH 2.0
-#define VX_FAR_BREADTH_MAX 6.0
+#define VX_FAR_RATIO 8.0
 
-/* Best-first search of level l from ep, breadth ef, into s->res; with ep
-** NULL, from the results already in s->res (a walk of the level above,
-** whose nodes are all on this level too). With a filter the walk gives up
-** after `budget` visits (s->visited then exceeds it) so that the caller
-** can switch to an exact scan. */
+/* Best-first search of level l from ep, breadth ef, into s->res. With a
+** filter the walk gives up after `budget` visits (s->visited then exceeds
+** it) so that the caller can switch to an exact scan. */
 static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
-                          const vx_cand *ep, int l, size_t ef,
+                          vx_cand ep, int l, size_t ef,
                           const vecidx_search_opts *o, size_t budget)
 {
     const vx_store *st = &ix->store;
@@ -6336,24 +6248,14 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
                   st->dim > VX_L2_BOUND_STEP;
     /* int8 codes: a node's unvisited neighbours are scored in one call */
     int batch = st->store == VECIDX_STORE_I8 && !q->exact;
-    size_t i;
     vx_scratch_new_visit(s);
-    s->ncand = 0;
+    s->nres = s->ncand = 0;
     s->asked = s->admitted = 0;
     s->live_only = VX_LOAD(&st->nburied) != 0;
     s->ncut = 0;
     if (bounded) memset(s->cut_at, 0, sizeof s->cut_at);
-    if (ep) {
-        s->nres = 0;
-        s->visit[ep->slot] = s->epoch;
-        vx_hnsw_offer(ix, s, *ep, l, ef, o);
-    } else {
-        while (s->nres > ef) vx_cheap_pop(s->res, &s->nres, 0);
-        for (i = 0; i < s->nres; i++) {
-            s->visit[s->res[i].slot] = s->epoch;
-            vx_frontier_push(ix, s, s->res[i]);
-        }
-    }
+    s->visit[ep.slot] = s->epoch;
+    vx_hnsw_offer(ix, s, ep, l, ef, o);
     while (s->ncand) {
         vx_cand c = vx_cheap_pop(s->cand, &s->ncand, 1);
         uint32_t m;
@@ -6372,8 +6274,7 @@ static void vx_hnsw_layer(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         s->expanded++;
         pf = bounded && s->nres >= ef && dim_bytes > VX_BOUND_PF ? VX_BOUND_PF
                                                                  : dim_bytes;
-        m = s->hop2 ? vx_hnsw_unvisited2(ix, s, c.slot, l, fresh, pf, o)
-                    : vx_hnsw_unvisited(ix, s, c.slot, l, fresh, pf);
+        m = vx_hnsw_unvisited(ix, s, c.slot, l, fresh, pf);
         /* Mark first, then request every unvisited vector, whole, before
         ** any distance is computed, so that all their loads are in flight
         ** at once: a walk is bound by memory latency, and one vector at a
@@ -6502,8 +6403,7 @@ static size_t vx_hnsw_choose(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
                              const vx_query *q, vx_cand cur, int l, int own)
 {
     size_t n, i, cap = l ? ix->hnsw.m : ix->hnsw.m0;
-    vx_hnsw_layer(ix, s, q, &cur, l, ix->p.hnsw_ef_construction, NULL,
-                  SIZE_MAX);
+    vx_hnsw_layer(ix, s, q, cur, l, ix->p.hnsw_ef_construction, NULL, SIZE_MAX);
     for (i = n = 0; i < s->nres; i++) /* a parallel peer may link us */
         if (s->res[i].slot != slot) s->sel[n++] = s->res[i];
     qsort(s->sel, n, sizeof *s->sel, vx_cand_cmp);
@@ -6853,14 +6753,13 @@ static int vx_hnsw_filter_skewed(const vx_hnsw_scratch *s, double frac)
 
 /* How an HNSW search for k results goes: walk width ef for kr results
 ** (k * refine with kept vectors); with a filter, first width efw, at most
-** budget visits, watching for a set away from the query (VX_FAR_MEET). */
+** budget visits, watching for a set away from the query (far). */
 typedef struct vx_hnsw_how {
     size_t ef, efw, kr, budget;
-    double frac;  /* fraction admitted */
-    int scan;     /* the exact scan answers from the start ... */
-    int keyed;    /* ... by the allowed keys */
-    int far_scan; /* a set found away from the query is scanned, not
-                     walked by vx_hnsw_far_walk */
+    double frac; /* fraction admitted */
+    int far;
+    int scan;  /* the exact scan answers from the start ... */
+    int keyed; /* ... by the allowed keys */
 } vx_hnsw_how;
 
 static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
@@ -6886,46 +6785,7 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
     ** estimate, which walks over sets admitted at random reach near the
     ** crossover (giving up on them costs more than finishing). */
     p->budget = (size_t)((scan > 2 * walk ? scan : 2 * walk) / VX_COST_VISIT);
-    p->far_scan = scan < VX_FAR_WALK * vx_hnsw_walk_cost(ix, p->ef, 1.0);
-}
-
-/* The walk for a set lying away from the query (the far test of
-** vx_hnsw_layer failed). Passing through rejected nodes, a walk scores
-** every node nearer the query than the set's near edge before it can
-** stop. This one starts again from the top and, on each level, walks
-** from the admitted nodes the level above found, looking through
-** rejected nodes (vx_hnsw_unvisited2), so that it moves over the set's
-** nodes toward its near edge. Until a level has admitted nodes it
-** passes through rejected ones, which is cheap on the upper levels
-** (each about 1 / M as large as the one below). Returns the visits made,
-** more than budget if it gave up (or could not fit the scratch); the
-** results are left in s->res as by vx_hnsw_layer. */
-static size_t vx_hnsw_far_walk(vecidx *ix, vx_hnsw_scratch *s,
-                               const vx_query *q, const vx_hnsw_how *p,
-                               const vecidx_search_opts *o, size_t budget)
-{
-    vx_cand cur;
-    int l, maxlevel;
-    double wide = VX_FAR_BREADTH / sqrt(p->frac);
-    size_t spent = 0, ef0;
-    if (wide > VX_FAR_BREADTH_MAX) wide = VX_FAR_BREADTH_MAX;
-    ef0 = (size_t)(wide * (double)p->ef);
-    if (vx_scratch_fit(ix, s, ef0) != VECIDX_OK) return SIZE_MAX;
-    cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);
-    cur.d = vx_qdist(ix, q, cur.slot);
-    s->far_at = 0;
-    s->nres = 0;
-    for (l = maxlevel; l >= 0 && spent <= budget; l--) {
-        int seeded = s->nres > 0;
-        /* unseeded: nearer the query first, as an unfiltered descent */
-        if (!seeded && l > 0) vx_hnsw_greedy(ix, s, q, &cur.slot, &cur.d, l);
-        s->hop2 = seeded;
-        vx_hnsw_layer(ix, s, q, seeded ? NULL : &cur, l, l ? p->ef : ef0, o,
-                      budget - spent);
-        spent += s->visited;
-    }
-    s->hop2 = 0;
-    return spent;
+    p->far = scan < VX_FAR_RATIO * walk;
 }
 
 /* Top-k of one query into h (sized min(k, count), ordered by user key).
@@ -6940,12 +6800,12 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
                           const vecidx_search_opts *o, vx_topk *h)
 {
     vx_hnsw_scratch *s;
-    size_t ef, budget, i, kr, efw, visits;
+    size_t ef, budget, i, kr, efw;
     const vx_sopts *a = vx_allow_of(o);
     double frac;
     vx_hnsw_how how;
     vx_cand cur;
-    int l, oom, aborted, maxlevel;
+    int l, oom, aborted, maxlevel, far;
     /* The entry point first: the scratch, fitted after, then covers it. */
     cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);
     if (cur.slot == VX_NOSLOT || h->k == 0) return VECIDX_OK;
@@ -6957,35 +6817,30 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     kr = how.kr;
     budget = how.budget;
     frac = how.frac;
+    far = how.far;
     if (vx_scratch_get(ix, ef, &s) != VECIDX_OK) return VECIDX_ENOMEM;
     s->far = 0;
     s->far_frac = frac;
-    s->far_at = a ? (size_t)(VX_FAR_MEET / frac) : 0;
+    s->far_at = far ? (size_t)(VX_FAR_MEET / frac) : 0;
     if (s->far_at && s->far_at < efw) s->far_at = efw;
     cur.d = vx_qdist(ix, q, cur.slot);
     for (l = maxlevel; l > 0; l--)
         vx_hnsw_greedy(ix, s, q, &cur.slot, &cur.d, l);
-    vx_hnsw_layer(ix, s, q, &cur, 0, efw, o, budget);
-    visits = s->visited;
-    aborted = visits > budget || (s->far && how.far_scan);
-    if (!aborted && s->far) {
-        size_t more = vx_hnsw_far_walk(ix, s, q, &how, o, budget - visits);
-        aborted = more > budget - visits;
-        visits += aborted ? 0 : more;
-    } else if (!aborted && efw < ef && vx_hnsw_filter_skewed(s, frac)) {
+    vx_hnsw_layer(ix, s, q, cur, 0, efw, o, budget);
+    aborted = s->visited > budget || s->far;
+    if (!aborted && efw < ef && vx_hnsw_filter_skewed(s, frac)) {
         /* The second walk gets what is left of the budget; when it would
         ** cost more than that (about ef / efw times the first), the
         ** scan answers now. */
         budget -= s->visited;
         aborted = (double)s->visited * (double)ef / (double)efw > budget;
         if (!aborted) {
-            vx_hnsw_layer(ix, s, q, &cur, 0, ef, o, budget);
-            visits += s->visited;
+            vx_hnsw_layer(ix, s, q, cur, 0, ef, o, budget);
             aborted = s->visited > budget || s->far;
         }
     }
     s->far_at = 0; /* the scratch goes back to the pool */
-    vx_tally.dist += visits;
+    vx_tally.dist += s->visited;
     vx_tally.visit += s->expanded;
     if (ix->store.keep && !aborted) { /* the kr best, re-scored exactly */
         qsort(s->res, s->nres, sizeof *s->res, vx_cand_cmp);

@@ -642,49 +642,6 @@ void test_filter_hnsw_far_scans(void)
     fx_data_free(&d);
 }
 
-/* Where the scan of a set lying away from the query costs more than some
-** unfiltered walks, the search walks over the set from inside instead
-** (vx_hnsw_far_walk): 30k points, M 8, sets of 25-50 % along the fixed
-** direction, so the scan costs 8-11 times an unfiltered walk. Passing
-** through rejected nodes, as before, scored 0.39-0.64 times the set's
-** size per search (VTEST_DEBUG; the scan scores it whole); the walk from
-** inside 0.07-0.15 times, with recall@10 0.993-1.000. Random sets of the
-** same size must still find their neighbours. */
-void test_filter_hnsw_far_walk(void)
-{
-    static const size_t cs[] = {FX_C50, FX_C35, FX_C25};
-    fx_data d;
-    fx_set sets[FX_NSETS];
-    vecidx_params p;
-    vecidx *ix = NULL;
-    double rec, cost;
-    size_t i;
-    fx_data_make(&d, 1613, 3 * FX_N, 16, FX_NQ);
-    fx_sets_make(sets, &d, 1614);
-    fx_params(&p, &fx_hnsw, &d);
-    p.hnsw_m = 8;
-    CHECK_OK(vecidx_create(&p, &ix));
-    if (ix) fx_fill(ix, &fx_hnsw, &d);
-    for (i = 0; ix && i < sizeof cs / sizeof *cs; i++) {
-        fx_set *s = &sets[FX_FAR + cs[i]];
-        double n = (double)s->admitted;
-        cost = fx_cost(ix, &d, s, &rec);
-        if (getenv("VTEST_DEBUG"))
-            printf("  %s: %.0f distances (%.2f of the set), recall %.3f\n",
-                   s->name, cost, cost / n, rec);
-        CHECKF(rec >= 0.95, "%s: recall@10 %.3f", s->name, rec);
-        CHECKF(cost <= 0.2 * n,
-               "%s: %.0f distances per search, it was not walked from inside",
-               s->name, cost);
-        s = &sets[cs[i]];
-        cost = fx_cost(ix, &d, s, &rec);
-        CHECKF(rec >= 0.95, "%s: recall@10 %.3f", s->name, rec);
-    }
-    vecidx_close(ix);
-    for (i = 0; i < FX_NSETS; i++) fx_set_free(&sets[i]);
-    fx_data_free(&d);
-}
-
 /* IVF-PQ must never come back short either: when the probed lists hold
 ** fewer than k admitted keys it has to look further. */
 void test_filter_ivfpq(void)

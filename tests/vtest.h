@@ -137,7 +137,6 @@
     X(filter_flat)                           \
     X(filter_hnsw)                           \
     X(filter_hnsw_far_scans)                 \
-    X(filter_hnsw_far_walk)                  \
     X(filter_callback_estimate)              \
     X(filter_hnsw_int8)                      \
     X(filter_hnsw_int8_kept)                 \
