@@ -137,6 +137,7 @@
     X(filter_flat)                           \
     X(filter_hnsw)                           \
     X(filter_hnsw_far_scans)                 \
+    X(filter_hnsw_far_seeds)                 \
     X(filter_callback_estimate)              \
     X(filter_hnsw_int8)                      \
     X(filter_hnsw_int8_kept)                 \
