@@ -5358,7 +5358,7 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
         ** and their keys restart twice as often. HNSW 1M x 128 asking a
         ** callback that admits 0.1 %, against a flat index's same scan
         ** in turns (in memory, two runs of six rounds): 0.81-0.995x
-        ** before, 0.92-1.01x after; flat at 1 % and 10 % unchanged. */
+        ** before, 0.88-1.01x after; flat at 1 % and 10 % unchanged. */
         if (first + n < nslots) {
             /* prefetches only: the next chunk is verified when read */
             const vx_chunk *nc = row + n < per

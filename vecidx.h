@@ -895,7 +895,7 @@ int vecidx_check(vecidx *ix);
 ** 128 (keys form; HNSW, IVF-PQ with kept vectors; HNSW's far set at 0.1
 ** % 0.74x), and at 0.87-1.5x on 200k x 384 cosine, lowest at 20 keys,
 ** where the call's fixed cost shows. With a callback alone, the scan
-** asks it about every row: at 0.1 % of 1M x 128, 0.92-1.01x (HNSW) and
+** asks it about every row: at 0.1 % of 1M x 128, 0.88-1.01x (HNSW) and
 ** 1.5x (IVF-PQ) a flat index's scan with the same callback.
 ** More in bench/RESULTS.md. An allowed key array
 ** costs time in proportion to its length on every call (once per call;
