@@ -230,12 +230,10 @@ static void run_standard(const bn_opts *o, const bn_data *d,
         else
             run_queries(o, d, &c, res, &r);
         if (open_file) {
-            double now = bn_rss_mb();
-            r.rss_mb = rss_open >= 0 && now >= 0 ? now - rss_open : -1;
-            snprintf(extra, sizeof extra,
-                     ",\"source\":\"file\",\"open_ms\":%.2f,"
-                     "\"queries_so_far\":%zu",
-                     open_ms, (i + 1) * d->nq * o->passes);
+            extra[0] = '\0';
+            r.rss_mb = vxb_file_keys(extra, sizeof extra, rss_open, open_ms);
+            snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
+                     ",\"queries_so_far\":%zu", (i + 1) * d->nq * o->passes);
             r.extra = extra;
         }
         bn_print(o, d, &r);
@@ -407,13 +405,12 @@ static void run_filtered(const bn_opts *o, const bn_data *d,
                 }
                 rf.extra = bn_filter_extra(o, &line);
                 if (open_file) {
-                    double now = bn_rss_mb();
-                    size_t at = strlen(line.buf);
-                    rf.rss_mb = rss_open >= 0 && now >= 0 ? now - rss_open : -1;
+                    size_t at;
+                    rf.rss_mb = vxb_file_keys(line.buf, sizeof line.buf,
+                                              rss_open, open_ms);
+                    at = strlen(line.buf);
                     snprintf(line.buf + at, sizeof line.buf - at,
-                             ",\"source\":\"file\",\"open_ms\":%.2f,"
-                             "\"lean\":%s",
-                             open_ms, lean ? "true" : "false");
+                             ",\"lean\":%s", lean ? "true" : "false");
                 }
                 bn_print(o, d, &rf);
             }

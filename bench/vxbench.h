@@ -247,4 +247,17 @@ static inline vecidx *vxb_reopen_cold(vecidx *ix, const char *path, int lean,
     return ix;
 }
 
+/* A line of an index opened by vxb_reopen_cold: appends its keys source
+** and open_ms to the JSON fragment in buf (cap bytes) and returns its
+** rss_mb, the growth of VmRSS since rss0 (-1 when unknown). */
+static inline double vxb_file_keys(char *buf, size_t cap, double rss0,
+                                   double open_ms)
+{
+    size_t at = strlen(buf);
+    double now = bn_rss_mb();
+    snprintf(buf + at, cap - at, ",\"source\":\"file\",\"open_ms\":%.2f",
+             open_ms);
+    return rss0 >= 0 && now >= 0 ? now - rss0 : -1;
+}
+
 #endif /* VXBENCH_H */
