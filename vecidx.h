@@ -871,11 +871,15 @@ int vecidx_check(vecidx *ix);
 **    met is far from the fraction (a set crowded around the query, or
 **    lying away from it), it walks again keeping ef. It stops, and the
 **    exact scan answers, as soon as it has visited as many nodes as the
-**    scan would score, when it cannot find k admitted nodes, or, where
-**    the scan costs under eight walks, when the first 16 / fraction
-**    nodes it met held under a quarter of the fraction admitted (a set
-**    lying away from the query, which a walk reaches only at great
-**    cost);
+**    scan would score, or when it cannot find k admitted nodes. When the
+**    first 16 / fraction nodes it met held under a quarter of the
+**    fraction admitted (a set lying away from the query, which a walk
+**    from the query's side reaches only at great cost), it starts again
+**    from inside the set, where at least 8 % is admitted: from random
+**    admitted nodes, walking through admitted ones only, then checks
+**    from the query's side with the best results found as its bound.
+**    Under 8 %, where the scan costs under eight walks, the scan answers
+**    then;
 **  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted),
 **    and on while fewer admitted entries were met than so many lists hold
 **    on average (a set away from the query needs more) -- but no more

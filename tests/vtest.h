@@ -136,7 +136,7 @@
     X(concurrency_hnsw_insert_lists_first)   \
     X(filter_flat)                           \
     X(filter_hnsw)                           \
-    X(filter_hnsw_far_scans)                 \
+    X(filter_hnsw_far_early)                 \
     X(filter_hnsw_far_seeds)                 \
     X(filter_callback_estimate)              \
     X(filter_hnsw_int8)                      \
