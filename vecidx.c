@@ -6138,7 +6138,7 @@ static void vx_hnsw_offer_i8(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     const int8_t *at[2 * VX_HNSW_MAX_M];
     float dist[2 * VX_HNSW_MAX_M];
     uint32_t i;
-    if (m == 0) return;
+    if (m == 0) return; /* gcc 12 took `at` for unset when inlined */
     for (i = 0; i < m; i++)
         at[i] = (const int8_t *)(const void *)vx_store_vec(&ix->store,
                                                            fresh[i]);
@@ -6232,7 +6232,7 @@ static void vx_hnsw_offer_each(vecidx *ix, vx_hnsw_scratch *s,
 ** to have met VX_FAR_MEET admitted ones at the set's share, it gives up
 ** if it met fewer than VX_FAR_SHARE of that, and the search walks from
 ** inside the set instead (vx_hnsw_far), or, where its budget leaves no
-** room for that (VX_SEED_FRAC), the scan answers. The test is made only
+** room for that (see VX_SEED_FRAC), the scan answers. The test is made only
 ** where one of the two may pay: with no room, only where the scan costs
 ** less than VX_FAR_RATIO walks; beyond, reaching the set's edge is still
 ** cheaper than the scan (3-11x at 50 % of 20k). A set spread at random
@@ -6255,9 +6255,10 @@ static inline int vx_hnsw_bounded(const vecidx *ix)
 
 /* Score the m fresh nodes of a walk and offer them: int8 codes in one
 ** call of the rows kernel, anything else one at a time. */
-static void vx_hnsw_score(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
-                          const uint32_t *fresh, uint32_t m, int l, size_t ef,
-                          const vecidx_search_opts *o, size_t pf)
+static inline void vx_hnsw_score(vecidx *ix, vx_hnsw_scratch *s,
+                                 const vx_query *q, const uint32_t *fresh,
+                                 uint32_t m, int l, size_t ef,
+                                 const vecidx_search_opts *o, size_t pf)
 {
     s->visited += m;
     if (ix->store.store == VECIDX_STORE_I8 && !q->exact)
@@ -6314,9 +6315,10 @@ static uint32_t vx_hnsw_sift(vecidx *ix, vx_hnsw_scratch *s, const uint32_t *nb,
 ** inside an allowed set (vx_hnsw_seeded). A rejected neighbour is looked
 ** through to its own neighbours (two hops, as ACORN-1 does), so that the
 ** walk crosses gaps in the set; it is never expanded itself. */
-static uint32_t vx_hnsw_inside(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
-                               const vecidx_search_opts *o, uint32_t *fresh,
-                               size_t pf)
+VX_NOINLINE static uint32_t vx_hnsw_inside(vecidx *ix, vx_hnsw_scratch *s,
+                                           uint32_t slot,
+                                           const vecidx_search_opts *o,
+                                           uint32_t *fresh, size_t pf)
 {
     uint32_t n, m, nr = 0, j, rej[2 * VX_HNSW_MAX_M];
     const uint32_t *nb = vx_hnsw_read(ix, s, slot, 0, &n);
@@ -6332,9 +6334,10 @@ static uint32_t vx_hnsw_inside(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
 ** With a filter the walk gives up after `budget` visits (s->visited then
 ** exceeds it) so that the caller can switch to an exact scan. `inside`:
 ** expand admitted nodes only (vx_hnsw_inside). */
-static void vx_hnsw_run(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
-                        int l, size_t ef, const vecidx_search_opts *o,
-                        size_t budget, int inside)
+VX_NOINLINE static void vx_hnsw_run(vecidx *ix, vx_hnsw_scratch *s,
+                                    const vx_query *q, int l, size_t ef,
+                                    const vecidx_search_opts *o, size_t budget,
+                                    int inside)
 {
     const vx_store *st = &ix->store;
     /* what scoring reads: the code, not the links after it in the record */
@@ -6845,14 +6848,24 @@ static int vx_hnsw_filter_skewed(const vx_hnsw_scratch *s, double frac)
     return local < VX_FILTER_SKEW * frac || local > sqrt(frac);
 }
 
-/* The smallest share admitted for which a search walks from inside a set
-** lying away (vx_hnsw_far); under it the scan answers. The check walk
-** costs what the rejected nodes closer to the query than the set cost,
-** the scan what the set does: on 1M x 128 at 5 % admitted, drawing,
-** walking and checking cost more than the scan in most searches (0.015x
-** the unfiltered speed against the scan's 0.023x); at 10 % less (0.030x
-** against 0.009x). */
+/* When a search may walk from inside a set lying away (vx_hnsw_far):
+** the drawing, walking and checking must fit its budget with room to
+** spare, else they cost their share and the scan answers anyway. The
+** check costs what the rejected nodes closer to the query than the set
+** cost, which no count predicts, so these bounds are measured:
+** - at least VX_SEED_FRAC admitted. On 1M x 128 at 5 % the walk cost more
+**   than the scan in most searches: 0.015x the unfiltered speed, against
+**   0.023x for the early test and the scan; at 10 % 0.030x against 0.009x.
+** - a budget of at least VX_SEED_ROOM visits and VX_SEED_WALKS unfiltered
+**   walks (ef * M0 / 2 visits each). On 50k x 16-64 clustered points at
+**   8-12 % admitted (budgets of 2,000-3,000 visits) nearly every such
+**   search went on to the scan: 1.4-1.8x the distances of the scan alone.
+** - not under inner product: its graph is sparse (see
+**   vx_hnsw_repair_node), and both walks lost half the recall (0.51-0.71
+**   on 50k x 16-64 at 10-50 %, against 0.97-0.98 scanning). */
 #define VX_SEED_FRAC 0.08
+#define VX_SEED_ROOM 4096
+#define VX_SEED_WALKS 8
 
 /* How an HNSW search for k results goes: walk width ef for kr results
 ** (k * refine with kept vectors); with a filter, first width efw, at most
@@ -6889,7 +6902,10 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
     ** estimate, which walks over sets admitted at random reach near the
     ** crossover (giving up on them costs more than finishing). */
     p->budget = (size_t)((scan > 2 * walk ? scan : 2 * walk) / VX_COST_VISIT);
-    p->inside = p->frac >= VX_SEED_FRAC;
+    p->inside = ix->p.metric != VECIDX_IP && p->frac >= VX_SEED_FRAC &&
+                p->budget >= VX_SEED_ROOM &&
+                (double)p->budget >=
+                    VX_SEED_WALKS * (double)p->ef * ix->hnsw.m0 / 2;
     p->far = p->inside || scan < VX_FAR_RATIO * walk;
 }
 
@@ -6911,7 +6927,7 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
 ** 25-35 % admitted, and 0.96 / 0.93 / 0.87 on 1M x 128 at 50 / 25 / 10 %.
 ** So a check walk follows. It starts from the query's entry point (and
 ** from the results), through rejected nodes as the plain walk does, but
-** bounded from the start by the kr best results: it scores only nodes
+** bounded from the start by the 2 kr best results: it scores only nodes
 ** closer than those, where the plain walk, with no results to bound it
 ** until it had found ef admitted nodes, scored every node on its way.
 ** It stops after VX_CHECK times the inside walk's visits, keeping what
@@ -6931,6 +6947,11 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
 ** of 1M ran 0.045x and kept recall@10 0.9505; unbounded, 0.018x and
 ** 0.979. */
 #define VX_CHECK 8
+/* The check's breadth, times kr: its bound is the (2 kr)-th best result.
+** Against kr, on 1M x 128 at 50 / 25 / 10 %: recall@10 +0.003-0.005,
+** speed 0.91 / 1.00 / 0.90x; on 50k x 16-64 with M 8, +0.005-0.025 at
+** ef 16-64 for 5-15 % more distances. */
+#define VX_CHECK_WIDTH 2
 
 /* Up to want admitted live slots drawn at random into s->ids (from
 ** *got, marked visited), at most `draws` draws, stopping early when
@@ -6976,10 +6997,12 @@ static int vx_hnsw_far_walk(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
                             size_t ef, const vecidx_search_opts *o, double frac,
                             size_t budget, uint64_t seed)
 {
-    size_t want = VX_SEEDS * ef, got = 0, i, j, nprev = 0, draws;
-    size_t pf = (size_t)ix->store.cw * sizeof(float);
+    size_t want = VX_SEEDS * ef, got = 0, i, nprev = 0, draws;
+    size_t bytes = (size_t)ix->store.cw * sizeof(float);
     uint32_t prev[64];
     if (want > s->ids_cap) want = s->ids_cap;
+    /* the share of slots, not of live keys, is what a draw meets */
+    frac *= (double)vx_count(ix) / (double)s->visit_cap;
     draws = (size_t)(VX_SEED_DRAWS * (double)want / frac);
     for (i = 0; i < s->nres && nprev < 64; i++) prev[nprev++] = s->res[i].slot;
     if (vx_grow(&ix->mem, (void **)&s->res, &s->res_cap, ef + 1,
@@ -6996,31 +7019,39 @@ static int vx_hnsw_far_walk(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
     s->visited +=
         vx_hnsw_far_draw(ix, s, o, frac, want, draws, seed | 1, &got) / 2;
     if (got < want / 2) return -1;
-    for (i = 0; i < got; i += j) {
-        uint32_t grp[2 * VX_HNSW_MAX_M];
-        for (j = 0; j < 2 * VX_HNSW_MAX_M && i + j < got; j++) {
-            grp[j] = s->ids[i + j];
-            vx_hnsw_request(&ix->store, grp[j], (uint32_t)j + 1, pf);
-        }
-        vx_hnsw_score(ix, s, q, grp, (uint32_t)j, 0, ef, NULL, pf);
+    /* scored as the walk scores (codes, not kept vectors), requested
+    ** ahead as a scan of allowed keys requests them */
+    for (i = 0; i < got && i < VX_ALLOW_AHEAD; i++)
+        vx_allow_prefetch(vx_store_vec(&ix->store, s->ids[i]), bytes);
+    for (i = 0; i < got; i++) {
+        vx_cand c;
+        if (i + VX_ALLOW_AHEAD < got)
+            vx_allow_prefetch(
+                vx_store_vec(&ix->store, s->ids[i + VX_ALLOW_AHEAD]), bytes);
+        c.slot = s->ids[i];
+        c.d = vx_qdist(ix, q, c.slot);
+        if (VX_UNLIKELY(c.d != c.d)) c.d = INFINITY;
+        vx_hnsw_offer(ix, s, c, 0, ef, NULL);
     }
+    s->visited += got;
     vx_hnsw_run(ix, s, q, 0, ef, o, budget, 1);
     return s->visited <= budget;
 }
 
-/* The check walk (see above): the kr best results bound it, and it walks
-** from them and from the query's entry point ep. Returns whether it kept
-** within budget; stopped at VX_CHECK times `spent`, it keeps what it
-** has. */
+/* The check walk (see above): the VX_CHECK_WIDTH * kr best results bound
+** it, and it walks from them and from the query's entry point ep. Returns
+** whether it kept within budget; stopped at VX_CHECK times the visits so
+** far, it keeps what it has. */
 static int vx_hnsw_far_check(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
                              vx_cand ep, size_t kr, const vecidx_search_opts *o,
                              size_t budget)
 {
     size_t spent = s->visited, a, b, cap = budget - spent;
     int capped = VX_CHECK * spent < cap;
-    /* the kr best, worst first: a max-heap */
+    /* the VX_CHECK_WIDTH * kr best, sorted, then reversed: worst first,
+    ** which is a max-heap as it stands */
     qsort(s->res, s->nres, sizeof *s->res, vx_cand_cmp);
-    if (s->nres > kr) s->nres = kr;
+    if (s->nres > VX_CHECK_WIDTH * kr) s->nres = VX_CHECK_WIDTH * kr;
     for (a = 0, b = s->nres; a + 1 < b; a++, b--) {
         vx_cand t = s->res[a];
         s->res[a] = s->res[b - 1];
@@ -7037,7 +7068,7 @@ static int vx_hnsw_far_check(vecidx *ix, vx_hnsw_scratch *s, const vx_query *q,
         vx_frontier_push(ix, s, ep);
     }
     if (capped) cap = VX_CHECK * spent;
-    vx_hnsw_run(ix, s, q, 0, kr, o, cap, 0);
+    vx_hnsw_run(ix, s, q, 0, VX_CHECK_WIDTH * kr, o, cap, 0);
     if (capped && s->visited > cap) s->visited = cap;
     s->visited += spent;
     return s->visited <= budget;

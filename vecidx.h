@@ -875,11 +875,12 @@ int vecidx_check(vecidx *ix);
 **    first 16 / fraction nodes it met held under a quarter of the
 **    fraction admitted (a set lying away from the query, which a walk
 **    from the query's side reaches only at great cost), it starts again
-**    from inside the set, where at least 8 % is admitted: from random
-**    admitted nodes, walking through admitted ones only, then checks
-**    from the query's side with the best results found as its bound.
-**    Under 8 %, where the scan costs under eight walks, the scan answers
-**    then;
+**    from inside the set: from random admitted nodes, walking through
+**    admitted ones only, then checks from the query's side with the best
+**    results found as its bound. That needs at least 8 % admitted, a
+**    budget of 4,096 visits and of eight unfiltered walks, and L2 or
+**    cosine (an inner-product graph is too sparse for it); else, where
+**    the scan costs under eight walks, the scan answers then;
 **  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted),
 **    and on while fewer admitted entries were met than so many lists hold
 **    on average (a set away from the query needs more) -- but no more
@@ -887,13 +888,15 @@ int vecidx_check(vecidx *ix);
 **    Without re-ranking the scan's distances are the code estimates.
 ** The scan is chosen below about (2 * ef * M / count)^(2/3) admitted:
 ** 2 % of 1M, 7 % of 100k at the default ef and M. Measured on 1M x 128 (M 16,
-** ef 64, one thread, bitmap form): recall@10 >= 0.99 at every fraction,
-** admitted at random or far from the query; on random sets the walk
+** ef 64, one thread, bitmap form): recall@10 >= 0.99 at every fraction
+** admitted at random, >= 0.96 far from the query; on random sets the walk
 ** runs at 0.59x the unfiltered speed at 50 % admitted, 0.38x at 10 %,
 ** 0.28x at 5 % (on 200k x 384 cosine 0.76x / 0.40x / 0.30x, recall
 ** >= 0.978 against 0.966 unfiltered). Sets far from the query are
-** slower: at 5-20 % admitted such searches run at 0.77-1.15x a
-** hand-written loop over only the admitted vectors on 100k x 128,
+** slower: walked from inside, 0.086x / 0.054x / 0.027x the unfiltered
+** speed at 50 / 25 / 10 % of 1M x 128 (0.19x / 0.14x / 0.05x on 200k x
+** 384 cosine); scanned, at 5-20 % admitted such searches run at
+** 0.77-1.15x a hand-written loop over only the admitted vectors on 100k x 128,
 ** 0.79-0.94x on 200k x 384 (measured on those two); the scan of 1 % to
 ** 0.01 % runs at 0.96-1.65x that loop over the admitted vectors on 1M x
 ** 128 (keys form; HNSW, IVF-PQ with kept vectors; HNSW's far set at 0.1

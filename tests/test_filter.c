@@ -58,8 +58,8 @@ static int fx_sortrow_cmp(const void *pa, const void *pb)
 
 /* n clustered vectors under distinct keys, nq queries: three of every four
 ** drawn like the data but not stored, the fourth a stored vector. */
-static void fx_data_make(fx_data *d, uint64_t seed, size_t n, uint32_t dim,
-                         size_t nq)
+static void fx_data_make_m(fx_data *d, uint64_t seed, size_t n, uint32_t dim,
+                           size_t nq, int metric)
 {
     vt_rng r = {seed};
     float *all = vt_xmalloc((n + nq) * dim * sizeof *all);
@@ -71,7 +71,7 @@ static void fx_data_make(fx_data *d, uint64_t seed, size_t n, uint32_t dim,
     d->dim = dim;
     d->n = n;
     d->nq = nq;
-    d->metric = VECIDX_L2;
+    d->metric = metric;
     d->universe = 2 * (uint64_t)n;
     d->keys = vt_xmalloc(n * sizeof *d->keys);
     d->vecs = vt_xmalloc(n * dim * sizeof *d->vecs);
@@ -118,6 +118,12 @@ static void fx_data_make(fx_data *d, uint64_t seed, size_t n, uint32_t dim,
     free(tmp);
     free(dir);
     free(all);
+}
+
+static void fx_data_make(fx_data *d, uint64_t seed, size_t n, uint32_t dim,
+                         size_t nq)
+{
+    fx_data_make_m(d, seed, n, dim, nq, VECIDX_L2);
 }
 
 static void fx_data_free(fx_data *d)
@@ -596,13 +602,14 @@ static double fx_cost(vecidx *ix, const fx_data *d, fx_set *s, double *rec)
 
 /* A walk toward a set lying away from the query meets almost no admitted
 ** node near the query: it must give up early (VX_FAR_MEET), not walk to
-** the edge of the set first, and then walk from inside the set and check
-** (vx_hnsw_far). At 25 % of 20k with M 8 the plan walks (the scan costs
-** about twice the walk's estimate). Walking on to the budget, then
-** scanning, computed 0.91 times the set's size in distances on average;
-** giving up early and scanning 0.65 times; walking from inside 0.62
-** times, recall@10 1.000. A set of the same size admitted at random must
-** still be walked, for far fewer (0.12 times). */
+** the edge of the set first. At 25 % of 20k with M 8 the plan walks (the
+** scan costs about twice the walk's estimate), and the budget leaves no
+** room to walk from inside the set (VX_SEED_ROOM), so the scan answers.
+** Some of these queries reach the set's edge soon, some do not: searches
+** that walked on to their budget, then scanned, computed 0.91 times the
+** set's size in distances on average; giving up early, 0.65 times. A set
+** of the same size admitted at random must still be walked, for far
+** fewer (0.12 times). */
 void test_filter_hnsw_far_early(void)
 {
     fx_data d;
@@ -623,7 +630,7 @@ void test_filter_hnsw_far_early(void)
         if (getenv("VTEST_DEBUG"))
             printf("  far 25 %%: %.0f admitted, %.0f distances, recall %.3f\n",
                    n25, cost, rec);
-        CHECKF(rec >= fx_hnsw.floor, "far set: recall@10 %.3f", rec);
+        CHECKF(rec >= 0.999, "far set: recall@10 %.3f, the scan is exact", rec);
         CHECKF(cost <= 0.8 * n25,
                "far set of %.0f: %.0f distances per search, the walk did not "
                "give up early",
@@ -653,19 +660,26 @@ void test_filter_hnsw_far_early(void)
 ** inside alone, without its check: 0.87-0.98. A walk from one entry
 ** point inside (72b580c, reverted) settled in the wrong part of sets
 ** spanning several clusters: 0.938-0.997, four of these nine points
-** under 0.95, though it passed at the one seed its own test used. */
+** under 0.95, though it passed at the one seed its own test used. A
+** fourth data set, under inner product, must keep the floor too at 25
+** and 35 % (0.95-0.97), where walked from inside such sets kept recall@10
+** 0.51-0.71 (c11374b). At 50 % the plain walk keeps only 0.83 there, as
+** it did before c11374b. */
 void test_filter_hnsw_far_seeds(void)
 {
     static const size_t cs[] = {FX_C50, FX_C35, FX_C25};
     uint64_t seed;
     double dist = 0, size = 0;
-    for (seed = 1621; seed < 1624; seed++) {
+    for (seed = 1621; seed < 1625; seed++) {
         fx_data d;
         fx_set sets[FX_NSETS];
         vecidx_params p;
         vecidx *ix = NULL;
         size_t i;
-        fx_data_make(&d, seed, 6 * FX_N, 16, FX_NQ);
+        /* the last under inner product, which is never walked from inside */
+        int ip = seed == 1624;
+        fx_data_make_m(&d, seed, 6 * FX_N, 16, FX_NQ,
+                       ip ? VECIDX_IP : VECIDX_L2);
         fx_sets_make(sets, &d, seed + 100);
         fx_params(&p, &fx_hnsw, &d);
         CHECK_OK(vecidx_create(&p, &ix));
@@ -676,8 +690,12 @@ void test_filter_hnsw_far_seeds(void)
             if (getenv("VTEST_DEBUG"))
                 printf("  seed %llu, %s: %.0f distances, recall@10 %.3f\n",
                        (unsigned long long)seed, s->name, cost, rec);
+            /* inner product at 50 % stays under the floor walking
+            ** through rejected nodes as before (0.83): not checked */
+            if (ip && cs[i] == FX_C50) continue;
             CHECKF(rec >= fx_hnsw.floor, "seed %llu, %s: recall@10 %.3f",
                    (unsigned long long)seed, s->name, rec);
+            if (ip) continue;
             dist += cost;
             size += (double)s->admitted;
         }
