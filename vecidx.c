@@ -6312,7 +6312,7 @@ static uint32_t vx_hnsw_sift(vecidx *ix, vx_hnsw_scratch *s, const uint32_t *nb,
 
 /* The admitted neighbours of slot at level 0 that the walk has not
 ** visited, into fresh, marked and their vectors requested, for a walk
-** inside an allowed set (vx_hnsw_seeded). A rejected neighbour is looked
+** inside an allowed set (vx_hnsw_far_walk). A rejected neighbour is looked
 ** through to its own neighbours (two hops, as ACORN-1 does), so that the
 ** walk crosses gaps in the set; it is never expanded itself. */
 VX_NOINLINE static uint32_t vx_hnsw_inside(vecidx *ix, vx_hnsw_scratch *s,
