@@ -2158,6 +2158,79 @@ void test_store_i8_query_error(void)
     }
 }
 
+/* vx_i8_floor never passes the exact distance (vx_full_score's, here in
+** double) of a vector whose code scored d, under every metric, for
+** vectors near the query and far from it, with outlying components and at
+** odd dimensions; and it is close enough to leave unread what a re-rank
+** of int8 codes should: on average at least half the exact distance of
+** the far vectors under L2 and cosine. */
+void test_store_i8_floor(void)
+{
+    static const uint32_t dims[] = {1, 3, 100, 384};
+    static const int metrics[] = {VECIDX_L2, VECIDX_IP, VECIDX_COSINE};
+    vt_rng r = {777};
+    size_t di, mi;
+    for (di = 0; di < sizeof dims / sizeof dims[0]; di++)
+        for (mi = 0; mi < 3; mi++) {
+            uint32_t d = dims[di], h = (d + 3) / 4 * 4, i, j;
+            int m = metrics[mi];
+            size_t cb = h + sizeof(vx_i8hdr);
+            float *x = vt_xmalloc(d * sizeof *x),
+                  *y = vt_xmalloc(d * sizeof *y);
+            int8_t *qc = vt_xmalloc(cb), *rc = vt_xmalloc(h),
+                   *bc = vt_xmalloc(cb);
+            double ratio = 0;
+            int far = 0;
+            for (j = 0; j < 200; j++) {
+                double qn = 0, yn = 0, dot = 0, l2 = 0, exact;
+                float qmul = 1, ymul = 1, dc, fl;
+                vx_i8q qi;
+                for (i = 0; i < d; i++) {
+                    x[i] = (float)((vt_unit(&r) * 2 - 1) * (j % 5 ? 1 : 30));
+                    y[i] = x[i] +
+                           (float)((vt_unit(&r) - 0.5) * (j & 1 ? 0.05 : 3.0));
+                    if (j % 7 == 0 && i == j % d) y[i] *= 40;
+                    qn += (double)x[i] * x[i];
+                    yn += (double)y[i] * y[i];
+                    dot += (double)x[i] * y[i];
+                    l2 += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+                }
+                if (m == VECIDX_COSINE) {
+                    qmul = (float)(1 / sqrt(qn));
+                    ymul = (float)(1 / sqrt(yn));
+                }
+                vx_i8_encode_query(x, d, qmul, qc, rc, &qi);
+                vx_i8_encode(y, d, ymul, bc);
+                dc = vx_i8_dist(m, &qi, vx_i8_hdr(bc, d),
+                                vx_scalar_dot_i8(qc, bc, d, 0),
+                                vx_scalar_dot_i8(rc, bc, d, 0));
+                fl = vx_i8_floor(m, &qi, vx_i8_hdr(bc, d), d, dc);
+                exact = m == VECIDX_L2   ? l2
+                        : m == VECIDX_IP ? -dot
+                                         : 1 - dot / sqrt(qn * yn);
+                CHECKF(fl <= exact,
+                       "metric %d, d %u, pair %u: floor %.9g "
+                       "over the exact distance %.9g (code %.9g)",
+                       m, d, j, (double)fl, exact, (double)dc);
+                if (!(j & 1) && m != VECIDX_IP && d > 3) {
+                    ratio += fl / exact;
+                    far++;
+                }
+            }
+            CHECKF(far == 0 || ratio / far >= 0.5,
+                   "metric %d, d %u: floors %.3g of the exact distance", m, d,
+                   far ? ratio / far : 0);
+            vx_i8q node = vx_i8_query(vx_i8_hdr(qc, d), d);
+            CHECK(vx_i8_floor(m, &node, vx_i8_hdr(bc, d), d, 1.0f) <=
+                  (m == VECIDX_IP ? -1e30f : 0));
+            free(x);
+            free(y);
+            free(qc);
+            free(rc);
+            free(bc);
+        }
+}
+
 /* The latency histogram of vecidx_stats: every value read back within
 ** 1/(2 * VX_HIST_SUB) of itself, and percentiles of a known spread. */
 void test_stats_histogram(void)

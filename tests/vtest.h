@@ -36,6 +36,7 @@
     X(kernels_many_match_single)             \
     X(kernels_quantized)                     \
     X(store_i8_query_error)                  \
+    X(store_i8_floor)                        \
     X(flat_exact_l2)                         \
     X(flat_exact_ip)                         \
     X(flat_exact_cosine)                     \
