@@ -1334,21 +1334,33 @@ static inline float vx_i8_dist(int metric, const vx_i8q *q, const vx_i8hdr *b,
 ** q->err of the point its codes stand for. L2 and cosine (half the
 ** squared L2 distance of unit vectors) take both off the root of the
 ** squared distance; inner product takes off what they can move of the
-** dot product. The floor keeps a margin of 1e-4 of itself for float32's
-** roundings; a stored node as the query (err infinite) gives none. */
+** dot product. What float32 rounds is taken off too: d itself (its
+** stored norm is a float), the exact score's sum of dim terms (g, after
+** Higham's gamma, and u for terms that underflow, scaled under cosine by
+** the stored inverse norm inorm and at most 2^20 for the query's, see
+** vx_query_far), a unit vector's norm, and the floor's own last digit.
+** A stored node as the query (err infinite) gives no floor. */
 static inline float vx_i8_floor(int metric, const vx_i8q *q, const vx_i8hdr *b,
-                                uint32_t dim, float d)
+                                uint32_t dim, float d, float inorm)
 {
-    double e = (double)b->scale * sqrt((double)dim) / 2, r;
+    double e = (double)b->scale * sqrt((double)dim) / 2, g, u, r;
     if (!(q->err < HUGE_VAL)) return -INFINITY;
+    g = ((double)dim + 12) * 0x1p-24;
+    u = (double)dim * FLT_MIN;
     if (metric == VECIDX_IP) {
-        r = d - q->err * sqrt(b->n2) - q->norm * e;
-        return (float)(r - 1e-4 * fabs(r));
+        double xn = sqrt(b->n2);
+        r = d - fabs(d) * 0x1p-23 - q->err * xn - q->norm * e -
+            g * q->norm * (xn + e) - u;
+        r -= 1e-4 * fabs(r);
+    } else {
+        double a2 = metric == VECIDX_L2 ? (double)d : 2.0 * d;
+        a2 -= (a2 + b->n2) * 0x1p-23;
+        r = sqrt(a2 > 0 ? a2 : 0) - q->err - e;
+        r = r > 0 ? r * r * (1 - 1e-4) : 0;
+        r = metric == VECIDX_L2 ? r * (1 - g) - u
+                                : 0.5 * r - g - u * 0x1p20 * inorm;
     }
-    r = sqrt(metric == VECIDX_L2 ? (double)d : 2.0 * d) - q->err - e;
-    if (!(r > 0)) return 0;
-    r *= r * (1 - 1e-4);
-    return (float)(metric == VECIDX_L2 ? r : 0.5 * r);
+    return nextafterf((float)r, -INFINITY);
 }
 
 /* The early exit of a walk that estimates (see vx_hnsw_layer): the look
@@ -4820,7 +4832,7 @@ static inline void vx_kept_request(const vx_store *s, uint32_t slot)
 ** its kept vector is not read. 1 if it was read. Offered closest first,
 ** candidates fill h soonest and the floors leave the most unread: of the
 ** 20 of k 10, refine 2, HNSW ef 32, 4.2 on 1M x 128 and 2.8 on 200k x 384
-** cosine (of 40 with refine 4 on 1M, 23). */
+** cosine (of 40 with refine 4, ef 24, on 1M: 23). */
 static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
                          vx_topk *h)
 {
@@ -4828,9 +4840,10 @@ static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
     uint64_t key;
     float d;
     if (s->store == VECIDX_STORE_I8 && !q->exact &&
-        vx_topk_beyond(h, vx_i8_floor(ix->p.metric, &q->i8,
-                                      vx_i8_hdr(vx_store_vec(s, slot), s->dim),
-                                      s->dim, dc)))
+        vx_topk_beyond(
+            h, vx_i8_floor(ix->p.metric, &q->i8,
+                           vx_i8_hdr(vx_store_vec(s, slot), s->dim), s->dim, dc,
+                           s->cosine ? vx_store_inorm(s, slot) : 1.0f)))
         return 0;
     d = vx_kept_dist(ix, q, slot);
     key = vx_store_key(s, slot);

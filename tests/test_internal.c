@@ -2158,18 +2158,34 @@ void test_store_i8_query_error(void)
     }
 }
 
-/* vx_i8_floor never passes the exact distance (vx_full_score's, here in
-** double) of a vector whose code scored d, under every metric, for
-** vectors near the query and far from it, with outlying components and at
-** odd dimensions; and it is close enough to leave unread what a re-rank
-** of int8 codes should: on average at least half the exact distance of
-** the far vectors under L2 and cosine. */
+/* vx_i8_floor never passes the exact distance of a vector whose code
+** scored d: neither as every runnable kernel table computes it (as
+** vx_full_score does, in float32) nor in double; under every metric, for
+** vectors near the query and far from it, near-duplicates, long vectors
+** (where L2's code distance cancels), outlying components and odd
+** dimensions. And it is close enough to leave unread what a re-rank of
+** int8 codes should: on average at least half the exact distance of the
+** far vectors under L2 and cosine. */
+static void vt_i8_pair(vt_rng *r, uint32_t j, uint32_t d, float *x, float *y)
+{
+    /* noise: far (3), near (0.05), near-duplicate (1e-4) */
+    static const double noise[] = {3.0, 0.05, 3.0, 1e-4};
+    double big = j % 5 == 0 ? 30 : j % 5 == 1 ? 1000 : 1;
+    uint32_t i;
+    for (i = 0; i < d; i++) {
+        x[i] = (float)((vt_unit(r) * 2 - 1) * big);
+        y[i] = x[i] + (float)((vt_unit(r) - 0.5) * noise[j % 4] * big);
+        if (j % 7 == 0 && i == j % d) y[i] *= 40;
+    }
+}
+
 void test_store_i8_floor(void)
 {
-    static const uint32_t dims[] = {1, 3, 100, 384};
+    static const uint32_t dims[] = {1, 3, 100, 384, 1536};
     static const int metrics[] = {VECIDX_L2, VECIDX_IP, VECIDX_COSINE};
+    size_t nk, di, mi, k;
+    const vx_kernels *const *list = vt_kernels(&nk);
     vt_rng r = {777};
-    size_t di, mi;
     for (di = 0; di < sizeof dims / sizeof dims[0]; di++)
         for (mi = 0; mi < 3; mi++) {
             uint32_t d = dims[di], h = (d + 3) / 4 * 4, i, j;
@@ -2181,22 +2197,20 @@ void test_store_i8_floor(void)
                    *bc = vt_xmalloc(cb);
             double ratio = 0;
             int far = 0;
-            for (j = 0; j < 200; j++) {
+            vx_i8q node;
+            for (j = 0; j < 400; j++) {
                 double qn = 0, yn = 0, dot = 0, l2 = 0, exact;
                 float qmul = 1, ymul = 1, dc, fl;
                 vx_i8q qi;
+                vt_i8_pair(&r, j, d, x, y);
                 for (i = 0; i < d; i++) {
-                    x[i] = (float)((vt_unit(&r) * 2 - 1) * (j % 5 ? 1 : 30));
-                    y[i] = x[i] +
-                           (float)((vt_unit(&r) - 0.5) * (j & 1 ? 0.05 : 3.0));
-                    if (j % 7 == 0 && i == j % d) y[i] *= 40;
                     qn += (double)x[i] * x[i];
                     yn += (double)y[i] * y[i];
                     dot += (double)x[i] * y[i];
                     l2 += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
                 }
-                if (m == VECIDX_COSINE) {
-                    qmul = (float)(1 / sqrt(qn));
+                if (m == VECIDX_COSINE) {         /* as vx_check_vector and */
+                    qmul = (float)(1 / sqrt(qn)); /* vx_store_write */
                     ymul = (float)(1 / sqrt(yn));
                 }
                 vx_i8_encode_query(x, d, qmul, qc, rc, &qi);
@@ -2204,15 +2218,25 @@ void test_store_i8_floor(void)
                 dc = vx_i8_dist(m, &qi, vx_i8_hdr(bc, d),
                                 vx_scalar_dot_i8(qc, bc, d, 0),
                                 vx_scalar_dot_i8(rc, bc, d, 0));
-                fl = vx_i8_floor(m, &qi, vx_i8_hdr(bc, d), d, dc);
+                fl = vx_i8_floor(m, &qi, vx_i8_hdr(bc, d), d, dc, ymul);
                 exact = m == VECIDX_L2   ? l2
                         : m == VECIDX_IP ? -dot
                                          : 1 - dot / sqrt(qn * yn);
                 CHECKF(fl <= exact,
-                       "metric %d, d %u, pair %u: floor %.9g "
-                       "over the exact distance %.9g (code %.9g)",
+                       "metric %d, d %u, pair %u: floor %.9g over the "
+                       "exact distance %.9g (code %.9g)",
                        m, d, j, (double)fl, exact, (double)dc);
-                if (!(j & 1) && m != VECIDX_IP && d > 3) {
+                for (k = 0; k < nk; k++) { /* vx_full_score's way */
+                    float f = m == VECIDX_L2 ? list[k]->l2(x, y, d)
+                              : m == VECIDX_IP
+                                  ? -list[k]->dot(x, y, d)
+                                  : 1.0f - list[k]->dot(x, y, d) * qmul * ymul;
+                    CHECKF(fl <= f,
+                           "metric %d, d %u, pair %u, kernels %zu: floor "
+                           "%.9g over the exact distance %.9g",
+                           m, d, j, k, (double)fl, (double)f);
+                }
+                if (j % 4 == 0 && m != VECIDX_IP && d > 3) {
                     ratio += fl / exact;
                     far++;
                 }
@@ -2220,9 +2244,9 @@ void test_store_i8_floor(void)
             CHECKF(far == 0 || ratio / far >= 0.5,
                    "metric %d, d %u: floors %.3g of the exact distance", m, d,
                    far ? ratio / far : 0);
-            vx_i8q node = vx_i8_query(vx_i8_hdr(qc, d), d);
-            CHECK(vx_i8_floor(m, &node, vx_i8_hdr(bc, d), d, 1.0f) <=
-                  (m == VECIDX_IP ? -1e30f : 0));
+            node = vx_i8_query(vx_i8_hdr(qc, d), d);
+            CHECK(vx_i8_floor(m, &node, vx_i8_hdr(bc, d), d, 1.0f, 1.0f) ==
+                  -INFINITY);
             free(x);
             free(y);
             free(qc);
