@@ -1281,8 +1281,8 @@ typedef struct vx_i8q {
     double n2;
     const int8_t *rc; /* NULL, or dim codes padded with zeros to 4 */
     double rscale;
-    /* A float32 query: its norm and the norm of what its code and rc
-    ** leave out, for vx_i8_floor; a stored node: norm 0, err infinite. */
+    /* A float32 query (rc set): its norm and the norm of what its code
+    ** and rc leave out, for vx_i8_floor; a stored node: both 0. */
     double norm, err;
     size_t past; /* rows kernels: rows after the n to score that the scan
                     reads next, in the same array, to request ahead */
@@ -1298,7 +1298,7 @@ static inline vx_i8q vx_i8_query(const vx_i8hdr *a, uint32_t dim)
     q.rc = NULL;
     q.rscale = 0;
     q.norm = 0;
-    q.err = HUGE_VAL;
+    q.err = 0;
     q.past = 0;
     return q;
 }
@@ -1339,12 +1339,12 @@ static inline float vx_i8_dist(int metric, const vx_i8q *q, const vx_i8hdr *b,
 ** Higham's gamma, and u for terms that underflow, scaled under cosine by
 ** the stored inverse norm inorm and at most 2^20 for the query's, see
 ** vx_query_far), a unit vector's norm, and the floor's own last digit.
-** A stored node as the query (err infinite) gives no floor. */
+** A stored node as the query (no rc) gives no floor. */
 static inline float vx_i8_floor(int metric, const vx_i8q *q, const vx_i8hdr *b,
                                 uint32_t dim, float d, float inorm)
 {
-    double e = (double)b->scale * sqrt((double)dim) / 2, g, u, r;
-    if (!(q->err < HUGE_VAL)) return -INFINITY;
+    double e = (double)b->scale * sqrt((double)dim) / 2 * (1 + 1e-4), g, u, r;
+    if (!q->rc || !(d >= -FLT_MAX && d <= FLT_MAX)) return -INFINITY;
     g = ((double)dim + 12) * 0x1p-24;
     u = (double)dim * FLT_MIN;
     if (metric == VECIDX_IP) {
@@ -4852,6 +4852,21 @@ static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
     return 1;
 }
 
+/* Re-score candidates c[0..n), closest first, into h (vx_kept_offer),
+** their kept vectors requested VX_KEPT_AHEAD candidates ahead. */
+static void vx_kept_rerank(vecidx *ix, const vx_query *q, const vx_cand *c,
+                           size_t n, vx_topk *h)
+{
+    size_t i;
+    for (i = 0; i < n && i < VX_KEPT_AHEAD; i++)
+        vx_kept_request(&ix->store, c[i].slot);
+    for (i = 0; i < n; i++) {
+        if (i + VX_KEPT_AHEAD < n)
+            vx_kept_request(&ix->store, c[i + VX_KEPT_AHEAD].slot);
+        vx_tally.dist += (size_t)vx_kept_offer(ix, q, c[i].slot, c[i].d, h);
+    }
+}
+
 /* Half precision: a float32 query against the code, or (q->v NULL) a
 ** stored node's code against it. Cosine scales by the inverse norms of
 ** the vectors given, as float32 storage does. */
@@ -5596,6 +5611,7 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     uint32_t nslots = VX_LOAD(&s->nslots);
     float dbuf[VX_TOPK_STACK];
     uint64_t ibuf[VX_TOPK_STACK];
+    vx_cand cbuf[VX_TOPK_STACK], *cand = cbuf;
     void *block = NULL;
     vx_topk c;
     vx_coded_ctx f;
@@ -5606,9 +5622,10 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     c.d = dbuf;
     c.id = ibuf;
     if (s->keep && c.k > VX_TOPK_STACK) {
-        if (!(block = vx_malloc(&ix->mem, c.k * 12))) return VECIDX_ENOMEM;
+        if (!(block = vx_malloc(&ix->mem, c.k * 20))) return VECIDX_ENOMEM;
         c.id = block;
         c.d = (float *)(c.id + c.k);
+        cand = (vx_cand *)(void *)(c.d + c.k);
     }
     f.ix = ix;
     f.q = q;
@@ -5616,16 +5633,15 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     f.by_slot = s->keep;
     f.into = s->keep ? &c : h;
     vx_flat_runs(ix, o, prefilter, vx_coded_run, &f);
-    if (s->keep) vx_topk_sort(&c);
-    for (i = 0; s->keep && i < c.n && i < VX_KEPT_AHEAD; i++)
-        vx_kept_request(s, (uint32_t)c.id[i]);
-    for (i = 0; s->keep && i < c.n; i++) {
-        if (i + VX_KEPT_AHEAD < c.n)
-            vx_kept_request(s, (uint32_t)c.id[i + VX_KEPT_AHEAD]);
-        vx_tally.dist += (size_t)vx_kept_offer(ix, q, (uint32_t)c.id[i], c.d[i],
-                                               h);
+    if (s->keep) {
+        vx_topk_sort(&c);
+        for (i = 0; i < c.n; i++) {
+            cand[i].d = c.d[i];
+            cand[i].slot = (uint32_t)c.id[i];
+        }
+        vx_kept_rerank(ix, q, cand, c.n, h);
     }
-    vx_free(&ix->mem, block, c.k * 12);
+    vx_free(&ix->mem, block, c.k * 20);
     return VECIDX_OK;
 }
 
@@ -7252,20 +7268,13 @@ static int vx_hnsw_search(vecidx *ix, const vx_query *q, size_t k,
     if (ix->store.keep && !aborted) { /* the kr best, re-scored exactly */
         qsort(s->res, s->nres, sizeof *s->res, vx_cand_cmp);
         if (s->nres > kr) s->nres = kr;
-        for (i = 0; i < s->nres && i < VX_KEPT_AHEAD; i++)
-            vx_kept_request(&ix->store, s->res[i].slot);
-        for (i = 0; i < s->nres; i++) {
-            if (i + VX_KEPT_AHEAD < s->nres)
-                vx_kept_request(&ix->store, s->res[i + VX_KEPT_AHEAD].slot);
-            vx_tally.dist += (size_t)vx_kept_offer(ix, q, s->res[i].slot,
-                                                   s->res[i].d, h);
+        vx_kept_rerank(ix, q, s->res, s->nres, h);
+    } else
+        for (i = 0; i < s->nres && !aborted; i++) {
+            uint64_t key = vx_store_key(&ix->store, s->res[i].slot);
+            if (vx_topk_admits(h, s->res[i].d, key))
+                vx_topk_push(h, s->res[i].d, key);
         }
-    }
-    for (i = 0; i < s->nres && !aborted && !ix->store.keep; i++) {
-        uint64_t key = vx_store_key(&ix->store, s->res[i].slot);
-        if (vx_topk_admits(h, s->res[i].d, key))
-            vx_topk_push(h, s->res[i].d, key);
-    }
     oom = s->oom;
     vx_scratch_put(ix, s);
     if (oom) return VECIDX_ENOMEM;
