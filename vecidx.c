@@ -4796,50 +4796,24 @@ static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
     return vx_full_dist(ix, q, slot);
 }
 
-#define VX_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
-
-/* Lines 1.. of a vector into L1, or only as far as L2 (locality 2). */
-static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
-{
-    size_t off;
-    for (off = 64; off < bytes; off += 64)
-        if (l1)
-            VX_PREFETCH((const char *)v + off);
-        else
-            __builtin_prefetch((const char *)v + off, 0, 2);
-}
-
-/* Candidates whose kept vectors a re-rank requests ahead. It offers them
-** one at a time (vx_kept_offer), each waiting on the last one's distance,
-** so their loads no longer overlap by themselves: a mapped 1M x 128 int8
-** index ran at 0.95-1.02x its old speed without the requests, 0.97-1.04x
-** with them (noise). */
-#define VX_KEPT_AHEAD 4
-
-/* Request slot's kept vector for a re-rank, unless a lean reader reads it
-** (by pread; its pages stay unmapped). */
-static inline void vx_kept_request(const vx_store *s, uint32_t slot)
-{
-    const float *v;
-    if (s->lazy && s->lazy->fd >= 0) return;
-    v = vx_store_full(s, slot);
-    VX_PREFETCH(v);
-    vx_prefetch_rest(v, (size_t)s->dim * sizeof(float), 1);
-}
-
-/* Offer slot, whose code scored dc against q, to h at its exact distance,
-** unless the code shows that it cannot enter h (int8, vx_i8_floor): then
-** its kept vector is not read. 1 if it was read. Offered closest first,
-** candidates fill h soonest and the floors leave the most unread: of the
-** 20 of k 10, refine 2, HNSW ef 32, 4.2 on 1M x 128 and 2.8 on 200k x 384
-** cosine (of 40 with refine 4, ef 24, on 1M: 23). */
+/* Offer slot, whose code scored dc against q, to h at its exact distance;
+** 1 if its kept vector was read. A lean reader, whose reads are system
+** calls, reads none whose code shows that it cannot enter h (int8,
+** vx_i8_floor). Offered closest first, candidates fill h soonest and the
+** floors leave the most unread: of the 20 of k 10, refine 2, HNSW ef 32,
+** 4.2 on 1M x 128 and 2.8 on 200k x 384 cosine (of 40 with refine 4, ef
+** 24, on 1M: 23); a lean reader then runs 1.04-1.10x faster. A mapped
+** reader's read is a few loads: the floors, each waiting on the last
+** distance, cost it 0.95-1.02x (0.96-0.99x with the loads requested
+** ahead), so it reads them all as before. */
 static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
                          vx_topk *h)
 {
     const vx_store *s = &ix->store;
     uint64_t key;
     float d;
-    if (s->store == VECIDX_STORE_I8 && !q->exact &&
+    if (s->store == VECIDX_STORE_I8 && !q->exact && s->lazy &&
+        s->lazy->fd >= 0 &&
         vx_topk_beyond(
             h, vx_i8_floor(ix->p.metric, &q->i8,
                            vx_i8_hdr(vx_store_vec(s, slot), s->dim), s->dim, dc,
@@ -4852,19 +4826,13 @@ static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
     return 1;
 }
 
-/* Re-score candidates c[0..n), closest first, into h (vx_kept_offer),
-** their kept vectors requested VX_KEPT_AHEAD candidates ahead. */
+/* Re-score candidates c[0..n), closest first, into h (vx_kept_offer). */
 static void vx_kept_rerank(vecidx *ix, const vx_query *q, const vx_cand *c,
                            size_t n, vx_topk *h)
 {
     size_t i;
-    for (i = 0; i < n && i < VX_KEPT_AHEAD; i++)
-        vx_kept_request(&ix->store, c[i].slot);
-    for (i = 0; i < n; i++) {
-        if (i + VX_KEPT_AHEAD < n)
-            vx_kept_request(&ix->store, c[i + VX_KEPT_AHEAD].slot);
+    for (i = 0; i < n; i++)
         vx_tally.dist += (size_t)vx_kept_offer(ix, q, c[i].slot, c[i].d, h);
-    }
 }
 
 /* Half precision: a float32 query against the code, or (q->v NULL) a
@@ -5821,6 +5789,8 @@ static int vx_store_scan(vecidx *ix, const vx_query *q,
 ** bounded under churn, and no list ever points to a reused slot.
 ** ====================================================================== */
 
+#define VX_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+
 static inline uint32_t *vx_hnsw_links(const vecidx *ix, uint32_t slot, int l)
 {
     const vx_store *s = &ix->store;
@@ -6156,6 +6126,17 @@ static void vx_hnsw_offer(vecidx *ix, vx_hnsw_scratch *s, vx_cand c, int l,
 ** ef 16-32 this made the walk 1.11-1.30x faster than requesting whole
 ** vectors, and asking for 256 or 1024 bytes was slower than 512. */
 #define VX_BOUND_PF (VX_L2_BOUND_STEP * sizeof(float))
+
+/* Lines 1.. of a vector into L1, or only as far as L2 (locality 2). */
+static inline void vx_prefetch_rest(const float *v, size_t bytes, int l1)
+{
+    size_t off;
+    for (off = 64; off < bytes; off += 64)
+        if (l1)
+            VX_PREFETCH((const char *)v + off);
+        else
+            __builtin_prefetch((const char *)v + off, 0, 2);
+}
 
 /* Request the vector of v, the m-th requested for one node: its first
 ** line into L1, the rest as far as L2 while a node's requests stay within
