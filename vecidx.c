@@ -3729,11 +3729,17 @@ static int vx_lazy_init(vx_store *s, vx_mem *mem, const unsigned char *sect[2],
     return VECIDX_OK;
 }
 
+/* Whether kept vectors are read by pread: a lean reader's file is open. */
+static inline int vx_lazy_lean(const vx_store *s)
+{
+    return s->lazy && s->lazy->fd >= 0;
+}
+
 /* Close the reader's file: kept vectors are read through the mapping
 ** from now on. */
 static void vx_lazy_drop_fd(vx_store *s)
 {
-    if (s->lazy && s->lazy->fd >= 0) {
+    if (vx_lazy_lean(s)) {
         (void)vx_io_close(s->lazy->fd);
         s->lazy->fd = -1;
     }
@@ -4785,11 +4791,10 @@ static VX_NOINLINE int vx_kept_pread_dist(vecidx *ix, const vx_query *q,
 static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
 {
     const vx_store *s = &ix->store;
-    const vx_lazy *z = s->lazy;
     float d;
     /* Every chunk of a lean reader is mapped: a handle that could add
     ** chunks (a writer, or a reader replaying a log) has no fd. */
-    if (VX_UNLIKELY(z && z->fd >= 0) &&
+    if (VX_UNLIKELY(vx_lazy_lean(s)) &&
         vx_lazy_piece(s, slot >> VX_PIECE_SHIFT, 1, 0) &&
         vx_kept_pread_dist(ix, q, slot, &d) == 0)
         return d;
@@ -4802,18 +4807,17 @@ static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
 ** vx_i8_floor). Offered closest first, candidates fill h soonest and the
 ** floors leave the most unread: of the 20 of k 10, refine 2, HNSW ef 32,
 ** 4.2 on 1M x 128 and 2.8 on 200k x 384 cosine (of 40 with refine 4, ef
-** 24, on 1M: 23); a lean reader then runs 1.04-1.10x faster. A mapped
-** reader's read is a few loads: the floors, each waiting on the last
-** distance, cost it 0.95-1.02x (0.96-0.99x with the loads requested
-** ahead), so it reads them all as before. */
+** 24, on 1M: 23); a lean reader then runs 1.04-1.16x faster. A mapped
+** reader's read is a few loads, and the floors, each waiting on the last
+** distance, gained it nothing measurable (0.95-1.02x, with or without
+** its loads requested ahead): it reads them all, as before. */
 static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
                          vx_topk *h)
 {
     const vx_store *s = &ix->store;
     uint64_t key;
     float d;
-    if (s->store == VECIDX_STORE_I8 && !q->exact && s->lazy &&
-        s->lazy->fd >= 0 &&
+    if (s->store == VECIDX_STORE_I8 && !q->exact && vx_lazy_lean(s) &&
         vx_topk_beyond(
             h, vx_i8_floor(ix->p.metric, &q->i8,
                            vx_i8_hdr(vx_store_vec(s, slot), s->dim), s->dim, dc,

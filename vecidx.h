@@ -586,12 +586,13 @@ int vecidx_save(vecidx *ix, const char *path);
 ** file open (one descriptor) and reads the float32 vectors it re-ranks
 ** with pread instead of through the mapping: a system call per vector
 ** re-ranked, and a few more the first time a 16-vector piece of them is
-** verified (one per 8 KB). With int8 codes it reads only candidates
-** whose codes leave them a chance of entering the k best (16 of 20 on
-** 1M x 128, 17 on 200k x 384 cosine, refine 2). They then stay in the page cache, out of the
-** resident set, which holds only what the walks touch. Through the
-** mapping each re-rank faults in its page and the kernel maps the cached
-** pages around it, and verifying a vector reads its 16-slot piece.
+** verified (one per 8 KB). They then stay in the page cache, out of the
+** resident set, which holds only what the walks touch. With int8 codes
+** it reads only the candidates whose codes leave them a chance of
+** entering the k best (16 of 20 on 1M x 128, 17 on 200k x 384 cosine,
+** refine 2), with the same answers. Through the mapping each re-rank
+** faults in its page and the kernel maps the cached pages around it, and
+** verifying a vector reads its 16-slot piece.
 ** Measured, HNSW int8, refine 2, after 10k queries (1000 distinct), the
 ** file dropped from the page cache first: 200k x 384 cosine, 122 MB
 ** resident against a plain reader's 415 MB (hnswlib's float32 index:
