@@ -1337,28 +1337,38 @@ static inline float vx_i8_dist(int metric, const vx_i8q *q, const vx_i8hdr *b,
 ** dot product. What float32 rounds is taken off too: d itself (its
 ** stored norm is a float), the exact score's sum of dim terms (g, after
 ** Higham's gamma, and u for terms that underflow, scaled under cosine by
-** the stored inverse norm inorm and at most 2^20 for the query's, see
-** vx_query_far), a unit vector's norm, and the floor's own last digit.
-** A stored node as the query (no rc) gives no floor. */
+** the stored inverse norm inorm and at most 2^21 for the query's, see
+** vx_query_far), a unit vector's norm, the encoding (a spread of a few
+** ulps of its offset leaves a component up to half an ulp of the offset
+** past its code), and the floor's own last digit. No floor where the
+** exact score's float32 sum may overflow (|q| |x| bounds every partial
+** sum; a cosine query's norm is at most 2^20), nor for a stored node as
+** the query (no rc). */
 static inline float vx_i8_floor(int metric, const vx_i8q *q, const vx_i8hdr *b,
                                 uint32_t dim, float d, float inorm)
 {
-    double e = (double)b->scale * sqrt((double)dim) / 2 * (1 + 1e-4), g, u, r;
+    double e = sqrt((double)dim) * ((double)b->scale / 2 * (1 + 1e-4) +
+                                    fabs((double)b->off) * 0x1p-24),
+           g, u, r;
     if (!q->rc || !(d >= -FLT_MAX && d <= FLT_MAX)) return -INFINITY;
     g = ((double)dim + 12) * 0x1p-24;
     u = (double)dim * FLT_MIN;
     if (metric == VECIDX_IP) {
         double xn = sqrt(b->n2);
+        if (q->norm * (xn + e) * (1 + g) >= FLT_MAX) return -INFINITY;
         r = d - fabs(d) * 0x1p-23 - q->err * xn - q->norm * e -
             g * q->norm * (xn + e) - u;
         r -= 1e-4 * fabs(r);
     } else {
         double a2 = metric == VECIDX_L2 ? (double)d : 2.0 * d;
+        if (metric == VECIDX_COSINE &&
+            0x1p20 / inorm * (1 + g + 0x1p-22) >= FLT_MAX)
+            return -INFINITY;
         a2 -= (a2 + b->n2) * 0x1p-23;
         r = sqrt(a2 > 0 ? a2 : 0) - q->err - e;
         r = r > 0 ? r * r * (1 - 1e-4) : 0;
         r = metric == VECIDX_L2 ? r * (1 - g) - u
-                                : 0.5 * r - g - u * 0x1p20 * inorm;
+                                : 0.5 * r - g - u * 0x1p21 * inorm;
     }
     return nextafterf((float)r, -INFINITY);
 }
@@ -4805,9 +4815,10 @@ static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
 ** 1 if its kept vector was read. A lean reader, whose reads are system
 ** calls, reads none whose code shows that it cannot enter h (int8,
 ** vx_i8_floor). Offered closest first, candidates fill h soonest and the
-** floors leave the most unread: of the 20 of k 10, refine 2, HNSW ef 32,
-** 4.2 on 1M x 128 and 2.8 on 200k x 384 cosine (of 40 with refine 4, ef
-** 24, on 1M: 23); a lean reader then runs 1.04-1.16x faster. A mapped
+** floors leave the most unread: of the 20 of k 10, refine 2, 4.3 on 1M
+** x 128 (HNSW ef 24) and 2.8 on 200k x 384 cosine (ef 32); of 40 with
+** refine 4, ef 24, on 1M: 23. A lean reader then runs 1.04-1.16x faster. A
+*mapped
 ** reader's read is a few loads, and the floors, each waiting on the last
 ** distance, gained it nothing measurable (0.95-1.02x, with or without
 ** its loads requested ahead): it reads them all, as before. */
@@ -5575,6 +5586,9 @@ static void vx_coded_run(void *ctx, const vx_chunk *c, uint32_t row,
 ** the code distances rank the results; with them the k * refine best by
 ** code distance are held by slot, re-scored against their float32
 ** vectors, and the k best of those returned. */
+/* Bytes per candidate of vx_flat_coded's block: id, distance, vx_cand. */
+#define VX_CODED_CAND (sizeof(uint64_t) + sizeof(float) + sizeof(vx_cand))
+
 static int vx_flat_coded(vecidx *ix, const vx_query *q,
                          const vecidx_search_opts *o, int prefilter, vx_topk *h)
 {
@@ -5594,7 +5608,8 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     c.d = dbuf;
     c.id = ibuf;
     if (s->keep && c.k > VX_TOPK_STACK) {
-        if (!(block = vx_malloc(&ix->mem, c.k * 20))) return VECIDX_ENOMEM;
+        if (!(block = vx_malloc(&ix->mem, c.k * VX_CODED_CAND)))
+            return VECIDX_ENOMEM;
         c.id = block;
         c.d = (float *)(c.id + c.k);
         cand = (vx_cand *)(void *)(c.d + c.k);
@@ -5613,7 +5628,7 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
         }
         vx_kept_rerank(ix, q, cand, c.n, h);
     }
-    vx_free(&ix->mem, block, c.k * 20);
+    vx_free(&ix->mem, block, c.k * VX_CODED_CAND);
     return VECIDX_OK;
 }
 

@@ -2247,6 +2247,21 @@ void test_store_i8_floor(void)
             node = vx_i8_query(vx_i8_hdr(qc, d), d);
             CHECK(vx_i8_floor(m, &node, vx_i8_hdr(bc, d), d, 1.0f, 1.0f) ==
                   -INFINITY);
+            /* no floor where the exact score's sum may overflow float32:
+            ** a cosine vector of norm 1e34, inner products of 1e39 */
+            if (m != VECIDX_L2 && d > 3) {
+                vx_i8q qi;
+                for (i = 0; i < d; i++) {
+                    x[i] = (float)(vt_unit(&r) + 1) * 1e19f;
+                    y[i] = (float)(vt_unit(&r) + 1) * 1e19f;
+                }
+                vx_i8_encode_query(x, d, 1.0f, qc, rc, &qi);
+                vx_i8_encode(y, d, 1.0f, bc);
+                CHECKF(vx_i8_floor(m, &qi, vx_i8_hdr(bc, d), d, 0.5f,
+                                   m == VECIDX_IP ? 1.0f : 1e-34f) == -INFINITY,
+                       "metric %d, d %u: a floor where float32 overflows", m,
+                       d);
+            }
             free(x);
             free(y);
             free(qc);
