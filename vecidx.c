@@ -4817,11 +4817,10 @@ static float vx_kept_dist(vecidx *ix, const vx_query *q, uint32_t slot)
 ** vx_i8_floor). Offered closest first, candidates fill h soonest and the
 ** floors leave the most unread: of the 20 of k 10, refine 2, 4.3 on 1M
 ** x 128 (HNSW ef 24) and 2.8 on 200k x 384 cosine (ef 32); of 40 with
-** refine 4, ef 24, on 1M: 23. A lean reader then runs 1.04-1.16x faster. A
-*mapped
-** reader's read is a few loads, and the floors, each waiting on the last
-** distance, gained it nothing measurable (0.95-1.02x, with or without
-** its loads requested ahead): it reads them all, as before. */
+** refine 4, ef 24, on 1M: 23. A lean reader then runs 1.04-1.16x
+** faster. A mapped reader's read is a few loads, and the floors, each
+** waiting on the last distance, gained it nothing measurable (0.95-1.02x,
+** with or without its loads requested ahead): it reads them all. */
 static int vx_kept_offer(vecidx *ix, const vx_query *q, uint32_t slot, float dc,
                          vx_topk *h)
 {
