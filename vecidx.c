@@ -8396,6 +8396,8 @@ static void vx_madd(float *out, const float *a, const float *restrict b,
 /* Per-search working memory, one allocation. */
 typedef struct vx_ivf_sw {
     float *coarse, *sim, *lut, *dist, *qn, *cvec;
+    uint8_t *codes; /* a filtered scan's admitted codes, VX_IVF_SCAN */
+    uint16_t *pos;  /* ... and their places in the list's block */
     size_t floats;
     vx_topk probe, cand; /* a search sets probe.k to the lists it ranks */
     size_t probe_cap;    /* so the block's size is kept here */
@@ -8419,7 +8421,8 @@ static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe, float *line,
     /* a line more, to start qn on one (vx_query_lined) */
     w->floats = 2 * (size_t)ix->p.dim + VX_LINE_WORDS;
     if (nprobe)
-        w->floats += (size_t)v->npanel * VX_PANEL + 2 * lut + VX_IVF_SCAN;
+        w->floats += (size_t)v->npanel * VX_PANEL + 2 * lut + VX_IVF_SCAN +
+                     (VX_IVF_SCAN * (size_t)v->m + VX_IVF_SCAN * 2 + 3) / 4;
     if (!(w->coarse = vx_malloc(&ix->mem, w->floats * sizeof(float))))
         return VECIDX_ENOMEM;
     w->qn = vx_line_up(w->coarse + w->floats - 2 * (size_t)ix->p.dim -
@@ -8429,6 +8432,8 @@ static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe, float *line,
     w->sim = w->coarse + (size_t)v->npanel * VX_PANEL;
     w->lut = w->sim + lut;
     w->dist = w->lut + lut;
+    w->codes = (uint8_t *)(w->dist + VX_IVF_SCAN);
+    w->pos = (uint16_t *)(w->codes + VX_IVF_SCAN * (size_t)v->m);
     if (vx_topk_alloc(&w->probe, &ix->mem, nprobe) != VECIDX_OK) {
         vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
         return VECIDX_ENOMEM;
@@ -8488,34 +8493,70 @@ static int vx_ivf_probe(vecidx *ix, vx_ivf_sw *w, const float *qv,
     return VECIDX_OK;
 }
 
-/* Score list li's codes and offer them to h. With nadm the filter is
-** asked of every entry, and the admitted ones counted into *nadm. */
-static void vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
-                        const float *lut, const vecidx_search_opts *o,
-                        size_t *nadm, vx_topk *h)
+/* The table list li's codes are scored by, into w->lut: under L2 it
+** holds the list's centroid; under IP and cosine it is the query's alone,
+** set once per search. */
+static void vx_ivf_list_lut(vecidx *ix, vx_ivf_sw *w, uint32_t li)
+{
+    if (ix->p.metric != VECIDX_L2) return;
+    vx_ivf_list_terms(ix, li, w->cvec, w->lut);
+    vx_madd(w->lut, w->lut, w->sim, (size_t)ix->ivf.m * VX_IVF_KSUB);
+}
+
+/* Places in keys[0..n) that a admits, into pos; returns their count. A
+** bitmap alone is read here, not through vx_allow_admit's call. */
+static size_t vx_ivf_admitted(const vx_sopts *a, const uint64_t *keys, size_t n,
+                              uint16_t *pos)
+{
+    size_t i, na = 0;
+    if (a->bits && !a->set_on && !a->cb) {
+        for (i = 0; i < n; i++) {
+            pos[na] = (uint16_t)i;
+            na += (size_t)vx_bits_has(a, keys[i]);
+        }
+        return na;
+    }
+    for (i = 0; i < n; i++)
+        if (vx_allow_admit(keys[i], (void *)(uintptr_t)a))
+            pos[na++] = (uint16_t)i;
+    return na;
+}
+
+/* Score list li's codes and offer them to h. With a filter (a) it is
+** asked first, of every entry, and only the admitted ones are scored;
+** returns their count. A list with none needs no table. Measured
+** on 1M x 128 (nprobe 16, refine 4), far sets of 10 %: scoring every
+** code first took half the search's time. */
+static size_t vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
+                          const vx_sopts *a, vx_topk *h)
 {
     const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
-    size_t m = ix->ivf.m, b, i;
-    vx_tally.dist += l->n;
+    size_t m = ix->ivf.m, b, i, nb, na, nadm = 0;
+    int lut = 0;
     vx_tally.visit++;
-    for (b = 0; b < l->n; b += VX_IVF_SCAN) {
-        size_t nb = l->n - b < VX_IVF_SCAN ? l->n - b : VX_IVF_SCAN;
+    for (b = 0; b < l->n; b += nb) {
         const uint64_t *key = l->keys + b;
-        ix->kern->adc(l->codes + b * m, nb, m, lut, bias, w->dist);
-        for (i = 0; i < nb; i++) {
+        const uint8_t *codes = l->codes + b * m;
+        nb = l->n - b < VX_IVF_SCAN ? l->n - b : VX_IVF_SCAN;
+        na = nb;
+        if (a) {
+            if (!(na = vx_ivf_admitted(a, key, nb, w->pos))) continue;
+            nadm += na;
+            for (i = 0; i < na && na < nb; i++)
+                memcpy(w->codes + i * m, codes + (size_t)w->pos[i] * m, m);
+            if (na < nb) codes = w->codes;
+        }
+        if (!lut) vx_ivf_list_lut(ix, w, li), lut = 1;
+        ix->kern->adc(codes, na, m, w->lut, bias, w->dist);
+        vx_tally.dist += na;
+        for (i = 0; i < na; i++) {
             float d = w->dist[i];
+            uint64_t k = key[a ? w->pos[i] : i];
             if (VX_UNLIKELY(d != d)) d = INFINITY;
-            if (nadm) {
-                if (!o->filter(key[i], o->filter_ctx)) continue;
-                ++*nadm;
-                if (vx_topk_admits(h, d, key[i])) vx_topk_push(h, d, key[i]);
-                continue;
-            }
-            if (!vx_topk_admits(h, d, key[i])) continue;
-            if (o && o->filter && !o->filter(key[i], o->filter_ctx)) continue;
-            vx_topk_push(h, d, key[i]);
+            if (vx_topk_admits(h, d, k)) vx_topk_push(h, d, k);
         }
     }
+    return nadm;
 }
 
 /* Exact distance from the (prepared) query to a kept full vector x, with
@@ -8671,20 +8712,22 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 }
 
 /* Costs for the plan of a filtered IVF-PQ search, in the units of
-** VX_COST_KEYED: an entry scored by its code (16-byte codes, in order)
-** and the table of distances a probed list needs first (at 128
-** dimensions: 256 sub-centroids times the dimension, about 4 us; at 40
-** a callback admitting 0.1 % of 100k made the search probe every list,
-** 5-7x slower than asking the callback about every entry). Against the
-** full scan a callback alone needs, an entry of a probed list costs
-** VX_COST_PROBED rows of that scan: on 1M x 128 (32-byte codes, 1,264
-** lists) probing every list took 26-30 ms, with the callback or without,
-** the scan 8-9 ms; at VX_COST_ADC a callback admitting 0.01 % made the
-** search probe every list, 0.26x the scan (bench/RESULTS.md, 12-06).
-** 200k x 384 (64-byte codes): 9.3 ms against 1.3 ms. Allowed sets keep
-** VX_COST_ADC: pricing their entries so too stopped far sets' probing
-** sooner for direct scoring, which was slower (10 %: 0.14x the
-** unfiltered QPS against 0.20x). */
+** VX_COST_KEYED: an entry asked about and, if admitted, scored by its
+** code (16-byte codes, in order), and the table of distances a probed
+** list with admitted entries needs first (at 128 dimensions: 256
+** sub-centroids times the dimension, about 4 us; at 40 a callback
+** admitting 0.1 % of 100k made the search probe every list, 5-7x slower
+** than asking the callback about every entry). Against the full scan a
+** callback alone needs, an entry of a probed list costs VX_COST_PROBED
+** rows of that scan: on 1M x 128 (32-byte codes, 1,264 lists) probing
+** every list took 26-30 ms, with the callback or without, the scan 8-9
+** ms, when every code was scored before the callback was asked; at
+** VX_COST_ADC a callback admitting 0.01 % made the search probe every
+** list, 0.26x the scan (bench/RESULTS.md, 12-06). 200k x 384 (64-byte
+** codes): 9.3 ms against 1.3 ms. Allowed sets keep VX_COST_ADC: pricing
+** their entries so too stopped far sets' probing sooner for direct
+** scoring, which was slower (10 %: 0.14x the unfiltered QPS against
+** 0.20x). */
 #define VX_COST_ADC 0.03
 #define VX_COST_PROBED 2.5
 #define VX_COST_LIST 100.0
@@ -8698,43 +8741,51 @@ static size_t vx_ivf_filtered_probes(size_t nprobe, double frac, size_t nlist)
     return p >= (double)nlist ? nlist : (size_t)ceil(p);
 }
 
-/* The plan of a filtered IVF-PQ search. Probe at least *least lists, then
-** on while the admitted entries met are fewer than *want (as many as
-** *least lists hold at the average fraction admitted: an allowed set
+/* The plan of a filtered IVF-PQ search: probe at least `least` lists,
+** then on while the admitted entries met are fewer than `want` (as many
+** as `least` lists hold at the average fraction admitted: an allowed set
 ** that lies away from the query, as the "far" sets of the benchmark,
-** shows fewer near it) -- but never more lists than *most, the count
-** whose scan would cost as much as scoring the admitted entries
-** directly. Returns 1 when direct scoring is cheaper from the start.
-** Measured on 100k x 128 (nprobe 8): wanting half as many lost recall on
-** far sets (0.74 at 10 %, against 0.80 unfiltered); twice as many cost
-** random sets half their speed for +0.01. */
+** shows fewer near it) -- but stop once the lists probed have cost more
+** than `budget`, the cost of scoring the admitted entries directly, which
+** then answers. A list costs `entry` per entry asked, and, when any is
+** admitted, its table and their codes. Measured on 100k x 128 (nprobe
+** 8): wanting half as many lost recall on far sets (0.74 at 10 %,
+** against 0.80 unfiltered); twice as many cost random sets half their
+** speed for +0.01. A set whose `least` lists held under VX_IVF_SKEW of
+** `want` lies away from the query; its search wants VX_IVF_FAR_WANT times
+** as many: on 1M x 128 (nprobe 16, refine 4), the far set of 10 % then
+** kept recall@10 0.981 at 0.55x the unfiltered speed, against 0.973 at
+** 0.65x (unfiltered 0.996); sets admitted at random never reach it.
+** Three times as many, or below 0.75 of want: +0.002. */
 #define VX_IVF_WANT 1.0
+#define VX_IVF_SKEW 0.5
+#define VX_IVF_FAR_WANT 2.0
+typedef struct vx_ivf_how {
+    size_t least;
+    double want, budget, entry;
+} vx_ivf_how;
+
+/* Returns 1 when scoring the admitted entries directly is cheaper from
+** the start than probing `least` lists with some admitted in each. */
 static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
-                       size_t *least, size_t *most, double *want)
+                       vx_ivf_how *p)
 {
     const vx_ivf *v = &ix->ivf;
     double n = (double)v->count, card = a->card < n ? a->card : n;
-    double exact = a->counted ? card * VX_COST_KEYED
-                              : n * VX_COST_ROW + card * VX_COST_KEYED;
     double frac, per, list;
-    /* Cheaper than any one list: the rule below answers the same (*most
-    ** is then 0), without the divisions and square root that took 25 ns
-    ** of a one-key search in a profile (bench/RESULTS.md, 12-05 fifth). */
-    if (exact < VX_COST_LIST) {
-        *least = *most = 0;
-        *want = 0;
-        return 1;
-    }
+    p->budget = a->counted ? card * VX_COST_KEYED
+                           : n * VX_COST_ROW + card * VX_COST_KEYED;
+    /* Cheaper than any one list: the rule below answers the same, without
+    ** the divisions and square root that took 25 ns of a one-key search
+    ** in a profile (bench/RESULTS.md, 12-05 fifth). */
+    if (p->budget < VX_COST_LIST) return 1;
     frac = n > 0 ? card / n : 1.0;
     per = n / v->nlist;
-    list = per * (a->counted ? VX_COST_ADC : VX_COST_PROBED * VX_COST_ROW) +
-           VX_COST_LIST;
-    *least = vx_ivf_filtered_probes(nprobe, frac, v->nlist);
-    *want = VX_IVF_WANT * (double)*least * per * frac;
-    *most = exact / list >= (double)v->nlist ? v->nlist
-                                             : (size_t)(exact / list);
-    if (*most < *least) return 1;
-    return 0;
+    p->entry = a->counted ? VX_COST_ADC : VX_COST_PROBED * VX_COST_ROW;
+    list = per * p->entry + VX_COST_LIST;
+    p->least = vx_ivf_filtered_probes(nprobe, frac, v->nlist);
+    p->want = VX_IVF_WANT * (double)p->least * per * frac;
+    return p->budget / list < (double)p->least;
 }
 
 /* The lists a search probes unfiltered: nprobe, within [1, nlist]. */
@@ -8779,23 +8830,23 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
     size_t nprobe = vx_ivf_nprobe(ix, o);
     size_t refine = o && o->refine ? o->refine : VX_PEEK(&ix->p.ivf_refine), i,
            j;
-    size_t lut = (size_t)v->m * VX_IVF_KSUB, least = 0, nadm = 0, done = 0;
-    size_t cur;
-    double want = 0;
+    size_t lut = (size_t)v->m * VX_IVF_KSUB, nadm = 0, done = 0, cur;
+    double spent = 0;
     const float *qv;
     vx_topk *into = h;
     vx_ivf_sw w;
+    vx_ivf_how how;
     int rc, scan = 0;
     if (h->k == 0) return VECIDX_OK;
     if (!ix->p.ivf_keep_vectors || refine < 2) refine = 1;
+    memset(&how, 0, sizeof how);
     if (a) {
         if (a->none) return VECIDX_OK;
-        scan = vx_ivf_plan(ix, a, nprobe, &least, &nprobe, &want);
+        scan = vx_ivf_plan(ix, a, nprobe, &how);
+        nprobe = v->nlist; /* the budget bounds it */
     }
     if (scan) return vx_ivf_direct(ix, q, o, 0, refine > 1, h);
-    if ((rc = vx_ivf_sw_alloc(ix, &w, nprobe ? nprobe : 1, NULL, 0)) !=
-        VECIDX_OK)
-        return rc;
+    if ((rc = vx_ivf_sw_alloc(ix, &w, nprobe, NULL, 0)) != VECIDX_OK) return rc;
     qv = vx_ivf_query(ix, q, &w);
     if (refine > 1) {
         size_t cap = h->k * refine;
@@ -8806,7 +8857,7 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
         }
         into = &w.cand;
     }
-    cur = a ? least : nprobe;
+    cur = a ? how.least : nprobe;
     /* Rank the lists for the least probed first, then -- only if too
     ** few admitted entries were met -- four times as many at a time,
     ** up to the most, going on where the last round stopped: ranking
@@ -8826,23 +8877,28 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
         for (i = done; i < w.probe.n; i++) {
             uint32_t li = (uint32_t)w.probe.id[i];
             float bias = w.probe.d[i];
-            if (a && i >= least && (double)nadm >= want) break;
-            if (ix->p.metric == VECIDX_L2) {
-                vx_ivf_list_terms(ix, li, w.cvec, w.lut);
-                vx_madd(w.lut, w.lut, w.sim, lut);
-            } else if (ix->p.metric == VECIDX_COSINE) {
-                bias += 1.0f;
-            }
-            vx_ivf_scan(ix, &w, li, bias, w.lut, o, a ? &nadm : NULL, into);
+            size_t got;
+            if (a && i == how.least && (double)nadm < VX_IVF_SKEW * how.want)
+                how.want *= VX_IVF_FAR_WANT;
+            if (a && ((i >= how.least && (double)nadm >= how.want) ||
+                      spent > how.budget))
+                break;
+            if (ix->p.metric == VECIDX_COSINE) bias += 1.0f;
+            got = vx_ivf_scan(ix, &w, li, bias, a, into);
+            nadm += got;
+            spent += (double)vx_ivf_list(v, li)->n * how.entry +
+                     (got ? VX_COST_LIST + (double)got * VX_COST_ADC : 0);
         }
         done = i;
-        if (!a || (double)nadm >= want || cur >= nprobe) break;
+        if (!a || (double)nadm >= how.want || cur >= nprobe ||
+            spent > how.budget)
+            break;
         cur = cur > nprobe / 4 ? nprobe : cur * 4;
     }
-    /* Short of admitted entries, or the lists ran out before enough
-    ** were met: the exact answer, which costs no more. */
+    /* Short of admitted entries, or the budget ran out before enough
+    ** were met: the exact answer, which costs at most as much again. */
     scan = a && rc == VECIDX_OK &&
-           (into->n < h->k || (done < v->nlist && (double)nadm < want));
+           (into->n < h->k || (done < v->nlist && (double)nadm < how.want));
     if (refine > 1 && !scan && rc == VECIDX_OK) vx_ivf_refine(ix, &w, qv, h);
     if (scan && rc == VECIDX_OK) {
         h->n = 0;
@@ -13797,14 +13853,12 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
 ** kind's own plan, as its search makes it. */
 static int vx_allow_keyed_only(vecidx *ix, const vx_sopts *a, size_t k)
 {
-    size_t least, most;
-    double want;
+    vx_ivf_how ivf;
     int keyed, pre;
     if (a->none) return 1;
     if (a->exact || !vx_allow_by_set(a)) return 0;
     if (ix->ivf.trained)
-        return vx_ivf_plan(ix, a, vx_ivf_nprobe(ix, &a->u), &least, &most,
-                           &want);
+        return vx_ivf_plan(ix, a, vx_ivf_nprobe(ix, &a->u), &ivf);
     if (ix->p.kind == VECIDX_HNSW) {
         vx_hnsw_how how;
         vx_hnsw_plan(ix, &a->u, k, &how);

@@ -721,6 +721,112 @@ void test_filter_ivfpq_rerank(void)
     fx_matrix(&fx_ivfpq_rerank, 1606, 0);
 }
 
+/* Per-search counters of one search of ix: distances and lists probed. */
+static void fx_one(vecidx *ix, const float *q, size_t k,
+                   const vecidx_search_opts *o, uint64_t *keys, float *dists,
+                   size_t *found, double *dist, double *visits)
+{
+    vecidx_stats_t a, b;
+    CHECK_OK(vecidx_stats(ix, &a));
+    CHECK_OK(vecidx_search(ix, q, k, o, keys, dists, found));
+    CHECK_OK(vecidx_stats(ix, &b));
+    *dist = b.distances_per_search * (double)b.searches -
+            a.distances_per_search * (double)a.searches;
+    *visits = b.visited_per_search * (double)b.searches -
+              a.visited_per_search * (double)a.searches;
+}
+
+/* A filtered IVF-PQ search asks the filter about a probed list's entries
+** first and scores only the admitted codes, where it used to score them
+** all (distances per search equal to an unfiltered search of as many
+** lists). Measured: 0.50-0.51 of the codes that the lists probed hold at
+** 50 % admitted at random; 0.46 for the far set of 25 %, which the lists
+** probed past the nearest hold more of than the index does. Each result
+** keeps the distance its code gives unfiltered, so no code is scored
+** under another entry's key. */
+void test_filter_ivfpq_admitted_only(void)
+{
+    static const size_t pick[] = {FX_C50, FX_FAR + FX_C25};
+    static const int modes[] = {FX_BITMAP, FX_KEYS, FX_CALLBACK};
+    fx_data d;
+    fx_set sets[FX_NSETS];
+    vecidx *ix;
+    uint64_t *all_keys;
+    float *all_d, *code_d;
+    size_t si, mi, i, j, found;
+    fx_data_make(&d, 1631, FX_N, FX_DIM, FX_NQ);
+    fx_sets_make(sets, &d, 1632);
+    all_keys = vt_xmalloc(d.n * sizeof *all_keys);
+    all_d = vt_xmalloc(d.n * sizeof *all_d);
+    code_d = vt_xmalloc(d.nq * d.n * sizeof *code_d);
+    ix = fx_build(&fx_ivfpq, &d);
+    for (i = 0; ix && i < d.nq; i++) { /* every code's distance, by row */
+        vecidx_search_opts o;
+        memset(&o, 0, sizeof o);
+        o.nprobe = 64;
+        CHECK_OK(vecidx_search(ix, d.q + i * d.dim, d.n, &o, all_keys, all_d,
+                               &found));
+        CHECKF(found == d.n, "unfiltered: %zu of %zu found", found, d.n);
+        for (j = 0; j < found; j++) {
+            long row = vt_set_find(&d.m, all_keys[j]);
+            if (row >= 0) code_d[i * d.n + (size_t)row] = all_d[j];
+        }
+    }
+    for (si = 0; ix && si < sizeof pick / sizeof *pick; si++) {
+        fx_set *s = &sets[pick[si]];
+        for (mi = 0; mi < sizeof modes / sizeof *modes; mi++) {
+            vecidx_search_opts o, u;
+            double fd = 0, ud = 0, dist, visits;
+            fx_opts(&o, NULL, s, modes[mi], d.n);
+            o.nprobe = 8;
+            memset(&u, 0, sizeof u);
+            for (i = 0; i < d.nq; i++) {
+                uint64_t keys[FX_K], k2[FX_K];
+                float dists[FX_K], d2[FX_K];
+                size_t f2;
+                fx_one(ix, d.q + i * d.dim, FX_K, &o, keys, dists, &found,
+                       &dist, &visits);
+                fx_check(s->name, &d, i, FX_K, fx_cb, s, s->admitted, keys,
+                         NULL, found, 0);
+                for (j = 0; j < found; j++) {
+                    long row = vt_set_find(&d.m, keys[j]);
+                    float c = row >= 0 ? code_d[i * d.n + (size_t)row] : 0;
+                    CHECKF(row >= 0 &&
+                               fabsf(dists[j] - c) <= 1e-5f * (1 + fabsf(c)),
+                           "%s as %s: query %zu key %llu distance %.9g, its "
+                           "code gives %.9g",
+                           s->name, fx_mode_name[modes[mi]], i,
+                           (unsigned long long)keys[j], (double)dists[j],
+                           (double)c);
+                }
+                /* the same lists unfiltered: every code they hold */
+                CHECKF(visits >= 8,
+                       "%s: %.0f lists probed, not scored "
+                       "directly as planned",
+                       s->name, visits);
+                u.nprobe = (uint32_t)visits;
+                fd += dist;
+                fx_one(ix, d.q + i * d.dim, FX_K, &u, k2, d2, &f2, &dist,
+                       &visits);
+                ud += dist;
+            }
+            if (getenv("VTEST_DEBUG"))
+                printf("  %s as %s: %.0f of %.0f codes scored (%.3f)\n",
+                       s->name, fx_mode_name[modes[mi]], fd, ud, fd / ud);
+            CHECKF(fd <= 0.6 * ud,
+                   "%s as %s: %.0f codes scored where the lists probed hold "
+                   "%.0f",
+                   s->name, fx_mode_name[modes[mi]], fd, ud);
+        }
+    }
+    vecidx_close(ix);
+    for (si = 0; si < FX_NSETS; si++) fx_set_free(&sets[si]);
+    free(all_keys);
+    free(all_d);
+    free(code_d);
+    fx_data_free(&d);
+}
+
 /* ---- combinations, duplicates, removals -----------------------------------
  */
 

@@ -144,6 +144,7 @@
     X(filter_hnsw_int8_kept)                 \
     X(filter_ivfpq)                          \
     X(filter_ivfpq_rerank)                   \
+    X(filter_ivfpq_admitted_only)            \
     X(filter_intersection)                   \
     X(filter_duplicates_and_removed)         \
     X(filter_empty_and_bounds)               \
