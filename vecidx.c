@@ -8396,8 +8396,9 @@ static void vx_madd(float *out, const float *a, const float *restrict b,
 /* Per-search working memory, one allocation. */
 typedef struct vx_ivf_sw {
     float *coarse, *sim, *lut, *dist, *qn, *cvec;
-    uint8_t *codes; /* a filtered scan's admitted codes, VX_IVF_SCAN */
-    uint16_t *pos;  /* ... and their places in the list's block */
+    uint8_t *codes;   /* a filtered scan's admitted codes, VX_IVF_SCAN */
+    uint16_t *pos;    /* ... and their places in the list's block */
+    uint64_t *probed; /* a bit per list: probed by this search */
     size_t floats;
     vx_topk probe, cand; /* a search sets probe.k to the lists it ranks */
     size_t probe_cap;    /* so the block's size is kept here */
@@ -8422,7 +8423,8 @@ static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe, float *line,
     w->floats = 2 * (size_t)ix->p.dim + VX_LINE_WORDS;
     if (nprobe)
         w->floats += (size_t)v->npanel * VX_PANEL + 2 * lut + VX_IVF_SCAN +
-                     (VX_IVF_SCAN * (size_t)v->m + VX_IVF_SCAN * 2 + 3) / 4;
+                     (VX_IVF_SCAN * (size_t)v->m + VX_IVF_SCAN * 2) / 4 +
+                     ((size_t)v->nlist + 63) / 64 * 2;
     if (!(w->coarse = vx_malloc(&ix->mem, w->floats * sizeof(float))))
         return VECIDX_ENOMEM;
     w->qn = vx_line_up(w->coarse + w->floats - 2 * (size_t)ix->p.dim -
@@ -8434,6 +8436,8 @@ static int vx_ivf_sw_alloc(vecidx *ix, vx_ivf_sw *w, size_t nprobe, float *line,
     w->dist = w->lut + lut;
     w->codes = (uint8_t *)(w->dist + VX_IVF_SCAN);
     w->pos = (uint16_t *)(w->codes + VX_IVF_SCAN * (size_t)v->m);
+    /* 8-byte aligned: codes and pos take a multiple of 512 bytes */
+    w->probed = (uint64_t *)(void *)(w->pos + VX_IVF_SCAN);
     if (vx_topk_alloc(&w->probe, &ix->mem, nprobe) != VECIDX_OK) {
         vx_free(&ix->mem, w->coarse, w->floats * sizeof(float));
         return VECIDX_ENOMEM;
@@ -8762,8 +8766,18 @@ static size_t vx_ivf_filtered_probes(size_t nprobe, double frac, size_t nlist)
 #define VX_IVF_FAR_WANT 2.0
 typedef struct vx_ivf_how {
     size_t least;
-    double want, budget, entry;
+    double want, budget, entry, frac;
 } vx_ivf_how;
+
+/* A want met only after asking about so many entries that the admitted
+** ones were under VX_IVF_THIN of the fraction admitted among them is met
+** too thinly to trust: the scan answers. On the benchmark's far sets
+** (1M x 128 and 200k x 384, 10 and 50 %) that share was 0.21-0.29 of
+** the fraction at the lowest and 0.93-1.04 on average over 1,200
+** searches each; a set of the 30 % of 60k x 16 farthest from each query,
+** with 4,096 lists (15 entries each), met its want at 0.055 after 500-670
+** lists, recall@10 0.04 where the scan gives 1.0. */
+#define VX_IVF_THIN 0.125
 
 /* Returns 1 when scoring the admitted entries directly is cheaper from
 ** the start than probing `least` lists with some admitted in each. */
@@ -8779,7 +8793,7 @@ static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
     ** the divisions and square root that took 25 ns of a one-key search
     ** in a profile (bench/RESULTS.md, 12-05 fifth). */
     if (p->budget < VX_COST_LIST) return 1;
-    frac = n > 0 ? card / n : 1.0;
+    p->frac = frac = n > 0 ? card / n : 1.0;
     per = n / v->nlist;
     p->entry = a->counted ? VX_COST_ADC : VX_COST_PROBED * VX_COST_ROW;
     list = per * p->entry + VX_COST_LIST;
@@ -8822,20 +8836,73 @@ static VX_NOINLINE int vx_ivf_direct(vecidx *ix, const vx_query *q,
     return VECIDX_OK;
 }
 
+/* What a search's probing met: lists probed, entries asked about,
+** admitted entries, and the cost in the plan's units. */
+typedef struct vx_ivf_met {
+    size_t lists, asked, nadm;
+    double spent;
+} vx_ivf_met;
+
+/* Probe lists closest first into `into`: nprobe of them unfiltered, or as
+** the plan `how` says (its want may double: see VX_IVF_SKEW). The lists
+** are ranked for the first `least` only, then -- while too few admitted
+** entries were met -- four times as many at a time, up to nprobe:
+** ranking every list up front cost a filtered search half its time. A
+** bit per list keeps a list from being probed twice when a round's
+** ranking by the coarse graph (v->cq) puts the lists in another order. */
+static int vx_ivf_probe_lists(vecidx *ix, vx_ivf_sw *w, const float *qv,
+                              const vx_sopts *a, vx_ivf_how *how, size_t nprobe,
+                              vx_topk *into, vx_ivf_met *m)
+{
+    const vx_ivf *v = &ix->ivf;
+    size_t cur = a ? how->least : nprobe, i;
+    int rc;
+    memset(m, 0, sizeof *m);
+    memset(w->probed, 0, ((size_t)v->nlist + 63) / 64 * sizeof *w->probed);
+    for (;;) {
+        w->probe.k = cur;
+        w->probe.n = 0;
+        if ((rc = vx_ivf_probe(ix, w, qv, cur)) != VECIDX_OK) return rc;
+        /* closest list first (the coarse index returns them sorted) */
+        if (!v->cq) vx_topk_sort(&w->probe);
+        for (i = 0; i < w->probe.n; i++) {
+            uint32_t li = (uint32_t)w->probe.id[i];
+            float bias = w->probe.d[i];
+            size_t got, n = vx_ivf_list(v, li)->n;
+            if (w->probed[li >> 6] >> (li & 63) & 1) continue;
+            if (a && m->lists == how->least &&
+                (double)m->nadm < VX_IVF_SKEW * how->want)
+                how->want *= VX_IVF_FAR_WANT;
+            if (a && m->lists >= how->least &&
+                ((double)m->nadm >= how->want || m->spent > how->budget))
+                return VECIDX_OK;
+            w->probed[li >> 6] |= (uint64_t)1 << (li & 63);
+            if (ix->p.metric == VECIDX_COSINE) bias += 1.0f;
+            got = vx_ivf_scan(ix, w, li, bias, a, into);
+            m->lists++;
+            m->asked += n;
+            m->nadm += got;
+            m->spent += (double)n * how->entry +
+                        (got ? VX_COST_LIST + (double)got * VX_COST_ADC : 0);
+        }
+        if (!a || cur >= nprobe) return VECIDX_OK;
+        cur = cur > nprobe / 4 ? nprobe : cur * 4;
+    }
+}
+
 static int vx_ivf_search(vecidx *ix, const vx_query *q,
                          const vecidx_search_opts *o, vx_topk *h)
 {
     const vx_ivf *v = &ix->ivf;
     const vx_sopts *a = vx_allow_of(o);
     size_t nprobe = vx_ivf_nprobe(ix, o);
-    size_t refine = o && o->refine ? o->refine : VX_PEEK(&ix->p.ivf_refine), i,
-           j;
-    size_t lut = (size_t)v->m * VX_IVF_KSUB, nadm = 0, done = 0, cur;
-    double spent = 0;
+    size_t refine = o && o->refine ? o->refine : VX_PEEK(&ix->p.ivf_refine), j;
+    size_t lut = (size_t)v->m * VX_IVF_KSUB;
     const float *qv;
     vx_topk *into = h;
     vx_ivf_sw w;
     vx_ivf_how how;
+    vx_ivf_met met;
     int rc, scan = 0;
     if (h->k == 0) return VECIDX_OK;
     if (!ix->p.ivf_keep_vectors || refine < 2) refine = 1;
@@ -8857,48 +8924,20 @@ static int vx_ivf_search(vecidx *ix, const vx_query *q,
         }
         into = &w.cand;
     }
-    cur = a ? how.least : nprobe;
-    /* Rank the lists for the least probed first, then -- only if too
-    ** few admitted entries were met -- four times as many at a time,
-    ** up to the most, going on where the last round stopped: ranking
-    ** every list up front cost a filtered search half its time. */
     for (j = 0; j < v->m; j++)
         ix->kern->dot_panels(qv + vx_ivf_off(ix, j), vx_ivf_book(ix, j),
                              vx_ivf_len(ix, j), VX_IVF_KSUB / VX_PANEL,
                              w.sim + j * VX_IVF_KSUB);
     if (ix->p.metric != VECIDX_L2)
         for (j = 0; j < lut; j++) w.lut[j] = -w.sim[j];
-    for (;;) {
-        w.probe.k = cur;
-        w.probe.n = 0;
-        if ((rc = vx_ivf_probe(ix, &w, qv, cur)) != VECIDX_OK) break;
-        /* closest list first (the coarse index returns them sorted) */
-        if (!v->cq) vx_topk_sort(&w.probe);
-        for (i = done; i < w.probe.n; i++) {
-            uint32_t li = (uint32_t)w.probe.id[i];
-            float bias = w.probe.d[i];
-            size_t got;
-            if (a && i == how.least && (double)nadm < VX_IVF_SKEW * how.want)
-                how.want *= VX_IVF_FAR_WANT;
-            if (a && ((i >= how.least && (double)nadm >= how.want) ||
-                      spent > how.budget))
-                break;
-            if (ix->p.metric == VECIDX_COSINE) bias += 1.0f;
-            got = vx_ivf_scan(ix, &w, li, bias, a, into);
-            nadm += got;
-            spent += (double)vx_ivf_list(v, li)->n * how.entry +
-                     (got ? VX_COST_LIST + (double)got * VX_COST_ADC : 0);
-        }
-        done = i;
-        if (!a || (double)nadm >= how.want || cur >= nprobe ||
-            spent > how.budget)
-            break;
-        cur = cur > nprobe / 4 ? nprobe : cur * 4;
-    }
-    /* Short of admitted entries, or the budget ran out before enough
-    ** were met: the exact answer, which costs at most as much again. */
+    rc = vx_ivf_probe_lists(ix, &w, qv, a, &how, nprobe, into, &met);
+    /* Short of admitted entries, met too thinly, or the budget ran out
+    ** before enough were met: the exact answer. */
     scan = a && rc == VECIDX_OK &&
-           (into->n < h->k || (done < v->nlist && (double)nadm < how.want));
+           (into->n < h->k ||
+            (met.lists < v->nlist &&
+             ((double)met.nadm < how.want ||
+              (double)met.nadm < VX_IVF_THIN * how.frac * (double)met.asked)));
     if (refine > 1 && !scan && rc == VECIDX_OK) vx_ivf_refine(ix, &w, qv, h);
     if (scan && rc == VECIDX_OK) {
         h->n = 0;

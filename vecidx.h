@@ -887,13 +887,15 @@ int vecidx_check(vecidx *ix);
 **    budget of 4,096 visits and of eight unfiltered walks, and L2 or
 **    cosine (an inner-product graph is too sparse for it); else, where
 **    the scan costs under eight walks, the scan answers then;
-**  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted),
-**    and on while fewer admitted entries were met than so many lists hold
-**    on average (twice as many when those lists held under half that: a
-**    set away from the query) -- until the lists probed have cost as much
-**    as the exact scan, which then answers if too few were met. A probed
-**    list's entries are asked first and only the admitted codes scored;
-**    a list with none admitted costs no distance table.
+**  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted)
+**    at least, and on while fewer admitted entries were met than so many
+**    lists hold on average (twice as many when those lists held under
+**    half that: a set away from the query) -- until the lists probed have
+**    cost as much as the exact scan, which then answers if too few were
+**    met, or if they were met only spread thin (under an eighth of the
+**    fraction admitted among the entries asked). A probed list's entries
+**    are asked first and only the admitted codes scored; a list with none
+**    admitted costs no distance table.
 **    Without re-ranking the scan's distances are the code estimates.
 ** The scan is chosen below about (2 * ef * M / count)^(2/3) admitted:
 ** 2 % of 1M, 7 % of 100k at the default ef and M. Measured on 1M x 128 (M 16,
