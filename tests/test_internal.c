@@ -1246,8 +1246,9 @@ static ssize_t vt_counting_pread(int fd, void *buf, size_t n, off_t off)
 
 /* Search q on a and b: the same keys and distances, bit for bit; the
 ** number of pread calls the searches on b made. */
-static int vt_same_answers(const char *what, vecidx *a, vecidx *b,
-                           const float *q, size_t nq, uint32_t dim)
+static int vt_same_answers_opts(const char *what, vecidx *a, vecidx *b,
+                                const float *q, size_t nq, uint32_t dim,
+                                const vecidx_search_opts *o)
 {
     int calls = 0;
     size_t i;
@@ -1255,9 +1256,9 @@ static int vt_same_answers(const char *what, vecidx *a, vecidx *b,
         uint64_t k[2][10];
         float d[2][10];
         size_t f[2] = {0, 0};
-        CHECK_OK(vecidx_search(a, q + i * dim, 10, NULL, k[0], d[0], &f[0]));
+        CHECK_OK(vecidx_search(a, q + i * dim, 10, o, k[0], d[0], &f[0]));
         calls -= __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED);
-        CHECK_OK(vecidx_search(b, q + i * dim, 10, NULL, k[1], d[1], &f[1]));
+        CHECK_OK(vecidx_search(b, q + i * dim, 10, o, k[1], d[1], &f[1]));
         calls += __atomic_load_n(&vt_pread_calls, __ATOMIC_RELAXED);
         CHECKF(f[0] == 10 && f[1] == 10 &&
                    memcmp(k[0], k[1], sizeof k[0]) == 0 &&
@@ -1265,6 +1266,12 @@ static int vt_same_answers(const char *what, vecidx *a, vecidx *b,
                "%s: query %zu answers differently", what, i);
     }
     return calls;
+}
+
+static int vt_same_answers(const char *what, vecidx *a, vecidx *b,
+                           const float *q, size_t nq, uint32_t dim)
+{
+    return vt_same_answers_opts(what, a, b, q, nq, dim, NULL);
 }
 
 /* Vectors longer than the stack buffer (VX_KEPT_STACK) are read into an
@@ -1493,11 +1500,14 @@ done:
 ** (vx_kept_dist), so that they stay out of its resident set: its answers,
 ** distances included, are the writer's bit for bit, with a pread per
 ** vector re-ranked; when every pread fails, the mapping gives the same
-** answers. A reader without the flag makes no pread. A lean reader that
-** replays a log reads through the mapping, whose private pages hold what
-** the log changed and the file does not: an upserted vector is then
-** found under its key at distance 0, with no pread. Damage to a kept
-** vector fails a search that re-ranks it. The flag needs VECIDX_RDONLY. */
+** answers. Offered 80 candidates a query (refine 8), it reads at most
+** half: those its codes prove cannot enter the 10 best stay unread (15
+** a query here; 80 if it read them all). A reader without the flag makes
+** no pread. A lean reader that replays a log reads through the mapping,
+** whose private pages hold what the log changed and the file does not:
+** an upserted vector is then found under its key at distance 0, with no
+** pread. Damage to a kept vector fails a search that re-ranks it. The
+** flag needs VECIDX_RDONLY. */
 void test_store_kept_pread(void)
 {
     enum {
@@ -1520,12 +1530,15 @@ void test_store_kept_pread(void)
     for (c = 0; c < 2; c++) {
         float *q = vt_xmalloc(NQ * DIM * sizeof *q), v[DIM];
         vecidx_params p;
+        vecidx_search_opts wide;
         vecidx *ix = NULL, *f = NULL;
         unsigned char *img = NULL;
         size_t len = 0, at;
         vt_set m;
         int calls;
         snprintf(what, sizeof what, "kind %d", kinds[c]);
+        memset(&wide, 0, sizeof wide);
+        wide.refine = 8;
         /* the last round's handles may have closed through another table */
         __atomic_store_n(&vt_fds, 0, __ATOMIC_RELAXED);
         vt_set_init(&m, DIM, N + 10);
@@ -1553,6 +1566,12 @@ void test_store_kept_pread(void)
                "%s: the lean reader has no file to read", what);
         calls = vt_same_answers(what, ix, f, q, NQ, DIM);
         CHECKF(calls >= NQ * 10, "%s: %d preads for %d queries", what, calls,
+               NQ);
+        /* Offered 80 a query, the re-rank reads only those whose floor
+        ** could still enter the 10 best (vx_i8_floor). */
+        calls = vt_same_answers_opts(what, ix, f, q, NQ, DIM, &wide);
+        CHECKF(calls >= NQ * 10 && calls <= NQ * 80 / 2,
+               "%s: %d preads for %d queries offering 80 each", what, calls,
                NQ);
         __atomic_store_n(&vt_pread_fail, 1, __ATOMIC_RELAXED);
         (void)vt_same_answers(what, ix, f, q, NQ, DIM);
