@@ -4982,6 +4982,8 @@ typedef struct vx_sopts {
                         one by one (vx_allow_members) */
     int set_has_max; /* UINT64_MAX, the free-cell mark, is in the set */
     double card;     /* keys expected to pass, -1 = nothing filters */
+    double card_low; /* as few as are likely to pass: card, or the low
+                        end of a sample's count (vx_allow_estimate) */
     float sel;       /* the caller's filter_selectivity, with a callback */
     int counted;     /* card bounds the set exactly: an explicit set */
     int none;        /* an explicit set is empty: nothing can pass */
@@ -5262,6 +5264,7 @@ static int vx_sopts_init(vecidx *ix, const vecidx_search_opts *o, vx_sopts *a)
     a->none = a->counted && a->card == 0;
     a->sel = a->cb ? sel : 0.0f;
     if (a->counted && a->sel > 0.0f) a->card *= a->sel;
+    a->card_low = a->card;
     return VECIDX_OK;
 }
 
@@ -6990,7 +6993,7 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
                          vx_hnsw_how *p)
 {
     size_t n;
-    double walk, scan;
+    double walk, scan, low;
     memset(p, 0, sizeof *p);
     p->ef = o && o->ef ? o->ef : VX_PEEK(&ix->p.hnsw_ef_search);
     p->kr = ix->store.keep ? vx_refine_k(ix, o, k) : k;
@@ -7004,7 +7007,13 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
     p->efw = vx_hnsw_filter_ef(p->ef, p->kr, p->frac);
     walk = vx_hnsw_walk_cost(ix, p->efw, p->frac);
     scan = vx_store_scan_cost(o, n, &p->keyed);
-    p->scan = scan <= walk;
+    /* A walk must pay at the low end of a sampled share (card_low): the
+    ** scan costs what a flat index's does, a walk that fails pays both. */
+    low = vx_allow_of(o)->card_low / (double)(n ? n : 1);
+    p->scan = scan <= walk ||
+              (low < p->frac &&
+               scan <= vx_hnsw_walk_cost(
+                           ix, vx_hnsw_filter_ef(p->ef, p->kr, low), low));
     /* In visits: what the scan costs, but at least twice the walk's
     ** estimate, which walks over sets admitted at random reach near the
     ** crossover (giving up on them costs more than finishing). */
@@ -13847,6 +13856,13 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
 ** a flat scan asking the same callback (0.37x in a driver); 0.01 %
 ** 0.60x. The longer sample costs 1,792 more calls, only where few keys
 ** pass and so the walk or scan that follows is long.
+** The longer sample still shows 4 of 2,048 passing for about one set of
+** 0.1 % in seven, read as 0.2 %, where the HNSW plan for 1M keys walks:
+** every search then ran at 0.41x a flat scan asking the same callback
+** (a driver, 1M x 128). So card_low, for plans that choose a walk over a
+** scan, takes two standard deviations off the count (Poisson): a count
+** of 4 counts as half of one, as none does, and at 1M a set of 0.1 %
+** shows the 10 it would then take to walk fewer than once in 10,000.
 ** Inside the search's epoch (and lock, for IVF-PQ). */
 #define VX_EST_PLACES 256
 #define VX_EST_FEW 8
@@ -13854,10 +13870,11 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
 static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
 {
     size_t n = vx_count(ix), seen = 0, pass = 0, run = 1, i, j;
+    double low;
     uint64_t key;
     if (a->card < 0 || a->counted) return;
     if (a->sel > 0.0f || n == 0) {
-        a->card = a->sel * (double)n;
+        a->card = a->card_low = a->sel * (double)n;
         return;
     }
     for (j = 0; j < run; j++) {
@@ -13881,9 +13898,13 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
         if (j == 0 && pass < VX_EST_FEW) run = VX_EST_RUN;
     }
     /* None seen: assume all pass. None passed: assume half a sample did. */
-    a->card = seen == 0
-                  ? (double)n
-                  : (pass ? (double)pass : 0.5) / (double)seen * (double)n;
+    if (seen == 0) {
+        a->card = a->card_low = (double)n;
+        return;
+    }
+    low = (double)pass - 2 * sqrt((double)pass);
+    a->card = (pass ? (double)pass : 0.5) / (double)seen * (double)n;
+    a->card_low = (low > 0.5 ? low : 0.5) / (double)seen * (double)n;
 }
 
 /* Whether every search of the call is answered by a scan that lists the

@@ -354,7 +354,9 @@ typedef struct vecidx_search_opts {
     /* The fraction of stored keys the filter callback admits, if the
     ** caller knows it roughly, in (0, 1]; 0 = unknown: the search then
     ** estimates it by asking the callback about 256 stored keys, and
-    ** when fewer than 8 of them pass, about 2048 in all. */
+    ** when fewer than 8 of them pass, about 2048 in all; HNSW walks
+    ** instead of scanning only if the walk would be cheaper even at the
+    ** low end of that count (two standard deviations under it). */
     float filter_selectivity;
 } vecidx_search_opts;
 

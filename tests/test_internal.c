@@ -1414,6 +1414,107 @@ void test_filter_callback_estimate(void)
     vt_set_free(&m);
 }
 
+/* The keys stored at the first VT_LOW_PLACES places the estimate asks
+** about (vx_allow_estimate), and no others. */
+enum {
+    VT_LOW_PLACES = 21
+};
+static uint64_t vt_low_keys[VT_LOW_PLACES];
+static int vt_low_admit(uint64_t key, void *ctx)
+{
+    size_t i;
+    (void)ctx;
+    for (i = 0; i < VT_LOW_PLACES; i++)
+        if (vt_low_keys[i] == key) return 1;
+    return 0;
+}
+
+/* A callback whose sample overstates its set must not make HNSW walk: 21
+** keys (0.1 %) that all sit where the estimate asks read as 8.2 %, where
+** a walk of breadth 10 is priced under the scan. Planned at the sample's
+** low end (card_low), the search scans, scoring the 21; before, it walked
+** 217-232 distances until its early test gave up, then scanned (at 1M
+** the test passes, and such a walk cost 1.4 scans before its scan). */
+void test_filter_sample_low(void)
+{
+    enum {
+        N = 20000,
+        DIM = 16
+    };
+    vt_rng r = {5151};
+    vecidx_params p;
+    vecidx_search_opts o;
+    vecidx_stats_t a0, a1;
+    vecidx *ix = NULL;
+    vx_hnsw_how how;
+    vx_sopts a;
+    vt_set m;
+    float q[DIM], dists[10], best[10];
+    uint64_t keys[10];
+    size_t found, i, j, n;
+    double walk, scan, dist;
+    int keyed;
+    vt_set_init(&m, DIM, N);
+    CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_L2, DIM));
+    p.threads = 1;
+    CHECK_OK(vecidx_create(&p, &ix));
+    if (!ix) return;
+    vt_fill_index(ix, &m, N, &r, VT_UNIFORM);
+    n = ix->store.nslots;
+    for (i = 0; i < VT_LOW_PLACES; i++)
+        vt_low_keys[i] = vx_store_key(
+            &ix->store,
+            (uint32_t)((uint64_t)n * (2 * i + 1) / (2 * VX_EST_PLACES)));
+    memset(&o, 0, sizeof o);
+    o.filter = vt_low_admit;
+    o.ef = 10;
+    CHECK_OK(vx_sopts_init(ix, &o, &a));
+    vx_allow_estimate(ix, &a);
+    CHECKF(fabs(a.card - (double)VT_LOW_PLACES / VX_EST_PLACES * N) < 1,
+           "the sample read %g", a.card);
+    /* the premise: at the sample's count, the walk is priced under the
+    ** scan */
+    vx_hnsw_plan(ix, &a.u, 10, &how);
+    walk = vx_hnsw_walk_cost(ix, how.efw, how.frac);
+    scan = vx_store_scan_cost(&a.u, N, &keyed);
+    CHECKF(walk < scan, "walk %g, scan %g", walk, scan);
+    CHECKF(how.scan, "planned a walk at %g of the keys", how.frac);
+    vx_sopts_free(ix, &a);
+    for (j = 0; j < 5; j++) {
+        vt_make_queries(&r, &m, q, 1, VT_UNIFORM);
+        for (i = 0; i < 10; i++) best[i] = INFINITY;
+        for (i = 0; i < VT_LOW_PLACES; i++) { /* the exact 10 best */
+            long row = vt_set_row(&m, vt_low_keys[i]);
+            float d = row < 0 ? INFINITY
+                              : (float)vt_ref_dist(VECIDX_L2, q,
+                                                   m.vecs + (size_t)row * DIM,
+                                                   DIM, NULL);
+            size_t at = 10;
+            while (at > 0 && best[at - 1] > d) at--;
+            if (at < 10) {
+                memmove(best + at + 1, best + at, (9 - at) * sizeof *best);
+                best[at] = d;
+            }
+        }
+        memset(&a0, 0, sizeof a0);
+        memset(&a1, 0, sizeof a1);
+        CHECK_OK(vecidx_stats_ex(ix, &a0, sizeof a0));
+        CHECK_OK(vecidx_search(ix, q, 10, &o, keys, dists, &found));
+        CHECK_OK(vecidx_stats_ex(ix, &a1, sizeof a1));
+        dist = a1.distances_per_search * (double)a1.searches -
+               a0.distances_per_search * (double)a0.searches;
+        CHECKF(found == 10 && dist <= 2 * VT_LOW_PLACES,
+               "%zu found, %g distances", found, dist);
+        for (i = 0; i < found; i++)
+            CHECKF(vt_low_admit(keys[i], NULL) &&
+                       fabsf(dists[i] - best[i]) <= 1e-4f * (1 + best[i]),
+                   "result %zu: key %llu at %g, the exact %g", i,
+                   (unsigned long long)keys[i], dists[i], best[i]);
+    }
+    vecidx_close(ix);
+    vt_set_free(&m);
+}
+
 /* The flags of the mapping holding addr in /proc/self/smaps, into out
 ** (empty when not found). */
 static void vt_vma_flags(const void *addr, char *out, size_t cap)
