@@ -4983,7 +4983,7 @@ typedef struct vx_sopts {
     int set_has_max; /* UINT64_MAX, the free-cell mark, is in the set */
     double card;     /* keys expected to pass, -1 = nothing filters */
     double card_low; /* as few as are likely to pass: card, or the low
-                        end of a sample's count (vx_allow_estimate) */
+                        end of a sample's small count (vx_allow_estimate) */
     float sel;       /* the caller's filter_selectivity, with a callback */
     int counted;     /* card bounds the set exactly: an explicit set */
     int none;        /* an explicit set is empty: nothing can pass */
@@ -5212,7 +5212,7 @@ static int vx_sopts_init(vecidx *ix, const vecidx_search_opts *o, vx_sopts *a)
 {
     float sel = o ? o->filter_selectivity : 0.0f;
     memset(a, 0, sizeof *a);
-    a->card = -1;
+    a->card = a->card_low = -1;
     if (!o) return VECIDX_OK;
     a->u = *o;
     if (o->allow_count && !o->allow_keys)
@@ -7007,13 +7007,14 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
     p->efw = vx_hnsw_filter_ef(p->ef, p->kr, p->frac);
     walk = vx_hnsw_walk_cost(ix, p->efw, p->frac);
     scan = vx_store_scan_cost(o, n, &p->keyed);
-    /* A walk must pay at the low end of a sampled share (card_low): the
-    ** scan costs what a flat index's does, a walk that fails pays both. */
+    /* A walk must pay at the low end of a count sampled from a handful
+    ** (card_low): a walk that fails pays its budget, then the scan. */
     low = vx_allow_of(o)->card_low / (double)(n ? n : 1);
-    p->scan = scan <= walk ||
-              (low < p->frac &&
-               scan <= vx_hnsw_walk_cost(
-                           ix, vx_hnsw_filter_ef(p->ef, p->kr, low), low));
+    p->scan = scan <= (low < p->frac ? vx_hnsw_walk_cost(
+                                           ix,
+                                           vx_hnsw_filter_ef(p->ef, p->kr, low),
+                                           low)
+                                     : walk);
     /* In visits: what the scan costs, but at least twice the walk's
     ** estimate, which walks over sets admitted at random reach near the
     ** crossover (giving up on them costs more than finishing). */
@@ -13870,10 +13871,13 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
 ** The longer sample still shows 4 of 2,048 passing for about one set of
 ** 0.1 % in seven, read as 0.2 %, where the HNSW plan for 1M keys walks:
 ** every search then ran at 0.41x a flat scan asking the same callback
-** (a driver, 1M x 128). So card_low, for plans that choose a walk over a
-** scan, takes two standard deviations off the count (Poisson): a count
-** of 4 counts as half of one, as none does, and at 1M a set of 0.1 %
-** shows the 10 it would then take to walk fewer than once in 10,000.
+** (a driver, 1M x 128). So where even the longer sample shows fewer than
+** VX_EST_FEW, card_low, for plans that choose a walk over a scan, takes
+** two standard deviations off the count (Poisson), at least half of one:
+** 4 counts as none does, 7 as 1.7. At 1M a set of 0.1 % shows the 8 it
+** then takes to walk about once in 800. Larger counts are taken as they
+** are: applied to them too, the margin made a review's random sets of
+** 2-10 % of 50k-100k scan at 2.7-7x the time their walk took.
 ** Inside the search's epoch (and lock, for IVF-PQ). */
 #define VX_EST_PLACES 256
 #define VX_EST_FEW 8
@@ -13915,7 +13919,9 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
     }
     low = (double)pass - 2 * sqrt((double)pass);
     a->card = (pass ? (double)pass : 0.5) / (double)seen * (double)n;
-    a->card_low = (low > 0.5 ? low : 0.5) / (double)seen * (double)n;
+    a->card_low = pass >= VX_EST_FEW
+                      ? a->card
+                      : (low > 0.5 ? low : 0.5) / (double)seen * (double)n;
 }
 
 /* Whether every search of the call is answered by a scan that lists the

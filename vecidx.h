@@ -354,9 +354,10 @@ typedef struct vecidx_search_opts {
     /* The fraction of stored keys the filter callback admits, if the
     ** caller knows it roughly, in (0, 1]; 0 = unknown: the search then
     ** estimates it by asking the callback about 256 stored keys, and
-    ** when fewer than 8 of them pass, about 2048 in all; HNSW walks
-    ** instead of scanning only if the walk would be cheaper even at the
-    ** low end of that count (two standard deviations under it). */
+    ** when fewer than 8 of them pass, about 2048 in all. When fewer than
+    ** 8 of those pass too, HNSW walks instead of scanning only if the
+    ** walk would be cheaper even at the low end of that count (two
+    ** standard deviations under it, at least half a key). */
     float filter_selectivity;
 } vecidx_search_opts;
 
@@ -900,7 +901,9 @@ int vecidx_check(vecidx *ix);
 **    admitted costs no distance table.
 **    Without re-ranking the scan's distances are the code estimates.
 ** The scan is chosen below about (2 * ef * M / count)^(2/3) admitted:
-** 2 % of 1M, 7 % of 100k at the default ef and M. Measured on 1M x 128 (M 16,
+** 2 % of 1M, 7 % of 100k at the default ef and M (for a callback whose
+** sample found fewer than 8 of 2048 keys, see filter_selectivity, at
+** the low end of that count). Measured on 1M x 128 (M 16,
 ** ef 64, one thread, bitmap form): recall@10 >= 0.99 at every fraction
 ** admitted at random, >= 0.96 far from the query; on random sets the walk
 ** runs at 0.59x the unfiltered speed at 50 % admitted, 0.38x at 10 %,
