@@ -7010,11 +7010,10 @@ static void vx_hnsw_plan(vecidx *ix, const vecidx_search_opts *o, size_t k,
     /* A walk must pay at the low end of a count sampled from a handful
     ** (card_low): a walk that fails pays its budget, then the scan. */
     low = vx_allow_of(o)->card_low / (double)(n ? n : 1);
-    p->scan = scan <= (low < p->frac ? vx_hnsw_walk_cost(
-                                           ix,
-                                           vx_hnsw_filter_ef(p->ef, p->kr, low),
-                                           low)
-                                     : walk);
+    p->scan = scan <= walk;
+    if (low < p->frac && !p->scan)
+        p->scan = scan <= vx_hnsw_walk_cost(
+                              ix, vx_hnsw_filter_ef(p->ef, p->kr, low), low);
     /* In visits: what the scan costs, but at least twice the walk's
     ** estimate, which walks over sets admitted at random reach near the
     ** crossover (giving up on them costs more than finishing). */
