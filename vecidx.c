@@ -8790,25 +8790,14 @@ typedef struct vx_ivf_how {
 
 /* Returns 1 when scoring the admitted entries directly is cheaper from
 ** the start than probing `least` lists with some admitted in each. */
-/* What scoring an entry directly costs (the budget's unit, measured at
-** 128 dimensions), where its vector is longer: it grows as the square
-** root of the length, as its loads overlap. Measured with 20k admitted
-** keys: 112 ns a key on 200k x 384 against 65 ns on 1M x 128. Without
-** it, a set of 10 % of 200k x 384 at nprobe 64 was scored directly at
-** 0.18x the unfiltered speed, where probing ran at 0.93x. */
-static double vx_ivf_key_cost(const vecidx *ix)
-{
-    double r = (double)ix->p.dim / 128.0;
-    return r > 1.0 ? VX_COST_KEYED * sqrt(r) : VX_COST_KEYED;
-}
-
 static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
                        vx_ivf_how *p)
 {
     const vx_ivf *v = &ix->ivf;
     double n = (double)v->count, card = a->card < n ? a->card : n;
-    double frac, per, list, key = vx_ivf_key_cost(ix);
-    p->budget = a->counted ? card * key : n * VX_COST_ROW + card * key;
+    double frac, per, list;
+    p->budget = a->counted ? card * VX_COST_KEYED
+                           : n * VX_COST_ROW + card * VX_COST_KEYED;
     /* Cheaper than any one list: the rule below answers the same, without
     ** the divisions and square root that took 25 ns of a one-key search
     ** in a profile (bench/RESULTS.md, 12-05 fifth). */
