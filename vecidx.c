@@ -8555,9 +8555,11 @@ static size_t vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
         if (a) {
             if (!(na = vx_ivf_admitted(a, key, nb, w->pos))) continue;
             nadm += na;
-            for (i = 0; i < na && na < nb; i++)
-                memcpy(w->codes + i * m, codes + (size_t)w->pos[i] * m, m);
-            if (na < nb) codes = w->codes;
+            if (na < nb) { /* gathered; all admitted: scored in place */
+                for (i = 0; i < na; i++)
+                    memcpy(w->codes + i * m, codes + (size_t)w->pos[i] * m, m);
+                codes = w->codes;
+            }
         }
         if (!lut) vx_ivf_list_lut(ix, w, li), lut = 1;
         ix->kern->adc(codes, na, m, w->lut, bias, w->dist);
@@ -13870,6 +13872,14 @@ static int vx_search_run(vecidx *ix, const vx_query *q, size_t nq, size_t k,
 #define VX_EST_PLACES 256
 #define VX_EST_FEW 8
 #define VX_EST_RUN 8
+/* The slot of the estimate's place i (of VX_EST_PLACES, spread evenly
+** over ns slots), run j: j slots after it. */
+static uint32_t vx_est_slot(uint32_t ns, size_t i, size_t j)
+{
+    uint64_t at = (uint64_t)ns * (2 * i + 1) / (2 * VX_EST_PLACES);
+    return (uint32_t)((at + j) % (ns ? ns : 1));
+}
+
 static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
 {
     size_t n = vx_count(ix), seen = 0, pass = 0, run = 1, i, j;
@@ -13889,8 +13899,7 @@ static void vx_allow_estimate(vecidx *ix, vx_sopts *a)
                 key = l->keys[(i * 40503u + j) % l->n];
             } else {
                 uint32_t ns = VX_LOAD(&ix->store.nslots);
-                uint64_t at = (uint64_t)ns * (2 * i + 1) / (2 * VX_EST_PLACES);
-                uint32_t slot = (uint32_t)((at + j) % (ns ? ns : 1));
+                uint32_t slot = vx_est_slot(ns, i, j);
                 if (ns == 0 || vx_store_live(&ix->store, slot) != VX_LIVE)
                     continue;
                 key = vx_store_key(&ix->store, slot);

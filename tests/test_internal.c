@@ -1456,7 +1456,8 @@ void test_filter_sample_low(void)
     vt_set m;
     float q[DIM], dists[10];
     uint64_t keys[10];
-    size_t found, i, n;
+    size_t found, i;
+    uint32_t n;
     double walk, scan;
     int keyed;
     vt_set_init(&m, DIM, N);
@@ -1467,9 +1468,7 @@ void test_filter_sample_low(void)
     vt_fill_index(ix, &m, N, &r, VT_UNIFORM);
     n = ix->store.nslots;
     for (i = 0; i < VT_LOW_MAX; i++)
-        vt_low_keys[i] = vx_store_key(
-            &ix->store,
-            (uint32_t)((uint64_t)n * (2 * i + 1) / (2 * VX_EST_PLACES)));
+        vt_low_keys[i] = vx_store_key(&ix->store, vx_est_slot(n, i, 0));
     memset(&o, 0, sizeof o);
     o.filter = vt_low_admit;
     o.ef = 10;
