@@ -12932,13 +12932,22 @@ static uint32_t vx_first_nonfinite(const float *v, uint32_t dim)
     return i;
 }
 
+/* The largest norm a stored vector may have under cosine, as a power of
+** two. A search scales a query far from norm 1 to (1/2, 1] (vx_query_far)
+** and leaves others within 2^+-20 of it, so its products with a stored
+** vector, and every partial sum of them (at most |q| |x|), stay under
+** 2^120, short of float32's 2^128; one of norm near 3e38 scored -inf
+** against every query, which put it first in every result. */
+#define VX_COS_LONG 100
+
 /* VECIDX_OK if v can be stored or searched: every component finite and,
-** under cosine, a norm whose inverse float32 holds; then *inv_norm (if
-** asked) is that inverse under cosine, the only metric that uses it, and
-** 0 under the others, which need no norm. `what` names the vector in the
-** message ("query 3", "row 17 (key 99)"). */
+** under cosine, a norm whose inverse float32 holds, at most 2^VX_COS_LONG
+** for a vector to be stored (`stored`); then *inv_norm (if asked) is that
+** inverse under cosine, the only metric that uses it, and 0 under the
+** others, which need no norm. `what` names the vector in the message
+** ("query 3", "row 17 (key 99)"). */
 static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
-                           const char *what)
+                           int stored, const char *what)
 {
     /* Finite exactly when every component is: a float's square is exact
     ** in double, and VECIDX_MAX_DIM squares of FLT_MAX sum to about 1e82.
@@ -12968,6 +12977,12 @@ static int vx_check_vector(const vecidx *ix, const float *v, float *inv_norm,
                       "%s is too short for the cosine metric: its norm %g is "
                       "below what float32 can invert",
                       what, sqrt(n2));
+    if (stored && n2 > ldexp(1.0, 2 * VX_COS_LONG))
+        return vx_err(ix, VECIDX_EINVAL,
+                      "%s is too long for the cosine metric: its norm %g is "
+                      "above 2^%d (%.3g), where its products with queries "
+                      "overflow float32",
+                      what, sqrt(n2), VX_COS_LONG, ldexp(1.0, VX_COS_LONG));
     if (inv_norm) *inv_norm = (float)(1.0 / sqrt(n2));
     return VECIDX_OK;
 }
@@ -13177,7 +13192,7 @@ static int vx_put(vecidx *ix, uint64_t key, const float *vec, int upsert)
     VX_NULL_CHECK(ix, vec, "vector");
     t0 = vx_now_ns();
     snprintf(what, sizeof what, "vector for key " VX_KEY_FMT, VX_KEY(key));
-    if ((rc = vx_check_vector(ix, vec, NULL, what)) == VECIDX_OK) {
+    if ((rc = vx_check_vector(ix, vec, NULL, 1, what)) == VECIDX_OK) {
         vx_write_begin(ix);
         rc = vx_put_locked(ix, key, vec, upsert);
         vx_write_end(ix);
@@ -13213,7 +13228,7 @@ static int vx_batch_validate(vecidx *ix, size_t n, const uint64_t *keys,
     for (i = 0; i < n; i++) {
         snprintf(what, sizeof what, "row %zu (key " VX_KEY_FMT ")", i,
                  VX_KEY(keys[i]));
-        rc = vx_check_vector(ix, vecs + i * (size_t)ix->p.dim, NULL, what);
+        rc = vx_check_vector(ix, vecs + i * (size_t)ix->p.dim, NULL, 1, what);
         if (rc != VECIDX_OK) return rc;
     }
     if (n < 2) return VECIDX_OK;
@@ -13458,7 +13473,8 @@ int vecidx_train(vecidx *ix, size_t n, const float *samples)
                       n, (unsigned)ix->p.ivf_nlist);
     for (i = 0; i < n && rc == VECIDX_OK; i++) {
         snprintf(what, sizeof what, "sample %zu", i);
-        rc = vx_check_vector(ix, samples + i * (size_t)ix->p.dim, NULL, what);
+        rc = vx_check_vector(ix, samples + i * (size_t)ix->p.dim, NULL, 0,
+                             what);
     }
     if (rc != VECIDX_OK) return rc;
     vx_write_begin(ix);
@@ -13968,7 +13984,7 @@ static int vx_search_one(vecidx *ix, const float *q, size_t k,
     int rc, far;
     memset(&vq, 0, sizeof vq);
     memset(&so, 0, sizeof so);
-    if ((rc = vx_check_vector(ix, q, &vq.inv_norm, "query")) != VECIDX_OK)
+    if ((rc = vx_check_vector(ix, q, &vq.inv_norm, 0, "query")) != VECIDX_OK)
         return rc;
     vq.v = q;
     if ((far = vx_query_far(ix, &vq)) != 0) {
@@ -14054,7 +14070,7 @@ static int vx_search_many(vecidx *ix, size_t nq, const float *queries, size_t k,
     for (i = 0; i < nq && rc == VECIDX_OK; i++) {
         snprintf(what, sizeof what, "query %zu", i);
         vq[i].v = queries + i * dim;
-        rc = vx_check_vector(ix, vq[i].v, &vq[i].inv_norm, what);
+        rc = vx_check_vector(ix, vq[i].v, &vq[i].inv_norm, 0, what);
         if (rc != VECIDX_OK || !(far = vx_query_far(ix, &vq[i]))) continue;
         if (!scaled &&
             !(scaled = vx_malloc(&ix->mem, nq * dim * sizeof(float))))
@@ -14340,7 +14356,7 @@ static int vx_sample_init(vecidx *ix, vx_sample *sm, size_t k, size_t nq,
         for (i = 0; i < nq && rc == VECIDX_OK; i++) {
             char what[48];
             snprintf(what, sizeof what, "query %zu", i);
-            rc = vx_check_vector(ix, queries + i * dim, NULL, what);
+            rc = vx_check_vector(ix, queries + i * dim, NULL, 0, what);
         }
         if (rc == VECIDX_OK) memcpy(sm->q, queries, nq * dim * sizeof(float));
     } else {

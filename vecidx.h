@@ -87,8 +87,8 @@ extern "C" {
 /* The version is defined here only; the build files read it from here. */
 #define VECIDX_VERSION_MAJOR 0
 #define VECIDX_VERSION_MINOR 5
-#define VECIDX_VERSION_PATCH 0
-#define VECIDX_VERSION_STRING "0.5.0"
+#define VECIDX_VERSION_PATCH 1
+#define VECIDX_VERSION_STRING "0.5.1"
 #define VECIDX_VERSION_NUMBER                                    \
     (VECIDX_VERSION_MAJOR * 10000 + VECIDX_VERSION_MINOR * 100 + \
      VECIDX_VERSION_PATCH)
@@ -152,8 +152,13 @@ enum {
 **                 vector of all zeros has no direction and is rejected with
 **                 VECIDX_EINVAL, for both stored vectors and queries, as is
 **                 one so short (norm below about 3e-39) that the inverse
-**                 of its norm overflows float32: a "zero vector" in the
-**                 error lists below includes those. A search scales a
+**                 of its norm overflows float32, and a vector to be
+**                 stored whose norm is above 2^100 (about 1.3e30), whose
+**                 products with queries would overflow float32: a "zero
+**                 vector" in the error lists below includes those (the
+**                 message says which; a file or log from before 0.5.1
+**                 that holds one still opens, and that vector may still
+**                 score -infinity against queries). A search scales a
 **                 query whose norm is far from 1 (beyond 2^+-20) by a
 **                 power of two first, so that its products with stored
 **                 vectors neither under- nor overflow float32; an HNSW

@@ -304,7 +304,8 @@ static unsigned fa_read_key(fa *s)
 /* Mostly multiples of 1/16 in [-8, 8); some copies of stored vectors (ties
 ** in every search), small integers (zero vectors), large values (beyond
 ** half precision), tiny ones, NaN and infinities. With `extreme`, also
-** values whose squares overflow float and float subnormals. `plain` keeps
+** values whose squares overflow float, vectors too long to store under
+** cosine, and float subnormals. `plain` keeps
 ** to the first kind, so that batches are not refused for one bad row in
 ** most inputs. */
 static void fa_gen_vec(fa *s, float *v, int plain)
@@ -313,6 +314,9 @@ static void fa_gen_vec(fa *s, float *v, int plain)
     unsigned style = fa_byte(&s->in), i, id, sub = (style / 32) % 3;
     float scale = 1;
     switch (plain ? 0 : style % 32) {
+    case 24:
+        if (s->extreme && sub == 2) scale = 1e36f;
+        break;
     case 26:
         for (i = 0; i < s->dim; i++)
             v[i] = (float)((int)(fa_byte(&s->in) % 5) - 2);
@@ -347,8 +351,9 @@ static void fa_gen_vec(fa *s, float *v, int plain)
 }
 
 /* A vector every call must refuse with VECIDX_EINVAL: non-finite, or under
-** cosine one whose norm is 0 or too small to invert in float. */
-static int fa_bad_vec(const fa *s, const float *v)
+** cosine one whose norm is 0 or too small to invert in float, or, to be
+** stored (`stored`), above 2^100. */
+static int fa_bad_vec(const fa *s, const float *v, int stored)
 {
     uint32_t i;
     double n2 = 0;
@@ -356,7 +361,9 @@ static int fa_bad_vec(const fa *s, const float *v)
         if (!isfinite(v[i])) return 1;
         n2 += (double)v[i] * v[i];
     }
-    return s->metric == VECIDX_COSINE && !(n2 > 0 && 1.0 / sqrt(n2) <= FLT_MAX);
+    return s->metric == VECIDX_COSINE &&
+           !(n2 > 0 && 1.0 / sqrt(n2) <= FLT_MAX &&
+             (!stored || n2 <= ldexp(1.0, 200)));
 }
 
 /* ---- distances ---------------------------------------------------------
@@ -771,7 +778,7 @@ static void fa_search(fa *s, vecidx *ix, size_t nq)
     int bad = 0, rc;
     for (i = 0; i < n; i++) {
         fa_gen_vec(s, s->q + i * s->dim, 0);
-        bad |= fa_bad_vec(s, s->q + i * s->dim);
+        bad |= fa_bad_vec(s, s->q + i * s->dim, 0);
     }
     k = fa_read_k(s);
     fa_read_sopts(s, &so);
@@ -859,7 +866,7 @@ static void fa_apply_wop(fa *s, const fa_wop *w, int rc)
     unsigned err = 0, ro = s->mode == FA_RO, dup = 0;
     size_t i, j;
     for (i = 0; i < w->n; i++) {
-        if (w->op != FA_W_REMOVE && fa_bad_vec(s, w->v + i * s->dim))
+        if (w->op != FA_W_REMOVE && fa_bad_vec(s, w->v + i * s->dim, 1))
             err |= FA_B(VECIDX_EINVAL);
         for (j = 0; j < i; j++) dup |= w->id[j] == w->id[i];
     }
@@ -1049,7 +1056,7 @@ static void fa_train(fa *s)
     int bad = 0, rc;
     for (i = 0; i < n; i++) {
         fa_gen_vec(s, s->train + i * s->dim, n % 4 != 3);
-        bad |= fa_bad_vec(s, s->train + i * s->dim);
+        bad |= fa_bad_vec(s, s->train + i * s->dim, 0);
     }
     rc = vecidx_train(s->ix, n, n ? s->train : NULL);
     if (n == 0 || bad) err |= FA_B(VECIDX_EINVAL);

@@ -702,6 +702,62 @@ void test_cosine_far_norms(void)
         }
 }
 
+/* Under cosine a stored vector longer than 2^100 is refused, by add,
+** upsert and add_batch, and leaves the index as it was: one of norm 1e36
+** scored -inf against every query (its float32 dot products overflow)
+** and so came first in every result. Just under the bound it is stored
+** and scored rightly, and a query may be as long as it likes. */
+void test_cosine_long_refused(void)
+{
+    enum {
+        DIM = 8
+    };
+    static const int kinds[3] = {VECIDX_FLAT, VECIDX_HNSW, VECIDX_IVFPQ};
+    int ki;
+    for (ki = 0; ki < 3; ki++) {
+        vecidx *ix = vt_create(kinds[ki], VECIDX_COSINE, DIM, 1);
+        float a[DIM] = {1, 0, 0, 0, 0, 0, 0, 0}, b[DIM] = {0, 1};
+        float longv[DIM], under[DIM], q[DIM], d[3];
+        float rows[2 * DIM];
+        uint64_t keys[3], bk[2] = {10, 11};
+        size_t i, found;
+        vecidx_stats_t st;
+        if (!ix) return;
+        for (i = 0; i < DIM; i++) {
+            longv[i] = i == 2 ? 1e36f : 0.0f;
+            under[i] = i == 3 ? ldexpf(1.0f, 99) : 0.0f;
+        }
+        CHECK_OK(vecidx_add(ix, 1, a));
+        CHECK_OK(vecidx_add(ix, 2, b));
+        CHECK_RC(vecidx_add(ix, 3, longv), VECIDX_EINVAL);
+        CHECK(strstr(vecidx_errmsg(ix), "too long") != NULL);
+        CHECK_RC(vecidx_upsert(ix, 1, longv), VECIDX_EINVAL);
+        memcpy(rows, b, sizeof b);
+        memcpy(rows + DIM, longv, sizeof longv);
+        CHECK_RC(vecidx_add_batch(ix, 2, bk, rows), VECIDX_EINVAL);
+        CHECK(strstr(vecidx_errmsg(ix), "row 1") != NULL);
+        CHECK_OK(vecidx_stats(ix, &st));
+        CHECK_EQ_U64(st.count, 2);
+        CHECK_OK(vecidx_add(ix, 4, under));
+        /* a long query, pointing as a does: a first, at 0 */
+        memcpy(q, a, sizeof q);
+        q[0] = 3e37f;
+        CHECK_OK(vecidx_search(ix, q, 3, NULL, keys, d, &found));
+        CHECKF(found == 3 && keys[0] == 1 && fabsf(d[0]) <= 1e-6f &&
+                   fabsf(d[1] - 1.0f) <= 1e-6f,
+               "kind %d: found %zu, first %llu at %g, then %g", kinds[ki],
+               found, (unsigned long long)keys[0], (double)d[0], (double)d[1]);
+        /* the one just under the bound, found by its own direction */
+        memcpy(q, under, sizeof q);
+        q[3] = 1.0f;
+        CHECK_OK(vecidx_search(ix, q, 1, NULL, keys, d, &found));
+        CHECKF(found == 1 && keys[0] == 4 && fabsf(d[0]) <= 1e-6f,
+               "kind %d: found %llu at %g", kinds[ki],
+               (unsigned long long)keys[0], (double)d[0]);
+        vecidx_close(ix);
+    }
+}
+
 /* ---- reserve ----------------------------------------------------------- */
 
 void test_flat_reserve(void)

@@ -48,6 +48,7 @@
     X(flat_upsert)                           \
     X(flat_cosine_stores_vectors_as_given)   \
     X(cosine_far_norms)                      \
+    X(cosine_long_refused)                   \
     X(flat_reserve)                          \
     X(flat_determinism)                      \
     X(batch_add)                             \
