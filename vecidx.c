@@ -8411,6 +8411,8 @@ typedef struct vx_ivf_sw {
     size_t floats;
     vx_topk probe, cand; /* a search sets probe.k to the lists it ranks */
     size_t probe_cap;    /* so the block's size is kept here */
+    int ranked;          /* coarse holds the query's distances to every
+                            centroid (flat quantizer) */
 } vx_ivf_sw;
 
 /* nprobe 0: for a search that scores entries one by one and probes no
@@ -8498,7 +8500,10 @@ static int vx_ivf_probe(vecidx *ix, vx_ivf_sw *w, const float *qv,
         w->probe.n = found;
         return VECIDX_OK;
     }
-    vx_ivf_coarse(ix, qv, w->coarse);
+    /* A filtered search ranks again, for more lists, with the same
+    ** distances: they are computed once. */
+    if (!w->ranked) vx_ivf_coarse(ix, qv, w->coarse);
+    w->ranked = 1;
     for (c = 0; c < v->nlist; c++) {
         float d = w->coarse[c] + qq;
         if (vx_topk_admits(&w->probe, d, c)) vx_topk_push(&w->probe, d, c);
