@@ -8477,16 +8477,27 @@ static const float *vx_ivf_query(const vecidx *ix, const vx_query *q,
     return w->qn;
 }
 
-/* The nprobe lists to scan, into w->probe (distance = the exact coarse
-** distance: |q-c|^2, or -q.c). */
+/* The nprobe lists to scan, closest first, into w->probe (distance = the
+** exact coarse distance: |q-c|^2, or -q.c), by the coarse graph if there
+** is one, else by every centroid's distance. A filtered search ranks
+** again, for more lists (`again`): by the graph only while it is asked
+** for under 1 / VX_IVF_GRAPH_SPAN of the lists, since a graph walk of
+** breadth 2 * nprobe scores tens of centroids per list it returns, at
+** random places, where the scan streams them; the scan's distances are
+** computed once a search. Measured against the graph alone, 50k x 128
+** clustered, 4,096 lists, nprobe 8: far sets of 30 % and 10 % took 0.84x
+** and 0.57x the time, recall the same (60k x 16, far 30 %: 0.60x).
+** Unfiltered searches ranked so took 0.90 / 0.81x the time at nprobe 64 /
+** 128, 0.99-1.02x at 16-32; they keep the quantizer asked for. */
+#define VX_IVF_GRAPH_SPAN 128
 static int vx_ivf_probe(vecidx *ix, vx_ivf_sw *w, const float *qv,
-                        size_t nprobe)
+                        size_t nprobe, int again)
 {
     const vx_ivf *v = &ix->ivf;
     float qq = ix->p.metric == VECIDX_L2 ? ix->kern->dot(qv, qv, ix->p.dim)
                                          : 0.0f;
     uint32_t c;
-    if (v->cq) {
+    if (v->cq && (!again || nprobe * VX_IVF_GRAPH_SPAN < v->nlist)) {
         vecidx_search_opts o;
         size_t found;
         int rc;
@@ -8500,14 +8511,13 @@ static int vx_ivf_probe(vecidx *ix, vx_ivf_sw *w, const float *qv,
         w->probe.n = found;
         return VECIDX_OK;
     }
-    /* A filtered search ranks again, for more lists, with the same
-    ** distances: they are computed once. */
     if (!w->ranked) vx_ivf_coarse(ix, qv, w->coarse);
     w->ranked = 1;
     for (c = 0; c < v->nlist; c++) {
         float d = w->coarse[c] + qq;
         if (vx_topk_admits(&w->probe, d, c)) vx_topk_push(&w->probe, d, c);
     }
+    vx_topk_sort(&w->probe); /* closest list first, as the graph gives */
     return VECIDX_OK;
 }
 
@@ -8872,15 +8882,13 @@ static int vx_ivf_probe_lists(vecidx *ix, vx_ivf_sw *w, const float *qv,
 {
     const vx_ivf *v = &ix->ivf;
     size_t cur = a ? how->least : nprobe, i;
-    int rc;
+    int rc, again = 0;
     memset(m, 0, sizeof *m);
     memset(w->probed, 0, ((size_t)v->nlist + 63) / 64 * sizeof *w->probed);
     for (;;) {
         w->probe.k = cur;
         w->probe.n = 0;
-        if ((rc = vx_ivf_probe(ix, w, qv, cur)) != VECIDX_OK) return rc;
-        /* closest list first (the coarse index returns them sorted) */
-        if (!v->cq) vx_topk_sort(&w->probe);
+        if ((rc = vx_ivf_probe(ix, w, qv, cur, again)) != VECIDX_OK) return rc;
         for (i = 0; i < w->probe.n; i++) {
             uint32_t li = (uint32_t)w->probe.id[i];
             float bias = w->probe.d[i];
@@ -8903,6 +8911,7 @@ static int vx_ivf_probe_lists(vecidx *ix, vx_ivf_sw *w, const float *qv,
         }
         if (!a || cur >= nprobe) return VECIDX_OK;
         cur = cur > nprobe / 4 ? nprobe : cur * 4;
+        again = 1;
     }
 }
 

@@ -281,7 +281,11 @@ typedef struct vecidx_params {
                                 nlist >= 8192; VECIDX_QUANT_FLAT;
                                 VECIDX_QUANT_HNSW. The graph is linked on
                                 one thread, so probes do not depend on
-                                params.threads, and rebuilt at every open */
+                                params.threads, and rebuilt at every open.
+                                A filtered search that ranks again for
+                                more lists (see vecidx_search) scans the
+                                centroids when it asks for nlist / 128
+                                lists or more, which is then faster */
     uint32_t ivf_train_size;   /* vectors buffered before an untrained index
                                trains itself; 0 = max(39 * nlist, 10000)
                                with nlist = 256 when ivf_nlist is 0

@@ -1435,6 +1435,78 @@ static int vt_low_admit(uint64_t key, void *ctx)
     return 0;
 }
 
+/* A filtered IVF-PQ search ranks again for more lists (vx_ivf_probe,
+** again = 1); with the coarse graph, once it asks for nlist /
+** VX_IVF_GRAPH_SPAN lists or more, by every centroid's distance: that
+** ranking must be the flat quantizer's, list for list and distance for
+** distance, on a twin with the same model (same seed, data and params
+** but the quantizer), closest first, with no closer list left out. The
+** graph's own ranking (again = 0) differs here. */
+void test_ivf_rank_again(void)
+{
+    enum {
+        N = 3000,
+        DIM = 8,
+        NLIST = 256,
+        CUR = 2 * NLIST / VX_IVF_GRAPH_SPAN
+    };
+    vt_rng r = {808};
+    float *x = vt_xmalloc((size_t)N * DIM * sizeof *x), q[DIM];
+    uint64_t *keys = vt_xmalloc(N * sizeof *keys);
+    vecidx *ix[2] = {NULL, NULL};
+    size_t i, t, j;
+    vt_fill_uniform(&r, x, (size_t)N * DIM, -1.0f, 1.0f);
+    for (i = 0; i < N; i++) keys[i] = i;
+    for (t = 0; t < 2; t++) {
+        vecidx_params p;
+        CHECK_OK(vecidx_params_init(&p, VECIDX_IVFPQ, VECIDX_L2, DIM));
+        p.threads = 1;
+        p.ivf_nlist = NLIST;
+        p.pq_m = 4;
+        p.ivf_quantizer = t ? VECIDX_QUANT_HNSW : VECIDX_QUANT_FLAT;
+        CHECK_OK(vecidx_create(&p, &ix[t]));
+        if (!ix[t]) goto out;
+        CHECK_OK(vecidx_train(ix[t], N, x));
+    }
+    CHECK(ix[1]->ivf.cq != NULL && ix[0]->ivf.cq == NULL);
+    for (i = 0; i < 20; i++) {
+        vx_ivf_sw w[2];
+        vt_fill_uniform(&r, q, DIM, -1.0f, 1.0f);
+        for (t = 0; t < 2; t++) {
+            CHECK_OK(vx_ivf_sw_alloc(ix[t], &w[t], CUR, NULL, 0));
+            w[t].probe.k = CUR;
+            w[t].probe.n = 0;
+            CHECK_OK(vx_ivf_probe(ix[t], &w[t], q, CUR, (int)t));
+        }
+        CHECK_EQ_U64(w[1].probe.n, CUR);
+        /* closest first, and no list left out is closer than the last */
+        for (j = 1; j < w[1].probe.n; j++)
+            CHECK(w[1].probe.d[j - 1] <= w[1].probe.d[j]);
+        for (j = 0; j < NLIST && w[1].probe.n == CUR; j++) {
+            float qq = ix[1]->kern->dot(q, q, DIM), d = w[1].coarse[j] + qq;
+            size_t m;
+            for (m = 0; m < CUR && w[1].probe.id[m] != j; m++) continue;
+            CHECKF(m < CUR || d >= w[1].probe.d[CUR - 1],
+                   "query %zu: list %zu at %g left out, the last at %g", i, j,
+                   (double)d, (double)w[1].probe.d[CUR - 1]);
+        }
+        for (j = 0; j < CUR && j < w[0].probe.n && j < w[1].probe.n; j++)
+            CHECKF(w[0].probe.id[j] == w[1].probe.id[j] &&
+                       w[0].probe.d[j] == w[1].probe.d[j],
+                   "query %zu, list %zu: %llu at %g, flat quantizer %llu at %g",
+                   i, j, (unsigned long long)w[1].probe.id[j],
+                   (double)w[1].probe.d[j],
+                   (unsigned long long)w[0].probe.id[j],
+                   (double)w[0].probe.d[j]);
+        for (t = 0; t < 2; t++) vx_ivf_sw_free(ix[t], &w[t]);
+    }
+out:
+    vecidx_close(ix[0]);
+    vecidx_close(ix[1]);
+    free(x);
+    free(keys);
+}
+
 /* The estimate of a callback gives a low end (card_low) only where even
 ** its longer sample found a handful: 4 keys of 20k placed where it asks
 ** show 4 of 2,048 (read as 0.2 %, 0.5 / 2,048 at the low end); 8 show 8

@@ -142,6 +142,7 @@
     X(filter_hnsw_far_seeds)                 \
     X(filter_callback_estimate)              \
     X(filter_sample_low)                     \
+    X(ivf_rank_again)                        \
     X(filter_hnsw_int8)                      \
     X(filter_hnsw_int8_kept)                 \
     X(filter_ivfpq)                          \
