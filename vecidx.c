@@ -4405,6 +4405,11 @@ typedef struct vx_hnsw_scratch {
     uint32_t ncut;
     float cut_at[VX_CUT_LOOKS];
     float cut_part[VX_CUT_LOOKS];
+    /* Under cosine with float32 vectors: room for a node seen as a query
+    ** (vx_node_query) scaled near norm 1, for the node a write links
+    ** (qnode) and for those it passes (qpass); NULL otherwise. */
+    float *qbuf, *qnode, *qpass;
+    size_t qbuf_cap;
 } vx_hnsw_scratch;
 
 typedef struct vx_hnsw {
@@ -5908,13 +5913,31 @@ static inline float vx_qdist(const vecidx *ix, const vx_query *q, uint32_t slot)
     }
 }
 
+static int vx_query_far(const vecidx *ix, const vx_query *q);
+static void vx_query_scale(const vecidx *ix, vx_query *q, int e, float *dst);
+
+/* Whether nodes seen as queries are scored by their float32 vectors under
+** cosine, which vx_node_query then scales when far from norm 1. */
+static inline int vx_node_scales(const vx_store *s)
+{
+    return s->cosine &&
+           (s->store == VECIDX_STORE_F32 || s->store == VECIDX_STORE_BIN);
+}
+
 /* A stored node seen as a query, for distances between nodes: its code
 ** under int8 storage; its float32 vector under binary storage, whose
-** graphs are built on exact distances (sign bits alone link poorly). */
-static inline vx_query vx_node_query(const vecidx *ix, uint32_t slot)
+** graphs are built on exact distances (sign bits alone link poorly).
+** Under cosine a float32 vector far from norm 1 is scaled by a power of
+** two into buf (dim floats; NULL: left as it is), as a search scales its
+** query: two stored vectors of norm 1e20 have a dot product past float32,
+** and a graph of such vectors, every distance -inf, was linked at random
+** (recall@10 0.006 at 5k x 32, 0.95 at norm 1). */
+static inline vx_query vx_node_query(const vecidx *ix, uint32_t slot,
+                                     float *buf)
 {
     const vx_store *s = &ix->store;
     vx_query q;
+    int e;
     q.v = vx_store_vec(s, slot);
     q.inv_norm = s->cosine ? vx_store_inorm(s, slot) : 0.0f;
     q.code = q.v;
@@ -5926,6 +5949,8 @@ static inline vx_query vx_node_query(const vecidx *ix, uint32_t slot)
         q.v = vx_store_full(s, slot);
     else if (s->store == VECIDX_STORE_F16)
         q.v = NULL; /* the half-precision code is the query */
+    if (buf && vx_node_scales(s) && (e = vx_query_far(ix, &q)) != 0)
+        vx_query_scale(ix, &q, e, buf);
     return q;
 }
 
@@ -5939,6 +5964,7 @@ static void vx_scratch_free(vx_mem *mem, vx_hnsw_scratch *s)
     vx_free(mem, s->sel, s->sel_cap * sizeof *s->sel);
     vx_free(mem, s->up, s->up_cap * sizeof *s->up);
     vx_free(mem, s->ids, s->ids_cap * sizeof *s->ids);
+    vx_free(mem, s->qbuf, s->qbuf_cap * sizeof *s->qbuf);
     vx_free(mem, s, sizeof *s);
 }
 
@@ -5963,6 +5989,13 @@ static int vx_scratch_fit(vecidx *ix, vx_hnsw_scratch *s, size_t ef)
         vx_grow(&ix->mem, (void **)&s->sel, &s->sel_cap, sel, sizeof *s->sel) ||
         vx_grow(&ix->mem, (void **)&s->ids, &s->ids_cap, sel, sizeof *s->ids))
         return VECIDX_ENOMEM;
+    if (vx_node_scales(&ix->store)) {
+        if (vx_grow(&ix->mem, (void **)&s->qbuf, &s->qbuf_cap,
+                    2 * (size_t)ix->store.dim, sizeof *s->qbuf))
+            return VECIDX_ENOMEM;
+        s->qnode = s->qbuf;
+        s->qpass = s->qbuf + ix->store.dim;
+    }
     return VECIDX_OK;
 }
 
@@ -6524,11 +6557,11 @@ static int vx_cand_cmp(const void *a, const void *b)
 ** inner-product distances, which can be negative). c must be sorted by
 ** vx_cand_cmp. Keeps at most m; returns how many. */
 static size_t vx_hnsw_select(const vecidx *ix, vx_cand *c, size_t n, size_t m,
-                             float slack)
+                             float slack, float *buf)
 {
     size_t i, j, kept = 0;
     for (i = 0; i < n && kept < m; i++) {
-        vx_query qi = vx_node_query(ix, c[i].slot);
+        vx_query qi = vx_node_query(ix, c[i].slot, buf);
         int good = 1;
         for (j = 0; j < kept && good; j++) {
             float dk = vx_qdist(ix, &qi, c[j].slot);
@@ -6565,8 +6598,8 @@ static void vx_hnsw_set_links(vecidx *ix, uint32_t slot, int l,
 ** / 0.9853 / 0.9906 against 0.9649 / 0.9806 / 0.9888, at the same speed;
 ** on the churn test's data (17 seeds), churned graphs at most 0.005
 ** below a fresh build against 0.0205 before. */
-static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
-                              uint32_t newcomer, float d, int l)
+static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, float *buf,
+                              uint32_t node, uint32_t newcomer, float d, int l)
 {
     uint32_t *links = vx_hnsw_links(ix, node, l);
     uint32_t cap = l ? ix->hnsw.m : ix->hnsw.m0, n, i, far = 0;
@@ -6585,7 +6618,7 @@ static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
         vx_hnsw_unlock(ix, node);
         return;
     }
-    qn = vx_node_query(ix, node);
+    qn = vx_node_query(ix, node, buf);
     for (i = 0; i < n; i++) {
         tmp[i].slot = vx_lget(links, i);
         tmp[i].d = vx_qdist(ix, &qn, tmp[i].slot);
@@ -6598,7 +6631,7 @@ static void vx_hnsw_link_back(vecidx *ix, vx_cand *tmp, uint32_t node,
         tmp[n].d = d;
         qsort(tmp, n + 1, sizeof *tmp, vx_cand_cmp);
         vx_hnsw_set_links(ix, node, l, tmp,
-                          vx_hnsw_select(ix, tmp, n + 1, cap, 0));
+                          vx_hnsw_select(ix, tmp, n + 1, cap, 0, buf));
     }
     vx_hnsw_unlock(ix, node);
 }
@@ -6614,7 +6647,7 @@ static size_t vx_hnsw_choose(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
     for (i = n = 0; i < s->nres; i++) /* a parallel peer may link us */
         if (s->res[i].slot != slot) s->sel[n++] = s->res[i];
     qsort(s->sel, n, sizeof *s->sel, vx_cand_cmp);
-    n = vx_hnsw_select(ix, s->sel, n, cap, 0);
+    n = vx_hnsw_select(ix, s->sel, n, cap, 0, s->qpass);
     if (own) {
         vx_hnsw_lock(ix, slot);
         vx_hnsw_set_links(ix, slot, l, s->sel, n);
@@ -6624,13 +6657,14 @@ static size_t vx_hnsw_choose(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
 }
 
 /* Offer slot to the lists at level l of the n neighbours in nb; tmp has
-** room for a full list and one more (vx_hnsw_link_back). */
-static void vx_hnsw_link_all(vecidx *ix, vx_cand *tmp, const vx_cand *nb,
-                             size_t n, uint32_t slot, int l)
+** room for a full list and one more (vx_hnsw_link_back), buf for a node
+** query (vx_node_query). */
+static void vx_hnsw_link_all(vecidx *ix, vx_cand *tmp, float *buf,
+                             const vx_cand *nb, size_t n, uint32_t slot, int l)
 {
     size_t i;
     for (i = 0; i < n; i++)
-        vx_hnsw_link_back(ix, tmp, nb[i].slot, slot, nb[i].d, l);
+        vx_hnsw_link_back(ix, tmp, buf, nb[i].slot, slot, nb[i].d, l);
 }
 
 /* vx_hnsw_choose, then slot offered to the chosen. */
@@ -6638,7 +6672,7 @@ static void vx_hnsw_connect(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot,
                             const vx_query *q, vx_cand cur, int l, int own)
 {
     size_t n = vx_hnsw_choose(ix, s, slot, q, cur, l, own);
-    vx_hnsw_link_all(ix, s->sel + n, s->sel, n, slot, l);
+    vx_hnsw_link_all(ix, s->sel + n, s->qpass, s->sel, n, slot, l);
 }
 
 /* Link a stored node (vector, level and empty lists already in place)
@@ -6656,7 +6690,7 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
 {
     vx_hnsw *h = &ix->hnsw;
     int level = vx_hnsw_level(ix, slot), maxl, l, low;
-    vx_query q = vx_node_query(ix, slot);
+    vx_query q = vx_node_query(ix, slot, s->qnode);
     vx_cand cur;
     size_t n, nup = 0, cnt[VX_HNSW_MAX_LEVEL + 1];
     if (h->locking) pthread_mutex_lock(&h->entry_lock);
@@ -6676,7 +6710,7 @@ static void vx_hnsw_insert(vecidx *ix, vx_hnsw_scratch *s, uint32_t slot)
     }
     vx_hnsw_connect(ix, s, slot, &q, cur, 0, 1);
     for (l = low, nup = 0; l > 0; nup += cnt[l--])
-        vx_hnsw_link_all(ix, s->sel, s->up + nup, cnt[l], slot, l);
+        vx_hnsw_link_all(ix, s->sel, s->qpass, s->up + nup, cnt[l], slot, l);
     if (level > maxl) {
         int top;
         if (h->locking) pthread_mutex_lock(&h->entry_lock);
@@ -7363,7 +7397,7 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     if (i == n) return 0;
     vx_scratch_new_visit(s);
     s->visit[y] = s->epoch;
-    qy = vx_node_query(ix, y);
+    qy = vx_node_query(ix, y, s->qnode);
     for (i = 0; i < n; i++) {
         uint32_t z = vx_lget(links, i);
         if (vx_store_live(st, z) != VX_LIVE) continue;
@@ -7390,7 +7424,7 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     qsort(s->sel + kept, nc - kept, sizeof *s->sel, vx_cand_cmp);
     if (nc - kept > bound) nc = kept + bound;
     nc = kept + vx_hnsw_select(ix, s->sel + kept, nc - kept, cap - kept,
-                               ip ? 0.0f : VX_HNSW_REPAIR_SLACK);
+                               ip ? 0.0f : VX_HNSW_REPAIR_SLACK, s->qpass);
     vx_hnsw_set_links(ix, y, l, s->sel, nc);
     if (mark && (l == 0 || !mark[y])) {
         /* Where y's new level-0 links start (none new if only an upper
@@ -7427,14 +7461,15 @@ static void vx_hnsw_drop_doomed(vecidx *ix, vx_hnsw_scratch *s, uint32_t y)
 static void vx_hnsw_link_repaired(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
                                   uint8_t mark)
 {
-    vx_query qy = vx_node_query(ix, y);
+    vx_query qy = vx_node_query(ix, y, s->qnode);
     uint32_t i;
     int l;
     for (l = 0; l <= vx_hnsw_level(ix, y); l++) {
         const uint32_t *links = vx_hnsw_links(ix, y, l);
         for (i = l ? 0 : mark - 1u; i < vx_lcount(links); i++) {
             uint32_t z = vx_lget(links, i);
-            vx_hnsw_link_back(ix, s->sel, z, y, vx_qdist(ix, &qy, z), l);
+            vx_hnsw_link_back(ix, s->sel, s->qpass, z, y, vx_qdist(ix, &qy, z),
+                              l);
         }
     }
 }
@@ -7459,7 +7494,7 @@ static void vx_hnsw_mark_from(vecidx *ix, uint8_t *mark, uint32_t y, int l)
 static void vx_hnsw_offer_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
                                int l)
 {
-    vx_query q = vx_node_query(ix, y);
+    vx_query q = vx_node_query(ix, y, s->qnode);
     vx_cand cur;
     int k, maxlevel;
     cur.slot = vx_hnsw_top(&ix->hnsw, &maxlevel);

@@ -373,6 +373,62 @@ void test_hnsw_deletes_recall(void)
     }
 }
 
+/* Cosine is blind to scale, and so is the graph: the same vectors times
+** 2^70 or 2^-70 (float32 storage, and binary codes with kept vectors,
+** whose graph is built on exact distances) give the same graph, so the
+** same answers at the same distances, as at norm 1, one thread building.
+** Nodes compared with nodes as queries used to be left unscaled: two of
+** norm 2^70 have a dot product past float32, every distance was -inf and
+** the graph linked at random (recall@10 0.006 at 5k x 32 and norm 1e20,
+** 0.95 at norm 1). */
+void test_hnsw_cosine_far_norms(void)
+{
+    enum {
+        N = 2000,
+        DIM = 16,
+        NQ = 20,
+        K = 10
+    };
+    static const int exps[3] = {0, 70, -70};
+    static const uint32_t stores[2] = {VECIDX_STORE_F32, VECIDX_STORE_BIN};
+    vt_rng r = {7070};
+    float *v = vt_xmalloc((size_t)N * DIM * sizeof *v);
+    float *sv = vt_xmalloc((size_t)N * DIM * sizeof *sv);
+    float q[NQ * DIM], d0[NQ * K], d[NQ * K];
+    uint64_t keys[N], k0[NQ * K], k[NQ * K];
+    size_t i, st, e, f0[NQ], f[NQ];
+    vt_fill_clustered(&r, v, N, DIM, 12);
+    vt_fill_uniform(&r, q, NQ * DIM, -1.0f, 1.0f);
+    for (i = 0; i < N; i++) keys[i] = i;
+    for (st = 0; st < 2; st++)
+        for (e = 0; e < 3; e++) {
+            vecidx_params p;
+            vecidx *ix = NULL;
+            CHECK_OK(vecidx_params_init(&p, VECIDX_HNSW, VECIDX_COSINE, DIM));
+            p.threads = 1;
+            p.storage = stores[st];
+            p.keep_vectors = stores[st] == VECIDX_STORE_BIN;
+            CHECK_OK(vecidx_create(&p, &ix));
+            if (!ix) break;
+            for (i = 0; i < (size_t)N * DIM; i++) sv[i] = ldexpf(v[i], exps[e]);
+            CHECK_OK(vecidx_add_batch(ix, N, keys, sv));
+            CHECK_OK(vecidx_search_batch(ix, NQ, q, K, NULL, e ? k : k0,
+                                         e ? d : d0, e ? f : f0));
+            for (i = 0; e && i < NQ; i++)
+                CHECKF(f[i] == f0[i] &&
+                           memcmp(k + i * K, k0 + i * K, K * sizeof *k) == 0 &&
+                           memcmp(d + i * K, d0 + i * K, K * sizeof *d) == 0,
+                       "storage %u, norms 2^%d: query %zu found %llu at %g, "
+                       "at norm 1 %llu at %g",
+                       (unsigned)stores[st], exps[e], i,
+                       (unsigned long long)k[i * K], (double)d[i * K],
+                       (unsigned long long)k0[i * K], (double)d0[i * K]);
+            vecidx_close(ix);
+        }
+    free(v);
+    free(sv);
+}
+
 void test_hnsw_determinism(void)
 {
     vt_determinism(VECIDX_HNSW, VECIDX_L2);

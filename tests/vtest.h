@@ -71,6 +71,7 @@
     X(hnsw_recall)                           \
     X(hnsw_deletes_recall)                   \
     X(hnsw_determinism)                      \
+    X(hnsw_cosine_far_norms)                 \
     X(concurrency_flat_search_while_writing) \
     X(concurrency_flat_batch_while_writing)  \
     X(concurrency_flat_scan_while_appending) \
