@@ -702,11 +702,12 @@ void test_cosine_far_norms(void)
         }
 }
 
-/* Under cosine a stored vector longer than 2^100 is refused, by add,
-** upsert and add_batch, and leaves the index as it was: one of norm 1e36
-** scored -inf against every query (its float32 dot products overflow)
-** and so came first in every result. Just under the bound it is stored
-** and scored rightly, and a query may be as long as it likes. */
+/* Under cosine a stored vector longer than 2^100 (by 1 %, too) is
+** refused, by add, upsert and add_batch, and leaves the index as it was:
+** one of norm 1e36 scored -inf against every query (its float32 dot
+** products overflow) and so came first in every result. Just under the
+** bound it is stored and scored rightly, and a query may be as long as
+** it likes. */
 void test_cosine_long_refused(void)
 {
     enum {
@@ -717,7 +718,7 @@ void test_cosine_long_refused(void)
     for (ki = 0; ki < 3; ki++) {
         vecidx *ix = vt_create(kinds[ki], VECIDX_COSINE, DIM, 1);
         float a[DIM] = {1, 0, 0, 0, 0, 0, 0, 0}, b[DIM] = {0, 1};
-        float longv[DIM], under[DIM], q[DIM], d[3];
+        float longv[DIM], under[DIM], just[DIM], q[DIM], d[3];
         float rows[2 * DIM];
         uint64_t keys[3], bk[2] = {10, 11};
         size_t i, found;
@@ -726,12 +727,17 @@ void test_cosine_long_refused(void)
         for (i = 0; i < DIM; i++) {
             longv[i] = i == 2 ? 1e36f : 0.0f;
             under[i] = i == 3 ? ldexpf(1.0f, 99) : 0.0f;
+            /* past the bound by 1 %, and 3 % under it */
+            just[i] = i == 5 ? ldexpf(1.01f, 100) : 0.0f;
         }
         CHECK_OK(vecidx_add(ix, 1, a));
         CHECK_OK(vecidx_add(ix, 2, b));
         CHECK_RC(vecidx_add(ix, 3, longv), VECIDX_EINVAL);
         CHECK(strstr(vecidx_errmsg(ix), "too long") != NULL);
         CHECK_RC(vecidx_upsert(ix, 1, longv), VECIDX_EINVAL);
+        CHECK_RC(vecidx_add(ix, 3, just), VECIDX_EINVAL);
+        just[5] = ldexpf(0.97f, 100);
+        just[4] = ldexpf(0.1f, 100);
         memcpy(rows, b, sizeof b);
         memcpy(rows + DIM, longv, sizeof longv);
         CHECK_RC(vecidx_add_batch(ix, 2, bk, rows), VECIDX_EINVAL);
@@ -739,6 +745,7 @@ void test_cosine_long_refused(void)
         CHECK_OK(vecidx_stats(ix, &st));
         CHECK_EQ_U64(st.count, 2);
         CHECK_OK(vecidx_add(ix, 4, under));
+        CHECK_OK(vecidx_add(ix, 5, just));
         /* a long query, pointing as a does: a first, at 0 */
         memcpy(q, a, sizeof q);
         q[0] = 3e37f;
@@ -747,11 +754,16 @@ void test_cosine_long_refused(void)
                    fabsf(d[1] - 1.0f) <= 1e-6f,
                "kind %d: found %zu, first %llu at %g, then %g", kinds[ki],
                found, (unsigned long long)keys[0], (double)d[0], (double)d[1]);
-        /* the one just under the bound, found by its own direction */
+        /* the two under the bound, each found by its own direction */
         memcpy(q, under, sizeof q);
         q[3] = 1.0f;
         CHECK_OK(vecidx_search(ix, q, 1, NULL, keys, d, &found));
         CHECKF(found == 1 && keys[0] == 4 && fabsf(d[0]) <= 1e-6f,
+               "kind %d: found %llu at %g", kinds[ki],
+               (unsigned long long)keys[0], (double)d[0]);
+        for (i = 0; i < DIM; i++) q[i] = ldexpf(just[i], -100);
+        CHECK_OK(vecidx_search(ix, q, 2, NULL, keys, d, &found));
+        CHECKF(found == 2 && keys[0] == 5 && fabsf(d[0]) <= 1e-6f,
                "kind %d: found %llu at %g", kinds[ki],
                (unsigned long long)keys[0], (double)d[0]);
         vecidx_close(ix);

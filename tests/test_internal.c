@@ -1440,8 +1440,9 @@ static int vt_low_admit(uint64_t key, void *ctx)
 ** VX_IVF_GRAPH_SPAN lists or more, by every centroid's distance: that
 ** ranking must be the flat quantizer's, list for list and distance for
 ** distance, on a twin with the same model (same seed, data and params
-** but the quantizer), closest first, with no closer list left out. The
-** graph's own ranking (again = 0) differs here. */
+** but the quantizer), closest first, with no closer list left out, also
+** after a first round by the graph in the same search. The graph's own
+** ranking (again = 0) differs here. */
 void test_ivf_rank_again(void)
 {
     enum {
@@ -1474,6 +1475,10 @@ void test_ivf_rank_again(void)
         vt_fill_uniform(&r, q, DIM, -1.0f, 1.0f);
         for (t = 0; t < 2; t++) {
             CHECK_OK(vx_ivf_sw_alloc(ix[t], &w[t], CUR, NULL, 0));
+            /* the graph's first round, then the scan's, as a search */
+            w[t].probe.k = 1;
+            w[t].probe.n = 0;
+            CHECK_OK(vx_ivf_probe(ix[t], &w[t], q, 1, 0));
             w[t].probe.k = CUR;
             w[t].probe.n = 0;
             CHECK_OK(vx_ivf_probe(ix[t], &w[t], q, CUR, (int)t));

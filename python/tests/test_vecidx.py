@@ -540,6 +540,18 @@ def test_cosine_zero_rejected_before_any_upsert():
     assert 2 not in ix
 
 
+@pytest.mark.parametrize("bad", [1e35, 1e-40])
+def test_cosine_too_long_or_short_rejected_before_any_upsert(bad):
+    ix = vecidx.Index(4, kind="flat", metric="cos")
+    ix.add(1, [1, 0, 0, 0])
+    with pytest.raises(vecidx.InvalidArgumentError):
+        ix.upsert([1, 2], [[0, 1, 0, 0], [0, 0, bad, 0]])
+    np.testing.assert_array_equal(ix.get(1), [1, 0, 0, 0])
+    assert 2 not in ix
+    with pytest.raises(vecidx.InvalidArgumentError):
+        ix.add(3, [0, 0, bad, 0])
+
+
 # ---- Writing and reading ----------------------------------------------------
 
 @NEEDS_KEYS

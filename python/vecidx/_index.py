@@ -841,6 +841,16 @@ class Index:
                 raise InvalidArgumentError(
                     "row %d is a zero vector, which has no cosine direction"
                     % int(np.argmin(nonzero)))
+            # as vecidx.c's check: the inverse norm must fit a float, and
+            # a stored vector's norm must be at most 2^100
+            wide = arr.astype(np.float64)
+            n2 = np.einsum("ij,ij->i", wide, wide)
+            bad = (1.0 / np.sqrt(n2) > np.finfo(np.float32).max) | \
+                (n2 > 2.0 ** 200)
+            if bad.any():
+                raise InvalidArgumentError(
+                    "row %d is too short or too long for the cosine metric"
+                    % int(np.argmax(bad)))
 
     def remove(self, keys: KeysLike) -> None:
         """Remove one key or a sequence of keys.
