@@ -8520,8 +8520,8 @@ static const float *vx_ivf_query(const vecidx *ix, const vx_query *q,
 ** breadth 2 * nprobe scores tens of centroids per list it returns, at
 ** random places, where the scan streams them; the scan's distances are
 ** computed once a search. Measured against the graph alone, 50k x 128
-** clustered, 4,096 lists, nprobe 8: far sets of 30 % and 10 % took 0.84x
-** and 0.57x the time, recall the same (60k x 16, far 30 %: 0.60x).
+** clustered, 4,096 lists, nprobe 8: far sets of 30 % and 10 % took 0.81x
+** and 0.58x the time, recall the same (60k x 16, far 30 %: 0.58x).
 ** Unfiltered searches ranked so took 0.90 / 0.81x the time at nprobe 64 /
 ** 128, 0.99-1.02x at 16-32; they keep the quantizer asked for. */
 #define VX_IVF_GRAPH_SPAN 128
