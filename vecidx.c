@@ -4405,7 +4405,8 @@ typedef struct vx_hnsw_scratch {
     uint32_t ncut;
     float cut_at[VX_CUT_LOOKS];
     float cut_part[VX_CUT_LOOKS];
-    /* Under cosine with float32 vectors: room for a node seen as a query
+    /* Under cosine with float32 vectors (or binary codes, built on the
+    ** kept float32 ones): room for a node seen as a query
     ** (vx_node_query) scaled near norm 1, for the node a write links
     ** (qnode) and for those it passes (qpass); NULL otherwise. */
     float *qbuf, *qnode, *qpass;
