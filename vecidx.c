@@ -5448,6 +5448,15 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
     int dense = nlive == nslots && !prefilter;
     uint8_t live[VX_FLAT_MAX_ROWS];
     size_t rows = vx_flat_block_rows(ix), per = vx_store_per_chunk(s);
+    /* A scan that asks the filter first reads keys and states and scores
+    ** under half the rows, so a block need not be sized for the cache: a
+    ** whole chunk, at most VX_FLAT_MAX_ROWS rows, saves a block's fixed
+    ** costs. A graph's 128-d records split its chunks of 256 rows into
+    ** blocks of 186 and 70. On 1M x 128 asking a callback that admits
+    ** 0.1 %, HNSW's scan against a flat index's in turns, six runs each:
+    ** 0.84-0.94x (mean 0.89), in whole chunks 0.92-1.00x (mean 0.95);
+    ** 200k x 384, 0.975x and 1.00x. */
+    if (prefilter) rows = per < VX_FLAT_MAX_ROWS ? per : VX_FLAT_MAX_ROWS;
     for (first = 0; first < nslots;) {
         const vx_chunk *c = vx_store_chunk(s, first >> s->shift);
         uint32_t row = first & (uint32_t)(per - 1);
