@@ -4318,10 +4318,11 @@ static void vx_topk_free(vx_topk *h, vx_mem *mem)
 ** 5. Flat
 **
 ** Exact search scans the slots chunk by chunk in blocks of rows small
-** enough to stay in L2 cache: the kernel fills a block of distances, then
-** the block is offered to the heap. A batch of queries walks the same
-** blocks once per group of queries, so each block is read from memory once
-** per group instead of once per query.
+** enough to stay in L2 cache (a scan that asks the filter first, a chunk
+** at a time): the kernel fills a block of distances, then the block is
+** offered to the heap. A batch of queries walks the same blocks once per
+** group of queries, so each block is read from memory once per group
+** instead of once per query.
 ** ====================================================================== */
 
 #define VX_FLAT_BLOCK_BYTES (128u * 1024u)
@@ -5412,16 +5413,18 @@ static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
 }
 
 /* Calls fn for each run of live rows of the store, in blocks of at most
-** vx_flat_block_rows rows: the exact scans' walk over the slots. Runs
-** beside a writer: a block's states are read first and only live rows
-** are handed on, so a slot being filled (not yet live) is never read;
-** the chunk table and slot count are read once, and a table outgrown
-** meanwhile is kept alive by the search's epoch. With prefilter the
-** filter is asked first and only admitted rows are handed on: for a
-** filter known to admit few (an HNSW walk gave up on it), that reads a
-** fraction of the vectors. past: how many rows after a run, in its
-** chunk, the scan reads next (all, holes aside), so that a rows kernel
-** may request them ahead; 0 when a filter thins them. */
+** vx_flat_block_rows rows (with prefilter, a whole chunk of at most
+** VX_FLAT_MAX_ROWS): the exact scans' walk over the slots. Runs beside a
+** writer: a block's states are read first and only live rows are handed
+** on, so a slot being filled (not yet live) is never read; the slot
+** count and then the chunk table are read once, so that the table holds
+** every chunk below that count, and a table outgrown meanwhile is kept
+** alive by the search's epoch. With prefilter the filter is asked first
+** and only admitted rows are handed on: for a filter known to admit few
+** (an HNSW walk gave up on it), that reads a fraction of the vectors.
+** past: how many rows after a run, in its chunk, the scan reads next
+** (all, holes aside), so that a rows kernel may request them ahead; 0
+** when a filter thins them. */
 typedef void (*vx_run_fn)(void *ctx, const vx_chunk *c, uint32_t row,
                           uint32_t slot, size_t n, size_t past);
 
@@ -5437,7 +5440,6 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
                          int prefilter, vx_run_fn fn, void *ctx)
 {
     const vx_store *s = &ix->store;
-    const vx_chunk *table = VX_LOAD(&s->chunks);
     /* As many slots as live keys: then every slot is live, and no state
     ** need be read. The count first: a slot is published (live, its
     ** vector and key visible) before it is counted, and it was taken
@@ -5445,17 +5447,23 @@ static void vx_flat_runs(const vecidx *ix, const vecidx_search_opts *o,
     ** stops being live, and is not reused while this search runs. */
     uint32_t nlive = VX_LOAD(&s->count), first;
     uint32_t nslots = VX_LOAD(&s->nslots);
+    /* After nslots: a table read before it could be outgrown before a
+    ** chunk that nslots covers was added, and the request for the next
+    ** block below would read past its end. */
+    const vx_chunk *table = VX_LOAD(&s->chunks);
     int dense = nlive == nslots && !prefilter;
     uint8_t live[VX_FLAT_MAX_ROWS];
     size_t rows = vx_flat_block_rows(ix), per = vx_store_per_chunk(s);
-    /* A scan that asks the filter first reads keys and states and scores
-    ** under half the rows, so a block need not be sized for the cache: a
-    ** whole chunk, at most VX_FLAT_MAX_ROWS rows, saves a block's fixed
-    ** costs. A graph's 128-d records split its chunks of 256 rows into
-    ** blocks of 186 and 70. On 1M x 128 asking a callback that admits
-    ** 0.1 %, HNSW's scan against a flat index's in turns, six runs each:
-    ** 0.84-0.94x (mean 0.89), in whole chunks 0.92-1.00x (mean 0.95);
-    ** 200k x 384, 0.975x and 1.00x. */
+    /* A scan that asks the filter first reads keys and states, and the
+    ** queries of a batch score each run of admitted rows in turn: what
+    ** they share in cache is a run, so the block need not be sized for
+    ** it. A whole chunk, at most VX_FLAT_MAX_ROWS rows, saves a block's
+    ** fixed costs (records over 512 bytes get longer blocks, in any kind
+    ** and storage). A graph's 128-d records split its chunks of 256 rows
+    ** into blocks of 186 and 70. On 1M x 128 asking a callback that
+    ** admits 0.1 %, HNSW's scan against a flat index's in turns, six runs
+    ** each: 0.84-0.94x (mean 0.89), in whole chunks 0.92-1.00x (mean
+    ** 0.95); 200k x 384, 0.975x and 1.00x (both sides' blocks grew). */
     if (prefilter) rows = per < VX_FLAT_MAX_ROWS ? per : VX_FLAT_MAX_ROWS;
     for (first = 0; first < nslots;) {
         const vx_chunk *c = vx_store_chunk(s, first >> s->shift);

@@ -933,9 +933,8 @@ int vecidx_check(vecidx *ix);
 ** 128 (keys form; HNSW, IVF-PQ with kept vectors; HNSW's far set at 0.1
 ** % 0.74x), and at 0.87-1.5x on 200k x 384 cosine, lowest at 20 keys,
 ** where the call's fixed cost shows. With a callback alone, the scan
-** asks it about every row: at 0.1 % of 1M x 128, 0.82-1.01x (HNSW:
-** longer records) and 1.5x (IVF-PQ) a flat index's scan with the same
-** callback. IVF-PQ
+** asks it about every row: at 0.1 % of 1M x 128, 0.92-1.00x (HNSW)
+** and 1.5x (IVF-PQ) a flat index's scan with the same callback. IVF-PQ
 ** (nprobe 16, refine 4, bitmap form) runs at 0.51-0.86x its unfiltered
 ** speed at 50 % admitted and 0.45-0.88x at 10 %, sets far from the query
 ** included (1M x 128, 200k x 384 cosine).
