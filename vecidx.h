@@ -908,10 +908,14 @@ int vecidx_check(vecidx *ix);
 **  - IVF-PQ: more lists than nprobe -- nprobe / sqrt(fraction admitted)
 **    at least, and on while fewer admitted entries were met than so many
 **    lists hold on average (twice as many when those lists held under
-**    half that: a set away from the query) -- until the lists probed have
-**    cost as much as the exact scan, which then answers if too few were
-**    met, or if they were met only spread thin (under an eighth of the
-**    fraction admitted among the entries asked). A probed list's entries
+**    half that: a set away from the query), and on while the next list's
+**    centroid is nearer than the k-th best admitted entry met (allowing
+**    for how much nearer than their centroid admitted entries have lain,
+**    and under L2 for 5 % more) -- until the lists probed have cost as
+**    much as the exact scan, which then answers if too few were met, if
+**    nearer lists were left, or if the admitted entries were met only
+**    spread thin (under an eighth of the fraction admitted among the
+**    entries asked). A probed list's entries
 **    are asked first and only the admitted codes scored; a list with none
 **    admitted costs no distance table.
 **    Without re-ranking the scan's distances are the code estimates.
