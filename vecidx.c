@@ -8819,7 +8819,18 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 ** codes): 9.3 ms against 1.3 ms. Allowed sets keep VX_COST_ADC: pricing
 ** their entries so too stopped far sets' probing sooner for direct
 ** scoring, which was slower (10 %: 0.14x the unfiltered QPS against
-** 0.20x). */
+** 0.20x).
+**
+** Above 128 dimensions a key scored directly costs sqrt(dim / 128) units
+** (its loads overlap: 112 ns a key on 200k x 384 against 65 ns on 1M x
+** 128, 20k admitted keys each), and under L2 a list's table dim / 128
+** times VX_COST_LIST (256 x dim terms); under IP and cosine the table is
+** the query's, built once. Priced at 128 dimensions, a set of 10 % of
+** 200k x 384 cosine was scored directly at nprobe 64, at 0.17-0.29x the
+** unfiltered speed, where probing runs at 0.90-0.99x (recall@10 0.97-
+** 0.99, unfiltered 0.85). That pricing alone (c233193, reverted) lost
+** recall on tight clusters, where probing from nprobe / sqrt(fraction)
+** lists missed the answers; vx_ivf_near now keeps probing there. */
 #define VX_COST_ADC 0.03
 #define VX_COST_PROBED 2.5
 #define VX_COST_LIST 100.0
@@ -8854,7 +8865,7 @@ static size_t vx_ivf_filtered_probes(size_t nprobe, double frac, size_t nlist)
 #define VX_IVF_FAR_WANT 2.0
 typedef struct vx_ivf_how {
     size_t least;
-    double want, budget, entry, frac;
+    double want, budget, entry, frac, table;
 } vx_ivf_how;
 
 /* A want met only after asking about so many entries that the admitted
@@ -8874,17 +8885,19 @@ static int vx_ivf_plan(const vecidx *ix, const vx_sopts *a, size_t nprobe,
 {
     const vx_ivf *v = &ix->ivf;
     double n = (double)v->count, card = a->card < n ? a->card : n;
-    double frac, per, list;
-    p->budget = a->counted ? card * VX_COST_KEYED
-                           : n * VX_COST_ROW + card * VX_COST_KEYED;
+    double frac, per, list, len = (double)ix->p.dim / 128.0;
+    double key = len > 1.0 ? VX_COST_KEYED * sqrt(len) : VX_COST_KEYED;
+    p->table = ix->p.metric == VECIDX_L2 && len > 1.0 ? VX_COST_LIST * len
+                                                      : VX_COST_LIST;
+    p->budget = a->counted ? card * key : n * VX_COST_ROW + card * key;
     /* Cheaper than any one list: the rule below answers the same, without
     ** the divisions and square root that took 25 ns of a one-key search
     ** in a profile (bench/RESULTS.md, 12-05 fifth). */
-    if (p->budget < VX_COST_LIST) return 1;
+    if (p->budget < p->table) return 1;
     p->frac = frac = n > 0 ? card / n : 1.0;
     per = n / v->nlist;
     p->entry = a->counted ? VX_COST_ADC : VX_COST_PROBED * VX_COST_ROW;
-    list = per * p->entry + VX_COST_LIST;
+    list = per * p->entry + p->table;
     p->least = vx_ivf_filtered_probes(nprobe, frac, v->nlist);
     p->want = VX_IVF_WANT * (double)p->least * per * frac;
     return p->budget / list < (double)p->least;
@@ -9003,7 +9016,7 @@ static int vx_ivf_probe_lists(vecidx *ix, vx_ivf_sw *w, const float *qv,
             m->asked += n;
             m->nadm += got;
             m->spent += (double)n * how->entry +
-                        (got ? VX_COST_LIST + (double)got * VX_COST_ADC : 0);
+                        (got ? how->table + (double)got * VX_COST_ADC : 0);
         }
         if (!a || cur >= nprobe) return VECIDX_OK;
         cur = cur > nprobe / 4 ? nprobe : cur * 4;
