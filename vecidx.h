@@ -909,9 +909,9 @@ int vecidx_check(vecidx *ix);
 **    at least, and on while fewer admitted entries were met than so many
 **    lists hold on average (twice as many when those lists held under
 **    half that: a set away from the query), and on while the next list's
-**    centroid is nearer than the k-th best admitted entry met (allowing
-**    for how much nearer than their centroid admitted entries have lain,
-**    and under L2 for 5 % more) -- until the lists probed have cost as
+**    centroid is nearer than the k-th best admitted entry met (under L2
+**    5 % more), if that entry lies beyond the k-th best of all entries of
+**    the first list probed -- until the lists probed have cost as
 **    much as the exact scan, which then answers if too few were met, if
 **    nearer lists were left, or if the admitted entries were met only
 **    spread thin (under an eighth of the fraction admitted among the

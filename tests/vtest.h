@@ -151,6 +151,7 @@
     X(filter_ivfpq_admitted_only)            \
     X(filter_ivfpq_far_thin)                 \
     X(filter_ivfpq_clusters)                 \
+    X(filter_ivfpq_all_admitted)             \
     X(filter_intersection)                   \
     X(filter_duplicates_and_removed)         \
     X(filter_empty_and_bounds)               \
