@@ -8823,8 +8823,8 @@ static void vx_ivf_refine(vecidx *ix, vx_ivf_sw *w, const float *qv, vx_topk *h)
 ** times VX_COST_LIST (256 x dim terms); under IP and cosine the table is
 ** the query's, built once. Priced at 128 dimensions, a set of 10 % of
 ** 200k x 384 cosine was scored directly at nprobe 64, at 0.17-0.29x the
-** unfiltered speed, where probing runs at 0.90-0.99x (recall@10 0.97-
-** 0.99, unfiltered 0.85). That pricing alone (c233193, reverted) lost
+** unfiltered speed, where probing runs at 0.80-0.96x (recall@10 0.97-
+** 1.00, unfiltered 0.85-0.96). That pricing alone (c233193, reverted) lost
 ** recall on tight clusters, where probing from nprobe / sqrt(fraction)
 ** lists missed the answers; vx_ivf_near now keeps probing there. */
 #define VX_COST_ADC 0.03
@@ -8963,8 +8963,9 @@ typedef struct vx_ivf_met {
 #define VX_IVF_NEAR 0.05f
 static int vx_ivf_near(const vx_ivf_met *m, float bias)
 {
-    float kth = m->top->d[0];
+    float kth;
     if (m->top->n < m->top->k) return 1;
+    kth = m->top->d[0];
     return kth > m->ref && bias < kth * m->grow;
 }
 
@@ -9021,7 +9022,10 @@ static int vx_ivf_probe_lists(vecidx *ix, vx_ivf_sw *w, const float *qv,
                 if ((double)m->nadm >= how->want && !near) return VECIDX_OK;
             }
             w->probed[li >> 6] |= (uint64_t)1 << (li & 63);
-            if (a && !m->lists) vx_ivf_ref(ix, w, li, bias, m);
+            if (a && !m->lists) { /* priced as its codes and table */
+                vx_ivf_ref(ix, w, li, bias, m);
+                m->spent += (double)n * VX_COST_ADC + how->table;
+            }
             got = vx_ivf_scan(ix, w, li, bias, a, into, m->top);
             m->lists++;
             m->asked += n;
