@@ -5372,6 +5372,16 @@ static size_t vx_allow_next(const vx_sopts *a, uint64_t *pos, uint64_t *out,
     return vx_bits_next(a->bits, a->nbits, a->bsum, pos, out, cap);
 }
 
+/* Whether any of dist[0..n) may enter a full heap whose worst is worst
+** (a NaN counts as one): one branch-free pass the compiler vectorises. */
+static inline int vx_dist_any_under(const float *dist, size_t n, float worst)
+{
+    int hit = 0;
+    size_t j;
+    for (j = 0; j < n; j++) hit |= !(dist[j] > worst);
+    return hit;
+}
+
 /* Rows of a run vx_flat_offer tests as one. */
 #define VX_OFFER_GROUP 16u
 
@@ -5404,16 +5414,10 @@ static void vx_flat_offer(const vx_chunk *c, uint32_t row, uint32_t slot,
     size_t i, e;
     for (i = 0; i < n; i = e) {
         e = n - i < VX_OFFER_GROUP ? n : i + VX_OFFER_GROUP;
-        /* Once the heap is full, a group with no row as close as its
-        ** worst (a NaN counts as one, for the test below) is skipped by
-        ** one branch-free pass the compiler vectorises. */
-        if (h->n == h->k) {
-            float worst = h->d[0];
-            int hit = 0;
-            size_t j;
-            for (j = i; j < e; j++) hit |= !(dist[j] > worst);
-            if (!hit) continue;
-        }
+        /* Once the heap is full, a group none of whose rows can enter
+        ** it is skipped by one test. */
+        if (h->n == h->k && !vx_dist_any_under(dist + i, e - i, h->d[0]))
+            continue;
         vx_flat_offer_rows(c, row, slot, i, e, dist, o, by_slot, h);
     }
 }
@@ -8621,6 +8625,30 @@ static size_t vx_ivf_admitted(const vx_sopts *a, const uint64_t *keys, size_t n,
     return na;
 }
 
+/* Offer the codes [i, e) of a block that vx_ivf_scan scored (w->dist) to
+** h, and those that enter it to top (see vx_ivf_scan); pos: their places
+** in the block, NULL when all of it was scored. A code that cannot enter
+** h is dropped before its key is loaded. Skipping a group of codes
+** none of which can enter by one test (vx_dist_any_under), as the flat
+** scan does, and not loading their keys: 1.06-1.12x the queries per
+** second on 1M x 128, nprobe 16 / 64, refine 4. */
+static void vx_ivf_offer_rows(const vx_ivf_sw *w, const uint64_t *key,
+                              const uint16_t *pos, size_t i, size_t e,
+                              vx_topk *h, vx_topk *top)
+{
+    for (; i < e; i++) {
+        float d = w->dist[i];
+        uint64_t k;
+        if (VX_UNLIKELY(d != d)) d = INFINITY;
+        if (vx_topk_beyond(h, d)) continue;
+        k = key[pos ? pos[i] : i];
+        if (!vx_topk_admits(h, d, k)) continue;
+        vx_topk_push(h, d, k);
+        if (top && top != h && vx_topk_admits(top, d, k))
+            vx_topk_push(top, d, k);
+    }
+}
+
 /* Score list li's codes and offer them to h. With a filter (a) it is
 ** asked first, of every entry, and only the admitted ones are scored;
 ** returns their count. A list with none needs no table. Measured
@@ -8632,7 +8660,7 @@ static size_t vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
                           const vx_sopts *a, vx_topk *h, vx_topk *top)
 {
     const vx_ivlist *l = vx_ivf_list(&ix->ivf, li);
-    size_t m = ix->ivf.m, b, i, nb, na, nadm = 0;
+    size_t m = ix->ivf.m, b, i, g, e, nb, na, nadm = 0;
     int lut = 0;
     vx_tally.visit++;
     for (b = 0; b < l->n; b += nb) {
@@ -8652,14 +8680,10 @@ static size_t vx_ivf_scan(vecidx *ix, vx_ivf_sw *w, uint32_t li, float bias,
         if (!lut) vx_ivf_list_lut(ix, w, li), lut = 1;
         ix->kern->adc(codes, na, m, w->lut, bias, w->dist);
         vx_tally.dist += na;
-        for (i = 0; i < na; i++) {
-            float d = w->dist[i];
-            uint64_t k = key[a ? w->pos[i] : i];
-            if (VX_UNLIKELY(d != d)) d = INFINITY;
-            if (!vx_topk_admits(h, d, k)) continue;
-            vx_topk_push(h, d, k);
-            if (top && top != h && vx_topk_admits(top, d, k))
-                vx_topk_push(top, d, k);
+        for (g = 0; g < na; g = e) {
+            e = na - g < VX_OFFER_GROUP ? na : g + VX_OFFER_GROUP;
+            if (h->n < h->k || vx_dist_any_under(w->dist + g, e - g, h->d[0]))
+                vx_ivf_offer_rows(w, key, a ? w->pos : NULL, g, e, h, top);
         }
     }
     return nadm;
