@@ -925,11 +925,11 @@ int vecidx_check(vecidx *ix);
 ** the low end of that count). Measured on 1M x 128 (M 16,
 ** ef 64, one thread, bitmap form): recall@10 >= 0.99 at every fraction
 ** admitted at random, >= 0.96 far from the query; on random sets the walk
-** runs at 0.59x the unfiltered speed at 50 % admitted, 0.38x at 10 %,
-** 0.28x at 5 % (on 200k x 384 cosine 0.76x / 0.40x / 0.30x, recall
+** runs at 0.70x the unfiltered speed at 50 % admitted, 0.48x at 10 %,
+** 0.33x at 5 % (on 200k x 384 cosine 0.77x / 0.44x / 0.35x, recall
 ** >= 0.978 against 0.966 unfiltered). Sets far from the query are
-** slower: walked from inside, 0.086x / 0.054x / 0.027x the unfiltered
-** speed at 50 / 25 / 10 % of 1M x 128 (0.19x / 0.14x / 0.05x on 200k x
+** slower: walked from inside, 0.10x / 0.060x / 0.031x the unfiltered
+** speed at 50 / 25 / 10 % of 1M x 128 (0.19x / 0.12x / 0.064x on 200k x
 ** 384 cosine); scanned, at 5-20 % admitted such searches run at
 ** 0.77-1.15x a hand-written loop over only the admitted vectors on 100k x 128,
 ** 0.79-0.94x on 200k x 384 (measured on those two); the scan of 1 % to
