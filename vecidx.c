@@ -3239,6 +3239,12 @@ static inline uint64_t vx_store_key(const vx_store *s, uint32_t slot)
     return VX_SLOT_CHUNK(s, slot)->key[VX_SLOT_INDEX(s, slot)];
 }
 
+/* Request slot's state ahead of a vx_store_live that would miss the cache. */
+static inline void vx_store_live_ahead(const vx_store *s, uint32_t slot)
+{
+    __builtin_prefetch(&VX_SLOT_CHUNK(s, slot)->live[VX_SLOT_INDEX(s, slot)]);
+}
+
 /* Request slot's key ahead of a vx_store_key that would miss the cache. */
 static inline void vx_store_key_ahead(const vx_store *s, uint32_t slot)
 {
@@ -6434,6 +6440,14 @@ static inline void vx_hnsw_score(vecidx *ix, vx_hnsw_scratch *s,
                                  const vecidx_search_opts *o, size_t pf)
 {
     s->visited += m;
+    /* With buried nodes in the graph, vx_hnsw_offer tests the state of
+    ** each node that passes its distance test: one miss each, in turn,
+    ** unless requested now. 1M x 128 int8, 5 % of the keys removed (no
+    ** repair pass due yet), ef 24: 1.10x the queries per second. */
+    if (s->live_only) {
+        uint32_t i;
+        for (i = 0; i < m; i++) vx_store_live_ahead(&ix->store, fresh[i]);
+    }
     if (o && o->filter) {
         /* Those that pass vx_hnsw_offer's distance test take their key
         ** to the filter: one miss each, in turn, unless requested now,
@@ -7162,8 +7176,7 @@ static size_t vx_hnsw_far_draw(vecidx *ix, vx_hnsw_scratch *s,
         for (j = 0; j < 16; j++) { /* xorshift64 */
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;
             b[j] = (uint32_t)(x % s->visit_cap);
-            __builtin_prefetch(
-                &VX_SLOT_CHUNK(st, b[j])->live[VX_SLOT_INDEX(st, b[j])]);
+            vx_store_live_ahead(st, b[j]);
             vx_store_key_ahead(st, b[j]);
         }
         for (j = 0; j < 16 && *got < want; j++) {
