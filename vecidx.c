@@ -5588,7 +5588,7 @@ static void vx_flat_search(const vecidx *ix, const vx_query *q, size_t nq,
 /* Code distances from q to rows [row, row + n) of chunk c, all live,
 ** slots from slot on: int8 codes a block at a time (past as vx_run_fn's),
 ** the others one by one. */
-static void vx_code_dists(const vecidx *ix, const vx_query *q, const vx_i8q *q8,
+static void vx_code_dists(const vecidx *ix, const vx_query *q,
                           const vx_chunk *c, uint32_t row, uint32_t slot,
                           size_t n, size_t past, float *out)
 {
@@ -5596,7 +5596,7 @@ static void vx_code_dists(const vecidx *ix, const vx_query *q, const vx_i8q *q8,
     const float *base = c->vec + (size_t)row * s->rec;
     size_t i;
     if (s->store == VECIDX_STORE_I8 && !q->exact) {
-        vx_i8q qi = *q8;
+        vx_i8q qi = q->i8;
         qi.past = past;
         vx_qk.i8_dists(q->code, &qi, (int)ix->p.metric,
                        (const int8_t *)(const void *)base,
@@ -5610,7 +5610,6 @@ static void vx_code_dists(const vecidx *ix, const vx_query *q, const vx_i8q *q8,
 typedef struct vx_coded_ctx {
     const vecidx *ix;
     const vx_query *q;
-    vx_i8q q8; /* int8 codes: the query's terms (vx_coded_query) */
     const vecidx_search_opts *o; /* asked after scoring, or NULL */
     int by_slot;                 /* results held by slot, to re-rank */
     vx_topk *into;
@@ -5622,33 +5621,8 @@ static void vx_coded_run(void *ctx, const vx_chunk *c, uint32_t row,
     const vx_coded_ctx *f = ctx;
     float dist[VX_FLAT_MAX_ROWS];
     vx_tally.dist += n;
-    vx_code_dists(f->ix, f->q, &f->q8, c, row, slot, n, past, dist);
+    vx_code_dists(f->ix, f->q, c, row, slot, n, past, dist);
     vx_flat_offer(c, row, slot, n, dist, f->o, f->by_slot, f->into);
-}
-
-/* The int8 terms an exact scan of codes scores q by, when the k * refine
-** (kr) best are then re-scored against kept vectors: with kr >= 2k, those
-** of the query's code alone, without its rounding error's codes
-** (vx_i8_encode_query), whose second pass over every row only reorders
-** candidates that the re-rank orders anyway. Scans of 1M x 128 L2 and
-** 200k x 384 cosine, refine 2: the same answers, recall@10 1.000, 1.09x
-** the queries per second (3.43x -> 3.71x and 4.42x -> 4.94x a float32
-** flat scan). With refine 1 the pass stays (recall 0.986 / 0.990 with
-** it, 0.981 / 0.982 without), as it does for a lean reader, whose floors
-** (vx_i8_floor) count on the query's error being that small. HNSW walks
-** keep it: without, 0.99-1.07x at ef 16-32, within the noise. */
-static vx_i8q vx_coded_query(const vecidx *ix, const vx_query *q, size_t kr,
-                             size_t k)
-{
-    const vx_store *s = &ix->store;
-    vx_i8q none;
-    if (s->store != VECIDX_STORE_I8 || q->exact) { /* not read */
-        memset(&none, 0, sizeof none);
-        return none;
-    }
-    if (s->keep && kr >= 2 * k && !vx_lazy_lean(s))
-        return vx_i8_query(vx_i8_hdr(q->code, s->dim), s->dim);
-    return q->i8;
 }
 
 /* Exact scan of compressed storage for one query. Without kept vectors
@@ -5685,7 +5659,6 @@ static int vx_flat_coded(vecidx *ix, const vx_query *q,
     }
     f.ix = ix;
     f.q = q;
-    f.q8 = vx_coded_query(ix, q, kr, h->k);
     f.o = prefilter ? NULL : o;
     f.by_slot = s->keep;
     f.into = s->keep ? &c : h;
