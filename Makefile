@@ -65,9 +65,13 @@ NOSIMD_CFLAGS = $(CFLAGS) -g -DVECIDX_NO_SIMD
 M32_CFLAGS = $(CFLAGS) -g -m32
 SAN_CC ?= $(CC)
 TSAN_CC ?= $(CC)
-SAN_BASE = -std=c11 $(WARNINGS) -O1 -g -fno-omit-frame-pointer $(EXTRA_CFLAGS)
-ASAN_CFLAGS = $(SAN_BASE) -fsanitize=address,undefined -fno-sanitize-recover=all
-TSAN_CFLAGS = $(SAN_BASE) -fsanitize=thread
+SAN_BASE = -std=c11 $(WARNINGS) -g -fno-omit-frame-pointer $(EXTRA_CFLAGS)
+# ASan at -O2, not the usual -O1: on a 2-core Zen 3 make sanitize took
+# 318 s instead of 378 s, 21 s more to compile vecidx_test included. TSan
+# stays at -O1: at -O2 make tsan was no faster (137 s against 133 s).
+ASAN_CFLAGS = $(SAN_BASE) -O2 -fsanitize=address,undefined \
+              -fno-sanitize-recover=all
+TSAN_CFLAGS = $(SAN_BASE) -O1 -fsanitize=thread
 # Test-name filter for `make tsan`; TSAN_FILTER= runs every test under TSan.
 TSAN_FILTER ?= concurrency
 
