@@ -7447,6 +7447,7 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     uint32_t *links = vx_hnsw_links(ix, y, l);
     uint32_t n = vx_lcount(links), i, j, cap = l ? ix->hnsw.m : ix->hnsw.m0;
     size_t nc = 0, kept = 0, bound = 3 * (size_t)cap;
+    size_t bytes = (size_t)st->cw * sizeof(float);
     int ip = ix->p.metric == VECIDX_IP;
     vx_query qy;
     for (i = 0; i < n && vx_store_live(st, vx_lget(links, i)) == VX_LIVE; i++)
@@ -7455,12 +7456,20 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     vx_scratch_new_visit(s);
     s->visit[y] = s->epoch;
     qy = vx_node_query(ix, y, s->qnode);
+    /* Candidates are gathered and their vectors requested before any is
+    ** scored, as a walk does: scored as found, each missed the cache in
+    ** turn. On 100k x 128, a writer removing and adding in turn, the
+    ** repair's steps took 2.42-2.55 s per 60,000 writes against
+    ** 2.81-2.96 s; the graph is the same. */
     for (i = 0; i < n; i++) {
         uint32_t z = vx_lget(links, i);
-        if (vx_store_live(st, z) != VX_LIVE) continue;
+        if (vx_store_live(st, z) != VX_LIVE) {
+            VX_PREFETCH(vx_hnsw_links(ix, z, l));
+            continue;
+        }
         s->visit[z] = s->epoch;
-        s->sel[nc].slot = z;
-        s->sel[nc++].d = ip ? 0.0f : vx_qdist(ix, &qy, z); /* IP: unused */
+        s->sel[nc++].slot = z;
+        vx_hnsw_request(st, z, (uint32_t)nc, bytes);
     }
     if (ip) kept = nc;
     for (i = 0; i < n; i++) {
@@ -7473,10 +7482,13 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
             if (vx_store_live(st, w) != VX_LIVE || s->visit[w] == s->epoch)
                 continue;
             s->visit[w] = s->epoch;
-            s->sel[nc].slot = w;
-            s->sel[nc++].d = vx_qdist(ix, &qy, w);
+            s->sel[nc++].slot = w;
+            vx_hnsw_request(st, w, (uint32_t)nc, bytes);
         }
     }
+    /* IP: the distances of kept links are unused */
+    for (i = 0; i < nc; i++)
+        s->sel[i].d = i < kept ? 0.0f : vx_qdist(ix, &qy, s->sel[i].slot);
     /* The heuristic only needs the closest few; bound its quadratic cost. */
     qsort(s->sel + kept, nc - kept, sizeof *s->sel, vx_cand_cmp);
     if (nc - kept > bound) nc = kept + bound;
