@@ -7448,7 +7448,7 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     uint32_t n = vx_lcount(links), i, j, cap = l ? ix->hnsw.m : ix->hnsw.m0;
     size_t nc = 0, kept = 0, bound = 3 * (size_t)cap;
     size_t bytes = (size_t)st->cw * sizeof(float);
-    int ip = ix->p.metric == VECIDX_IP;
+    int ip = ix->p.metric == VECIDX_IP, ask;
     vx_query qy;
     for (i = 0; i < n && vx_store_live(st, vx_lget(links, i)) == VX_LIVE; i++)
         continue;
@@ -7456,11 +7456,14 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
     vx_scratch_new_visit(s);
     s->visit[y] = s->epoch;
     qy = vx_node_query(ix, y, s->qnode);
-    /* Candidates are gathered and their vectors requested before any is
-    ** scored, as a walk does: scored as found, each missed the cache in
-    ** turn. On 100k x 128, a writer removing and adding in turn, the
-    ** repair's steps took 2.42-2.55 s per 60,000 writes against
-    ** 2.81-2.96 s; the graph is the same. */
+    /* Candidates are gathered, the codes they are scored by and the
+    ** removed neighbours' lists requested, before any is scored, as a
+    ** walk does: scored as found, each missed the cache in turn. On 100k
+    ** x 128 float32 L2, a writer removing and adding in turn, the repair's
+    ** steps took 2.42-2.55 s per 60,000 writes against 2.81-2.96 s; the
+    ** graph is the same. Not for binary codes (scored by the kept float32
+    ** vectors) nor IP's kept links (not scored). */
+    ask = !qy.exact;
     for (i = 0; i < n; i++) {
         uint32_t z = vx_lget(links, i);
         if (vx_store_live(st, z) != VX_LIVE) {
@@ -7469,7 +7472,7 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
         }
         s->visit[z] = s->epoch;
         s->sel[nc++].slot = z;
-        vx_hnsw_request(st, z, (uint32_t)nc, bytes);
+        if (ask && !ip) vx_hnsw_request(st, z, (uint32_t)nc, bytes);
     }
     if (ip) kept = nc;
     for (i = 0; i < n; i++) {
@@ -7483,7 +7486,7 @@ static int vx_hnsw_repair_node(vecidx *ix, vx_hnsw_scratch *s, uint32_t y,
                 continue;
             s->visit[w] = s->epoch;
             s->sel[nc++].slot = w;
-            vx_hnsw_request(st, w, (uint32_t)nc, bytes);
+            if (ask) vx_hnsw_request(st, w, (uint32_t)(nc - kept), bytes);
         }
     }
     /* IP: the distances of kept links are unused */
