@@ -167,8 +167,8 @@ API_REPLAY := $(if $(and $(wildcard fuzz/fuzz_api.c),$(wildcard fuzz/api-seeds))
         sanitize-half1 sanitize-half2 tsan tsan-main tsan-rest soak \
         cross-test test-nosimd test-nosimd-half1 test-nosimd-half2 \
         cross-test-aarch64 cross-test-aarch64-split cross-test-armhf \
-        cross-test-armhf-neon \
-        test-m32 crash-soak fuzz install uninstall clean format format-check \
+        cross-test-armhf-neon test-m32 crash-soak fuzz install uninstall \
+        clean format format-check \
         bench-compare bench-ab
 
 all: lib $(CLI) $(EXAMPLES) $(TEST_PROGS) $(TEST_CXX_BIN) $(BENCH) \
@@ -404,7 +404,7 @@ test-half1: $(TEST_PROGS)
 test-half2: $(MAIN_TEST) $(TEST_CXX_BIN) $(FUZZ_REPLAY) $(API_REPLAY) $(CLI) \
       $(EXAMPLES) $(if $(PY_TESTS)$(PY_EXAMPLES),libvecidx.so) $(PORTAB_FILES) \
       $(SQLITE_EXT)
-	$(call vx_run,$(MAIN_TEST),,,$(addprefix -,$(VT_HALF)))
+	$(call vx_run,$(MAIN_TEST),,,$(VT_REST))
 	$(call vx_run,$(TEST_CXX_BIN))
 ifneq ($(PORTAB),)
 	$(call vx_run,$(PORTAB),,,check $(PORTAB_DATA))
@@ -482,20 +482,21 @@ SAN_CORE_TESTS := -hnsw_churn
 
 # test, sanitize and test-nosimd run vecidx_test as two processes that make -j
 # runs side by side (add -O, as .ci/run does, to keep their output apart):
-# the tests whose names contain a word of VT_HALF, and the rest (the same
-# words as -WORDs), so that together they run every test once; VT_HALF
+# the tests whose names contain a word of VT_HALF, and the rest (VT_REST:
+# the same words as -WORDs), so that together they run every test once; VT_HALF
 # must not be empty, or both would run them all. Under ASan vecidx_test
 # took 531 s of a 28-minute CI run in one process on a 2-core Zen 3; with
 # these words its first half took 326 s, its second half and the other
 # sanitized programs 325 s.
 VT_HALF := filter_ alloc_
+VT_REST := $(addprefix -,$(VT_HALF))
 SAN_PREREQS := $(addsuffix -asan,$(TEST_PROGS) $(API_REPLAY)) \
                $(if $(CLI_TEST),tools/vecidx-asan)
 sanitize: sanitize-half1 sanitize-half2
 sanitize-half1: $(addsuffix -asan,$(MAIN_TEST))
 	$(call vx_run,$(MAIN_TEST),-asan,$(ASAN_ENV) $(NORAND),$(VT_HALF))
 sanitize-half2: $(SAN_PREREQS)
-	$(call vx_run,$(MAIN_TEST),-asan,$(ASAN_ENV) $(NORAND),$(addprefix -,$(VT_HALF)))
+	$(call vx_run,$(MAIN_TEST),-asan,$(ASAN_ENV) $(NORAND),$(VT_REST))
 	$(call vx_run,$(filter-out $(CORE_TEST) $(MAIN_TEST),$(TEST_PROGS)),-asan,$(ASAN_ENV) $(NORAND))
 	$(call vx_run,$(CORE_TEST),-asan,$(ASAN_ENV) $(NORAND),$(SAN_CORE_TESTS))
 ifneq ($(API_REPLAY),)
@@ -538,7 +539,7 @@ test-nosimd: test-nosimd-half1 test-nosimd-half2
 test-nosimd-half1: $(addsuffix -nosimd,$(MAIN_TEST))
 	$(call vx_run,$(MAIN_TEST),-nosimd,,$(VT_HALF))
 test-nosimd-half2: $(NOSIMD_PREREQS)
-	$(call vx_run,$(MAIN_TEST),-nosimd,,$(addprefix -,$(VT_HALF)))
+	$(call vx_run,$(MAIN_TEST),-nosimd,,$(VT_REST))
 	$(call vx_run,$(filter-out $(MAIN_TEST),$(TEST_PROGS)),-nosimd)
 ifneq ($(PORTAB),)
 	$(call vx_run,$(PORTAB),-nosimd,,check $(PORTAB_DATA))
