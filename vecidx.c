@@ -1018,6 +1018,20 @@ VX_AVX2 static void vx_avx2_adc(const uint8_t *codes, size_t n, size_t m,
     if (i < n) vx_scalar_adc(codes + i * m, n - i, m, lut, bias, out + i);
 }
 
+/* Eight columns' scores, scale * s + bias, into the running minimum. */
+VX_AVX2 static inline void vx_avx2_nearest_fold(__m256 s, __m256 sc,
+                                                const float *bias,
+                                                __m256 *bestv, __m256i *besti,
+                                                __m256i *col)
+{
+    __m256 v = _mm256_fmadd_ps(sc, s, _mm256_loadu_ps(bias));
+    __m256 lt = _mm256_cmp_ps(v, *bestv, _CMP_LT_OQ);
+    *bestv = _mm256_blendv_ps(*bestv, v, lt);
+    *besti = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(*besti), _mm256_castsi256_ps(*col), lt));
+    *col = _mm256_add_epi32(*col, _mm256_set1_epi32(8));
+}
+
 /* Scores and the running minimum stay in registers: per lane the best
 ** value and its column, merged across lanes once at the end. */
 VX_AVX2 static uint32_t vx_avx2_nearest(const float *x, const float *p,
@@ -1026,7 +1040,7 @@ VX_AVX2 static uint32_t vx_avx2_nearest(const float *x, const float *p,
                                         float *score)
 {
     __m256 bestv = _mm256_set1_ps(INFINITY), sc = _mm256_set1_ps(scale);
-    __m256i besti = _mm256_setzero_si256(), eight = _mm256_set1_epi32(8);
+    __m256i besti = _mm256_setzero_si256();
     __m256i col = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     float bv[8], best = INFINITY;
     int32_t bi[8];
@@ -1034,24 +1048,22 @@ VX_AVX2 static uint32_t vx_avx2_nearest(const float *x, const float *p,
     size_t b, i;
     int g;
     for (b = 0; b < npanel; b++) {
-        __m256 s[4];
-        s[0] = s[1] = s[2] = s[3] = _mm256_setzero_ps();
+        /* Named sums, not an array: gcc -O2 kept an array on the stack
+        ** (see vx_avx512vnni_i8_sums4), and ASan checked every access. */
+        __m256 s0, s1, s2, s3;
+        const float *bb = bias + b * VX_PANEL;
+        s0 = s1 = s2 = s3 = _mm256_setzero_ps();
         for (i = 0; i < d; i++, p += VX_PANEL) {
             __m256 xi = _mm256_broadcast_ss(x + i);
-            s[0] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p), s[0]);
-            s[1] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 8), s[1]);
-            s[2] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 16), s[2]);
-            s[3] = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 24), s[3]);
+            s0 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p), s0);
+            s1 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 8), s1);
+            s2 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 16), s2);
+            s3 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(p + 24), s3);
         }
-        for (g = 0; g < 4; g++) {
-            __m256 v = _mm256_fmadd_ps(
-                sc, s[g], _mm256_loadu_ps(bias + b * VX_PANEL + 8 * (size_t)g));
-            __m256 lt = _mm256_cmp_ps(v, bestv, _CMP_LT_OQ);
-            bestv = _mm256_blendv_ps(bestv, v, lt);
-            besti = _mm256_castps_si256(_mm256_blendv_ps(
-                _mm256_castsi256_ps(besti), _mm256_castsi256_ps(col), lt));
-            col = _mm256_add_epi32(col, eight);
-        }
+        vx_avx2_nearest_fold(s0, sc, bb, &bestv, &besti, &col);
+        vx_avx2_nearest_fold(s1, sc, bb + 8, &bestv, &besti, &col);
+        vx_avx2_nearest_fold(s2, sc, bb + 16, &bestv, &besti, &col);
+        vx_avx2_nearest_fold(s3, sc, bb + 24, &bestv, &besti, &col);
     }
     _mm256_storeu_ps(bv, bestv);
     _mm256_storeu_si256((__m256i *)(void *)bi, besti);
