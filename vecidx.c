@@ -7811,8 +7811,22 @@ static long vx_pass_slot(vecidx *ix, vx_hnsw_scratch *s, uint32_t y)
     }
 }
 
-/* Is a pass due? Once a tenth of the used slots are buried: often enough
-** that memory stays bounded and walks rarely cross buried nodes, rarely
+/* Buried nodes, as a share of the used slots, that make a pass due; a pass
+** then paces itself to end before as many more are removed, so at most
+** twice this (15 %) await repair at once; under about 850 slots, where a
+** pass waits for 64 (vx_pass_due), 64 plus the share or plus 32, whichever
+** is more. The 15 % was first split as a tenth to start and a twentieth to
+** end in: split evenly, a writer of 4000 writes/s (half removals) on 100k
+** x 128 fell behind its schedule by 9-106 ms at worst in a pass (median
+** 16) against 31-289 ms (median 104), for about 1.25x the repair work
+** (bench/RESULTS.md, 2026-12-07 session 3). */
+static double vx_pass_share(const vx_store *st)
+{
+    return ((double)st->count + st->nburied) * 3 / 40;
+}
+
+/* Is a pass due? Once the share above is buried: often enough that
+** memory stays bounded and walks rarely cross buried nodes, rarely
 ** enough that the linear pass costs O(1) per removal on average. Also
 ** once buried nodes outnumber live ones: the entry point may be buried
 ** with no live neighbour, and new nodes would find no links. */
@@ -7820,8 +7834,7 @@ static int vx_pass_due(const vecidx *ix)
 {
     const vx_store *st = &ix->store;
     uint32_t waiting = st->nburied - ix->hnsw.pass.ndoomed;
-    uint32_t used = st->count + st->nburied;
-    return (waiting >= 64 && waiting >= used / 10) ||
+    return (waiting >= 64 && waiting >= vx_pass_share(st)) ||
            (waiting && st->count < waiting);
 }
 
@@ -7831,12 +7844,12 @@ static long vx_pass_full(const vecidx *ix)
     return (long)VX_PASS_STEP * 128 / (ix->p.dim > 32 ? (long)ix->p.dim : 32);
 }
 
-/* Work of the next step of a pass under way. A pass should end before
-** the removals made since it began reach half of what makes the next one
-** due; the fraction of the pass done (the rewiring is most of its work)
-** is held against the fraction of that allowance used. A pass ahead of
-** it takes small steps, so that a writer keeping a steady rate is not
-** held back: with full steps only, a pass over 100k x 128 ran as some
+/* Work of the next step of a pass under way. A pass should end before the
+** removals made since it began reach what makes the next one due
+** (vx_pass_share); the fraction of the pass done (the rewiring is most of
+** its work) is held against the fraction of that allowance used. A pass
+** ahead of it takes small steps, so that a writer keeping a steady rate is
+** not held back: with full steps only, a pass over 100k x 128 ran as some
 ** hundreds of writes of 0.3-1.8 ms at once, and a writer of 4000 writes/s
 ** fell 0.46 s behind its schedule at every pass. A pass behind takes full
 ** steps, and four of them once the next pass is due. Counts only, no
@@ -7846,8 +7859,7 @@ static long vx_pass_work(const vecidx *ix)
     const vx_pass *p = &ix->hnsw.pass;
     const vx_store *st = &ix->store;
     long full = vx_pass_full(ix);
-    double used = (double)st->count + st->nburied;
-    double allow = used / 20 > 32 ? used / 20 : 32;
+    double share = vx_pass_share(st), allow = share > 32 ? share : 32;
     double spent = (double)(st->nburied - p->ndoomed) / allow, done = 0.9;
     if (vx_pass_due(ix)) return 4 * full;
     if (p->phase == VX_PASS_REPAIR && p->end)

@@ -762,20 +762,20 @@ int vecidx_add_batch(vecidx *ix, size_t n, const uint64_t *keys,
 ** returns: no later call sees it. Flat storage is reused by a later
 ** write, once no search that may still read it runs. In an
 ** HNSW graph the node first stays as a waypoint that searches walk
-** through but never return; once a tenth of the nodes are such waypoints,
+** through but never return; once 7.5 % of the nodes are such waypoints,
 ** a repair pass begins: every list linking to them is rebuilt from their
 ** neighbours, nodes left without a way in are linked again, and their
 ** storage is reused, so memory stays flat under insert/delete churn. The
 ** pass is linear in the index size but no call makes it whole: every
 ** add, upsert and remove (this one included) makes a step of it. A pass
-** paces itself to end before another twentieth of the nodes are removed:
+** paces itself to end before another 7.5 % of the nodes are removed:
 ** its steps are 1-2 ms of work at 128 dimensions while it falls behind,
 ** an eighth of that while it keeps the pace, and four times that while
-** removals outrun it (measured: no removal of 12.5 % of a 1M x 128 index
-** took over 7.4 ms), so a pass over 1M nodes takes some thousands of
-** writes, and removals in bulk take about twice as long in total as when
-** a pass ran whole on two threads. Up to 15 % of the nodes may await
-** repair at once.
+** removals outrun it (measured: removing 12.5 % of a 1M x 128 index, no
+** removal took over 7.7 ms), so a pass over 1M nodes takes some thousands
+** of writes, and removals in bulk take about twice as long in total as
+** when a pass ran whole on two threads (those 125,000 removals: 13.3-15.4
+** s). Up to 15 % of the nodes may await repair at once.
 ** Searches never wait for it. A slot is reused only once no search that
 ** began before its node was unlinked still runs.
 ** Recall after many rounds of churn stays level with a fresh build for

@@ -1212,7 +1212,7 @@ static void st_end(st_writer *w, uint32_t nodes, uint32_t buried)
             w->max_idle = st.slots - st.count;
         w->buried += buried;
         used = w->live + w->buried;
-        if ((w->buried >= 64 && w->buried >= used / 10) ||
+        if ((w->buried >= 64 && w->buried >= (double)used * 3 / 40) ||
             (w->buried && w->live < w->buried)) {
             w->buried = 0;
             w->repairs_due++;

@@ -815,8 +815,8 @@ static void th_churn(int metric, uint32_t threads, double tol, int add)
                    (unsigned long long)st.capacity,
                    (unsigned long long)st.memory_bytes);
     }
-    /* Flat memory: a tenth of the slots may be waiting for repair at any
-    ** time, so the peak is reached within the first round. */
+    /* Flat memory: the nodes awaiting repair reach their peak within the
+    ** first round, so later rounds add few slots. */
     CHECKF(st.slots <= st1.slots + st1.slots / 10,
            "slots grew from %llu after round 1 to %llu after round %zu",
            (unsigned long long)st1.slots, (unsigned long long)st.slots, ROUNDS);
@@ -963,8 +963,8 @@ void test_hnsw_upsert_replaces(void)
                metric, rec, NU);
         /* one key replaced over and over: the buried versions are
         ** repaired away, storage does not grow with the replacements.
-        ** A pass begins once a tenth of the slots are buried and paces
-        ** itself to end before another twentieth are (vx_pass_work). */
+        ** A pass begins once 7.5 % of the slots are buried and paces
+        ** itself to end before another 7.5 % are (vx_pass_share). */
         for (u = 0; u < REPEAT; u++) {
             th_points(&d, &r, nv, 1);
             CHECK_OK(vecidx_upsert(ix, 7, nv));
@@ -1609,7 +1609,7 @@ static void th_alloc_script(th_arun *t, const th_data *d)
         if (th_astep(t, "upsert", f, rc, 0))
             vt_set_put(&t->m, key, v + i * dim);
     }
-    /* removals: a repair runs once 64 and a tenth of the nodes are
+    /* removals: a repair runs once 64 and 7.5 % of the nodes are
     ** buried; a repair that cannot get memory is retried later, so a
     ** removal never fails */
     for (i = 20; i < 160; i++) {

@@ -453,7 +453,7 @@ static int pt_build(const char *dir, const pt_file *f, uint64_t *absent)
     }
     if (rc == VECIDX_OK && !f->logged) rc = vecidx_save(ix, path);
     /* Saved graphs: more removals until the file holds a repair pass under
-    ** way (a tenth of the nodes removed starts one; a pass over a few
+    ** way (7.5 % of the nodes removed starts one; a pass over a few
     ** hundred nodes spans several writes). */
     for (i = 4; rc == VECIDX_OK && f->kind == VECIDX_HNSW && !f->logged &&
                 !pt_repair_len(path) && i < f->n;
